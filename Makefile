@@ -1,0 +1,78 @@
+# softdec: set-up, build, test, bench. `make test` and `make bench` do all set-up
+# on a fresh machine (Python >= 3.10, no torch needed beforehand).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU torch wheel (on this project's machines it lies in /opt/wheels and
+# `pip install torch==2.13.0` takes it). Override for a CUDA machine.
+TORCH_SPEC ?= torch==2.13.0
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+BUILD_DEPS := scikit-build-core>=0.10 pybind11>=2.12 ninja cmake>=3.24
+TEST_DEPS := pytest>=8 scipy numpy transformers>=4.57 pytest-benchmark matplotlib
+PYTEST_ARGS ?= -q
+JOBS ?= 2
+
+.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check wheel test-asan clean
+
+help:
+	@echo "make test        set up .venv, build and install softdec, run the test suite"
+	@echo "make bench       set up, build and run 'softdec bench' (the benchmark table)"
+	@echo "make dev         in-place build into python/softdec with the current python (fast iteration)"
+	@echo "make test-dev    run the tests against the in-place build"
+	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a (no GPU needed)"
+	@echo "make wheel       build a wheel into dist/ against the installed torch"
+	@echo "make test-asan   build with ASan+UBSan and run the test suite under it"
+
+$(VENV)/.deps-stamp: Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(FIND_LINKS) "$(TORCH_SPEC)"
+	$(PIP) install -q $(FIND_LINKS) $(BUILD_DEPS) $(TEST_DEPS) "$(TORCH_SPEC)"
+	touch $@
+
+setup: $(VENV)/.deps-stamp
+
+# Non-editable install of the package into the venv, incremental through build/{wheel_tag}.
+install: setup
+	$(PIP) install -q --no-build-isolation --no-deps .
+
+test: install
+	cd tests && ../$(PY) -m pytest $(PYTEST_ARGS) .
+
+bench: install
+	$(VENV)/bin/softdec bench $(BENCH_ARGS)
+
+bench-pytest: install
+	$(PY) -m pytest bench --benchmark-only -q
+
+# ---- development: build in place with the current interpreter (torch already installed)
+dev:
+	cmake -S . -B build/dev -G Ninja -DSOFTDEC_INPLACE=ON -DPython_EXECUTABLE=$$(command -v $(PYTHON)) >/dev/null
+	cmake --build build/dev -j $(JOBS)
+
+test-dev: dev
+	cd tests && PYTHONPATH=../python $(PYTHON) -m pytest $(PYTEST_ARGS) .
+
+# ---- CUDA compile check: objects only, every arch, fails on any compile error
+cuda-check:
+	cmake -S . -B build/cuda-check -G Ninja -DSOFTDEC_CUDA_CHECK_ONLY=ON \
+	  -DPython_EXECUTABLE=$$(command -v $(PYTHON)) -DSOFTDEC_CUDA_ARCHS="$${SOFTDEC_CUDA_ARCHS:-80;90a}" >/dev/null
+	cmake --build build/cuda-check -j $(JOBS) --target softdec_cuda_objects
+
+wheel: setup
+	$(PIP) wheel --no-build-isolation --no-deps -w dist .
+
+# ---- sanitizers: ASan + UBSan build of the CPU backend, tests run under it
+test-asan:
+	cmake -S . -B build/asan -G Ninja -DSOFTDEC_SANITIZE=ON -DSOFTDEC_INPLACE=OFF -DCMAKE_BUILD_TYPE=Debug \
+	  -DPython_EXECUTABLE=$$(command -v $(PYTHON)) >/dev/null
+	cmake --build build/asan -j $(JOBS)
+	rm -rf build/asan-pkg && mkdir -p build/asan-pkg && cp -r python/softdec build/asan-pkg/ && \
+	  rm -f build/asan-pkg/softdec/_C*.so && cp build/asan/_C*.so build/asan-pkg/softdec/
+	cd tests && PYTHONPATH=../build/asan-pkg \
+	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  $(PYTHON) -m pytest $(PYTEST_ARGS) -m "not slow" -p no:cacheprovider .
+
+clean:
+	rm -rf build dist python/softdec/_C*.so

@@ -1,0 +1,43 @@
+"""philox_uniform vs torch.rand: the RNG stream every op draws from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import softdec
+from harness import Case
+
+
+def _make(shape, device):
+    b = shape[0]
+    seed = torch.arange(b, dtype=torch.int64, device=device)
+    off = torch.zeros(b, dtype=torch.int64, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    return (lambda: softdec.philox_uniform(shape, seed, off),
+            lambda: torch.rand(shape, device=device, generator=gen))
+
+
+def cases(quick: bool, device: str):
+    shapes = [(8, 151936)] if quick else [(1, 151936), (64, 151936), (256, 151936)]
+    out = []
+    for shape in shapes:
+        ours, rand = _make(shape, device)
+        n = shape[0] * shape[1]
+        out.append(Case(op="philox_uniform", label=f"B={shape[0]} V={shape[1]}",
+                        fns={"softdec": ours, "torch.rand": rand}, bytes=4 * n,
+                        memory_bound=False, device=device,
+                        notes="compute-bound: 10 Philox rounds per 4 uniforms"))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(64, 151936)])
+def test_philox_uniform(benchmark, shape):
+    ours, _ = _make(shape, "cpu")
+    benchmark(ours)
+
+
+@pytest.mark.parametrize("shape", [(64, 151936)])
+def test_torch_rand(benchmark, shape):
+    _, rand = _make(shape, "cpu")
+    benchmark(rand)

@@ -1,0 +1,225 @@
+"""The one timing helper every softdec benchmark uses.
+
+- ``measure(fn)``: warm-up, then repeated timed runs; median and p20/p80.
+- ``copy_bandwidth()``: memory bandwidth of a large tensor copy, measured in
+  the same run, which defines the byte floor (bytes a kernel must move divided
+  by that bandwidth).
+- ``Case``: one benchmark row: the softdec callable, its baselines (eager
+  reference, torch.compile of it, other formulations) and the bytes it must move.
+- ``run_cases``: times a list of cases, prints the table with progress, and
+  returns rows ready for JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclasses.dataclass
+class Stats:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    reps: int
+
+    def as_dict(self):
+        return dataclasses.asdict(self)
+
+
+def _sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 3,
+            min_reps: int = 5, max_reps: int = 200, min_time_s: float = 0.5,
+            max_time_s: float = 10.0) -> Stats:
+    """Time ``fn()``: ``warmup`` untimed calls, then at least ``min_reps`` timed
+    calls and until ``min_time_s`` has passed (at most ``max_reps`` calls or
+    ``max_time_s``). Returns median and p20/p80 in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    t_start = time.perf_counter()
+    while True:
+        if device.startswith("cuda"):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        elapsed = time.perf_counter() - t_start
+        if len(times) >= max_reps or elapsed > max_time_s:
+            break
+        if len(times) >= min_reps and elapsed >= min_time_s:
+            break
+    q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
+    return Stats(statistics.median(times), q[0], q[3], len(times))
+
+
+def copy_bandwidth(device: str = "cpu", nbytes: int = 512 << 20) -> float:
+    """GB/s of ``dst.copy_(src)`` on a buffer far larger than the caches,
+    counting bytes read plus bytes written."""
+    n = nbytes // 4
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    st = measure(lambda: dst.copy_(src), device=device, warmup=2, min_reps=5, min_time_s=0.5)
+    return 2 * nbytes / (st.median_ms * 1e-3) / 1e9
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark row.
+
+    op: op family ("philox_uniform", "soft_mixture", ...); label: the shape/
+    variant; fns: name -> zero-argument callable, the first being softdec's
+    kernel (``primary``); bytes: bytes the kernel must move (the byte floor);
+    memory_bound: whether the floor fraction is a target for this row.
+    """
+    op: str
+    label: str
+    fns: dict
+    bytes: int = 0
+    primary: str = "softdec"
+    memory_bound: bool = True
+    device: str = "cpu"
+    notes: str = ""
+
+
+def _fmt_ms(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def run_cases(cases: list, *, bandwidth_gbs: float, progress: bool = True,
+              budget_s: float = 5.0, skip: tuple = ()) -> list:
+    """Time every case; print one table row per case as it completes."""
+    rows = []
+    total = len(cases)
+    t0 = time.perf_counter()
+    for i, c in enumerate(cases):
+        res = {}
+        for name, fn in c.fns.items():
+            if name in skip:
+                continue
+            if progress:
+                print(f"  [{i + 1}/{total} {time.perf_counter() - t0:6.0f}s] {c.op} {c.label}: {name} ...",
+                      end="\r", file=sys.stderr, flush=True)
+            try:
+                res[name] = measure(fn, device=c.device, max_time_s=budget_s)
+            except Exception as e:  # a baseline that fails (e.g. compile) is reported, not fatal
+                res[name] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        prim = res.get(c.primary)
+        row = {"op": c.op, "label": c.label, "device": c.device, "bytes": c.bytes,
+               "memory_bound": c.memory_bound, "notes": c.notes, "times": {}}
+        for name, st in res.items():
+            row["times"][name] = st.as_dict() if isinstance(st, Stats) else st
+        if isinstance(prim, Stats):
+            row["ratios"] = {name: st.median_ms / prim.median_ms
+                             for name, st in res.items() if isinstance(st, Stats) and name != c.primary}
+            if c.bytes:
+                floor_ms = c.bytes / (bandwidth_gbs * 1e9) * 1e3
+                row["floor_ms"] = floor_ms
+                row["gbs"] = c.bytes / (prim.median_ms * 1e-3) / 1e9
+                row["floor_fraction"] = floor_ms / prim.median_ms  # 1.0 = at the byte floor
+        rows.append(row)
+        if progress:
+            print(" " * 100, end="\r", file=sys.stderr)
+            print(format_row(row), flush=True)
+    return rows
+
+
+HEADER = (f"{'op':<22} {'case':<40} {'softdec ms (p20-p80)':>22} {'eager ms':>9} {'x eager':>8} "
+          f"{'compile ms':>10} {'x compile':>9} {'other':>22} {'GB/s':>7} {'floor':>6}")
+
+
+def format_row(row: dict) -> str:
+    t = row["times"]
+    prim = t.get("softdec")
+    if isinstance(prim, dict):
+        ps = f"{_fmt_ms(prim['median_ms'])} ({_fmt_ms(prim['p20_ms'])}-{_fmt_ms(prim['p80_ms'])})"
+    else:
+        ps = str(prim)[:22]
+    r = row.get("ratios", {})
+
+    def ms(name):
+        v = t.get(name)
+        return _fmt_ms(v["median_ms"]) if isinstance(v, dict) else ("err" if v else "-")
+
+    def ratio(name):
+        return f"{r[name]:.1f}x" if name in r else "-"
+
+    others = [n for n in t if n not in ("softdec", "eager", "compile")]
+    other = " ".join(f"{n}:{r[n]:.1f}x" for n in others if n in r)[:22] or "-"
+    gbs = f"{row['gbs']:.1f}" if "gbs" in row else "-"
+    fl = f"{row['floor_fraction']:.2f}" if "floor_fraction" in row and row.get("memory_bound") else "-"
+    return (f"{row['op']:<22} {row['label']:<40} {ps:>22} {ms('eager'):>9} {ratio('eager'):>8} "
+            f"{ms('compile'):>10} {ratio('compile'):>9} {other:>22} {gbs:>7} {fl:>6}")
+
+
+def environment() -> dict:
+    """Machine, commit and versions for the JSON record."""
+    import softdec
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        commit = None
+    env = {"machine": platform.node(), "platform": platform.platform(), "commit": commit,
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "softdec": softdec.info()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+def write_json(path: str, env: dict, bandwidth: dict, rows: list) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"environment": env, "bandwidth_gbs": bandwidth, "rows": rows}, f, indent=1)
+
+
+def plot(rows: list, path: str) -> Optional[str]:
+    """Bar chart of softdec's speedup over each baseline, one bar group per row."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in rows if r.get("ratios")]
+    if not rows:
+        return None
+    names = sorted({n for r in rows for n in r["ratios"]})
+    fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(rows) * len(names)), 5))
+    width = 0.8 / len(names)
+    for j, n in enumerate(names):
+        xs = [i + j * width for i in range(len(rows))]
+        ys = [r["ratios"].get(n, 0) for r in rows]
+        ax.bar(xs, ys, width, label=f"vs {n}")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_ylabel("speedup of softdec (x, log scale)")
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([f"{r['op']}\n{r['label']}" for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,123 @@
+// Shared glue for csrc/: the only layer that touches torch::stable::Tensor.
+// Input checks with full-sentence messages, dtype helpers, stream lookup.
+#pragma once
+
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
+
+#include <cstdint>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace softdec {
+
+using torch::stable::Tensor;
+using ScalarType = torch::headeronly::ScalarType;
+
+namespace detail {
+template <typename... Args>
+std::string cat(const Args&... args) {
+  std::ostringstream oss;
+  ((oss << args), ...);
+  return oss.str();
+}
+}  // namespace detail
+
+// A user error: the message names the argument, the expected and the actual value.
+#define SOFTDEC_CHECK(cond, ...)                                        \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      throw std::invalid_argument(::softdec::detail::cat(__VA_ARGS__)); \
+    }                                                                   \
+  } while (0)
+
+// An invariant the code itself guarantees (not a user error).
+#define SOFTDEC_ASSERT(cond)                                                       \
+  do {                                                                             \
+    if (!(cond)) {                                                                 \
+      throw std::logic_error(::softdec::detail::cat("softdec internal error: ",    \
+                                                    #cond, " at ", __FILE__, ":", \
+                                                    __LINE__));                    \
+    }                                                                              \
+  } while (0)
+
+inline const char* dtype_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return "float32";
+    case ScalarType::Double: return "float64";
+    case ScalarType::BFloat16: return "bfloat16";
+    case ScalarType::Half: return "float16";
+    case ScalarType::Long: return "int64";
+    case ScalarType::Int: return "int32";
+    case ScalarType::Bool: return "bool";
+    case ScalarType::Byte: return "uint8";
+    default: return "an unsupported dtype";
+  }
+}
+
+inline std::string shape_str(const Tensor& t) {
+  std::ostringstream oss;
+  oss << "(";
+  for (int64_t i = 0; i < t.dim(); ++i) oss << (i ? ", " : "") << t.size(i);
+  oss << (t.dim() == 1 ? ",)" : ")");
+  return oss.str();
+}
+
+inline std::string device_str(const Tensor& t) {
+  if (t.is_cpu()) return "cpu";
+  if (t.is_cuda()) return detail::cat("cuda:", static_cast<int>(t.get_device()));
+  return "an unsupported device";
+}
+
+inline void check_dim(const Tensor& t, const char* name, int64_t dim, const char* layout) {
+  SOFTDEC_CHECK(t.dim() == dim, name, " must be a ", dim, "-D tensor ", layout, ", got shape ",
+                shape_str(t));
+}
+
+inline bool is_float_dtype(ScalarType t) {
+  return t == ScalarType::Float || t == ScalarType::BFloat16 || t == ScalarType::Half;
+}
+
+inline void check_float(const Tensor& t, const char* name) {
+  SOFTDEC_CHECK(is_float_dtype(t.scalar_type()), name,
+                " must be float32, bfloat16 or float16, got ", dtype_name(t.scalar_type()));
+}
+
+inline void check_dtype(const Tensor& t, const char* name, ScalarType want) {
+  SOFTDEC_CHECK(t.scalar_type() == want, name, " must be ", dtype_name(want), ", got ",
+                dtype_name(t.scalar_type()));
+}
+
+inline void check_same_device(const Tensor& a, const char* an, const Tensor& b, const char* bn) {
+  SOFTDEC_CHECK(a.is_cpu() == b.is_cpu() && a.get_device() == b.get_device(), bn,
+                " must be on the same device as ", an, " (", device_str(a), "), got ",
+                device_str(b));
+}
+
+inline void check_last_contiguous(const Tensor& t, const char* name) {
+  SOFTDEC_CHECK(t.dim() == 0 || t.size(t.dim() - 1) <= 1 || t.stride(t.dim() - 1) == 1, name,
+                " must be contiguous in its last dimension, got stride ",
+                t.dim() ? t.stride(t.dim() - 1) : 0);
+}
+
+// A per-row parameter tensor: 1-D of length `rows` and the given dtype.
+inline void check_per_row(const Tensor& t, const char* name, int64_t rows, ScalarType want,
+                          const Tensor& ref, const char* ref_name) {
+  check_dtype(t, name, want);
+  SOFTDEC_CHECK(t.dim() == 1 && t.size(0) == rows, name, " must have shape (", rows,
+                ",) (one value per row of ", ref_name, "), got ", shape_str(t));
+  check_same_device(ref, ref_name, t, name);
+  SOFTDEC_CHECK(t.numel() <= 1 || t.stride(0) == 1, name, " must be contiguous");
+}
+
+inline Tensor new_empty(const Tensor& like, std::vector<int64_t> sizes, ScalarType dtype) {
+  return torch::stable::new_empty(like, sizes, dtype);
+}
+
+}  // namespace softdec

@@ -1,0 +1,61 @@
+"""softdec.info(): what this build is and what it runs on."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+from . import _C
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def info() -> dict:
+    """Describe this softdec build and the machine it runs on.
+
+    Returns
+    -------
+    dict
+        ``version``, ``torch`` (the running torch version), ``torch_target``
+        (the oldest torch the stable-ABI build serves), ``backends`` (``["cpu"]``
+        plus ``"cuda"`` when compiled), ``cuda_archs``, ``cuda_available``,
+        ``cpu_isa`` (instruction-set extensions the CPU kernels were compiled
+        for), ``cpu_arch`` (the ``-march`` used), ``cpu``, ``threads`` (torch's
+        intra-op threads, used by the CPU kernels), ``compiler``, ``build_type``.
+
+    Examples
+    --------
+    >>> import softdec
+    >>> softdec.info()["backends"]
+    ['cpu']
+    """
+    b = _C.build_info()
+    backends = ["cpu"] + (["cuda"] if b["cuda"] else [])
+    return {
+        "version": b["version"],
+        "torch": torch.__version__,
+        "torch_target": "2.10",
+        "backends": backends,
+        "cuda_archs": list(b["cuda_archs"]),
+        "cuda_available": bool(b["cuda"] and torch.cuda.is_available()),
+        "cpu_isa": list(b["cpu_isa"]),
+        "cpu_arch": b["cpu_arch"],
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "compiler": b["compiler"],
+        "build_type": b["build_type"],
+        "sanitizers": b["sanitizers"],
+        "python": platform.python_version(),
+    }

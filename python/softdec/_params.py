@@ -1,0 +1,155 @@
+"""Argument handling shared by every op wrapper: per-row parameters, seeds.
+
+Each op accepts per-batch Python scalars or per-row tensors ``[B]`` for its
+sampling parameters and for ``seed`` / ``offset``. These helpers turn either
+into the 1-D tensors the native ops take, and raise ``ValueError`` naming the
+argument, the expected and the actual value.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Union
+
+import torch
+
+RowParam = Union[int, float, torch.Tensor]
+
+_INT64_MIN = -(1 << 63)
+_UINT64_END = 1 << 64
+
+
+def _shape(t: torch.Tensor) -> str:
+    return str(tuple(t.shape))
+
+
+def check_tensor(x, name: str, *, dim: Optional[int] = None, layout: str = "",
+                 dtypes=None, device: Optional[torch.device] = None, device_of: str = "") -> torch.Tensor:
+    """Validate a tensor argument; returns it unchanged."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if dim is not None and x.dim() != dim:
+        raise ValueError(f"{name} must be a {dim}-D tensor {layout}, got shape {_shape(x)}".replace("  ", " "))
+    if dtypes is not None and x.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise ValueError(f"{name} must have dtype in ({names}), got {str(x.dtype).replace('torch.', '')}")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} must be on the same device as {device_of} ({device}), got {x.device}")
+    return x
+
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def row_param(value: RowParam, name: str, batch: int, device: torch.device, dtype: torch.dtype,
+              *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> torch.Tensor:
+    """A per-batch scalar or per-row tensor as a ``[batch]`` tensor of ``dtype``.
+
+    Range checks (``lo``/``hi``, open or closed) are applied to Python scalars
+    always and to tensors only outside torch.compile tracing (a data-dependent
+    check would break the graph); the native op checks tensors again.
+    """
+    if isinstance(value, torch.Tensor):
+        t = value
+        if t.dim() == 0:
+            t = t.reshape(1).expand(batch)
+        if t.dim() != 1 or t.shape[0] != batch:
+            raise ValueError(f"{name} must be a scalar or a tensor of shape ({batch},), got shape {_shape(value)}")
+        if t.is_floating_point() != (dtype.is_floating_point):
+            kind = "floating-point" if dtype.is_floating_point else "integer"
+            raise ValueError(f"{name} must be a {kind} tensor, got {str(t.dtype).replace('torch.', '')}")
+        if t.device != device:
+            raise ValueError(f"{name} must be on the same device as the input ({device}), got {t.device}")
+        t = t.to(dtype).contiguous()
+        if lo is not None or hi is not None:
+            if not torch.compiler.is_compiling() and t.numel() > 0:
+                _check_range_tensor(t, name, lo, hi, lo_open, hi_open)
+        return t
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a number or a tensor, got {type(value).__name__}")
+    v = float(value) if dtype.is_floating_point else int(value)
+    if dtype.is_floating_point and v != v:
+        raise ValueError(f"{name} must not be NaN")
+    _check_range_scalar(v, name, lo, hi, lo_open, hi_open)
+    return torch.full((batch,), v, dtype=dtype, device=device)
+
+
+def _range_text(lo, hi, lo_open, hi_open) -> str:
+    if lo is not None and hi is not None:
+        return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if lo is not None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    return f"{'<' if hi_open else '<='} {hi}"
+
+
+def _check_range_scalar(v, name, lo, hi, lo_open, hi_open):
+    bad = False
+    if lo is not None:
+        bad |= v <= lo if lo_open else v < lo
+    if hi is not None:
+        bad |= v >= hi if hi_open else v > hi
+    if bad:
+        raise ValueError(f"{name} must be {_range_text(lo, hi, lo_open, hi_open)}, got {v}")
+
+
+def _check_range_tensor(t, name, lo, hi, lo_open, hi_open):
+    bad = torch.zeros_like(t, dtype=torch.bool)
+    if t.is_floating_point():
+        bad |= torch.isnan(t)
+    if lo is not None:
+        bad |= (t <= lo) if lo_open else (t < lo)
+    if hi is not None:
+        bad |= (t >= hi) if hi_open else (t > hi)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} must be {_range_text(lo, hi, lo_open, hi_open)}, got {t[i].item()} at row {i}")
+
+
+def _seed_int(v, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name} must be an int or an int64 tensor, got {type(v).__name__}")
+    v = int(v)
+    if not (_INT64_MIN <= v < _UINT64_END):
+        raise ValueError(f"{name} must fit in 64 bits, got {v}")
+    return v - _UINT64_END if v >= (1 << 63) else v
+
+
+def rng_state(seed, offset, batch: int, device: torch.device,
+              generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(seed, offset)`` int64 tensors of shape ``[batch]``.
+
+    ``seed=None`` draws one independent seed per row from ``generator`` (or
+    torch's default generator for ``device``), advancing it. An int seed is
+    shared by every row: a row's stream depends only on its own (seed,
+    offset), so identical rows with one shared seed draw identically; pass a
+    ``[B]`` tensor (e.g. ``seed + torch.arange(B)``) for independent rows.
+    """
+    if seed is None:
+        gen_device = generator.device if generator is not None else device
+        s = torch.randint(_INT64_MIN, (1 << 63) - 1, (batch,), dtype=torch.int64,
+                          generator=generator, device=gen_device)
+        s = s.to(device)
+    elif isinstance(seed, torch.Tensor):
+        if seed.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"seed must be an int or an int64 tensor, got a {str(seed.dtype).replace('torch.', '')} tensor")
+        s = seed.reshape(1).expand(batch) if seed.dim() == 0 else seed
+        if s.dim() != 1 or s.shape[0] != batch:
+            raise ValueError(f"seed must be an int or a tensor of shape ({batch},), got shape {_shape(seed)}")
+        if s.device != device:
+            raise ValueError(f"seed must be on the same device as the input ({device}), got {s.device}")
+        s = s.to(torch.int64).contiguous()
+    else:
+        s = torch.full((batch,), _seed_int(seed, "seed"), dtype=torch.int64, device=device)
+
+    if isinstance(offset, torch.Tensor):
+        if offset.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"offset must be an int or an int64 tensor, got a {str(offset.dtype).replace('torch.', '')} tensor")
+        o = offset.reshape(1).expand(batch) if offset.dim() == 0 else offset
+        if o.dim() != 1 or o.shape[0] != batch:
+            raise ValueError(f"offset must be an int or a tensor of shape ({batch},), got shape {_shape(offset)}")
+        if o.device != device:
+            raise ValueError(f"offset must be on the same device as the input ({device}), got {o.device}")
+        o = o.to(torch.int64).contiguous()
+    else:
+        o = torch.full((batch,), _seed_int(offset, "offset"), dtype=torch.int64, device=device)
+    return s, o
