@@ -99,12 +99,20 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
 
 # ============================================================================ soft mixture
 
+__all__ += []  # this family's public names
+
 
 # ============================================================================ sampling
+
+__all__ += []  # this family's public names
 
 
 # ============================================================================ speculative verification
 
+__all__ += []  # this family's public names
+
 
 # ============================================================================ token-sparse attention
+
+__all__ += []  # this family's public names
 

@@ -52,12 +52,20 @@ def philox_uniform(seed: int, offset: int, n: int) -> torch.Tensor:
 
 # ============================================================================ soft mixture
 
+__all__ += []  # this family's public names
+
 
 # ============================================================================ sampling
+
+__all__ += []  # this family's public names
 
 
 # ============================================================================ speculative verification
 
+__all__ += []  # this family's public names
+
 
 # ============================================================================ token-sparse attention
+
+__all__ += []  # this family's public names
 
