@@ -53,11 +53,13 @@ dev:
 test-dev: dev
 	cd tests && PYTHONPATH=../python $(PYTHON) -m pytest $(PYTEST_ARGS) .
 
-# ---- CUDA compile check: objects only, every arch, fails on any compile error
-cuda-check:
-	cmake -S . -B build/cuda-check -G Ninja -DSOFTDEC_CUDA_CHECK_ONLY=ON \
-	  -DPython_EXECUTABLE=$$(command -v $(PYTHON)) -DSOFTDEC_CUDA_ARCHS="$${SOFTDEC_CUDA_ARCHS:-80;90a}" >/dev/null
-	cmake --build build/cuda-check -j $(JOBS) --target softdec_cuda_objects
+# ---- CUDA compile check: objects only, every arch, fails on any compile error.
+# Uses the venv's torch headers, cmake and ninja, and the nvidia-cutlass headers.
+cuda-check: setup
+	$(PIP) install -q nvidia-cutlass
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake -S . -B build/cuda-check -G Ninja -DSOFTDEC_CUDA_CHECK_ONLY=ON \
+	  -DPython_EXECUTABLE="$(CURDIR)/$(PY)" -DSOFTDEC_CUDA_ARCHS="$${SOFTDEC_CUDA_ARCHS:-80;90a}" >/dev/null
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake --build build/cuda-check -j $(JOBS) --target softdec_cuda_objects
 
 wheel: setup
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
