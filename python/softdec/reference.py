@@ -180,7 +180,7 @@ def gumbel_softmax_topk(logits: torch.Tensor, k: int, tau=1.0, seed=0, offset=0)
     y = x + gumbel_noise(seed, offset, B, V).to(x.device)
     valid = _row_valid(x)
     y = torch.where(valid[:, None], y, torch.full_like(y, -float("inf")))
-    order = torch.sort(y, -1, descending=True, stable=True).indices[:, :k]
+    order = torch.sort(y, dim=-1, descending=True, stable=True).indices[:, :k]
     yk = torch.gather(y, 1, order)
     fin = torch.isfinite(yk)
     t = _row_values(tau, B, torch.float64, x.device)
@@ -197,7 +197,7 @@ def top_k_mask_logits(logits: torch.Tensor, top_k) -> torch.Tensor:
     B, V = logits.shape
     k = _row_values(top_k, B, torch.int64, logits.device)
     x = torch.where(torch.isnan(logits), torch.full_like(logits, -float("inf")), logits)
-    order = torch.sort(x, -1, descending=True, stable=True).indices
+    order = torch.sort(x, dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(V, device=x.device).expand(B, V))
     kk = torch.where((k > 0) & (k < V), k, torch.full_like(k, V))
     return torch.where(rank < kk[:, None], x, torch.full_like(x, -float("inf")))
@@ -214,7 +214,7 @@ def top_p_renorm_probs(probs: torch.Tensor, top_p) -> torch.Tensor:
     tp = _row_values(top_p, B, probs.dtype, probs.device)
     valid = _probs_valid(probs)
     p = torch.where(valid[:, None], probs, torch.zeros_like(probs))
-    ps, order = torch.sort(p, -1, descending=True, stable=True)
+    ps, order = torch.sort(p, dim=-1, descending=True, stable=True)
     excl = torch.cumsum(ps, -1) - ps
     total = ps.sum(-1, keepdim=True)
     rank = torch.arange(V, device=p.device)[None, :]
