@@ -20,8 +20,8 @@ STABLE_TORCH_LIBRARY(softdec, m) {
         "Tensor seed, Tensor offset) -> (Tensor, Tensor)");
   // Dense Gumbel-softmax: softmax((logits + G) / tau) in logits' dtype, and argmax(logits + G) int64.
   m.def("gumbel_softmax(Tensor logits, Tensor tau, Tensor seed, Tensor offset) -> (Tensor, Tensor)");
-  // Sparse Gumbel-softmax: the k largest logits + G (ids[B,k] int64) and softmax of (logits + G) / tau
-  // over them (weights[B,k] float32).
+  // Sparse Gumbel-softmax: softmax of (logits + G) / tau over the k largest logits + G
+  // -> (weights[B,k] float32, ids[B,k] int64) (the float output first, as autograd tools expect).
   m.def("gumbel_softmax_topk(Tensor logits, Tensor tau, int k, Tensor seed, Tensor offset) -> (Tensor, Tensor)");
   // logits with every token outside the row's top-k (ties: lower index first) set to -inf.
   m.def("top_k_mask_logits(Tensor logits, Tensor top_k) -> Tensor");

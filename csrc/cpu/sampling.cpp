@@ -889,7 +889,7 @@ std::tuple<Tensor, Tensor> gumbel_softmax_topk_cpu(Tensor logits, Tensor tau, in
   SOFTDEC_CHECK(k >= 1 && (k <= V || B == 0), "k must be in [1, vocab] = [1, ", V, "], got ", k);
   Tensor ids = new_empty(logits, {B, k}, ScalarType::Long);
   Tensor w = new_empty(logits, {B, k}, ScalarType::Float);
-  if (B == 0) return {ids, w};
+  if (B == 0) return {w, ids};
   const float* taus = tau.const_data_ptr<float>();
   const int64_t* sd = seed.const_data_ptr<int64_t>();
   const int64_t* of = offset.const_data_ptr<int64_t>();
@@ -933,7 +933,7 @@ std::tuple<Tensor, Tensor> gumbel_softmax_topk_cpu(Tensor logits, Tensor tau, in
       }
     });
   });
-  return {ids, w};
+  return {w, ids};
 }
 
 // ------------------------------------------------------------------ filter ops

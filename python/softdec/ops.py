@@ -229,11 +229,12 @@ def _gumbel_softmax_topk_fake(logits, tau, k, seed, offset):
     _fake_rows(logits, "logits")
     torch._check(k >= 1, lambda: "k must be >= 1")
     B = logits.shape[0]
-    return (logits.new_empty((B, k), dtype=torch.int64), logits.new_empty((B, k), dtype=torch.float32))
+    return (logits.new_empty((B, k), dtype=torch.float32), logits.new_empty((B, k), dtype=torch.int64))
 
 
 def _gs_setup(ctx, inputs, output):
     _, tau, _, _ = inputs
+    ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[0], tau)
 
 
@@ -250,12 +251,13 @@ torch.library.register_autograd("softdec::gumbel_softmax", _gs_backward, setup_c
 
 def _gst_setup(ctx, inputs, output):
     logits, tau, _, _, _ = inputs
-    ctx.save_for_backward(output[0], output[1], tau)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1], output[0], tau)
     ctx.vocab = logits.shape[1]
     ctx.dtype = logits.dtype
 
 
-def _gst_backward(ctx, grad_ids, grad_w):
+def _gst_backward(ctx, grad_w, grad_ids):
     ids, w, tau = ctx.saved_tensors
     g = grad_w.float()
     gk = w * (g - (g * w).sum(-1, keepdim=True)) / tau[:, None]
@@ -331,7 +333,7 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: RowParam = 1.0, hard: bool = Fa
             return y
         y_hard = torch.zeros_like(y).scatter(1, am[:, None], 1.0)
         return y_hard - y.detach() + y
-    ids, w = _ops.gumbel_softmax_topk(logits, t, top_k, s, o)
+    w, ids = _ops.gumbel_softmax_topk(logits, t, top_k, s, o)
     if not hard:
         return ids, w
     w_hard = torch.zeros_like(w)
