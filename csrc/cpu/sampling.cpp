@@ -308,11 +308,26 @@ void noise_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, uint64_t see
     if (!any) continue;
     fin = true;
     // No token of this group can beat the best key found so far.
-    if (hmax(gmax) * cut.it + kGumbelMax < bound) continue;
+    const float top = hmax(gmax) * cut.it;
+    if (top + kGumbelMax < bound) continue;
     __m512 u[4];
     philox_group(seed, offset, static_cast<uint64_t>(i) >> 2, u);
+    // Exact pruning of the logs: with v = 1 - u (exact in float), G = -log(-log u)
+    // <= -log v, so a token can only beat `bound` if v <= exp(-(bound - top)), i.e.
+    // u >= uthr; the margin covers the rounding of flog and of the key.
+    float uthr = 0.0f;
+    if (bound > -kInf) {
+      const float d = bound - top - 1e-3f * (1.0f + std::fabs(bound) + std::fabs(top));
+      if (d > 0.0f) {
+        const double e = static_cast<double>(filter::fexp(-d)) * (1.0 + 1e-5);
+        const double kthr = std::floor((1.0 - e) * 8388608.0 - 0.5) - 2.0;
+        if (kthr > 0.0) uthr = static_cast<float>((kthr + 0.5) * (1.0 / 8388608.0));
+      }
+    }
+    const __m512 vuthr = _mm512_set1_ps(uthr);
     __m512 gk = vninf;
     for (int q = 0; q < 4; ++q) {
+      keep[q] &= _mm512_cmp_ps_mask(u[q], vuthr, _CMP_GE_OQ);
       if (!keep[q]) continue;
       const __m512 key = _mm512_fmadd_ps(xv[q], vit, vgumbel(u[q]));
       const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i - lo + 16 * q)), lane);
