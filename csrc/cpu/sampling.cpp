@@ -480,7 +480,94 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
 
 // ------------------------------------------------------------------ sample
 
-enum class Path : int { kGreedy, kPlain, kTopK, kMinP, kGeneric };
+// Masses e_i = fexp((x_i - m) * it) of n tokens (vexp mirrors filter::fexp bit for bit).
+template <class T>
+void masses(const T* x, int64_t n, float m, float it, float* e) {
+  int64_t j = 0;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(it);
+  for (; j + 16 <= n; j += 16)
+    _mm512_storeu_ps(e + j, vexp(_mm512_mul_ps(_mm512_sub_ps(load16<T>(x + j), vm), vit)));
+#endif
+  for (; j < n; ++j) e[j] = filter::token_mass(to_float(x[j]), m, it);
+}
+
+// The top-p cut of a valid row without top-k (filter.h semantics), in O(V):
+// a 4096-bucket histogram of (count, mass) on order_key >> 20 finds the bucket
+// where the running mass (descending) reaches top_p * total; the tokens of
+// that bucket are compacted (in index order) and filter::detail::select_nth
+// finishes the selection on them.
+// kProbs: the row holds probabilities (FlashInfer's top_p_renorm_probs): the mass
+// of a token is its value and non-positive entries are never kept.
+template <bool kProbs = false, class T>
+void top_p_cut(const T* x, int64_t V, float m, int64_t argmax, float it, float top_p, float* cv,
+               int64_t* ci) {
+  constexpr int kBuckets = 4096;
+  std::vector<double> mass(kBuckets, 0.0);
+  std::vector<int64_t> cnt(kBuckets, 0);
+  alignas(64) float e[1024];
+  for (int64_t base = 0; base < V; base += 1024) {
+    const int64_t n = std::min<int64_t>(1024, V - base);
+    if (!kProbs) masses(x + base, n, m, it, e);
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = to_float(x[base + j]);
+      if (kProbs) {
+        if (!(v > 0.0f)) continue;
+        e[j] = v;
+      }
+      if (!(v > -kInf)) continue;
+      const uint32_t b = filter::order_key(v) >> 20;
+      cnt[b] += 1;
+      mass[b] += e[j];
+    }
+  }
+  double total = 0.0;
+  for (int b = 0; b < kBuckets; ++b) total += mass[b];
+  const double target = static_cast<double>(top_p) * total;
+  if (!(target > 0.0)) {
+    *cv = m;
+    *ci = argmax;
+    return;
+  }
+  double macc = 0.0;
+  int chosen = -1, last = -1;
+  for (int b = kBuckets - 1; b >= 0; --b) {
+    if (cnt[b] == 0) continue;
+    last = b;
+    if (macc + mass[b] >= target) {
+      chosen = b;
+      break;
+    }
+    macc += mass[b];
+  }
+  if (chosen < 0) {
+    chosen = last;
+    macc -= mass[chosen];
+  }
+  std::vector<float> cx;
+  std::vector<int64_t> cidx;
+  cx.reserve(static_cast<size_t>(cnt[chosen]));
+  cidx.reserve(static_cast<size_t>(cnt[chosen]));
+  for (int64_t i = 0; i < V; ++i) {
+    const float v = to_float(x[i]);
+    if ((kProbs ? v > 0.0f : v > -kInf) && static_cast<int>(filter::order_key(v) >> 20) == chosen) {
+      cx.push_back(v);
+      cidx.push_back(i);
+    }
+  }
+  const int64_t nc = static_cast<int64_t>(cx.size());
+  auto load = [&cx](int64_t j) { return cx[static_cast<size_t>(j)]; };
+  auto mass_of = [m, it](float v) -> double {
+    return kProbs ? static_cast<double>(v) : static_cast<double>(filter::token_mass(v, m, it));
+  };
+  float val = m;
+  int64_t pos = 0;
+  filter::detail::select_nth(load, nc, -kInf, nc, true, 0, target - macc, mass_of, &val, &pos);
+  *cv = val;
+  *ci = cidx[static_cast<size_t>(std::min<int64_t>(std::max<int64_t>(pos, 0), nc - 1))];
+}
+
+enum class Path : int { kGreedy, kPlain, kTopK, kMinP, kTopP, kGeneric };
 
 struct RowPlan {
   Path path = Path::kPlain;
@@ -562,6 +649,7 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
           break;
         case Path::kGreedy:
         case Path::kMinP:
+        case Path::kTopP:
           stats_pass(x, lo, hi, p.best[c], p.flags[c]);
           break;
         case Path::kGeneric:
@@ -598,7 +686,8 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
         p.id = p.valid ? bs.idx : 0;
         p.done = true;
         break;
-      case Path::kMinP: {
+      case Path::kMinP:
+      case Path::kTopP: {
         p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
         if (!p.valid) {
           p.done = true;
@@ -652,6 +741,15 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
     for (auto& b : p.best) b = Best{};
     for (auto& f : p.flags) f = Flags{};
   }
+  // Phase 1b: the top-p cut of top-p-only rows (one thread per row).
+  torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      RowPlan& p = plans[static_cast<size_t>(r)];
+      if (p.path != Path::kTopP || p.done) continue;
+      top_p_cut(logits + r * row_stride, V, p.f.max_logit, p.f.argmax, p.it, p.top_p, &p.f.cut_value,
+                &p.f.cut_index);
+    }
+  });
   // Phase 2: the noise pass over the kept set (min-p and generic rows).
   torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
     for (int64_t w = b; w < e; ++w) {
@@ -708,8 +806,10 @@ std::tuple<Tensor, Tensor> sample_cpu(Tensor logits, Tensor temperature, Tensor 
     p.it = 1.0f / t[r];
     if (p.k > 0 && p.k <= kSmallK) {
       p.path = Path::kTopK;
-    } else if (p.k > 0 || p.top_p < 1.0f) {
+    } else if (p.k > 0) {
       p.path = Path::kGeneric;
+    } else if (p.top_p < 1.0f) {
+      p.path = Path::kTopP;
     } else if (p.min_p > 0.0f) {
       p.path = Path::kMinP;
     } else {
@@ -1015,8 +1115,18 @@ Tensor renorm_probs_cpu(Tensor probs, Tensor param, const char* pname) {
       for (int64_t r = b; r < e; ++r) {
         const scalar_t* xr = x + r * rs;
         auto load = [xr](int64_t i) { return to_float(xr[i]); };
-        const filter::ProbFilter f = kTopP ? filter::compute_prob_filter(load, V, 0, pp[r], 0.0f)
-                                           : filter::compute_prob_filter(load, V, 0, 1.0f, pp[r]);
+        // validity, max and the min-p bound (top_p = 1: no radix passes) ...
+        filter::ProbFilter f = filter::compute_prob_filter(load, V, 0, 1.0f, kTopP ? 0.0f : pp[r]);
+        if (kTopP && f.valid && pp[r] < 1.0f) {
+          // ... then the top-p cut in O(V) and the kept mass
+          top_p_cut<true>(xr, V, f.max_prob, f.argmax, 1.0f, pp[r], &f.cut_value, &f.cut_index);
+          double sum = 0.0;
+          for (int64_t i = 0; i < V; ++i) {
+            const float v = load(i);
+            if (filter::kept_probs(f, v, i)) sum += v;
+          }
+          f.norm = sum;
+        }
         const float scale = (f.valid && f.norm > 0.0) ? static_cast<float>(1.0 / f.norm) : 0.0f;
         for (int64_t i = 0; i < V; ++i) {
           const float v = load(i);
