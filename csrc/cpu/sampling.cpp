@@ -218,6 +218,43 @@ inline void philox_group(uint64_t seed, uint64_t offset, uint64_t first_block, _
   }
 }
 
+// Uniforms of 16 arbitrary stream elements idx[0..16) (one Philox block each,
+// lane idx & 3 kept).
+inline __m512 philox_at(uint64_t seed, uint64_t offset, const int64_t* idx) {
+  alignas(64) uint32_t lo[16], hi[16], ln[16];
+  for (int j = 0; j < 16; ++j) {
+    const uint64_t b = static_cast<uint64_t>(idx[j]) >> 2;
+    lo[j] = static_cast<uint32_t>(b);
+    hi[j] = static_cast<uint32_t>(b >> 32);
+    ln[j] = static_cast<uint32_t>(idx[j] & 3);
+  }
+  __m512i c0 = _mm512_load_si512(lo), c1 = _mm512_load_si512(hi);
+  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
+  for (int r = 0; r < 10; ++r) {
+    const __m512i hi0 = mulhi32(c0, m0), lo0 = mullo32(c0, m0);
+    const __m512i hi1 = mulhi32(c2, m1), lo1 = mullo32(c2, m1);
+    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += philox::kWeyl0;
+    k1 += philox::kWeyl1;
+  }
+  const __m512i lane = _mm512_load_si512(ln);
+  __m512i bits = c0;
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(1)), c1);
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(2)), c2);
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(3)), c3);
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(bits, 9));
+  return _mm512_mul_ps(_mm512_add_ps(f, _mm512_set1_ps(0.5f)), _mm512_set1_ps(1.0f / 8388608.0f));
+}
+
 inline __m512 vgumbel(__m512 u) {
   return _mm512_sub_ps(_mm512_setzero_ps(),
                        vlog(_mm512_sub_ps(_mm512_setzero_ps(), vlog(u))));
@@ -422,42 +459,52 @@ inline bool cand_before(const Cand& a, const Cand& b) { return filter::before(a.
 
 template <class T>
 void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>& out, Flags& flags) {
-  const int64_t cap = std::max<int64_t>(4 * k, 1024) + 64;
+  const int64_t cap = std::max<int64_t>(2 * k, 256) + 64;
   std::vector<Cand> buf;
   buf.reserve(static_cast<size_t>(cap));
-  float thr = -kInf;
-  auto compact = [&]() {
-    if (static_cast<int64_t>(buf.size()) > k) {
-      std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), cand_before);
-      thr = buf[static_cast<size_t>(k - 1)].v;
-      buf.resize(static_cast<size_t>(k));
+  // Keeps the first k of the order and raises the threshold to the k-th value;
+  // later tokens equal to it come after it in the order, so `> thr` suffices.
+  auto compact = [k](std::vector<Cand>& b, float t) -> float {
+    if (static_cast<int64_t>(b.size()) > k) {
+      std::nth_element(b.begin(), b.begin() + (k - 1), b.end(), cand_before);
+      t = b[static_cast<size_t>(k - 1)].v;
+      b.resize(static_cast<size_t>(k));
     }
+    return t;
   };
+  float thr = -kInf;
   int64_t i = lo;
 #if SOFTDEC_SAMPLING_AVX512
-  const __m512 vpinf = _mm512_set1_ps(kInf);
-  bool nan = false, pinf = false;
-  alignas(64) float vals[16];
-  for (; i < hi; i += 16) {
-    const int64_t left = hi - i;
-    const __m512 v = left >= 16 ? load16<T>(x + i)
-                                : load16_mask<T>(x + i, static_cast<__mmask16>((1u << left) - 1));
-    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
-    pinf |= _mm512_cmp_ps_mask(v, vpinf, _CMP_EQ_OQ) != 0;
-    __mmask16 msk = _mm512_cmp_ps_mask(v, _mm512_set1_ps(thr), _CMP_GT_OQ);
-    if (!msk) continue;
-    _mm512_mask_compressstoreu_ps(vals, msk, v);
-    const int c = __builtin_popcount(msk);
-    for (int j = 0; j < c; ++j) {
-      const int l = __builtin_ctz(msk);
-      msk &= static_cast<__mmask16>(msk - 1);
-      buf.push_back({vals[j], i + l});
+  __mmask16 nanm = 0;
+  __m512 vmax = _mm512_set1_ps(-kInf);
+  alignas(64) float vals[64];
+  // 64 tokens per step; one compare of their max against the threshold
+  for (; i + 64 <= hi; i += 64) {
+    const __m512 v0 = load16<T>(x + i), v1 = load16<T>(x + i + 16);
+    const __m512 v2 = load16<T>(x + i + 32), v3 = load16<T>(x + i + 48);
+    nanm |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v2, v3, _CMP_UNORD_Q);
+    const __m512 mm = _mm512_max_ps(_mm512_max_ps(v0, v1), _mm512_max_ps(v2, v3));
+    vmax = _mm512_max_ps(vmax, mm);
+    const __m512 vt = _mm512_set1_ps(thr);
+    if (!_mm512_cmp_ps_mask(mm, vt, _CMP_GT_OQ)) continue;
+    // (a plain store + bit walk: vcompressps to memory is microcoded on Zen 4)
+    _mm512_store_ps(vals, v0);
+    _mm512_store_ps(vals + 16, v1);
+    _mm512_store_ps(vals + 32, v2);
+    _mm512_store_ps(vals + 48, v3);
+    const __m512 vq[4] = {v0, v1, v2, v3};
+    for (int q = 0; q < 4; ++q) {
+      __mmask16 msk = _mm512_cmp_ps_mask(vq[q], vt, _CMP_GT_OQ);
+      while (msk) {
+        const int l = __builtin_ctz(msk);
+        msk &= static_cast<__mmask16>(msk - 1);
+        buf.push_back({vals[16 * q + l], i + 16 * q + l});
+      }
     }
-    if (static_cast<int64_t>(buf.size()) >= cap - 16) compact();
+    if (static_cast<int64_t>(buf.size()) >= cap - 64) thr = compact(buf, thr);
   }
-  flags.nan |= nan;
-  flags.pinf |= pinf;
-  i = hi;
+  flags.nan |= nanm != 0;
+  flags.pinf |= hmax(vmax) == kInf;
 #endif
   for (; i < hi; ++i) {
     const float v = to_float(x[i]);
@@ -465,7 +512,7 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
     if (v == kInf) flags.pinf = true;
     if (v > thr) {
       buf.push_back({v, i});
-      if (static_cast<int64_t>(buf.size()) >= cap) compact();
+      if (static_cast<int64_t>(buf.size()) >= cap) thr = compact(buf, thr);
     }
   }
   for (const Cand& c : buf)
@@ -473,8 +520,8 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
       flags.finite = true;
       break;
     }
+  compact(buf, thr);
   std::sort(buf.begin(), buf.end(), cand_before);
-  if (static_cast<int64_t>(buf.size()) > k) buf.resize(static_cast<size_t>(k));
   out = std::move(buf);
 }
 
@@ -721,7 +768,25 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
         const int64_t n = filter::top_p_prefix(mass.data(), n0, p.top_p);
         const float lmp = filter::log_min_p_of(p.min_p);
         Best b;
-        for (int64_t j = 0; j < n; ++j) {
+        int64_t j = 0;
+#if SOFTDEC_SAMPLING_AVX512
+        // 16 candidates at a time: their Philox blocks, noise and keys in vectors
+        alignas(64) float cv[16];
+        alignas(64) int64_t cix[16];
+        alignas(64) float keys[16];
+        for (; j + 16 <= n; j += 16) {
+          for (int l = 0; l < 16; ++l) {
+            cv[l] = all[j + l].v;
+            cix[l] = all[j + l].i;
+          }
+          const __m512 xv = _mm512_load_ps(cv);
+          const __m512 key = _mm512_fmadd_ps(xv, _mm512_set1_ps(p.it), vgumbel(philox_at(p.seed, p.offset, cix)));
+          _mm512_store_ps(keys, key);
+          for (int l = 0; l < 16; ++l)
+            if ((cv[l] - m) * p.it >= lmp) b.take(keys[l], cix[l]);
+        }
+#endif
+        for (; j < n; ++j) {
           const float v = all[j].v;
           if (!((v - m) * p.it >= lmp)) continue;
           const float u = philox::uniform(p.seed, p.offset, static_cast<uint64_t>(all[j].i));
