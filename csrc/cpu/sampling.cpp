@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -1149,7 +1150,23 @@ Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
           }
         }
         const scalar_t ninf = static_cast<scalar_t>(-kInf);
-        for (int64_t i = 0; i < V; ++i) {
+        int64_t i0 = 0;
+#if SOFTDEC_SAMPLING_AVX512
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          // kept = not NaN and (x > cv or (x == cv and i <= ci)); the rest -> -inf
+          const __m512 vcv = _mm512_set1_ps(cv), vni = _mm512_set1_ps(-kInf);
+          for (; i0 + 16 <= V; i0 += 16) {
+            const __m512 v = _mm512_loadu_ps(reinterpret_cast<const float*>(xr) + i0);
+            __mmask16 keep = _mm512_cmp_ps_mask(v, vcv, _CMP_GT_OQ);
+            const __mmask16 eq = _mm512_cmp_ps_mask(v, vcv, _CMP_EQ_OQ);
+            if (eq)
+              for (int l = 0; l < 16; ++l)
+                if (((eq >> l) & 1) && i0 + l <= ci) keep |= static_cast<__mmask16>(1u << l);
+            _mm512_storeu_ps(reinterpret_cast<float*>(orow) + i0, _mm512_mask_blend_ps(keep, vni, v));
+          }
+        }
+#endif
+        for (int64_t i = i0; i < V; ++i) {
           const float v = to_float(xr[i]);
           const bool keep = v == v && (v > cv || (v == cv && i <= ci));
           orow[i] = keep ? xr[i] : ninf;
