@@ -807,8 +807,15 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
     for (auto& b : p.best) b = Best{};
     for (auto& f : p.flags) f = Flags{};
   }
+  // (parallel regions are skipped when no row needs them: each one costs a
+  // thread wake-up)
+  bool any_top_p = false, any_left = false;
+  for (const auto& p : plans) {
+    any_top_p |= p.path == Path::kTopP && !p.done;
+    any_left |= !p.done;
+  }
   // Phase 1b: the top-p cut of top-p-only rows (one thread per row).
-  torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+  if (any_top_p) torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
       RowPlan& p = plans[static_cast<size_t>(r)];
       if (p.path != Path::kTopP || p.done) continue;
@@ -816,8 +823,8 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
                 &p.f.cut_index);
     }
   });
-  // Phase 2: the noise pass over the kept set (min-p and generic rows).
-  torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+  // Phase 2: the noise pass over the kept set (min-p, top-p and generic rows).
+  if (any_left) torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
     for (int64_t w = b; w < e; ++w) {
       const int64_t r = w / nc, c = w % nc;
       RowPlan& p = plans[static_cast<size_t>(r)];
