@@ -1,0 +1,664 @@
+// CPU backend of the sampling family: sample, gumbel_softmax (dense and
+// top-k sparse), top_k_mask_logits, top_p_renorm_probs, min_p_renorm_probs.
+//
+// Exact filtered sampling without sorting the vocabulary: the draw is the
+// Gumbel-max argmax over the kept set of fma(x_i, 1/T, G_i), with G_i the
+// Gumbel noise of element i of the row's (seed, offset) Philox stream
+// (include/softdec/philox.h); renormalisation does not move the argmax, so only
+// the kept set's cut is computed (include/softdec/filter.h semantics):
+//   - plain (no top-k/top-p/min-p): one vectorised pass, noise + argmax;
+//   - top-k (k <= kSmallK): one pass collecting candidates above a running
+//     threshold, a sort of ~k candidates, top-p/min-p on them, and the noise
+//     of the kept candidates only;
+//   - min-p only: a max pass, then the noise pass skipping 64-token groups
+//     with no kept token;
+//   - anything else (large k, top-p without top-k): filter::compute_row_filter
+//     (radix selection), then the noise pass.
+// Greedy rows (T = 0) take one argmax pass. Rows are spread over threads; with
+// fewer rows than threads the vocabulary is split into chunks whose partial
+// results (argmax states, candidate lists, maxima) are merged.
+#include "../common.h"
+#include "../dispatch.h"
+#include "softdec/filter.h"
+#include "softdec/philox.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "sampling_kernels.h"
+
+namespace softdec {
+namespace {
+
+using namespace cpu;  // NOLINT: the shared passes of sampling_kernels.h
+
+enum class Path : int { kGreedy, kPlain, kTopK, kMinP, kTopP, kGeneric };
+
+struct RowPlan {
+  Path path = Path::kPlain;
+  float it = 1.0f;  // 1/T
+  float temp = 1.0f;
+  int64_t k = 0;
+  float top_p = 1.0f, min_p = 0.0f;
+  uint64_t seed = 0, offset = 0;
+  // phase-1 partials (one per chunk)
+  std::vector<Best> best;
+  std::vector<Flags> flags;
+  std::vector<std::vector<Cand>> cands;
+  RowFilter f;
+  bool done = false;
+  int64_t id = 0;
+  bool valid = false;
+};
+
+void check_sample_params(const Tensor& logits, const Tensor& temperature, const Tensor& top_k,
+                         const Tensor& top_p, const Tensor& min_p, const Tensor& seed,
+                         const Tensor& offset) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  const int64_t B = logits.size(0);
+  check_per_row(temperature, "temperature", B, ScalarType::Float, logits, "logits");
+  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
+  check_per_row(top_p, "top_p", B, ScalarType::Float, logits, "logits");
+  check_per_row(min_p, "min_p", B, ScalarType::Float, logits, "logits");
+  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
+  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
+}
+
+void check_row_values(const float* t, const int64_t* k, const float* p, const float* mp, int64_t B) {
+  for (int64_t r = 0; r < B; ++r) {
+    if (t) SOFTDEC_CHECK(t[r] >= 0.0f && t[r] < kInf, "temperature must be a finite value >= 0, got ", t[r], " at row ", r);
+    if (k) SOFTDEC_CHECK(k[r] >= 0, "top_k must be >= 0 (0 disables top-k), got ", k[r], " at row ", r);
+    if (p) SOFTDEC_CHECK(p[r] >= 0.0f && p[r] <= 1.0f, "top_p must be in [0, 1], got ", p[r], " at row ", r);
+    if (mp) SOFTDEC_CHECK(mp[r] >= 0.0f && mp[r] <= 1.0f, "min_p must be in [0, 1], got ", mp[r], " at row ", r);
+  }
+}
+
+int64_t chunks_for(int64_t B, int64_t V) {
+  const int64_t threads = std::max<int64_t>(1, torch::stable::get_num_threads());
+  if (B >= threads) return 1;
+  const int64_t want = (threads + B - 1) / B;
+  return std::max<int64_t>(1, std::min<int64_t>(want, V / kMinChunk));
+}
+
+// chunk c of n over [0, V), boundaries multiples of kGroup
+inline std::pair<int64_t, int64_t> chunk_range(int64_t V, int64_t n, int64_t c) {
+  const int64_t groups = (V + kGroup - 1) / kGroup;
+  const int64_t g0 = groups * c / n, g1 = groups * (c + 1) / n;
+  return {std::min(V, g0 * kGroup), std::min(V, g1 * kGroup)};
+}
+
+template <class T>
+void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, std::vector<RowPlan>& plans,
+                   int64_t* ids, bool* valid) {
+  const int64_t nc = chunks_for(B, V);
+  for (auto& p : plans) {
+    p.best.assign(static_cast<size_t>(nc), Best{});
+    p.flags.assign(static_cast<size_t>(nc), Flags{});
+    if (p.path == Path::kTopK) p.cands.assign(static_cast<size_t>(nc), {});
+  }
+  // Phase 1: one pass per chunk (plain: the whole draw).
+  torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) {
+      const int64_t r = w / nc, c = w % nc;
+      RowPlan& p = plans[static_cast<size_t>(r)];
+      const T* x = logits + r * row_stride;
+      const auto [lo, hi] = chunk_range(V, nc, c);
+      switch (p.path) {
+        case Path::kPlain:
+          noise_pass(x, lo, hi, Cut(p.it), p.seed, p.offset, p.best[c], p.flags[c]);
+          break;
+        case Path::kTopK:
+          topk_pass(x, lo, hi, p.k, p.cands[c], p.flags[c]);
+          break;
+        case Path::kGreedy:
+        case Path::kMinP:
+        case Path::kTopP:
+          stats_pass(x, lo, hi, p.best[c], p.flags[c]);
+          break;
+        case Path::kGeneric:
+          if (c == 0) {
+            filter::Params fp;
+            fp.temperature = p.temp;
+            fp.top_k = p.k;
+            fp.top_p = p.top_p;
+            fp.min_p = p.min_p;
+            auto load = [x](int64_t i) { return to_float(x[i]); };
+            p.f = filter::compute_row_filter(load, V, fp);  // inv_temp = 1/T as p.it
+          }
+          break;
+      }
+    }
+  });
+  // Merge phase 1; decide each row's cut.
+  for (int64_t r = 0; r < B; ++r) {
+    RowPlan& p = plans[static_cast<size_t>(r)];
+    Flags fl;
+    Best bs;
+    for (int64_t c = 0; c < nc; ++c) {
+      fl.merge(p.flags[c]);
+      if (p.best[c].idx >= 0) bs.take(p.best[c].key, p.best[c].idx);
+    }
+    switch (p.path) {
+      case Path::kPlain:
+        p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
+        p.id = p.valid ? bs.idx : 0;
+        p.done = true;
+        break;
+      case Path::kGreedy:
+        p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
+        p.id = p.valid ? bs.idx : 0;
+        p.done = true;
+        break;
+      case Path::kMinP:
+      case Path::kTopP: {
+        p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
+        if (!p.valid) {
+          p.done = true;
+          p.id = 0;
+          break;
+        }
+        p.f.valid = 1;
+        p.f.max_logit = bs.key;
+        p.f.argmax = bs.idx;
+        p.f.inv_temp = p.it;
+        p.f.cut_value = -kInf;
+        p.f.cut_index = std::numeric_limits<int64_t>::max();
+        p.f.log_min_p = filter::log_min_p_of(p.min_p);
+        break;
+      }
+      case Path::kTopK: {
+        std::vector<Cand> all;
+        for (auto& v : p.cands) all.insert(all.end(), v.begin(), v.end());
+        std::sort(all.begin(), all.end(), cand_before);
+        if (static_cast<int64_t>(all.size()) > p.k) all.resize(static_cast<size_t>(p.k));
+        p.valid = !fl.nan && !fl.pinf && fl.finite && !all.empty();
+        p.done = true;
+        if (!p.valid) {
+          p.id = 0;
+          break;
+        }
+        const int64_t n0 = static_cast<int64_t>(all.size());
+        const float m = all[0].v;
+        std::vector<float> mass(static_cast<size_t>(n0));
+        for (int64_t j = 0; j < n0; ++j) mass[j] = filter::token_mass(all[j].v, m, p.it);
+        const int64_t n = filter::top_p_prefix(mass.data(), n0, p.top_p);
+        const float lmp = filter::log_min_p_of(p.min_p);
+        Best b;
+        int64_t j = 0;
+#if SOFTDEC_SAMPLING_AVX512
+        // 16 candidates at a time: their Philox blocks, noise and keys in vectors
+        alignas(64) float cv[16];
+        alignas(64) int64_t cix[16];
+        alignas(64) float keys[16];
+        for (; j + 16 <= n; j += 16) {
+          for (int l = 0; l < 16; ++l) {
+            cv[l] = all[j + l].v;
+            cix[l] = all[j + l].i;
+          }
+          const __m512 xv = _mm512_load_ps(cv);
+          const __m512 key = _mm512_fmadd_ps(xv, _mm512_set1_ps(p.it), vgumbel(philox_at(p.seed, p.offset, cix)));
+          _mm512_store_ps(keys, key);
+          for (int l = 0; l < 16; ++l)
+            if ((cv[l] - m) * p.it >= lmp) b.take(keys[l], cix[l]);
+        }
+#endif
+        for (; j < n; ++j) {
+          const float v = all[j].v;
+          if (!((v - m) * p.it >= lmp)) continue;
+          const float u = philox::uniform(p.seed, p.offset, static_cast<uint64_t>(all[j].i));
+          b.take(filter::ffma(v, p.it, filter::gumbel(u)), all[j].i);
+        }
+        p.id = b.idx >= 0 ? b.idx : all[0].i;
+        break;
+      }
+      case Path::kGeneric:
+        p.valid = p.f.valid != 0;
+        if (!p.valid) {
+          p.done = true;
+          p.id = 0;
+        }
+        break;
+    }
+    for (auto& b : p.best) b = Best{};
+    for (auto& f : p.flags) f = Flags{};
+  }
+  // (parallel regions are skipped when no row needs them: each one costs a
+  // thread wake-up)
+  bool any_top_p = false, any_left = false;
+  for (const auto& p : plans) {
+    any_top_p |= p.path == Path::kTopP && !p.done;
+    any_left |= !p.done;
+  }
+  // Phase 1b: the top-p cut of top-p-only rows (one thread per row).
+  if (any_top_p) torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      RowPlan& p = plans[static_cast<size_t>(r)];
+      if (p.path != Path::kTopP || p.done) continue;
+      top_p_cut(logits + r * row_stride, V, p.f.max_logit, p.f.argmax, p.it, p.top_p, &p.f.cut_value,
+                &p.f.cut_index);
+    }
+  });
+  // Phase 2: the noise pass over the kept set (min-p, top-p and generic rows).
+  if (any_left) torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) {
+      const int64_t r = w / nc, c = w % nc;
+      RowPlan& p = plans[static_cast<size_t>(r)];
+      if (p.done) continue;
+      const auto [lo, hi] = chunk_range(V, nc, c);
+      noise_pass(logits + r * row_stride, lo, hi, Cut::of(p.f), p.seed, p.offset, p.best[c], p.flags[c]);
+    }
+  });
+  for (int64_t r = 0; r < B; ++r) {
+    RowPlan& p = plans[static_cast<size_t>(r)];
+    if (!p.done) {
+      Best bs;
+      for (int64_t c = 0; c < nc; ++c)
+        if (p.best[c].idx >= 0) bs.take(p.best[c].key, p.best[c].idx);
+      p.id = bs.idx >= 0 ? bs.idx : p.f.argmax;
+    }
+    ids[r] = (p.id >= 0 && p.id < V) ? p.id : 0;
+    valid[r] = p.valid;
+  }
+}
+
+std::tuple<Tensor, Tensor> sample_cpu(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p,
+                                      Tensor min_p, Tensor seed, Tensor offset) {
+  check_sample_params(logits, temperature, top_k, top_p, min_p, seed, offset);
+  const int64_t B = logits.size(0), V = logits.size(1);
+  SOFTDEC_CHECK(V >= 1 || B == 0, "logits must have at least one column (vocab >= 1), got shape ",
+                shape_str(logits));
+  const float* t = temperature.const_data_ptr<float>();
+  const int64_t* k = top_k.const_data_ptr<int64_t>();
+  const float* tp = top_p.const_data_ptr<float>();
+  const float* mp = min_p.const_data_ptr<float>();
+  check_row_values(t, k, tp, mp, B);
+  Tensor ids = new_empty(logits, {B}, ScalarType::Long);
+  Tensor valid = new_empty(logits, {B}, ScalarType::Bool);
+  if (B == 0) return {ids, valid};
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* of = offset.const_data_ptr<int64_t>();
+  std::vector<RowPlan> plans(static_cast<size_t>(B));
+  for (int64_t r = 0; r < B; ++r) {
+    RowPlan& p = plans[static_cast<size_t>(r)];
+    p.seed = static_cast<uint64_t>(sd[r]);
+    p.offset = static_cast<uint64_t>(of[r]);
+    p.k = (k[r] > 0 && k[r] < V) ? k[r] : 0;
+    p.top_p = tp[r];
+    p.min_p = mp[r];
+    if (!(t[r] > 0.0f)) {
+      p.path = Path::kGreedy;
+      p.it = 0.0f;
+      continue;
+    }
+    p.temp = t[r];
+    p.it = 1.0f / t[r];
+    if (p.k > 0 && p.k <= kSmallK) {
+      p.path = Path::kTopK;
+    } else if (p.k > 0) {
+      p.path = Path::kGeneric;
+    } else if (p.top_p < 1.0f) {
+      p.path = Path::kTopP;
+    } else if (p.min_p > 0.0f) {
+      p.path = Path::kMinP;
+    } else {
+      p.path = Path::kPlain;
+    }
+  }
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    sample_kernel(reinterpret_cast<const scalar_t*>(logits.const_data_ptr()), rs, B, V, plans,
+                  ids.mutable_data_ptr<int64_t>(), valid.mutable_data_ptr<bool>());
+  });
+  return {ids, valid};
+}
+
+// ------------------------------------------------------------------ gumbel_softmax
+
+// s_i = x_i + G_i over [lo, hi) into s (float), with argmax / flags.
+template <class T>
+void perturb_pass(const T* x, int64_t lo, int64_t hi, uint64_t seed, uint64_t offset, float* s,
+                  Best& best, Flags& flags) {
+  int64_t i = lo;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 bkey = vninf;
+  __m512i bidx = _mm512_set1_epi32(-1);
+  bool nan = false, pinf = false, fin = false;
+  for (; i < hi; i += kGroup) {
+    const int64_t n = std::min<int64_t>(kGroup, hi - i);
+    __m512 u[4];
+    philox_group(seed, offset, static_cast<uint64_t>(i) >> 2, u);
+    for (int q = 0; q < 4; ++q) {
+      const int64_t left = n - 16 * q;
+      if (left <= 0) break;
+      const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+      const __m512 xv = left >= 16 ? load16<T>(x + i + 16 * q) : load16_mask<T>(x + i + 16 * q, lm);
+      nan |= _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q) != 0;
+      pinf |= _mm512_cmp_ps_mask(xv, vpinf, _CMP_EQ_OQ) != 0;
+      const __mmask16 k = _mm512_cmp_ps_mask(xv, vninf, _CMP_GT_OQ);
+      fin |= k != 0;
+      const __m512 y = _mm512_add_ps(xv, vgumbel(u[q]));
+      _mm512_mask_storeu_ps(s + i + 16 * q, lm, y);
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i - lo + 16 * q)), lane);
+      const __mmask16 better = _mm512_mask_cmp_ps_mask(k, y, bkey, _CMP_GT_OQ);
+      bkey = _mm512_mask_mov_ps(bkey, better, y);
+      bidx = _mm512_mask_mov_epi32(bidx, better, idx);
+    }
+  }
+  alignas(64) float kk[16];
+  alignas(64) int32_t ii[16];
+  _mm512_store_ps(kk, bkey);
+  _mm512_store_si512(ii, bidx);
+  for (int l = 0; l < 16; ++l)
+    if (ii[l] >= 0) best.take(kk[l], lo + ii[l]);
+  flags.nan |= nan;
+  flags.pinf |= pinf;
+  flags.finite |= fin;
+  i = hi;
+#endif
+  for (; i < hi; ++i) {
+    const float v = to_float(x[i]);
+    if (v != v) flags.nan = true;
+    if (v == kInf) flags.pinf = true;
+    const float y = v + filter::gumbel(philox::uniform(seed, offset, static_cast<uint64_t>(i)));
+    s[i] = y;
+    if (v > -kInf) {
+      flags.finite = true;
+      best.take(y, i);
+    }
+  }
+}
+
+// e_i = exp((s_i - smax) * it) in place over [lo, hi); returns the sum.
+double exp_pass(float* s, int64_t lo, int64_t hi, float smax, float it) {
+  int64_t i = lo;
+  double total = 0.0;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vm = _mm512_set1_ps(smax), vit = _mm512_set1_ps(it);
+  __m512 acc = _mm512_setzero_ps();
+  int cnt = 0;
+  for (; i + 16 <= hi; i += 16) {
+    const __m512 e = vexp(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm), vit));
+    _mm512_storeu_ps(s + i, e);
+    acc = _mm512_add_ps(acc, e);
+    if (++cnt == 256) {  // flush to double every 4096 tokens
+      total += _mm512_reduce_add_ps(acc);
+      acc = _mm512_setzero_ps();
+      cnt = 0;
+    }
+  }
+  total += _mm512_reduce_add_ps(acc);
+#endif
+  for (; i < hi; ++i) {
+    const float e = filter::fexp((s[i] - smax) * it);
+    s[i] = e;
+    total += e;
+  }
+  return total;
+}
+
+template <class T>
+void scale_store(const float* e, int64_t lo, int64_t hi, float scale, T* out) {
+  for (int64_t i = lo; i < hi; ++i) out[i] = static_cast<T>(e[i] * scale);
+}
+
+void check_tau(const Tensor& logits, const Tensor& tau, const Tensor& seed, const Tensor& offset) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  const int64_t B = logits.size(0);
+  check_per_row(tau, "tau", B, ScalarType::Float, logits, "logits");
+  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
+  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
+  const float* t = tau.const_data_ptr<float>();
+  for (int64_t r = 0; r < B; ++r)
+    SOFTDEC_CHECK(t[r] > 0.0f && t[r] < kInf, "tau must be a finite value > 0, got ", t[r], " at row ", r);
+}
+
+std::tuple<Tensor, Tensor> gumbel_softmax_cpu(Tensor logits, Tensor tau, Tensor seed, Tensor offset) {
+  check_tau(logits, tau, seed, offset);
+  const int64_t B = logits.size(0), V = logits.size(1);
+  Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
+  Tensor am = new_empty(logits, {B}, ScalarType::Long);
+  if (B == 0 || V == 0) return {out, am};
+  const bool f32 = logits.scalar_type() == ScalarType::Float;
+  Tensor scratch = f32 ? out : new_empty(logits, {B, V}, ScalarType::Float);
+  float* sp = scratch.mutable_data_ptr<float>();
+  const float* taus = tau.const_data_ptr<float>();
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* of = offset.const_data_ptr<int64_t>();
+  int64_t* amp = am.mutable_data_ptr<int64_t>();
+  const int64_t nc = chunks_for(B, V), rs = logits.stride(0);
+  std::vector<Best> best(static_cast<size_t>(B * nc));
+  std::vector<Flags> flags(static_cast<size_t>(B * nc));
+  std::vector<double> sums(static_cast<size_t>(B * nc), 0.0);
+  std::vector<float> smax(static_cast<size_t>(B), 0.0f), scale(static_cast<size_t>(B), 0.0f);
+  std::vector<char> ok(static_cast<size_t>(B), 0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t r = w / nc, c = w % nc;
+        const auto [lo, hi] = chunk_range(V, nc, c);
+        perturb_pass(x + r * rs, lo, hi, static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(of[r]),
+                     sp + r * V, best[w], flags[w]);
+      }
+    });
+    for (int64_t r = 0; r < B; ++r) {
+      Flags fl;
+      Best bs;
+      for (int64_t c = 0; c < nc; ++c) {
+        fl.merge(flags[r * nc + c]);
+        if (best[r * nc + c].idx >= 0) bs.take(best[r * nc + c].key, best[r * nc + c].idx);
+      }
+      ok[r] = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
+      amp[r] = ok[r] ? bs.idx : 0;
+      smax[r] = ok[r] ? bs.key : 0.0f;
+    }
+    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t r = w / nc, c = w % nc;
+        if (!ok[r]) continue;
+        const auto [lo, hi] = chunk_range(V, nc, c);
+        sums[w] = exp_pass(sp + r * V, lo, hi, smax[r], 1.0f / taus[r]);
+      }
+    });
+    for (int64_t r = 0; r < B; ++r) {
+      double t = 0.0;
+      for (int64_t c = 0; c < nc; ++c) t += sums[r * nc + c];
+      scale[r] = ok[r] ? static_cast<float>(1.0 / t) : 0.0f;
+    }
+    scalar_t* o = reinterpret_cast<scalar_t*>(out.mutable_data_ptr());
+    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t r = w / nc, c = w % nc;
+        const auto [lo, hi] = chunk_range(V, nc, c);
+        if (!ok[r]) {
+          for (int64_t i = lo; i < hi; ++i) o[r * V + i] = static_cast<scalar_t>(0.0f);
+          continue;
+        }
+        scale_store(sp + r * V, lo, hi, scale[r], o + r * V);
+      }
+    });
+  });
+  return {out, am};
+}
+
+std::tuple<Tensor, Tensor> gumbel_softmax_topk_cpu(Tensor logits, Tensor tau, int64_t k, Tensor seed,
+                                                   Tensor offset) {
+  check_tau(logits, tau, seed, offset);
+  const int64_t B = logits.size(0), V = logits.size(1);
+  SOFTDEC_CHECK(k >= 1 && (k <= V || B == 0), "k must be in [1, vocab] = [1, ", V, "], got ", k);
+  Tensor ids = new_empty(logits, {B, k}, ScalarType::Long);
+  Tensor w = new_empty(logits, {B, k}, ScalarType::Float);
+  if (B == 0) return {w, ids};
+  const float* taus = tau.const_data_ptr<float>();
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* of = offset.const_data_ptr<int64_t>();
+  int64_t* idp = ids.mutable_data_ptr<int64_t>();
+  float* wp = w.mutable_data_ptr<float>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> s(static_cast<size_t>(V));
+      std::vector<Cand> cand;
+      for (int64_t r = b; r < e; ++r) {
+        Best bs;
+        Flags fl;
+        perturb_pass(x + r * rs, 0, V, static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(of[r]), s.data(),
+                     bs, fl);
+        int64_t* ir = idp + r * k;
+        float* wr = wp + r * k;
+        if (fl.nan || fl.pinf || !fl.finite) {
+          for (int64_t j = 0; j < k; ++j) {
+            ir[j] = 0;
+            wr[j] = 0.0f;
+          }
+          continue;
+        }
+        Flags f2;
+        topk_pass(s.data(), 0, V, k, cand, f2);
+        const int64_t n = static_cast<int64_t>(cand.size());
+        const float it = 1.0f / taus[r];
+        double tot = 0.0;
+        for (int64_t j = 0; j < n; ++j) tot += filter::fexp((cand[j].v - cand[0].v) * it);
+        for (int64_t j = 0; j < k; ++j) {
+          if (j < n) {
+            ir[j] = cand[j].i;
+            wr[j] = static_cast<float>(filter::fexp((cand[j].v - cand[0].v) * it) / tot);
+          } else {
+            ir[j] = cand[0].i;
+            wr[j] = 0.0f;
+          }
+        }
+      }
+    });
+  });
+  return {w, ids};
+}
+
+// ------------------------------------------------------------------ filter ops
+
+Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  const int64_t B = logits.size(0), V = logits.size(1);
+  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
+  const int64_t* kp = top_k.const_data_ptr<int64_t>();
+  check_row_values(nullptr, kp, nullptr, nullptr, B);
+  Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
+  if (B == 0 || V == 0) return out;
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    scalar_t* o = reinterpret_cast<scalar_t*>(out.mutable_data_ptr());
+    torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      std::vector<Cand> cand;
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* xr = x + r * rs;
+        scalar_t* orow = o + r * V;
+        const int64_t k = kp[r];
+        float cv = -kInf;
+        int64_t ci = std::numeric_limits<int64_t>::max();
+        if (k > 0 && k < V) {
+          Flags fl;
+          topk_pass(xr, 0, V, k, cand, fl);
+          if (!cand.empty() && static_cast<int64_t>(cand.size()) == k) {
+            cv = cand.back().v;
+            ci = cand.back().i;
+          }
+        }
+        const scalar_t ninf = static_cast<scalar_t>(-kInf);
+        int64_t i0 = 0;
+#if SOFTDEC_SAMPLING_AVX512
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          // kept = not NaN and (x > cv or (x == cv and i <= ci)); the rest -> -inf
+          const __m512 vcv = _mm512_set1_ps(cv), vni = _mm512_set1_ps(-kInf);
+          for (; i0 + 16 <= V; i0 += 16) {
+            const __m512 v = _mm512_loadu_ps(reinterpret_cast<const float*>(xr) + i0);
+            __mmask16 keep = _mm512_cmp_ps_mask(v, vcv, _CMP_GT_OQ);
+            const __mmask16 eq = _mm512_cmp_ps_mask(v, vcv, _CMP_EQ_OQ);
+            if (eq)
+              for (int l = 0; l < 16; ++l)
+                if (((eq >> l) & 1) && i0 + l <= ci) keep |= static_cast<__mmask16>(1u << l);
+            _mm512_storeu_ps(reinterpret_cast<float*>(orow) + i0, _mm512_mask_blend_ps(keep, vni, v));
+          }
+        }
+#endif
+        for (int64_t i = i0; i < V; ++i) {
+          const float v = to_float(xr[i]);
+          const bool keep = v == v && (v > cv || (v == cv && i <= ci));
+          orow[i] = keep ? xr[i] : ninf;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+template <bool kTopP>
+Tensor renorm_probs_cpu(Tensor probs, Tensor param, const char* pname) {
+  check_dim(probs, "probs", 2, "(batch, vocab)");
+  check_float(probs, "probs");
+  check_last_contiguous(probs, "probs");
+  const int64_t B = probs.size(0), V = probs.size(1);
+  check_per_row(param, pname, B, ScalarType::Float, probs, "probs");
+  const float* pp = param.const_data_ptr<float>();
+  if (kTopP) check_row_values(nullptr, nullptr, pp, nullptr, B);
+  else check_row_values(nullptr, nullptr, nullptr, pp, B);
+  Tensor out = new_empty(probs, {B, V}, probs.scalar_type());
+  if (B == 0 || V == 0) return out;
+  const int64_t rs = probs.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(probs.scalar_type(), "probs", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(probs.const_data_ptr());
+    scalar_t* o = reinterpret_cast<scalar_t*>(out.mutable_data_ptr());
+    torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* xr = x + r * rs;
+        auto load = [xr](int64_t i) { return to_float(xr[i]); };
+        // validity, max and the min-p bound (top_p = 1: no radix passes) ...
+        filter::ProbFilter f = filter::compute_prob_filter(load, V, 0, 1.0f, kTopP ? 0.0f : pp[r]);
+        if (kTopP && f.valid && pp[r] < 1.0f) {
+          // ... then the top-p cut in O(V) and the kept mass
+          top_p_cut<true>(xr, V, f.max_prob, f.argmax, 1.0f, pp[r], &f.cut_value, &f.cut_index);
+          double sum = 0.0;
+          for (int64_t i = 0; i < V; ++i) {
+            const float v = load(i);
+            if (filter::kept_probs(f, v, i)) sum += v;
+          }
+          f.norm = sum;
+        }
+        const float scale = (f.valid && f.norm > 0.0) ? static_cast<float>(1.0 / f.norm) : 0.0f;
+        for (int64_t i = 0; i < V; ++i) {
+          const float v = load(i);
+          o[r * V + i] = static_cast<scalar_t>(filter::kept_probs(f, v, i) ? v * scale : 0.0f);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+Tensor top_p_renorm_probs_cpu(Tensor probs, Tensor top_p) { return renorm_probs_cpu<true>(probs, top_p, "top_p"); }
+Tensor min_p_renorm_probs_cpu(Tensor probs, Tensor min_p) { return renorm_probs_cpu<false>(probs, min_p, "min_p"); }
+
+}  // namespace
+}  // namespace softdec
+
+STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
+  m.impl("sample", TORCH_BOX(&softdec::sample_cpu));
+  m.impl("gumbel_softmax", TORCH_BOX(&softdec::gumbel_softmax_cpu));
+  m.impl("gumbel_softmax_topk", TORCH_BOX(&softdec::gumbel_softmax_topk_cpu));
+  m.impl("top_k_mask_logits", TORCH_BOX(&softdec::top_k_mask_logits_cpu));
+  m.impl("top_p_renorm_probs", TORCH_BOX(&softdec::top_p_renorm_probs_cpu));
+  m.impl("min_p_renorm_probs", TORCH_BOX(&softdec::min_p_renorm_probs_cpu));
+}
