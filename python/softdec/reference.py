@@ -54,7 +54,7 @@ def philox_uniform(seed: int, offset: int, n: int) -> torch.Tensor:
 
 import math  # noqa: E402
 
-__all__ += ["soft_mixture", "philox_at", "soft_gamma"]
+__all__ += ["soft_mixture", "soft_mixture_dense", "philox_at", "soft_gamma"]
 
 # Dirichlet noise: Gamma(a) by Marsaglia-Tsang with at most this many attempts
 # per token; attempt t of token id uses the Philox block id * 16 + t.
@@ -229,10 +229,18 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
     if noisy is not None:
         noisy = torch.where(surv, noisy, torch.full_like(noisy, -math.inf))
 
-    rows = embedding.to(acc)[ids]  # (B, k, D)
+    rows = embedding[ids].to(acc)  # (B, k, D): gather first, convert k rows only
     embeds = embed_scale * torch.einsum("bk,bkd->bd", w, rows)
     embeds = embeds.to(embedding.dtype)
     return (embeds, ids, w.to(torch.float32) if acc == torch.float32 else w, entropy, max_prob, valid, noisy)
+
+
+def soft_mixture_dense(logits, embedding, *, temperature=1.0):
+    """The dense concept token ``softmax(logits / T) @ embedding`` over the whole
+    vocabulary (no top-k): the formulation the fused gather replaces; a
+    benchmark baseline. Computes the matmul in the embedding's dtype."""
+    p = torch.softmax(logits.float() / temperature, dim=-1)
+    return p.to(embedding.dtype) @ embedding
 
 
 # ============================================================================ sampling
