@@ -116,32 +116,32 @@ inline __m512 load16_tail(const fp16* p, int n) {
   return _mm512_cvtph_ps(r);
 }
 
-// e^x for x in [-150, 0] (Cephes expf polynomial, ~1 ulp); scalef gives exact 0
-// on underflow.
-inline __m512 exp512(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+// 2^x for x in [-217, ~0] (round to nearest, Taylor polynomial of degree 6 on
+// [-1/2, 1/2], ~1 ulp); scalef gives an exact 0 on underflow.
+inline __m512 exp2_512(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
 
+// The lanes work in base 2: z2 = (l - m) t log2(e), S = sum 2^z2 and
+// A2 = sum 2^z2 z2 (A = A2 ln 2), converted when the lanes are merged.
 template <typename scalar_t, bool kCold>
 void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Part<float>& P) {
   __m512 vm = _mm512_set1_ps(-FLT_MAX), vs = _mm512_setzero_ps(), va = _mm512_setzero_ps();
   __mmask16 badm = 0;
   float thr = P.n == k ? P.vals[k - 1] : -INFINITY;
   __m512 vthr = _mm512_set1_ps(thr);
-  const __m512 vt = _mm512_set1_ps(t), vfloor = _mm512_set1_ps(-150.0f),
-               vbig = _mm512_set1_ps(FLT_MAX);
+  constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.69314718055994531f;
+  const __m512 vt = _mm512_set1_ps(t * kLog2e), vfloor = _mm512_set1_ps(-217.0f),
+               vbig = _mm512_set1_ps(FLT_MAX), vlive = _mm512_set1_ps(-150.0f);
   auto body = [&](__m512 x, int64_t base) {
     badm |= _mm512_cmp_ps_mask(x, vbig, _CMP_NLE_UQ);  // NaN or +inf
     __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_GT_OQ);
@@ -163,16 +163,20 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
       if (SOFTDEC_UNLIKELY(up)) {  // rescale the lanes whose max grew
         const __m512 mn = _mm512_mask_max_ps(vm, up, vm, x);
         const __m512 d = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(vm, mn), vt), vfloor);
-        const __m512 e = exp512(d);
+        const __m512 e = exp2_512(d);
         va = _mm512_mul_ps(e, _mm512_fmadd_ps(d, vs, va));
         vs = _mm512_mul_ps(e, vs);
         vm = mn;
       }
       // max_ps returns its second operand for NaN: NaN lanes give z = floor, e = 0
       const __m512 z = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vt), vfloor);
-      const __m512 e = exp512(z);
-      vs = _mm512_add_ps(vs, e);
-      va = _mm512_fmadd_ps(e, z, va);
+      // 2^z2 underflows to 0 in every lane: an exact no-op (typical for LLM
+      // logits far below the max), skip the exponential
+      if (_mm512_cmp_ps_mask(z, vlive, _CMP_GT_OQ)) {
+        const __m512 e = exp2_512(z);
+        vs = _mm512_add_ps(vs, e);
+        va = _mm512_fmadd_ps(e, z, va);
+      }
     }
   };
   int64_t v = v0;
@@ -184,7 +188,8 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
     _mm512_store_ps(m, vm);
     _mm512_store_ps(s, vs);
     _mm512_store_ps(a, va);
-    for (int j = 0; j < 16; ++j) soft::softmax_merge(P.sm, SoftmaxState<float>{m[j], s[j], a[j]}, t);
+    for (int j = 0; j < 16; ++j)
+      soft::softmax_merge(P.sm, SoftmaxState<float>{m[j], s[j], a[j] * kLn2}, t);
   }
 }
 #endif
