@@ -13,7 +13,8 @@
 //    lists) and runs soft::finalize_row (filters, noise, final order).
 // 3. gather_kernel, grid (rows, D / 2048): each thread owns 8 columns
 //    (16-byte loads of bf16/fp16 rows), fp32 accumulation over the kept tokens.
-// The backward ops have CPU kernels only (see the report in the PR).
+// 4. backward: one block per row for the logits gradient; the embedding
+//    gradient is written row by row by the first (row, slot) pair of each id.
 #include "cuda_common.cuh"
 #include "../dispatch.h"
 #include "softdec/soft_mixture.h"
@@ -59,6 +60,16 @@ template <>
 __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 template <>
 __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half(v); }
+
+// Store an accumulator value in the output type (no float detour for float64).
+template <typename T, typename A>
+__device__ __forceinline__ T cast_out(A v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return static_cast<double>(v);
+  } else {
+    return from_acc<T>(static_cast<float>(v));
+  }
+}
 
 template <typename T>
 struct AccOf {
@@ -459,9 +470,210 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
   return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
 }
 
+// ------------------------------------------------------------------ backward
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t v, acc_t* sh /* [kThreads / 32] */) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = v;
+  __syncthreads();
+  acc_t tot = 0;
+  for (int i = 0; i < kThreads / 32; ++i) tot += sh[i];
+  return tot;
+}
+
+// One block per row: dense entropy / max-prob terms over V, then the sparse
+// terms of the kept weights (the same formulas as the CPU backward).
+template <typename scalar_t, typename emb_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(const acc_t* __restrict__ gE, const acc_t* __restrict__ gW,
+                    const acc_t* __restrict__ gH, const acc_t* __restrict__ gM,
+                    const acc_t* __restrict__ gY, const scalar_t* __restrict__ L, int64_t sL,
+                    const emb_t* __restrict__ E, int64_t sE, const double* __restrict__ T,
+                    const int64_t* __restrict__ ids, const acc_t* __restrict__ W,
+                    const acc_t* __restrict__ lse, const acc_t* __restrict__ H,
+                    const acc_t* __restrict__ MPr, const bool* __restrict__ valid,
+                    const int64_t* __restrict__ nkept, int64_t V, int64_t D, int k, int noise,
+                    double tau, double embed_scale, scalar_t* __restrict__ out) {
+  __shared__ acc_t red[kThreads / 32];
+  __shared__ acc_t g[soft::kMaxTopK];
+  const int64_t b = blockIdx.x;
+  scalar_t* o = out + b * V;
+  const scalar_t* l = L + b * sL;
+  if (!valid[b] || T[b] == 0.0) {
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) o[j] = from_acc<scalar_t>(0.0f);
+    return;
+  }
+  const acc_t t = static_cast<acc_t>(1.0 / T[b]);
+  const int kept = static_cast<int>(nkept[b]);
+  const int64_t* id = ids + b * k;
+  const acc_t* w = W + b * k;
+  const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b], ls = lse[b];
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const acc_t lp = static_cast<acc_t>(to_float(l[j])) * t - ls;
+    const acc_t p = soft::sm_exp(lp);
+    const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);
+    o[j] = cast_out<scalar_t>(d * t);
+  }
+  // g_i = grad_w_i + embed_scale <grad_embeds, E[id_i]>
+  for (int i = 0; i < kept; ++i) {
+    acc_t dot = 0;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+      dot += gE[b * D + d] * static_cast<acc_t>(to_float(E[id[i] * sE + d]));
+    dot = block_sum(dot, red);
+    if (threadIdx.x == 0) g[i] = gW[b * k + i] + static_cast<acc_t>(embed_scale) * dot;
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  int am = 0;  // argmax: the kept token with the largest logit, lowest id
+  for (int i = 1; i < kept; ++i) {
+    const acc_t li = static_cast<acc_t>(to_float(l[id[i]]));
+    const acc_t la = static_cast<acc_t>(to_float(l[id[am]]));
+    if (soft::ranks_before(li, id[i], la, id[am])) am = i;
+  }
+  if (gh != acc_t(0) || gm != acc_t(0)) {
+    o[id[am]] = cast_out<scalar_t>(static_cast<acc_t>(to_float(o[id[am]])) + gm * pm * t);
+  }
+  if (noise == soft::kDirichlet) return;  // the Dirichlet draw is a stop-gradient
+  acc_t sbar = 0;
+  for (int i = 0; i < kept; ++i) sbar += w[i] * g[i];
+  acc_t dx[soft::kMaxTopK];
+  if (noise == soft::kNoNoise) {
+    for (int i = 0; i < kept; ++i) dx[i] = w[i] * (g[i] - sbar);
+  } else {
+    acc_t xm = -static_cast<acc_t>(INFINITY), z = 0, sdy = 0;
+    for (int i = 0; i < kept; ++i) xm = soft::sm_max(xm, static_cast<acc_t>(to_float(l[id[i]])) * t);
+    acc_t wpre[soft::kMaxTopK];
+    for (int i = 0; i < kept; ++i) {
+      wpre[i] = soft::sm_exp(static_cast<acc_t>(to_float(l[id[i]])) * t - xm);
+      z += wpre[i];
+    }
+    const acc_t itau = static_cast<acc_t>(1.0 / tau);
+    for (int i = 0; i < kept; ++i) {
+      dx[i] = w[i] * (g[i] - sbar) * itau + gY[b * k + i];
+      sdy += dx[i];
+    }
+    for (int i = 0; i < kept; ++i) dx[i] -= wpre[i] / z * sdy;
+  }
+  for (int i = 0; i < kept; ++i)
+    o[id[i]] = cast_out<scalar_t>(static_cast<acc_t>(to_float(o[id[i]])) + dx[i] * t);
+}
+
+// Embedding gradient without atomics: block p owns the (row, slot) pair p; if
+// it is the first pair with its token id, it sums every pair with that id and
+// writes the whole output row (deterministic). Untouched rows are zeroed by a
+// memset first.
+template <typename emb_t, typename w_t>
+__global__ void __launch_bounds__(kThreads)
+    embedding_backward_kernel(const w_t* __restrict__ gE, const int64_t* __restrict__ ids,
+                              const w_t* __restrict__ W, const int64_t* __restrict__ nkept,
+                              int64_t B, int k, int64_t D, double scale, emb_t* __restrict__ out) {
+  const int64_t p = blockIdx.x;
+  const int64_t pb = p / k, pi = p % k;
+  if (pi >= nkept[pb]) return;
+  const int64_t tok = ids[p];
+  for (int64_t q = 0; q < p; ++q)  // an earlier kept pair with the same id owns the row
+    if (ids[q] == tok && (q % k) < nkept[q / k]) return;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    w_t acc = 0;
+    for (int64_t q = p; q < B * k; ++q)
+      if (ids[q] == tok && (q % k) < nkept[q / k]) acc += W[q] * gE[(q / k) * D + d];
+    if constexpr (std::is_same_v<emb_t, double>) {
+      out[tok * D + d] = acc * scale;
+    } else {
+      out[tok * D + d] = from_acc<emb_t>(static_cast<float>(acc * static_cast<w_t>(scale)));
+    }
+  }
+}
+
+template <typename F>
+void dispatch_cuda_float(ScalarType t, const char* name, F&& f) {
+  switch (t) {
+    case ScalarType::Float: f(float{}); break;
+    case ScalarType::Double: f(double{}); break;
+    case ScalarType::BFloat16: f(bf16{}); break;
+    case ScalarType::Half: f(fp16{}); break;
+    default: SOFTDEC_CHECK(false, name, " must be float32, bfloat16, float16 or float64, got ",
+                           dtype_name(t));
+  }
+}
+
+Tensor soft_mixture_backward_cuda(Tensor grad_embeds, Tensor grad_weights, Tensor grad_entropy,
+                                  Tensor grad_max_prob, Tensor grad_noisy, Tensor logits,
+                                  Tensor embedding, Tensor temperature, Tensor ids, Tensor weights,
+                                  Tensor lse, Tensor entropy, Tensor max_prob, Tensor valid,
+                                  Tensor nkept, int64_t noise, double tau, double embed_scale) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  check_last_contiguous(logits, "logits");
+  check_last_contiguous(embedding, "embedding");
+  torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
+  const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1), k = ids.size(1);
+  Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
+  if (B == 0) return out;
+  cudaStream_t stream = current_stream(logits);
+  dispatch_cuda_float(logits.scalar_type(), "logits", [&](auto ltag) {
+    dispatch_cuda_float(embedding.scalar_type(), "embedding", [&](auto etag) {
+      using scalar_t = decltype(ltag);
+      using emb_t = decltype(etag);
+      using cs_t = typename CudaScalar<scalar_t>::type;
+      using ce_t = typename CudaScalar<emb_t>::type;
+      using acc_t = typename AccOf<scalar_t>::type;
+      backward_kernel<cs_t, ce_t, acc_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
+          grad_embeds.const_data_ptr<acc_t>(), grad_weights.const_data_ptr<acc_t>(),
+          grad_entropy.const_data_ptr<acc_t>(), grad_max_prob.const_data_ptr<acc_t>(),
+          grad_noisy.const_data_ptr<acc_t>(),
+          reinterpret_cast<const cs_t*>(logits.const_data_ptr<scalar_t>()), logits.stride(0),
+          reinterpret_cast<const ce_t*>(embedding.const_data_ptr<emb_t>()), embedding.stride(0),
+          temperature.const_data_ptr<double>(), ids.const_data_ptr<int64_t>(),
+          weights.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
+          entropy.const_data_ptr<acc_t>(), max_prob.const_data_ptr<acc_t>(),
+          valid.const_data_ptr<bool>(), nkept.const_data_ptr<int64_t>(), V, D,
+          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale,
+          reinterpret_cast<cs_t*>(out.mutable_data_ptr<scalar_t>()));
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+Tensor soft_mixture_embedding_backward_cuda(Tensor grad_embeds, Tensor embedding, Tensor ids,
+                                            Tensor weights, Tensor nkept, double embed_scale) {
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  torch::stable::accelerator::DeviceGuard guard(embedding.get_device_index());
+  const int64_t Ve = embedding.size(0), D = embedding.size(1);
+  const int64_t B = ids.size(0), k = ids.size(1);
+  Tensor out = new_empty(embedding, {Ve, D}, embedding.scalar_type());
+  cudaStream_t stream = current_stream(embedding);
+  SOFTDEC_CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0,
+                                     static_cast<size_t>(Ve * D) * out.element_size(), stream));
+  if (B * k == 0 || D == 0) return out;
+  dispatch_cuda_float(embedding.scalar_type(), "embedding", [&](auto etag) {
+    using emb_t = decltype(etag);
+    using ce_t = typename CudaScalar<emb_t>::type;
+    auto launch = [&](auto wtag) {
+      using w_t = decltype(wtag);
+      embedding_backward_kernel<ce_t, w_t><<<static_cast<unsigned>(B * k), kThreads, 0, stream>>>(
+          grad_embeds.const_data_ptr<w_t>(), ids.const_data_ptr<int64_t>(),
+          weights.const_data_ptr<w_t>(), nkept.const_data_ptr<int64_t>(), B,
+          static_cast<int>(k), D, embed_scale,
+          reinterpret_cast<ce_t*>(out.mutable_data_ptr<emb_t>()));
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    };
+    if (weights.scalar_type() == ScalarType::Double)
+      launch(double{});
+    else
+      launch(float{});
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace softdec
 
 STABLE_TORCH_LIBRARY_IMPL(softdec, CUDA, m) {
   m.impl("soft_mixture", TORCH_BOX(&softdec::soft_mixture_cuda));
+  m.impl("soft_mixture_backward", TORCH_BOX(&softdec::soft_mixture_backward_cuda));
+  m.impl("soft_mixture_embedding_backward", TORCH_BOX(&softdec::soft_mixture_embedding_backward_cuda));
 }
