@@ -449,3 +449,51 @@ def test_native_op_rejects_bad_input():
         op(*([args[0].long()] + args[1:]))
     with pytest.raises(ValueError, match=r"logits must be contiguous in its last dimension, got stride 3"):
         op(*([torch.randn(3, 150)[:, ::3]] + args[1:]))
+
+
+# ---------------------------------------------------------------- CUDA (same semantics, same stream)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("ldt,edt", DTYPES)
+@pytest.mark.parametrize("noise", [None, "gumbel", "dirichlet"])
+@pytest.mark.parametrize("B,V", [(1, 7), (3, 1023), (64, 32000), (3, 151936)])
+def test_cuda_matches_reference(ldt, edt, noise, B, V):
+    g = torch.Generator().manual_seed(B + V)
+    logits = (torch.randn(B, V, generator=g) * 3).to(ldt)
+    logits[0, : min(V, 5)] = logits[0, 0]  # ties
+    if B > 1:
+        logits[1] = -math.inf
+    table = torch.randn(V, 72, generator=g).to(edt)
+    kw = dict(top_k=min(30, V), temperature=0.7, top_p=0.95, min_p=0.001, noise=noise, tau=0.5,
+              dirichlet_alpha=4.0, seed=torch.arange(B) + 1, offset=2)
+    out = softdec.soft_mixture(logits.cuda(), table.cuda(),
+                               **{a: (v.cuda() if isinstance(v, torch.Tensor) else v) for a, v in kw.items()})
+    out = type(out)(*[x.cpu() if x is not None else None for x in out])
+    _check(out, _ref(logits, table, **kw), edt)
+    cpu = softdec.soft_mixture(logits, table, **kw)
+    assert torch.equal(out.ids, cpu.ids) and torch.equal(out.valid, cpu.valid)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("noise", [None, "gumbel"])
+def test_cuda_gradients_match_cpu(noise):
+    logits, table, kw = _grad_inputs(noise, V=1023, B=4, D=16)
+    o = softdec.soft_mixture(logits, table, **kw)
+    lc, tc = logits.detach().cuda().requires_grad_(), table.detach().cuda().requires_grad_()
+    oc = softdec.soft_mixture(lc, tc, **{a: (v.cuda() if isinstance(v, torch.Tensor) else v) for a, v in kw.items()})
+    loss = lambda x: (x.embeds.square().sum() + x.entropy.sum() + x.max_prob.sum()  # noqa: E731
+                      + (x.weights * torch.arange(x.weights.shape[1], device=x.weights.device)).sum())
+    got = torch.autograd.grad(loss(oc), (lc, tc))
+    want = torch.autograd.grad(loss(o), (logits, table))
+    torch.testing.assert_close(got[0].cpu(), want[0], atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(got[1].cpu(), want[1], atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.cuda
+def test_cuda_opcheck_and_compile():
+    args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in _native_args())
+    torch.library.opcheck(torch.ops.softdec.soft_mixture, args)
+    logits, table = args[0], args[1]
+    f = lambda lg, tb: softdec.soft_mixture(lg, tb, top_k=5, noise="gumbel", seed=1).embeds  # noqa: E731
+    assert torch.equal(torch.compile(f, fullgraph=True)(logits, table), f(logits, table))
