@@ -61,6 +61,7 @@ __all__ += ["soft_mixture", "soft_mixture_dense", "philox_at", "soft_gamma"]
 SOFT_GAMMA_ATTEMPTS = 16
 
 
+@torch.compiler.disable  # numpy inside: a graph break under torch.compile
 def philox_at(seed, offset, index) -> torch.Tensor:
     """Elements ``index`` of the per-row ``(seed[r], offset[r])`` Philox streams.
 
@@ -84,6 +85,7 @@ def philox_at(seed, offset, index) -> torch.Tensor:
     return torch.from_numpy(u.astype(np.float32)).reshape(index.shape)
 
 
+@torch.compiler.disable  # draws through philox_at (numpy)
 def soft_gamma(a, seed, offset, ids) -> torch.Tensor:
     """Gamma(a) draws of the Dirichlet noise, float64, from the Philox stream.
 
