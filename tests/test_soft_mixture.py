@@ -423,8 +423,12 @@ def test_bad_inputs():
         sm(torch.zeros(2, 0), torch.zeros(0, 4))
     with pytest.raises(ValueError, match=r"temperature must be a scalar or a tensor of shape \(2,\), got shape \(3,\)"):
         sm(lg, tb, temperature=torch.ones(3))
+    with pytest.raises(ValueError, match=r"embedding must be on the same device as logits \(cpu\), got meta"):
+        sm(lg, tb.to("meta"))
+    with pytest.raises(ValueError, match=r"temperature must be on the same device as the input \(cpu\), got meta"):
+        sm(lg, tb, temperature=torch.ones(2, device="meta"))
     if torch.cuda.is_available():
-        with pytest.raises(ValueError, match=r"embedding must be on the same device as logits"):
+        with pytest.raises(ValueError, match=r"embedding must be on the same device as logits \(cpu\), got cuda:0"):
             sm(lg, tb.cuda())
 
 
