@@ -143,9 +143,11 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
   const __m512 vt = _mm512_set1_ps(t * kLog2e), vfloor = _mm512_set1_ps(-217.0f),
                vbig = _mm512_set1_ps(FLT_MAX), vlive = _mm512_set1_ps(-150.0f);
   auto body = [&](__m512 x, int64_t base) {
-    badm |= _mm512_cmp_ps_mask(x, vbig, _CMP_NLE_UQ);  // NaN or +inf
-    __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_GT_OQ);
+    // x > thr, or NaN (unordered): one compare covers the top-k threshold and
+    // the NaN / +inf check (+inf is always above the threshold)
+    __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_NLE_UQ);
     if (SOFTDEC_UNLIKELY(gt)) {  // threshold fast path: most chunks skip this
+      badm |= _mm512_mask_cmp_ps_mask(gt, x, vbig, _CMP_NLE_UQ);  // NaN or +inf
       alignas(64) float buf[16];
       _mm512_store_ps(buf, x);
       while (gt) {
