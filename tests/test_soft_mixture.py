@@ -143,6 +143,19 @@ def test_temperature_zero_is_argmax():
     _check(out, _ref(logits, table, top_k=5, temperature=0.0, noise="gumbel", seed=1), torch.float32)
 
 
+@pytest.mark.parametrize("T", [1e-3, 1e-30, 1e-45, 1e-300])
+def test_tiny_temperature_is_finite(T):
+    # 1 / T overflows float32: the kernel clamps it and tends to the argmax
+    # (exact ties share the mass) instead of producing NaN
+    logits = torch.tensor([[1.0, 3.0, 3.0, 2.9999, -5.0], [0.5, -1.0, 2.0, 1.0, 0.0]])
+    table = torch.randn(5, 8)
+    for noise in (None, "gumbel"):
+        out = softdec.soft_mixture(logits, table, top_k=4, temperature=T, noise=noise, seed=2)
+        assert out.valid.all() and out.weights.isfinite().all() and out.embeds.isfinite().all()
+        assert out.entropy.isfinite().all() and out.max_prob.isfinite().all()
+        _check(out, _ref(logits, table, top_k=4, temperature=T, noise=noise, seed=2), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_invalid_rows(dtype):
     V = 1025

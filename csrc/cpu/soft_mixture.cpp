@@ -140,7 +140,7 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
   float thr = P.n == k ? P.vals[k - 1] : -INFINITY;
   __m512 vthr = _mm512_set1_ps(thr);
   constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.69314718055994531f;
-  const __m512 vt = _mm512_set1_ps(t * kLog2e), vfloor = _mm512_set1_ps(-217.0f),
+  const __m512 vt = _mm512_set1_ps(std::min(t * kLog2e, FLT_MAX)), vfloor = _mm512_set1_ps(-217.0f),
                vbig = _mm512_set1_ps(FLT_MAX), vlive = _mm512_set1_ps(-150.0f);
   auto body = [&](__m512 x, int64_t base) {
     // x > thr, or NaN (unordered): one compare covers the top-k threshold and
@@ -323,7 +323,7 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
       const int64_t v0 = c * slice, v1 = std::min(V, v0 + slice);
       if (v0 >= v1) continue;
       const bool cold = T[b] == 0.0;
-      const acc_t t = cold ? acc_t(0) : static_cast<acc_t>(1.0 / T[b]);
+      const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
       scan<scalar_t, acc_t>(L + b * sL, v0, v1, t, cold, k, P);
     }
   });
@@ -340,7 +340,7 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
     std::vector<int64_t> mi(k);
     for (int64_t b = begin; b < end; ++b) {
       const bool cold = T[b] == 0.0;
-      const acc_t t = cold ? acc_t(0) : static_cast<acc_t>(1.0 / T[b]);
+      const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
       SoftmaxState<acc_t> st = parts[b * C].sm;
       bool bad = false;
       int n = 0;
@@ -473,7 +473,7 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
         for (int64_t j = 0; j < V; ++j) o[j] = static_cast<scalar_t>(0.0f);
         continue;
       }
-      const acc_t t = static_cast<acc_t>(1.0 / T[b]);
+      const acc_t t = soft::inv_temperature<acc_t>(T[b]);
       const int kept = static_cast<int>(nkept[b]);
       const int64_t* id = ids + b * k;
       const acc_t* w = W + b * k;

@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
   const scalar_t* row = logits + b * sL;
   const double T = temperature[b];
   const bool cold = T == 0.0;
-  const acc_t t = cold ? acc_t(0) : static_cast<acc_t>(1.0 / T);
+  const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T);
   const acc_t big = std::numeric_limits<acc_t>::max();
   const acc_t ninf = -static_cast<acc_t>(INFINITY);
   if (threadIdx.x == 0) {
@@ -251,7 +251,7 @@ __global__ void finalize_kernel(int64_t B, int64_t C, int k, const acc_t* __rest
   acc_t mv[soft::kMaxTopK];
   int64_t mi[soft::kMaxTopK];
   const bool cold = T[b] == 0.0;
-  const acc_t t = cold ? acc_t(0) : static_cast<acc_t>(1.0 / T[b]);
+  const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
   soft::SoftmaxState<acc_t> st{part_state[b * C * 3], part_state[b * C * 3 + 1],
                                part_state[b * C * 3 + 2]};
   bool bad = false;
@@ -505,7 +505,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) o[j] = from_acc<scalar_t>(0.0f);
     return;
   }
-  const acc_t t = static_cast<acc_t>(1.0 / T[b]);
+  const acc_t t = soft::inv_temperature<acc_t>(T[b]);
   const int kept = static_cast<int>(nkept[b]);
   const int64_t* id = ids + b * k;
   const acc_t* w = W + b * k;

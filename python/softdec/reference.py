@@ -218,13 +218,16 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
     elif noise is not None:
         raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
 
-    # final order: weight descending, ties lower id first
-    o1 = torch.argsort(ids, dim=1, stable=True)
-    ids, w, surv = ids.gather(1, o1), w.gather(1, o1), surv.gather(1, o1)
-    noisy = noisy.gather(1, o1) if noisy is not None else None
-    o2 = torch.sort(torch.where(surv, w, torch.full_like(w, -1.0)), dim=1, descending=True, stable=True).indices
-    ids, w, surv = ids.gather(1, o2), w.gather(1, o2), surv.gather(1, o2)
-    noisy = noisy.gather(1, o2) if noisy is not None else None
+    # final order: weight descending, ties lower id first. Without noise the
+    # top-k order (logit descending, ties lower id first) already is one, and
+    # is kept as is (weights that underflow to equal values keep logit order).
+    if noise is not None:
+        o1 = torch.argsort(ids, dim=1, stable=True)
+        ids, w, surv = ids.gather(1, o1), w.gather(1, o1), surv.gather(1, o1)
+        noisy = noisy.gather(1, o1) if noisy is not None else None
+        o2 = torch.sort(torch.where(surv, w, torch.full_like(w, -1.0)), dim=1, descending=True, stable=True).indices
+        ids, w, surv = ids.gather(1, o2), w.gather(1, o2), surv.gather(1, o2)
+        noisy = noisy.gather(1, o2) if noisy is not None else None
     top = torch.where(valid, ids[:, 0], torch.zeros_like(ids[:, 0]))
     ids = torch.where(surv, ids, top[:, None])
     w = torch.where(surv, w, torch.zeros_like(w))
