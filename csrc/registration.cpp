@@ -11,6 +11,23 @@ STABLE_TORCH_LIBRARY(softdec, m) {
 
 
   // ---- soft mixture (csrc/cpu/soft_mixture.cpp, csrc/cuda/soft_mixture.cu) ----
+  // Concept tokens: fused softmax/entropy/top-k/top-p/min-p/noise/gather. Per-row tensors:
+  // temperature/top_p/min_p float64, top_k/seed/offset int64. noise: 0 none, 1 gumbel, 2 dirichlet.
+  // Returns (embeds, ids, weights, entropy, max_prob, valid, noisy_logits, lse, nkept); the last
+  // two are saved for the backward.
+  m.def("soft_mixture(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k, "
+        "Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int k, int noise, float tau, "
+        "float noise_scale, float dirichlet_alpha, float embed_scale) -> (Tensor, Tensor, Tensor, "
+        "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradient of soft_mixture w.r.t. logits (dense (B, V), logits dtype).
+  m.def("soft_mixture_backward(Tensor grad_embeds, Tensor grad_weights, Tensor grad_entropy, "
+        "Tensor grad_max_prob, Tensor grad_noisy, Tensor logits, Tensor embedding, "
+        "Tensor temperature, Tensor ids, Tensor weights, Tensor lse, Tensor entropy, "
+        "Tensor max_prob, Tensor valid, Tensor nkept, int noise, float tau, float embed_scale) "
+        "-> Tensor");
+  // Gradient of soft_mixture w.r.t. the embedding: the scatter into the kept rows, dense (V, D).
+  m.def("soft_mixture_embedding_backward(Tensor grad_embeds, Tensor embedding, Tensor ids, "
+        "Tensor weights, Tensor nkept, float embed_scale) -> Tensor");
 
 
   // ---- sampling (csrc/cpu/sampling.cpp, csrc/cuda/sampling.cu) ----

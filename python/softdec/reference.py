@@ -52,7 +52,200 @@ def philox_uniform(seed: int, offset: int, n: int) -> torch.Tensor:
 
 # ============================================================================ soft mixture
 
-__all__ += []  # this family's public names
+import math  # noqa: E402
+
+__all__ += ["soft_mixture", "soft_mixture_dense", "philox_at", "soft_gamma"]
+
+# Dirichlet noise: Gamma(a) by Marsaglia-Tsang with at most this many attempts
+# per token; attempt t of token id uses the Philox block id * 16 + t.
+SOFT_GAMMA_ATTEMPTS = 16
+
+
+@torch.compiler.disable  # numpy inside: a graph break under torch.compile
+def philox_at(seed, offset, index) -> torch.Tensor:
+    """Elements ``index`` of the per-row ``(seed[r], offset[r])`` Philox streams.
+
+    ``seed``/``offset``: int or (B,) int64; ``index``: (B, n) int64 element
+    indices (the stream position of each draw). Returns float32 (B, n) in
+    (0, 1), bit-identical to ``philox_uniform`` at those positions.
+    """
+    index = torch.as_tensor(index, dtype=torch.int64).cpu()
+    b = index.shape[0]
+    s = torch.as_tensor(seed, dtype=torch.int64).cpu().reshape(-1).expand(b).numpy().astype(np.uint64)
+    o = torch.as_tensor(offset, dtype=torch.int64).cpu().reshape(-1).expand(b).numpy().astype(np.uint64)
+    i = index.numpy().astype(np.uint64)
+    blk = i >> np.uint64(2)
+    lane = (i & np.uint64(3)).astype(np.int64)
+    so = np.broadcast_to(s[:, None], i.shape)
+    oo = np.broadcast_to(o[:, None], i.shape)
+    ctr = np.stack([blk & _MASK, blk >> np.uint64(32), oo & _MASK, oo >> np.uint64(32)], -1)
+    key = np.stack([so & _MASK, so >> np.uint64(32)], -1)
+    bits = np.take_along_axis(philox4x32_10(ctr, key), lane[..., None], -1)[..., 0]
+    u = ((bits >> np.uint32(9)).astype(np.float64) + 0.5) / 2.0 ** 23
+    return torch.from_numpy(u.astype(np.float32)).reshape(index.shape)
+
+
+@torch.compiler.disable  # draws through philox_at (numpy)
+def soft_gamma(a, seed, offset, ids) -> torch.Tensor:
+    """Gamma(a) draws of the Dirichlet noise, float64, from the Philox stream.
+
+    ``a``: (B, n) float64 shapes (a <= 0 gives 0); ``ids``: (B, n) token ids.
+    Layout (shared with the kernels): attempt t (0 <= t < 16) of token ``id``
+    uses the four uniforms of Philox block ``id * 16 + t`` (stream elements
+    ``4 * (id * 16 + t) + {0, 1, 2, 3}``): u0, u1 give a normal by Box-Muller
+    (n = sqrt(-2 log u0) cos(2 pi u1)), u2 the Marsaglia-Tsang acceptance test;
+    lane 3 of attempt 0 is the boost uniform for a < 1 (Gamma(a) =
+    Gamma(a + 1) * u^(1/a)). If all 16 attempts are rejected (probability
+    < 1e-20) the draw is d = a' - 1/3. Computed in float64.
+    """
+    a = torch.as_tensor(a, dtype=torch.float64).cpu()
+    ids = torch.as_tensor(ids, dtype=torch.int64).cpu()
+    R = SOFT_GAMMA_ATTEMPTS
+    t = torch.arange(R, dtype=torch.int64)
+    base = (ids[..., None] * R + t) * 4  # (B, n, R)
+    flat = lambda lane: philox_at(seed, offset, (base + lane).reshape(ids.shape[0], -1)).reshape(base.shape).double()
+    u0, u1, u2, u3 = flat(0), flat(1), flat(2), flat(3)
+    boost = a < 1
+    ap = torch.where(boost, a + 1, a)
+    d = ap - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    n = torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(2.0 * math.pi * u1)
+    v = (1.0 + c[..., None] * n) ** 3
+    vpos = v > 0
+    logv = torch.log(torch.where(vpos, v, torch.ones_like(v)))
+    ok = vpos & (torch.log(u2) < 0.5 * n * n + d[..., None] - d[..., None] * v + d[..., None] * logv)
+    first = torch.where(ok.any(-1), ok.to(torch.int64).argmax(-1), torch.full_like(a, R - 1, dtype=torch.int64))
+    vsel = v.gather(-1, first[..., None])[..., 0]
+    g = torch.where(ok.any(-1), d * vsel, d)
+    g = torch.where(boost, g * u3[..., 0] ** (1.0 / torch.where(a > 0, a, torch.ones_like(a))), g)
+    return torch.where(a > 0, g, torch.zeros_like(g))
+
+
+def _row_tensor(v, b, dtype, device):
+    if isinstance(v, torch.Tensor):
+        return v.to(device=device, dtype=dtype).reshape(-1).expand(b)
+    return torch.full((b,), v, dtype=dtype, device=device)
+
+
+def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min_p=0.0,
+                 noise=None, tau=1.0, noise_scale=1.0, dirichlet_alpha=1.0, seed=0, offset=0,
+                 embed_scale=1.0):
+    """Soft Thinking concept tokens, as the plain PyTorch pipeline (oracle and baseline).
+
+    Same arguments and semantics as ``softdec.soft_mixture`` (see its docstring):
+    softmax(logits / T) with entropy and max prob of the full distribution;
+    top-k (ties: lower vocabulary index first), top-p, min-p with
+    renormalisation; Gumbel or Dirichlet noise from the Philox stream; sort by
+    weight (ties: lower id first); the weighted sum of the k embedding rows.
+    Computes in float64 when the inputs are float64, else float32. Returns the
+    tuple ``(embeds, ids, weights, entropy, max_prob, valid, noisy_logits)``
+    (``noisy_logits`` is None unless ``noise == "gumbel"``). Differentiable by
+    autograd w.r.t. logits and embedding except through the Dirichlet draw.
+    """
+    B, V = logits.shape
+    dev = logits.device
+    acc = torch.promote_types(torch.promote_types(logits.dtype, embedding.dtype), torch.float32)
+    x = logits.to(acc)
+    kmax = int(top_k.max()) if isinstance(top_k, torch.Tensor) else int(top_k)
+    kr = _row_tensor(top_k, B, torch.int64, dev)
+    T = _row_tensor(temperature, B, acc, dev)
+    tp = _row_tensor(top_p, B, acc, dev)
+    mp = _row_tensor(min_p, B, acc, dev)
+    cold = T == 0
+    bad = torch.isnan(x).any(1) | torch.isposinf(x).any(1) | torch.isneginf(x).all(1)
+    valid = ~bad
+    xs = torch.where(bad[:, None], torch.zeros_like(x), x)
+    Ts = torch.where(cold, torch.ones_like(T), T)
+    z = xs / Ts[:, None]
+    logp = torch.log_softmax(z, dim=1)
+    p = logp.exp()
+    entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(1)
+    max_prob = p.max(1).values
+    entropy = torch.where(cold | bad, torch.zeros_like(entropy), entropy)
+    max_prob = torch.where(bad, torch.zeros_like(max_prob), torch.where(cold, torch.ones_like(max_prob), max_prob))
+
+    # top-k with ties broken toward the lower index: topk gives the threshold
+    # value, the set is {x > thr} plus the lowest-index ties at thr.
+    ke = min(kmax, V)
+    thr = torch.topk(xs, ke, dim=1).values[:, -1:]
+    gt = xs > thr
+    eq = xs == thr
+    need = ke - gt.sum(1, keepdim=True)
+    keep = gt | (eq & (torch.cumsum(eq.to(torch.int64), 1) <= need))
+    key = keep.to(torch.int64) * (V - torch.arange(V, device=dev))  # kept, lower index first
+    ids = torch.topk(key, ke, dim=1).indices
+    xv = xs.gather(1, ids)
+    order = torch.sort(xv, dim=1, descending=True, stable=True).indices
+    ids = ids.gather(1, order)
+    xv = xv.gather(1, order)
+    if ke < kmax:
+        ids = torch.cat([ids, ids[:, :1].expand(B, kmax - ke)], 1)
+        xv = torch.cat([xv, torch.full((B, kmax - ke), -math.inf, dtype=acc, device=dev)], 1)
+    pos = torch.arange(kmax, device=dev)
+    surv = (xv > -math.inf) & (pos < kr[:, None]) & ~bad[:, None]
+    surv = surv & (~cold[:, None] | (pos == 0))
+    zk = torch.where(surv, xv / Ts[:, None], torch.full_like(xv, -math.inf))
+    w = torch.softmax(zk, dim=1)
+    w = torch.where(cold[:, None], (pos == 0).to(acc).expand(B, kmax), w)
+    w = torch.where(surv, w, torch.zeros_like(w))
+    # top-p: the smallest prefix whose mass reaches top_p
+    excl = torch.cumsum(w, 1) - w
+    surv = surv & ((excl < tp[:, None]) | (tp[:, None] >= 1))
+    w = torch.where(surv, w, torch.zeros_like(w))
+    w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
+    # min-p relative to the largest surviving weight
+    surv = surv & (w >= mp[:, None] * w[:, :1])
+    w = torch.where(surv, w, torch.zeros_like(w))
+    w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
+
+    noisy = None
+    if noise == "gumbel":
+        u = philox_at(seed if not isinstance(seed, torch.Tensor) else seed.expand(B), offset if not isinstance(offset, torch.Tensor) else offset.expand(B), ids).to(dev).to(acc)
+        G = -torch.log(-torch.log(u))
+        y = torch.where(surv, torch.log(torch.where(surv, w, torch.ones_like(w))) + noise_scale * G,
+                        torch.full_like(w, -math.inf))
+        w = torch.softmax(y / tau, dim=1)
+        w = torch.where(surv, w, torch.zeros_like(w))
+        noisy = y
+    elif noise == "dirichlet":
+        a = (dirichlet_alpha * w).detach().double().cpu()
+        g = soft_gamma(a, seed if not isinstance(seed, torch.Tensor) else seed.expand(B),
+                       offset if not isinstance(offset, torch.Tensor) else offset.expand(B), ids.cpu())
+        g = torch.where(surv.cpu(), g, torch.zeros_like(g))
+        tot = g.sum(1, keepdim=True)
+        g = torch.where(tot > 0, g / torch.where(tot > 0, tot, torch.ones_like(tot)), w.detach().double().cpu())
+        w = g.to(device=dev, dtype=acc)
+    elif noise is not None:
+        raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
+
+    # final order: weight descending, ties lower id first. Without noise the
+    # top-k order (logit descending, ties lower id first) already is one, and
+    # is kept as is (weights that underflow to equal values keep logit order).
+    if noise is not None:
+        o1 = torch.argsort(ids, dim=1, stable=True)
+        ids, w, surv = ids.gather(1, o1), w.gather(1, o1), surv.gather(1, o1)
+        noisy = noisy.gather(1, o1) if noisy is not None else None
+        o2 = torch.sort(torch.where(surv, w, torch.full_like(w, -1.0)), dim=1, descending=True, stable=True).indices
+        ids, w, surv = ids.gather(1, o2), w.gather(1, o2), surv.gather(1, o2)
+        noisy = noisy.gather(1, o2) if noisy is not None else None
+    top = torch.where(valid, ids[:, 0], torch.zeros_like(ids[:, 0]))
+    ids = torch.where(surv, ids, top[:, None])
+    w = torch.where(surv, w, torch.zeros_like(w))
+    if noisy is not None:
+        noisy = torch.where(surv, noisy, torch.full_like(noisy, -math.inf))
+
+    rows = embedding[ids].to(acc)  # (B, k, D): gather first, convert k rows only
+    embeds = embed_scale * torch.einsum("bk,bkd->bd", w, rows)
+    embeds = embeds.to(embedding.dtype)
+    return (embeds, ids, w.to(torch.float32) if acc == torch.float32 else w, entropy, max_prob, valid, noisy)
+
+
+def soft_mixture_dense(logits, embedding, *, temperature=1.0):
+    """The dense concept token ``softmax(logits / T) @ embedding`` over the whole
+    vocabulary (no top-k): the formulation the fused gather replaces; a
+    benchmark baseline. Computes the matmul in the embedding's dtype."""
+    p = torch.softmax(logits.float() / temperature, dim=-1)
+    return p.to(embedding.dtype) @ embedding
 
 
 # ============================================================================ sampling
