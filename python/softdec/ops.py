@@ -121,7 +121,7 @@ class Verified(NamedTuple):
     tokens : torch.Tensor
         (batch, K + 1) int64. ``tokens[b, :num_accepted[b]]`` are the accepted
         drafts, ``tokens[b, num_accepted[b]]`` the correction or bonus token (or
-        -1 where the target row at that position is invalid: NaN or all -inf),
+        -1 where the target row at that position is invalid: NaN, +inf or all -inf),
         and the rest is -1.
     num_accepted : torch.Tensor
         (batch,) int64, accepted drafts per row, ``0 <= num_accepted[b] <= num_draft[b]``.
@@ -386,7 +386,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
     n = row_param(K if num_draft is None else num_draft, "num_draft", B, dev, torch.int64, lo=0, hi=K)
     T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0.0)
     tk = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
-    tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0.0, hi=1.0, lo_open=True)
+    tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0.0, hi=1.0)
     mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0.0, hi=1.0)
     for name, v in (("posterior_threshold", posterior_threshold), ("posterior_alpha", posterior_alpha),
                     ("delta", delta)):

@@ -82,7 +82,7 @@ def verify_target_probs(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.
     softmax(logits / T) in the project-wide filter order (top-k with ties broken
     lower index first, then top-p on the renormalised top-k, then min-p, each
     renormalised); T = 0 is the one-hot argmax (lowest index on ties).
-    ``valid`` (B,) is False for rows holding NaN or only -inf (their ``p`` is 0).
+    ``valid`` (B,) is False for rows holding NaN or +inf or only -inf (their ``p`` is 0).
     Computes in float64 for float64 input, else float32.
     """
     B, V = logits.shape
@@ -93,7 +93,7 @@ def verify_target_probs(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.
     k = _verify_rows(top_k, B, torch.int64, dev)
     tp = _verify_rows(top_p, B, wdt, dev)
     mp = _verify_rows(min_p, B, wdt, dev)
-    valid = ~torch.isnan(x).any(-1) & (x > -float("inf")).any(-1)
+    valid = ~torch.isnan(x).any(-1) & ~(x == float("inf")).any(-1) & (x > -float("inf")).any(-1)
     xs = torch.where(valid[:, None], x, torch.zeros_like(x))
     greedy = T == 0
     scaled = xs / torch.where(greedy, torch.ones_like(T), T)[:, None]
@@ -107,7 +107,7 @@ def verify_target_probs(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.
     sp = torch.where(keep, sp, torch.zeros_like(sp))
     sp = sp / sp.sum(-1, keepdim=True)
     excl = torch.cumsum(sp, -1) - sp
-    keep = keep & ((tp[:, None] >= 1) | (excl < tp[:, None]))
+    keep = keep & ((tp[:, None] >= 1) | (excl < tp[:, None]) | (rank == 0))
     sp = torch.where(keep, sp, torch.zeros_like(sp))
     sp = sp / sp.sum(-1, keepdim=True)
     keep = keep & ~(sp < mp[:, None] * sp[:, :1])
