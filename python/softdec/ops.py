@@ -198,11 +198,14 @@ def _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids,
                 raise ValueError(f"draft_ids[{b}, {j}] = {int(draft_ids[b, j])} must be one of the "
                                  f"sparse draft's ids at that position, got {sid[b, j].tolist()}")
     if neighbours is not None and neighbours.numel():
-        badn = (neighbours < -1) | (neighbours >= V)
+        # only the rows of the drafted tokens are read (the table may be large)
+        rows = torch.unique(draft_ids[live].clamp(0, V - 1))
+        sub = neighbours[rows]
+        badn = (sub < -1) | (sub >= V)
         if bool(badn.any()):
-            v, c = (int(t) for t in badn.nonzero()[0])
+            r, c = (int(t) for t in badn.nonzero()[0])
             raise ValueError(f"neighbours must lie in [-1, {V}) (-1 = none), got "
-                             f"{int(neighbours[v, c])} at ({v}, {c})")
+                             f"{int(sub[r, c])} at ({int(rows[r])}, {c})")
 
 
 def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
