@@ -100,6 +100,13 @@ def verify_target_probs(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.
     p = torch.softmax(scaled, -1)
     onehot = torch.zeros_like(p).scatter_(1, xs.argmax(-1, keepdim=True), 1.0)
     p = torch.where(greedy[:, None], onehot, p)
+    if bool(((k <= 0) | (k >= V)).all()) and bool((tp >= 1).all()):
+        # no top-k / top-p: min-p alone needs no sort
+        keep = ~(p < mp[:, None] * p.max(-1, keepdim=True).values)
+        p = torch.where(keep, p, torch.zeros_like(p))
+        p = p / p.sum(-1, keepdim=True)
+        p = torch.where(valid[:, None], p, torch.zeros_like(p))
+        return p, valid
     # sort once (value descending, lower index first on ties): every filter keeps a prefix
     sp, order = torch.sort(p, dim=-1, descending=True, stable=True)
     rank = torch.arange(V, device=dev)[None, :]
