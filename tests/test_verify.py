@@ -668,3 +668,19 @@ def test_torch_compile_fullgraph():
     a = cg(lg, dp[0], dp[1])
     b = g(lg, dp[0], dp[1])
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("filt", [dict(top_k=5), dict(top_k=1500, top_p=0.7), dict(top_p=0.6),
+                                  dict(top_k=40, min_p=0.3), dict(top_k=3000)])
+def test_ties_and_large_top_k_match_reference(kind, filt):
+    # quantised logits: many ties at every cut; top_k 1500 takes filter.h's radix-selection path
+    B, K, V = 24, 3, 3001
+    g = torch.Generator().manual_seed(11)
+    lg = torch.randint(-4, 5, (B, K + 1, V), generator=g).float()
+    _, d, dp = _case(B, K, V, kind, seed=4)
+    seeds = torch.arange(B) + 9
+    got = softdec.verify(lg, d, draft_probs=dp, seed=seeds, **filt)
+    want = ref.verify(lg.double(), d, draft_probs=_ref_args(dp), seed=seeds, **filt)
+    assert torch.equal(got.tokens, want.tokens)
+    assert torch.equal(got.num_accepted, want.num_accepted)
