@@ -57,7 +57,183 @@ __all__ += []  # this family's public names
 
 # ============================================================================ sampling
 
-__all__ += []  # this family's public names
+__all__ += ["filter_probs", "sample", "sample_gumbel", "gumbel_noise", "gumbel_softmax",
+            "gumbel_softmax_topk", "top_k_mask_logits", "top_p_renorm_probs", "min_p_renorm_probs"]
+
+
+def _row_values(v, batch: int, dtype, device) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v.to(device=device, dtype=dtype).reshape(-1).expand(batch) if v.numel() == 1 \
+            else v.to(device=device, dtype=dtype)
+    return torch.full((batch,), v, dtype=dtype, device=device)
+
+
+def _row_valid(x: torch.Tensor) -> torch.Tensor:
+    """A row is valid iff it has no NaN, no +inf and at least one finite logit."""
+    return ~torch.isnan(x).any(-1) & ~(x == float("inf")).any(-1) & torch.isfinite(x).any(-1)
+
+
+def filter_probs(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
+    """The filtered, renormalised softmax(logits / T) of every row (sort-based).
+
+    Semantics of include/softdec/filter.h: order = logit descending, ties by
+    lower index; top-k keeps the first k (k = 0 or k >= V: all); top-p keeps the
+    smallest prefix of the top-k-renormalised distribution whose mass reaches
+    top_p (at least one token); min-p keeps p >= min_p * max p; T = 0 is the
+    one-hot argmax. Computed in the dtype of ``logits`` (float64 in tests).
+
+    Returns ``(probs[B, V], valid[B])``; invalid rows (NaN, +inf or no finite
+    logit) are all zero.
+    """
+    x = logits
+    B, V = x.shape
+    dev = x.device
+    T = _row_values(temperature, B, x.dtype, dev)
+    k = _row_values(top_k, B, torch.int64, dev)
+    tp = _row_values(top_p, B, x.dtype, dev)
+    mp = _row_values(min_p, B, x.dtype, dev)
+    valid = _row_valid(x)
+    xs = torch.where(valid[:, None], x, torch.zeros_like(x))
+    greedy = T == 0
+    z = xs / torch.where(greedy, torch.ones_like(T), T)[:, None]
+    order = torch.sort(xs, dim=-1, descending=True, stable=True).indices
+    zs = torch.gather(z, 1, order)
+    finite = torch.isfinite(zs)
+    m = zs[:, :1]
+    e = torch.where(finite, torch.exp(zs - m), torch.zeros_like(zs))
+    rank = torch.arange(V, device=dev)[None, :]
+    keep = finite.clone()
+    kk = torch.where((k > 0) & (k < V), k, torch.full_like(k, V))
+    keep &= rank < kk[:, None]
+    e = e * keep
+    total = e.sum(-1, keepdim=True)
+    excl = torch.cumsum(e, -1) - e
+    use_p = (tp < 1)[:, None]
+    keep_p = (excl < tp[:, None] * total) | (rank == 0)
+    keep &= ~use_p | keep_p
+    keep &= torch.exp(zs - m) >= mp[:, None]
+    e = torch.where(keep, torch.exp(zs - m), torch.zeros_like(zs))
+    ps = e / e.sum(-1, keepdim=True)
+    probs = torch.zeros_like(z).scatter(1, order, ps)
+    onehot = torch.zeros_like(z).scatter(1, order[:, :1], 1.0)
+    probs = torch.where(greedy[:, None], onehot, probs)
+    probs = torch.where(valid[:, None], probs, torch.zeros_like(probs))
+    return probs, valid
+
+
+def sample(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, generator=None):
+    """The eager baseline: softmax, sort-based filtering, ``torch.multinomial``.
+
+    Returns ``(ids[B] int64, valid[B] bool)``; invalid rows give id 0.
+    """
+    probs, valid = filter_probs(logits.float(), temperature, top_k, top_p, min_p)
+    safe = torch.where(valid[:, None], probs, torch.ones_like(probs))
+    ids = torch.multinomial(safe, 1, generator=generator).squeeze(1)
+    return torch.where(valid, ids, torch.zeros_like(ids)), valid
+
+
+def gumbel_noise(seed, offset, batch: int, vocab: int) -> torch.Tensor:
+    """G[r, i] = -log(-log u), u = element i of the (seed[r], offset[r]) stream; float64."""
+    seeds = _row_values(seed, batch, torch.int64, "cpu").tolist()
+    offs = _row_values(offset, batch, torch.int64, "cpu").tolist()
+    u = torch.stack([philox_uniform(s, o, vocab) for s, o in zip(seeds, offs)]) if batch else \
+        torch.zeros(0, vocab)
+    return -torch.log(-torch.log(u.double()))
+
+
+def sample_gumbel(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                  seed=0, offset=0):
+    """The exact-stream oracle of ``softdec.sample``: argmax over the kept set of
+    ``logits / T + G`` with softdec's Philox noise (float64). Returns ``(ids, valid)``."""
+    B, V = logits.shape
+    probs, valid = filter_probs(logits.double(), temperature, top_k, top_p, min_p)
+    T = _row_values(temperature, B, torch.float64, logits.device)
+    z = logits.double() / torch.where(T == 0, torch.ones_like(T), T)[:, None]
+    key = torch.where(probs > 0, z + gumbel_noise(seed, offset, B, V).to(z.device), torch.full_like(z, -float("inf")))
+    ids = torch.where(valid, key.argmax(-1), torch.zeros(B, dtype=torch.int64, device=z.device))
+    greedy = (T == 0) & valid
+    ids = torch.where(greedy, probs.argmax(-1), ids)
+    return ids, valid
+
+
+def gumbel_softmax(logits: torch.Tensor, tau=1.0, seed=0, offset=0, noise=None):
+    """``softmax((logits + G) / tau)`` with softdec's noise (float64), and ``argmax(logits + G)``.
+    Rows with NaN, +inf or no finite logit are all zero (argmax 0)."""
+    B, V = logits.shape
+    x = logits.double()
+    g = gumbel_noise(seed, offset, B, V).to(x.device) if noise is None else noise.double()
+    t = _row_values(tau, B, torch.float64, x.device)
+    y = x + g
+    valid = _row_valid(x)
+    probs = torch.softmax(torch.where(valid[:, None], y, torch.zeros_like(y)) / t[:, None], -1)
+    probs = torch.where(valid[:, None], probs, torch.zeros_like(probs))
+    am = torch.where(valid, torch.where(valid[:, None], y, torch.zeros_like(y)).argmax(-1),
+                     torch.zeros(B, dtype=torch.int64, device=x.device))
+    return probs, am
+
+
+def gumbel_softmax_topk(logits: torch.Tensor, k: int, tau=1.0, seed=0, offset=0):
+    """The k largest ``logits + G`` (ties: lower index) and the softmax of ``(logits + G) / tau``
+    over them; positions beyond the finite tokens repeat the top id with weight 0."""
+    B, V = logits.shape
+    x = logits.double()
+    y = x + gumbel_noise(seed, offset, B, V).to(x.device)
+    valid = _row_valid(x)
+    y = torch.where(valid[:, None], y, torch.full_like(y, -float("inf")))
+    order = torch.sort(y, dim=-1, descending=True, stable=True).indices[:, :k]
+    yk = torch.gather(y, 1, order)
+    fin = torch.isfinite(yk)
+    t = _row_values(tau, B, torch.float64, x.device)
+    w = torch.softmax(torch.where(fin, yk, torch.full_like(yk, -float("inf"))) / t[:, None], -1)
+    w = torch.where(fin & valid[:, None], w, torch.zeros_like(w))
+    ids = torch.where(fin, order, order[:, :1])
+    ids = torch.where(valid[:, None], ids, torch.zeros_like(ids))
+    return ids, w
+
+
+def top_k_mask_logits(logits: torch.Tensor, top_k) -> torch.Tensor:
+    """Logits outside each row's top-k (ties: lower index first) set to -inf; k = 0 or k >= V keeps all.
+    NaN entries are never kept."""
+    B, V = logits.shape
+    k = _row_values(top_k, B, torch.int64, logits.device)
+    x = torch.where(torch.isnan(logits), torch.full_like(logits, -float("inf")), logits)
+    order = torch.sort(x, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(V, device=x.device).expand(B, V))
+    kk = torch.where((k > 0) & (k < V), k, torch.full_like(k, V))
+    return torch.where(rank < kk[:, None], x, torch.full_like(x, -float("inf")))
+
+
+def _probs_valid(p: torch.Tensor) -> torch.Tensor:
+    return (torch.isfinite(p) & (p >= 0)).all(-1) & (p > 0).any(-1)
+
+
+def top_p_renorm_probs(probs: torch.Tensor, top_p) -> torch.Tensor:
+    """Each row restricted to the smallest prefix (descending, ties: lower index) whose mass
+    reaches top_p * row sum, renormalised; invalid rows (NaN, inf, negative, all zero) are zero."""
+    B, V = probs.shape
+    tp = _row_values(top_p, B, probs.dtype, probs.device)
+    valid = _probs_valid(probs)
+    p = torch.where(valid[:, None], probs, torch.zeros_like(probs))
+    ps, order = torch.sort(p, dim=-1, descending=True, stable=True)
+    excl = torch.cumsum(ps, -1) - ps
+    total = ps.sum(-1, keepdim=True)
+    rank = torch.arange(V, device=p.device)[None, :]
+    keep = ((excl < tp[:, None] * total) | (rank == 0) | (tp[:, None] >= 1)) & (ps > 0)
+    ps = torch.where(keep, ps, torch.zeros_like(ps))
+    out = torch.zeros_like(p).scatter(1, order, ps / ps.sum(-1, keepdim=True).clamp_min(1e-300))
+    return torch.where(valid[:, None], out, torch.zeros_like(out))
+
+
+def min_p_renorm_probs(probs: torch.Tensor, min_p) -> torch.Tensor:
+    """Each row restricted to p >= min_p * max p, renormalised; invalid rows are zero."""
+    B, V = probs.shape
+    mp = _row_values(min_p, B, probs.dtype, probs.device)
+    valid = _probs_valid(probs)
+    p = torch.where(valid[:, None], probs, torch.zeros_like(probs))
+    keep = (p >= mp[:, None] * p.max(-1, keepdim=True).values) & (p > 0)
+    p = torch.where(keep, p, torch.zeros_like(p))
+    out = p / p.sum(-1, keepdim=True).clamp_min(1e-300)
+    return torch.where(valid[:, None], out, torch.zeros_like(out))
 
 
 # ============================================================================ speculative verification
