@@ -684,3 +684,14 @@ def test_ties_and_large_top_k_match_reference(kind, filt):
     want = ref.verify(lg.double(), d, draft_probs=_ref_args(dp), seed=seeds, **filt)
     assert torch.equal(got.tokens, want.tokens)
     assert torch.equal(got.num_accepted, want.num_accepted)
+
+
+@pytest.mark.parametrize("filt", [dict(), dict(temperature=0.7, top_k=50), dict(top_p=0.9, min_p=0.02)])
+def test_bonus_draw_equals_softdec_sample_on_the_documented_stream(filt):
+    # the bonus draw at position j is softdec.sample on the (seed, offset + 1 + j) stream
+    B, V = 500, 1000
+    lg = torch.randn(B, 1, V) * 2
+    seeds = torch.arange(B) * 31 + 7
+    out = softdec.verify(lg, torch.zeros(B, 0, dtype=torch.long), seed=seeds, offset=20, **filt)
+    s = softdec.sample(lg[:, 0], seed=seeds, offset=21, **filt)
+    assert torch.equal(out.tokens[:, 0], s.ids)
