@@ -528,7 +528,7 @@ def _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids,
             b, j = (int(v) for v in bads.nonzero()[0])
             raise ValueError(f"draft_probs weights must sum to 1 (within {_SPARSE_SUM_TOL}) at every "
                              f"drafted position, got {float(tot[b, j]):.6g} at (row {b}, position {j})")
-        if needs_ids:
+        if needs_ids and method != 4:  # soft drafts: the given ids are only what is emitted
             member = (sid == draft_ids.clamp(0, V - 1)[..., None]).any(-1)
             badm = live & ~member
             if bool(badm.any()):
@@ -744,8 +744,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
             raise ValueError(f"top_k must be at most the soft draft's k ({ks}) for method 'soft' "
                              f"(0 means k), got {kmax}")
     if not torch.compiler.is_compiling():
-        _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours,
-                           needs_ids and mcode != 4 or (needs_ids and sparse), mcode)
+        _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids, mcode)
     s, o = rng_state(seed, offset, B, dev, generator)
     tokens, nacc, soft_ids, soft_w = _ops.verify(
         tl, draft_ids, n, dense, sid, sw, neighbours, mcode, T, tk, tp, mp,
