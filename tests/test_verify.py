@@ -609,6 +609,18 @@ def test_bad_input_messages():
         softdec.verify(lg, d, top_p=1.5)
     with pytest.raises(ValueError, match=r"delta must be a finite number >= 0, got -0.1"):
         softdec.verify(lg, d, delta=-0.1)
+    with pytest.raises(ValueError, match=r"draft_ids must have dtype in \(int64, int32\), got float32"):
+        softdec.verify(lg, d.float())
+    with pytest.raises(ValueError, match=r"draft_probs must have dtype in \(float32, bfloat16, float16\), got float64"):
+        softdec.verify(lg, d, draft_probs=torch.rand(B, K, V, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"top_k must be >= 0, got -2"):
+        softdec.verify(lg, d, top_k=-2)
+    with pytest.raises(ValueError, match=r"target_logits must have a non-empty vocabulary, got shape \(2, 4, 0\)"):
+        softdec.verify(torch.zeros(B, K + 1, 0), d)
+    # top_k > V is "off", like every softdec filter
+    a = softdec.verify(lg, d, top_k=V + 5, seed=1)
+    b = softdec.verify(lg, d, seed=1)
+    assert torch.equal(a.tokens, b.tokens)
 
 
 def test_native_op_rejects_bad_input():
