@@ -638,6 +638,21 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         ``(tokens (batch, K+1) int64 padded with -1, num_accepted (batch,) int64,
         soft_ids, soft_weights)``.
 
+    Notes
+    -----
+    Invalid target rows (NaN, +inf, or every logit -inf) are a documented
+    result, not an error: the row stops at that position with token -1 there
+    (``num_accepted`` counts the drafts accepted before it; for "soft" the
+    returned soft token is ids 0 / weights 0). Draft ids, sparse ids and
+    weights, ``num_draft`` and the neighbours of drafted tokens are checked
+    (``ValueError``); the checks that read tensor data are skipped while
+    ``torch.compile`` traces, and the CPU kernel repeats the ones that guard
+    memory accesses. Dense ``draft_probs`` rows are not checked (a full pass):
+    a NaN ``q`` entry rejects its draft and drops out of the residual.
+    With the "soft" method, ``tokens`` holds the accepted drafts' ids (the
+    given ``draft_ids``, else each position's heaviest id) and the target soft
+    token's top id at the stop position.
+
     Examples
     --------
     >>> import torch, softdec
