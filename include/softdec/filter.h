@@ -161,7 +161,9 @@ SOFTDEC_HD float fexp(float x) {
   if (!(x > -87.0f)) return 0.0f;
   if (x > 88.0f) x = 88.0f;
   const float t = ffma(x, 1.44269504088896341f, 0.5f);
-  const float n = static_cast<float>(static_cast<int>(t) - (t < 0.0f ? 1 : 0));  // floor
+  int ti = static_cast<int>(t);  // truncation, then floor
+  if (static_cast<float>(ti) > t) --ti;
+  const float n = static_cast<float>(ti);
   float r = ffma(n, -0.693359375f, x);
   r = ffma(n, 2.12194440e-4f, r);
   const float r2 = r * r;
