@@ -218,6 +218,54 @@ inline void page_bounds(const float* q, int64_t qs, int64_t G, const T* mn, cons
 #endif
 }
 
+// acc[h*astride + 0:dp] += sum_{j < nb} p[h*pstride + j] * vb[j*dp + 0:dp] for h < G:
+// the P.V update of a block of value rows (fp32, rows 64-byte aligned), with
+// up to 8 independent accumulator chains held in registers per 128 columns.
+#if defined(__AVX512F__)
+template <int NC>
+inline void pv_cols(const float* p, const float* vb, int64_t nb, int64_t dp, float* acc) {
+  __m512 o[NC];
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) o[c] = _mm512_load_ps(acc + 16 * c);
+  for (int64_t j = 0; j < nb; ++j) {
+    const __m512 pj = _mm512_set1_ps(p[j]);
+    const float* vr = vb + j * dp;
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) o[c] = _mm512_fmadd_ps(pj, _mm512_load_ps(vr + 16 * c), o[c]);
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + 16 * c, o[c]);
+}
+#endif
+
+inline void pv_block(const float* p, int64_t pstride, int64_t G, const float* vb, int64_t nb, int64_t dp,
+                     float* acc, int64_t astride) {
+  for (int64_t h = 0; h < G; ++h) {
+    const float* ph = p + h * pstride;
+    float* ah = acc + h * astride;
+#if defined(__AVX512F__)
+    int64_t c0 = 0;
+    for (; c0 + 128 <= dp; c0 += 128) pv_cols<8>(ph, vb + c0, nb, dp, ah + c0);
+    for (; c0 + 64 <= dp; c0 += 64) pv_cols<4>(ph, vb + c0, nb, dp, ah + c0);
+    for (; c0 < dp; c0 += 16) pv_cols<1>(ph, vb + c0, nb, dp, ah + c0);
+#else
+    for (int64_t j = 0; j < nb; ++j) axpy(ph[j], vb + j * dp, ah, dp);
+#endif
+  }
+}
+
+// A float buffer whose data() is 64-byte aligned.
+struct AlignedBuf {
+  std::vector<float> raw;
+  float* ptr = nullptr;
+  void resize(int64_t n) {
+    raw.assign(n + 16, 0.f);
+    const uintptr_t a = reinterpret_cast<uintptr_t>(raw.data());
+    ptr = raw.data() + ((64 - a % 64) % 64) / sizeof(float);
+  }
+  float* data() { return ptr; }
+};
+
 inline float sanitize(float s) { return std::isnan(s) ? kNegInf : s; }
 
 // ------------------------------------------------------------------ page summaries
@@ -469,23 +517,28 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
   }
 
   // Split-KV attention over the selected tokens: work item (b, g, chunk).
-  constexpr int64_t kChunk = 256;
+  // Partial state per (item, head): acc[0:dp] (64-byte aligned), then m, l.
+  constexpr int64_t kChunk = 256, kSub = 16;
   const int64_t chunks = std::max<int64_t>(1, attn::ceil_div(M, kChunk));
-  const int64_t stride_part = G * (dp + 2);
-  std::vector<float> part(B * Hkv * chunks * stride_part);
+  const int64_t hstride = dp + 16;
+  const int64_t stride_part = G * hstride;
+  AlignedBuf part;
+  part.resize(B * Hkv * chunks * stride_part);
   const bool token_scores = !A.page_mode;
   torch::stable::parallel_for(0, B * Hkv * chunks, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<float> s(G * kChunk), vrow(dp), tmp(G);
+    std::vector<float> s(G * kChunk), tmp(G);
+    AlignedBuf vbuf;
+    vbuf.resize(kSub * dp);
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t bg = w / chunks, ch = w % chunks;
       const int64_t b = bg / Hkv, g = bg % Hkv;
       const int64_t j0 = ch * kChunk, j1 = std::min(cnt[bg], j0 + kChunk), n = j1 - j0;
       float* pt = part.data() + w * stride_part;
       for (int64_t h = 0; h < G; ++h) {
-        float* st = pt + h * (dp + 2);
-        st[0] = kNegInf;
-        st[1] = 0.f;
-        std::fill(st + 2, st + 2 + dp, 0.f);
+        float* st = pt + h * hstride;
+        std::fill(st, st + dp, 0.f);
+        st[dp] = kNegInf;
+        st[dp + 1] = 0.f;
       }
       if (n <= 0) continue;
       const int32_t* idx = sel.data() + bg * M + j0;
@@ -504,44 +557,46 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
       for (int64_t h = 0; h < G; ++h) {
         float* sh = s.data() + h * kChunk;
         const float m = max_of(sh, n);
-        float* st = pt + h * (dp + 2);
-        st[0] = m;
+        float* st = pt + h * hstride;
+        st[dp] = m;
         if (m == kNegInf || std::isnan(m)) {
           // every score -inf (or NaN): a NaN row propagates NaN
-          if (std::isnan(m)) st[1] = std::numeric_limits<float>::quiet_NaN();
+          if (std::isnan(m)) st[dp + 1] = std::numeric_limits<float>::quiet_NaN();
           for (int64_t j = 0; j < n; ++j) sh[j] = 0.f;
           continue;
         }
-        st[1] = exp_sub_sum(sh, n, m);
+        st[dp + 1] = exp_sub_sum(sh, n, m);
       }
-      for (int64_t j = 0; j < n; ++j) {
-        convert_row(v + b * vs.b + g * vs.h + idx[j] * vs.n, d, dp, vrow.data());
-        for (int64_t h = 0; h < G; ++h) axpy(s[h * kChunk + j], vrow.data(), pt + h * (dp + 2) + 2, dp);
+      for (int64_t js = 0; js < n; js += kSub) {
+        const int64_t nb = std::min(kSub, n - js);
+        for (int64_t j = 0; j < nb; ++j)
+          convert_row(v + b * vs.b + g * vs.h + idx[js + j] * vs.n, d, dp, vbuf.data() + j * dp);
+        pv_block(s.data() + js, kChunk, G, vbuf.data(), nb, dp, pt, hstride);
       }
     }
   });
   // Log-sum-exp merge of the chunks: out[b, h].
-  torch::stable::parallel_for(0, B * Hq, 16, [&](int64_t w0, int64_t w1) {
+  torch::stable::parallel_for(0, B * Hq, 64, [&](int64_t w0, int64_t w1) {
     std::vector<float> acc(dp);
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t b = w / Hq, h = w % Hq, g = h / G, hh = h % G;
-      const float* base = part.data() + (b * Hkv + g) * chunks * stride_part + hh * (dp + 2);
+      const float* base = part.data() + (b * Hkv + g) * chunks * stride_part + hh * hstride;
       float m = kNegInf;
       bool nan = false;
       for (int64_t c = 0; c < chunks; ++c) {
         const float* st = base + c * stride_part;
-        m = std::max(m, st[0]);
-        nan |= std::isnan(st[1]) || std::isnan(st[0]);
+        m = std::max(m, st[dp]);
+        nan |= std::isnan(st[dp + 1]) || std::isnan(st[dp]);
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       float l = 0.f;
       if (m != kNegInf) {
         for (int64_t c = 0; c < chunks; ++c) {
           const float* st = base + c * stride_part;
-          if (st[0] == kNegInf) continue;
-          const float a = std::exp(st[0] - m);
-          l += a * st[1];
-          axpy(a, st + 2, acc.data(), dp);
+          if (st[dp] == kNegInf) continue;
+          const float a = std::exp(st[dp] - m);
+          l += a * st[dp + 1];
+          axpy(a, st, acc.data(), dp);
         }
       }
       T* o = out + (b * Hq + h) * d;
