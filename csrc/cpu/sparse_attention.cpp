@@ -376,17 +376,57 @@ struct DecodeArgs {
   float scale;
 };
 
-// Top-`need` candidates of `cand` (indices into scores) by (score desc, index asc),
-// returned sorted by index ascending.
-inline void top_candidates(std::vector<int64_t>& cand, const float* score, int64_t base,
-                           int64_t need) {
-  if (need >= static_cast<int64_t>(cand.size())) return;
-  auto cmp = [&](int64_t a, int64_t b) {
-    return attn::ranks_before(score[a - base], a, score[b - base], b);
-  };
-  std::nth_element(cand.begin(), cand.begin() + need, cand.end(), cmp);
-  cand.resize(need);
-  std::sort(cand.begin(), cand.end());
+// Order-preserving key of a float (larger float -> larger key); NaN -> the key of -inf.
+inline uint32_t order_key(float f) {
+  if (std::isnan(f)) f = kNegInf;
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The top `need` of candidates first .. first + n - 1 (scores sc[0:n]) by
+// (score desc, index asc), written to `cand` in ascending index order. A
+// 3-pass radix select (11/11/10 bits) finds the need-th largest key, then one
+// pass in index order takes every larger key and the first ties: O(n), no sort.
+inline void top_candidates(std::vector<int64_t>& cand, const float* sc, int64_t n, int64_t first,
+                           int64_t need, std::vector<uint32_t>& keys) {
+  cand.clear();
+  if (need >= n) {
+    for (int64_t i = 0; i < n; ++i) cand.push_back(first + i);
+    return;
+  }
+  keys.resize(n);
+  for (int64_t i = 0; i < n; ++i) keys[i] = order_key(sc[i]);
+  uint32_t prefix = 0, mask = 0;
+  int64_t above = 0;  // keys strictly greater than the selected prefix range
+  static constexpr int kShift[3] = {21, 10, 0};
+  static constexpr int kBits[3] = {11, 11, 10};
+  uint32_t hist[2048];
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = kShift[pass], nb = 1 << kBits[pass];
+    std::memset(hist, 0, sizeof(uint32_t) * nb);
+    const uint32_t bm = static_cast<uint32_t>(nb - 1);
+    if (pass == 0) {
+      for (int64_t i = 0; i < n; ++i) ++hist[keys[i] >> shift];
+    } else {
+      for (int64_t i = 0; i < n; ++i)
+        if ((keys[i] & mask) == prefix) ++hist[(keys[i] >> shift) & bm];
+    }
+    int bin = nb - 1;
+    for (; bin > 0; --bin) {
+      if (above + hist[bin] >= need) break;
+      above += hist[bin];
+    }
+    prefix |= static_cast<uint32_t>(bin) << shift;
+    mask |= bm << shift;
+  }
+  const uint32_t kth = prefix;
+  int64_t ties = need - above;
+  cand.reserve(need);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t key = keys[i];
+    if (key > kth || (key == kth && ties-- > 0)) cand.push_back(first + i);
+  }
 }
 
 template <typename T>
@@ -434,14 +474,14 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
     });
     torch::stable::parallel_for(0, B * Hkv, 1, [&](int64_t w0, int64_t w1) {
       std::vector<int64_t> cand;
+      std::vector<uint32_t> keys;
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t b = w / Hkv;
         const attn::Region r = attn::decode_region(lens[b], A.sink, A.window);
         int64_t first, last;
         attn::candidate_pages(r, A.page_size, &first, &last);
-        cand.resize(last - first);
-        std::iota(cand.begin(), cand.end(), first);
-        top_candidates(cand, bound.data() + w * P, 0, attn::pages_for_budget(A.budget, A.page_size));
+        top_candidates(cand, bound.data() + w * P + first, last - first, first,
+                       attn::pages_for_budget(A.budget, A.page_size), keys);
         int32_t* s = sel.data() + w * M;
         int64_t c = 0;
         for (int64_t t = 0; t < r.sink_end; ++t) s[c++] = static_cast<int32_t>(t);
@@ -475,6 +515,7 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
     torch::stable::parallel_for(0, B * Hkv, 1, [&](int64_t w0, int64_t w1) {
       std::vector<float> vote, p;
       std::vector<int64_t> cand;
+      std::vector<uint32_t> keys;
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t b = w / Hkv, g = w % Hkv;
         const attn::Region r = attn::decode_region(lens[b], A.sink, A.window);
@@ -493,9 +534,7 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
             const float inv = 1.f / exp_sub_sum(p.data(), L, m);
             for (int64_t t = 0; t < mid; ++t) vote[t] += p[r.sink_end + t] * inv;
           }
-          cand.resize(mid);
-          std::iota(cand.begin(), cand.end(), r.sink_end);
-          top_candidates(cand, vote.data(), r.sink_end, A.budget);
+          top_candidates(cand, vote.data(), mid, r.sink_end, A.budget, keys);
         } else {
           cand.resize(mid);
           std::iota(cand.begin(), cand.end(), r.sink_end);
