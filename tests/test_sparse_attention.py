@@ -198,6 +198,16 @@ def test_nan_query_row_is_nan_not_crash(device):
         assert bool(((idx >= -1) & (idx < 100)).all())
 
 
+@pytest.mark.parametrize("select", ["page", "token"])
+def test_bench_topk_formulation_agrees(select):
+    # the vectorised torch formulation the benchmark times computes the same op
+    q, k, v = _qkv(1, 8, 2, 4096, 64, torch.float32, seed=3)
+    s = softdec.build_page_summary(k, page_size=16)
+    ours = softdec.sparse_decode_attention(q, k, v, budget=512, select=select, page_summary=s)
+    theirs = ref.sparse_decode_attention_topk(q, k, v, budget=512, select=select, kmin=s.kmin, kmax=s.kmax)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------- selection quality: planted needle
 
 def _needle_case(N=32768, Hq=8, Hkv=2, d=128, dtype=torch.float32, seed=0):

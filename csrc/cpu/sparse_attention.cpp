@@ -185,6 +185,52 @@ inline void dots(const float* q, int64_t qs, int64_t G, const T* k, int64_t d, f
 #endif
 }
 
+#if defined(__AVX512F__)
+// Horizontal sums of four vectors: {sum a0, sum a1, sum a2, sum a3}.
+inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  auto half = [](__m512 a) {
+    return _mm256_add_ps(_mm512_castps512_ps256(a),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+  };
+  auto quarter = [](__m256 b) { return _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1)); };
+  const __m128 c0 = quarter(half(a0)), c1 = quarter(half(a1)), c2 = quarter(half(a2)), c3 = quarter(half(a3));
+  return _mm_hadd_ps(_mm_hadd_ps(c0, c1), _mm_hadd_ps(c2, c3));
+}
+#endif
+
+// Two keys at once (the token-scoring loop): out0[h] = q_h . k0, out1[h] = q_h . k1.
+// The query vectors are loaded once per pair; four heads reduce together.
+template <typename T>
+inline void dots2(const float* q, int64_t qs, int64_t G, const T* k0, const T* k1, int64_t d, float* out0,
+                  float* out1) {
+#if defined(__AVX512F__)
+  if (G % 4 == 0 && d % 16 == 0) {
+    for (int64_t h = 0; h < G; h += 4) {
+      const float* q0 = q + h * qs;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      for (int64_t i = 0; i < d; i += 16) {
+        const __m512 x = load16(k0 + i), y = load16(k1 + i);
+        const __m512 w0 = _mm512_loadu_ps(q0 + i), w1 = _mm512_loadu_ps(q0 + qs + i);
+        const __m512 w2 = _mm512_loadu_ps(q0 + 2 * qs + i), w3 = _mm512_loadu_ps(q0 + 3 * qs + i);
+        a0 = _mm512_fmadd_ps(w0, x, a0);
+        a1 = _mm512_fmadd_ps(w1, x, a1);
+        a2 = _mm512_fmadd_ps(w2, x, a2);
+        a3 = _mm512_fmadd_ps(w3, x, a3);
+        b0 = _mm512_fmadd_ps(w0, y, b0);
+        b1 = _mm512_fmadd_ps(w1, y, b1);
+        b2 = _mm512_fmadd_ps(w2, y, b2);
+        b3 = _mm512_fmadd_ps(w3, y, b3);
+      }
+      _mm_storeu_ps(out0 + h, reduce4(a0, a1, a2, a3));
+      _mm_storeu_ps(out1 + h, reduce4(b0, b1, b2, b3));
+    }
+    return;
+  }
+#endif
+  dots(q, qs, G, k0, d, out0);
+  dots(q, qs, G, k1, d, out1);
+}
+
 // out[h] = sum_i max(q_i * mn_i, q_i * mx_i) for h < G: the Quest page bound.
 template <typename T>
 inline void page_bounds(const float* q, int64_t qs, int64_t G, const T* mn, const T* mx, int64_t d,
@@ -500,13 +546,22 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
     constexpr int64_t kTok = 512;
     const int64_t chunks = attn::ceil_div(N, kTok);
     torch::stable::parallel_for(0, B * Hkv * chunks, 1, [&](int64_t w0, int64_t w1) {
-      std::vector<float> tmp(G);
+      std::vector<float> tmp(G), tmp2(G);
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t b = w / (Hkv * chunks), g = (w / chunks) % Hkv, ch = w % chunks;
         const int64_t t0 = ch * kTok, t1 = std::min(lens[b], t0 + kTok);
         const float* qg = qs.data() + (b * Hq + g * G) * dp;
         float* sg = scores.data() + (b * Hq + g * G) * N;
-        for (int64_t t = t0; t < t1; ++t) {
+        int64_t t = t0;
+        for (; t + 2 <= t1; t += 2) {
+          const T* kr = k + b * ks.b + g * ks.h + t * ks.n;
+          dots2(qg, dp, G, kr, kr + ks.n, d, tmp.data(), tmp2.data());
+          for (int64_t h = 0; h < G; ++h) {
+            sg[h * N + t] = tmp[h];
+            sg[h * N + t + 1] = tmp2[h];
+          }
+        }
+        for (; t < t1; ++t) {
           dots(qg, dp, G, k + b * ks.b + g * ks.h + t * ks.n, d, tmp.data());
           for (int64_t h = 0; h < G; ++h) sg[h * N + t] = tmp[h];
         }
