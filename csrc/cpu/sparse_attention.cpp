@@ -13,6 +13,8 @@
 #include "attn_checks.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -492,16 +494,26 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
   std::vector<int32_t> sel(B * Hkv * std::max<int64_t>(M, 1));
   std::vector<int64_t> cnt(B * Hkv, 0);
   // Token mode keeps every score for the attention pass: [B, Hq, N].
-  std::vector<float> scores;
+  std::unique_ptr<float[]> scores;
   const int64_t P = attn::ceil_div(N, A.page_size);
 
+  // Scoring runs over (b, g, chunk) work items; the item that finishes the last
+  // chunk of a (b, g) runs its selection (one parallel region for both).
+  std::vector<std::atomic<int64_t>> remaining(B * Hkv);
+  struct Scratch {
+    std::vector<float> tmp, tmp2, vote, p;
+    std::vector<int64_t> cand;
+    std::vector<uint32_t> keys;
+  };
   if (A.page_mode) {
     // Bounds of the candidate pages, max over the query group: [B, Hkv, P].
     std::vector<float> bound(B * Hkv * P, kNegInf);
-    constexpr int64_t kPages = 128;
+    constexpr int64_t kPages = 256;
     const int64_t chunks = attn::ceil_div(P, kPages);
+    for (auto& x : remaining) x.store(chunks);
     torch::stable::parallel_for(0, B * Hkv * chunks, 1, [&](int64_t w0, int64_t w1) {
-      std::vector<float> tmp(G);
+      Scratch sc;
+      sc.tmp.resize(G);
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t b = w / (Hkv * chunks), g = (w / chunks) % Hkv, ch = w % chunks;
         const attn::Region r = attn::decode_region(lens[b], A.sink, A.window);
@@ -511,96 +523,86 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
         const float* qg = qs.data() + (b * Hq + g * G) * dp;
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t o = b * ss.b + g * ss.h + p * ss.n;
-          page_bounds(qg, dp, G, kmin + o, kmax + o, d, tmp.data());
+          page_bounds(qg, dp, G, kmin + o, kmax + o, d, sc.tmp.data());
           float m = kNegInf;
-          for (int64_t h = 0; h < G; ++h) m = std::max(m, sanitize(tmp[h]));
+          for (int64_t h = 0; h < G; ++h) m = std::max(m, sanitize(sc.tmp[h]));
           bound[(b * Hkv + g) * P + p] = m;
         }
-      }
-    });
-    torch::stable::parallel_for(0, B * Hkv, 1, [&](int64_t w0, int64_t w1) {
-      std::vector<int64_t> cand;
-      std::vector<uint32_t> keys;
-      for (int64_t w = w0; w < w1; ++w) {
-        const int64_t b = w / Hkv;
-        const attn::Region r = attn::decode_region(lens[b], A.sink, A.window);
-        int64_t first, last;
-        attn::candidate_pages(r, A.page_size, &first, &last);
-        top_candidates(cand, bound.data() + w * P + first, last - first, first,
-                       attn::pages_for_budget(A.budget, A.page_size), keys);
-        int32_t* s = sel.data() + w * M;
+        const int64_t bg = b * Hkv + g;
+        if (remaining[bg].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+        // selection of (b, g): every chunk's bounds are visible here
+        top_candidates(sc.cand, bound.data() + bg * P + first, last - first, first,
+                       attn::pages_for_budget(A.budget, A.page_size), sc.keys);
+        int32_t* s = sel.data() + bg * M;
         int64_t c = 0;
         for (int64_t t = 0; t < r.sink_end; ++t) s[c++] = static_cast<int32_t>(t);
-        for (int64_t p : cand) {
+        for (int64_t pg : sc.cand) {
           int64_t lo, hi;
-          attn::page_middle(r, A.page_size, p, &lo, &hi);
+          attn::page_middle(r, A.page_size, pg, &lo, &hi);
           for (int64_t t = lo; t < hi; ++t) s[c++] = static_cast<int32_t>(t);
         }
         for (int64_t t = r.win_start; t < r.len; ++t) s[c++] = static_cast<int32_t>(t);
         SOFTDEC_ASSERT(c <= M);
-        cnt[w] = c;
+        cnt[bg] = c;
       }
     });
   } else {
-    scores.assign(B * Hq * N, 0.f);
-    constexpr int64_t kTok = 512;
+    scores.reset(new float[B * Hq * N]);
+    constexpr int64_t kTok = 1024;
     const int64_t chunks = attn::ceil_div(N, kTok);
+    for (auto& x : remaining) x.store(chunks);
     torch::stable::parallel_for(0, B * Hkv * chunks, 1, [&](int64_t w0, int64_t w1) {
-      std::vector<float> tmp(G), tmp2(G);
+      Scratch sc;
+      sc.tmp.resize(G);
+      sc.tmp2.resize(G);
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t b = w / (Hkv * chunks), g = (w / chunks) % Hkv, ch = w % chunks;
         const int64_t t0 = ch * kTok, t1 = std::min(lens[b], t0 + kTok);
         const float* qg = qs.data() + (b * Hq + g * G) * dp;
-        float* sg = scores.data() + (b * Hq + g * G) * N;
+        float* sg = scores.get() + (b * Hq + g * G) * N;
         int64_t t = t0;
         for (; t + 2 <= t1; t += 2) {
           const T* kr = k + b * ks.b + g * ks.h + t * ks.n;
-          dots2(qg, dp, G, kr, kr + ks.n, d, tmp.data(), tmp2.data());
+          dots2(qg, dp, G, kr, kr + ks.n, d, sc.tmp.data(), sc.tmp2.data());
           for (int64_t h = 0; h < G; ++h) {
-            sg[h * N + t] = tmp[h];
-            sg[h * N + t + 1] = tmp2[h];
+            sg[h * N + t] = sc.tmp[h];
+            sg[h * N + t + 1] = sc.tmp2[h];
           }
         }
         for (; t < t1; ++t) {
-          dots(qg, dp, G, k + b * ks.b + g * ks.h + t * ks.n, d, tmp.data());
-          for (int64_t h = 0; h < G; ++h) sg[h * N + t] = tmp[h];
+          dots(qg, dp, G, k + b * ks.b + g * ks.h + t * ks.n, d, sc.tmp.data());
+          for (int64_t h = 0; h < G; ++h) sg[h * N + t] = sc.tmp[h];
         }
-      }
-    });
-    torch::stable::parallel_for(0, B * Hkv, 1, [&](int64_t w0, int64_t w1) {
-      std::vector<float> vote, p;
-      std::vector<int64_t> cand;
-      std::vector<uint32_t> keys;
-      for (int64_t w = w0; w < w1; ++w) {
-        const int64_t b = w / Hkv, g = w % Hkv;
+        const int64_t bg = b * Hkv + g;
+        if (remaining[bg].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+        // selection of (b, g): every chunk's scores are visible here
         const attn::Region r = attn::decode_region(lens[b], A.sink, A.window);
         const int64_t L = r.len, mid = r.win_start - r.sink_end;
         if (mid > A.budget) {
           // Soft votes: per query head a softmax over all L valid tokens, summed
           // over the heads of the group (TokenSelect).
-          vote.assign(mid, 0.f);
-          p.resize(L);
+          sc.vote.assign(mid, 0.f);
+          sc.p.resize(L);
           for (int64_t h = 0; h < G; ++h) {
-            const float* sh = scores.data() + (b * Hq + g * G + h) * N;
-            std::copy(sh, sh + L, p.begin());
-            for (int64_t t = 0; t < L; ++t) p[t] = sanitize(p[t]);
-            const float m = max_of(p.data(), L);
+            const float* sh = scores.get() + (b * Hq + g * G + h) * N;
+            for (int64_t x = 0; x < L; ++x) sc.p[x] = sanitize(sh[x]);
+            const float m = max_of(sc.p.data(), L);
             if (m == kNegInf) continue;
-            const float inv = 1.f / exp_sub_sum(p.data(), L, m);
-            for (int64_t t = 0; t < mid; ++t) vote[t] += p[r.sink_end + t] * inv;
+            const float inv = 1.f / exp_sub_sum(sc.p.data(), L, m);
+            for (int64_t x = 0; x < mid; ++x) sc.vote[x] += sc.p[r.sink_end + x] * inv;
           }
-          top_candidates(cand, vote.data(), mid, r.sink_end, A.budget, keys);
+          top_candidates(sc.cand, sc.vote.data(), mid, r.sink_end, A.budget, sc.keys);
         } else {
-          cand.resize(mid);
-          std::iota(cand.begin(), cand.end(), r.sink_end);
+          sc.cand.resize(mid);
+          std::iota(sc.cand.begin(), sc.cand.end(), r.sink_end);
         }
-        int32_t* s = sel.data() + w * M;
+        int32_t* s = sel.data() + bg * M;
         int64_t c = 0;
-        for (int64_t t = 0; t < r.sink_end; ++t) s[c++] = static_cast<int32_t>(t);
-        for (int64_t t : cand) s[c++] = static_cast<int32_t>(t);
-        for (int64_t t = r.win_start; t < L; ++t) s[c++] = static_cast<int32_t>(t);
+        for (int64_t x = 0; x < r.sink_end; ++x) s[c++] = static_cast<int32_t>(x);
+        for (int64_t x : sc.cand) s[c++] = static_cast<int32_t>(x);
+        for (int64_t x = r.win_start; x < L; ++x) s[c++] = static_cast<int32_t>(x);
         SOFTDEC_ASSERT(c <= M);
-        cnt[w] = c;
+        cnt[bg] = c;
       }
     });
   }
@@ -639,7 +641,7 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
       const float* qg = qs.data() + (b * Hq + g * G) * dp;
       if (token_scores) {
         for (int64_t h = 0; h < G; ++h) {
-          const float* sh = scores.data() + (b * Hq + g * G + h) * N;
+          const float* sh = scores.get() + (b * Hq + g * G + h) * N;
           for (int64_t j = 0; j < n; ++j) s[h * kChunk + j] = sh[idx[j]];
         }
       } else {
