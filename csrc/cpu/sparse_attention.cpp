@@ -250,8 +250,10 @@ inline void page_bounds(const float* q, int64_t qs, int64_t G, const T* mn, cons
       const __m512 a = tail ? load16_tail(mn + i, d - i) : load16(mn + i);
       const __m512 b = tail ? load16_tail(mx + i, d - i) : load16(mx + i);
       for (int64_t h = 0; h < g; ++h) {
+        // max(q mn, q mx) = q * (q > 0 ? mx : mn), as mx >= mn
         const __m512 qv = _mm512_loadu_ps(q + (h0 + h) * qs + i);
-        acc[h] = _mm512_add_ps(acc[h], _mm512_max_ps(_mm512_mul_ps(qv, a), _mm512_mul_ps(qv, b)));
+        const __mmask16 pos = _mm512_cmp_ps_mask(qv, _mm512_setzero_ps(), _CMP_GT_OQ);
+        acc[h] = _mm512_fmadd_ps(qv, _mm512_mask_blend_ps(pos, a, b), acc[h]);
       }
     }
     for (int64_t h = 0; h < g; ++h) out[h0 + h] = _mm512_reduce_add_ps(acc[h]);
@@ -622,7 +624,7 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
   part.resize(B * Hkv * chunks * stride_part);
   const bool token_scores = !A.page_mode;
   torch::stable::parallel_for(0, B * Hkv * chunks, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<float> s(G * kChunk), tmp(G);
+    std::vector<float> s(G * kChunk), tmp(G), tmp2(G);
     AlignedBuf vbuf;
     vbuf.resize(kSub * dp);
     for (int64_t w = w0; w < w1; ++w) {
@@ -645,8 +647,24 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
           for (int64_t j = 0; j < n; ++j) s[h * kChunk + j] = sh[idx[j]];
         }
       } else {
-        for (int64_t j = 0; j < n; ++j) {
-          dots(qg, dp, G, k + b * ks.b + g * ks.h + idx[j] * ks.n, d, tmp.data());
+        const T* kb = k + b * ks.b + g * ks.h;
+        const T* vb = v + b * vs.b + g * vs.h;
+        int64_t j = 0;
+        for (; j + 2 <= n; j += 2) {
+          if (j + 8 < n) {  // gathered rows: prefetch K and V a few tokens ahead
+            for (int64_t x = 0; x < d * static_cast<int64_t>(sizeof(T)); x += 64) {
+              __builtin_prefetch(reinterpret_cast<const char*>(kb + idx[j + 8] * ks.n) + x);
+              __builtin_prefetch(reinterpret_cast<const char*>(vb + idx[j + 8] * vs.n) + x);
+            }
+          }
+          dots2(qg, dp, G, kb + idx[j] * ks.n, kb + idx[j + 1] * ks.n, d, tmp.data(), tmp2.data());
+          for (int64_t h = 0; h < G; ++h) {
+            s[h * kChunk + j] = tmp[h];
+            s[h * kChunk + j + 1] = tmp2[h];
+          }
+        }
+        for (; j < n; ++j) {
+          dots(qg, dp, G, kb + idx[j] * ks.n, d, tmp.data());
           for (int64_t h = 0; h < G; ++h) s[h * kChunk + j] = tmp[h];
         }
       }

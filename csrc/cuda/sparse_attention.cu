@@ -488,6 +488,10 @@ std::tuple<Tensor, Tensor> sparse_decode_attention_cuda(Tensor q, Tensor k_cache
   Tensor out = new_empty(q, {B, Hq, d}, q.scalar_type());
   Tensor idx = new_empty(q, {return_indices ? B : 0, Hkv, M}, ScalarType::Long);
   if (B == 0 || Hq == 0 || d == 0) return {out, idx};
+  if (N == 0) {  // nothing to attend to: zero rows (as for seq_lens 0)
+    torch::stable::zero_(out);
+    return {out, idx};
+  }
   Tensor mn, mx;
   if (page_mode) {
     if (kmin) {
