@@ -394,3 +394,15 @@ def test_torch_compile_fullgraph():
     g = torch.compile(lambda q, k, v: softdec.token_sparse_prefill(q, k, v, coverage=0.2, min_tokens=8, window=8),
                       fullgraph=True)
     assert torch.equal(g(q4, k4, v4), softdec.token_sparse_prefill(q4, k4, v4, coverage=0.2, min_tokens=8, window=8))
+
+
+def test_prefill_nan_row_is_nan_not_crash():
+    q, k, v = _qkv4(1, 2, 1, 64, 16, torch.float32)
+    q[0, 0, 5] = float("nan")
+    for coverage in (0.0, 0.3):
+        out, kept = softdec.token_sparse_prefill(q, k, v, coverage=coverage, min_tokens=8, window=8,
+                                                 return_kept=True)
+        assert bool(kept[0, 0, 5]) == bool(torch.isnan(out[0, 0, 5]).all())
+        rest = torch.ones(64, dtype=torch.bool)
+        rest[5] = False
+        assert torch.isfinite(out[0, 0, rest]).all() and torch.isfinite(out[0, 1]).all()

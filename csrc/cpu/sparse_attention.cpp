@@ -4,6 +4,9 @@
 // token-sparse prefill (window scoring, coverage drop, gathered causal
 // flash attention, scatter back).
 //
+// Selection: an O(n) radix select (11/11/10-bit passes on order-preserving
+// float keys) finds the budget-th score; one pass in index order then takes
+// the larger scores and the first ties (ties: lower index), already sorted.
 // Hot loops: AVX-512 (bf16/fp16 -> fp32 conversion in registers, FMA dot
 // products, a polynomial exp) with a scalar fallback. Threads: parallel_for
 // over (row, KV head, page/token chunk) for scoring, (row, KV head) for the
@@ -106,16 +109,27 @@ inline float exp_sub_sum(float* x, int64_t n, float m) {
   return s;
 }
 
+// max of x[0:n]; NaN if any element is NaN; -inf when n == 0.
 inline float max_of(const float* x, int64_t n) {
   float m = kNegInf;
+  bool nan = false;
   int64_t i = 0;
 #if defined(__AVX512F__)
   __m512 mv = _mm512_set1_ps(kNegInf);
-  for (; i + 16 <= n; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
+  __mmask16 un = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    un |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    mv = _mm512_max_ps(mv, v);
+  }
   m = _mm512_reduce_max_ps(mv);
+  nan = un != 0;
 #endif
-  for (; i < n; ++i) m = std::max(m, x[i]);
-  return m;
+  for (; i < n; ++i) {
+    nan |= std::isnan(x[i]);
+    m = std::max(m, x[i]);
+  }
+  return nan ? std::numeric_limits<float>::quiet_NaN() : m;
 }
 
 // dst[0:d] = float(src[0:d]); dst[d:dp] = 0.
@@ -782,9 +796,11 @@ void flash_gathered(const float* Q, const float* Kt, int64_t np, const float* V,
   for (int64_t a0 = 0; a0 < n; a0 += kR) {
     const int64_t rows = std::min(kR, n - a0);
     float m[kR], l[kR];
+    bool nan[kR];
     for (int64_t r = 0; r < kR; ++r) {
       m[r] = kNegInf;
       l[r] = 0.f;
+      nan[r] = false;
     }
     std::fill(O + a0 * dp, O + (a0 + rows) * dp, 0.f);
     const int64_t kend = causal ? a0 + rows : n;
@@ -828,6 +844,10 @@ void flash_gathered(const float* Q, const float* Kt, int64_t np, const float* V,
         float* sr = S[r];
         for (int64_t j = jn; j < kb; ++j) sr[j] = kNegInf;
         const float mt = max_of(sr, jn);
+        if (std::isnan(mt)) {  // a NaN score: the row's output is NaN
+          nan[r] = true;
+          continue;
+        }
         const float mnew = std::max(m[r], mt);
         if (mnew == kNegInf) continue;
         const float alpha = m[r] == kNegInf ? 0.f : std::exp(m[r] - mnew);
@@ -851,7 +871,7 @@ void flash_gathered(const float* Q, const float* Kt, int64_t np, const float* V,
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
-      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      const float inv = nan[r] ? std::numeric_limits<float>::quiet_NaN() : l[r] > 0.f ? 1.f / l[r] : 0.f;
       float* orow = O + (a0 + r) * dp;
       for (int64_t i = 0; i < dp; ++i) orow[i] *= inv;
     }
