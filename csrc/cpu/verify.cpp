@@ -781,7 +781,7 @@ void verify_row(int64_t b, const T* logits, int64_t ls0, int64_t ls1, const int6
       if (!bonus) {
         const double tv = verify::soft_tv(tidx.data(), tvals.data(), ks, sids + (b * K + j) * ks,
                                           sw + (b * K + j) * ks, ks);
-        acc = tv <= static_cast<double>(P.delta);
+        acc = tv <= static_cast<double>(P.delta) + verify::kSoftTvSlack;
       }
       if (acc) {
         tok[j] = draft[b * K + j];

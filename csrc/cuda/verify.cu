@@ -363,7 +363,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
         if (!bonus) {
           const double tv = verify::soft_tv(soft_idx, soft_val, ks, sids + (b * K + j) * ks,
                                             sw + (b * K + j) * ks, ks);
-          acc = tv <= static_cast<double>(P.delta);
+          acc = tv <= static_cast<double>(P.delta) + verify::kSoftTvSlack;
         }
         if (acc) {
           tok[j] = draft[b * K + j];

@@ -25,7 +25,7 @@
 // kRelaxed (LANTERN: accept iff u * q(x) < p(x) + p(A(x)), A(x) = the longest
 // prefix of neighbours[x] -- skipping -1, x and repeats -- with mass <= delta;
 // the residual drops A(x)), kSoft (accept iff TV(target soft token, draft soft
-// token) <= delta).
+// token) <= delta + kSoftTvSlack).
 #pragma once
 
 #include <cstdint>
@@ -36,6 +36,12 @@
 
 namespace softdec {
 namespace verify {
+
+// Slack added to delta in the soft rule: a draft soft token computed by
+// softdec.soft_mixture from the same logits differs from the target's only by
+// float32 rounding of the weights (TV ~ 1e-7), and must count as identical at
+// delta = 0.
+constexpr double kSoftTvSlack = 1e-6;
 
 enum Method : int32_t { kExact = 0, kGreedy = 1, kTypical = 2, kRelaxed = 3, kSoft = 4 };
 enum DraftKind : int32_t { kOneHot = 0, kDense = 1, kSparse = 2 };

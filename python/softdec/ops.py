@@ -846,7 +846,9 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         ``draft_probs``); the target's soft token at position ``j`` is
         soft_mixture's filtering of ``target_logits[:, j]`` (``top_k`` = the
         draft's ``k`` when 0, no noise). Accept while the total-variation
-        distance between the two is ``<= delta``; the target's soft token at the
+        distance between the two is ``<= delta + 1e-6`` (the slack absorbs float32
+        rounding, so a draft computed by ``soft_mixture`` from the same logits
+        counts as identical at ``delta = 0``); the target's soft token at the
         stop position is returned in ``soft_ids``/``soft_weights`` and its top id
         in ``tokens``. Deterministic (no RNG).
 

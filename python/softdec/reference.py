@@ -536,6 +536,11 @@ def _soft_tv(ti, tw, di, dw):
     return 0.5 * (a - b).abs().sum(-1)
 
 
+# Soft-rule slack on delta (include/softdec/verify.h kSoftTvSlack): float32 rounding
+# of the weights must not make identical soft tokens differ.
+SOFT_TV_SLACK = 1e-6
+
+
 def verify(target_logits: torch.Tensor, draft_ids, *, num_draft=None, draft_probs=None,
            method: str = "exact", temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
            posterior_threshold: float = 0.09, posterior_alpha: float = 0.3, neighbours=None,
@@ -584,7 +589,7 @@ def verify(target_logits: torch.Tensor, draft_ids, *, num_draft=None, draft_prob
             x = draft_ids[:, j].clamp(0, V - 1)
             if m == 4:
                 tv = _soft_tv(ti, tw, sid[:, j], sw[:, j])
-                acc = test & (tv <= delta)
+                acc = test & (tv <= delta + SOFT_TV_SLACK)
             elif m == 1:
                 acc = test & (x == lj.to(wdt).argmax(-1))
             else:
