@@ -552,3 +552,278 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
     stats = GenerationStats(modes[:, :S_], torch.full((B, S_), float("nan"), device=device),
                             torch.full((B, S_), float("nan"), device=device), torch.stack(accepted, 1))
     return GenerateOutput(torch.cat([input_ids, out_ids[:, :S_]], 1), stats)
+
+
+# ============================================================================ custom_generate entry points
+
+def _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, cls):
+    if not isinstance(strategy, cls):
+        raise ValueError(f"strategy must be a softdec.strategies.{cls.__name__}, got {type(strategy).__name__}")
+    gc = generation_config if generation_config is not None else model.generation_config
+    L = input_ids.shape[1]
+    max_new = gc.max_new_tokens
+    if max_new is None:
+        max_new = max(int(gc.max_length) - L, 0)
+    eos = getattr(gc, "_eos_token_tensor", None)
+    eos = eos.tolist() if isinstance(eos, torch.Tensor) else gc.eos_token_id
+    if eos is None:
+        eos = []
+    pad = getattr(gc, "pad_token_id", None)
+    out = generate(model, input_ids, strategy=strategy, max_new_tokens=int(max_new),
+                   attention_mask=model_kwargs.get("attention_mask"), eos_token_id=eos,
+                   pad_token_id=pad, streamer=streamer)
+    return out if getattr(gc, "return_dict_in_generate", False) else out.sequences
+
+
+def discrete_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+                      synced_gpus=False, streamer=None, strategy=None, **model_kwargs):
+    """``model.generate(ids, custom_generate=softdec.hf.discrete_generate, strategy=Discrete(...), ...)``.
+
+    transformers passes its prepared ``generation_config`` (``max_new_tokens``,
+    ``eos_token_id``, ``pad_token_id``) and ``attention_mask``; ``strategy``
+    defaults to ``Discrete(temperature=0)`` when ``do_sample`` is False, else
+    ``Discrete`` with the config's temperature / top_k / top_p / min_p.
+    Returns the sequences, or a ``GenerateOutput`` with
+    ``return_dict_in_generate=True``. Logits processors and stopping criteria
+    other than max length / eos are not applied.
+
+    Examples
+    --------
+    >>> # model.generate(ids, custom_generate=softdec.hf.discrete_generate, max_new_tokens=16)
+    """
+    gc = generation_config if generation_config is not None else model.generation_config
+    if strategy is None:
+        if getattr(gc, "do_sample", False):
+            strategy = S.Discrete(temperature=gc.temperature if gc.temperature is not None else 1.0,
+                                  top_k=gc.top_k or 0, top_p=gc.top_p if gc.top_p is not None else 1.0,
+                                  min_p=gc.min_p or 0.0)
+        else:
+            strategy = S.Discrete(temperature=0.0)
+    return _custom_generate(model, input_ids, gc, strategy, streamer, model_kwargs, S.Discrete)
+
+
+def soft_thinking_generate(model, input_ids, logits_processor=None, stopping_criteria=None,
+                           generation_config=None, synced_gpus=False, streamer=None, strategy=None,
+                           **model_kwargs):
+    """``model.generate(ids, custom_generate=softdec.hf.soft_thinking_generate, strategy=SoftThinking(...))``.
+
+    ``strategy`` defaults to ``SoftThinking()``. transformers >= 5 does not
+    forward ``streamer`` to a callable ``custom_generate`` that takes extra
+    arguments (it is replaced by them); call ``softdec.hf.generate`` to stream.
+
+    Examples
+    --------
+    >>> # model.generate(ids, custom_generate=softdec.hf.soft_thinking_generate,
+    >>> #                strategy=softdec.strategies.SoftThinking(top_k=10), max_new_tokens=64)
+    """
+    strategy = S.SoftThinking() if strategy is None else strategy
+    return _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, S.SoftThinking)
+
+
+def router_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+                    synced_gpus=False, streamer=None, strategy=None, **model_kwargs):
+    """``model.generate(ids, custom_generate=softdec.hf.router_generate, strategy=Router(...))``;
+    ``strategy`` defaults to ``Router()``."""
+    strategy = S.Router() if strategy is None else strategy
+    return _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, S.Router)
+
+
+def speculative_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
+                         synced_gpus=False, streamer=None, strategy=None, draft_model=None, **model_kwargs):
+    """``model.generate(ids, custom_generate=softdec.hf.speculative_generate, strategy=Speculative(draft, 4))``,
+    or ``draft_model=draft`` for ``Speculative(draft)`` with defaults."""
+    if strategy is None:
+        if draft_model is None:
+            raise ValueError("speculative_generate needs strategy=Speculative(...) or draft_model=...")
+        strategy = S.Speculative(draft_model)
+    return _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, S.Speculative)
+
+
+# ============================================================================ token-sparse attention backend
+
+SPARSE_ATTN_NAME = "softdec_token_sparse"
+"""Name under which the backend is registered in AttentionInterface / AttentionMaskInterface."""
+
+
+def _dense_attention(module, query, key, value, attention_mask, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def _key_validity(attention_mask, batch: int, n: int):
+    """(B, N) bool validity of each key for the last query, or None when every key is valid."""
+    if attention_mask is None:
+        return None
+    m = attention_mask
+    if m.dim() == 4:
+        m = m[:, 0, -1, :]
+    if m.dtype != torch.bool:
+        m = m > torch.finfo(m.dtype).min / 2
+    m = m[..., -n:].expand(batch, n)
+    return None if bool(m.all()) else m
+
+
+def _token_sparse_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                            is_causal=None, **kwargs):
+    """AttentionInterface function: sparse decode per step, token-sparse prefill on long prompts,
+    SDPA everywhere else (layers not selected, padded prefill, chunked prefill, dropout, softcap)."""
+    cfg = getattr(module, "_softdec_sparse", None)
+    B, Hq, Lq, d = query.shape
+    N = key.shape[2]
+    if cfg is None or dropout > 0.0 or kwargs.get("softcap") is not None or kwargs.get("sliding_window"):
+        return _dense_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                is_causal=is_causal, **kwargs)
+    if Lq == 1:
+        valid = _key_validity(attention_mask, B, N)
+        k, v, seq_lens = key, value, None
+        if valid is not None:
+            # padded rows / speculative holes: move each row's valid keys to the front (a copy)
+            order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+            idx = order[:, None, :, None].expand(B, key.shape[1], N, d)
+            k, v = key.gather(2, idx), value.gather(2, idx)
+            seq_lens = valid.sum(1).to(torch.int64)
+        out = op("sparse_decode_attention")(query[:, :, 0].contiguous(), k.contiguous(), v.contiguous(),
+                                            budget=cfg["budget"], select=cfg["select"],
+                                            page_size=cfg["page_size"], sink=cfg["sink"], window=cfg["window"],
+                                            seq_lens=seq_lens, scale=scaling)
+        return out[:, None].to(query.dtype), None
+    if cfg["prefill"] and Lq == N and Lq >= cfg["prefill_min_length"] and _key_validity(attention_mask, B, N) is None:
+        if attention_mask is None or bool(attention_mask.dim() == 4 and
+                                          (attention_mask[:, :, -1, :] if attention_mask.dtype == torch.bool
+                                           else attention_mask[:, :, -1, :] == 0).all()):
+            out = op("token_sparse_prefill")(query.contiguous(), key.contiguous(), value.contiguous(),
+                                             coverage=cfg["coverage"], min_tokens=cfg["min_tokens"],
+                                             window=cfg["prefill_window"], causal=True, scale=scaling)
+            return out.transpose(1, 2).contiguous(), None
+    return _dense_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                            is_causal=is_causal, **kwargs)
+
+
+def _attention_modules(model):
+    mods = []
+    for name, mod in model.named_modules():
+        if type(mod).__name__.endswith("Attention") and isinstance(getattr(mod, "layer_idx", None), int):
+            mods.append(mod)
+    return mods
+
+
+def _register_sparse_backend():
+    from transformers import AttentionInterface
+    try:
+        from transformers import AttentionMaskInterface
+    except ImportError:  # older layout
+        from transformers.masking_utils import AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+    AttentionInterface.register(SPARSE_ATTN_NAME, _token_sparse_attention)
+    AttentionMaskInterface.register(SPARSE_ATTN_NAME, sdpa_mask)
+
+
+def _set_attn(model, name: str):
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(name)
+    else:
+        model.config._attn_implementation = name
+
+
+def enable_token_sparse_attention(model, *, budget: int, select: str = "page", layers=None, prefill: bool = True,
+                                  page_size: int = 16, sink: int = 4, window: int = 64, coverage: float = 0.005,
+                                  min_tokens: int = 1024, prefill_window: int = 128,
+                                  prefill_min_length: Optional[int] = None):
+    """Switch a model's attention to softdec's token-sparse kernels.
+
+    Registers ``"softdec_token_sparse"`` in transformers' ``AttentionInterface``
+    (with ``sdpa_mask`` as its mask function in ``AttentionMaskInterface``) and
+    sets it as the model's attention implementation. In the selected layers,
+    each decode step (one query) runs ``softdec.sparse_decode_attention`` over
+    the KV cache (sink + local window + the ``budget`` most relevant tokens),
+    and an unpadded prompt of at least ``prefill_min_length`` tokens runs
+    ``softdec.token_sparse_prefill``; everything else (other layers, padded or
+    chunked prefill) runs SDPA. Padded batches (and speculative cache holes)
+    compact each row's valid keys to the front before the sparse kernel (a
+    copy per step).
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    budget : int
+        Tokens selected per KV head beyond sink and window (>= 1). ``budget``
+        at least the context length is dense attention, exactly.
+    select : {"page", "token"}, default "page"
+        Quest page bounds or exact token scores (TokenSelect).
+    layers : iterable of int, optional
+        Layer indices to make sparse (negative counts from the end); default all.
+        Token Sparse Attention applies the prefill to the second half.
+    prefill : bool, default True
+        Use token-sparse prefill on long prompts.
+    page_size, sink, window : int
+        ``sparse_decode_attention`` parameters.
+    coverage, min_tokens, prefill_window : float, int, int
+        ``token_sparse_prefill`` parameters.
+    prefill_min_length : int, optional
+        Shortest prompt that uses the sparse prefill; default ``min_tokens + 1``
+        (shorter prompts would keep every token anyway).
+
+    Returns
+    -------
+    model
+        The same model, switched.
+
+    Examples
+    --------
+    >>> # softdec.hf.enable_token_sparse_attention(model, budget=2048, select="page",
+    >>> #                                          layers=range(14, 28))
+    >>> # ... model.generate(...) / softdec.hf.generate(...)
+    >>> # softdec.hf.disable_token_sparse_attention(model)
+
+    References
+    ----------
+    Tang et al., "Quest", ICML 2024; Wu et al., "TokenSelect", 2024; Token Sparse Attention, 2026.
+    """
+    _check_transformers()
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive int, got {budget!r}")
+    if select not in ("page", "token"):
+        raise ValueError(f"select must be 'page' or 'token', got {select!r}")
+    for nm, val in (("page_size", page_size), ("min_tokens", min_tokens), ("prefill_window", prefill_window)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{nm} must be a positive int, got {val!r}")
+    for nm, val in (("sink", sink), ("window", window)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+            raise ValueError(f"{nm} must be a non-negative int, got {val!r}")
+    if not (0.0 <= float(coverage) < 1.0):
+        raise ValueError(f"coverage must be in [0, 1), got {coverage!r}")
+    mods = _attention_modules(model)
+    if not mods:
+        raise ValueError(f"found no attention layers (modules with a layer_idx) in {type(model).__name__}")
+    n_layers = max(m.layer_idx for m in mods) + 1
+    if layers is None:
+        chosen = set(range(n_layers))
+    else:
+        chosen = set()
+        for i in layers:
+            if isinstance(i, bool) or not isinstance(i, int) or not (-n_layers <= i < n_layers):
+                raise ValueError(f"layers must hold layer indices in [-{n_layers}, {n_layers}), got {i!r}")
+            chosen.add(i % n_layers)
+    cfg = dict(budget=budget, select=select, page_size=page_size, sink=sink, window=window, prefill=bool(prefill),
+               coverage=float(coverage), min_tokens=min_tokens, prefill_window=prefill_window,
+               prefill_min_length=min_tokens + 1 if prefill_min_length is None else int(prefill_min_length))
+    _register_sparse_backend()
+    if getattr(model, "_softdec_prev_attn", None) is None:
+        model._softdec_prev_attn = model.config._attn_implementation
+    for m in mods:
+        m._softdec_sparse = dict(cfg) if m.layer_idx in chosen else None
+    _set_attn(model, SPARSE_ATTN_NAME)
+    return model
+
+
+def disable_token_sparse_attention(model):
+    """Switch the model back to the attention implementation it had before
+    ``enable_token_sparse_attention`` (a no-op if it was never enabled)."""
+    prev = getattr(model, "_softdec_prev_attn", None)
+    for m in _attention_modules(model):
+        if hasattr(m, "_softdec_sparse"):
+            del m._softdec_sparse
+    if prev is not None:
+        _set_attn(model, prev)
+        model._softdec_prev_attn = None
+    return model

@@ -117,3 +117,22 @@ def verify(target_logits, draft_ids, *, num_draft=None, draft_probs=None, method
         else:
             tokens[b, j] = int(torch.multinomial(p[b, j].float(), 1, generator=g))
     return Verified(tokens.to(target_logits.device), acc.to(target_logits.device), None, None)
+
+
+def sparse_decode_attention(q, k_cache, v_cache, *, budget, select="page", page_size=16, sink=4, window=64,
+                            seq_lens=None, scale=None, return_indices=False):
+    B, Hq, d = q.shape
+    Hkv, N = k_cache.shape[1], k_cache.shape[2]
+    g = Hq // Hkv
+    k = k_cache.repeat_interleave(g, 1).float()
+    v = v_cache.repeat_interleave(g, 1).float()
+    s = torch.einsum("bhd,bhnd->bhn", q.float(), k) * (scale if scale is not None else d ** -0.5)
+    if seq_lens is not None:
+        s = s.masked_fill(torch.arange(N)[None, None] >= seq_lens[:, None, None], float("-inf"))
+    return torch.einsum("bhn,bhnd->bhd", s.softmax(-1), v).to(q.dtype)
+
+
+def token_sparse_prefill(q, k, v, *, coverage=0.005, min_tokens=1024, window=128, causal=True, scale=None):
+    g = q.shape[1] // k.shape[1]
+    return torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1),
+                                                            is_causal=causal, scale=scale)
