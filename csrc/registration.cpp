@@ -11,6 +11,23 @@ STABLE_TORCH_LIBRARY(softdec, m) {
 
 
   // ---- soft mixture (csrc/cpu/soft_mixture.cpp, csrc/cuda/soft_mixture.cu) ----
+  // Concept tokens: fused softmax/entropy/top-k/top-p/min-p/noise/gather. Per-row tensors:
+  // temperature/top_p/min_p float64, top_k/seed/offset int64. noise: 0 none, 1 gumbel, 2 dirichlet.
+  // Returns (embeds, ids, weights, entropy, max_prob, valid, noisy_logits, lse, nkept); the last
+  // two are saved for the backward.
+  m.def("soft_mixture(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k, "
+        "Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int k, int noise, float tau, "
+        "float noise_scale, float dirichlet_alpha, float embed_scale) -> (Tensor, Tensor, Tensor, "
+        "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradient of soft_mixture w.r.t. logits (dense (B, V), logits dtype).
+  m.def("soft_mixture_backward(Tensor grad_embeds, Tensor grad_weights, Tensor grad_entropy, "
+        "Tensor grad_max_prob, Tensor grad_noisy, Tensor logits, Tensor embedding, "
+        "Tensor temperature, Tensor ids, Tensor weights, Tensor lse, Tensor entropy, "
+        "Tensor max_prob, Tensor valid, Tensor nkept, int noise, float tau, float embed_scale) "
+        "-> Tensor");
+  // Gradient of soft_mixture w.r.t. the embedding: the scatter into the kept rows, dense (V, D).
+  m.def("soft_mixture_embedding_backward(Tensor grad_embeds, Tensor embedding, Tensor ids, "
+        "Tensor weights, Tensor nkept, float embed_scale) -> Tensor");
 
 
   // ---- sampling (csrc/cpu/sampling.cpp, csrc/cuda/sampling.cu) ----
@@ -20,6 +37,16 @@ STABLE_TORCH_LIBRARY(softdec, m) {
 
 
   // ---- token-sparse attention (csrc/cpu/sparse_attention.cpp, csrc/cuda/sparse_attention.cu) ----
+  // Per-page, per-channel key min and max over the valid tokens (< seq_lens[b]):
+  // (kmin, kmax), each (B, Hkv, ceil(N / page_size), d) in k_cache's dtype; empty pages are 0.
+  m.def("sparse_page_summary(Tensor k_cache, int page_size, Tensor seq_lens) -> (Tensor, Tensor)");
+  // In place: recompute the pages touched by tokens [start[b], end[b]) (appended tokens).
+  m.def("sparse_page_summary_update(Tensor(a!) kmin, Tensor(b!) kmax, Tensor k_cache, Tensor start, Tensor end) -> ()");
+  // Decode attention over sink + window + budget selected tokens; select 0 = page, 1 = token.
+  // Returns (out (B, Hq, d), indices (B or 0, Hkv, M) int64 ascending, padded with -1).
+  m.def("sparse_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor seq_lens, int budget, int select, int page_size, int sink, int window, float scale, Tensor? kmin, Tensor? kmax, bool return_indices) -> (Tensor, Tensor)");
+  // Token-sparse prefill: (out (B, Hq, L, d), kept (B, Hq, L) bool).
+  m.def("token_sparse_prefill(Tensor q, Tensor k, Tensor v, float coverage, int min_tokens, int window, bool causal, float scale) -> (Tensor, Tensor)");
 
 
 }

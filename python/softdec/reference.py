@@ -52,7 +52,187 @@ def philox_uniform(seed: int, offset: int, n: int) -> torch.Tensor:
 
 # ============================================================================ soft mixture
 
-__all__ += []  # this family's public names
+import math  # noqa: E402
+
+__all__ += ["soft_mixture", "philox_at", "soft_gamma"]
+
+# Dirichlet noise: Gamma(a) by Marsaglia-Tsang with at most this many attempts
+# per token; attempt t of token id uses the Philox block id * 16 + t.
+SOFT_GAMMA_ATTEMPTS = 16
+
+
+def philox_at(seed, offset, index) -> torch.Tensor:
+    """Elements ``index`` of the per-row ``(seed[r], offset[r])`` Philox streams.
+
+    ``seed``/``offset``: int or (B,) int64; ``index``: (B, n) int64 element
+    indices (the stream position of each draw). Returns float32 (B, n) in
+    (0, 1), bit-identical to ``philox_uniform`` at those positions.
+    """
+    index = torch.as_tensor(index, dtype=torch.int64).cpu()
+    b = index.shape[0]
+    s = torch.as_tensor(seed, dtype=torch.int64).cpu().reshape(-1).expand(b).numpy().astype(np.uint64)
+    o = torch.as_tensor(offset, dtype=torch.int64).cpu().reshape(-1).expand(b).numpy().astype(np.uint64)
+    i = index.numpy().astype(np.uint64)
+    blk = i >> np.uint64(2)
+    lane = (i & np.uint64(3)).astype(np.int64)
+    so = np.broadcast_to(s[:, None], i.shape)
+    oo = np.broadcast_to(o[:, None], i.shape)
+    ctr = np.stack([blk & _MASK, blk >> np.uint64(32), oo & _MASK, oo >> np.uint64(32)], -1)
+    key = np.stack([so & _MASK, so >> np.uint64(32)], -1)
+    bits = np.take_along_axis(philox4x32_10(ctr, key), lane[..., None], -1)[..., 0]
+    u = ((bits >> np.uint32(9)).astype(np.float64) + 0.5) / 2.0 ** 23
+    return torch.from_numpy(u.astype(np.float32)).reshape(index.shape)
+
+
+def soft_gamma(a, seed, offset, ids) -> torch.Tensor:
+    """Gamma(a) draws of the Dirichlet noise, float64, from the Philox stream.
+
+    ``a``: (B, n) float64 shapes (a <= 0 gives 0); ``ids``: (B, n) token ids.
+    Layout (shared with the kernels): attempt t (0 <= t < 16) of token ``id``
+    uses the four uniforms of Philox block ``id * 16 + t`` (stream elements
+    ``4 * (id * 16 + t) + {0, 1, 2, 3}``): u0, u1 give a normal by Box-Muller
+    (n = sqrt(-2 log u0) cos(2 pi u1)), u2 the Marsaglia-Tsang acceptance test;
+    lane 3 of attempt 0 is the boost uniform for a < 1 (Gamma(a) =
+    Gamma(a + 1) * u^(1/a)). If all 16 attempts are rejected (probability
+    < 1e-20) the draw is d = a' - 1/3. Computed in float64.
+    """
+    a = torch.as_tensor(a, dtype=torch.float64).cpu()
+    ids = torch.as_tensor(ids, dtype=torch.int64).cpu()
+    R = SOFT_GAMMA_ATTEMPTS
+    t = torch.arange(R, dtype=torch.int64)
+    base = (ids[..., None] * R + t) * 4  # (B, n, R)
+    flat = lambda lane: philox_at(seed, offset, (base + lane).reshape(ids.shape[0], -1)).reshape(base.shape).double()
+    u0, u1, u2, u3 = flat(0), flat(1), flat(2), flat(3)
+    boost = a < 1
+    ap = torch.where(boost, a + 1, a)
+    d = ap - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    n = torch.sqrt(-2.0 * torch.log(u0)) * torch.cos(2.0 * math.pi * u1)
+    v = (1.0 + c[..., None] * n) ** 3
+    vpos = v > 0
+    logv = torch.log(torch.where(vpos, v, torch.ones_like(v)))
+    ok = vpos & (torch.log(u2) < 0.5 * n * n + d[..., None] - d[..., None] * v + d[..., None] * logv)
+    first = torch.where(ok.any(-1), ok.to(torch.int64).argmax(-1), torch.full_like(a, R - 1, dtype=torch.int64))
+    vsel = v.gather(-1, first[..., None])[..., 0]
+    g = torch.where(ok.any(-1), d * vsel, d)
+    g = torch.where(boost, g * u3[..., 0] ** (1.0 / torch.where(a > 0, a, torch.ones_like(a))), g)
+    return torch.where(a > 0, g, torch.zeros_like(g))
+
+
+def _row_tensor(v, b, dtype, device):
+    if isinstance(v, torch.Tensor):
+        return v.to(device=device, dtype=dtype).reshape(-1).expand(b)
+    return torch.full((b,), v, dtype=dtype, device=device)
+
+
+def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min_p=0.0,
+                 noise=None, tau=1.0, noise_scale=1.0, dirichlet_alpha=1.0, seed=0, offset=0,
+                 embed_scale=1.0):
+    """Soft Thinking concept tokens, as the plain PyTorch pipeline (oracle and baseline).
+
+    Same arguments and semantics as ``softdec.soft_mixture`` (see its docstring):
+    softmax(logits / T) with entropy and max prob of the full distribution;
+    top-k (ties: lower vocabulary index first), top-p, min-p with
+    renormalisation; Gumbel or Dirichlet noise from the Philox stream; sort by
+    weight (ties: lower id first); the weighted sum of the k embedding rows.
+    Computes in float64 when the inputs are float64, else float32. Returns the
+    tuple ``(embeds, ids, weights, entropy, max_prob, valid, noisy_logits)``
+    (``noisy_logits`` is None unless ``noise == "gumbel"``). Differentiable by
+    autograd w.r.t. logits and embedding except through the Dirichlet draw.
+    """
+    B, V = logits.shape
+    dev = logits.device
+    acc = torch.promote_types(torch.promote_types(logits.dtype, embedding.dtype), torch.float32)
+    x = logits.to(acc)
+    kmax = int(top_k.max()) if isinstance(top_k, torch.Tensor) else int(top_k)
+    kr = _row_tensor(top_k, B, torch.int64, dev)
+    T = _row_tensor(temperature, B, acc, dev)
+    tp = _row_tensor(top_p, B, acc, dev)
+    mp = _row_tensor(min_p, B, acc, dev)
+    cold = T == 0
+    bad = torch.isnan(x).any(1) | torch.isposinf(x).any(1) | torch.isneginf(x).all(1)
+    valid = ~bad
+    xs = torch.where(bad[:, None], torch.zeros_like(x), x)
+    Ts = torch.where(cold, torch.ones_like(T), T)
+    z = xs / Ts[:, None]
+    logp = torch.log_softmax(z, dim=1)
+    p = logp.exp()
+    entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(1)
+    max_prob = p.max(1).values
+    entropy = torch.where(cold | bad, torch.zeros_like(entropy), entropy)
+    max_prob = torch.where(bad, torch.zeros_like(max_prob), torch.where(cold, torch.ones_like(max_prob), max_prob))
+
+    # top-k with ties broken toward the lower index: topk gives the threshold
+    # value, the set is {x > thr} plus the lowest-index ties at thr.
+    ke = min(kmax, V)
+    thr = torch.topk(xs, ke, dim=1).values[:, -1:]
+    gt = xs > thr
+    eq = xs == thr
+    need = ke - gt.sum(1, keepdim=True)
+    keep = gt | (eq & (torch.cumsum(eq.to(torch.int64), 1) <= need))
+    key = keep.to(torch.int64) * (V - torch.arange(V, device=dev))  # kept, lower index first
+    ids = torch.topk(key, ke, dim=1).indices
+    xv = xs.gather(1, ids)
+    order = torch.sort(xv, dim=1, descending=True, stable=True).indices
+    ids = ids.gather(1, order)
+    xv = xv.gather(1, order)
+    if ke < kmax:
+        ids = torch.cat([ids, ids[:, :1].expand(B, kmax - ke)], 1)
+        xv = torch.cat([xv, torch.full((B, kmax - ke), -math.inf, dtype=acc, device=dev)], 1)
+    pos = torch.arange(kmax, device=dev)
+    surv = (xv > -math.inf) & (pos < kr[:, None]) & ~bad[:, None]
+    surv = surv & (~cold[:, None] | (pos == 0))
+    zk = torch.where(surv, xv / Ts[:, None], torch.full_like(xv, -math.inf))
+    w = torch.softmax(zk, dim=1)
+    w = torch.where(cold[:, None], (pos == 0).to(acc).expand(B, kmax), w)
+    w = torch.where(surv, w, torch.zeros_like(w))
+    # top-p: the smallest prefix whose mass reaches top_p
+    excl = torch.cumsum(w, 1) - w
+    surv = surv & ((excl < tp[:, None]) | (tp[:, None] >= 1))
+    w = torch.where(surv, w, torch.zeros_like(w))
+    w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
+    # min-p relative to the largest surviving weight
+    surv = surv & (w >= mp[:, None] * w[:, :1])
+    w = torch.where(surv, w, torch.zeros_like(w))
+    w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
+
+    noisy = None
+    if noise == "gumbel":
+        u = philox_at(seed if not isinstance(seed, torch.Tensor) else seed.expand(B), offset if not isinstance(offset, torch.Tensor) else offset.expand(B), ids).to(dev).to(acc)
+        G = -torch.log(-torch.log(u))
+        y = torch.where(surv, torch.log(torch.where(surv, w, torch.ones_like(w))) + noise_scale * G,
+                        torch.full_like(w, -math.inf))
+        w = torch.softmax(y / tau, dim=1)
+        w = torch.where(surv, w, torch.zeros_like(w))
+        noisy = y
+    elif noise == "dirichlet":
+        a = (dirichlet_alpha * w).detach().double().cpu()
+        g = soft_gamma(a, seed if not isinstance(seed, torch.Tensor) else seed.expand(B),
+                       offset if not isinstance(offset, torch.Tensor) else offset.expand(B), ids.cpu())
+        g = torch.where(surv.cpu(), g, torch.zeros_like(g))
+        tot = g.sum(1, keepdim=True)
+        g = torch.where(tot > 0, g / torch.where(tot > 0, tot, torch.ones_like(tot)), w.detach().double().cpu())
+        w = g.to(device=dev, dtype=acc)
+    elif noise is not None:
+        raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
+
+    # final order: weight descending, ties lower id first
+    o1 = torch.argsort(ids, dim=1, stable=True)
+    ids, w, surv = ids.gather(1, o1), w.gather(1, o1), surv.gather(1, o1)
+    noisy = noisy.gather(1, o1) if noisy is not None else None
+    o2 = torch.sort(torch.where(surv, w, torch.full_like(w, -1.0)), dim=1, descending=True, stable=True).indices
+    ids, w, surv = ids.gather(1, o2), w.gather(1, o2), surv.gather(1, o2)
+    noisy = noisy.gather(1, o2) if noisy is not None else None
+    top = torch.where(valid, ids[:, 0], torch.zeros_like(ids[:, 0]))
+    ids = torch.where(surv, ids, top[:, None])
+    w = torch.where(surv, w, torch.zeros_like(w))
+    if noisy is not None:
+        noisy = torch.where(surv, noisy, torch.full_like(noisy, -math.inf))
+
+    rows = embedding.to(acc)[ids]  # (B, k, D)
+    embeds = embed_scale * torch.einsum("bk,bkd->bd", w, rows)
+    embeds = embeds.to(embedding.dtype)
+    return (embeds, ids, w.to(torch.float32) if acc == torch.float32 else w, entropy, max_prob, valid, noisy)
 
 
 # ============================================================================ sampling
@@ -66,6 +246,212 @@ __all__ += []  # this family's public names
 
 
 # ============================================================================ token-sparse attention
+# SDPA-based oracles (torch.nn.functional.scaled_dot_product_attention). The
+# selection rules are spelled out with plain tensor ops, in the dtype given
+# (tests pass float64).
 
-__all__ += []  # this family's public names
+def _sdpa(q, k, v, mask=None, is_causal=False, scale=None):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                                            scale=scale)
+
+
+def _lens_list(seq_lens, B, N):
+    if seq_lens is None:
+        return [N] * B
+    if isinstance(seq_lens, int):
+        return [seq_lens] * B
+    if isinstance(seq_lens, torch.Tensor):
+        seq_lens = seq_lens.tolist()
+    return [int(x) for x in seq_lens]
+
+
+def dense_decode_attention(q, k_cache, v_cache, *, seq_lens=None, scale=None):
+    """Dense decode attention over the whole cache with SDPA (GQA): the bench baseline.
+
+    q (B, Hq, d); k_cache, v_cache (B, Hkv, N, d); returns (B, Hq, d). With
+    ``seq_lens`` a key mask drops tokens at or beyond each row's length.
+    """
+    B, Hq, d = q.shape
+    Hkv, N = k_cache.shape[1], k_cache.shape[2]
+    mask = None
+    if seq_lens is not None:
+        lens = torch.as_tensor(seq_lens, device=q.device).reshape(-1).expand(B)
+        mask = (torch.arange(N, device=q.device)[None, :] < lens[:, None])[:, None, None, :]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None, :], k_cache, v_cache, attn_mask=mask, scale=scale, enable_gqa=Hq != Hkv)
+    return out[:, :, 0, :]
+
+
+def page_summary(k_cache, page_size=16, seq_lens=None):
+    """(kmin, kmax): per-page per-channel min/max over valid tokens; empty pages 0."""
+    B, H, N, d = k_cache.shape
+    P = -(-N // page_size)
+    kmin = torch.zeros(B, H, P, d, dtype=k_cache.dtype)
+    kmax = torch.zeros(B, H, P, d, dtype=k_cache.dtype)
+    for b, L in enumerate(_lens_list(seq_lens, B, N)):
+        for p in range(P):
+            t0, t1 = p * page_size, min((p + 1) * page_size, L)
+            if t1 > t0:
+                kmin[b, :, p] = k_cache[b, :, t0:t1].amin(dim=1)
+                kmax[b, :, p] = k_cache[b, :, t0:t1].amax(dim=1)
+    return kmin, kmax
+
+
+def page_bounds(q, kmin, kmax, scale=1.0):
+    """Quest bounds (B, Hq, P): sum_i max(s q_i kmin_i, s q_i kmax_i) (GQA by repeat)."""
+    G = q.shape[1] // kmin.shape[1]
+    qs = (q * scale)[:, :, None, :]
+    mn = kmin.repeat_interleave(G, dim=1).to(q.dtype)
+    mx = kmax.repeat_interleave(G, dim=1).to(q.dtype)
+    return torch.maximum(qs * mn, qs * mx).sum(-1)
+
+
+def _region(L, sink, window):
+    se = min(sink, L)
+    return se, max(se, L - window)
+
+
+def _top(scores, idx, need):
+    """The `need` best of idx by (score desc, index asc), sorted by index."""
+    if need >= len(idx):
+        return sorted(idx)
+    s = torch.nan_to_num(scores.double(), nan=-float("inf")).tolist()
+    order = sorted(range(len(idx)), key=lambda i: (-s[i], idx[i]))[:need]
+    return sorted(idx[i] for i in order)
+
+
+def sparse_decode_select(q, k_cache, *, budget, select="page", page_size=16, sink=4, window=64,
+                         seq_lens=None, scale=None, kmin=None, kmax=None):
+    """Selected token indices per (row, KV head): a list of lists of sorted ints."""
+    B, Hq, d = q.shape
+    Hkv, N = k_cache.shape[1], k_cache.shape[2]
+    G = Hq // Hkv
+    scale = d ** -0.5 if scale is None else scale
+    lens = _lens_list(seq_lens, B, N)
+    if select == "page" and kmin is None:
+        kmin, kmax = page_summary(k_cache, page_size, lens)
+    out = []
+    for b in range(B):
+        L = lens[b]
+        se, ws = _region(L, sink, window)
+        row = []
+        if select == "page":
+            bnd = page_bounds(q[b:b + 1], kmin[b:b + 1], kmax[b:b + 1], scale)[0]  # (Hq, P)
+            bnd = torch.nan_to_num(bnd, nan=-float("inf"))
+        else:
+            s = torch.einsum("hd,hnd->hn", q[b] * scale, k_cache[b, :, :L].repeat_interleave(G, dim=0))
+            s = torch.nan_to_num(s, nan=-float("inf"))
+            p = torch.softmax(s, dim=-1) if L else s
+        for g in range(Hkv):
+            if select == "page":
+                if se < ws:
+                    first, last = se // page_size, (ws - 1) // page_size + 1
+                else:
+                    first = last = 0
+                pages = list(range(first, last))
+                sc = bnd[g * G:(g + 1) * G, first:last].amax(dim=0)
+                chosen = _top(sc, pages, -(-budget // page_size))
+                mid = [t for pg in chosen for t in range(max(pg * page_size, se), min((pg + 1) * page_size, ws))]
+            else:
+                cand = list(range(se, ws))
+                vote = p[g * G:(g + 1) * G, se:ws].sum(0) if cand else torch.zeros(0)
+                mid = _top(vote, cand, budget)
+            row.append(list(range(se)) + mid + list(range(ws, L)))
+        out.append(row)
+    return out
+
+
+def sparse_decode_attention(q, k_cache, v_cache, *, budget, select="page", page_size=16, sink=4, window=64,
+                            seq_lens=None, scale=None, indices=None, kmin=None, kmax=None):
+    """softdec.sparse_decode_attention with SDPA over a boolean mask of the selected tokens.
+
+    ``indices`` (a (B, Hkv, M) tensor padded with -1, or nested lists)
+    overrides the selection, to check the attention on a given set.
+    """
+    B, Hq, d = q.shape
+    Hkv, N = k_cache.shape[1], k_cache.shape[2]
+    G = Hq // Hkv
+    if indices is None:
+        indices = sparse_decode_select(q, k_cache, budget=budget, select=select, page_size=page_size, sink=sink,
+                                       window=window, seq_lens=seq_lens, scale=scale, kmin=kmin, kmax=kmax)
+    mask = torch.zeros(B, Hkv, N, dtype=torch.bool)
+    for b in range(B):
+        for g in range(Hkv):
+            ix = indices[b][g]
+            ix = torch.as_tensor(ix, dtype=torch.int64)
+            ix = ix[ix >= 0]
+            mask[b, g, ix] = True
+    mask = mask.repeat_interleave(G, dim=1)[:, :, None, :].to(q.device)
+    out = _sdpa(q[:, :, None, :], k_cache.repeat_interleave(G, dim=1), v_cache.repeat_interleave(G, dim=1),
+                mask=mask, scale=scale)[:, :, 0]
+    return torch.where(mask.any(-1), out, torch.zeros_like(out))  # empty set -> 0 (SDPA gives NaN)
+
+
+def token_sparse_scores(q, k, *, window=128, causal=True, scale=None):
+    """(B, Hq, L): sum over the last `window` queries of their softmax over the keys."""
+    B, Hq, L, d = q.shape
+    G = Hq // k.shape[1]
+    scale = d ** -0.5 if scale is None else scale
+    w = min(window, L)
+    kk = k.repeat_interleave(G, dim=1)
+    s = torch.einsum("bhid,bhjd->bhij", q[:, :, L - w:] * scale, kk)
+    if causal:
+        pos = torch.arange(L - w, L)[:, None]
+        s = s.masked_fill(torch.arange(L)[None, :] > pos, float("-inf"))
+    return torch.softmax(torch.nan_to_num(s, nan=-float("inf")), dim=-1).nan_to_num(0.0).sum(2)
+
+
+def token_sparse_kept(scores, *, coverage=0.005, min_tokens=1024, window=128):
+    """(B, Hq, L) bool: the drop rule of softdec.token_sparse_prefill on given scores."""
+    B, H, L = scores.shape
+    w = min(window, L)
+    kept = torch.ones(B, H, L, dtype=torch.bool)
+    if coverage <= 0:
+        return kept
+    dmax = L - min(L, max(min_tokens, w))
+    for b in range(B):
+        for h in range(H):
+            s = scores[b, h].double()
+            limit = coverage * float(s.sum())
+            order = sorted(range(L - w), key=lambda j: (float(s[j]), j))
+            cum = 0.0
+            for j in order[:dmax]:
+                cum += float(s[j])
+                if cum > limit:
+                    break
+                kept[b, h, j] = False
+    return kept
+
+
+def token_sparse_prefill(q, k, v, *, coverage=0.005, min_tokens=1024, window=128, causal=True, scale=None,
+                         kept=None):
+    """softdec.token_sparse_prefill: score, drop, gather, SDPA on the kept set, scatter back.
+
+    ``kept`` (B, Hq, L) bool overrides the selection.
+    """
+    B, Hq, L, d = q.shape
+    G = Hq // k.shape[1]
+    if kept is None:
+        kept = token_sparse_kept(token_sparse_scores(q, k, window=window, causal=causal, scale=scale),
+                                 coverage=coverage, min_tokens=min_tokens, window=window)
+    out = torch.zeros_like(q)
+    for b in range(B):
+        for h in range(Hq):
+            ix = kept[b, h].nonzero()[:, 0].to(q.device)
+            if ix.numel() == 0:
+                continue
+            qs, ks, vs = q[b, h, ix], k[b, h // G, ix], v[b, h // G, ix]
+            out[b, h, ix] = _sdpa(qs[None], ks[None], vs[None], is_causal=causal, scale=scale)[0]
+    return out
+
+
+def dense_causal_attention(q, k, v, *, scale=None):
+    """Dense causal SDPA (GQA): the prefill bench baseline."""
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
+                                                            enable_gqa=q.shape[1] != k.shape[1])
+
+
+__all__ += ["dense_decode_attention", "page_summary", "page_bounds", "sparse_decode_select",
+            "sparse_decode_attention", "token_sparse_scores", "token_sparse_kept", "token_sparse_prefill",
+            "dense_causal_attention"]
 

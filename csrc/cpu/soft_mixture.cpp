@@ -1,0 +1,598 @@
+// CPU backend of softdec.soft_mixture (Soft Thinking concept tokens), forward
+// and backward.
+//
+// Forward, three threaded phases:
+//   1. scan: work item = (row, vocabulary slice); one pass over the slice keeps
+//      the online softmax state (max, sum-exp, entropy term; 16 lanes, rescaled
+//      when a lane's max grows), a NaN/+inf flag and a running top-k whose
+//      k-th value is a vector threshold: a 16-wide chunk with no value above it
+//      costs one compare. Small batches split the vocabulary so every thread
+//      has work.
+//   2. per row: merge the slices' states and top-k lists, entropy / max prob,
+//      then filtering, noise and the final order (soft::finalize_row, shared
+//      with CUDA).
+//   3. gather: work item = (row, 512-column block of D); fp32 (fp64 for fp64
+//      inputs) accumulation of w_i * E[id_i] with vectorised bf16/fp16 -> fp32.
+// Backward: soft_mixture_backward (grad w.r.t. logits: sparse over the kept
+// tokens, dense over V only for the entropy / max-prob terms) and
+// soft_mixture_embedding_backward (the scatter into the kept rows, as a dense
+// (V, D) gradient; rows grouped by token id so no two threads write one row).
+#include "../common.h"
+#include "../dispatch.h"
+#include "softdec/soft_mixture.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+// float32 / bfloat16 / float16 and float64 (float64 for gradcheck).
+#define SM_DISPATCH(DTYPE, NAME, scalar_t, ...)                                              \
+  [&] {                                                                                      \
+    if ((DTYPE) == ::softdec::ScalarType::Double) {                                          \
+      using scalar_t = double;                                                               \
+      return __VA_ARGS__();                                                                  \
+    }                                                                                        \
+    return SOFTDEC_DISPATCH_FLOAT(DTYPE, NAME, scalar_t, __VA_ARGS__);                        \
+  }()
+
+namespace softdec {
+namespace {
+
+using soft::SoftmaxState;
+
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+template <typename acc_t, typename scalar_t>
+inline acc_t to_acc(scalar_t v) {
+  return static_cast<acc_t>(static_cast<typename AccOf<scalar_t>::type>(v));
+}
+
+// Partial state of one (row, vocabulary slice).
+template <typename acc_t>
+struct Part {
+  SoftmaxState<acc_t> sm;
+  bool bad;
+  int n;
+  acc_t* vals;
+  int64_t* ids;
+};
+
+// ------------------------------------------------------------------ scan, scalar
+template <typename scalar_t, typename acc_t>
+void scan_scalar(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold, int k,
+                 Part<acc_t>& P) {
+  const acc_t big = std::numeric_limits<acc_t>::max();
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  acc_t thr = P.n == k ? P.vals[k - 1] : ninf;
+  for (int64_t v = v0; v < v1; ++v) {
+    const acc_t l = to_acc<acc_t>(row[v]);
+    if (!(l <= big) && l != ninf) P.bad = true;  // NaN or +inf
+    if (l > thr) {
+      P.n = soft::topk_insert(P.vals, P.ids, P.n, k, l, v);
+      if (P.n == k) thr = P.vals[k - 1];
+    }
+    if (!cold) soft::softmax_push(P.sm, l, t);
+  }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define SOFTDEC_SM_AVX512 1
+
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const bf16* p) {
+  const __m256i r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16));
+}
+inline __m512 load16(const fp16* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+// The first n (< 16) values, -inf in the other lanes.
+inline __m512 load16_tail(const float* p, int n) {
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), static_cast<__mmask16>((1u << n) - 1), p);
+}
+inline __m512 load16_tail(const bf16* p, int n) {
+  const __m256i r = _mm256_mask_loadu_epi16(_mm256_set1_epi16(static_cast<short>(0xFF80)),
+                                            static_cast<__mmask16>((1u << n) - 1), p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16));
+}
+inline __m512 load16_tail(const fp16* p, int n) {
+  const __m256i r = _mm256_mask_loadu_epi16(_mm256_set1_epi16(static_cast<short>(0xFC00)),
+                                            static_cast<__mmask16>((1u << n) - 1), p);
+  return _mm512_cvtph_ps(r);
+}
+
+// e^x for x in [-150, 0] (Cephes expf polynomial, ~1 ulp); scalef gives exact 0
+// on underflow.
+inline __m512 exp512(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+template <typename scalar_t, bool kCold>
+void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Part<float>& P) {
+  __m512 vm = _mm512_set1_ps(-FLT_MAX), vs = _mm512_setzero_ps(), va = _mm512_setzero_ps();
+  __mmask16 badm = 0;
+  float thr = P.n == k ? P.vals[k - 1] : -INFINITY;
+  __m512 vthr = _mm512_set1_ps(thr);
+  const __m512 vt = _mm512_set1_ps(t), vfloor = _mm512_set1_ps(-150.0f),
+               vbig = _mm512_set1_ps(FLT_MAX);
+  auto body = [&](__m512 x, int64_t base) {
+    badm |= _mm512_cmp_ps_mask(x, vbig, _CMP_NLE_UQ);  // NaN or +inf
+    __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_GT_OQ);
+    if (SOFTDEC_UNLIKELY(gt)) {  // threshold fast path: most chunks skip this
+      alignas(64) float buf[16];
+      _mm512_store_ps(buf, x);
+      while (gt) {
+        const int j = __builtin_ctz(gt);
+        gt &= gt - 1;
+        if (buf[j] > thr) {
+          P.n = soft::topk_insert(P.vals, P.ids, P.n, k, buf[j], base + j);
+          if (P.n == k) thr = P.vals[k - 1];
+        }
+      }
+      vthr = _mm512_set1_ps(thr);
+    }
+    if constexpr (!kCold) {
+      const __mmask16 up = _mm512_cmp_ps_mask(x, vm, _CMP_GT_OQ);
+      if (SOFTDEC_UNLIKELY(up)) {  // rescale the lanes whose max grew
+        const __m512 mn = _mm512_mask_max_ps(vm, up, vm, x);
+        const __m512 d = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(vm, mn), vt), vfloor);
+        const __m512 e = exp512(d);
+        va = _mm512_mul_ps(e, _mm512_fmadd_ps(d, vs, va));
+        vs = _mm512_mul_ps(e, vs);
+        vm = mn;
+      }
+      // max_ps returns its second operand for NaN: NaN lanes give z = floor, e = 0
+      const __m512 z = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vt), vfloor);
+      const __m512 e = exp512(z);
+      vs = _mm512_add_ps(vs, e);
+      va = _mm512_fmadd_ps(e, z, va);
+    }
+  };
+  int64_t v = v0;
+  for (; v + 16 <= v1; v += 16) body(load16(row + v), v);
+  if (v < v1) body(load16_tail(row + v, static_cast<int>(v1 - v)), v);
+  if (badm) P.bad = true;
+  if constexpr (!kCold) {
+    alignas(64) float m[16], s[16], a[16];
+    _mm512_store_ps(m, vm);
+    _mm512_store_ps(s, vs);
+    _mm512_store_ps(a, va);
+    for (int j = 0; j < 16; ++j) soft::softmax_merge(P.sm, SoftmaxState<float>{m[j], s[j], a[j]}, t);
+  }
+}
+#endif
+
+template <typename scalar_t, typename acc_t>
+void scan(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold, int k, Part<acc_t>& P) {
+#if defined(SOFTDEC_SM_AVX512)
+  if constexpr (std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, double>) {
+    if (cold)
+      scan_avx512<scalar_t, true>(row, v0, v1, t, k, P);
+    else
+      scan_avx512<scalar_t, false>(row, v0, v1, t, k, P);
+    return;
+  }
+#endif
+  scan_scalar<scalar_t, acc_t>(row, v0, v1, t, cold, k, P);
+}
+
+// ------------------------------------------------------------------ gather
+constexpr int64_t kDBlock = 512;
+
+// out[d0:d1] = scale * sum_i w_i * E[ids_i, d0:d1], accumulated in fp32 (fp64
+// when either side is fp64).
+template <typename emb_t, typename w_t>
+void gather_block(const emb_t* E, int64_t sE, const int64_t* ids, const w_t* w, int kept,
+                  int64_t d0, int64_t d1, double scale, emb_t* out) {
+  constexpr bool kDouble = std::is_same_v<emb_t, double> || std::is_same_v<w_t, double>;
+  using acc_t = std::conditional_t<kDouble, double, float>;
+  acc_t acc[kDBlock];
+  const int64_t n = d1 - d0;
+  for (int64_t d = 0; d < n; ++d) acc[d] = 0;
+  for (int i = 0; i < kept; ++i) {
+    const acc_t wi = static_cast<acc_t>(w[i]);
+    const emb_t* r = E + ids[i] * sE + d0;
+    int64_t d = 0;
+#if defined(SOFTDEC_SM_AVX512)
+    if constexpr (!kDouble) {
+      const __m512 vw = _mm512_set1_ps(wi);
+      for (; d + 16 <= n; d += 16)
+        _mm512_storeu_ps(acc + d, _mm512_fmadd_ps(vw, load16(r + d), _mm512_loadu_ps(acc + d)));
+    }
+#endif
+    for (; d < n; ++d) acc[d] += wi * to_acc<acc_t>(r[d]);
+  }
+  const acc_t sc = static_cast<acc_t>(scale);
+  for (int64_t d = 0; d < n; ++d) out[d] = static_cast<emb_t>(acc[d] * sc);
+}
+
+// ------------------------------------------------------------------ checks
+void check_forward_inputs(const Tensor& logits, const Tensor& embedding, const Tensor& temperature,
+                          const Tensor& top_k, const Tensor& top_p, const Tensor& min_p,
+                          const Tensor& seed, const Tensor& offset, int64_t k, int64_t noise,
+                          double tau, double dirichlet_alpha) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  SOFTDEC_CHECK(is_float_dtype(logits.scalar_type()) || logits.scalar_type() == ScalarType::Double,
+                "logits must be float32, bfloat16, float16 or float64, got ",
+                dtype_name(logits.scalar_type()));
+  SOFTDEC_CHECK(
+      is_float_dtype(embedding.scalar_type()) || embedding.scalar_type() == ScalarType::Double,
+      "embedding must be float32, bfloat16, float16 or float64, got ",
+      dtype_name(embedding.scalar_type()));
+  check_same_device(logits, "logits", embedding, "embedding");
+  SOFTDEC_CHECK(logits.size(1) >= 1, "logits must have at least one column (vocab), got shape ",
+                shape_str(logits));
+  SOFTDEC_CHECK(embedding.size(0) == logits.size(1),
+                "embedding must have as many rows as logits has columns (", logits.size(1),
+                "), got ", embedding.size(0));
+  check_last_contiguous(logits, "logits");
+  check_last_contiguous(embedding, "embedding");
+  const int64_t B = logits.size(0);
+  check_per_row(temperature, "temperature", B, ScalarType::Double, logits, "logits");
+  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
+  check_per_row(top_p, "top_p", B, ScalarType::Double, logits, "logits");
+  check_per_row(min_p, "min_p", B, ScalarType::Double, logits, "logits");
+  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
+  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
+  SOFTDEC_CHECK(k >= 1 && k <= soft::kMaxTopK, "k (the output width, max top_k) must be in [1, ",
+                soft::kMaxTopK, "], got ", k);
+  SOFTDEC_CHECK(noise >= 0 && noise <= 2, "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got ",
+                noise);
+  SOFTDEC_CHECK(tau > 0 && std::isfinite(tau), "tau must be > 0, got ", tau);
+  SOFTDEC_CHECK(dirichlet_alpha > 0 && std::isfinite(dirichlet_alpha),
+                "dirichlet_alpha must be > 0, got ", dirichlet_alpha);
+}
+
+// Per-row values (CPU tensors: read directly).
+void check_row_values(int64_t B, const double* T, const int64_t* K, const double* P,
+                      const double* M, int64_t k) {
+  for (int64_t b = 0; b < B; ++b) {
+    SOFTDEC_CHECK(T[b] >= 0 && std::isfinite(T[b]), "temperature must be >= 0 and finite, got ",
+                  T[b], " at row ", b);
+    SOFTDEC_CHECK(K[b] >= 1 && K[b] <= k, "top_k must be in [1, ", k, "], got ", K[b], " at row ",
+                  b);
+    SOFTDEC_CHECK(P[b] > 0 && P[b] <= 1, "top_p must be in (0, 1], got ", P[b], " at row ", b);
+    SOFTDEC_CHECK(M[b] >= 0 && M[b] <= 1, "min_p must be in [0, 1], got ", M[b], " at row ", b);
+  }
+}
+
+// ------------------------------------------------------------------ forward
+using Out9 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+template <typename scalar_t>
+void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const double* TP,
+                  const double* MP, const int64_t* S, const int64_t* O, int k, int noise,
+                  double tau, double noise_scale, double alpha, Tensor& ids, Tensor& weights,
+                  Tensor& entropy, Tensor& max_prob, Tensor& valid, Tensor& noisy, Tensor& lse,
+                  Tensor& nkept) {
+  using acc_t = typename AccOf<scalar_t>::type;
+  const int64_t B = logits.size(0), V = logits.size(1), sL = logits.stride(0);
+  const scalar_t* L = logits.const_data_ptr<scalar_t>();
+  const int64_t threads = std::max<int64_t>(1, torch::stable::get_num_threads());
+  // Slices per row: enough work items for every thread, slices >= 4096 wide.
+  const int64_t max_slices = std::max<int64_t>(1, V / 4096);
+  const int64_t C = std::min<int64_t>(max_slices, (4 * threads + B - 1) / B);
+  const int64_t slice = (V + C - 1) / C;
+  std::vector<Part<acc_t>> parts(static_cast<size_t>(B * C));
+  std::vector<acc_t> pv(static_cast<size_t>(B * C * k));
+  std::vector<int64_t> pi(static_cast<size_t>(B * C * k));
+  torch::stable::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t b = w / C, c = w % C;
+      Part<acc_t>& P = parts[w];
+      P.sm = SoftmaxState<acc_t>{std::numeric_limits<acc_t>::lowest(), acc_t(0), acc_t(0)};
+      P.bad = false;
+      P.n = 0;
+      P.vals = pv.data() + w * k;
+      P.ids = pi.data() + w * k;
+      const int64_t v0 = c * slice, v1 = std::min(V, v0 + slice);
+      if (v0 >= v1) continue;
+      const bool cold = T[b] == 0.0;
+      const acc_t t = cold ? acc_t(0) : static_cast<acc_t>(1.0 / T[b]);
+      scan<scalar_t, acc_t>(L + b * sL, v0, v1, t, cold, k, P);
+    }
+  });
+  int64_t* ids_p = ids.mutable_data_ptr<int64_t>();
+  acc_t* w_p = weights.mutable_data_ptr<acc_t>();
+  acc_t* h_p = entropy.mutable_data_ptr<acc_t>();
+  acc_t* mp_p = max_prob.mutable_data_ptr<acc_t>();
+  bool* ok_p = valid.mutable_data_ptr<bool>();
+  acc_t* y_p = noisy.mutable_data_ptr<acc_t>();
+  acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
+  int64_t* nk_p = nkept.mutable_data_ptr<int64_t>();
+  torch::stable::parallel_for(0, B, 8, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> mv(k);
+    std::vector<int64_t> mi(k);
+    for (int64_t b = begin; b < end; ++b) {
+      const bool cold = T[b] == 0.0;
+      const acc_t t = cold ? acc_t(0) : static_cast<acc_t>(1.0 / T[b]);
+      SoftmaxState<acc_t> st = parts[b * C].sm;
+      bool bad = false;
+      int n = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        const Part<acc_t>& P = parts[b * C + c];
+        if (c > 0 && !cold) soft::softmax_merge(st, P.sm, t);
+        bad |= P.bad;
+        for (int i = 0; i < P.n; ++i) n = soft::topk_insert(mv.data(), mi.data(), n, k, P.vals[i], P.ids[i]);
+      }
+      const bool ok = !bad && n > 0;
+      ok_p[b] = ok;
+      if (!ok) {
+        h_p[b] = mp_p[b] = lse_p[b] = acc_t(0);
+        nk_p[b] = 0;
+        for (int i = 0; i < k; ++i) {
+          ids_p[b * k + i] = 0;
+          w_p[b * k + i] = acc_t(0);
+          y_p[b * k + i] = -std::numeric_limits<acc_t>::infinity();
+        }
+        continue;
+      }
+      if (cold) {
+        h_p[b] = acc_t(0);
+        mp_p[b] = acc_t(1);
+        lse_p[b] = acc_t(0);
+      } else {
+        const acc_t logS = std::log(st.s);
+        h_p[b] = logS - st.a / st.s;
+        mp_p[b] = acc_t(1) / st.s;
+        lse_p[b] = st.m * t + logS;
+      }
+      soft::RowParams rp{T[b], K[b], TP[b], MP[b], static_cast<uint64_t>(S[b]),
+                         static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha};
+      nk_p[b] = soft::finalize_row<acc_t>(mv.data(), mi.data(), n, k, rp, ids_p + b * k,
+                                          w_p + b * k, y_p + b * k);
+    }
+  });
+}
+
+Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k,
+                      Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int64_t k,
+                      int64_t noise, double tau, double noise_scale, double dirichlet_alpha,
+                      double embed_scale) {
+  check_forward_inputs(logits, embedding, temperature, top_k, top_p, min_p, seed, offset, k, noise,
+                       tau, dirichlet_alpha);
+  const int64_t B = logits.size(0), D = embedding.size(1);
+  const bool f64 = logits.scalar_type() == ScalarType::Double;
+  const ScalarType acc = f64 ? ScalarType::Double : ScalarType::Float;
+  Tensor embeds = new_empty(logits, {B, D}, embedding.scalar_type());
+  Tensor ids = new_empty(logits, {B, k}, ScalarType::Long);
+  Tensor weights = new_empty(logits, {B, k}, acc);
+  Tensor entropy = new_empty(logits, {B}, acc);
+  Tensor max_prob = new_empty(logits, {B}, acc);
+  Tensor valid = new_empty(logits, {B}, ScalarType::Bool);
+  Tensor noisy = new_empty(logits, {B, k}, acc);
+  Tensor lse = new_empty(logits, {B}, acc);
+  Tensor nkept = new_empty(logits, {B}, ScalarType::Long);
+  if (B == 0) return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
+  const double* T = temperature.const_data_ptr<double>();
+  const int64_t* K = top_k.const_data_ptr<int64_t>();
+  const double* TP = top_p.const_data_ptr<double>();
+  const double* MP = min_p.const_data_ptr<double>();
+  check_row_values(B, T, K, TP, MP, k);
+  SM_DISPATCH(logits.scalar_type(), "logits", scalar_t, [&] {
+    forward_rows<scalar_t>(logits, T, K, TP, MP, seed.const_data_ptr<int64_t>(),
+                           offset.const_data_ptr<int64_t>(), static_cast<int>(k),
+                           static_cast<int>(noise), tau, noise_scale, dirichlet_alpha, ids, weights,
+                           entropy, max_prob, valid, noisy, lse, nkept);
+  });
+  if (D == 0) return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
+  // phase 3: the weighted gather
+  const int64_t nb = (D + kDBlock - 1) / kDBlock;
+  const int64_t* ids_p = ids.const_data_ptr<int64_t>();
+  const int64_t* nk_p = nkept.const_data_ptr<int64_t>();
+  SM_DISPATCH(embedding.scalar_type(), "embedding", emb_t, [&] {
+    SOFTDEC_DISPATCH_BOOL(f64, kF64, [&] {
+      using w_t = std::conditional_t<kF64, double, float>;
+      const emb_t* E = embedding.const_data_ptr<emb_t>();
+      const int64_t sE = embedding.stride(0);
+      const w_t* w_p = weights.const_data_ptr<w_t>();
+      emb_t* out = embeds.mutable_data_ptr<emb_t>();
+      torch::stable::parallel_for(0, B * nb, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t it = begin; it < end; ++it) {
+          const int64_t b = it / nb, d0 = (it % nb) * kDBlock, d1 = std::min(D, d0 + kDBlock);
+          gather_block<emb_t, w_t>(E, sE, ids_p + b * k, w_p + b * k,
+                                   static_cast<int>(nk_p[b]), d0, d1, embed_scale,
+                                   out + b * D + d0);
+        }
+      });
+    });
+  });
+  return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
+}
+
+// ------------------------------------------------------------------ backward (logits)
+template <typename scalar_t, typename emb_t, typename acc_t>
+void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_t* gM,
+                   const acc_t* gY, const scalar_t* L, int64_t sL, const emb_t* E, int64_t sE,
+                   const double* T, const int64_t* ids, const acc_t* W, const acc_t* lse,
+                   const acc_t* H, const acc_t* MPr, const bool* valid, const int64_t* nkept,
+                   int64_t B, int64_t V, int64_t D, int k, int noise, double tau,
+                   double embed_scale, scalar_t* out) {
+  torch::stable::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> g(k), dx(k), wpre(k);
+    for (int64_t b = begin; b < end; ++b) {
+      scalar_t* o = out + b * V;
+      if (!valid[b] || T[b] == 0.0) {
+        for (int64_t j = 0; j < V; ++j) o[j] = static_cast<scalar_t>(0.0f);
+        continue;
+      }
+      const acc_t t = static_cast<acc_t>(1.0 / T[b]);
+      const int kept = static_cast<int>(nkept[b]);
+      const int64_t* id = ids + b * k;
+      const acc_t* w = W + b * k;
+      // dense terms: entropy and max prob of the full distribution
+      const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b], ls = lse[b];
+      if (gh != acc_t(0) || gm != acc_t(0)) {
+        for (int64_t j = 0; j < V; ++j) {
+          const acc_t lp = to_acc<acc_t>(L[b * sL + j]) * t - ls;
+          const acc_t p = std::exp(lp);
+          const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);
+          o[j] = static_cast<scalar_t>(d * t);
+        }
+        // + gm * pm at the argmax (a kept token: largest logit, lowest id)
+        int am = 0;
+        for (int i = 1; i < kept; ++i) {
+          const acc_t li = to_acc<acc_t>(L[b * sL + id[i]]), la = to_acc<acc_t>(L[b * sL + id[am]]);
+          if (soft::ranks_before(li, id[i], la, id[am])) am = i;
+        }
+        o[id[am]] = static_cast<scalar_t>(to_acc<acc_t>(o[id[am]]) + gm * pm * t);
+      } else {
+        for (int64_t j = 0; j < V; ++j) o[j] = static_cast<scalar_t>(0.0f);
+      }
+      if (noise == soft::kDirichlet) continue;  // the Dirichlet draw is a stop-gradient
+      // sparse terms: the kept weights
+      acc_t sbar = 0;
+      for (int i = 0; i < kept; ++i) {
+        acc_t dot = 0;
+        const emb_t* r = E + id[i] * sE;
+        const acc_t* ge = gE + b * D;
+        for (int64_t d = 0; d < D; ++d) dot += ge[d] * to_acc<acc_t>(r[d]);
+        g[i] = gW[b * k + i] + static_cast<acc_t>(embed_scale) * dot;
+        sbar += w[i] * g[i];
+      }
+      if (noise == soft::kNoNoise) {
+        for (int i = 0; i < kept; ++i) dx[i] = w[i] * (g[i] - sbar);
+      } else {  // gumbel: y = log w_pre + s G, w = softmax(y / tau)
+        acc_t xm = -std::numeric_limits<acc_t>::infinity(), z = 0, sdy = 0;
+        for (int i = 0; i < kept; ++i) xm = std::max(xm, to_acc<acc_t>(L[b * sL + id[i]]) * t);
+        for (int i = 0; i < kept; ++i) {
+          wpre[i] = std::exp(to_acc<acc_t>(L[b * sL + id[i]]) * t - xm);
+          z += wpre[i];
+        }
+        const acc_t itau = static_cast<acc_t>(1.0 / tau);
+        for (int i = 0; i < kept; ++i) {
+          wpre[i] /= z;
+          dx[i] = w[i] * (g[i] - sbar) * itau + gY[b * k + i];
+          sdy += dx[i];
+        }
+        for (int i = 0; i < kept; ++i) dx[i] -= wpre[i] * sdy;
+      }
+      for (int i = 0; i < kept; ++i)
+        o[id[i]] = static_cast<scalar_t>(to_acc<acc_t>(o[id[i]]) + dx[i] * t);
+    }
+  });
+}
+
+Tensor soft_mixture_backward_cpu(Tensor grad_embeds, Tensor grad_weights, Tensor grad_entropy,
+                                 Tensor grad_max_prob, Tensor grad_noisy, Tensor logits,
+                                 Tensor embedding, Tensor temperature, Tensor ids, Tensor weights,
+                                 Tensor lse, Tensor entropy, Tensor max_prob, Tensor valid,
+                                 Tensor nkept, int64_t noise, double tau, double embed_scale) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1);
+  const int64_t k = ids.size(1);
+  const ScalarType acc = weights.scalar_type();
+  SOFTDEC_ASSERT(grad_embeds.scalar_type() == acc && grad_weights.scalar_type() == acc);
+  SOFTDEC_ASSERT(grad_embeds.size(0) == B && grad_embeds.size(1) == D);
+  SOFTDEC_ASSERT(grad_weights.size(1) == k && grad_noisy.size(1) == k);
+  check_last_contiguous(logits, "logits");
+  check_last_contiguous(embedding, "embedding");
+  Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
+  if (B == 0) return out;
+  SM_DISPATCH(logits.scalar_type(), "logits", scalar_t, [&] {
+    SM_DISPATCH(embedding.scalar_type(), "embedding", emb_t, [&] {
+      using acc_t = typename AccOf<scalar_t>::type;
+      constexpr bool kAccF64 = std::is_same_v<acc_t, double>;
+      SOFTDEC_ASSERT((acc == ScalarType::Double) == kAccF64);
+      backward_rows<scalar_t, emb_t, acc_t>(
+          grad_embeds.const_data_ptr<acc_t>(), grad_weights.const_data_ptr<acc_t>(),
+          grad_entropy.const_data_ptr<acc_t>(), grad_max_prob.const_data_ptr<acc_t>(),
+          grad_noisy.const_data_ptr<acc_t>(), logits.const_data_ptr<scalar_t>(), logits.stride(0),
+          embedding.const_data_ptr<emb_t>(), embedding.stride(0),
+          temperature.const_data_ptr<double>(), ids.const_data_ptr<int64_t>(),
+          weights.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
+          entropy.const_data_ptr<acc_t>(), max_prob.const_data_ptr<acc_t>(),
+          valid.const_data_ptr<bool>(), nkept.const_data_ptr<int64_t>(), B, V, D,
+          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale,
+          out.mutable_data_ptr<scalar_t>());
+    });
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------ backward (embedding)
+// grad_E[id] = embed_scale * sum over (row b, slot i) with ids[b, i] = id of
+// w[b, i] * grad_embeds[b]: the (b, i) pairs are sorted by id, so each thread
+// owns whole output rows; untouched rows are zero.
+Tensor soft_mixture_embedding_backward_cpu(Tensor grad_embeds, Tensor embedding, Tensor ids,
+                                           Tensor weights, Tensor nkept, double embed_scale) {
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  const int64_t Ve = embedding.size(0), D = embedding.size(1);
+  const int64_t B = ids.size(0), k = ids.size(1);
+  Tensor out = new_empty(embedding, {Ve, D}, embedding.scalar_type());
+  const int64_t* id = ids.const_data_ptr<int64_t>();
+  const int64_t* nk = nkept.const_data_ptr<int64_t>();
+  std::vector<std::pair<int64_t, int64_t>> pairs;  // (token id, b * k + i)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < nk[b]; ++i) pairs.emplace_back(id[b * k + i], b * k + i);
+  std::sort(pairs.begin(), pairs.end());
+  std::vector<int64_t> starts;
+  for (size_t j = 0; j < pairs.size(); ++j)
+    if (j == 0 || pairs[j].first != pairs[j - 1].first) starts.push_back(static_cast<int64_t>(j));
+  starts.push_back(static_cast<int64_t>(pairs.size()));
+  const int64_t groups = static_cast<int64_t>(starts.size()) - 1;
+  SM_DISPATCH(embedding.scalar_type(), "embedding", emb_t, [&] {
+    SM_DISPATCH(weights.scalar_type(), "weights", w_t, [&] {
+      emb_t* o = out.mutable_data_ptr<emb_t>();
+      // zero-fill (parallel over rows), then write the touched rows
+      torch::stable::parallel_for(0, Ve, 256, [&](int64_t begin, int64_t end) {
+        std::memset(static_cast<void*>(o + begin * D), 0, sizeof(emb_t) * (end - begin) * D);
+      });
+      const w_t* w = weights.const_data_ptr<w_t>();
+      const w_t* ge = grad_embeds.const_data_ptr<w_t>();
+      torch::stable::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+        std::vector<w_t> acc(D);
+        for (int64_t gi = begin; gi < end; ++gi) {
+          std::fill(acc.begin(), acc.end(), w_t(0));
+          for (int64_t j = starts[gi]; j < starts[gi + 1]; ++j) {
+            const int64_t bi = pairs[j].second;
+            const w_t wi = w[bi] * static_cast<w_t>(embed_scale);
+            const w_t* g = ge + (bi / k) * D;
+            for (int64_t d = 0; d < D; ++d) acc[d] += wi * g[d];
+          }
+          emb_t* r = o + pairs[starts[gi]].first * D;
+          for (int64_t d = 0; d < D; ++d) r[d] = static_cast<emb_t>(acc[d]);
+        }
+      });
+    });
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace softdec
+
+STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
+  m.impl("soft_mixture", TORCH_BOX(&softdec::soft_mixture_cpu));
+  m.impl("soft_mixture_backward", TORCH_BOX(&softdec::soft_mixture_backward_cpu));
+  m.impl("soft_mixture_embedding_backward", TORCH_BOX(&softdec::soft_mixture_embedding_backward_cpu));
+}
