@@ -670,7 +670,8 @@ def _token_sparse_attention(module, query, key, value, attention_mask, dropout=0
     cfg = getattr(module, "_softdec_sparse", None)
     B, Hq, Lq, d = query.shape
     N = key.shape[2]
-    if cfg is None or dropout > 0.0 or kwargs.get("softcap") is not None or kwargs.get("sliding_window"):
+    sw = kwargs.get("sliding_window")
+    if cfg is None or dropout > 0.0 or kwargs.get("softcap") is not None or (sw is not None and sw < N):
         return _dense_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                 is_causal=is_causal, **kwargs)
     if Lq == 1:
