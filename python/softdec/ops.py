@@ -357,12 +357,727 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
 
 # ============================================================================ sampling
 
-__all__ += []  # this family's public names
+from ._params import RowParam  # noqa: E402
+
+__all__ += ["Sampled", "sample", "gumbel_softmax", "top_k_mask_logits", "top_p_renorm_probs",
+            "min_p_renorm_probs"]
+
+
+class Sampled(NamedTuple):
+    """Result of :func:`sample`: ``ids`` (B,) int64 in [0, V); ``valid`` (B,) bool."""
+    ids: torch.Tensor
+    valid: torch.Tensor
+
+
+def _sampling_rows(x, name):
+    check_tensor(x, name, dim=2, layout="(batch, vocab)", dtypes=FLOAT_DTYPES)
+    if x.shape[1] == 0 and x.shape[0] > 0:
+        raise ValueError(f"{name} must have at least one column (vocab >= 1), got shape {tuple(x.shape)}")
+    if x.shape[1] > 1 and x.stride(1) != 1:
+        x = x.contiguous()
+    return x
+
+
+def _fake_rows(x, name):
+    torch._check(x.dim() == 2, lambda: f"{name} must be a 2-D tensor (batch, vocab)")
+
+
+@torch.library.register_fake("softdec::sample")
+def _sample_fake(logits, temperature, top_k, top_p, min_p, seed, offset):
+    _fake_rows(logits, "logits")
+    B = logits.shape[0]
+    for t in (temperature, top_k, top_p, min_p, seed, offset):
+        torch._check(t.dim() == 1 and t.shape[0] == B, lambda: "per-row parameters must have shape (B,)")
+    return (logits.new_empty((B,), dtype=torch.int64), logits.new_empty((B,), dtype=torch.bool))
+
+
+def sample(logits: torch.Tensor, *, temperature: RowParam = 1.0, top_k: RowParam = 0,
+           top_p: RowParam = 1.0, min_p: RowParam = 0.0, seed=None, offset=0,
+           generator: Optional[torch.Generator] = None) -> Sampled:
+    """An exact draw from the filtered, renormalised ``softmax(logits / T)`` of every row.
+
+    Filters, in order (include/softdec/filter.h, shared with ``verify`` and
+    ``soft_mixture``): top-k (ties: lower vocabulary index first), then top-p on
+    the top-k-renormalised distribution (the smallest prefix of the sorted
+    probabilities whose mass reaches ``top_p``), then min-p (drop
+    ``p < min_p * max p``). The draw is Gumbel-max over the kept set,
+    ``argmax_i logits_i / T + G_i``, with ``G_i = -log(-log u_i)`` and ``u_i``
+    element ``i`` of the row's ``(seed, offset)`` Philox stream
+    (:func:`philox_uniform`), so no sort is needed, a row's draw depends only on
+    its own logits and ``(seed, offset)``, and CPU and CUDA draw the same stream.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        (batch, vocab), float32 / bfloat16 / float16; the last dimension must be
+        contiguous (strided rows are read in place).
+    temperature : float or torch.Tensor, default 1.0
+        ``>= 0``, scalar or (batch,) per row. ``0`` is greedy: the argmax (lowest
+        index among ties), with every filter ignored.
+    top_k : int or torch.Tensor, default 0
+        ``>= 0``, scalar or (batch,) int. ``0`` disables top-k; ``k >= vocab``
+        (including ``k > vocab``) keeps every token, like vLLM's clamp.
+    top_p : float or torch.Tensor, default 1.0
+        In ``[0, 1]``. ``1`` disables top-p; ``0`` keeps the top token.
+    min_p : float or torch.Tensor, default 0.0
+        In ``[0, 1]``. ``0`` disables min-p; ``1`` keeps the tokens equal to the max.
+    seed : int, torch.Tensor or None, default None
+        64-bit key, or (batch,) int64 per-row keys (every row's own seed is used).
+        ``None`` draws one independent seed per row from ``generator``.
+    offset : int or torch.Tensor, default 0
+        Stream selector (e.g. the decoding step), scalar or (batch,) int64.
+    generator : torch.Generator, optional
+        Source of the seeds when ``seed`` is None (default: torch's global one).
+
+    Returns
+    -------
+    Sampled
+        ``ids`` (batch,) int64, always in ``[0, vocab)``; ``valid`` (batch,) bool,
+        False for rows with a NaN, a +inf or no finite logit (their id is 0).
+
+    Raises
+    ------
+    ValueError
+        Wrong dtype/shape/device, ``temperature < 0``, ``top_k < 0``, ``top_p`` or
+        ``min_p`` outside ``[0, 1]``, NaN parameters.
+
+    Examples
+    --------
+    >>> import torch, softdec
+    >>> logits = torch.tensor([[0.0, 2.0, 1.0], [5.0, 0.0, 0.0]])
+    >>> out = softdec.sample(logits, temperature=0.0)
+    >>> out.ids.tolist(), out.valid.tolist()
+    ([1, 0], [True, True])
+    >>> a = softdec.sample(logits, top_k=2, seed=torch.tensor([1, 2]))
+    >>> b = softdec.sample(logits, top_k=2, seed=torch.tensor([1, 2]))
+    >>> torch.equal(a.ids, b.ids)
+    True
+
+    References
+    ----------
+    Gumbel-max trick: Gumbel (1954); Maddison et al., "A* Sampling", NeurIPS 2014.
+    Min-p: Nguyen et al., "Turning Up the Heat: Min-p Sampling", 2024.
+    """
+    logits = _sampling_rows(logits, "logits")
+    B = logits.shape[0]
+    dev = logits.device
+    t = row_param(temperature, "temperature", B, dev, torch.float32, lo=0.0)
+    k = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
+    p = row_param(top_p, "top_p", B, dev, torch.float32, lo=0.0, hi=1.0)
+    mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0.0, hi=1.0)
+    s, o = rng_state(seed, offset, B, dev, generator)
+    ids, valid = _ops.sample(logits, t, k, p, mp, s, o)
+    return Sampled(ids, valid)
+
+
+@torch.library.register_fake("softdec::gumbel_softmax")
+def _gumbel_softmax_fake(logits, tau, seed, offset):
+    _fake_rows(logits, "logits")
+    B = logits.shape[0]
+    return torch.empty_like(logits), logits.new_empty((B,), dtype=torch.int64)
+
+
+@torch.library.register_fake("softdec::gumbel_softmax_topk")
+def _gumbel_softmax_topk_fake(logits, tau, k, seed, offset):
+    _fake_rows(logits, "logits")
+    torch._check(k >= 1, lambda: "k must be >= 1")
+    B = logits.shape[0]
+    return (logits.new_empty((B, k), dtype=torch.float32), logits.new_empty((B, k), dtype=torch.int64))
+
+
+def _gs_setup(ctx, inputs, output):
+    _, tau, _, _ = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[0], tau)
+
+
+def _gs_backward(ctx, grad_probs, grad_ids):
+    y, tau = ctx.saved_tensors
+    yf = y.float()
+    g = grad_probs.float()
+    gx = yf * (g - (g * yf).sum(-1, keepdim=True)) / tau[:, None]
+    return gx.to(y.dtype), None, None, None
+
+
+torch.library.register_autograd("softdec::gumbel_softmax", _gs_backward, setup_context=_gs_setup)
+
+
+def _gst_setup(ctx, inputs, output):
+    logits, tau, _, _, _ = inputs
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(output[1], output[0], tau)
+    ctx.vocab = logits.shape[1]
+    ctx.dtype = logits.dtype
+
+
+def _gst_backward(ctx, grad_w, grad_ids):
+    ids, w, tau = ctx.saved_tensors
+    g = grad_w.float()
+    gk = w * (g - (g * w).sum(-1, keepdim=True)) / tau[:, None]
+    gx = torch.zeros((ids.shape[0], ctx.vocab), dtype=torch.float32, device=ids.device)
+    gx = gx.scatter_add(1, ids, gk)
+    return gx.to(ctx.dtype), None, None, None, None
+
+
+torch.library.register_autograd("softdec::gumbel_softmax_topk", _gst_backward, setup_context=_gst_setup)
+
+
+def gumbel_softmax(logits: torch.Tensor, *, tau: RowParam = 1.0, hard: bool = False, top_k: int = 0,
+                   seed=None, offset=0, generator: Optional[torch.Generator] = None):
+    """Gumbel-softmax ``softmax((logits + G) / tau)`` with softdec's Philox noise.
+
+    ``G_i = -log(-log u_i)`` with ``u_i`` element ``i`` of the row's ``(seed, offset)``
+    stream: the same noise as :func:`sample`, so with the same ``(seed, offset)``
+    the hard sample ``argmax(logits + G)`` equals ``sample(logits, temperature=1)``'s
+    draw (unfiltered).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        (batch, vocab), float32 / bfloat16 / float16, last dimension contiguous.
+    tau : float or torch.Tensor, default 1.0
+        Softmax temperature ``> 0``, scalar or (batch,) per row.
+    hard : bool, default False
+        Straight-through: the forward value is the one-hot of the argmax (dense),
+        or weight 1 on the top id (sparse); gradients are those of the soft sample.
+    top_k : int, default 0
+        ``0``: dense output. ``k > 0``: the sparse pair of the ``k`` largest
+        ``logits + G`` (ties: lower index) and the softmax of ``(logits + G) / tau``
+        renormalised over them; ``k > vocab`` is an error.
+    seed, offset, generator
+        As in :func:`sample`.
+
+    Returns
+    -------
+    torch.Tensor or tuple of torch.Tensor
+        Dense: (batch, vocab) in ``logits``' dtype. Sparse: ``(ids, weights)``,
+        (batch, k) int64 sorted by weight descending and (batch, k) float32; positions
+        past the finite tokens repeat the top id with weight 0. Rows with a NaN, a
+        +inf or no finite logit are all zero (ids 0). Differentiable w.r.t. ``logits``.
+
+    Examples
+    --------
+    >>> import torch, softdec
+    >>> x = torch.randn(2, 10)
+    >>> y = softdec.gumbel_softmax(x, tau=0.5, seed=torch.tensor([3, 4]))
+    >>> torch.allclose(y.sum(-1), torch.ones(2))
+    True
+    >>> h = softdec.gumbel_softmax(x, hard=True, seed=torch.tensor([3, 4]))
+    >>> torch.equal(h.argmax(-1), softdec.sample(x, seed=torch.tensor([3, 4])).ids)
+    True
+
+    References
+    ----------
+    Jang et al., "Categorical Reparameterization with Gumbel-Softmax", ICLR 2017;
+    Maddison et al., "The Concrete Distribution", ICLR 2017.
+    """
+    logits = _sampling_rows(logits, "logits")
+    B, V = logits.shape
+    dev = logits.device
+    if isinstance(top_k, bool) or not isinstance(top_k, int):
+        raise ValueError(f"top_k must be an int, got {type(top_k).__name__}")
+    if top_k < 0 or (top_k > V and B > 0):
+        raise ValueError(f"top_k must be in [0, vocab] = [0, {V}], got {top_k}")
+    t = row_param(tau, "tau", B, dev, torch.float32, lo=0.0, lo_open=True)
+    s, o = rng_state(seed, offset, B, dev, generator)
+    if top_k == 0:
+        y, am = _ops.gumbel_softmax(logits, t, s, o)
+        if not hard:
+            return y
+        y_hard = torch.zeros_like(y).scatter(1, am[:, None], 1.0)
+        return y_hard - y.detach() + y
+    w, ids = _ops.gumbel_softmax_topk(logits, t, top_k, s, o)
+    if not hard:
+        return ids, w
+    w_hard = torch.zeros_like(w)
+    w_hard[:, :1] = 1.0
+    valid = w.sum(-1, keepdim=True) > 0
+    w_hard = torch.where(valid, w_hard, torch.zeros_like(w_hard))
+    return ids, w_hard - w.detach() + w
+
+
+@torch.library.register_fake("softdec::top_k_mask_logits")
+def _top_k_mask_logits_fake(logits, top_k):
+    _fake_rows(logits, "logits")
+    return torch.empty_like(logits)
+
+
+@torch.library.register_fake("softdec::top_p_renorm_probs")
+def _top_p_renorm_probs_fake(probs, top_p):
+    _fake_rows(probs, "probs")
+    return torch.empty_like(probs)
+
+
+@torch.library.register_fake("softdec::min_p_renorm_probs")
+def _min_p_renorm_probs_fake(probs, min_p):
+    _fake_rows(probs, "probs")
+    return torch.empty_like(probs)
+
+
+def top_k_mask_logits(logits: torch.Tensor, top_k: RowParam) -> torch.Tensor:
+    """Set every logit outside its row's top-k to ``-inf`` (FlashInfer's ``top_k_mask_logits``).
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        (batch, vocab), float32 / bfloat16 / float16.
+    top_k : int or torch.Tensor
+        ``>= 0``, scalar or (batch,) int. Exactly ``k`` tokens are kept (ties: lower
+        vocabulary index first, unlike FlashInfer which may keep every tie);
+        ``0`` or ``k >= vocab`` keeps every token.
+
+    Returns
+    -------
+    torch.Tensor
+        (batch, vocab), ``logits``' dtype. NaN entries are never kept (they become -inf).
+
+    Examples
+    --------
+    >>> import torch, softdec
+    >>> softdec.top_k_mask_logits(torch.tensor([[1.0, 3.0, 2.0, 3.0]]), 2).tolist()
+    [[-inf, 3.0, -inf, 3.0]]
+    """
+    logits = _sampling_rows(logits, "logits")
+    k = row_param(top_k, "top_k", logits.shape[0], logits.device, torch.int64, lo=0)
+    return _ops.top_k_mask_logits(logits, k)
+
+
+def top_p_renorm_probs(probs: torch.Tensor, top_p: RowParam) -> torch.Tensor:
+    """Keep the smallest prefix of each row's sorted probabilities whose mass reaches
+    ``top_p`` (of the row's sum), zero the rest, renormalise (FlashInfer's ``top_p_renorm_probs``).
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        (batch, vocab), float32 / bfloat16 / float16, non-negative.
+    top_p : float or torch.Tensor
+        In ``[0, 1]``, scalar or (batch,). ``0`` keeps the top token (ties: lower
+        index); ``1`` keeps every non-zero entry.
+
+    Returns
+    -------
+    torch.Tensor
+        (batch, vocab), ``probs``' dtype, rows summing to 1. Rows with a NaN, an
+        inf, a negative entry or no positive entry are all zero.
+
+    Examples
+    --------
+    >>> import torch, softdec
+    >>> softdec.top_p_renorm_probs(torch.tensor([[0.5, 0.3, 0.2]]), 0.7).tolist()
+    [[0.625, 0.375, 0.0]]
+    """
+    probs = _sampling_rows(probs, "probs")
+    p = row_param(top_p, "top_p", probs.shape[0], probs.device, torch.float32, lo=0.0, hi=1.0)
+    return _ops.top_p_renorm_probs(probs, p)
+
+
+def min_p_renorm_probs(probs: torch.Tensor, min_p: RowParam) -> torch.Tensor:
+    """Keep ``p >= min_p * max p`` in each row, zero the rest, renormalise (min-p filtering
+    of Nguyen et al., 2024, as FlashInfer applies it in ``min_p_sampling_from_probs``).
+
+    Parameters
+    ----------
+    probs : torch.Tensor
+        (batch, vocab), float32 / bfloat16 / float16, non-negative.
+    min_p : float or torch.Tensor
+        In ``[0, 1]``, scalar or (batch,). ``1`` keeps the entries equal to the max.
+
+    Returns
+    -------
+    torch.Tensor
+        (batch, vocab), ``probs``' dtype; invalid rows (NaN, inf, negative, all zero) are zero.
+
+    Examples
+    --------
+    >>> import torch, softdec
+    >>> softdec.min_p_renorm_probs(torch.tensor([[0.6, 0.3, 0.1]]), 0.5).tolist()
+    [[0.6666666865348816, 0.3333333432674408, 0.0]]
+    """
+    probs = _sampling_rows(probs, "probs")
+    p = row_param(min_p, "min_p", probs.shape[0], probs.device, torch.float32, lo=0.0, hi=1.0)
+    return _ops.min_p_renorm_probs(probs, p)
 
 
 # ============================================================================ speculative verification
 
-__all__ += []  # this family's public names
+__all__ += ["Verified", "verify", "chain_speculative_sampling"]
+
+_VERIFY_METHODS = {"exact": 0, "greedy": 1, "typical": 2, "relaxed": 3, "soft": 4}
+_SPARSE_SUM_TOL = 1e-3
+
+
+class Verified(NamedTuple):
+    """Result of :func:`verify`.
+
+    tokens : torch.Tensor
+        (batch, K + 1) int64. ``tokens[b, :num_accepted[b]]`` are the accepted
+        drafts, ``tokens[b, num_accepted[b]]`` the correction or bonus token (or
+        -1 where the target row at that position is invalid: NaN, +inf or all -inf),
+        and the rest is -1.
+    num_accepted : torch.Tensor
+        (batch,) int64, accepted drafts per row, ``0 <= num_accepted[b] <= num_draft[b]``.
+    soft_ids : torch.Tensor or None
+        (batch, k) int64, method "soft" only: the target's soft token at the
+        stop position (ids sorted by weight descending, padded with the top id).
+    soft_weights : torch.Tensor or None
+        (batch, k) float32, method "soft" only: its weights (zeros for an invalid row).
+    """
+    tokens: torch.Tensor
+    num_accepted: torch.Tensor
+    soft_ids: Optional[torch.Tensor]
+    soft_weights: Optional[torch.Tensor]
+
+
+@torch.library.register_fake("softdec::verify")
+def _verify_fake(target_logits, draft_ids, num_draft, draft_probs, sparse_ids, sparse_weights,
+                 neighbours, method, temperature, top_k, top_p, min_p, posterior_threshold,
+                 posterior_alpha, delta, seed, offset):
+    torch._check(target_logits.dim() == 3, lambda: "target_logits must be 3-D (batch, K+1, vocab)")
+    B, K1, V = target_logits.shape
+    torch._check(K1 >= 1, lambda: "target_logits must have K+1 >= 1 positions")
+    torch._check(draft_ids.dim() == 2 and draft_ids.shape[0] == B and draft_ids.shape[1] == K1 - 1,
+                 lambda: "draft_ids must have shape (batch, K)")
+    torch._check(num_draft.shape == (B,), lambda: "num_draft must have shape (batch,)")
+    if draft_probs is not None:
+        torch._check(draft_probs.shape == (B, K1 - 1, V), lambda: "draft_probs must be (batch, K, vocab)")
+    if sparse_ids is not None:
+        torch._check(sparse_weights is not None and sparse_ids.shape == sparse_weights.shape,
+                     lambda: "sparse ids and weights must have the same shape")
+    ks = sparse_ids.shape[2] if (method == 4 and sparse_ids is not None) else 0
+    return (target_logits.new_empty((B, K1), dtype=torch.int64),
+            target_logits.new_empty((B,), dtype=torch.int64),
+            target_logits.new_empty((B, ks), dtype=torch.int64),
+            target_logits.new_empty((B, ks), dtype=torch.float32))
+
+
+def _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids, method):
+    """Data-dependent checks (skipped while torch.compile traces; the CPU kernel repeats them)."""
+    B, K1, V = tl.shape
+    K = K1 - 1
+    if K == 0 or B == 0:
+        return
+    live = torch.arange(K, device=tl.device)[None, :] < n[:, None]  # (B, K) positions verified
+    if needs_ids:
+        bad = live & ((draft_ids < 0) | (draft_ids >= V))
+        if bool(bad.any()):
+            b, j = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(f"draft_ids must lie in [0, {V}) (the vocabulary of target_logits), "
+                             f"got {int(draft_ids[b, j])} at (row {b}, position {j})")
+    if sparse:
+        bad = live[..., None] & ((sid < 0) | (sid >= V))
+        if bool(bad.any()):
+            b, j, c = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(f"draft_probs ids must lie in [0, {V}), got {int(sid[b, j, c])} "
+                             f"at (row {b}, position {j}, entry {c})")
+        w = sw.double()
+        badw = live & (~torch.isfinite(w).all(-1) | (w < 0).any(-1))
+        if bool(badw.any()):
+            b, j = (int(v) for v in badw.nonzero()[0])
+            raise ValueError(f"draft_probs weights must be finite and non-negative, got "
+                             f"{sw[b, j].tolist()} at (row {b}, position {j})")
+        tot = w.sum(-1)
+        bads = live & ((tot - 1).abs() > _SPARSE_SUM_TOL)
+        if bool(bads.any()):
+            b, j = (int(v) for v in bads.nonzero()[0])
+            raise ValueError(f"draft_probs weights must sum to 1 (within {_SPARSE_SUM_TOL}) at every "
+                             f"drafted position, got {float(tot[b, j]):.6g} at (row {b}, position {j})")
+        if needs_ids:
+            member = (sid == draft_ids.clamp(0, V - 1)[..., None]).any(-1)
+            badm = live & ~member
+            if bool(badm.any()):
+                b, j = (int(v) for v in badm.nonzero()[0])
+                raise ValueError(f"draft_ids[{b}, {j}] = {int(draft_ids[b, j])} must be one of the "
+                                 f"sparse draft's ids at that position, got {sid[b, j].tolist()}")
+    if neighbours is not None and neighbours.numel():
+        # only the rows of the drafted tokens are read (the table may be large)
+        rows = torch.unique(draft_ids[live].clamp(0, V - 1))
+        sub = neighbours[rows]
+        badn = (sub < -1) | (sub >= V)
+        if bool(badn.any()):
+            r, c = (int(t) for t in badn.nonzero()[0])
+            raise ValueError(f"neighbours must lie in [-1, {V}) (-1 = none), got "
+                             f"{int(sub[r, c])} at ({int(rows[r])}, {c})")
+
+
+def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
+           num_draft: Optional[Union[int, torch.Tensor]] = None,
+           draft_probs: Optional[Union[torch.Tensor, tuple]] = None,
+           method: str = "exact", temperature: Union[float, torch.Tensor] = 1.0,
+           top_k: Union[int, torch.Tensor] = 0, top_p: Union[float, torch.Tensor] = 1.0,
+           min_p: Union[float, torch.Tensor] = 0.0, posterior_threshold: float = 0.09,
+           posterior_alpha: float = 0.3, neighbours: Optional[torch.Tensor] = None,
+           delta: float = 0.1, seed: Optional[Union[int, torch.Tensor]] = None,
+           offset: Union[int, torch.Tensor] = 0,
+           generator: Optional[torch.Generator] = None) -> Verified:
+    """Speculative verification of K drafted positions per row, in one call.
+
+    The target distribution at position ``j`` is the filtered, renormalised
+    ``softmax(target_logits[b, j] / T)`` (top-k with ties broken lower index
+    first, then top-p on the renormalised top-k, then min-p; ``T = 0`` is the
+    one-hot argmax). Row ``b`` verifies positions ``0 .. num_draft[b] - 1`` in
+    order, stops at the first rejection and emits one more token there (the
+    correction), or after ``num_draft[b]`` acceptances the bonus token drawn
+    from the target at position ``num_draft[b]``.
+
+    Methods
+    -------
+    exact
+        Leviathan/Chen rejection sampling: accept draft ``x`` iff
+        ``u * q(x) < p(x)``; on rejection emit a draw from ``norm(max(0, p - q))``
+        (``p`` if that is 0 numerically). The emitted tokens are distributed
+        exactly as the target. ``q`` is one-hot (``draft_probs=None``), dense, or
+        sparse (the residual then touches only the ``k`` sparse entries).
+    greedy
+        accept while ``x == argmax p`` (lowest index on ties), then emit ``argmax p``.
+    typical
+        Medusa: accept while ``p(x) > min(posterior_threshold, posterior_alpha *
+        exp(-H(p)))`` with ``H`` the entropy of the filtered target; the token at
+        the stop position is a draw from ``p``.
+    relaxed
+        LANTERN: ``A(x)`` = the longest prefix of ``neighbours[x]`` (skipping -1,
+        ``x`` and repeats) whose target mass is at most ``delta``; accept iff
+        ``u * q(x) < p(x) + p(A(x))``; the rejection residual is
+        ``max(0, p - q)`` with ``A(x)`` removed. ``delta = 0`` equals exact.
+    soft
+        speculative Soft Thinking: drafts are soft tokens (the sparse
+        ``draft_probs``); the target's soft token at position ``j`` is
+        soft_mixture's filtering of ``target_logits[:, j]`` (``top_k`` = the
+        draft's ``k`` when 0, no noise). Accept while the total-variation
+        distance between the two is ``<= delta``; the target's soft token at the
+        stop position is returned in ``soft_ids``/``soft_weights`` and its top id
+        in ``tokens``. Deterministic (no RNG).
+
+    RNG layout (Philox, per row ``(seed, offset)``; batch-invariant)
+    -----------------------------------------------------------------
+    acceptance uniform of position ``j`` = element ``j`` of the ``(seed, offset)``
+    stream; the residual or bonus draw at position ``j`` is the exponential race
+    ``argmax_i r_i / E_i``, ``E_i = -log u_i``, ``u_i`` = element ``i`` (the vocab
+    id) of the ``(seed, offset + 1 + j)`` stream. A call therefore uses streams
+    ``offset .. offset + K + 1``: advance ``offset`` by ``K + 2`` between calls
+    with the same seed.
+
+    Parameters
+    ----------
+    target_logits : torch.Tensor
+        (batch, K + 1, vocab), float32/bfloat16/float16: target logits at the K
+        drafted positions and the bonus position. Last dimension contiguous.
+    draft_ids : torch.Tensor or None
+        (batch, K), int64/int32: the drafted tokens. May be None only for
+        method "soft" (the draft token is then each position's heaviest id).
+    num_draft : int or torch.Tensor, optional
+        per-row draft length ``[0, K]`` (default K); entries past it are ignored.
+    draft_probs : None, torch.Tensor or (torch.Tensor, torch.Tensor)
+        None: deterministic drafts (one-hot q). Dense: (batch, K, vocab) float
+        probabilities (the dtype of target_logits or float32). Sparse: ``(ids
+        (batch, K, k) int64, weights (batch, K, k) float)``, weights non-negative
+        summing to 1 (within 1e-3) and each draft id among its position's ids.
+    method : str, default "exact"
+        "exact", "greedy", "typical", "relaxed" or "soft".
+    temperature, top_k, top_p, min_p : scalar or (batch,) tensor
+        target filtering; defaults 1.0, 0 (off), 1.0 (off), 0.0 (off).
+    posterior_threshold, posterior_alpha : float, default 0.09, 0.3
+        Medusa's epsilon and alpha (method "typical").
+    neighbours : torch.Tensor, optional
+        (vocab, m) int64 latent neighbours, nearest first, -1 = none (method "relaxed").
+    delta : float, default 0.1
+        relaxed: extra neighbour mass; soft: the total-variation tolerance.
+    seed, offset : int or (batch,) int64 tensor
+        Philox key and stream; ``seed=None`` draws per-row seeds from ``generator``.
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    Verified
+        ``(tokens (batch, K+1) int64 padded with -1, num_accepted (batch,) int64,
+        soft_ids, soft_weights)``.
+
+    Examples
+    --------
+    >>> import torch, softdec
+    >>> logits = torch.randn(2, 4, 50)
+    >>> drafts = torch.randint(0, 50, (2, 3))
+    >>> out = softdec.verify(logits, drafts, seed=torch.tensor([1, 2]))
+    >>> out.tokens.shape, bool((out.num_accepted <= 3).all())
+    (torch.Size([2, 4]), True)
+
+    References
+    ----------
+    Leviathan et al., "Fast Inference from Transformers via Speculative Decoding", ICML 2023;
+    Chen et al., "Accelerating LLM Decoding with Speculative Sampling", 2023;
+    Cai et al., "Medusa", 2024; Jang et al., "LANTERN", 2024;
+    Zhang et al., "Soft Thinking", 2025.
+    """
+    tl = check_tensor(target_logits, "target_logits", dim=3, layout="(batch, K+1, vocab)",
+                      dtypes=FLOAT_DTYPES)
+    B, K1, V = tl.shape
+    if K1 < 1:
+        raise ValueError(f"target_logits must have K+1 >= 1 positions in dim 1, got shape {tuple(tl.shape)}")
+    if V < 1:
+        raise ValueError(f"target_logits must have a non-empty vocabulary, got shape {tuple(tl.shape)}")
+    K = K1 - 1
+    dev = tl.device
+    if method not in _VERIFY_METHODS:
+        raise ValueError(f"method must be one of {tuple(_VERIFY_METHODS)}, got {method!r}")
+    mcode = _VERIFY_METHODS[method]
+    if tl.stride(-1) != 1:
+        tl = tl.contiguous()
+
+    sparse = isinstance(draft_probs, (tuple, list))
+    dense = None
+    sid = sw = None
+    if sparse:
+        if len(draft_probs) != 2:
+            raise ValueError(f"draft_probs as a tuple must be (ids, weights), got {len(draft_probs)} items")
+        sid = check_tensor(draft_probs[0], "draft_probs ids", dim=3, layout="(batch, K, k)",
+                           dtypes=(torch.int64, torch.int32), device=dev, device_of="target_logits")
+        sw = check_tensor(draft_probs[1], "draft_probs weights", dim=3, layout="(batch, K, k)",
+                          dtypes=FLOAT_DTYPES, device=dev, device_of="target_logits")
+        if tuple(sid.shape[:2]) != (B, K) or sid.shape[2] < 1:
+            raise ValueError(f"draft_probs ids must have shape (batch, K, k) = ({B}, {K}, k >= 1) to match "
+                             f"target_logits {tuple(tl.shape)}, got {tuple(sid.shape)}")
+        if sw.shape != sid.shape:
+            raise ValueError(f"draft_probs weights must have the shape of its ids {tuple(sid.shape)}, "
+                             f"got {tuple(sw.shape)}")
+        sid = sid.to(torch.int64).contiguous()
+        sw = sw.to(torch.float32).contiguous()
+    elif draft_probs is not None:
+        dense = check_tensor(draft_probs, "draft_probs", dim=3, layout="(batch, K, vocab)",
+                             dtypes=FLOAT_DTYPES, device=dev, device_of="target_logits")
+        if tuple(dense.shape) != (B, K, V):
+            raise ValueError(f"draft_probs must have shape (batch, K, vocab) = ({B}, {K}, {V}) to match "
+                             f"target_logits {tuple(tl.shape)}, got {tuple(dense.shape)}")
+        if dense.dtype != tl.dtype and dense.dtype != torch.float32:
+            dense = dense.to(torch.float32)
+        if dense.stride(-1) != 1:
+            dense = dense.contiguous()
+    if mcode == 4 and not sparse:
+        raise ValueError("method 'soft' needs sparse draft_probs (ids (batch, K, k), weights (batch, K, k))")
+    if mcode == 3:
+        if neighbours is None:
+            raise ValueError("method 'relaxed' needs neighbours, a (vocab, m) int64 tensor")
+        neighbours = check_tensor(neighbours, "neighbours", dim=2, layout="(vocab, m)",
+                                  dtypes=(torch.int64, torch.int32), device=dev, device_of="target_logits")
+        if neighbours.shape[0] != V:
+            raise ValueError(f"neighbours must have one row per vocabulary entry ({V}), got shape "
+                             f"{tuple(neighbours.shape)}")
+        neighbours = neighbours.to(torch.int64).contiguous()
+    else:
+        neighbours = None
+
+    needs_ids = draft_ids is not None
+    if draft_ids is None:
+        if mcode != 4:
+            raise ValueError(f"draft_ids is required for method {method!r} (it may be None only for 'soft')")
+        draft_ids = sid.gather(2, sw.argmax(-1, keepdim=True))[..., 0]
+    else:
+        draft_ids = check_tensor(draft_ids, "draft_ids", dim=2, layout="(batch, K)",
+                                 dtypes=(torch.int64, torch.int32), device=dev, device_of="target_logits")
+        if tuple(draft_ids.shape) != (B, K):
+            raise ValueError(f"draft_ids must have shape (batch, K) = ({B}, {K}) to match target_logits "
+                             f"{tuple(tl.shape)} (K + 1 = {K1} positions), got {tuple(draft_ids.shape)}")
+    draft_ids = draft_ids.to(torch.int64).contiguous()
+
+    n = row_param(K if num_draft is None else num_draft, "num_draft", B, dev, torch.int64, lo=0, hi=K)
+    T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0.0)
+    tk = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
+    tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0.0, hi=1.0)
+    mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0.0, hi=1.0)
+    for name, v in (("posterior_threshold", posterior_threshold), ("posterior_alpha", posterior_alpha),
+                    ("delta", delta)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0) or math.isinf(v):
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    if mcode == 4 and not torch.compiler.is_compiling():
+        ks = sid.shape[2]
+        if isinstance(top_k, torch.Tensor):
+            big = bool((tk > ks).any()) if tk.numel() else False
+            kmax = int(tk.max()) if tk.numel() else 0
+        else:
+            big, kmax = int(top_k) > ks, int(top_k)
+        if big:
+            raise ValueError(f"top_k must be at most the soft draft's k ({ks}) for method 'soft' "
+                             f"(0 means k), got {kmax}")
+    if not torch.compiler.is_compiling():
+        _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours,
+                           needs_ids and mcode != 4 or (needs_ids and sparse), mcode)
+    s, o = rng_state(seed, offset, B, dev, generator)
+    tokens, nacc, soft_ids, soft_w = _ops.verify(
+        tl, draft_ids, n, dense, sid, sw, neighbours, mcode, T, tk, tp, mp,
+        float(posterior_threshold), float(posterior_alpha), float(delta), s, o)
+    if mcode == 4:
+        return Verified(tokens, nacc, soft_ids, soft_w)
+    return Verified(tokens, nacc, None, None)
+
+
+def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch.Tensor,
+                               target_probs: torch.Tensor,
+                               maybe_output_accepted_token_num: Optional[torch.Tensor] = None,
+                               maybe_output_emitted_draft_token_num: Optional[torch.Tensor] = None,
+                               deterministic: bool = True, generator: Optional[torch.Generator] = None,
+                               seed: Optional[Union[int, torch.Tensor]] = None,
+                               offset: Union[int, torch.Tensor] = 0):
+    """Drop-in for FlashInfer's ``chain_speculative_sampling`` (same argument order and outputs).
+
+    Exact speculative sampling with dense draft probabilities, given target
+    *probabilities*; runs :func:`verify` on ``log(target_probs)``.
+
+    Parameters
+    ----------
+    draft_probs : torch.Tensor
+        (batch, K, vocab) float draft probabilities.
+    draft_token_ids : torch.Tensor
+        (batch, K) int32/int64 drafted tokens.
+    target_probs : torch.Tensor
+        (batch, K + 1, vocab) float target probabilities.
+    maybe_output_accepted_token_num, maybe_output_emitted_draft_token_num : torch.Tensor, optional
+        (batch,) int32 counters; when given, the counts are added to them in place
+        (FlashInfer's accumulate semantics) and returned.
+    deterministic : bool, default True
+        accepted for compatibility; softdec is always deterministic.
+    generator, seed, offset
+        as in :func:`verify` (FlashInfer's uniform_samples are replaced by the
+        Philox stream; the same RNG layout as ``verify``).
+
+    Returns
+    -------
+    (output_token_ids, output_accepted_token_num, output_emitted_draft_token_num)
+        (batch, K + 1) int32 padded with -1; (batch,) int32 the number of drafts
+        whose acceptance test passes when each position is considered
+        independently (FlashInfer's statistic); (batch,) int32 drafts emitted.
+
+    Examples
+    --------
+    >>> import torch, softdec
+    >>> q = torch.softmax(torch.randn(2, 3, 10), -1); p = torch.softmax(torch.randn(2, 4, 10), -1)
+    >>> ids = torch.multinomial(q.reshape(-1, 10), 1).reshape(2, 3)
+    >>> out, acc, emit = softdec.chain_speculative_sampling(q, ids, p, seed=0)
+    >>> out.shape
+    torch.Size([2, 4])
+    """
+    tp = check_tensor(target_probs, "target_probs", dim=3, layout="(batch, K+1, vocab)", dtypes=FLOAT_DTYPES)
+    dp = check_tensor(draft_probs, "draft_probs", dim=3, layout="(batch, K, vocab)", dtypes=FLOAT_DTYPES)
+    B, K1, V = tp.shape
+    if tuple(dp.shape) != (B, K1 - 1, V):
+        raise ValueError(f"draft_probs must have shape (batch, K, vocab) = ({B}, {K1 - 1}, {V}) to match "
+                         f"target_probs {tuple(tp.shape)}, got {tuple(dp.shape)}")
+    ids = check_tensor(draft_token_ids, "draft_token_ids", dim=2, layout="(batch, K)",
+                       dtypes=(torch.int64, torch.int32), device=tp.device, device_of="target_probs")
+    s, o = rng_state(seed, offset, B, tp.device, generator)
+    logits = torch.log(tp)
+    res = verify(logits, ids, draft_probs=dp.to(logits.dtype) if dp.dtype != torch.float32 else dp,
+                 seed=s, offset=o)
+    K = K1 - 1
+    u = philox_uniform((B, K1), s, o)[:, :K]
+    p = torch.softmax(logits.float(), -1)
+    idx = ids.long()[..., None]
+    acc = (u * dp.float().gather(2, idx)[..., 0] < p[:, :K].gather(2, idx)[..., 0]).sum(1).int()
+    emit = res.num_accepted.int()
+    if maybe_output_accepted_token_num is not None:
+        maybe_output_accepted_token_num += acc
+        acc = maybe_output_accepted_token_num
+    if maybe_output_emitted_draft_token_num is not None:
+        maybe_output_emitted_draft_token_num += emit
+        emit = maybe_output_emitted_draft_token_num
+    return res.tokens.int(), acc, emit
 
 
 # ============================================================================ token-sparse attention

@@ -237,12 +237,435 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
 
 # ============================================================================ sampling
 
-__all__ += []  # this family's public names
+__all__ += ["filter_probs", "sample", "sample_gumbel", "gumbel_noise", "gumbel_softmax",
+            "gumbel_softmax_topk", "top_k_mask_logits", "top_p_renorm_probs", "min_p_renorm_probs"]
+
+
+def _row_values(v, batch: int, dtype, device) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v.to(device=device, dtype=dtype).reshape(-1).expand(batch) if v.numel() == 1 \
+            else v.to(device=device, dtype=dtype)
+    return torch.full((batch,), v, dtype=dtype, device=device)
+
+
+def _row_valid(x: torch.Tensor) -> torch.Tensor:
+    """A row is valid iff it has no NaN, no +inf and at least one finite logit."""
+    return ~torch.isnan(x).any(-1) & ~(x == float("inf")).any(-1) & torch.isfinite(x).any(-1)
+
+
+def filter_probs(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
+    """The filtered, renormalised softmax(logits / T) of every row (sort-based).
+
+    Semantics of include/softdec/filter.h: order = logit descending, ties by
+    lower index; top-k keeps the first k (k = 0 or k >= V: all); top-p keeps the
+    smallest prefix of the top-k-renormalised distribution whose mass reaches
+    top_p (at least one token); min-p keeps p >= min_p * max p; T = 0 is the
+    one-hot argmax. Computed in the dtype of ``logits`` (float64 in tests).
+
+    Returns ``(probs[B, V], valid[B])``; invalid rows (NaN, +inf or no finite
+    logit) are all zero.
+    """
+    x = logits
+    B, V = x.shape
+    dev = x.device
+    T = _row_values(temperature, B, x.dtype, dev)
+    k = _row_values(top_k, B, torch.int64, dev)
+    tp = _row_values(top_p, B, x.dtype, dev)
+    mp = _row_values(min_p, B, x.dtype, dev)
+    valid = _row_valid(x)
+    xs = torch.where(valid[:, None], x, torch.zeros_like(x))
+    greedy = T == 0
+    z = xs / torch.where(greedy, torch.ones_like(T), T)[:, None]
+    order = torch.sort(xs, dim=-1, descending=True, stable=True).indices
+    zs = torch.gather(z, 1, order)
+    finite = torch.isfinite(zs)
+    m = zs[:, :1]
+    e = torch.where(finite, torch.exp(zs - m), torch.zeros_like(zs))
+    rank = torch.arange(V, device=dev)[None, :]
+    keep = finite.clone()
+    kk = torch.where((k > 0) & (k < V), k, torch.full_like(k, V))
+    keep &= rank < kk[:, None]
+    e = e * keep
+    total = e.sum(-1, keepdim=True)
+    excl = torch.cumsum(e, -1) - e
+    use_p = (tp < 1)[:, None]
+    keep_p = (excl < tp[:, None] * total) | (rank == 0)
+    keep &= ~use_p | keep_p
+    keep &= torch.exp(zs - m) >= mp[:, None]
+    e = torch.where(keep, torch.exp(zs - m), torch.zeros_like(zs))
+    ps = e / e.sum(-1, keepdim=True)
+    probs = torch.zeros_like(z).scatter(1, order, ps)
+    onehot = torch.zeros_like(z).scatter(1, order[:, :1], 1.0)
+    probs = torch.where(greedy[:, None], onehot, probs)
+    probs = torch.where(valid[:, None], probs, torch.zeros_like(probs))
+    return probs, valid
+
+
+def sample(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, generator=None):
+    """The eager baseline: softmax, sort-based filtering, ``torch.multinomial``.
+
+    Returns ``(ids[B] int64, valid[B] bool)``; invalid rows give id 0.
+    """
+    probs, valid = filter_probs(logits.float(), temperature, top_k, top_p, min_p)
+    safe = torch.where(valid[:, None], probs, torch.ones_like(probs))
+    ids = torch.multinomial(safe, 1, generator=generator).squeeze(1)
+    return torch.where(valid, ids, torch.zeros_like(ids)), valid
+
+
+def gumbel_noise(seed, offset, batch: int, vocab: int) -> torch.Tensor:
+    """G[r, i] = -log(-log u), u = element i of the (seed[r], offset[r]) stream; float64."""
+    seeds = _row_values(seed, batch, torch.int64, "cpu").tolist()
+    offs = _row_values(offset, batch, torch.int64, "cpu").tolist()
+    u = torch.stack([philox_uniform(s, o, vocab) for s, o in zip(seeds, offs)]) if batch else \
+        torch.zeros(0, vocab)
+    return -torch.log(-torch.log(u.double()))
+
+
+def sample_gumbel(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                  seed=0, offset=0):
+    """The exact-stream oracle of ``softdec.sample``: argmax over the kept set of
+    ``logits / T + G`` with softdec's Philox noise (float64). Returns ``(ids, valid)``."""
+    B, V = logits.shape
+    probs, valid = filter_probs(logits.double(), temperature, top_k, top_p, min_p)
+    T = _row_values(temperature, B, torch.float64, logits.device)
+    z = logits.double() / torch.where(T == 0, torch.ones_like(T), T)[:, None]
+    key = torch.where(probs > 0, z + gumbel_noise(seed, offset, B, V).to(z.device), torch.full_like(z, -float("inf")))
+    ids = torch.where(valid, key.argmax(-1), torch.zeros(B, dtype=torch.int64, device=z.device))
+    greedy = (T == 0) & valid
+    ids = torch.where(greedy, probs.argmax(-1), ids)
+    return ids, valid
+
+
+def gumbel_softmax(logits: torch.Tensor, tau=1.0, seed=0, offset=0, noise=None):
+    """``softmax((logits + G) / tau)`` with softdec's noise (float64), and ``argmax(logits + G)``.
+    Rows with NaN, +inf or no finite logit are all zero (argmax 0)."""
+    B, V = logits.shape
+    x = logits.double()
+    g = gumbel_noise(seed, offset, B, V).to(x.device) if noise is None else noise.double()
+    t = _row_values(tau, B, torch.float64, x.device)
+    y = x + g
+    valid = _row_valid(x)
+    probs = torch.softmax(torch.where(valid[:, None], y, torch.zeros_like(y)) / t[:, None], -1)
+    probs = torch.where(valid[:, None], probs, torch.zeros_like(probs))
+    am = torch.where(valid, torch.where(valid[:, None], y, torch.zeros_like(y)).argmax(-1),
+                     torch.zeros(B, dtype=torch.int64, device=x.device))
+    return probs, am
+
+
+def gumbel_softmax_topk(logits: torch.Tensor, k: int, tau=1.0, seed=0, offset=0):
+    """The k largest ``logits + G`` (ties: lower index) and the softmax of ``(logits + G) / tau``
+    over them; positions beyond the finite tokens repeat the top id with weight 0."""
+    B, V = logits.shape
+    x = logits.double()
+    y = x + gumbel_noise(seed, offset, B, V).to(x.device)
+    valid = _row_valid(x)
+    y = torch.where(valid[:, None], y, torch.full_like(y, -float("inf")))
+    order = torch.sort(y, dim=-1, descending=True, stable=True).indices[:, :k]
+    yk = torch.gather(y, 1, order)
+    fin = torch.isfinite(yk)
+    t = _row_values(tau, B, torch.float64, x.device)
+    w = torch.softmax(torch.where(fin, yk, torch.full_like(yk, -float("inf"))) / t[:, None], -1)
+    w = torch.where(fin & valid[:, None], w, torch.zeros_like(w))
+    ids = torch.where(fin, order, order[:, :1])
+    ids = torch.where(valid[:, None], ids, torch.zeros_like(ids))
+    return ids, w
+
+
+def top_k_mask_logits(logits: torch.Tensor, top_k) -> torch.Tensor:
+    """Logits outside each row's top-k (ties: lower index first) set to -inf; k = 0 or k >= V keeps all.
+    NaN entries are never kept."""
+    B, V = logits.shape
+    k = _row_values(top_k, B, torch.int64, logits.device)
+    x = torch.where(torch.isnan(logits), torch.full_like(logits, -float("inf")), logits)
+    order = torch.sort(x, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(V, device=x.device).expand(B, V))
+    kk = torch.where((k > 0) & (k < V), k, torch.full_like(k, V))
+    return torch.where(rank < kk[:, None], x, torch.full_like(x, -float("inf")))
+
+
+def _probs_valid(p: torch.Tensor) -> torch.Tensor:
+    return (torch.isfinite(p) & (p >= 0)).all(-1) & (p > 0).any(-1)
+
+
+def top_p_renorm_probs(probs: torch.Tensor, top_p) -> torch.Tensor:
+    """Each row restricted to the smallest prefix (descending, ties: lower index) whose mass
+    reaches top_p * row sum, renormalised; invalid rows (NaN, inf, negative, all zero) are zero."""
+    B, V = probs.shape
+    tp = _row_values(top_p, B, probs.dtype, probs.device)
+    valid = _probs_valid(probs)
+    p = torch.where(valid[:, None], probs, torch.zeros_like(probs))
+    ps, order = torch.sort(p, dim=-1, descending=True, stable=True)
+    excl = torch.cumsum(ps, -1) - ps
+    total = ps.sum(-1, keepdim=True)
+    rank = torch.arange(V, device=p.device)[None, :]
+    keep = ((excl < tp[:, None] * total) | (rank == 0) | (tp[:, None] >= 1)) & (ps > 0)
+    ps = torch.where(keep, ps, torch.zeros_like(ps))
+    out = torch.zeros_like(p).scatter(1, order, ps / ps.sum(-1, keepdim=True).clamp_min(1e-300))
+    return torch.where(valid[:, None], out, torch.zeros_like(out))
+
+
+def min_p_renorm_probs(probs: torch.Tensor, min_p) -> torch.Tensor:
+    """Each row restricted to p >= min_p * max p, renormalised; invalid rows are zero."""
+    B, V = probs.shape
+    mp = _row_values(min_p, B, probs.dtype, probs.device)
+    valid = _probs_valid(probs)
+    p = torch.where(valid[:, None], probs, torch.zeros_like(probs))
+    keep = (p >= mp[:, None] * p.max(-1, keepdim=True).values) & (p > 0)
+    p = torch.where(keep, p, torch.zeros_like(p))
+    out = p / p.sum(-1, keepdim=True).clamp_min(1e-300)
+    return torch.where(valid[:, None], out, torch.zeros_like(out))
 
 
 # ============================================================================ speculative verification
 
-__all__ += []  # this family's public names
+__all__ += ["verify_target_probs", "verify_soft_token", "verify", "chain_speculative_sampling"]
+
+_VERIFY_METHODS = ("exact", "greedy", "typical", "relaxed", "soft")
+
+
+def _verify_rows(value, batch, dtype, device):
+    if isinstance(value, torch.Tensor):
+        return value.reshape(-1).expand(batch).to(device=device, dtype=dtype) if value.numel() == 1 \
+            else value.to(device=device, dtype=dtype)
+    return torch.full((batch,), value, dtype=dtype, device=device)
+
+
+def verify_target_probs(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0,
+                        min_p=0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target distribution of every softdec verifier, batched over rows.
+
+    ``logits`` (B, V) -> ``(p, valid)``: ``p`` (B, V) the filtered, renormalised
+    softmax(logits / T) in the project-wide filter order (top-k with ties broken
+    lower index first, then top-p on the renormalised top-k, then min-p, each
+    renormalised); T = 0 is the one-hot argmax (lowest index on ties).
+    ``valid`` (B,) is False for rows holding NaN or +inf or only -inf (their ``p`` is 0).
+    Computes in float64 for float64 input, else float32.
+    """
+    B, V = logits.shape
+    wdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    x = logits.to(wdt)
+    dev = x.device
+    T = _verify_rows(temperature, B, wdt, dev)
+    k = _verify_rows(top_k, B, torch.int64, dev)
+    tp = _verify_rows(top_p, B, wdt, dev)
+    mp = _verify_rows(min_p, B, wdt, dev)
+    valid = ~torch.isnan(x).any(-1) & ~(x == float("inf")).any(-1) & (x > -float("inf")).any(-1)
+    xs = torch.where(valid[:, None], x, torch.zeros_like(x))
+    greedy = T == 0
+    scaled = xs / torch.where(greedy, torch.ones_like(T), T)[:, None]
+    p = torch.softmax(scaled, -1)
+    onehot = torch.zeros_like(p).scatter_(1, xs.argmax(-1, keepdim=True), 1.0)
+    p = torch.where(greedy[:, None], onehot, p)
+    if bool(((k <= 0) | (k >= V)).all()) and bool((tp >= 1).all()):
+        # no top-k / top-p: min-p alone needs no sort
+        keep = ~(p < mp[:, None] * p.max(-1, keepdim=True).values)
+        p = torch.where(keep, p, torch.zeros_like(p))
+        p = p / p.sum(-1, keepdim=True)
+        p = torch.where(valid[:, None], p, torch.zeros_like(p))
+        return p, valid
+    # sort once (value descending, lower index first on ties): every filter keeps a prefix
+    sp, order = torch.sort(p, dim=-1, descending=True, stable=True)
+    rank = torch.arange(V, device=dev)[None, :]
+    keep = (k[:, None] <= 0) | (rank < k[:, None])
+    sp = torch.where(keep, sp, torch.zeros_like(sp))
+    sp = sp / sp.sum(-1, keepdim=True)
+    excl = torch.cumsum(sp, -1) - sp
+    keep = keep & ((tp[:, None] >= 1) | (excl < tp[:, None]) | (rank == 0))
+    sp = torch.where(keep, sp, torch.zeros_like(sp))
+    sp = sp / sp.sum(-1, keepdim=True)
+    keep = keep & ~(sp < mp[:, None] * sp[:, :1])
+    sp = torch.where(keep, sp, torch.zeros_like(sp))
+    sp = sp / sp.sum(-1, keepdim=True)
+    p = torch.zeros_like(sp).scatter_(1, order, sp)
+    p = torch.where(valid[:, None], p, torch.zeros_like(p))
+    return p, valid
+
+
+def verify_soft_token(logits: torch.Tensor, k: int, temperature=1.0, top_k=0, top_p=1.0,
+                      min_p=0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target's soft token: DESIGN "Soft tokens" steps 1-2 and 4 (no noise).
+
+    ``logits`` (B, V) -> ``(ids (B, k) int64, weights (B, k), valid (B,))``: the
+    filtered distribution (``top_k`` 0 means ``k``) restricted to its ``k`` largest
+    entries, sorted by weight descending (lower id first on ties), ids padded with
+    the row's top id and weight 0. Invalid rows give ids 0 and weights 0.
+    """
+    B, V = logits.shape
+    dev = logits.device
+    kk = _verify_rows(top_k, B, torch.int64, dev)
+    kk = torch.where(kk <= 0, torch.full_like(kk, k), torch.clamp(kk, max=k))
+    p, valid = verify_target_probs(logits, temperature, kk, top_p, min_p)
+    kv = min(k, V)
+    w, ids = torch.sort(p, dim=-1, descending=True, stable=True)
+    w, ids = w[:, :kv], ids[:, :kv]
+    if kv < k:
+        w = torch.cat([w, w.new_zeros(B, k - kv)], 1)
+        ids = torch.cat([ids, ids[:, :1].expand(B, k - kv)], 1)
+    ids = torch.where(w > 0, ids, ids[:, :1].expand_as(ids))
+    ids = torch.where(valid[:, None], ids, torch.zeros_like(ids))
+    w = torch.where(valid[:, None], w, torch.zeros_like(w))
+    return ids, w, valid
+
+
+def _verify_race(r: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Exponential race argmax_i r_i / E_i, E_i = -log(u_i), u_i = element i of (seed, offset)."""
+    from .ops import philox_uniform as _pu
+    B, V = r.shape
+    u = _pu((B, V), seed.cpu(), offset.cpu()).to(device=r.device, dtype=r.dtype)
+    return torch.argmax(r / -torch.log(u), dim=-1)
+
+
+def _soft_tv(ti, tw, di, dw):
+    """Total-variation distance between two sparse distributions (ids, weights), (B, k) each."""
+    V = int(max(int(ti.max()), int(di.max()))) + 1 if ti.numel() else 1
+    a = torch.zeros(ti.shape[0], V, dtype=torch.float64).scatter_add_(1, ti, tw.double())
+    b = torch.zeros(ti.shape[0], V, dtype=torch.float64).scatter_add_(1, di, dw.double())
+    return 0.5 * (a - b).abs().sum(-1)
+
+
+def verify(target_logits: torch.Tensor, draft_ids, *, num_draft=None, draft_probs=None,
+           method: str = "exact", temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+           posterior_threshold: float = 0.09, posterior_alpha: float = 0.3, neighbours=None,
+           delta: float = 0.1, seed=0, offset=0):
+    """Reference of ``softdec.verify``: a straightforward loop over positions, batched over rows.
+
+    Same arguments, RNG layout and results as ``softdec.verify`` (``seed`` and
+    ``offset`` are ints or (B,) tensors; no generator). Computes in float64 for
+    float64 logits, else float32. Returns ``softdec.Verified``.
+    """
+    from .ops import Verified
+    B, K1, V = target_logits.shape
+    K = K1 - 1
+    dev = target_logits.device
+    m = _VERIFY_METHODS.index(method)
+    wdt = torch.float64 if target_logits.dtype == torch.float64 else torch.float32
+    n = _verify_rows(K if num_draft is None else num_draft, B, torch.int64, dev)
+    s = _verify_rows(seed, B, torch.int64, torch.device("cpu"))
+    o = _verify_rows(offset, B, torch.int64, torch.device("cpu"))
+    sparse = isinstance(draft_probs, (tuple, list))
+    if sparse:
+        sid, sw = draft_probs[0].long(), draft_probs[1].to(wdt)
+    if draft_ids is None:  # soft drafts: the draft token is each position's heaviest id
+        draft_ids = sid.gather(2, sw.argmax(-1, keepdim=True))[..., 0]
+    draft_ids = draft_ids.long()
+    from .ops import philox_uniform as _pu
+    u_acc = _pu((B, K1), s, o).to(device=dev, dtype=wdt)
+    tokens = torch.full((B, K1), -1, dtype=torch.int64, device=dev)
+    nacc = torch.zeros(B, dtype=torch.int64, device=dev)
+    alive = torch.ones(B, dtype=torch.bool, device=dev)
+    ks = sid.shape[-1] if (sparse and m == 4) else 0
+    soft_ids = torch.zeros(B, ks, dtype=torch.int64, device=dev)
+    soft_w = torch.zeros(B, ks, dtype=torch.float32, device=dev)
+    ar = torch.arange(B, device=dev)
+    for j in range(K1):
+        if not bool(alive.any()):
+            break
+        lj = target_logits[:, j]
+        if m == 4:
+            ti, tw, valid = verify_soft_token(lj, ks, temperature, top_k, top_p, min_p)
+        else:
+            p, valid = verify_target_probs(lj, temperature, top_k, top_p, min_p)
+        test = alive & (j < n) & valid
+        final = alive & ~test  # rows that emit at this position (stop, bonus or invalid)
+        if j < K:
+            x = draft_ids[:, j].clamp(0, V - 1)
+            if m == 4:
+                tv = _soft_tv(ti, tw, sid[:, j], sw[:, j])
+                acc = test & (tv <= delta)
+            elif m == 1:
+                acc = test & (x == lj.to(wdt).argmax(-1))
+            else:
+                px = p[ar, x]
+                if draft_probs is None:
+                    qx = torch.ones_like(px)
+                elif sparse:
+                    qx = (sw[:, j] * (sid[:, j] == x[:, None])).sum(-1)
+                else:
+                    qx = draft_probs[:, j].to(wdt)[ar, x]
+                if m == 0:
+                    acc = test & (u_acc[:, j] * qx < px)
+                elif m == 2:
+                    plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))),
+                                        torch.zeros_like(p))
+                    H = -plogp.sum(-1)
+                    thr = torch.minimum(torch.full_like(H, posterior_threshold),
+                                        posterior_alpha * torch.exp(-H))
+                    acc = test & (px > thr)
+                else:  # relaxed: x's neighbour prefix holding at most delta extra mass
+                    nb = neighbours[x].long()  # (B, m)
+                    extra = torch.zeros_like(px)
+                    inA = torch.zeros(B, V, dtype=torch.bool, device=dev)
+                    open_ = torch.ones_like(test)
+                    seen = torch.zeros(B, V, dtype=torch.bool, device=dev)
+                    seen[ar, x] = True
+                    for c in range(nb.shape[1]):
+                        y = nb[:, c]
+                        ok = (y >= 0)
+                        yc = y.clamp(min=0)
+                        fresh = ok & ~seen[ar, yc]
+                        py = torch.where(fresh, p[ar, yc], torch.zeros_like(px))
+                        open_ = open_ & (extra + py <= delta)
+                        take = open_ & fresh
+                        extra = extra + torch.where(take, py, torch.zeros_like(py))
+                        inA[ar[take], yc[take]] = True
+                        seen[ar[fresh], yc[fresh]] = True
+                    acc = test & (u_acc[:, j] * qx < px + extra)
+            rej = test & ~acc
+            tokens[:, j] = torch.where(acc, x, tokens[:, j])
+            nacc += acc.long()
+        else:
+            rej = torch.zeros_like(test)
+        # emitted token at the stop position
+        if bool((rej | final).any()):
+            if m == 4:
+                top = torch.where(valid, ti[:, 0], torch.full_like(ti[:, 0], -1))
+                stop = rej | final
+                tokens[:, j] = torch.where(stop, top, tokens[:, j])
+                soft_ids = torch.where(stop[:, None], ti, soft_ids)
+                soft_w = torch.where(stop[:, None], tw.float(), soft_w)
+            elif m == 1:
+                am = lj.to(wdt).argmax(-1)
+                stop = rej | final
+                tokens[:, j] = torch.where(stop, torch.where(valid, am, torch.full_like(am, -1)), tokens[:, j])
+            else:
+                if m in (0, 3) and j < K:
+                    if draft_probs is None:
+                        q = torch.zeros_like(p).scatter_(1, x[:, None], 1.0)
+                    elif sparse:
+                        q = torch.zeros_like(p).scatter_add_(1, sid[:, j], sw[:, j])
+                    else:
+                        q = draft_probs[:, j].to(wdt)
+                    r = torch.clamp(p - q, min=0)
+                    if m == 3:
+                        r = torch.where(inA, torch.zeros_like(r), r)
+                    r = torch.where((r.sum(-1, keepdim=True) > 0), r, p)
+                    r = torch.where(rej[:, None], r, p)
+                else:
+                    r = p
+                tok = _verify_race(r, s, o + 1 + j).to(dev)
+                stop = rej | final
+                tokens[:, j] = torch.where(stop, torch.where(valid, tok, torch.full_like(tok, -1)), tokens[:, j])
+            alive = alive & ~(rej | final)
+    return Verified(tokens, nacc, soft_ids if m == 4 else None, soft_w if m == 4 else None)
+
+
+def chain_speculative_sampling(draft_probs, draft_token_ids, target_probs, *, seed=0, offset=0):
+    """Reference of ``softdec.chain_speculative_sampling`` (FlashInfer's argument order).
+
+    Returns ``(output_token_ids (B, K+1) int32, accepted (B,) int32, emitted (B,) int32)``.
+    """
+    from .ops import philox_uniform as _pu
+    B, K, V = draft_probs.shape
+    wdt = torch.float64 if target_probs.dtype == torch.float64 else torch.float32
+    logits = torch.log(target_probs.to(wdt))
+    res = verify(logits, draft_token_ids.long(), draft_probs=draft_probs.to(wdt), seed=seed, offset=offset)
+    s = _verify_rows(seed, B, torch.int64, torch.device("cpu"))
+    o = _verify_rows(offset, B, torch.int64, torch.device("cpu"))
+    u = _pu((B, K + 1), s, o).to(device=draft_probs.device, dtype=wdt)[:, :K]
+    p = torch.softmax(logits, -1)
+    ids = draft_token_ids.long()[..., None]
+    acc = (u * draft_probs.to(wdt).gather(2, ids)[..., 0] < p[:, :K].gather(2, ids)[..., 0]).sum(1)
+    return res.tokens.int(), acc.int(), res.num_accepted.int()
 
 
 # ============================================================================ token-sparse attention

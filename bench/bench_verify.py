@@ -1,0 +1,77 @@
+"""softdec.verify vs its float reference (eager and torch.compile): exact verification at
+V = 151936 for one-hot, dense and sparse drafts, plus the other methods at one shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import softdec
+from harness import Case
+from softdec import reference as ref
+
+V = 151936
+
+
+def _inputs(B, K, kind, device, k=8, seed=0):
+    """Target logits, and drafts sampled from a draft distribution close to the target
+    (q = softmax(target + noise)), so acceptance is realistic (about half per position)."""
+    g = torch.Generator().manual_seed(seed)
+    lg = torch.randn(B, K + 1, V, generator=g) * 4
+    qlog = lg[:, :K] + torch.randn(B, K, V, generator=g)
+    if kind == "sparse":
+        top = torch.topk(qlog, k, -1)
+        w = torch.softmax(top.values, -1)
+        pick = torch.multinomial(w.reshape(-1, k), 1, generator=g).reshape(B, K)
+        d = top.indices.gather(2, pick[..., None])[..., 0]
+        dp = (top.indices.to(device), w.to(device))
+    else:
+        q = torch.softmax(qlog, -1)
+        d = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, K)
+        dp = q.to(device) if kind == "dense" else None
+    return lg.to(device), d.to(device), dp
+
+
+def _fns(lg, d, dp, device, **kw):
+    B = lg.shape[0]
+    seed = torch.arange(B, dtype=torch.int64, device=device)
+    ours = lambda: softdec.verify(lg, d, draft_probs=dp, seed=seed, **kw)  # noqa: E731
+    eager = lambda: ref.verify(lg, d, draft_probs=dp, seed=seed, **kw)  # noqa: E731
+    compiled_ref = torch.compile(ref.verify)
+    comp = lambda: compiled_ref(lg, d, draft_probs=dp, seed=seed, **kw)  # noqa: E731
+    return {"softdec": ours, "eager": eager, "compile": comp}
+
+
+def cases(quick: bool, device: str):
+    out = []
+    shapes = [(1, 4), (64, 4)] if quick else [(1, 4), (1, 8), (64, 4), (64, 8)]
+    for B, K in shapes:
+        for kind in ("onehot", "dense", "sparse"):
+            lg, d, dp = _inputs(B, K, kind, device)
+            nbytes = lg.numel() * lg.element_size() + (dp.numel() * dp.element_size() if kind == "dense" else 0)
+            out.append(Case(op="verify", label=f"exact {kind} B={B} K={K} V={V}", fns=_fns(lg, d, dp, device),
+                            bytes=nbytes, memory_bound=False, device=device,
+                            notes="stops at the first rejection: bytes = all K+1 positions (upper bound)"))
+    if not quick:
+        B, K = 64, 4
+        lg, d, dp = _inputs(B, K, "sparse", device)
+        nb = torch.randint(0, V, (V, 4), generator=torch.Generator().manual_seed(1)).to(device)
+        for method, kw in (("greedy", {}), ("typical", {}), ("relaxed", dict(neighbours=nb, delta=0.05)),
+                           ("soft", dict(delta=0.3))):
+            dd = None if method == "soft" else d
+            fns = _fns(lg, dd, dp, device, method=method, **kw)
+            out.append(Case(op="verify", label=f"{method} sparse B={B} K={K} V={V}", fns=fns,
+                            bytes=lg.numel() * 4, memory_bound=False, device=device))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["onehot", "dense", "sparse"])
+def test_verify_exact(benchmark, kind):
+    lg, d, dp = _inputs(64, 4, kind, "cpu")
+    seed = torch.arange(64)
+    benchmark(lambda: softdec.verify(lg, d, draft_probs=dp, seed=seed))
+
+
+def test_verify_reference(benchmark):
+    lg, d, dp = _inputs(64, 4, "dense", "cpu")
+    benchmark(lambda: ref.verify(lg, d, draft_probs=dp, seed=torch.arange(64)))

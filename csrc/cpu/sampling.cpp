@@ -1,0 +1,1029 @@
+// CPU backend of the sampling family: sample, gumbel_softmax (dense and
+// top-k sparse), top_k_mask_logits, top_p_renorm_probs, min_p_renorm_probs.
+//
+// Exact filtered sampling without sorting the vocabulary: the draw is the
+// Gumbel-max argmax over the kept set of fma(x_i, 1/T, G_i), with G_i the
+// Gumbel noise of element i of the row's (seed, offset) Philox stream
+// (include/softdec/philox.h); renormalisation does not move the argmax, so only
+// the kept set's cut is computed (include/softdec/filter.h semantics):
+//   - plain (no top-k/top-p/min-p): one vectorised pass, noise + argmax;
+//   - top-k (k <= kSmallK): one pass collecting candidates above a running
+//     threshold, a sort of ~k candidates, top-p/min-p on them, and the noise
+//     of the kept candidates only;
+//   - min-p only: a max pass, then the noise pass skipping 64-token groups
+//     with no kept token;
+//   - anything else (large k, top-p without top-k): filter::compute_row_filter
+//     (radix selection), then the noise pass.
+// Greedy rows (T = 0) take one argmax pass. Rows are spread over threads; with
+// fewer rows than threads the vocabulary is split into chunks whose partial
+// results (argmax states, candidate lists, maxima) are merged.
+#include "../common.h"
+#include "../dispatch.h"
+#include "softdec/filter.h"
+#include "softdec/philox.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define SOFTDEC_SAMPLING_AVX512 1
+#endif
+
+namespace softdec {
+namespace {
+
+using filter::RowFilter;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+// Largest Gumbel value the stream can produce: -log(-log(1 - 2^-24)) < 16.7.
+constexpr float kGumbelMax = 16.7f;
+constexpr int64_t kGroup = 64;        // tokens per Philox group (16 blocks of 4)
+constexpr int64_t kSmallK = 2048;     // top-k candidate path up to this k
+constexpr int64_t kMinChunk = 16384;  // smallest vocabulary chunk per thread
+
+inline float to_float(float x) { return x; }
+inline float to_float(bf16 x) { return static_cast<float>(x); }
+inline float to_float(fp16 x) { return static_cast<float>(x); }
+
+// ------------------------------------------------------------------ argmax state
+
+struct Best {
+  float key = -kInf;
+  int64_t idx = -1;
+  // Larger key wins; equal keys: the lower index.
+  void take(float k, int64_t i) {
+    if (idx < 0 || k > key || (k == key && i < idx)) {
+      key = k;
+      idx = i;
+    }
+  }
+};
+
+// Flags of a row seen by a pass: any NaN, any +inf, any finite token.
+struct Flags {
+  bool nan = false, pinf = false, finite = false;
+  void merge(const Flags& o) {
+    nan |= o.nan;
+    pinf |= o.pinf;
+    finite |= o.finite;
+  }
+};
+
+// ------------------------------------------------------------------ AVX-512 kernels
+
+#if SOFTDEC_SAMPLING_AVX512
+
+template <class T>
+inline __m512 load16(const T* p);
+template <>
+inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <>
+inline __m512 load16<bf16>(const bf16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <>
+inline __m512 load16<fp16>(const fp16* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// Masked load; lanes outside the mask read as -inf.
+template <class T>
+inline __m512 load16_mask(const T* p, __mmask16 k);
+template <>
+inline __m512 load16_mask<float>(const float* p, __mmask16 k) {
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), k, p);
+}
+template <>
+inline __m512 load16_mask<bf16>(const bf16* p, __mmask16 k) {
+  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
+  const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_mask_blend_ps(k, _mm512_set1_ps(-kInf), v);
+}
+template <>
+inline __m512 load16_mask<fp16>(const fp16* p, __mmask16 k) {
+  const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+  return _mm512_mask_blend_ps(k, _mm512_set1_ps(-kInf), v);
+}
+
+// filter::flog, op for op (bit-identical).
+inline __m512 vlog(__m512 x) {
+  const __m512i b = _mm512_castps_si512(x);
+  __m512i e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(0xff)),
+                               _mm512_set1_epi32(127));
+  __m512 m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0x007fffff)),
+                                                 _mm512_set1_epi32(0x3f800000)));
+  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1));
+  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  const __m512 z = _mm512_mul_ps(f, f);
+  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.1514610310e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.1676998740e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.2420140846e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.4249322787e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.6668057665e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.0000714765e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4999993993e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3333331174e-1f));
+  const __m512 fe = _mm512_cvtepi32_ps(e);
+  y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
+  y = _mm512_fmadd_ps(fe, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fmadd_ps(_mm512_set1_ps(-0.5f), z, y);
+  __m512 r = _mm512_add_ps(f, y);
+  r = _mm512_fmadd_ps(fe, _mm512_set1_ps(0.693359375f), r);
+  return r;
+}
+
+// filter::fexp, op for op (bit-identical), for x <= 88.
+inline __m512 vexp(__m512 x) {
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NGT_UQ);
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
+  const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, r2, r);
+  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+  const __m512i ni = _mm512_cvtps_epi32(n);
+  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
+  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~under), p, scale);
+}
+
+inline __m512i mulhi32(__m512i a, __m512i m) {
+  const __m512i pe = _mm512_mul_epu32(a, m);
+  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  return _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
+}
+inline __m512i mullo32(__m512i a, __m512i m) {
+  const __m512i pe = _mm512_mul_epu32(a, m);
+  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  return _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
+}
+
+// Uniforms of stream elements [64 g, 64 g + 64) in element order (4 x 16).
+inline void philox_group(uint64_t seed, uint64_t offset, uint64_t first_block, __m512 out[4]) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // block indices first_block + j; the high word only changes past 2^32 blocks
+  const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), lane);
+  const __mmask16 carry = _mm512_cmp_epu32_mask(lo, _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), _MM_CMPINT_LT);
+  __m512i c0 = lo;
+  __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(first_block >> 32)), carry,
+                                     _mm512_set1_epi32(static_cast<int>(first_block >> 32)), _mm512_set1_epi32(1));
+  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
+  for (int r = 0; r < 10; ++r) {
+    const __m512i hi0 = mulhi32(c0, m0), lo0 = mullo32(c0, m0);
+    const __m512i hi1 = mulhi32(c2, m1), lo1 = mullo32(c2, m1);
+    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += philox::kWeyl0;
+    k1 += philox::kWeyl1;
+  }
+  // transpose lanes (block j, lane l) -> element 4 j + l
+  const __m512i a01 = _mm512_unpacklo_epi32(c0, c1), b01 = _mm512_unpackhi_epi32(c0, c1);
+  const __m512i a23 = _mm512_unpacklo_epi32(c2, c3), b23 = _mm512_unpackhi_epi32(c2, c3);
+  const __m512i w0 = _mm512_unpacklo_epi64(a01, a23), w1 = _mm512_unpackhi_epi64(a01, a23);
+  const __m512i w2 = _mm512_unpacklo_epi64(b01, b23), w3 = _mm512_unpackhi_epi64(b01, b23);
+  const __m512i P = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m512i Q = _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m512i R = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m512i S = _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m512i e[4] = {_mm512_shuffle_i32x4(P, Q, _MM_SHUFFLE(2, 0, 2, 0)),
+                        _mm512_shuffle_i32x4(P, Q, _MM_SHUFFLE(3, 1, 3, 1)),
+                        _mm512_shuffle_i32x4(R, S, _MM_SHUFFLE(2, 0, 2, 0)),
+                        _mm512_shuffle_i32x4(R, S, _MM_SHUFFLE(3, 1, 3, 1))};
+  // ((bits >> 9) + 0.5) * 2^-23, exact
+  for (int q = 0; q < 4; ++q) {
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(e[q], 9));
+    out[q] = _mm512_mul_ps(_mm512_add_ps(f, _mm512_set1_ps(0.5f)), _mm512_set1_ps(1.0f / 8388608.0f));
+  }
+}
+
+inline __m512 vgumbel(__m512 u) {
+  return _mm512_sub_ps(_mm512_setzero_ps(),
+                       vlog(_mm512_sub_ps(_mm512_setzero_ps(), vlog(u))));
+}
+
+inline float hmax(__m512 v) { return _mm512_reduce_max_ps(v); }
+
+#endif  // SOFTDEC_SAMPLING_AVX512
+
+// ------------------------------------------------------------------ the cut a noise pass honours
+
+// kept(i) = x > -inf && (x > cv || (x == cv && i <= ci)) && (x - m) * it >= lmp
+struct Cut {
+  float cv = -kInf;
+  int64_t ci = std::numeric_limits<int64_t>::max();
+  float m = 0.0f;
+  float it = 1.0f;    // 1/T
+  float lmp = -kInf;  // log(min_p)
+  explicit Cut(float inv_temp = 1.0f) : it(inv_temp) {}
+  static Cut of(const RowFilter& f) {
+    Cut c(f.inv_temp);
+    c.cv = f.cut_value;
+    c.ci = f.cut_index;
+    c.m = f.max_logit;
+    c.lmp = f.log_min_p;
+    return c;
+  }
+  bool kept(float x, int64_t i) const {
+    return x > -kInf && (x > cv || (x == cv && i <= ci)) && (x - m) * it >= lmp;
+  }
+};
+
+// ------------------------------------------------------------------ passes over [lo, hi) of a row
+
+// Gumbel-max over the kept tokens of [lo, hi): argmax of fma(x, it, G_i).
+// Also records flags (NaN / +inf / any kept finite) for validity.
+template <class T>
+void noise_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, uint64_t seed, uint64_t offset,
+                Best& best, Flags& flags) {
+  int64_t i = lo;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vcv = _mm512_set1_ps(cut.cv), vm = _mm512_set1_ps(cut.m);
+  const __m512 vit = _mm512_set1_ps(cut.it), vlmp = _mm512_set1_ps(cut.lmp);
+  const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const bool has_ci = cut.cv > -kInf;
+  __m512 bkey = vninf;
+  __m512i bidx = _mm512_set1_epi32(-1);  // index relative to lo (< 2^31 per chunk)
+  float bound = -kInf;                   // a lower bound on the best key so far
+  bool nan = false, pinf = false, fin = false;
+  for (; i < hi; i += kGroup) {
+    const int64_t n = std::min<int64_t>(kGroup, hi - i);
+    __m512 xv[4];
+    __mmask16 keep[4];
+    __mmask16 any = 0;
+    __m512 gmax = vninf;
+    for (int q = 0; q < 4; ++q) {
+      const int64_t left = n - 16 * q;
+      if (left >= 16) {
+        xv[q] = load16<T>(x + i + 16 * q);
+      } else if (left > 0) {
+        xv[q] = load16_mask<T>(x + i + 16 * q, static_cast<__mmask16>((1u << left) - 1));
+      } else {
+        xv[q] = vninf;
+      }
+      nan |= _mm512_cmp_ps_mask(xv[q], xv[q], _CMP_UNORD_Q) != 0;
+      pinf |= _mm512_cmp_ps_mask(xv[q], vpinf, _CMP_EQ_OQ) != 0;
+      __mmask16 k = _mm512_cmp_ps_mask(xv[q], vninf, _CMP_GT_OQ);
+      if (has_ci) {
+        const __mmask16 gt = _mm512_cmp_ps_mask(xv[q], vcv, _CMP_GT_OQ);
+        const __mmask16 eq = _mm512_cmp_ps_mask(xv[q], vcv, _CMP_EQ_OQ);
+        // ties at the cut value are kept up to index ci
+        __mmask16 eq_ok = 0;
+        if (eq) {
+          for (int l = 0; l < 16; ++l)
+            if (((eq >> l) & 1) && i + 16 * q + l <= cut.ci) eq_ok |= static_cast<__mmask16>(1u << l);
+        }
+        k &= (gt | eq_ok);
+      }
+      if (cut.lmp > -kInf) {
+        const __m512 s = _mm512_mul_ps(_mm512_sub_ps(xv[q], vm), vit);
+        k &= _mm512_cmp_ps_mask(s, vlmp, _CMP_GE_OQ);
+      }
+      keep[q] = k;
+      any |= k;
+      gmax = _mm512_mask_max_ps(gmax, k, gmax, xv[q]);
+    }
+    if (!any) continue;
+    fin = true;
+    // No token of this group can beat the best key found so far.
+    if (hmax(gmax) * cut.it + kGumbelMax < bound) continue;
+    __m512 u[4];
+    philox_group(seed, offset, static_cast<uint64_t>(i) >> 2, u);
+    __m512 gk = vninf;
+    for (int q = 0; q < 4; ++q) {
+      if (!keep[q]) continue;
+      const __m512 key = _mm512_fmadd_ps(xv[q], vit, vgumbel(u[q]));
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i - lo + 16 * q)), lane);
+      // strictly greater: earlier indices win ties within a lane
+      const __mmask16 better = _mm512_mask_cmp_ps_mask(keep[q], key, bkey, _CMP_GT_OQ);
+      bkey = _mm512_mask_mov_ps(bkey, better, key);
+      bidx = _mm512_mask_mov_epi32(bidx, better, idx);
+      gk = _mm512_mask_max_ps(gk, keep[q], gk, key);
+    }
+    bound = std::max(bound, hmax(gk));
+  }
+  alignas(64) float kk[16];
+  alignas(64) int32_t ii[16];
+  _mm512_store_ps(kk, bkey);
+  _mm512_store_si512(ii, bidx);
+  for (int l = 0; l < 16; ++l)
+    if (ii[l] >= 0) best.take(kk[l], lo + ii[l]);
+  flags.nan |= nan;
+  flags.pinf |= pinf;
+  flags.finite |= fin;
+  i = hi;
+#endif
+  for (; i < hi; ++i) {
+    const float v = to_float(x[i]);
+    if (v != v) flags.nan = true;
+    if (v == kInf) flags.pinf = true;
+    if (!cut.kept(v, i)) continue;
+    flags.finite = true;
+    const float u = philox::uniform(seed, offset, static_cast<uint64_t>(i));
+    best.take(filter::ffma(v, cut.it, filter::gumbel(u)), i);
+  }
+}
+
+// Max / argmax (lowest index among ties) and flags of [lo, hi).
+template <class T>
+void stats_pass(const T* x, int64_t lo, int64_t hi, Best& best, Flags& flags) {
+  int64_t i = lo;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
+  __m512 mx = vninf;
+  bool nan = false;
+  for (; i + 16 <= hi; i += 16) {
+    const __m512 v = load16<T>(x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+    mx = _mm512_max_ps(mx, v);
+  }
+  if (i < hi) {
+    const __m512 v = load16_mask<T>(x + i, static_cast<__mmask16>((1u << (hi - i)) - 1));
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+    mx = _mm512_max_ps(mx, v);
+  }
+  flags.nan |= nan;
+  const float m = hmax(mx);
+  if (m > -kInf && !nan) {
+    flags.finite |= m < kInf;
+    flags.pinf |= m == kInf;
+    // first index holding the max
+    const __m512 vm = _mm512_set1_ps(m);
+    for (int64_t j = lo; j < hi; j += 16) {
+      const int64_t left = hi - j;
+      const __m512 v = left >= 16 ? load16<T>(x + j)
+                                  : load16_mask<T>(x + j, static_cast<__mmask16>((1u << left) - 1));
+      const __mmask16 eq = _mm512_cmp_ps_mask(v, vm, _CMP_EQ_OQ);
+      if (eq) {
+        best.take(m, j + __builtin_ctz(eq));
+        break;
+      }
+    }
+  }
+  (void)vpinf;
+  i = hi;
+#endif
+  for (; i < hi; ++i) {
+    const float v = to_float(x[i]);
+    if (v != v) {
+      flags.nan = true;
+      continue;
+    }
+    if (v == kInf) flags.pinf = true;
+    if (v > -kInf && v < kInf) flags.finite = true;
+    if (v > -kInf) best.take(v, i);
+  }
+}
+
+// Candidates (value, index) of [lo, hi) that can be among the row's first k
+// tokens of the filter order; returns them sorted in that order, at most k.
+struct Cand {
+  float v;
+  int64_t i;
+};
+inline bool cand_before(const Cand& a, const Cand& b) { return filter::before(a.v, a.i, b.v, b.i); }
+
+template <class T>
+void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>& out, Flags& flags) {
+  const int64_t cap = std::max<int64_t>(4 * k, 1024) + 64;
+  std::vector<Cand> buf;
+  buf.reserve(static_cast<size_t>(cap));
+  float thr = -kInf;
+  auto compact = [&]() {
+    if (static_cast<int64_t>(buf.size()) > k) {
+      std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), cand_before);
+      thr = buf[static_cast<size_t>(k - 1)].v;
+      buf.resize(static_cast<size_t>(k));
+    }
+  };
+  int64_t i = lo;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vpinf = _mm512_set1_ps(kInf);
+  bool nan = false, pinf = false;
+  alignas(64) float vals[16];
+  for (; i < hi; i += 16) {
+    const int64_t left = hi - i;
+    const __m512 v = left >= 16 ? load16<T>(x + i)
+                                : load16_mask<T>(x + i, static_cast<__mmask16>((1u << left) - 1));
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+    pinf |= _mm512_cmp_ps_mask(v, vpinf, _CMP_EQ_OQ) != 0;
+    __mmask16 msk = _mm512_cmp_ps_mask(v, _mm512_set1_ps(thr), _CMP_GT_OQ);
+    if (!msk) continue;
+    _mm512_mask_compressstoreu_ps(vals, msk, v);
+    const int c = __builtin_popcount(msk);
+    for (int j = 0; j < c; ++j) {
+      const int l = __builtin_ctz(msk);
+      msk &= static_cast<__mmask16>(msk - 1);
+      buf.push_back({vals[j], i + l});
+    }
+    if (static_cast<int64_t>(buf.size()) >= cap - 16) compact();
+  }
+  flags.nan |= nan;
+  flags.pinf |= pinf;
+  i = hi;
+#endif
+  for (; i < hi; ++i) {
+    const float v = to_float(x[i]);
+    if (v != v) flags.nan = true;
+    if (v == kInf) flags.pinf = true;
+    if (v > thr) {
+      buf.push_back({v, i});
+      if (static_cast<int64_t>(buf.size()) >= cap) compact();
+    }
+  }
+  for (const Cand& c : buf)
+    if (c.v < kInf) {
+      flags.finite = true;
+      break;
+    }
+  std::sort(buf.begin(), buf.end(), cand_before);
+  if (static_cast<int64_t>(buf.size()) > k) buf.resize(static_cast<size_t>(k));
+  out = std::move(buf);
+}
+
+// ------------------------------------------------------------------ sample
+
+enum class Path : int { kGreedy, kPlain, kTopK, kMinP, kGeneric };
+
+struct RowPlan {
+  Path path = Path::kPlain;
+  float it = 1.0f;  // 1/T
+  float temp = 1.0f;
+  int64_t k = 0;
+  float top_p = 1.0f, min_p = 0.0f;
+  uint64_t seed = 0, offset = 0;
+  // phase-1 partials (one per chunk)
+  std::vector<Best> best;
+  std::vector<Flags> flags;
+  std::vector<std::vector<Cand>> cands;
+  RowFilter f;
+  bool done = false;
+  int64_t id = 0;
+  bool valid = false;
+};
+
+void check_sample_params(const Tensor& logits, const Tensor& temperature, const Tensor& top_k,
+                         const Tensor& top_p, const Tensor& min_p, const Tensor& seed,
+                         const Tensor& offset) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  const int64_t B = logits.size(0);
+  check_per_row(temperature, "temperature", B, ScalarType::Float, logits, "logits");
+  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
+  check_per_row(top_p, "top_p", B, ScalarType::Float, logits, "logits");
+  check_per_row(min_p, "min_p", B, ScalarType::Float, logits, "logits");
+  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
+  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
+}
+
+void check_row_values(const float* t, const int64_t* k, const float* p, const float* mp, int64_t B) {
+  for (int64_t r = 0; r < B; ++r) {
+    if (t) SOFTDEC_CHECK(t[r] >= 0.0f && t[r] < kInf, "temperature must be a finite value >= 0, got ", t[r], " at row ", r);
+    if (k) SOFTDEC_CHECK(k[r] >= 0, "top_k must be >= 0 (0 disables top-k), got ", k[r], " at row ", r);
+    if (p) SOFTDEC_CHECK(p[r] >= 0.0f && p[r] <= 1.0f, "top_p must be in [0, 1], got ", p[r], " at row ", r);
+    if (mp) SOFTDEC_CHECK(mp[r] >= 0.0f && mp[r] <= 1.0f, "min_p must be in [0, 1], got ", mp[r], " at row ", r);
+  }
+}
+
+int64_t chunks_for(int64_t B, int64_t V) {
+  const int64_t threads = std::max<int64_t>(1, torch::stable::get_num_threads());
+  if (B >= threads) return 1;
+  const int64_t want = (threads + B - 1) / B;
+  return std::max<int64_t>(1, std::min<int64_t>(want, V / kMinChunk));
+}
+
+// chunk c of n over [0, V), boundaries multiples of kGroup
+inline std::pair<int64_t, int64_t> chunk_range(int64_t V, int64_t n, int64_t c) {
+  const int64_t groups = (V + kGroup - 1) / kGroup;
+  const int64_t g0 = groups * c / n, g1 = groups * (c + 1) / n;
+  return {std::min(V, g0 * kGroup), std::min(V, g1 * kGroup)};
+}
+
+template <class T>
+void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, std::vector<RowPlan>& plans,
+                   int64_t* ids, bool* valid) {
+  const int64_t nc = chunks_for(B, V);
+  for (auto& p : plans) {
+    p.best.assign(static_cast<size_t>(nc), Best{});
+    p.flags.assign(static_cast<size_t>(nc), Flags{});
+    if (p.path == Path::kTopK) p.cands.assign(static_cast<size_t>(nc), {});
+  }
+  // Phase 1: one pass per chunk (plain: the whole draw).
+  torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) {
+      const int64_t r = w / nc, c = w % nc;
+      RowPlan& p = plans[static_cast<size_t>(r)];
+      const T* x = logits + r * row_stride;
+      const auto [lo, hi] = chunk_range(V, nc, c);
+      switch (p.path) {
+        case Path::kPlain:
+          noise_pass(x, lo, hi, Cut(p.it), p.seed, p.offset, p.best[c], p.flags[c]);
+          break;
+        case Path::kTopK:
+          topk_pass(x, lo, hi, p.k, p.cands[c], p.flags[c]);
+          break;
+        case Path::kGreedy:
+        case Path::kMinP:
+          stats_pass(x, lo, hi, p.best[c], p.flags[c]);
+          break;
+        case Path::kGeneric:
+          if (c == 0) {
+            filter::Params fp;
+            fp.temperature = p.temp;
+            fp.top_k = p.k;
+            fp.top_p = p.top_p;
+            fp.min_p = p.min_p;
+            auto load = [x](int64_t i) { return to_float(x[i]); };
+            p.f = filter::compute_row_filter(load, V, fp);  // inv_temp = 1/T as p.it
+          }
+          break;
+      }
+    }
+  });
+  // Merge phase 1; decide each row's cut.
+  for (int64_t r = 0; r < B; ++r) {
+    RowPlan& p = plans[static_cast<size_t>(r)];
+    Flags fl;
+    Best bs;
+    for (int64_t c = 0; c < nc; ++c) {
+      fl.merge(p.flags[c]);
+      if (p.best[c].idx >= 0) bs.take(p.best[c].key, p.best[c].idx);
+    }
+    switch (p.path) {
+      case Path::kPlain:
+        p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
+        p.id = p.valid ? bs.idx : 0;
+        p.done = true;
+        break;
+      case Path::kGreedy:
+        p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
+        p.id = p.valid ? bs.idx : 0;
+        p.done = true;
+        break;
+      case Path::kMinP: {
+        p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
+        if (!p.valid) {
+          p.done = true;
+          p.id = 0;
+          break;
+        }
+        p.f.valid = 1;
+        p.f.max_logit = bs.key;
+        p.f.argmax = bs.idx;
+        p.f.inv_temp = p.it;
+        p.f.cut_value = -kInf;
+        p.f.cut_index = std::numeric_limits<int64_t>::max();
+        p.f.log_min_p = filter::log_min_p_of(p.min_p);
+        break;
+      }
+      case Path::kTopK: {
+        std::vector<Cand> all;
+        for (auto& v : p.cands) all.insert(all.end(), v.begin(), v.end());
+        std::sort(all.begin(), all.end(), cand_before);
+        if (static_cast<int64_t>(all.size()) > p.k) all.resize(static_cast<size_t>(p.k));
+        p.valid = !fl.nan && !fl.pinf && fl.finite && !all.empty();
+        p.done = true;
+        if (!p.valid) {
+          p.id = 0;
+          break;
+        }
+        const int64_t n0 = static_cast<int64_t>(all.size());
+        const float m = all[0].v;
+        std::vector<float> mass(static_cast<size_t>(n0));
+        for (int64_t j = 0; j < n0; ++j) mass[j] = filter::token_mass(all[j].v, m, p.it);
+        const int64_t n = filter::top_p_prefix(mass.data(), n0, p.top_p);
+        const float lmp = filter::log_min_p_of(p.min_p);
+        Best b;
+        for (int64_t j = 0; j < n; ++j) {
+          const float v = all[j].v;
+          if (!((v - m) * p.it >= lmp)) continue;
+          const float u = philox::uniform(p.seed, p.offset, static_cast<uint64_t>(all[j].i));
+          b.take(filter::ffma(v, p.it, filter::gumbel(u)), all[j].i);
+        }
+        p.id = b.idx >= 0 ? b.idx : all[0].i;
+        break;
+      }
+      case Path::kGeneric:
+        p.valid = p.f.valid != 0;
+        if (!p.valid) {
+          p.done = true;
+          p.id = 0;
+        }
+        break;
+    }
+    for (auto& b : p.best) b = Best{};
+    for (auto& f : p.flags) f = Flags{};
+  }
+  // Phase 2: the noise pass over the kept set (min-p and generic rows).
+  torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+    for (int64_t w = b; w < e; ++w) {
+      const int64_t r = w / nc, c = w % nc;
+      RowPlan& p = plans[static_cast<size_t>(r)];
+      if (p.done) continue;
+      const auto [lo, hi] = chunk_range(V, nc, c);
+      noise_pass(logits + r * row_stride, lo, hi, Cut::of(p.f), p.seed, p.offset, p.best[c], p.flags[c]);
+    }
+  });
+  for (int64_t r = 0; r < B; ++r) {
+    RowPlan& p = plans[static_cast<size_t>(r)];
+    if (!p.done) {
+      Best bs;
+      for (int64_t c = 0; c < nc; ++c)
+        if (p.best[c].idx >= 0) bs.take(p.best[c].key, p.best[c].idx);
+      p.id = bs.idx >= 0 ? bs.idx : p.f.argmax;
+    }
+    ids[r] = (p.id >= 0 && p.id < V) ? p.id : 0;
+    valid[r] = p.valid;
+  }
+}
+
+std::tuple<Tensor, Tensor> sample_cpu(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p,
+                                      Tensor min_p, Tensor seed, Tensor offset) {
+  check_sample_params(logits, temperature, top_k, top_p, min_p, seed, offset);
+  const int64_t B = logits.size(0), V = logits.size(1);
+  SOFTDEC_CHECK(V >= 1 || B == 0, "logits must have at least one column (vocab >= 1), got shape ",
+                shape_str(logits));
+  const float* t = temperature.const_data_ptr<float>();
+  const int64_t* k = top_k.const_data_ptr<int64_t>();
+  const float* tp = top_p.const_data_ptr<float>();
+  const float* mp = min_p.const_data_ptr<float>();
+  check_row_values(t, k, tp, mp, B);
+  Tensor ids = new_empty(logits, {B}, ScalarType::Long);
+  Tensor valid = new_empty(logits, {B}, ScalarType::Bool);
+  if (B == 0) return {ids, valid};
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* of = offset.const_data_ptr<int64_t>();
+  std::vector<RowPlan> plans(static_cast<size_t>(B));
+  for (int64_t r = 0; r < B; ++r) {
+    RowPlan& p = plans[static_cast<size_t>(r)];
+    p.seed = static_cast<uint64_t>(sd[r]);
+    p.offset = static_cast<uint64_t>(of[r]);
+    p.k = (k[r] > 0 && k[r] < V) ? k[r] : 0;
+    p.top_p = tp[r];
+    p.min_p = mp[r];
+    if (!(t[r] > 0.0f)) {
+      p.path = Path::kGreedy;
+      p.it = 0.0f;
+      continue;
+    }
+    p.temp = t[r];
+    p.it = 1.0f / t[r];
+    if (p.k > 0 && p.k <= kSmallK) {
+      p.path = Path::kTopK;
+    } else if (p.k > 0 || p.top_p < 1.0f) {
+      p.path = Path::kGeneric;
+    } else if (p.min_p > 0.0f) {
+      p.path = Path::kMinP;
+    } else {
+      p.path = Path::kPlain;
+    }
+  }
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    sample_kernel(reinterpret_cast<const scalar_t*>(logits.const_data_ptr()), rs, B, V, plans,
+                  ids.mutable_data_ptr<int64_t>(), valid.mutable_data_ptr<bool>());
+  });
+  return {ids, valid};
+}
+
+// ------------------------------------------------------------------ gumbel_softmax
+
+// s_i = x_i + G_i over [lo, hi) into s (float), with argmax / flags.
+template <class T>
+void perturb_pass(const T* x, int64_t lo, int64_t hi, uint64_t seed, uint64_t offset, float* s,
+                  Best& best, Flags& flags) {
+  int64_t i = lo;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 bkey = vninf;
+  __m512i bidx = _mm512_set1_epi32(-1);
+  bool nan = false, pinf = false, fin = false;
+  for (; i < hi; i += kGroup) {
+    const int64_t n = std::min<int64_t>(kGroup, hi - i);
+    __m512 u[4];
+    philox_group(seed, offset, static_cast<uint64_t>(i) >> 2, u);
+    for (int q = 0; q < 4; ++q) {
+      const int64_t left = n - 16 * q;
+      if (left <= 0) break;
+      const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+      const __m512 xv = left >= 16 ? load16<T>(x + i + 16 * q) : load16_mask<T>(x + i + 16 * q, lm);
+      nan |= _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q) != 0;
+      pinf |= _mm512_cmp_ps_mask(xv, vpinf, _CMP_EQ_OQ) != 0;
+      const __mmask16 k = _mm512_cmp_ps_mask(xv, vninf, _CMP_GT_OQ);
+      fin |= k != 0;
+      const __m512 y = _mm512_add_ps(xv, vgumbel(u[q]));
+      _mm512_mask_storeu_ps(s + i + 16 * q, lm, y);
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i - lo + 16 * q)), lane);
+      const __mmask16 better = _mm512_mask_cmp_ps_mask(k, y, bkey, _CMP_GT_OQ);
+      bkey = _mm512_mask_mov_ps(bkey, better, y);
+      bidx = _mm512_mask_mov_epi32(bidx, better, idx);
+    }
+  }
+  alignas(64) float kk[16];
+  alignas(64) int32_t ii[16];
+  _mm512_store_ps(kk, bkey);
+  _mm512_store_si512(ii, bidx);
+  for (int l = 0; l < 16; ++l)
+    if (ii[l] >= 0) best.take(kk[l], lo + ii[l]);
+  flags.nan |= nan;
+  flags.pinf |= pinf;
+  flags.finite |= fin;
+  i = hi;
+#endif
+  for (; i < hi; ++i) {
+    const float v = to_float(x[i]);
+    if (v != v) flags.nan = true;
+    if (v == kInf) flags.pinf = true;
+    const float y = v + filter::gumbel(philox::uniform(seed, offset, static_cast<uint64_t>(i)));
+    s[i] = y;
+    if (v > -kInf) {
+      flags.finite = true;
+      best.take(y, i);
+    }
+  }
+}
+
+// e_i = exp((s_i - smax) * it) in place over [lo, hi); returns the sum.
+double exp_pass(float* s, int64_t lo, int64_t hi, float smax, float it) {
+  int64_t i = lo;
+  double total = 0.0;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vm = _mm512_set1_ps(smax), vit = _mm512_set1_ps(it);
+  __m512 acc = _mm512_setzero_ps();
+  int cnt = 0;
+  for (; i + 16 <= hi; i += 16) {
+    const __m512 e = vexp(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm), vit));
+    _mm512_storeu_ps(s + i, e);
+    acc = _mm512_add_ps(acc, e);
+    if (++cnt == 256) {  // flush to double every 4096 tokens
+      total += _mm512_reduce_add_ps(acc);
+      acc = _mm512_setzero_ps();
+      cnt = 0;
+    }
+  }
+  total += _mm512_reduce_add_ps(acc);
+#endif
+  for (; i < hi; ++i) {
+    const float e = filter::fexp((s[i] - smax) * it);
+    s[i] = e;
+    total += e;
+  }
+  return total;
+}
+
+template <class T>
+void scale_store(const float* e, int64_t lo, int64_t hi, float scale, T* out) {
+  for (int64_t i = lo; i < hi; ++i) out[i] = static_cast<T>(e[i] * scale);
+}
+
+void check_tau(const Tensor& logits, const Tensor& tau, const Tensor& seed, const Tensor& offset) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  const int64_t B = logits.size(0);
+  check_per_row(tau, "tau", B, ScalarType::Float, logits, "logits");
+  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
+  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
+  const float* t = tau.const_data_ptr<float>();
+  for (int64_t r = 0; r < B; ++r)
+    SOFTDEC_CHECK(t[r] > 0.0f && t[r] < kInf, "tau must be a finite value > 0, got ", t[r], " at row ", r);
+}
+
+std::tuple<Tensor, Tensor> gumbel_softmax_cpu(Tensor logits, Tensor tau, Tensor seed, Tensor offset) {
+  check_tau(logits, tau, seed, offset);
+  const int64_t B = logits.size(0), V = logits.size(1);
+  Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
+  Tensor am = new_empty(logits, {B}, ScalarType::Long);
+  if (B == 0 || V == 0) return {out, am};
+  const bool f32 = logits.scalar_type() == ScalarType::Float;
+  Tensor scratch = f32 ? out : new_empty(logits, {B, V}, ScalarType::Float);
+  float* sp = scratch.mutable_data_ptr<float>();
+  const float* taus = tau.const_data_ptr<float>();
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* of = offset.const_data_ptr<int64_t>();
+  int64_t* amp = am.mutable_data_ptr<int64_t>();
+  const int64_t nc = chunks_for(B, V), rs = logits.stride(0);
+  std::vector<Best> best(static_cast<size_t>(B * nc));
+  std::vector<Flags> flags(static_cast<size_t>(B * nc));
+  std::vector<double> sums(static_cast<size_t>(B * nc), 0.0);
+  std::vector<float> smax(static_cast<size_t>(B), 0.0f), scale(static_cast<size_t>(B), 0.0f);
+  std::vector<char> ok(static_cast<size_t>(B), 0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t r = w / nc, c = w % nc;
+        const auto [lo, hi] = chunk_range(V, nc, c);
+        perturb_pass(x + r * rs, lo, hi, static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(of[r]),
+                     sp + r * V, best[w], flags[w]);
+      }
+    });
+    for (int64_t r = 0; r < B; ++r) {
+      Flags fl;
+      Best bs;
+      for (int64_t c = 0; c < nc; ++c) {
+        fl.merge(flags[r * nc + c]);
+        if (best[r * nc + c].idx >= 0) bs.take(best[r * nc + c].key, best[r * nc + c].idx);
+      }
+      ok[r] = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
+      amp[r] = ok[r] ? bs.idx : 0;
+      smax[r] = ok[r] ? bs.key : 0.0f;
+    }
+    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t r = w / nc, c = w % nc;
+        if (!ok[r]) continue;
+        const auto [lo, hi] = chunk_range(V, nc, c);
+        sums[w] = exp_pass(sp + r * V, lo, hi, smax[r], 1.0f / taus[r]);
+      }
+    });
+    for (int64_t r = 0; r < B; ++r) {
+      double t = 0.0;
+      for (int64_t c = 0; c < nc; ++c) t += sums[r * nc + c];
+      scale[r] = ok[r] ? static_cast<float>(1.0 / t) : 0.0f;
+    }
+    scalar_t* o = reinterpret_cast<scalar_t*>(out.mutable_data_ptr());
+    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t r = w / nc, c = w % nc;
+        const auto [lo, hi] = chunk_range(V, nc, c);
+        if (!ok[r]) {
+          for (int64_t i = lo; i < hi; ++i) o[r * V + i] = static_cast<scalar_t>(0.0f);
+          continue;
+        }
+        scale_store(sp + r * V, lo, hi, scale[r], o + r * V);
+      }
+    });
+  });
+  return {out, am};
+}
+
+std::tuple<Tensor, Tensor> gumbel_softmax_topk_cpu(Tensor logits, Tensor tau, int64_t k, Tensor seed,
+                                                   Tensor offset) {
+  check_tau(logits, tau, seed, offset);
+  const int64_t B = logits.size(0), V = logits.size(1);
+  SOFTDEC_CHECK(k >= 1 && (k <= V || B == 0), "k must be in [1, vocab] = [1, ", V, "], got ", k);
+  Tensor ids = new_empty(logits, {B, k}, ScalarType::Long);
+  Tensor w = new_empty(logits, {B, k}, ScalarType::Float);
+  if (B == 0) return {w, ids};
+  const float* taus = tau.const_data_ptr<float>();
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* of = offset.const_data_ptr<int64_t>();
+  int64_t* idp = ids.mutable_data_ptr<int64_t>();
+  float* wp = w.mutable_data_ptr<float>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      std::vector<float> s(static_cast<size_t>(V));
+      std::vector<Cand> cand;
+      for (int64_t r = b; r < e; ++r) {
+        Best bs;
+        Flags fl;
+        perturb_pass(x + r * rs, 0, V, static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(of[r]), s.data(),
+                     bs, fl);
+        int64_t* ir = idp + r * k;
+        float* wr = wp + r * k;
+        if (fl.nan || fl.pinf || !fl.finite) {
+          for (int64_t j = 0; j < k; ++j) {
+            ir[j] = 0;
+            wr[j] = 0.0f;
+          }
+          continue;
+        }
+        Flags f2;
+        topk_pass(s.data(), 0, V, k, cand, f2);
+        const int64_t n = static_cast<int64_t>(cand.size());
+        const float it = 1.0f / taus[r];
+        double tot = 0.0;
+        for (int64_t j = 0; j < n; ++j) tot += filter::fexp((cand[j].v - cand[0].v) * it);
+        for (int64_t j = 0; j < k; ++j) {
+          if (j < n) {
+            ir[j] = cand[j].i;
+            wr[j] = static_cast<float>(filter::fexp((cand[j].v - cand[0].v) * it) / tot);
+          } else {
+            ir[j] = cand[0].i;
+            wr[j] = 0.0f;
+          }
+        }
+      }
+    });
+  });
+  return {w, ids};
+}
+
+// ------------------------------------------------------------------ filter ops
+
+Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  const int64_t B = logits.size(0), V = logits.size(1);
+  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
+  const int64_t* kp = top_k.const_data_ptr<int64_t>();
+  check_row_values(nullptr, kp, nullptr, nullptr, B);
+  Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
+  if (B == 0 || V == 0) return out;
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    scalar_t* o = reinterpret_cast<scalar_t*>(out.mutable_data_ptr());
+    torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      std::vector<Cand> cand;
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* xr = x + r * rs;
+        scalar_t* orow = o + r * V;
+        const int64_t k = kp[r];
+        float cv = -kInf;
+        int64_t ci = std::numeric_limits<int64_t>::max();
+        if (k > 0 && k < V) {
+          Flags fl;
+          topk_pass(xr, 0, V, k, cand, fl);
+          if (!cand.empty() && static_cast<int64_t>(cand.size()) == k) {
+            cv = cand.back().v;
+            ci = cand.back().i;
+          }
+        }
+        const scalar_t ninf = static_cast<scalar_t>(-kInf);
+        for (int64_t i = 0; i < V; ++i) {
+          const float v = to_float(xr[i]);
+          const bool keep = v == v && (v > cv || (v == cv && i <= ci));
+          orow[i] = keep ? xr[i] : ninf;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+template <bool kTopP>
+Tensor renorm_probs_cpu(Tensor probs, Tensor param, const char* pname) {
+  check_dim(probs, "probs", 2, "(batch, vocab)");
+  check_float(probs, "probs");
+  check_last_contiguous(probs, "probs");
+  const int64_t B = probs.size(0), V = probs.size(1);
+  check_per_row(param, pname, B, ScalarType::Float, probs, "probs");
+  const float* pp = param.const_data_ptr<float>();
+  if (kTopP) check_row_values(nullptr, nullptr, pp, nullptr, B);
+  else check_row_values(nullptr, nullptr, nullptr, pp, B);
+  Tensor out = new_empty(probs, {B, V}, probs.scalar_type());
+  if (B == 0 || V == 0) return out;
+  const int64_t rs = probs.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(probs.scalar_type(), "probs", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(probs.const_data_ptr());
+    scalar_t* o = reinterpret_cast<scalar_t*>(out.mutable_data_ptr());
+    torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        const scalar_t* xr = x + r * rs;
+        auto load = [xr](int64_t i) { return to_float(xr[i]); };
+        const filter::ProbFilter f = kTopP ? filter::compute_prob_filter(load, V, 0, pp[r], 0.0f)
+                                           : filter::compute_prob_filter(load, V, 0, 1.0f, pp[r]);
+        const float scale = (f.valid && f.norm > 0.0) ? static_cast<float>(1.0 / f.norm) : 0.0f;
+        for (int64_t i = 0; i < V; ++i) {
+          const float v = load(i);
+          o[r * V + i] = static_cast<scalar_t>(filter::kept_probs(f, v, i) ? v * scale : 0.0f);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+Tensor top_p_renorm_probs_cpu(Tensor probs, Tensor top_p) { return renorm_probs_cpu<true>(probs, top_p, "top_p"); }
+Tensor min_p_renorm_probs_cpu(Tensor probs, Tensor min_p) { return renorm_probs_cpu<false>(probs, min_p, "min_p"); }
+
+}  // namespace
+}  // namespace softdec
+
+STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
+  m.impl("sample", TORCH_BOX(&softdec::sample_cpu));
+  m.impl("gumbel_softmax", TORCH_BOX(&softdec::gumbel_softmax_cpu));
+  m.impl("gumbel_softmax_topk", TORCH_BOX(&softdec::gumbel_softmax_topk_cpu));
+  m.impl("top_k_mask_logits", TORCH_BOX(&softdec::top_k_mask_logits_cpu));
+  m.impl("top_p_renorm_probs", TORCH_BOX(&softdec::top_p_renorm_probs_cpu));
+  m.impl("min_p_renorm_probs", TORCH_BOX(&softdec::min_p_renorm_probs_cpu));
+}

@@ -1,0 +1,857 @@
+// CPU backend of speculative verification (softdec.verify).
+//
+// Per row: one pass set per verified position (validity/max, then the mass
+// sum), stopping at the first rejection; one exponential-race pass over the
+// vocabulary for the correction or bonus token. Threads over rows; for batches
+// smaller than the thread count every pass is split over the vocabulary.
+// AVX-512 hot loops (the same fexp / flog formulas as filter.h, op for op) with
+// a scalar fallback. The sparse-draft residual max(0, p - q) differs from p
+// only on the k draft entries: the race runs over p with those entries cut
+// out, and the k entries are raced separately (no dense q).
+#include "../common.h"
+#include "../dispatch.h"
+#include "softdec/filter.h"
+#include "softdec/philox.h"
+#include "softdec/verify.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace softdec {
+namespace {
+
+using filter::RowFilter;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// ------------------------------------------------------------------ Philox, 64 uniforms at once
+// 16 Philox blocks, structure-of-arrays so the ten rounds vectorise (as csrc/cpu/philox.cpp).
+constexpr int kLanes = 16;
+constexpr int64_t kChunk = kLanes * 4;
+
+inline void philox_chunk(uint64_t seed, uint64_t offset, uint64_t first_block,
+                         float* SOFTDEC_RESTRICT out) {
+  uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
+  for (int j = 0; j < kLanes; ++j) {
+    const uint64_t b = first_block + j;
+    c0[j] = static_cast<uint32_t>(b);
+    c1[j] = static_cast<uint32_t>(b >> 32);
+    c2[j] = static_cast<uint32_t>(offset);
+    c3[j] = static_cast<uint32_t>(offset >> 32);
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < 10; ++r) {
+#pragma GCC ivdep
+    for (int j = 0; j < kLanes; ++j) {
+      const uint64_t p0 = static_cast<uint64_t>(philox::kMul0) * c0[j];
+      const uint64_t p1 = static_cast<uint64_t>(philox::kMul1) * c2[j];
+      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[j] ^ k0;
+      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[j] ^ k1;
+      c1[j] = static_cast<uint32_t>(p1);
+      c3[j] = static_cast<uint32_t>(p0);
+      c0[j] = n0;
+      c2[j] = n2;
+    }
+    k0 += philox::kWeyl0;
+    k1 += philox::kWeyl1;
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    out[4 * j + 0] = philox::to_unit_float(c0[j]);
+    out[4 * j + 1] = philox::to_unit_float(c1[j]);
+    out[4 * j + 2] = philox::to_unit_float(c2[j]);
+    out[4 * j + 3] = philox::to_unit_float(c3[j]);
+  }
+}
+
+// ------------------------------------------------------------------ AVX-512 helpers
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define SOFTDEC_VERIFY_AVX512 1
+
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16(const bf16* p, __mmask16 m) {
+  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+inline __m512 load16(const fp16* p, __mmask16 m) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+// filter::fexp, lane for lane (x <= 88; 0 at or below -87).
+inline __m512 vfexp(__m512 x) {
+  const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GT_OQ);
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, r2, r);
+  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+  const __m512i ni = _mm512_cvttps_epi32(n);
+  const __m512 scale =
+      _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
+  return _mm512_maskz_mul_ps(small, p, scale);
+}
+
+// filter::flog for x in (0, 1], lane for lane.
+inline __m512 vflog(__m512 x) {
+  const __m512i b = _mm512_castps_si512(x);
+  __m512i e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(0xff)),
+                               _mm512_set1_epi32(127));
+  __m512 m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0x007fffff)),
+                                                 _mm512_set1_epi32(0x3f800000)));
+  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1));
+  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  const __m512 z = _mm512_mul_ps(f, f);
+  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.1514610310e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.1676998740e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.2420140846e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.4249322787e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.6668057665e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.0000714765e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4999993993e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3333331174e-1f));
+  const __m512 fe = _mm512_cvtepi32_ps(e);
+  y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
+  y = _mm512_fmadd_ps(fe, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fmadd_ps(_mm512_set1_ps(-0.5f), z, y);
+  __m512 r = _mm512_add_ps(f, y);
+  r = _mm512_fmadd_ps(fe, _mm512_set1_ps(0.693359375f), r);
+  return r;
+}
+
+inline __mmask16 tail_mask(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
+}
+#endif
+
+// ------------------------------------------------------------------ per-range passes
+
+struct Stats {
+  bool nan = false, pinf = false, any = false;
+  float m = -kInf;
+  int64_t am = 0;
+  void merge(const Stats& o) {
+    nan |= o.nan;
+    pinf |= o.pinf;
+    if (o.any && (!any || o.m > m || (o.m == m && o.am < am))) {
+      m = o.m;
+      am = o.am;
+    }
+    any |= o.any;
+  }
+};
+
+// Validity, max and argmax (lowest index among ties) of x[lo, hi).
+template <typename T>
+Stats stats_range(const T* x, int64_t lo, int64_t hi) {
+  Stats s;
+  int64_t i = lo;
+#if defined(SOFTDEC_VERIFY_AVX512)
+  __m512 vm = _mm512_set1_ps(-kInf);
+  __m512i vi = _mm512_set1_epi32(-1);
+  __mmask16 nanm = 0;
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (; i < hi; i += 16) {
+    const __mmask16 tm = tail_mask(hi - i);
+    const __m512 v = load16(x + i, tm);
+    nanm |= _mm512_mask_cmp_ps_mask(tm, v, v, _CMP_UNORD_Q);
+    const __mmask16 gt = _mm512_mask_cmp_ps_mask(tm, v, vm, _CMP_GT_OQ);
+    vm = _mm512_mask_mov_ps(vm, gt, v);
+    // relative index fits int32 (ranges are chunks of at most V < 2^31 entries)
+    vi = _mm512_mask_mov_epi32(vi, gt, _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(i - lo))));
+  }
+  if (nanm) s.nan = true;
+  alignas(64) float mv[16];
+  alignas(64) int32_t iv[16];
+  _mm512_store_ps(mv, vm);
+  _mm512_store_si512(iv, vi);
+  for (int l = 0; l < 16; ++l) {
+    if (iv[l] < 0) continue;
+    const int64_t idx = lo + iv[l];
+    if (!s.any || mv[l] > s.m || (mv[l] == s.m && idx < s.am)) {
+      s.m = mv[l];
+      s.am = idx;
+      s.any = true;
+    }
+  }
+#else
+  for (; i < hi; ++i) {
+    const float v = static_cast<float>(x[i]);
+    if (v != v) {
+      s.nan = true;
+      continue;
+    }
+    if (v > s.m) {
+      s.m = v;
+      s.am = i;
+      s.any = true;
+    }
+  }
+#endif
+  if (s.any && s.m == kInf) s.pinf = true;
+  return s;
+}
+
+struct Mass {
+  double z = 0.0, s = 0.0;  // sum of masses, sum of mass * scaled logit
+  void merge(const Mass& o) {
+    z += o.z;
+    s += o.s;
+  }
+};
+
+// Sum of fexp((x - m) / T) over kept tokens of x[lo, hi) (and of mass * scaled
+// logit for the entropy). Only for the "prefix = whole row" cut (no top-k/top-p).
+template <typename T, bool kEntropy>
+Mass mass_range(const T* x, int64_t lo, int64_t hi, const RowFilter& f) {
+  Mass r;
+  int64_t i = lo;
+#if defined(SOFTDEC_VERIFY_AVX512)
+  const __m512 vm = _mm512_set1_ps(f.max_logit), vit = _mm512_set1_ps(f.inv_temp);
+  const __m512 vlmp = _mm512_set1_ps(f.log_min_p), vninf = _mm512_set1_ps(-kInf);
+  __m512d z0 = _mm512_setzero_pd(), z1 = _mm512_setzero_pd();
+  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+  for (; i < hi; i += 16) {
+    const __mmask16 tm = tail_mask(hi - i);
+    const __m512 v = load16(x + i, tm);
+    const __m512 sc = _mm512_mul_ps(_mm512_sub_ps(v, vm), vit);
+    __mmask16 keep = _mm512_mask_cmp_ps_mask(tm, v, vninf, _CMP_GT_OQ);
+    keep = _mm512_mask_cmp_ps_mask(keep, sc, vlmp, _CMP_GE_OQ);
+    const __m512 e = _mm512_maskz_mov_ps(keep, vfexp(sc));
+    z0 = _mm512_add_pd(z0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    z1 = _mm512_add_pd(z1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    if (kEntropy) {
+      const __m512 es = _mm512_maskz_mul_ps(keep, e, sc);
+      s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(es)));
+      s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(es), 1))));
+    }
+  }
+  r.z = _mm512_reduce_add_pd(_mm512_add_pd(z0, z1));
+  if (kEntropy) r.s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+#else
+  for (; i < hi; ++i) {
+    const float v = static_cast<float>(x[i]);
+    if (!filter::kept(f, v, i)) continue;
+    const float sc = (v - f.max_logit) * f.inv_temp;
+    const float e = filter::fexp(sc);
+    r.z += e;
+    if (kEntropy && e > 0.0f) r.s += static_cast<double>(e) * sc;
+  }
+#endif
+  return r;
+}
+
+struct Best {
+  float key = 0.0f;
+  int64_t idx = -1;
+  void merge(float k, int64_t i) {
+    if (i >= 0 && (idx < 0 || verify::race_better(k, i, key, idx))) {
+      key = k;
+      idx = i;
+    }
+  }
+  void merge(const Best& o) { merge(o.key, o.idx); }
+};
+
+// Exponential race over x[lo, hi) with residual r_i = max(0, p_i - q_i) (q
+// may be null: r = p), p from the filter with normaliser inv_z. Only r_i > 0
+// take part. The uniform of token i is element i of the (seed, stream) stream.
+template <typename T, typename Q>
+Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter& f, float inv_z,
+                uint64_t seed, uint64_t stream) {
+  Best best;
+  if (lo >= hi) return best;
+  alignas(64) float u[kChunk];
+  const bool prefix_all = f.cut_index >= 0 && f.cut_value == -kInf;
+#if defined(SOFTDEC_VERIFY_AVX512)
+  const __m512 vm = _mm512_set1_ps(f.max_logit), vit = _mm512_set1_ps(f.inv_temp);
+  const __m512 vlmp = _mm512_set1_ps(f.log_min_p), vninf = _mm512_set1_ps(-kInf);
+  const __m512 vcv = _mm512_set1_ps(f.cut_value);
+  const __m512i vci = _mm512_set1_epi32(static_cast<int32_t>(std::min<int64_t>(f.cut_index, INT32_MAX)));
+  const __m512 viz = _mm512_set1_ps(inv_z);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 bk = _mm512_setzero_ps();
+  __m512i bi = _mm512_set1_epi32(-1);  // absolute index (V < 2^31)
+#endif
+  for (int64_t c0 = (lo / kChunk) * kChunk; c0 < hi; c0 += kChunk) {
+    philox_chunk(seed, stream, static_cast<uint64_t>(c0 / 4), u);
+    const int64_t a = std::max(lo, c0), b = std::min(hi, c0 + kChunk);
+#if defined(SOFTDEC_VERIFY_AVX512)
+    for (int64_t i = a; i < b; i += 16) {
+      const __mmask16 tm = tail_mask(b - i);
+      const __m512 v = load16(x + i, tm);
+      const __m512i gi = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(i)));
+      const __m512 sc = _mm512_mul_ps(_mm512_sub_ps(v, vm), vit);
+      __mmask16 keep = _mm512_mask_cmp_ps_mask(tm, v, vninf, _CMP_GT_OQ);
+      keep = _mm512_mask_cmp_ps_mask(keep, sc, vlmp, _CMP_GE_OQ);
+      if (!prefix_all) {  // (v > cut_value) || (v == cut_value && i <= cut_index)
+        const __mmask16 in = _mm512_cmp_ps_mask(v, vcv, _CMP_GT_OQ) |
+                             (_mm512_cmp_ps_mask(v, vcv, _CMP_EQ_OQ) & _mm512_cmp_epi32_mask(gi, vci, _MM_CMPINT_LE));
+        keep &= in;
+      }
+      if (!keep) continue;
+      __m512 r = _mm512_mul_ps(vfexp(sc), viz);
+      if constexpr (!std::is_same_v<Q, void>) {
+        r = _mm512_max_ps(_mm512_sub_ps(r, load16(q + i, tm)), _mm512_setzero_ps());
+      }
+      const __m512 uu = _mm512_maskz_loadu_ps(tm, u + (i - c0));
+      // E = -flog(u) > 0 on the active lanes; inactive lanes get u = 0.5.
+      const __m512 e = _mm512_sub_ps(_mm512_setzero_ps(),
+                                     vflog(_mm512_mask_mov_ps(_mm512_set1_ps(0.5f), tm, uu)));
+      const __m512 key = _mm512_div_ps(r, e);
+      // strictly greater: within a lane the earlier (lower) index wins ties
+      const __mmask16 gt = _mm512_mask_cmp_ps_mask(keep, key, bk, _CMP_GT_OQ);
+      bk = _mm512_mask_mov_ps(bk, gt, key);
+      bi = _mm512_mask_mov_epi32(bi, gt, gi);
+    }
+#else
+    for (int64_t i = a; i < b; ++i) {
+      const float v = static_cast<float>(x[i]);
+      if (!filter::kept(f, v, i)) continue;
+      float r = f.greedy ? 1.0f : filter::fexp((v - f.max_logit) * f.inv_temp) * inv_z;
+      if constexpr (!std::is_same_v<Q, void>) {
+        r = std::max(r - static_cast<float>(q[i]), 0.0f);
+      }
+      if (!(r > 0.0f)) continue;
+      best.merge(verify::race_key(r, u[i - c0]), i);
+    }
+#endif
+  }
+#if defined(SOFTDEC_VERIFY_AVX512)
+  alignas(64) float kv[16];
+  alignas(64) int32_t iv[16];
+  _mm512_store_ps(kv, bk);
+  _mm512_store_si512(iv, bi);
+  for (int l = 0; l < 16; ++l)
+    if (iv[l] >= 0) best.merge(kv[l], iv[l]);
+#endif
+  return best;
+}
+
+// ------------------------------------------------------------------ row context
+
+struct Params {
+  int32_t method = 0, kind = 0;
+  int64_t V = 0, K = 0, ks = 0, nb_m = 0;
+  float post_thr = 0.09f, post_alpha = 0.3f, delta = 0.1f;
+  bool split = false;  // split passes over the vocabulary (small batches)
+};
+
+// Runs fn(lo, hi) -> R over [0, V) either inline or split over threads, merged.
+template <typename R, typename Fn>
+R over_vocab(int64_t V, bool split, const Fn& fn) {
+  if (!split || V < 8192) return fn(0, V);
+  const int64_t nt = std::max<int64_t>(1, torch::stable::get_num_threads());
+  const int64_t parts = std::min<int64_t>(nt * 2, (V + 4095) / 4096);
+  const int64_t step = ((V + parts - 1) / parts + kChunk - 1) / kChunk * kChunk;
+  std::vector<R> partial(static_cast<size_t>(parts));
+  torch::stable::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      const int64_t lo = std::min(V, p * step), hi = std::min(V, (p + 1) * step);
+      partial[static_cast<size_t>(p)] = fn(lo, hi);
+    }
+  });
+  R r = partial[0];
+  for (int64_t p = 1; p < parts; ++p) r.merge(partial[static_cast<size_t>(p)]);
+  return r;
+}
+
+// Race over [0, V) minus the sorted, unique indices `skip`.
+template <typename T, typename Q>
+Best race_skip(const T* x, const Q* q, const RowFilter& f, float inv_z, uint64_t seed,
+               uint64_t stream, const std::vector<int64_t>& skip, const Params& P) {
+  return over_vocab<Best>(P.V, P.split, [&](int64_t lo, int64_t hi) {
+    Best b;
+    int64_t cur = lo;
+    for (int64_t s : skip) {
+      if (s < lo) continue;
+      if (s >= hi) break;
+      b.merge(race_range<T, Q>(x, q, cur, s, f, inv_z, seed, stream));
+      cur = s + 1;
+    }
+    b.merge(race_range<T, Q>(x, q, cur, hi, f, inv_z, seed, stream));
+    return b;
+  });
+}
+
+// The filtered target at one position, plus the normaliser and (optionally) entropy.
+struct Target {
+  RowFilter f;
+  float inv_z = 0.0f;
+  double entropy = 0.0;
+};
+
+template <typename T>
+Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p,
+                 bool want_entropy, const Params& P) {
+  Target t;
+  RowFilter& f = t.f;
+  const int64_t V = P.V;
+  const bool topk_on = top_k > 0 && top_k < V;
+  const bool topp_on = top_p < 1.0f;
+  f.log_min_p = filter::log_min_p_of(min_p);
+  if (topp_on && !topk_on) {
+    // General cut: the reference-grade radix selection of filter.h.
+    auto load = [x](int64_t i) { return static_cast<float>(x[i]); };
+    f = filter::compute_row_filter(load, V, filter::Params{temp, top_k, top_p, min_p});
+  } else {
+    const Stats s = over_vocab<Stats>(V, P.split, [&](int64_t lo, int64_t hi) {
+      return stats_range(x, lo, hi);
+    });
+    f.valid = (!s.nan && !s.pinf && s.any && s.m > -kInf) ? 1 : 0;
+    f.max_logit = f.valid ? s.m : 0.0f;
+    f.argmax = f.valid ? s.am : 0;
+    if (!f.valid) return t;
+    if (!(temp > 0.0f)) {
+      f.greedy = 1;
+      f.inv_temp = 0.0f;
+      f.cut_value = f.max_logit;
+      f.cut_index = f.argmax;
+      f.num_kept = 1;
+      f.log_norm = 0.0;
+    } else {
+      f.inv_temp = 1.0f / temp;
+      if (topk_on) {
+        // top-k candidates in one scan, then top-p / min-p on them (finish_from_sorted)
+        std::vector<float> vals(static_cast<size_t>(top_k));
+        std::vector<int64_t> idx(static_cast<size_t>(top_k));
+        int64_t n = 0;
+        for (int64_t i = 0; i < V; ++i) {
+          const float v = static_cast<float>(x[i]);
+          if (!(v > -kInf)) continue;
+          if (n == top_k && !(v > vals[static_cast<size_t>(n - 1)])) continue;
+          n = verify::topk_insert(vals.data(), idx.data(), n, top_k, v, i);
+        }
+        std::vector<float> mass(static_cast<size_t>(n));
+        for (int64_t j = 0; j < n; ++j)
+          mass[static_cast<size_t>(j)] = filter::token_mass(vals[static_cast<size_t>(j)], f.max_logit, f.inv_temp);
+        const int64_t keep = filter::top_p_prefix(mass.data(), n, top_p);
+        filter::finish_from_sorted(f, vals.data(), idx.data(), keep, min_p);
+        if (want_entropy) {
+          double z = 0.0, sum = 0.0;
+          for (int64_t j = 0; j < keep; ++j) {
+            const float v = vals[static_cast<size_t>(j)];
+            if (!filter::kept(f, v, idx[static_cast<size_t>(j)])) continue;
+            const float sc = (v - f.max_logit) * f.inv_temp;
+            const float e = filter::fexp(sc);
+            z += e;
+            if (e > 0.0f) sum += static_cast<double>(e) * sc;
+          }
+          t.entropy = std::log(z) - sum / z;
+        }
+      } else {
+        f.cut_value = -kInf;
+        f.cut_index = V;
+        const Mass m = over_vocab<Mass>(V, P.split, [&](int64_t lo, int64_t hi) {
+          return want_entropy ? mass_range<T, true>(x, lo, hi, f) : mass_range<T, false>(x, lo, hi, f);
+        });
+        f.log_norm = std::log(m.z);
+        if (want_entropy) t.entropy = f.log_norm - m.s / m.z;
+      }
+    }
+  }
+  if (!f.valid) return t;
+  if (f.greedy) {
+    t.inv_z = 1.0f;
+    t.entropy = 0.0;
+    return t;
+  }
+  t.inv_z = static_cast<float>(std::exp(-f.log_norm));
+  if (want_entropy && topp_on && !topk_on) {
+    double z = 0.0, sum = 0.0;
+    for (int64_t i = 0; i < V; ++i) {
+      const float v = static_cast<float>(x[i]);
+      if (!filter::kept(f, v, i)) continue;
+      const float sc = (v - f.max_logit) * f.inv_temp;
+      const float e = filter::fexp(sc);
+      z += e;
+      if (e > 0.0f) sum += static_cast<double>(e) * sc;
+    }
+    t.entropy = std::log(z) - sum / z;
+  }
+  return t;
+}
+
+// Filtered target probability of token i (0 when filtered out).
+template <typename T>
+inline float p_of(const T* x, const Target& t, int64_t i) {
+  const float v = static_cast<float>(x[i]);
+  if (!filter::kept(t.f, v, i)) return 0.0f;
+  if (t.f.greedy) return 1.0f;
+  return filter::fexp((v - t.f.max_logit) * t.f.inv_temp) * t.inv_z;
+}
+
+// Residual race for one special token s with residual r (normalised scale).
+inline void race_one(Best& b, float r, int64_t s, uint64_t seed, uint64_t stream) {
+  if (r > 0.0f) b.merge(verify::race_key(r, philox::uniform(seed, stream, static_cast<uint64_t>(s))), s);
+}
+
+// ------------------------------------------------------------------ one row
+
+template <typename T, typename Q>
+void verify_row(int64_t b, const T* logits, int64_t ls0, int64_t ls1, const int64_t* draft,
+                int64_t n, const Q* dprobs, int64_t ds0, int64_t ds1, const int64_t* sids,
+                const float* sw, const int64_t* nbrs, float temp, int64_t top_k, float top_p,
+                float min_p, uint64_t seed, uint64_t off, const Params& P, int64_t* tokens,
+                int64_t* nacc_out, int64_t* soft_ids, float* soft_w) {
+  const int64_t V = P.V, K = P.K, ks = P.ks;
+  int64_t* tok = tokens + b * (K + 1);
+  for (int64_t j = 0; j <= K; ++j) tok[j] = -1;
+  int64_t nacc = 0;
+  const bool want_h = P.method == verify::kTypical;
+  std::vector<float> tvals, tw;
+  std::vector<int64_t> tidx;
+  for (int64_t j = 0; j <= n; ++j) {
+    const T* x = logits + b * ls0 + j * ls1;
+    const bool bonus = j == n;
+    if (P.method == verify::kSoft) {
+      // target soft token: soft_mixture filtering with top_k = ks when 0
+      const int64_t kk = top_k > 0 ? std::min(top_k, ks) : ks;
+      const Target t = target_at(x, temp, kk, top_p, min_p, false, P);
+      int64_t* oi = soft_ids + b * ks;
+      float* ow = soft_w + b * ks;
+      if (!t.f.valid) {
+        for (int64_t c = 0; c < ks; ++c) oi[c] = 0, ow[c] = 0.0f;
+        tok[j] = -1;
+        break;
+      }
+      tvals.assign(static_cast<size_t>(ks), 0.0f);
+      tidx.assign(static_cast<size_t>(ks), 0);
+      int64_t cnt = 0;
+      if (t.f.greedy) {
+        tvals[0] = 1.0f;
+        tidx[0] = t.f.argmax;
+        cnt = 1;
+      } else {
+        // the kept set has at most kk tokens (a prefix of the order, min-p aside)
+        std::vector<float> kv(static_cast<size_t>(ks));
+        for (int64_t i = 0; i < V; ++i) {
+          const float v = static_cast<float>(x[i]);
+          if (!filter::kept(t.f, v, i)) continue;
+          cnt = verify::topk_insert(kv.data(), tidx.data(), cnt, ks, v, i);
+        }
+        for (int64_t c = 0; c < cnt; ++c)
+          tvals[static_cast<size_t>(c)] = filter::prob(t.f, kv[static_cast<size_t>(c)], tidx[static_cast<size_t>(c)]);
+      }
+      for (int64_t c = cnt; c < ks; ++c) {
+        tidx[static_cast<size_t>(c)] = tidx[0];
+        tvals[static_cast<size_t>(c)] = 0.0f;
+      }
+      bool acc = false;
+      if (!bonus) {
+        const double tv = verify::soft_tv(tidx.data(), tvals.data(), ks, sids + (b * K + j) * ks,
+                                          sw + (b * K + j) * ks, ks);
+        acc = tv <= static_cast<double>(P.delta);
+      }
+      if (acc) {
+        tok[j] = draft[b * K + j];
+        ++nacc;
+        continue;
+      }
+      for (int64_t c = 0; c < ks; ++c) oi[c] = tidx[static_cast<size_t>(c)], ow[c] = tvals[static_cast<size_t>(c)];
+      tok[j] = tidx[0];
+      break;
+    }
+
+    const Target t = target_at(x, temp, top_k, top_p, min_p, want_h, P);
+    if (!t.f.valid) {
+      tok[j] = -1;
+      break;
+    }
+    const uint64_t stream = verify::draw_stream(off, j);
+    if (bonus || P.method == verify::kGreedy) {
+      const int64_t xj = bonus ? -1 : draft[b * K + j];
+      if (!bonus && xj == t.f.argmax) {
+        tok[j] = xj;
+        ++nacc;
+        continue;
+      }
+      if (P.method == verify::kGreedy || t.f.greedy) {
+        tok[j] = t.f.argmax;
+      } else {
+        const Best bb = race_skip<T, void>(x, nullptr, t.f, t.inv_z, seed, stream, {}, P);
+        tok[j] = bb.idx >= 0 ? bb.idx : t.f.argmax;
+      }
+      break;
+    }
+    const int64_t xj = draft[b * K + j];
+    const float px = p_of(x, t, xj);
+    // q(x) of the draft
+    float qx = 1.0f;
+    const int64_t* pid = sids ? sids + (b * K + j) * ks : nullptr;
+    const float* pw = sw ? sw + (b * K + j) * ks : nullptr;
+    if (P.kind == verify::kDense) {
+      qx = static_cast<float>(dprobs[b * ds0 + j * ds1 + xj]);
+    } else if (P.kind == verify::kSparse) {
+      qx = 0.0f;
+      for (int64_t c = 0; c < ks; ++c)
+        if (pid[c] == xj) qx += pw[c];
+    }
+    bool acc;
+    std::vector<int64_t> skip;
+    if (P.method == verify::kTypical) {
+      acc = verify::accept_typical(px, t.entropy, P.post_thr, P.post_alpha);
+    } else {
+      float extra = 0.0f;
+      if (P.method == verify::kRelaxed) {
+        const int64_t* nb = nbrs + xj * P.nb_m;
+        std::vector<int64_t> seen{xj};
+        for (int64_t c = 0; c < P.nb_m; ++c) {
+          const int64_t y = nb[c];
+          if (y < 0 || y >= V || std::find(seen.begin(), seen.end(), y) != seen.end()) continue;
+          seen.push_back(y);
+          const float py = p_of(x, t, y);
+          if (!(extra + py <= P.delta)) break;
+          extra += py;
+          skip.push_back(y);
+        }
+      }
+      acc = verify::accept_exact(verify::accept_uniform(seed, off, j), px + extra, qx);
+    }
+    if (acc) {
+      tok[j] = xj;
+      ++nacc;
+      continue;
+    }
+    // rejected: draw the correction
+    if (t.f.greedy) {
+      tok[j] = t.f.argmax;
+      break;
+    }
+    Best bb;
+    if (P.method == verify::kTypical) {
+      bb = race_skip<T, void>(x, nullptr, t.f, t.inv_z, seed, stream, {}, P);
+    } else if (P.kind == verify::kDense) {
+      std::sort(skip.begin(), skip.end());
+      bb = race_skip<T, Q>(x, dprobs + b * ds0 + j * ds1, t.f, t.inv_z, seed, stream, skip, P);
+    } else {
+      // residual = p except on the draft's entries (one-hot: x; sparse: its ids) and A(x)
+      std::vector<int64_t> special;
+      if (P.kind == verify::kOneHot) {
+        special.push_back(xj);
+      } else {
+        for (int64_t c = 0; c < ks; ++c) special.push_back(pid[c]);
+      }
+      std::sort(special.begin(), special.end());
+      special.erase(std::unique(special.begin(), special.end()), special.end());
+      std::vector<int64_t> all = special;
+      all.insert(all.end(), skip.begin(), skip.end());
+      std::sort(all.begin(), all.end());
+      all.erase(std::unique(all.begin(), all.end()), all.end());
+      bb = race_skip<T, void>(x, nullptr, t.f, t.inv_z, seed, stream, all, P);
+      for (int64_t s : special) {
+        if (std::find(skip.begin(), skip.end(), s) != skip.end()) continue;  // in A(x)
+        float q = 1.0f;
+        if (P.kind == verify::kSparse) {
+          q = 0.0f;
+          for (int64_t c = 0; c < ks; ++c)
+            if (pid[c] == s) q += pw[c];
+        }
+        race_one(bb, std::max(p_of(x, t, s) - q, 0.0f), s, seed, stream);
+      }
+    }
+    if (bb.idx < 0) {  // residual zero through rounding: fall back to p
+      bb = race_skip<T, void>(x, nullptr, t.f, t.inv_z, seed, stream, {}, P);
+    }
+    tok[j] = bb.idx >= 0 ? bb.idx : t.f.argmax;
+    break;
+  }
+  nacc_out[b] = nacc;
+}
+
+// ------------------------------------------------------------------ entry point
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cpu(
+    Tensor target_logits, Tensor draft_ids, Tensor num_draft, std::optional<Tensor> draft_probs,
+    std::optional<Tensor> sparse_ids, std::optional<Tensor> sparse_weights,
+    std::optional<Tensor> neighbours, int64_t method, Tensor temperature, Tensor top_k, Tensor top_p,
+    Tensor min_p, double posterior_threshold, double posterior_alpha, double delta, Tensor seed,
+    Tensor offset) {
+  check_dim(target_logits, "target_logits", 3, "(batch, K+1, vocab)");
+  check_float(target_logits, "target_logits");
+  check_last_contiguous(target_logits, "target_logits");
+  const int64_t B = target_logits.size(0), K1 = target_logits.size(1), V = target_logits.size(2);
+  SOFTDEC_CHECK(K1 >= 1, "target_logits must have K+1 >= 1 positions, got shape ", shape_str(target_logits));
+  SOFTDEC_CHECK(V >= 1 && V < (int64_t(1) << 31), "target_logits must have a vocabulary in [1, 2^31), got ", V);
+  const int64_t K = K1 - 1;
+  SOFTDEC_CHECK(method >= 0 && method <= 4, "method must be in [0, 4], got ", method);
+  check_dim(draft_ids, "draft_ids", 2, "(batch, K)");
+  check_dtype(draft_ids, "draft_ids", ScalarType::Long);
+  SOFTDEC_CHECK(draft_ids.size(0) == B && draft_ids.size(1) == K, "draft_ids must have shape (", B, ", ", K,
+                ") to match target_logits ", shape_str(target_logits), ", got ", shape_str(draft_ids));
+  SOFTDEC_CHECK(draft_ids.numel() == 0 || (draft_ids.stride(1) == 1 && draft_ids.stride(0) == K),
+                "draft_ids must be contiguous");
+  check_per_row(num_draft, "num_draft", B, ScalarType::Long, target_logits, "target_logits");
+  check_per_row(temperature, "temperature", B, ScalarType::Float, target_logits, "target_logits");
+  check_per_row(top_k, "top_k", B, ScalarType::Long, target_logits, "target_logits");
+  check_per_row(top_p, "top_p", B, ScalarType::Float, target_logits, "target_logits");
+  check_per_row(min_p, "min_p", B, ScalarType::Float, target_logits, "target_logits");
+  check_per_row(seed, "seed", B, ScalarType::Long, target_logits, "target_logits");
+  check_per_row(offset, "offset", B, ScalarType::Long, target_logits, "target_logits");
+  Params P;
+  P.method = static_cast<int32_t>(method);
+  P.V = V;
+  P.K = K;
+  P.post_thr = static_cast<float>(posterior_threshold);
+  P.post_alpha = static_cast<float>(posterior_alpha);
+  P.delta = static_cast<float>(delta);
+  SOFTDEC_CHECK(sparse_ids.has_value() == sparse_weights.has_value(),
+                "sparse draft ids and weights must be given together");
+  SOFTDEC_CHECK(!(draft_probs.has_value() && sparse_ids.has_value()),
+                "give either dense draft_probs or sparse draft ids/weights, not both");
+  P.kind = draft_probs.has_value() ? verify::kDense : (sparse_ids.has_value() ? verify::kSparse : verify::kOneHot);
+  if (P.kind == verify::kDense) {
+    const Tensor& d = *draft_probs;
+    check_dim(d, "draft_probs", 3, "(batch, K, vocab)");
+    check_float(d, "draft_probs");
+    check_same_device(target_logits, "target_logits", d, "draft_probs");
+    SOFTDEC_CHECK(d.size(0) == B && d.size(1) == K && d.size(2) == V, "draft_probs must have shape (", B, ", ",
+                  K, ", ", V, ") to match target_logits, got ", shape_str(d));
+    check_last_contiguous(d, "draft_probs");
+    SOFTDEC_CHECK(d.scalar_type() == target_logits.scalar_type() || d.scalar_type() == ScalarType::Float,
+                  "draft_probs must be float32 or the dtype of target_logits (",
+                  dtype_name(target_logits.scalar_type()), "), got ", dtype_name(d.scalar_type()));
+  }
+  if (P.kind == verify::kSparse) {
+    const Tensor& si = *sparse_ids;
+    const Tensor& sw = *sparse_weights;
+    check_dim(si, "draft_probs ids", 3, "(batch, K, k)");
+    check_dtype(si, "draft_probs ids", ScalarType::Long);
+    check_dtype(sw, "draft_probs weights", ScalarType::Float);
+    SOFTDEC_CHECK(si.size(0) == B && si.size(1) == K && si.size(2) >= 1, "draft_probs ids must have shape (", B,
+                  ", ", K, ", k >= 1), got ", shape_str(si));
+    SOFTDEC_CHECK(sw.dim() == 3 && sw.size(0) == B && sw.size(1) == K && sw.size(2) == si.size(2),
+                  "draft_probs weights must have the shape of its ids ", shape_str(si), ", got ", shape_str(sw));
+    SOFTDEC_CHECK(si.numel() == 0 || (si.stride(2) == 1 && si.stride(1) == si.size(2) && si.stride(0) == K * si.size(2)),
+                  "draft_probs ids must be contiguous");
+    SOFTDEC_CHECK(sw.numel() == 0 || (sw.stride(2) == 1 && sw.stride(1) == sw.size(2) && sw.stride(0) == K * sw.size(2)),
+                  "draft_probs weights must be contiguous");
+    check_same_device(target_logits, "target_logits", si, "draft_probs ids");
+    check_same_device(target_logits, "target_logits", sw, "draft_probs weights");
+    P.ks = si.size(2);
+  }
+  SOFTDEC_CHECK(P.method != verify::kSoft || P.kind == verify::kSparse,
+                "method 'soft' needs sparse draft ids and weights");
+  if (P.method == verify::kRelaxed) {
+    SOFTDEC_CHECK(neighbours.has_value(), "method 'relaxed' needs neighbours, a (vocab, m) int64 tensor");
+    const Tensor& nb = *neighbours;
+    check_dim(nb, "neighbours", 2, "(vocab, m)");
+    check_dtype(nb, "neighbours", ScalarType::Long);
+    SOFTDEC_CHECK(nb.size(0) == V, "neighbours must have one row per vocabulary entry (", V, "), got shape ",
+                  shape_str(nb));
+    SOFTDEC_CHECK(nb.numel() == 0 || (nb.stride(1) == 1 && nb.stride(0) == nb.size(1)), "neighbours must be contiguous");
+    check_same_device(target_logits, "target_logits", nb, "neighbours");
+    P.nb_m = nb.size(1);
+  }
+
+  const int64_t ks_out = P.method == verify::kSoft ? P.ks : 0;
+  Tensor tokens = new_empty(target_logits, {B, K1}, ScalarType::Long);
+  Tensor nacc = new_empty(target_logits, {B}, ScalarType::Long);
+  Tensor soft_ids = new_empty(target_logits, {B, ks_out}, ScalarType::Long);
+  Tensor soft_w = new_empty(target_logits, {B, ks_out}, ScalarType::Float);
+  if (B == 0) return {tokens, nacc, soft_ids, soft_w};
+
+  const int64_t* nd = num_draft.const_data_ptr<int64_t>();
+  const int64_t* dr = draft_ids.const_data_ptr<int64_t>();
+  const int64_t* sid = P.kind == verify::kSparse ? sparse_ids->const_data_ptr<int64_t>() : nullptr;
+  const float* swp = P.kind == verify::kSparse ? sparse_weights->const_data_ptr<float>() : nullptr;
+  // Input checks that guard memory accesses (the Python wrapper repeats them with context).
+  for (int64_t b = 0; b < B; ++b) {
+    SOFTDEC_CHECK(nd[b] >= 0 && nd[b] <= K, "num_draft must be in [0, ", K, "] (K = draft_ids.size(1)), got ",
+                  nd[b], " at row ", b);
+    for (int64_t j = 0; j < nd[b]; ++j) {
+      const int64_t x = dr[b * K + j];
+      SOFTDEC_CHECK(x >= 0 && x < V, "draft_ids must lie in [0, ", V, ") (the vocabulary of target_logits), got ",
+                    x, " at (row ", b, ", position ", j, ")");
+      if (sid) {
+        bool member = false;
+        for (int64_t c = 0; c < P.ks; ++c) {
+          const int64_t s = sid[(b * K + j) * P.ks + c];
+          SOFTDEC_CHECK(s >= 0 && s < V, "draft_probs ids must lie in [0, ", V, "), got ", s, " at (row ", b,
+                        ", position ", j, ", entry ", c, ")");
+          member |= s == x;
+        }
+        SOFTDEC_CHECK(member || P.method == verify::kSoft, "draft_ids[", b, ", ", j, "] = ", x,
+                      " must be one of the sparse draft's ids at that position");
+      }
+    }
+  }
+  const float* tp = temperature.const_data_ptr<float>();
+  const int64_t* tk = top_k.const_data_ptr<int64_t>();
+  const float* tpp = top_p.const_data_ptr<float>();
+  const float* mpp = min_p.const_data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    SOFTDEC_CHECK(tp[b] >= 0.0f && std::isfinite(tp[b]), "temperature must be finite and >= 0, got ", tp[b],
+                  " at row ", b);
+    SOFTDEC_CHECK(tk[b] >= 0, "top_k must be >= 0, got ", tk[b], " at row ", b);
+    SOFTDEC_CHECK(tpp[b] >= 0.0f && tpp[b] <= 1.0f, "top_p must be in [0, 1], got ", tpp[b], " at row ", b);
+    SOFTDEC_CHECK(mpp[b] >= 0.0f && mpp[b] <= 1.0f, "min_p must be in [0, 1], got ", mpp[b], " at row ", b);
+  }
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* of = offset.const_data_ptr<int64_t>();
+  const int64_t* nbp = P.method == verify::kRelaxed ? neighbours->const_data_ptr<int64_t>() : nullptr;
+  int64_t* tok = tokens.mutable_data_ptr<int64_t>();
+  int64_t* na = nacc.mutable_data_ptr<int64_t>();
+  int64_t* soi = ks_out ? soft_ids.mutable_data_ptr<int64_t>() : nullptr;
+  float* sow = ks_out ? soft_w.mutable_data_ptr<float>() : nullptr;
+  const int64_t nthreads = torch::stable::get_num_threads();
+  P.split = B < nthreads;
+  const int64_t ls0 = target_logits.stride(0), ls1 = target_logits.stride(1);
+
+  SOFTDEC_DISPATCH_FLOAT(target_logits.scalar_type(), "target_logits", scalar_t, [&] {
+    auto run = [&](auto qtag) {
+      using Q = decltype(qtag);
+      const Q* dp = nullptr;
+      int64_t ds0 = 0, ds1 = 0;
+      if (P.kind == verify::kDense) {
+        dp = draft_probs->const_data_ptr<Q>();
+        ds0 = draft_probs->stride(0);
+        ds1 = draft_probs->stride(1);
+      }
+      const scalar_t* lg = target_logits.const_data_ptr<scalar_t>();
+      auto row = [&](int64_t b) {
+        verify_row<scalar_t, Q>(b, lg, ls0, ls1, dr, nd[b], dp, ds0, ds1, sid, swp, nbp, tp[b], tk[b],
+                                tpp[b], mpp[b], static_cast<uint64_t>(sd[b]), static_cast<uint64_t>(of[b]),
+                                P, tok, na, soi, sow);
+      };
+      if (P.split) {
+        for (int64_t b = 0; b < B; ++b) row(b);
+      } else {
+        torch::stable::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+          for (int64_t b = lo; b < hi; ++b) row(b);
+        });
+      }
+    };
+    if (P.kind == verify::kDense && draft_probs->scalar_type() == ScalarType::Float) {
+      run(float{});
+    } else {
+      run(scalar_t{});
+    }
+  });
+  return {tokens, nacc, soft_ids, soft_w};
+}
+
+}  // namespace
+}  // namespace softdec
+
+STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
+  m.impl("verify", TORCH_BOX(&softdec::verify_cpu));
+}

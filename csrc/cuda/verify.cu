@@ -1,0 +1,677 @@
+// CUDA backend of speculative verification (softdec.verify): one thread block
+// per row walks the drafted positions in order and stops at the first
+// rejection. Per position: a block-wide max/argmax pass and a mass pass
+// (16-byte loads, warp-shuffle reductions), the acceptance decision on one
+// thread, and at the stop position one exponential-race pass in which each
+// thread owns whole Philox blocks (4 vocabulary entries per Philox call).
+// The RNG layout and the acceptance rules are those of include/softdec/verify.h,
+// so CPU and CUDA agree up to float rounding of the masses.
+//
+// Filtering with top-k or top-p runs filter.h's reference-grade radix
+// selection on one thread (correct, not fast); the unfiltered and min-p paths
+// are fully parallel.
+#include <cuda_fp16.h>
+
+#include "cuda_common.cuh"
+#include "../dispatch.h"
+#include "softdec/filter.h"
+#include "softdec/philox.h"
+#include "softdec/verify.h"
+
+namespace softdec {
+namespace {
+
+using filter::RowFilter;
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+
+// ------------------------------------------------------------------ loads
+
+struct F32 {};
+struct BF16 {};
+struct FP16 {};
+template <typename T> struct Tag;
+template <> struct Tag<float> { using type = F32; };
+template <> struct Tag<bf16> { using type = BF16; };
+template <> struct Tag<fp16> { using type = FP16; };
+
+__device__ __forceinline__ float to_f(const float* p, int64_t i) { return __ldg(p + i); }
+__device__ __forceinline__ float to_f(const bf16* p, int64_t i) {
+  const uint16_t h = __ldg(reinterpret_cast<const unsigned short*>(p) + i);
+  return __uint_as_float(static_cast<uint32_t>(h) << 16);
+}
+__device__ __forceinline__ float to_f(const fp16* p, int64_t i) {
+  const unsigned short h = __ldg(reinterpret_cast<const unsigned short*>(p) + i);
+  return __half2float(__ushort_as_half(h));
+}
+
+// Four consecutive entries [4 blk, 4 blk + 4) of a row, 16-byte (float) or
+// 8-byte (half types) loads when the row is aligned; entries past V read as -inf.
+template <typename T>
+__device__ __forceinline__ void load4(const T* p, int64_t blk, int64_t V, bool vec, float fill,
+                                      float out[4]) {
+  const int64_t i0 = 4 * blk;
+  if (vec && i0 + 4 <= V) {
+    if constexpr (sizeof(T) == 4) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(p) + blk);
+      out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+    } else {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + blk);
+      const unsigned short h[4] = {static_cast<unsigned short>(v.x & 0xffffu), static_cast<unsigned short>(v.x >> 16),
+                                   static_cast<unsigned short>(v.y & 0xffffu), static_cast<unsigned short>(v.y >> 16)};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if constexpr (std::is_same_v<T, bf16>) {
+          out[e] = __uint_as_float(static_cast<uint32_t>(h[e]) << 16);
+        } else {
+          out[e] = __half2float(__ushort_as_half(h[e]));
+        }
+      }
+    }
+    return;
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) out[e] = i0 + e < V ? to_f(p, i0 + e) : fill;
+}
+
+// ------------------------------------------------------------------ block reductions
+
+struct KI {
+  float k;
+  int64_t i;  // -1: none
+};
+
+// Larger value wins, lower index on ties; i < 0 never wins.
+__device__ __forceinline__ bool ki_better(const KI& a, const KI& b) {
+  if (a.i < 0) return false;
+  if (b.i < 0) return true;
+  return a.k > b.k || (a.k == b.k && a.i < b.i);
+}
+
+__device__ KI block_best(KI v, KI* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    KI w;
+    w.k = __shfl_xor_sync(0xffffffffu, v.k, o);
+    w.i = __shfl_xor_sync(0xffffffffu, v.i, o);
+    if (ki_better(w, v)) v = w;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < kWarps ? red[lane] : KI{0.0f, -1};
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      KI w;
+      w.k = __shfl_xor_sync(0xffffffffu, v.k, o);
+      w.i = __shfl_xor_sync(0xffffffffu, v.i, o);
+      if (ki_better(w, v)) v = w;
+    }
+    if (lane == 0) red[0] = v;
+  }
+  __syncthreads();
+  const KI r = red[0];
+  __syncthreads();
+  return r;
+}
+
+__device__ double2 block_sum2(double2 v, double2* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < kWarps ? red[lane] : make_double2(0.0, 0.0);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
+      v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
+    }
+    if (lane == 0) red[0] = v;
+  }
+  __syncthreads();
+  const double2 r = red[0];
+  __syncthreads();
+  return r;
+}
+
+// ------------------------------------------------------------------ kernel
+
+struct Params {
+  int32_t method, kind;
+  int64_t V, K, ks, nb_m, excl_cap;
+  float post_thr, post_alpha, delta;
+  bool vec_logits, vec_q;
+};
+
+enum Action : int32_t { kAccept = 0, kStop = 1, kRace = 2 };
+
+struct Shared {
+  RowFilter f;
+  float inv_z;
+  double entropy;
+  int32_t action;
+  int64_t n_excl;
+  int32_t n_soft;
+  int64_t nacc;
+  bool use_q;  // residual against the dense q
+};
+
+__device__ __forceinline__ bool in_sorted(const int64_t* a, int64_t n, int64_t x) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) >> 1;
+    if (a[mid] < x) lo = mid + 1; else hi = mid;
+  }
+  return lo < n && a[lo] == x;
+}
+
+__device__ __forceinline__ void sort_unique(int64_t* a, int64_t& n) {
+  for (int64_t s = 1; s < n; ++s) {  // insertion sort (small lists)
+    const int64_t v = a[s];
+    int64_t t = s;
+    while (t > 0 && a[t - 1] > v) {
+      a[t] = a[t - 1];
+      --t;
+    }
+    a[t] = v;
+  }
+  int64_t w = 0;
+  for (int64_t s = 0; s < n; ++s)
+    if (w == 0 || a[w - 1] != a[s]) a[w++] = a[s];
+  n = w;
+}
+
+template <typename T>
+__device__ __forceinline__ float p_of(const T* x, const RowFilter& f, float inv_z, int64_t i) {
+  const float v = to_f(x, i);
+  if (!filter::kept(f, v, i)) return 0.0f;
+  if (f.greedy) return 1.0f;
+  return filter::fexp((v - f.max_logit) * f.inv_temp) * inv_z;
+}
+
+template <typename T, typename Q>
+__global__ void __launch_bounds__(kThreads) verify_kernel(
+    const T* __restrict__ logits, int64_t ls0, int64_t ls1, const int64_t* __restrict__ draft,
+    const int64_t* __restrict__ num_draft, const Q* __restrict__ dprobs, int64_t ds0, int64_t ds1,
+    const int64_t* __restrict__ sids, const float* __restrict__ sw, const int64_t* __restrict__ nbrs,
+    const float* __restrict__ temps, const int64_t* __restrict__ topks, const float* __restrict__ topps,
+    const float* __restrict__ minps, const int64_t* __restrict__ seeds, const int64_t* __restrict__ offs,
+    Params P, int64_t* __restrict__ tokens, int64_t* __restrict__ nacc_out, int64_t* __restrict__ soft_ids,
+    float* __restrict__ soft_w) {
+  extern __shared__ int64_t dyn[];          // exclusion list [excl_cap], then soft scratch
+  int64_t* excl = dyn;
+  int64_t* soft_idx = dyn + P.excl_cap;      // [ks]
+  float* soft_val = reinterpret_cast<float*>(soft_idx + P.ks);  // [ks]
+  // raw storage: RowFilter has default member initialisers, which __shared__ cannot run
+  __shared__ __align__(16) unsigned char sh_raw[sizeof(Shared)];
+  Shared& sh = *reinterpret_cast<Shared*>(sh_raw);
+  __shared__ KI red_ki[kWarps];
+  __shared__ double2 red_d[kWarps];
+
+  const int64_t b = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int64_t V = P.V, K = P.K, ks = P.ks;
+  int64_t* tok = tokens + b * (K + 1);
+  for (int64_t j = tid; j <= K; j += kThreads) tok[j] = -1;
+  int64_t n = num_draft[b];
+  n = n < 0 ? 0 : (n > K ? K : n);
+  const uint64_t seed = static_cast<uint64_t>(seeds[b]), off = static_cast<uint64_t>(offs[b]);
+  const float temp = temps[b], top_p = topps[b], min_p = minps[b];
+  const int64_t top_k0 = topks[b];
+  const int64_t nblk = (V + 3) / 4;
+  if (tid == 0) sh.nacc = 0;
+  __syncthreads();
+
+  for (int64_t j = 0; j <= n; ++j) {
+    const T* x = logits + b * ls0 + j * ls1;
+    const bool bonus = j == n;
+    const bool soft = P.method == verify::kSoft;
+    const int64_t top_k = soft ? (top_k0 > 0 ? (top_k0 < ks ? top_k0 : ks) : ks) : top_k0;
+    // ---- pass 1: validity, max, argmax
+    KI best{-filter::inf_f(), -1};
+    bool nan = false;
+    for (int64_t blk = tid; blk < nblk; blk += kThreads) {
+      float v[4];
+      load4(x, blk, V, P.vec_logits, -filter::inf_f(), v);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if (v[e] != v[e]) nan = true;
+        else if (v[e] > best.k) best = KI{v[e], 4 * blk + e};
+      }
+    }
+    nan = __syncthreads_or(nan);
+    const KI mx = block_best(best, red_ki);
+    const bool topk_on = top_k > 0 && top_k < V, topp_on = top_p < 1.0f;
+    const bool serial = temp > 0.0f && (topk_on || topp_on);
+    if (tid == 0) {
+      RowFilter f;
+      f.valid = (!nan && mx.i >= 0 && mx.k != filter::inf_f()) ? 1 : 0;
+      f.max_logit = f.valid ? mx.k : 0.0f;
+      f.argmax = f.valid ? mx.i : 0;
+      f.log_min_p = filter::log_min_p_of(min_p);
+      if (f.valid && !(temp > 0.0f)) {
+        f.greedy = 1;
+        f.inv_temp = 0.0f;
+        f.cut_value = f.max_logit;
+        f.cut_index = f.argmax;
+        f.num_kept = 1;
+      } else if (f.valid) {
+        f.inv_temp = 1.0f / temp;
+        f.cut_value = -filter::inf_f();
+        f.cut_index = V;
+        if (serial) {
+          auto load = [x](int64_t i) { return to_f(x, i); };
+          f = filter::compute_row_filter(load, V, filter::Params{temp, top_k, top_p, min_p});
+        }
+      }
+      sh.f = f;
+    }
+    __syncthreads();
+    // ---- pass 2: mass (and entropy) over the kept set
+    const bool want_h = P.method == verify::kTypical;
+    if (sh.f.valid && !sh.f.greedy) {
+      const RowFilter f = sh.f;
+      double2 acc = make_double2(0.0, 0.0);
+      for (int64_t blk = tid; blk < nblk; blk += kThreads) {
+        float v[4];
+        load4(x, blk, V, P.vec_logits, -filter::inf_f(), v);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (!filter::kept(f, v[e], 4 * blk + e)) continue;
+          const float sc = (v[e] - f.max_logit) * f.inv_temp;
+          const float m = filter::fexp(sc);
+          acc.x += m;
+          if (want_h && m > 0.0f) acc.y += static_cast<double>(m) * sc;
+        }
+      }
+      const double2 tot = block_sum2(acc, red_d);
+      if (tid == 0) {
+        if (!serial) sh.f.log_norm = ::log(tot.x);
+        sh.inv_z = static_cast<float>(::exp(-sh.f.log_norm));
+        sh.entropy = ::log(tot.x) - tot.y / tot.x;
+      }
+    } else if (tid == 0) {
+      sh.inv_z = 1.0f;
+      sh.entropy = 0.0;
+    }
+    if (soft && tid == 0) sh.n_soft = 0;
+    __syncthreads();
+    // ---- soft: collect the kept set (at most ks tokens)
+    if (soft && sh.f.valid && !sh.f.greedy) {
+      const RowFilter f = sh.f;
+      for (int64_t blk = tid; blk < nblk; blk += kThreads) {
+        float v[4];
+        load4(x, blk, V, P.vec_logits, -filter::inf_f(), v);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (!filter::kept(f, v[e], 4 * blk + e)) continue;
+          const int s = atomicAdd(&sh.n_soft, 1);
+          if (s < ks) {
+            soft_idx[s] = 4 * blk + e;
+            soft_val[s] = v[e];
+          }
+        }
+      }
+    }
+    __syncthreads();
+    // ---- decision (one thread)
+    if (tid == 0) {
+      const RowFilter& f = sh.f;
+      sh.action = kStop;
+      sh.n_excl = 0;
+      sh.use_q = false;
+      if (!f.valid) {
+        tok[j] = -1;
+        if (soft) {
+          for (int64_t c = 0; c < ks; ++c) soft_ids[b * ks + c] = 0, soft_w[b * ks + c] = 0.0f;
+        }
+      } else if (soft) {
+        int64_t cnt;
+        if (f.greedy) {
+          soft_idx[0] = f.argmax;
+          soft_val[0] = 1.0f;
+          cnt = 1;
+        } else {
+          cnt = sh.n_soft < ks ? sh.n_soft : ks;
+          // order: value descending, lower index first; then weights
+          for (int64_t s = 1; s < cnt; ++s) {
+            const float v = soft_val[s];
+            const int64_t i = soft_idx[s];
+            int64_t t = s;
+            while (t > 0 && filter::before(v, i, soft_val[t - 1], soft_idx[t - 1])) {
+              soft_val[t] = soft_val[t - 1];
+              soft_idx[t] = soft_idx[t - 1];
+              --t;
+            }
+            soft_val[t] = v;
+            soft_idx[t] = i;
+          }
+          for (int64_t c = 0; c < cnt; ++c) soft_val[c] = filter::prob(f, soft_val[c], soft_idx[c]);
+        }
+        for (int64_t c = cnt; c < ks; ++c) {
+          soft_idx[c] = soft_idx[0];
+          soft_val[c] = 0.0f;
+        }
+        bool acc = false;
+        if (!bonus) {
+          const double tv = verify::soft_tv(soft_idx, soft_val, ks, sids + (b * K + j) * ks,
+                                            sw + (b * K + j) * ks, ks);
+          acc = tv <= static_cast<double>(P.delta);
+        }
+        if (acc) {
+          tok[j] = draft[b * K + j];
+          sh.nacc += 1;
+          sh.action = kAccept;
+        } else {
+          for (int64_t c = 0; c < ks; ++c) soft_ids[b * ks + c] = soft_idx[c], soft_w[b * ks + c] = soft_val[c];
+          tok[j] = soft_idx[0];
+        }
+      } else if (bonus || P.method == verify::kGreedy) {
+        const int64_t xj = bonus ? -1 : draft[b * K + j];
+        if (!bonus && xj == f.argmax) {
+          tok[j] = xj;
+          sh.nacc += 1;
+          sh.action = kAccept;
+        } else if (P.method == verify::kGreedy || f.greedy) {
+          tok[j] = f.argmax;
+        } else {
+          sh.action = kRace;
+        }
+      } else {
+        int64_t xj = draft[b * K + j];
+        xj = xj < 0 ? 0 : (xj >= V ? V - 1 : xj);  // the host checked; never read out of range
+        const float px = p_of(x, f, sh.inv_z, xj);
+        const int64_t* pid = sids ? sids + (b * K + j) * ks : nullptr;
+        const float* pw = sw ? sw + (b * K + j) * ks : nullptr;
+        float qx = 1.0f;
+        if (P.kind == verify::kDense) {
+          qx = static_cast<float>(to_f(dprobs + b * ds0 + j * ds1, xj));
+        } else if (P.kind == verify::kSparse) {
+          qx = 0.0f;
+          for (int64_t c = 0; c < ks; ++c)
+            if (pid[c] == xj) qx += pw[c];
+        }
+        bool acc;
+        int64_t ne = 0;
+        if (P.method == verify::kTypical) {
+          acc = verify::accept_typical(px, sh.entropy, P.post_thr, P.post_alpha);
+        } else {
+          float extra = 0.0f;
+          if (P.method == verify::kRelaxed) {
+            // A(x) goes to excl[0 .. ne); x itself is "seen" first
+            const int64_t* nb = nbrs + xj * P.nb_m;
+            for (int64_t c = 0; c < P.nb_m; ++c) {
+              const int64_t y = nb[c];
+              if (y < 0 || y >= V || y == xj) continue;
+              bool seen = false;
+              for (int64_t t = 0; t < ne && !seen; ++t) seen = excl[t] == y;
+              if (seen) continue;
+              const float py = p_of(x, f, sh.inv_z, y);
+              if (!(extra + py <= P.delta)) break;
+              extra += py;
+              excl[ne++] = y;
+            }
+          }
+          acc = verify::accept_exact(verify::accept_uniform(seed, off, j), px + extra, qx);
+        }
+        if (acc) {
+          tok[j] = xj;
+          sh.nacc += 1;
+          sh.action = kAccept;
+        } else if (f.greedy) {
+          tok[j] = f.argmax;
+        } else {
+          if (P.method == verify::kTypical) {
+            ne = 0;
+          } else if (P.kind == verify::kDense) {
+            sh.use_q = true;
+          } else if (P.kind == verify::kOneHot) {
+            excl[ne++] = xj;
+          } else {
+            for (int64_t c = 0; c < ks; ++c) excl[ne++] = pid[c];
+          }
+          sort_unique(excl, ne);
+          sh.n_excl = ne;
+          sh.action = kRace;
+        }
+      }
+    }
+    __syncthreads();
+    const int32_t action = sh.action;
+    if (action == kAccept) continue;
+    if (action == kStop) break;
+    // ---- the race: residual (or p) over the vocabulary, every thread owns Philox blocks
+    const RowFilter f = sh.f;
+    const float inv_z = sh.inv_z;
+    const uint64_t stream = verify::draw_stream(off, j);
+    const Q* q = sh.use_q ? dprobs + b * ds0 + j * ds1 : nullptr;
+    const int64_t ne = sh.n_excl;
+    // Block-wide race over kept tokens; residual against q when given; tokens
+    // in the sorted exclusion list excl[0, ne) are skipped.
+    auto race = [&](const Q* qrow, int64_t nex) -> KI {
+      KI mine{0.0f, -1};
+      for (int64_t blk = tid; blk < nblk; blk += kThreads) {
+        float v[4], qq[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        load4(x, blk, V, P.vec_logits, -filter::inf_f(), v);
+        if (qrow != nullptr) load4(qrow, blk, V, P.vec_q, 0.0f, qq);
+        const philox::U32x4 bits = philox::block(seed, stream, static_cast<uint64_t>(blk));
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t i = 4 * blk + e;
+          if (!filter::kept(f, v[e], i)) continue;
+          float r = filter::fexp((v[e] - f.max_logit) * f.inv_temp) * inv_z;
+          if (qrow != nullptr) r = fmaxf(r - qq[e], 0.0f);
+          if (!(r > 0.0f)) continue;
+          const KI cand{verify::race_key(r, philox::to_unit_float(bits.v[e])), i};
+          if (!ki_better(cand, mine)) continue;
+          if (nex > 0 && in_sorted(excl, nex, i)) continue;
+          mine = cand;
+        }
+      }
+      return block_best(mine, red_ki);
+    };
+    KI win = race(q, ne);
+    if (tid == 0) {
+      if (ne > 0 && P.kind != verify::kDense && P.method != verify::kTypical) {
+        // the draft's own entries (one-hot x, sparse ids) outside A(x), with their residual
+        const int64_t* pid = sids ? sids + (b * K + j) * ks : nullptr;
+        const float* pw = sw ? sw + (b * K + j) * ks : nullptr;
+        const int64_t xj = draft[b * K + j];
+        const int64_t nsp = P.kind == verify::kOneHot ? 1 : ks;
+        for (int64_t c = 0; c < nsp; ++c) {
+          const int64_t s = P.kind == verify::kOneHot ? xj : pid[c];
+          bool dup = false;
+          for (int64_t t = 0; t < c && !dup; ++t) dup = pid[t] == s;
+          if (dup) continue;
+          bool in_a = false;
+          if (P.method == verify::kRelaxed) {  // A(x) membership, the decision's rule
+            const int64_t* nb = nbrs + xj * P.nb_m;
+            float extra = 0.0f;
+            for (int64_t t = 0; t < P.nb_m && !in_a; ++t) {
+              const int64_t y = nb[t];
+              if (y < 0 || y >= V || y == xj) continue;
+              bool seen = false;
+              for (int64_t u = 0; u < t && !seen; ++u) seen = nb[u] == y;
+              if (seen) continue;
+              const float py = p_of(x, f, inv_z, y);
+              if (!(extra + py <= P.delta)) break;
+              extra += py;
+              in_a = y == s;
+            }
+          }
+          if (in_a) continue;
+          float qs = 1.0f;
+          if (P.kind == verify::kSparse) {
+            qs = 0.0f;
+            for (int64_t t = 0; t < ks; ++t)
+              if (pid[t] == s) qs += pw[t];
+          }
+          const float r = fmaxf(p_of(x, f, inv_z, s) - qs, 0.0f);
+          if (r > 0.0f) {
+            const KI cand{verify::race_key(r, philox::uniform(seed, stream, static_cast<uint64_t>(s))), s};
+            if (ki_better(cand, win)) win = cand;
+          }
+        }
+      }
+      red_ki[0] = win;
+    }
+    __syncthreads();
+    win = red_ki[0];
+    __syncthreads();
+    if (win.i < 0) win = race(nullptr, 0);  // residual zero through rounding: race over p
+    if (tid == 0) tok[j] = win.i >= 0 ? win.i : f.argmax;
+    break;
+  }
+  if (tid == 0) nacc_out[b] = sh.nacc;
+}
+
+// ------------------------------------------------------------------ entry point
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cuda(
+    Tensor target_logits, Tensor draft_ids, Tensor num_draft, std::optional<Tensor> draft_probs,
+    std::optional<Tensor> sparse_ids, std::optional<Tensor> sparse_weights,
+    std::optional<Tensor> neighbours, int64_t method, Tensor temperature, Tensor top_k, Tensor top_p,
+    Tensor min_p, double posterior_threshold, double posterior_alpha, double delta, Tensor seed,
+    Tensor offset) {
+  check_dim(target_logits, "target_logits", 3, "(batch, K+1, vocab)");
+  check_float(target_logits, "target_logits");
+  check_last_contiguous(target_logits, "target_logits");
+  const int64_t B = target_logits.size(0), K1 = target_logits.size(1), V = target_logits.size(2);
+  SOFTDEC_CHECK(K1 >= 1, "target_logits must have K+1 >= 1 positions, got shape ", shape_str(target_logits));
+  SOFTDEC_CHECK(V >= 1 && V < (int64_t(1) << 31), "target_logits must have a vocabulary in [1, 2^31), got ", V);
+  const int64_t K = K1 - 1;
+  SOFTDEC_CHECK(method >= 0 && method <= 4, "method must be in [0, 4], got ", method);
+  check_dim(draft_ids, "draft_ids", 2, "(batch, K)");
+  check_dtype(draft_ids, "draft_ids", ScalarType::Long);
+  SOFTDEC_CHECK(draft_ids.size(0) == B && draft_ids.size(1) == K, "draft_ids must have shape (", B, ", ", K,
+                ") to match target_logits ", shape_str(target_logits), ", got ", shape_str(draft_ids));
+  SOFTDEC_CHECK(draft_ids.numel() == 0 || (draft_ids.stride(1) == 1 && draft_ids.stride(0) == K),
+                "draft_ids must be contiguous");
+  check_same_device(target_logits, "target_logits", draft_ids, "draft_ids");
+  check_per_row(num_draft, "num_draft", B, ScalarType::Long, target_logits, "target_logits");
+  check_per_row(temperature, "temperature", B, ScalarType::Float, target_logits, "target_logits");
+  check_per_row(top_k, "top_k", B, ScalarType::Long, target_logits, "target_logits");
+  check_per_row(top_p, "top_p", B, ScalarType::Float, target_logits, "target_logits");
+  check_per_row(min_p, "min_p", B, ScalarType::Float, target_logits, "target_logits");
+  check_per_row(seed, "seed", B, ScalarType::Long, target_logits, "target_logits");
+  check_per_row(offset, "offset", B, ScalarType::Long, target_logits, "target_logits");
+  Params P{};
+  P.method = static_cast<int32_t>(method);
+  P.V = V;
+  P.K = K;
+  P.post_thr = static_cast<float>(posterior_threshold);
+  P.post_alpha = static_cast<float>(posterior_alpha);
+  P.delta = static_cast<float>(delta);
+  SOFTDEC_CHECK(sparse_ids.has_value() == sparse_weights.has_value(),
+                "sparse draft ids and weights must be given together");
+  SOFTDEC_CHECK(!(draft_probs.has_value() && sparse_ids.has_value()),
+                "give either dense draft_probs or sparse draft ids/weights, not both");
+  P.kind = draft_probs.has_value() ? verify::kDense : (sparse_ids.has_value() ? verify::kSparse : verify::kOneHot);
+  if (P.kind == verify::kDense) {
+    const Tensor& d = *draft_probs;
+    check_dim(d, "draft_probs", 3, "(batch, K, vocab)");
+    check_float(d, "draft_probs");
+    check_same_device(target_logits, "target_logits", d, "draft_probs");
+    SOFTDEC_CHECK(d.size(0) == B && d.size(1) == K && d.size(2) == V, "draft_probs must have shape (", B, ", ",
+                  K, ", ", V, ") to match target_logits, got ", shape_str(d));
+    check_last_contiguous(d, "draft_probs");
+    SOFTDEC_CHECK(d.scalar_type() == target_logits.scalar_type() || d.scalar_type() == ScalarType::Float,
+                  "draft_probs must be float32 or the dtype of target_logits (",
+                  dtype_name(target_logits.scalar_type()), "), got ", dtype_name(d.scalar_type()));
+  }
+  if (P.kind == verify::kSparse) {
+    const Tensor& si = *sparse_ids;
+    const Tensor& sw = *sparse_weights;
+    check_dim(si, "draft_probs ids", 3, "(batch, K, k)");
+    check_dtype(si, "draft_probs ids", ScalarType::Long);
+    check_dtype(sw, "draft_probs weights", ScalarType::Float);
+    SOFTDEC_CHECK(si.size(0) == B && si.size(1) == K && si.size(2) >= 1, "draft_probs ids must have shape (", B,
+                  ", ", K, ", k >= 1), got ", shape_str(si));
+    SOFTDEC_CHECK(sw.dim() == 3 && sw.size(0) == B && sw.size(1) == K && sw.size(2) == si.size(2),
+                  "draft_probs weights must have the shape of its ids ", shape_str(si), ", got ", shape_str(sw));
+    SOFTDEC_CHECK(si.numel() == 0 || (si.stride(2) == 1 && si.stride(1) == si.size(2) && si.stride(0) == K * si.size(2)),
+                  "draft_probs ids must be contiguous");
+    SOFTDEC_CHECK(sw.numel() == 0 || (sw.stride(2) == 1 && sw.stride(1) == sw.size(2) && sw.stride(0) == K * sw.size(2)),
+                  "draft_probs weights must be contiguous");
+    check_same_device(target_logits, "target_logits", si, "draft_probs ids");
+    check_same_device(target_logits, "target_logits", sw, "draft_probs weights");
+    P.ks = si.size(2);
+  }
+  SOFTDEC_CHECK(P.method != verify::kSoft || P.kind == verify::kSparse,
+                "method 'soft' needs sparse draft ids and weights");
+  if (P.method == verify::kRelaxed) {
+    SOFTDEC_CHECK(neighbours.has_value(), "method 'relaxed' needs neighbours, a (vocab, m) int64 tensor");
+    const Tensor& nb = *neighbours;
+    check_dim(nb, "neighbours", 2, "(vocab, m)");
+    check_dtype(nb, "neighbours", ScalarType::Long);
+    SOFTDEC_CHECK(nb.size(0) == V, "neighbours must have one row per vocabulary entry (", V, "), got shape ",
+                  shape_str(nb));
+    SOFTDEC_CHECK(nb.numel() == 0 || (nb.stride(1) == 1 && nb.stride(0) == nb.size(1)), "neighbours must be contiguous");
+    check_same_device(target_logits, "target_logits", nb, "neighbours");
+    P.nb_m = nb.size(1);
+  }
+  // exclusion list: A(x) (<= m) plus the draft's own entries (<= k, or 1)
+  P.excl_cap = P.nb_m + (P.ks > 0 ? P.ks : 1) + 1;
+  const size_t smem = static_cast<size_t>(P.excl_cap + P.ks) * sizeof(int64_t) + static_cast<size_t>(P.ks) * sizeof(float);
+  SOFTDEC_CHECK(smem <= 48 * 1024, "neighbours width plus the sparse draft's k is too large for the CUDA kernel (",
+                P.nb_m, " + ", P.ks, "); at most about 6000 in total");
+
+  torch::stable::accelerator::DeviceGuard guard(target_logits.get_device_index());
+  const int64_t ks_out = P.method == verify::kSoft ? P.ks : 0;
+  Tensor tokens = new_empty(target_logits, {B, K1}, ScalarType::Long);
+  Tensor nacc = new_empty(target_logits, {B}, ScalarType::Long);
+  Tensor soft_ids = new_empty(target_logits, {B, ks_out}, ScalarType::Long);
+  Tensor soft_w = new_empty(target_logits, {B, ks_out}, ScalarType::Float);
+  if (B == 0) return {tokens, nacc, soft_ids, soft_w};
+  cudaStream_t stream = current_stream(target_logits);
+  const int64_t ls0 = target_logits.stride(0), ls1 = target_logits.stride(1);
+  const int64_t elem = target_logits.element_size();
+  P.vec_logits = (reinterpret_cast<uintptr_t>(target_logits.data_ptr()) % 16 == 0) &&
+                 ((ls0 * elem) % 16 == 0) && ((ls1 * elem) % 16 == 0);
+  SOFTDEC_DISPATCH_FLOAT(target_logits.scalar_type(), "target_logits", scalar_t, [&] {
+    auto launch = [&](auto qtag) {
+      using Q = decltype(qtag);
+      const Q* dp = nullptr;
+      int64_t ds0 = 0, ds1 = 0;
+      if (P.kind == verify::kDense) {
+        dp = draft_probs->const_data_ptr<Q>();
+        ds0 = draft_probs->stride(0);
+        ds1 = draft_probs->stride(1);
+        const int64_t qe = draft_probs->element_size();
+        P.vec_q = (reinterpret_cast<uintptr_t>(dp) % 16 == 0) && ((ds0 * qe) % 16 == 0) && ((ds1 * qe) % 16 == 0);
+      }
+      verify_kernel<scalar_t, Q><<<static_cast<unsigned>(B), kThreads, smem, stream>>>(
+          target_logits.const_data_ptr<scalar_t>(), ls0, ls1, draft_ids.const_data_ptr<int64_t>(),
+          num_draft.const_data_ptr<int64_t>(), dp, ds0, ds1,
+          P.kind == verify::kSparse ? sparse_ids->const_data_ptr<int64_t>() : nullptr,
+          P.kind == verify::kSparse ? sparse_weights->const_data_ptr<float>() : nullptr,
+          P.method == verify::kRelaxed ? neighbours->const_data_ptr<int64_t>() : nullptr,
+          temperature.const_data_ptr<float>(), top_k.const_data_ptr<int64_t>(), top_p.const_data_ptr<float>(),
+          min_p.const_data_ptr<float>(), seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), P,
+          tokens.mutable_data_ptr<int64_t>(), nacc.mutable_data_ptr<int64_t>(),
+          ks_out ? soft_ids.mutable_data_ptr<int64_t>() : nullptr,
+          ks_out ? soft_w.mutable_data_ptr<float>() : nullptr);
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    };
+    if (P.kind == verify::kDense && draft_probs->scalar_type() == ScalarType::Float) {
+      launch(float{});
+    } else {
+      launch(scalar_t{});
+    }
+  });
+  return {tokens, nacc, soft_ids, soft_w};
+}
+
+}  // namespace
+}  // namespace softdec
+
+STABLE_TORCH_LIBRARY_IMPL(softdec, CUDA, m) {
+  m.impl("verify", TORCH_BOX(&softdec::verify_cuda));
+}

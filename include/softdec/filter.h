@@ -1,0 +1,561 @@
+// Project-wide filtering semantics of a row of logits: temperature softmax,
+// then top-k, then top-p, then min-p, each followed by renormalisation.
+// Shared by sampling, verification and soft mixtures so that every op keeps the
+// same token set. Header-only, no torch headers; SOFTDEC_HD (host + device).
+//
+// ---------------------------------------------------------------------------
+// Semantics (binding for every softdec op that filters):
+//
+//   z_i = x_i / T                   (T > 0; T = 0 means greedy, see below)
+//   p_i = softmax(z)_i
+//   order: i comes before j iff x_i > x_j, or x_i == x_j and i < j
+//          (value descending, ties: lower vocabulary index first; -0.0 == +0.0)
+//   1. top-k (k in [1, V)): keep the first k tokens of the order; k = 0 or
+//      k >= V keeps every token (k > V is treated as V).
+//   2. top-p (top_p < 1): on the top-k-renormalised distribution, keep the
+//      smallest prefix of the order whose mass reaches top_p * (top-k mass);
+//      at least one token (top_p = 0 keeps the top token).
+//   3. min-p (min_p > 0): keep p_i >= min_p * max p, evaluated as
+//      (x_i - m) * (1/T) >= log(min_p) with m the row max (min_p = 1 keeps the
+//      tokens equal to the max).
+//   The kept set is a prefix of the order intersected with the min-p set, so
+//   it is described by one cut (cut_value, cut_index) plus the min-p bound:
+//
+//      kept(i) = x_i finite
+//                && (x_i > cut_value || (x_i == cut_value && i <= cut_index))
+//                && (x_i - m) * inv_temp >= log_min_p
+//
+//   Filtered probability: p'(i) = exp((x_i - m) * inv_temp - log_norm) if kept.
+//
+//   Greedy (T = 0): the kept set is the argmax alone (lowest index among ties).
+//   Invalid rows: a row with a NaN, a +inf, or no finite logit has valid = 0;
+//   its argmax is 0, nothing is kept (kept() is false everywhere).
+//
+// Numerics: token masses are e_i = fexp((x_i - m) * inv_temp) in float32
+// (fexp below: one bit-exact formula on CPU and CUDA), summed in double. The
+// top-p prefix is then exact up to the double rounding of those sums.
+//
+// ---------------------------------------------------------------------------
+// API (stable; extend, don't break):
+//
+//   struct Params { float temperature; int64_t top_k; float top_p; float min_p; }
+//   struct RowFilter { valid, argmax, max_logit, inv_temp, cut_value, cut_index,
+//                      log_min_p, num_kept, log_norm }
+//
+//   compute_row_filter<Load>(load, V, params)     -> RowFilter   (serial, generic)
+//   compute_row_filter_probs<Load>(load, V, k, top_p, min_p) -> RowFilter
+//       the same on a row of probabilities (mass = value itself, no softmax).
+//   kept(f, x, i)          -> bool     is token i (logit x) in the kept set
+//   log_prob(f, x, i)      -> float    log p'(i), -inf when filtered out
+//   prob(f, x, i)          -> float    p'(i), 0 when filtered out
+//   order_key(x)           -> uint32   monotone key of x (for radix selection)
+//   before(xa, ia, xb, ib) -> bool     the total order above
+//   top_p_prefix(masses, n, top_p) -> int64   prefix length for sorted masses
+//   flog / fexp            bit-identical float log / exp on host and device
+//   gumbel(u) = -flog(-flog(u))       the Gumbel noise every op uses
+//
+// `Load` is any callable `float load(int64_t i)` returning logit i as float
+// (so bf16/fp16/strided rows work unchanged). compute_row_filter does a few
+// O(V) passes with radix selection (256-bucket histograms, no allocation) and
+// is the reference-grade implementation usable anywhere, including one CUDA
+// thread; fast kernels may compute the same cut differently (e.g. from a
+// sorted candidate list) and fill RowFilter with finish_from_sorted().
+#pragma once
+
+#include <cstdint>
+
+#include "softdec/macros.h"
+
+#if !defined(__CUDACC__)
+#include <cmath>
+#include <cstring>
+#include <limits>
+#endif
+
+namespace softdec {
+namespace filter {
+
+// ------------------------------------------------------------------ float utils
+
+SOFTDEC_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+#endif
+}
+
+SOFTDEC_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float x;
+  std::memcpy(&x, &u, sizeof(x));
+  return x;
+#endif
+}
+
+SOFTDEC_HD float ffma(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
+SOFTDEC_HD float inf_f() { return bits_float(0x7f800000u); }
+SOFTDEC_HD bool is_finite_f(float x) { return (float_bits(x) & 0x7f800000u) != 0x7f800000u; }
+SOFTDEC_HD bool is_nan_f(float x) { return x != x; }
+
+// Monotone unsigned key: x < y  <=>  order_key(x) < order_key(y) (with -0.0
+// mapped to +0.0 so they tie). NaN is never passed here.
+SOFTDEC_HD uint32_t order_key(float x) {
+  uint32_t u = float_bits(x + 0.0f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+SOFTDEC_HD float key_float(uint32_t k) {
+  return bits_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// The total order of the filter: value descending, then index ascending.
+SOFTDEC_HD bool before(float xa, int64_t ia, float xb, int64_t ib) {
+  return xa > xb || (xa == xb && ia < ib);
+}
+
+// Natural log of a positive normal float (Cephes logf polynomial), written with
+// explicit fused multiply-adds so the CPU scalar, CPU AVX-512 (sampling.cpp
+// mirrors it op for op) and CUDA results are bit-identical.
+SOFTDEC_HD float flog(float x) {
+  const uint32_t b = float_bits(x);
+  int e = static_cast<int>((b >> 23) & 0xffu) - 127;
+  float m = bits_float((b & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+  if (m > 1.41421356f) {
+    m = m * 0.5f;
+    e += 1;
+  }
+  const float f = m - 1.0f;
+  const float z = f * f;
+  float y = 7.0376836292e-2f;
+  y = ffma(y, f, -1.1514610310e-1f);
+  y = ffma(y, f, 1.1676998740e-1f);
+  y = ffma(y, f, -1.2420140846e-1f);
+  y = ffma(y, f, 1.4249322787e-1f);
+  y = ffma(y, f, -1.6668057665e-1f);
+  y = ffma(y, f, 2.0000714765e-1f);
+  y = ffma(y, f, -2.4999993993e-1f);
+  y = ffma(y, f, 3.3333331174e-1f);
+  const float fe = static_cast<float>(e);
+  y = (y * f) * z;
+  y = ffma(fe, -2.12194440e-4f, y);
+  y = ffma(-0.5f, z, y);
+  float r = f + y;
+  r = ffma(fe, 0.693359375f, r);
+  return r;
+}
+
+// exp(x) for x <= 0 (Cephes expf polynomial, explicit FMAs); 0 below -87.
+SOFTDEC_HD float fexp(float x) {
+  if (!(x > -87.0f)) return 0.0f;
+  if (x > 88.0f) x = 88.0f;
+  const float t = ffma(x, 1.44269504088896341f, 0.5f);
+  const float n = static_cast<float>(static_cast<int>(t) - (t < 0.0f ? 1 : 0));  // floor
+  float r = ffma(n, -0.693359375f, x);
+  r = ffma(n, 2.12194440e-4f, r);
+  const float r2 = r * r;
+  float p = 1.9875691500e-4f;
+  p = ffma(p, r, 1.3981999507e-3f);
+  p = ffma(p, r, 8.3334519073e-3f);
+  p = ffma(p, r, 4.1665795894e-2f);
+  p = ffma(p, r, 1.6666665459e-1f);
+  p = ffma(p, r, 5.0000001201e-1f);
+  p = ffma(p, r2, r);
+  p = p + 1.0f;
+  const int ni = static_cast<int>(n);
+  return p * bits_float(static_cast<uint32_t>(ni + 127) << 23);
+}
+
+// Standard Gumbel noise of a uniform u in (0, 1) (the Philox stream's range).
+SOFTDEC_HD float gumbel(float u) { return -flog(-flog(u)); }
+
+// ------------------------------------------------------------------ parameters
+
+struct Params {
+  float temperature = 1.0f;  // >= 0; 0 = greedy
+  int64_t top_k = 0;         // 0 = off; >= V = off
+  float top_p = 1.0f;        // in [0, 1]; 1 = off
+  float min_p = 0.0f;        // in [0, 1]; 0 = off
+};
+
+struct RowFilter {
+  int32_t valid = 0;        // 0: NaN / +inf / no finite logit
+  int64_t argmax = 0;       // index of the max logit, lowest among ties (0 if invalid)
+  float max_logit = 0.0f;   // m
+  float inv_temp = 1.0f;    // 1/T (0 for greedy)
+  float cut_value = 0.0f;   // last kept token of the top-k/top-p prefix: its logit ...
+  int64_t cut_index = -1;   // ... and its index (ties at cut_value kept up to it)
+  float log_min_p = 0.0f;   // -inf when min-p is off
+  int64_t num_kept = 0;     // |kept set|
+  double log_norm = 0.0;    // log sum_{kept} exp((x_i - m) * inv_temp)
+  int32_t greedy = 0;       // T == 0
+};
+
+SOFTDEC_HD bool kept(const RowFilter& f, float x, int64_t i) {
+  if (!f.valid) return false;
+  if (f.greedy) return i == f.argmax;
+  if (!(x > -inf_f())) return false;  // -inf and NaN
+  if (!(x > f.cut_value || (x == f.cut_value && i <= f.cut_index))) return false;
+  return (x - f.max_logit) * f.inv_temp >= f.log_min_p;
+}
+
+SOFTDEC_HD float log_prob(const RowFilter& f, float x, int64_t i) {
+  if (!kept(f, x, i)) return -inf_f();
+  if (f.greedy) return 0.0f;
+  return static_cast<float>(static_cast<double>((x - f.max_logit) * f.inv_temp) - f.log_norm);
+}
+
+SOFTDEC_HD float prob(const RowFilter& f, float x, int64_t i) {
+  if (!kept(f, x, i)) return 0.0f;
+  if (f.greedy) return 1.0f;
+#if defined(__CUDA_ARCH__)
+  return static_cast<float>(::exp(static_cast<double>((x - f.max_logit) * f.inv_temp) - f.log_norm));
+#else
+  return static_cast<float>(std::exp(static_cast<double>((x - f.max_logit) * f.inv_temp) - f.log_norm));
+#endif
+}
+
+// Mass of a token in logit mode (float32, bit-identical everywhere).
+SOFTDEC_HD float token_mass(float x, float m, float inv_temp) { return fexp((x - m) * inv_temp); }
+
+// Smallest n >= 1 with sum(masses[0:n]) >= top_p * sum(masses[0:len]) for masses
+// sorted in the filter order (descending). top_p >= 1 returns len.
+SOFTDEC_HD int64_t top_p_prefix(const float* masses, int64_t len, float top_p) {
+  if (len <= 0) return 0;
+  if (!(top_p < 1.0f)) return len;
+  double total = 0.0;
+  for (int64_t j = 0; j < len; ++j) total += masses[j];
+  const double target = static_cast<double>(top_p) * total;
+  double acc = 0.0;
+  for (int64_t j = 0; j < len; ++j) {
+    acc += masses[j];
+    if (acc >= target) return j + 1;
+  }
+  return len;
+}
+
+SOFTDEC_HD float log_min_p_of(float min_p) { return min_p > 0.0f ? flog(min_p) : -inf_f(); }
+
+// Fills a RowFilter from the kept prefix given as sorted candidates
+// (values[0..n) descending in the filter order, with their indices), after
+// top-k and top-p have been decided by the caller: the cut is candidate n-1,
+// min-p is applied here, log_norm is summed over the kept candidates.
+// Row statistics (valid, argmax, max_logit) must already be set in `f`.
+SOFTDEC_HD void finish_from_sorted(RowFilter& f, const float* values, const int64_t* indices,
+                                   int64_t n, float min_p) {
+  f.log_min_p = log_min_p_of(min_p);
+  if (!f.valid || n <= 0) {
+    f.num_kept = 0;
+    return;
+  }
+  f.cut_value = values[n - 1];
+  f.cut_index = indices[n - 1];
+  double s = 0.0;
+  int64_t cnt = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if ((values[j] - f.max_logit) * f.inv_temp >= f.log_min_p) {
+      s += token_mass(values[j], f.max_logit, f.inv_temp);
+      ++cnt;
+    }
+  }
+  f.num_kept = cnt;
+#if defined(__CUDA_ARCH__)
+  f.log_norm = ::log(s);
+#else
+  f.log_norm = std::log(s);
+#endif
+}
+
+// ------------------------------------------------------------------ generic serial implementation
+
+namespace detail {
+
+// Pass 1: validity, max and argmax (lowest index among ties).
+template <class Load>
+SOFTDEC_HD void row_stats(const Load& load, int64_t V, RowFilter& f) {
+  bool nan = false, pinf = false, any = false;
+  float m = -inf_f();
+  int64_t am = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    const float x = load(i);
+    if (is_nan_f(x)) {
+      nan = true;
+      break;
+    }
+    if (x > m) {
+      m = x;
+      am = i;
+      any = true;
+    }
+  }
+  pinf = any && !is_finite_f(m);
+  f.valid = (!nan && any && !pinf) ? 1 : 0;
+  f.max_logit = f.valid ? m : 0.0f;
+  f.argmax = f.valid ? am : 0;
+}
+
+// In prefix test for the current (value, index) cut.
+SOFTDEC_HD bool in_prefix(float x, int64_t i, float cv, int64_t ci) {
+  return x > cv || (x == cv && i <= ci);
+}
+
+// The n-th (1-based) finite token of the order among those in the prefix
+// (cv, ci) [cv = -inf, ci = V means the whole row]: radix selection on
+// order_key, 4 rounds of 8 bits, then one pass for the tie index.
+// mass_mode: select by mass instead of count: the first token of the order
+// at which the running mass reaches `target` (masses from mass_of(x)).
+template <class Load, class MassOf>
+SOFTDEC_HD void select_nth(const Load& load, int64_t V, float cv, int64_t ci, bool mass_mode,
+                           int64_t n, double target, const MassOf& mass_of, float* out_value,
+                           int64_t* out_index) {
+  uint32_t prefix = 0, mask = 0;
+  int64_t remaining = n;
+  double macc = 0.0;  // mass of tokens strictly above the selected key prefix
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    int64_t cnt[256];
+    double mass[256];
+    for (int b = 0; b < 256; ++b) {
+      cnt[b] = 0;
+      mass[b] = 0.0;
+    }
+    for (int64_t i = 0; i < V; ++i) {
+      const float x = load(i);
+      if (!(x > -inf_f()) || !in_prefix(x, i, cv, ci)) continue;
+      const uint32_t k = order_key(x);
+      if ((k & mask) != prefix) continue;
+      const int b = static_cast<int>((k >> shift) & 0xffu);
+      cnt[b] += 1;
+      if (mass_mode) mass[b] += mass_of(x);
+    }
+    int chosen = -1, last_nonempty = -1;
+    for (int b = 255; b >= 0; --b) {
+      if (cnt[b] == 0) continue;
+      last_nonempty = b;
+      if (mass_mode) {
+        if (macc + mass[b] >= target) {
+          chosen = b;
+          break;
+        }
+        macc += mass[b];
+      } else {
+        if (cnt[b] >= remaining) {
+          chosen = b;
+          break;
+        }
+        remaining -= cnt[b];
+      }
+    }
+    if (chosen < 0 && last_nonempty >= 0) {
+      // Rounding left the target just out of reach: take the last non-empty
+      // bucket (its mass/count was consumed by the scan; give it back).
+      chosen = last_nonempty;
+      if (mass_mode) {
+        macc -= mass[chosen];
+      } else {
+        remaining += cnt[chosen];
+      }
+    }
+    if (chosen < 0) {  // no token in the prefix (cannot happen for a valid row)
+      *out_value = cv;
+      *out_index = ci;
+      return;
+    }
+    prefix |= static_cast<uint32_t>(chosen) << shift;
+    mask |= 0xffu << shift;
+  }
+  const float value = key_float(prefix);
+  // Tokens tied at `value`: how many to take (lower index first).
+  int64_t take;
+  int64_t ties = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    const float x = load(i);
+    if (x > -inf_f() && x == value && in_prefix(x, i, cv, ci)) ++ties;
+  }
+  if (mass_mode) {
+    const double e = mass_of(value);
+    take = ties;
+    if (e > 0.0) {
+      double need = (target - macc) / e;
+      int64_t t = static_cast<int64_t>(need);
+      if (static_cast<double>(t) < need) ++t;
+      take = t;
+    }
+    if (take < 1) take = 1;
+    if (take > ties) take = ties;
+  } else {
+    take = remaining < 1 ? 1 : (remaining > ties ? ties : remaining);
+  }
+  int64_t seen = 0, idx = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    const float x = load(i);
+    if (x > -inf_f() && x == value && in_prefix(x, i, cv, ci)) {
+      if (++seen == take) {
+        idx = i;
+        break;
+      }
+    }
+  }
+  *out_value = value;
+  *out_index = idx;
+}
+
+template <class Load, class MassOf>
+SOFTDEC_HD void generic_cut(const Load& load, int64_t V, int64_t top_k, float top_p,
+                            const MassOf& mass_of, RowFilter& f) {
+  int64_t finite = 0;
+  for (int64_t i = 0; i < V; ++i)
+    if (load(i) > -inf_f()) ++finite;
+  float cv = -inf_f();
+  int64_t ci = V;  // the whole row: every finite token is in the prefix
+  bool limited = false;
+  if (top_k > 0 && top_k < finite) {
+    select_nth(load, V, cv, ci, false, top_k, 0.0, mass_of, &cv, &ci);
+    limited = true;
+  }
+  if (top_p < 1.0f) {
+    double total = 0.0;
+    for (int64_t i = 0; i < V; ++i) {
+      const float x = load(i);
+      if (x > -inf_f() && (!limited || in_prefix(x, i, cv, ci))) total += mass_of(x);
+    }
+    const double target = static_cast<double>(top_p) * total;
+    if (target <= 0.0) {
+      cv = f.max_logit;  // top_p = 0: the top token
+      ci = f.argmax;
+    } else {
+      select_nth(load, V, cv, ci, true, 0, target, mass_of, &cv, &ci);
+    }
+    limited = true;
+  }
+  if (!limited) {
+    cv = -inf_f();
+    ci = V;
+  }
+  f.cut_value = cv;
+  f.cut_index = ci;
+}
+
+}  // namespace detail
+
+// Reference-grade filter of one row of logits (any Load, serial).
+template <class Load>
+SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p) {
+  RowFilter f;
+  detail::row_stats(load, V, f);
+  f.log_min_p = log_min_p_of(p.min_p);
+  if (!f.valid) return f;
+  if (!(p.temperature > 0.0f)) {
+    f.greedy = 1;
+    f.inv_temp = 0.0f;
+    f.cut_value = f.max_logit;
+    f.cut_index = f.argmax;
+    f.num_kept = 1;
+    f.log_norm = 0.0;
+    return f;
+  }
+  f.inv_temp = 1.0f / p.temperature;
+  const float m = f.max_logit, it = f.inv_temp;
+  auto mass_of = [m, it](float x) -> double { return static_cast<double>(token_mass(x, m, it)); };
+  detail::generic_cut(load, V, p.top_k, p.top_p, mass_of, f);
+  double s = 0.0;
+  int64_t cnt = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    const float x = load(i);
+    if (kept(f, x, i)) {
+      s += token_mass(x, m, it);
+      ++cnt;
+    }
+  }
+  f.num_kept = cnt;
+#if defined(__CUDA_ARCH__)
+  f.log_norm = ::log(s);
+#else
+  f.log_norm = std::log(s);
+#endif
+  return f;
+}
+
+// The same filter on a row of probabilities (FlashInfer's *_renorm_probs):
+// mass = the value itself, inv_temp = 1, max_logit = max prob, and the min-p
+// test is p_i >= min_p * max p. In the returned RowFilter use kept_probs()
+// (not kept()); log_norm is log(sum of kept probabilities).
+struct ProbFilter {
+  int32_t valid = 0;        // 0: NaN, inf or negative entry, or all zero
+  float max_prob = 0.0f;
+  int64_t argmax = 0;
+  float cut_value = 0.0f;
+  int64_t cut_index = -1;
+  float min_prob = 0.0f;    // min_p * max_prob
+  double norm = 0.0;        // sum of kept probabilities
+  int64_t num_kept = 0;
+};
+
+SOFTDEC_HD bool kept_probs(const ProbFilter& f, float p, int64_t i) {
+  return f.valid && p > 0.0f && (p > f.cut_value || (p == f.cut_value && i <= f.cut_index)) &&
+         p >= f.min_prob;
+}
+
+template <class Load>
+SOFTDEC_HD ProbFilter compute_prob_filter(const Load& load, int64_t V, int64_t top_k, float top_p,
+                                          float min_p) {
+  ProbFilter f;
+  bool bad = false, any = false;
+  float m = 0.0f;
+  int64_t am = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    const float x = load(i);
+    if (!(x >= 0.0f) || !is_finite_f(x)) {
+      bad = true;
+      break;
+    }
+    if (x > m) {
+      m = x;
+      am = i;
+      any = true;
+    }
+  }
+  f.valid = (!bad && any) ? 1 : 0;
+  if (!f.valid) return f;
+  f.max_prob = m;
+  f.argmax = am;
+  // zeros are never kept: treat them like -inf logits in the generic cut
+  auto lp = [&load](int64_t i) -> float {
+    const float x = load(i);
+    return x > 0.0f ? x : -inf_f();
+  };
+  auto mass_of = [](float x) -> double { return static_cast<double>(x); };
+  RowFilter tmp;
+  tmp.valid = 1;
+  tmp.max_logit = m;
+  tmp.argmax = am;
+  detail::generic_cut(lp, V, top_k, top_p, mass_of, tmp);
+  f.cut_value = tmp.cut_value;
+  f.cut_index = tmp.cut_index;
+  f.min_prob = min_p * m;
+  double s = 0.0;
+  int64_t cnt = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    const float x = load(i);
+    if (kept_probs(f, x, i)) {
+      s += x;
+      ++cnt;
+    }
+  }
+  f.norm = s;
+  f.num_kept = cnt;
+  return f;
+}
+
+}  // namespace filter
+}  // namespace softdec
