@@ -18,11 +18,9 @@ from softdec.strategies import MODE_DISCRETE, MODE_FINISHED, MODE_SOFT, MODE_THI
 
 transformers = pytest.importorskip("transformers")
 
-import os
-_FB = bool(os.environ.get("SOFTDEC_TEST_FALLBACK"))  # TEMPORARY
-needs_sample = pytest.mark.skipif(not (_FB or hasattr(softdec, "sample")), reason="softdec.sample is not in this build")
+needs_sample = pytest.mark.skipif(not hasattr(softdec, "sample"), reason="softdec.sample is not in this build")
 needs_soft = pytest.mark.skipif(not hasattr(softdec, "soft_mixture"), reason="softdec.soft_mixture is not in this build")
-needs_verify = pytest.mark.skipif(not (_FB or hasattr(softdec, "verify")), reason="softdec.verify is not in this build")
+needs_verify = pytest.mark.skipif(not hasattr(softdec, "verify"), reason="softdec.verify is not in this build")
 needs_sparse = pytest.mark.skipif(not (hasattr(softdec, "sparse_decode_attention")
                                        and hasattr(softdec, "token_sparse_prefill")),
                                   reason="softdec sparse attention ops are not in this build")

@@ -13,9 +13,6 @@ import softdec
 def op(name: str):
     fn = getattr(softdec, name, None)
     if fn is None:
-        from . import _fallback  # TEMPORARY: removed once every op family is merged
-        fn = getattr(_fallback, name, None)
-    if fn is None:
         raise RuntimeError(f"softdec.{name} is not available in this build of softdec "
                            f"({softdec.__version__}); the strategy needs it")
     return fn
