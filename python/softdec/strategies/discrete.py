@@ -25,24 +25,29 @@ class Discrete(Strategy):
     seed : int, torch.Tensor or None, default None
         Philox key (int for every row, ``(B,)`` int64 per row); ``None`` draws
         per-row keys from torch's default generator at the start of generate.
+    stats : bool, default True
+        Record the entropy and max probability of ``softmax(logits / T)``
+        (T = 0 reads as 1) per step; False skips that extra pass over the
+        vocabulary (the stats are then NaN).
 
     Examples
     --------
     >>> import softdec.strategies as S
     >>> S.Discrete(temperature=0.0)  # greedy
-    Discrete(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, seed=None)
+    Discrete(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, stats=True)
     """
 
-    def __init__(self, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None):
+    def __init__(self, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, *, stats=True):
         self.temperature = check_number(temperature, "temperature", lo=0.0)
         self.top_k = check_number(top_k, "top_k", lo=0, integer=True)
         self.top_p = check_number(top_p, "top_p", lo=0.0, lo_open=True, hi=1.0)
         self.min_p = check_number(min_p, "min_p", lo=0.0, hi=1.0)
         self.seed = seed
+        self.stats = bool(stats)
 
     def __repr__(self):
         return (f"Discrete(temperature={self.temperature}, top_k={self.top_k}, top_p={self.top_p}, "
-                f"min_p={self.min_p}, seed={self.seed})")
+                f"min_p={self.min_p}, seed={self.seed}, stats={self.stats})")
 
     def draw(self, logits: torch.Tensor, seed: torch.Tensor, offset: int):
         """``softdec.sample`` with this strategy's filters: ``Sampled(ids, valid)``."""
@@ -51,6 +56,9 @@ class Discrete(Strategy):
 
     def step(self, logits: torch.Tensor, state: dict, ctx: StepContext, eos_mask=None) -> StepResult:
         s = self.draw(logits, ctx.seed, ctx.offset(1))
-        ent, mp = entropy_and_max_prob(logits, self.temperature)
+        if self.stats:
+            ent, mp = entropy_and_max_prob(logits, self.temperature)
+        else:
+            ent = mp = torch.full(s.ids.shape, float("nan"), device=logits.device)
         mode = torch.full_like(s.ids, MODE_DISCRETE, dtype=torch.int8)
         return StepResult(s.ids, torch.zeros_like(s.valid), None, mode, ent, mp, s.valid)
