@@ -649,3 +649,36 @@ def test_zero_new_tokens_returns_prompt():
 def test_min_transformers_documented():
     assert H.MIN_TRANSFORMERS == "4.57"
     assert "4.57" in H.__doc__
+
+
+# ============================================================================ README quickstart
+
+def _quickstart_blocks():
+    import os
+    import re
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    for name in ("docs_quickstart.md", "README.md"):
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            continue
+        text = open(path).read()
+        m = re.search(r"<!-- softdec-hf-quickstart -->(.*?)<!-- /softdec-hf-quickstart -->", text, re.S)
+        if m:
+            return re.findall(r"```python\n(.*?)```", m.group(1), re.S)
+    return None
+
+
+@needs_soft
+@needs_sample
+@needs_verify
+@needs_sparse
+def test_quickstart_snippets_run(capsys):
+    blocks = _quickstart_blocks()
+    if blocks is None:
+        pytest.skip("no softdec-hf-quickstart section in docs_quickstart.md or README.md")
+    assert len(blocks) >= 7
+    scope = {}
+    for code in blocks:
+        exec(compile(code, "<quickstart>", "exec"), scope)
+    assert isinstance(scope["out"], H.GenerateOutput)
+    assert scope["model"].config._attn_implementation == "sdpa"

@@ -368,10 +368,13 @@ def _generate_steps(model, input_ids, mask, strategy, max_new, eos_mask, pad, st
         if streamer is not None:
             streamer.put(ids.cpu())
         soft = res.soft & ~finished
-        flags = torch.stack([finished.all(), soft.any()]).tolist()
-        if flags[0] or t == max_new - 1:
+        all_done, any_soft, all_soft = torch.stack([finished.all(), soft.any(), soft.all()]).tolist()
+        if all_done or t == max_new - 1:
             break
-        if flags[1]:
+        if all_soft:
+            logits = runner.forward(inputs_embeds=res.embeds[:, None].to(emb_w.dtype))[:, -1]
+        elif any_soft:
+            # one step, two kinds of rows: discrete rows feed their token's embedding (the module's output)
             embeds = emb_module(ids[:, None])
             embeds = torch.where(soft[:, None, None], res.embeds[:, None].to(embeds.dtype), embeds)
             logits = runner.forward(inputs_embeds=embeds)[:, -1]
