@@ -561,6 +561,24 @@ def test_sparse_attention_small_budget_runs_finite(select):
     assert model.layers if hasattr(model, "layers") else True
 
 
+@needs_sparse
+@needs_sample
+def test_sparse_attention_cached_page_summaries_match_rescans():
+    """Page summaries kept across decode steps select exactly what a full rescan selects."""
+    model = make_model("qwen2")
+    ids, _ = prompts(1, length=70, pad=False)
+    runs = []
+    for cache_pages in (True, False):
+        H.enable_token_sparse_attention(model, budget=16, select="page", page_size=8, sink=2, window=8,
+                                        prefill=False, cache_page_summaries=cache_pages)
+        try:
+            runs.append(H.generate(model, ids, strategy=S.Discrete(0.0), max_new_tokens=20, eos_token_id=NO_EOS))
+        finally:
+            H.disable_token_sparse_attention(model)
+    assert torch.equal(runs[0].sequences, runs[1].sequences)
+    torch.testing.assert_close(runs[0].stats.entropy, runs[1].stats.entropy, rtol=1e-5, atol=1e-5)
+
+
 def test_sparse_attention_bad_arguments():
     model = model_for("llama")
     with pytest.raises(ValueError, match="budget must be a positive int, got 0"):

@@ -686,11 +686,17 @@ def _token_sparse_attention(module, query, key, value, attention_mask, dropout=0
             idx = order[:, None, :, None].expand(B, key.shape[1], N, d)
             k, v = key.gather(2, idx), value.gather(2, idx)
             seq_lens = valid.sum(1).to(torch.int64)
+        extra = {}
+        if cfg["select"] == "page" and valid is None and cfg["cache_pages"]:
+            extra["page_summary"] = _page_summary(cfg, key, B, N)
+        else:
+            cfg["_pages"] = None
         out = op("sparse_decode_attention")(query[:, :, 0].contiguous(), k.contiguous(), v.contiguous(),
                                             budget=cfg["budget"], select=cfg["select"],
                                             page_size=cfg["page_size"], sink=cfg["sink"], window=cfg["window"],
-                                            seq_lens=seq_lens, scale=scaling)
+                                            seq_lens=seq_lens, scale=scaling, **extra)
         return out[:, None].to(query.dtype), None
+    cfg["_pages"] = None  # a multi-token step (prefill, speculative scoring) may rewrite cached keys
     if cfg["prefill"] and Lq == N and Lq >= cfg["prefill_min_length"] and _key_validity(attention_mask, B, N) is None:
         if attention_mask is None or bool(attention_mask.dim() == 4 and
                                           (attention_mask[:, :, -1, :] if attention_mask.dtype == torch.bool
@@ -701,6 +707,24 @@ def _token_sparse_attention(module, query, key, value, attention_mask, dropout=0
             return out.transpose(1, 2).contiguous(), None
     return _dense_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                             is_causal=is_causal, **kwargs)
+
+
+def _page_summary(cfg, key, batch: int, n: int):
+    """This layer's Quest page summaries, updated by one token per decode step (built on the first
+    decode step after any multi-token forward, or when the cache did not grow by exactly one)."""
+    ps = cfg["page_size"]
+    st = cfg.get("_pages")
+    if st is not None and st[1] == n - 1 and st[0].kmin.shape[0] == batch and st[0].kmin.shape[1] == key.shape[1]:
+        summ = st[0]
+        pages = (n + ps - 1) // ps
+        if summ.kmin.shape[2] < pages:  # the new token opens a page
+            pad = summ.kmin.new_zeros(summ.kmin.shape[:2] + (pages - summ.kmin.shape[2], summ.kmin.shape[3]))
+            summ = type(summ)(torch.cat([summ.kmin, pad], 2), torch.cat([summ.kmax, pad.clone()], 2), ps)
+        op("update_page_summary")(summ, key, start=n - 1, end=n)
+    else:
+        summ = op("build_page_summary")(key, page_size=ps)
+    cfg["_pages"] = (summ, n)
+    return summ
 
 
 def _attention_modules(model):
@@ -732,7 +756,7 @@ def _set_attn(model, name: str):
 def enable_token_sparse_attention(model, *, budget: int, select: str = "page", layers=None, prefill: bool = True,
                                   page_size: int = 16, sink: int = 4, window: int = 64, coverage: float = 0.005,
                                   min_tokens: int = 1024, prefill_window: int = 128,
-                                  prefill_min_length: Optional[int] = None):
+                                  prefill_min_length: Optional[int] = None, cache_page_summaries: bool = True):
     """Switch a model's attention to softdec's token-sparse kernels.
 
     Registers ``"softdec_token_sparse"`` in transformers' ``AttentionInterface``
@@ -766,6 +790,11 @@ def enable_token_sparse_attention(model, *, budget: int, select: str = "page", l
     prefill_min_length : int, optional
         Shortest prompt that uses the sparse prefill; default ``min_tokens + 1``
         (shorter prompts would keep every token anyway).
+    cache_page_summaries : bool, default True
+        Page mode: keep each layer's Quest page summaries (per-page key
+        min/max) across decode steps and update only the page the new token
+        lands in, instead of rescanning the whole cache every step. They are
+        rebuilt after any multi-token forward or padded step.
 
     Returns
     -------
@@ -810,7 +839,8 @@ def enable_token_sparse_attention(model, *, budget: int, select: str = "page", l
             chosen.add(i % n_layers)
     cfg = dict(budget=budget, select=select, page_size=page_size, sink=sink, window=window, prefill=bool(prefill),
                coverage=float(coverage), min_tokens=min_tokens, prefill_window=prefill_window,
-               prefill_min_length=min_tokens + 1 if prefill_min_length is None else int(prefill_min_length))
+               prefill_min_length=min_tokens + 1 if prefill_min_length is None else int(prefill_min_length),
+               cache_pages=bool(cache_page_summaries) and hasattr(__import__("softdec"), "build_page_summary"))
     _register_sparse_backend()
     if getattr(model, "_softdec_prev_attn", None) is None:
         model._softdec_prev_attn = model.config._attn_implementation
