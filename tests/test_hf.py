@@ -377,30 +377,63 @@ def test_speculative_greedy_stops_at_eos():
 
 @needs_verify
 @needs_sample
-def test_speculative_exact_first_token_distribution():
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 5, 0.9)])
+def test_speculative_exact_first_token_distribution(temperature, top_k, top_p):
     """With a different draft model, the first generated token is distributed exactly as the target's
-    softmax (chi-square over many rows, each its own Philox seed)."""
+    filtered softmax (chi-square over many rows, each its own Philox seed)."""
     from scipy import stats
+    from softdec.reference import filter_probs
     vocab = 8
     target = make_model("llama", vocab=vocab, hidden=16, seed=21, std=0.5)
     draft = make_model("llama", vocab=vocab, hidden=16, seed=22, std=0.5)
     prompt = torch.tensor([[3, 5, 1, 6]])
     with torch.no_grad():
-        p = torch.softmax(target(prompt).logits[0, -1].double(), -1)
-        q = torch.softmax(draft(prompt).logits[0, -1].double(), -1)
+        lt = target(prompt).logits[0, -1:].double()
+        ld = draft(prompt).logits[0, -1:].double()
+    p = filter_probs(lt, temperature, top_k, top_p)[0][0]
+    q = filter_probs(ld, temperature, top_k, top_p)[0][0]
     assert float((p - q).abs().sum()) > 0.2  # the draft really differs
     n = 20000
     ids = prompt.expand(n, -1).contiguous()
     seeds = torch.arange(n, dtype=torch.int64) * 7919 + 1
-    out = H.generate(target, ids, strategy=S.Speculative(draft, 2, "exact", temperature=1.0, seed=seeds),
-                     max_new_tokens=1, eos_token_id=NO_EOS)
+    spec = S.Speculative(draft, 2, "exact", temperature=temperature, top_k=top_k, top_p=top_p, seed=seeds)
+    out = H.generate(target, ids, strategy=spec, max_new_tokens=1, eos_token_id=NO_EOS)
     first = out.sequences[:, prompt.shape[1]]
     counts = torch.bincount(first, minlength=vocab).double()
-    exp = p * n
-    chi = stats.chisquare(counts.numpy(), exp.numpy())
-    assert chi.pvalue > 1e-3, (counts, exp)
-    # the draft's distribution is rejected by the same test (the test has power)
-    assert stats.chisquare(counts.numpy(), (q * n).numpy()).pvalue < 1e-6
+    support = p > 0
+    assert bool((counts[~support] == 0).all())  # filtered tokens are never emitted
+    chi = stats.chisquare(counts[support].numpy(), (p[support] * n).numpy())
+    assert chi.pvalue > 1e-3, (counts, p * n)
+    # the emitted tokens are far from the draft's distribution (the test would see a draft-biased verifier)
+    assert float((counts / n - q).abs().sum()) > 0.1
+
+
+def test_draft_filtered_probs_match_reference():
+    from softdec.reference import filter_probs
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(5, 50, generator=g) * 3
+    for t, k, tp, mp in [(1.0, 0, 1.0, 0.0), (0.7, 5, 1.0, 0.0), (1.3, 0, 0.8, 0.0), (0.9, 10, 0.9, 0.05),
+                         (0.0, 0, 1.0, 0.0)]:
+        ours = H._filtered_probs(logits, t, k, tp, mp)
+        ref = filter_probs(logits.double(), t, k, tp, mp)[0]
+        torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@needs_verify
+@needs_sample
+@pytest.mark.parametrize("method", ["typical", "relaxed"])
+def test_speculative_typical_and_relaxed_run(method):
+    model = model_for("llama")
+    ids, mask = prompts(3)
+    nb = torch.randint(0, V, (V, 3), generator=torch.Generator().manual_seed(0))
+    spec = S.Speculative(perturbed_copy(model, "llama", 0.05), 3, method, temperature=0.8, seed=1,
+                         neighbours=nb if method == "relaxed" else None)
+    out = H.generate(model, ids, attention_mask=mask, strategy=spec, max_new_tokens=10, eos_token_id=NO_EOS)
+    assert out.sequences.shape == (3, ids.shape[1] + 10)
+    gen = out.sequences[:, ids.shape[1]:]
+    assert bool(((gen >= 0) & (gen < V)).all())
+    acc = out.stats.num_accepted
+    assert bool(((acc >= -1) & (acc <= 3)).all()) and int(acc.max()) > 0
 
 
 @needs_verify
