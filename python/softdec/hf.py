@@ -172,16 +172,24 @@ class _Runner:
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.keep_arg = _accepts(model, "logits_to_keep")
+        self.all_valid = True  # no padding and no holes so far: the model may skip the mask
 
     def forward(self, *, input_ids=None, inputs_embeds=None, new_mask=None, keep: int = 1) -> torch.Tensor:
         x = input_ids if input_ids is not None else inputs_embeds
         b, n = x.shape[0], x.shape[1]
         if new_mask is None:
             new_mask = torch.ones(b, n, dtype=torch.long, device=x.device)
-        new_mask = new_mask.to(torch.long)
-        position_ids = self.pos[:, None] + torch.cumsum(new_mask, 1) - new_mask
+        else:
+            new_mask = new_mask.to(torch.long)
+            self.all_valid = self.all_valid and bool(new_mask.all())
+        if self.all_valid:
+            position_ids = (self.pos[:, None] + torch.arange(n, device=x.device)[None]).expand(b, n)
+        else:
+            position_ids = self.pos[:, None] + torch.cumsum(new_mask, 1) - new_mask
         self.mask = torch.cat([self.mask, new_mask], 1)
-        kw = dict(attention_mask=self.mask, position_ids=position_ids, past_key_values=self.cache, use_cache=True)
+        # like transformers' generate, drop an all-ones mask (SDPA then needs no mask at all)
+        kw = dict(attention_mask=None if self.all_valid else self.mask, position_ids=position_ids,
+                  past_key_values=self.cache, use_cache=True)
         if self.keep_arg:
             kw["logits_to_keep"] = keep
         if input_ids is not None:
@@ -199,6 +207,7 @@ class _Runner:
         n = keep.shape[1]
         tail = self.mask[:, -n:]
         new_tail = tail * keep.to(tail.dtype)
+        self.all_valid = self.all_valid and bool(keep.all())
         self.pos = self.pos - (tail - new_tail).sum(1)
         self.mask = torch.cat([self.mask[:, :-n], new_tail], 1)
         col_used = new_tail.any(0)

@@ -38,7 +38,9 @@ class Speculative(Strategy):
         token; ``soft`` runs speculative Soft Thinking (the draft thinks
         softly, the target accepts while the total-variation distance between
         the soft tokens is <= ``delta`` and feeds its own soft token after a
-        rejection).
+        rejection). Soft speculative steps are all soft (no Cold Stop or
+        think-end switching inside this strategy); the sequence records each
+        soft token's top id.
     temperature, top_k, top_p, min_p : default 1.0, 0, 1.0, 0.0
         The target's (and the draft's) sampling filters. For ``soft``,
         ``top_k`` is the concept-token size (default 10 when 0).
