@@ -116,36 +116,38 @@ inline __m512 load16_tail(const fp16* p, int n) {
   return _mm512_cvtph_ps(r);
 }
 
-// e^x for x in [-150, 0] (Cephes expf polynomial, ~1 ulp); scalef gives exact 0
-// on underflow.
-inline __m512 exp512(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+// 2^x for x in [-217, ~0] (round to nearest, Taylor polynomial of degree 6 on
+// [-1/2, 1/2], ~1 ulp); scalef gives an exact 0 on underflow.
+inline __m512 exp2_512(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
 
+// The lanes work in base 2: z2 = (l - m) t log2(e), S = sum 2^z2 and
+// A2 = sum 2^z2 z2 (A = A2 ln 2), converted when the lanes are merged.
 template <typename scalar_t, bool kCold>
 void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Part<float>& P) {
   __m512 vm = _mm512_set1_ps(-FLT_MAX), vs = _mm512_setzero_ps(), va = _mm512_setzero_ps();
   __mmask16 badm = 0;
   float thr = P.n == k ? P.vals[k - 1] : -INFINITY;
   __m512 vthr = _mm512_set1_ps(thr);
-  const __m512 vt = _mm512_set1_ps(t), vfloor = _mm512_set1_ps(-150.0f),
-               vbig = _mm512_set1_ps(FLT_MAX);
+  constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.69314718055994531f;
+  const __m512 vt = _mm512_set1_ps(std::min(t * kLog2e, FLT_MAX)), vfloor = _mm512_set1_ps(-217.0f),
+               vbig = _mm512_set1_ps(FLT_MAX), vlive = _mm512_set1_ps(-150.0f);
   auto body = [&](__m512 x, int64_t base) {
-    badm |= _mm512_cmp_ps_mask(x, vbig, _CMP_NLE_UQ);  // NaN or +inf
-    __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_GT_OQ);
+    // x > thr, or NaN (unordered): one compare covers the top-k threshold and
+    // the NaN / +inf check (+inf is always above the threshold)
+    __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_NLE_UQ);
     if (SOFTDEC_UNLIKELY(gt)) {  // threshold fast path: most chunks skip this
+      badm |= _mm512_mask_cmp_ps_mask(gt, x, vbig, _CMP_NLE_UQ);  // NaN or +inf
       alignas(64) float buf[16];
       _mm512_store_ps(buf, x);
       while (gt) {
@@ -163,16 +165,20 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
       if (SOFTDEC_UNLIKELY(up)) {  // rescale the lanes whose max grew
         const __m512 mn = _mm512_mask_max_ps(vm, up, vm, x);
         const __m512 d = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(vm, mn), vt), vfloor);
-        const __m512 e = exp512(d);
+        const __m512 e = exp2_512(d);
         va = _mm512_mul_ps(e, _mm512_fmadd_ps(d, vs, va));
         vs = _mm512_mul_ps(e, vs);
         vm = mn;
       }
       // max_ps returns its second operand for NaN: NaN lanes give z = floor, e = 0
       const __m512 z = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vt), vfloor);
-      const __m512 e = exp512(z);
-      vs = _mm512_add_ps(vs, e);
-      va = _mm512_fmadd_ps(e, z, va);
+      // 2^z2 underflows to 0 in every lane: an exact no-op (typical for LLM
+      // logits far below the max), skip the exponential
+      if (_mm512_cmp_ps_mask(z, vlive, _CMP_GT_OQ)) {
+        const __m512 e = exp2_512(z);
+        vs = _mm512_add_ps(vs, e);
+        va = _mm512_fmadd_ps(e, z, va);
+      }
     }
   };
   int64_t v = v0;
@@ -184,7 +190,8 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
     _mm512_store_ps(m, vm);
     _mm512_store_ps(s, vs);
     _mm512_store_ps(a, va);
-    for (int j = 0; j < 16; ++j) soft::softmax_merge(P.sm, SoftmaxState<float>{m[j], s[j], a[j]}, t);
+    for (int j = 0; j < 16; ++j)
+      soft::softmax_merge(P.sm, SoftmaxState<float>{m[j], s[j], a[j] * kLn2}, t);
   }
 }
 #endif
@@ -316,7 +323,7 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
       const int64_t v0 = c * slice, v1 = std::min(V, v0 + slice);
       if (v0 >= v1) continue;
       const bool cold = T[b] == 0.0;
-      const acc_t t = cold ? acc_t(0) : static_cast<acc_t>(1.0 / T[b]);
+      const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
       scan<scalar_t, acc_t>(L + b * sL, v0, v1, t, cold, k, P);
     }
   });
@@ -333,7 +340,7 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
     std::vector<int64_t> mi(k);
     for (int64_t b = begin; b < end; ++b) {
       const bool cold = T[b] == 0.0;
-      const acc_t t = cold ? acc_t(0) : static_cast<acc_t>(1.0 / T[b]);
+      const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
       SoftmaxState<acc_t> st = parts[b * C].sm;
       bool bad = false;
       int n = 0;
@@ -429,6 +436,28 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
 }
 
 // ------------------------------------------------------------------ backward (logits)
+#if defined(SOFTDEC_SM_AVX512)
+// o[j] = t p_j (-gh (log p_j + H) - gm pm) for the float32 rows, 16 at a time,
+// with p_j = 2^((l_j t - lse) log2 e); returns the first index left to the
+// scalar tail.
+inline int64_t dense_grad_avx512(const float* l, int64_t V, float t, float lse, float gh, float h,
+                                 float gmpm, float* o) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  const __m512 vt = _mm512_set1_ps(t), vlse = _mm512_set1_ps(lse), vgh = _mm512_set1_ps(-gh),
+               vh = _mm512_set1_ps(h), vc = _mm512_set1_ps(-gmpm), vfloor = _mm512_set1_ps(-150.0f),
+               vl2e = _mm512_set1_ps(kLog2e);
+  int64_t j = 0;
+  for (; j + 16 <= V; j += 16) {
+    // lp >= -150: p underflows to exactly 0 and the product stays finite
+    const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_loadu_ps(l + j), vt, vlse), vfloor);
+    const __m512 p = exp2_512(_mm512_mul_ps(lp, vl2e));
+    const __m512 d = _mm512_mul_ps(p, _mm512_fmadd_ps(vgh, _mm512_add_ps(lp, vh), vc));
+    _mm512_storeu_ps(o + j, _mm512_mul_ps(d, vt));
+  }
+  return j;
+}
+#endif
+
 template <typename scalar_t, typename emb_t, typename acc_t>
 void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_t* gM,
                    const acc_t* gY, const scalar_t* L, int64_t sL, const emb_t* E, int64_t sE,
@@ -444,14 +473,20 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
         for (int64_t j = 0; j < V; ++j) o[j] = static_cast<scalar_t>(0.0f);
         continue;
       }
-      const acc_t t = static_cast<acc_t>(1.0 / T[b]);
+      const acc_t t = soft::inv_temperature<acc_t>(T[b]);
       const int kept = static_cast<int>(nkept[b]);
       const int64_t* id = ids + b * k;
       const acc_t* w = W + b * k;
       // dense terms: entropy and max prob of the full distribution
       const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b], ls = lse[b];
       if (gh != acc_t(0) || gm != acc_t(0)) {
-        for (int64_t j = 0; j < V; ++j) {
+        int64_t j0 = 0;
+#if defined(SOFTDEC_SM_AVX512)
+        if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>) {
+          j0 = dense_grad_avx512(L + b * sL, V, t, ls, gh, h, gm * pm, o);
+        }
+#endif
+        for (int64_t j = j0; j < V; ++j) {
           const acc_t lp = to_acc<acc_t>(L[b * sL + j]) * t - ls;
           const acc_t p = std::exp(lp);
           const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);

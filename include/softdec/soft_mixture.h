@@ -49,6 +49,21 @@ SOFTDEC_HD float z_floor<float>() { return -150.0f; }
 template <>
 SOFTDEC_HD double z_floor<double>() { return -1.0e4; }
 
+// 1 / T in T, clamped to the largest finite value: a tiny temperature (1 / T
+// overflowing T) behaves as its limit instead of producing inf * 0 = NaN.
+template <typename T>
+SOFTDEC_HD T inv_temperature(double temperature);
+template <>
+SOFTDEC_HD float inv_temperature<float>(double temperature) {
+  const double t = 1.0 / temperature;
+  return t < 3.4028234663852886e38 ? static_cast<float>(t) : 3.4028234663852886e38f;
+}
+template <>
+SOFTDEC_HD double inv_temperature<double>(double temperature) {
+  const double t = 1.0 / temperature;
+  return t < 1.7976931348623157e308 ? t : 1.7976931348623157e308;
+}
+
 template <typename T>
 SOFTDEC_HD T sm_exp(T x) {
 #if defined(__CUDA_ARCH__)
@@ -196,7 +211,7 @@ SOFTDEC_HD int finalize_row(const T* cand_v, const int64_t* cand_id, int n, int 
       ids[0] = cand_id[0];
       w[0] = T(1);
     } else {
-      const T t = T(1) / static_cast<T>(p.temperature);
+      const T t = inv_temperature<T>(p.temperature);
       kept = n < p.top_k ? n : static_cast<int>(p.top_k);
       T sum = 0;
       for (int i = 0; i < kept; ++i) {

@@ -225,7 +225,9 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
        (Marsaglia-Tsang in float64; attempt ``t < 16`` of token ``id`` uses the
        Philox block ``id * 16 + t``, see include/softdec/soft_mixture.h and
        :func:`softdec.reference.soft_gamma`).
-    4. Sort by weight, descending (ties: lower id first). Where fewer than ``k``
+    4. Sort by weight, descending (ties: lower id first; without noise the
+       top-k order, logit descending, is kept: weights that underflow to the
+       same value stay in logit order). Where fewer than ``k``
        tokens survive, ``ids`` is padded with the row's first id, ``weights``
        with 0 and ``noisy_logits`` with ``-inf``.
     5. ``embeds = embed_scale * sum_i weights_i * embedding[ids_i]``, accumulated

@@ -54,13 +54,14 @@ def philox_uniform(seed: int, offset: int, n: int) -> torch.Tensor:
 
 import math  # noqa: E402
 
-__all__ += ["soft_mixture", "philox_at", "soft_gamma"]
+__all__ += ["soft_mixture", "soft_mixture_dense", "philox_at", "soft_gamma"]
 
 # Dirichlet noise: Gamma(a) by Marsaglia-Tsang with at most this many attempts
 # per token; attempt t of token id uses the Philox block id * 16 + t.
 SOFT_GAMMA_ATTEMPTS = 16
 
 
+@torch.compiler.disable  # numpy inside: a graph break under torch.compile
 def philox_at(seed, offset, index) -> torch.Tensor:
     """Elements ``index`` of the per-row ``(seed[r], offset[r])`` Philox streams.
 
@@ -84,6 +85,7 @@ def philox_at(seed, offset, index) -> torch.Tensor:
     return torch.from_numpy(u.astype(np.float32)).reshape(index.shape)
 
 
+@torch.compiler.disable  # draws through philox_at (numpy)
 def soft_gamma(a, seed, offset, ids) -> torch.Tensor:
     """Gamma(a) draws of the Dirichlet noise, float64, from the Philox stream.
 
@@ -216,23 +218,34 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
     elif noise is not None:
         raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
 
-    # final order: weight descending, ties lower id first
-    o1 = torch.argsort(ids, dim=1, stable=True)
-    ids, w, surv = ids.gather(1, o1), w.gather(1, o1), surv.gather(1, o1)
-    noisy = noisy.gather(1, o1) if noisy is not None else None
-    o2 = torch.sort(torch.where(surv, w, torch.full_like(w, -1.0)), dim=1, descending=True, stable=True).indices
-    ids, w, surv = ids.gather(1, o2), w.gather(1, o2), surv.gather(1, o2)
-    noisy = noisy.gather(1, o2) if noisy is not None else None
+    # final order: weight descending, ties lower id first. Without noise the
+    # top-k order (logit descending, ties lower id first) already is one, and
+    # is kept as is (weights that underflow to equal values keep logit order).
+    if noise is not None:
+        o1 = torch.argsort(ids, dim=1, stable=True)
+        ids, w, surv = ids.gather(1, o1), w.gather(1, o1), surv.gather(1, o1)
+        noisy = noisy.gather(1, o1) if noisy is not None else None
+        o2 = torch.sort(torch.where(surv, w, torch.full_like(w, -1.0)), dim=1, descending=True, stable=True).indices
+        ids, w, surv = ids.gather(1, o2), w.gather(1, o2), surv.gather(1, o2)
+        noisy = noisy.gather(1, o2) if noisy is not None else None
     top = torch.where(valid, ids[:, 0], torch.zeros_like(ids[:, 0]))
     ids = torch.where(surv, ids, top[:, None])
     w = torch.where(surv, w, torch.zeros_like(w))
     if noisy is not None:
         noisy = torch.where(surv, noisy, torch.full_like(noisy, -math.inf))
 
-    rows = embedding.to(acc)[ids]  # (B, k, D)
+    rows = embedding[ids].to(acc)  # (B, k, D): gather first, convert k rows only
     embeds = embed_scale * torch.einsum("bk,bkd->bd", w, rows)
     embeds = embeds.to(embedding.dtype)
     return (embeds, ids, w.to(torch.float32) if acc == torch.float32 else w, entropy, max_prob, valid, noisy)
+
+
+def soft_mixture_dense(logits, embedding, *, temperature=1.0):
+    """The dense concept token ``softmax(logits / T) @ embedding`` over the whole
+    vocabulary (no top-k): the formulation the fused gather replaces; a
+    benchmark baseline. Computes the matmul in the embedding's dtype."""
+    p = torch.softmax(logits.float() / temperature, dim=-1)
+    return p.to(embedding.dtype) @ embedding
 
 
 # ============================================================================ sampling

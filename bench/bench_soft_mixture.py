@@ -1,0 +1,77 @@
+"""soft_mixture (Soft Thinking concept tokens) against the eager reference,
+torch.compile of it and the dense ``softmax(logits / T) @ E`` formulation.
+
+Shapes from the issue: V = 151936 (Qwen2.5), D = 3584, bf16 embedding table,
+float32 logits, k in {10, 30}, B in {1, 8, 64}, with the Soft Thinking
+settings T = 0.6, top_p = 0.95, min_p = 0.001. Byte floor = logits read +
+k embedding rows read per row + the output written.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import softdec
+from softdec import reference as ref
+from harness import Case
+
+V, D = 151936, 3584
+_TABLES: dict = {}
+
+
+def _table(device):
+    if device not in _TABLES:  # 1.1 GB: build once per device
+        g = torch.Generator().manual_seed(0)
+        _TABLES[device] = (torch.randn(V, D, generator=g, dtype=torch.float32) * 0.02).to(torch.bfloat16).to(device)
+    return _TABLES[device]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    return torch.compile(ref.soft_mixture, dynamic=False)
+
+
+def _make(B, k, device, noise=None):
+    g = torch.Generator().manual_seed(B * 100 + k)
+    logits = (torch.randn(B, V, generator=g) * 3).to(device)
+    table = _table(device)
+    kw = dict(top_k=k, temperature=0.6, top_p=0.95, min_p=0.001, noise=noise, tau=0.5, seed=1)
+    fns = {
+        "softdec": lambda: softdec.soft_mixture(logits, table, **kw),
+        "eager": lambda: ref.soft_mixture(logits, table, **kw),
+        "compile": lambda: _compiled()(logits, table, **kw),
+        "dense": lambda: ref.soft_mixture_dense(logits, table, temperature=0.6),
+    }
+    nbytes = logits.numel() * logits.element_size() + B * k * D * table.element_size() \
+        + B * D * table.element_size() + B * k * (8 + 4)
+    return fns, nbytes
+
+
+def cases(quick: bool, device: str):
+    shapes = [(1, 10), (64, 30)] if quick else [(b, k) for k in (10, 30) for b in (1, 8, 64)]
+    out = []
+    for B, k in shapes:
+        fns, nbytes = _make(B, k, device)
+        out.append(Case(op="soft_mixture", label=f"B={B} V={V} D={D} k={k} bf16", fns=fns,
+                        bytes=nbytes, device=device,
+                        notes="fp32 logits, bf16 table, T=0.6 top_p=0.95 min_p=0.001"))
+    if not quick:
+        fns, nbytes = _make(8, 10, device, noise="gumbel")
+        out.append(Case(op="soft_mixture", label=f"B=8 V={V} D={D} k=10 gumbel", fns=fns,
+                        bytes=nbytes, device=device, notes="Gumbel noise, tau=0.5"))
+    return out
+
+
+@pytest.mark.parametrize("B,k", [(8, 10), (64, 30)])
+def test_soft_mixture(benchmark, B, k):
+    fns, _ = _make(B, k, "cpu")
+    benchmark(fns["softdec"])
+
+
+@pytest.mark.parametrize("B,k", [(8, 10)])
+def test_soft_mixture_eager_reference(benchmark, B, k):
+    fns, _ = _make(B, k, "cpu")
+    benchmark(fns["eager"])

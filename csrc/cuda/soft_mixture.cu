@@ -1,0 +1,679 @@
+// CUDA backend of softdec.soft_mixture (forward): the same semantics and the
+// same Philox stream as the CPU backend (the per-row math is shared through
+// include/softdec/soft_mixture.h).
+//
+// 1. scan_kernel, grid (slices, rows), 256 threads: 16-byte loads of the row
+//    slice; each thread keeps an online softmax state (max, sum-exp, entropy
+//    term) and appends values above the block's current k-th value to a
+//    shared-memory candidate buffer; when the buffer could overflow on the next
+//    tile the block sorts it (bitonic, key = value desc, id asc) and keeps the
+//    top k, raising the threshold. Warp-shuffle merge of the softmax states.
+//    Small batches split the vocabulary over several blocks per row.
+// 2. finalize_kernel, one thread per row: merges the slices (states and top-k
+//    lists) and runs soft::finalize_row (filters, noise, final order).
+// 3. gather_kernel, grid (rows, D / 2048): each thread owns 8 columns
+//    (16-byte loads of bf16/fp16 rows), fp32 accumulation over the kept tokens.
+// 4. backward: one block per row for the logits gradient; the embedding
+//    gradient is written row by row by the first (row, slot) pair of each id.
+#include "cuda_common.cuh"
+#include "../dispatch.h"
+#include "softdec/soft_mixture.h"
+
+#include <cfloat>
+#include <cstdint>
+#include <type_traits>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <limits>
+#include <tuple>
+
+namespace softdec {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+struct CudaScalar {
+  using type = T;
+};
+template <>
+struct CudaScalar<bf16> {
+  using type = __nv_bfloat16;
+};
+template <>
+struct CudaScalar<fp16> {
+  using type = __half;
+};
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ double to_float(double v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(float v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ double from_acc<double>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half(v); }
+
+// Store an accumulator value in the output type (no float detour for float64).
+template <typename T, typename A>
+__device__ __forceinline__ T cast_out(A v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return static_cast<double>(v);
+  } else {
+    return from_acc<T>(static_cast<float>(v));
+  }
+}
+
+template <typename T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+
+// Elements per 16-byte load, the tile and the candidate buffer size.
+template <typename scalar_t>
+struct ScanCfg {
+  static constexpr int kVec = 16 / sizeof(scalar_t);
+  static constexpr int kTile = kThreads * kVec;
+  static constexpr int kCap = 2 * kTile;  // >= kTile + kMaxTopK for every dtype
+};
+
+template <typename acc_t>
+__device__ __forceinline__ void state_merge_shfl(soft::SoftmaxState<acc_t>& st, acc_t t) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    soft::SoftmaxState<acc_t> other{__shfl_xor_sync(0xffffffffu, st.m, o),
+                                    __shfl_xor_sync(0xffffffffu, st.s, o),
+                                    __shfl_xor_sync(0xffffffffu, st.a, o)};
+    soft::softmax_merge(st, other, t);
+  }
+}
+
+// Bitonic sort of cap (a power of two) entries in shared memory, best first.
+template <typename acc_t, int kCap>
+__device__ void block_sort(acc_t* v, int32_t* id) {
+  for (int size = 2; size <= kCap; size <<= 1) {
+    for (int stride = size >> 1; stride > 0; stride >>= 1) {
+      for (int i = threadIdx.x; i < kCap; i += blockDim.x) {
+        const int j = i ^ stride;
+        if (j > i) {
+          const bool up = (i & size) == 0;  // this half sorts best-first
+          const bool j_before_i = soft::ranks_before(v[j], static_cast<int64_t>(id[j]), v[i],
+                                                     static_cast<int64_t>(id[i]));
+          if (j_before_i == up) {
+            const acc_t tv = v[i];
+            v[i] = v[j];
+            v[j] = tv;
+            const int32_t ti = id[i];
+            id[i] = id[j];
+            id[j] = ti;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+
+// Sort the buffer, keep the best k: returns the new count, sets *thr.
+template <typename acc_t, int kCap>
+__device__ int compact(acc_t* v, int32_t* id, int cnt, int k, acc_t* thr_sh) {
+  for (int i = cnt + threadIdx.x; i < kCap; i += blockDim.x) {
+    v[i] = -static_cast<acc_t>(INFINITY);
+    id[i] = INT32_MAX;
+  }
+  __syncthreads();
+  block_sort<acc_t, kCap>(v, id);
+  const int n = cnt < k ? cnt : k;
+  if (threadIdx.x == 0) *thr_sh = n == k ? v[k - 1] : -static_cast<acc_t>(INFINITY);
+  __syncthreads();
+  return n;
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    scan_kernel(const scalar_t* __restrict__ logits, int64_t sL, int64_t V, int64_t slice,
+                const double* __restrict__ temperature, int k, acc_t* __restrict__ part_state,
+                int32_t* __restrict__ part_bad, int32_t* __restrict__ part_n,
+                acc_t* __restrict__ part_v, int64_t* __restrict__ part_i) {
+  using Cfg = ScanCfg<scalar_t>;
+  __shared__ acc_t cand_v[Cfg::kCap];
+  __shared__ int32_t cand_i[Cfg::kCap];
+  __shared__ int cnt_sh;
+  __shared__ acc_t thr_sh;
+  __shared__ acc_t red[3][kThreads / 32];
+  const int64_t b = blockIdx.y, c = blockIdx.x, C = gridDim.x;
+  const int64_t v0 = c * slice, v1 = min(V, v0 + slice);
+  const scalar_t* row = logits + b * sL;
+  const double T = temperature[b];
+  const bool cold = T == 0.0;
+  const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T);
+  const acc_t big = std::numeric_limits<acc_t>::max();
+  const acc_t ninf = -static_cast<acc_t>(INFINITY);
+  if (threadIdx.x == 0) {
+    cnt_sh = 0;
+    thr_sh = ninf;
+  }
+  __syncthreads();
+  soft::SoftmaxState<acc_t> st{std::numeric_limits<acc_t>::lowest(), acc_t(0), acc_t(0)};
+  int bad = 0;
+  int cnt = 0;
+  const bool aligned = (reinterpret_cast<uintptr_t>(row) % 16 == 0) && (v0 % Cfg::kVec == 0);
+  for (int64_t base = v0; base < v1; base += Cfg::kTile) {
+    const acc_t thr = thr_sh;
+    const int64_t e0 = base + static_cast<int64_t>(threadIdx.x) * Cfg::kVec;
+    scalar_t vals[Cfg::kVec];
+    if (aligned && e0 + Cfg::kVec <= v1) {
+      *reinterpret_cast<uint4*>(vals) = __ldg(reinterpret_cast<const uint4*>(row + e0));
+    } else {
+#pragma unroll
+      for (int j = 0; j < Cfg::kVec; ++j)
+        vals[j] = e0 + j < v1 ? row[e0 + j] : from_acc<scalar_t>(-INFINITY);
+    }
+#pragma unroll
+    for (int j = 0; j < Cfg::kVec; ++j) {
+      const acc_t l = static_cast<acc_t>(to_float(vals[j]));
+      bad |= (!(l <= big) && l != ninf);
+      if (l > thr) {
+        const int slot = atomicAdd(&cnt_sh, 1);
+        cand_v[slot] = l;
+        cand_i[slot] = static_cast<int32_t>(e0 + j);
+      }
+      if (!cold) soft::softmax_push(st, l, t);
+    }
+    __syncthreads();
+    cnt = cnt_sh;
+    if (cnt > Cfg::kCap - Cfg::kTile) {
+      cnt = compact<acc_t, Cfg::kCap>(cand_v, cand_i, cnt, k, &thr_sh);
+      if (threadIdx.x == 0) cnt_sh = cnt;
+    }
+    __syncthreads();
+  }
+  cnt = cnt_sh;
+  __syncthreads();
+  cnt = compact<acc_t, Cfg::kCap>(cand_v, cand_i, cnt, k, &thr_sh);
+  const int64_t w = b * C + c;
+  for (int i = threadIdx.x; i < cnt; i += blockDim.x) {
+    part_v[w * k + i] = cand_v[i];
+    part_i[w * k + i] = cand_i[i];
+  }
+  bad = __syncthreads_or(bad);
+  if (!cold) {
+    state_merge_shfl(st, t);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) {
+      red[0][warp] = st.m;
+      red[1][warp] = st.s;
+      red[2][warp] = st.a;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      soft::SoftmaxState<acc_t> tot{red[0][0], red[1][0], red[2][0]};
+      for (int i = 1; i < kThreads / 32; ++i)
+        soft::softmax_merge(tot, soft::SoftmaxState<acc_t>{red[0][i], red[1][i], red[2][i]}, t);
+      st = tot;
+    }
+  }
+  if (threadIdx.x == 0) {
+    part_state[w * 3 + 0] = st.m;
+    part_state[w * 3 + 1] = st.s;
+    part_state[w * 3 + 2] = st.a;
+    part_bad[w] = bad;
+    part_n[w] = cnt;
+  }
+}
+
+template <typename acc_t>
+__global__ void finalize_kernel(int64_t B, int64_t C, int k, const acc_t* __restrict__ part_state,
+                                const int32_t* __restrict__ part_bad,
+                                const int32_t* __restrict__ part_n,
+                                const acc_t* __restrict__ part_v, const int64_t* __restrict__ part_i,
+                                const double* __restrict__ T, const int64_t* __restrict__ K,
+                                const double* __restrict__ TP, const double* __restrict__ MP,
+                                const int64_t* __restrict__ S, const int64_t* __restrict__ O,
+                                int noise, double tau, double noise_scale, double alpha,
+                                int64_t* __restrict__ ids, acc_t* __restrict__ w,
+                                acc_t* __restrict__ h, acc_t* __restrict__ mp, bool* __restrict__ ok,
+                                acc_t* __restrict__ y, acc_t* __restrict__ lse,
+                                int64_t* __restrict__ nkept) {
+  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (b >= B) return;
+  acc_t mv[soft::kMaxTopK];
+  int64_t mi[soft::kMaxTopK];
+  const bool cold = T[b] == 0.0;
+  const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
+  soft::SoftmaxState<acc_t> st{part_state[b * C * 3], part_state[b * C * 3 + 1],
+                               part_state[b * C * 3 + 2]};
+  bool bad = false;
+  int n = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t p = b * C + c;
+    if (c > 0 && !cold)
+      soft::softmax_merge(st, soft::SoftmaxState<acc_t>{part_state[p * 3], part_state[p * 3 + 1],
+                                                        part_state[p * 3 + 2]},
+                          t);
+    bad |= part_bad[p] != 0;
+    for (int i = 0; i < part_n[p]; ++i)
+      n = soft::topk_insert(mv, mi, n, k, part_v[p * k + i], part_i[p * k + i]);
+  }
+  const bool valid = !bad && n > 0;
+  ok[b] = valid;
+  if (!valid) {
+    h[b] = mp[b] = lse[b] = acc_t(0);
+    nkept[b] = 0;
+    for (int i = 0; i < k; ++i) {
+      ids[b * k + i] = 0;
+      w[b * k + i] = acc_t(0);
+      y[b * k + i] = -static_cast<acc_t>(INFINITY);
+    }
+    return;
+  }
+  if (cold) {
+    h[b] = acc_t(0);
+    mp[b] = acc_t(1);
+    lse[b] = acc_t(0);
+  } else {
+    const acc_t logS = soft::sm_log(st.s);
+    h[b] = logS - st.a / st.s;
+    mp[b] = acc_t(1) / st.s;
+    lse[b] = st.m * t + logS;
+  }
+  soft::RowParams rp{T[b], K[b], TP[b], MP[b], static_cast<uint64_t>(S[b]),
+                     static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha};
+  nkept[b] = soft::finalize_row<acc_t>(mv, mi, n, k, rp, ids + b * k, w + b * k, y + b * k);
+}
+
+// out[b, d] = scale * sum_i w[b, i] * E[ids[b, i], d]; each thread owns kVec
+// consecutive columns (one 16-byte load per kept row when aligned).
+template <typename emb_t, typename w_t>
+__global__ void __launch_bounds__(kThreads)
+    gather_kernel(const emb_t* __restrict__ E, int64_t sE, int64_t D, int k,
+                  const int64_t* __restrict__ ids, const w_t* __restrict__ w,
+                  const int64_t* __restrict__ nkept, double scale, emb_t* __restrict__ out) {
+  constexpr int kVec = 16 / sizeof(emb_t);
+  using acc_t = std::conditional_t<std::is_same_v<emb_t, double> || std::is_same_v<w_t, double>,
+                                   double, float>;
+  const int64_t b = blockIdx.y;
+  const int64_t d0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kVec;
+  if (d0 >= D) return;
+  const int kept = static_cast<int>(nkept[b]);
+  acc_t acc[kVec];
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) acc[j] = 0;
+  const bool vec = (d0 + kVec <= D) && (sE % kVec == 0) &&
+                   (reinterpret_cast<uintptr_t>(E) % 16 == 0);
+  for (int i = 0; i < kept; ++i) {
+    const acc_t wi = static_cast<acc_t>(w[b * k + i]);
+    const emb_t* r = E + ids[b * k + i] * sE + d0;
+    if (vec) {
+      emb_t v[kVec];
+      *reinterpret_cast<uint4*>(v) = __ldg(reinterpret_cast<const uint4*>(r));
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) acc[j] += wi * static_cast<acc_t>(to_float(v[j]));
+    } else {
+      for (int j = 0; j < kVec && d0 + j < D; ++j) acc[j] += wi * static_cast<acc_t>(to_float(r[j]));
+    }
+  }
+  emb_t* o = out + b * D + d0;
+  for (int j = 0; j < kVec && d0 + j < D; ++j) {
+    if constexpr (std::is_same_v<emb_t, double>) {
+      o[j] = acc[j] * scale;
+    } else {
+      o[j] = from_acc<emb_t>(static_cast<float>(acc[j] * static_cast<acc_t>(scale)));
+    }
+  }
+}
+
+using Out9 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k,
+                       Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int64_t k,
+                       int64_t noise, double tau, double noise_scale, double dirichlet_alpha,
+                       double embed_scale) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  SOFTDEC_CHECK(is_float_dtype(logits.scalar_type()) || logits.scalar_type() == ScalarType::Double,
+                "logits must be float32, bfloat16, float16 or float64, got ",
+                dtype_name(logits.scalar_type()));
+  SOFTDEC_CHECK(
+      is_float_dtype(embedding.scalar_type()) || embedding.scalar_type() == ScalarType::Double,
+      "embedding must be float32, bfloat16, float16 or float64, got ",
+      dtype_name(embedding.scalar_type()));
+  check_same_device(logits, "logits", embedding, "embedding");
+  SOFTDEC_CHECK(logits.size(1) >= 1, "logits must have at least one column (vocab), got shape ",
+                shape_str(logits));
+  SOFTDEC_CHECK(embedding.size(0) == logits.size(1),
+                "embedding must have as many rows as logits has columns (", logits.size(1),
+                "), got ", embedding.size(0));
+  SOFTDEC_CHECK(logits.size(1) < INT32_MAX, "logits must have fewer than 2^31 columns, got ",
+                logits.size(1));
+  check_last_contiguous(logits, "logits");
+  check_last_contiguous(embedding, "embedding");
+  const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1);
+  check_per_row(temperature, "temperature", B, ScalarType::Double, logits, "logits");
+  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
+  check_per_row(top_p, "top_p", B, ScalarType::Double, logits, "logits");
+  check_per_row(min_p, "min_p", B, ScalarType::Double, logits, "logits");
+  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
+  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
+  SOFTDEC_CHECK(k >= 1 && k <= soft::kMaxTopK, "k (the output width, max top_k) must be in [1, ",
+                soft::kMaxTopK, "], got ", k);
+  SOFTDEC_CHECK(noise >= 0 && noise <= 2,
+                "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got ", noise);
+  SOFTDEC_CHECK(tau > 0, "tau must be > 0, got ", tau);
+  SOFTDEC_CHECK(dirichlet_alpha > 0, "dirichlet_alpha must be > 0, got ", dirichlet_alpha);
+  // Per-row values (top_k in [1, k], top_p in (0, 1], ...) are checked by the
+  // Python wrapper; reading them here would synchronise the stream.
+  torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
+  const bool f64 = logits.scalar_type() == ScalarType::Double;
+  const ScalarType acc = f64 ? ScalarType::Double : ScalarType::Float;
+  Tensor embeds = new_empty(logits, {B, D}, embedding.scalar_type());
+  Tensor ids = new_empty(logits, {B, k}, ScalarType::Long);
+  Tensor weights = new_empty(logits, {B, k}, acc);
+  Tensor entropy = new_empty(logits, {B}, acc);
+  Tensor max_prob = new_empty(logits, {B}, acc);
+  Tensor valid = new_empty(logits, {B}, ScalarType::Bool);
+  Tensor noisy = new_empty(logits, {B, k}, acc);
+  Tensor lse = new_empty(logits, {B}, acc);
+  Tensor nkept = new_empty(logits, {B}, ScalarType::Long);
+  if (B == 0) return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
+  cudaStream_t stream = current_stream(logits);
+  int dev = 0, sms = 0;
+  SOFTDEC_CUDA_CHECK(cudaGetDevice(&dev));
+  SOFTDEC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  auto run_scan = [&](auto tag) {
+    using scalar_t = decltype(tag);
+    using cs_t = typename CudaScalar<scalar_t>::type;
+    using acc_t = typename AccOf<scalar_t>::type;
+    using Cfg = ScanCfg<cs_t>;
+    // slices per row: ~2 blocks per SM in total, each at least 8 tiles
+    const int64_t max_slices = std::max<int64_t>(1, V / (8 * Cfg::kTile));
+    const int64_t C = std::min<int64_t>(max_slices, std::max<int64_t>(1, (2 * sms + B - 1) / B));
+    int64_t slice = (V + C - 1) / C;
+    slice = (slice + Cfg::kTile - 1) / Cfg::kTile * Cfg::kTile;
+    const int64_t Cr = (V + slice - 1) / slice;
+    Tensor pstate = new_empty(logits, {B * Cr * 3}, acc);
+    Tensor pbad = new_empty(logits, {B * Cr}, ScalarType::Int);
+    Tensor pn = new_empty(logits, {B * Cr}, ScalarType::Int);
+    Tensor pv = new_empty(logits, {B * Cr * k}, acc);
+    Tensor pi = new_empty(logits, {B * Cr * k}, ScalarType::Long);
+    SOFTDEC_CHECK(B <= 65535, "logits must have at most 65535 rows on CUDA, got ", B);
+    scan_kernel<cs_t, acc_t><<<dim3(static_cast<unsigned>(Cr), static_cast<unsigned>(B)), kThreads,
+                               0, stream>>>(
+        reinterpret_cast<const cs_t*>(logits.const_data_ptr<scalar_t>()), logits.stride(0), V,
+        slice, temperature.const_data_ptr<double>(), static_cast<int>(k),
+        pstate.mutable_data_ptr<acc_t>(), pbad.mutable_data_ptr<int32_t>(),
+        pn.mutable_data_ptr<int32_t>(), pv.mutable_data_ptr<acc_t>(),
+        pi.mutable_data_ptr<int64_t>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    const int ft = 64;
+    finalize_kernel<acc_t><<<static_cast<unsigned>((B + ft - 1) / ft), ft, 0, stream>>>(
+        B, Cr, static_cast<int>(k), pstate.const_data_ptr<acc_t>(), pbad.const_data_ptr<int32_t>(),
+        pn.const_data_ptr<int32_t>(), pv.const_data_ptr<acc_t>(), pi.const_data_ptr<int64_t>(),
+        temperature.const_data_ptr<double>(), top_k.const_data_ptr<int64_t>(),
+        top_p.const_data_ptr<double>(), min_p.const_data_ptr<double>(),
+        seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), static_cast<int>(noise),
+        tau, noise_scale, dirichlet_alpha, ids.mutable_data_ptr<int64_t>(),
+        weights.mutable_data_ptr<acc_t>(), entropy.mutable_data_ptr<acc_t>(),
+        max_prob.mutable_data_ptr<acc_t>(), valid.mutable_data_ptr<bool>(),
+        noisy.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>(),
+        nkept.mutable_data_ptr<int64_t>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  };
+  switch (logits.scalar_type()) {
+    case ScalarType::Float: run_scan(float{}); break;
+    case ScalarType::Double: run_scan(double{}); break;
+    case ScalarType::BFloat16: run_scan(bf16{}); break;
+    case ScalarType::Half: run_scan(fp16{}); break;
+    default: SOFTDEC_CHECK(false, "logits must be float32, bfloat16, float16 or float64, got ",
+                           dtype_name(logits.scalar_type()));
+  }
+  if (D == 0) return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
+  auto run_gather = [&](auto etag, auto wtag) {
+    using scalar_t = decltype(etag);
+    using w_t = decltype(wtag);
+    using cs_t = typename CudaScalar<scalar_t>::type;
+    constexpr int kVec = 16 / sizeof(cs_t);
+    const int64_t per_block = static_cast<int64_t>(kThreads) * kVec;
+    const dim3 grid(static_cast<unsigned>((D + per_block - 1) / per_block), static_cast<unsigned>(B));
+    gather_kernel<cs_t, w_t><<<grid, kThreads, 0, stream>>>(
+        reinterpret_cast<const cs_t*>(embedding.const_data_ptr<scalar_t>()), embedding.stride(0), D,
+        static_cast<int>(k), ids.const_data_ptr<int64_t>(), weights.const_data_ptr<w_t>(),
+        nkept.const_data_ptr<int64_t>(), embed_scale,
+        reinterpret_cast<cs_t*>(embeds.mutable_data_ptr<scalar_t>()));
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  };
+  auto with_w = [&](auto etag) {
+    if (f64)
+      run_gather(etag, double{});
+    else
+      run_gather(etag, float{});
+  };
+  switch (embedding.scalar_type()) {
+    case ScalarType::Float: with_w(float{}); break;
+    case ScalarType::Double: with_w(double{}); break;
+    case ScalarType::BFloat16: with_w(bf16{}); break;
+    case ScalarType::Half: with_w(fp16{}); break;
+    default: SOFTDEC_CHECK(false, "embedding must be float32, bfloat16, float16 or float64, got ",
+                           dtype_name(embedding.scalar_type()));
+  }
+  return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
+}
+
+// ------------------------------------------------------------------ backward
+template <typename acc_t>
+__device__ acc_t block_sum(acc_t v, acc_t* sh /* [kThreads / 32] */) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = v;
+  __syncthreads();
+  acc_t tot = 0;
+  for (int i = 0; i < kThreads / 32; ++i) tot += sh[i];
+  return tot;
+}
+
+// One block per row: dense entropy / max-prob terms over V, then the sparse
+// terms of the kept weights (the same formulas as the CPU backward).
+template <typename scalar_t, typename emb_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(const acc_t* __restrict__ gE, const acc_t* __restrict__ gW,
+                    const acc_t* __restrict__ gH, const acc_t* __restrict__ gM,
+                    const acc_t* __restrict__ gY, const scalar_t* __restrict__ L, int64_t sL,
+                    const emb_t* __restrict__ E, int64_t sE, const double* __restrict__ T,
+                    const int64_t* __restrict__ ids, const acc_t* __restrict__ W,
+                    const acc_t* __restrict__ lse, const acc_t* __restrict__ H,
+                    const acc_t* __restrict__ MPr, const bool* __restrict__ valid,
+                    const int64_t* __restrict__ nkept, int64_t V, int64_t D, int k, int noise,
+                    double tau, double embed_scale, scalar_t* __restrict__ out) {
+  __shared__ acc_t red[kThreads / 32];
+  __shared__ acc_t g[soft::kMaxTopK];
+  const int64_t b = blockIdx.x;
+  scalar_t* o = out + b * V;
+  const scalar_t* l = L + b * sL;
+  if (!valid[b] || T[b] == 0.0) {
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) o[j] = from_acc<scalar_t>(0.0f);
+    return;
+  }
+  const acc_t t = soft::inv_temperature<acc_t>(T[b]);
+  const int kept = static_cast<int>(nkept[b]);
+  const int64_t* id = ids + b * k;
+  const acc_t* w = W + b * k;
+  const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b], ls = lse[b];
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const acc_t lp = static_cast<acc_t>(to_float(l[j])) * t - ls;
+    const acc_t p = soft::sm_exp(lp);
+    const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);
+    o[j] = cast_out<scalar_t>(d * t);
+  }
+  // g_i = grad_w_i + embed_scale <grad_embeds, E[id_i]>
+  for (int i = 0; i < kept; ++i) {
+    acc_t dot = 0;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+      dot += gE[b * D + d] * static_cast<acc_t>(to_float(E[id[i] * sE + d]));
+    dot = block_sum(dot, red);
+    if (threadIdx.x == 0) g[i] = gW[b * k + i] + static_cast<acc_t>(embed_scale) * dot;
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  int am = 0;  // argmax: the kept token with the largest logit, lowest id
+  for (int i = 1; i < kept; ++i) {
+    const acc_t li = static_cast<acc_t>(to_float(l[id[i]]));
+    const acc_t la = static_cast<acc_t>(to_float(l[id[am]]));
+    if (soft::ranks_before(li, id[i], la, id[am])) am = i;
+  }
+  if (gh != acc_t(0) || gm != acc_t(0)) {
+    o[id[am]] = cast_out<scalar_t>(static_cast<acc_t>(to_float(o[id[am]])) + gm * pm * t);
+  }
+  if (noise == soft::kDirichlet) return;  // the Dirichlet draw is a stop-gradient
+  acc_t sbar = 0;
+  for (int i = 0; i < kept; ++i) sbar += w[i] * g[i];
+  acc_t dx[soft::kMaxTopK];
+  if (noise == soft::kNoNoise) {
+    for (int i = 0; i < kept; ++i) dx[i] = w[i] * (g[i] - sbar);
+  } else {
+    acc_t xm = -static_cast<acc_t>(INFINITY), z = 0, sdy = 0;
+    for (int i = 0; i < kept; ++i) xm = soft::sm_max(xm, static_cast<acc_t>(to_float(l[id[i]])) * t);
+    acc_t wpre[soft::kMaxTopK];
+    for (int i = 0; i < kept; ++i) {
+      wpre[i] = soft::sm_exp(static_cast<acc_t>(to_float(l[id[i]])) * t - xm);
+      z += wpre[i];
+    }
+    const acc_t itau = static_cast<acc_t>(1.0 / tau);
+    for (int i = 0; i < kept; ++i) {
+      dx[i] = w[i] * (g[i] - sbar) * itau + gY[b * k + i];
+      sdy += dx[i];
+    }
+    for (int i = 0; i < kept; ++i) dx[i] -= wpre[i] / z * sdy;
+  }
+  for (int i = 0; i < kept; ++i)
+    o[id[i]] = cast_out<scalar_t>(static_cast<acc_t>(to_float(o[id[i]])) + dx[i] * t);
+}
+
+// Embedding gradient without atomics: block p owns the (row, slot) pair p; if
+// it is the first pair with its token id, it sums every pair with that id and
+// writes the whole output row (deterministic). Untouched rows are zeroed by a
+// memset first.
+template <typename emb_t, typename w_t>
+__global__ void __launch_bounds__(kThreads)
+    embedding_backward_kernel(const w_t* __restrict__ gE, const int64_t* __restrict__ ids,
+                              const w_t* __restrict__ W, const int64_t* __restrict__ nkept,
+                              int64_t B, int k, int64_t D, double scale, emb_t* __restrict__ out) {
+  const int64_t p = blockIdx.x;
+  const int64_t pb = p / k, pi = p % k;
+  if (pi >= nkept[pb]) return;
+  const int64_t tok = ids[p];
+  for (int64_t q = 0; q < p; ++q)  // an earlier kept pair with the same id owns the row
+    if (ids[q] == tok && (q % k) < nkept[q / k]) return;
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    w_t acc = 0;
+    for (int64_t q = p; q < B * k; ++q)
+      if (ids[q] == tok && (q % k) < nkept[q / k]) acc += W[q] * gE[(q / k) * D + d];
+    if constexpr (std::is_same_v<emb_t, double>) {
+      out[tok * D + d] = acc * scale;
+    } else {
+      out[tok * D + d] = from_acc<emb_t>(static_cast<float>(acc * static_cast<w_t>(scale)));
+    }
+  }
+}
+
+template <typename F>
+void dispatch_cuda_float(ScalarType t, const char* name, F&& f) {
+  switch (t) {
+    case ScalarType::Float: f(float{}); break;
+    case ScalarType::Double: f(double{}); break;
+    case ScalarType::BFloat16: f(bf16{}); break;
+    case ScalarType::Half: f(fp16{}); break;
+    default: SOFTDEC_CHECK(false, name, " must be float32, bfloat16, float16 or float64, got ",
+                           dtype_name(t));
+  }
+}
+
+Tensor soft_mixture_backward_cuda(Tensor grad_embeds, Tensor grad_weights, Tensor grad_entropy,
+                                  Tensor grad_max_prob, Tensor grad_noisy, Tensor logits,
+                                  Tensor embedding, Tensor temperature, Tensor ids, Tensor weights,
+                                  Tensor lse, Tensor entropy, Tensor max_prob, Tensor valid,
+                                  Tensor nkept, int64_t noise, double tau, double embed_scale) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  check_last_contiguous(logits, "logits");
+  check_last_contiguous(embedding, "embedding");
+  torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
+  const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1), k = ids.size(1);
+  Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
+  if (B == 0) return out;
+  cudaStream_t stream = current_stream(logits);
+  dispatch_cuda_float(logits.scalar_type(), "logits", [&](auto ltag) {
+    dispatch_cuda_float(embedding.scalar_type(), "embedding", [&](auto etag) {
+      using scalar_t = decltype(ltag);
+      using emb_t = decltype(etag);
+      using cs_t = typename CudaScalar<scalar_t>::type;
+      using ce_t = typename CudaScalar<emb_t>::type;
+      using acc_t = typename AccOf<scalar_t>::type;
+      backward_kernel<cs_t, ce_t, acc_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
+          grad_embeds.const_data_ptr<acc_t>(), grad_weights.const_data_ptr<acc_t>(),
+          grad_entropy.const_data_ptr<acc_t>(), grad_max_prob.const_data_ptr<acc_t>(),
+          grad_noisy.const_data_ptr<acc_t>(),
+          reinterpret_cast<const cs_t*>(logits.const_data_ptr<scalar_t>()), logits.stride(0),
+          reinterpret_cast<const ce_t*>(embedding.const_data_ptr<emb_t>()), embedding.stride(0),
+          temperature.const_data_ptr<double>(), ids.const_data_ptr<int64_t>(),
+          weights.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
+          entropy.const_data_ptr<acc_t>(), max_prob.const_data_ptr<acc_t>(),
+          valid.const_data_ptr<bool>(), nkept.const_data_ptr<int64_t>(), V, D,
+          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale,
+          reinterpret_cast<cs_t*>(out.mutable_data_ptr<scalar_t>()));
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    });
+  });
+  return out;
+}
+
+Tensor soft_mixture_embedding_backward_cuda(Tensor grad_embeds, Tensor embedding, Tensor ids,
+                                            Tensor weights, Tensor nkept, double embed_scale) {
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  torch::stable::accelerator::DeviceGuard guard(embedding.get_device_index());
+  const int64_t Ve = embedding.size(0), D = embedding.size(1);
+  const int64_t B = ids.size(0), k = ids.size(1);
+  Tensor out = new_empty(embedding, {Ve, D}, embedding.scalar_type());
+  cudaStream_t stream = current_stream(embedding);
+  SOFTDEC_CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0,
+                                     static_cast<size_t>(Ve * D) * out.element_size(), stream));
+  if (B * k == 0 || D == 0) return out;
+  dispatch_cuda_float(embedding.scalar_type(), "embedding", [&](auto etag) {
+    using emb_t = decltype(etag);
+    using ce_t = typename CudaScalar<emb_t>::type;
+    auto launch = [&](auto wtag) {
+      using w_t = decltype(wtag);
+      embedding_backward_kernel<ce_t, w_t><<<static_cast<unsigned>(B * k), kThreads, 0, stream>>>(
+          grad_embeds.const_data_ptr<w_t>(), ids.const_data_ptr<int64_t>(),
+          weights.const_data_ptr<w_t>(), nkept.const_data_ptr<int64_t>(), B,
+          static_cast<int>(k), D, embed_scale,
+          reinterpret_cast<ce_t*>(out.mutable_data_ptr<emb_t>()));
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    };
+    if (weights.scalar_type() == ScalarType::Double)
+      launch(double{});
+    else
+      launch(float{});
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace softdec
+
+STABLE_TORCH_LIBRARY_IMPL(softdec, CUDA, m) {
+  m.impl("soft_mixture", TORCH_BOX(&softdec::soft_mixture_cuda));
+  m.impl("soft_mixture_backward", TORCH_BOX(&softdec::soft_mixture_backward_cuda));
+  m.impl("soft_mixture_embedding_backward", TORCH_BOX(&softdec::soft_mixture_embedding_backward_cuda));
+}
