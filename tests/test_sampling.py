@@ -442,3 +442,47 @@ def test_torch_compile_fullgraph():
     want = f(x, s)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
+
+
+# ---------------------------------------------------------------- CUDA == CPU (run where a GPU is present)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("V,B", [(7, 64), (1023, 3), (151936, 4)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_matches_cpu(V, B, dtype):
+    x = _logits(B, V, dtype, seed=V)
+    x[0, : min(V, 3)] = x[0].max()  # ties
+    s = torch.arange(B) * 13 + 1
+    xc, sc = x.cuda(), s.cuda()
+    for kw in SETTINGS:
+        a = softdec.sample(x, seed=s, offset=2, **kw)
+        b = softdec.sample(xc, seed=sc, offset=2, **kw)
+        assert torch.equal(a.ids, b.ids.cpu()) and torch.equal(a.valid, b.valid.cpu()), kw
+    atol, rtol = {torch.float32: (1e-6, 1e-4), torch.bfloat16: (1e-3, 1.6e-2), torch.float16: (1e-4, 2e-3)}[dtype]
+    torch.testing.assert_close(softdec.gumbel_softmax(xc, tau=0.7, seed=sc).cpu().float(),
+                               softdec.gumbel_softmax(x, tau=0.7, seed=s).float(), atol=atol, rtol=rtol)
+    k = min(V, 10)
+    ia, wa = softdec.gumbel_softmax(x, top_k=k, seed=s)
+    ib, wb = softdec.gumbel_softmax(xc, top_k=k, seed=sc)
+    assert torch.equal(ia, ib.cpu())
+    torch.testing.assert_close(wa, wb.cpu(), atol=1e-6, rtol=1e-5)
+    for kk in [0, 1, 5, V]:
+        assert torch.equal(softdec.top_k_mask_logits(x, kk), softdec.top_k_mask_logits(xc, kk).cpu())
+    p = torch.softmax(x.float(), -1).to(dtype)
+    for tp in [0.0, 0.5, 0.9]:
+        torch.testing.assert_close(softdec.top_p_renorm_probs(p, tp), softdec.top_p_renorm_probs(p.cuda(), tp).cpu(),
+                                   atol=atol, rtol=rtol)
+    torch.testing.assert_close(softdec.min_p_renorm_probs(p, 0.1), softdec.min_p_renorm_probs(p.cuda(), 0.1).cpu(),
+                               atol=atol, rtol=rtol)
+
+
+@pytest.mark.cuda
+def test_cuda_invalid_rows():
+    x = _logits(4, 50, seed=1).cuda()
+    x[1, 3] = float("nan")
+    x[2] = -INF
+    x[3, 7] = INF
+    for kw in SETTINGS:
+        out = softdec.sample(x, seed=torch.arange(4, device="cuda"), **kw)
+        assert out.valid.tolist() == [True, False, False, False]
+        assert out.ids[1:].tolist() == [0, 0, 0]

@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -218,6 +219,43 @@ inline void philox_group(uint64_t seed, uint64_t offset, uint64_t first_block, _
   }
 }
 
+// Uniforms of 16 arbitrary stream elements idx[0..16) (one Philox block each,
+// lane idx & 3 kept).
+inline __m512 philox_at(uint64_t seed, uint64_t offset, const int64_t* idx) {
+  alignas(64) uint32_t lo[16], hi[16], ln[16];
+  for (int j = 0; j < 16; ++j) {
+    const uint64_t b = static_cast<uint64_t>(idx[j]) >> 2;
+    lo[j] = static_cast<uint32_t>(b);
+    hi[j] = static_cast<uint32_t>(b >> 32);
+    ln[j] = static_cast<uint32_t>(idx[j] & 3);
+  }
+  __m512i c0 = _mm512_load_si512(lo), c1 = _mm512_load_si512(hi);
+  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
+  for (int r = 0; r < 10; ++r) {
+    const __m512i hi0 = mulhi32(c0, m0), lo0 = mullo32(c0, m0);
+    const __m512i hi1 = mulhi32(c2, m1), lo1 = mullo32(c2, m1);
+    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += philox::kWeyl0;
+    k1 += philox::kWeyl1;
+  }
+  const __m512i lane = _mm512_load_si512(ln);
+  __m512i bits = c0;
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(1)), c1);
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(2)), c2);
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(3)), c3);
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(bits, 9));
+  return _mm512_mul_ps(_mm512_add_ps(f, _mm512_set1_ps(0.5f)), _mm512_set1_ps(1.0f / 8388608.0f));
+}
+
 inline __m512 vgumbel(__m512 u) {
   return _mm512_sub_ps(_mm512_setzero_ps(),
                        vlog(_mm512_sub_ps(_mm512_setzero_ps(), vlog(u))));
@@ -308,11 +346,26 @@ void noise_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, uint64_t see
     if (!any) continue;
     fin = true;
     // No token of this group can beat the best key found so far.
-    if (hmax(gmax) * cut.it + kGumbelMax < bound) continue;
+    const float top = hmax(gmax) * cut.it;
+    if (top + kGumbelMax < bound) continue;
     __m512 u[4];
     philox_group(seed, offset, static_cast<uint64_t>(i) >> 2, u);
+    // Exact pruning of the logs: with v = 1 - u (exact in float), G = -log(-log u)
+    // <= -log v, so a token can only beat `bound` if v <= exp(-(bound - top)), i.e.
+    // u >= uthr; the margin covers the rounding of flog and of the key.
+    float uthr = 0.0f;
+    if (bound > -kInf) {
+      const float d = bound - top - 1e-3f * (1.0f + std::fabs(bound) + std::fabs(top));
+      if (d > 0.0f) {
+        const double e = static_cast<double>(filter::fexp(-d)) * (1.0 + 1e-5);
+        const double kthr = std::floor((1.0 - e) * 8388608.0 - 0.5) - 2.0;
+        if (kthr > 0.0) uthr = static_cast<float>((kthr + 0.5) * (1.0 / 8388608.0));
+      }
+    }
+    const __m512 vuthr = _mm512_set1_ps(uthr);
     __m512 gk = vninf;
     for (int q = 0; q < 4; ++q) {
+      keep[q] &= _mm512_cmp_ps_mask(u[q], vuthr, _CMP_GE_OQ);
       if (!keep[q]) continue;
       const __m512 key = _mm512_fmadd_ps(xv[q], vit, vgumbel(u[q]));
       const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i - lo + 16 * q)), lane);
@@ -407,42 +460,52 @@ inline bool cand_before(const Cand& a, const Cand& b) { return filter::before(a.
 
 template <class T>
 void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>& out, Flags& flags) {
-  const int64_t cap = std::max<int64_t>(4 * k, 1024) + 64;
+  const int64_t cap = std::max<int64_t>(2 * k, 256) + 64;
   std::vector<Cand> buf;
   buf.reserve(static_cast<size_t>(cap));
-  float thr = -kInf;
-  auto compact = [&]() {
-    if (static_cast<int64_t>(buf.size()) > k) {
-      std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), cand_before);
-      thr = buf[static_cast<size_t>(k - 1)].v;
-      buf.resize(static_cast<size_t>(k));
+  // Keeps the first k of the order and raises the threshold to the k-th value;
+  // later tokens equal to it come after it in the order, so `> thr` suffices.
+  auto compact = [k](std::vector<Cand>& b, float t) -> float {
+    if (static_cast<int64_t>(b.size()) > k) {
+      std::nth_element(b.begin(), b.begin() + (k - 1), b.end(), cand_before);
+      t = b[static_cast<size_t>(k - 1)].v;
+      b.resize(static_cast<size_t>(k));
     }
+    return t;
   };
+  float thr = -kInf;
   int64_t i = lo;
 #if SOFTDEC_SAMPLING_AVX512
-  const __m512 vpinf = _mm512_set1_ps(kInf);
-  bool nan = false, pinf = false;
-  alignas(64) float vals[16];
-  for (; i < hi; i += 16) {
-    const int64_t left = hi - i;
-    const __m512 v = left >= 16 ? load16<T>(x + i)
-                                : load16_mask<T>(x + i, static_cast<__mmask16>((1u << left) - 1));
-    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
-    pinf |= _mm512_cmp_ps_mask(v, vpinf, _CMP_EQ_OQ) != 0;
-    __mmask16 msk = _mm512_cmp_ps_mask(v, _mm512_set1_ps(thr), _CMP_GT_OQ);
-    if (!msk) continue;
-    _mm512_mask_compressstoreu_ps(vals, msk, v);
-    const int c = __builtin_popcount(msk);
-    for (int j = 0; j < c; ++j) {
-      const int l = __builtin_ctz(msk);
-      msk &= static_cast<__mmask16>(msk - 1);
-      buf.push_back({vals[j], i + l});
+  __mmask16 nanm = 0;
+  __m512 vmax = _mm512_set1_ps(-kInf);
+  alignas(64) float vals[64];
+  // 64 tokens per step; one compare of their max against the threshold
+  for (; i + 64 <= hi; i += 64) {
+    const __m512 v0 = load16<T>(x + i), v1 = load16<T>(x + i + 16);
+    const __m512 v2 = load16<T>(x + i + 32), v3 = load16<T>(x + i + 48);
+    nanm |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v2, v3, _CMP_UNORD_Q);
+    const __m512 mm = _mm512_max_ps(_mm512_max_ps(v0, v1), _mm512_max_ps(v2, v3));
+    vmax = _mm512_max_ps(vmax, mm);
+    const __m512 vt = _mm512_set1_ps(thr);
+    if (!_mm512_cmp_ps_mask(mm, vt, _CMP_GT_OQ)) continue;
+    // (a plain store + bit walk: vcompressps to memory is microcoded on Zen 4)
+    _mm512_store_ps(vals, v0);
+    _mm512_store_ps(vals + 16, v1);
+    _mm512_store_ps(vals + 32, v2);
+    _mm512_store_ps(vals + 48, v3);
+    const __m512 vq[4] = {v0, v1, v2, v3};
+    for (int q = 0; q < 4; ++q) {
+      __mmask16 msk = _mm512_cmp_ps_mask(vq[q], vt, _CMP_GT_OQ);
+      while (msk) {
+        const int l = __builtin_ctz(msk);
+        msk &= static_cast<__mmask16>(msk - 1);
+        buf.push_back({vals[16 * q + l], i + 16 * q + l});
+      }
     }
-    if (static_cast<int64_t>(buf.size()) >= cap - 16) compact();
+    if (static_cast<int64_t>(buf.size()) >= cap - 64) thr = compact(buf, thr);
   }
-  flags.nan |= nan;
-  flags.pinf |= pinf;
-  i = hi;
+  flags.nan |= nanm != 0;
+  flags.pinf |= hmax(vmax) == kInf;
 #endif
   for (; i < hi; ++i) {
     const float v = to_float(x[i]);
@@ -450,7 +513,7 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
     if (v == kInf) flags.pinf = true;
     if (v > thr) {
       buf.push_back({v, i});
-      if (static_cast<int64_t>(buf.size()) >= cap) compact();
+      if (static_cast<int64_t>(buf.size()) >= cap) thr = compact(buf, thr);
     }
   }
   for (const Cand& c : buf)
@@ -458,14 +521,101 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
       flags.finite = true;
       break;
     }
+  compact(buf, thr);
   std::sort(buf.begin(), buf.end(), cand_before);
-  if (static_cast<int64_t>(buf.size()) > k) buf.resize(static_cast<size_t>(k));
   out = std::move(buf);
 }
 
 // ------------------------------------------------------------------ sample
 
-enum class Path : int { kGreedy, kPlain, kTopK, kMinP, kGeneric };
+// Masses e_i = fexp((x_i - m) * it) of n tokens (vexp mirrors filter::fexp bit for bit).
+template <class T>
+void masses(const T* x, int64_t n, float m, float it, float* e) {
+  int64_t j = 0;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(it);
+  for (; j + 16 <= n; j += 16)
+    _mm512_storeu_ps(e + j, vexp(_mm512_mul_ps(_mm512_sub_ps(load16<T>(x + j), vm), vit)));
+#endif
+  for (; j < n; ++j) e[j] = filter::token_mass(to_float(x[j]), m, it);
+}
+
+// The top-p cut of a valid row without top-k (filter.h semantics), in O(V):
+// a 4096-bucket histogram of (count, mass) on order_key >> 20 finds the bucket
+// where the running mass (descending) reaches top_p * total; the tokens of
+// that bucket are compacted (in index order) and filter::detail::select_nth
+// finishes the selection on them.
+// kProbs: the row holds probabilities (FlashInfer's top_p_renorm_probs): the mass
+// of a token is its value and non-positive entries are never kept.
+template <bool kProbs = false, class T>
+void top_p_cut(const T* x, int64_t V, float m, int64_t argmax, float it, float top_p, float* cv,
+               int64_t* ci) {
+  constexpr int kBuckets = 4096;
+  std::vector<double> mass(kBuckets, 0.0);
+  std::vector<int64_t> cnt(kBuckets, 0);
+  alignas(64) float e[1024];
+  for (int64_t base = 0; base < V; base += 1024) {
+    const int64_t n = std::min<int64_t>(1024, V - base);
+    if (!kProbs) masses(x + base, n, m, it, e);
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = to_float(x[base + j]);
+      if (kProbs) {
+        if (!(v > 0.0f)) continue;
+        e[j] = v;
+      }
+      if (!(v > -kInf)) continue;
+      const uint32_t b = filter::order_key(v) >> 20;
+      cnt[b] += 1;
+      mass[b] += e[j];
+    }
+  }
+  double total = 0.0;
+  for (int b = 0; b < kBuckets; ++b) total += mass[b];
+  const double target = static_cast<double>(top_p) * total;
+  if (!(target > 0.0)) {
+    *cv = m;
+    *ci = argmax;
+    return;
+  }
+  double macc = 0.0;
+  int chosen = -1, last = -1;
+  for (int b = kBuckets - 1; b >= 0; --b) {
+    if (cnt[b] == 0) continue;
+    last = b;
+    if (macc + mass[b] >= target) {
+      chosen = b;
+      break;
+    }
+    macc += mass[b];
+  }
+  if (chosen < 0) {
+    chosen = last;
+    macc -= mass[chosen];
+  }
+  std::vector<float> cx;
+  std::vector<int64_t> cidx;
+  cx.reserve(static_cast<size_t>(cnt[chosen]));
+  cidx.reserve(static_cast<size_t>(cnt[chosen]));
+  for (int64_t i = 0; i < V; ++i) {
+    const float v = to_float(x[i]);
+    if ((kProbs ? v > 0.0f : v > -kInf) && static_cast<int>(filter::order_key(v) >> 20) == chosen) {
+      cx.push_back(v);
+      cidx.push_back(i);
+    }
+  }
+  const int64_t nc = static_cast<int64_t>(cx.size());
+  auto load = [&cx](int64_t j) { return cx[static_cast<size_t>(j)]; };
+  auto mass_of = [m, it](float v) -> double {
+    return kProbs ? static_cast<double>(v) : static_cast<double>(filter::token_mass(v, m, it));
+  };
+  float val = m;
+  int64_t pos = 0;
+  filter::detail::select_nth(load, nc, -kInf, nc, true, 0, target - macc, mass_of, &val, &pos);
+  *cv = val;
+  *ci = cidx[static_cast<size_t>(std::min<int64_t>(std::max<int64_t>(pos, 0), nc - 1))];
+}
+
+enum class Path : int { kGreedy, kPlain, kTopK, kMinP, kTopP, kGeneric };
 
 struct RowPlan {
   Path path = Path::kPlain;
@@ -547,6 +697,7 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
           break;
         case Path::kGreedy:
         case Path::kMinP:
+        case Path::kTopP:
           stats_pass(x, lo, hi, p.best[c], p.flags[c]);
           break;
         case Path::kGeneric:
@@ -583,7 +734,8 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
         p.id = p.valid ? bs.idx : 0;
         p.done = true;
         break;
-      case Path::kMinP: {
+      case Path::kMinP:
+      case Path::kTopP: {
         p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
         if (!p.valid) {
           p.done = true;
@@ -617,7 +769,25 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
         const int64_t n = filter::top_p_prefix(mass.data(), n0, p.top_p);
         const float lmp = filter::log_min_p_of(p.min_p);
         Best b;
-        for (int64_t j = 0; j < n; ++j) {
+        int64_t j = 0;
+#if SOFTDEC_SAMPLING_AVX512
+        // 16 candidates at a time: their Philox blocks, noise and keys in vectors
+        alignas(64) float cv[16];
+        alignas(64) int64_t cix[16];
+        alignas(64) float keys[16];
+        for (; j + 16 <= n; j += 16) {
+          for (int l = 0; l < 16; ++l) {
+            cv[l] = all[j + l].v;
+            cix[l] = all[j + l].i;
+          }
+          const __m512 xv = _mm512_load_ps(cv);
+          const __m512 key = _mm512_fmadd_ps(xv, _mm512_set1_ps(p.it), vgumbel(philox_at(p.seed, p.offset, cix)));
+          _mm512_store_ps(keys, key);
+          for (int l = 0; l < 16; ++l)
+            if ((cv[l] - m) * p.it >= lmp) b.take(keys[l], cix[l]);
+        }
+#endif
+        for (; j < n; ++j) {
           const float v = all[j].v;
           if (!((v - m) * p.it >= lmp)) continue;
           const float u = philox::uniform(p.seed, p.offset, static_cast<uint64_t>(all[j].i));
@@ -637,8 +807,24 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
     for (auto& b : p.best) b = Best{};
     for (auto& f : p.flags) f = Flags{};
   }
-  // Phase 2: the noise pass over the kept set (min-p and generic rows).
-  torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+  // (parallel regions are skipped when no row needs them: each one costs a
+  // thread wake-up)
+  bool any_top_p = false, any_left = false;
+  for (const auto& p : plans) {
+    any_top_p |= p.path == Path::kTopP && !p.done;
+    any_left |= !p.done;
+  }
+  // Phase 1b: the top-p cut of top-p-only rows (one thread per row).
+  if (any_top_p) torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      RowPlan& p = plans[static_cast<size_t>(r)];
+      if (p.path != Path::kTopP || p.done) continue;
+      top_p_cut(logits + r * row_stride, V, p.f.max_logit, p.f.argmax, p.it, p.top_p, &p.f.cut_value,
+                &p.f.cut_index);
+    }
+  });
+  // Phase 2: the noise pass over the kept set (min-p, top-p and generic rows).
+  if (any_left) torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
     for (int64_t w = b; w < e; ++w) {
       const int64_t r = w / nc, c = w % nc;
       RowPlan& p = plans[static_cast<size_t>(r)];
@@ -693,8 +879,10 @@ std::tuple<Tensor, Tensor> sample_cpu(Tensor logits, Tensor temperature, Tensor 
     p.it = 1.0f / t[r];
     if (p.k > 0 && p.k <= kSmallK) {
       p.path = Path::kTopK;
-    } else if (p.k > 0 || p.top_p < 1.0f) {
+    } else if (p.k > 0) {
       p.path = Path::kGeneric;
+    } else if (p.top_p < 1.0f) {
+      p.path = Path::kTopP;
     } else if (p.min_p > 0.0f) {
       p.path = Path::kMinP;
     } else {
@@ -969,7 +1157,23 @@ Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
           }
         }
         const scalar_t ninf = static_cast<scalar_t>(-kInf);
-        for (int64_t i = 0; i < V; ++i) {
+        int64_t i0 = 0;
+#if SOFTDEC_SAMPLING_AVX512
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          // kept = not NaN and (x > cv or (x == cv and i <= ci)); the rest -> -inf
+          const __m512 vcv = _mm512_set1_ps(cv), vni = _mm512_set1_ps(-kInf);
+          for (; i0 + 16 <= V; i0 += 16) {
+            const __m512 v = _mm512_loadu_ps(reinterpret_cast<const float*>(xr) + i0);
+            __mmask16 keep = _mm512_cmp_ps_mask(v, vcv, _CMP_GT_OQ);
+            const __mmask16 eq = _mm512_cmp_ps_mask(v, vcv, _CMP_EQ_OQ);
+            if (eq)
+              for (int l = 0; l < 16; ++l)
+                if (((eq >> l) & 1) && i0 + l <= ci) keep |= static_cast<__mmask16>(1u << l);
+            _mm512_storeu_ps(reinterpret_cast<float*>(orow) + i0, _mm512_mask_blend_ps(keep, vni, v));
+          }
+        }
+#endif
+        for (int64_t i = i0; i < V; ++i) {
           const float v = to_float(xr[i]);
           const bool keep = v == v && (v > cv || (v == cv && i <= ci));
           orow[i] = keep ? xr[i] : ninf;
@@ -1000,8 +1204,18 @@ Tensor renorm_probs_cpu(Tensor probs, Tensor param, const char* pname) {
       for (int64_t r = b; r < e; ++r) {
         const scalar_t* xr = x + r * rs;
         auto load = [xr](int64_t i) { return to_float(xr[i]); };
-        const filter::ProbFilter f = kTopP ? filter::compute_prob_filter(load, V, 0, pp[r], 0.0f)
-                                           : filter::compute_prob_filter(load, V, 0, 1.0f, pp[r]);
+        // validity, max and the min-p bound (top_p = 1: no radix passes) ...
+        filter::ProbFilter f = filter::compute_prob_filter(load, V, 0, 1.0f, kTopP ? 0.0f : pp[r]);
+        if (kTopP && f.valid && pp[r] < 1.0f) {
+          // ... then the top-p cut in O(V) and the kept mass
+          top_p_cut<true>(xr, V, f.max_prob, f.argmax, 1.0f, pp[r], &f.cut_value, &f.cut_index);
+          double sum = 0.0;
+          for (int64_t i = 0; i < V; ++i) {
+            const float v = load(i);
+            if (filter::kept_probs(f, v, i)) sum += v;
+          }
+          f.norm = sum;
+        }
         const float scale = (f.valid && f.norm > 0.0) ? static_cast<float>(1.0 / f.norm) : 0.0f;
         for (int64_t i = 0; i < V; ++i) {
           const float v = load(i);

@@ -327,7 +327,6 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const T* __restrict__
   const int64_t k = topk[r];
   const float tp = topp[r], mp = minp[r];
   const bool klim = k > 0 && k < V;
-  __shared__ Plan sp;
   if (t > 0.0f && !klim && !(tp < 1.0f) && !(mp > 0.0f)) {
     if (threadIdx.x == 0) {
       Plan p{};
@@ -398,7 +397,6 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const T* __restrict__
     p.it = it;
     p.lmp = filter::log_min_p_of(mp);
     p.argmax = a.idx;
-    sp = p;
     plans[r] = p;
   }
 }
@@ -520,7 +518,7 @@ std::tuple<Tensor, Tensor> sample_cuda(Tensor logits, Tensor temperature, Tensor
   if (B == 0) return {ids, valid};
   const int64_t groups = (V + 3) / 4;
   const int64_t want = (2 * static_cast<int64_t>(sm_count(logits.get_device())) + B - 1) / B;
-  const int splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, groups / (4 * kThreads) + 1)));
+  const int splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, groups / kThreads + 1)));
   Tensor plans = new_empty(logits, {B * static_cast<int64_t>(sizeof(Plan))}, ScalarType::Byte);
   Tensor pkey = new_empty(logits, {B * splits}, ScalarType::Float);
   Tensor pidx = new_empty(logits, {B * splits}, ScalarType::Long);
@@ -553,12 +551,6 @@ struct MS {
   float s;   // sum exp((x - m) * it)
 };
 
-__device__ __forceinline__ MS ms_merge(MS a, MS b, float it) {
-  if (!(a.m > ninf())) return b;
-  if (!(b.m > ninf())) return a;
-  const float m = fmaxf(a.m, b.m);
-  return MS{m, a.s * filter::fexp((a.m - m) * it) + b.s * filter::fexp((b.m - m) * it)};
-}
 
 template <class T, class O>
 __global__ void __launch_bounds__(kThreads) gumbel_softmax_kernel(const T* __restrict__ logits, int64_t rs,
@@ -589,7 +581,13 @@ __global__ void __launch_bounds__(kThreads) gumbel_softmax_kernel(const T* __res
       if (!(v[l] > ninf())) continue;
       const float s = v[l] + filter::gumbel(philox::to_unit_float(u.v[l]));
       arg_take(best, s, i);
-      acc = ms_merge(acc, MS{s, 1.0f}, it);
+      // online softmax sum, rescaled when the running max grows
+      if (s > acc.m) {
+        acc.s = (acc.m > ninf() ? acc.s * filter::fexp((acc.m - s) * it) : 0.0f) + 1.0f;
+        acc.m = s;
+      } else {
+        acc.s += filter::fexp((s - acc.m) * it);
+      }
     }
   }
   best = block_argmax(best);

@@ -43,8 +43,15 @@
 //                      log_min_p, num_kept, log_norm }
 //
 //   compute_row_filter<Load>(load, V, params)     -> RowFilter   (serial, generic)
-//   compute_row_filter_probs<Load>(load, V, k, top_p, min_p) -> RowFilter
-//       the same on a row of probabilities (mass = value itself, no softmax).
+//   compute_prob_filter<Load>(load, V, k, top_p, min_p) -> ProbFilter
+//       the same on a row of probabilities (mass = value itself, no softmax;
+//       zeros never kept); test membership with kept_probs(f, p, i), the kept
+//       mass is f.norm.
+//   token_mass(x, m, inv_temp) -> float   fexp((x - m) * inv_temp), the mass unit
+//   log_min_p_of(min_p)        -> float   flog(min_p), -inf for min_p = 0
+//   finish_from_sorted(f, values, indices, n, min_p)
+//       fill the cut / log_norm from a kept prefix given as sorted candidates
+//   detail::select_nth(...)    radix selection by count or by mass (reusable)
 //   kept(f, x, i)          -> bool     is token i (logit x) in the kept set
 //   log_prob(f, x, i)      -> float    log p'(i), -inf when filtered out
 //   prob(f, x, i)          -> float    p'(i), 0 when filtered out
@@ -161,7 +168,9 @@ SOFTDEC_HD float fexp(float x) {
   if (!(x > -87.0f)) return 0.0f;
   if (x > 88.0f) x = 88.0f;
   const float t = ffma(x, 1.44269504088896341f, 0.5f);
-  const float n = static_cast<float>(static_cast<int>(t) - (t < 0.0f ? 1 : 0));  // floor
+  int ti = static_cast<int>(t);  // truncation, then floor
+  if (static_cast<float>(ti) > t) --ti;
+  const float n = static_cast<float>(ti);
   float r = ffma(n, -0.693359375f, x);
   r = ffma(n, 2.12194440e-4f, r);
   const float r2 = r * r;

@@ -692,8 +692,9 @@ def min_p_renorm_probs(probs: torch.Tensor, min_p: RowParam) -> torch.Tensor:
     Examples
     --------
     >>> import torch, softdec
-    >>> softdec.min_p_renorm_probs(torch.tensor([[0.6, 0.3, 0.1]]), 0.5).tolist()
-    [[0.6666666865348816, 0.3333333432674408, 0.0]]
+    >>> out = softdec.min_p_renorm_probs(torch.tensor([[0.6, 0.3, 0.1]]), 0.5)
+    >>> [round(v, 4) for v in out[0].tolist()]
+    [0.6667, 0.3333, 0.0]
     """
     probs = _sampling_rows(probs, "probs")
     p = row_param(min_p, "min_p", probs.shape[0], probs.device, torch.float32, lo=0.0, hi=1.0)
