@@ -609,6 +609,18 @@ def test_bad_input_messages():
         softdec.verify(lg, d, top_p=1.5)
     with pytest.raises(ValueError, match=r"delta must be a finite number >= 0, got -0.1"):
         softdec.verify(lg, d, delta=-0.1)
+    with pytest.raises(ValueError, match=r"draft_ids must have dtype in \(int64, int32\), got float32"):
+        softdec.verify(lg, d.float())
+    with pytest.raises(ValueError, match=r"draft_probs must have dtype in \(float32, bfloat16, float16\), got float64"):
+        softdec.verify(lg, d, draft_probs=torch.rand(B, K, V, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"top_k must be >= 0, got -2"):
+        softdec.verify(lg, d, top_k=-2)
+    with pytest.raises(ValueError, match=r"target_logits must have a non-empty vocabulary, got shape \(2, 4, 0\)"):
+        softdec.verify(torch.zeros(B, K + 1, 0), d)
+    # top_k > V is "off", like every softdec filter
+    a = softdec.verify(lg, d, top_k=V + 5, seed=1)
+    b = softdec.verify(lg, d, seed=1)
+    assert torch.equal(a.tokens, b.tokens)
 
 
 def test_native_op_rejects_bad_input():
@@ -668,3 +680,30 @@ def test_torch_compile_fullgraph():
     a = cg(lg, dp[0], dp[1])
     b = g(lg, dp[0], dp[1])
     assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("filt", [dict(top_k=5), dict(top_k=1500, top_p=0.7), dict(top_p=0.6),
+                                  dict(top_k=40, min_p=0.3), dict(top_k=3000)])
+def test_ties_and_large_top_k_match_reference(kind, filt):
+    # quantised logits: many ties at every cut; top_k 1500 takes filter.h's radix-selection path
+    B, K, V = 24, 3, 3001
+    g = torch.Generator().manual_seed(11)
+    lg = torch.randint(-4, 5, (B, K + 1, V), generator=g).float()
+    _, d, dp = _case(B, K, V, kind, seed=4)
+    seeds = torch.arange(B) + 9
+    got = softdec.verify(lg, d, draft_probs=dp, seed=seeds, **filt)
+    want = ref.verify(lg.double(), d, draft_probs=_ref_args(dp), seed=seeds, **filt)
+    assert torch.equal(got.tokens, want.tokens)
+    assert torch.equal(got.num_accepted, want.num_accepted)
+
+
+@pytest.mark.parametrize("filt", [dict(), dict(temperature=0.7, top_k=50), dict(top_p=0.9, min_p=0.02)])
+def test_bonus_draw_equals_softdec_sample_on_the_documented_stream(filt):
+    # the bonus draw at position j is softdec.sample on the (seed, offset + 1 + j) stream
+    B, V = 500, 1000
+    lg = torch.randn(B, 1, V) * 2
+    seeds = torch.arange(B) * 31 + 7
+    out = softdec.verify(lg, torch.zeros(B, 0, dtype=torch.long), seed=seeds, offset=20, **filt)
+    s = softdec.sample(lg[:, 0], seed=seeds, offset=21, **filt)
+    assert torch.equal(out.tokens[:, 0], s.ids)

@@ -397,7 +397,45 @@ struct Target {
   RowFilter f;
   float inv_z = 0.0f;
   double entropy = 0.0;
+  // top-k path: the kept prefix candidates in the filter order (min-p not applied)
+  std::vector<float> cand_v;
+  std::vector<int64_t> cand_i;
+  int64_t cand_n = -1;  // -1: not available
 };
+
+// The k first tokens of the filter order (value descending, lower index
+// first) among the finite logits of x[0, V), sorted; returns how many (<= k).
+template <typename T>
+int64_t topk_scan(const T* x, int64_t V, int64_t k, float* vals, int64_t* idx) {
+  int64_t n = 0;
+  float thr = -kInf;  // a token must beat vals[k-1] strictly (a later equal value loses)
+  int64_t i = 0;
+#if defined(SOFTDEC_VERIFY_AVX512)
+  for (; i < V; i += 16) {
+    const __mmask16 tm = tail_mask(V - i);
+    const __m512 v = load16(x + i, tm);
+    __mmask16 m = _mm512_mask_cmp_ps_mask(tm, v, _mm512_set1_ps(thr), _CMP_GT_OQ);
+    if (!m) continue;
+    alignas(64) float buf[16];
+    _mm512_store_ps(buf, v);
+    while (m) {
+      const int l = __builtin_ctz(m);
+      m &= m - 1;
+      if (!(buf[l] > thr)) continue;
+      n = verify::topk_insert(vals, idx, n, k, buf[l], i + l);
+      if (n == k) thr = vals[k - 1];
+    }
+  }
+#else
+  for (; i < V; ++i) {
+    const float v = static_cast<float>(x[i]);
+    if (!(v > thr)) continue;
+    n = verify::topk_insert(vals, idx, n, k, v, i);
+    if (n == k) thr = vals[k - 1];
+  }
+#endif
+  return n;
+}
 
 template <typename T>
 Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p,
@@ -408,7 +446,10 @@ Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p
   const bool topk_on = top_k > 0 && top_k < V;
   const bool topp_on = top_p < 1.0f;
   f.log_min_p = filter::log_min_p_of(min_p);
-  if (topp_on && !topk_on) {
+  // top-k above this runs the radix selection of filter.h instead of the candidate scan
+  constexpr int64_t kMaxScanK = 1024;
+  const bool generic = (topp_on && !topk_on) || (topk_on && top_k > kMaxScanK);
+  if (generic) {
     // General cut: the reference-grade radix selection of filter.h.
     auto load = [x](int64_t i) { return static_cast<float>(x[i]); };
     f = filter::compute_row_filter(load, V, filter::Params{temp, top_k, top_p, min_p});
@@ -431,20 +472,17 @@ Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p
       f.inv_temp = 1.0f / temp;
       if (topk_on) {
         // top-k candidates in one scan, then top-p / min-p on them (finish_from_sorted)
-        std::vector<float> vals(static_cast<size_t>(top_k));
-        std::vector<int64_t> idx(static_cast<size_t>(top_k));
-        int64_t n = 0;
-        for (int64_t i = 0; i < V; ++i) {
-          const float v = static_cast<float>(x[i]);
-          if (!(v > -kInf)) continue;
-          if (n == top_k && !(v > vals[static_cast<size_t>(n - 1)])) continue;
-          n = verify::topk_insert(vals.data(), idx.data(), n, top_k, v, i);
-        }
+        std::vector<float>& vals = t.cand_v;
+        std::vector<int64_t>& idx = t.cand_i;
+        vals.assign(static_cast<size_t>(top_k), 0.0f);
+        idx.assign(static_cast<size_t>(top_k), 0);
+        const int64_t n = topk_scan(x, V, top_k, vals.data(), idx.data());
         std::vector<float> mass(static_cast<size_t>(n));
         for (int64_t j = 0; j < n; ++j)
           mass[static_cast<size_t>(j)] = filter::token_mass(vals[static_cast<size_t>(j)], f.max_logit, f.inv_temp);
         const int64_t keep = filter::top_p_prefix(mass.data(), n, top_p);
         filter::finish_from_sorted(f, vals.data(), idx.data(), keep, min_p);
+        t.cand_n = keep;
         if (want_entropy) {
           double z = 0.0, sum = 0.0;
           for (int64_t j = 0; j < keep; ++j) {
@@ -475,7 +513,7 @@ Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p
     return t;
   }
   t.inv_z = static_cast<float>(std::exp(-f.log_norm));
-  if (want_entropy && topp_on && !topk_on) {
+  if (want_entropy && generic) {
     double z = 0.0, sum = 0.0;
     for (int64_t i = 0; i < V; ++i) {
       const float v = static_cast<float>(x[i]);
@@ -543,10 +581,18 @@ void verify_row(int64_t b, const T* logits, int64_t ls0, int64_t ls1, const int6
       } else {
         // the kept set has at most kk tokens (a prefix of the order, min-p aside)
         std::vector<float> kv(static_cast<size_t>(ks));
-        for (int64_t i = 0; i < V; ++i) {
-          const float v = static_cast<float>(x[i]);
-          if (!filter::kept(t.f, v, i)) continue;
-          cnt = verify::topk_insert(kv.data(), tidx.data(), cnt, ks, v, i);
+        if (t.cand_n >= 0) {  // the top-k scan's sorted candidates
+          for (int64_t c = 0; c < t.cand_n; ++c) {
+            const float v = t.cand_v[static_cast<size_t>(c)];
+            const int64_t i = t.cand_i[static_cast<size_t>(c)];
+            if (filter::kept(t.f, v, i)) cnt = verify::topk_insert(kv.data(), tidx.data(), cnt, ks, v, i);
+          }
+        } else {
+          for (int64_t i = 0; i < V; ++i) {
+            const float v = static_cast<float>(x[i]);
+            if (!filter::kept(t.f, v, i)) continue;
+            cnt = verify::topk_insert(kv.data(), tidx.data(), cnt, ks, v, i);
+          }
         }
         for (int64_t c = 0; c < cnt; ++c)
           tvals[static_cast<size_t>(c)] = filter::prob(t.f, kv[static_cast<size_t>(c)], tidx[static_cast<size_t>(c)]);

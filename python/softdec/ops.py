@@ -784,7 +784,7 @@ def _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids,
             b, j = (int(v) for v in bads.nonzero()[0])
             raise ValueError(f"draft_probs weights must sum to 1 (within {_SPARSE_SUM_TOL}) at every "
                              f"drafted position, got {float(tot[b, j]):.6g} at (row {b}, position {j})")
-        if needs_ids:
+        if needs_ids and method != 4:  # soft drafts: the given ids are only what is emitted
             member = (sid == draft_ids.clamp(0, V - 1)[..., None]).any(-1)
             badm = live & ~member
             if bool(badm.any()):
@@ -894,6 +894,21 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         ``(tokens (batch, K+1) int64 padded with -1, num_accepted (batch,) int64,
         soft_ids, soft_weights)``.
 
+    Notes
+    -----
+    Invalid target rows (NaN, +inf, or every logit -inf) are a documented
+    result, not an error: the row stops at that position with token -1 there
+    (``num_accepted`` counts the drafts accepted before it; for "soft" the
+    returned soft token is ids 0 / weights 0). Draft ids, sparse ids and
+    weights, ``num_draft`` and the neighbours of drafted tokens are checked
+    (``ValueError``); the checks that read tensor data are skipped while
+    ``torch.compile`` traces, and the CPU kernel repeats the ones that guard
+    memory accesses. Dense ``draft_probs`` rows are not checked (a full pass):
+    a NaN ``q`` entry rejects its draft and drops out of the residual.
+    With the "soft" method, ``tokens`` holds the accepted drafts' ids (the
+    given ``draft_ids``, else each position's heaviest id) and the target soft
+    token's top id at the stop position.
+
     Examples
     --------
     >>> import torch, softdec
@@ -1000,8 +1015,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
             raise ValueError(f"top_k must be at most the soft draft's k ({ks}) for method 'soft' "
                              f"(0 means k), got {kmax}")
     if not torch.compiler.is_compiling():
-        _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours,
-                           needs_ids and mcode != 4 or (needs_ids and sparse), mcode)
+        _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids, mcode)
     s, o = rng_state(seed, offset, B, dev, generator)
     tokens, nacc, soft_ids, soft_w = _ops.verify(
         tl, draft_ids, n, dense, sid, sw, neighbours, mcode, T, tk, tp, mp,
