@@ -4,14 +4,20 @@
 // token-sparse prefill (window scoring, coverage drop, gathered causal
 // flash attention, scatter back).
 //
+// Selection: an O(n) radix select (11/11/10-bit passes on order-preserving
+// float keys) finds the budget-th score; one pass in index order then takes
+// the larger scores and the first ties (ties: lower index), already sorted.
 // Hot loops: AVX-512 (bf16/fp16 -> fp32 conversion in registers, FMA dot
 // products, a polynomial exp) with a scalar fallback. Threads: parallel_for
 // over (row, KV head, page/token chunk) for scoring, (row, KV head) for the
 // top-k, (row, KV head, chunk) for split-KV attention, (row, head) for prefill.
 #include "../dispatch.h"
 #include "softdec/attn_sparse.h"
+#include "attn_checks.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -24,6 +30,8 @@
 
 namespace softdec {
 namespace {
+
+using namespace attn_checks;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -101,16 +109,27 @@ inline float exp_sub_sum(float* x, int64_t n, float m) {
   return s;
 }
 
+// max of x[0:n]; NaN if any element is NaN; -inf when n == 0.
 inline float max_of(const float* x, int64_t n) {
   float m = kNegInf;
+  bool nan = false;
   int64_t i = 0;
 #if defined(__AVX512F__)
   __m512 mv = _mm512_set1_ps(kNegInf);
-  for (; i + 16 <= n; i += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(x + i));
+  __mmask16 un = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    un |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    mv = _mm512_max_ps(mv, v);
+  }
   m = _mm512_reduce_max_ps(mv);
+  nan = un != 0;
 #endif
-  for (; i < n; ++i) m = std::max(m, x[i]);
-  return m;
+  for (; i < n; ++i) {
+    nan |= std::isnan(x[i]);
+    m = std::max(m, x[i]);
+  }
+  return nan ? std::numeric_limits<float>::quiet_NaN() : m;
 }
 
 // dst[0:d] = float(src[0:d]); dst[d:dp] = 0.
@@ -182,6 +201,52 @@ inline void dots(const float* q, int64_t qs, int64_t G, const T* k, int64_t d, f
 #endif
 }
 
+#if defined(__AVX512F__)
+// Horizontal sums of four vectors: {sum a0, sum a1, sum a2, sum a3}.
+inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+  auto half = [](__m512 a) {
+    return _mm256_add_ps(_mm512_castps512_ps256(a),
+                         _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+  };
+  auto quarter = [](__m256 b) { return _mm_add_ps(_mm256_castps256_ps128(b), _mm256_extractf128_ps(b, 1)); };
+  const __m128 c0 = quarter(half(a0)), c1 = quarter(half(a1)), c2 = quarter(half(a2)), c3 = quarter(half(a3));
+  return _mm_hadd_ps(_mm_hadd_ps(c0, c1), _mm_hadd_ps(c2, c3));
+}
+#endif
+
+// Two keys at once (the token-scoring loop): out0[h] = q_h . k0, out1[h] = q_h . k1.
+// The query vectors are loaded once per pair; four heads reduce together.
+template <typename T>
+inline void dots2(const float* q, int64_t qs, int64_t G, const T* k0, const T* k1, int64_t d, float* out0,
+                  float* out1) {
+#if defined(__AVX512F__)
+  if (G % 4 == 0 && d % 16 == 0) {
+    for (int64_t h = 0; h < G; h += 4) {
+      const float* q0 = q + h * qs;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      for (int64_t i = 0; i < d; i += 16) {
+        const __m512 x = load16(k0 + i), y = load16(k1 + i);
+        const __m512 w0 = _mm512_loadu_ps(q0 + i), w1 = _mm512_loadu_ps(q0 + qs + i);
+        const __m512 w2 = _mm512_loadu_ps(q0 + 2 * qs + i), w3 = _mm512_loadu_ps(q0 + 3 * qs + i);
+        a0 = _mm512_fmadd_ps(w0, x, a0);
+        a1 = _mm512_fmadd_ps(w1, x, a1);
+        a2 = _mm512_fmadd_ps(w2, x, a2);
+        a3 = _mm512_fmadd_ps(w3, x, a3);
+        b0 = _mm512_fmadd_ps(w0, y, b0);
+        b1 = _mm512_fmadd_ps(w1, y, b1);
+        b2 = _mm512_fmadd_ps(w2, y, b2);
+        b3 = _mm512_fmadd_ps(w3, y, b3);
+      }
+      _mm_storeu_ps(out0 + h, reduce4(a0, a1, a2, a3));
+      _mm_storeu_ps(out1 + h, reduce4(b0, b1, b2, b3));
+    }
+    return;
+  }
+#endif
+  dots(q, qs, G, k0, d, out0);
+  dots(q, qs, G, k1, d, out1);
+}
+
 // out[h] = sum_i max(q_i * mn_i, q_i * mx_i) for h < G: the Quest page bound.
 template <typename T>
 inline void page_bounds(const float* q, int64_t qs, int64_t G, const T* mn, const T* mx, int64_t d,
@@ -199,8 +264,10 @@ inline void page_bounds(const float* q, int64_t qs, int64_t G, const T* mn, cons
       const __m512 a = tail ? load16_tail(mn + i, d - i) : load16(mn + i);
       const __m512 b = tail ? load16_tail(mx + i, d - i) : load16(mx + i);
       for (int64_t h = 0; h < g; ++h) {
+        // max(q mn, q mx) = q * (q > 0 ? mx : mn), as mx >= mn
         const __m512 qv = _mm512_loadu_ps(q + (h0 + h) * qs + i);
-        acc[h] = _mm512_add_ps(acc[h], _mm512_max_ps(_mm512_mul_ps(qv, a), _mm512_mul_ps(qv, b)));
+        const __mmask16 pos = _mm512_cmp_ps_mask(qv, _mm512_setzero_ps(), _CMP_GT_OQ);
+        acc[h] = _mm512_fmadd_ps(qv, _mm512_mask_blend_ps(pos, a, b), acc[h]);
       }
     }
     for (int64_t h = 0; h < g; ++h) out[h0 + h] = _mm512_reduce_add_ps(acc[h]);
@@ -215,15 +282,57 @@ inline void page_bounds(const float* q, int64_t qs, int64_t G, const T* mn, cons
 #endif
 }
 
+// acc[h*astride + 0:dp] += sum_{j < nb} p[h*pstride + j] * vb[j*dp + 0:dp] for h < G:
+// the P.V update of a block of value rows (fp32, rows 64-byte aligned), with
+// up to 8 independent accumulator chains held in registers per 128 columns.
+#if defined(__AVX512F__)
+template <int NC>
+inline void pv_cols(const float* p, const float* vb, int64_t nb, int64_t dp, float* acc) {
+  __m512 o[NC];
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) o[c] = _mm512_load_ps(acc + 16 * c);
+  for (int64_t j = 0; j < nb; ++j) {
+    const __m512 pj = _mm512_set1_ps(p[j]);
+    const float* vr = vb + j * dp;
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) o[c] = _mm512_fmadd_ps(pj, _mm512_load_ps(vr + 16 * c), o[c]);
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) _mm512_store_ps(acc + 16 * c, o[c]);
+}
+#endif
+
+inline void pv_block(const float* p, int64_t pstride, int64_t G, const float* vb, int64_t nb, int64_t dp,
+                     float* acc, int64_t astride) {
+  for (int64_t h = 0; h < G; ++h) {
+    const float* ph = p + h * pstride;
+    float* ah = acc + h * astride;
+#if defined(__AVX512F__)
+    int64_t c0 = 0;
+    for (; c0 + 128 <= dp; c0 += 128) pv_cols<8>(ph, vb + c0, nb, dp, ah + c0);
+    for (; c0 + 64 <= dp; c0 += 64) pv_cols<4>(ph, vb + c0, nb, dp, ah + c0);
+    for (; c0 < dp; c0 += 16) pv_cols<1>(ph, vb + c0, nb, dp, ah + c0);
+#else
+    for (int64_t j = 0; j < nb; ++j) axpy(ph[j], vb + j * dp, ah, dp);
+#endif
+  }
+}
+
+// A float buffer whose data() is 64-byte aligned.
+struct AlignedBuf {
+  std::vector<float> raw;
+  float* ptr = nullptr;
+  void resize(int64_t n) {
+    raw.assign(n + 16, 0.f);
+    const uintptr_t a = reinterpret_cast<uintptr_t>(raw.data());
+    ptr = raw.data() + ((64 - a % 64) % 64) / sizeof(float);
+  }
+  float* data() { return ptr; }
+};
+
 inline float sanitize(float s) { return std::isnan(s) ? kNegInf : s; }
 
 // ------------------------------------------------------------------ page summaries
-struct Strides4 {
-  int64_t b, h, n;
-};
-
-inline Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
-
 // Recompute pages [p0, p1) of (b, g) from tokens [p*ps, min((p+1)*ps, len)).
 template <typename T>
 void summarise_pages(const T* k, Strides4 ks, T* mn, T* mx, Strides4 ss, int64_t b, int64_t g,
@@ -255,21 +364,6 @@ void summarise_pages(const T* k, Strides4 ks, T* mn, T* mx, Strides4 ss, int64_t
   }
 }
 
-void check_cache(const Tensor& k_cache, const char* name) {
-  check_dim(k_cache, name, 4, "(batch, kv_heads, tokens, head_dim)");
-  check_float(k_cache, name);
-  check_last_contiguous(k_cache, name);
-}
-
-void check_lens(const Tensor& lens, const char* name, int64_t B, int64_t N, const Tensor& ref) {
-  check_per_row(lens, name, B, ScalarType::Long, ref, "k_cache");
-  SOFTDEC_CHECK(lens.is_cpu(), name, " must be on the CPU like k_cache");
-  const int64_t* l = lens.const_data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b)
-    SOFTDEC_CHECK(l[b] >= 0 && l[b] <= N, name, " must be in [0, ", N,
-                  "] (the cache length), got ", l[b], " at row ", b);
-}
-
 std::tuple<Tensor, Tensor> page_summary_cpu(Tensor k_cache, int64_t page_size, Tensor seq_lens) {
   check_cache(k_cache, "k_cache");
   SOFTDEC_CHECK(page_size > 0 && (page_size & (page_size - 1)) == 0,
@@ -297,23 +391,6 @@ std::tuple<Tensor, Tensor> page_summary_cpu(Tensor k_cache, int64_t page_size, T
     });
   });
   return {mn, mx};
-}
-
-void check_summary(const Tensor& s, const char* name, const Tensor& k_cache, int64_t page_size_or0) {
-  check_dim(s, name, 4, "(batch, kv_heads, pages, head_dim)");
-  SOFTDEC_CHECK(s.scalar_type() == k_cache.scalar_type(), name, " must have the dtype of k_cache (",
-                dtype_name(k_cache.scalar_type()), "), got ", dtype_name(s.scalar_type()));
-  check_same_device(k_cache, "k_cache", s, name);
-  check_last_contiguous(s, name);
-  SOFTDEC_CHECK(s.size(0) == k_cache.size(0) && s.size(1) == k_cache.size(1) &&
-                    s.size(3) == k_cache.size(3),
-                name, " must have shape (", k_cache.size(0), ", ", k_cache.size(1), ", pages, ",
-                k_cache.size(3), ") to match k_cache, got ", shape_str(s));
-  if (page_size_or0 > 0) {
-    const int64_t P = attn::ceil_div(k_cache.size(2), page_size_or0);
-    SOFTDEC_CHECK(s.size(2) == P, name, " must have ", P, " pages (ceil(", k_cache.size(2), " / ",
-                  page_size_or0, ")), got ", s.size(2));
-  }
 }
 
 void page_summary_update_cpu(Tensor kmin, Tensor kmax, Tensor k_cache, Tensor start, Tensor end) {
@@ -363,17 +440,57 @@ struct DecodeArgs {
   float scale;
 };
 
-// Top-`need` candidates of `cand` (indices into scores) by (score desc, index asc),
-// returned sorted by index ascending.
-inline void top_candidates(std::vector<int64_t>& cand, const float* score, int64_t base,
-                           int64_t need) {
-  if (need >= static_cast<int64_t>(cand.size())) return;
-  auto cmp = [&](int64_t a, int64_t b) {
-    return attn::ranks_before(score[a - base], a, score[b - base], b);
-  };
-  std::nth_element(cand.begin(), cand.begin() + need, cand.end(), cmp);
-  cand.resize(need);
-  std::sort(cand.begin(), cand.end());
+// Order-preserving key of a float (larger float -> larger key); NaN -> the key of -inf.
+inline uint32_t order_key(float f) {
+  if (std::isnan(f)) f = kNegInf;
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The top `need` of candidates first .. first + n - 1 (scores sc[0:n]) by
+// (score desc, index asc), written to `cand` in ascending index order. A
+// 3-pass radix select (11/11/10 bits) finds the need-th largest key, then one
+// pass in index order takes every larger key and the first ties: O(n), no sort.
+inline void top_candidates(std::vector<int64_t>& cand, const float* sc, int64_t n, int64_t first,
+                           int64_t need, std::vector<uint32_t>& keys) {
+  cand.clear();
+  if (need >= n) {
+    for (int64_t i = 0; i < n; ++i) cand.push_back(first + i);
+    return;
+  }
+  keys.resize(n);
+  for (int64_t i = 0; i < n; ++i) keys[i] = order_key(sc[i]);
+  uint32_t prefix = 0, mask = 0;
+  int64_t above = 0;  // keys strictly greater than the selected prefix range
+  static constexpr int kShift[3] = {21, 10, 0};
+  static constexpr int kBits[3] = {11, 11, 10};
+  uint32_t hist[2048];
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = kShift[pass], nb = 1 << kBits[pass];
+    std::memset(hist, 0, sizeof(uint32_t) * nb);
+    const uint32_t bm = static_cast<uint32_t>(nb - 1);
+    if (pass == 0) {
+      for (int64_t i = 0; i < n; ++i) ++hist[keys[i] >> shift];
+    } else {
+      for (int64_t i = 0; i < n; ++i)
+        if ((keys[i] & mask) == prefix) ++hist[(keys[i] >> shift) & bm];
+    }
+    int bin = nb - 1;
+    for (; bin > 0; --bin) {
+      if (above + hist[bin] >= need) break;
+      above += hist[bin];
+    }
+    prefix |= static_cast<uint32_t>(bin) << shift;
+    mask |= bm << shift;
+  }
+  const uint32_t kth = prefix;
+  int64_t ties = need - above;
+  cand.reserve(need);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t key = keys[i];
+    if (key > kth || (key == kth && ties-- > 0)) cand.push_back(first + i);
+  }
 }
 
 template <typename T>
@@ -393,16 +510,26 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
   std::vector<int32_t> sel(B * Hkv * std::max<int64_t>(M, 1));
   std::vector<int64_t> cnt(B * Hkv, 0);
   // Token mode keeps every score for the attention pass: [B, Hq, N].
-  std::vector<float> scores;
+  std::unique_ptr<float[]> scores;
   const int64_t P = attn::ceil_div(N, A.page_size);
 
+  // Scoring runs over (b, g, chunk) work items; the item that finishes the last
+  // chunk of a (b, g) runs its selection (one parallel region for both).
+  std::vector<std::atomic<int64_t>> remaining(B * Hkv);
+  struct Scratch {
+    std::vector<float> tmp, tmp2, vote, p;
+    std::vector<int64_t> cand;
+    std::vector<uint32_t> keys;
+  };
   if (A.page_mode) {
     // Bounds of the candidate pages, max over the query group: [B, Hkv, P].
     std::vector<float> bound(B * Hkv * P, kNegInf);
-    constexpr int64_t kPages = 128;
+    constexpr int64_t kPages = 256;
     const int64_t chunks = attn::ceil_div(P, kPages);
+    for (auto& x : remaining) x.store(chunks);
     torch::stable::parallel_for(0, B * Hkv * chunks, 1, [&](int64_t w0, int64_t w1) {
-      std::vector<float> tmp(G);
+      Scratch sc;
+      sc.tmp.resize(G);
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t b = w / (Hkv * chunks), g = (w / chunks) % Hkv, ch = w % chunks;
         const attn::Region r = attn::decode_region(lens[b], A.sink, A.window);
@@ -412,88 +539,86 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
         const float* qg = qs.data() + (b * Hq + g * G) * dp;
         for (int64_t p = p0; p < p1; ++p) {
           const int64_t o = b * ss.b + g * ss.h + p * ss.n;
-          page_bounds(qg, dp, G, kmin + o, kmax + o, d, tmp.data());
+          page_bounds(qg, dp, G, kmin + o, kmax + o, d, sc.tmp.data());
           float m = kNegInf;
-          for (int64_t h = 0; h < G; ++h) m = std::max(m, sanitize(tmp[h]));
+          for (int64_t h = 0; h < G; ++h) m = std::max(m, sanitize(sc.tmp[h]));
           bound[(b * Hkv + g) * P + p] = m;
         }
-      }
-    });
-    torch::stable::parallel_for(0, B * Hkv, 1, [&](int64_t w0, int64_t w1) {
-      std::vector<int64_t> cand;
-      for (int64_t w = w0; w < w1; ++w) {
-        const int64_t b = w / Hkv;
-        const attn::Region r = attn::decode_region(lens[b], A.sink, A.window);
-        int64_t first, last;
-        attn::candidate_pages(r, A.page_size, &first, &last);
-        cand.resize(last - first);
-        std::iota(cand.begin(), cand.end(), first);
-        top_candidates(cand, bound.data() + w * P, 0, attn::pages_for_budget(A.budget, A.page_size));
-        int32_t* s = sel.data() + w * M;
+        const int64_t bg = b * Hkv + g;
+        if (remaining[bg].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+        // selection of (b, g): every chunk's bounds are visible here
+        top_candidates(sc.cand, bound.data() + bg * P + first, last - first, first,
+                       attn::pages_for_budget(A.budget, A.page_size), sc.keys);
+        int32_t* s = sel.data() + bg * M;
         int64_t c = 0;
         for (int64_t t = 0; t < r.sink_end; ++t) s[c++] = static_cast<int32_t>(t);
-        for (int64_t p : cand) {
+        for (int64_t pg : sc.cand) {
           int64_t lo, hi;
-          attn::page_middle(r, A.page_size, p, &lo, &hi);
+          attn::page_middle(r, A.page_size, pg, &lo, &hi);
           for (int64_t t = lo; t < hi; ++t) s[c++] = static_cast<int32_t>(t);
         }
         for (int64_t t = r.win_start; t < r.len; ++t) s[c++] = static_cast<int32_t>(t);
         SOFTDEC_ASSERT(c <= M);
-        cnt[w] = c;
+        cnt[bg] = c;
       }
     });
   } else {
-    scores.assign(B * Hq * N, 0.f);
-    constexpr int64_t kTok = 512;
+    scores.reset(new float[B * Hq * N]);
+    constexpr int64_t kTok = 1024;
     const int64_t chunks = attn::ceil_div(N, kTok);
+    for (auto& x : remaining) x.store(chunks);
     torch::stable::parallel_for(0, B * Hkv * chunks, 1, [&](int64_t w0, int64_t w1) {
-      std::vector<float> tmp(G);
+      Scratch sc;
+      sc.tmp.resize(G);
+      sc.tmp2.resize(G);
       for (int64_t w = w0; w < w1; ++w) {
         const int64_t b = w / (Hkv * chunks), g = (w / chunks) % Hkv, ch = w % chunks;
         const int64_t t0 = ch * kTok, t1 = std::min(lens[b], t0 + kTok);
         const float* qg = qs.data() + (b * Hq + g * G) * dp;
-        float* sg = scores.data() + (b * Hq + g * G) * N;
-        for (int64_t t = t0; t < t1; ++t) {
-          dots(qg, dp, G, k + b * ks.b + g * ks.h + t * ks.n, d, tmp.data());
-          for (int64_t h = 0; h < G; ++h) sg[h * N + t] = tmp[h];
+        float* sg = scores.get() + (b * Hq + g * G) * N;
+        int64_t t = t0;
+        for (; t + 2 <= t1; t += 2) {
+          const T* kr = k + b * ks.b + g * ks.h + t * ks.n;
+          dots2(qg, dp, G, kr, kr + ks.n, d, sc.tmp.data(), sc.tmp2.data());
+          for (int64_t h = 0; h < G; ++h) {
+            sg[h * N + t] = sc.tmp[h];
+            sg[h * N + t + 1] = sc.tmp2[h];
+          }
         }
-      }
-    });
-    torch::stable::parallel_for(0, B * Hkv, 1, [&](int64_t w0, int64_t w1) {
-      std::vector<float> vote, p;
-      std::vector<int64_t> cand;
-      for (int64_t w = w0; w < w1; ++w) {
-        const int64_t b = w / Hkv, g = w % Hkv;
+        for (; t < t1; ++t) {
+          dots(qg, dp, G, k + b * ks.b + g * ks.h + t * ks.n, d, sc.tmp.data());
+          for (int64_t h = 0; h < G; ++h) sg[h * N + t] = sc.tmp[h];
+        }
+        const int64_t bg = b * Hkv + g;
+        if (remaining[bg].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+        // selection of (b, g): every chunk's scores are visible here
         const attn::Region r = attn::decode_region(lens[b], A.sink, A.window);
         const int64_t L = r.len, mid = r.win_start - r.sink_end;
         if (mid > A.budget) {
           // Soft votes: per query head a softmax over all L valid tokens, summed
           // over the heads of the group (TokenSelect).
-          vote.assign(mid, 0.f);
-          p.resize(L);
+          sc.vote.assign(mid, 0.f);
+          sc.p.resize(L);
           for (int64_t h = 0; h < G; ++h) {
-            const float* sh = scores.data() + (b * Hq + g * G + h) * N;
-            std::copy(sh, sh + L, p.begin());
-            for (int64_t t = 0; t < L; ++t) p[t] = sanitize(p[t]);
-            const float m = max_of(p.data(), L);
+            const float* sh = scores.get() + (b * Hq + g * G + h) * N;
+            for (int64_t x = 0; x < L; ++x) sc.p[x] = sanitize(sh[x]);
+            const float m = max_of(sc.p.data(), L);
             if (m == kNegInf) continue;
-            const float inv = 1.f / exp_sub_sum(p.data(), L, m);
-            for (int64_t t = 0; t < mid; ++t) vote[t] += p[r.sink_end + t] * inv;
+            const float inv = 1.f / exp_sub_sum(sc.p.data(), L, m);
+            for (int64_t x = 0; x < mid; ++x) sc.vote[x] += sc.p[r.sink_end + x] * inv;
           }
-          cand.resize(mid);
-          std::iota(cand.begin(), cand.end(), r.sink_end);
-          top_candidates(cand, vote.data(), r.sink_end, A.budget);
+          top_candidates(sc.cand, sc.vote.data(), mid, r.sink_end, A.budget, sc.keys);
         } else {
-          cand.resize(mid);
-          std::iota(cand.begin(), cand.end(), r.sink_end);
+          sc.cand.resize(mid);
+          std::iota(sc.cand.begin(), sc.cand.end(), r.sink_end);
         }
-        int32_t* s = sel.data() + w * M;
+        int32_t* s = sel.data() + bg * M;
         int64_t c = 0;
-        for (int64_t t = 0; t < r.sink_end; ++t) s[c++] = static_cast<int32_t>(t);
-        for (int64_t t : cand) s[c++] = static_cast<int32_t>(t);
-        for (int64_t t = r.win_start; t < L; ++t) s[c++] = static_cast<int32_t>(t);
+        for (int64_t x = 0; x < r.sink_end; ++x) s[c++] = static_cast<int32_t>(x);
+        for (int64_t x : sc.cand) s[c++] = static_cast<int32_t>(x);
+        for (int64_t x = r.win_start; x < L; ++x) s[c++] = static_cast<int32_t>(x);
         SOFTDEC_ASSERT(c <= M);
-        cnt[w] = c;
+        cnt[bg] = c;
       }
     });
   }
@@ -504,79 +629,102 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
   }
 
   // Split-KV attention over the selected tokens: work item (b, g, chunk).
-  constexpr int64_t kChunk = 256;
+  // Partial state per (item, head): acc[0:dp] (64-byte aligned), then m, l.
+  constexpr int64_t kChunk = 256, kSub = 16;
   const int64_t chunks = std::max<int64_t>(1, attn::ceil_div(M, kChunk));
-  const int64_t stride_part = G * (dp + 2);
-  std::vector<float> part(B * Hkv * chunks * stride_part);
+  const int64_t hstride = dp + 16;
+  const int64_t stride_part = G * hstride;
+  AlignedBuf part;
+  part.resize(B * Hkv * chunks * stride_part);
   const bool token_scores = !A.page_mode;
   torch::stable::parallel_for(0, B * Hkv * chunks, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<float> s(G * kChunk), vrow(dp), tmp(G);
+    std::vector<float> s(G * kChunk), tmp(G), tmp2(G);
+    AlignedBuf vbuf;
+    vbuf.resize(kSub * dp);
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t bg = w / chunks, ch = w % chunks;
       const int64_t b = bg / Hkv, g = bg % Hkv;
       const int64_t j0 = ch * kChunk, j1 = std::min(cnt[bg], j0 + kChunk), n = j1 - j0;
       float* pt = part.data() + w * stride_part;
       for (int64_t h = 0; h < G; ++h) {
-        float* st = pt + h * (dp + 2);
-        st[0] = kNegInf;
-        st[1] = 0.f;
-        std::fill(st + 2, st + 2 + dp, 0.f);
+        float* st = pt + h * hstride;
+        std::fill(st, st + dp, 0.f);
+        st[dp] = kNegInf;
+        st[dp + 1] = 0.f;
       }
       if (n <= 0) continue;
       const int32_t* idx = sel.data() + bg * M + j0;
       const float* qg = qs.data() + (b * Hq + g * G) * dp;
       if (token_scores) {
         for (int64_t h = 0; h < G; ++h) {
-          const float* sh = scores.data() + (b * Hq + g * G + h) * N;
+          const float* sh = scores.get() + (b * Hq + g * G + h) * N;
           for (int64_t j = 0; j < n; ++j) s[h * kChunk + j] = sh[idx[j]];
         }
       } else {
-        for (int64_t j = 0; j < n; ++j) {
-          dots(qg, dp, G, k + b * ks.b + g * ks.h + idx[j] * ks.n, d, tmp.data());
+        const T* kb = k + b * ks.b + g * ks.h;
+        const T* vb = v + b * vs.b + g * vs.h;
+        int64_t j = 0;
+        for (; j + 2 <= n; j += 2) {
+          if (j + 8 < n) {  // gathered rows: prefetch K and V a few tokens ahead
+            for (int64_t x = 0; x < d * static_cast<int64_t>(sizeof(T)); x += 64) {
+              __builtin_prefetch(reinterpret_cast<const char*>(kb + idx[j + 8] * ks.n) + x);
+              __builtin_prefetch(reinterpret_cast<const char*>(vb + idx[j + 8] * vs.n) + x);
+            }
+          }
+          dots2(qg, dp, G, kb + idx[j] * ks.n, kb + idx[j + 1] * ks.n, d, tmp.data(), tmp2.data());
+          for (int64_t h = 0; h < G; ++h) {
+            s[h * kChunk + j] = tmp[h];
+            s[h * kChunk + j + 1] = tmp2[h];
+          }
+        }
+        for (; j < n; ++j) {
+          dots(qg, dp, G, kb + idx[j] * ks.n, d, tmp.data());
           for (int64_t h = 0; h < G; ++h) s[h * kChunk + j] = tmp[h];
         }
       }
       for (int64_t h = 0; h < G; ++h) {
         float* sh = s.data() + h * kChunk;
         const float m = max_of(sh, n);
-        float* st = pt + h * (dp + 2);
-        st[0] = m;
+        float* st = pt + h * hstride;
+        st[dp] = m;
         if (m == kNegInf || std::isnan(m)) {
           // every score -inf (or NaN): a NaN row propagates NaN
-          if (std::isnan(m)) st[1] = std::numeric_limits<float>::quiet_NaN();
+          if (std::isnan(m)) st[dp + 1] = std::numeric_limits<float>::quiet_NaN();
           for (int64_t j = 0; j < n; ++j) sh[j] = 0.f;
           continue;
         }
-        st[1] = exp_sub_sum(sh, n, m);
+        st[dp + 1] = exp_sub_sum(sh, n, m);
       }
-      for (int64_t j = 0; j < n; ++j) {
-        convert_row(v + b * vs.b + g * vs.h + idx[j] * vs.n, d, dp, vrow.data());
-        for (int64_t h = 0; h < G; ++h) axpy(s[h * kChunk + j], vrow.data(), pt + h * (dp + 2) + 2, dp);
+      for (int64_t js = 0; js < n; js += kSub) {
+        const int64_t nb = std::min(kSub, n - js);
+        for (int64_t j = 0; j < nb; ++j)
+          convert_row(v + b * vs.b + g * vs.h + idx[js + j] * vs.n, d, dp, vbuf.data() + j * dp);
+        pv_block(s.data() + js, kChunk, G, vbuf.data(), nb, dp, pt, hstride);
       }
     }
   });
   // Log-sum-exp merge of the chunks: out[b, h].
-  torch::stable::parallel_for(0, B * Hq, 16, [&](int64_t w0, int64_t w1) {
+  torch::stable::parallel_for(0, B * Hq, 64, [&](int64_t w0, int64_t w1) {
     std::vector<float> acc(dp);
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t b = w / Hq, h = w % Hq, g = h / G, hh = h % G;
-      const float* base = part.data() + (b * Hkv + g) * chunks * stride_part + hh * (dp + 2);
+      const float* base = part.data() + (b * Hkv + g) * chunks * stride_part + hh * hstride;
       float m = kNegInf;
       bool nan = false;
       for (int64_t c = 0; c < chunks; ++c) {
         const float* st = base + c * stride_part;
-        m = std::max(m, st[0]);
-        nan |= std::isnan(st[1]) || std::isnan(st[0]);
+        m = std::max(m, st[dp]);
+        nan |= std::isnan(st[dp + 1]) || std::isnan(st[dp]);
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       float l = 0.f;
       if (m != kNegInf) {
         for (int64_t c = 0; c < chunks; ++c) {
           const float* st = base + c * stride_part;
-          if (st[0] == kNegInf) continue;
-          const float a = std::exp(st[0] - m);
-          l += a * st[1];
-          axpy(a, st + 2, acc.data(), dp);
+          if (st[dp] == kNegInf) continue;
+          const float a = std::exp(st[dp] - m);
+          l += a * st[dp + 1];
+          axpy(a, st, acc.data(), dp);
         }
       }
       T* o = out + (b * Hq + h) * d;
@@ -591,35 +739,9 @@ std::tuple<Tensor, Tensor> sparse_decode_attention_cpu(
     Tensor q, Tensor k_cache, Tensor v_cache, Tensor seq_lens, int64_t budget, int64_t select,
     int64_t page_size, int64_t sink, int64_t window, double scale, std::optional<Tensor> kmin,
     std::optional<Tensor> kmax, bool return_indices) {
-  check_dim(q, "q", 3, "(batch, q_heads, head_dim)");
-  check_float(q, "q");
-  check_last_contiguous(q, "q");
-  check_cache(k_cache, "k_cache");
-  check_cache(v_cache, "v_cache");
+  check_decode_args(q, k_cache, v_cache, budget, select, page_size, sink, window, scale);
   const int64_t B = q.size(0), Hq = q.size(1), d = q.size(2);
   const int64_t Hkv = k_cache.size(1), N = k_cache.size(2);
-  SOFTDEC_CHECK(k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
-                "k_cache and v_cache must have the dtype of q (", dtype_name(q.scalar_type()),
-                "), got ", dtype_name(k_cache.scalar_type()), " and ",
-                dtype_name(v_cache.scalar_type()));
-  check_same_device(q, "q", k_cache, "k_cache");
-  check_same_device(q, "q", v_cache, "v_cache");
-  SOFTDEC_CHECK(k_cache.size(0) == B, "k_cache must have batch ", B, " like q, got ", k_cache.size(0));
-  SOFTDEC_CHECK(k_cache.size(3) == d, "k_cache must have head_dim ", d, " like q, got ",
-                k_cache.size(3));
-  SOFTDEC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q heads (", Hq,
-                ") must be a multiple of the k_cache kv heads (", Hkv, ")");
-  SOFTDEC_CHECK(v_cache.size(0) == B && v_cache.size(1) == Hkv && v_cache.size(2) == N &&
-                    v_cache.size(3) == d,
-                "v_cache must have the shape of k_cache ", shape_str(k_cache), ", got ",
-                shape_str(v_cache));
-  SOFTDEC_CHECK(budget > 0, "budget must be positive, got ", budget);
-  SOFTDEC_CHECK(select == 0 || select == 1, "select must be 0 (page) or 1 (token), got ", select);
-  SOFTDEC_CHECK(page_size > 0 && (page_size & (page_size - 1)) == 0,
-                "page_size must be a power of two, got ", page_size);
-  SOFTDEC_CHECK(sink >= 0, "sink must be non-negative, got ", sink);
-  SOFTDEC_CHECK(window >= 0, "window must be non-negative, got ", window);
-  SOFTDEC_CHECK(std::isfinite(scale), "scale must be finite, got ", scale);
   check_lens(seq_lens, "seq_lens", B, N, k_cache);
   const bool page_mode = select == 0;
   SOFTDEC_CHECK(kmin.has_value() == kmax.has_value(), "kmin and kmax must be given together");
@@ -674,9 +796,11 @@ void flash_gathered(const float* Q, const float* Kt, int64_t np, const float* V,
   for (int64_t a0 = 0; a0 < n; a0 += kR) {
     const int64_t rows = std::min(kR, n - a0);
     float m[kR], l[kR];
+    bool nan[kR];
     for (int64_t r = 0; r < kR; ++r) {
       m[r] = kNegInf;
       l[r] = 0.f;
+      nan[r] = false;
     }
     std::fill(O + a0 * dp, O + (a0 + rows) * dp, 0.f);
     const int64_t kend = causal ? a0 + rows : n;
@@ -720,6 +844,10 @@ void flash_gathered(const float* Q, const float* Kt, int64_t np, const float* V,
         float* sr = S[r];
         for (int64_t j = jn; j < kb; ++j) sr[j] = kNegInf;
         const float mt = max_of(sr, jn);
+        if (std::isnan(mt)) {  // a NaN score: the row's output is NaN
+          nan[r] = true;
+          continue;
+        }
         const float mnew = std::max(m[r], mt);
         if (mnew == kNegInf) continue;
         const float alpha = m[r] == kNegInf ? 0.f : std::exp(m[r] - mnew);
@@ -743,7 +871,7 @@ void flash_gathered(const float* Q, const float* Kt, int64_t np, const float* V,
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
-      const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+      const float inv = nan[r] ? std::numeric_limits<float>::quiet_NaN() : l[r] > 0.f ? 1.f / l[r] : 0.f;
       float* orow = O + (a0 + r) * dp;
       for (int64_t i = 0; i < dp; ++i) orow[i] *= inv;
     }
@@ -855,29 +983,8 @@ void prefill_impl(const PrefillArgs& A, const T* q, Strides4 qs, const T* k, Str
 std::tuple<Tensor, Tensor> token_sparse_prefill_cpu(Tensor q, Tensor k, Tensor v, double coverage,
                                                     int64_t min_tokens, int64_t window,
                                                     bool causal, double scale) {
-  check_dim(q, "q", 4, "(batch, q_heads, tokens, head_dim)");
-  check_dim(k, "k", 4, "(batch, kv_heads, tokens, head_dim)");
-  check_dim(v, "v", 4, "(batch, kv_heads, tokens, head_dim)");
-  check_float(q, "q");
-  SOFTDEC_CHECK(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
-                "k and v must have the dtype of q (", dtype_name(q.scalar_type()), "), got ",
-                dtype_name(k.scalar_type()), " and ", dtype_name(v.scalar_type()));
-  check_same_device(q, "q", k, "k");
-  check_same_device(q, "q", v, "v");
-  check_last_contiguous(q, "q");
-  check_last_contiguous(k, "k");
-  check_last_contiguous(v, "v");
+  check_prefill_args(q, k, v, coverage, min_tokens, window, scale);
   const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), d = q.size(3), Hkv = k.size(1);
-  SOFTDEC_CHECK(k.size(0) == B && k.size(2) == L && k.size(3) == d, "k must have shape (", B,
-                ", kv_heads, ", L, ", ", d, ") to match q, got ", shape_str(k));
-  SOFTDEC_CHECK(v.size(0) == B && v.size(1) == Hkv && v.size(2) == L && v.size(3) == d,
-                "v must have the shape of k ", shape_str(k), ", got ", shape_str(v));
-  SOFTDEC_CHECK(Hkv > 0 && Hq % Hkv == 0, "q heads (", Hq, ") must be a multiple of the k heads (",
-                Hkv, ")");
-  SOFTDEC_CHECK(coverage >= 0.0 && coverage < 1.0, "coverage must be in [0, 1), got ", coverage);
-  SOFTDEC_CHECK(min_tokens >= 0, "min_tokens must be non-negative, got ", min_tokens);
-  SOFTDEC_CHECK(window > 0, "window must be positive, got ", window);
-  SOFTDEC_CHECK(std::isfinite(scale), "scale must be finite, got ", scale);
   Tensor out = new_empty(q, {B, Hq, L, d}, q.scalar_type());
   Tensor kept = new_empty(q, {B, Hq, L}, ScalarType::Bool);
   if (B * Hq * L == 0) return {out, kept};

@@ -6,9 +6,13 @@
 //   window tokens [win_start, L)           win_start = max(sink_end, L - window)
 //   middle tokens [sink_end, win_start)    candidates for the budget
 // select="token": the `budget` middle tokens with the largest votes.
+// select="token": votes = sum over the KV head's query group of each head's
+//   softmax(scale q.k) over the L valid tokens (TokenSelect soft voting).
 // select="page" : pages are aligned blocks [p*ps, (p+1)*ps); a page is a
-//   candidate when it overlaps the middle; the ceil(budget/ps) candidate pages
-//   with the largest bounds are selected and contribute their middle tokens.
+//   candidate when it overlaps the middle; its score for a KV head is the MAX
+//   over the group's query heads of the Quest bound sum_i max(q_i kmin_i,
+//   q_i kmax_i) (scaled q); the ceil(budget/ps) candidate pages with the
+//   largest scores are selected and contribute their middle tokens.
 // Ranking ties: the larger score first, then the lower index (page or token).
 // NaN scores rank as -inf. budget >= L selects every middle token (dense).
 #pragma once

@@ -841,21 +841,17 @@ def token_sparse_kept(scores, *, coverage=0.005, min_tokens=1024, window=128):
     """(B, Hq, L) bool: the drop rule of softdec.token_sparse_prefill on given scores."""
     B, H, L = scores.shape
     w = min(window, L)
-    kept = torch.ones(B, H, L, dtype=torch.bool)
-    if coverage <= 0:
+    kept = torch.ones(B, H, L, dtype=torch.bool, device=scores.device)
+    dmax = min(L - w, L - min(L, max(min_tokens, w)))
+    if coverage <= 0 or dmax <= 0:
         return kept
-    dmax = L - min(L, max(min_tokens, w))
-    for b in range(B):
-        for h in range(H):
-            s = scores[b, h].double()
-            limit = coverage * float(s.sum())
-            order = sorted(range(L - w), key=lambda j: (float(s[j]), j))
-            cum = 0.0
-            for j in order[:dmax]:
-                cum += float(s[j])
-                if cum > limit:
-                    break
-                kept[b, h, j] = False
+    s = scores[..., :L - w].double()
+    sv, order = torch.sort(s, dim=-1, stable=True)  # ascending score, ties by index
+    cum = sv.cumsum(-1)
+    limit = coverage * scores.double().sum(-1, keepdim=True)
+    drop = (cum <= limit) & (torch.arange(L - w, device=s.device) < dmax)
+    drop = drop.cumprod(-1).bool()  # the longest prefix only
+    kept[..., :L - w].scatter_(-1, order, ~drop)
     return kept
 
 
@@ -881,6 +877,49 @@ def token_sparse_prefill(q, k, v, *, coverage=0.005, min_tokens=1024, window=128
     return out
 
 
+def sparse_decode_attention_topk(q, k_cache, v_cache, *, budget, select="page", page_size=16, sink=4,
+                                  window=64, scale=None, kmin=None, kmax=None):
+    """A vectorised torch formulation of sparse decode for benchmarking (full caches, no seq_lens).
+
+    Same scores as softdec.sparse_decode_attention; torch.topk picks the set
+    (its tie order is unspecified) and SDPA attends over the gathered tokens.
+    Page mode may count a page that straddles the sink/window edge twice.
+    """
+    B, Hq, d = q.shape
+    Hkv, N = k_cache.shape[1], k_cache.shape[2]
+    G = Hq // Hkv
+    scale = d ** -0.5 if scale is None else scale
+    qg = (q * scale).reshape(B, Hkv, G, d)
+    sink, window = min(sink, N), min(window, max(N - sink, 0))
+    mid = N - sink - window
+    if budget >= mid:
+        idx = torch.arange(N, device=q.device).expand(B, Hkv, N)
+    elif select == "token":
+        s = torch.einsum("bgjd,bgnd->bgjn", qg.float(), k_cache.float())
+        vote = torch.softmax(s, -1).sum(2)[..., sink:N - window]
+        top = torch.topk(vote, budget, dim=-1).indices + sink
+        edge = torch.cat([torch.arange(sink), torch.arange(N - window, N)]).to(q.device).expand(B, Hkv, -1)
+        idx = torch.cat([edge, top], -1)
+    else:
+        if kmin is None:
+            P = -(-N // page_size)
+            kp = torch.nn.functional.pad(k_cache, (0, 0, 0, P * page_size - N)).reshape(B, Hkv, P, page_size, d)
+            kmin, kmax = kp.amin(3), kp.amax(3)
+        P = kmin.shape[2]
+        qq = qg.float()[:, :, :, None, :]
+        bound = torch.maximum(qq * kmin.float()[:, :, None], qq * kmax.float()[:, :, None]).sum(-1).amax(2)
+        first, last = sink // page_size, (N - window - 1) // page_size + 1
+        npages = min(-(-budget // page_size), last - first)
+        top = torch.topk(bound[..., first:last], npages, dim=-1).indices + first
+        tok = (top[..., None] * page_size + torch.arange(page_size, device=q.device)).flatten(-2).clamp(max=N - 1)
+        edge = torch.cat([torch.arange(sink), torch.arange(N - window, N)]).to(q.device).expand(B, Hkv, -1)
+        idx = torch.cat([edge, tok], -1)
+    ks = torch.gather(k_cache, 2, idx[..., None].expand(-1, -1, -1, d))
+    vs = torch.gather(v_cache, 2, idx[..., None].expand(-1, -1, -1, d))
+    out = torch.nn.functional.scaled_dot_product_attention(qg, ks, vs, scale=1.0)
+    return out.reshape(B, Hq, d)
+
+
 def dense_causal_attention(q, k, v, *, scale=None):
     """Dense causal SDPA (GQA): the prefill bench baseline."""
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale,
@@ -889,5 +928,5 @@ def dense_causal_attention(q, k, v, *, scale=None):
 
 __all__ += ["dense_decode_attention", "page_summary", "page_bounds", "sparse_decode_select",
             "sparse_decode_attention", "token_sparse_scores", "token_sparse_kept", "token_sparse_prefill",
-            "dense_causal_attention"]
+            "dense_causal_attention", "sparse_decode_attention_topk"]
 

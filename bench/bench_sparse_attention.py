@@ -1,0 +1,92 @@
+"""Token-sparse attention: sparse decode (page / token selection) vs dense SDPA decode,
+and token-sparse prefill vs dense causal SDPA.
+
+Rows: B = 1, Hq = 32, Hkv = 8, d = 128, budget 2048 (sink 4, window 64), bf16 and
+fp32, N in {8192, 32768}; prefill at L = 8192 with about a quarter of the tokens
+kept. Baselines come from softdec.reference: "dense" is SDPA over the whole
+cache (the number the speed-up targets are stated against), "eager" is the
+vectorised torch formulation of the same sparse op (topk + gather + SDPA),
+"compile" is torch.compile of it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import softdec
+from softdec import reference as ref
+from harness import Case
+
+HQ, HKV, D, BUDGET, SINK, WINDOW, PS = 32, 8, 128, 2048, 4, 64, 16
+
+
+def _decode_inputs(N, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, HQ, D, generator=g).to(dtype).to(device)
+    k = torch.randn(1, HKV, N, D, generator=g).to(dtype).to(device)
+    v = torch.randn(1, HKV, N, D, generator=g).to(dtype).to(device)
+    return q, k, v
+
+
+def _decode_case(N, dtype, select, device):
+    q, k, v = _decode_inputs(N, dtype, device)
+    summ = softdec.build_page_summary(k, page_size=PS)
+    kw = dict(budget=BUDGET, select=select, sink=SINK, window=WINDOW)
+    eager = lambda: ref.sparse_decode_attention_topk(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw)  # noqa: E731
+    comp = torch.compile(ref.sparse_decode_attention_topk)
+    esz = k.element_size()
+    M = SINK + WINDOW + BUDGET
+    if select == "page":
+        ours = lambda: softdec.sparse_decode_attention(q, k, v, page_size=PS, page_summary=summ, **kw)  # noqa: E731
+        nbytes = 2 * (N // PS) * HKV * D * esz + 2 * M * HKV * D * esz  # summaries + selected K and V
+    else:
+        ours = lambda: softdec.sparse_decode_attention(q, k, v, **kw)  # noqa: E731
+        nbytes = N * HKV * D * esz + M * HKV * D * esz  # all of K + selected V
+    fns = {"softdec": ours, "eager": eager,
+           "compile": lambda: comp(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw),
+           "dense": lambda: ref.dense_decode_attention(q, k, v)}
+    dname = str(dtype).replace("torch.", "")
+    return Case(op="sparse_decode", label=f"{select} N={N} {dname} budget={BUDGET}", fns=fns, bytes=nbytes,
+                device=device, notes="dense = SDPA over the whole cache (target: page >= 5x, token >= 1.5x)")
+
+
+def _prefill_case(L, dtype, device):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, HQ, L, D, generator=g).to(dtype).to(device)
+    k = torch.randn(1, HKV, L, D, generator=g).to(dtype).to(device)
+    v = torch.randn(1, HKV, L, D, generator=g).to(dtype).to(device)
+    kw = dict(coverage=0.9, min_tokens=L // 4, window=128)  # random data: keeps ~L/4 per head
+    fns = {"softdec": lambda: softdec.token_sparse_prefill(q, k, v, **kw),
+           "eager": lambda: ref.token_sparse_prefill(q, k, v, **kw),
+           "dense": lambda: ref.dense_causal_attention(q, k, v)}
+    dname = str(dtype).replace("torch.", "")
+    return Case(op="token_sparse_prefill", label=f"L={L} {dname} keep~1/4", fns=fns,
+                bytes=4 * HQ * L * D * q.element_size(), memory_bound=False, device=device,
+                notes="compute-bound; dense = causal SDPA over all L (target >= 2x)")
+
+
+def cases(quick: bool, device: str):
+    out = []
+    dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
+    Ns = [32768] if quick else [8192, 32768]
+    for dtype in dtypes:
+        for N in Ns:
+            for select in ("page", "token"):
+                out.append(_decode_case(N, dtype, select, device))
+    for dtype in dtypes:
+        out.append(_prefill_case(2048 if quick else 8192, dtype, device))
+    return out
+
+
+@pytest.mark.parametrize("select", ["page", "token"])
+def test_sparse_decode(benchmark, select):
+    q, k, v = _decode_inputs(32768, torch.bfloat16, "cpu")
+    summ = softdec.build_page_summary(k, page_size=PS)
+    benchmark(lambda: softdec.sparse_decode_attention(q, k, v, budget=BUDGET, select=select,
+                                                      page_summary=summ if select == "page" else None))
+
+
+def test_dense_decode(benchmark):
+    q, k, v = _decode_inputs(32768, torch.bfloat16, "cpu")
+    benchmark(lambda: ref.dense_decode_attention(q, k, v))

@@ -1,0 +1,160 @@
+// Device helpers shared by the token-sparse attention CUDA files
+// (sparse_attention.cu: summaries + decode; sparse_attention_prefill.cu).
+#pragma once
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <limits>
+
+#include "attn_checks.h"
+#include "cuda_common.cuh"
+#include "../dispatch.h"
+#include "softdec/attn_sparse.h"
+
+namespace softdec {
+namespace attn_cuda {
+
+using namespace attn_checks;
+
+// torch's bf16 / fp16 as the CUDA native types.
+template <typename T>
+struct Native {
+  using type = T;
+};
+template <>
+struct Native<bf16> {
+  using type = __nv_bfloat16;
+};
+template <>
+struct Native<fp16> {
+  using type = __half;
+};
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+template <typename T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <>
+__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+__host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+__host__ __device__ __forceinline__ int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+__device__ __forceinline__ float nan_to_neginf(float s) { return s != s ? kNegInf : s; }
+
+// Order-preserving key of a float (larger float -> larger key); NaN -> key of -inf.
+__device__ __forceinline__ uint32_t order_key(float f) {
+  f = nan_to_neginf(f);
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Elements of T in 16 bytes.
+template <typename T>
+constexpr int kVec = 16 / sizeof(T);
+
+// Lane-partial dot products of `G` fp32 query rows (shared memory, stride dq)
+// with one key row of T: lanes take 16-byte vectors (when `vec`) or single
+// elements, strided by 32. Returns the lane partials in part[0:G].
+template <typename T, int MAXG>
+__device__ __forceinline__ void lane_dots(const float* __restrict__ q, int dq, int G, const T* __restrict__ k,
+                                          int d, bool vec, int lane, float* part) {
+#pragma unroll
+  for (int h = 0; h < MAXG; ++h) part[h] = 0.f;
+  if (vec) {
+    const int nv = d / kVec<T>;
+    for (int c = lane; c < nv; c += 32) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(k) + c);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int j = 0; j < kVec<T>; ++j) {
+        const float kv = to_f(e[j]);
+        const int i = c * kVec<T> + j;
+#pragma unroll
+        for (int h = 0; h < MAXG; ++h)
+          if (h < G) part[h] += q[h * dq + i] * kv;
+      }
+    }
+  } else {
+    for (int i = lane; i < d; i += 32) {
+      const float kv = to_f(k[i]);
+#pragma unroll
+      for (int h = 0; h < MAXG; ++h)
+        if (h < G) part[h] += q[h * dq + i] * kv;
+    }
+  }
+}
+
+constexpr int kMaxG = 16;  // query heads per KV head handled in registers (CUDA backend limit)
+
+constexpr int kSelThreads = 1024;
+
+// ------------------------------------------------------------------ block radix select
+// The `k`-th element (1-based) of keys[0:n] in descending order when `largest`,
+// ascending otherwise. Returns the key; *n_before = elements strictly before it.
+template <int THREADS, typename KeyFn>
+__device__ uint32_t block_radix_select(int64_t n, int64_t k, bool largest, KeyFn key_of, int64_t* n_before,
+                                       uint32_t* hist /* [256] shared */, uint32_t* shared_word,
+                                       int64_t* shared_count) {
+  uint32_t prefix = 0, mask = 0;
+  int64_t before = 0;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += THREADS) hist[i] = 0;
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < n; i += THREADS) {
+      uint32_t key = key_of(i);
+      if (!largest) key = ~key;
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xff], 1u);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int64_t acc = before;
+      int bin = 255;
+      for (; bin > 0; --bin) {
+        if (acc + hist[bin] >= k) break;
+        acc += hist[bin];
+      }
+      *shared_word = static_cast<uint32_t>(bin);
+      *shared_count = acc;
+    }
+    __syncthreads();
+    prefix |= (*shared_word) << shift;
+    mask |= 0xffu << shift;
+    before = *shared_count;
+    __syncthreads();
+  }
+  *n_before = before;
+  return largest ? prefix : ~prefix;
+}
+
+inline bool vec_ok(const Tensor& t, int64_t d, int64_t esz) {
+  const int64_t e = 16 / esz;
+  if (d % e) return false;
+  for (int i = 0; i < 3; ++i)
+    if (t.stride(i) % e) return false;
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+}  // namespace attn_cuda
+}  // namespace softdec

@@ -1,0 +1,520 @@
+// CUDA backend of token-sparse attention: the same semantics as the CPU backend
+// (include/softdec/attn_sparse.h).
+//
+// Decode: gather-then-attend with split-KV.
+//   1. scoring: page bounds (one warp per page, the query group in shared
+//      memory) or exact token scores (one warp per token) + soft votes;
+//   2. selection: one block per (row, KV head) finds the k-th largest score by
+//      a 4-pass 8-bit radix select on order-preserving keys, then compacts the
+//      selected candidates in index order with block scans (ties: lower index);
+//   3. attention: one block per (row, KV head, 64 selected tokens) computes the
+//      group's partial softmax states; a merge kernel combines them (log-sum-exp).
+// Prefill lives in sparse_attention_prefill.cu; shared device helpers in attn_common.cuh.
+//
+// Row loads are 16-byte vectors when the head dim and strides allow, coalesced
+// across the warp; reductions are warp shuffles.
+#include "attn_common.cuh"
+
+namespace softdec {
+namespace {
+
+using namespace attn_checks;
+using namespace attn_cuda;
+
+// ------------------------------------------------------------------ page summaries
+template <typename T>
+__global__ void page_summary_kernel(const T* __restrict__ k, Strides4 ks, T* __restrict__ mn,
+                                    T* __restrict__ mx, Strides4 ss, const int64_t* __restrict__ lo_tok,
+                                    const int64_t* __restrict__ hi_tok, int ps, int d, int P) {
+  const int p = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+  const int64_t lo = lo_tok ? lo_tok[b] : 0, hi = hi_tok[b];
+  // update mode (lo_tok given): only pages touched by [lo, hi)
+  if (lo_tok && (hi <= lo || p < lo / ps || p > (hi - 1) / ps)) return;
+  const int64_t t0 = static_cast<int64_t>(p) * ps;
+  const int64_t t1 = min(t0 + ps, hi);
+  T* omn = mn + b * ss.b + g * ss.h + p * ss.n;
+  T* omx = mx + b * ss.b + g * ss.h + p * ss.n;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float a = __int_as_float(0x7f800000), c = kNegInf;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float v = to_f(k[b * ks.b + g * ks.h + t * ks.n + i]);
+      a = fminf(a, v);
+      c = fmaxf(c, v);
+    }
+    if (t1 <= t0) a = c = 0.f;
+    omn[i] = from_f<T>(a);
+    omx[i] = from_f<T>(c);
+  }
+}
+
+// ------------------------------------------------------------------ decode scoring
+// Scaled fp32 queries of one (b, KV head) group into shared memory.
+template <typename T>
+__device__ __forceinline__ void load_group_q(const T* __restrict__ q, int64_t qsb, int64_t qsh, int b, int g,
+                                             int G, int d, float scale, float* sq) {
+  for (int x = threadIdx.x; x < G * d; x += blockDim.x) {
+    const int h = x / d, i = x % d;
+    sq[x] = scale * to_f(q[b * qsb + (g * G + h) * qsh + i]);
+  }
+}
+
+template <typename T>
+__global__ void page_bound_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ mn,
+                                  const T* __restrict__ mx, Strides4 ss, const int64_t* __restrict__ lens,
+                                  int G, int d, int P, int ps, int sink, int window, float scale,
+                                  float* __restrict__ bound) {
+  extern __shared__ float sq[];
+  const int g = blockIdx.y, b = blockIdx.z, Hkv = gridDim.y;
+  load_group_q(q, qsb, qsh, b, g, G, d, scale, sq);
+  __syncthreads();
+  const attn::Region r = attn::decode_region(lens[b], sink, window);
+  int64_t first, last;
+  attn::candidate_pages(r, ps, &first, &last);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  for (int p = blockIdx.x * nw + warp; p < P; p += gridDim.x * nw) {
+    float best = kNegInf;
+    if (p >= first && p < last) {
+      const T* a = mn + b * ss.b + g * ss.h + p * ss.n;
+      const T* c = mx + b * ss.b + g * ss.h + p * ss.n;
+      float part[kMaxG];
+#pragma unroll
+      for (int h = 0; h < kMaxG; ++h) part[h] = 0.f;
+      for (int i = lane; i < d; i += 32) {
+        const float lo = to_f(a[i]), hi = to_f(c[i]);
+#pragma unroll
+        for (int h = 0; h < kMaxG; ++h)
+          if (h < G) part[h] += attn::page_bound_term(sq[h * d + i], lo, hi);
+      }
+#pragma unroll
+      for (int h = 0; h < kMaxG; ++h)
+        if (h < G) best = fmaxf(best, nan_to_neginf(warp_sum(part[h])));
+    }
+    if (lane == 0) bound[(static_cast<int64_t>(b) * Hkv + g) * P + p] = best;
+  }
+}
+
+template <typename T>
+__global__ void token_score_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k,
+                                   Strides4 ks, const int64_t* __restrict__ lens, int G, int d, int N,
+                                   float scale, bool vec, float* __restrict__ scores /* [B, Hq, N] */) {
+  extern __shared__ float sq[];
+  const int g = blockIdx.y, b = blockIdx.z, Hq = gridDim.y * G;
+  load_group_q(q, qsb, qsh, b, g, G, d, scale, sq);
+  __syncthreads();
+  const int64_t L = lens[b];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * nw + warp; t < L; t += static_cast<int64_t>(gridDim.x) * nw) {
+    float part[kMaxG];
+    lane_dots<T, kMaxG>(sq, d, G, k + b * ks.b + g * ks.h + t * ks.n, d, vec, lane, part);
+#pragma unroll
+    for (int h = 0; h < kMaxG; ++h) {
+      if (h < G) {
+        const float s = warp_sum(part[h]);
+        if (lane == 0) scores[(static_cast<int64_t>(b) * Hq + g * G + h) * N + t] = s;
+      }
+    }
+  }
+}
+
+// Soft votes of one (b, KV head): for each query head a softmax over the L
+// valid tokens, summed over the group. One block per (g, b).
+__global__ void vote_kernel(const float* __restrict__ scores, const int64_t* __restrict__ lens, int G, int N,
+                            float* __restrict__ vote /* [B, Hkv, N] */) {
+  using Reduce = cub::BlockReduce<float, kSelThreads>;
+  __shared__ typename Reduce::TempStorage tmp;
+  __shared__ float s_m, s_l;
+  const int g = blockIdx.x, b = blockIdx.y, Hkv = gridDim.x;
+  const int64_t L = lens[b];
+  float* vt = vote + (static_cast<int64_t>(b) * Hkv + g) * N;
+  for (int64_t t = threadIdx.x; t < L; t += blockDim.x) vt[t] = 0.f;
+  for (int h = 0; h < G; ++h) {
+    const float* sh = scores + (static_cast<int64_t>(b) * Hkv * G + g * G + h) * N;
+    float m = kNegInf;
+    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) m = fmaxf(m, nan_to_neginf(sh[t]));
+    m = Reduce(tmp).Reduce(m, [](float a, float b) { return fmaxf(a, b); });
+    if (threadIdx.x == 0) s_m = m;
+    __syncthreads();
+    m = s_m;
+    float l = 0.f;
+    if (m != kNegInf)
+      for (int64_t t = threadIdx.x; t < L; t += blockDim.x) l += __expf(nan_to_neginf(sh[t]) - m);
+    l = Reduce(tmp).Sum(l);
+    if (threadIdx.x == 0) s_l = l;
+    __syncthreads();
+    l = s_l;
+    if (m != kNegInf && l > 0.f) {
+      const float inv = 1.f / l;
+      for (int64_t t = threadIdx.x; t < L; t += blockDim.x) vt[t] += __expf(nan_to_neginf(sh[t]) - m) * inv;
+    }
+    __syncthreads();
+  }
+}
+
+// Selection of one (b, KV head): top candidates of `score` by (score desc,
+// index asc), expanded to tokens, written ascending after the sink tokens and
+// followed by the window tokens. One block per (g, b).
+__global__ void select_kernel(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
+                              const int64_t* __restrict__ lens, bool page_mode, int ps, int sink, int window,
+                              int64_t budget, int M, int32_t* __restrict__ sel /* [B, Hkv, M] */,
+                              int32_t* __restrict__ cnt, int64_t* __restrict__ idx_out) {
+  using Scan = cub::BlockScan<int64_t, kSelThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ uint32_t hist[256];
+  __shared__ uint32_t s_word;
+  __shared__ int64_t s_count, s_total;
+  const int g = blockIdx.x, b = blockIdx.y, Hkv = gridDim.x;
+  const int64_t w = static_cast<int64_t>(b) * Hkv + g;
+  const attn::Region r = attn::decode_region(lens[b], sink, window);
+  int64_t first, last;
+  if (page_mode) {
+    attn::candidate_pages(r, ps, &first, &last);
+  } else {
+    first = r.sink_end;
+    last = r.win_start;
+  }
+  const int64_t n = last - first;
+  const int64_t need = page_mode ? attn::pages_for_budget(budget, ps) : budget;
+  const float* sc = score + w * S + first;
+  uint32_t kth = 0;
+  int64_t greater = 0;
+  const bool all = need >= n;
+  if (!all) {
+    kth = block_radix_select<kSelThreads>(
+        n, need, true, [&](int64_t i) { return order_key(sc[i]); }, &greater, hist, &s_word, &s_count);
+  }
+  const int64_t ties_needed = need - greater;
+  // Pass 1: tie ranks in index order (contiguous segments per thread).
+  const int64_t seg = (n + kSelThreads - 1) / kSelThreads;
+  const int64_t i0 = min(n, threadIdx.x * seg), i1 = min(n, i0 + seg);
+  int64_t ties = 0;
+  if (!all)
+    for (int64_t i = i0; i < i1; ++i) ties += order_key(sc[i]) == kth;
+  int64_t tie_rank;
+  Scan(scan_tmp).ExclusiveSum(ties, tie_rank);
+  __syncthreads();
+  // Pass 2: tokens contributed by the selected candidates, in index order.
+  auto chosen = [&](int64_t i, int64_t& rank) {
+    if (all) return true;
+    const uint32_t key = order_key(sc[i]);
+    if (key > kth) return true;
+    if (key == kth) return rank++ < ties_needed;
+    return false;
+  };
+  auto ntok = [&](int64_t i) -> int64_t {
+    if (!page_mode) return 1;
+    int64_t lo, hi;
+    attn::page_middle(r, ps, first + i, &lo, &hi);
+    return hi - lo;
+  };
+  int64_t mine = 0;
+  {
+    int64_t rank = tie_rank;
+    for (int64_t i = i0; i < i1; ++i)
+      if (chosen(i, rank)) mine += ntok(i);
+  }
+  int64_t off;
+  Scan(scan_tmp).ExclusiveSum(mine, off);
+  if (threadIdx.x == kSelThreads - 1) s_total = off + mine;
+  int32_t* s = sel + w * M;
+  {
+    int64_t rank = tie_rank, o = r.sink_end + off;
+    for (int64_t i = i0; i < i1; ++i) {
+      if (!chosen(i, rank)) continue;
+      if (page_mode) {
+        int64_t lo, hi;
+        attn::page_middle(r, ps, first + i, &lo, &hi);
+        for (int64_t t = lo; t < hi; ++t) s[o++] = static_cast<int32_t>(t);
+      } else {
+        s[o++] = static_cast<int32_t>(first + i);
+      }
+    }
+  }
+  __syncthreads();
+  const int64_t mid_total = s_total;
+  for (int64_t t = threadIdx.x; t < r.sink_end; t += blockDim.x) s[t] = static_cast<int32_t>(t);
+  const int64_t wbase = r.sink_end + mid_total;
+  for (int64_t t = r.win_start + threadIdx.x; t < r.len; t += blockDim.x)
+    s[wbase + (t - r.win_start)] = static_cast<int32_t>(t);
+  const int64_t total = wbase + (r.len - r.win_start);
+  if (threadIdx.x == 0) cnt[w] = static_cast<int32_t>(total);
+  if (idx_out) {
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < M; j += blockDim.x) idx_out[w * M + j] = j < total ? s[j] : -1;
+  }
+}
+
+// ------------------------------------------------------------------ decode attention (split-KV)
+constexpr int kChunk = 64;
+constexpr int kAttnThreads = 128;
+
+template <typename T>
+__global__ void decode_attn_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k,
+                                   Strides4 ks, const T* __restrict__ v, Strides4 vs,
+                                   const int32_t* __restrict__ sel, const int32_t* __restrict__ cnt,
+                                   const float* __restrict__ scores /* token mode or null */, int G, int d,
+                                   int N, int M, float scale, bool vec, float* __restrict__ part) {
+  extern __shared__ float smem[];
+  float* sq = smem;                  // [G][d]
+  float* sp = sq + G * d;            // [G][kChunk]
+  int* stok = reinterpret_cast<int*>(sp + G * kChunk);  // [kChunk]
+  const int ch = blockIdx.x, g = blockIdx.y, b = blockIdx.z, Hkv = gridDim.y, chunks = gridDim.x;
+  const int64_t w = static_cast<int64_t>(b) * Hkv + g;
+  const int j0 = ch * kChunk;
+  const int n = max(0, min(cnt[w] - j0, kChunk));
+  float* pt = part + (w * chunks + ch) * G * (d + 2);
+  if (n == 0) {
+    for (int x = threadIdx.x; x < G; x += blockDim.x) {
+      pt[x * (d + 2)] = kNegInf;
+      pt[x * (d + 2) + 1] = 0.f;
+    }
+    for (int x = threadIdx.x; x < G * d; x += blockDim.x) pt[(x / d) * (d + 2) + 2 + x % d] = 0.f;
+    return;
+  }
+  if (!scores) load_group_q(q, qsb, qsh, b, g, G, d, scale, sq);
+  for (int j = threadIdx.x; j < n; j += blockDim.x) stok[j] = sel[w * M + j0 + j];
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  // scores of the chunk's tokens
+  if (scores) {
+    for (int x = threadIdx.x; x < G * n; x += blockDim.x) {
+      const int h = x / n, j = x % n;
+      sp[h * kChunk + j] = scores[(w * G + h) * N + stok[j]];
+    }
+  } else {
+    for (int j = warp; j < n; j += nw) {
+      float pr[kMaxG];
+      lane_dots<T, kMaxG>(sq, d, G, k + b * ks.b + g * ks.h + static_cast<int64_t>(stok[j]) * ks.n, d, vec, lane,
+                          pr);
+#pragma unroll
+      for (int h = 0; h < kMaxG; ++h) {
+        if (h < G) {
+          const float s = warp_sum(pr[h]);
+          if (lane == 0) sp[h * kChunk + j] = s;
+        }
+      }
+    }
+  }
+  __syncthreads();
+  // per-head chunk softmax state
+  for (int h = warp; h < G; h += nw) {
+    float m = kNegInf;
+    for (int j = lane; j < n; j += 32) m = fmaxf(m, sp[h * kChunk + j]);
+    m = warp_max(m);
+    float l = 0.f;
+    for (int j = lane; j < n; j += 32) {
+      const float p = (m == kNegInf || m != m) ? 0.f : __expf(sp[h * kChunk + j] - m);
+      sp[h * kChunk + j] = p;
+      l += p;
+    }
+    l = warp_sum(l);
+    if (lane == 0) {
+      pt[h * (d + 2)] = m;
+      pt[h * (d + 2) + 1] = (m != m) ? m : l;
+    }
+  }
+  __syncthreads();
+  // acc[h][i] = sum_j p[h][j] v[tok_j][i]: threads over (h, i), coalesced over i
+  for (int x = threadIdx.x; x < G * d; x += blockDim.x) {
+    const int h = x / d, i = x % d;
+    float acc = 0.f;
+    const T* vb = v + b * vs.b + g * vs.h + i;
+    for (int j = 0; j < n; ++j) acc += sp[h * kChunk + j] * to_f(vb[static_cast<int64_t>(stok[j]) * vs.n]);
+    pt[h * (d + 2) + 2 + i] = acc;
+  }
+}
+
+template <typename T>
+__global__ void decode_merge_kernel(const float* __restrict__ part, int G, int d, int chunks,
+                                    T* __restrict__ out /* [B, Hq, d] */) {
+  const int h = blockIdx.x, b = blockIdx.y, Hq = gridDim.x, Hkv = Hq / G;
+  const int g = h / G, hh = h % G;
+  const float* base = part + ((static_cast<int64_t>(b) * Hkv + g) * chunks) * G * (d + 2) + hh * (d + 2);
+  const int64_t cs = static_cast<int64_t>(G) * (d + 2);
+  float m = kNegInf;
+  bool nan = false;
+  for (int c = 0; c < chunks; ++c) {
+    m = fmaxf(m, base[c * cs]);
+    nan |= base[c * cs] != base[c * cs] || base[c * cs + 1] != base[c * cs + 1];
+  }
+  float l = 0.f;
+  if (m != kNegInf)
+    for (int c = 0; c < chunks; ++c)
+      if (base[c * cs] != kNegInf) l += __expf(base[c * cs] - m) * base[c * cs + 1];
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float acc = 0.f;
+    if (m != kNegInf)
+      for (int c = 0; c < chunks; ++c)
+        if (base[c * cs] != kNegInf) acc += __expf(base[c * cs] - m) * base[c * cs + 2 + i];
+    out[(static_cast<int64_t>(b) * Hq + h) * d + i] = from_f<T>(nan ? __int_as_float(0x7fc00000) : acc * inv);
+  }
+}
+
+// ------------------------------------------------------------------ host: decode
+template <typename NT>
+void summary_launch(const Tensor& k_cache, Tensor& mn, Tensor& mx, const int64_t* lo, const int64_t* hi,
+                    int64_t ps, cudaStream_t st) {
+  const int64_t B = k_cache.size(0), H = k_cache.size(1), d = k_cache.size(3), P = mn.size(2);
+  if (B * H * P * d == 0) return;
+  dim3 grid(static_cast<unsigned>(P), static_cast<unsigned>(H), static_cast<unsigned>(B));
+  const int threads = static_cast<int>(imin(256, (d + 31) / 32 * 32));
+  page_summary_kernel<NT><<<grid, threads, 0, st>>>(
+      reinterpret_cast<const NT*>(k_cache.data_ptr()), strides4(k_cache), reinterpret_cast<NT*>(mn.data_ptr()),
+      reinterpret_cast<NT*>(mx.data_ptr()), strides4(mn), lo, hi, static_cast<int>(ps), static_cast<int>(d),
+      static_cast<int>(P));
+  SOFTDEC_CUDA_LAUNCH_CHECK();
+}
+
+std::tuple<Tensor, Tensor> page_summary_cuda(Tensor k_cache, int64_t page_size, Tensor seq_lens) {
+  check_cache(k_cache, "k_cache");
+  SOFTDEC_CHECK(page_size > 0 && (page_size & (page_size - 1)) == 0, "page_size must be a power of two, got ",
+                page_size);
+  const int64_t B = k_cache.size(0), H = k_cache.size(1), N = k_cache.size(2), d = k_cache.size(3);
+  check_lens(seq_lens, "seq_lens", B, N, k_cache);
+  torch::stable::accelerator::DeviceGuard guard(k_cache.get_device_index());
+  const int64_t P = attn::ceil_div(N, page_size);
+  Tensor mn = new_empty(k_cache, {B, H, P, d}, k_cache.scalar_type());
+  Tensor mx = new_empty(k_cache, {B, H, P, d}, k_cache.scalar_type());
+  SOFTDEC_DISPATCH_FLOAT(k_cache.scalar_type(), "k_cache", scalar_t, [&] {
+    summary_launch<typename Native<scalar_t>::type>(k_cache, mn, mx, nullptr, seq_lens.const_data_ptr<int64_t>(),
+                                                    page_size, current_stream(k_cache));
+  });
+  return {mn, mx};
+}
+
+void page_summary_update_cuda(Tensor kmin, Tensor kmax, Tensor k_cache, Tensor start, Tensor end) {
+  check_cache(k_cache, "k_cache");
+  check_summary(kmin, "kmin", k_cache, 0);
+  check_summary(kmax, "kmax", k_cache, 0);
+  SOFTDEC_CHECK(kmax.size(2) == kmin.size(2) && kmin.stride(0) == kmax.stride(0) &&
+                    kmin.stride(1) == kmax.stride(1) && kmin.stride(2) == kmax.stride(2),
+                "kmax must have the shape and strides of kmin ", shape_str(kmin), ", got ", shape_str(kmax));
+  const int64_t B = k_cache.size(0), N = k_cache.size(2), P = kmin.size(2);
+  SOFTDEC_CHECK(P > 0 && N > 0, "kmin must have at least one page");
+  int64_t ps = 1;
+  while (attn::ceil_div(N, ps) > P) ps <<= 1;
+  SOFTDEC_CHECK(attn::ceil_div(N, ps) == P, "kmin has ", P, " pages, which matches no power-of-two page size for ",
+                N, " tokens");
+  check_lens(start, "start", B, N, k_cache);
+  check_lens(end, "end", B, N, k_cache);
+  torch::stable::accelerator::DeviceGuard guard(k_cache.get_device_index());
+  SOFTDEC_DISPATCH_FLOAT(k_cache.scalar_type(), "k_cache", scalar_t, [&] {
+    summary_launch<typename Native<scalar_t>::type>(k_cache, kmin, kmax, start.const_data_ptr<int64_t>(),
+                                                    end.const_data_ptr<int64_t>(), ps, current_stream(k_cache));
+  });
+}
+
+template <typename NT>
+void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& lens,
+                   int64_t budget, bool page_mode, int64_t ps, int64_t sink, int64_t window, float scale,
+                   const Tensor* mn, const Tensor* mx, int64_t M, Tensor& out, int64_t* idx_out) {
+  const int64_t B = q.size(0), Hq = q.size(1), d = q.size(2), Hkv = k_cache.size(1), N = k_cache.size(2);
+  const int G = static_cast<int>(Hq / Hkv);
+  cudaStream_t st = current_stream(q);
+  const NT* qp = reinterpret_cast<const NT*>(q.data_ptr());
+  const NT* kp = reinterpret_cast<const NT*>(k_cache.data_ptr());
+  const NT* vp = reinterpret_cast<const NT*>(v_cache.data_ptr());
+  const int64_t* lp = lens.const_data_ptr<int64_t>();
+  const bool vec = vec_ok(k_cache, d, sizeof(NT));
+  const size_t qsm = static_cast<size_t>(G) * d * sizeof(float);
+  Tensor scores, score_sel;
+  int64_t S;
+  if (page_mode) {
+    const int64_t P = mn->size(2);
+    score_sel = new_empty(q, {B, Hkv, P}, ScalarType::Float);
+    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(P, 8), 1024));
+    page_bound_kernel<NT><<<dim3(gx, Hkv, B), 256, qsm, st>>>(
+        qp, q.stride(0), q.stride(1), reinterpret_cast<const NT*>(mn->data_ptr()),
+        reinterpret_cast<const NT*>(mx->data_ptr()), strides4(*mn), lp, G, static_cast<int>(d),
+        static_cast<int>(P), static_cast<int>(ps), static_cast<int>(sink), static_cast<int>(window), scale,
+        score_sel.mutable_data_ptr<float>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    S = P;
+  } else {
+    scores = new_empty(q, {B, Hq, N}, ScalarType::Float);
+    score_sel = new_empty(q, {B, Hkv, N}, ScalarType::Float);
+    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(N, 8), 4096));
+    token_score_kernel<NT><<<dim3(gx, Hkv, B), 256, qsm, st>>>(
+        qp, q.stride(0), q.stride(1), kp, strides4(k_cache), lp, G, static_cast<int>(d), static_cast<int>(N),
+        scale, vec, scores.mutable_data_ptr<float>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    vote_kernel<<<dim3(Hkv, B), kSelThreads, 0, st>>>(scores.const_data_ptr<float>(), lp, G,
+                                                     static_cast<int>(N), score_sel.mutable_data_ptr<float>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    S = N;
+  }
+  Tensor sel = new_empty(q, {B, Hkv, imax(M, 1)}, ScalarType::Int);
+  Tensor cnt = new_empty(q, {B, Hkv}, ScalarType::Int);
+  select_kernel<<<dim3(Hkv, B), kSelThreads, 0, st>>>(
+      score_sel.const_data_ptr<float>(), S, lp, page_mode, static_cast<int>(ps), static_cast<int>(sink),
+      static_cast<int>(window), budget, static_cast<int>(M), sel.mutable_data_ptr<int32_t>(),
+      cnt.mutable_data_ptr<int32_t>(), idx_out);
+  SOFTDEC_CUDA_LAUNCH_CHECK();
+  const int chunks = static_cast<int>(imax(1, attn::ceil_div(M, kChunk)));
+  Tensor part = new_empty(q, {B, Hkv, chunks, G, d + 2}, ScalarType::Float);
+  const size_t smem = qsm + static_cast<size_t>(G) * kChunk * sizeof(float) + kChunk * sizeof(int);
+  decode_attn_kernel<NT><<<dim3(chunks, Hkv, B), kAttnThreads, smem, st>>>(
+      qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
+      cnt.const_data_ptr<int32_t>(), page_mode ? nullptr : scores.const_data_ptr<float>(), G,
+      static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale, vec, part.mutable_data_ptr<float>());
+  SOFTDEC_CUDA_LAUNCH_CHECK();
+  decode_merge_kernel<NT><<<dim3(Hq, B), 128, 0, st>>>(part.const_data_ptr<float>(), G, static_cast<int>(d), chunks,
+                                                     reinterpret_cast<NT*>(out.data_ptr()));
+  SOFTDEC_CUDA_LAUNCH_CHECK();
+}
+
+std::tuple<Tensor, Tensor> sparse_decode_attention_cuda(Tensor q, Tensor k_cache, Tensor v_cache, Tensor seq_lens,
+                                                        int64_t budget, int64_t select, int64_t page_size,
+                                                        int64_t sink, int64_t window, double scale,
+                                                        std::optional<Tensor> kmin, std::optional<Tensor> kmax,
+                                                        bool return_indices) {
+  check_decode_args(q, k_cache, v_cache, budget, select, page_size, sink, window, scale);
+  const int64_t B = q.size(0), Hq = q.size(1), d = q.size(2), Hkv = k_cache.size(1), N = k_cache.size(2);
+  check_lens(seq_lens, "seq_lens", B, N, k_cache);
+  SOFTDEC_CHECK(Hq / Hkv <= kMaxG, "the CUDA backend supports at most ", kMaxG,
+                " query heads per kv head, got ", Hq / Hkv);
+  SOFTDEC_CHECK(N < (int64_t(1) << 31), "k_cache must have fewer than 2^31 tokens on CUDA, got ", N);
+  const bool page_mode = select == 0;
+  SOFTDEC_CHECK(kmin.has_value() == kmax.has_value(), "kmin and kmax must be given together");
+  if (kmin) {
+    check_summary(*kmin, "kmin", k_cache, page_size);
+    check_summary(*kmax, "kmax", k_cache, page_size);
+    SOFTDEC_CHECK(kmin->stride(0) == kmax->stride(0) && kmin->stride(1) == kmax->stride(1) &&
+                      kmin->stride(2) == kmax->stride(2),
+                  "kmax must have the strides of kmin");
+  }
+  torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
+  const int64_t M = attn::max_selected(N, budget, page_mode, page_size, sink, window);
+  Tensor out = new_empty(q, {B, Hq, d}, q.scalar_type());
+  Tensor idx = new_empty(q, {return_indices ? B : 0, Hkv, M}, ScalarType::Long);
+  if (B == 0 || Hq == 0 || d == 0) return {out, idx};
+  if (N == 0) {  // nothing to attend to: zero rows (as for seq_lens 0)
+    torch::stable::zero_(out);
+    return {out, idx};
+  }
+  Tensor mn, mx;
+  if (page_mode) {
+    if (kmin) {
+      mn = *kmin;
+      mx = *kmax;
+    } else {
+      std::tie(mn, mx) = page_summary_cuda(k_cache, page_size, seq_lens);
+    }
+  }
+  SOFTDEC_DISPATCH_FLOAT(q.scalar_type(), "q", scalar_t, [&] {
+    decode_launch<typename Native<scalar_t>::type>(
+        q, k_cache, v_cache, seq_lens, budget, page_mode, page_size, sink, window, static_cast<float>(scale),
+        page_mode ? &mn : nullptr, page_mode ? &mx : nullptr, M, out,
+        return_indices ? idx.mutable_data_ptr<int64_t>() : nullptr);
+  });
+  return {out, idx};
+}
+
+}  // namespace
+}  // namespace softdec
+
+STABLE_TORCH_LIBRARY_IMPL(softdec, CUDA, m) {
+  m.impl("sparse_page_summary", TORCH_BOX(&softdec::page_summary_cuda));
+  m.impl("sparse_page_summary_update", TORCH_BOX(&softdec::page_summary_update_cuda));
+  m.impl("sparse_decode_attention", TORCH_BOX(&softdec::sparse_decode_attention_cuda));
+}

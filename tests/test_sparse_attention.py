@@ -1,0 +1,408 @@
+"""Token-sparse attention: sparse decode (page / token selection), page summaries, sparse prefill."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import softdec
+from softdec import reference as ref
+from conftest import TOLS
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _qkv(B, Hq, Hkv, N, d, dtype, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, d, generator=g).to(dtype).to(device)
+    k = torch.randn(B, Hkv, N, d, generator=g).to(dtype).to(device)
+    v = torch.randn(B, Hkv, N, d, generator=g).to(dtype).to(device)
+    return q, k, v
+
+
+def _close(out, want, dtype):
+    atol, rtol = TOLS[dtype]
+    torch.testing.assert_close(out.double().cpu(), want.double().cpu(), atol=atol, rtol=rtol)
+
+
+def _sel_lists(idx):
+    return [[[int(t) for t in idx[b, g] if t >= 0] for g in range(idx.shape[1])] for b in range(idx.shape[0])]
+
+
+# ---------------------------------------------------------------------------- exactness: budget >= N is dense
+
+@pytest.mark.parametrize("select", ["page", "token"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,Hq,Hkv,N,d", [(1, 4, 4, 7, 16), (3, 8, 2, 1023, 64), (2, 8, 1, 1025, 7),
+                                           (1, 16, 2, 300, 128)])
+def test_budget_ge_n_is_dense(select, dtype, B, Hq, Hkv, N, d, device):
+    q, k, v = _qkv(B, Hq, Hkv, N, d, dtype, device)
+    lens = torch.tensor([N - 3 * b for b in range(B)], device=device).clamp(min=1)
+    out = softdec.sparse_decode_attention(q, k, v, budget=N, select=select, seq_lens=lens)
+    want = ref.dense_decode_attention(q.double().cpu(), k.double().cpu(), v.double().cpu(), seq_lens=lens.cpu())
+    _close(out, want, dtype)
+
+
+@pytest.mark.parametrize("select", ["page", "token"])
+@pytest.mark.parametrize("G", [1, 4, 8])
+def test_dense_gqa_ratios_ragged(select, G, device):
+    Hkv, N, d = 2, 777, 32
+    q, k, v = _qkv(3, Hkv * G, Hkv, N, d, torch.float32, device, seed=G)
+    lens = torch.tensor([777, 1, 400], device=device)
+    out = softdec.sparse_decode_attention(q, k, v, budget=1 << 20, select=select, seq_lens=lens, sink=0, window=0)
+    want = ref.dense_decode_attention(q.double().cpu(), k.double().cpu(), v.double().cpu(), seq_lens=lens.cpu())
+    _close(out, want, torch.float32)
+
+
+# ---------------------------------------------------------------------------- selection and sparse attention
+
+@pytest.mark.parametrize("select", ["page", "token"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,Hq,Hkv,N,d,budget,ps,sink,window",
+                         [(2, 8, 2, 1000, 64, 100, 16, 4, 64), (3, 4, 4, 1023, 7, 37, 8, 0, 0),
+                          (1, 8, 1, 2049, 128, 256, 32, 16, 5), (2, 2, 1, 50, 16, 1, 1, 3, 2)])
+def test_sparse_matches_reference(select, dtype, B, Hq, Hkv, N, d, budget, ps, sink, window, device):
+    q, k, v = _qkv(B, Hq, Hkv, N, d, dtype, device, seed=N)
+    lens = torch.tensor([N - 17 * b for b in range(B)], device=device)
+    out, idx = softdec.sparse_decode_attention(q, k, v, budget=budget, select=select, page_size=ps, sink=sink,
+                                               window=window, seq_lens=lens, return_indices=True)
+    qd, kd, vd = q.double().cpu(), k.double().cpu(), v.double().cpu()
+    M = min(N, sink + window + (-(-budget // ps) * ps if select == "page" else budget))
+    assert idx.shape == (B, Hkv, M) and idx.dtype == torch.int64
+    sel = _sel_lists(idx.cpu())
+    # the attention over the kernel's own selection matches SDPA on that set
+    _close(out, ref.sparse_decode_attention(qd, kd, vd, budget=budget, indices=sel), dtype)
+    want = ref.sparse_decode_select(qd, kd, budget=budget, select=select, page_size=ps, sink=sink, window=window,
+                                    seq_lens=lens.cpu())
+    scale = d ** -0.5
+    for b in range(B):
+        L = int(lens[b])
+        se, ws = min(sink, L), max(min(sink, L), L - window)
+        for g in range(Hkv):
+            s = sel[b][g]
+            assert s == sorted(set(s)) and all(0 <= t < L for t in s)
+            assert set(range(se)) <= set(s) and set(range(ws, L)) <= set(s)
+            assert len(s) == len(want[b][g])
+            if dtype == torch.float32:
+                assert s == want[b][g]
+            # ranking: every selected candidate scores >= every unselected one
+            G = Hq // Hkv
+            if select == "token":
+                sc = torch.softmax(torch.einsum("hd,nd->hn", qd[b, g * G:(g + 1) * G] * scale, kd[b, g, :L]),
+                                   -1).sum(0)
+                cand = range(se, ws)
+                chosen = [t for t in cand if t in set(s)]
+                other = [t for t in cand if t not in set(s)]
+            else:
+                kmin, kmax = ref.page_summary(kd[b:b + 1], ps, [L])
+                sc = ref.page_bounds(qd[b:b + 1, g * G:(g + 1) * G], kmin[:, g:g + 1], kmax[:, g:g + 1],
+                                     scale)[0].amax(0)
+                first, last = (se // ps, (ws - 1) // ps + 1) if se < ws else (0, 0)
+                ss = set(s)
+                chosen = [p for p in range(first, last) if any(t in ss for t in range(p * ps, (p + 1) * ps)
+                                                               if se <= t < ws)]
+                other = [p for p in range(first, last) if p not in chosen]
+            if chosen and other:
+                tol = 1e-6 if dtype == torch.float32 else 2e-2 * float(sc.abs().max())
+                assert float(sc[chosen].min()) >= float(sc[other].max()) - tol
+
+
+def test_page_summary_argument_matches_rebuild(device):
+    q, k, v = _qkv(2, 8, 2, 900, 64, torch.bfloat16, device)
+    s = softdec.build_page_summary(k, page_size=16)
+    a = softdec.sparse_decode_attention(q, k, v, budget=128, page_summary=s)
+    b = softdec.sparse_decode_attention(q, k, v, budget=128)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,ps", [(1, 16), (7, 4), (1023, 16), (1025, 64)])
+def test_page_summary_matches_reference(dtype, N, ps, device):
+    _, k, _ = _qkv(3, 1, 2, N, 24, dtype, device)
+    lens = torch.tensor([N, N // 2, 0], device=device)
+    s = softdec.build_page_summary(k, page_size=ps, seq_lens=lens)
+    mn, mx = ref.page_summary(k.cpu(), ps, lens.cpu())
+    assert torch.equal(s.kmin.cpu(), mn) and torch.equal(s.kmax.cpu(), mx)
+
+
+def test_page_summary_incremental_update_equals_rebuild(device):
+    B, H, N, d, ps = 2, 2, 200, 32, 16
+    _, k, _ = _qkv(B, 1, H, N, d, torch.float32, device)
+    lens = torch.tensor([50, 97], device=device)
+    s = softdec.build_page_summary(k, page_size=ps, seq_lens=lens)
+    for step in range(40):  # decode: one token per row per step, values that move the bounds
+        k[0, :, lens[0]] = (step - 20) * 0.5
+        k[1, :, lens[1]] = -(step - 20) * 0.5
+        softdec.update_page_summary(s, k, start=lens, end=lens + 1)
+        lens = lens + 1
+    full = softdec.build_page_summary(k, page_size=ps, seq_lens=lens)
+    assert torch.equal(s.kmin, full.kmin) and torch.equal(s.kmax, full.kmax)
+    # a multi-token append (prefill chunk) and a repeated update are exact too
+    softdec.update_page_summary(s, k, start=lens, end=lens + 37)
+    softdec.update_page_summary(s, k, start=lens, end=lens + 37)
+    full = softdec.build_page_summary(k, page_size=ps, seq_lens=lens + 37)
+    assert torch.equal(s.kmin, full.kmin) and torch.equal(s.kmax, full.kmax)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_page_bound_is_upper_bound(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, H, N, d, ps = 2, 3, 333, 40, 16
+    q = torch.randn(B, H, d, generator=g, dtype=torch.float64) * (1 + seed)
+    k = torch.randn(B, H, N, d, generator=g, dtype=torch.float64) * torch.rand(d, generator=g, dtype=torch.float64)
+    kmin, kmax = ref.page_summary(k, ps)
+    bound = ref.page_bounds(q, kmin, kmax)  # (B, H, P)
+    s = torch.einsum("bhd,bhnd->bhn", q, k)
+    P = bound.shape[-1]
+    pad = torch.full((B, H, P * ps - N), -float("inf"), dtype=torch.float64)
+    page_max = torch.cat([s, pad], -1).reshape(B, H, P, ps).amax(-1)
+    assert bool((bound >= page_max - 1e-12).all())
+    # and the kernel's summaries give the same bounds
+    ks = softdec.build_page_summary(k.float(), page_size=ps)
+    b2 = ref.page_bounds(q.float(), ks.kmin, ks.kmax).double()
+    assert bool((b2 >= page_max - 1e-4 * page_max.abs().max()).all())
+
+
+def test_seq_len_zero_and_strided_cache(device):
+    B, Hq, Hkv, N, d = 2, 4, 2, 64, 16
+    q, k, v = _qkv(B, Hq, Hkv, N, d, torch.float32, device)
+    out = softdec.sparse_decode_attention(q, k, v, budget=8, select="token", seq_lens=torch.tensor([0, 30], device=device))
+    assert torch.equal(out[0], torch.zeros_like(out[0])) and torch.isfinite(out).all()
+    # a cache laid out (B, N, Hkv, d) and viewed as (B, Hkv, N, d)
+    kt, vt = k.transpose(1, 2).contiguous().transpose(1, 2), v.transpose(1, 2).contiguous().transpose(1, 2)
+    for select in ("page", "token"):
+        a = softdec.sparse_decode_attention(q, k, v, budget=16, select=select)
+        b = softdec.sparse_decode_attention(q, kt, vt, budget=16, select=select)
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("select", ["page", "token"])
+def test_batch_invariance(select, device):
+    q, k, v = _qkv(4, 8, 2, 513, 32, torch.bfloat16, device)
+    lens = torch.tensor([513, 100, 7, 300], device=device)
+    full = softdec.sparse_decode_attention(q, k, v, budget=64, select=select, seq_lens=lens)
+    for b in range(4):
+        one = softdec.sparse_decode_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], budget=64, select=select,
+                                              seq_lens=lens[b:b + 1])
+        assert torch.equal(one[0], full[b])
+
+
+def test_nan_query_row_is_nan_not_crash(device):
+    q, k, v = _qkv(2, 4, 2, 100, 16, torch.float32, device)
+    q[1, 0, 3] = float("nan")
+    for select in ("page", "token"):
+        out, idx = softdec.sparse_decode_attention(q, k, v, budget=10, select=select, return_indices=True)
+        assert torch.isfinite(out[0]).all() and torch.isnan(out[1, 0]).all()
+        assert bool(((idx >= -1) & (idx < 100)).all())
+
+
+@pytest.mark.parametrize("select", ["page", "token"])
+def test_bench_topk_formulation_agrees(select):
+    # the vectorised torch formulation the benchmark times computes the same op
+    q, k, v = _qkv(1, 8, 2, 4096, 64, torch.float32, seed=3)
+    s = softdec.build_page_summary(k, page_size=16)
+    ours = softdec.sparse_decode_attention(q, k, v, budget=512, select=select, page_summary=s)
+    theirs = ref.sparse_decode_attention_topk(q, k, v, budget=512, select=select, kmin=s.kmin, kmax=s.kmax)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------- selection quality: planted needle
+
+def _needle_case(N=32768, Hq=8, Hkv=2, d=128, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, Hq, d, generator=g)
+    k = torch.randn(1, Hkv, N, d, generator=g)
+    v = torch.randn(1, Hkv, N, d, generator=g)
+    G = Hq // Hkv
+    needles = {}
+    for kv in range(Hkv):
+        u = q[0, kv * G:(kv + 1) * G].sum(0)
+        u = u / u.norm()
+        pos = torch.randperm(N - 2000, generator=g)[:3] + 1000
+        k[0, kv, pos] = 3.0 * math.sqrt(d) * u
+        needles[kv] = sorted(pos.tolist())
+    return q.to(dtype), k.to(dtype), v.to(dtype), needles
+
+
+@pytest.mark.parametrize("select", ["page", "token"])
+def test_needle_always_selected_at_budget_256(select):
+    for seed in range(3):
+        q, k, v, needles = _needle_case(seed=seed)
+        _, idx = softdec.sparse_decode_attention(q, k, v, budget=256, select=select, return_indices=True)
+        for kv, pos in needles.items():
+            assert set(pos) <= set(idx[0, kv].tolist()), (select, seed, kv)
+
+
+@pytest.mark.parametrize("select", ["page", "token"])
+def test_error_falls_monotonically_with_budget(select):
+    q, k, v, _ = _needle_case(dtype=torch.float32)
+    dense = ref.dense_decode_attention(q.double(), k.double(), v.double())
+    errs = []
+    for budget in [16, 64, 256, 1024, 4096, 16384, 32768]:
+        out = softdec.sparse_decode_attention(q, k, v, budget=budget, select=select)
+        errs.append(float((out.double() - dense).abs().max()))
+    assert all(b <= a for a, b in zip(errs, errs[1:])), errs
+    assert errs[-1] < 1e-5 and errs[0] > errs[-1]
+
+
+# ---------------------------------------------------------------------------- token-sparse prefill
+
+def _qkv4(B, Hq, Hkv, L, d, dtype, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Hq, L, d, generator=g).to(dtype).to(device)
+    k = torch.randn(B, Hkv, L, d, generator=g).to(dtype).to(device)
+    v = torch.randn(B, Hkv, L, d, generator=g).to(dtype).to(device)
+    return q, k, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("B,Hq,Hkv,L,d", [(1, 1, 1, 1, 16), (2, 4, 1, 7, 7), (1, 8, 2, 300, 64),
+                                           (3, 2, 2, 130, 128)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_prefill_coverage_zero_is_dense(dtype, B, Hq, Hkv, L, d, causal, device):
+    q, k, v = _qkv4(B, Hq, Hkv, L, d, dtype, device)
+    out, kept = softdec.token_sparse_prefill(q, k, v, coverage=0.0, min_tokens=0, window=4, causal=causal,
+                                             return_kept=True)
+    assert bool(kept.all())
+    G = Hq // Hkv
+    qd, kd, vd = q.double().cpu(), k.double().cpu().repeat_interleave(G, 1), v.double().cpu().repeat_interleave(G, 1)
+    want = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, is_causal=causal)
+    _close(out, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("coverage,min_tokens,window", [(0.3, 50, 40), (0.05, 10, 7), (0.9, 200, 128),
+                                                        (0.5, 0, 1)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_prefill_matches_reference(dtype, coverage, min_tokens, window, causal, device):
+    B, Hq, Hkv, L, d = 2, 4, 2, 301, 32
+    q, k, v = _qkv4(B, Hq, Hkv, L, d, dtype, device, seed=min_tokens)
+    out, kept = softdec.token_sparse_prefill(q, k, v, coverage=coverage, min_tokens=min_tokens, window=window,
+                                             causal=causal, return_kept=True)
+    qd, kd, vd = q.double().cpu(), k.double().cpu(), v.double().cpu()
+    kept = kept.cpu()
+    w = min(window, L)
+    assert bool(kept[..., L - w:].all())
+    assert bool((kept.sum(-1) >= min(min_tokens, L)).all())
+    scores = ref.token_sparse_scores(qd, kd, window=window, causal=causal)
+    dropped_mass = (scores * (~kept)).sum(-1)
+    assert bool((dropped_mass <= coverage * scores.sum(-1) * (1 + 1e-5) + 1e-9).all())
+    if dtype == torch.float32:
+        want_kept = ref.token_sparse_kept(scores, coverage=coverage, min_tokens=min_tokens, window=window)
+        assert torch.equal(kept, want_kept)
+    assert bool((out.cpu()[~kept] == 0).all())
+    _close(out, ref.token_sparse_prefill(qd, kd, vd, causal=causal, kept=kept), dtype)
+
+
+def test_prefill_keeps_important_tokens():
+    B, Hq, Hkv, L, d = 1, 2, 1, 1024, 64
+    q, k, v = _qkv4(B, Hq, Hkv, L, d, torch.float32)
+    u = q[0, :, -64:].mean(1).sum(0)
+    k[0, 0, 100] = 4.0 * u / u.norm() * math.sqrt(d)
+    _, kept = softdec.token_sparse_prefill(q, k, v, coverage=0.5, min_tokens=128, window=64, return_kept=True)
+    assert bool(kept[0, :, 100].all()) and int(kept.sum(-1).min()) < L
+
+
+# ---------------------------------------------------------------------------- bad input
+
+def test_bad_input_messages():
+    q, k, v = _qkv(2, 6, 4, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match=r"q heads \(6\) must be a multiple of the k_cache kv heads \(4\)"):
+        softdec.sparse_decode_attention(q, k, v, budget=8)
+    q, k, v = _qkv(2, 8, 4, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match=r"k_cache must have head_dim 8 like q, got 16"):
+        softdec.sparse_decode_attention(q[..., :8], k, v, budget=8)
+    with pytest.raises(ValueError, match=r"budget must be positive, got 0"):
+        softdec.sparse_decode_attention(q, k, v, budget=0)
+    with pytest.raises(ValueError, match=r"budget must be positive, got -3"):
+        softdec.sparse_decode_attention(q, k, v, budget=-3)
+    with pytest.raises(ValueError, match=r"page_size must be a power of two, got 12"):
+        softdec.sparse_decode_attention(q, k, v, budget=8, page_size=12)
+    with pytest.raises(ValueError, match=r"seq_lens must be in \[0, 64\], got 65"):
+        softdec.sparse_decode_attention(q, k, v, budget=8, seq_lens=torch.tensor([3, 65]))
+    with pytest.raises(ValueError, match=r"select must be 'page' or 'token', got 'dense'"):
+        softdec.sparse_decode_attention(q, k, v, budget=8, select="dense")
+    with pytest.raises(ValueError, match=r"q must have dtype in \(float32, bfloat16, float16\), got int64"):
+        softdec.sparse_decode_attention(q.long(), k, v, budget=8)
+    with pytest.raises(ValueError, match=r"k_cache must be a 4-D tensor \(batch, kv_heads, tokens, head_dim\)"):
+        softdec.sparse_decode_attention(q, k[0], v, budget=8)
+    with pytest.raises(ValueError, match=r"page_summary.page_size must equal page_size \(16\), got 32"):
+        softdec.sparse_decode_attention(q, k, v, budget=8, page_summary=softdec.build_page_summary(k, page_size=32))
+    with pytest.raises(ValueError, match=r"page_size must be a power of two, got 0"):
+        softdec.build_page_summary(k, page_size=0)
+    q4, k4, v4 = _qkv4(1, 6, 4, 32, 16, torch.float32)
+    with pytest.raises(ValueError, match=r"q heads \(6\) must be a multiple of the k heads \(4\)"):
+        softdec.token_sparse_prefill(q4, k4, v4)
+    with pytest.raises(ValueError, match=r"coverage must be in \[0, 1\), got 1.5"):
+        softdec.token_sparse_prefill(q4[:, :4], k4, v4, coverage=1.5)
+    with pytest.raises(ValueError, match=r"window must be positive, got 0"):
+        softdec.token_sparse_prefill(q4[:, :4], k4, v4, window=0)
+
+
+def test_native_op_messages():
+    q, k, v = _qkv(2, 8, 4, 64, 16, torch.float32)
+    lens = torch.tensor([64, 64])
+    op = torch.ops.softdec.sparse_decode_attention
+    with pytest.raises(ValueError, match=r"seq_lens must be in \[0, 64\] \(the cache length\), got 70 at row 1"):
+        op(q, k, v, torch.tensor([3, 70]), 8, 0, 16, 4, 64, 0.25, None, None, False)
+    with pytest.raises(ValueError, match=r"page_size must be a power of two, got 6"):
+        op(q, k, v, lens, 8, 0, 6, 4, 64, 0.25, None, None, False)
+    with pytest.raises(ValueError, match=r"budget must be positive, got 0"):
+        op(q, k, v, lens, 0, 1, 16, 4, 64, 0.25, None, None, False)
+    with pytest.raises(ValueError, match=r"k_cache and v_cache must have the dtype of q \(float32\), got bfloat16"):
+        op(q, k.bfloat16(), v, lens, 8, 1, 16, 4, 64, 0.25, None, None, False)
+    with pytest.raises(ValueError, match=r"q heads \(8\) must be a multiple of the k_cache kv heads \(3\)"):
+        op(q, k[:, :3], v[:, :3], lens, 8, 1, 16, 4, 64, 0.25, None, None, False)
+    s = softdec.build_page_summary(k, page_size=16)
+    with pytest.raises(ValueError, match=r"kmin must have 8 pages \(ceil\(64 / 8\)\), got 4"):
+        op(q, k, v, lens, 8, 0, 8, 4, 64, 0.25, s.kmin, s.kmax, False)
+    with pytest.raises(ValueError, match=r"start must be <= end, got start 5 > end 3 at row 0"):
+        torch.ops.softdec.sparse_page_summary_update(s.kmin, s.kmax, k, torch.tensor([5, 0]), torch.tensor([3, 1]))
+    q4 = torch.randn(1, 4, 32, 16)
+    with pytest.raises(ValueError, match=r"v must have the shape of k \(1, 2, 32, 16\), got \(1, 2, 31, 16\)"):
+        torch.ops.softdec.token_sparse_prefill(q4, torch.randn(1, 2, 32, 16), torch.randn(1, 2, 31, 16),
+                                               0.1, 8, 8, True, 0.25)
+
+
+# ---------------------------------------------------------------------------- opcheck / compile
+
+def test_opcheck():
+    q, k, v = _qkv(2, 8, 2, 100, 16, torch.float32)
+    lens = torch.tensor([100, 60])
+    s = softdec.build_page_summary(k, page_size=16, seq_lens=lens)
+    torch.library.opcheck(torch.ops.softdec.sparse_page_summary, (k, 16, lens))
+    torch.library.opcheck(torch.ops.softdec.sparse_page_summary_update,
+                          (s.kmin.clone(), s.kmax.clone(), k, lens - 5, lens))
+    for sel in (0, 1):
+        for ri in (False, True):
+            torch.library.opcheck(torch.ops.softdec.sparse_decode_attention,
+                                  (q, k, v, lens, 24, sel, 16, 4, 8, 0.25, None, None, ri))
+    torch.library.opcheck(torch.ops.softdec.sparse_decode_attention,
+                          (q, k, v, lens, 24, 0, 16, 4, 8, 0.25, s.kmin, s.kmax, True))
+    q4, k4, v4 = _qkv4(1, 4, 2, 40, 16, torch.float32)
+    torch.library.opcheck(torch.ops.softdec.token_sparse_prefill, (q4, k4, v4, 0.3, 8, 8, True, 0.25))
+
+
+def test_torch_compile_fullgraph():
+    q, k, v = _qkv(2, 8, 2, 200, 32, torch.bfloat16)
+    f = torch.compile(lambda q, k, v: softdec.sparse_decode_attention(q, k, v, budget=32, select="token"),
+                      fullgraph=True)
+    assert torch.equal(f(q, k, v), softdec.sparse_decode_attention(q, k, v, budget=32, select="token"))
+    q4, k4, v4 = _qkv4(1, 4, 2, 64, 16, torch.float32)
+    g = torch.compile(lambda q, k, v: softdec.token_sparse_prefill(q, k, v, coverage=0.2, min_tokens=8, window=8),
+                      fullgraph=True)
+    assert torch.equal(g(q4, k4, v4), softdec.token_sparse_prefill(q4, k4, v4, coverage=0.2, min_tokens=8, window=8))
+
+
+def test_prefill_nan_row_is_nan_not_crash():
+    q, k, v = _qkv4(1, 2, 1, 64, 16, torch.float32)
+    q[0, 0, 5] = float("nan")
+    for coverage in (0.0, 0.3):
+        out, kept = softdec.token_sparse_prefill(q, k, v, coverage=coverage, min_tokens=8, window=8,
+                                                 return_kept=True)
+        assert bool(kept[0, 0, 5]) == bool(torch.isnan(out[0, 0, 5]).all())
+        rest = torch.ones(64, dtype=torch.bool)
+        rest[5] = False
+        assert torch.isfinite(out[0, 0, rest]).all() and torch.isfinite(out[0, 1]).all()
