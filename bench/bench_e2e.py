@@ -81,7 +81,7 @@ def cases(quick: bool, device: str):
     if quick:
         layers, shapes = 2, [(1, 16, 8)]
     else:
-        layers, shapes = 24, [(1, 32, 32), (8, 32, 32)]
+        layers, shapes = 24, [(1, 16, 16), (8, 16, 16)]
     model = build_model(layers, device, dtype)
     out = []
     for batch, prompt, new in shapes:

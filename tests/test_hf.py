@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -591,7 +590,6 @@ def test_sparse_attention_small_budget_runs_finite(select):
         H.disable_token_sparse_attention(model)
     assert out.sequences.shape == (3, 104)
     assert torch.isfinite(out.stats.entropy).all() and torch.isfinite(logits).all()
-    assert model.layers if hasattr(model, "layers") else True
 
 
 @needs_sparse

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -542,11 +541,9 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
             break
         # ---- roll back both caches to the accepted length
         tgt.keep_last(ar[None] <= a[:, None])                     # last, d_1..d_a
-        n_fed = dft.mask.shape[1]
         keep_d = ar[None, 1:K] <= a[:, None]                       # d_1..d_{K-1} fed to the draft
         if K > 1:
             dft.keep_last(keep_d)
-        del n_fed
         full = a == K
         if soft:
             own = torch.cat(d_embeds, 1)[:, K - 1:K]               # the draft's d_K embedding
@@ -555,10 +552,8 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
             t_pend = t_soft
             d_pend = torch.cat([own.to(d_soft.dtype), d_soft], 1)
         else:
-            last = toks[rows, a]
-            d_pend = torch.cat([d_ids[:, K - 1:K], last[:, None]], 1)
-        if soft:
-            last = toks[rows, a]
+            d_pend = torch.cat([d_ids[:, K - 1:K], toks[rows, a][:, None]], 1)
+        last = toks[rows, a]
         d_pend_mask = torch.stack([full.to(torch.long), torch.ones_like(a)], 1)
     S_ = int(n_out.max())
     stats = GenerationStats(modes[:, :S_], torch.full((B, S_), float("nan"), device=device),
