@@ -1,0 +1,683 @@
+// CPU building blocks of the sampling family, shared with other CPU kernels
+// (verification): vectorised passes over a row of logits, the AVX-512 Philox
+// stream and Gumbel noise (bit-identical to include/softdec/philox.h and
+// filter.h), the top-k candidate pass, the O(V) top-p cut, and
+// fast_row_filter(): include/softdec/filter.h's RowFilter of a row, computed
+// with these passes (same kept set as filter::compute_row_filter).
+#pragma once
+
+#include "../common.h"
+#include "../dispatch.h"
+#include "softdec/filter.h"
+#include "softdec/philox.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define SOFTDEC_SAMPLING_AVX512 1
+#endif
+
+
+namespace softdec {
+namespace cpu {
+
+using filter::RowFilter;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+// Largest Gumbel value the stream can produce: -log(-log(1 - 2^-24)) < 16.7.
+constexpr float kGumbelMax = 16.7f;
+constexpr int64_t kGroup = 64;        // tokens per Philox group (16 blocks of 4)
+constexpr int64_t kSmallK = 2048;     // top-k candidate path up to this k
+constexpr int64_t kMinChunk = 16384;  // smallest vocabulary chunk per thread
+
+inline float to_float(float x) { return x; }
+inline float to_float(bf16 x) { return static_cast<float>(x); }
+inline float to_float(fp16 x) { return static_cast<float>(x); }
+
+// ------------------------------------------------------------------ argmax state
+
+struct Best {
+  float key = -kInf;
+  int64_t idx = -1;
+  // Larger key wins; equal keys: the lower index.
+  void take(float k, int64_t i) {
+    if (idx < 0 || k > key || (k == key && i < idx)) {
+      key = k;
+      idx = i;
+    }
+  }
+};
+
+// Flags of a row seen by a pass: any NaN, any +inf, any finite token.
+struct Flags {
+  bool nan = false, pinf = false, finite = false;
+  void merge(const Flags& o) {
+    nan |= o.nan;
+    pinf |= o.pinf;
+    finite |= o.finite;
+  }
+};
+
+// ------------------------------------------------------------------ AVX-512 kernels
+
+#if SOFTDEC_SAMPLING_AVX512
+
+template <class T>
+inline __m512 load16(const T* p);
+template <>
+inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <>
+inline __m512 load16<bf16>(const bf16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+template <>
+inline __m512 load16<fp16>(const fp16* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// Masked load; lanes outside the mask read as -inf.
+template <class T>
+inline __m512 load16_mask(const T* p, __mmask16 k);
+template <>
+inline __m512 load16_mask<float>(const float* p, __mmask16 k) {
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), k, p);
+}
+template <>
+inline __m512 load16_mask<bf16>(const bf16* p, __mmask16 k) {
+  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
+  const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_mask_blend_ps(k, _mm512_set1_ps(-kInf), v);
+}
+template <>
+inline __m512 load16_mask<fp16>(const fp16* p, __mmask16 k) {
+  const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
+  return _mm512_mask_blend_ps(k, _mm512_set1_ps(-kInf), v);
+}
+
+// filter::flog, op for op (bit-identical).
+inline __m512 vlog(__m512 x) {
+  const __m512i b = _mm512_castps_si512(x);
+  __m512i e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(0xff)),
+                               _mm512_set1_epi32(127));
+  __m512 m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0x007fffff)),
+                                                 _mm512_set1_epi32(0x3f800000)));
+  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1));
+  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  const __m512 z = _mm512_mul_ps(f, f);
+  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.1514610310e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.1676998740e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.2420140846e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.4249322787e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.6668057665e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.0000714765e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4999993993e-1f));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3333331174e-1f));
+  const __m512 fe = _mm512_cvtepi32_ps(e);
+  y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
+  y = _mm512_fmadd_ps(fe, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fmadd_ps(_mm512_set1_ps(-0.5f), z, y);
+  __m512 r = _mm512_add_ps(f, y);
+  r = _mm512_fmadd_ps(fe, _mm512_set1_ps(0.693359375f), r);
+  return r;
+}
+
+// filter::fexp, op for op (bit-identical), for x <= 88.
+inline __m512 vexp(__m512 x) {
+  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NGT_UQ);
+  x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
+  const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, r2, r);
+  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+  const __m512i ni = _mm512_cvtps_epi32(n);
+  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
+  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~under), p, scale);
+}
+
+inline __m512i mulhi32(__m512i a, __m512i m) {
+  const __m512i pe = _mm512_mul_epu32(a, m);
+  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  return _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
+}
+inline __m512i mullo32(__m512i a, __m512i m) {
+  const __m512i pe = _mm512_mul_epu32(a, m);
+  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+  return _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
+}
+
+// Uniforms of stream elements [64 g, 64 g + 64) in element order (4 x 16).
+inline void philox_group(uint64_t seed, uint64_t offset, uint64_t first_block, __m512 out[4]) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // block indices first_block + j; the high word only changes past 2^32 blocks
+  const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), lane);
+  const __mmask16 carry = _mm512_cmp_epu32_mask(lo, _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), _MM_CMPINT_LT);
+  __m512i c0 = lo;
+  __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(first_block >> 32)), carry,
+                                     _mm512_set1_epi32(static_cast<int>(first_block >> 32)), _mm512_set1_epi32(1));
+  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
+  for (int r = 0; r < 10; ++r) {
+    const __m512i hi0 = mulhi32(c0, m0), lo0 = mullo32(c0, m0);
+    const __m512i hi1 = mulhi32(c2, m1), lo1 = mullo32(c2, m1);
+    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += philox::kWeyl0;
+    k1 += philox::kWeyl1;
+  }
+  // transpose lanes (block j, lane l) -> element 4 j + l
+  const __m512i a01 = _mm512_unpacklo_epi32(c0, c1), b01 = _mm512_unpackhi_epi32(c0, c1);
+  const __m512i a23 = _mm512_unpacklo_epi32(c2, c3), b23 = _mm512_unpackhi_epi32(c2, c3);
+  const __m512i w0 = _mm512_unpacklo_epi64(a01, a23), w1 = _mm512_unpackhi_epi64(a01, a23);
+  const __m512i w2 = _mm512_unpacklo_epi64(b01, b23), w3 = _mm512_unpackhi_epi64(b01, b23);
+  const __m512i P = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m512i Q = _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m512i R = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m512i S = _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m512i e[4] = {_mm512_shuffle_i32x4(P, Q, _MM_SHUFFLE(2, 0, 2, 0)),
+                        _mm512_shuffle_i32x4(P, Q, _MM_SHUFFLE(3, 1, 3, 1)),
+                        _mm512_shuffle_i32x4(R, S, _MM_SHUFFLE(2, 0, 2, 0)),
+                        _mm512_shuffle_i32x4(R, S, _MM_SHUFFLE(3, 1, 3, 1))};
+  // ((bits >> 9) + 0.5) * 2^-23, exact
+  for (int q = 0; q < 4; ++q) {
+    const __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(e[q], 9));
+    out[q] = _mm512_mul_ps(_mm512_add_ps(f, _mm512_set1_ps(0.5f)), _mm512_set1_ps(1.0f / 8388608.0f));
+  }
+}
+
+// Uniforms of 16 arbitrary stream elements idx[0..16) (one Philox block each,
+// lane idx & 3 kept).
+inline __m512 philox_at(uint64_t seed, uint64_t offset, const int64_t* idx) {
+  alignas(64) uint32_t lo[16], hi[16], ln[16];
+  for (int j = 0; j < 16; ++j) {
+    const uint64_t b = static_cast<uint64_t>(idx[j]) >> 2;
+    lo[j] = static_cast<uint32_t>(b);
+    hi[j] = static_cast<uint32_t>(b >> 32);
+    ln[j] = static_cast<uint32_t>(idx[j] & 3);
+  }
+  __m512i c0 = _mm512_load_si512(lo), c1 = _mm512_load_si512(hi);
+  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
+  for (int r = 0; r < 10; ++r) {
+    const __m512i hi0 = mulhi32(c0, m0), lo0 = mullo32(c0, m0);
+    const __m512i hi1 = mulhi32(c2, m1), lo1 = mullo32(c2, m1);
+    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
+    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += philox::kWeyl0;
+    k1 += philox::kWeyl1;
+  }
+  const __m512i lane = _mm512_load_si512(ln);
+  __m512i bits = c0;
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(1)), c1);
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(2)), c2);
+  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(3)), c3);
+  const __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(bits, 9));
+  return _mm512_mul_ps(_mm512_add_ps(f, _mm512_set1_ps(0.5f)), _mm512_set1_ps(1.0f / 8388608.0f));
+}
+
+inline __m512 vgumbel(__m512 u) {
+  return _mm512_sub_ps(_mm512_setzero_ps(),
+                       vlog(_mm512_sub_ps(_mm512_setzero_ps(), vlog(u))));
+}
+
+inline float hmax(__m512 v) { return _mm512_reduce_max_ps(v); }
+
+#endif  // SOFTDEC_SAMPLING_AVX512
+
+// ------------------------------------------------------------------ the cut a noise pass honours
+
+// kept(i) = x > -inf && (x > cv || (x == cv && i <= ci)) && (x - m) * it >= lmp
+struct Cut {
+  float cv = -kInf;
+  int64_t ci = std::numeric_limits<int64_t>::max();
+  float m = 0.0f;
+  float it = 1.0f;    // 1/T
+  float lmp = -kInf;  // log(min_p)
+  explicit Cut(float inv_temp = 1.0f) : it(inv_temp) {}
+  static Cut of(const RowFilter& f) {
+    Cut c(f.inv_temp);
+    c.cv = f.cut_value;
+    c.ci = f.cut_index;
+    c.m = f.max_logit;
+    c.lmp = f.log_min_p;
+    return c;
+  }
+  bool kept(float x, int64_t i) const {
+    return x > -kInf && (x > cv || (x == cv && i <= ci)) && (x - m) * it >= lmp;
+  }
+};
+
+// ------------------------------------------------------------------ passes over [lo, hi) of a row
+
+// Gumbel-max over the kept tokens of [lo, hi): argmax of fma(x, it, G_i).
+// Also records flags (NaN / +inf / any kept finite) for validity.
+template <class T>
+void noise_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, uint64_t seed, uint64_t offset,
+                Best& best, Flags& flags) {
+  int64_t i = lo;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vcv = _mm512_set1_ps(cut.cv), vm = _mm512_set1_ps(cut.m);
+  const __m512 vit = _mm512_set1_ps(cut.it), vlmp = _mm512_set1_ps(cut.lmp);
+  const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const bool has_ci = cut.cv > -kInf;
+  __m512 bkey = vninf;
+  __m512i bidx = _mm512_set1_epi32(-1);  // index relative to lo (< 2^31 per chunk)
+  float bound = -kInf;                   // a lower bound on the best key so far
+  bool nan = false, pinf = false, fin = false;
+  for (; i < hi; i += kGroup) {
+    const int64_t n = std::min<int64_t>(kGroup, hi - i);
+    __m512 xv[4];
+    __mmask16 keep[4];
+    __mmask16 any = 0;
+    __m512 gmax = vninf;
+    for (int q = 0; q < 4; ++q) {
+      const int64_t left = n - 16 * q;
+      if (left >= 16) {
+        xv[q] = load16<T>(x + i + 16 * q);
+      } else if (left > 0) {
+        xv[q] = load16_mask<T>(x + i + 16 * q, static_cast<__mmask16>((1u << left) - 1));
+      } else {
+        xv[q] = vninf;
+      }
+      nan |= _mm512_cmp_ps_mask(xv[q], xv[q], _CMP_UNORD_Q) != 0;
+      pinf |= _mm512_cmp_ps_mask(xv[q], vpinf, _CMP_EQ_OQ) != 0;
+      __mmask16 k = _mm512_cmp_ps_mask(xv[q], vninf, _CMP_GT_OQ);
+      if (has_ci) {
+        const __mmask16 gt = _mm512_cmp_ps_mask(xv[q], vcv, _CMP_GT_OQ);
+        const __mmask16 eq = _mm512_cmp_ps_mask(xv[q], vcv, _CMP_EQ_OQ);
+        // ties at the cut value are kept up to index ci
+        __mmask16 eq_ok = 0;
+        if (eq) {
+          for (int l = 0; l < 16; ++l)
+            if (((eq >> l) & 1) && i + 16 * q + l <= cut.ci) eq_ok |= static_cast<__mmask16>(1u << l);
+        }
+        k &= (gt | eq_ok);
+      }
+      if (cut.lmp > -kInf) {
+        const __m512 s = _mm512_mul_ps(_mm512_sub_ps(xv[q], vm), vit);
+        k &= _mm512_cmp_ps_mask(s, vlmp, _CMP_GE_OQ);
+      }
+      keep[q] = k;
+      any |= k;
+      gmax = _mm512_mask_max_ps(gmax, k, gmax, xv[q]);
+    }
+    if (!any) continue;
+    fin = true;
+    // No token of this group can beat the best key found so far.
+    const float top = hmax(gmax) * cut.it;
+    if (top + kGumbelMax < bound) continue;
+    __m512 u[4];
+    philox_group(seed, offset, static_cast<uint64_t>(i) >> 2, u);
+    // Exact pruning of the logs: with v = 1 - u (exact in float), G = -log(-log u)
+    // <= -log v, so a token can only beat `bound` if v <= exp(-(bound - top)), i.e.
+    // u >= uthr; the margin covers the rounding of flog and of the key.
+    float uthr = 0.0f;
+    if (bound > -kInf) {
+      const float d = bound - top - 1e-3f * (1.0f + std::fabs(bound) + std::fabs(top));
+      if (d > 0.0f) {
+        const double e = static_cast<double>(filter::fexp(-d)) * (1.0 + 1e-5);
+        const double kthr = std::floor((1.0 - e) * 8388608.0 - 0.5) - 2.0;
+        if (kthr > 0.0) uthr = static_cast<float>((kthr + 0.5) * (1.0 / 8388608.0));
+      }
+    }
+    const __m512 vuthr = _mm512_set1_ps(uthr);
+    __m512 gk = vninf;
+    for (int q = 0; q < 4; ++q) {
+      keep[q] &= _mm512_cmp_ps_mask(u[q], vuthr, _CMP_GE_OQ);
+      if (!keep[q]) continue;
+      const __m512 key = _mm512_fmadd_ps(xv[q], vit, vgumbel(u[q]));
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i - lo + 16 * q)), lane);
+      // strictly greater: earlier indices win ties within a lane
+      const __mmask16 better = _mm512_mask_cmp_ps_mask(keep[q], key, bkey, _CMP_GT_OQ);
+      bkey = _mm512_mask_mov_ps(bkey, better, key);
+      bidx = _mm512_mask_mov_epi32(bidx, better, idx);
+      gk = _mm512_mask_max_ps(gk, keep[q], gk, key);
+    }
+    bound = std::max(bound, hmax(gk));
+  }
+  alignas(64) float kk[16];
+  alignas(64) int32_t ii[16];
+  _mm512_store_ps(kk, bkey);
+  _mm512_store_si512(ii, bidx);
+  for (int l = 0; l < 16; ++l)
+    if (ii[l] >= 0) best.take(kk[l], lo + ii[l]);
+  flags.nan |= nan;
+  flags.pinf |= pinf;
+  flags.finite |= fin;
+  i = hi;
+#endif
+  for (; i < hi; ++i) {
+    const float v = to_float(x[i]);
+    if (v != v) flags.nan = true;
+    if (v == kInf) flags.pinf = true;
+    if (!cut.kept(v, i)) continue;
+    flags.finite = true;
+    const float u = philox::uniform(seed, offset, static_cast<uint64_t>(i));
+    best.take(filter::ffma(v, cut.it, filter::gumbel(u)), i);
+  }
+}
+
+// Max / argmax (lowest index among ties) and flags of [lo, hi).
+template <class T>
+void stats_pass(const T* x, int64_t lo, int64_t hi, Best& best, Flags& flags) {
+  int64_t i = lo;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
+  __m512 mx = vninf;
+  bool nan = false;
+  for (; i + 16 <= hi; i += 16) {
+    const __m512 v = load16<T>(x + i);
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+    mx = _mm512_max_ps(mx, v);
+  }
+  if (i < hi) {
+    const __m512 v = load16_mask<T>(x + i, static_cast<__mmask16>((1u << (hi - i)) - 1));
+    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+    mx = _mm512_max_ps(mx, v);
+  }
+  flags.nan |= nan;
+  const float m = hmax(mx);
+  if (m > -kInf && !nan) {
+    flags.finite |= m < kInf;
+    flags.pinf |= m == kInf;
+    // first index holding the max
+    const __m512 vm = _mm512_set1_ps(m);
+    for (int64_t j = lo; j < hi; j += 16) {
+      const int64_t left = hi - j;
+      const __m512 v = left >= 16 ? load16<T>(x + j)
+                                  : load16_mask<T>(x + j, static_cast<__mmask16>((1u << left) - 1));
+      const __mmask16 eq = _mm512_cmp_ps_mask(v, vm, _CMP_EQ_OQ);
+      if (eq) {
+        best.take(m, j + __builtin_ctz(eq));
+        break;
+      }
+    }
+  }
+  (void)vpinf;
+  i = hi;
+#endif
+  for (; i < hi; ++i) {
+    const float v = to_float(x[i]);
+    if (v != v) {
+      flags.nan = true;
+      continue;
+    }
+    if (v == kInf) flags.pinf = true;
+    if (v > -kInf && v < kInf) flags.finite = true;
+    if (v > -kInf) best.take(v, i);
+  }
+}
+
+// Candidates (value, index) of [lo, hi) that can be among the row's first k
+// tokens of the filter order; returns them sorted in that order, at most k.
+struct Cand {
+  float v;
+  int64_t i;
+};
+inline bool cand_before(const Cand& a, const Cand& b) { return filter::before(a.v, a.i, b.v, b.i); }
+
+template <class T>
+void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>& out, Flags& flags) {
+  const int64_t cap = std::max<int64_t>(2 * k, 256) + 64;
+  std::vector<Cand> buf;
+  buf.reserve(static_cast<size_t>(cap));
+  // Keeps the first k of the order and raises the threshold to the k-th value;
+  // later tokens equal to it come after it in the order, so `> thr` suffices.
+  auto compact = [k](std::vector<Cand>& b, float t) -> float {
+    if (static_cast<int64_t>(b.size()) > k) {
+      std::nth_element(b.begin(), b.begin() + (k - 1), b.end(), cand_before);
+      t = b[static_cast<size_t>(k - 1)].v;
+      b.resize(static_cast<size_t>(k));
+    }
+    return t;
+  };
+  float thr = -kInf;
+  int64_t i = lo;
+#if SOFTDEC_SAMPLING_AVX512
+  __mmask16 nanm = 0;
+  __m512 vmax = _mm512_set1_ps(-kInf);
+  alignas(64) float vals[64];
+  // 64 tokens per step; one compare of their max against the threshold
+  for (; i + 64 <= hi; i += 64) {
+    const __m512 v0 = load16<T>(x + i), v1 = load16<T>(x + i + 16);
+    const __m512 v2 = load16<T>(x + i + 32), v3 = load16<T>(x + i + 48);
+    nanm |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v2, v3, _CMP_UNORD_Q);
+    const __m512 mm = _mm512_max_ps(_mm512_max_ps(v0, v1), _mm512_max_ps(v2, v3));
+    vmax = _mm512_max_ps(vmax, mm);
+    const __m512 vt = _mm512_set1_ps(thr);
+    if (!_mm512_cmp_ps_mask(mm, vt, _CMP_GT_OQ)) continue;
+    // (a plain store + bit walk: vcompressps to memory is microcoded on Zen 4)
+    _mm512_store_ps(vals, v0);
+    _mm512_store_ps(vals + 16, v1);
+    _mm512_store_ps(vals + 32, v2);
+    _mm512_store_ps(vals + 48, v3);
+    const __m512 vq[4] = {v0, v1, v2, v3};
+    for (int q = 0; q < 4; ++q) {
+      __mmask16 msk = _mm512_cmp_ps_mask(vq[q], vt, _CMP_GT_OQ);
+      while (msk) {
+        const int l = __builtin_ctz(msk);
+        msk &= static_cast<__mmask16>(msk - 1);
+        buf.push_back({vals[16 * q + l], i + 16 * q + l});
+      }
+    }
+    if (static_cast<int64_t>(buf.size()) >= cap - 64) thr = compact(buf, thr);
+  }
+  flags.nan |= nanm != 0;
+  flags.pinf |= hmax(vmax) == kInf;
+#endif
+  for (; i < hi; ++i) {
+    const float v = to_float(x[i]);
+    if (v != v) flags.nan = true;
+    if (v == kInf) flags.pinf = true;
+    if (v > thr) {
+      buf.push_back({v, i});
+      if (static_cast<int64_t>(buf.size()) >= cap) thr = compact(buf, thr);
+    }
+  }
+  for (const Cand& c : buf)
+    if (c.v < kInf) {
+      flags.finite = true;
+      break;
+    }
+  compact(buf, thr);
+  std::sort(buf.begin(), buf.end(), cand_before);
+  out = std::move(buf);
+}
+
+// ------------------------------------------------------------------ sample
+
+// Masses e_i = fexp((x_i - m) * it) of n tokens (vexp mirrors filter::fexp bit for bit).
+template <class T>
+void masses(const T* x, int64_t n, float m, float it, float* e) {
+  int64_t j = 0;
+#if SOFTDEC_SAMPLING_AVX512
+  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(it);
+  for (; j + 16 <= n; j += 16)
+    _mm512_storeu_ps(e + j, vexp(_mm512_mul_ps(_mm512_sub_ps(load16<T>(x + j), vm), vit)));
+#endif
+  for (; j < n; ++j) e[j] = filter::token_mass(to_float(x[j]), m, it);
+}
+
+// The top-p cut of a valid row without top-k (filter.h semantics), in O(V):
+// a 4096-bucket histogram of (count, mass) on order_key >> 20 finds the bucket
+// where the running mass (descending) reaches top_p * total; the tokens of
+// that bucket are compacted (in index order) and filter::detail::select_nth
+// finishes the selection on them.
+// kProbs: the row holds probabilities (FlashInfer's top_p_renorm_probs): the mass
+// of a token is its value and non-positive entries are never kept.
+template <bool kProbs = false, class T>
+void top_p_cut(const T* x, int64_t V, float m, int64_t argmax, float it, float top_p, float* cv,
+               int64_t* ci) {
+  constexpr int kBuckets = 4096;
+  std::vector<double> mass(kBuckets, 0.0);
+  std::vector<int64_t> cnt(kBuckets, 0);
+  alignas(64) float e[1024];
+  for (int64_t base = 0; base < V; base += 1024) {
+    const int64_t n = std::min<int64_t>(1024, V - base);
+    if (!kProbs) masses(x + base, n, m, it, e);
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = to_float(x[base + j]);
+      if (kProbs) {
+        if (!(v > 0.0f)) continue;
+        e[j] = v;
+      }
+      if (!(v > -kInf)) continue;
+      const uint32_t b = filter::order_key(v) >> 20;
+      cnt[b] += 1;
+      mass[b] += e[j];
+    }
+  }
+  double total = 0.0;
+  for (int b = 0; b < kBuckets; ++b) total += mass[b];
+  const double target = static_cast<double>(top_p) * total;
+  if (!(target > 0.0)) {
+    *cv = m;
+    *ci = argmax;
+    return;
+  }
+  double macc = 0.0;
+  int chosen = -1, last = -1;
+  for (int b = kBuckets - 1; b >= 0; --b) {
+    if (cnt[b] == 0) continue;
+    last = b;
+    if (macc + mass[b] >= target) {
+      chosen = b;
+      break;
+    }
+    macc += mass[b];
+  }
+  if (chosen < 0) {
+    chosen = last;
+    macc -= mass[chosen];
+  }
+  std::vector<float> cx;
+  std::vector<int64_t> cidx;
+  cx.reserve(static_cast<size_t>(cnt[chosen]));
+  cidx.reserve(static_cast<size_t>(cnt[chosen]));
+  for (int64_t i = 0; i < V; ++i) {
+    const float v = to_float(x[i]);
+    if ((kProbs ? v > 0.0f : v > -kInf) && static_cast<int>(filter::order_key(v) >> 20) == chosen) {
+      cx.push_back(v);
+      cidx.push_back(i);
+    }
+  }
+  const int64_t nc = static_cast<int64_t>(cx.size());
+  auto load = [&cx](int64_t j) { return cx[static_cast<size_t>(j)]; };
+  auto mass_of = [m, it](float v) -> double {
+    return kProbs ? static_cast<double>(v) : static_cast<double>(filter::token_mass(v, m, it));
+  };
+  float val = m;
+  int64_t pos = 0;
+  filter::detail::select_nth(load, nc, -kInf, nc, true, 0, target - macc, mass_of, &val, &pos);
+  *cv = val;
+  *ci = cidx[static_cast<size_t>(std::min<int64_t>(std::max<int64_t>(pos, 0), nc - 1))];
+}
+
+
+// filter::RowFilter of one row of logits, with the fast passes above: greedy,
+// top-k (k <= kSmallK, candidate pass), top-p (O(V) cut), min-p and plain
+// rows; larger k falls back to filter::compute_row_filter. Serial (one thread).
+template <class T>
+filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p) {
+  const int64_t k = (p.top_k > 0 && p.top_k < V) ? p.top_k : 0;
+  if (k > kSmallK && p.temperature > 0.0f) {
+    auto load = [x](int64_t i) { return to_float(x[i]); };
+    return filter::compute_row_filter(load, V, p);
+  }
+  filter::RowFilter f;
+  f.log_min_p = filter::log_min_p_of(p.min_p);
+  Best bs;
+  Flags fl;
+  std::vector<Cand> cand;
+  if (k > 0) {
+    topk_pass(x, 0, V, k, cand, fl);
+    if (!cand.empty()) bs.take(cand[0].v, cand[0].i);
+  } else {
+    stats_pass(x, 0, V, bs, fl);
+  }
+  if (fl.nan || fl.pinf || !fl.finite || bs.idx < 0) return f;  // invalid: valid = 0, argmax = 0
+  f.valid = 1;
+  f.max_logit = bs.key;
+  f.argmax = bs.idx;
+  if (!(p.temperature > 0.0f)) {
+    f.greedy = 1;
+    f.inv_temp = 0.0f;
+    f.cut_value = f.max_logit;
+    f.cut_index = f.argmax;
+    f.num_kept = 1;
+    f.log_norm = 0.0;
+    return f;
+  }
+  const float m = f.max_logit, it = 1.0f / p.temperature;
+  f.inv_temp = it;
+  if (k > 0) {
+    const int64_t n0 = static_cast<int64_t>(cand.size());
+    std::vector<float> vals(static_cast<size_t>(n0)), mass(static_cast<size_t>(n0));
+    std::vector<int64_t> ids(static_cast<size_t>(n0));
+    for (int64_t j = 0; j < n0; ++j) {
+      vals[j] = cand[j].v;
+      ids[j] = cand[j].i;
+      mass[j] = filter::token_mass(cand[j].v, m, it);
+    }
+    const int64_t n = filter::top_p_prefix(mass.data(), n0, p.top_p);
+    filter::finish_from_sorted(f, vals.data(), ids.data(), n, p.min_p);
+    return f;
+  }
+  if (p.top_p < 1.0f) {
+    top_p_cut(x, V, m, f.argmax, it, p.top_p, &f.cut_value, &f.cut_index);
+  } else {
+    f.cut_value = -kInf;
+    f.cut_index = V;
+  }
+  double s = 0.0;
+  int64_t cnt = 0;
+  alignas(64) float e[1024];
+  for (int64_t base = 0; base < V; base += 1024) {
+    const int64_t n = std::min<int64_t>(1024, V - base);
+    masses(x + base, n, m, it, e);
+    for (int64_t j = 0; j < n; ++j) {
+      if (filter::kept(f, to_float(x[base + j]), base + j)) {
+        s += e[j];
+        ++cnt;
+      }
+    }
+  }
+  f.num_kept = cnt;
+  f.log_norm = std::log(s);
+  return f;
+}
+
+}  // namespace cpu
+}  // namespace softdec
