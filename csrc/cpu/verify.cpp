@@ -20,7 +20,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -140,6 +140,72 @@ inline __m512 vflog(__m512 x) {
 inline __mmask16 tail_mask(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
 }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+// AVX2 (x86-64-v3): 8 lanes, full vectors only; the scalar loops finish the tails.
+#define SOFTDEC_VERIFY_AVX2 1
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const bf16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline __m256 load8(const fp16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// filter::fexp, lane for lane.
+inline __m256 vfexp8(__m256 x) {
+  const __m256 ok = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GT_OQ);
+  x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+  const __m256 n = _mm256_floor_ps(t);
+  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, r2, r);
+  p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+  const __m256i ni = _mm256_cvttps_epi32(n);
+  const __m256 scale =
+      _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
+  return _mm256_and_ps(_mm256_mul_ps(p, scale), ok);
+}
+
+// filter::flog for x in (0, 1], lane for lane.
+inline __m256 vflog8(__m256 x) {
+  const __m256i b = _mm256_castps_si256(x);
+  __m256i e = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(b, 23), _mm256_set1_epi32(0xff)),
+                               _mm256_set1_epi32(127));
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(0x007fffff)),
+                                                 _mm256_set1_epi32(0x3f800000)));
+  const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+  e = _mm256_add_epi32(e, _mm256_and_si256(_mm256_castps_si256(big), _mm256_set1_epi32(1)));
+  const __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
+  const __m256 z = _mm256_mul_ps(f, f);
+  __m256 y = _mm256_set1_ps(7.0376836292e-2f);
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.1514610310e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.1676998740e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.2420140846e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.4249322787e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.6668057665e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.0000714765e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-2.4999993993e-1f));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(3.3333331174e-1f));
+  const __m256 fe = _mm256_cvtepi32_ps(e);
+  y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
+  y = _mm256_fmadd_ps(fe, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fmadd_ps(_mm256_set1_ps(-0.5f), z, y);
+  __m256 r = _mm256_add_ps(f, y);
+  r = _mm256_fmadd_ps(fe, _mm256_set1_ps(0.693359375f), r);
+  return r;
+}
 #endif
 
 // ------------------------------------------------------------------ per-range passes
@@ -192,8 +258,37 @@ Stats stats_range(const T* x, int64_t lo, int64_t hi) {
       s.any = true;
     }
   }
-#else
-  for (; i < hi; ++i) {
+#elif defined(SOFTDEC_VERIFY_AVX2)
+  if (hi - i >= 8) {
+    __m256 vm = _mm256_set1_ps(-kInf);
+    __m256i vi = _mm256_set1_epi32(-1);
+    int nanm = 0;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; i + 8 <= hi; i += 8) {
+      const __m256 v = load8(x + i);
+      nanm |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      const __m256 gt = _mm256_cmp_ps(v, vm, _CMP_GT_OQ);
+      vm = _mm256_blendv_ps(vm, v, gt);
+      const __m256i gi = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int32_t>(i - lo)));
+      vi = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(vi), _mm256_castsi256_ps(gi), gt));
+    }
+    if (nanm) s.nan = true;
+    alignas(32) float mv[8];
+    alignas(32) int32_t iv[8];
+    _mm256_store_ps(mv, vm);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(iv), vi);
+    for (int l = 0; l < 8; ++l) {
+      if (iv[l] < 0) continue;
+      const int64_t idx = lo + iv[l];
+      if (!s.any || mv[l] > s.m || (mv[l] == s.m && idx < s.am)) {
+        s.m = mv[l];
+        s.am = idx;
+        s.any = true;
+      }
+    }
+  }
+#endif
+  for (; i < hi; ++i) {  // scalar: the whole range without SIMD, the tail with AVX2
     const float v = static_cast<float>(x[i]);
     if (v != v) {
       s.nan = true;
@@ -205,7 +300,6 @@ Stats stats_range(const T* x, int64_t lo, int64_t hi) {
       s.any = true;
     }
   }
-#endif
   if (s.any && s.m == kInf) s.pinf = true;
   return s;
 }
@@ -246,7 +340,34 @@ Mass mass_range(const T* x, int64_t lo, int64_t hi, const RowFilter& f) {
   }
   r.z = _mm512_reduce_add_pd(_mm512_add_pd(z0, z1));
   if (kEntropy) r.s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-#else
+#elif defined(SOFTDEC_VERIFY_AVX2)
+  {
+    const __m256 vm = _mm256_set1_ps(f.max_logit), vit = _mm256_set1_ps(f.inv_temp);
+    const __m256 vlmp = _mm256_set1_ps(f.log_min_p), vninf = _mm256_set1_ps(-kInf);
+    __m256d z0 = _mm256_setzero_pd(), z1 = _mm256_setzero_pd();
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    for (; i + 8 <= hi; i += 8) {
+      const __m256 v = load8(x + i);
+      const __m256 sc = _mm256_mul_ps(_mm256_sub_ps(v, vm), vit);
+      const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(v, vninf, _CMP_GT_OQ), _mm256_cmp_ps(sc, vlmp, _CMP_GE_OQ));
+      const __m256 e = _mm256_and_ps(vfexp8(sc), keep);
+      z0 = _mm256_add_pd(z0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+      z1 = _mm256_add_pd(z1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+      if (kEntropy) {
+        const __m256 es = _mm256_and_ps(_mm256_mul_ps(e, sc), _mm256_cmp_ps(e, _mm256_setzero_ps(), _CMP_GT_OQ));
+        s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(es)));
+        s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(es, 1)));
+      }
+    }
+    alignas(32) double t[4];
+    _mm256_store_pd(t, _mm256_add_pd(z0, z1));
+    r.z += (t[0] + t[1]) + (t[2] + t[3]);
+    if (kEntropy) {
+      _mm256_store_pd(t, _mm256_add_pd(s0, s1));
+      r.s += (t[0] + t[1]) + (t[2] + t[3]);
+    }
+  }
+#endif
   for (; i < hi; ++i) {
     const float v = static_cast<float>(x[i]);
     if (!filter::kept(f, v, i)) continue;
@@ -255,7 +376,6 @@ Mass mass_range(const T* x, int64_t lo, int64_t hi, const RowFilter& f) {
     r.z += e;
     if (kEntropy && e > 0.0f) r.s += static_cast<double>(e) * sc;
   }
-#endif
   return r;
 }
 
@@ -290,6 +410,15 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 bk = _mm512_setzero_ps();
   __m512i bi = _mm512_set1_epi32(-1);  // absolute index (V < 2^31)
+#elif defined(SOFTDEC_VERIFY_AVX2)
+  const __m256 vm = _mm256_set1_ps(f.max_logit), vit = _mm256_set1_ps(f.inv_temp);
+  const __m256 vlmp = _mm256_set1_ps(f.log_min_p), vninf = _mm256_set1_ps(-kInf);
+  const __m256 vcv = _mm256_set1_ps(f.cut_value);
+  const __m256i vci = _mm256_set1_epi32(static_cast<int32_t>(std::min<int64_t>(f.cut_index, INT32_MAX)));
+  const __m256 viz = _mm256_set1_ps(inv_z);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 bk = _mm256_setzero_ps();
+  __m256i bi = _mm256_set1_epi32(-1);
 #endif
   for (int64_t c0 = (lo / kChunk) * kChunk; c0 < hi; c0 += kChunk) {
     philox_chunk(seed, stream, static_cast<uint64_t>(c0 / 4), u);
@@ -323,7 +452,33 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
       bi = _mm512_mask_mov_epi32(bi, gt, gi);
     }
 #else
-    for (int64_t i = a; i < b; ++i) {
+    int64_t i = a;
+#if defined(SOFTDEC_VERIFY_AVX2)
+    for (; i + 8 <= b; i += 8) {
+      const __m256 v = load8(x + i);
+      const __m256i gi = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int32_t>(i)));
+      const __m256 sc = _mm256_mul_ps(_mm256_sub_ps(v, vm), vit);
+      __m256 keep = _mm256_and_ps(_mm256_cmp_ps(v, vninf, _CMP_GT_OQ), _mm256_cmp_ps(sc, vlmp, _CMP_GE_OQ));
+      if (!prefix_all) {  // (v > cut_value) || (v == cut_value && i <= cut_index)
+        const __m256 le = _mm256_castsi256_ps(
+            _mm256_xor_si256(_mm256_cmpgt_epi32(gi, vci), _mm256_set1_epi32(-1)));
+        const __m256 in = _mm256_or_ps(_mm256_cmp_ps(v, vcv, _CMP_GT_OQ),
+                                       _mm256_and_ps(_mm256_cmp_ps(v, vcv, _CMP_EQ_OQ), le));
+        keep = _mm256_and_ps(keep, in);
+      }
+      if (!_mm256_movemask_ps(keep)) continue;
+      __m256 r = _mm256_mul_ps(vfexp8(sc), viz);
+      if constexpr (!std::is_same_v<Q, void>) {
+        r = _mm256_max_ps(_mm256_sub_ps(r, load8(q + i)), _mm256_setzero_ps());
+      }
+      const __m256 e = _mm256_sub_ps(_mm256_setzero_ps(), vflog8(_mm256_loadu_ps(u + (i - c0))));
+      const __m256 key = _mm256_div_ps(r, e);
+      const __m256 gt = _mm256_and_ps(keep, _mm256_cmp_ps(key, bk, _CMP_GT_OQ));
+      bk = _mm256_blendv_ps(bk, key, gt);
+      bi = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(bi), _mm256_castsi256_ps(gi), gt));
+    }
+#endif
+    for (; i < b; ++i) {
       const float v = static_cast<float>(x[i]);
       if (!filter::kept(f, v, i)) continue;
       float r = f.greedy ? 1.0f : filter::fexp((v - f.max_logit) * f.inv_temp) * inv_z;
@@ -341,6 +496,13 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
   _mm512_store_ps(kv, bk);
   _mm512_store_si512(iv, bi);
   for (int l = 0; l < 16; ++l)
+    if (iv[l] >= 0) best.merge(kv[l], iv[l]);
+#elif defined(SOFTDEC_VERIFY_AVX2)
+  alignas(32) float kv[8];
+  alignas(32) int32_t iv[8];
+  _mm256_store_ps(kv, bk);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(iv), bi);
+  for (int l = 0; l < 8; ++l)
     if (iv[l] >= 0) best.merge(kv[l], iv[l]);
 #endif
   return best;
@@ -426,14 +588,28 @@ int64_t topk_scan(const T* x, int64_t V, int64_t k, float* vals, int64_t* idx) {
       if (n == k) thr = vals[k - 1];
     }
   }
-#else
-  for (; i < V; ++i) {
+#elif defined(SOFTDEC_VERIFY_AVX2)
+  for (; i + 8 <= V; i += 8) {
+    const __m256 v = load8(x + i);
+    int m = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(thr), _CMP_GT_OQ));
+    if (!m) continue;
+    alignas(32) float buf[8];
+    _mm256_store_ps(buf, v);
+    while (m) {
+      const int l = __builtin_ctz(static_cast<unsigned>(m));
+      m &= m - 1;
+      if (!(buf[l] > thr)) continue;
+      n = verify::topk_insert(vals, idx, n, k, buf[l], i + l);
+      if (n == k) thr = vals[k - 1];
+    }
+  }
+#endif
+  for (; i < V; ++i) {  // scalar: the whole row without SIMD, the tail with AVX2
     const float v = static_cast<float>(x[i]);
     if (!(v > thr)) continue;
     n = verify::topk_insert(vals, idx, n, k, v, i);
     if (n == k) thr = vals[k - 1];
   }
-#endif
   return n;
 }
 
