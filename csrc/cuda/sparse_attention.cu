@@ -298,8 +298,14 @@ __global__ void decode_attn_kernel(const T* __restrict__ q, int64_t qsb, int64_t
   // per-head chunk softmax state
   for (int h = warp; h < G; h += nw) {
     float m = kNegInf;
-    for (int j = lane; j < n; j += 32) m = fmaxf(m, sp[h * kChunk + j]);
+    bool nan = false;
+    for (int j = lane; j < n; j += 32) {
+      const float x = sp[h * kChunk + j];
+      nan |= x != x;
+      m = fmaxf(m, x);
+    }
     m = warp_max(m);
+    if (__any_sync(0xffffffffu, nan)) m = __int_as_float(0x7fc00000);  // a NaN score: NaN output
     float l = 0.f;
     for (int j = lane; j < n; j += 32) {
       const float p = (m == kNegInf || m != m) ? 0.f : __expf(sp[h * kChunk + j] - m);
