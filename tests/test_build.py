@@ -45,3 +45,24 @@ def test_every_registered_op_has_a_cpu_kernel():
     names = registered_ops()
     missing = [n for n in names if not torch._C._dispatch_has_kernel_for_dispatch_key(n, "CPU")]
     assert not missing, f"ops without a CPU kernel: {missing}"
+
+
+def readme_python_blocks(marker: str) -> list:
+    """The ```python blocks of README.md between <!-- marker --> and <!-- /marker -->."""
+    import os
+    import re
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
+    text = open(path).read()
+    m = re.search(rf"<!-- {marker} -->(.*?)<!-- /{marker} -->", text, re.S)
+    assert m, f"README.md has no {marker} section"
+    return re.findall(r"```python\n(.*?)```", m.group(1), re.S)
+
+
+def test_readme_op_quickstart_runs():
+    blocks = readme_python_blocks("softdec-ops-quickstart")
+    assert len(blocks) >= 5
+    scope = {}
+    for code in blocks:
+        exec(compile(code, "<README quickstart>", "exec"), scope)
+    assert scope["st"].embeds.shape == (4, 64)
+    assert scope["out"].shape == (1, 32, 128)

@@ -703,18 +703,8 @@ def test_min_transformers_documented():
 # ============================================================================ README quickstart
 
 def _quickstart_blocks():
-    import os
-    import re
-    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-    for name in ("docs_quickstart.md", "README.md"):
-        path = os.path.join(root, name)
-        if not os.path.isfile(path):
-            continue
-        text = open(path).read()
-        m = re.search(r"<!-- softdec-hf-quickstart -->(.*?)<!-- /softdec-hf-quickstart -->", text, re.S)
-        if m:
-            return re.findall(r"```python\n(.*?)```", m.group(1), re.S)
-    return None
+    from test_build import readme_python_blocks
+    return readme_python_blocks("softdec-hf-quickstart")
 
 
 @needs_soft
@@ -723,8 +713,6 @@ def _quickstart_blocks():
 @needs_sparse
 def test_quickstart_snippets_run(capsys):
     blocks = _quickstart_blocks()
-    if blocks is None:
-        pytest.skip("no softdec-hf-quickstart section in docs_quickstart.md or README.md")
     assert len(blocks) >= 7
     scope = {}
     for code in blocks:
