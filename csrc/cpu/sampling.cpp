@@ -19,6 +19,7 @@
 // results (argmax states, candidate lists, maxima) are merged.
 #include "../common.h"
 #include "../dispatch.h"
+#include "../sampling_checks.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 
@@ -54,21 +55,6 @@ struct RowPlan {
   int64_t id = 0;
   bool valid = false;
 };
-
-void check_sample_params(const Tensor& logits, const Tensor& temperature, const Tensor& top_k,
-                         const Tensor& top_p, const Tensor& min_p, const Tensor& seed,
-                         const Tensor& offset) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
-  const int64_t B = logits.size(0);
-  check_per_row(temperature, "temperature", B, ScalarType::Float, logits, "logits");
-  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
-  check_per_row(top_p, "top_p", B, ScalarType::Float, logits, "logits");
-  check_per_row(min_p, "min_p", B, ScalarType::Float, logits, "logits");
-  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
-  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
-}
 
 void check_row_values(const float* t, const int64_t* k, const float* p, const float* mp, int64_t B) {
   for (int64_t r = 0; r < B; ++r) {
@@ -269,10 +255,8 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
 
 std::tuple<Tensor, Tensor> sample_cpu(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p,
                                       Tensor min_p, Tensor seed, Tensor offset) {
-  check_sample_params(logits, temperature, top_k, top_p, min_p, seed, offset);
+  sampling_checks::check_sample_args(logits, temperature, top_k, top_p, min_p, seed, offset);
   const int64_t B = logits.size(0), V = logits.size(1);
-  SOFTDEC_CHECK(V >= 1 || B == 0, "logits must have at least one column (vocab >= 1), got shape ",
-                shape_str(logits));
   const float* t = temperature.const_data_ptr<float>();
   const int64_t* k = top_k.const_data_ptr<int64_t>();
   const float* tp = top_p.const_data_ptr<float>();
@@ -409,14 +393,10 @@ void scale_store(const float* e, int64_t lo, int64_t hi, float scale, T* out) {
   for (int64_t i = lo; i < hi; ++i) out[i] = static_cast<T>(e[i] * scale);
 }
 
+// The shared tensor checks, then the tau values (CPU tensors: read directly).
 void check_tau(const Tensor& logits, const Tensor& tau, const Tensor& seed, const Tensor& offset) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
+  sampling_checks::check_gumbel_args(logits, tau, seed, offset);
   const int64_t B = logits.size(0);
-  check_per_row(tau, "tau", B, ScalarType::Float, logits, "logits");
-  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
-  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
   const float* t = tau.const_data_ptr<float>();
   for (int64_t r = 0; r < B; ++r)
     SOFTDEC_CHECK(t[r] > 0.0f && t[r] < kInf, "tau must be a finite value > 0, got ", t[r], " at row ", r);
@@ -494,8 +474,8 @@ std::tuple<Tensor, Tensor> gumbel_softmax_cpu(Tensor logits, Tensor tau, Tensor 
 std::tuple<Tensor, Tensor> gumbel_softmax_topk_cpu(Tensor logits, Tensor tau, int64_t k, Tensor seed,
                                                    Tensor offset) {
   check_tau(logits, tau, seed, offset);
+  sampling_checks::check_gumbel_topk_k(logits, k);
   const int64_t B = logits.size(0), V = logits.size(1);
-  SOFTDEC_CHECK(k >= 1 && (k <= V || B == 0), "k must be in [1, vocab] = [1, ", V, "], got ", k);
   Tensor ids = new_empty(logits, {B, k}, ScalarType::Long);
   Tensor w = new_empty(logits, {B, k}, ScalarType::Float);
   if (B == 0) return {w, ids};
@@ -548,11 +528,8 @@ std::tuple<Tensor, Tensor> gumbel_softmax_topk_cpu(Tensor logits, Tensor tau, in
 // ------------------------------------------------------------------ filter ops
 
 Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
+  sampling_checks::check_top_k_mask_args(logits, top_k);
   const int64_t B = logits.size(0), V = logits.size(1);
-  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
   const int64_t* kp = top_k.const_data_ptr<int64_t>();
   check_row_values(nullptr, kp, nullptr, nullptr, B);
   Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
@@ -607,11 +584,8 @@ Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
 
 template <bool kTopP>
 Tensor renorm_probs_cpu(Tensor probs, Tensor param, const char* pname) {
-  check_dim(probs, "probs", 2, "(batch, vocab)");
-  check_float(probs, "probs");
-  check_last_contiguous(probs, "probs");
+  sampling_checks::check_renorm_args(probs, param, pname);
   const int64_t B = probs.size(0), V = probs.size(1);
-  check_per_row(param, pname, B, ScalarType::Float, probs, "probs");
   const float* pp = param.const_data_ptr<float>();
   if (kTopP) check_row_values(nullptr, nullptr, pp, nullptr, B);
   else check_row_values(nullptr, nullptr, nullptr, pp, B);

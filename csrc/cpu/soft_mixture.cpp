@@ -19,6 +19,7 @@
 // (V, D) gradient; rows grouped by token id so no two threads write one row).
 #include "../common.h"
 #include "../dispatch.h"
+#include "../soft_mixture_checks.h"
 #include "softdec/soft_mixture.h"
 
 #include <algorithm>
@@ -241,43 +242,6 @@ void gather_block(const emb_t* E, int64_t sE, const int64_t* ids, const w_t* w, 
 }
 
 // ------------------------------------------------------------------ checks
-void check_forward_inputs(const Tensor& logits, const Tensor& embedding, const Tensor& temperature,
-                          const Tensor& top_k, const Tensor& top_p, const Tensor& min_p,
-                          const Tensor& seed, const Tensor& offset, int64_t k, int64_t noise,
-                          double tau, double dirichlet_alpha) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");
-  check_dim(embedding, "embedding", 2, "(vocab, dim)");
-  SOFTDEC_CHECK(is_float_dtype(logits.scalar_type()) || logits.scalar_type() == ScalarType::Double,
-                "logits must be float32, bfloat16, float16 or float64, got ",
-                dtype_name(logits.scalar_type()));
-  SOFTDEC_CHECK(
-      is_float_dtype(embedding.scalar_type()) || embedding.scalar_type() == ScalarType::Double,
-      "embedding must be float32, bfloat16, float16 or float64, got ",
-      dtype_name(embedding.scalar_type()));
-  check_same_device(logits, "logits", embedding, "embedding");
-  SOFTDEC_CHECK(logits.size(1) >= 1, "logits must have at least one column (vocab), got shape ",
-                shape_str(logits));
-  SOFTDEC_CHECK(embedding.size(0) == logits.size(1),
-                "embedding must have as many rows as logits has columns (", logits.size(1),
-                "), got ", embedding.size(0));
-  check_last_contiguous(logits, "logits");
-  check_last_contiguous(embedding, "embedding");
-  const int64_t B = logits.size(0);
-  check_per_row(temperature, "temperature", B, ScalarType::Double, logits, "logits");
-  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
-  check_per_row(top_p, "top_p", B, ScalarType::Double, logits, "logits");
-  check_per_row(min_p, "min_p", B, ScalarType::Double, logits, "logits");
-  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
-  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
-  SOFTDEC_CHECK(k >= 1 && k <= soft::kMaxTopK, "k (the output width, max top_k) must be in [1, ",
-                soft::kMaxTopK, "], got ", k);
-  SOFTDEC_CHECK(noise >= 0 && noise <= 2, "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got ",
-                noise);
-  SOFTDEC_CHECK(tau > 0 && std::isfinite(tau), "tau must be > 0, got ", tau);
-  SOFTDEC_CHECK(dirichlet_alpha > 0 && std::isfinite(dirichlet_alpha),
-                "dirichlet_alpha must be > 0, got ", dirichlet_alpha);
-}
-
 // Per-row values (CPU tensors: read directly).
 void check_row_values(int64_t B, const double* T, const int64_t* K, const double* P,
                       const double* M, int64_t k) {
@@ -384,8 +348,9 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
                       Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int64_t k,
                       int64_t noise, double tau, double noise_scale, double dirichlet_alpha,
                       double embed_scale) {
-  check_forward_inputs(logits, embedding, temperature, top_k, top_p, min_p, seed, offset, k, noise,
-                       tau, dirichlet_alpha);
+  soft_mixture_checks::check_forward_inputs(logits, embedding, temperature, top_k, top_p, min_p, seed,
+                                            offset, k, noise, tau, dirichlet_alpha,
+                                            soft_mixture_checks::Backend::kCpu);
   const int64_t B = logits.size(0), D = embedding.size(1);
   const bool f64 = logits.scalar_type() == ScalarType::Double;
   const ScalarType acc = f64 ? ScalarType::Double : ScalarType::Float;
@@ -541,16 +506,13 @@ Tensor soft_mixture_backward_cpu(Tensor grad_embeds, Tensor grad_weights, Tensor
                                  Tensor embedding, Tensor temperature, Tensor ids, Tensor weights,
                                  Tensor lse, Tensor entropy, Tensor max_prob, Tensor valid,
                                  Tensor nkept, int64_t noise, double tau, double embed_scale) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");
-  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  soft_mixture_checks::check_backward_inputs(logits, embedding);
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1);
   const int64_t k = ids.size(1);
   const ScalarType acc = weights.scalar_type();
   SOFTDEC_ASSERT(grad_embeds.scalar_type() == acc && grad_weights.scalar_type() == acc);
   SOFTDEC_ASSERT(grad_embeds.size(0) == B && grad_embeds.size(1) == D);
   SOFTDEC_ASSERT(grad_weights.size(1) == k && grad_noisy.size(1) == k);
-  check_last_contiguous(logits, "logits");
-  check_last_contiguous(embedding, "embedding");
   Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
   if (B == 0) return out;
   SM_DISPATCH(logits.scalar_type(), "logits", scalar_t, [&] {

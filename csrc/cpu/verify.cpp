@@ -10,6 +10,7 @@
 // out, and the k entries are raced separately (no dense q).
 #include "../common.h"
 #include "../dispatch.h"
+#include "../verify_checks.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 #include "softdec/verify.h"
@@ -907,82 +908,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cpu(
     std::optional<Tensor> neighbours, int64_t method, Tensor temperature, Tensor top_k, Tensor top_p,
     Tensor min_p, double posterior_threshold, double posterior_alpha, double delta, Tensor seed,
     Tensor offset) {
-  check_dim(target_logits, "target_logits", 3, "(batch, K+1, vocab)");
-  check_float(target_logits, "target_logits");
-  check_last_contiguous(target_logits, "target_logits");
-  const int64_t B = target_logits.size(0), K1 = target_logits.size(1), V = target_logits.size(2);
-  SOFTDEC_CHECK(K1 >= 1, "target_logits must have K+1 >= 1 positions, got shape ", shape_str(target_logits));
-  SOFTDEC_CHECK(V >= 1 && V < (int64_t(1) << 31), "target_logits must have a vocabulary in [1, 2^31), got ", V);
-  const int64_t K = K1 - 1;
-  SOFTDEC_CHECK(method >= 0 && method <= 4, "method must be in [0, 4], got ", method);
-  check_dim(draft_ids, "draft_ids", 2, "(batch, K)");
-  check_dtype(draft_ids, "draft_ids", ScalarType::Long);
-  SOFTDEC_CHECK(draft_ids.size(0) == B && draft_ids.size(1) == K, "draft_ids must have shape (", B, ", ", K,
-                ") to match target_logits ", shape_str(target_logits), ", got ", shape_str(draft_ids));
-  SOFTDEC_CHECK(draft_ids.numel() == 0 || (draft_ids.stride(1) == 1 && draft_ids.stride(0) == K),
-                "draft_ids must be contiguous");
-  check_per_row(num_draft, "num_draft", B, ScalarType::Long, target_logits, "target_logits");
-  check_per_row(temperature, "temperature", B, ScalarType::Float, target_logits, "target_logits");
-  check_per_row(top_k, "top_k", B, ScalarType::Long, target_logits, "target_logits");
-  check_per_row(top_p, "top_p", B, ScalarType::Float, target_logits, "target_logits");
-  check_per_row(min_p, "min_p", B, ScalarType::Float, target_logits, "target_logits");
-  check_per_row(seed, "seed", B, ScalarType::Long, target_logits, "target_logits");
-  check_per_row(offset, "offset", B, ScalarType::Long, target_logits, "target_logits");
+  const verify_checks::VerifyArgs a = verify_checks::check_verify_args(
+      target_logits, draft_ids, num_draft, draft_probs, sparse_ids, sparse_weights, neighbours, method,
+      temperature, top_k, top_p, min_p, seed, offset);
+  const int64_t B = a.B, K1 = a.K1, K = a.K, V = a.V;
   Params P;
-  P.method = static_cast<int32_t>(method);
-  P.V = V;
-  P.K = K;
-  P.post_thr = static_cast<float>(posterior_threshold);
-  P.post_alpha = static_cast<float>(posterior_alpha);
-  P.delta = static_cast<float>(delta);
-  SOFTDEC_CHECK(sparse_ids.has_value() == sparse_weights.has_value(),
-                "sparse draft ids and weights must be given together");
-  SOFTDEC_CHECK(!(draft_probs.has_value() && sparse_ids.has_value()),
-                "give either dense draft_probs or sparse draft ids/weights, not both");
-  P.kind = draft_probs.has_value() ? verify::kDense : (sparse_ids.has_value() ? verify::kSparse : verify::kOneHot);
-  if (P.kind == verify::kDense) {
-    const Tensor& d = *draft_probs;
-    check_dim(d, "draft_probs", 3, "(batch, K, vocab)");
-    check_float(d, "draft_probs");
-    check_same_device(target_logits, "target_logits", d, "draft_probs");
-    SOFTDEC_CHECK(d.size(0) == B && d.size(1) == K && d.size(2) == V, "draft_probs must have shape (", B, ", ",
-                  K, ", ", V, ") to match target_logits, got ", shape_str(d));
-    check_last_contiguous(d, "draft_probs");
-    SOFTDEC_CHECK(d.scalar_type() == target_logits.scalar_type() || d.scalar_type() == ScalarType::Float,
-                  "draft_probs must be float32 or the dtype of target_logits (",
-                  dtype_name(target_logits.scalar_type()), "), got ", dtype_name(d.scalar_type()));
-  }
-  if (P.kind == verify::kSparse) {
-    const Tensor& si = *sparse_ids;
-    const Tensor& sw = *sparse_weights;
-    check_dim(si, "draft_probs ids", 3, "(batch, K, k)");
-    check_dtype(si, "draft_probs ids", ScalarType::Long);
-    check_dtype(sw, "draft_probs weights", ScalarType::Float);
-    SOFTDEC_CHECK(si.size(0) == B && si.size(1) == K && si.size(2) >= 1, "draft_probs ids must have shape (", B,
-                  ", ", K, ", k >= 1), got ", shape_str(si));
-    SOFTDEC_CHECK(sw.dim() == 3 && sw.size(0) == B && sw.size(1) == K && sw.size(2) == si.size(2),
-                  "draft_probs weights must have the shape of its ids ", shape_str(si), ", got ", shape_str(sw));
-    SOFTDEC_CHECK(si.numel() == 0 || (si.stride(2) == 1 && si.stride(1) == si.size(2) && si.stride(0) == K * si.size(2)),
-                  "draft_probs ids must be contiguous");
-    SOFTDEC_CHECK(sw.numel() == 0 || (sw.stride(2) == 1 && sw.stride(1) == sw.size(2) && sw.stride(0) == K * sw.size(2)),
-                  "draft_probs weights must be contiguous");
-    check_same_device(target_logits, "target_logits", si, "draft_probs ids");
-    check_same_device(target_logits, "target_logits", sw, "draft_probs weights");
-    P.ks = si.size(2);
-  }
-  SOFTDEC_CHECK(P.method != verify::kSoft || P.kind == verify::kSparse,
-                "method 'soft' needs sparse draft ids and weights");
-  if (P.method == verify::kRelaxed) {
-    SOFTDEC_CHECK(neighbours.has_value(), "method 'relaxed' needs neighbours, a (vocab, m) int64 tensor");
-    const Tensor& nb = *neighbours;
-    check_dim(nb, "neighbours", 2, "(vocab, m)");
-    check_dtype(nb, "neighbours", ScalarType::Long);
-    SOFTDEC_CHECK(nb.size(0) == V, "neighbours must have one row per vocabulary entry (", V, "), got shape ",
-                  shape_str(nb));
-    SOFTDEC_CHECK(nb.numel() == 0 || (nb.stride(1) == 1 && nb.stride(0) == nb.size(1)), "neighbours must be contiguous");
-    check_same_device(target_logits, "target_logits", nb, "neighbours");
-    P.nb_m = nb.size(1);
-  }
+  verify_checks::pack_params(P, a, posterior_threshold, posterior_alpha, delta);
 
   const int64_t ks_out = P.method == verify::kSoft ? P.ks : 0;
   Tensor tokens = new_empty(target_logits, {B, K1}, ScalarType::Long);

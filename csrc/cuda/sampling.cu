@@ -15,6 +15,7 @@
 // Filter ops: one block per row with the same radix selection.
 #include "cuda_common.cuh"
 #include "../dispatch.h"
+#include "../sampling_checks.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 
@@ -500,18 +501,8 @@ int sm_count(int device) {
 
 std::tuple<Tensor, Tensor> sample_cuda(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p,
                                        Tensor min_p, Tensor seed, Tensor offset) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");  // (batch, vocab)
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
+  sampling_checks::check_sample_args(logits, temperature, top_k, top_p, min_p, seed, offset);
   const int64_t B = logits.size(0), V = logits.size(1);
-  check_per_row(temperature, "temperature", B, ScalarType::Float, logits, "logits");
-  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
-  check_per_row(top_p, "top_p", B, ScalarType::Float, logits, "logits");
-  check_per_row(min_p, "min_p", B, ScalarType::Float, logits, "logits");
-  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
-  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
-  SOFTDEC_CHECK(V >= 1 || B == 0, "logits must have at least one column (vocab >= 1), got shape ",
-                shape_str(logits));
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
   Tensor ids = new_empty(logits, {B}, ScalarType::Long);
   Tensor valid = new_empty(logits, {B}, ScalarType::Bool);
@@ -617,18 +608,8 @@ __global__ void __launch_bounds__(kThreads) gumbel_softmax_kernel(const T* __res
   }
 }
 
-void check_tau_cuda(const Tensor& logits, const Tensor& tau, const Tensor& seed, const Tensor& offset) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
-  const int64_t B = logits.size(0);
-  check_per_row(tau, "tau", B, ScalarType::Float, logits, "logits");
-  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
-  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
-}
-
 std::tuple<Tensor, Tensor> gumbel_softmax_cuda(Tensor logits, Tensor tau, Tensor seed, Tensor offset) {
-  check_tau_cuda(logits, tau, seed, offset);
+  sampling_checks::check_gumbel_args(logits, tau, seed, offset);
   const int64_t B = logits.size(0), V = logits.size(1);
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
   Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
@@ -744,9 +725,9 @@ __global__ void __launch_bounds__(kThreads) gumbel_topk_kernel(const T* __restri
 
 std::tuple<Tensor, Tensor> gumbel_softmax_topk_cuda(Tensor logits, Tensor tau, int64_t k, Tensor seed,
                                                     Tensor offset) {
-  check_tau_cuda(logits, tau, seed, offset);
+  sampling_checks::check_gumbel_args(logits, tau, seed, offset);
+  sampling_checks::check_gumbel_topk_k(logits, k);
   const int64_t B = logits.size(0), V = logits.size(1);
-  SOFTDEC_CHECK(k >= 1 && (k <= V || B == 0), "k must be in [1, vocab] = [1, ", V, "], got ", k);
   SOFTDEC_CHECK(k <= kMaxSortK, "k must be <= ", kMaxSortK, " on CUDA, got ", k);
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
   Tensor w = new_empty(logits, {B, k}, ScalarType::Float);
@@ -852,11 +833,8 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(const T* __restrict__ 
 }
 
 Tensor top_k_mask_logits_cuda(Tensor logits, Tensor top_k) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
+  sampling_checks::check_top_k_mask_args(logits, top_k);
   const int64_t B = logits.size(0), V = logits.size(1);
-  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
   Tensor out = new_empty(logits, {B, V}, logits.scalar_type());
   if (B == 0 || V == 0) return out;
@@ -872,11 +850,8 @@ Tensor top_k_mask_logits_cuda(Tensor logits, Tensor top_k) {
 
 template <bool kTopP>
 Tensor renorm_cuda(Tensor probs, Tensor param, const char* pname) {
-  check_dim(probs, "probs", 2, "(batch, vocab)");
-  check_float(probs, "probs");
-  check_last_contiguous(probs, "probs");
+  sampling_checks::check_renorm_args(probs, param, pname);
   const int64_t B = probs.size(0), V = probs.size(1);
-  check_per_row(param, pname, B, ScalarType::Float, probs, "probs");
   torch::stable::accelerator::DeviceGuard guard(probs.get_device_index());
   Tensor out = new_empty(probs, {B, V}, probs.scalar_type());
   if (B == 0 || V == 0) return out;

@@ -17,6 +17,7 @@
 //    gradient is written row by row by the first (row, slot) pair of each id.
 #include "cuda_common.cuh"
 #include "../dispatch.h"
+#include "../soft_mixture_checks.h"
 #include "softdec/soft_mixture.h"
 
 #include <cfloat>
@@ -340,38 +341,10 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
                        Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int64_t k,
                        int64_t noise, double tau, double noise_scale, double dirichlet_alpha,
                        double embed_scale) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");
-  check_dim(embedding, "embedding", 2, "(vocab, dim)");
-  SOFTDEC_CHECK(is_float_dtype(logits.scalar_type()) || logits.scalar_type() == ScalarType::Double,
-                "logits must be float32, bfloat16, float16 or float64, got ",
-                dtype_name(logits.scalar_type()));
-  SOFTDEC_CHECK(
-      is_float_dtype(embedding.scalar_type()) || embedding.scalar_type() == ScalarType::Double,
-      "embedding must be float32, bfloat16, float16 or float64, got ",
-      dtype_name(embedding.scalar_type()));
-  check_same_device(logits, "logits", embedding, "embedding");
-  SOFTDEC_CHECK(logits.size(1) >= 1, "logits must have at least one column (vocab), got shape ",
-                shape_str(logits));
-  SOFTDEC_CHECK(embedding.size(0) == logits.size(1),
-                "embedding must have as many rows as logits has columns (", logits.size(1),
-                "), got ", embedding.size(0));
-  SOFTDEC_CHECK(logits.size(1) < INT32_MAX, "logits must have fewer than 2^31 columns, got ",
-                logits.size(1));
-  check_last_contiguous(logits, "logits");
-  check_last_contiguous(embedding, "embedding");
+  soft_mixture_checks::check_forward_inputs(logits, embedding, temperature, top_k, top_p, min_p, seed,
+                                            offset, k, noise, tau, dirichlet_alpha,
+                                            soft_mixture_checks::Backend::kCuda);
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1);
-  check_per_row(temperature, "temperature", B, ScalarType::Double, logits, "logits");
-  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
-  check_per_row(top_p, "top_p", B, ScalarType::Double, logits, "logits");
-  check_per_row(min_p, "min_p", B, ScalarType::Double, logits, "logits");
-  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
-  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
-  SOFTDEC_CHECK(k >= 1 && k <= soft::kMaxTopK, "k (the output width, max top_k) must be in [1, ",
-                soft::kMaxTopK, "], got ", k);
-  SOFTDEC_CHECK(noise >= 0 && noise <= 2,
-                "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got ", noise);
-  SOFTDEC_CHECK(tau > 0, "tau must be > 0, got ", tau);
-  SOFTDEC_CHECK(dirichlet_alpha > 0, "dirichlet_alpha must be > 0, got ", dirichlet_alpha);
   // Per-row values (top_k in [1, k], top_p in (0, 1], ...) are checked by the
   // Python wrapper; reading them here would synchronise the stream.
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
@@ -604,10 +577,7 @@ Tensor soft_mixture_backward_cuda(Tensor grad_embeds, Tensor grad_weights, Tenso
                                   Tensor embedding, Tensor temperature, Tensor ids, Tensor weights,
                                   Tensor lse, Tensor entropy, Tensor max_prob, Tensor valid,
                                   Tensor nkept, int64_t noise, double tau, double embed_scale) {
-  check_dim(logits, "logits", 2, "(batch, vocab)");
-  check_dim(embedding, "embedding", 2, "(vocab, dim)");
-  check_last_contiguous(logits, "logits");
-  check_last_contiguous(embedding, "embedding");
+  soft_mixture_checks::check_backward_inputs(logits, embedding);
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1), k = ids.size(1);
   Tensor out = new_empty(logits, {B, V}, logits.scalar_type());

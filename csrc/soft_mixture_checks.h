@@ -1,0 +1,75 @@
+// Input checks of the soft_mixture ops, shared by the CPU and CUDA entry
+// points (the only layer that touches torch tensors). Per-row *values*
+// (top_k in [1, k], top_p in (0, 1], ...) are read only on CPU; the CUDA path
+// leaves them to the Python wrapper (reading them would synchronise the stream).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "common.h"
+#include "softdec/soft_mixture.h"
+
+namespace softdec {
+namespace soft_mixture_checks {
+
+enum class Backend { kCpu, kCuda };
+
+// Tensor and scalar arguments of soft_mixture (forward). The two backends
+// differ in exactly two places, kept as they were:
+//  - CUDA also limits the vocabulary to < 2^31 columns (32-bit indexing);
+//  - CPU also rejects non-finite tau / dirichlet_alpha (the Python wrapper
+//    rejects them for both backends before the op is called).
+inline void check_forward_inputs(const Tensor& logits, const Tensor& embedding, const Tensor& temperature,
+                                 const Tensor& top_k, const Tensor& top_p, const Tensor& min_p,
+                                 const Tensor& seed, const Tensor& offset, int64_t k, int64_t noise,
+                                 double tau, double dirichlet_alpha, Backend backend) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  SOFTDEC_CHECK(is_float_dtype(logits.scalar_type()) || logits.scalar_type() == ScalarType::Double,
+                "logits must be float32, bfloat16, float16 or float64, got ",
+                dtype_name(logits.scalar_type()));
+  SOFTDEC_CHECK(
+      is_float_dtype(embedding.scalar_type()) || embedding.scalar_type() == ScalarType::Double,
+      "embedding must be float32, bfloat16, float16 or float64, got ",
+      dtype_name(embedding.scalar_type()));
+  check_same_device(logits, "logits", embedding, "embedding");
+  SOFTDEC_CHECK(logits.size(1) >= 1, "logits must have at least one column (vocab), got shape ",
+                shape_str(logits));
+  SOFTDEC_CHECK(embedding.size(0) == logits.size(1),
+                "embedding must have as many rows as logits has columns (", logits.size(1),
+                "), got ", embedding.size(0));
+  if (backend == Backend::kCuda) {
+    SOFTDEC_CHECK(logits.size(1) < INT32_MAX, "logits must have fewer than 2^31 columns, got ",
+                  logits.size(1));
+  }
+  check_last_contiguous(logits, "logits");
+  check_last_contiguous(embedding, "embedding");
+  const int64_t B = logits.size(0);
+  check_per_row(temperature, "temperature", B, ScalarType::Double, logits, "logits");
+  check_per_row(top_k, "top_k", B, ScalarType::Long, logits, "logits");
+  check_per_row(top_p, "top_p", B, ScalarType::Double, logits, "logits");
+  check_per_row(min_p, "min_p", B, ScalarType::Double, logits, "logits");
+  check_per_row(seed, "seed", B, ScalarType::Long, logits, "logits");
+  check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
+  SOFTDEC_CHECK(k >= 1 && k <= soft::kMaxTopK, "k (the output width, max top_k) must be in [1, ",
+                soft::kMaxTopK, "], got ", k);
+  SOFTDEC_CHECK(noise >= 0 && noise <= 2, "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got ",
+                noise);
+  const bool skip_finite = backend == Backend::kCuda;  // CUDA: no finiteness check (see above)
+  SOFTDEC_CHECK(tau > 0 && (skip_finite || std::isfinite(tau)), "tau must be > 0, got ", tau);
+  SOFTDEC_CHECK(dirichlet_alpha > 0 && (skip_finite || std::isfinite(dirichlet_alpha)),
+                "dirichlet_alpha must be > 0, got ", dirichlet_alpha);
+}
+
+// (logits, embedding) of soft_mixture_backward; the other tensors come from
+// the forward's outputs (internal op, called by the autograd formula).
+inline void check_backward_inputs(const Tensor& logits, const Tensor& embedding) {
+  check_dim(logits, "logits", 2, "(batch, vocab)");
+  check_dim(embedding, "embedding", 2, "(vocab, dim)");
+  check_last_contiguous(logits, "logits");
+  check_last_contiguous(embedding, "embedding");
+}
+
+}  // namespace soft_mixture_checks
+}  // namespace softdec
