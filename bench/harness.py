@@ -47,9 +47,17 @@ def measure(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 3,
     """Time ``fn()``: ``warmup`` untimed calls, then at least ``min_reps`` timed
     calls and until ``min_time_s`` has passed (at most ``max_reps`` calls or
     ``max_time_s``). Returns median and p20/p80 in milliseconds."""
-    for _ in range(warmup):
-        fn()
+    # Warm-up: the first call (compilation, allocation) always; more calls up to
+    # ``warmup`` while they fit in half the time budget (slow baselines get one).
+    t_w = time.perf_counter()
+    fn()
     _sync(device)
+    first = time.perf_counter() - t_w
+    for _ in range(warmup - 1):
+        if time.perf_counter() - t_w + first > max_time_s / 2:
+            break
+        fn()
+        _sync(device)
     times = []
     t_start = time.perf_counter()
     while True:
