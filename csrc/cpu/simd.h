@@ -221,17 +221,8 @@ inline __m512i mullo32(__m512i a, __m512i m) {
   return _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
 }
 
-// Uniforms of stream elements [64 g, 64 g + 64) in element order (4 x 16).
-inline void philox_group(uint64_t seed, uint64_t offset, uint64_t first_block, __m512 out[4]) {
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  // block indices first_block + j; the high word only changes past 2^32 blocks
-  const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), lane);
-  const __mmask16 carry = _mm512_cmp_epu32_mask(lo, _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), _MM_CMPINT_LT);
-  __m512i c0 = lo;
-  __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(first_block >> 32)), carry,
-                                     _mm512_set1_epi32(static_cast<int>(first_block >> 32)), _mm512_set1_epi32(1));
-  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
-  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
+// The ten Philox-4x32 rounds on 16 counters (c0..c3 in, bits out), key = seed.
+inline void philox_rounds(__m512i& c0, __m512i& c1, __m512i& c2, __m512i& c3, uint64_t seed) {
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
@@ -247,6 +238,20 @@ inline void philox_group(uint64_t seed, uint64_t offset, uint64_t first_block, _
     k0 += philox::kWeyl0;
     k1 += philox::kWeyl1;
   }
+}
+
+// Uniforms of stream elements [64 g, 64 g + 64) in element order (4 x 16).
+inline void philox_group(uint64_t seed, uint64_t offset, uint64_t first_block, __m512 out[4]) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  // block indices first_block + j; the high word only changes past 2^32 blocks
+  const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), lane);
+  const __mmask16 carry = _mm512_cmp_epu32_mask(lo, _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), _MM_CMPINT_LT);
+  __m512i c0 = lo;
+  __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(first_block >> 32)), carry,
+                                     _mm512_set1_epi32(static_cast<int>(first_block >> 32)), _mm512_set1_epi32(1));
+  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
+  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
+  philox_rounds(c0, c1, c2, c3, seed);
   // transpose lanes (block j, lane l) -> element 4 j + l
   const __m512i a01 = _mm512_unpacklo_epi32(c0, c1), b01 = _mm512_unpackhi_epi32(c0, c1);
   const __m512i a23 = _mm512_unpacklo_epi32(c2, c3), b23 = _mm512_unpackhi_epi32(c2, c3);
@@ -280,21 +285,7 @@ inline __m512 philox_at(uint64_t seed, uint64_t offset, const int64_t* idx) {
   __m512i c0 = _mm512_load_si512(lo), c1 = _mm512_load_si512(hi);
   __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
   __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
-  for (int r = 0; r < 10; ++r) {
-    const __m512i hi0 = mulhi32(c0, m0), lo0 = mullo32(c0, m0);
-    const __m512i hi1 = mulhi32(c2, m1), lo1 = mullo32(c2, m1);
-    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
-    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-    k0 += philox::kWeyl0;
-    k1 += philox::kWeyl1;
-  }
+  philox_rounds(c0, c1, c2, c3, seed);
   const __m512i lane = _mm512_load_si512(ln);
   __m512i bits = c0;
   bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(1)), c1);
