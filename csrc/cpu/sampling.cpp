@@ -177,7 +177,7 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
         const float lmp = filter::log_min_p_of(p.min_p);
         Best b;
         int64_t j = 0;
-#if SOFTDEC_SAMPLING_AVX512
+#if SOFTDEC_SIMD_AVX512
         // 16 candidates at a time: their Philox blocks, noise and keys in vectors
         alignas(64) float cv[16];
         alignas(64) int64_t cix[16];
@@ -309,7 +309,7 @@ template <class T>
 void perturb_pass(const T* x, int64_t lo, int64_t hi, uint64_t seed, uint64_t offset, float* s,
                   Best& best, Flags& flags) {
   int64_t i = lo;
-#if SOFTDEC_SAMPLING_AVX512
+#if SOFTDEC_SIMD_AVX512
   const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 bkey = vninf;
@@ -364,7 +364,7 @@ void perturb_pass(const T* x, int64_t lo, int64_t hi, uint64_t seed, uint64_t of
 double exp_pass(float* s, int64_t lo, int64_t hi, float smax, float it) {
   int64_t i = lo;
   double total = 0.0;
-#if SOFTDEC_SAMPLING_AVX512
+#if SOFTDEC_SIMD_AVX512
   const __m512 vm = _mm512_set1_ps(smax), vit = _mm512_set1_ps(it);
   __m512 acc = _mm512_setzero_ps();
   int cnt = 0;
@@ -556,7 +556,7 @@ Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
         }
         const scalar_t ninf = static_cast<scalar_t>(-kInf);
         int64_t i0 = 0;
-#if SOFTDEC_SAMPLING_AVX512
+#if SOFTDEC_SIMD_AVX512
         if constexpr (std::is_same_v<scalar_t, float>) {
           // kept = not NaN and (x > cv or (x == cv and i <= ci)); the rest -> -inf
           const __m512 vcv = _mm512_set1_ps(cv), vni = _mm512_set1_ps(-kInf);

@@ -1,7 +1,6 @@
 // CPU building blocks of the sampling family, shared with other CPU kernels
-// (verification): vectorised passes over a row of logits, the AVX-512 Philox
-// stream and Gumbel noise (bit-identical to include/softdec/philox.h and
-// filter.h), the top-k candidate pass, the O(V) top-p cut, and
+// (verification): vectorised passes over a row of logits (built on simd.h's
+// AVX-512 loads, Philox stream and Gumbel noise), the top-k candidate pass, the O(V) top-p cut, and
 // fast_row_filter(): include/softdec/filter.h's RowFilter of a row, computed
 // with these passes (same kept set as filter::compute_row_filter).
 #pragma once
@@ -10,6 +9,7 @@
 #include "../dispatch.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -18,15 +18,12 @@
 #include <utility>
 #include <vector>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#include <immintrin.h>
-#define SOFTDEC_SAMPLING_AVX512 1
-#endif
-
 
 namespace softdec {
 namespace cpu {
 
+// The vector building blocks (loads, vlog/vexp, Philox, Gumbel) live in simd.h.
+using namespace ::softdec::simd;  // NOLINT
 using filter::RowFilter;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 // Largest Gumbel value the stream can produce: -log(-log(1 - 2^-24)) < 16.7.
@@ -34,10 +31,6 @@ constexpr float kGumbelMax = 16.7f;
 constexpr int64_t kGroup = 64;        // tokens per Philox group (16 blocks of 4)
 constexpr int64_t kSmallK = 2048;     // top-k candidate path up to this k
 constexpr int64_t kMinChunk = 16384;  // smallest vocabulary chunk per thread
-
-inline float to_float(float x) { return x; }
-inline float to_float(bf16 x) { return static_cast<float>(x); }
-inline float to_float(fp16 x) { return static_cast<float>(x); }
 
 // ------------------------------------------------------------------ argmax state
 
@@ -62,198 +55,6 @@ struct Flags {
     finite |= o.finite;
   }
 };
-
-// ------------------------------------------------------------------ AVX-512 kernels
-
-#if SOFTDEC_SAMPLING_AVX512
-
-template <class T>
-inline __m512 load16(const T* p);
-template <>
-inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
-template <>
-inline __m512 load16<bf16>(const bf16* p) {
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-template <>
-inline __m512 load16<fp16>(const fp16* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-
-// Masked load; lanes outside the mask read as -inf.
-template <class T>
-inline __m512 load16_mask(const T* p, __mmask16 k);
-template <>
-inline __m512 load16_mask<float>(const float* p, __mmask16 k) {
-  return _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), k, p);
-}
-template <>
-inline __m512 load16_mask<bf16>(const bf16* p, __mmask16 k) {
-  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
-  const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  return _mm512_mask_blend_ps(k, _mm512_set1_ps(-kInf), v);
-}
-template <>
-inline __m512 load16_mask<fp16>(const fp16* p, __mmask16 k) {
-  const __m512 v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, p));
-  return _mm512_mask_blend_ps(k, _mm512_set1_ps(-kInf), v);
-}
-
-// filter::flog, op for op (bit-identical).
-inline __m512 vlog(__m512 x) {
-  const __m512i b = _mm512_castps_si512(x);
-  __m512i e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(0xff)),
-                               _mm512_set1_epi32(127));
-  __m512 m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0x007fffff)),
-                                                 _mm512_set1_epi32(0x3f800000)));
-  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
-  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
-  e = _mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1));
-  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
-  const __m512 z = _mm512_mul_ps(f, f);
-  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.1514610310e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.1676998740e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.2420140846e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.4249322787e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.6668057665e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.0000714765e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4999993993e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3333331174e-1f));
-  const __m512 fe = _mm512_cvtepi32_ps(e);
-  y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
-  y = _mm512_fmadd_ps(fe, _mm512_set1_ps(-2.12194440e-4f), y);
-  y = _mm512_fmadd_ps(_mm512_set1_ps(-0.5f), z, y);
-  __m512 r = _mm512_add_ps(f, y);
-  r = _mm512_fmadd_ps(fe, _mm512_set1_ps(0.693359375f), r);
-  return r;
-}
-
-// filter::fexp, op for op (bit-identical), for x <= 88.
-inline __m512 vexp(__m512 x) {
-  const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_NGT_UQ);
-  x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
-  const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, r2, r);
-  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-  const __m512i ni = _mm512_cvtps_epi32(n);
-  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
-  return _mm512_maskz_mul_ps(static_cast<__mmask16>(~under), p, scale);
-}
-
-inline __m512i mulhi32(__m512i a, __m512i m) {
-  const __m512i pe = _mm512_mul_epu32(a, m);
-  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  return _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(pe, 32), po);
-}
-inline __m512i mullo32(__m512i a, __m512i m) {
-  const __m512i pe = _mm512_mul_epu32(a, m);
-  const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  return _mm512_mask_blend_epi32(0xAAAA, pe, _mm512_slli_epi64(po, 32));
-}
-
-// Uniforms of stream elements [64 g, 64 g + 64) in element order (4 x 16).
-inline void philox_group(uint64_t seed, uint64_t offset, uint64_t first_block, __m512 out[4]) {
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  // block indices first_block + j; the high word only changes past 2^32 blocks
-  const __m512i lo = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), lane);
-  const __mmask16 carry = _mm512_cmp_epu32_mask(lo, _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first_block))), _MM_CMPINT_LT);
-  __m512i c0 = lo;
-  __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(first_block >> 32)), carry,
-                                     _mm512_set1_epi32(static_cast<int>(first_block >> 32)), _mm512_set1_epi32(1));
-  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
-  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
-  for (int r = 0; r < 10; ++r) {
-    const __m512i hi0 = mulhi32(c0, m0), lo0 = mullo32(c0, m0);
-    const __m512i hi1 = mulhi32(c2, m1), lo1 = mullo32(c2, m1);
-    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
-    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-    k0 += philox::kWeyl0;
-    k1 += philox::kWeyl1;
-  }
-  // transpose lanes (block j, lane l) -> element 4 j + l
-  const __m512i a01 = _mm512_unpacklo_epi32(c0, c1), b01 = _mm512_unpackhi_epi32(c0, c1);
-  const __m512i a23 = _mm512_unpacklo_epi32(c2, c3), b23 = _mm512_unpackhi_epi32(c2, c3);
-  const __m512i w0 = _mm512_unpacklo_epi64(a01, a23), w1 = _mm512_unpackhi_epi64(a01, a23);
-  const __m512i w2 = _mm512_unpacklo_epi64(b01, b23), w3 = _mm512_unpackhi_epi64(b01, b23);
-  const __m512i P = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m512i Q = _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m512i R = _mm512_shuffle_i32x4(w0, w1, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m512i S = _mm512_shuffle_i32x4(w2, w3, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m512i e[4] = {_mm512_shuffle_i32x4(P, Q, _MM_SHUFFLE(2, 0, 2, 0)),
-                        _mm512_shuffle_i32x4(P, Q, _MM_SHUFFLE(3, 1, 3, 1)),
-                        _mm512_shuffle_i32x4(R, S, _MM_SHUFFLE(2, 0, 2, 0)),
-                        _mm512_shuffle_i32x4(R, S, _MM_SHUFFLE(3, 1, 3, 1))};
-  // ((bits >> 9) + 0.5) * 2^-23, exact
-  for (int q = 0; q < 4; ++q) {
-    const __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(e[q], 9));
-    out[q] = _mm512_mul_ps(_mm512_add_ps(f, _mm512_set1_ps(0.5f)), _mm512_set1_ps(1.0f / 8388608.0f));
-  }
-}
-
-// Uniforms of 16 arbitrary stream elements idx[0..16) (one Philox block each,
-// lane idx & 3 kept).
-inline __m512 philox_at(uint64_t seed, uint64_t offset, const int64_t* idx) {
-  alignas(64) uint32_t lo[16], hi[16], ln[16];
-  for (int j = 0; j < 16; ++j) {
-    const uint64_t b = static_cast<uint64_t>(idx[j]) >> 2;
-    lo[j] = static_cast<uint32_t>(b);
-    hi[j] = static_cast<uint32_t>(b >> 32);
-    ln[j] = static_cast<uint32_t>(idx[j] & 3);
-  }
-  __m512i c0 = _mm512_load_si512(lo), c1 = _mm512_load_si512(hi);
-  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
-  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(philox::kMul0));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(philox::kMul1));
-  for (int r = 0; r < 10; ++r) {
-    const __m512i hi0 = mulhi32(c0, m0), lo0 = mullo32(c0, m0);
-    const __m512i hi1 = mulhi32(c2, m1), lo1 = mullo32(c2, m1);
-    const __m512i n0 = _mm512_xor_si512(_mm512_xor_si512(hi1, c1), _mm512_set1_epi32(static_cast<int>(k0)));
-    const __m512i n2 = _mm512_xor_si512(_mm512_xor_si512(hi0, c3), _mm512_set1_epi32(static_cast<int>(k1)));
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-    k0 += philox::kWeyl0;
-    k1 += philox::kWeyl1;
-  }
-  const __m512i lane = _mm512_load_si512(ln);
-  __m512i bits = c0;
-  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(1)), c1);
-  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(2)), c2);
-  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(3)), c3);
-  const __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(bits, 9));
-  return _mm512_mul_ps(_mm512_add_ps(f, _mm512_set1_ps(0.5f)), _mm512_set1_ps(1.0f / 8388608.0f));
-}
-
-inline __m512 vgumbel(__m512 u) {
-  return _mm512_sub_ps(_mm512_setzero_ps(),
-                       vlog(_mm512_sub_ps(_mm512_setzero_ps(), vlog(u))));
-}
-
-inline float hmax(__m512 v) { return _mm512_reduce_max_ps(v); }
-
-#endif  // SOFTDEC_SAMPLING_AVX512
 
 // ------------------------------------------------------------------ the cut a noise pass honours
 
@@ -286,7 +87,7 @@ template <class T>
 void noise_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, uint64_t seed, uint64_t offset,
                 Best& best, Flags& flags) {
   int64_t i = lo;
-#if SOFTDEC_SAMPLING_AVX512
+#if SOFTDEC_SIMD_AVX512
   const __m512 vcv = _mm512_set1_ps(cut.cv), vm = _mm512_set1_ps(cut.m);
   const __m512 vit = _mm512_set1_ps(cut.it), vlmp = _mm512_set1_ps(cut.lmp);
   const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
@@ -393,7 +194,7 @@ void noise_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, uint64_t see
 template <class T>
 void stats_pass(const T* x, int64_t lo, int64_t hi, Best& best, Flags& flags) {
   int64_t i = lo;
-#if SOFTDEC_SAMPLING_AVX512
+#if SOFTDEC_SIMD_AVX512
   const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
   __m512 mx = vninf;
   bool nan = false;
@@ -465,7 +266,7 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
   };
   float thr = -kInf;
   int64_t i = lo;
-#if SOFTDEC_SAMPLING_AVX512
+#if SOFTDEC_SIMD_AVX512
   __mmask16 nanm = 0;
   __m512 vmax = _mm512_set1_ps(-kInf);
   alignas(64) float vals[64];
@@ -522,7 +323,7 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
 template <class T>
 void masses(const T* x, int64_t n, float m, float it, float* e) {
   int64_t j = 0;
-#if SOFTDEC_SAMPLING_AVX512
+#if SOFTDEC_SIMD_AVX512
   const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(it);
   for (; j + 16 <= n; j += 16)
     _mm512_storeu_ps(e + j, vexp(_mm512_mul_ps(_mm512_sub_ps(load16<T>(x + j), vm), vit)));

@@ -21,6 +21,7 @@
 #include "../dispatch.h"
 #include "../soft_mixture_checks.h"
 #include "softdec/soft_mixture.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -30,9 +31,6 @@
 #include <tuple>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 // float32 / bfloat16 / float16 and float64 (float64 for gradcheck).
 #define SM_DISPATCH(DTYPE, NAME, scalar_t, ...)                                              \
@@ -46,6 +44,8 @@
 
 namespace softdec {
 namespace {
+
+using namespace ::softdec::simd;  // NOLINT: load16, load16_mask, tail_mask
 
 using soft::SoftmaxState;
 
@@ -91,31 +91,7 @@ void scan_scalar(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold
   }
 }
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define SOFTDEC_SM_AVX512 1
-
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const bf16* p) {
-  const __m256i r = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16));
-}
-inline __m512 load16(const fp16* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-// The first n (< 16) values, -inf in the other lanes.
-inline __m512 load16_tail(const float* p, int n) {
-  return _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), static_cast<__mmask16>((1u << n) - 1), p);
-}
-inline __m512 load16_tail(const bf16* p, int n) {
-  const __m256i r = _mm256_mask_loadu_epi16(_mm256_set1_epi16(static_cast<short>(0xFF80)),
-                                            static_cast<__mmask16>((1u << n) - 1), p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16));
-}
-inline __m512 load16_tail(const fp16* p, int n) {
-  const __m256i r = _mm256_mask_loadu_epi16(_mm256_set1_epi16(static_cast<short>(0xFC00)),
-                                            static_cast<__mmask16>((1u << n) - 1), p);
-  return _mm512_cvtph_ps(r);
-}
+#if defined(SOFTDEC_SIMD_AVX512)
 
 // 2^x for x in [-217, ~0] (round to nearest, Taylor polynomial of degree 6 on
 // [-1/2, 1/2], ~1 ulp); scalef gives an exact 0 on underflow.
@@ -184,7 +160,7 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
   };
   int64_t v = v0;
   for (; v + 16 <= v1; v += 16) body(load16(row + v), v);
-  if (v < v1) body(load16_tail(row + v, static_cast<int>(v1 - v)), v);
+  if (v < v1) body(load16_mask(row + v, tail_mask(v1 - v)), v);  // -inf past the end
   if (badm) P.bad = true;
   if constexpr (!kCold) {
     alignas(64) float m[16], s[16], a[16];
@@ -199,7 +175,7 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
 
 template <typename scalar_t, typename acc_t>
 void scan(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold, int k, Part<acc_t>& P) {
-#if defined(SOFTDEC_SM_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
   if constexpr (std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, double>) {
     if (cold)
       scan_avx512<scalar_t, true>(row, v0, v1, t, k, P);
@@ -228,7 +204,7 @@ void gather_block(const emb_t* E, int64_t sE, const int64_t* ids, const w_t* w, 
     const acc_t wi = static_cast<acc_t>(w[i]);
     const emb_t* r = E + ids[i] * sE + d0;
     int64_t d = 0;
-#if defined(SOFTDEC_SM_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
     if constexpr (!kDouble) {
       const __m512 vw = _mm512_set1_ps(wi);
       for (; d + 16 <= n; d += 16)
@@ -401,7 +377,7 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
 }
 
 // ------------------------------------------------------------------ backward (logits)
-#if defined(SOFTDEC_SM_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
 // o[j] = t p_j (-gh (log p_j + H) - gm pm) for the float32 rows, 16 at a time,
 // with p_j = 2^((l_j t - lse) log2 e); returns the first index left to the
 // scalar tail.
@@ -446,7 +422,7 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
       const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b], ls = lse[b];
       if (gh != acc_t(0) || gm != acc_t(0)) {
         int64_t j0 = 0;
-#if defined(SOFTDEC_SM_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
         if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>) {
           j0 = dense_grad_avx512(L + b * sL, V, t, ls, gh, h, gm * pm, o);
         }

@@ -14,6 +14,7 @@
 #include "../dispatch.h"
 #include "softdec/attn_sparse.h"
 #include "attn_checks.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <atomic>
@@ -24,14 +25,12 @@
 #include <numeric>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 namespace softdec {
 namespace {
 
 using namespace attn_checks;
+using namespace ::softdec::simd;  // NOLINT: load16, load16_zero_tail
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -44,30 +43,6 @@ inline float tof(T x) {
 
 // ------------------------------------------------------------------ vector helpers
 #if defined(__AVX512F__)
-template <typename T>
-inline __m512 load16(const T* p);
-template <>
-inline __m512 load16<float>(const float* p) {
-  return _mm512_loadu_ps(p);
-}
-template <>
-inline __m512 load16<bf16>(const bf16* p) {
-  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
-}
-template <>
-inline __m512 load16<fp16>(const fp16* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-// First n (< 16) elements, zero-filled.
-template <typename T>
-inline __m512 load16_tail(const T* p, int64_t n) {
-  alignas(64) T tmp[16];
-  std::memset(static_cast<void*>(tmp), 0, sizeof(tmp));
-  std::memcpy(static_cast<void*>(tmp), p, n * sizeof(T));
-  return load16<T>(tmp);
-}
-
 // exp on 16 lanes: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, 2^n by
 // scalef. Relative error ~2e-7; exp(-inf) -> 0 (clamped to -104, scalef underflows).
 inline __m512 exp16(__m512 x) {
@@ -173,7 +148,7 @@ inline void dots(const float* q, int64_t qs, int64_t G, const T* k, int64_t d, f
       a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + 3 * qs + i), kv, a3);
     }
     if (i < d) {
-      const __m512 kv = load16_tail(k + i, d - i);
+      const __m512 kv = load16_zero_tail(k + i, d - i);
       a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + i), kv, a0);
       a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + qs + i), kv, a1);
       a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + 2 * qs + i), kv, a2);
@@ -189,7 +164,7 @@ inline void dots(const float* q, int64_t qs, int64_t G, const T* k, int64_t d, f
     __m512 a0 = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i < full; i += 16) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + i), load16(k + i), a0);
-    if (i < d) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + i), load16_tail(k + i, d - i), a0);
+    if (i < d) a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q0 + i), load16_zero_tail(k + i, d - i), a0);
     out[h] = _mm512_reduce_add_ps(a0);
   }
 #else
@@ -261,8 +236,8 @@ inline void page_bounds(const float* q, int64_t qs, int64_t G, const T* mn, cons
     for (int64_t h = 0; h < g; ++h) acc[h] = _mm512_setzero_ps();
     for (i = 0; i < d; i += 16) {
       const bool tail = i + 16 > d;
-      const __m512 a = tail ? load16_tail(mn + i, d - i) : load16(mn + i);
-      const __m512 b = tail ? load16_tail(mx + i, d - i) : load16(mx + i);
+      const __m512 a = tail ? load16_zero_tail(mn + i, d - i) : load16(mn + i);
+      const __m512 b = tail ? load16_zero_tail(mx + i, d - i) : load16(mx + i);
       for (int64_t h = 0; h < g; ++h) {
         // max(q mn, q mx) = q * (q > 0 ? mx : mn), as mx >= mn
         const __m512 qv = _mm512_loadu_ps(q + (h0 + h) * qs + i);

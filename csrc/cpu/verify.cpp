@@ -14,6 +14,7 @@
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 #include "softdec/verify.h"
+#include "simd.h"
 
 #include <algorithm>
 #include <cmath>
@@ -21,9 +22,6 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
-#include <immintrin.h>
-#endif
 
 namespace softdec {
 namespace {
@@ -32,182 +30,9 @@ using filter::RowFilter;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// ------------------------------------------------------------------ Philox, 64 uniforms at once
-// 16 Philox blocks, structure-of-arrays so the ten rounds vectorise (as csrc/cpu/philox.cpp).
-constexpr int kLanes = 16;
-constexpr int64_t kChunk = kLanes * 4;
-
-inline void philox_chunk(uint64_t seed, uint64_t offset, uint64_t first_block,
-                         float* SOFTDEC_RESTRICT out) {
-  uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
-  for (int j = 0; j < kLanes; ++j) {
-    const uint64_t b = first_block + j;
-    c0[j] = static_cast<uint32_t>(b);
-    c1[j] = static_cast<uint32_t>(b >> 32);
-    c2[j] = static_cast<uint32_t>(offset);
-    c3[j] = static_cast<uint32_t>(offset >> 32);
-  }
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r) {
-#pragma GCC ivdep
-    for (int j = 0; j < kLanes; ++j) {
-      const uint64_t p0 = static_cast<uint64_t>(philox::kMul0) * c0[j];
-      const uint64_t p1 = static_cast<uint64_t>(philox::kMul1) * c2[j];
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[j] ^ k0;
-      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[j] ^ k1;
-      c1[j] = static_cast<uint32_t>(p1);
-      c3[j] = static_cast<uint32_t>(p0);
-      c0[j] = n0;
-      c2[j] = n2;
-    }
-    k0 += philox::kWeyl0;
-    k1 += philox::kWeyl1;
-  }
-  for (int j = 0; j < kLanes; ++j) {
-    out[4 * j + 0] = philox::to_unit_float(c0[j]);
-    out[4 * j + 1] = philox::to_unit_float(c1[j]);
-    out[4 * j + 2] = philox::to_unit_float(c2[j]);
-    out[4 * j + 3] = philox::to_unit_float(c3[j]);
-  }
-}
-
-// ------------------------------------------------------------------ AVX-512 helpers
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-#define SOFTDEC_VERIFY_AVX512 1
-
-inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
-inline __m512 load16(const bf16* p, __mmask16 m) {
-  const __m256i h = _mm256_maskz_loadu_epi16(m, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-inline __m512 load16(const fp16* p, __mmask16 m) {
-  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
-}
-
-// filter::fexp, lane for lane (x <= 88; 0 at or below -87).
-inline __m512 vfexp(__m512 x) {
-  const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GT_OQ);
-  x = _mm512_min_ps(x, _mm512_set1_ps(88.0f));
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, r2, r);
-  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-  const __m512i ni = _mm512_cvttps_epi32(n);
-  const __m512 scale =
-      _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
-  return _mm512_maskz_mul_ps(small, p, scale);
-}
-
-// filter::flog for x in (0, 1], lane for lane.
-inline __m512 vflog(__m512 x) {
-  const __m512i b = _mm512_castps_si512(x);
-  __m512i e = _mm512_sub_epi32(_mm512_and_si512(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(0xff)),
-                               _mm512_set1_epi32(127));
-  __m512 m = _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(b, _mm512_set1_epi32(0x007fffff)),
-                                                 _mm512_set1_epi32(0x3f800000)));
-  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
-  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
-  e = _mm512_mask_add_epi32(e, big, e, _mm512_set1_epi32(1));
-  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
-  const __m512 z = _mm512_mul_ps(f, f);
-  __m512 y = _mm512_set1_ps(7.0376836292e-2f);
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.1514610310e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.1676998740e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.2420140846e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.4249322787e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-1.6668057665e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.0000714765e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(-2.4999993993e-1f));
-  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(3.3333331174e-1f));
-  const __m512 fe = _mm512_cvtepi32_ps(e);
-  y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
-  y = _mm512_fmadd_ps(fe, _mm512_set1_ps(-2.12194440e-4f), y);
-  y = _mm512_fmadd_ps(_mm512_set1_ps(-0.5f), z, y);
-  __m512 r = _mm512_add_ps(f, y);
-  r = _mm512_fmadd_ps(fe, _mm512_set1_ps(0.693359375f), r);
-  return r;
-}
-
-inline __mmask16 tail_mask(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1u);
-}
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-// AVX2 (x86-64-v3): 8 lanes, full vectors only; the scalar loops finish the tails.
-#define SOFTDEC_VERIFY_AVX2 1
-
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const bf16* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-inline __m256 load8(const fp16* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-
-// filter::fexp, lane for lane.
-inline __m256 vfexp8(__m256 x) {
-  const __m256 ok = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GT_OQ);
-  x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
-  const __m256 n = _mm256_floor_ps(t);
-  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693359375f), x);
-  r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, r2, r);
-  p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
-  const __m256i ni = _mm256_cvttps_epi32(n);
-  const __m256 scale =
-      _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(127)), 23));
-  return _mm256_and_ps(_mm256_mul_ps(p, scale), ok);
-}
-
-// filter::flog for x in (0, 1], lane for lane.
-inline __m256 vflog8(__m256 x) {
-  const __m256i b = _mm256_castps_si256(x);
-  __m256i e = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(b, 23), _mm256_set1_epi32(0xff)),
-                               _mm256_set1_epi32(127));
-  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(b, _mm256_set1_epi32(0x007fffff)),
-                                                 _mm256_set1_epi32(0x3f800000)));
-  const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356f), _CMP_GT_OQ);
-  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
-  e = _mm256_add_epi32(e, _mm256_and_si256(_mm256_castps_si256(big), _mm256_set1_epi32(1)));
-  const __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
-  const __m256 z = _mm256_mul_ps(f, f);
-  __m256 y = _mm256_set1_ps(7.0376836292e-2f);
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.1514610310e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.1676998740e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.2420140846e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(1.4249322787e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-1.6668057665e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(2.0000714765e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(-2.4999993993e-1f));
-  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(3.3333331174e-1f));
-  const __m256 fe = _mm256_cvtepi32_ps(e);
-  y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
-  y = _mm256_fmadd_ps(fe, _mm256_set1_ps(-2.12194440e-4f), y);
-  y = _mm256_fmadd_ps(_mm256_set1_ps(-0.5f), z, y);
-  __m256 r = _mm256_add_ps(f, y);
-  r = _mm256_fmadd_ps(fe, _mm256_set1_ps(0.693359375f), r);
-  return r;
-}
-#endif
+// Vector building blocks (loads, vexp/vlog, Philox) live in simd.h.
+using namespace ::softdec::simd;  // NOLINT
+constexpr int64_t kChunk = kPhiloxChunk;  // uniforms per philox_chunk call
 
 // ------------------------------------------------------------------ per-range passes
 
@@ -231,14 +56,14 @@ template <typename T>
 Stats stats_range(const T* x, int64_t lo, int64_t hi) {
   Stats s;
   int64_t i = lo;
-#if defined(SOFTDEC_VERIFY_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
   __m512 vm = _mm512_set1_ps(-kInf);
   __m512i vi = _mm512_set1_epi32(-1);
   __mmask16 nanm = 0;
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (; i < hi; i += 16) {
     const __mmask16 tm = tail_mask(hi - i);
-    const __m512 v = load16(x + i, tm);
+    const __m512 v = load16_maskz(x + i, tm);
     nanm |= _mm512_mask_cmp_ps_mask(tm, v, v, _CMP_UNORD_Q);
     const __mmask16 gt = _mm512_mask_cmp_ps_mask(tm, v, vm, _CMP_GT_OQ);
     vm = _mm512_mask_mov_ps(vm, gt, v);
@@ -259,7 +84,7 @@ Stats stats_range(const T* x, int64_t lo, int64_t hi) {
       s.any = true;
     }
   }
-#elif defined(SOFTDEC_VERIFY_AVX2)
+#elif defined(SOFTDEC_SIMD_AVX2)
   if (hi - i >= 8) {
     __m256 vm = _mm256_set1_ps(-kInf);
     __m256i vi = _mm256_set1_epi32(-1);
@@ -319,18 +144,18 @@ template <typename T, bool kEntropy>
 Mass mass_range(const T* x, int64_t lo, int64_t hi, const RowFilter& f) {
   Mass r;
   int64_t i = lo;
-#if defined(SOFTDEC_VERIFY_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
   const __m512 vm = _mm512_set1_ps(f.max_logit), vit = _mm512_set1_ps(f.inv_temp);
   const __m512 vlmp = _mm512_set1_ps(f.log_min_p), vninf = _mm512_set1_ps(-kInf);
   __m512d z0 = _mm512_setzero_pd(), z1 = _mm512_setzero_pd();
   __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
   for (; i < hi; i += 16) {
     const __mmask16 tm = tail_mask(hi - i);
-    const __m512 v = load16(x + i, tm);
+    const __m512 v = load16_maskz(x + i, tm);
     const __m512 sc = _mm512_mul_ps(_mm512_sub_ps(v, vm), vit);
     __mmask16 keep = _mm512_mask_cmp_ps_mask(tm, v, vninf, _CMP_GT_OQ);
     keep = _mm512_mask_cmp_ps_mask(keep, sc, vlmp, _CMP_GE_OQ);
-    const __m512 e = _mm512_maskz_mov_ps(keep, vfexp(sc));
+    const __m512 e = _mm512_maskz_mov_ps(keep, vexp(sc));
     z0 = _mm512_add_pd(z0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
     z1 = _mm512_add_pd(z1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
     if (kEntropy) {
@@ -341,7 +166,7 @@ Mass mass_range(const T* x, int64_t lo, int64_t hi, const RowFilter& f) {
   }
   r.z = _mm512_reduce_add_pd(_mm512_add_pd(z0, z1));
   if (kEntropy) r.s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-#elif defined(SOFTDEC_VERIFY_AVX2)
+#elif defined(SOFTDEC_SIMD_AVX2)
   {
     const __m256 vm = _mm256_set1_ps(f.max_logit), vit = _mm256_set1_ps(f.inv_temp);
     const __m256 vlmp = _mm256_set1_ps(f.log_min_p), vninf = _mm256_set1_ps(-kInf);
@@ -351,7 +176,7 @@ Mass mass_range(const T* x, int64_t lo, int64_t hi, const RowFilter& f) {
       const __m256 v = load8(x + i);
       const __m256 sc = _mm256_mul_ps(_mm256_sub_ps(v, vm), vit);
       const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(v, vninf, _CMP_GT_OQ), _mm256_cmp_ps(sc, vlmp, _CMP_GE_OQ));
-      const __m256 e = _mm256_and_ps(vfexp8(sc), keep);
+      const __m256 e = _mm256_and_ps(vexp8(sc), keep);
       z0 = _mm256_add_pd(z0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
       z1 = _mm256_add_pd(z1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
       if (kEntropy) {
@@ -402,7 +227,7 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
   if (lo >= hi) return best;
   alignas(64) float u[kChunk];
   const bool prefix_all = f.cut_index >= 0 && f.cut_value == -kInf;
-#if defined(SOFTDEC_VERIFY_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
   const __m512 vm = _mm512_set1_ps(f.max_logit), vit = _mm512_set1_ps(f.inv_temp);
   const __m512 vlmp = _mm512_set1_ps(f.log_min_p), vninf = _mm512_set1_ps(-kInf);
   const __m512 vcv = _mm512_set1_ps(f.cut_value);
@@ -411,7 +236,7 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 bk = _mm512_setzero_ps();
   __m512i bi = _mm512_set1_epi32(-1);  // absolute index (V < 2^31)
-#elif defined(SOFTDEC_VERIFY_AVX2)
+#elif defined(SOFTDEC_SIMD_AVX2)
   const __m256 vm = _mm256_set1_ps(f.max_logit), vit = _mm256_set1_ps(f.inv_temp);
   const __m256 vlmp = _mm256_set1_ps(f.log_min_p), vninf = _mm256_set1_ps(-kInf);
   const __m256 vcv = _mm256_set1_ps(f.cut_value);
@@ -424,10 +249,10 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
   for (int64_t c0 = (lo / kChunk) * kChunk; c0 < hi; c0 += kChunk) {
     philox_chunk(seed, stream, static_cast<uint64_t>(c0 / 4), u);
     const int64_t a = std::max(lo, c0), b = std::min(hi, c0 + kChunk);
-#if defined(SOFTDEC_VERIFY_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
     for (int64_t i = a; i < b; i += 16) {
       const __mmask16 tm = tail_mask(b - i);
-      const __m512 v = load16(x + i, tm);
+      const __m512 v = load16_maskz(x + i, tm);
       const __m512i gi = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(i)));
       const __m512 sc = _mm512_mul_ps(_mm512_sub_ps(v, vm), vit);
       __mmask16 keep = _mm512_mask_cmp_ps_mask(tm, v, vninf, _CMP_GT_OQ);
@@ -438,14 +263,14 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
         keep &= in;
       }
       if (!keep) continue;
-      __m512 r = _mm512_mul_ps(vfexp(sc), viz);
+      __m512 r = _mm512_mul_ps(vexp(sc), viz);
       if constexpr (!std::is_same_v<Q, void>) {
-        r = _mm512_max_ps(_mm512_sub_ps(r, load16(q + i, tm)), _mm512_setzero_ps());
+        r = _mm512_max_ps(_mm512_sub_ps(r, load16_maskz(q + i, tm)), _mm512_setzero_ps());
       }
       const __m512 uu = _mm512_maskz_loadu_ps(tm, u + (i - c0));
       // E = -flog(u) > 0 on the active lanes; inactive lanes get u = 0.5.
       const __m512 e = _mm512_sub_ps(_mm512_setzero_ps(),
-                                     vflog(_mm512_mask_mov_ps(_mm512_set1_ps(0.5f), tm, uu)));
+                                     vlog(_mm512_mask_mov_ps(_mm512_set1_ps(0.5f), tm, uu)));
       const __m512 key = _mm512_div_ps(r, e);
       // strictly greater: within a lane the earlier (lower) index wins ties
       const __mmask16 gt = _mm512_mask_cmp_ps_mask(keep, key, bk, _CMP_GT_OQ);
@@ -454,7 +279,7 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
     }
 #else
     int64_t i = a;
-#if defined(SOFTDEC_VERIFY_AVX2)
+#if defined(SOFTDEC_SIMD_AVX2)
     for (; i + 8 <= b; i += 8) {
       const __m256 v = load8(x + i);
       const __m256i gi = _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int32_t>(i)));
@@ -468,11 +293,11 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
         keep = _mm256_and_ps(keep, in);
       }
       if (!_mm256_movemask_ps(keep)) continue;
-      __m256 r = _mm256_mul_ps(vfexp8(sc), viz);
+      __m256 r = _mm256_mul_ps(vexp8(sc), viz);
       if constexpr (!std::is_same_v<Q, void>) {
         r = _mm256_max_ps(_mm256_sub_ps(r, load8(q + i)), _mm256_setzero_ps());
       }
-      const __m256 e = _mm256_sub_ps(_mm256_setzero_ps(), vflog8(_mm256_loadu_ps(u + (i - c0))));
+      const __m256 e = _mm256_sub_ps(_mm256_setzero_ps(), vlog8(_mm256_loadu_ps(u + (i - c0))));
       const __m256 key = _mm256_div_ps(r, e);
       const __m256 gt = _mm256_and_ps(keep, _mm256_cmp_ps(key, bk, _CMP_GT_OQ));
       bk = _mm256_blendv_ps(bk, key, gt);
@@ -491,14 +316,14 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
     }
 #endif
   }
-#if defined(SOFTDEC_VERIFY_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
   alignas(64) float kv[16];
   alignas(64) int32_t iv[16];
   _mm512_store_ps(kv, bk);
   _mm512_store_si512(iv, bi);
   for (int l = 0; l < 16; ++l)
     if (iv[l] >= 0) best.merge(kv[l], iv[l]);
-#elif defined(SOFTDEC_VERIFY_AVX2)
+#elif defined(SOFTDEC_SIMD_AVX2)
   alignas(32) float kv[8];
   alignas(32) int32_t iv[8];
   _mm256_store_ps(kv, bk);
@@ -573,10 +398,10 @@ int64_t topk_scan(const T* x, int64_t V, int64_t k, float* vals, int64_t* idx) {
   int64_t n = 0;
   float thr = -kInf;  // a token must beat vals[k-1] strictly (a later equal value loses)
   int64_t i = 0;
-#if defined(SOFTDEC_VERIFY_AVX512)
+#if defined(SOFTDEC_SIMD_AVX512)
   for (; i < V; i += 16) {
     const __mmask16 tm = tail_mask(V - i);
-    const __m512 v = load16(x + i, tm);
+    const __m512 v = load16_maskz(x + i, tm);
     __mmask16 m = _mm512_mask_cmp_ps_mask(tm, v, _mm512_set1_ps(thr), _CMP_GT_OQ);
     if (!m) continue;
     alignas(64) float buf[16];
@@ -589,7 +414,7 @@ int64_t topk_scan(const T* x, int64_t V, int64_t k, float* vals, int64_t* idx) {
       if (n == k) thr = vals[k - 1];
     }
   }
-#elif defined(SOFTDEC_VERIFY_AVX2)
+#elif defined(SOFTDEC_SIMD_AVX2)
   for (; i + 8 <= V; i += 8) {
     const __m256 v = load8(x + i);
     int m = _mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_set1_ps(thr), _CMP_GT_OQ));
