@@ -87,6 +87,8 @@ def cases(quick: bool, device: str):
     for batch, prompt, new in shapes:
         out.append(Case(op="e2e_soft_thinking", label=f"qwen2.5-0.5b L={layers} B={batch} new={new}",
                         fns=_fns(model, batch, prompt, new), bytes=0, memory_bound=False, device=device,
+                        # whole generate calls take seconds: time several so noise averages out
+                        budget_s=None if quick else 20.0,
                         notes=f"{batch * new} tokens per call; eager = plain-torch soft thinking "
                               f"(dense softmax @ E); greedy = softdec.hf discrete greedy; "
                               f"hf_greedy = transformers generate"))

@@ -108,6 +108,7 @@ class Case:
     memory_bound: bool = True
     device: str = "cpu"
     notes: str = ""
+    budget_s: Optional[float] = None  # per-callable timing budget overriding the runner's
 
 
 def _fmt_ms(x: Optional[float]) -> str:
@@ -131,7 +132,7 @@ def run_cases(cases: list, *, bandwidth_gbs: float, progress: bool = True,
                 print(f"  [{i + 1}/{total} {time.perf_counter() - t0:6.0f}s] {c.op} {c.label}: {name} ...",
                       end="\r", file=sys.stderr, flush=True)
             try:
-                res[name] = measure(fn, device=c.device, max_time_s=budget_s)
+                res[name] = measure(fn, device=c.device, max_time_s=c.budget_s or budget_s)
             except Exception as e:  # a baseline that fails (e.g. compile) is reported, not fatal
                 res[name] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
         prim = res.get(c.primary)
