@@ -302,16 +302,7 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
         }
         continue;
       }
-      if (cold) {
-        h_p[b] = acc_t(0);
-        mp_p[b] = acc_t(1);
-        lse_p[b] = acc_t(0);
-      } else {
-        const acc_t logS = std::log(st.s);
-        h_p[b] = logS - st.a / st.s;
-        mp_p[b] = acc_t(1) / st.s;
-        lse_p[b] = st.m * t + logS;
-      }
+      soft::row_stats<acc_t>(st, t, cold, h_p + b, mp_p + b, lse_p + b);
       soft::RowParams rp{T[b], K[b], TP[b], MP[b], static_cast<uint64_t>(S[b]),
                          static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha};
       nk_p[b] = soft::finalize_row<acc_t>(mv.data(), mi.data(), n, k, rp, ids_p + b * k,

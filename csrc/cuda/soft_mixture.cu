@@ -279,16 +279,7 @@ __global__ void finalize_kernel(int64_t B, int64_t C, int k, const acc_t* __rest
     }
     return;
   }
-  if (cold) {
-    h[b] = acc_t(0);
-    mp[b] = acc_t(1);
-    lse[b] = acc_t(0);
-  } else {
-    const acc_t logS = soft::sm_log(st.s);
-    h[b] = logS - st.a / st.s;
-    mp[b] = acc_t(1) / st.s;
-    lse[b] = st.m * t + logS;
-  }
+  soft::row_stats<acc_t>(st, t, cold, h + b, mp + b, lse + b);
   soft::RowParams rp{T[b], K[b], TP[b], MP[b], static_cast<uint64_t>(S[b]),
                      static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha};
   nkept[b] = soft::finalize_row<acc_t>(mv, mi, n, k, rp, ids + b * k, w + b * k, y + b * k);

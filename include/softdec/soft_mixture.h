@@ -125,6 +125,22 @@ SOFTDEC_HD void softmax_merge(SoftmaxState<T>& a, const SoftmaxState<T>& b, T t)
   a.m = m;
 }
 
+// Entropy, max-prob and log-sum-exp of a row from its merged softmax state
+// (t = 1/T; cold = T == 0, the one-hot argmax row).
+template <typename T>
+SOFTDEC_HD void row_stats(const SoftmaxState<T>& st, T t, bool cold, T* h, T* mp, T* lse) {
+  if (cold) {
+    *h = T(0);
+    *mp = T(1);
+    *lse = T(0);
+    return;
+  }
+  const T logS = sm_log(st.s);
+  *h = logS - st.a / st.s;
+  *mp = T(1) / st.s;
+  *lse = st.m * t + logS;
+}
+
 // One element into the state (the scalar path).
 template <typename T>
 SOFTDEC_HD void softmax_push(SoftmaxState<T>& st, T l, T t) {

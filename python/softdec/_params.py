@@ -129,27 +129,20 @@ def rng_state(seed, offset, batch: int, device: torch.device,
         s = torch.randint(_INT64_MIN, (1 << 63) - 1, (batch,), dtype=torch.int64,
                           generator=generator, device=gen_device)
         s = s.to(device)
-    elif isinstance(seed, torch.Tensor):
-        if seed.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"seed must be an int or an int64 tensor, got a {str(seed.dtype).replace('torch.', '')} tensor")
-        s = seed.reshape(1).expand(batch) if seed.dim() == 0 else seed
-        if s.dim() != 1 or s.shape[0] != batch:
-            raise ValueError(f"seed must be an int or a tensor of shape ({batch},), got shape {_shape(seed)}")
-        if s.device != device:
-            raise ValueError(f"seed must be on the same device as the input ({device}), got {s.device}")
-        s = s.to(torch.int64).contiguous()
     else:
-        s = torch.full((batch,), _seed_int(seed, "seed"), dtype=torch.int64, device=device)
+        s = _per_row_int64(seed, "seed", batch, device)
+    return s, _per_row_int64(offset, "offset", batch, device)
 
-    if isinstance(offset, torch.Tensor):
-        if offset.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"offset must be an int or an int64 tensor, got a {str(offset.dtype).replace('torch.', '')} tensor")
-        o = offset.reshape(1).expand(batch) if offset.dim() == 0 else offset
-        if o.dim() != 1 or o.shape[0] != batch:
-            raise ValueError(f"offset must be an int or a tensor of shape ({batch},), got shape {_shape(offset)}")
-        if o.device != device:
-            raise ValueError(f"offset must be on the same device as the input ({device}), got {o.device}")
-        o = o.to(torch.int64).contiguous()
-    else:
-        o = torch.full((batch,), _seed_int(offset, "offset"), dtype=torch.int64, device=device)
-    return s, o
+
+def _per_row_int64(v, name: str, batch: int, device: torch.device) -> torch.Tensor:
+    """An int (shared by every row) or a ``[batch]`` integer tensor as int64 ``[batch]``."""
+    if not isinstance(v, torch.Tensor):
+        return torch.full((batch,), _seed_int(v, name), dtype=torch.int64, device=device)
+    if v.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"{name} must be an int or an int64 tensor, got a {str(v.dtype).replace('torch.', '')} tensor")
+    t = v.reshape(1).expand(batch) if v.dim() == 0 else v
+    if t.dim() != 1 or t.shape[0] != batch:
+        raise ValueError(f"{name} must be an int or a tensor of shape ({batch},), got shape {_shape(v)}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on the same device as the input ({device}), got {t.device}")
+    return t.to(torch.int64).contiguous()
