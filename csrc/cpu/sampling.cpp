@@ -336,12 +336,7 @@ void perturb_pass(const T* x, int64_t lo, int64_t hi, uint64_t seed, uint64_t of
       bidx = _mm512_mask_mov_epi32(bidx, better, idx);
     }
   }
-  alignas(64) float kk[16];
-  alignas(64) int32_t ii[16];
-  _mm512_store_ps(kk, bkey);
-  _mm512_store_si512(ii, bidx);
-  for (int l = 0; l < 16; ++l)
-    if (ii[l] >= 0) best.take(kk[l], lo + ii[l]);
+  take_lanes(best, bkey, bidx, lo);
   flags.nan |= nan;
   flags.pinf |= pinf;
   flags.finite |= fin;

@@ -46,6 +46,18 @@ struct Best {
   }
 };
 
+#if SOFTDEC_SIMD_AVX512
+// Fold a 16-lane argmax state (keys, indices relative to lo; -1 = empty lane) into best.
+inline void take_lanes(Best& best, __m512 bkey, __m512i bidx, int64_t lo) {
+  alignas(64) float kk[16];
+  alignas(64) int32_t ii[16];
+  _mm512_store_ps(kk, bkey);
+  _mm512_store_si512(ii, bidx);
+  for (int l = 0; l < 16; ++l)
+    if (ii[l] >= 0) best.take(kk[l], lo + ii[l]);
+}
+#endif
+
 // Flags of a row seen by a pass: any NaN, any +inf, any finite token.
 struct Flags {
   bool nan = false, pinf = false, finite = false;
@@ -168,12 +180,7 @@ void noise_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, uint64_t see
     }
     bound = std::max(bound, hmax(gk));
   }
-  alignas(64) float kk[16];
-  alignas(64) int32_t ii[16];
-  _mm512_store_ps(kk, bkey);
-  _mm512_store_si512(ii, bidx);
-  for (int l = 0; l < 16; ++l)
-    if (ii[l] >= 0) best.take(kk[l], lo + ii[l]);
+  take_lanes(best, bkey, bidx, lo);
   flags.nan |= nan;
   flags.pinf |= pinf;
   flags.finite |= fin;
