@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <tuple>
 
 #include "common.h"
 #include "softdec/soft_mixture.h"
@@ -69,6 +70,21 @@ inline void check_backward_inputs(const Tensor& logits, const Tensor& embedding)
   check_dim(embedding, "embedding", 2, "(vocab, dim)");
   check_last_contiguous(logits, "logits");
   check_last_contiguous(embedding, "embedding");
+}
+
+// The forward's nine outputs, uninitialised, on logits' device (CUDA: call it
+// under the device guard): embeds [B, D] in the embedding's dtype; ids [B, k]
+// int64; weights, noisy_logits [B, k], entropy, max_prob, lse [B] in float64
+// for float64 logits, else float32; valid [B] bool; nkept [B] int64.
+using ForwardOutputs = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+inline ForwardOutputs allocate_forward_outputs(const Tensor& logits, const Tensor& embedding, int64_t k) {
+  const int64_t B = logits.size(0), D = embedding.size(1);
+  const ScalarType acc = logits.scalar_type() == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
+  return {new_empty(logits, {B, D}, embedding.scalar_type()), new_empty(logits, {B, k}, ScalarType::Long),
+          new_empty(logits, {B, k}, acc),  new_empty(logits, {B}, acc),
+          new_empty(logits, {B}, acc),     new_empty(logits, {B}, ScalarType::Bool),
+          new_empty(logits, {B, k}, acc),  new_empty(logits, {B}, acc),
+          new_empty(logits, {B}, ScalarType::Long)};
 }
 
 }  // namespace soft_mixture_checks

@@ -320,16 +320,9 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
                                             soft_mixture_checks::Backend::kCpu);
   const int64_t B = logits.size(0), D = embedding.size(1);
   const bool f64 = logits.scalar_type() == ScalarType::Double;
-  const ScalarType acc = f64 ? ScalarType::Double : ScalarType::Float;
-  Tensor embeds = new_empty(logits, {B, D}, embedding.scalar_type());
-  Tensor ids = new_empty(logits, {B, k}, ScalarType::Long);
-  Tensor weights = new_empty(logits, {B, k}, acc);
-  Tensor entropy = new_empty(logits, {B}, acc);
-  Tensor max_prob = new_empty(logits, {B}, acc);
-  Tensor valid = new_empty(logits, {B}, ScalarType::Bool);
-  Tensor noisy = new_empty(logits, {B, k}, acc);
-  Tensor lse = new_empty(logits, {B}, acc);
-  Tensor nkept = new_empty(logits, {B}, ScalarType::Long);
+  Tensor embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept;
+  std::tie(embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept) =
+      soft_mixture_checks::allocate_forward_outputs(logits, embedding, k);
   if (B == 0) return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
   const double* T = temperature.const_data_ptr<double>();
   const int64_t* K = top_k.const_data_ptr<int64_t>();

@@ -340,16 +340,10 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
   // Python wrapper; reading them here would synchronise the stream.
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
   const bool f64 = logits.scalar_type() == ScalarType::Double;
-  const ScalarType acc = f64 ? ScalarType::Double : ScalarType::Float;
-  Tensor embeds = new_empty(logits, {B, D}, embedding.scalar_type());
-  Tensor ids = new_empty(logits, {B, k}, ScalarType::Long);
-  Tensor weights = new_empty(logits, {B, k}, acc);
-  Tensor entropy = new_empty(logits, {B}, acc);
-  Tensor max_prob = new_empty(logits, {B}, acc);
-  Tensor valid = new_empty(logits, {B}, ScalarType::Bool);
-  Tensor noisy = new_empty(logits, {B, k}, acc);
-  Tensor lse = new_empty(logits, {B}, acc);
-  Tensor nkept = new_empty(logits, {B}, ScalarType::Long);
+  Tensor embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept;
+  std::tie(embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept) =
+      soft_mixture_checks::allocate_forward_outputs(logits, embedding, k);
+  const ScalarType acc = weights.scalar_type();
   if (B == 0) return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
   cudaStream_t stream = current_stream(logits);
   int dev = 0, sms = 0;
