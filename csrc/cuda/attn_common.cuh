@@ -19,32 +19,6 @@ namespace attn_cuda {
 
 using namespace attn_checks;
 
-// torch's bf16 / fp16 as the CUDA native types.
-template <typename T>
-struct Native {
-  using type = T;
-};
-template <>
-struct Native<bf16> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct Native<fp16> {
-  using type = __half;
-};
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-template <typename T>
-__device__ __forceinline__ T from_f(float x);
-template <>
-__device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
-template <>
-__device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
-
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 __host__ __device__ __forceinline__ int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -89,7 +63,7 @@ __device__ __forceinline__ void lane_dots(const float* __restrict__ q, int dq, i
       const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
       for (int j = 0; j < kVec<T>; ++j) {
-        const float kv = to_f(e[j]);
+        const float kv = to_float(e[j]);
         const int i = c * kVec<T> + j;
 #pragma unroll
         for (int h = 0; h < MAXG; ++h)
@@ -98,7 +72,7 @@ __device__ __forceinline__ void lane_dots(const float* __restrict__ q, int dq, i
     }
   } else {
     for (int i = lane; i < d; i += 32) {
-      const float kv = to_f(k[i]);
+      const float kv = to_float(k[i]);
 #pragma unroll
       for (int h = 0; h < MAXG; ++h)
         if (h < G) part[h] += q[h * dq + i] * kv;

@@ -33,42 +33,13 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
-struct CudaScalar {
-  using type = T;
-};
-template <>
-struct CudaScalar<bf16> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct CudaScalar<fp16> {
-  using type = __half;
-};
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ double to_float(double v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(float v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ double from_acc<double>(float v) { return v; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half(v); }
-
 // Store an accumulator value in the output type (no float detour for float64).
 template <typename T, typename A>
 __device__ __forceinline__ T cast_out(A v) {
   if constexpr (std::is_same_v<T, double>) {
     return static_cast<double>(v);
   } else {
-    return from_acc<T>(static_cast<float>(v));
+    return from_float<T>(static_cast<float>(v));
   }
 }
 
@@ -179,7 +150,7 @@ __global__ void __launch_bounds__(kThreads)
     } else {
 #pragma unroll
       for (int j = 0; j < Cfg::kVec; ++j)
-        vals[j] = e0 + j < v1 ? row[e0 + j] : from_acc<scalar_t>(-INFINITY);
+        vals[j] = e0 + j < v1 ? row[e0 + j] : from_float<scalar_t>(-INFINITY);
     }
 #pragma unroll
     for (int j = 0; j < Cfg::kVec; ++j) {
@@ -321,7 +292,7 @@ __global__ void __launch_bounds__(kThreads)
     if constexpr (std::is_same_v<emb_t, double>) {
       o[j] = acc[j] * scale;
     } else {
-      o[j] = from_acc<emb_t>(static_cast<float>(acc[j] * static_cast<acc_t>(scale)));
+      o[j] = from_float<emb_t>(static_cast<float>(acc[j] * static_cast<acc_t>(scale)));
     }
   }
 }
@@ -351,7 +322,7 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
   SOFTDEC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   auto run_scan = [&](auto tag) {
     using scalar_t = decltype(tag);
-    using cs_t = typename CudaScalar<scalar_t>::type;
+    using cs_t = typename CudaNative<scalar_t>::type;
     using acc_t = typename AccOf<scalar_t>::type;
     using Cfg = ScanCfg<cs_t>;
     // slices per row: ~2 blocks per SM in total, each at least 8 tiles
@@ -400,7 +371,7 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
   auto run_gather = [&](auto etag, auto wtag) {
     using scalar_t = decltype(etag);
     using w_t = decltype(wtag);
-    using cs_t = typename CudaScalar<scalar_t>::type;
+    using cs_t = typename CudaNative<scalar_t>::type;
     constexpr int kVec = 16 / sizeof(cs_t);
     const int64_t per_block = static_cast<int64_t>(kThreads) * kVec;
     const dim3 grid(static_cast<unsigned>((D + per_block - 1) / per_block), static_cast<unsigned>(B));
@@ -460,7 +431,7 @@ __global__ void __launch_bounds__(kThreads)
   scalar_t* o = out + b * V;
   const scalar_t* l = L + b * sL;
   if (!valid[b] || T[b] == 0.0) {
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) o[j] = from_acc<scalar_t>(0.0f);
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) o[j] = from_float<scalar_t>(0.0f);
     return;
   }
   const acc_t t = soft::inv_temperature<acc_t>(T[b]);
@@ -540,7 +511,7 @@ __global__ void __launch_bounds__(kThreads)
     if constexpr (std::is_same_v<emb_t, double>) {
       out[tok * D + d] = acc * scale;
     } else {
-      out[tok * D + d] = from_acc<emb_t>(static_cast<float>(acc * static_cast<w_t>(scale)));
+      out[tok * D + d] = from_float<emb_t>(static_cast<float>(acc * static_cast<w_t>(scale)));
     }
   }
 }
@@ -572,8 +543,8 @@ Tensor soft_mixture_backward_cuda(Tensor grad_embeds, Tensor grad_weights, Tenso
     dispatch_cuda_float(embedding.scalar_type(), "embedding", [&](auto etag) {
       using scalar_t = decltype(ltag);
       using emb_t = decltype(etag);
-      using cs_t = typename CudaScalar<scalar_t>::type;
-      using ce_t = typename CudaScalar<emb_t>::type;
+      using cs_t = typename CudaNative<scalar_t>::type;
+      using ce_t = typename CudaNative<emb_t>::type;
       using acc_t = typename AccOf<scalar_t>::type;
       backward_kernel<cs_t, ce_t, acc_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
           grad_embeds.const_data_ptr<acc_t>(), grad_weights.const_data_ptr<acc_t>(),
@@ -606,7 +577,7 @@ Tensor soft_mixture_embedding_backward_cuda(Tensor grad_embeds, Tensor embedding
   if (B * k == 0 || D == 0) return out;
   dispatch_cuda_float(embedding.scalar_type(), "embedding", [&](auto etag) {
     using emb_t = decltype(etag);
-    using ce_t = typename CudaScalar<emb_t>::type;
+    using ce_t = typename CudaNative<emb_t>::type;
     auto launch = [&](auto wtag) {
       using w_t = decltype(wtag);
       embedding_backward_kernel<ce_t, w_t><<<static_cast<unsigned>(B * k), kThreads, 0, stream>>>(

@@ -37,13 +37,13 @@ __global__ void page_summary_kernel(const T* __restrict__ k, Strides4 ks, T* __r
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     float a = __int_as_float(0x7f800000), c = kNegInf;
     for (int64_t t = t0; t < t1; ++t) {
-      const float v = to_f(k[b * ks.b + g * ks.h + t * ks.n + i]);
+      const float v = to_float(k[b * ks.b + g * ks.h + t * ks.n + i]);
       a = fminf(a, v);
       c = fmaxf(c, v);
     }
     if (t1 <= t0) a = c = 0.f;
-    omn[i] = from_f<T>(a);
-    omx[i] = from_f<T>(c);
+    omn[i] = from_float<T>(a);
+    omx[i] = from_float<T>(c);
   }
 }
 
@@ -54,7 +54,7 @@ __device__ __forceinline__ void load_group_q(const T* __restrict__ q, int64_t qs
                                              int G, int d, float scale, float* sq) {
   for (int x = threadIdx.x; x < G * d; x += blockDim.x) {
     const int h = x / d, i = x % d;
-    sq[x] = scale * to_f(q[b * qsb + (g * G + h) * qsh + i]);
+    sq[x] = scale * to_float(q[b * qsb + (g * G + h) * qsh + i]);
   }
 }
 
@@ -80,7 +80,7 @@ __global__ void page_bound_kernel(const T* __restrict__ q, int64_t qsb, int64_t 
 #pragma unroll
       for (int h = 0; h < kMaxG; ++h) part[h] = 0.f;
       for (int i = lane; i < d; i += 32) {
-        const float lo = to_f(a[i]), hi = to_f(c[i]);
+        const float lo = to_float(a[i]), hi = to_float(c[i]);
 #pragma unroll
         for (int h = 0; h < kMaxG; ++h)
           if (h < G) part[h] += attn::page_bound_term(sq[h * d + i], lo, hi);
@@ -324,7 +324,7 @@ __global__ void decode_attn_kernel(const T* __restrict__ q, int64_t qsb, int64_t
     const int h = x / d, i = x % d;
     float acc = 0.f;
     const T* vb = v + b * vs.b + g * vs.h + i;
-    for (int j = 0; j < n; ++j) acc += sp[h * kChunk + j] * to_f(vb[static_cast<int64_t>(stok[j]) * vs.n]);
+    for (int j = 0; j < n; ++j) acc += sp[h * kChunk + j] * to_float(vb[static_cast<int64_t>(stok[j]) * vs.n]);
     pt[h * (d + 2) + 2 + i] = acc;
   }
 }
@@ -352,7 +352,7 @@ __global__ void decode_merge_kernel(const float* __restrict__ part, int G, int d
     if (m != kNegInf)
       for (int c = 0; c < chunks; ++c)
         if (base[c * cs] != kNegInf) acc += __expf(base[c * cs] - m) * base[c * cs + 2 + i];
-    out[(static_cast<int64_t>(b) * Hq + h) * d + i] = from_f<T>(nan ? __int_as_float(0x7fc00000) : acc * inv);
+    out[(static_cast<int64_t>(b) * Hq + h) * d + i] = from_float<T>(nan ? __int_as_float(0x7fc00000) : acc * inv);
   }
 }
 
@@ -382,7 +382,7 @@ std::tuple<Tensor, Tensor> page_summary_cuda(Tensor k_cache, int64_t page_size, 
   Tensor mn = new_empty(k_cache, {B, H, P, d}, k_cache.scalar_type());
   Tensor mx = new_empty(k_cache, {B, H, P, d}, k_cache.scalar_type());
   SOFTDEC_DISPATCH_FLOAT(k_cache.scalar_type(), "k_cache", scalar_t, [&] {
-    summary_launch<typename Native<scalar_t>::type>(k_cache, mn, mx, nullptr, seq_lens.const_data_ptr<int64_t>(),
+    summary_launch<typename CudaNative<scalar_t>::type>(k_cache, mn, mx, nullptr, seq_lens.const_data_ptr<int64_t>(),
                                                     page_size, current_stream(k_cache));
   });
   return {mn, mx};
@@ -405,7 +405,7 @@ void page_summary_update_cuda(Tensor kmin, Tensor kmax, Tensor k_cache, Tensor s
   check_lens(end, "end", B, N, k_cache);
   torch::stable::accelerator::DeviceGuard guard(k_cache.get_device_index());
   SOFTDEC_DISPATCH_FLOAT(k_cache.scalar_type(), "k_cache", scalar_t, [&] {
-    summary_launch<typename Native<scalar_t>::type>(k_cache, kmin, kmax, start.const_data_ptr<int64_t>(),
+    summary_launch<typename CudaNative<scalar_t>::type>(k_cache, kmin, kmax, start.const_data_ptr<int64_t>(),
                                                     end.const_data_ptr<int64_t>(), ps, current_stream(k_cache));
   });
 }
@@ -508,7 +508,7 @@ std::tuple<Tensor, Tensor> sparse_decode_attention_cuda(Tensor q, Tensor k_cache
     }
   }
   SOFTDEC_DISPATCH_FLOAT(q.scalar_type(), "q", scalar_t, [&] {
-    decode_launch<typename Native<scalar_t>::type>(
+    decode_launch<typename CudaNative<scalar_t>::type>(
         q, k_cache, v_cache, seq_lens, budget, page_mode, page_size, sink, window, static_cast<float>(scale),
         page_mode ? &mn : nullptr, page_mode ? &mx : nullptr, M, out,
         return_indices ? idx.mutable_data_ptr<int64_t>() : nullptr);

@@ -24,7 +24,7 @@ __global__ void prefill_rowstats_kernel(const T* __restrict__ q, Strides4 qs, co
   float* qr = sq + warp * d;
   if (r < w) {
     const int i = L - w + r;
-    for (int x = lane; x < d; x += 32) qr[x] = scale * to_f(q[b * qs.b + h * qs.h + static_cast<int64_t>(i) * qs.n + x]);
+    for (int x = lane; x < d; x += 32) qr[x] = scale * to_float(q[b * qs.b + h * qs.h + static_cast<int64_t>(i) * qs.n + x]);
   }
   __syncwarp();
   if (r >= w) return;
@@ -54,7 +54,7 @@ __global__ void prefill_score_kernel(const T* __restrict__ q, Strides4 qs, const
   const int j = blockIdx.x * nw + warp;
   if (j >= L) return;
   float* kr = sk + warp * d;
-  for (int x = lane; x < d; x += 32) kr[x] = scale * to_f(k[b * ks.b + g * ks.h + static_cast<int64_t>(j) * ks.n + x]);
+  for (int x = lane; x < d; x += 32) kr[x] = scale * to_float(k[b * ks.b + g * ks.h + static_cast<int64_t>(j) * ks.n + x]);
   __syncwarp();
   const float2* st = stats + (static_cast<int64_t>(b) * Hq + h) * w;
   float acc = 0.f;
@@ -207,7 +207,7 @@ __global__ void prefill_flash_kernel(const T* __restrict__ q, Strides4 qs, const
   const int tid = threadIdx.x, r = tid / 4, sub = tid % 4;
   for (int x = tid; x < kBr * d; x += blockDim.x) {
     const int rr = x / d, i = x % d;
-    sQ[rr * (d + 1) + i] = a0 + rr < n ? scale * to_f(q[b * qs.b + h * qs.h + static_cast<int64_t>(ls[a0 + rr]) * qs.n + i]) : 0.f;
+    sQ[rr * (d + 1) + i] = a0 + rr < n ? scale * to_float(q[b * qs.b + h * qs.h + static_cast<int64_t>(ls[a0 + rr]) * qs.n + i]) : 0.f;
   }
   constexpr int kPer = kMaxD / 4;
   float acc[kPer];
@@ -221,8 +221,8 @@ __global__ void prefill_flash_kernel(const T* __restrict__ q, Strides4 qs, const
       const int cc = x / d, i = x % d;
       const bool ok = c0 + cc < n;
       const int64_t t = ok ? ls[c0 + cc] : 0;
-      sK[cc * (d + 1) + i] = ok ? to_f(k[b * ks.b + g * ks.h + t * ks.n + i]) : 0.f;
-      sV[cc * d + i] = ok ? to_f(v[b * vs.b + g * vs.h + t * vs.n + i]) : 0.f;
+      sK[cc * (d + 1) + i] = ok ? to_float(k[b * ks.b + g * ks.h + t * ks.n + i]) : 0.f;
+      sV[cc * d + i] = ok ? to_float(v[b * vs.b + g * vs.h + t * vs.n + i]) : 0.f;
     }
     __syncthreads();
     // scores: thread (r, sub) computes columns sub, sub+4, ...
@@ -272,7 +272,7 @@ __global__ void prefill_flash_kernel(const T* __restrict__ q, Strides4 qs, const
 #pragma unroll
     for (int x = 0; x < kPer; ++x) {
       const int i = sub + 4 * x;
-      if (i < d) o[i] = from_f<T>(acc[x] * inv);
+      if (i < d) o[i] = from_float<T>(acc[x] * inv);
     }
   }
 }
@@ -281,7 +281,7 @@ template <typename T>
 __global__ void zero_dropped_kernel(const bool* __restrict__ kept, int64_t rows_L, int d, T* __restrict__ out) {
   for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < rows_L * d;
        x += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    if (!kept[x / d]) out[x] = from_f<T>(0.f);
+    if (!kept[x / d]) out[x] = from_float<T>(0.f);
 }
 
 template <typename NT>
@@ -344,7 +344,7 @@ std::tuple<Tensor, Tensor> token_sparse_prefill_cuda(Tensor q, Tensor k, Tensor 
   Tensor kept = new_empty(q, {B, Hq, L}, ScalarType::Bool);
   if (B * Hq * L == 0 || d == 0) return {out, kept};
   SOFTDEC_DISPATCH_FLOAT(q.scalar_type(), "q", scalar_t, [&] {
-    prefill_launch<typename Native<scalar_t>::type>(q, k, v, static_cast<float>(coverage), min_tokens, window,
+    prefill_launch<typename CudaNative<scalar_t>::type>(q, k, v, static_cast<float>(coverage), min_tokens, window,
                                                     causal, static_cast<float>(scale), out, kept);
   });
   return {out, kept};
