@@ -381,6 +381,25 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.softdec.soft_mixture, (lg, tb) + args[2:])
 
 
+@pytest.mark.parametrize("noise", [0, 1])
+def test_opcheck_backward_ops(noise):
+    """The two backward kernels, called as the autograd formula calls them."""
+    args = _native_args(noise=noise)
+    out = torch.ops.softdec.soft_mixture(*args)
+    embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept = out
+    logits, embedding, temperature = args[0], args[1], args[2]
+    g = torch.Generator().manual_seed(21)
+    ge = torch.randn(embeds.shape, generator=g)
+    gw, gn = torch.randn(weights.shape, generator=g), torch.randn(weights.shape, generator=g)
+    gh, gm = torch.randn(entropy.shape, generator=g), torch.randn(max_prob.shape, generator=g)
+    noise_, tau, embed_scale = args[9], args[10], args[13]
+    torch.library.opcheck(torch.ops.softdec.soft_mixture_backward,
+                          (ge, gw, gh, gm, gn, logits, embedding, temperature, ids, weights, lse, entropy,
+                           max_prob, valid, nkept, noise_, tau, embed_scale))
+    torch.library.opcheck(torch.ops.softdec.soft_mixture_embedding_backward,
+                          (ge, embedding, ids, weights, nkept, embed_scale))
+
+
 def test_torch_compile_fullgraph():
     g = torch.Generator().manual_seed(14)
     logits, table = torch.randn(4, 1023, generator=g), torch.randn(1023, 16, generator=g)
