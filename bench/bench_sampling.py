@@ -76,6 +76,24 @@ def cases(quick: bool, device: str):
                                  "torch.F": lambda x=x: torch.nn.functional.gumbel_softmax(x, tau=0.5)},
                             bytes=2 * x.numel() * x.element_size(), device=device, memory_bound=False,
                             notes="eager/compile get precomputed noise (no RNG cost); compute-bound on CPU"))
+    # The standalone filter ops (vLLM / SGLang style): read a row, write a row.
+    B, V = bs[-1], vs[0]
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(B, V, generator=g) * 2.0).to(device)
+    p = torch.softmax(x, -1)
+    filters = {
+        "top_k_mask_logits k=50": (softdec.top_k_mask_logits, ref.top_k_mask_logits, x, 50),
+        "top_p_renorm_probs p=0.9": (softdec.top_p_renorm_probs, ref.top_p_renorm_probs, p, 0.9),
+        "min_p_renorm_probs p=0.05": (softdec.min_p_renorm_probs, ref.min_p_renorm_probs, p, 0.05),
+    }
+    for label, (ours, reference, inp, arg) in filters.items():
+        comp = torch.compile(reference)
+        out.append(Case(op=label.split()[0], label=f"{label.split()[1]} B={B} V={V}",
+                        fns={"softdec": lambda f=ours, a=inp, v=arg: f(a, v),
+                             "eager": lambda f=reference, a=inp, v=arg: f(a, v),
+                             "compile": lambda f=comp, a=inp, v=arg: f(a, v)},
+                        bytes=2 * inp.numel() * inp.element_size(), device=device,
+                        notes="bytes = row read + row written"))
     return out
 
 
