@@ -116,8 +116,30 @@ inline void check_per_row(const Tensor& t, const char* name, int64_t rows, Scala
   SOFTDEC_CHECK(t.numel() <= 1 || t.stride(0) == 1, name, " must be contiguous");
 }
 
-inline Tensor new_empty(const Tensor& like, std::vector<int64_t> sizes, ScalarType dtype) {
-  return torch::stable::new_empty(like, sizes, dtype);
+// An uninitialised contiguous tensor of `sizes` and `dtype` on `like`'s device.
+// Straight to the shim's empty_strided: torch::stable::new_empty goes through
+// the boxed dispatcher (about 1 us a tensor on CPU, which was most of the
+// fixed cost of a B = 1 call of an op with many outputs).
+inline Tensor new_empty(const Tensor& like, std::initializer_list<int64_t> sizes, ScalarType dtype) {
+  constexpr size_t kMaxDim = 8;
+  SOFTDEC_ASSERT(sizes.size() <= kMaxDim);
+  int64_t sz[kMaxDim], st[kMaxDim];
+  const int64_t nd = static_cast<int64_t>(sizes.size());
+  int64_t i = 0;
+  for (int64_t s : sizes) sz[i++] = s;
+  int64_t stride = 1;
+  for (int64_t j = nd - 1; j >= 0; --j) {
+    st[j] = stride;
+    stride *= sz[j] > 1 ? sz[j] : 1;
+  }
+  int32_t device_type = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
+  const int32_t device_index = like.is_cpu() ? 0 : static_cast<int32_t>(like.get_device_index());
+  AtenTensorHandle out = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(
+      nd, sz, st, torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype)), device_type,
+      device_index, &out));
+  return Tensor(out);
 }
 
 }  // namespace softdec

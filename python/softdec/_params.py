@@ -9,6 +9,7 @@ argument, the expected and the actual value.
 from __future__ import annotations
 
 import numbers
+from collections import OrderedDict
 from typing import Optional, Union
 
 import torch
@@ -40,6 +41,34 @@ def check_tensor(x, name: str, *, dim: Optional[int] = None, layout: str = "",
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
+# Per-row parameter tensors built from Python scalars, reused across calls on
+# CPU: a decoding loop passes the same temperature / top_k / seed every step,
+# and building (and range-checking) six small tensors per call was a large part
+# of a B = 1 call. The ops only read these tensors. A key holds the argument's
+# name and range, so a hit means the value already passed that check. CUDA
+# tensors are not cached (a tensor filled on one stream and read on another
+# would race), nor anything while torch.compile traces.
+_CONST_ROWS: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_CONST_ROWS_MAX = 256
+_SCALAR_TYPES = (int, float)
+
+
+def _remember(key, t: torch.Tensor) -> torch.Tensor:
+    if t.device.type == "cpu" and not torch.compiler.is_compiling():
+        _CONST_ROWS[key] = t
+        if len(_CONST_ROWS) > _CONST_ROWS_MAX:
+            _CONST_ROWS.popitem(last=False)
+    return t
+
+
+def const_row(value, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A ``[batch]`` tensor filled with ``value`` (shared and read-only on CPU)."""
+    key = ("", type(value), value, batch, dtype, device)
+    t = _CONST_ROWS.get(key)
+    if t is None or torch.compiler.is_compiling():
+        t = _remember(key, torch.full((batch,), value, dtype=dtype, device=device))
+    return t
+
 
 def row_param(value: RowParam, name: str, batch: int, device: torch.device, dtype: torch.dtype,
               *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> torch.Tensor:
@@ -49,6 +78,16 @@ def row_param(value: RowParam, name: str, batch: int, device: torch.device, dtyp
     always and to tensors only outside torch.compile tracing (a data-dependent
     check would break the graph); the native op checks tensors again.
     """
+    if type(value) in _SCALAR_TYPES:
+        key = (name, type(value), value, batch, dtype, device, lo, hi, lo_open, hi_open)
+        t = _CONST_ROWS.get(key)
+        if t is not None and not torch.compiler.is_compiling():
+            return t
+        v = float(value) if dtype.is_floating_point else int(value)
+        if dtype.is_floating_point and v != v:
+            raise ValueError(f"{name} must not be NaN")
+        _check_range_scalar(v, name, lo, hi, lo_open, hi_open)
+        return _remember(key, torch.full((batch,), v, dtype=dtype, device=device))
     if isinstance(value, torch.Tensor):
         t = value
         if t.dim() == 0:
@@ -67,11 +106,9 @@ def row_param(value: RowParam, name: str, batch: int, device: torch.device, dtyp
         return t
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number or a tensor, got {type(value).__name__}")
-    v = float(value) if dtype.is_floating_point else int(value)
-    if dtype.is_floating_point and v != v:
-        raise ValueError(f"{name} must not be NaN")
-    _check_range_scalar(v, name, lo, hi, lo_open, hi_open)
-    return torch.full((batch,), v, dtype=dtype, device=device)
+    # other real numbers (numpy scalars, fractions): as the Python number
+    return row_param(float(value) if dtype.is_floating_point else int(value), name, batch, device, dtype,
+                     lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
 
 
 def _range_text(lo, hi, lo_open, hi_open) -> str:
@@ -105,6 +142,20 @@ def _check_range_tensor(t, name, lo, hi, lo_open, hi_open):
         raise ValueError(f"{name} must be {_range_text(lo, hi, lo_open, hi_open)}, got {t[i].item()} at row {i}")
 
 
+def below_autograd(*tensors: torch.Tensor) -> bool:
+    """True when no gradient can flow through these inputs (eager mode only).
+
+    The ops' autograd formulas are registered from Python
+    (``torch.library.register_autograd``), so every call, even one that needs
+    no gradient, passes through a Python autograd kernel first. Wrappers call
+    the op under ``torch._C._AutoDispatchBelowAutograd()`` when this is True,
+    which is what that kernel does itself in that case, minus its cost.
+    """
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 def _seed_int(v, name: str) -> int:
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
         raise ValueError(f"{name} must be an int or an int64 tensor, got {type(v).__name__}")
@@ -136,8 +187,10 @@ def rng_state(seed, offset, batch: int, device: torch.device,
 
 def _per_row_int64(v, name: str, batch: int, device: torch.device) -> torch.Tensor:
     """An int (shared by every row) or a ``[batch]`` integer tensor as int64 ``[batch]``."""
+    if type(v) is int and _INT64_MIN <= v < (1 << 63):
+        return const_row(v, batch, torch.int64, device)
     if not isinstance(v, torch.Tensor):
-        return torch.full((batch,), _seed_int(v, name), dtype=torch.int64, device=device)
+        return const_row(_seed_int(v, name), batch, torch.int64, device)
     if v.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"{name} must be an int or an int64 tensor, got a {str(v.dtype).replace('torch.', '')} tensor")
     t = v.reshape(1).expand(batch) if v.dim() == 0 else v

@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from ._params import FLOAT_DTYPES, check_tensor, rng_state, row_param  # noqa: F401
+from ._params import FLOAT_DTYPES, below_autograd, check_tensor, const_row, rng_state, row_param  # noqa: F401
 
 __all__ = ["philox_uniform"]
 
@@ -343,7 +343,7 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
     tp = row_param(top_p, "top_p", B, dev, torch.float64, lo=0, hi=1, lo_open=True)
     mp = row_param(min_p, "min_p", B, dev, torch.float64, lo=0, hi=1)
     if noise is None and seed is None:
-        s = torch.zeros(B, dtype=torch.int64, device=dev)
+        s = const_row(0, B, torch.int64, dev)
         _, o = rng_state(0, offset, B, dev)
     else:
         s, o = rng_state(seed, offset, B, dev, generator)
@@ -351,8 +351,13 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
         logits = logits.contiguous()
     if embedding.stride(-1) != 1:
         embedding = embedding.contiguous()
-    out = _ops.soft_mixture(logits, embedding, temp, kt, tp, mp, s, o, k, _SM_NOISE[noise], tau,
-                            noise_scale, dirichlet_alpha, embed_scale)
+    args = (logits, embedding, temp, kt, tp, mp, s, o, k, _SM_NOISE[noise], tau, noise_scale,
+            dirichlet_alpha, embed_scale)
+    if below_autograd(logits, embedding):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = _ops.soft_mixture.default(*args)
+    else:
+        out = _ops.soft_mixture.default(*args)
     return SoftTokens(out[0], out[1], out[2], out[3], out[4], out[5],
                       out[6] if noise == "gumbel" else None)
 
@@ -582,13 +587,22 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: RowParam = 1.0, hard: bool = Fa
         raise ValueError(f"top_k must be in [0, vocab] = [0, {V}], got {top_k}")
     t = row_param(tau, "tau", B, dev, torch.float32, lo=0.0, lo_open=True)
     s, o = rng_state(seed, offset, B, dev, generator)
+    fast = below_autograd(logits)
     if top_k == 0:
-        y, am = _ops.gumbel_softmax(logits, t, s, o)
+        if fast:
+            with torch._C._AutoDispatchBelowAutograd():
+                y, am = _ops.gumbel_softmax.default(logits, t, s, o)
+        else:
+            y, am = _ops.gumbel_softmax.default(logits, t, s, o)
         if not hard:
             return y
         y_hard = torch.zeros_like(y).scatter(1, am[:, None], 1.0)
         return y_hard - y.detach() + y
-    w, ids = _ops.gumbel_softmax_topk(logits, t, top_k, s, o)
+    if fast:
+        with torch._C._AutoDispatchBelowAutograd():
+            w, ids = _ops.gumbel_softmax_topk.default(logits, t, top_k, s, o)
+    else:
+        w, ids = _ops.gumbel_softmax_topk.default(logits, t, top_k, s, o)
     if not hard:
         return ids, w
     w_hard = torch.zeros_like(w)
