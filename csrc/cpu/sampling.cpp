@@ -1,19 +1,20 @@
 // CPU backend of the sampling family: sample, gumbel_softmax (dense and
 // top-k sparse), top_k_mask_logits, top_p_renorm_probs, min_p_renorm_probs.
 //
-// Exact filtered sampling without sorting the vocabulary: the draw is the
-// Gumbel-max argmax over the kept set of fma(x_i, 1/T, G_i), with G_i the
-// Gumbel noise of element i of the row's (seed, offset) Philox stream
-// (include/softdec/philox.h); renormalisation does not move the argmax, so only
-// the kept set's cut is computed (include/softdec/filter.h semantics):
-//   - plain (no top-k/top-p/min-p): one vectorised pass, noise + argmax;
+// Exact filtered sampling without sorting the vocabulary, by inversion: one
+// uniform u (philox::uniform53 of the row's (seed, offset)), and the first kept
+// token, in vocabulary order, whose running mass exceeds u times the kept mass
+// (masses draw_mass = 2^((x - max) log2(e) / T); the order of the sums is part
+// of the definition, see sampling_kernels.h). Only the kept set's cut is computed (include/softdec/
+// filter.h semantics):
+//   - plain and min-p: a max pass, then a pass summing the kept masses of
+//     1024-token blocks (underflowing or dropped 16-token vectors skip the
+//     exponential), then a walk over the blocks and inside one block;
 //   - top-k (k <= kSmallK): one pass collecting candidates above a running
-//     threshold, a sort of ~k candidates, top-p/min-p on them, and the noise
-//     of the kept candidates only;
-//   - min-p only: a max pass, then the noise pass skipping 64-token groups
-//     with no kept token;
-//   - anything else (large k, top-p without top-k): filter::compute_row_filter
-//     (radix selection), then the noise pass.
+//     threshold, a sort of ~k candidates, top-p/min-p on them, and the draw
+//     among the kept candidates;
+//   - top-p without top-k: the max pass, the O(V) top-p cut, the mass pass;
+//   - large k: filter::compute_row_filter (radix selection), the mass pass.
 // Greedy rows (T = 0) take one argmax pass. Rows are spread over threads; with
 // fewer rows than threads the vocabulary is split into chunks whose partial
 // results (argmax states, candidate lists, maxima) are merged.
@@ -51,6 +52,7 @@ struct RowPlan {
   std::vector<Flags> flags;
   std::vector<std::vector<Cand>> cands;
   RowFilter f;
+  std::vector<double> blk;  // block masses of the inverse-CDF draw
   bool done = false;
   int64_t id = 0;
   bool valid = false;
@@ -72,57 +74,75 @@ int64_t chunks_for(int64_t B, int64_t V) {
   return std::max<int64_t>(1, std::min<int64_t>(want, V / kMinChunk));
 }
 
-// chunk c of n over [0, V), boundaries multiples of kGroup
+// chunk c of n over [0, V), boundaries multiples of kCdfBlock (so a chunk's
+// block masses are whole blocks)
 inline std::pair<int64_t, int64_t> chunk_range(int64_t V, int64_t n, int64_t c) {
-  const int64_t groups = (V + kGroup - 1) / kGroup;
-  const int64_t g0 = groups * c / n, g1 = groups * (c + 1) / n;
-  return {std::min(V, g0 * kGroup), std::min(V, g1 * kGroup)};
+  const int64_t blocks = (V + kCdfBlock - 1) / kCdfBlock;
+  const int64_t g0 = blocks * c / n, g1 = blocks * (c + 1) / n;
+  return {std::min(V, g0 * kCdfBlock), std::min(V, g1 * kCdfBlock)};
+}
+
+// The draw among sorted top-k candidates: the kept ones (top-p prefix n, then
+// min-p) in vocabulary order, their draw masses, the running double sum.
+int64_t draw_from_candidates(const std::vector<Cand>& all, int64_t n, float m, float it, float lmp, double u) {
+  std::vector<std::pair<int64_t, float>> kept;
+  kept.reserve(static_cast<size_t>(n));
+  const float c = filter::draw_scale(it);
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = all[static_cast<size_t>(j)].v;
+    if ((v - m) * it >= lmp) kept.emplace_back(all[static_cast<size_t>(j)].i, filter::draw_mass(v, m, c));
+  }
+  if (kept.empty()) return all[0].i;
+  std::sort(kept.begin(), kept.end());
+  std::vector<float> mass(kept.size());
+  double total = 0.0;
+  for (size_t j = 0; j < kept.size(); ++j) {
+    mass[j] = kept[j].second;
+    total += static_cast<double>(mass[j]);
+  }
+  const int64_t j = pick_in(mass.data(), static_cast<int64_t>(mass.size()), u * total);
+  return j >= 0 ? kept[static_cast<size_t>(j)].first : all[0].i;
 }
 
 template <class T>
-void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, std::vector<RowPlan>& plans,
-                   int64_t* ids, bool* valid) {
-  const int64_t nc = chunks_for(B, V);
-  for (auto& p : plans) {
-    p.best.assign(static_cast<size_t>(nc), Best{});
-    p.flags.assign(static_cast<size_t>(nc), Flags{});
-    if (p.path == Path::kTopK) p.cands.assign(static_cast<size_t>(nc), {});
-  }
-  // Phase 1: one pass per chunk (plain: the whole draw).
-  torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
-    for (int64_t w = b; w < e; ++w) {
-      const int64_t r = w / nc, c = w % nc;
-      RowPlan& p = plans[static_cast<size_t>(r)];
-      const T* x = logits + r * row_stride;
-      const auto [lo, hi] = chunk_range(V, nc, c);
-      switch (p.path) {
-        case Path::kPlain:
-          noise_pass(x, lo, hi, Cut(p.it), p.seed, p.offset, p.best[c], p.flags[c]);
-          break;
-        case Path::kTopK:
-          topk_pass(x, lo, hi, p.k, p.cands[c], p.flags[c]);
-          break;
-        case Path::kGreedy:
-        case Path::kMinP:
-        case Path::kTopP:
-          stats_pass(x, lo, hi, p.best[c], p.flags[c]);
-          break;
-        case Path::kGeneric:
-          if (c == 0) {
-            filter::Params fp;
-            fp.temperature = p.temp;
-            fp.top_k = p.k;
-            fp.top_p = p.top_p;
-            fp.min_p = p.min_p;
-            auto load = [x](int64_t i) { return to_float(x[i]); };
-            p.f = filter::compute_row_filter(load, V, fp);  // inv_temp = 1/T as p.it
-          }
-          break;
-      }
+struct SampleRows {
+  const T* logits;
+  int64_t row_stride, V, nc;
+  std::vector<RowPlan>& plans;
+
+  const T* row(int64_t r) const { return logits + r * row_stride; }
+
+  // Phase 1 on chunk c of row r: maxima and flags, or top-k candidates.
+  void scan(int64_t r, int64_t c) {
+    RowPlan& p = plans[static_cast<size_t>(r)];
+    const T* x = row(r);
+    const auto [lo, hi] = chunk_range(V, nc, c);
+    switch (p.path) {
+      case Path::kTopK:
+        topk_pass(x, lo, hi, p.k, p.cands[c], p.flags[c]);
+        break;
+      case Path::kGreedy:
+      case Path::kPlain:
+      case Path::kMinP:
+      case Path::kTopP:
+        stats_pass(x, lo, hi, p.best[c], p.flags[c]);
+        break;
+      case Path::kGeneric:
+        if (c == 0) {
+          filter::Params fp;
+          fp.temperature = p.temp;
+          fp.top_k = p.k;
+          fp.top_p = p.top_p;
+          fp.min_p = p.min_p;
+          auto load = [x](int64_t i) { return to_float(x[i]); };
+          p.f = filter::compute_row_filter(load, V, fp);  // inv_temp = 1/T as p.it
+        }
+        break;
     }
-  });
-  // Merge phase 1; decide each row's cut.
-  for (int64_t r = 0; r < B; ++r) {
+  }
+
+  // Merge row r's chunks; decide its cut (top-k rows: the draw itself).
+  void merge(int64_t r) {
     RowPlan& p = plans[static_cast<size_t>(r)];
     Flags fl;
     Best bs;
@@ -131,18 +151,14 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
       if (p.best[c].idx >= 0) bs.take(p.best[c].key, p.best[c].idx);
     }
     switch (p.path) {
-      case Path::kPlain:
-        p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
-        p.id = p.valid ? bs.idx : 0;
-        p.done = true;
-        break;
       case Path::kGreedy:
         p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
         p.id = p.valid ? bs.idx : 0;
         p.done = true;
         break;
+      case Path::kPlain:
       case Path::kMinP:
-      case Path::kTopP: {
+      case Path::kTopP:
         p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
         if (!p.valid) {
           p.done = true;
@@ -157,7 +173,6 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
         p.f.cut_index = std::numeric_limits<int64_t>::max();
         p.f.log_min_p = filter::log_min_p_of(p.min_p);
         break;
-      }
       case Path::kTopK: {
         std::vector<Cand> all;
         for (auto& v : p.cands) all.insert(all.end(), v.begin(), v.end());
@@ -174,33 +189,8 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
         std::vector<float> mass(static_cast<size_t>(n0));
         for (int64_t j = 0; j < n0; ++j) mass[j] = filter::token_mass(all[j].v, m, p.it);
         const int64_t n = filter::top_p_prefix(mass.data(), n0, p.top_p);
-        const float lmp = filter::log_min_p_of(p.min_p);
-        Best b;
-        int64_t j = 0;
-#if SOFTDEC_SIMD_AVX512
-        // 16 candidates at a time: their Philox blocks, noise and keys in vectors
-        alignas(64) float cv[16];
-        alignas(64) int64_t cix[16];
-        alignas(64) float keys[16];
-        for (; j + 16 <= n; j += 16) {
-          for (int l = 0; l < 16; ++l) {
-            cv[l] = all[j + l].v;
-            cix[l] = all[j + l].i;
-          }
-          const __m512 xv = _mm512_load_ps(cv);
-          const __m512 key = _mm512_fmadd_ps(xv, _mm512_set1_ps(p.it), vgumbel(philox_at(p.seed, p.offset, cix)));
-          _mm512_store_ps(keys, key);
-          for (int l = 0; l < 16; ++l)
-            if ((cv[l] - m) * p.it >= lmp) b.take(keys[l], cix[l]);
-        }
-#endif
-        for (; j < n; ++j) {
-          const float v = all[j].v;
-          if (!((v - m) * p.it >= lmp)) continue;
-          const float u = philox::uniform(p.seed, p.offset, static_cast<uint64_t>(all[j].i));
-          b.take(filter::ffma(v, p.it, filter::gumbel(u)), all[j].i);
-        }
-        p.id = b.idx >= 0 ? b.idx : all[0].i;
+        p.id = draw_from_candidates(all, n, m, p.it, filter::log_min_p_of(p.min_p),
+                                    philox::uniform53(p.seed, p.offset));
         break;
       }
       case Path::kGeneric:
@@ -211,44 +201,85 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
         }
         break;
     }
-    for (auto& b : p.best) b = Best{};
-    for (auto& f : p.flags) f = Flags{};
+    if (!p.done) p.blk.assign(static_cast<size_t>((V + kCdfBlock - 1) / kCdfBlock), 0.0);
   }
-  // (parallel regions are skipped when no row needs them: each one costs a
-  // thread wake-up)
-  bool any_top_p = false, any_left = false;
-  for (const auto& p : plans) {
-    any_top_p |= p.path == Path::kTopP && !p.done;
-    any_left |= !p.done;
+
+  bool needs_top_p(int64_t r) const {
+    const RowPlan& p = plans[static_cast<size_t>(r)];
+    return p.path == Path::kTopP && !p.done;
   }
-  // Phase 1b: the top-p cut of top-p-only rows (one thread per row).
-  if (any_top_p) torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) {
-      RowPlan& p = plans[static_cast<size_t>(r)];
-      if (p.path != Path::kTopP || p.done) continue;
-      top_p_cut(logits + r * row_stride, V, p.f.max_logit, p.f.argmax, p.it, p.top_p, &p.f.cut_value,
-                &p.f.cut_index);
-    }
-  });
-  // Phase 2: the noise pass over the kept set (min-p, top-p and generic rows).
-  if (any_left) torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
-    for (int64_t w = b; w < e; ++w) {
-      const int64_t r = w / nc, c = w % nc;
-      RowPlan& p = plans[static_cast<size_t>(r)];
-      if (p.done) continue;
-      const auto [lo, hi] = chunk_range(V, nc, c);
-      noise_pass(logits + r * row_stride, lo, hi, Cut::of(p.f), p.seed, p.offset, p.best[c], p.flags[c]);
-    }
-  });
-  for (int64_t r = 0; r < B; ++r) {
+
+  // The top-p cut of a top-p-only row (serial, O(V)).
+  void top_p(int64_t r) {
     RowPlan& p = plans[static_cast<size_t>(r)];
-    if (!p.done) {
-      Best bs;
-      for (int64_t c = 0; c < nc; ++c)
-        if (p.best[c].idx >= 0) bs.take(p.best[c].key, p.best[c].idx);
-      p.id = bs.idx >= 0 ? bs.idx : p.f.argmax;
+    top_p_cut(row(r), V, p.f.max_logit, p.f.argmax, p.it, p.top_p, &p.f.cut_value, &p.f.cut_index);
+  }
+
+  // Phase 2 on chunk c of row r: the block masses of its kept tokens.
+  void masses(int64_t r, int64_t c) {
+    RowPlan& p = plans[static_cast<size_t>(r)];
+    if (p.done) return;
+    const auto [lo, hi] = chunk_range(V, nc, c);
+    if (lo < hi) mass_pass(row(r), lo, hi, Cut::of(p.f), p.blk.data() + lo / kCdfBlock);
+  }
+
+  void draw(int64_t r) {
+    RowPlan& p = plans[static_cast<size_t>(r)];
+    if (p.done) return;
+    p.id = draw_from_blocks(row(r), V, Cut::of(p.f), p.blk.data(), philox::uniform53(p.seed, p.offset));
+    if (p.id < 0) p.id = p.f.argmax;  // the max token is always kept and has mass 1
+    p.done = true;
+  }
+};
+
+template <class T>
+void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, std::vector<RowPlan>& plans,
+                   int64_t* ids, bool* valid) {
+  const int64_t nc = chunks_for(B, V);
+  for (auto& p : plans) {
+    p.best.assign(static_cast<size_t>(nc), Best{});
+    p.flags.assign(static_cast<size_t>(nc), Flags{});
+    if (p.path == Path::kTopK) p.cands.assign(static_cast<size_t>(nc), {});
+  }
+  SampleRows<T> rows{logits, row_stride, V, nc, plans};
+  if (nc == 1) {
+    // At least one row per thread: every pass of a row back to back in one task,
+    // so the passes after the first read the row from cache, not memory.
+    torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        rows.scan(r, 0);
+        rows.merge(r);
+        if (rows.needs_top_p(r)) rows.top_p(r);
+        rows.masses(r, 0);
+        rows.draw(r);
+      }
+    });
+  } else {
+    // Fewer rows than threads: each row's vocabulary split in nc chunks; chunk c
+    // of every phase goes to the same thread (static schedule), which still has it cached.
+    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) rows.scan(w / nc, w % nc);
+    });
+    bool any_top_p = false, any_left = false;
+    for (int64_t r = 0; r < B; ++r) {
+      rows.merge(r);
+      any_top_p |= rows.needs_top_p(r);
+      any_left |= !plans[static_cast<size_t>(r)].done;
     }
-    ids[r] = (p.id >= 0 && p.id < V) ? p.id : 0;
+    // (parallel regions are skipped when no row needs them: each one costs a
+    // thread wake-up)
+    if (any_top_p) torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r)
+        if (rows.needs_top_p(r)) rows.top_p(r);
+    });
+    if (any_left) torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) rows.masses(w / nc, w % nc);
+    });
+    for (int64_t r = 0; r < B; ++r) rows.draw(r);
+  }
+  for (int64_t r = 0; r < B; ++r) {
+    const RowPlan& p = plans[static_cast<size_t>(r)];
+    ids[r] = (p.valid && p.id >= 0 && p.id < V) ? p.id : 0;
     valid[r] = p.valid;
   }
 }

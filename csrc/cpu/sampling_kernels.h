@@ -197,6 +197,154 @@ void noise_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, uint64_t see
   }
 }
 
+// Masses e_i = fexp((x_i - m) * it) of n tokens (vexp mirrors filter::fexp bit for bit).
+template <class T>
+void masses(const T* x, int64_t n, float m, float it, float* e) {
+  int64_t j = 0;
+#if SOFTDEC_SIMD_AVX512
+  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(it);
+  for (; j + 16 <= n; j += 16)
+    _mm512_storeu_ps(e + j, vexp(_mm512_mul_ps(_mm512_sub_ps(load16<T>(x + j), vm), vit)));
+#endif
+  for (; j < n; ++j) e[j] = filter::token_mass(to_float(x[j]), m, it);
+}
+
+// ------------------------------------------------------------------ inverse-CDF draw (sample)
+// softdec.sample draws kept token i with probability draw_mass(x_i) / (sum of
+// the kept masses), draw_mass = 2^((x - max) * c) (filter.h; vexp2 here, the
+// same bits), by inversion with one uniform u = philox::uniform53(seed, offset).
+// The order of every sum is part of the definition (CUDA and the reference
+// oracle repeat it, so all three pick the same token):
+//   block b = tokens [1024 b, 1024 b + 1024); lane l of block b = its tokens
+//   1024 b + 16 j + l, j = 0..63, summed in float in j order; blk[b] = the 16
+//   lane sums added in double in lane order;
+//   target = u * (blk[0] + blk[1] + ...) (double, in order); the chosen block
+//   is the first with mass whose running double sum exceeds target (else the
+//   last block with mass); inside it, the first kept token with mass whose
+//   running double sum exceeds what is left of target (else the block's last
+//   token with mass).
+
+constexpr int64_t kCdfBlock = 1024;
+constexpr int kCdfLanes = 16;
+
+// Does the cut keep each of 16 lanes (x loaded, z = (x - m) * c, base = index of lane 0)?
+#if SOFTDEC_SIMD_AVX512
+inline __mmask16 kept_lanes(const Cut& cut, __m512 xv, __m512 z, int64_t base, __mmask16 lm) {
+  __mmask16 k = _mm512_mask_cmp_ps_mask(lm, xv, _mm512_set1_ps(-kInf), _CMP_GT_OQ);
+  if (cut.lmp > -kInf) {
+    // min-p compares (x - m) * (1/T), the filter's unit, not the draw's base-2 z
+    const __m512 s = _mm512_mul_ps(_mm512_sub_ps(xv, _mm512_set1_ps(cut.m)), _mm512_set1_ps(cut.it));
+    k &= _mm512_cmp_ps_mask(s, _mm512_set1_ps(cut.lmp), _CMP_GE_OQ);
+  }
+  if (cut.cv > -kInf) {
+    const __mmask16 gt = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(cut.cv), _CMP_GT_OQ);
+    const __mmask16 eq = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(cut.cv), _CMP_EQ_OQ);
+    __mmask16 eq_ok = 0;
+    if (eq) {
+      for (int l = 0; l < 16; ++l)
+        if (((eq >> l) & 1) && base + l <= cut.ci) eq_ok |= static_cast<__mmask16>(1u << l);
+    }
+    k &= (gt | eq_ok);
+  }
+  (void)z;
+  return k;
+}
+#endif
+
+// Draw masses of the n tokens x[0..n) (first index base): 0 where not kept.
+template <class T>
+void draw_masses(const T* x, int64_t base, int64_t n, const Cut& cut, float* e) {
+  const float c = filter::draw_scale(cut.it);
+  int64_t j = 0;
+#if SOFTDEC_SIMD_AVX512
+  const __m512 vm = _mm512_set1_ps(cut.m), vc = _mm512_set1_ps(c);
+  for (; j < n; j += 16) {
+    const int64_t left = n - j;
+    const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+    const __m512 xv = left >= 16 ? load16<T>(x + j) : load16_mask<T>(x + j, lm);
+    const __m512 z = _mm512_mul_ps(_mm512_sub_ps(xv, vm), vc);
+    const __m512 ev = _mm512_maskz_mov_ps(kept_lanes(cut, xv, z, base + j, lm), vexp2(z));
+    _mm512_mask_storeu_ps(e + j, lm, ev);
+  }
+#endif
+  for (; j < n; ++j) {
+    const float v = to_float(x[j]);
+    e[j] = cut.kept(v, base + j) ? filter::draw_mass(v, cut.m, c) : 0.0f;
+  }
+}
+
+// blk[(b0 - lo) / kCdfBlock] for every block b0 of [lo, hi) (lo a multiple of
+// kCdfBlock), by the lane rule above. 16-token vectors whose kept tokens all
+// underflow (z <= -125) cost one compare.
+template <class T>
+void mass_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, double* blk) {
+  const float c = filter::draw_scale(cut.it);
+  for (int64_t b0 = lo; b0 < hi; b0 += kCdfBlock) {
+    const int64_t b1 = std::min(hi, b0 + kCdfBlock);
+    alignas(64) float lane[kCdfLanes] = {};
+#if SOFTDEC_SIMD_AVX512
+    const __m512 vm = _mm512_set1_ps(cut.m), vc = _mm512_set1_ps(c), vunder = _mm512_set1_ps(-125.0f);
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t i = b0; i < b1; i += 16) {
+      const int64_t left = b1 - i;
+      const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+      const __m512 xv = left >= 16 ? load16<T>(x + i) : load16_mask<T>(x + i, lm);
+      const __m512 z = _mm512_mul_ps(_mm512_sub_ps(xv, vm), vc);
+      if (!_mm512_mask_cmp_ps_mask(lm, z, vunder, _CMP_GT_OQ)) continue;  // all underflow (or NaN / -inf)
+      const __mmask16 k = kept_lanes(cut, xv, z, i, lm);
+      if (!k) continue;
+      acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, vexp2(z)));
+    }
+    _mm512_store_ps(lane, acc);
+#else
+    for (int64_t i = b0; i < b1; ++i) {
+      const float v = to_float(x[i]);
+      if (cut.kept(v, i)) lane[(i - b0) % kCdfLanes] += filter::draw_mass(v, cut.m, c);
+    }
+#endif
+    double sum = 0.0;
+    for (int l = 0; l < kCdfLanes; ++l) sum += static_cast<double>(lane[l]);
+    blk[(b0 - lo) / kCdfBlock] = sum;
+  }
+}
+
+// Position of the draw among n masses in vocabulary order: the first j with
+// mass[j] > 0 whose running sum (double) exceeds target; if rounding leaves
+// none, the last j with mass[j] > 0 (-1 if there is none).
+template <class M>
+int64_t pick_in(const M* mass, int64_t n, double target) {
+  double run = 0.0;
+  int64_t last = -1;
+  for (int64_t j = 0; j < n; ++j) {
+    if (!(mass[j] > M(0))) continue;
+    run += static_cast<double>(mass[j]);
+    last = j;
+    if (run > target) return j;
+  }
+  return last;
+}
+
+// The draw of a row whose kept set is `cut`, given its block masses blk[0 ..
+// ceil(V / kCdfBlock)). Returns -1 if the kept set has no mass.
+template <class T>
+int64_t draw_from_blocks(const T* x, int64_t V, const Cut& cut, const double* blk, double u) {
+  const int64_t nb = (V + kCdfBlock - 1) / kCdfBlock;
+  double total = 0.0;
+  for (int64_t b = 0; b < nb; ++b) total += blk[b];
+  if (!(total > 0.0)) return -1;
+  double target = u * total;
+  const int64_t b = pick_in(blk, nb, target);
+  if (b < 0) return -1;
+  double before = 0.0;  // the running sum of pick_in up to block b (zero blocks add nothing)
+  for (int64_t j = 0; j < b; ++j) before += blk[j];
+  target -= before;
+  const int64_t b0 = b * kCdfBlock, n = std::min(kCdfBlock, V - b0);
+  alignas(64) float e[kCdfBlock];
+  draw_masses(x + b0, b0, n, cut, e);
+  const int64_t j = pick_in(e, n, target);
+  return j < 0 ? -1 : b0 + j;
+}
+
 // Max / argmax (lowest index among ties) and flags of [lo, hi).
 template <class T>
 void stats_pass(const T* x, int64_t lo, int64_t hi, Best& best, Flags& flags) {
@@ -325,18 +473,6 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
 }
 
 // ------------------------------------------------------------------ sample
-
-// Masses e_i = fexp((x_i - m) * it) of n tokens (vexp mirrors filter::fexp bit for bit).
-template <class T>
-void masses(const T* x, int64_t n, float m, float it, float* e) {
-  int64_t j = 0;
-#if SOFTDEC_SIMD_AVX512
-  const __m512 vm = _mm512_set1_ps(m), vit = _mm512_set1_ps(it);
-  for (; j + 16 <= n; j += 16)
-    _mm512_storeu_ps(e + j, vexp(_mm512_mul_ps(_mm512_sub_ps(load16<T>(x + j), vm), vit)));
-#endif
-  for (; j < n; ++j) e[j] = filter::token_mass(to_float(x[j]), m, it);
-}
 
 // The top-p cut of a valid row without top-k (filter.h semantics), in O(V):
 // a 4096-bucket histogram of (count, mass) on order_key >> 20 finds the bucket

@@ -211,6 +211,24 @@ inline __m512 vexp(__m512 x) {
   return _mm512_maskz_mul_ps(static_cast<__mmask16>(~under), p, scale);
 }
 
+// filter::fexp2 on 16 lanes, bit for bit (lanes with x <= -125, or NaN, give 0).
+inline __m512 vexp2(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-125.0f), _CMP_GT_OQ);
+  x = _mm512_min_ps(x, _mm512_setzero_ps());
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  const __m512i ni = _mm512_cvtps_epi32(n);
+  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
+  return _mm512_maskz_mul_ps(live, p, scale);
+}
+
 inline __m512i mulhi32(__m512i a, __m512i m) {
   const __m512i pe = _mm512_mul_epu32(a, m);
   const __m512i po = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);

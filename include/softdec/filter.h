@@ -186,6 +186,31 @@ SOFTDEC_HD float fexp(float x) {
   return p * bits_float(static_cast<uint32_t>(ni + 127) << 23);
 }
 
+// 2^x (Cephes exp2f polynomial on [-1/2, 1/2], explicit FMAs, ~1 ulp) for
+// x <= 0; exactly 0 for x <= -125 (so results are never subnormal).
+SOFTDEC_HD float fexp2(float x) {
+  if (!(x > -125.0f)) return 0.0f;
+  if (x > 0.0f) x = 0.0f;
+#if defined(__CUDA_ARCH__)
+  const float n = rintf(x);  // nearest, ties to even
+#else
+  const float n = std::nearbyint(x);
+#endif
+  const float r = x - n;  // exact, |r| <= 1/2
+  float p = 1.5403530393381609e-4f;
+  p = ffma(p, r, 1.3333558146428443e-3f);
+  p = ffma(p, r, 9.6181291076284772e-3f);
+  p = ffma(p, r, 5.5504108664821580e-2f);
+  p = ffma(p, r, 2.4022650695910071e-1f);
+  p = ffma(p, r, 6.9314718055994531e-1f);
+  p = ffma(p, r, 1.0f);
+  return p * bits_float(static_cast<uint32_t>(static_cast<int>(n) + 127) << 23);
+}
+
+// The mass softdec.sample draws a token with: 2^((x - m) * c), c = draw_scale(1/T).
+SOFTDEC_HD float draw_scale(float inv_temp) { return inv_temp * 1.44269504088896341f; }
+SOFTDEC_HD float draw_mass(float x, float m, float c) { return fexp2((x - m) * c); }
+
 // Standard Gumbel noise of a uniform u in (0, 1) (the Philox stream's range).
 SOFTDEC_HD float gumbel(float u) { return -flog(-flog(u)); }
 

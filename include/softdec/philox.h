@@ -95,6 +95,16 @@ SOFTDEC_HD float uniform(uint64_t seed, uint64_t offset, uint64_t i) {
   return to_unit_float(bits(seed, offset, i));
 }
 
+// A double strictly inside (0, 1) with 53 random bits: 27 from element 0 and
+// 26 from element 1 of the (seed, offset) stream, (k + 0.5) / 2^53. The one
+// uniform of an inverse-CDF draw (softdec.sample): fine enough that no
+// probability above ~1e-16 is quantised away.
+SOFTDEC_HD double uniform53(uint64_t seed, uint64_t offset) {
+  const U32x4 b = block(seed, offset, 0);
+  const uint64_t k = (static_cast<uint64_t>(b.v[0] >> 5) << 26) | static_cast<uint64_t>(b.v[1] >> 6);
+  return (static_cast<double>(k) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
 // Standard Gumbel noise G = -log(-log u) for u strictly inside (0, 1); finite
 // for every u the stream produces (|G| < 17).
 SOFTDEC_HD float gumbel_from_uniform(float u) {

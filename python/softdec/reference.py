@@ -250,7 +250,7 @@ def soft_mixture_dense(logits, embedding, *, temperature=1.0):
 
 # ============================================================================ sampling
 
-__all__ += ["filter_probs", "sample", "sample_gumbel", "gumbel_noise", "gumbel_softmax",
+__all__ += ["filter_probs", "sample", "sample_exact", "uniform53", "draw_mass32", "gumbel_noise", "gumbel_softmax",
             "gumbel_softmax_topk", "top_k_mask_logits", "top_p_renorm_probs", "min_p_renorm_probs"]
 
 
@@ -334,19 +334,113 @@ def gumbel_noise(seed, offset, batch: int, vocab: int) -> torch.Tensor:
     return -torch.log(-torch.log(u.double()))
 
 
-def sample_gumbel(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
-                  seed=0, offset=0):
-    """The exact-stream oracle of ``softdec.sample``: argmax over the kept set of
-    ``logits / T + G`` with softdec's Philox noise (float64). Returns ``(ids, valid)``."""
+def uniform53(seed: int, offset: int) -> float:
+    """The one uniform of ``softdec.sample``'s draw: 27 bits of element 0 and 26 bits of
+    element 1 of the ``(seed, offset)`` stream, ``(k + 0.5) / 2**53`` (include/softdec/philox.h)."""
+    seed &= (1 << 64) - 1
+    offset &= (1 << 64) - 1
+    ctr = np.array([[0, 0, offset & _MASK, offset >> 32]], np.uint64)
+    key = np.array([[seed & _MASK, seed >> 32]], np.uint64)
+    w = philox4x32_10(ctr, key)[0]
+    k = (int(w[0]) >> 5) << 26 | (int(w[1]) >> 6)
+    return (k + 0.5) / 2.0 ** 53
+
+
+def _f32_fma(a, b, c):
+    # a * b is exact in float64 for float32 a, b; one rounding to float32 after the add
+    # (a double rounding differs from a true FMA only in ~2^-29 of halfway cases).
+    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+
+
+def draw_mass32(z: np.ndarray) -> np.ndarray:
+    """``filter::fexp2`` of float32 ``z`` step by step in float32 (include/softdec/filter.h):
+    2^z, Cephes polynomial on [-1/2, 1/2]; 0 for z <= -125."""
+    f = np.float32
+    z = np.asarray(z, np.float32)
+    live = z > f(-125.0)
+    x = np.minimum(np.where(live, z, f(0.0)), f(0.0))
+    n = np.rint(x).astype(np.float32)  # nearest, ties to even
+    r = (x - n).astype(np.float32)
+    p = np.full_like(x, f(1.5403530393381609e-4))
+    for c in (1.3333558146428443e-3, 9.6181291076284772e-3, 5.5504108664821580e-2,
+              2.4022650695910071e-1, 6.9314718055994531e-1, 1.0):
+        p = _f32_fma(p, r, f(c))
+    scale = ((n.astype(np.int32) + 127).astype(np.uint32) << np.uint32(23)).view(np.float32)
+    return np.where(live, (p * scale).astype(np.float32), f(0.0))
+
+
+def _pick(mass, target: float) -> int:
+    """First j with mass > 0 whose running float64 sum exceeds target, else the last with mass."""
+    run, last = 0.0, -1
+    for j in np.nonzero(mass > 0)[0]:
+        run += float(mass[j])
+        last = int(j)
+        if run > target:
+            return last
+    return last
+
+
+def sample_exact(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                 seed=0, offset=0):
+    """The exact-stream oracle of ``softdec.sample``: inversion over the kept set.
+
+    Kept set from :func:`filter_probs` (float64). Masses as the kernels compute
+    them: ``2^((x - max) * c)`` in float32 (:func:`draw_mass32`), ``c = (1/T) * log2(e)``
+    in float32; one uniform ``u`` = :func:`uniform53` of the row's ``(seed, offset)``.
+    The sums in the kernels' order (csrc/cpu/sampling_kernels.h): rows with top-k
+    (k <= 2048) walk their kept tokens in vocabulary order; the others sum 1024-token
+    blocks as 16 float32 lanes (lane l: tokens 16 j + l, in j order) added in float64,
+    pick the block, then the token inside it. T = 0: the argmax. Returns ``(ids, valid)``.
+    """
     B, V = logits.shape
-    probs, valid = filter_probs(logits.double(), temperature, top_k, top_p, min_p)
-    T = _row_values(temperature, B, torch.float64, logits.device)
-    z = logits.double() / torch.where(T == 0, torch.ones_like(T), T)[:, None]
-    key = torch.where(probs > 0, z + gumbel_noise(seed, offset, B, V).to(z.device), torch.full_like(z, -float("inf")))
-    ids = torch.where(valid, key.argmax(-1), torch.zeros(B, dtype=torch.int64, device=z.device))
-    greedy = (T == 0) & valid
-    ids = torch.where(greedy, probs.argmax(-1), ids)
-    return ids, valid
+    x32 = logits.detach().float().cpu()
+    probs, valid = filter_probs(logits.detach().double().cpu(), temperature, top_k, top_p, min_p)
+    T = _row_values(temperature, B, torch.float32, "cpu")
+    K = _row_values(top_k, B, torch.int64, "cpu")
+    seeds = _row_values(seed, B, torch.int64, "cpu").tolist()
+    offs = _row_values(offset, B, torch.int64, "cpu").tolist()
+    ids = torch.zeros(B, dtype=torch.int64)
+    for r in range(B):
+        if not bool(valid[r]):
+            continue
+        kept = (probs[r] > 0).numpy()
+        if float(T[r]) == 0.0:
+            ids[r] = int(probs[r].argmax())
+            continue
+        xr = x32[r].numpy()
+        c = np.float32(np.float32(1.0) / np.float32(T[r].item())) * np.float32(1.44269504088896341)
+        m = np.float32(xr[np.isfinite(xr)].max())
+        z = ((xr - m).astype(np.float32) * c).astype(np.float32)
+        mass = np.where(kept, draw_mass32(np.where(kept, z, np.float32(-1e30))), np.float32(0))
+        u = uniform53(seeds[r], offs[r])
+        k = int(K[r])
+        if 0 < k < V and k <= 2048:  # the top-k candidate path
+            total = 0.0
+            for j in np.nonzero(mass > 0)[0]:
+                total += float(mass[j])
+            ids[r] = _pick(mass, u * total)
+            continue
+        nb = (V + 1023) // 1024
+        padded = np.zeros(nb * 1024, np.float32)
+        padded[:V] = mass
+        lanes = np.cumsum(padded.reshape(nb, 64, 16), axis=1, dtype=np.float32)[:, -1, :]  # float, j order
+        blk = np.zeros(nb)
+        for b in range(nb):
+            acc = 0.0
+            for v in lanes[b]:
+                acc += float(v)
+            blk[b] = acc
+        total = 0.0
+        for v in blk:
+            total += float(v)
+        target = u * total
+        b = _pick(blk, target)
+        before = 0.0
+        for v in blk[:b]:
+            before += float(v)
+        j = _pick(mass[b * 1024:(b + 1) * 1024], target - before)
+        ids[r] = b * 1024 + j
+    return ids.to(logits.device), valid.to(logits.device)
 
 
 def gumbel_softmax(logits: torch.Tensor, tau=1.0, seed=0, offset=0, noise=None):
