@@ -64,15 +64,21 @@ def test_sample_filtering_matches_soft_mixture_kept_set():
 
 def test_gumbel_soft_mixture_and_sample_share_the_noise_stream():
     """One RNG layout: Gumbel noise of token i is element i of the row's (seed, offset)
-    stream in soft_mixture, sample and gumbel_softmax."""
+    stream in soft_mixture and gumbel_softmax; sample's one uniform is made of elements
+    0 and 1 of the same stream."""
+    from softdec import reference as ref
     V = 30
     logits = torch.randn(3, V)
     seed, off = torch.tensor([5, 6, 7]), torch.tensor([0, 2, 4])
     u = softdec.philox_uniform((3, V), seed, off).double()
     gumbel = -torch.log(-torch.log(u))
     want = torch.argmax(logits.double() + gumbel, dim=-1)
-    assert torch.equal(softdec.sample(logits, seed=seed, offset=off).ids, want)
     hard_ids = softdec.gumbel_softmax(logits, tau=1.0, hard=True, seed=seed, offset=off).argmax(-1)
     assert torch.equal(hard_ids, want)
     st = softdec.soft_mixture(logits, torch.zeros(V, 2), top_k=V, noise="gumbel", tau=1.0, seed=seed, offset=off)
     assert torch.equal(st.ids[:, 0], want)
+    # the 53-bit uniform of sample: 27 + 26 top bits of elements 0 and 1 (float32 elements keep 23 bits)
+    for r in range(3):
+        u53 = ref.uniform53(int(seed[r]), int(off[r]))
+        assert abs(u53 - float(u[r, 0])) < 2.0 ** -22
+    assert torch.equal(softdec.sample(logits, seed=seed, offset=off).ids, ref.sample_exact(logits, seed=seed, offset=off)[0])

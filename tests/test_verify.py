@@ -699,11 +699,15 @@ def test_ties_and_large_top_k_match_reference(kind, filt):
 
 
 @pytest.mark.parametrize("filt", [dict(), dict(temperature=0.7, top_k=50), dict(top_p=0.9, min_p=0.02)])
-def test_bonus_draw_equals_softdec_sample_on_the_documented_stream(filt):
-    # the bonus draw at position j is softdec.sample on the (seed, offset + 1 + j) stream
+def test_bonus_draw_is_the_exponential_race_on_the_documented_stream(filt):
+    # the bonus draw at position j is the exponential race argmax p_i / E_i over the filtered
+    # target distribution, E_i = -log u_i, u_i element i of the (seed, offset + 1 + j) stream
     B, V = 500, 1000
     lg = torch.randn(B, 1, V) * 2
     seeds = torch.arange(B) * 31 + 7
     out = softdec.verify(lg, torch.zeros(B, 0, dtype=torch.long), seed=seeds, offset=20, **filt)
-    s = softdec.sample(lg[:, 0], seed=seeds, offset=21, **filt)
-    assert torch.equal(out.tokens[:, 0], s.ids)
+    probs, _ = ref.filter_probs(lg[:, 0].double(), filt.get("temperature", 1.0), filt.get("top_k", 0),
+                                filt.get("top_p", 1.0), filt.get("min_p", 0.0))
+    e = -torch.log(softdec.philox_uniform((B, V), seeds, torch.full((B,), 21)).double())
+    want = torch.where(probs > 0, probs.log() - e.log(), torch.full_like(probs, -float("inf"))).argmax(-1)
+    assert torch.equal(out.tokens[:, 0], want)

@@ -608,6 +608,102 @@ Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
   return out;
 }
 
+// ------------------------------------------------------------------ renormalisation of probability rows
+// filter::compute_prob_filter's semantics (a row is valid iff no entry is
+// negative, NaN or inf and one is > 0; zeros are never kept; kept_probs), with
+// vectorised passes: stats, the top-p cut (top_p_cut<true>), the kept sum, the write.
+
+// Validity, max and its first index of a probability row.
+template <class T>
+void prob_stats(const T* x, int64_t V, filter::ProbFilter& f) {
+  bool bad = false;
+  float m = 0.0f;
+  int64_t i = 0;
+#if SOFTDEC_SIMD_AVX512
+  const __m512 zero = _mm512_setzero_ps(), pinf = _mm512_set1_ps(kInf);
+  __m512 mx = zero;
+  __mmask16 badm = 0;
+  for (; i + 16 <= V; i += 16) {
+    const __m512 v = load16<T>(x + i);
+    badm |= _mm512_cmp_ps_mask(v, zero, _CMP_NGE_UQ) | _mm512_cmp_ps_mask(v, pinf, _CMP_EQ_OQ);
+    mx = _mm512_max_ps(mx, v);
+  }
+  bad = badm != 0;
+  m = hmax(mx);
+#endif
+  for (; i < V; ++i) {
+    const float v = to_float(x[i]);
+    if (!(v >= 0.0f) || v == kInf) bad = true;
+    if (v > m) m = v;
+  }
+  f.valid = (!bad && m > 0.0f) ? 1 : 0;
+  if (!f.valid) return;
+  f.max_prob = m;
+  for (int64_t j = 0; j < V; ++j)
+    if (to_float(x[j]) == m) {
+      f.argmax = j;
+      break;
+    }
+}
+
+#if SOFTDEC_SIMD_AVX512
+inline __mmask16 kept_probs16(const filter::ProbFilter& f, __m512 v, int64_t base) {
+  __mmask16 k = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ) &
+                _mm512_cmp_ps_mask(v, _mm512_set1_ps(f.min_prob), _CMP_GE_OQ);
+  if (f.cut_value > 0.0f) {
+    const __mmask16 gt = _mm512_cmp_ps_mask(v, _mm512_set1_ps(f.cut_value), _CMP_GT_OQ);
+    const __mmask16 eq = _mm512_cmp_ps_mask(v, _mm512_set1_ps(f.cut_value), _CMP_EQ_OQ);
+    __mmask16 eq_ok = 0;
+    if (eq)
+      for (int l = 0; l < 16; ++l)
+        if (((eq >> l) & 1) && base + l <= f.cut_index) eq_ok |= static_cast<__mmask16>(1u << l);
+    k &= gt | eq_ok;
+  }
+  return k;
+}
+#endif
+
+// Sum (double) of the kept entries.
+template <class T>
+double kept_sum(const T* x, int64_t V, const filter::ProbFilter& f) {
+  double s = 0.0;
+  int64_t i = 0;
+#if SOFTDEC_SIMD_AVX512
+  __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+  for (; i + 16 <= V; i += 16) {
+    const __m512 v = load16<T>(x + i);
+    const __m512 e = _mm512_maskz_mov_ps(kept_probs16(f, v, i), v);
+    a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+    a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+  }
+  s = _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+#endif
+  for (; i < V; ++i) {
+    const float v = to_float(x[i]);
+    if (filter::kept_probs(f, v, i)) s += v;
+  }
+  return s;
+}
+
+// out[i] = kept ? x[i] * scale : 0.
+template <class T>
+void write_renorm(const T* x, int64_t V, const filter::ProbFilter& f, float scale, T* out) {
+  int64_t i = 0;
+#if SOFTDEC_SIMD_AVX512
+  if constexpr (std::is_same_v<T, float>) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (; i + 16 <= V; i += 16) {
+      const __m512 v = _mm512_loadu_ps(x + i);
+      _mm512_storeu_ps(out + i, _mm512_maskz_mul_ps(kept_probs16(f, v, i), v, vs));
+    }
+  }
+#endif
+  for (; i < V; ++i) {
+    const float v = to_float(x[i]);
+    out[i] = static_cast<T>(filter::kept_probs(f, v, i) ? v * scale : 0.0f);
+  }
+}
+
 template <bool kTopP>
 Tensor renorm_probs_cpu(Tensor probs, Tensor param, const char* pname) {
   sampling_checks::check_renorm_args(probs, param, pname);
@@ -624,24 +720,16 @@ Tensor renorm_probs_cpu(Tensor probs, Tensor param, const char* pname) {
     torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
       for (int64_t r = b; r < e; ++r) {
         const scalar_t* xr = x + r * rs;
-        auto load = [xr](int64_t i) { return to_float(xr[i]); };
-        // validity, max and the min-p bound (top_p = 1: no radix passes) ...
-        filter::ProbFilter f = filter::compute_prob_filter(load, V, 0, 1.0f, kTopP ? 0.0f : pp[r]);
-        if (kTopP && f.valid && pp[r] < 1.0f) {
-          // ... then the top-p cut in O(V) and the kept mass
+        filter::ProbFilter f;
+        prob_stats(xr, V, f);
+        f.cut_value = -kInf;
+        f.cut_index = V;
+        f.min_prob = kTopP ? 0.0f : pp[r] * f.max_prob;
+        if (f.valid && kTopP && pp[r] < 1.0f)
           top_p_cut<true>(xr, V, f.max_prob, f.argmax, 1.0f, pp[r], &f.cut_value, &f.cut_index);
-          double sum = 0.0;
-          for (int64_t i = 0; i < V; ++i) {
-            const float v = load(i);
-            if (filter::kept_probs(f, v, i)) sum += v;
-          }
-          f.norm = sum;
-        }
+        f.norm = f.valid ? kept_sum(xr, V, f) : 0.0;
         const float scale = (f.valid && f.norm > 0.0) ? static_cast<float>(1.0 / f.norm) : 0.0f;
-        for (int64_t i = 0; i < V; ++i) {
-          const float v = load(i);
-          o[r * V + i] = static_cast<scalar_t>(filter::kept_probs(f, v, i) ? v * scale : 0.0f);
-        }
+        write_renorm(xr, V, f, scale, o + r * V);
       }
     });
   });

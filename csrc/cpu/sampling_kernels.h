@@ -26,8 +26,6 @@ namespace cpu {
 using namespace ::softdec::simd;  // NOLINT
 using filter::RowFilter;
 constexpr float kInf = std::numeric_limits<float>::infinity();
-// Largest Gumbel value the stream can produce: -log(-log(1 - 2^-24)) < 16.7.
-constexpr float kGumbelMax = 16.7f;
 constexpr int64_t kGroup = 64;        // tokens per Philox group (16 blocks of 4)
 constexpr int64_t kSmallK = 2048;     // top-k candidate path up to this k
 constexpr int64_t kMinChunk = 16384;  // smallest vocabulary chunk per thread
@@ -68,7 +66,7 @@ struct Flags {
   }
 };
 
-// ------------------------------------------------------------------ the cut a noise pass honours
+// ------------------------------------------------------------------ the kept set of a row (a cut)
 
 // kept(i) = x > -inf && (x > cv || (x == cv && i <= ci)) && (x - m) * it >= lmp
 struct Cut {
@@ -92,110 +90,6 @@ struct Cut {
 };
 
 // ------------------------------------------------------------------ passes over [lo, hi) of a row
-
-// Gumbel-max over the kept tokens of [lo, hi): argmax of fma(x, it, G_i).
-// Also records flags (NaN / +inf / any kept finite) for validity.
-template <class T>
-void noise_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, uint64_t seed, uint64_t offset,
-                Best& best, Flags& flags) {
-  int64_t i = lo;
-#if SOFTDEC_SIMD_AVX512
-  const __m512 vcv = _mm512_set1_ps(cut.cv), vm = _mm512_set1_ps(cut.m);
-  const __m512 vit = _mm512_set1_ps(cut.it), vlmp = _mm512_set1_ps(cut.lmp);
-  const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const bool has_ci = cut.cv > -kInf;
-  __m512 bkey = vninf;
-  __m512i bidx = _mm512_set1_epi32(-1);  // index relative to lo (< 2^31 per chunk)
-  float bound = -kInf;                   // a lower bound on the best key so far
-  bool nan = false, pinf = false, fin = false;
-  for (; i < hi; i += kGroup) {
-    const int64_t n = std::min<int64_t>(kGroup, hi - i);
-    __m512 xv[4];
-    __mmask16 keep[4];
-    __mmask16 any = 0;
-    __m512 gmax = vninf;
-    for (int q = 0; q < 4; ++q) {
-      const int64_t left = n - 16 * q;
-      if (left >= 16) {
-        xv[q] = load16<T>(x + i + 16 * q);
-      } else if (left > 0) {
-        xv[q] = load16_mask<T>(x + i + 16 * q, static_cast<__mmask16>((1u << left) - 1));
-      } else {
-        xv[q] = vninf;
-      }
-      nan |= _mm512_cmp_ps_mask(xv[q], xv[q], _CMP_UNORD_Q) != 0;
-      pinf |= _mm512_cmp_ps_mask(xv[q], vpinf, _CMP_EQ_OQ) != 0;
-      __mmask16 k = _mm512_cmp_ps_mask(xv[q], vninf, _CMP_GT_OQ);
-      if (has_ci) {
-        const __mmask16 gt = _mm512_cmp_ps_mask(xv[q], vcv, _CMP_GT_OQ);
-        const __mmask16 eq = _mm512_cmp_ps_mask(xv[q], vcv, _CMP_EQ_OQ);
-        // ties at the cut value are kept up to index ci
-        __mmask16 eq_ok = 0;
-        if (eq) {
-          for (int l = 0; l < 16; ++l)
-            if (((eq >> l) & 1) && i + 16 * q + l <= cut.ci) eq_ok |= static_cast<__mmask16>(1u << l);
-        }
-        k &= (gt | eq_ok);
-      }
-      if (cut.lmp > -kInf) {
-        const __m512 s = _mm512_mul_ps(_mm512_sub_ps(xv[q], vm), vit);
-        k &= _mm512_cmp_ps_mask(s, vlmp, _CMP_GE_OQ);
-      }
-      keep[q] = k;
-      any |= k;
-      gmax = _mm512_mask_max_ps(gmax, k, gmax, xv[q]);
-    }
-    if (!any) continue;
-    fin = true;
-    // No token of this group can beat the best key found so far.
-    const float top = hmax(gmax) * cut.it;
-    if (top + kGumbelMax < bound) continue;
-    __m512 u[4];
-    philox_group(seed, offset, static_cast<uint64_t>(i) >> 2, u);
-    // Exact pruning of the logs: with v = 1 - u (exact in float), G = -log(-log u)
-    // <= -log v, so a token can only beat `bound` if v <= exp(-(bound - top)), i.e.
-    // u >= uthr; the margin covers the rounding of flog and of the key.
-    float uthr = 0.0f;
-    if (bound > -kInf) {
-      const float d = bound - top - 1e-3f * (1.0f + std::fabs(bound) + std::fabs(top));
-      if (d > 0.0f) {
-        const double e = static_cast<double>(filter::fexp(-d)) * (1.0 + 1e-5);
-        const double kthr = std::floor((1.0 - e) * 8388608.0 - 0.5) - 2.0;
-        if (kthr > 0.0) uthr = static_cast<float>((kthr + 0.5) * (1.0 / 8388608.0));
-      }
-    }
-    const __m512 vuthr = _mm512_set1_ps(uthr);
-    __m512 gk = vninf;
-    for (int q = 0; q < 4; ++q) {
-      keep[q] &= _mm512_cmp_ps_mask(u[q], vuthr, _CMP_GE_OQ);
-      if (!keep[q]) continue;
-      const __m512 key = _mm512_fmadd_ps(xv[q], vit, vgumbel(u[q]));
-      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(i - lo + 16 * q)), lane);
-      // strictly greater: earlier indices win ties within a lane
-      const __mmask16 better = _mm512_mask_cmp_ps_mask(keep[q], key, bkey, _CMP_GT_OQ);
-      bkey = _mm512_mask_mov_ps(bkey, better, key);
-      bidx = _mm512_mask_mov_epi32(bidx, better, idx);
-      gk = _mm512_mask_max_ps(gk, keep[q], gk, key);
-    }
-    bound = std::max(bound, hmax(gk));
-  }
-  take_lanes(best, bkey, bidx, lo);
-  flags.nan |= nan;
-  flags.pinf |= pinf;
-  flags.finite |= fin;
-  i = hi;
-#endif
-  for (; i < hi; ++i) {
-    const float v = to_float(x[i]);
-    if (v != v) flags.nan = true;
-    if (v == kInf) flags.pinf = true;
-    if (!cut.kept(v, i)) continue;
-    flags.finite = true;
-    const float u = philox::uniform(seed, offset, static_cast<uint64_t>(i));
-    best.take(filter::ffma(v, cut.it, filter::gumbel(u)), i);
-  }
-}
 
 // Masses e_i = fexp((x_i - m) * it) of n tokens (vexp mirrors filter::fexp bit for bit).
 template <class T>

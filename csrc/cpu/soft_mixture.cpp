@@ -347,7 +347,10 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
       const int64_t sE = embedding.stride(0);
       const w_t* w_p = weights.const_data_ptr<w_t>();
       emb_t* out = embeds.mutable_data_ptr<emb_t>();
-      torch::stable::parallel_for(0, B * nb, 1, [&](int64_t begin, int64_t end) {
+      // A small gather (B = 1: ~10 rows of D) runs on the calling thread: waking
+      // the pool would cost more than the work.
+      const int64_t grain = B * k * D < (int64_t(1) << 17) ? B * nb : 1;
+      torch::stable::parallel_for(0, B * nb, grain, [&](int64_t begin, int64_t end) {
         for (int64_t it = begin; it < end; ++it) {
           const int64_t b = it / nb, d0 = (it % nb) * kDBlock, d1 = std::min(D, d0 + kDBlock);
           gather_block<emb_t, w_t>(E, sE, ids_p + b * k, w_p + b * k,
