@@ -302,6 +302,7 @@ __global__ void prefill_flash_kernel(const T* __restrict__ q, Strides4 qs, const
 #include <cute/tensor.hpp>
 #include <cute/atom/copy_atom.hpp>
 #include <cute/atom/mma_atom.hpp>
+#include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
 
 namespace softdec_prefill_mma {
@@ -525,10 +526,11 @@ __global__ void __launch_bounds__(Tr::kThreads)
     }
 
     // O += P V with P rounded to the input dtype, straight from the S registers.
-    auto rP = make_tensor_like<E>(acc_s);
-#pragma unroll
-    for (int i = 0; i < size(acc_s); ++i) rP(i) = static_cast<E>(acc_s(i));
-    auto tOrP = make_tensor(rP.data(), acc_as_A(rP.layout()));
+    // (packed round-to-nearest conversion: cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32 on sm_80+)
+    constexpr int kSN = decltype(size(acc_s))::value;
+    const cutlass::NumericArrayConverter<E, float, kSN> to_e;
+    auto p_frag = to_e(*reinterpret_cast<const cutlass::Array<float, kSN>*>(raw_pointer_cast(acc_s.data())));
+    auto tOrP = make_tensor(make_rmem_ptr<E>(&p_frag), acc_as_A(acc_s.layout()));
     static_assert(decltype(size<2>(tOrP))::value == decltype(size<2>(tOrVt))::value, "P / V^T k-slices");
     copy(cpV, tOsVt(_, _, _0{}), tOrVt_v(_, _, _0{}));
 #pragma unroll
