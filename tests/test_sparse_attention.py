@@ -296,6 +296,74 @@ def test_prefill_matches_reference(dtype, coverage, min_tokens, window, causal, 
     _close(out, ref.token_sparse_prefill(qd, kd, vd, causal=causal, kept=kept), dtype)
 
 
+# The CUDA backend runs bf16/fp16 with head_dim 64 or 128 on tensor cores (CuTe MMA tiles of 64 compressed
+# query rows x 64 compressed keys); the shapes below cover partial tiles (L = 1, 63, 65, 200: one and several
+# query/key tiles, ragged last tile), GQA 1 and 4, both mask modes and per-head ragged kept counts.
+MMA_DTYPES = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", MMA_DTYPES)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("Hq,Hkv", [(2, 2), (8, 2)])
+@pytest.mark.parametrize("L", [1, 63, 65, 200])
+def test_prefill_mma_coverage_zero_is_dense(dtype, d, causal, Hq, Hkv, L, device):
+    q, k, v = _qkv4(2, Hq, Hkv, L, d, dtype, device, seed=L)
+    out, kept = softdec.token_sparse_prefill(q, k, v, coverage=0.0, min_tokens=0, window=4, causal=causal,
+                                             return_kept=True)
+    assert out.dtype == dtype and bool(kept.all())
+    G = Hq // Hkv
+    qd, kd, vd = q.double().cpu(), k.double().cpu().repeat_interleave(G, 1), v.double().cpu().repeat_interleave(G, 1)
+    want = torch.nn.functional.scaled_dot_product_attention(qd, kd, vd, is_causal=causal)
+    _close(out, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", MMA_DTYPES)
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("Hq,Hkv", [(2, 2), (8, 2)])
+def test_prefill_mma_sparse_matches_reference(dtype, d, causal, Hq, Hkv, device):
+    B, L = 2, 301
+    q, k, v = _qkv4(B, Hq, Hkv, L, d, dtype, device, seed=d + Hq)
+    out, kept = softdec.token_sparse_prefill(q, k, v, coverage=0.3, min_tokens=40, window=33, causal=causal,
+                                             scale=0.3, return_kept=True)
+    kept = kept.cpu()
+    counts = kept.sum(-1)
+    assert int(counts.min()) < L and int(counts.min()) >= 40  # something dropped, kept counts ragged across heads
+    assert bool((out.cpu()[~kept] == 0).all())
+    want = ref.token_sparse_prefill(q.double().cpu(), k.double().cpu(), v.double().cpu(), causal=causal, scale=0.3,
+                                    kept=kept)
+    _close(out, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", MMA_DTYPES)
+@pytest.mark.parametrize("d", [64, 128])
+def test_prefill_mma_unaligned_rows(dtype, d, device):
+    # Row strides / base pointers that are not 16-byte aligned take the plain-load gather instead of cp.async.
+    B, Hq, Hkv, L = 1, 4, 1, 150
+    q, k, v = _qkv4(B, Hq, Hkv, L, d, dtype, device, seed=5)
+    pad = torch.zeros(B, Hkv, L, d + 3, dtype=dtype, device=device)
+    ks = pad.clone()
+    ks[..., 1:d + 1] = k
+    ks = ks[..., 1:d + 1]  # base pointer off by one element, row stride d + 3
+    vs = pad.clone()
+    vs[..., :d] = v
+    vs = vs[..., :d]  # row stride d + 3
+    qs = torch.zeros(B, Hq, L, d + 1, dtype=dtype, device=device)
+    qs[..., :d] = q
+    qs = qs[..., :d]
+    # coverage 0 keeps everything: the attention step alone, same gathered tiles, same bits
+    dense = softdec.token_sparse_prefill(qs, ks, vs, coverage=0.0, window=16)
+    assert torch.equal(dense, softdec.token_sparse_prefill(q, k, v, coverage=0.0, window=16))
+    for coverage in (0.0, 0.2):
+        got, kept = softdec.token_sparse_prefill(qs, ks, vs, coverage=coverage, min_tokens=16, window=16,
+                                                 return_kept=True)
+        kept = kept.cpu()
+        assert coverage == 0.0 or int(kept.sum(-1).min()) < L
+        want = ref.token_sparse_prefill(q.double().cpu(), k.double().cpu(), v.double().cpu(), kept=kept)
+        _close(got, want, dtype)
+
+
 def test_prefill_keeps_important_tokens():
     B, Hq, Hkv, L, d = 1, 2, 1, 1024, 64
     q, k, v = _qkv4(B, Hq, Hkv, L, d, torch.float32)

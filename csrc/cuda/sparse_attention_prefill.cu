@@ -1,8 +1,11 @@
 // CUDA backend of token_sparse_prefill: window-query row statistics (online
 // softmax), key scores, the drop rule (block-wide bisection on the score mass +
 // radix select, ties by lower index), then a tiled flash-attention kernel over
-// the gathered kept set (fp32 FMA tiles in shared memory; no tensor-core MMA
-// yet) and the scatter back (dropped rows 0).
+// the gathered kept set and the scatter back (dropped rows 0). The attention step
+// runs on tensor cores (CuTe sm_80 MMA atoms, FlashAttention-2 style) for bf16/fp16
+// with head_dim 64 or 128, and on fp32 FMA tiles in shared memory otherwise.
+#include <type_traits>
+
 #include "attn_common.cuh"
 
 namespace softdec {
@@ -277,6 +280,285 @@ __global__ void prefill_flash_kernel(const T* __restrict__ q, Strides4 qs, const
   }
 }
 
+// ------------------------------------------------------------------ prefill: tensor-core (CuTe MMA) attention
+// bf16/fp16 with head_dim 64 or 128 (sm_80 mma.sync atoms; they also run on sm_90a).
+// FlashAttention-2 structure on the gathered kept set of one (b, h):
+//   block = 64 compressed query rows [a0, a0 + 64) x all key tiles of 64 compressed columns,
+//   4 warps, warp w owns query rows 16w .. 16w + 15 of the tile (TiledMMA 4x1x1 warps).
+//   Q tile: gathered into smem once, then held in registers (A fragments for every k-slice).
+//   K, V tiles: gathered rows ls[c0 + c] -> swizzled smem with 16-byte cp.async (plain loads when a row is not
+//   16-byte aligned), V(j) loads while S(j) = Q K(j)^T runs, K(j + 1) loads while O += P V(j) runs.
+//   S, O accumulate in fp32 registers; online softmax in fp32 (row max / sum across the 4 threads of a quad);
+//   P is rounded to the input dtype and fed back as the A operand of the P V MMA (no smem round trip).
+// Accumulator ownership (SM80 m16n8k16 C fragment, PTX ISA "mma.m16n8k16 .f32"): lane t of a warp holds
+//   c0, c1 = (row t/4, cols 2(t%4), 2(t%4)+1) and c2, c3 = (row t/4 + 8, same cols) of every 16x8 tile.
+//   In CuTe terms acc = ((2, 2), MMA_M, MMA_N): value (v0, v1) -> col + v0, row + 8 v1. The code never
+//   hand-indexes this: coordinates come from partition_C of an identity tensor, and the row/col view
+//   (`rowcol`) regroups the same registers as ((2, MMA_M), (2, MMA_N)) = (this thread's rows, its cols).
+}  // namespace
+}  // namespace softdec
+
+#if defined(SOFTDEC_HAS_CUTLASS)
+#include <cutlass/numeric_conversion.h>
+
+#include "prefill_mma_traits.cuh"
+
+namespace softdec_prefill_mma {
+using namespace cute;
+
+// Gathers rows [base, base + ROWS) of the compressed list into a smem tile: smem row r <- src[ls[base + r]],
+// zeros for base + r >= n. Thread tid moves 16-byte chunk tid % (D/8) of rows tid / (D/8) + pass * (T / (D/8)),
+// so a warp reads 256 or 512 contiguous bytes of 2-4 gathered rows per pass.
+template <int ROWS, int D, int THREADS, class SL, class E>
+__device__ __forceinline__ void gather_rows(E* smem, SL sl, const E* __restrict__ src, int64_t sn,
+                                            const int32_t* __restrict__ ls, int base, int n, bool vec, int tid) {
+  constexpr int kChunks = D / 8, kRowsPerPass = THREADS / kChunks;
+  const int ch = tid % kChunks;
+#pragma unroll
+  for (int p = 0; p < ROWS / kRowsPerPass; ++p) {
+    const int r = p * kRowsPerPass + tid / kChunks;
+    E* dst = smem + sl(r, ch * 8);
+    if (base + r < n) {
+      const E* s = src + static_cast<int64_t>(ls[base + r]) * sn + ch * 8;
+      if (vec) {
+        SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(s),
+                                                         *reinterpret_cast<cute::uint128_t*>(dst));
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = s[e];
+      }
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+    }
+  }
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    prefill_mma_kernel(const typename Tr::Elem* __restrict__ q, softdec::attn_checks::Strides4 qs,
+                       const typename Tr::Elem* __restrict__ k, softdec::attn_checks::Strides4 ks,
+                       const typename Tr::Elem* __restrict__ v, softdec::attn_checks::Strides4 vs,
+                       const int32_t* __restrict__ list, const int32_t* __restrict__ count, int G, int L,
+                       bool causal, float scale, bool vq, bool vk, bool vv,
+                       typename Tr::Elem* __restrict__ out /* [B, Hq, L, D] */) {
+  using E = typename Tr::Elem;
+  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  extern __shared__ __align__(128) unsigned char prefill_mma_smem[];
+  E* pQ = reinterpret_cast<E*>(prefill_mma_smem);  // [kBM, D] Q tile, reused for the output tile
+  E* pK = pQ + kBM * D;                            // [kBN, D]
+  E* pV = pK + kBN * D;                            // [kBN, D]
+  const auto sQ = make_tensor(make_smem_ptr(pQ), typename Tr::SmemQ{});
+  const auto sK = make_tensor(make_smem_ptr(pK), typename Tr::SmemKV{});
+  const auto sVt = make_tensor(make_smem_ptr(pV), typename Tr::SmemVt{});
+
+  const int h = blockIdx.y, b = blockIdx.z, Hq = gridDim.y, g = h / G;
+  const int64_t row = static_cast<int64_t>(b) * Hq + h;
+  const int n = count[row];
+  const int a0 = blockIdx.x * kBM;
+  if (a0 >= n) return;
+  const int32_t* ls = list + row * L;
+  const int tid = threadIdx.x;
+  const E* qb = q + b * qs.b + h * qs.h;
+  const E* kb = k + b * ks.b + g * ks.h;
+  const E* vb = v + b * vs.b + g * vs.h;
+  // Causal on compressed positions: column c0 + c is allowed for row a0 + r iff c0 + c <= a0 + r.
+  const int kend = causal ? min(n, a0 + kBM) : n;
+  const int nblocks = (kend + kBN - 1) / kBN;
+
+  gather_rows<kBM, D, kT>(pQ, typename Tr::SmemQ{}, qb, qs.n, ls, a0, n, vq, tid);
+  gather_rows<kBN, D, kT>(pK, typename Tr::SmemKV{}, kb, ks.n, ls, 0, n, vk, tid);
+  cp_async_fence();
+
+  typename Tr::TiledMma mma;
+  auto thr = mma.get_thread_slice(tid);
+  auto tSrQ = thr.partition_fragment_A(sQ);  // (MMA, 1, D/16): the whole Q tile of this warp, kept
+  auto tSrK = thr.partition_fragment_B(sK);  // (MMA, kBN/8, D/16)
+  auto tOrVt = thr.partition_fragment_B(make_tensor(make_smem_ptr(pV),
+                                                    make_layout(Shape<Int<D>, Int<kBN>>{}, GenRowMajor{})));
+  auto acc_o = partition_fragment_C(mma, Shape<Int<kBM>, Int<D>>{});  // ((2,2), 1, D/8) fp32
+  clear(acc_o);
+
+  auto cpQ = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
+  auto thrQ = cpQ.get_thread_slice(tid);
+  auto tSsQ = thrQ.partition_S(sQ);
+  auto tSrQ_v = thrQ.retile_D(tSrQ);
+  auto cpK = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
+  auto thrK = cpK.get_thread_slice(tid);
+  auto tSsK = thrK.partition_S(sK);
+  auto tSrK_v = thrK.retile_D(tSrK);
+  auto cpV = make_tiled_copy_B(typename Tr::LdsmT{}, mma);
+  auto thrV = cpV.get_thread_slice(tid);
+  auto tOsVt = thrV.partition_S(sVt);
+  auto tOrVt_v = thrV.retile_D(tOrVt);
+  static_assert(decltype(size<1>(tSrQ))::value == 1, "one m16 tile per warp");
+  static_assert(decltype(size<2>(tSrQ))::value == D / 16 && decltype(size<2>(tSrK))::value == D / 16, "k-slices");
+  static_assert(decltype(size<2>(tOrVt))::value == kBN / 16, "P V k-slices");
+
+  // (row, col) of every S accumulator element in tile coordinates, as this thread's rows x cols.
+  const auto tScS = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
+  const auto cRC = make_tensor(tScS.data(), rowcol(tScS.layout()));
+  auto oRC = make_tensor(acc_o.data(), rowcol(acc_o.layout()));  // (2, 2 * D/8)
+  static_assert(decltype(size<0>(cRC))::value == 2 && decltype(size<0>(oRC))::value == 2, "2 rows per thread");
+
+  cp_async_wait<0>();
+  __syncthreads();
+  copy(cpQ, tSsQ, tSrQ_v);  // Q -> registers once
+
+  float m_run[2] = {kNegInf, kNegInf};  // running row max (scaled scores) of rows cRC(mi, 0)
+  float l_run[2] = {0.f, 0.f};          // this thread's partial row sums (its 2 * kBN/8 columns)
+
+  for (int nb = 0; nb < nblocks; ++nb) {
+    const int c0 = nb * kBN;
+    gather_rows<kBN, D, kT>(pV, typename Tr::SmemKV{}, vb, vs.n, ls, c0, n, vv, tid);
+    cp_async_fence();
+
+    // S = Q K^T (fp32), double-buffered k-slices of K from smem.
+    auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
+    clear(acc_s);
+    copy(cpK, tSsK(_, _, _0{}), tSrK_v(_, _, _0{}));
+#pragma unroll
+    for (int kk = 0; kk < size<2>(tSrK); ++kk) {
+      if (kk + 1 < size<2>(tSrK)) copy(cpK, tSsK(_, _, kk + 1), tSrK_v(_, _, kk + 1));
+      gemm(mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+    }
+
+    // Online softmax on this thread's 2 rows.
+    auto sRC = make_tensor(acc_s.data(), rowcol(acc_s.layout()));  // (2, 2 * kBN/8)
+    const bool need_mask = c0 + kBN > n || (causal && c0 + kBN - 1 > a0);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+      const int r = get<0>(cRC(mi, 0));
+      float mx = kNegInf;
+#pragma unroll
+      for (int ni = 0; ni < size<1>(sRC); ++ni) {
+        float x = sRC(mi, ni) * scale;
+        if (need_mask) {
+          const int c = c0 + get<1>(cRC(mi, ni));
+          if (c >= n || (causal && c > a0 + r)) x = kNegInf;
+        }
+        sRC(mi, ni) = x;
+        mx = fmaxf(mx, x);  // NaN scores do not enter the max; they propagate through exp below
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad (lanes 4i..4i+3) shares the row
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mn = fmaxf(m_run[mi], mx);
+      const float base = mn == kNegInf ? 0.f : mn;  // fully masked so far: exp(-inf - 0) = 0
+      const float alpha = m_run[mi] == kNegInf ? 0.f : __expf(m_run[mi] - mn);
+      m_run[mi] = mn;
+      float ps = 0.f;
+#pragma unroll
+      for (int ni = 0; ni < size<1>(sRC); ++ni) {
+        const float p = __expf(sRC(mi, ni) - base);
+        sRC(mi, ni) = p;
+        ps += p;
+      }
+      l_run[mi] = l_run[mi] * alpha + ps;
+#pragma unroll
+      for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= alpha;
+    }
+
+    cp_async_wait<0>();  // V(nb) landed
+    __syncthreads();     // ... for every thread, and nobody reads K(nb) any more
+    if (nb + 1 < nblocks) {
+      gather_rows<kBN, D, kT>(pK, typename Tr::SmemKV{}, kb, ks.n, ls, c0 + kBN, n, vk, tid);
+      cp_async_fence();
+    }
+
+    // O += P V with P rounded to the input dtype, straight from the S registers.
+    // (packed round-to-nearest conversion: cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32 on sm_80+)
+    constexpr int kSN = decltype(size(acc_s))::value;
+    const cutlass::NumericArrayConverter<E, float, kSN> to_e;
+    auto p_frag = to_e(*reinterpret_cast<const cutlass::Array<float, kSN>*>(raw_pointer_cast(acc_s.data())));
+    auto tOrP = make_tensor(make_rmem_ptr<E>(&p_frag), acc_as_A(acc_s.layout()));
+    static_assert(decltype(size<2>(tOrP))::value == decltype(size<2>(tOrVt))::value, "P / V^T k-slices");
+    copy(cpV, tOsVt(_, _, _0{}), tOrVt_v(_, _, _0{}));
+#pragma unroll
+    for (int kk = 0; kk < size<2>(tOrP); ++kk) {
+      if (kk + 1 < size<2>(tOrP)) copy(cpV, tOsVt(_, _, kk + 1), tOrVt_v(_, _, kk + 1));
+      gemm(mma, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
+    }
+    cp_async_wait<0>();  // K(nb + 1) landed
+    __syncthreads();     // every thread is done with V(nb) (and, after the loop, with sQ)
+  }
+
+  // Normalise, stage the tile in smem (the Q buffer), write whole rows back to ls[a0 + r] with 16-byte stores.
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    float l = l_run[mi];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= inv;
+  }
+  const auto tOcO = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<D>>{}));
+  static_assert(decltype(size(tOcO))::value == decltype(size(acc_o))::value, "coordinates match accumulator");
+  const typename Tr::SmemQ sl_o{};
+#pragma unroll
+  for (int i = 0; i < size(acc_o); ++i) pQ[sl_o(get<0>(tOcO(i)), get<1>(tOcO(i)))] = static_cast<E>(acc_o(i));
+  __syncthreads();
+  constexpr int kChunks = D / 8, kRowsPerPass = kT / kChunks;
+  const int ch = tid % kChunks;
+#pragma unroll
+  for (int p = 0; p < kBM / kRowsPerPass; ++p) {
+    const int r = p * kRowsPerPass + tid / kChunks;
+    if (a0 + r < n)
+      *reinterpret_cast<uint4*>(out + (row * L + ls[a0 + r]) * D + ch * 8) =
+          *reinterpret_cast<const uint4*>(pQ + sl_o(r, ch * 8));
+  }
+}
+
+template <class Tr>
+void launch(const void* q, softdec::attn_checks::Strides4 qs, const void* k, softdec::attn_checks::Strides4 ks,
+            const void* v, softdec::attn_checks::Strides4 vs, const int32_t* list, const int32_t* count, int B,
+            int Hq, int G, int L, bool causal, float scale, bool vq, bool vk, bool vv, void* out,
+            cudaStream_t st) {
+  using E = typename Tr::Elem;
+  auto kern = prefill_mma_kernel<Tr>;
+  SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
+  const dim3 grid(static_cast<unsigned>((L + Tr::kBM - 1) / Tr::kBM), Hq, B);
+  kern<<<grid, Tr::kThreads, Tr::kSmemBytes, st>>>(
+      static_cast<const E*>(q), qs, static_cast<const E*>(k), ks, static_cast<const E*>(v), vs, list, count, G, L,
+      causal, scale, vq, vk, vv, static_cast<E*>(out));
+  SOFTDEC_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace softdec_prefill_mma
+#endif  // SOFTDEC_HAS_CUTLASS
+
+namespace softdec {
+namespace {
+
+// Whether the tensor-core path takes this launch (and runs it): bf16 / fp16, head_dim 64 or 128.
+template <typename NT>
+bool prefill_mma_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& list,
+                           const Tensor& count, bool causal, float scale, Tensor& out, cudaStream_t st) {
+#if defined(SOFTDEC_HAS_CUTLASS)
+  constexpr bool is_bf16 = std::is_same_v<NT, __nv_bfloat16>, is_fp16 = std::is_same_v<NT, __half>;
+  if constexpr (is_bf16 || is_fp16) {
+    using E = std::conditional_t<is_bf16, cutlass::bfloat16_t, cutlass::half_t>;
+    static_assert(sizeof(E) == sizeof(NT), "same storage");
+    const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), d = q.size(3), Hkv = k.size(1);
+    if (d != 64 && d != 128) return false;
+    const int G = static_cast<int>(Hq / Hkv);
+    const bool vq = vec_ok(q, d, 2), vk = vec_ok(k, d, 2), vv = vec_ok(v, d, 2);
+    auto go = [&](auto tr) {
+      softdec_prefill_mma::launch<decltype(tr)>(q.data_ptr(), strides4(q), k.data_ptr(), strides4(k), v.data_ptr(),
+                                                strides4(v), list.const_data_ptr<int32_t>(),
+                                                count.const_data_ptr<int32_t>(), static_cast<int>(B),
+                                                static_cast<int>(Hq), G, static_cast<int>(L), causal, scale, vq, vk,
+                                                vv, out.data_ptr(), st);
+    };
+    if (d == 64) go(softdec_prefill_mma::Traits<E, 64>{});
+    else go(softdec_prefill_mma::Traits<E, 128>{});
+    return true;
+  }
+#endif
+  (void)q, (void)k, (void)v, (void)list, (void)count, (void)causal, (void)scale, (void)out, (void)st;
+  return false;
+}
+
 template <typename T>
 __global__ void zero_dropped_kernel(const bool* __restrict__ kept, int64_t rows_L, int d, T* __restrict__ out) {
   for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < rows_L * d;
@@ -317,14 +599,17 @@ void prefill_launch(const Tensor& q, const Tensor& k, const Tensor& v, float cov
       score.const_data_ptr<float>(), static_cast<int>(L), w, min_tokens, drop ? coverage : 0.f,
       kept.mutable_data_ptr<bool>(), list.mutable_data_ptr<int32_t>(), count.mutable_data_ptr<int32_t>());
   SOFTDEC_CUDA_LAUNCH_CHECK();
-  const size_t smem = (kBr * (d + 1) + kBc * (d + 1) + kBc * d + kBr * (kBc + 1)) * sizeof(float);
-  SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(prefill_flash_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(smem)));
-  prefill_flash_kernel<NT><<<dim3(static_cast<unsigned>(attn::ceil_div(L, kBr)), Hq, B), kFlashThreads, smem, st>>>(
-      qp, strides4(q), kp, strides4(k), vp, strides4(v), list.const_data_ptr<int32_t>(),
-      count.const_data_ptr<int32_t>(), G, static_cast<int>(L), static_cast<int>(d), causal, scale,
-      reinterpret_cast<NT*>(out.data_ptr()));
-  SOFTDEC_CUDA_LAUNCH_CHECK();
+  if (!prefill_mma_attention<NT>(q, k, v, list, count, causal, scale, out, st)) {
+    // fp32, or a head_dim without a tensor-core kernel: fp32 FMA tiles.
+    const size_t smem = (kBr * (d + 1) + kBc * (d + 1) + kBc * d + kBr * (kBc + 1)) * sizeof(float);
+    SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(prefill_flash_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
+    prefill_flash_kernel<NT><<<dim3(static_cast<unsigned>(attn::ceil_div(L, kBr)), Hq, B), kFlashThreads, smem,
+                               st>>>(qp, strides4(q), kp, strides4(k), vp, strides4(v), list.const_data_ptr<int32_t>(),
+                                     count.const_data_ptr<int32_t>(), G, static_cast<int>(L), static_cast<int>(d),
+                                     causal, scale, reinterpret_cast<NT*>(out.data_ptr()));
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  }
   const int64_t rows_L = B * Hq * L;
   const unsigned zg = static_cast<unsigned>(imin(attn::ceil_div(rows_L * d, 256), 65535));
   zero_dropped_kernel<NT><<<zg, 256, 0, st>>>(kept.const_data_ptr<bool>(), rows_L, static_cast<int>(d),

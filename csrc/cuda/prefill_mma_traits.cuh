@@ -1,0 +1,74 @@
+// Tile configuration and fragment-layout helpers of the tensor-core prefill attention
+// (sparse_attention_prefill.cu). Host-usable: tests/cuda_host/prefill_mma_layouts.cu checks the layouts
+// below against the PTX ISA fragment rules on the host (no GPU needed).
+#pragma once
+
+// clang-format off
+#include <cute/tensor.hpp>  // first: the atom headers below rely on it
+#include <cute/atom/copy_atom.hpp>
+#include <cute/atom/mma_atom.hpp>
+// clang-format on
+#include <cutlass/numeric_types.h>
+
+namespace softdec_prefill_mma {
+using namespace cute;
+
+template <typename E>
+struct MmaAtomFor;
+template <>
+struct MmaAtomFor<cutlass::bfloat16_t> {
+  using type = SM80_16x8x16_F32BF16BF16F32_TN;
+};
+template <>
+struct MmaAtomFor<cutlass::half_t> {
+  using type = SM80_16x8x16_F32F16F16F32_TN;
+};
+
+template <typename E, int HeadDim>
+struct Traits {
+  using Elem = E;
+  static constexpr int D = HeadDim;
+  static constexpr int kBM = 64, kBN = 64, kWarps = 4, kThreads = 32 * kWarps;
+  static_assert(D == 64 || D == 128, "MMA path: head_dim 64 or 128");
+  // Warps tile M; the 16-wide N permutation lets one ldmatrix.x4 feed two n8 atoms of B.
+  using TiledMma = TiledMMA<MMA_Atom<typename MmaAtomFor<E>::type>, Layout<Shape<Int<kWarps>, _1, _1>>,
+                            Tile<Int<16 * kWarps>, _16, _16>>;
+  // 8 x 64 smem atom, row-major, Swizzle<3,3,3>: the 16-byte chunk index (bits 3..5 of the element offset)
+  // is xor-ed with the row (bits 6..8), so ldmatrix of 8 rows hits 8 distinct bank groups; a 16-byte chunk
+  // (8 elements) stays contiguous, which the 16-byte gather stores rely on.
+  using SmemAtom = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_8, _64>, Stride<_64, _1>>{}));
+  using SmemQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBM>, Int<D>>{}));
+  using SmemKV = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBN>, Int<D>>{}));
+  // V^T view (d, key) of the V tile: the B operand of O += P V.
+  using SmemVt = decltype(composition(SmemKV{}, make_layout(Shape<Int<D>, Int<kBN>>{}, GenRowMajor{})));
+  using LdsmN = Copy_Atom<SM75_U32x4_LDSM_N, E>;
+  using LdsmT = Copy_Atom<SM75_U16x8_LDSM_T, E>;
+  static constexpr int kSmemBytes = (kBM + 2 * kBN) * D * static_cast<int>(sizeof(E));
+
+  static_assert(size(TiledMma{}) == kThreads, "one thread per MMA lane");
+  static_assert(kBM == 16 * kWarps, "each warp owns exactly 16 query rows (2 per thread)");
+  static_assert(kBN % 16 == 0 && D % 16 == 0, "k-slices of 16");
+  static_assert(cosize(SmemQ{}) == kBM * D && cosize(SmemKV{}) == kBN * D, "dense smem tiles");
+  static_assert(size(SmemVt{}) == kBN * D, "V^T view covers the V tile");
+  static_assert(kThreads % (D / 8) == 0 && kBN % (kThreads / (D / 8)) == 0, "gather: whole rows per pass");
+  static_assert(kSmemBytes <= 227 * 1024, "fits sm_80 / sm_90 shared memory");
+};
+
+// ((2, 2), M, N) accumulator -> ((2, M), (2, N)): rows owned by this thread x columns owned by it.
+template <class L>
+CUTE_HOST_DEVICE auto rowcol(L l) {
+  static_assert(decltype(size<0>(l))::value == 4 && decltype(rank(l))::value == 3, "m16n8 C fragment");
+  auto s = logical_divide(l, Shape<_2>{});
+  return make_layout(make_layout(get<0, 1>(s), get<1>(s)), make_layout(get<0, 0>(s), get<2>(s)));
+}
+
+// S accumulator ((2, 2), M, N) -> A operand ((2, 2, 2), M, N / 2) of m16n8k16: the C fragments of the n8 tiles
+// 2j and 2j+1 are exactly a0..a3 and a4..a7 of the A fragment of k-slice j (PTX ISA m16n8k16 A/C layouts).
+template <class L>
+CUTE_HOST_DEVICE auto acc_as_A(L l) {
+  static_assert(decltype(size<0>(l))::value == 4 && decltype(size<2>(l))::value % 2 == 0, "pairs of n8 tiles");
+  auto s = logical_divide(l, Shape<X, X, _2>{});
+  return make_layout(make_layout(get<0>(s), get<2, 0>(s)), get<1>(s), get<2, 1>(s));
+}
+
+}  // namespace softdec_prefill_mma
