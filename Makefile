@@ -20,7 +20,7 @@ help:
 	@echo "make bench       set up, build and run 'softdec bench' (the benchmark table)"
 	@echo "make dev         in-place build into python/softdec with the current python (fast iteration)"
 	@echo "make test-dev    run the tests against the in-place build"
-	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a (no GPU needed)"
+	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a, check the MMA layouts (no GPU needed)"
 	@echo "make wheel       build a wheel into dist/ against the installed torch"
 	@echo "make test-asan   build with ASan+UBSan and run the test suite under it"
 
@@ -60,6 +60,11 @@ cuda-check: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake -S . -B build/cuda-check -G Ninja -DSOFTDEC_CUDA_CHECK_ONLY=ON \
 	  -DPython_EXECUTABLE="$(CURDIR)/$(PY)" -DSOFTDEC_CUDA_ARCHS="$${SOFTDEC_CUDA_ARCHS:-80;90a}" >/dev/null
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake --build build/cuda-check -j $(JOBS) --target softdec_cuda_objects
+	# the tensor-core prefill's fragment layouts against the PTX rules (host code, no GPU)
+	nvcc -std=c++17 --expt-relaxed-constexpr -I csrc/cuda -isystem "$$($(PY) -c "import cutlass_library,os; \
+	  print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")" \
+	  tests/cuda_host/prefill_mma_layouts.cu -o build/cuda-check/prefill_mma_layouts
+	build/cuda-check/prefill_mma_layouts
 
 wheel: setup
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
