@@ -449,15 +449,13 @@ std::tuple<Tensor, Tensor> gumbel_softmax_cpu(Tensor logits, Tensor tau, Tensor 
   std::vector<char> ok(static_cast<size_t>(B), 0);
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
-    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
-      for (int64_t w = b; w < e; ++w) {
-        const int64_t r = w / nc, c = w % nc;
-        const auto [lo, hi] = chunk_range(V, nc, c);
-        perturb_pass(x + r * rs, lo, hi, static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(of[r]),
-                     sp + r * V, best[w], flags[w]);
-      }
-    });
-    for (int64_t r = 0; r < B; ++r) {
+    scalar_t* o = reinterpret_cast<scalar_t*>(out.mutable_data_ptr());
+    auto perturb = [&](int64_t r, int64_t c) {
+      const auto [lo, hi] = chunk_range(V, nc, c);
+      perturb_pass(x + r * rs, lo, hi, static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(of[r]), sp + r * V,
+                   best[r * nc + c], flags[r * nc + c]);
+    };
+    auto merge = [&](int64_t r) {
       Flags fl;
       Best bs;
       for (int64_t c = 0; c < nc; ++c) {
@@ -467,32 +465,49 @@ std::tuple<Tensor, Tensor> gumbel_softmax_cpu(Tensor logits, Tensor tau, Tensor 
       ok[r] = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
       amp[r] = ok[r] ? bs.idx : 0;
       smax[r] = ok[r] ? bs.key : 0.0f;
-    }
-    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
-      for (int64_t w = b; w < e; ++w) {
-        const int64_t r = w / nc, c = w % nc;
-        if (!ok[r]) continue;
-        const auto [lo, hi] = chunk_range(V, nc, c);
-        sums[w] = exp_pass(sp + r * V, lo, hi, smax[r], 1.0f / taus[r]);
-      }
-    });
-    for (int64_t r = 0; r < B; ++r) {
+    };
+    auto exps = [&](int64_t r, int64_t c) {
+      if (!ok[r]) return;
+      const auto [lo, hi] = chunk_range(V, nc, c);
+      sums[r * nc + c] = exp_pass(sp + r * V, lo, hi, smax[r], 1.0f / taus[r]);
+    };
+    auto total = [&](int64_t r) {
       double t = 0.0;
       for (int64_t c = 0; c < nc; ++c) t += sums[r * nc + c];
       scale[r] = ok[r] ? static_cast<float>(1.0 / t) : 0.0f;
-    }
-    scalar_t* o = reinterpret_cast<scalar_t*>(out.mutable_data_ptr());
-    torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
-      for (int64_t w = b; w < e; ++w) {
-        const int64_t r = w / nc, c = w % nc;
-        const auto [lo, hi] = chunk_range(V, nc, c);
-        if (!ok[r]) {
-          for (int64_t i = lo; i < hi; ++i) o[r * V + i] = static_cast<scalar_t>(0.0f);
-          continue;
-        }
-        scale_store(sp + r * V, lo, hi, scale[r], o + r * V);
+    };
+    auto store = [&](int64_t r, int64_t c) {
+      const auto [lo, hi] = chunk_range(V, nc, c);
+      if (!ok[r]) {
+        for (int64_t i = lo; i < hi; ++i) o[r * V + i] = static_cast<scalar_t>(0.0f);
+        return;
       }
-    });
+      scale_store(sp + r * V, lo, hi, scale[r], o + r * V);
+    };
+    if (nc == 1) {
+      // a row per task, its three passes back to back (the row stays in cache)
+      torch::stable::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          perturb(r, 0);
+          merge(r);
+          exps(r, 0);
+          total(r);
+          store(r, 0);
+        }
+      });
+    } else {
+      torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+        for (int64_t w = b; w < e; ++w) perturb(w / nc, w % nc);
+      });
+      for (int64_t r = 0; r < B; ++r) merge(r);
+      torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+        for (int64_t w = b; w < e; ++w) exps(w / nc, w % nc);
+      });
+      for (int64_t r = 0; r < B; ++r) total(r);
+      torch::stable::parallel_for(0, B * nc, 1, [&](int64_t b, int64_t e) {
+        for (int64_t w = b; w < e; ++w) store(w / nc, w % nc);
+      });
+    }
   });
   return {out, am};
 }

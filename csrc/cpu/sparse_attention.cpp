@@ -552,8 +552,15 @@ void sparse_decode_impl(const DecodeArgs& A, const T* q, const int64_t* qst, con
         const float* qg = qs.data() + (b * Hq + g * G) * dp;
         float* sg = scores.get() + (b * Hq + g * G) * N;
         int64_t t = t0;
+        const int64_t row_bytes = d * static_cast<int64_t>(sizeof(T));
         for (; t + 2 <= t1; t += 2) {
           const T* kr = k + b * ks.b + g * ks.h + t * ks.n;
+          if (t + 18 <= t1) {  // keys stream from memory: ask for the pair 16 tokens ahead
+            for (int64_t x = 0; x < row_bytes; x += 64) {
+              __builtin_prefetch(reinterpret_cast<const char*>(kr + 16 * ks.n) + x);
+              __builtin_prefetch(reinterpret_cast<const char*>(kr + 17 * ks.n) + x);
+            }
+          }
           dots2(qg, dp, G, kr, kr + ks.n, d, sc.tmp.data(), sc.tmp2.data());
           for (int64_t h = 0; h < G; ++h) {
             sg[h * N + t] = sc.tmp[h];
