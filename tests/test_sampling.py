@@ -47,7 +47,7 @@ def test_sample_matches_inverse_cdf_oracle(V, B, dtype, device):
         assert torch.equal(got.ids.cpu(), want_ids), kw
 
 
-def test_sample_per_row_parameters_honoured():
+def test_sample_per_row_parameters_honoured(device):
     B, V = 64, 1023
     x = _logits(B, V, seed=3)
     g = torch.Generator().manual_seed(1)
@@ -58,18 +58,21 @@ def test_sample_per_row_parameters_honoured():
     mp = torch.rand(B, generator=g) * 0.3
     seed = torch.randint(-2**62, 2**62, (B,), generator=g)
     off = torch.randint(0, 1000, (B,), generator=g)
-    got = softdec.sample(x, temperature=T, top_k=k, top_p=p, min_p=mp, seed=seed, offset=off)
+    dev = [t.to(device) for t in (x, T, k, p, mp, seed, off)]
+    got = softdec.sample(dev[0], temperature=dev[1], top_k=dev[2], top_p=dev[3], min_p=dev[4], seed=dev[5],
+                         offset=dev[6])
     want, _ = ref.sample_exact(x, T, k, p, mp, seed, off)
-    assert torch.equal(got.ids, want)
+    assert torch.equal(got.ids.cpu(), want)
     probs, _ = ref.filter_probs(x.double(), T.double(), k, p.double(), mp.double())
-    assert (probs.gather(1, got.ids[:, None]) > 0).all()
+    assert (probs.gather(1, got.ids.cpu()[:, None]) > 0).all()
 
 
-def test_strided_rows_are_read_in_place():
-    big = _logits(5, 3000, seed=4)
-    x = big[:, 100:1123]
+@pytest.mark.parametrize("col", [100, 101])  # 101: rows not 16-byte aligned (no vector loads on CUDA)
+def test_strided_rows_are_read_in_place(col, device):
+    big = _logits(5, 3000, seed=4, device=device)
+    x = big[:, col:col + 1023]
     assert x.stride(0) == 3000
-    s = torch.arange(5)
+    s = torch.arange(5, device=device)
     for kw in SETTINGS:
         assert torch.equal(softdec.sample(x, seed=s, **kw).ids, softdec.sample(x.contiguous(), seed=s, **kw).ids)
 
@@ -448,7 +451,7 @@ def test_torch_compile_fullgraph():
 # ---------------------------------------------------------------- CUDA == CPU (run where a GPU is present)
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("V,B", [(7, 64), (1023, 3), (151936, 4)])
+@pytest.mark.parametrize("V,B", [(7, 64), (1023, 3), (32000, 5), (151936, 4)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_matches_cpu(V, B, dtype):
     x = _logits(B, V, dtype, seed=V)
@@ -475,6 +478,40 @@ def test_cuda_matches_cpu(V, B, dtype):
                                    atol=atol, rtol=rtol)
     torch.testing.assert_close(softdec.min_p_renorm_probs(p, 0.1), softdec.min_p_renorm_probs(p.cuda(), 0.1).cpu(),
                                atol=atol, rtol=rtol)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("V", [1023, 32000, 151936])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [2.0, 40.0])  # 40: most masses underflow (2^z, z <= -125 -> 0)
+def test_cuda_sample_per_row_mixture_matches_cpu(V, dtype, scale):
+    # every path of sample in one batch, per-row parameters: greedy, plain, min-p,
+    # top-p, top-k candidate rule (k <= 2048, incl. 2048 itself), large k (block
+    # rule), k >= V, ties at the top and at a top-k cut, invalid rows
+    B = 24
+    x = _logits(B, V, dtype, scale=scale, seed=V + int(scale))
+    x[1, :5] = x[1].max()
+    x[2, 100:140] = 1.5  # ties straddling a top-k cut
+    x[3, 7] = float("nan")
+    x[4] = -INF
+    x[4, V // 2] = 0.0
+    g = torch.Generator().manual_seed(V)
+    T = (torch.rand(B, generator=g) * 1.5 + 0.05).float()
+    T[0] = 0.0
+    k = torch.tensor([0, 0, 30, 0, 0, 1, 5, 50, 2048, 2049, 3000, V, V + 7, 0, 0, 0, 40, 2000, 0, 0, 100, 0, 4096, 0])
+    p = torch.ones(B)
+    p[[13, 14, 16, 17, 20, 22]] = torch.tensor([0.0, 0.3, 0.9, 0.95, 0.5, 0.8])
+    mp = torch.zeros(B)
+    mp[[15, 16, 18, 21, 22]] = torch.tensor([0.05, 0.1, 1.0, 0.01, 0.2])
+    seed = torch.randint(-2**62, 2**62, (B,), generator=g)
+    off = torch.randint(0, 1000, (B,), generator=g)
+    a = softdec.sample(x, temperature=T, top_k=k, top_p=p, min_p=mp, seed=seed, offset=off)
+    args = [t.cuda() for t in (x, T, k, p, mp, seed, off)]
+    b = softdec.sample(args[0], temperature=args[1], top_k=args[2], top_p=args[3], min_p=args[4], seed=args[5],
+                       offset=args[6])
+    assert torch.equal(a.valid, b.valid.cpu())
+    assert torch.equal(a.ids, b.ids.cpu()), (a.ids != b.ids.cpu()).nonzero().flatten().tolist()
+    assert a.valid.tolist() == [r != 3 for r in range(B)]
 
 
 @pytest.mark.cuda

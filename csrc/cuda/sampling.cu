@@ -1,15 +1,22 @@
 // CUDA backend of the sampling family: the same draws as the CPU backend.
 //
-// sample: three kernels.
-//   1. prepare (one block per row): skipped work for plain rows; otherwise the
-//      row's max / argmax / validity and, for top-k / top-p, the cut of
-//      include/softdec/filter.h by block-parallel radix selection (256-bucket
-//      shared-memory histograms of order_key, count or mass mode).
-//   2. noise (grid rows x splits): Gumbel-max over the kept tokens of a slice;
-//      each thread takes 4-token groups = one Philox block (element i of the
-//      (seed, offset) stream is lane i % 4 of block i / 4), 16-byte loads where
-//      the row is aligned; keys fma(x, 1/T, -flog(-flog(u))) exactly as on CPU.
-//   3. merge (one thread per row): partial argmax states -> ids, valid.
+// sample: exact draw by inversion with one uniform per row, u =
+// philox::uniform53(seed, offset); CPU, CUDA and softdec.reference.sample_exact
+// pick the same token because the order of every sum is fixed (csrc/cpu/
+// sampling_kernels.h, "inverse-CDF draw (sample)"). Masses draw_mass =
+// 2^((x - max) * (1/T) log2 e) (filter::fexp2, explicit FMAs), 0 if not kept.
+//   1. prepare (one block per row): max / argmax / validity; greedy (T = 0) and
+//      invalid rows are done; top-k rows with 0 < k < V, k <= 2048 are drawn
+//      here by the candidate rule (count radix selection of the k-th token,
+//      ordered compaction of the candidates into shared memory, bitonic sort
+//      for top-p, then a sequential double walk in vocabulary order); the other
+//      rows get the cut of include/softdec/filter.h (block-parallel radix
+//      selection for k > 2048 and top-p, 256-bucket shared-memory histograms).
+//   2. block masses (grid rows x splits, 128 threads): a quad of threads per
+//      1024-token block, 16 float lane sums in token order (16-byte loads),
+//      added in double in lane order -> a [B, ceil(V/1024)] double scratch.
+//   3. draw (one block per row): thread 0 walks the block sums, the block
+//      recomputes the chosen block's masses, thread 0 walks them.
 // gumbel_softmax: one block per row, online max / sum then a second pass that
 // recomputes the noise and writes the probabilities.
 // Filter ops: one block per row with the same radix selection.
@@ -304,44 +311,203 @@ __device__ void select_nth_block(const Load& load, int64_t V, float cv, int64_t 
 }
 
 // ------------------------------------------------------------------ sample
+// Inverse-CDF draw with one uniform per row (the CPU's rule, csrc/cpu/
+// sampling_kernels.h "inverse-CDF draw (sample)"; the order of every sum is part
+// of the definition). Every float op of a mass or a sum is an explicitly rounded
+// intrinsic (__fsub_rn / __fmul_rn / __fadd_rn, __dadd_rn / __dmul_rn / __dsub_rn),
+// so nvcc cannot contract anything into an FMA that the CPU does not have.
+
+constexpr int kSmallK = 2048;      // top-k candidate rule up to this k (the CPU's kSmallK)
+constexpr int64_t kCdfBlock = 1024;  // tokens per block of the block rule
+constexpr int kMassThreads = 128;  // block-mass kernel: 32 quads, one 1024-token block each
+constexpr int kDrawThreads = 256;
 
 struct Plan {
-  int32_t mode;   // 0 plain (validity from the noise pass), 1 filtered, 2 done
+  int32_t mode;   // 1: block rule over the kept set below; 2: done (id, valid)
   int32_t valid;
-  float cv;
-  float m;
-  float it;
-  float lmp;
+  float cv;       // kept(i) = x > -inf && (x > cv || (x == cv && i <= ci)) && (x - m) * it >= lmp
+  float m;        // row max
+  float it;       // 1/T
+  float lmp;      // log(min_p), -inf when off
   int64_t ci;
-  int64_t argmax;
+  int64_t id;     // mode 2: the drawn id (0 if invalid); mode 1: the argmax (fallback)
 };
 
+// filter::draw_mass with the subtraction and the product rounded separately.
+__device__ __forceinline__ float draw_mass_rn(float x, float m, float c) {
+  return filter::fexp2(__fmul_rn(__fsub_rn(x, m), c));
+}
+
+// The min-p test of filter.h: (x - m) * (1/T) >= log(min_p), float ops as on CPU.
+__device__ __forceinline__ bool min_p_ok(float x, float m, float it, float lmp) {
+  return __fmul_rn(__fsub_rn(x, m), it) >= lmp;
+}
+
+__device__ __forceinline__ bool plan_kept(const Plan& p, float x, int64_t i) {
+  return x > ninf() && in_prefix(x, i, p.cv, p.ci) && min_p_ok(x, p.m, p.it, p.lmp);
+}
+
+// sampling_kernels.h's pick_in: the first j with mass[j] > 0 whose running
+// double sum (in j order) exceeds target; else the last j with mass; -1 if none.
+template <class M>
+__device__ int64_t pick_in_seq(const M* mass, int64_t n, double target) {
+  double run = 0.0;
+  int64_t last = -1;
+  for (int64_t j = 0; j < n; ++j) {
+    const M v = mass[j];
+    if (!(v > M(0))) continue;
+    run = __dadd_rn(run, static_cast<double>(v));
+    last = j;
+    if (run > target) return j;
+  }
+  return last;
+}
+
+// The top-k candidate rule of one row (block-wide; every thread returns the id):
+// the row's first min(k, finite) tokens of the filter order, gathered in
+// vocabulary order; top-p on them in the filter order (filter::top_p_prefix on
+// token_mass, as the CPU), then min-p; the draw masses of the kept ones in
+// vocabulary order, target = u * (their sequential double sum), pick_in.
+template <class T>
+__device__ int64_t topk_draw(const T* row, int64_t rs, int64_t V, int64_t k, long long finite, float m,
+                             int64_t argmax, float it, float tp, float mp, double u) {
+  __shared__ float c_val[kSmallK];    // candidates in vocabulary order
+  __shared__ int64_t c_idx[kSmallK];
+  __shared__ float s_val[kSmallK];    // sorted values, then token masses, then draw masses
+  __shared__ uint16_t s_pos[kSmallK];  // candidate position of sorted entry j
+  __shared__ int s_count, s_n;
+  __shared__ int s_wc[kWarps];
+  __shared__ int64_t s_id;
+  auto load = [row](int64_t i) { return ld(row, i); };
+  auto no_mass = [](float) -> double { return 0.0; };
+  float cv = ninf();
+  int64_t ci = kNoKeep;
+  if (k < finite) select_nth_block(load, V, cv, ci, false, k, 0.0, no_mass, &cv, &ci);
+  // Ordered compaction: thread t takes tokens [4g, 4g + 4), g = base / 4 + t;
+  // slots follow thread order, then token order (= vocabulary order).
+  if (threadIdx.x == 0) s_count = 0;
+  __syncthreads();
+  const bool aligned = row_aligned(row, rs);
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int64_t groups = (V + 3) / 4;
+  for (int64_t g0 = 0; g0 < groups; g0 += blockDim.x) {
+    const int64_t g = g0 + threadIdx.x;
+    float v[4] = {ninf(), ninf(), ninf(), ninf()};
+    unsigned fm = 0;
+    int cnt = 0;
+    if (g < groups) {
+      load4(row, g, V, aligned, v);
+#pragma unroll
+      for (int l = 0; l < 4; ++l) {
+        const int64_t i = 4 * g + l;
+        if (i < V && v[l] > ninf() && in_prefix(v[l], i, cv, ci)) {
+          fm |= 1u << l;
+          ++cnt;
+        }
+      }
+    }
+    int inc = cnt;  // warp inclusive scan of the counts
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, inc, o);
+      if (lane >= o) inc += y;
+    }
+    if (lane == 31) s_wc[w] = inc;
+    __syncthreads();
+    int slot = s_count, total = s_count;
+    for (int j = 0; j < kWarps; ++j) {
+      if (j < w) slot += s_wc[j];
+      total += s_wc[j];
+    }
+    slot += inc - cnt;
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      if (!((fm >> l) & 1u)) continue;
+      if (slot < kSmallK) {
+        c_val[slot] = v[l];
+        c_idx[slot] = 4 * g + l;
+      }
+      ++slot;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) s_count = total;
+    __syncthreads();
+  }
+  const int nc = s_count < kSmallK ? s_count : kSmallK;
+  const float c = filter::draw_scale(it);
+  const float lmp = filter::log_min_p_of(mp);
+  if (tp < 1.0f) {
+    // filter order: value descending, then index ascending (= position ascending)
+    int P = 1;
+    while (P < nc) P <<= 1;
+    for (int j = threadIdx.x; j < P; j += blockDim.x) {
+      s_val[j] = j < nc ? c_val[j] : ninf();
+      s_pos[j] = static_cast<uint16_t>(j < nc ? j : 0xffff);
+    }
+    __syncthreads();
+    for (int size = 2; size <= P; size <<= 1) {
+      for (int stride = size >> 1; stride > 0; stride >>= 1) {
+        for (int t = threadIdx.x; t < P / 2; t += blockDim.x) {
+          const int lo = 2 * t - (t & (stride - 1));
+          const int hi = lo + stride;
+          const bool desc = (lo & size) == 0;
+          const bool hi_first = filter::before(s_val[hi], s_pos[hi], s_val[lo], s_pos[lo]);
+          if (hi_first == desc) {
+            const float tv = s_val[lo];
+            s_val[lo] = s_val[hi];
+            s_val[hi] = tv;
+            const uint16_t tq = s_pos[lo];
+            s_pos[lo] = s_pos[hi];
+            s_pos[hi] = tq;
+          }
+        }
+        __syncthreads();
+      }
+    }
+    for (int j = threadIdx.x; j < nc; j += blockDim.x) s_val[j] = filter::token_mass(s_val[j], m, it);
+    __syncthreads();
+    if (threadIdx.x == 0) s_n = static_cast<int>(filter::top_p_prefix(s_val, nc, tp));
+    __syncthreads();
+    const int n = s_n;
+    // draw masses by candidate position: kept = within the top-p prefix and min-p
+    for (int j = threadIdx.x; j < nc; j += blockDim.x) {
+      const int pos = s_pos[j];
+      const float x = c_val[pos];
+      s_val[pos] = (j < n && min_p_ok(x, m, it, lmp)) ? draw_mass_rn(x, m, c) : 0.0f;
+    }
+  } else {
+    for (int j = threadIdx.x; j < nc; j += blockDim.x) {
+      const float x = c_val[j];
+      s_val[j] = min_p_ok(x, m, it, lmp) ? draw_mass_rn(x, m, c) : 0.0f;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int j = 0; j < nc; ++j) total = __dadd_rn(total, static_cast<double>(s_val[j]));
+    const int64_t j = pick_in_seq(s_val, nc, __dmul_rn(u, total));
+    s_id = j >= 0 ? c_idx[j] : argmax;  // no kept mass: the max token (cannot happen)
+  }
+  __syncthreads();
+  return s_id;
+}
+
+// Kernel 1, one block per row: validity, max / argmax; greedy and invalid rows
+// are done; top-k rows with k <= kSmallK are drawn here (candidate rule); the
+// others get the cut of filter.h (radix selection for k > kSmallK and top-p).
 template <class T>
 __global__ void __launch_bounds__(kThreads) prepare_kernel(const T* __restrict__ logits, int64_t rs, int64_t V,
                                                            const float* __restrict__ temps,
                                                            const int64_t* __restrict__ topk,
                                                            const float* __restrict__ topp,
-                                                           const float* __restrict__ minp, Plan* plans) {
+                                                           const float* __restrict__ minp,
+                                                           const int64_t* __restrict__ seeds,
+                                                           const int64_t* __restrict__ offsets, Plan* plans) {
   const int64_t r = blockIdx.x;
   const T* row = logits + r * rs;
   const float t = temps[r];
   const int64_t k = topk[r];
   const float tp = topp[r], mp = minp[r];
-  const bool klim = k > 0 && k < V;
-  if (t > 0.0f && !klim && !(tp < 1.0f) && !(mp > 0.0f)) {
-    if (threadIdx.x == 0) {
-      Plan p{};
-      p.mode = 0;
-      p.it = 1.0f / t;
-      p.cv = ninf();
-      p.ci = kNoKeep;
-      p.m = 0.0f;
-      p.lmp = ninf();
-      plans[r] = p;
-    }
-    return;
-  }
-  // stats
   Arg a{ninf(), -1};
   int fl = 0;
   long long finite = 0;
@@ -362,12 +528,24 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const T* __restrict__
       Plan p{};
       p.mode = 2;
       p.valid = valid ? 1 : 0;
-      p.argmax = valid ? a.idx : 0;
+      p.id = valid ? a.idx : 0;
       plans[r] = p;
     }
     return;
   }
   const float m = a.key, it = 1.0f / t;
+  if (k > 0 && k < V && k <= kSmallK) {
+    const double u = philox::uniform53(static_cast<uint64_t>(seeds[r]), static_cast<uint64_t>(offsets[r]));
+    const int64_t id = topk_draw(row, rs, V, k, finite, m, a.idx, it, tp, mp, u);
+    if (threadIdx.x == 0) {
+      Plan p{};
+      p.mode = 2;
+      p.valid = 1;
+      p.id = id;
+      plans[r] = p;
+    }
+    return;
+  }
   auto load = [row](int64_t i) { return ld(row, i); };
   auto mass_of = [m, it](float x) -> double { return static_cast<double>(filter::token_mass(x, m, it)); };
   float cv = ninf();
@@ -397,100 +575,125 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const T* __restrict__
     p.m = m;
     p.it = it;
     p.lmp = filter::log_min_p_of(mp);
-    p.argmax = a.idx;
+    p.id = a.idx;
     plans[r] = p;
   }
 }
 
+// Kernel 2, grid (rows, splits) x kMassThreads: the block masses of mode-1 rows.
+// Quad q (threads 4q..4q+3) owns whole 1024-token blocks; thread j of the quad
+// holds lanes 4j..4j+3 and loads tokens 1024 b + 16 i + 4 j .. +3 (one 16-byte
+// load for float rows), adding each lane in float in i order (__fadd_rn); the
+// quad's first thread then adds the 16 lane sums in double in lane order.
 template <class T>
-__global__ void __launch_bounds__(kThreads) noise_kernel(const T* __restrict__ logits, int64_t rs, int64_t V,
-                                                         const Plan* __restrict__ plans,
-                                                         const int64_t* __restrict__ seeds,
-                                                         const int64_t* __restrict__ offsets, int splits,
-                                                         float* __restrict__ pkey, int64_t* __restrict__ pidx,
-                                                         int32_t* __restrict__ pflags) {
+__global__ void __launch_bounds__(kMassThreads) block_mass_kernel(const T* __restrict__ logits, int64_t rs,
+                                                                  int64_t V, const Plan* __restrict__ plans,
+                                                                  int splits, double* __restrict__ blk) {
   const int64_t r = blockIdx.x;
   const int s = blockIdx.y;
   const Plan p = plans[r];
-  const int64_t w = r * splits + s;
-  if (p.mode == 2) {
-    if (threadIdx.x == 0) {
-      pkey[w] = ninf();
-      pidx[w] = -1;
-      pflags[w] = 0;
-    }
-    return;
-  }
+  if (p.mode != 1) return;
   const T* row = logits + r * rs;
   const bool aligned = row_aligned(row, rs);
-  const uint64_t seed = static_cast<uint64_t>(seeds[r]), off = static_cast<uint64_t>(offsets[r]);
-  const int64_t groups = (V + 3) / 4;
-  const int64_t g0 = groups * s / splits, g1 = groups * (s + 1) / splits;
-  const bool has_cut = p.cv > ninf();
-  Arg best{ninf(), -1};
-  int fl = 0;
-  for (int64_t g = g0 + threadIdx.x; g < g1; g += blockDim.x) {
-    float v[4];
-    load4(row, g, V, aligned, v);
-    bool keep[4];
-    bool any = false;
+  const int64_t nb = (V + kCdfBlock - 1) / kCdfBlock;
+  const int64_t b0 = nb * s / splits, b1 = nb * (s + 1) / splits;
+  const float c = filter::draw_scale(p.it);
+  const int quad = threadIdx.x >> 2, qj = threadIdx.x & 3;
+  const int nquads = blockDim.x >> 2;
+  const int qbase = (threadIdx.x & 31) & ~3;  // warp lane of the quad's first thread
+  double* out = blk + r * nb;
+  for (int64_t bb = b0; bb < b1; bb += nquads) {  // the same trip count for every thread
+    const int64_t b = bb + quad;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (b < b1) {
+      const int64_t base = b * kCdfBlock + 4 * qj;
+#pragma unroll 8
+      for (int i = 0; i < 64; ++i) {
+        const int64_t t0 = base + 16 * i;
+        if (t0 >= V) break;
+        float v[4];
+        load4(row, t0 >> 2, V, aligned, v);
 #pragma unroll
-    for (int l = 0; l < 4; ++l) {
-      const int64_t i = 4 * g + l;
-      if (i < V) fl |= flags_of(v[l]);
-      bool k = v[l] > ninf() && i < V;
-      if (has_cut) k = k && in_prefix(v[l], i, p.cv, p.ci);
-      k = k && (v[l] - p.m) * p.it >= p.lmp;
-      keep[l] = k;
-      any |= k;
+        for (int l = 0; l < 4; ++l)
+          if (plan_kept(p, v[l], t0 + l)) acc[l] = __fadd_rn(acc[l], draw_mass_rn(v[l], p.m, c));
+      }
     }
-    if (!any) continue;
-    const philox::U32x4 u = philox::block(seed, off, static_cast<uint64_t>(g));
+    double sum = 0.0;
 #pragma unroll
-    for (int l = 0; l < 4; ++l) {
-      if (!keep[l]) continue;
-      const float gn = filter::gumbel(philox::to_unit_float(u.v[l]));
-      arg_take(best, __fmaf_rn(v[l], p.it, gn), 4 * g + l);
+    for (int q = 0; q < 4; ++q) {
+#pragma unroll
+      for (int l = 0; l < 4; ++l) {
+        const float lv = __shfl_sync(0xffffffffu, acc[l], qbase + q);
+        sum = __dadd_rn(sum, static_cast<double>(lv));
+      }
     }
-  }
-  best = block_argmax(best);
-  fl = block_or(fl);
-  if (threadIdx.x == 0) {
-    pkey[w] = best.key;
-    pidx[w] = best.idx;
-    pflags[w] = fl;
+    if (qj == 0 && b < b1) out[b] = sum;
   }
 }
 
-__global__ void merge_kernel(const Plan* __restrict__ plans, int64_t B, int64_t V, int splits,
-                             const float* __restrict__ pkey, const int64_t* __restrict__ pidx,
-                             const int32_t* __restrict__ pflags, int64_t* __restrict__ ids,
-                             bool* __restrict__ valid) {
-  const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (r >= B) return;
+// Kernel 3, one block per row: ids / valid. Mode-1 rows: thread 0 walks the
+// block masses (total, target = u * total, the block, the sum before it), the
+// block recomputes the 1024 masses of the chosen block into shared memory and
+// thread 0 walks them in vocabulary order.
+template <class T>
+__global__ void __launch_bounds__(kDrawThreads) draw_kernel(const T* __restrict__ logits, int64_t rs, int64_t V,
+                                                            const Plan* __restrict__ plans,
+                                                            const int64_t* __restrict__ seeds,
+                                                            const int64_t* __restrict__ offsets,
+                                                            const double* __restrict__ blk,
+                                                            int64_t* __restrict__ ids, bool* __restrict__ valid) {
+  __shared__ float e[kCdfBlock];
+  __shared__ int64_t s_b;
+  __shared__ double s_target;
+  const int64_t r = blockIdx.x;
   const Plan p = plans[r];
-  int64_t id = 0;
-  bool ok = false;
-  if (p.mode == 2) {
-    ok = p.valid != 0;
-    id = ok ? p.argmax : 0;
-  } else {
-    Arg b{ninf(), -1};
-    int fl = 0;
-    for (int s = 0; s < splits; ++s) {
-      arg_take(b, pkey[r * splits + s], pidx[r * splits + s]);
-      fl |= pflags[r * splits + s];
+  if (p.mode != 1) {
+    if (threadIdx.x == 0) {
+      ids[r] = (p.valid && p.id >= 0 && p.id < V) ? p.id : 0;
+      valid[r] = p.valid != 0;
     }
-    if (p.mode == 0) {
-      ok = flags_valid(fl) && b.idx >= 0;
-      id = ok ? b.idx : 0;
-    } else {
-      ok = true;
-      id = b.idx >= 0 ? b.idx : p.argmax;
+    return;
+  }
+  const int64_t nb = (V + kCdfBlock - 1) / kCdfBlock;
+  const double* rb = blk + r * nb;
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int64_t b = 0; b < nb; ++b) total = __dadd_rn(total, rb[b]);
+    int64_t b = -1;
+    double target = 0.0;
+    if (total > 0.0) {
+      target = __dmul_rn(philox::uniform53(static_cast<uint64_t>(seeds[r]), static_cast<uint64_t>(offsets[r])),
+                         total);
+      b = pick_in_seq(rb, nb, target);
+      double before = 0.0;
+      for (int64_t j = 0; j < b; ++j) before = __dadd_rn(before, rb[j]);
+      target = __dsub_rn(target, before);
+    }
+    s_b = b;
+    s_target = target;
+  }
+  __syncthreads();
+  const int64_t b = s_b;
+  int64_t id = p.id;  // no kept mass: the max token
+  if (b >= 0) {
+    const T* row = logits + r * rs;
+    const int64_t b0 = b * kCdfBlock;
+    const int n = static_cast<int>(V - b0 < kCdfBlock ? V - b0 : kCdfBlock);
+    const float c = filter::draw_scale(p.it);
+    for (int j = threadIdx.x; j < n; j += blockDim.x) {
+      const float x = ld(row, b0 + j);
+      e[j] = plan_kept(p, x, b0 + j) ? draw_mass_rn(x, p.m, c) : 0.0f;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int64_t j = pick_in_seq(e, n, s_target);
+      if (j >= 0) id = b0 + j;
     }
   }
-  ids[r] = (id >= 0 && id < V) ? id : 0;
-  valid[r] = ok;
+  if (threadIdx.x == 0) {
+    ids[r] = (id >= 0 && id < V) ? id : 0;
+    valid[r] = true;
+  }
 }
 
 int sm_count(int device) {
@@ -507,31 +710,32 @@ std::tuple<Tensor, Tensor> sample_cuda(Tensor logits, Tensor temperature, Tensor
   Tensor ids = new_empty(logits, {B}, ScalarType::Long);
   Tensor valid = new_empty(logits, {B}, ScalarType::Bool);
   if (B == 0) return {ids, valid};
-  const int64_t groups = (V + 3) / 4;
+  const int64_t nb = (V + kCdfBlock - 1) / kCdfBlock;
+  // enough blocks for two waves of the SMs, at most one per 1024-token block
   const int64_t want = (2 * static_cast<int64_t>(sm_count(logits.get_device())) + B - 1) / B;
-  const int splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, groups / kThreads + 1)));
+  const int splits = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, nb)));
   Tensor plans = new_empty(logits, {B * static_cast<int64_t>(sizeof(Plan))}, ScalarType::Byte);
-  Tensor pkey = new_empty(logits, {B * splits}, ScalarType::Float);
-  Tensor pidx = new_empty(logits, {B * splits}, ScalarType::Long);
-  Tensor pfl = new_empty(logits, {B * splits}, ScalarType::Int);
+  Tensor blk = new_empty(logits, {B * nb}, ScalarType::Double);
   cudaStream_t stream = current_stream(logits);
   Plan* pl = reinterpret_cast<Plan*>(plans.mutable_data_ptr());
   const int64_t rs = logits.stride(0);
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* of = offset.const_data_ptr<int64_t>();
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
     prepare_kernel<scalar_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
         x, rs, V, temperature.const_data_ptr<float>(), top_k.const_data_ptr<int64_t>(),
-        top_p.const_data_ptr<float>(), min_p.const_data_ptr<float>(), pl);
+        top_p.const_data_ptr<float>(), min_p.const_data_ptr<float>(), sd, of, pl);
     SOFTDEC_CUDA_LAUNCH_CHECK();
-    noise_kernel<scalar_t><<<dim3(static_cast<unsigned>(B), static_cast<unsigned>(splits)), kThreads, 0, stream>>>(
-        x, rs, V, pl, seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), splits,
-        pkey.mutable_data_ptr<float>(), pidx.mutable_data_ptr<int64_t>(), pfl.mutable_data_ptr<int32_t>());
+    block_mass_kernel<scalar_t>
+        <<<dim3(static_cast<unsigned>(B), static_cast<unsigned>(splits)), kMassThreads, 0, stream>>>(
+            x, rs, V, pl, splits, blk.mutable_data_ptr<double>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    draw_kernel<scalar_t><<<static_cast<unsigned>(B), kDrawThreads, 0, stream>>>(
+        x, rs, V, pl, sd, of, blk.const_data_ptr<double>(), ids.mutable_data_ptr<int64_t>(),
+        valid.mutable_data_ptr<bool>());
     SOFTDEC_CUDA_LAUNCH_CHECK();
   });
-  merge_kernel<<<static_cast<unsigned>((B + 255) / 256), 256, 0, stream>>>(
-      pl, B, V, splits, pkey.const_data_ptr<float>(), pidx.const_data_ptr<int64_t>(),
-      pfl.const_data_ptr<int32_t>(), ids.mutable_data_ptr<int64_t>(), valid.mutable_data_ptr<bool>());
-  SOFTDEC_CUDA_LAUNCH_CHECK();
   return {ids, valid};
 }
 
