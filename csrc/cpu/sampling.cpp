@@ -122,10 +122,12 @@ struct SampleRows {
         topk_pass(x, lo, hi, p.k, p.cands[c], p.flags[c]);
         break;
       case Path::kGreedy:
-      case Path::kPlain:
-      case Path::kMinP:
       case Path::kTopP:
         stats_pass(x, lo, hi, p.best[c], p.flags[c]);
+        break;
+      case Path::kPlain:
+      case Path::kMinP:  // the max only (f.argmax is not used by these rows' draw)
+        stats_pass(x, lo, hi, p.best[c], p.flags[c], /*want_index=*/false);
         break;
       case Path::kGeneric:
         if (c == 0) {
@@ -227,7 +229,12 @@ struct SampleRows {
     RowPlan& p = plans[static_cast<size_t>(r)];
     if (p.done) return;
     p.id = draw_from_blocks(row(r), V, Cut::of(p.f), p.blk.data(), philox::uniform53(p.seed, p.offset));
-    if (p.id < 0) p.id = p.f.argmax;  // the max token is always kept and has mass 1
+    if (p.id < 0) {  // cannot happen (the max token is kept, with mass 1); the argmax, to be safe
+      Best bs;
+      Flags fl;
+      stats_pass(row(r), 0, V, bs, fl);
+      p.id = bs.idx;
+    }
     p.done = true;
   }
 };

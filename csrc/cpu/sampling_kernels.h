@@ -178,14 +178,17 @@ void mass_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, double* blk) 
     alignas(64) float lane[kCdfLanes] = {};
 #if SOFTDEC_SIMD_AVX512
     const __m512 vm = _mm512_set1_ps(cut.m), vc = _mm512_set1_ps(c), vunder = _mm512_set1_ps(-125.0f);
+    const bool plain = !(cut.cv > -kInf) && !(cut.lmp > -kInf);
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = b0; i < b1; i += 16) {
       const int64_t left = b1 - i;
       const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
       const __m512 xv = left >= 16 ? load16<T>(x + i) : load16_mask<T>(x + i, lm);
       const __m512 z = _mm512_mul_ps(_mm512_sub_ps(xv, vm), vc);
-      if (!_mm512_mask_cmp_ps_mask(lm, z, vunder, _CMP_GT_OQ)) continue;  // all underflow (or NaN / -inf)
-      const __mmask16 k = kept_lanes(cut, xv, z, i, lm);
+      const __mmask16 live = _mm512_mask_cmp_ps_mask(lm, z, vunder, _CMP_GT_OQ);
+      if (!live) continue;  // all underflow (or NaN / -inf)
+      // without a cut every live lane is kept (z > -125 implies x > -inf)
+      const __mmask16 k = plain ? live : kept_lanes(cut, xv, z, i, lm);
       if (!k) continue;
       acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, vexp2(z)));
     }
@@ -239,29 +242,43 @@ int64_t draw_from_blocks(const T* x, int64_t V, const Cut& cut, const double* bl
   return j < 0 ? -1 : b0 + j;
 }
 
-// Max / argmax (lowest index among ties) and flags of [lo, hi).
+// Max / argmax (lowest index among ties) and flags of [lo, hi). Without
+// want_index the max is recorded at index lo (callers that only need the max
+// skip the search for its first position).
 template <class T>
-void stats_pass(const T* x, int64_t lo, int64_t hi, Best& best, Flags& flags) {
+void stats_pass(const T* x, int64_t lo, int64_t hi, Best& best, Flags& flags, bool want_index = true) {
   int64_t i = lo;
 #if SOFTDEC_SIMD_AVX512
   const __m512 vninf = _mm512_set1_ps(-kInf), vpinf = _mm512_set1_ps(kInf);
-  __m512 mx = vninf;
-  bool nan = false;
+  __m512 mx = vninf, mx2 = vninf;
+  __mmask16 un = 0;
+  for (; i + 32 <= hi; i += 32) {
+    const __m512 v = load16<T>(x + i), w = load16<T>(x + i + 16);
+    un |= _mm512_cmp_ps_mask(v, w, _CMP_UNORD_Q);
+    mx = _mm512_max_ps(mx, v);
+    mx2 = _mm512_max_ps(mx2, w);
+  }
   for (; i + 16 <= hi; i += 16) {
     const __m512 v = load16<T>(x + i);
-    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+    un |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     mx = _mm512_max_ps(mx, v);
   }
   if (i < hi) {
     const __m512 v = load16_mask<T>(x + i, static_cast<__mmask16>((1u << (hi - i)) - 1));
-    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+    un |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     mx = _mm512_max_ps(mx, v);
   }
+  const bool nan = un != 0;
   flags.nan |= nan;
-  const float m = hmax(mx);
+  const float m = hmax(_mm512_max_ps(mx, mx2));
   if (m > -kInf && !nan) {
     flags.finite |= m < kInf;
     flags.pinf |= m == kInf;
+    if (!want_index) {
+      best.take(m, lo);
+      i = hi;
+      return;
+    }
     // first index holding the max
     const __m512 vm = _mm512_set1_ps(m);
     for (int64_t j = lo; j < hi; j += 16) {
