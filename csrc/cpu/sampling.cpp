@@ -635,9 +635,9 @@ Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
 // negative, NaN or inf and one is > 0; zeros are never kept; kept_probs), with
 // vectorised passes: stats, the top-p cut (top_p_cut<true>), the kept sum, the write.
 
-// Validity, max and its first index of a probability row.
+// Validity, max and (want_index) its first index of a probability row.
 template <class T>
-void prob_stats(const T* x, int64_t V, filter::ProbFilter& f) {
+void prob_stats(const T* x, int64_t V, filter::ProbFilter& f, bool want_index) {
   bool bad = false;
   float m = 0.0f;
   int64_t i = 0;
@@ -661,10 +661,22 @@ void prob_stats(const T* x, int64_t V, filter::ProbFilter& f) {
   f.valid = (!bad && m > 0.0f) ? 1 : 0;
   if (!f.valid) return;
   f.max_prob = m;
-  for (int64_t j = 0; j < V; ++j)
+  if (!want_index) return;
+  int64_t j = 0;
+#if SOFTDEC_SIMD_AVX512
+  const __m512 vm = _mm512_set1_ps(m);
+  for (; j + 16 <= V; j += 16) {
+    const __mmask16 eq = _mm512_cmp_ps_mask(load16<T>(x + j), vm, _CMP_EQ_OQ);
+    if (eq) {
+      f.argmax = j + __builtin_ctz(eq);
+      return;
+    }
+  }
+#endif
+  for (; j < V; ++j)
     if (to_float(x[j]) == m) {
       f.argmax = j;
-      break;
+      return;
     }
 }
 
@@ -743,7 +755,7 @@ Tensor renorm_probs_cpu(Tensor probs, Tensor param, const char* pname) {
       for (int64_t r = b; r < e; ++r) {
         const scalar_t* xr = x + r * rs;
         filter::ProbFilter f;
-        prob_stats(xr, V, f);
+        prob_stats(xr, V, f, /*want_index=*/kTopP);
         f.cut_value = -kInf;
         f.cut_index = V;
         f.min_prob = kTopP ? 0.0f : pp[r] * f.max_prob;
