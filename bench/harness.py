@@ -43,21 +43,26 @@ def _sync(device: str):
 
 def measure(fn: Callable[[], object], *, device: str = "cpu", warmup: int = 3,
             min_reps: int = 5, max_reps: int = 200, min_time_s: float = 0.5,
-            max_time_s: float = 10.0) -> Stats:
-    """Time ``fn()``: ``warmup`` untimed calls, then at least ``min_reps`` timed
+            max_time_s: float = 10.0, warmup_s: float = 0.05) -> Stats:
+    """Time ``fn()``: ``warmup`` untimed calls (and at least ``warmup_s`` of them), then at least ``min_reps`` timed
     calls and until ``min_time_s`` has passed (at most ``max_reps`` calls or
     ``max_time_s``). Returns median and p20/p80 in milliseconds."""
-    # Warm-up: the first call (compilation, allocation) always; more calls up to
-    # ``warmup`` while they fit in half the time budget (slow baselines get one).
+    # Warm-up: the first call (compilation, allocation) always; then more calls
+    # until ``warmup`` calls and ``warmup_s`` seconds have passed, while they fit
+    # in half the time budget (slow baselines get one). The time floor matters for
+    # microsecond calls: a few calls after a slow baseline (caches flushed, pool
+    # threads asleep, clocks down) are not yet the steady state.
     t_w = time.perf_counter()
     fn()
     _sync(device)
     first = time.perf_counter() - t_w
-    for _ in range(warmup - 1):
+    n = 1
+    while n < warmup or time.perf_counter() - t_w < warmup_s:
         if time.perf_counter() - t_w + first > max_time_s / 2:
             break
         fn()
         _sync(device)
+        n += 1
     times = []
     t_start = time.perf_counter()
     while True:
