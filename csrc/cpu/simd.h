@@ -19,9 +19,10 @@
 //     load8, vexp8, vlog8 (same bits as vexp / vlog).
 //   philox_chunk(seed, offset, first_block, out[64])  philox_group or philox_blocks
 //
-// Not here on purpose: approximate exps that are NOT filter::fexp (soft_mixture's
-// exp2_512, sparse_attention's exp16) — each has one caller and its own accuracy
-// contract, so they stay next to their kernels.
+//     vexp2(x)                filter::fexp2 lane for lane (2^x, 0 at or below -125 and for NaN):
+//                             sample's draw masses and soft_mixture's base-2 softmax
+// Not here on purpose: sparse_attention's exp16, an approximate exp with one
+// caller and its own accuracy contract, stays next to its kernel.
 #pragma once
 
 #include "../dispatch.h"
@@ -224,9 +225,8 @@ inline __m512 vexp2(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  const __m512i ni = _mm512_cvtps_epi32(n);
-  const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(ni, _mm512_set1_epi32(127)), 23));
-  return _mm512_maskz_mul_ps(live, p, scale);
+  // p * 2^n: exact for the live lanes (n >= -124 keeps the result normal), as in fexp2
+  return _mm512_maskz_scalef_ps(live, p, n);
 }
 
 inline __m512i mulhi32(__m512i a, __m512i m) {

@@ -93,21 +93,6 @@ void scan_scalar(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold
 
 #if defined(SOFTDEC_SIMD_AVX512)
 
-// 2^x for x in [-217, ~0] (round to nearest, Taylor polynomial of degree 6 on
-// [-1/2, 1/2], ~1 ulp); scalef gives an exact 0 on underflow.
-inline __m512 exp2_512(__m512 x) {
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284772e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
 // The lanes work in base 2: z2 = (l - m) t log2(e), S = sum 2^z2 and
 // A2 = sum 2^z2 z2 (A = A2 ln 2), converted when the lanes are merged.
 template <typename scalar_t, bool kCold>
@@ -142,7 +127,7 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
       if (SOFTDEC_UNLIKELY(up)) {  // rescale the lanes whose max grew
         const __m512 mn = _mm512_mask_max_ps(vm, up, vm, x);
         const __m512 d = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(vm, mn), vt), vfloor);
-        const __m512 e = exp2_512(d);
+        const __m512 e = vexp2(d);
         va = _mm512_mul_ps(e, _mm512_fmadd_ps(d, vs, va));
         vs = _mm512_mul_ps(e, vs);
         vm = mn;
@@ -152,7 +137,7 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
       // 2^z2 underflows to 0 in every lane: an exact no-op (typical for LLM
       // logits far below the max), skip the exponential
       if (_mm512_cmp_ps_mask(z, vlive, _CMP_GT_OQ)) {
-        const __m512 e = exp2_512(z);
+        const __m512 e = vexp2(z);
         vs = _mm512_add_ps(vs, e);
         va = _mm512_fmadd_ps(e, z, va);
       }
@@ -378,7 +363,7 @@ inline int64_t dense_grad_avx512(const float* l, int64_t V, float t, float lse, 
   for (; j + 16 <= V; j += 16) {
     // lp >= -150: p underflows to exactly 0 and the product stays finite
     const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_loadu_ps(l + j), vt, vlse), vfloor);
-    const __m512 p = exp2_512(_mm512_mul_ps(lp, vl2e));
+    const __m512 p = vexp2(_mm512_mul_ps(lp, vl2e));
     const __m512 d = _mm512_mul_ps(p, _mm512_fmadd_ps(vgh, _mm512_add_ps(lp, vh), vc));
     _mm512_storeu_ps(o + j, _mm512_mul_ps(d, vt));
   }
