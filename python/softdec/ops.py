@@ -194,38 +194,6 @@ def _finite_number(v, name: str) -> float:
     return float(v)
 
 
-_SCALARS = (int, float)
-_SM_SETTINGS: dict = {}
-
-
-def _soft_mixture_settings(top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha,
-                           embed_scale, B, dev):
-    """Validated scalar settings of soft_mixture and its per-row parameter tensors."""
-    if noise not in _SM_NOISE:
-        raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
-    tau = _finite_number(tau, "tau")
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    noise_scale = _finite_number(noise_scale, "noise_scale")
-    dirichlet_alpha = _finite_number(dirichlet_alpha, "dirichlet_alpha")
-    if dirichlet_alpha <= 0:
-        raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
-    embed_scale = _finite_number(embed_scale, "embed_scale")
-    if isinstance(top_k, torch.Tensor):
-        k = int(top_k.max()) if top_k.numel() else 1
-    else:
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise ValueError(f"top_k must be an int or an int tensor, got {type(top_k).__name__}")
-        k = top_k
-    if not 1 <= k <= _SM_MAX_K:
-        raise ValueError(f"top_k must be in [1, {_SM_MAX_K}], got {k}")
-    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=1, hi=_SM_MAX_K)
-    temp = row_param(temperature, "temperature", B, dev, torch.float64, lo=0)
-    tp = row_param(top_p, "top_p", B, dev, torch.float64, lo=0, hi=1, lo_open=True)
-    mp = row_param(min_p, "min_p", B, dev, torch.float64, lo=0, hi=1)
-    return k, kt, temp, tp, mp, tau, noise_scale, dirichlet_alpha, embed_scale
-
-
 def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
                  top_k: Union[int, torch.Tensor] = 10,
                  temperature: Union[float, torch.Tensor] = 1.0,
@@ -351,25 +319,29 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
     if embedding.shape[0] != V:
         raise ValueError(f"embedding must have as many rows as logits has columns ({V}), "
                          f"got {embedding.shape[0]}")
+    if noise not in _SM_NOISE:
+        raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
+    tau = _finite_number(tau, "tau")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    noise_scale = _finite_number(noise_scale, "noise_scale")
+    dirichlet_alpha = _finite_number(dirichlet_alpha, "dirichlet_alpha")
+    if dirichlet_alpha <= 0:
+        raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
+    embed_scale = _finite_number(embed_scale, "embed_scale")
     dev = logits.device
-    # Scalar settings (the usual decoding loop) are validated once and their
-    # per-row tensors reused (CPU; see _params.const_row).
-    key = None
-    if (type(top_k) is int and type(temperature) in _SCALARS and type(top_p) in _SCALARS
-            and type(min_p) in _SCALARS and type(tau) in _SCALARS and type(noise_scale) in _SCALARS
-            and type(dirichlet_alpha) in _SCALARS and type(embed_scale) in _SCALARS
-            and (noise is None or type(noise) is str) and dev.type == "cpu"
-            and not torch.compiler.is_compiling()):
-        key = (top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha, embed_scale, B)
-    settings = _SM_SETTINGS.get(key) if key is not None else None
-    if settings is None:
-        settings = _soft_mixture_settings(top_k, temperature, top_p, min_p, noise, tau, noise_scale,
-                                          dirichlet_alpha, embed_scale, B, dev)
-        if key is not None:
-            _SM_SETTINGS[key] = settings
-            if len(_SM_SETTINGS) > 256:
-                _SM_SETTINGS.pop(next(iter(_SM_SETTINGS)))
-    k, kt, temp, tp, mp, tau, noise_scale, dirichlet_alpha, embed_scale = settings
+    if isinstance(top_k, torch.Tensor):
+        k = int(top_k.max()) if top_k.numel() else 1
+    else:
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise ValueError(f"top_k must be an int or an int tensor, got {type(top_k).__name__}")
+        k = top_k
+    if not 1 <= k <= _SM_MAX_K:
+        raise ValueError(f"top_k must be in [1, {_SM_MAX_K}], got {k}")
+    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=1, hi=_SM_MAX_K)
+    temp = row_param(temperature, "temperature", B, dev, torch.float64, lo=0)
+    tp = row_param(top_p, "top_p", B, dev, torch.float64, lo=0, hi=1, lo_open=True)
+    mp = row_param(min_p, "min_p", B, dev, torch.float64, lo=0, hi=1)
     if noise is None and seed is None:
         s = const_row(0, B, torch.int64, dev)
         _, o = rng_state(0, offset, B, dev)
