@@ -38,7 +38,8 @@ namespace {
 
 using namespace cpu;  // NOLINT: the shared passes of sampling_kernels.h
 
-enum class Path : int { kGreedy, kPlain, kTopK, kMinP, kTopP, kGeneric };
+// kPlain: no top-k / top-p (min-p, if any, is the cut's log_min_p)
+enum class Path : int { kGreedy, kPlain, kTopK, kTopP, kGeneric };
 
 struct RowPlan {
   Path path = Path::kPlain;
@@ -125,8 +126,7 @@ struct SampleRows {
       case Path::kTopP:
         stats_pass(x, lo, hi, p.best[c], p.flags[c]);
         break;
-      case Path::kPlain:
-      case Path::kMinP:  // the max only (f.argmax is not used by these rows' draw)
+      case Path::kPlain:  // the max only (f.argmax is not used by these rows' draw)
         stats_pass(x, lo, hi, p.best[c], p.flags[c], /*want_index=*/false);
         break;
       case Path::kGeneric:
@@ -159,7 +159,6 @@ struct SampleRows {
         p.done = true;
         break;
       case Path::kPlain:
-      case Path::kMinP:
       case Path::kTopP:
         p.valid = !fl.nan && !fl.pinf && fl.finite && bs.idx >= 0;
         if (!p.valid) {
@@ -326,8 +325,6 @@ std::tuple<Tensor, Tensor> sample_cpu(Tensor logits, Tensor temperature, Tensor 
       p.path = Path::kGeneric;
     } else if (p.top_p < 1.0f) {
       p.path = Path::kTopP;
-    } else if (p.min_p > 0.0f) {
-      p.path = Path::kMinP;
     } else {
       p.path = Path::kPlain;
     }
@@ -607,14 +604,10 @@ Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
 #if SOFTDEC_SIMD_AVX512
         if constexpr (std::is_same_v<scalar_t, float>) {
           // kept = not NaN and (x > cv or (x == cv and i <= ci)); the rest -> -inf
-          const __m512 vcv = _mm512_set1_ps(cv), vni = _mm512_set1_ps(-kInf);
+          const __m512 vni = _mm512_set1_ps(-kInf);
           for (; i0 + 16 <= V; i0 += 16) {
             const __m512 v = _mm512_loadu_ps(reinterpret_cast<const float*>(xr) + i0);
-            __mmask16 keep = _mm512_cmp_ps_mask(v, vcv, _CMP_GT_OQ);
-            const __mmask16 eq = _mm512_cmp_ps_mask(v, vcv, _CMP_EQ_OQ);
-            if (eq)
-              for (int l = 0; l < 16; ++l)
-                if (((eq >> l) & 1) && i0 + l <= ci) keep |= static_cast<__mmask16>(1u << l);
+            const __mmask16 keep = above_cut(v, cv, ci, i0);
             _mm512_storeu_ps(reinterpret_cast<float*>(orow) + i0, _mm512_mask_blend_ps(keep, vni, v));
           }
         }
@@ -684,15 +677,7 @@ void prob_stats(const T* x, int64_t V, filter::ProbFilter& f, bool want_index) {
 inline __mmask16 kept_probs16(const filter::ProbFilter& f, __m512 v, int64_t base) {
   __mmask16 k = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ) &
                 _mm512_cmp_ps_mask(v, _mm512_set1_ps(f.min_prob), _CMP_GE_OQ);
-  if (f.cut_value > 0.0f) {
-    const __mmask16 gt = _mm512_cmp_ps_mask(v, _mm512_set1_ps(f.cut_value), _CMP_GT_OQ);
-    const __mmask16 eq = _mm512_cmp_ps_mask(v, _mm512_set1_ps(f.cut_value), _CMP_EQ_OQ);
-    __mmask16 eq_ok = 0;
-    if (eq)
-      for (int l = 0; l < 16; ++l)
-        if (((eq >> l) & 1) && base + l <= f.cut_index) eq_ok |= static_cast<__mmask16>(1u << l);
-    k &= gt | eq_ok;
-  }
+  if (f.cut_value > 0.0f) k &= above_cut(v, f.cut_value, f.cut_index, base);
   return k;
 }
 #endif

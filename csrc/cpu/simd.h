@@ -11,16 +11,15 @@
 //     tail_mask(n)            mask of the first min(n, 16) lanes
 //     vlog(x)                 filter::flog lane for lane (bit-identical)
 //     vexp(x)                 filter::fexp lane for lane (bit-identical, 0 at or below -87 and for NaN)
+//     vexp2(x)                filter::fexp2 lane for lane (2^x, 0 at or below -125 and for NaN):
+//                             sample's draw masses and soft_mixture's base-2 softmax
 //     philox_group(...)       uniforms of 64 consecutive stream elements (bit-identical to philox.h)
-//     philox_at(...)          uniforms of 16 arbitrary stream elements
 //     vgumbel(u)              filter::gumbel lane for lane
 //     hmax(v), hsum(v)        horizontal max / sum
 //   SOFTDEC_SIMD_AVX2 (AVX2+FMA+F16C, e.g. x86-64-v3, when not SOFTDEC_SIMD_AVX512):
 //     load8, vexp8, vlog8 (same bits as vexp / vlog).
 //   philox_chunk(seed, offset, first_block, out[64])  philox_group or philox_blocks
 //
-//     vexp2(x)                filter::fexp2 lane for lane (2^x, 0 at or below -125 and for NaN):
-//                             sample's draw masses and soft_mixture's base-2 softmax
 // Not here on purpose: sparse_attention's exp16, an approximate exp with one
 // caller and its own accuracy contract, stays next to its kernel.
 #pragma once
@@ -289,29 +288,6 @@ inline void philox_group(uint64_t seed, uint64_t offset, uint64_t first_block, _
     const __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(e[q], 9));
     out[q] = _mm512_mul_ps(_mm512_add_ps(f, _mm512_set1_ps(0.5f)), _mm512_set1_ps(1.0f / 8388608.0f));
   }
-}
-
-// Uniforms of 16 arbitrary stream elements idx[0..16) (one Philox block each,
-// lane idx & 3 kept).
-inline __m512 philox_at(uint64_t seed, uint64_t offset, const int64_t* idx) {
-  alignas(64) uint32_t lo[16], hi[16], ln[16];
-  for (int j = 0; j < 16; ++j) {
-    const uint64_t b = static_cast<uint64_t>(idx[j]) >> 2;
-    lo[j] = static_cast<uint32_t>(b);
-    hi[j] = static_cast<uint32_t>(b >> 32);
-    ln[j] = static_cast<uint32_t>(idx[j] & 3);
-  }
-  __m512i c0 = _mm512_load_si512(lo), c1 = _mm512_load_si512(hi);
-  __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(offset)));
-  __m512i c3 = _mm512_set1_epi32(static_cast<int>(offset >> 32));
-  philox_rounds(c0, c1, c2, c3, seed);
-  const __m512i lane = _mm512_load_si512(ln);
-  __m512i bits = c0;
-  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(1)), c1);
-  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(2)), c2);
-  bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(lane, _mm512_set1_epi32(3)), c3);
-  const __m512 f = _mm512_cvtepi32_ps(_mm512_srli_epi32(bits, 9));
-  return _mm512_mul_ps(_mm512_add_ps(f, _mm512_set1_ps(0.5f)), _mm512_set1_ps(1.0f / 8388608.0f));
 }
 
 inline __m512 vgumbel(__m512 u) {
