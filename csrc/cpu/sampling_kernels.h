@@ -121,8 +121,20 @@ void masses(const T* x, int64_t n, float m, float it, float* e) {
 constexpr int64_t kCdfBlock = 1024;
 constexpr int kCdfLanes = 16;
 
-// Does the cut keep each of 16 lanes (x loaded, z = (x - m) * c, base = index of lane 0)?
 #if SOFTDEC_SIMD_AVX512
+// Lanes at or above a cut in the filter order: x > cv, or x == cv at an index
+// <= ci (ties are kept up to the cut's index); base = index of lane 0.
+inline __mmask16 above_cut(__m512 xv, float cv, int64_t ci, int64_t base) {
+  const __m512 vcv = _mm512_set1_ps(cv);
+  __mmask16 k = _mm512_cmp_ps_mask(xv, vcv, _CMP_GT_OQ);
+  const __mmask16 eq = _mm512_cmp_ps_mask(xv, vcv, _CMP_EQ_OQ);
+  if (eq)
+    for (int l = 0; l < 16; ++l)
+      if (((eq >> l) & 1) && base + l <= ci) k |= static_cast<__mmask16>(1u << l);
+  return k;
+}
+
+// Does the cut keep each of 16 lanes (x loaded, z = (x - m) * c, base = index of lane 0)?
 inline __mmask16 kept_lanes(const Cut& cut, __m512 xv, __m512 z, int64_t base, __mmask16 lm) {
   __mmask16 k = _mm512_mask_cmp_ps_mask(lm, xv, _mm512_set1_ps(-kInf), _CMP_GT_OQ);
   if (cut.lmp > -kInf) {
@@ -130,16 +142,7 @@ inline __mmask16 kept_lanes(const Cut& cut, __m512 xv, __m512 z, int64_t base, _
     const __m512 s = _mm512_mul_ps(_mm512_sub_ps(xv, _mm512_set1_ps(cut.m)), _mm512_set1_ps(cut.it));
     k &= _mm512_cmp_ps_mask(s, _mm512_set1_ps(cut.lmp), _CMP_GE_OQ);
   }
-  if (cut.cv > -kInf) {
-    const __mmask16 gt = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(cut.cv), _CMP_GT_OQ);
-    const __mmask16 eq = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(cut.cv), _CMP_EQ_OQ);
-    __mmask16 eq_ok = 0;
-    if (eq) {
-      for (int l = 0; l < 16; ++l)
-        if (((eq >> l) & 1) && base + l <= cut.ci) eq_ok |= static_cast<__mmask16>(1u << l);
-    }
-    k &= (gt | eq_ok);
-  }
+  if (cut.cv > -kInf) k &= above_cut(xv, cut.cv, cut.ci, base);
   (void)z;
   return k;
 }
@@ -487,12 +490,7 @@ filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p) {
   f.max_logit = bs.key;
   f.argmax = bs.idx;
   if (!(p.temperature > 0.0f)) {
-    f.greedy = 1;
-    f.inv_temp = 0.0f;
-    f.cut_value = f.max_logit;
-    f.cut_index = f.argmax;
-    f.num_kept = 1;
-    f.log_norm = 0.0;
+    filter::set_greedy(f);
     return f;
   }
   const float m = f.max_logit, it = 1.0f / p.temperature;

@@ -464,12 +464,7 @@ Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p
     f.argmax = f.valid ? s.am : 0;
     if (!f.valid) return t;
     if (!(temp > 0.0f)) {
-      f.greedy = 1;
-      f.inv_temp = 0.0f;
-      f.cut_value = f.max_logit;
-      f.cut_index = f.argmax;
-      f.num_kept = 1;
-      f.log_norm = 0.0;
+      filter::set_greedy(f);
     } else {
       f.inv_temp = 1.0f / temp;
       if (topk_on) {

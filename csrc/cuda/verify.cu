@@ -258,11 +258,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
       f.argmax = f.valid ? mx.i : 0;
       f.log_min_p = filter::log_min_p_of(min_p);
       if (f.valid && !(temp > 0.0f)) {
-        f.greedy = 1;
-        f.inv_temp = 0.0f;
-        f.cut_value = f.max_logit;
-        f.cut_index = f.argmax;
-        f.num_kept = 1;
+        filter::set_greedy(f);
       } else if (f.valid) {
         f.inv_temp = 1.0f / temp;
         f.cut_value = -filter::inf_f();

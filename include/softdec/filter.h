@@ -482,6 +482,16 @@ SOFTDEC_HD void generic_cut(const Load& load, int64_t V, int64_t top_k, float to
 
 }  // namespace detail
 
+// T = 0 on a valid row (max_logit / argmax set): the one-hot argmax.
+SOFTDEC_HD void set_greedy(RowFilter& f) {
+  f.greedy = 1;
+  f.inv_temp = 0.0f;
+  f.cut_value = f.max_logit;
+  f.cut_index = f.argmax;
+  f.num_kept = 1;
+  f.log_norm = 0.0;
+}
+
 // Reference-grade filter of one row of logits (any Load, serial).
 template <class Load>
 SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p) {
@@ -490,12 +500,7 @@ SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p) {
   f.log_min_p = log_min_p_of(p.min_p);
   if (!f.valid) return f;
   if (!(p.temperature > 0.0f)) {
-    f.greedy = 1;
-    f.inv_temp = 0.0f;
-    f.cut_value = f.max_logit;
-    f.cut_index = f.argmax;
-    f.num_kept = 1;
-    f.log_norm = 0.0;
+    set_greedy(f);
     return f;
   }
   f.inv_temp = 1.0f / p.temperature;
