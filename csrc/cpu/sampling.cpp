@@ -217,11 +217,12 @@ struct SampleRows {
   }
 
   // Phase 2 on chunk c of row r: the block masses of its kept tokens.
-  void masses(int64_t r, int64_t c) {
+  // pf: a row to prefetch meanwhile (the thread's next row), or null.
+  void masses(int64_t r, int64_t c, const T* pf = nullptr) {
     RowPlan& p = plans[static_cast<size_t>(r)];
     if (p.done) return;
     const auto [lo, hi] = chunk_range(V, nc, c);
-    if (lo < hi) mass_pass(row(r), lo, hi, Cut::of(p.f), p.blk.data() + lo / kCdfBlock);
+    if (lo < hi) mass_pass(row(r), lo, hi, Cut::of(p.f), p.blk.data() + lo / kCdfBlock, pf);
   }
 
   void draw(int64_t r) {
@@ -256,7 +257,7 @@ void sample_kernel(const T* logits, int64_t row_stride, int64_t B, int64_t V, st
         rows.scan(r, 0);
         rows.merge(r);
         if (rows.needs_top_p(r)) rows.top_p(r);
-        rows.masses(r, 0);
+        rows.masses(r, 0, r + 1 < e ? rows.row(r + 1) : nullptr);
         rows.draw(r);
       }
     });

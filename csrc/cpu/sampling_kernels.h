@@ -172,9 +172,11 @@ void draw_masses(const T* x, int64_t base, int64_t n, const Cut& cut, float* e) 
 
 // blk[(b0 - lo) / kCdfBlock] for every block b0 of [lo, hi) (lo a multiple of
 // kCdfBlock), by the lane rule above. 16-token vectors whose kept tokens all
-// underflow (z <= -125) cost one compare.
+// underflow (z <= -125) cost one compare. pf (optional): a row of the same
+// length whose [lo, hi) is prefetched meanwhile (the next row a thread reads:
+// this pass computes from cache, and the memory reads of that row overlap it).
 template <class T>
-void mass_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, double* blk) {
+void mass_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, double* blk, const T* pf = nullptr) {
   const float c = filter::draw_scale(cut.it);
   for (int64_t b0 = lo; b0 < hi; b0 += kCdfBlock) {
     const int64_t b1 = std::min(hi, b0 + kCdfBlock);
@@ -183,6 +185,9 @@ void mass_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, double* blk) 
     const __m512 vm = _mm512_set1_ps(cut.m), vc = _mm512_set1_ps(c), vunder = _mm512_set1_ps(-125.0f);
     const bool plain = !(cut.cv > -kInf) && !(cut.lmp > -kInf);
     __m512 acc = _mm512_setzero_ps();
+    if (pf)
+      for (int64_t i = b0; i < b1; i += 64 / static_cast<int64_t>(sizeof(T)))
+        _mm_prefetch(reinterpret_cast<const char*>(pf + i), _MM_HINT_T1);
     for (int64_t i = b0; i < b1; i += 16) {
       const int64_t left = b1 - i;
       const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
@@ -190,13 +195,15 @@ void mass_pass(const T* x, int64_t lo, int64_t hi, const Cut& cut, double* blk) 
       const __m512 z = _mm512_mul_ps(_mm512_sub_ps(xv, vm), vc);
       const __mmask16 live = _mm512_mask_cmp_ps_mask(lm, z, vunder, _CMP_GT_OQ);
       if (!live) continue;  // all underflow (or NaN / -inf)
-      // without a cut every live lane is kept (z > -125 implies x > -inf)
-      const __mmask16 k = plain ? live : kept_lanes(cut, xv, z, i, lm);
+      // without a cut every live lane is kept (z > -125 implies x > -inf); z <= 0
+      // (m is the max), so the live lanes are in vexp2_in_range's range
+      const __mmask16 k = plain ? live : static_cast<__mmask16>(kept_lanes(cut, xv, z, i, lm) & live);
       if (!k) continue;
-      acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, vexp2(z)));
+      acc = _mm512_mask_add_ps(acc, k, acc, vexp2_in_range(z));
     }
     _mm512_store_ps(lane, acc);
 #else
+    (void)pf;
     for (int64_t i = b0; i < b1; ++i) {
       const float v = to_float(x[i]);
       if (cut.kept(v, i)) lane[(i - b0) % kCdfLanes] += filter::draw_mass(v, cut.m, c);

@@ -13,6 +13,7 @@
 //     vexp(x)                 filter::fexp lane for lane (bit-identical, 0 at or below -87 and for NaN)
 //     vexp2(x)                filter::fexp2 lane for lane (2^x, 0 at or below -125 and for NaN):
 //                             sample's draw masses and soft_mixture's base-2 softmax
+//     vexp2_in_range(x)       the same for x in (-125, 0] (no clamps; the caller masks)
 //     philox_group(...)       uniforms of 64 consecutive stream elements (bit-identical to philox.h)
 //     vgumbel(u)              filter::gumbel lane for lane
 //     hmax(v), hsum(v)        horizontal max / sum
@@ -211,10 +212,9 @@ inline __m512 vexp(__m512 x) {
   return _mm512_maskz_mul_ps(static_cast<__mmask16>(~under), p, scale);
 }
 
-// filter::fexp2 on 16 lanes, bit for bit (lanes with x <= -125, or NaN, give 0).
-inline __m512 vexp2(__m512 x) {
-  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-125.0f), _CMP_GT_OQ);
-  x = _mm512_min_ps(x, _mm512_setzero_ps());
+// filter::fexp2 on 16 lanes for x in (-125, 0] (the caller knows the range):
+// the polynomial and the exact scaling by 2^n, without fexp2's clamps.
+inline __m512 vexp2_in_range(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 r = _mm512_sub_ps(x, n);
   __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);
@@ -224,8 +224,14 @@ inline __m512 vexp2(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  // p * 2^n: exact for the live lanes (n >= -124 keeps the result normal), as in fexp2
-  return _mm512_maskz_scalef_ps(live, p, n);
+  // p * 2^n: exact (n >= -124 keeps the result normal), as in fexp2
+  return _mm512_scalef_ps(p, n);
+}
+
+// filter::fexp2 on 16 lanes, bit for bit (lanes with x <= -125, or NaN, give 0).
+inline __m512 vexp2(__m512 x) {
+  const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-125.0f), _CMP_GT_OQ);
+  return _mm512_maskz_mov_ps(live, vexp2_in_range(_mm512_min_ps(x, _mm512_setzero_ps())));
 }
 
 inline __m512i mulhi32(__m512i a, __m512i m) {

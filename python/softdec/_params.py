@@ -53,12 +53,29 @@ _CONST_ROWS_MAX = 256
 _SCALAR_TYPES = (int, float)
 
 
-def _remember(key, t: torch.Tensor) -> torch.Tensor:
-    if t.device.type == "cpu" and not torch.compiler.is_compiling():
+def _remember(key, t, device: Optional[torch.device] = None):
+    """Cache ``t`` (a tensor, or a tuple of tensors on ``device``) under ``key``."""
+    dev = t.device if device is None else device
+    if dev.type == "cpu" and not torch.compiler.is_compiling():
         _CONST_ROWS[key] = t
         if len(_CONST_ROWS) > _CONST_ROWS_MAX:
             _CONST_ROWS.popitem(last=False)
     return t
+
+
+def scalar_rows(key: tuple, batch: int, device: torch.device, build, *args):
+    """The per-row tensors of one op's scalar settings, built once per setting.
+
+    ``key`` holds the op's name and its scalar arguments with their types (a
+    hit means the same values already passed ``build``'s checks);
+    ``build(batch, device, *args)`` returns the tuple of ``[batch]`` tensors. A decoding loop calls an op with
+    the same settings every step: one lookup replaces one ``row_param`` each.
+    """
+    full = (key, batch, device)
+    t = _CONST_ROWS.get(full)
+    if t is not None and not torch.compiler.is_compiling():
+        return t
+    return _remember(full, build(batch, device, *args), device)
 
 
 def const_row(value, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -99,7 +116,10 @@ def row_param(value: RowParam, name: str, batch: int, device: torch.device, dtyp
             raise ValueError(f"{name} must be a {kind} tensor, got {str(t.dtype).replace('torch.', '')}")
         if t.device != device:
             raise ValueError(f"{name} must be on the same device as the input ({device}), got {t.device}")
-        t = t.to(dtype).contiguous()
+        if t.dtype != dtype:
+            t = t.to(dtype)
+        if not t.is_contiguous():
+            t = t.contiguous()
         if lo is not None or hi is not None:
             if not torch.compiler.is_compiling() and t.numel() > 0:
                 _check_range_tensor(t, name, lo, hi, lo_open, hi_open)
@@ -198,4 +218,6 @@ def _per_row_int64(v, name: str, batch: int, device: torch.device) -> torch.Tens
         raise ValueError(f"{name} must be an int or a tensor of shape ({batch},), got shape {_shape(v)}")
     if t.device != device:
         raise ValueError(f"{name} must be on the same device as the input ({device}), got {t.device}")
-    return t.to(torch.int64).contiguous()
+    if t.dtype != torch.int64:
+        t = t.to(torch.int64)
+    return t if t.is_contiguous() else t.contiguous()

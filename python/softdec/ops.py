@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from ._params import FLOAT_DTYPES, below_autograd, check_tensor, const_row, rng_state, row_param  # noqa: F401
+from ._params import FLOAT_DTYPES, below_autograd, check_tensor, const_row, rng_state, row_param, scalar_rows  # noqa: F401
 
 __all__ = ["philox_uniform"]
 
@@ -471,13 +471,27 @@ def sample(logits: torch.Tensor, *, temperature: RowParam = 1.0, top_k: RowParam
     logits = _sampling_rows(logits, "logits")
     B = logits.shape[0]
     dev = logits.device
-    t = row_param(temperature, "temperature", B, dev, torch.float32, lo=0.0)
-    k = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
-    p = row_param(top_p, "top_p", B, dev, torch.float32, lo=0.0, hi=1.0)
-    mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0.0, hi=1.0)
+    if (type(temperature) in _SCALARS and type(top_k) in _SCALARS and type(top_p) in _SCALARS
+            and type(min_p) in _SCALARS):
+        key = ("sample", type(temperature), temperature, type(top_k), top_k, type(top_p), top_p,
+               type(min_p), min_p)
+        t, k, p, mp = scalar_rows(key, B, dev, _sample_settings, temperature, top_k, top_p, min_p)
+    else:
+        t, k, p, mp = _sample_settings(B, dev, temperature, top_k, top_p, min_p)
     s, o = rng_state(seed, offset, B, dev, generator)
-    ids, valid = _ops.sample(logits, t, k, p, mp, s, o)
+    ids, valid = _sample_op(logits, t, k, p, mp, s, o)
     return Sampled(ids, valid)
+
+
+def _sample_settings(B, dev, temperature, top_k, top_p, min_p):
+    return (row_param(temperature, "temperature", B, dev, torch.float32, lo=0.0),
+            row_param(top_k, "top_k", B, dev, torch.int64, lo=0),
+            row_param(top_p, "top_p", B, dev, torch.float32, lo=0.0, hi=1.0),
+            row_param(min_p, "min_p", B, dev, torch.float32, lo=0.0, hi=1.0))
+
+
+_SCALARS = (int, float)
+_sample_op = _ops.sample.default
 
 
 @torch.library.register_fake("softdec::gumbel_softmax")
