@@ -73,3 +73,30 @@ def test_fast_path_keeps_gradients():
     assert y.grad_fn is not None
     ids, w = softdec.gumbel_softmax(logits.detach(), tau=0.5, top_k=3, seed=3)
     assert w.grad_fn is None and ids.shape == (2, 3)
+
+
+def test_settings_tuple_cache_keeps_checks_and_types():
+    # sample / soft_mixture cache the checked per-row tensors of an all-scalar
+    # setting: a hit must not skip the check of a different value or type
+    x = torch.randn(3, 50)
+    a = softdec.sample(x, top_k=5, top_p=0.9, seed=1)
+    b = softdec.sample(x, top_k=5, top_p=0.9, seed=1)
+    assert torch.equal(a.ids, b.ids)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        softdec.sample(x, top_k=5, top_p=1.5, seed=1)
+    with pytest.raises(ValueError, match="top_k must be a"):
+        softdec.sample(x, top_k=True)  # bool is not an int here: not the cached int 1
+    table = torch.randn(50, 8)
+    good = softdec.soft_mixture(x, table, top_k=4, temperature=0.7, tau=0.5, noise="gumbel", seed=2)
+    again = softdec.soft_mixture(x, table, top_k=4, temperature=0.7, tau=0.5, noise="gumbel", seed=2)
+    assert torch.equal(good.embeds, again.embeds)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        softdec.soft_mixture(x, table, top_k=4, temperature=0.7, tau=-0.5, noise="gumbel", seed=2)
+    with pytest.raises(ValueError, match="noise must be None"):
+        softdec.soft_mixture(x, table, top_k=4, noise="uniform")
+    # 1 and 1.0 hash alike: the cached tuple of one must not serve the other's dtype checks
+    w1 = softdec.soft_mixture(x, table, top_k=4, temperature=1).weights
+    w2 = softdec.soft_mixture(x, table, top_k=4, temperature=1.0).weights
+    assert torch.equal(w1, w2)
+    with pytest.raises(ValueError, match="top_k"):
+        softdec.soft_mixture(x, table, top_k=4.0)

@@ -103,7 +103,7 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
   __m512 vthr = _mm512_set1_ps(thr);
   constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.69314718055994531f;
   const __m512 vt = _mm512_set1_ps(std::min(t * kLog2e, FLT_MAX)), vfloor = _mm512_set1_ps(-217.0f),
-               vbig = _mm512_set1_ps(FLT_MAX), vlive = _mm512_set1_ps(-150.0f);
+               vbig = _mm512_set1_ps(FLT_MAX), vlive = _mm512_set1_ps(-125.0f);
   auto body = [&](__m512 x, int64_t base) {
     // x > thr, or NaN (unordered): one compare covers the top-k threshold and
     // the NaN / +inf check (+inf is always above the threshold)
@@ -134,12 +134,15 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
       }
       // max_ps returns its second operand for NaN: NaN lanes give z = floor, e = 0
       const __m512 z = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vt), vfloor);
-      // 2^z2 underflows to 0 in every lane: an exact no-op (typical for LLM
-      // logits far below the max), skip the exponential
-      if (_mm512_cmp_ps_mask(z, vlive, _CMP_GT_OQ)) {
-        const __m512 e = vexp2(z);
-        vs = _mm512_add_ps(vs, e);
-        va = _mm512_fmadd_ps(e, z, va);
+      // 2^z2 underflows to 0 (z2 <= -125, fexp2's zero) in every lane: an exact
+      // no-op (typical for LLM logits far below the max), skip the exponential.
+      // Otherwise only the live lanes add (the others would add exactly 0); z2 <= 0,
+      // so they are in vexp2_in_range's range.
+      const __mmask16 live = _mm512_cmp_ps_mask(z, vlive, _CMP_GT_OQ);
+      if (live) {
+        const __m512 e = vexp2_in_range(z);
+        vs = _mm512_mask_add_ps(vs, live, vs, e);
+        va = _mm512_mask3_fmadd_ps(e, z, va, live);
       }
     }
   };

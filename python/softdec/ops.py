@@ -319,6 +319,43 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
     if embedding.shape[0] != V:
         raise ValueError(f"embedding must have as many rows as logits has columns ({V}), "
                          f"got {embedding.shape[0]}")
+    dev = logits.device
+    if (type(top_k) is int and type(temperature) in _SCALARS and type(top_p) in _SCALARS
+            and type(min_p) in _SCALARS and (noise is None or type(noise) is str)
+            and type(tau) in _SCALARS and type(noise_scale) in _SCALARS
+            and type(dirichlet_alpha) in _SCALARS and type(embed_scale) in _SCALARS):
+        key = ("soft_mixture", top_k, type(temperature), temperature, type(top_p), top_p,
+               type(min_p), min_p, noise, type(tau), tau, type(noise_scale), noise_scale,
+               type(dirichlet_alpha), dirichlet_alpha, type(embed_scale), embed_scale)
+        settings = scalar_rows(key, B, dev, _sm_settings, top_k, temperature, top_p, min_p, noise,
+                               tau, noise_scale, dirichlet_alpha, embed_scale)
+    else:
+        settings = _sm_settings(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
+                                dirichlet_alpha, embed_scale)
+    kt, temp, tp, mp, k, noise_code, tau, noise_scale, dirichlet_alpha, embed_scale = settings
+    if noise is None and seed is None:
+        s = const_row(0, B, torch.int64, dev)
+        _, o = rng_state(0, offset, B, dev)
+    else:
+        s, o = rng_state(seed, offset, B, dev, generator)
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    if embedding.stride(-1) != 1:
+        embedding = embedding.contiguous()
+    args = (logits, embedding, temp, kt, tp, mp, s, o, k, noise_code, tau, noise_scale,
+            dirichlet_alpha, embed_scale)
+    if below_autograd(logits, embedding):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = _ops.soft_mixture.default(*args)
+    else:
+        out = _ops.soft_mixture.default(*args)
+    return SoftTokens(out[0], out[1], out[2], out[3], out[4], out[5],
+                      out[6] if noise == "gumbel" else None)
+
+
+def _sm_settings(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
+                 dirichlet_alpha, embed_scale):
+    """soft_mixture's settings, checked: the per-row tensors, k and the scalars."""
     if noise not in _SM_NOISE:
         raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
     tau = _finite_number(tau, "tau")
@@ -329,7 +366,6 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
     if dirichlet_alpha <= 0:
         raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
     embed_scale = _finite_number(embed_scale, "embed_scale")
-    dev = logits.device
     if isinstance(top_k, torch.Tensor):
         k = int(top_k.max()) if top_k.numel() else 1
     else:
@@ -342,24 +378,7 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
     temp = row_param(temperature, "temperature", B, dev, torch.float64, lo=0)
     tp = row_param(top_p, "top_p", B, dev, torch.float64, lo=0, hi=1, lo_open=True)
     mp = row_param(min_p, "min_p", B, dev, torch.float64, lo=0, hi=1)
-    if noise is None and seed is None:
-        s = const_row(0, B, torch.int64, dev)
-        _, o = rng_state(0, offset, B, dev)
-    else:
-        s, o = rng_state(seed, offset, B, dev, generator)
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    if embedding.stride(-1) != 1:
-        embedding = embedding.contiguous()
-    args = (logits, embedding, temp, kt, tp, mp, s, o, k, _SM_NOISE[noise], tau, noise_scale,
-            dirichlet_alpha, embed_scale)
-    if below_autograd(logits, embedding):
-        with torch._C._AutoDispatchBelowAutograd():
-            out = _ops.soft_mixture.default(*args)
-    else:
-        out = _ops.soft_mixture.default(*args)
-    return SoftTokens(out[0], out[1], out[2], out[3], out[4], out[5],
-                      out[6] if noise == "gumbel" else None)
+    return (kt, temp, tp, mp, k, _SM_NOISE[noise], tau, noise_scale, dirichlet_alpha, embed_scale)
 
 
 # ============================================================================ sampling
