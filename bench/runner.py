@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     p.add_argument("--budget", type=float, default=4.0, help="max seconds timing one callable")
+    p.add_argument("--rounds", type=int, default=harness.ROUNDS,
+                   help="timing windows per fast callable and for the copy bandwidth (best kept)")
     p.add_argument("--json", default=None, help="output JSON (default bench/results/<time>.json)")
     p.add_argument("--plot", default=None, help="output PNG of speedups (default beside the JSON)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -57,8 +59,11 @@ def main(argv=None) -> int:
     print(f"softdec {info['version']} | torch {info['torch']} | {info['cpu']} | threads {info['threads']} | "
           f"isa {','.join(info['cpu_isa']) or 'generic'} | device {args.device}"
           + (f" ({env['gpu']})" if "gpu" in env else ""))
-    bw = harness.copy_bandwidth(args.device)
-    print(f"copy bandwidth ({args.device}): {bw:.1f} GB/s (read + write); byte floor = bytes / bandwidth")
+    bw = harness.copy_bandwidth(args.device, windows=max(1, args.rounds))
+    print(f"copy bandwidth ({args.device}): {bw:.1f} GB/s (read + write, best of {max(1, args.rounds)} windows); "
+          f"byte floor = bytes / bandwidth")
+    print(f"fast callables (< {harness.FAST_S * 1e3:.0f} ms a call) are timed in {max(1, args.rounds)} interleaved "
+          "windows and keep their best median")
     print("ratios are baseline time / softdec time (higher is better); floor = floor time / softdec time\n")
 
     only = [o.strip() for o in args.only.split(",") if o.strip()]
@@ -66,8 +71,9 @@ def main(argv=None) -> int:
     for mod in discover(only):
         cases.extend(mod.cases(quick=args.quick, device=args.device))
     print(harness.HEADER)
-    rows = harness.run_cases(cases, bandwidth_gbs=bw, budget_s=args.budget,
+    rows = harness.run_cases(cases, bandwidth_gbs=bw, budget_s=args.budget, rounds=max(1, args.rounds),
                              skip=("compile",) if args.no_compile else ())
+    env["timing"] = {"rounds": max(1, args.rounds), "fast_s": harness.FAST_S}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.json or os.path.join(HERE, "results", f"bench-{stamp}.json")
     harness.write_json(out, env, {args.device: bw}, rows)

@@ -10,6 +10,7 @@
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 #include "simd.h"
+#include "topk.h"
 
 #include <algorithm>
 #include <cmath>
@@ -319,28 +320,12 @@ void stats_pass(const T* x, int64_t lo, int64_t hi, Best& best, Flags& flags, bo
 
 // Candidates (value, index) of [lo, hi) that can be among the row's first k
 // tokens of the filter order; returns them sorted in that order, at most k.
-struct Cand {
-  float v;
-  int64_t i;
-};
+using Cand = TopKCollector<float>::Item;
 inline bool cand_before(const Cand& a, const Cand& b) { return filter::before(a.v, a.i, b.v, b.i); }
 
 template <class T>
 void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>& out, Flags& flags) {
-  const int64_t cap = std::max<int64_t>(2 * k, 256) + 64;
-  std::vector<Cand> buf;
-  buf.reserve(static_cast<size_t>(cap));
-  // Keeps the first k of the order and raises the threshold to the k-th value;
-  // later tokens equal to it come after it in the order, so `> thr` suffices.
-  auto compact = [k](std::vector<Cand>& b, float t) -> float {
-    if (static_cast<int64_t>(b.size()) > k) {
-      std::nth_element(b.begin(), b.begin() + (k - 1), b.end(), cand_before);
-      t = b[static_cast<size_t>(k - 1)].v;
-      b.resize(static_cast<size_t>(k));
-    }
-    return t;
-  };
-  float thr = -kInf;
+  TopKCollector<float> top(k, 64);
   int64_t i = lo;
 #if SOFTDEC_SIMD_AVX512
   __mmask16 nanm = 0;
@@ -353,7 +338,7 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
     nanm |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v2, v3, _CMP_UNORD_Q);
     const __m512 mm = _mm512_max_ps(_mm512_max_ps(v0, v1), _mm512_max_ps(v2, v3));
     vmax = _mm512_max_ps(vmax, mm);
-    const __m512 vt = _mm512_set1_ps(thr);
+    const __m512 vt = _mm512_set1_ps(top.thr);
     if (!_mm512_cmp_ps_mask(mm, vt, _CMP_GT_OQ)) continue;
     // (a plain store + bit walk: vcompressps to memory is microcoded on Zen 4)
     _mm512_store_ps(vals, v0);
@@ -366,10 +351,10 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
       while (msk) {
         const int l = __builtin_ctz(msk);
         msk &= static_cast<__mmask16>(msk - 1);
-        buf.push_back({vals[16 * q + l], i + 16 * q + l});
+        top.push(vals[16 * q + l], i + 16 * q + l);
       }
     }
-    if (static_cast<int64_t>(buf.size()) >= cap - 64) thr = compact(buf, thr);
+    top.maybe_compact();
   }
   flags.nan |= nanm != 0;
   flags.pinf |= hmax(vmax) == kInf;
@@ -378,19 +363,17 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
     const float v = to_float(x[i]);
     if (v != v) flags.nan = true;
     if (v == kInf) flags.pinf = true;
-    if (v > thr) {
-      buf.push_back({v, i});
-      if (static_cast<int64_t>(buf.size()) >= cap) thr = compact(buf, thr);
+    if (v > top.thr) {
+      top.push(v, i);
+      top.maybe_compact();
     }
   }
-  for (const Cand& c : buf)
+  for (const Cand& c : top.buf)
     if (c.v < kInf) {
       flags.finite = true;
       break;
     }
-  compact(buf, thr);
-  std::sort(buf.begin(), buf.end(), cand_before);
-  out = std::move(buf);
+  out = std::move(top.finish());
 }
 
 // ------------------------------------------------------------------ sample

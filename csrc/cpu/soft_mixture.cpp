@@ -22,6 +22,7 @@
 #include "../soft_mixture_checks.h"
 #include "softdec/soft_mixture.h"
 #include "simd.h"
+#include "topk.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -46,6 +47,7 @@ namespace softdec {
 namespace {
 
 using namespace ::softdec::simd;  // NOLINT: load16, load16_mask, tail_mask
+using cpu::TopKCollector;
 
 using soft::SoftmaxState;
 
@@ -73,22 +75,44 @@ struct Part {
   int64_t* ids;
 };
 
+// ------------------------------------------------------------------ slice top-k
+// A slice's running top-k (topk.h), seeded with the entries P already holds,
+// and written back to P (sorted, P.n = min(k, candidates)).
+template <typename acc_t>
+TopKCollector<acc_t> start_topk(const Part<acc_t>& P, int k, int64_t slack) {
+  TopKCollector<acc_t> top(k, slack, 4 * k);
+  for (int i = 0; i < P.n; ++i) top.push(P.vals[i], P.ids[i]);
+  top.compact();
+  return top;
+}
+
+template <typename acc_t>
+void finish_topk(TopKCollector<acc_t>& top, Part<acc_t>& P) {
+  const auto& items = top.finish();
+  P.n = static_cast<int>(items.size());
+  for (int i = 0; i < P.n; ++i) {
+    P.vals[i] = items[static_cast<size_t>(i)].v;
+    P.ids[i] = items[static_cast<size_t>(i)].i;
+  }
+}
+
 // ------------------------------------------------------------------ scan, scalar
 template <typename scalar_t, typename acc_t>
 void scan_scalar(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold, int k,
                  Part<acc_t>& P) {
   const acc_t big = std::numeric_limits<acc_t>::max();
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
-  acc_t thr = P.n == k ? P.vals[k - 1] : ninf;
+  TopKCollector<acc_t> top = start_topk(P, k, 1);
   for (int64_t v = v0; v < v1; ++v) {
     const acc_t l = to_acc<acc_t>(row[v]);
     if (!(l <= big) && l != ninf) P.bad = true;  // NaN or +inf
-    if (l > thr) {
-      P.n = soft::topk_insert(P.vals, P.ids, P.n, k, l, v);
-      if (P.n == k) thr = P.vals[k - 1];
+    if (l > top.thr) {
+      top.push(l, v);
+      top.maybe_compact();
     }
     if (!cold) soft::softmax_push(P.sm, l, t);
   }
+  finish_topk(top, P);
 }
 
 #if defined(SOFTDEC_SIMD_AVX512)
@@ -99,8 +123,8 @@ template <typename scalar_t, bool kCold>
 void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Part<float>& P) {
   __m512 vm = _mm512_set1_ps(-FLT_MAX), vs = _mm512_setzero_ps(), va = _mm512_setzero_ps();
   __mmask16 badm = 0;
-  float thr = P.n == k ? P.vals[k - 1] : -INFINITY;
-  __m512 vthr = _mm512_set1_ps(thr);
+  TopKCollector<float> top = start_topk(P, k, 16);
+  __m512 vthr = _mm512_set1_ps(top.thr);
   constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.69314718055994531f;
   const __m512 vt = _mm512_set1_ps(std::min(t * kLog2e, FLT_MAX)), vfloor = _mm512_set1_ps(-217.0f),
                vbig = _mm512_set1_ps(FLT_MAX), vlive = _mm512_set1_ps(-125.0f);
@@ -115,12 +139,10 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
       while (gt) {
         const int j = __builtin_ctz(gt);
         gt &= gt - 1;
-        if (buf[j] > thr) {
-          P.n = soft::topk_insert(P.vals, P.ids, P.n, k, buf[j], base + j);
-          if (P.n == k) thr = P.vals[k - 1];
-        }
+        if (buf[j] > top.thr) top.push(buf[j], base + j);  // (not NaN)
       }
-      vthr = _mm512_set1_ps(thr);
+      top.maybe_compact();
+      vthr = _mm512_set1_ps(top.thr);
     }
     if constexpr (!kCold) {
       const __mmask16 up = _mm512_cmp_ps_mask(x, vm, _CMP_GT_OQ);
@@ -150,6 +172,7 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
   for (; v + 16 <= v1; v += 16) body(load16(row + v), v);
   if (v < v1) body(load16_mask(row + v, tail_mask(v1 - v)), v);  // -inf past the end
   if (badm) P.bad = true;
+  finish_topk(top, P);
   if constexpr (!kCold) {
     alignas(64) float m[16], s[16], a[16];
     _mm512_store_ps(m, vm);
@@ -232,9 +255,11 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
   const int64_t B = logits.size(0), V = logits.size(1), sL = logits.stride(0);
   const scalar_t* L = logits.const_data_ptr<scalar_t>();
   const int64_t threads = std::max<int64_t>(1, torch::stable::get_num_threads());
-  // Slices per row: enough work items for every thread, slices >= 4096 wide.
+  // Slices per row, >= 4096 wide: one per thread when there are fewer rows than
+  // threads (parallel_for splits statically; more slices would only add merge
+  // work), else enough work items to even out rows over threads.
   const int64_t max_slices = std::max<int64_t>(1, V / 4096);
-  const int64_t C = std::min<int64_t>(max_slices, (4 * threads + B - 1) / B);
+  const int64_t C = std::min<int64_t>(max_slices, B <= threads ? (threads + B - 1) / B : (4 * threads + B - 1) / B);
   const int64_t slice = (V + C - 1) / C;
   std::vector<Part<acc_t>> parts(static_cast<size_t>(B * C));
   std::vector<acc_t> pv(static_cast<size_t>(B * C * k));
@@ -272,11 +297,26 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
       SoftmaxState<acc_t> st = parts[b * C].sm;
       bool bad = false;
       int n = 0;
-      for (int64_t c = 0; c < C; ++c) {
-        const Part<acc_t>& P = parts[b * C + c];
-        if (c > 0 && !cold) soft::softmax_merge(st, P.sm, t);
-        bad |= P.bad;
-        for (int i = 0; i < P.n; ++i) n = soft::topk_insert(mv.data(), mi.data(), n, k, P.vals[i], P.ids[i]);
+      if (C == 1) {  // the slice's list is the row's
+        const Part<acc_t>& P = parts[b * C];
+        bad = P.bad;
+        n = P.n;
+        std::copy(P.vals, P.vals + n, mv.begin());
+        std::copy(P.ids, P.ids + n, mi.begin());
+      } else {
+        TopKCollector<acc_t> top(k, 0);
+        for (int64_t c = 0; c < C; ++c) {
+          const Part<acc_t>& P = parts[b * C + c];
+          if (c > 0 && !cold) soft::softmax_merge(st, P.sm, t);
+          bad |= P.bad;
+          for (int i = 0; i < P.n; ++i) top.push(P.vals[i], P.ids[i]);
+        }
+        const auto& items = top.finish();
+        n = static_cast<int>(items.size());
+        for (int i = 0; i < n; ++i) {
+          mv[static_cast<size_t>(i)] = items[static_cast<size_t>(i)].v;
+          mi[static_cast<size_t>(i)] = items[static_cast<size_t>(i)].i;
+        }
       }
       const bool ok = !bad && n > 0;
       ok_p[b] = ok;
