@@ -368,12 +368,12 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
       top.maybe_compact();
     }
   }
-  for (const Cand& c : top.buf)
+  for (const Cand& c : top)
     if (c.v < kInf) {
       flags.finite = true;
       break;
     }
-  out = std::move(top.finish());
+  out = top.finish();
 }
 
 // ------------------------------------------------------------------ sample

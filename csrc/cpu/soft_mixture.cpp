@@ -88,7 +88,7 @@ TopKCollector<acc_t> start_topk(const Part<acc_t>& P, int k, int64_t slack) {
 
 template <typename acc_t>
 void finish_topk(TopKCollector<acc_t>& top, Part<acc_t>& P) {
-  const auto& items = top.finish();
+  const auto items = top.finish();
   P.n = static_cast<int>(items.size());
   for (int i = 0; i < P.n; ++i) {
     P.vals[i] = items[static_cast<size_t>(i)].v;
@@ -119,65 +119,95 @@ void scan_scalar(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold
 
 // The lanes work in base 2: z2 = (l - m) t log2(e), S = sum 2^z2 and
 // A2 = sum 2^z2 z2 (A = A2 ln 2), converted when the lanes are merged.
-template <typename scalar_t, bool kCold>
-void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Part<float>& P) {
+struct SoftmaxLanes {
   __m512 vm = _mm512_set1_ps(-FLT_MAX), vs = _mm512_setzero_ps(), va = _mm512_setzero_ps();
+  __m512 vt, vfloor = _mm512_set1_ps(-217.0f), vlive = _mm512_set1_ps(-125.0f);
+  explicit SoftmaxLanes(float t) : vt(_mm512_set1_ps(std::min(t * 1.44269504088896341f, FLT_MAX))) {}
+
+  __attribute__((always_inline)) inline void push(__m512 x) {
+    const __mmask16 up = _mm512_cmp_ps_mask(x, vm, _CMP_GT_OQ);
+    if (SOFTDEC_UNLIKELY(up)) {  // rescale the lanes whose max grew
+      const __m512 mn = _mm512_mask_max_ps(vm, up, vm, x);
+      const __m512 d = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(vm, mn), vt), vfloor);
+      const __m512 e = vexp2(d);
+      va = _mm512_mul_ps(e, _mm512_fmadd_ps(d, vs, va));
+      vs = _mm512_mul_ps(e, vs);
+      vm = mn;
+    }
+    // max_ps returns its second operand for NaN: NaN lanes give z = floor, e = 0
+    const __m512 z = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vt), vfloor);
+    // 2^z2 underflows to 0 (z2 <= -125, fexp2's zero) in every lane: an exact
+    // no-op (typical for LLM logits far below the max), skip the exponential.
+    // Otherwise only the live lanes add (the others would add exactly 0); z2 <= 0,
+    // so they are in vexp2_in_range's range.
+    const __mmask16 live = _mm512_cmp_ps_mask(z, vlive, _CMP_GT_OQ);
+    if (live) {
+      const __m512 e = vexp2_in_range(z);
+      vs = _mm512_mask_add_ps(vs, live, vs, e);
+      va = _mm512_mask3_fmadd_ps(e, z, va, live);
+    }
+  }
+};
+
+// Scan [base, v1) until the end or until the top-k buffer needs compacting;
+// returns where it stopped. No call inside: every zmm register is
+// caller-saved, and with a call anywhere in the loop GCC kept the accumulators
+// in memory (a store and a reload on each iteration's loop-carried chain). The
+// partial last vector is read with a masked load (-inf past the end).
+template <typename scalar_t, bool kCold>
+__attribute__((noinline)) int64_t scan_run(const scalar_t* row, int64_t base, int64_t v1, SoftmaxLanes& lanes,
+                                           TopKCollector<float>& top, __mmask16& badm_out) {
+  SoftmaxLanes sm = lanes;
+  const float thr = top.thr;
+  const __m512 vthr = _mm512_set1_ps(thr), vbig = _mm512_set1_ps(FLT_MAX);
+  const int64_t full = top.cap - top.slack;
+  int64_t n = top.n;
+  TopKCollector<float>::Item* store = top.store.data();
   __mmask16 badm = 0;
-  TopKCollector<float> top = start_topk(P, k, 16);
-  __m512 vthr = _mm512_set1_ps(top.thr);
-  constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.69314718055994531f;
-  const __m512 vt = _mm512_set1_ps(std::min(t * kLog2e, FLT_MAX)), vfloor = _mm512_set1_ps(-217.0f),
-               vbig = _mm512_set1_ps(FLT_MAX), vlive = _mm512_set1_ps(-125.0f);
-  auto body = [&](__m512 x, int64_t base) {
+  for (; base < v1; base += 16) {
+    const __m512 x = base + 16 <= v1 ? load16(row + base) : load16_mask(row + base, tail_mask(v1 - base));
     // x > thr, or NaN (unordered): one compare covers the top-k threshold and
     // the NaN / +inf check (+inf is always above the threshold)
     __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_NLE_UQ);
-    if (SOFTDEC_UNLIKELY(gt)) {  // threshold fast path: most chunks skip this
+    if (SOFTDEC_UNLIKELY(gt)) {
       badm |= _mm512_mask_cmp_ps_mask(gt, x, vbig, _CMP_NLE_UQ);  // NaN or +inf
       alignas(64) float buf[16];
       _mm512_store_ps(buf, x);
       while (gt) {
         const int j = __builtin_ctz(gt);
         gt &= gt - 1;
-        if (buf[j] > top.thr) top.push(buf[j], base + j);  // (not NaN)
-      }
-      top.maybe_compact();
-      vthr = _mm512_set1_ps(top.thr);
-    }
-    if constexpr (!kCold) {
-      const __mmask16 up = _mm512_cmp_ps_mask(x, vm, _CMP_GT_OQ);
-      if (SOFTDEC_UNLIKELY(up)) {  // rescale the lanes whose max grew
-        const __m512 mn = _mm512_mask_max_ps(vm, up, vm, x);
-        const __m512 d = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(vm, mn), vt), vfloor);
-        const __m512 e = vexp2(d);
-        va = _mm512_mul_ps(e, _mm512_fmadd_ps(d, vs, va));
-        vs = _mm512_mul_ps(e, vs);
-        vm = mn;
-      }
-      // max_ps returns its second operand for NaN: NaN lanes give z = floor, e = 0
-      const __m512 z = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vt), vfloor);
-      // 2^z2 underflows to 0 (z2 <= -125, fexp2's zero) in every lane: an exact
-      // no-op (typical for LLM logits far below the max), skip the exponential.
-      // Otherwise only the live lanes add (the others would add exactly 0); z2 <= 0,
-      // so they are in vexp2_in_range's range.
-      const __mmask16 live = _mm512_cmp_ps_mask(z, vlive, _CMP_GT_OQ);
-      if (live) {
-        const __m512 e = vexp2_in_range(z);
-        vs = _mm512_mask_add_ps(vs, live, vs, e);
-        va = _mm512_mask3_fmadd_ps(e, z, va, live);
+        if (buf[j] > thr) store[n++] = {buf[j], base + j};  // (not NaN)
       }
     }
-  };
-  int64_t v = v0;
-  for (; v + 16 <= v1; v += 16) body(load16(row + v), v);
-  if (v < v1) body(load16_mask(row + v, tail_mask(v1 - v)), v);  // -inf past the end
+    if constexpr (!kCold) sm.push(x);
+    if (SOFTDEC_UNLIKELY(n >= full)) {  // (at most 16 pushes a step: slack 16)
+      base += 16;
+      break;
+    }
+  }
+  lanes = sm;
+  top.n = n;
+  badm_out |= badm;
+  return base;
+}
+
+template <typename scalar_t, bool kCold>
+void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Part<float>& P) {
+  SoftmaxLanes sm(t);
+  __mmask16 badm = 0;
+  TopKCollector<float> top = start_topk(P, k, 16);
+  constexpr float kLn2 = 0.69314718055994531f;
+  for (int64_t base = v0; base < v1;) {
+    base = scan_run<scalar_t, kCold>(row, base, v1, sm, top, badm);
+    top.compact();
+  }
   if (badm) P.bad = true;
   finish_topk(top, P);
   if constexpr (!kCold) {
     alignas(64) float m[16], s[16], a[16];
-    _mm512_store_ps(m, vm);
-    _mm512_store_ps(s, vs);
-    _mm512_store_ps(a, va);
+    _mm512_store_ps(m, sm.vm);
+    _mm512_store_ps(s, sm.vs);
+    _mm512_store_ps(a, sm.va);
     for (int j = 0; j < 16; ++j)
       soft::softmax_merge(P.sm, SoftmaxState<float>{m[j], s[j], a[j] * kLn2}, t);
   }
@@ -311,7 +341,7 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
           bad |= P.bad;
           for (int i = 0; i < P.n; ++i) top.push(P.vals[i], P.ids[i]);
         }
-        const auto& items = top.finish();
+        const auto items = top.finish();
         n = static_cast<int>(items.size());
         for (int i = 0; i < n; ++i) {
           mv[static_cast<size_t>(i)] = items[static_cast<size_t>(i)].v;

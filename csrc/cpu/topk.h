@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 namespace softdec {
@@ -30,36 +31,41 @@ struct TopKCollector {
   int64_t cap;  // compact() once the buffer holds cap - slack items
   int64_t slack;
   T thr = -std::numeric_limits<T>::infinity();
-  std::vector<Item> buf;
+  std::vector<Item> store;  // cap items; the first n are the candidates
+  int64_t n = 0;
 
   // slack: the most items a caller pushes between two calls to maybe_compact();
   // room: the buffer compacts when it holds max(2k, room) items (a larger room:
   // fewer compactions; a smaller one: the threshold rises sooner)
   explicit TopKCollector(int64_t k_, int64_t slack_ = 64, int64_t room = 256)
-      : k(k_), cap(std::max<int64_t>(2 * k_, room) + slack_), slack(slack_) {
-    buf.reserve(static_cast<size_t>(cap));
-  }
+      : k(k_), cap(std::max<int64_t>(2 * k_, room) + slack_), slack(slack_),
+        store(static_cast<size_t>(cap)) {}
 
-  void push(T v, int64_t i) { buf.push_back({v, i}); }
+  // (a plain store: no capacity check, no call in the caller's hot loop)
+  void push(T v, int64_t i) { store[static_cast<size_t>(n++)] = Item{v, i}; }
 
   void maybe_compact() {
-    if (static_cast<int64_t>(buf.size()) >= cap - slack) compact();
+    if (n >= cap - slack) compact();
   }
+
+  const Item* begin() const { return store.data(); }
+  const Item* end() const { return store.data() + n; }
 
   // Keep the first k; the threshold becomes the k-th value.
   void compact() {
-    if (static_cast<int64_t>(buf.size()) > k) {
-      std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), first);
-      thr = buf[static_cast<size_t>(k - 1)].v;
-      buf.resize(static_cast<size_t>(k));
+    if (n > k) {
+      std::nth_element(store.begin(), store.begin() + (k - 1), store.begin() + n, first);
+      thr = store[static_cast<size_t>(k - 1)].v;
+      n = k;
     }
   }
 
   // The first min(k, pushed) items, sorted in the order.
-  std::vector<Item>& finish() {
+  std::vector<Item> finish() {
     compact();
-    std::sort(buf.begin(), buf.end(), first);
-    return buf;
+    std::sort(store.begin(), store.begin() + n, first);
+    store.resize(static_cast<size_t>(n));
+    return std::move(store);
   }
 };
 
