@@ -100,3 +100,24 @@ def test_settings_tuple_cache_keeps_checks_and_types():
     assert torch.equal(w1, w2)
     with pytest.raises(ValueError, match="top_k"):
         softdec.soft_mixture(x, table, top_k=4.0)
+
+
+def test_soft_mixture_many_slices_match_one_thread():
+    # B=1 splits a row in one slice per thread: with 16 threads and k=64 the merge
+    # sees 16 * 64 candidates, more than its buffer holds between compactions
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 16 * 4096 + 123, generator=g) * 3
+    x[0, 100] = x[0, 60000] = x.max() + 1  # a tie across slices
+    table = torch.randn(x.shape[1], 8, generator=g)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(16)
+        many = softdec.soft_mixture(x, table, top_k=64, temperature=0.7)
+        torch.set_num_threads(1)
+        one = softdec.soft_mixture(x, table, top_k=64, temperature=0.7)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(many.ids, one.ids)
+    assert many.ids[0, 0] == 100 and many.ids[0, 1] == 60000
+    torch.testing.assert_close(many.weights, one.weights)
+    torch.testing.assert_close(many.embeds, one.embeds)

@@ -86,14 +86,15 @@ TopKCollector<acc_t> start_topk(const Part<acc_t>& P, int k, int64_t slack) {
   return top;
 }
 
+// The collector's result, sorted, into (vals, ids); returns how many.
 template <typename acc_t>
-void finish_topk(TopKCollector<acc_t>& top, Part<acc_t>& P) {
+int finish_topk(TopKCollector<acc_t>& top, acc_t* vals, int64_t* ids) {
   const auto items = top.finish();
-  P.n = static_cast<int>(items.size());
-  for (int i = 0; i < P.n; ++i) {
-    P.vals[i] = items[static_cast<size_t>(i)].v;
-    P.ids[i] = items[static_cast<size_t>(i)].i;
+  for (size_t i = 0; i < items.size(); ++i) {
+    vals[i] = items[i].v;
+    ids[i] = items[i].i;
   }
+  return static_cast<int>(items.size());
 }
 
 // ------------------------------------------------------------------ scan, scalar
@@ -112,7 +113,7 @@ void scan_scalar(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold
     }
     if (!cold) soft::softmax_push(P.sm, l, t);
   }
-  finish_topk(top, P);
+  P.n = finish_topk(top, P.vals, P.ids);
 }
 
 #if defined(SOFTDEC_SIMD_AVX512)
@@ -202,7 +203,7 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
     top.compact();
   }
   if (badm) P.bad = true;
-  finish_topk(top, P);
+  P.n = finish_topk(top, P.vals, P.ids);
   if constexpr (!kCold) {
     alignas(64) float m[16], s[16], a[16];
     _mm512_store_ps(m, sm.vm);
@@ -326,28 +327,17 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
       const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
       SoftmaxState<acc_t> st = parts[b * C].sm;
       bool bad = false;
-      int n = 0;
-      if (C == 1) {  // the slice's list is the row's
-        const Part<acc_t>& P = parts[b * C];
-        bad = P.bad;
-        n = P.n;
-        std::copy(P.vals, P.vals + n, mv.begin());
-        std::copy(P.ids, P.ids + n, mi.begin());
-      } else {
-        TopKCollector<acc_t> top(k, 0);
-        for (int64_t c = 0; c < C; ++c) {
-          const Part<acc_t>& P = parts[b * C + c];
-          if (c > 0 && !cold) soft::softmax_merge(st, P.sm, t);
-          bad |= P.bad;
-          for (int i = 0; i < P.n; ++i) top.push(P.vals[i], P.ids[i]);
-        }
-        const auto items = top.finish();
-        n = static_cast<int>(items.size());
-        for (int i = 0; i < n; ++i) {
-          mv[static_cast<size_t>(i)] = items[static_cast<size_t>(i)].v;
-          mi[static_cast<size_t>(i)] = items[static_cast<size_t>(i)].i;
-        }
+      int n;
+      // each slice pushes at most k items (the slack) before the next compaction check
+      TopKCollector<acc_t> top(k, k);
+      for (int64_t c = 0; c < C; ++c) {
+        const Part<acc_t>& P = parts[b * C + c];
+        if (c > 0 && !cold) soft::softmax_merge(st, P.sm, t);
+        bad |= P.bad;
+        for (int i = 0; i < P.n; ++i) top.push(P.vals[i], P.ids[i]);
+        top.maybe_compact();
       }
+      n = finish_topk(top, mv.data(), mi.data());
       const bool ok = !bad && n > 0;
       ok_p[b] = ok;
       if (!ok) {

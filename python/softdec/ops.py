@@ -14,7 +14,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from ._params import FLOAT_DTYPES, below_autograd, check_tensor, const_row, rng_state, row_param, scalar_rows  # noqa: F401
+from ._params import FLOAT_DTYPES, below_autograd, check_tensor, const_row, rng_state, row_param, scalar_rows, _SCALAR_TYPES  # noqa: F401
 
 __all__ = ["philox_uniform"]
 
@@ -320,10 +320,10 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
         raise ValueError(f"embedding must have as many rows as logits has columns ({V}), "
                          f"got {embedding.shape[0]}")
     dev = logits.device
-    if (type(top_k) is int and type(temperature) in _SCALARS and type(top_p) in _SCALARS
-            and type(min_p) in _SCALARS and (noise is None or type(noise) is str)
-            and type(tau) in _SCALARS and type(noise_scale) in _SCALARS
-            and type(dirichlet_alpha) in _SCALARS and type(embed_scale) in _SCALARS):
+    if (type(top_k) is int and type(temperature) in _SCALAR_TYPES and type(top_p) in _SCALAR_TYPES
+            and type(min_p) in _SCALAR_TYPES and (noise is None or type(noise) is str)
+            and type(tau) in _SCALAR_TYPES and type(noise_scale) in _SCALAR_TYPES
+            and type(dirichlet_alpha) in _SCALAR_TYPES and type(embed_scale) in _SCALAR_TYPES):
         key = ("soft_mixture", top_k, type(temperature), temperature, type(top_p), top_p,
                type(min_p), min_p, noise, type(tau), tau, type(noise_scale), noise_scale,
                type(dirichlet_alpha), dirichlet_alpha, type(embed_scale), embed_scale)
@@ -490,8 +490,8 @@ def sample(logits: torch.Tensor, *, temperature: RowParam = 1.0, top_k: RowParam
     logits = _sampling_rows(logits, "logits")
     B = logits.shape[0]
     dev = logits.device
-    if (type(temperature) in _SCALARS and type(top_k) in _SCALARS and type(top_p) in _SCALARS
-            and type(min_p) in _SCALARS):
+    if (type(temperature) in _SCALAR_TYPES and type(top_k) in _SCALAR_TYPES and type(top_p) in _SCALAR_TYPES
+            and type(min_p) in _SCALAR_TYPES):
         key = ("sample", type(temperature), temperature, type(top_k), top_k, type(top_p), top_p,
                type(min_p), min_p)
         t, k, p, mp = scalar_rows(key, B, dev, _sample_settings, temperature, top_k, top_p, min_p)
@@ -509,7 +509,6 @@ def _sample_settings(B, dev, temperature, top_k, top_p, min_p):
             row_param(min_p, "min_p", B, dev, torch.float32, lo=0.0, hi=1.0))
 
 
-_SCALARS = (int, float)
 _sample_op = _ops.sample.default
 
 
