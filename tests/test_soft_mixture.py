@@ -180,6 +180,41 @@ def test_invalid_rows(dtype):
         _check(out, _ref(logits, table, top_k=10, noise=noise, seed=3), torch.float32)
 
 
+@pytest.mark.parametrize("T", [1.0, 0.05])
+def test_scan_chunk_fallbacks(T):
+    # The CPU scan's fast path (256-token chunks, no per-value clamps) hands a
+    # chunk to the exact per-vector path on -inf / NaN / huge logits; every row
+    # here hits one of those cases (or an extreme of the fast path) and must
+    # still match the float64 reference.
+    V = 4099
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(10, V, generator=g, dtype=torch.float64) * 3
+    x[0, ::97] = -math.inf                       # scattered masked tokens
+    x[1, torch.rand(V, generator=g) < 0.9] = -math.inf  # mostly masked (constrained decoding)
+    x[2] *= 1000                                 # |max * t| beyond the fast path's range
+    x[3] += 5000
+    x[4] -= 3000
+    x[5, 1234] = 60.0                            # one dominant token: the rest underflows
+    x[6, 256:512] = -math.inf
+    x[6, 300] = 2.5                              # a chunk with a single finite value
+    x[7] = torch.linspace(-10, 10, V, dtype=torch.float64)  # max grows in every chunk
+    x[8] = torch.linspace(10, -10, V, dtype=torch.float64)
+    x[9] = 0.0                                   # all ties
+    logits = x.float()
+    table = torch.randn(V, 40, generator=g)
+    kw = dict(top_k=7, temperature=T)
+    out = softdec.soft_mixture(logits, table, **kw)
+    assert out.valid.all()
+    _check(out, _ref(logits, table, **kw), torch.float32)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = softdec.soft_mixture(logits, table, **kw)
+    finally:
+        torch.set_num_threads(old)
+    _check(one, _ref(logits, table, **kw), torch.float32)
+
+
 def test_k_larger_than_vocab_pads():
     logits = torch.tensor([[0.5, 2.0, -1.0], [0.0, 0.0, 0.0]])
     table = torch.eye(3)

@@ -125,16 +125,19 @@ struct SoftmaxLanes {
   __m512 vt, vfloor = _mm512_set1_ps(-217.0f), vlive = _mm512_set1_ps(-125.0f);
   explicit SoftmaxLanes(float t) : vt(_mm512_set1_ps(std::min(t * 1.44269504088896341f, FLT_MAX))) {}
 
+  // the lanes in up take their max from x; their sums are rescaled
+  __attribute__((always_inline)) inline void raise(__mmask16 up, __m512 x) {
+    const __m512 mn = _mm512_mask_max_ps(vm, up, vm, x);
+    const __m512 d = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(vm, mn), vt), vfloor);
+    const __m512 e = vexp2(d);
+    va = _mm512_mul_ps(e, _mm512_fmadd_ps(d, vs, va));
+    vs = _mm512_mul_ps(e, vs);
+    vm = mn;
+  }
+
   __attribute__((always_inline)) inline void push(__m512 x) {
     const __mmask16 up = _mm512_cmp_ps_mask(x, vm, _CMP_GT_OQ);
-    if (SOFTDEC_UNLIKELY(up)) {  // rescale the lanes whose max grew
-      const __m512 mn = _mm512_mask_max_ps(vm, up, vm, x);
-      const __m512 d = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(vm, mn), vt), vfloor);
-      const __m512 e = vexp2(d);
-      va = _mm512_mul_ps(e, _mm512_fmadd_ps(d, vs, va));
-      vs = _mm512_mul_ps(e, vs);
-      vm = mn;
-    }
+    if (SOFTDEC_UNLIKELY(up)) raise(up, x);
     // max_ps returns its second operand for NaN: NaN lanes give z = floor, e = 0
     const __m512 z = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(x, vm), vt), vfloor);
     // 2^z2 underflows to 0 (z2 <= -125, fexp2's zero) in every lane: an exact
@@ -150,11 +153,36 @@ struct SoftmaxLanes {
   }
 };
 
+// 2^z for z <= 0, |error| <= 2e-7 relative: a degree-5 fit on [-1/2, 1/2] (one
+// FMA fewer than vexp2's degree 6; the scan's sums only need float accuracy,
+// not fexp2's bits). z = -inf or NaN gives NaN: the caller checks.
+__attribute__((always_inline)) inline __m512 scan_exp2(__m512 z) {
+  const __m512 n = _mm512_roundscale_ps(z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(z, n);
+  __m512 p = _mm512_set1_ps(1.3269955637349655e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6715111448848976e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5507157373357645e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022242123023277e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314699127574340e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);  // underflows to 0 / subnormals below -126
+}
+
+// The scan's fast path works on chunks of 16 vectors, each read twice from L1:
+// pass A takes the lane maxima (and, when some lane beats the top-k threshold,
+// collects the candidates); the lane maxima are updated once per chunk; pass B
+// adds 2^z and z 2^z with z = x t log2e - m t log2e (one FMA; no clamp, no
+// per-vector max test). A chunk whose sums come out NaN (a -inf or NaN logit,
+// or an overflowing product) is redone by SoftmaxLanes::push, which handles
+// every value; NaN / +inf are flagged there. Slack of the top-k buffer: one chunk.
+constexpr int64_t kChunk = 256;
+
 // Scan [base, v1) until the end or until the top-k buffer needs compacting;
 // returns where it stopped. No call inside: every zmm register is
 // caller-saved, and with a call anywhere in the loop GCC kept the accumulators
 // in memory (a store and a reload on each iteration's loop-carried chain). The
-// partial last vector is read with a masked load (-inf past the end).
+// partial last chunk goes vector by vector, its last vector read with a masked
+// load (-inf past the end).
 template <typename scalar_t, bool kCold>
 __attribute__((noinline)) int64_t scan_run(const scalar_t* row, int64_t base, int64_t v1, SoftmaxLanes& lanes,
                                            TopKCollector<float>& top, __mmask16& badm_out) {
@@ -165,6 +193,68 @@ __attribute__((noinline)) int64_t scan_run(const scalar_t* row, int64_t base, in
   int64_t n = top.n;
   TopKCollector<float>::Item* store = top.store.data();
   __mmask16 badm = 0;
+  if constexpr (!kCold) {
+    const __m512 vlim = _mm512_set1_ps(0x1p12f);  // |m t log2e| above: push()
+    for (; base + kChunk <= v1;) {
+      const scalar_t* c = row + base;
+      __m512 cmx = load16(c);
+#pragma GCC unroll 16
+      for (int j = 16; j < kChunk; j += 16) cmx = _mm512_max_ps(cmx, load16(c + j));
+      if (SOFTDEC_UNLIKELY(_mm512_cmp_ps_mask(cmx, vthr, _CMP_GT_OQ))) {
+        for (int j = 0; j < kChunk; j += 16) {
+          const __m512 x = load16(c + j);
+          __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_GT_OQ);
+          if (gt) {
+            badm |= _mm512_mask_cmp_ps_mask(gt, x, vbig, _CMP_GT_OQ);  // +inf
+            alignas(64) float buf[16];
+            _mm512_store_ps(buf, x);
+            while (gt) {
+              const int i = __builtin_ctz(gt);
+              gt &= gt - 1;
+              store[n++] = {buf[i], base + j + i};
+            }
+          }
+        }
+      }
+      const __mmask16 up = _mm512_cmp_ps_mask(cmx, sm.vm, _CMP_GT_OQ);
+      if (SOFTDEC_UNLIKELY(up)) sm.raise(up, cmx);
+      const __m512 vmt = _mm512_mul_ps(sm.vm, sm.vt);
+      __m512 s = _mm512_setzero_ps(), a = _mm512_setzero_ps();
+      if (SOFTDEC_LIKELY(_mm512_cmp_ps_mask(_mm512_abs_ps(vmt), vlim, _CMP_LT_OQ) == 0xFFFF)) {
+#pragma GCC unroll 4
+        for (int j = 0; j < kChunk; j += 16) {
+          const __m512 z = _mm512_fmsub_ps(load16(c + j), sm.vt, vmt);
+          const __m512 e = scan_exp2(z);
+          s = _mm512_add_ps(s, e);
+          a = _mm512_fmadd_ps(e, z, a);
+        }
+      } else {
+        s = _mm512_set1_ps(NAN);
+      }
+      if (SOFTDEC_LIKELY(_mm512_cmp_ps_mask(_mm512_add_ps(s, a), _mm512_setzero_ps(), _CMP_UNORD_Q) == 0)) {
+        // The sums are relative to vmt = fl(m t log2e), the lanes' to m t log2e:
+        // times 2^-d with d = m t log2e - vmt (exact by FMA; |d| <= 2^-24 |vmt| <= 2^-12),
+        // to first order (the next term, (d ln2)^2 / 2 < 2^-25, is below float resolution).
+        const __m512 d = _mm512_fmsub_ps(sm.vm, sm.vt, vmt);
+        const __m512 c = _mm512_fnmadd_ps(d, _mm512_set1_ps(0.69314718055994531f), _mm512_set1_ps(1.0f));
+        sm.vs = _mm512_fmadd_ps(c, s, sm.vs);
+        sm.va = _mm512_fmadd_ps(c, _mm512_fnmadd_ps(d, s, a), sm.va);
+      } else {
+        for (int j = 0; j < kChunk; j += 16) {
+          const __m512 x = load16(c + j);
+          badm |= _mm512_cmp_ps_mask(x, vbig, _CMP_NLE_UQ);  // NaN or +inf
+          sm.push(x);
+        }
+      }
+      base += kChunk;
+      if (SOFTDEC_UNLIKELY(n >= full)) {  // (at most kChunk pushes a chunk)
+        lanes = sm;
+        top.n = n;
+        badm_out |= badm;
+        return base;
+      }
+    }
+  }
   for (; base < v1; base += 16) {
     const __m512 x = base + 16 <= v1 ? load16(row + base) : load16_mask(row + base, tail_mask(v1 - base));
     // x > thr, or NaN (unordered): one compare covers the top-k threshold and
@@ -181,7 +271,7 @@ __attribute__((noinline)) int64_t scan_run(const scalar_t* row, int64_t base, in
       }
     }
     if constexpr (!kCold) sm.push(x);
-    if (SOFTDEC_UNLIKELY(n >= full)) {  // (at most 16 pushes a step: slack 16)
+    if (SOFTDEC_UNLIKELY(n >= full)) {  // (at most 16 pushes a step: slack >= 16)
       base += 16;
       break;
     }
@@ -196,7 +286,7 @@ template <typename scalar_t, bool kCold>
 void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Part<float>& P) {
   SoftmaxLanes sm(t);
   __mmask16 badm = 0;
-  TopKCollector<float> top = start_topk(P, k, 16);
+  TopKCollector<float> top = start_topk(P, k, kChunk);
   constexpr float kLn2 = 0.69314718055994531f;
   for (int64_t base = v0; base < v1;) {
     base = scan_run<scalar_t, kCold>(row, base, v1, sm, top, badm);
