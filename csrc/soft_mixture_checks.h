@@ -17,10 +17,8 @@ namespace soft_mixture_checks {
 enum class Backend { kCpu, kCuda };
 
 // Tensor and scalar arguments of soft_mixture (forward). The two backends
-// differ in exactly two places, kept as they were:
-//  - CUDA also limits the vocabulary to < 2^31 columns (32-bit indexing);
-//  - CPU also rejects non-finite tau / dirichlet_alpha (the Python wrapper
-//    rejects them for both backends before the op is called).
+// differ in one place: CUDA also limits the vocabulary to < 2^31 columns
+// (32-bit indexing).
 inline void check_forward_inputs(const Tensor& logits, const Tensor& embedding, const Tensor& temperature,
                                  const Tensor& top_k, const Tensor& top_p, const Tensor& min_p,
                                  const Tensor& seed, const Tensor& offset, int64_t k, int64_t noise,
@@ -57,10 +55,9 @@ inline void check_forward_inputs(const Tensor& logits, const Tensor& embedding, 
                 soft::kMaxTopK, "], got ", k);
   SOFTDEC_CHECK(noise >= 0 && noise <= 2, "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got ",
                 noise);
-  const bool skip_finite = backend == Backend::kCuda;  // CUDA: no finiteness check (see above)
-  SOFTDEC_CHECK(tau > 0 && (skip_finite || std::isfinite(tau)), "tau must be > 0, got ", tau);
-  SOFTDEC_CHECK(dirichlet_alpha > 0 && (skip_finite || std::isfinite(dirichlet_alpha)),
-                "dirichlet_alpha must be > 0, got ", dirichlet_alpha);
+  SOFTDEC_CHECK(tau > 0 && std::isfinite(tau), "tau must be > 0 and finite, got ", tau);
+  SOFTDEC_CHECK(dirichlet_alpha > 0 && std::isfinite(dirichlet_alpha),
+                "dirichlet_alpha must be > 0 and finite, got ", dirichlet_alpha);
 }
 
 // (logits, embedding) of soft_mixture_backward; the other tensors come from

@@ -97,10 +97,10 @@ def test_soft_mixture_valid_call_runs():
     (dict(embedding=_f(V + 1, 4)), "embedding must have as many rows as logits has columns (11), got 12"),
     (dict(k=0), "k (the output width, max top_k) must be in [1, "),
     (dict(noise=3), "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got 3"),
-    (dict(tau=0.0), "tau must be > 0, got 0"),
-    (dict(tau=float("inf")), "tau must be > 0, got inf"),
-    (dict(dirichlet_alpha=-1.0), "dirichlet_alpha must be > 0, got -1"),
-    (dict(dirichlet_alpha=float("nan")), "dirichlet_alpha must be > 0, got nan"),
+    (dict(tau=0.0), "tau must be > 0 and finite, got 0"),
+    (dict(tau=float("inf")), "tau must be > 0 and finite, got inf"),
+    (dict(dirichlet_alpha=-1.0), "dirichlet_alpha must be > 0 and finite, got -1"),
+    (dict(dirichlet_alpha=float("nan")), "dirichlet_alpha must be > 0 and finite, got nan"),
 ])
 def test_soft_mixture_cpp_messages(kw, msg):
     _raises(msg, ops.soft_mixture, **_sm_args(**kw))

@@ -565,6 +565,8 @@ def test_cuda_gradients_match_cpu(noise):
 def test_cuda_opcheck_and_compile():
     args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in _native_args())
     torch.library.opcheck(torch.ops.softdec.soft_mixture, args)
+    with pytest.raises(ValueError, match=r"tau must be > 0 and finite, got inf"):
+        torch.ops.softdec.soft_mixture(*(args[:10] + (math.inf,) + args[11:]))
     logits, table = args[0], args[1]
     f = lambda lg, tb: softdec.soft_mixture(lg, tb, top_k=5, noise="gumbel", seed=1).embeds  # noqa: E731
     assert torch.equal(torch.compile(f, fullgraph=True)(logits, table), f(logits, table))

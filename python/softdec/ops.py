@@ -342,9 +342,9 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
         if tail is None:
             tail = _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
                             dirichlet_alpha, embed_scale, seed, offset, generator)
+            if len(_SM_FAST) >= 64:
+                _SM_FAST.clear()
             _SM_FAST[key] = tail
-            if len(_SM_FAST) > 64:
-                del _SM_FAST[next(iter(_SM_FAST))]
         if torch.is_grad_enabled() and (logits.requires_grad or embedding.requires_grad):
             out = _ops.soft_mixture.default(logits, embedding, *tail)
         else:
@@ -367,7 +367,7 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
 _SM_OP_BOXED = getattr(_ops.soft_mixture.default, "_op", _ops.soft_mixture.default)
 
 # soft_mixture's checked native arguments after (logits, embedding), by plain
-# settings (see soft_mixture); CPU only, at most 64 entries, oldest dropped first.
+# settings (see soft_mixture); CPU only, emptied when it reaches 64 entries.
 _SM_FAST: dict = {}
 
 
