@@ -9,6 +9,7 @@
 //     load16_mask(p, k)       masked load, lanes outside k read as -inf
 //     load16_maskz(p, k)      masked load, lanes outside k read as 0
 //     tail_mask(n)            mask of the first min(n, 16) lanes
+//     store16(p, v)           16 floats -> float/bf16/fp16 (round to nearest even, as static_cast)
 //     vlog(x)                 filter::flog lane for lane (bit-identical)
 //     vexp(x)                 filter::fexp lane for lane (bit-identical, 0 at or below -87 and for NaN)
 //     vexp2(x)                filter::fexp2 lane for lane (2^x, 0 at or below -125 and for NaN):
@@ -150,6 +151,20 @@ inline __m512 load16_maskz(const bf16* p, __mmask16 m) {
 }
 inline __m512 load16_maskz(const fp16* p, __mmask16 m) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+// 16 floats stored as float / bf16 / fp16, rounded to nearest even like a
+// static_cast of each lane (bf16: NaN becomes 0x7FC0, as in c10::BFloat16).
+inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+inline void store16(bf16* p, __m512 v) {
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+inline void store16(fp16* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
 // Mask of the first min(n, 16) lanes (n >= 0).

@@ -197,21 +197,31 @@ __attribute__((noinline)) int64_t scan_run(const scalar_t* row, int64_t base, in
     const __m512 vlim = _mm512_set1_ps(0x1p12f);  // |m t log2e| above: push()
     for (; base + kChunk <= v1;) {
       const scalar_t* c = row + base;
-      __m512 cmx = load16(c);
-#pragma GCC unroll 16
-      for (int j = 16; j < kChunk; j += 16) cmx = _mm512_max_ps(cmx, load16(c + j));
+      // lane maxima of four 64-token groups (four independent chains), then
+      // of the chunk; only groups above the threshold are walked for candidates
+      __m512 g[4];
+#pragma GCC unroll 4
+      for (int q = 0; q < 4; ++q) {
+        g[q] = load16(c + 64 * q);
+#pragma GCC unroll 3
+        for (int j = 1; j < 4; ++j) g[q] = _mm512_max_ps(g[q], load16(c + 64 * q + 16 * j));
+      }
+      const __m512 cmx = _mm512_max_ps(_mm512_max_ps(g[0], g[1]), _mm512_max_ps(g[2], g[3]));
       if (SOFTDEC_UNLIKELY(_mm512_cmp_ps_mask(cmx, vthr, _CMP_GT_OQ))) {
-        for (int j = 0; j < kChunk; j += 16) {
-          const __m512 x = load16(c + j);
-          __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_GT_OQ);
-          if (gt) {
-            badm |= _mm512_mask_cmp_ps_mask(gt, x, vbig, _CMP_GT_OQ);  // +inf
-            alignas(64) float buf[16];
-            _mm512_store_ps(buf, x);
-            while (gt) {
-              const int i = __builtin_ctz(gt);
-              gt &= gt - 1;
-              store[n++] = {buf[i], base + j + i};
+        for (int q = 0; q < 4; ++q) {
+          if (!_mm512_cmp_ps_mask(g[q], vthr, _CMP_GT_OQ)) continue;
+          for (int j = 64 * q; j < 64 * q + 64; j += 16) {
+            const __m512 x = load16(c + j);
+            __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_GT_OQ);
+            if (gt) {
+              badm |= _mm512_mask_cmp_ps_mask(gt, x, vbig, _CMP_GT_OQ);  // +inf
+              alignas(64) float buf[16];
+              _mm512_store_ps(buf, x);
+              while (gt) {
+                const int i = __builtin_ctz(gt);
+                gt &= gt - 1;
+                store[n++] = {buf[i], base + j + i};
+              }
             }
           }
         }
@@ -323,30 +333,45 @@ void scan(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold, int k
 constexpr int64_t kDBlock = 512;
 
 // out[d0:d1] = scale * sum_i w_i * E[ids_i, d0:d1], accumulated in fp32 (fp64
-// when either side is fp64).
+// when either side is fp64), rows added in order i = 0, 1, ...
 template <typename emb_t, typename w_t>
 void gather_block(const emb_t* E, int64_t sE, const int64_t* ids, const w_t* w, int kept,
                   int64_t d0, int64_t d1, double scale, emb_t* out) {
   constexpr bool kDouble = std::is_same_v<emb_t, double> || std::is_same_v<w_t, double>;
   using acc_t = std::conditional_t<kDouble, double, float>;
-  acc_t acc[kDBlock];
   const int64_t n = d1 - d0;
-  for (int64_t d = 0; d < n; ++d) acc[d] = 0;
-  for (int i = 0; i < kept; ++i) {
-    const acc_t wi = static_cast<acc_t>(w[i]);
-    const emb_t* r = E + ids[i] * sE + d0;
-    int64_t d = 0;
+  int64_t d = 0;
 #if defined(SOFTDEC_SIMD_AVX512)
-    if constexpr (!kDouble) {
-      const __m512 vw = _mm512_set1_ps(wi);
-      for (; d + 16 <= n; d += 16)
-        _mm512_storeu_ps(acc + d, _mm512_fmadd_ps(vw, load16(r + d), _mm512_loadu_ps(acc + d)));
+  if constexpr (!kDouble) {
+    // 128 columns in 8 registers through all rows (no accumulator traffic),
+    // then 16 at a time
+    const __m512 vsc = _mm512_set1_ps(static_cast<float>(scale));
+    for (; d + 128 <= n; d += 128) {
+      __m512 a[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) a[j] = _mm512_setzero_ps();
+      for (int i = 0; i < kept; ++i) {
+        const __m512 vw = _mm512_set1_ps(static_cast<float>(w[i]));
+        const emb_t* r = E + ids[i] * sE + d0 + d;
+#pragma GCC unroll 8
+        for (int j = 0; j < 8; ++j) a[j] = _mm512_fmadd_ps(vw, load16(r + 16 * j), a[j]);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) store16(out + d + 16 * j, _mm512_mul_ps(a[j], vsc));
     }
-#endif
-    for (; d < n; ++d) acc[d] += wi * to_acc<acc_t>(r[d]);
+    for (; d + 16 <= n; d += 16) {
+      __m512 a = _mm512_setzero_ps();
+      for (int i = 0; i < kept; ++i)
+        a = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(w[i])), load16(E + ids[i] * sE + d0 + d), a);
+      store16(out + d, _mm512_mul_ps(a, vsc));
+    }
   }
-  const acc_t sc = static_cast<acc_t>(scale);
-  for (int64_t d = 0; d < n; ++d) out[d] = static_cast<emb_t>(acc[d] * sc);
+#endif
+  for (; d < n; ++d) {
+    acc_t acc = 0;
+    for (int i = 0; i < kept; ++i) acc += static_cast<acc_t>(w[i]) * to_acc<acc_t>(E[ids[i] * sE + d0 + d]);
+    out[d] = static_cast<emb_t>(acc * static_cast<acc_t>(scale));
+  }
 }
 
 // ------------------------------------------------------------------ checks
