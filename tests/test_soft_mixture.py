@@ -215,6 +215,24 @@ def test_scan_chunk_fallbacks(T):
     _check(one, _ref(logits, table, **kw), torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_embeds_round_like_torch(dtype):
+    # top_k = 1: embeds = fl32(row * embed_scale) rounded once to the table
+    # dtype, bit for bit what torch's float32 multiply and .to(dtype) give
+    # (vector columns, 16-column remainder and scalar tail; a NaN column stays NaN)
+    V, D = 300, 200
+    g = torch.Generator().manual_seed(12)
+    table = (torch.randn(V, D, generator=g) * 3).to(dtype)
+    table[:, 5] = math.nan
+    logits = torch.randn(4, V, generator=g)
+    out = softdec.soft_mixture(logits, table, top_k=1, embed_scale=0.3)
+    want = (table[logits.argmax(1)].float() * 0.3).to(dtype)
+    assert out.embeds[:, 5].isnan().all() and not out.embeds[:, 6:].isnan().any()
+    bits = torch.int16 if dtype != torch.float32 else torch.int32  # (NaN payloads differ)
+    assert torch.equal(out.embeds[:, 6:].contiguous().view(bits), want[:, 6:].contiguous().view(bits))
+    assert torch.equal(out.embeds[:, :5].contiguous().view(bits), want[:, :5].contiguous().view(bits))
+
+
 def test_k_larger_than_vocab_pads():
     logits = torch.tensor([[0.5, 2.0, -1.0], [0.0, 0.0, 0.0]])
     table = torch.eye(3)
