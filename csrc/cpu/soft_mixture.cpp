@@ -5,9 +5,11 @@
 //   1. scan: work item = (row, vocabulary slice); one pass over the slice keeps
 //      the online softmax state (max, sum-exp, entropy term; 16 lanes, rescaled
 //      when a lane's max grows), a NaN/+inf flag and a running top-k whose
-//      k-th value is a vector threshold: a 16-wide chunk with no value above it
-//      costs one compare. Small batches split the vocabulary so every thread
-//      has work.
+//      k-th value is a threshold. The slice goes in 256-token chunks read twice
+//      from L1: lane maxima (a chunk with no value above the threshold costs
+//      one compare for the top-k), then the exponentials against the updated
+//      maxima; chunks with -inf / NaN / huge logits take an exact per-vector
+//      path. Small batches split the vocabulary so every thread has work.
 //   2. per row: merge the slices' states and top-k lists, entropy / max prob,
 //      then filtering, noise and the final order (soft::finalize_row, shared
 //      with CUDA).
