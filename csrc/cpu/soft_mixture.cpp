@@ -170,6 +170,19 @@ __attribute__((always_inline)) inline __m512 scan_exp2(__m512 z) {
   return _mm512_scalef_ps(p, n);  // underflows to 0 / subnormals below -126
 }
 
+// Append the lanes of x selected by mask (values above the top-k threshold)
+// to the top-k buffer, with their vocabulary indices base + lane.
+__attribute__((always_inline)) inline void append_lanes(TopKCollector<float>::Item* store, int64_t& n,
+                                                        __m512 x, __mmask16 mask, int64_t base) {
+  alignas(64) float buf[16];
+  _mm512_store_ps(buf, x);
+  while (mask) {
+    const int i = __builtin_ctz(mask);
+    mask &= mask - 1;
+    store[n++] = {buf[i], base + i};
+  }
+}
+
 // The scan's fast path works on chunks of 16 vectors, each read twice from L1:
 // pass A takes the lane maxima (and, when some lane beats the top-k threshold,
 // collects the candidates); the lane maxima are updated once per chunk; pass B
@@ -214,16 +227,10 @@ __attribute__((noinline)) int64_t scan_run(const scalar_t* row, int64_t base, in
           if (!_mm512_cmp_ps_mask(g[q], vthr, _CMP_GT_OQ)) continue;
           for (int j = 64 * q; j < 64 * q + 64; j += 16) {
             const __m512 x = load16(c + j);
-            __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_GT_OQ);
+            const __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_GT_OQ);
             if (gt) {
               badm |= _mm512_mask_cmp_ps_mask(gt, x, vbig, _CMP_GT_OQ);  // +inf
-              alignas(64) float buf[16];
-              _mm512_store_ps(buf, x);
-              while (gt) {
-                const int i = __builtin_ctz(gt);
-                gt &= gt - 1;
-                store[n++] = {buf[i], base + j + i};
-              }
+              append_lanes(store, n, x, gt, base + j);
             }
           }
         }
@@ -248,9 +255,9 @@ __attribute__((noinline)) int64_t scan_run(const scalar_t* row, int64_t base, in
         // times 2^-d with d = m t log2e - vmt (exact by FMA; |d| <= 2^-24 |vmt| <= 2^-12),
         // to first order (the next term, (d ln2)^2 / 2 < 2^-25, is below float resolution).
         const __m512 d = _mm512_fmsub_ps(sm.vm, sm.vt, vmt);
-        const __m512 c = _mm512_fnmadd_ps(d, _mm512_set1_ps(0.69314718055994531f), _mm512_set1_ps(1.0f));
-        sm.vs = _mm512_fmadd_ps(c, s, sm.vs);
-        sm.va = _mm512_fmadd_ps(c, _mm512_fnmadd_ps(d, s, a), sm.va);
+        const __m512 corr = _mm512_fnmadd_ps(d, _mm512_set1_ps(0.69314718055994531f), _mm512_set1_ps(1.0f));
+        sm.vs = _mm512_fmadd_ps(corr, s, sm.vs);
+        sm.va = _mm512_fmadd_ps(corr, _mm512_fnmadd_ps(d, s, a), sm.va);
       } else {
         for (int j = 0; j < kChunk; j += 16) {
           const __m512 x = load16(c + j);
@@ -259,34 +266,20 @@ __attribute__((noinline)) int64_t scan_run(const scalar_t* row, int64_t base, in
         }
       }
       base += kChunk;
-      if (SOFTDEC_UNLIKELY(n >= full)) {  // (at most kChunk pushes a chunk)
-        lanes = sm;
-        top.n = n;
-        badm_out |= badm;
-        return base;
-      }
+      if (SOFTDEC_UNLIKELY(n >= full)) break;  // (at most kChunk pushes a chunk)
     }
   }
-  for (; base < v1; base += 16) {
+  // vector by vector: at most 16 pushes a step (slack >= 16)
+  for (; base < v1 && n < full; base += 16) {
     const __m512 x = base + 16 <= v1 ? load16(row + base) : load16_mask(row + base, tail_mask(v1 - base));
     // x > thr, or NaN (unordered): one compare covers the top-k threshold and
     // the NaN / +inf check (+inf is always above the threshold)
-    __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_NLE_UQ);
+    const __mmask16 gt = _mm512_cmp_ps_mask(x, vthr, _CMP_NLE_UQ);
     if (SOFTDEC_UNLIKELY(gt)) {
       badm |= _mm512_mask_cmp_ps_mask(gt, x, vbig, _CMP_NLE_UQ);  // NaN or +inf
-      alignas(64) float buf[16];
-      _mm512_store_ps(buf, x);
-      while (gt) {
-        const int j = __builtin_ctz(gt);
-        gt &= gt - 1;
-        if (buf[j] > thr) store[n++] = {buf[j], base + j};  // (not NaN)
-      }
+      append_lanes(store, n, x, _mm512_mask_cmp_ps_mask(gt, x, vthr, _CMP_GT_OQ), base);  // (not NaN)
     }
     if constexpr (!kCold) sm.push(x);
-    if (SOFTDEC_UNLIKELY(n >= full)) {  // (at most 16 pushes a step: slack >= 16)
-      base += 16;
-      break;
-    }
   }
   lanes = sm;
   top.n = n;
