@@ -66,8 +66,9 @@ def _remember(key, t, device: Optional[torch.device] = None):
 def scalar_rows(key: tuple, batch: int, device: torch.device, build, *args):
     """The per-row tensors of one op's scalar settings, built once per setting.
 
-    ``key`` holds the op's name and its scalar arguments with their types (a
-    hit means the same values already passed ``build``'s checks);
+    ``key`` holds the op's name and its scalar arguments, with their types
+    where values that compare equal would build differently (a hit means the
+    same values already passed ``build``'s checks);
     ``build(batch, device, *args)`` returns the tuple of ``[batch]`` tensors. A decoding loop calls an op with
     the same settings every step: one lookup replaces one ``row_param`` each.
     """
@@ -173,7 +174,12 @@ def below_autograd(*tensors: torch.Tensor) -> bool:
     """
     if torch.compiler.is_compiling():
         return False
-    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    if not torch.is_grad_enabled():
+        return True
+    for t in tensors:  # (a loop, not any() over a generator: this runs every call)
+        if t.requires_grad:
+            return False
+    return True
 
 
 def _seed_int(v, name: str) -> int:

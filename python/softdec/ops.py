@@ -324,40 +324,28 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
         logits = logits.contiguous()
     if not embedding.is_contiguous() and embedding.stride(-1) != 1:
         embedding = embedding.contiguous()
-    # A decoding loop calls with the same plain settings every step: on CPU,
-    # outside torch.compile, the checked per-row tensors and scalar arguments
-    # are looked up under the exact settings (a hit means they passed the
-    # checks below once; bool, numpy or tensor settings never take this path).
-    fast = (logits.is_cpu and type(top_k) is int and type(temperature) in _SCALAR_TYPES
+    # A decoding loop calls with the same plain settings every step: the
+    # checked native arguments are cached under the exact settings (bool, numpy
+    # or tensor settings, and seed=None with noise, always take _sm_args; int
+    # and float values that compare equal build the same arguments).
+    if (type(top_k) is int and type(temperature) in _SCALAR_TYPES
             and type(top_p) in _SCALAR_TYPES and type(min_p) in _SCALAR_TYPES
             and (noise is None or type(noise) is str) and type(tau) in _SCALAR_TYPES
             and type(noise_scale) in _SCALAR_TYPES and type(dirichlet_alpha) in _SCALAR_TYPES
             and type(embed_scale) in _SCALAR_TYPES and type(offset) is int
-            and (type(seed) is int or (seed is None and noise is None))
-            and not torch.compiler.is_compiling())
-    if fast:
-        key = (B, top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha,
-               embed_scale, seed, offset)
-        tail = _SM_FAST.get(key)
-        if tail is None:
-            tail = _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
-                            dirichlet_alpha, embed_scale, seed, offset, generator)
-            if len(_SM_FAST) >= 64:
-                _SM_FAST.clear()
-            _SM_FAST[key] = tail
-        if torch.is_grad_enabled() and (logits.requires_grad or embedding.requires_grad):
-            out = _ops.soft_mixture.default(logits, embedding, *tail)
-        else:
-            with torch._C._AutoDispatchBelowAutograd():
-                out = _SM_OP_BOXED(logits, embedding, *tail)
+            and (type(seed) is int or (seed is None and noise is None))):
+        key = ("soft_mixture", top_k, temperature, top_p, min_p, noise, tau, noise_scale,
+               dirichlet_alpha, embed_scale, seed, offset)
+        tail = scalar_rows(key, B, dev, _sm_args, top_k, temperature, top_p, min_p, noise, tau,
+                           noise_scale, dirichlet_alpha, embed_scale, seed, offset, generator)
     else:
         tail = _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
                         dirichlet_alpha, embed_scale, seed, offset, generator)
-        if below_autograd(logits, embedding):
-            with torch._C._AutoDispatchBelowAutograd():
-                out = _ops.soft_mixture.default(logits, embedding, *tail)
-        else:
-            out = _ops.soft_mixture.default(logits, embedding, *tail)
+    if below_autograd(logits, embedding):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = _SM_OP_BOXED(logits, embedding, *tail)
+    else:
+        out = _ops.soft_mixture.default(logits, embedding, *tail)
     return SoftTokens(out[0], out[1], out[2], out[3], out[4], out[5],
                       out[6] if noise == "gumbel" else None)
 
@@ -365,10 +353,6 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
 # The op's C++ entry point, without OpOverload.__call__'s Python frame (eager
 # calls below autograd only).
 _SM_OP_BOXED = getattr(_ops.soft_mixture.default, "_op", _ops.soft_mixture.default)
-
-# soft_mixture's checked native arguments after (logits, embedding), by plain
-# settings (see soft_mixture); CPU only, emptied when it reaches 64 entries.
-_SM_FAST: dict = {}
 
 
 def _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha,
