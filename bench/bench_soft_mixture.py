@@ -34,19 +34,27 @@ def _compiled():
     return torch.compile(ref.soft_mixture, dynamic=False)
 
 
+def _settings(k, noise=None):
+    return dict(top_k=k, temperature=0.6, top_p=0.95, min_p=0.001, noise=noise, tau=0.5, seed=1)
+
+
+def _kept_rows(logits, table, kw):
+    """Embedding rows soft_mixture gathers (top-p / min-p keep 7-23 of k here)."""
+    return int((softdec.soft_mixture(logits, table, **kw).weights > 0).sum())
+
+
 def _make(B, k, device, noise=None):
     g = torch.Generator().manual_seed(B * 100 + k)
     logits = (torch.randn(B, V, generator=g) * 3).to(device)
     table = _table(device)
-    kw = dict(top_k=k, temperature=0.6, top_p=0.95, min_p=0.001, noise=noise, tau=0.5, seed=1)
+    kw = _settings(k, noise)
     fns = {
         "softdec": lambda: softdec.soft_mixture(logits, table, **kw),
         "eager": lambda: ref.soft_mixture(logits, table, **kw),
         "compile": lambda: _compiled()(logits, table, **kw),
         "dense": lambda: ref.soft_mixture_dense(logits, table, temperature=0.6),
     }
-    # the embedding rows actually gathered: top-p / min-p keep 7-23 of k here
-    kept = int((softdec.soft_mixture(logits, table, **kw).weights > 0).sum())
+    kept = _kept_rows(logits, table, kw)
     nbytes = logits.numel() * logits.element_size() + kept * D * table.element_size() \
         + B * D * table.element_size() + B * k * (8 + 4)
     return fns, nbytes
@@ -59,7 +67,7 @@ def _make_cold(k, device, n=64):
     g = torch.Generator().manual_seed(7 + k)
     rows = [(torch.randn(1, V, generator=g) * 3).to(device) for _ in range(n)]
     table = _table(device)
-    kw = dict(top_k=k, temperature=0.6, top_p=0.95, min_p=0.001, tau=0.5, seed=1)
+    kw = _settings(k)
 
     def cycling(f):
         state = [0]
@@ -75,7 +83,7 @@ def _make_cold(k, device, n=64):
         "compile": cycling(lambda x: _compiled()(x, table, **kw)),
         "dense": cycling(lambda x: ref.soft_mixture_dense(x, table, temperature=0.6)),
     }
-    kept = sum(int((softdec.soft_mixture(x, table, **kw).weights > 0).sum()) for x in rows) / n
+    kept = sum(_kept_rows(x, table, kw) for x in rows) / n
     nbytes = V * rows[0].element_size() + kept * D * table.element_size() \
         + D * table.element_size() + k * (8 + 4)
     return fns, int(nbytes)
