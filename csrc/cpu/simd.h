@@ -15,6 +15,7 @@
 //     vexp2(x)                filter::fexp2 lane for lane (2^x, 0 at or below -125 and for NaN):
 //                             sample's draw masses and soft_mixture's base-2 softmax
 //     vexp2_in_range(x)       the same for x in (-125, 0] (no clamps; the caller masks)
+//     vexp2_poly(x, c)        2^round(x) * Horner(c, x - round(x)), the shared shape of both
 //     philox_group(...)       uniforms of 64 consecutive stream elements (bit-identical to philox.h)
 //     vgumbel(u)              filter::gumbel lane for lane
 //     hmax(v), hsum(v)        horizontal max / sum
@@ -227,20 +228,28 @@ inline __m512 vexp(__m512 x) {
   return _mm512_maskz_mul_ps(static_cast<__mmask16>(~under), p, scale);
 }
 
-// filter::fexp2 on 16 lanes for x in (-125, 0] (the caller knows the range):
-// the polynomial and the exact scaling by 2^n, without fexp2's clamps.
-inline __m512 vexp2_in_range(__m512 x) {
+// 2^x = 2^n * p(r), n = round(x), r = x - n in [-1/2, 1/2], p a polynomial
+// evaluated by Horner's rule (coefficients highest degree first) and scaled
+// exactly by 2^n (scalef; subnormal or 0 below -126). No clamps: the caller
+// keeps x in range.
+template <size_t N>
+__attribute__((always_inline)) inline __m512 vexp2_poly(__m512 x, const float (&c)[N]) {
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 r = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3333558146428443e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6181291076284772e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5504108664821580e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022650695910071e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718055994531e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  // p * 2^n: exact (n >= -124 keeps the result normal), as in fexp2
+  __m512 p = _mm512_set1_ps(c[0]);
+#pragma GCC unroll 8
+  for (size_t i = 1; i < N; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c[i]));
   return _mm512_scalef_ps(p, n);
+}
+
+// filter::fexp2 on 16 lanes for x in (-125, 0] (the caller knows the range):
+// its degree-6 polynomial and the exact scaling by 2^n (n >= -124 keeps the
+// result normal), without fexp2's clamps.
+inline __m512 vexp2_in_range(__m512 x) {
+  static constexpr float kFexp2[] = {1.5403530393381609e-4f, 1.3333558146428443e-3f, 9.6181291076284772e-3f,
+                                     5.5504108664821580e-2f, 2.4022650695910071e-1f, 6.9314718055994531e-1f,
+                                     1.0f};
+  return vexp2_poly(x, kFexp2);
 }
 
 // filter::fexp2 on 16 lanes, bit for bit (lanes with x <= -125, or NaN, give 0).

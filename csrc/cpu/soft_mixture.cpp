@@ -159,15 +159,9 @@ struct SoftmaxLanes {
 // FMA fewer than vexp2's degree 6; the scan's sums only need float accuracy,
 // not fexp2's bits). z = -inf or NaN gives NaN: the caller checks.
 __attribute__((always_inline)) inline __m512 scan_exp2(__m512 z) {
-  const __m512 n = _mm512_roundscale_ps(z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(z, n);
-  __m512 p = _mm512_set1_ps(1.3269955637349655e-3f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6715111448848976e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5507157373357645e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022242123023277e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314699127574340e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);  // underflows to 0 / subnormals below -126
+  static constexpr float kC[] = {1.3269955637349655e-3f, 9.6715111448848976e-3f, 5.5507157373357645e-2f,
+                                 2.4022242123023277e-1f, 6.9314699127574340e-1f, 1.0f};
+  return vexp2_poly(z, kC);  // underflows to 0 / subnormals below -126
 }
 
 // Append the lanes of x selected by mask (values above the top-k threshold)
