@@ -57,9 +57,9 @@ test-dev: dev
 # Uses the venv's torch headers, cmake and ninja, and the nvidia-cutlass headers.
 cuda-check: setup
 	$(PIP) install -q nvidia-cutlass
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake -S . -B build/cuda-check -G Ninja -DSOFTDEC_CUDA_CHECK_ONLY=ON \
-	  -DPython_EXECUTABLE="$(CURDIR)/$(PY)" -DSOFTDEC_CUDA_ARCHS="$${SOFTDEC_CUDA_ARCHS:-80;90a}" >/dev/null
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake --build build/cuda-check -j $(JOBS) --target softdec_cuda_objects
+	PATH="$(abspath $(VENV))/bin:$$PATH" cmake -S . -B build/cuda-check -G Ninja -DSOFTDEC_CUDA_CHECK_ONLY=ON \
+	  -DPython_EXECUTABLE="$(abspath $(PY))" -DSOFTDEC_CUDA_ARCHS="$${SOFTDEC_CUDA_ARCHS:-80;90a}" >/dev/null
+	PATH="$(abspath $(VENV))/bin:$$PATH" cmake --build build/cuda-check -j $(JOBS) --target softdec_cuda_objects
 	# the tensor-core prefill's fragment layouts against the PTX rules (host code, no GPU)
 	nvcc -std=c++17 --expt-relaxed-constexpr -I csrc/cuda -isystem "$$($(PY) -c "import cutlass_library,os; \
 	  print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")" \

@@ -8,6 +8,7 @@
 #include <cuda_fp16.h>
 
 #include <limits>
+#include <string>
 
 #include "attn_checks.h"
 #include "cuda_common.cuh"
@@ -82,7 +83,29 @@ __device__ __forceinline__ void lane_dots(const float* __restrict__ q, int dq, i
 
 constexpr int kMaxG = 16;  // query heads per KV head handled in registers (CUDA backend limit)
 
-constexpr int kSelThreads = 1024;
+// Threads of the block-wide selection kernels (decode vote / select, prefill select). With
+// __launch_bounds__(kSelThreads) ptxas keeps them within 65536 / kSelThreads registers; at 1024
+// threads they needed ~90 and every launch failed, so 512 (128 registers, no spills).
+constexpr int kSelThreads = 512;
+
+// Grid y and z dimensions are at most 65535: launches put the batch in y or z and go over it
+// in chunks of this many rows (the kernels take the first row, b0); heads in y are checked.
+constexpr int64_t kMaxGridYZ = 65535;
+
+// Dynamic shared memory of `kernel` for one launch: above the 48 KB default a kernel must
+// opt in (cudaFuncAttributeMaxDynamicSharedMemorySize), up to the device's opt-in maximum
+// (227 KB on sm_90, 163 KB on sm_80); more than that is a user error, reported by `what`.
+template <typename Kernel>
+inline void set_dynamic_smem(Kernel kernel, size_t bytes, const std::string& what) {
+  if (bytes <= 48 * 1024) return;
+  int dev = 0, optin = 0;
+  SOFTDEC_CUDA_CHECK(cudaGetDevice(&dev));
+  SOFTDEC_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  SOFTDEC_CHECK(bytes <= static_cast<size_t>(optin), what, " needs ", bytes,
+                " bytes of shared memory per block on CUDA, more than this device allows (", optin, ")");
+  SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(bytes)));
+}
 
 // ------------------------------------------------------------------ block radix select
 // The `k`-th element (1-based) of keys[0:n] in descending order when `largest`,

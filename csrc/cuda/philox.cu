@@ -6,7 +6,9 @@
 namespace softdec {
 namespace {
 
-__global__ void philox_uniform_kernel(const int64_t* __restrict__ seeds,
+constexpr int kPhiloxThreads = 256;
+
+__global__ void __launch_bounds__(kPhiloxThreads) philox_uniform_kernel(const int64_t* __restrict__ seeds,
                                       const int64_t* __restrict__ offsets, int64_t n,
                                       int64_t blocks_per_row, int64_t rows,
                                       float* __restrict__ out) {
@@ -44,9 +46,8 @@ Tensor philox_uniform_cuda(Tensor seed, Tensor offset, int64_t n) {
   if (rows == 0 || n == 0) return out;
   const int64_t blocks_per_row = (n + 3) / 4;
   const int64_t total = rows * blocks_per_row;
-  const int threads = 256;
-  const int64_t grid = std::min<int64_t>((total + threads - 1) / threads, 65535 * 8);
-  philox_uniform_kernel<<<static_cast<unsigned>(grid), threads, 0, current_stream(seed)>>>(
+  const int64_t grid = std::min<int64_t>((total + kPhiloxThreads - 1) / kPhiloxThreads, 65535 * 8);
+  philox_uniform_kernel<<<static_cast<unsigned>(grid), kPhiloxThreads, 0, current_stream(seed)>>>(
       seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), n, blocks_per_row, rows,
       out.mutable_data_ptr<float>());
   SOFTDEC_CUDA_LAUNCH_CHECK();

@@ -10,7 +10,10 @@
 //    top k, raising the threshold. Warp-shuffle merge of the softmax states.
 //    Small batches split the vocabulary over several blocks per row.
 // 2. finalize_kernel, one thread per row: merges the slices (states and top-k
-//    lists) and runs soft::finalize_row (filters, noise, final order).
+//    lists) and runs soft::finalize_row (filters, noise, final order). The
+//    merged list is built in place in slice 0's list (global scratch), not in a
+//    per-thread array: a 256-entry top-k list on the stack would make the
+//    driver reserve kilobytes of local memory for every resident thread.
 // 3. gather_kernel, grid (rows, D / 2048): each thread owns 8 columns
 //    (16-byte loads of bf16/fp16 rows), fp32 accumulation over the kept tokens.
 // 4. backward: one block per row for the logits gradient; the embedding
@@ -31,7 +34,10 @@
 namespace softdec {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;          // scan, gather, backward, embedding backward
+constexpr int kFinalizeThreads = 64;   // finalize: one thread per row
+// Grid y/z dimensions are at most 65535: launches over rows in y go in chunks of this many.
+constexpr int64_t kMaxGridY = 65535;
 
 // Store an accumulator value in the output type (no float detour for float64).
 template <typename T, typename A>
@@ -115,7 +121,7 @@ __device__ int compact(acc_t* v, int32_t* id, int cnt, int k, acc_t* thr_sh) {
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     scan_kernel(const scalar_t* __restrict__ logits, int64_t sL, int64_t V, int64_t slice,
-                const double* __restrict__ temperature, int k, acc_t* __restrict__ part_state,
+                int64_t row0, const double* __restrict__ temperature, int k, acc_t* __restrict__ part_state,
                 int32_t* __restrict__ part_bad, int32_t* __restrict__ part_n,
                 acc_t* __restrict__ part_v, int64_t* __restrict__ part_i) {
   using Cfg = ScanCfg<scalar_t>;
@@ -124,7 +130,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int cnt_sh;
   __shared__ acc_t thr_sh;
   __shared__ acc_t red[3][kThreads / 32];
-  const int64_t b = blockIdx.y, c = blockIdx.x, C = gridDim.x;
+  const int64_t b = row0 + blockIdx.y, c = blockIdx.x, C = gridDim.x;
   const int64_t v0 = c * slice, v1 = min(V, v0 + slice);
   const scalar_t* row = logits + b * sL;
   const double T = temperature[b];
@@ -206,10 +212,11 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename acc_t>
-__global__ void finalize_kernel(int64_t B, int64_t C, int k, const acc_t* __restrict__ part_state,
+__global__ void __launch_bounds__(kFinalizeThreads)
+    finalize_kernel(int64_t B, int64_t C, int k, const acc_t* __restrict__ part_state,
                                 const int32_t* __restrict__ part_bad,
                                 const int32_t* __restrict__ part_n,
-                                const acc_t* __restrict__ part_v, const int64_t* __restrict__ part_i,
+                                acc_t* __restrict__ part_v, int64_t* __restrict__ part_i,
                                 const double* __restrict__ T, const int64_t* __restrict__ K,
                                 const double* __restrict__ TP, const double* __restrict__ MP,
                                 const int64_t* __restrict__ S, const int64_t* __restrict__ O,
@@ -220,17 +227,19 @@ __global__ void finalize_kernel(int64_t B, int64_t C, int k, const acc_t* __rest
                                 int64_t* __restrict__ nkept) {
   const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (b >= B) return;
-  acc_t mv[soft::kMaxTopK];
-  int64_t mi[soft::kMaxTopK];
+  // The merged top-k list: slice 0's sorted list (best first, distinct ids), into which the
+  // other slices' entries are inserted.
+  acc_t* mv = part_v + b * C * k;
+  int64_t* mi = part_i + b * C * k;
   const bool cold = T[b] == 0.0;
   const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
   soft::SoftmaxState<acc_t> st{part_state[b * C * 3], part_state[b * C * 3 + 1],
                                part_state[b * C * 3 + 2]};
-  bool bad = false;
-  int n = 0;
-  for (int64_t c = 0; c < C; ++c) {
+  bool bad = part_bad[b * C] != 0;
+  int n = part_n[b * C];
+  for (int64_t c = 1; c < C; ++c) {
     const int64_t p = b * C + c;
-    if (c > 0 && !cold)
+    if (!cold)
       soft::softmax_merge(st, soft::SoftmaxState<acc_t>{part_state[p * 3], part_state[p * 3 + 1],
                                                         part_state[p * 3 + 2]},
                           t);
@@ -262,11 +271,11 @@ template <typename emb_t, typename w_t>
 __global__ void __launch_bounds__(kThreads)
     gather_kernel(const emb_t* __restrict__ E, int64_t sE, int64_t D, int k,
                   const int64_t* __restrict__ ids, const w_t* __restrict__ w,
-                  const int64_t* __restrict__ nkept, double scale, emb_t* __restrict__ out) {
+                  const int64_t* __restrict__ nkept, double scale, int64_t row0, emb_t* __restrict__ out) {
   constexpr int kVec = 16 / sizeof(emb_t);
   using acc_t = std::conditional_t<std::is_same_v<emb_t, double> || std::is_same_v<w_t, double>,
                                    double, float>;
-  const int64_t b = blockIdx.y;
+  const int64_t b = row0 + blockIdx.y;
   const int64_t d0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kVec;
   if (d0 >= D) return;
   const int kept = static_cast<int>(nkept[b]);
@@ -336,19 +345,21 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
     Tensor pn = new_empty(logits, {B * Cr}, ScalarType::Int);
     Tensor pv = new_empty(logits, {B * Cr * k}, acc);
     Tensor pi = new_empty(logits, {B * Cr * k}, ScalarType::Long);
-    SOFTDEC_CHECK(B <= 65535, "logits must have at most 65535 rows on CUDA, got ", B);
-    scan_kernel<cs_t, acc_t><<<dim3(static_cast<unsigned>(Cr), static_cast<unsigned>(B)), kThreads,
-                               0, stream>>>(
-        reinterpret_cast<const cs_t*>(logits.const_data_ptr<scalar_t>()), logits.stride(0), V,
-        slice, temperature.const_data_ptr<double>(), static_cast<int>(k),
-        pstate.mutable_data_ptr<acc_t>(), pbad.mutable_data_ptr<int32_t>(),
-        pn.mutable_data_ptr<int32_t>(), pv.mutable_data_ptr<acc_t>(),
-        pi.mutable_data_ptr<int64_t>());
-    SOFTDEC_CUDA_LAUNCH_CHECK();
-    const int ft = 64;
-    finalize_kernel<acc_t><<<static_cast<unsigned>((B + ft - 1) / ft), ft, 0, stream>>>(
+    for (int64_t row0 = 0; row0 < B; row0 += kMaxGridY) {  // grid y <= 65535 rows per launch
+      const int64_t rows = std::min<int64_t>(kMaxGridY, B - row0);
+      scan_kernel<cs_t, acc_t><<<dim3(static_cast<unsigned>(Cr), static_cast<unsigned>(rows)), kThreads,
+                                 0, stream>>>(
+          reinterpret_cast<const cs_t*>(logits.const_data_ptr<scalar_t>()), logits.stride(0), V,
+          slice, row0, temperature.const_data_ptr<double>(), static_cast<int>(k),
+          pstate.mutable_data_ptr<acc_t>(), pbad.mutable_data_ptr<int32_t>(),
+          pn.mutable_data_ptr<int32_t>(), pv.mutable_data_ptr<acc_t>(),
+          pi.mutable_data_ptr<int64_t>());
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    }
+    finalize_kernel<acc_t><<<static_cast<unsigned>((B + kFinalizeThreads - 1) / kFinalizeThreads),
+                             kFinalizeThreads, 0, stream>>>(
         B, Cr, static_cast<int>(k), pstate.const_data_ptr<acc_t>(), pbad.const_data_ptr<int32_t>(),
-        pn.const_data_ptr<int32_t>(), pv.const_data_ptr<acc_t>(), pi.const_data_ptr<int64_t>(),
+        pn.const_data_ptr<int32_t>(), pv.mutable_data_ptr<acc_t>(), pi.mutable_data_ptr<int64_t>(),
         temperature.const_data_ptr<double>(), top_k.const_data_ptr<int64_t>(),
         top_p.const_data_ptr<double>(), min_p.const_data_ptr<double>(),
         seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), static_cast<int>(noise),
@@ -374,13 +385,16 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
     using cs_t = typename CudaNative<scalar_t>::type;
     constexpr int kVec = 16 / sizeof(cs_t);
     const int64_t per_block = static_cast<int64_t>(kThreads) * kVec;
-    const dim3 grid(static_cast<unsigned>((D + per_block - 1) / per_block), static_cast<unsigned>(B));
-    gather_kernel<cs_t, w_t><<<grid, kThreads, 0, stream>>>(
-        reinterpret_cast<const cs_t*>(embedding.const_data_ptr<scalar_t>()), embedding.stride(0), D,
-        static_cast<int>(k), ids.const_data_ptr<int64_t>(), weights.const_data_ptr<w_t>(),
-        nkept.const_data_ptr<int64_t>(), embed_scale,
-        reinterpret_cast<cs_t*>(embeds.mutable_data_ptr<scalar_t>()));
-    SOFTDEC_CUDA_LAUNCH_CHECK();
+    for (int64_t row0 = 0; row0 < B; row0 += kMaxGridY) {  // grid y <= 65535 rows per launch
+      const int64_t rows = std::min<int64_t>(kMaxGridY, B - row0);
+      const dim3 grid(static_cast<unsigned>((D + per_block - 1) / per_block), static_cast<unsigned>(rows));
+      gather_kernel<cs_t, w_t><<<grid, kThreads, 0, stream>>>(
+          reinterpret_cast<const cs_t*>(embedding.const_data_ptr<scalar_t>()), embedding.stride(0), D,
+          static_cast<int>(k), ids.const_data_ptr<int64_t>(), weights.const_data_ptr<w_t>(),
+          nkept.const_data_ptr<int64_t>(), embed_scale, row0,
+          reinterpret_cast<cs_t*>(embeds.mutable_data_ptr<scalar_t>()));
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    }
   };
   auto with_w = [&](auto etag) {
     if (f64)
@@ -426,7 +440,8 @@ __global__ void __launch_bounds__(kThreads)
                     const int64_t* __restrict__ nkept, int64_t V, int64_t D, int k, int noise,
                     double tau, double embed_scale, scalar_t* __restrict__ out) {
   __shared__ acc_t red[kThreads / 32];
-  __shared__ acc_t g[soft::kMaxTopK];
+  __shared__ acc_t g[soft::kMaxTopK];     // g_i, then dx_i (thread 0 alone works on both)
+  __shared__ acc_t wpre[soft::kMaxTopK];  // softmax(l / T) of the kept tokens (noise)
   const int64_t b = blockIdx.x;
   scalar_t* o = out + b * V;
   const scalar_t* l = L + b * sL;
@@ -467,13 +482,12 @@ __global__ void __launch_bounds__(kThreads)
   if (noise == soft::kDirichlet) return;  // the Dirichlet draw is a stop-gradient
   acc_t sbar = 0;
   for (int i = 0; i < kept; ++i) sbar += w[i] * g[i];
-  acc_t dx[soft::kMaxTopK];
+  acc_t* dx = g;  // dx_i overwrites g_i, which only dx_i reads
   if (noise == soft::kNoNoise) {
     for (int i = 0; i < kept; ++i) dx[i] = w[i] * (g[i] - sbar);
   } else {
     acc_t xm = -static_cast<acc_t>(INFINITY), z = 0, sdy = 0;
     for (int i = 0; i < kept; ++i) xm = soft::sm_max(xm, static_cast<acc_t>(to_float(l[id[i]])) * t);
-    acc_t wpre[soft::kMaxTopK];
     for (int i = 0; i < kept; ++i) {
       wpre[i] = soft::sm_exp(static_cast<acc_t>(to_float(l[id[i]])) * t - xm);
       z += wpre[i];

@@ -21,12 +21,19 @@ namespace {
 using namespace attn_checks;
 using namespace attn_cuda;
 
+// Threads per block of each kernel (the launch and its __launch_bounds__).
+constexpr int kSummaryThreads = 256;  // page summaries: threads over head_dim (fewer when d is small)
+constexpr int kScoreThreads = 256;    // page bounds / token scores: one warp per page or token
+constexpr int kAttnThreads = 128;     // split-KV chunk attention
+constexpr int kMergeThreads = 128;    // merge of the chunk states
+
 // ------------------------------------------------------------------ page summaries
 template <typename T>
-__global__ void page_summary_kernel(const T* __restrict__ k, Strides4 ks, T* __restrict__ mn,
+__global__ void __launch_bounds__(kSummaryThreads)
+    page_summary_kernel(const T* __restrict__ k, Strides4 ks, T* __restrict__ mn,
                                     T* __restrict__ mx, Strides4 ss, const int64_t* __restrict__ lo_tok,
-                                    const int64_t* __restrict__ hi_tok, int ps, int d, int P) {
-  const int p = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+                                    const int64_t* __restrict__ hi_tok, int ps, int d, int P, int b0) {
+  const int p = blockIdx.x, g = blockIdx.y, b = b0 + blockIdx.z;
   const int64_t lo = lo_tok ? lo_tok[b] : 0, hi = hi_tok[b];
   // update mode (lo_tok given): only pages touched by [lo, hi)
   if (lo_tok && (hi <= lo || p < lo / ps || p > (hi - 1) / ps)) return;
@@ -59,12 +66,13 @@ __device__ __forceinline__ void load_group_q(const T* __restrict__ q, int64_t qs
 }
 
 template <typename T>
-__global__ void page_bound_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ mn,
+__global__ void __launch_bounds__(kScoreThreads)
+    page_bound_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ mn,
                                   const T* __restrict__ mx, Strides4 ss, const int64_t* __restrict__ lens,
-                                  int G, int d, int P, int ps, int sink, int window, float scale,
+                                  int G, int d, int P, int ps, int sink, int window, float scale, int b0,
                                   float* __restrict__ bound) {
   extern __shared__ float sq[];
-  const int g = blockIdx.y, b = blockIdx.z, Hkv = gridDim.y;
+  const int g = blockIdx.y, b = b0 + blockIdx.z, Hkv = gridDim.y;
   load_group_q(q, qsb, qsh, b, g, G, d, scale, sq);
   __syncthreads();
   const attn::Region r = attn::decode_region(lens[b], sink, window);
@@ -94,11 +102,12 @@ __global__ void page_bound_kernel(const T* __restrict__ q, int64_t qsb, int64_t 
 }
 
 template <typename T>
-__global__ void token_score_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k,
+__global__ void __launch_bounds__(kScoreThreads)
+    token_score_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k,
                                    Strides4 ks, const int64_t* __restrict__ lens, int G, int d, int N,
-                                   float scale, bool vec, float* __restrict__ scores /* [B, Hq, N] */) {
+                                   float scale, bool vec, int b0, float* __restrict__ scores /* [B, Hq, N] */) {
   extern __shared__ float sq[];
-  const int g = blockIdx.y, b = blockIdx.z, Hq = gridDim.y * G;
+  const int g = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y * G;
   load_group_q(q, qsb, qsh, b, g, G, d, scale, sq);
   __syncthreads();
   const int64_t L = lens[b];
@@ -118,12 +127,13 @@ __global__ void token_score_kernel(const T* __restrict__ q, int64_t qsb, int64_t
 
 // Soft votes of one (b, KV head): for each query head a softmax over the L
 // valid tokens, summed over the group. One block per (g, b).
-__global__ void vote_kernel(const float* __restrict__ scores, const int64_t* __restrict__ lens, int G, int N,
+__global__ void __launch_bounds__(kSelThreads)
+    vote_kernel(const float* __restrict__ scores, const int64_t* __restrict__ lens, int G, int N, int b0,
                             float* __restrict__ vote /* [B, Hkv, N] */) {
   using Reduce = cub::BlockReduce<float, kSelThreads>;
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ float s_m, s_l;
-  const int g = blockIdx.x, b = blockIdx.y, Hkv = gridDim.x;
+  const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
   const int64_t L = lens[b];
   float* vt = vote + (static_cast<int64_t>(b) * Hkv + g) * N;
   for (int64_t t = threadIdx.x; t < L; t += blockDim.x) vt[t] = 0.f;
@@ -153,16 +163,17 @@ __global__ void vote_kernel(const float* __restrict__ scores, const int64_t* __r
 // Selection of one (b, KV head): top candidates of `score` by (score desc,
 // index asc), expanded to tokens, written ascending after the sink tokens and
 // followed by the window tokens. One block per (g, b).
-__global__ void select_kernel(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
+__global__ void __launch_bounds__(kSelThreads)
+    select_kernel(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
                               const int64_t* __restrict__ lens, bool page_mode, int ps, int sink, int window,
-                              int64_t budget, int M, int32_t* __restrict__ sel /* [B, Hkv, M] */,
+                              int64_t budget, int M, int b0, int32_t* __restrict__ sel /* [B, Hkv, M] */,
                               int32_t* __restrict__ cnt, int64_t* __restrict__ idx_out) {
   using Scan = cub::BlockScan<int64_t, kSelThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ uint32_t hist[256];
   __shared__ uint32_t s_word;
   __shared__ int64_t s_count, s_total;
-  const int g = blockIdx.x, b = blockIdx.y, Hkv = gridDim.x;
+  const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
   const int64_t w = static_cast<int64_t>(b) * Hkv + g;
   const attn::Region r = attn::decode_region(lens[b], sink, window);
   int64_t first, last;
@@ -245,19 +256,24 @@ __global__ void select_kernel(const float* __restrict__ score /* [B, Hkv, S] */,
 
 // ------------------------------------------------------------------ decode attention (split-KV)
 constexpr int kChunk = 64;
-constexpr int kAttnThreads = 128;
+
+// Dynamic shared memory of decode_attn_kernel: the group's queries, chunk probabilities, token ids.
+inline size_t decode_attn_smem(int64_t G, int64_t d) {
+  return static_cast<size_t>(G) * d * sizeof(float) + static_cast<size_t>(G) * kChunk * sizeof(float) +
+         kChunk * sizeof(int);
+}
 
 template <typename T>
-__global__ void decode_attn_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k,
+__global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k,
                                    Strides4 ks, const T* __restrict__ v, Strides4 vs,
                                    const int32_t* __restrict__ sel, const int32_t* __restrict__ cnt,
                                    const float* __restrict__ scores /* token mode or null */, int G, int d,
-                                   int N, int M, float scale, bool vec, float* __restrict__ part) {
+                                   int N, int M, float scale, bool vec, int b0, float* __restrict__ part) {
   extern __shared__ float smem[];
   float* sq = smem;                  // [G][d]
   float* sp = sq + G * d;            // [G][kChunk]
   int* stok = reinterpret_cast<int*>(sp + G * kChunk);  // [kChunk]
-  const int ch = blockIdx.x, g = blockIdx.y, b = blockIdx.z, Hkv = gridDim.y, chunks = gridDim.x;
+  const int ch = blockIdx.x, g = blockIdx.y, b = b0 + blockIdx.z, Hkv = gridDim.y, chunks = gridDim.x;
   const int64_t w = static_cast<int64_t>(b) * Hkv + g;
   const int j0 = ch * kChunk;
   const int n = max(0, min(cnt[w] - j0, kChunk));
@@ -330,9 +346,10 @@ __global__ void decode_attn_kernel(const T* __restrict__ q, int64_t qsb, int64_t
 }
 
 template <typename T>
-__global__ void decode_merge_kernel(const float* __restrict__ part, int G, int d, int chunks,
+__global__ void __launch_bounds__(kMergeThreads)
+    decode_merge_kernel(const float* __restrict__ part, int G, int d, int chunks, int b0,
                                     T* __restrict__ out /* [B, Hq, d] */) {
-  const int h = blockIdx.x, b = blockIdx.y, Hq = gridDim.x, Hkv = Hq / G;
+  const int h = blockIdx.x, b = b0 + blockIdx.y, Hq = gridDim.x, Hkv = Hq / G;
   const int g = h / G, hh = h % G;
   const float* base = part + ((static_cast<int64_t>(b) * Hkv + g) * chunks) * G * (d + 2) + hh * (d + 2);
   const int64_t cs = static_cast<int64_t>(G) * (d + 2);
@@ -362,13 +379,18 @@ void summary_launch(const Tensor& k_cache, Tensor& mn, Tensor& mx, const int64_t
                     int64_t ps, cudaStream_t st) {
   const int64_t B = k_cache.size(0), H = k_cache.size(1), d = k_cache.size(3), P = mn.size(2);
   if (B * H * P * d == 0) return;
-  dim3 grid(static_cast<unsigned>(P), static_cast<unsigned>(H), static_cast<unsigned>(B));
-  const int threads = static_cast<int>(imin(256, (d + 31) / 32 * 32));
-  page_summary_kernel<NT><<<grid, threads, 0, st>>>(
-      reinterpret_cast<const NT*>(k_cache.data_ptr()), strides4(k_cache), reinterpret_cast<NT*>(mn.data_ptr()),
-      reinterpret_cast<NT*>(mx.data_ptr()), strides4(mn), lo, hi, static_cast<int>(ps), static_cast<int>(d),
-      static_cast<int>(P));
-  SOFTDEC_CUDA_LAUNCH_CHECK();
+  SOFTDEC_CHECK(H <= kMaxGridYZ, "k_cache must have at most ", kMaxGridYZ, " kv heads on CUDA, got ", H);
+  SOFTDEC_CHECK(P < (int64_t(1) << 31), "k_cache must have fewer than 2^31 pages on CUDA, got ", P);
+  const int threads = static_cast<int>(imin(kSummaryThreads, (d + 31) / 32 * 32));
+  for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+    const dim3 grid(static_cast<unsigned>(P), static_cast<unsigned>(H),
+                    static_cast<unsigned>(imin(kMaxGridYZ, B - b0)));
+    page_summary_kernel<NT><<<grid, threads, 0, st>>>(
+        reinterpret_cast<const NT*>(k_cache.data_ptr()), strides4(k_cache), reinterpret_cast<NT*>(mn.data_ptr()),
+        reinterpret_cast<NT*>(mx.data_ptr()), strides4(mn), lo, hi, static_cast<int>(ps), static_cast<int>(d),
+        static_cast<int>(P), static_cast<int>(b0));
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  }
 }
 
 std::tuple<Tensor, Tensor> page_summary_cuda(Tensor k_cache, int64_t page_size, Tensor seq_lens) {
@@ -423,50 +445,69 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
   const int64_t* lp = lens.const_data_ptr<int64_t>();
   const bool vec = vec_ok(k_cache, d, sizeof(NT));
   const size_t qsm = static_cast<size_t>(G) * d * sizeof(float);
+  const size_t smem = decode_attn_smem(G, d);
+  // Shared memory above 48 KB (large G x head_dim): opt in, or a clear error past the device's maximum.
+  const std::string what = detail::cat("sparse_decode_attention with ", G, " query heads per kv head and head_dim ",
+                                       d);
+  set_dynamic_smem(decode_attn_kernel<NT>, smem, what);
+  if (page_mode) set_dynamic_smem(page_bound_kernel<NT>, qsm, what);
+  else set_dynamic_smem(token_score_kernel<NT>, qsm, what);
+  const unsigned hkv = static_cast<unsigned>(Hkv);
   Tensor scores, score_sel;
   int64_t S;
   if (page_mode) {
     const int64_t P = mn->size(2);
     score_sel = new_empty(q, {B, Hkv, P}, ScalarType::Float);
     const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(P, 8), 1024));
-    page_bound_kernel<NT><<<dim3(gx, Hkv, B), 256, qsm, st>>>(
-        qp, q.stride(0), q.stride(1), reinterpret_cast<const NT*>(mn->data_ptr()),
-        reinterpret_cast<const NT*>(mx->data_ptr()), strides4(*mn), lp, G, static_cast<int>(d),
-        static_cast<int>(P), static_cast<int>(ps), static_cast<int>(sink), static_cast<int>(window), scale,
-        score_sel.mutable_data_ptr<float>());
-    SOFTDEC_CUDA_LAUNCH_CHECK();
+    for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+      page_bound_kernel<NT><<<dim3(gx, hkv, static_cast<unsigned>(imin(kMaxGridYZ, B - b0))), kScoreThreads, qsm,
+                              st>>>(
+          qp, q.stride(0), q.stride(1), reinterpret_cast<const NT*>(mn->data_ptr()),
+          reinterpret_cast<const NT*>(mx->data_ptr()), strides4(*mn), lp, G, static_cast<int>(d),
+          static_cast<int>(P), static_cast<int>(ps), static_cast<int>(sink), static_cast<int>(window), scale,
+          static_cast<int>(b0), score_sel.mutable_data_ptr<float>());
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    }
     S = P;
   } else {
     scores = new_empty(q, {B, Hq, N}, ScalarType::Float);
     score_sel = new_empty(q, {B, Hkv, N}, ScalarType::Float);
     const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(N, 8), 4096));
-    token_score_kernel<NT><<<dim3(gx, Hkv, B), 256, qsm, st>>>(
-        qp, q.stride(0), q.stride(1), kp, strides4(k_cache), lp, G, static_cast<int>(d), static_cast<int>(N),
-        scale, vec, scores.mutable_data_ptr<float>());
-    SOFTDEC_CUDA_LAUNCH_CHECK();
-    vote_kernel<<<dim3(Hkv, B), kSelThreads, 0, st>>>(scores.const_data_ptr<float>(), lp, G,
-                                                     static_cast<int>(N), score_sel.mutable_data_ptr<float>());
-    SOFTDEC_CUDA_LAUNCH_CHECK();
+    for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+      const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
+      token_score_kernel<NT><<<dim3(gx, hkv, rows), kScoreThreads, qsm, st>>>(
+          qp, q.stride(0), q.stride(1), kp, strides4(k_cache), lp, G, static_cast<int>(d), static_cast<int>(N),
+          scale, vec, static_cast<int>(b0), scores.mutable_data_ptr<float>());
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+      vote_kernel<<<dim3(hkv, rows), kSelThreads, 0, st>>>(scores.const_data_ptr<float>(), lp, G,
+                                                         static_cast<int>(N), static_cast<int>(b0),
+                                                         score_sel.mutable_data_ptr<float>());
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    }
     S = N;
   }
   Tensor sel = new_empty(q, {B, Hkv, imax(M, 1)}, ScalarType::Int);
   Tensor cnt = new_empty(q, {B, Hkv}, ScalarType::Int);
-  select_kernel<<<dim3(Hkv, B), kSelThreads, 0, st>>>(
-      score_sel.const_data_ptr<float>(), S, lp, page_mode, static_cast<int>(ps), static_cast<int>(sink),
-      static_cast<int>(window), budget, static_cast<int>(M), sel.mutable_data_ptr<int32_t>(),
-      cnt.mutable_data_ptr<int32_t>(), idx_out);
-  SOFTDEC_CUDA_LAUNCH_CHECK();
   const int chunks = static_cast<int>(imax(1, attn::ceil_div(M, kChunk)));
   Tensor part = new_empty(q, {B, Hkv, chunks, G, d + 2}, ScalarType::Float);
-  const size_t smem = qsm + static_cast<size_t>(G) * kChunk * sizeof(float) + kChunk * sizeof(int);
-  decode_attn_kernel<NT><<<dim3(chunks, Hkv, B), kAttnThreads, smem, st>>>(
-      qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
-      cnt.const_data_ptr<int32_t>(), page_mode ? nullptr : scores.const_data_ptr<float>(), G,
-      static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale, vec, part.mutable_data_ptr<float>());
-  SOFTDEC_CUDA_LAUNCH_CHECK();
-  decode_merge_kernel<NT><<<dim3(Hq, B), 128, 0, st>>>(part.const_data_ptr<float>(), G, static_cast<int>(d), chunks,
-                                                     reinterpret_cast<NT*>(out.data_ptr()));
-  SOFTDEC_CUDA_LAUNCH_CHECK();
+  for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+    const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
+    select_kernel<<<dim3(hkv, rows), kSelThreads, 0, st>>>(
+        score_sel.const_data_ptr<float>(), S, lp, page_mode, static_cast<int>(ps), static_cast<int>(sink),
+        static_cast<int>(window), budget, static_cast<int>(M), static_cast<int>(b0), sel.mutable_data_ptr<int32_t>(),
+        cnt.mutable_data_ptr<int32_t>(), idx_out);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    decode_attn_kernel<NT><<<dim3(static_cast<unsigned>(chunks), hkv, rows), kAttnThreads, smem, st>>>(
+        qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
+        cnt.const_data_ptr<int32_t>(), page_mode ? nullptr : scores.const_data_ptr<float>(), G,
+        static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale, vec, static_cast<int>(b0),
+        part.mutable_data_ptr<float>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    decode_merge_kernel<NT><<<dim3(static_cast<unsigned>(Hq), rows), kMergeThreads, 0, st>>>(
+        part.const_data_ptr<float>(), G, static_cast<int>(d), chunks, static_cast<int>(b0),
+        reinterpret_cast<NT*>(out.data_ptr()));
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  }
 }
 
 std::tuple<Tensor, Tensor> sparse_decode_attention_cuda(Tensor q, Tensor k_cache, Tensor v_cache, Tensor seq_lens,
@@ -480,6 +521,8 @@ std::tuple<Tensor, Tensor> sparse_decode_attention_cuda(Tensor q, Tensor k_cache
   SOFTDEC_CHECK(Hq / Hkv <= kMaxG, "the CUDA backend supports at most ", kMaxG,
                 " query heads per kv head, got ", Hq / Hkv);
   SOFTDEC_CHECK(N < (int64_t(1) << 31), "k_cache must have fewer than 2^31 tokens on CUDA, got ", N);
+  SOFTDEC_CHECK(Hq <= kMaxGridYZ, "q must have at most ", kMaxGridYZ, " heads on CUDA, got ", Hq);
+  SOFTDEC_CHECK(B < (int64_t(1) << 31), "q must have fewer than 2^31 rows on CUDA, got ", B);
   const bool page_mode = select == 0;
   SOFTDEC_CHECK(kmin.has_value() == kmax.has_value(), "kmin and kmax must be given together");
   if (kmin) {

@@ -14,14 +14,19 @@ namespace {
 using namespace attn_checks;
 using namespace attn_cuda;
 
+// Threads per block of each kernel (the launch and its __launch_bounds__).
+constexpr int kScoreWarps = 8, kScoreThreads = 32 * kScoreWarps;  // row stats / key scores: a warp per row
+constexpr int kZeroThreads = 256;                                 // zeroing of the dropped rows
+
 // ------------------------------------------------------------------ prefill: scoring
 // Row statistics (max, sum of exp) of the last w queries of (b, h): one warp per query.
 template <typename T>
-__global__ void prefill_rowstats_kernel(const T* __restrict__ q, Strides4 qs, const T* __restrict__ k, Strides4 ks,
-                                        int G, int L, int w, int d, bool causal, float scale, bool vec,
+__global__ void __launch_bounds__(kScoreThreads)
+    prefill_rowstats_kernel(const T* __restrict__ q, Strides4 qs, const T* __restrict__ k, Strides4 ks,
+                                        int G, int L, int w, int d, bool causal, float scale, bool vec, int b0,
                                         float2* __restrict__ stats /* [B, Hq, w] */) {
   extern __shared__ float sq[];  // [nw][d]
-  const int h = blockIdx.y, b = blockIdx.z, Hq = gridDim.y, g = h / G;
+  const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
   const int r = blockIdx.x * nw + warp;  // window row
   float* qr = sq + warp * d;
@@ -48,11 +53,12 @@ __global__ void prefill_rowstats_kernel(const T* __restrict__ q, Strides4 qs, co
 
 // score[j] = sum_r exp(s_rj - m_r) / l_r: one warp per key j, looping over the window rows.
 template <typename T>
-__global__ void prefill_score_kernel(const T* __restrict__ q, Strides4 qs, const T* __restrict__ k, Strides4 ks,
+__global__ void __launch_bounds__(kScoreThreads)
+    prefill_score_kernel(const T* __restrict__ q, Strides4 qs, const T* __restrict__ k, Strides4 ks,
                                      const float2* __restrict__ stats, int G, int L, int w, int d, bool causal,
-                                     float scale, bool vec, float* __restrict__ score /* [B, Hq, L] */) {
+                                     float scale, bool vec, int b0, float* __restrict__ score /* [B, Hq, L] */) {
   extern __shared__ float sk[];  // [nw][d]
-  const int h = blockIdx.y, b = blockIdx.z, Hq = gridDim.y, g = h / G;
+  const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
   const int j = blockIdx.x * nw + warp;
   if (j >= L) return;
@@ -75,8 +81,9 @@ __global__ void prefill_score_kernel(const T* __restrict__ q, Strides4 qs, const
 }
 
 // Drop rule and compaction of one (b, h): kept mask, kept positions ascending, count.
-__global__ void prefill_select_kernel(const float* __restrict__ score, int L, int w, int64_t min_tokens,
-                                      float coverage, bool* __restrict__ kept, int32_t* __restrict__ list,
+__global__ void __launch_bounds__(kSelThreads)
+    prefill_select_kernel(const float* __restrict__ score, int L, int w, int64_t min_tokens,
+                                      float coverage, int b0, bool* __restrict__ kept, int32_t* __restrict__ list,
                                       int32_t* __restrict__ count) {
   using Reduce = cub::BlockReduce<float, kSelThreads>;
   using Scan = cub::BlockScan<int64_t, kSelThreads>;
@@ -89,7 +96,7 @@ __global__ void prefill_select_kernel(const float* __restrict__ score, int L, in
   __shared__ int64_t s_count;
   __shared__ float s_f;
   __shared__ uint32_t s_key;
-  const int64_t row = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  const int64_t row = static_cast<int64_t>(b0 + blockIdx.y) * gridDim.x + blockIdx.x;  // gridDim.x = Hq
   const float* sc = score + row * L;
   bool* kp = kept + row * L;
   int32_t* ls = list + row * L;
@@ -191,17 +198,23 @@ __global__ void prefill_select_kernel(const float* __restrict__ score, int L, in
 constexpr int kBr = 32, kBc = 32, kFlashThreads = 128;  // 4 threads per query row
 constexpr int kMaxD = 256;
 
+// Dynamic shared memory of prefill_flash_kernel: sQ, sK, sV, sP.
+inline size_t prefill_flash_smem(int64_t d) {
+  return static_cast<size_t>(kBr * (d + 1) + kBc * (d + 1) + kBc * d + kBr * (kBc + 1)) * sizeof(float);
+}
+
 template <typename T>
-__global__ void prefill_flash_kernel(const T* __restrict__ q, Strides4 qs, const T* __restrict__ k, Strides4 ks,
+__global__ void __launch_bounds__(kFlashThreads)
+    prefill_flash_kernel(const T* __restrict__ q, Strides4 qs, const T* __restrict__ k, Strides4 ks,
                                      const T* __restrict__ v, Strides4 vs, const int32_t* __restrict__ list,
                                      const int32_t* __restrict__ count, int G, int L, int d, bool causal,
-                                     float scale, T* __restrict__ out /* [B, Hq, L, d] */) {
+                                     float scale, int b0, T* __restrict__ out /* [B, Hq, L, d] */) {
   extern __shared__ float sm[];
   float* sQ = sm;                 // [kBr][d + 1]
   float* sK = sQ + kBr * (d + 1); // [kBc][d + 1]
   float* sV = sK + kBc * (d + 1); // [kBc][d]
   float* sP = sV + kBc * d;       // [kBr][kBc + 1]
-  const int h = blockIdx.y, b = blockIdx.z, Hq = gridDim.y, g = h / G;
+  const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
   const int64_t row = static_cast<int64_t>(b) * Hq + h;
   const int n = count[row];
   const int a0 = blockIdx.x * kBr;
@@ -339,7 +352,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                        const typename Tr::Elem* __restrict__ k, softdec::attn_checks::Strides4 ks,
                        const typename Tr::Elem* __restrict__ v, softdec::attn_checks::Strides4 vs,
                        const int32_t* __restrict__ list, const int32_t* __restrict__ count, int G, int L,
-                       bool causal, float scale, bool vq, bool vk, bool vv,
+                       bool causal, float scale, bool vq, bool vk, bool vv, int b0,
                        typename Tr::Elem* __restrict__ out /* [B, Hq, L, D] */) {
   using E = typename Tr::Elem;
   constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads;
@@ -352,7 +365,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const auto sK = make_tensor(make_smem_ptr(pK), typename Tr::SmemKV{});
   const auto sVt = make_tensor(make_smem_ptr(pV), typename Tr::SmemVt{});
 
-  const int h = blockIdx.y, b = blockIdx.z, Hq = gridDim.y, g = h / G;
+  const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
   const int64_t row = static_cast<int64_t>(b) * Hq + h;
   const int n = count[row];
   const int a0 = blockIdx.x * kBM;
@@ -517,11 +530,14 @@ void launch(const void* q, softdec::attn_checks::Strides4 qs, const void* k, sof
   using E = typename Tr::Elem;
   auto kern = prefill_mma_kernel<Tr>;
   SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-  const dim3 grid(static_cast<unsigned>((L + Tr::kBM - 1) / Tr::kBM), Hq, B);
-  kern<<<grid, Tr::kThreads, Tr::kSmemBytes, st>>>(
-      static_cast<const E*>(q), qs, static_cast<const E*>(k), ks, static_cast<const E*>(v), vs, list, count, G, L,
-      causal, scale, vq, vk, vv, static_cast<E*>(out));
-  SOFTDEC_CUDA_LAUNCH_CHECK();
+  for (int b0 = 0; b0 < B; b0 += static_cast<int>(softdec::attn_cuda::kMaxGridYZ)) {  // grid z <= 65535
+    const dim3 grid(static_cast<unsigned>((L + Tr::kBM - 1) / Tr::kBM), Hq,
+                    static_cast<unsigned>(B - b0 < softdec::attn_cuda::kMaxGridYZ ? B - b0 : softdec::attn_cuda::kMaxGridYZ));
+    kern<<<grid, Tr::kThreads, Tr::kSmemBytes, st>>>(
+        static_cast<const E*>(q), qs, static_cast<const E*>(k), ks, static_cast<const E*>(v), vs, list, count, G, L,
+        causal, scale, vq, vk, vv, b0, static_cast<E*>(out));
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  }
 }
 
 }  // namespace softdec_prefill_mma
@@ -560,7 +576,7 @@ bool prefill_mma_attention(const Tensor& q, const Tensor& k, const Tensor& v, co
 }
 
 template <typename T>
-__global__ void zero_dropped_kernel(const bool* __restrict__ kept, int64_t rows_L, int d, T* __restrict__ out) {
+__global__ void __launch_bounds__(kZeroThreads) zero_dropped_kernel(const bool* __restrict__ kept, int64_t rows_L, int d, T* __restrict__ out) {
   for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < rows_L * d;
        x += static_cast<int64_t>(gridDim.x) * blockDim.x)
     if (!kept[x / d]) out[x] = from_float<T>(0.f);
@@ -579,41 +595,52 @@ void prefill_launch(const Tensor& q, const Tensor& k, const Tensor& v, float cov
   const bool veck = vec_ok(k, d, sizeof(NT)), vecq = vec_ok(q, d, sizeof(NT));
   Tensor score = new_empty(q, {B, Hq, L}, ScalarType::Float);
   const bool drop = coverage > 0.f && attn::max_drop(L, w, min_tokens) > 0;
+  const unsigned hq = static_cast<unsigned>(Hq);
+  auto rows_from = [B](int64_t b0) { return static_cast<unsigned>(imin(kMaxGridYZ, B - b0)); };
   if (drop) {
     Tensor stats = new_empty(q, {B, Hq, w, 2}, ScalarType::Float);
-    const int nw = 8;
-    prefill_rowstats_kernel<NT><<<dim3(static_cast<unsigned>(attn::ceil_div(w, nw)), Hq, B), nw * 32,
-                                   nw * d * sizeof(float), st>>>(
-        qp, strides4(q), kp, strides4(k), G, static_cast<int>(L), w, static_cast<int>(d), causal, scale, veck,
-        reinterpret_cast<float2*>(stats.mutable_data_ptr<float>()));
-    SOFTDEC_CUDA_LAUNCH_CHECK();
-    prefill_score_kernel<NT><<<dim3(static_cast<unsigned>(attn::ceil_div(L, nw)), Hq, B), nw * 32,
-                                nw * d * sizeof(float), st>>>(
-        qp, strides4(q), kp, strides4(k), reinterpret_cast<const float2*>(stats.const_data_ptr<float>()), G,
-        static_cast<int>(L), w, static_cast<int>(d), causal, scale, vecq, score.mutable_data_ptr<float>());
-    SOFTDEC_CUDA_LAUNCH_CHECK();
+    const size_t ssm = kScoreWarps * d * sizeof(float);  // d <= kMaxD: at most 8 KB
+    for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+      prefill_rowstats_kernel<NT><<<dim3(static_cast<unsigned>(attn::ceil_div(w, kScoreWarps)), hq, rows_from(b0)),
+                                     kScoreThreads, ssm, st>>>(
+          qp, strides4(q), kp, strides4(k), G, static_cast<int>(L), w, static_cast<int>(d), causal, scale, veck,
+          static_cast<int>(b0), reinterpret_cast<float2*>(stats.mutable_data_ptr<float>()));
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+      prefill_score_kernel<NT><<<dim3(static_cast<unsigned>(attn::ceil_div(L, kScoreWarps)), hq, rows_from(b0)),
+                                  kScoreThreads, ssm, st>>>(
+          qp, strides4(q), kp, strides4(k), reinterpret_cast<const float2*>(stats.const_data_ptr<float>()), G,
+          static_cast<int>(L), w, static_cast<int>(d), causal, scale, vecq, static_cast<int>(b0),
+          score.mutable_data_ptr<float>());
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    }
   }
   Tensor list = new_empty(q, {B, Hq, L}, ScalarType::Int);
   Tensor count = new_empty(q, {B, Hq}, ScalarType::Int);
-  prefill_select_kernel<<<dim3(Hq, B), kSelThreads, 0, st>>>(
-      score.const_data_ptr<float>(), static_cast<int>(L), w, min_tokens, drop ? coverage : 0.f,
-      kept.mutable_data_ptr<bool>(), list.mutable_data_ptr<int32_t>(), count.mutable_data_ptr<int32_t>());
-  SOFTDEC_CUDA_LAUNCH_CHECK();
-  if (!prefill_mma_attention<NT>(q, k, v, list, count, causal, scale, out, st)) {
-    // fp32, or a head_dim without a tensor-core kernel: fp32 FMA tiles.
-    const size_t smem = (kBr * (d + 1) + kBc * (d + 1) + kBc * d + kBr * (kBc + 1)) * sizeof(float);
-    SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(prefill_flash_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
-    prefill_flash_kernel<NT><<<dim3(static_cast<unsigned>(attn::ceil_div(L, kBr)), Hq, B), kFlashThreads, smem,
-                               st>>>(qp, strides4(q), kp, strides4(k), vp, strides4(v), list.const_data_ptr<int32_t>(),
-                                     count.const_data_ptr<int32_t>(), G, static_cast<int>(L), static_cast<int>(d),
-                                     causal, scale, reinterpret_cast<NT*>(out.data_ptr()));
+  for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+    prefill_select_kernel<<<dim3(hq, rows_from(b0)), kSelThreads, 0, st>>>(
+        score.const_data_ptr<float>(), static_cast<int>(L), w, min_tokens, drop ? coverage : 0.f,
+        static_cast<int>(b0), kept.mutable_data_ptr<bool>(), list.mutable_data_ptr<int32_t>(),
+        count.mutable_data_ptr<int32_t>());
     SOFTDEC_CUDA_LAUNCH_CHECK();
   }
+  if (!prefill_mma_attention<NT>(q, k, v, list, count, causal, scale, out, st)) {
+    // fp32, or a head_dim without a tensor-core kernel: fp32 FMA tiles.
+    const size_t smem = prefill_flash_smem(d);
+    set_dynamic_smem(prefill_flash_kernel<NT>, smem,
+                     detail::cat("token_sparse_prefill with head_dim ", d, " (", dtype_name(q.scalar_type()), ")"));
+    for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+      prefill_flash_kernel<NT><<<dim3(static_cast<unsigned>(attn::ceil_div(L, kBr)), hq, rows_from(b0)),
+                                 kFlashThreads, smem, st>>>(
+          qp, strides4(q), kp, strides4(k), vp, strides4(v), list.const_data_ptr<int32_t>(),
+          count.const_data_ptr<int32_t>(), G, static_cast<int>(L), static_cast<int>(d), causal, scale,
+          static_cast<int>(b0), reinterpret_cast<NT*>(out.data_ptr()));
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    }
+  }
   const int64_t rows_L = B * Hq * L;
-  const unsigned zg = static_cast<unsigned>(imin(attn::ceil_div(rows_L * d, 256), 65535));
-  zero_dropped_kernel<NT><<<zg, 256, 0, st>>>(kept.const_data_ptr<bool>(), rows_L, static_cast<int>(d),
-                                              reinterpret_cast<NT*>(out.data_ptr()));
+  const unsigned zg = static_cast<unsigned>(imin(attn::ceil_div(rows_L * d, kZeroThreads), 65535));
+  zero_dropped_kernel<NT><<<zg, kZeroThreads, 0, st>>>(kept.const_data_ptr<bool>(), rows_L, static_cast<int>(d),
+                                                       reinterpret_cast<NT*>(out.data_ptr()));
   SOFTDEC_CUDA_LAUNCH_CHECK();
 }
 
@@ -624,6 +651,8 @@ std::tuple<Tensor, Tensor> token_sparse_prefill_cuda(Tensor q, Tensor k, Tensor 
   const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), d = q.size(3);
   SOFTDEC_CHECK(d <= kMaxD, "head_dim must be at most ", kMaxD, " on CUDA, got ", d);
   SOFTDEC_CHECK(L < (int64_t(1) << 31), "L must be below 2^31 on CUDA, got ", L);
+  SOFTDEC_CHECK(Hq <= kMaxGridYZ, "q must have at most ", kMaxGridYZ, " heads on CUDA, got ", Hq);
+  SOFTDEC_CHECK(B < (int64_t(1) << 31), "q must have fewer than 2^31 rows on CUDA, got ", B);
   torch::stable::accelerator::DeviceGuard guard(q.get_device_index());
   Tensor out = new_empty(q, {B, Hq, L, d}, q.scalar_type());
   Tensor kept = new_empty(q, {B, Hq, L}, ScalarType::Bool);

@@ -215,6 +215,8 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
   Shared& sh = *reinterpret_cast<Shared*>(sh_raw);
   __shared__ KI red_ki[kWarps];
   __shared__ double2 red_d[kWarps];
+  // the serial top-k / top-p selection's histograms (thread 0), here rather than on its stack
+  __shared__ filter::detail::SelectScratch select_scratch;
 
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x;
@@ -265,7 +267,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
         f.cut_index = V;
         if (serial) {
           auto load = [x](int64_t i) { return to_f(x, i); };
-          f = filter::compute_row_filter(load, V, filter::Params{temp, top_k, top_p, min_p});
+          f = filter::compute_row_filter(load, V, filter::Params{temp, top_k, top_p, min_p}, select_scratch);
         }
       }
       sh.f = f;

@@ -344,6 +344,15 @@ SOFTDEC_HD bool in_prefix(float x, int64_t i, float cv, int64_t ci) {
   return x > cv || (x == cv && i <= ci);
 }
 
+// The histograms of select_nth (4 KB). The overloads without one keep it on the
+// stack; a GPU kernel passes one in shared memory instead (a 4 KB per-thread
+// stack would make the driver reserve 4 KB of local memory for every resident
+// thread of the device).
+struct SelectScratch {
+  int64_t cnt[256];
+  double mass[256];
+};
+
 // The n-th (1-based) finite token of the order among those in the prefix
 // (cv, ci) [cv = -inf, ci = V means the whole row]: radix selection on
 // order_key, 4 rounds of 8 bits, then one pass for the tie index.
@@ -352,13 +361,13 @@ SOFTDEC_HD bool in_prefix(float x, int64_t i, float cv, int64_t ci) {
 template <class Load, class MassOf>
 SOFTDEC_HD void select_nth(const Load& load, int64_t V, float cv, int64_t ci, bool mass_mode,
                            int64_t n, double target, const MassOf& mass_of, float* out_value,
-                           int64_t* out_index) {
+                           int64_t* out_index, SelectScratch& scratch) {
   uint32_t prefix = 0, mask = 0;
   int64_t remaining = n;
   double macc = 0.0;  // mass of tokens strictly above the selected key prefix
+  int64_t* cnt = scratch.cnt;
+  double* mass = scratch.mass;
   for (int shift = 24; shift >= 0; shift -= 8) {
-    int64_t cnt[256];
-    double mass[256];
     for (int b = 0; b < 256; ++b) {
       cnt[b] = 0;
       mass[b] = 0.0;
@@ -445,8 +454,16 @@ SOFTDEC_HD void select_nth(const Load& load, int64_t V, float cv, int64_t ci, bo
 }
 
 template <class Load, class MassOf>
+SOFTDEC_HD void select_nth(const Load& load, int64_t V, float cv, int64_t ci, bool mass_mode,
+                           int64_t n, double target, const MassOf& mass_of, float* out_value,
+                           int64_t* out_index) {
+  SelectScratch scratch;
+  select_nth(load, V, cv, ci, mass_mode, n, target, mass_of, out_value, out_index, scratch);
+}
+
+template <class Load, class MassOf>
 SOFTDEC_HD void generic_cut(const Load& load, int64_t V, int64_t top_k, float top_p,
-                            const MassOf& mass_of, RowFilter& f) {
+                            const MassOf& mass_of, RowFilter& f, SelectScratch& scratch) {
   int64_t finite = 0;
   for (int64_t i = 0; i < V; ++i)
     if (load(i) > -inf_f()) ++finite;
@@ -454,7 +471,7 @@ SOFTDEC_HD void generic_cut(const Load& load, int64_t V, int64_t top_k, float to
   int64_t ci = V;  // the whole row: every finite token is in the prefix
   bool limited = false;
   if (top_k > 0 && top_k < finite) {
-    select_nth(load, V, cv, ci, false, top_k, 0.0, mass_of, &cv, &ci);
+    select_nth(load, V, cv, ci, false, top_k, 0.0, mass_of, &cv, &ci, scratch);
     limited = true;
   }
   if (top_p < 1.0f) {
@@ -468,7 +485,7 @@ SOFTDEC_HD void generic_cut(const Load& load, int64_t V, int64_t top_k, float to
       cv = f.max_logit;  // top_p = 0: the top token
       ci = f.argmax;
     } else {
-      select_nth(load, V, cv, ci, true, 0, target, mass_of, &cv, &ci);
+      select_nth(load, V, cv, ci, true, 0, target, mass_of, &cv, &ci, scratch);
     }
     limited = true;
   }
@@ -478,6 +495,13 @@ SOFTDEC_HD void generic_cut(const Load& load, int64_t V, int64_t top_k, float to
   }
   f.cut_value = cv;
   f.cut_index = ci;
+}
+
+template <class Load, class MassOf>
+SOFTDEC_HD void generic_cut(const Load& load, int64_t V, int64_t top_k, float top_p,
+                            const MassOf& mass_of, RowFilter& f) {
+  SelectScratch scratch;
+  generic_cut(load, V, top_k, top_p, mass_of, f, scratch);
 }
 
 }  // namespace detail
@@ -492,9 +516,10 @@ SOFTDEC_HD void set_greedy(RowFilter& f) {
   f.log_norm = 0.0;
 }
 
-// Reference-grade filter of one row of logits (any Load, serial).
+// Reference-grade filter of one row of logits (any Load, serial); `scratch`
+// holds the selection histograms (see SelectScratch).
 template <class Load>
-SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p) {
+SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p, detail::SelectScratch& scratch) {
   RowFilter f;
   detail::row_stats(load, V, f);
   f.log_min_p = log_min_p_of(p.min_p);
@@ -506,7 +531,7 @@ SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p) {
   f.inv_temp = 1.0f / p.temperature;
   const float m = f.max_logit, it = f.inv_temp;
   auto mass_of = [m, it](float x) -> double { return static_cast<double>(token_mass(x, m, it)); };
-  detail::generic_cut(load, V, p.top_k, p.top_p, mass_of, f);
+  detail::generic_cut(load, V, p.top_k, p.top_p, mass_of, f, scratch);
   double s = 0.0;
   int64_t cnt = 0;
   for (int64_t i = 0; i < V; ++i) {
@@ -523,6 +548,12 @@ SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p) {
   f.log_norm = std::log(s);
 #endif
   return f;
+}
+
+template <class Load>
+SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p) {
+  detail::SelectScratch scratch;
+  return compute_row_filter(load, V, p, scratch);
 }
 
 // The same filter on a row of probabilities (FlashInfer's *_renorm_probs):

@@ -273,6 +273,19 @@ SOFTDEC_HD int finalize_row(const T* cand_v, const int64_t* cand_id, int n, int 
         }
         for (int i = 0; i < kept; ++i) w[i] /= s2;
       } else if (p.noise == kDirichlet) {
+#if defined(__CUDA_ARCH__)
+        // No kMaxTopK-entry array on a GPU thread's stack (the driver reserves a thread's
+        // stack for every resident thread): the gamma draws are a pure function of
+        // (alpha w_i, seed, offset, id_i), so the second pass draws them again, bit for bit.
+        double tot = 0;
+        for (int i = 0; i < kept; ++i)
+          tot += soft_gamma(p.dirichlet_alpha * static_cast<double>(w[i]), p.seed, p.offset, ids[i]);
+        if (tot > 0) {
+          for (int i = 0; i < kept; ++i)
+            w[i] = static_cast<T>(
+                soft_gamma(p.dirichlet_alpha * static_cast<double>(w[i]), p.seed, p.offset, ids[i]) / tot);
+        }
+#else
         double gs[kMaxTopK];
         double tot = 0;
         for (int i = 0; i < kept; ++i) {
@@ -282,6 +295,7 @@ SOFTDEC_HD int finalize_row(const T* cand_v, const int64_t* cand_id, int n, int 
         if (tot > 0) {
           for (int i = 0; i < kept; ++i) w[i] = static_cast<T>(gs[i] / tot);
         }
+#endif
       }
       if (p.noise != kNoNoise) {  // re-sort: weight descending, ties lower id first
         for (int i = 1; i < kept; ++i) {

@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Launch-resource check of every CUDA kernel softdec compiles (no GPU needed).
+
+Reads what the CUDA compile check (`make cuda-check`, build dir build/cuda-check)
+leaves behind when built with SOFTDEC_CUDA_RESOURCE_REPORT (always on for
+SOFTDEC_CUDA_CHECK_ONLY):
+
+- `<object>.ptxas.log` beside each object: ptxas -v of every kernel for every
+  arch (registers, stack frame, spill stores / loads, shared memory), written by
+  tools/ptxas_log.sh;
+- `ptx/<source>.compute_<arch>.ptx`: the PTX, whose `.maxntid` / `.reqntid` is
+  each kernel's `__launch_bounds__`.
+
+and fails (exit 1) when, for any kernel and arch,
+
+- it has no launch bound (then nothing stops a launch of 1024 threads from
+  needing more registers than an SM has),
+- registers x max threads per block, at the hardware's allocation granularity
+  (per-thread registers rounded up to 8, warps), exceed 65536, so a launch at its
+  bound fails with "too many resources requested for launch",
+- it spills registers (spill stores or loads > 0, its own or a callee's), or
+- its stack (the larger of its frame and ptxas' cumulative stack size) exceeds
+  --max-stack bytes (default 512): the driver reserves that much local memory
+  for every thread that can be resident on the device (about 270k threads on an
+  H200, so 4 KB per thread would be over 1 GB outside torch's allocator).
+
+    python3 tools/check_launch_resources.py build/cuda-check [--max-stack 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+REGS_PER_BLOCK = 65536  # sm_80 and sm_90: 64K 32-bit registers per block (and per SM)
+REG_UNIT = 8            # per-thread registers are allocated in multiples of 8 (256 per warp)
+DEFAULT_MAX_STACK = 512
+
+
+@dataclass
+class Kernel:
+    name: str                 # mangled
+    arch: str                 # e.g. sm_90a
+    source: str = ""          # the object or PTX file it came from
+    registers: int | None = None
+    stack_frame: int = 0
+    cumulative_stack: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    smem: int = 0
+    maxntid: tuple[int, int, int] | None = None
+    callees_spill: list[str] = field(default_factory=list)
+
+    @property
+    def threads(self) -> int | None:
+        return None if self.maxntid is None else self.maxntid[0] * self.maxntid[1] * self.maxntid[2]
+
+    @property
+    def stack(self) -> int:
+        return max(self.stack_frame, self.cumulative_stack)
+
+    @property
+    def block_registers(self) -> int | None:
+        """Registers a block at the launch bound takes, at the allocation granularity."""
+        if self.registers is None or self.threads is None:
+            return None
+        per_thread = math.ceil(self.registers / REG_UNIT) * REG_UNIT
+        return per_thread * 32 * math.ceil(self.threads / 32)
+
+
+_ENTRY = re.compile(r"^ptxas info\s*: Compiling entry function '([^']+)' for '(sm_\w+)'")
+_PROPS = re.compile(r"^ptxas info\s*: Function properties for (\S+)")
+_FRAME = re.compile(r"^\s*(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"^ptxas info\s*: Used (\d+) registers(.*)$")
+_SMEM = re.compile(r"(\d+) bytes smem")
+_CUMUL = re.compile(r"(\d+) bytes cumulative stack size")
+
+
+def parse_ptxas(text: str, source: str = "") -> list[Kernel]:
+    """Kernels of one ptxas -v report (any number of archs and entries)."""
+    out: list[Kernel] = []
+    cur: Kernel | None = None
+    props_of: str | None = None  # the function whose "Function properties" line came last
+    for line in text.splitlines():
+        m = _ENTRY.match(line)
+        if m:
+            cur = Kernel(name=m.group(1), arch=m.group(2), source=source)
+            out.append(cur)
+            props_of = None
+            continue
+        m = _PROPS.match(line)
+        if m:
+            props_of = m.group(1)
+            continue
+        m = _FRAME.match(line)
+        if m and props_of is not None:
+            frame, st, ld = (int(x) for x in m.groups())
+            if cur is not None and props_of == cur.name:
+                cur.stack_frame, cur.spill_stores, cur.spill_loads = frame, st, ld
+            elif cur is not None and (st or ld):  # a non-inlined callee of the current entry spills
+                cur.callees_spill.append(f"{props_of} ({st} B stores, {ld} B loads)")
+            props_of = None
+            continue
+        m = _USED.match(line)
+        if m and cur is not None:
+            cur.registers = int(m.group(1))
+            rest = m.group(2)
+            s = _SMEM.search(rest)
+            cur.smem = int(s.group(1)) if s else 0
+            c = _CUMUL.search(rest)
+            cur.cumulative_stack = int(c.group(1)) if c else 0
+    return out
+
+
+_PTX_ENTRY = re.compile(r"\.entry\s+([\w$.]+)\s*\(")
+_PTX_NTID = re.compile(r"\.(maxntid|reqntid)\s+(\d+)(?:\s*,\s*(\d+))?(?:\s*,\s*(\d+))?")
+
+
+def parse_ptx(text: str) -> dict[str, tuple[int, int, int] | None]:
+    """Launch bound of every .entry of one PTX file (None when it has none)."""
+    out: dict[str, tuple[int, int, int] | None] = {}
+    for m in _PTX_ENTRY.finditer(text):
+        name = m.group(1)
+        # the performance directives sit between the parameter list and the body
+        close = text.find(")", m.end())
+        body = text.find("{", close)
+        directives = text[close:body] if close >= 0 and body >= 0 else ""
+        bound = None
+        for d in _PTX_NTID.finditer(directives):
+            dims = tuple(int(x) if x else 1 for x in d.group(2, 3, 4))
+            bound = dims if bound is None else min(bound, dims, key=lambda t: t[0] * t[1] * t[2])
+        out[name] = bound
+    return out
+
+
+def ptx_arch(text: str) -> str | None:
+    """The arch a PTX file is for, from its `.target sm_XX` directive."""
+    m = re.search(r"^\s*\.target\s+(sm_\w+)", text, re.M)
+    return m.group(1) if m else None
+
+
+def collect(build: pathlib.Path) -> tuple[list[Kernel], list[str]]:
+    """Every kernel of the build, with its launch bound; plus problems with the inputs."""
+    problems: list[str] = []
+    logs = sorted(build.rglob("*.ptxas.log"))
+    ptxs = sorted((build / "ptx").glob("*.ptx")) if (build / "ptx").is_dir() else []
+    if not logs:
+        problems.append(f"no *.ptxas.log under {build}: build it with SOFTDEC_CUDA_CHECK_ONLY=ON or "
+                        "SOFTDEC_CUDA_RESOURCE_REPORT=ON (make cuda-check)")
+    if not ptxs:
+        problems.append(f"no PTX under {build / 'ptx'} (the --keep output of the same build)")
+    kernels: list[Kernel] = []
+    for log in logs:
+        kernels += parse_ptxas(log.read_text(errors="replace"), source=log.name.removesuffix(".ptxas.log"))
+    bounds: dict[tuple[str, str], tuple[int, int, int] | None] = {}
+    for ptx in ptxs:
+        text = ptx.read_text(errors="replace")
+        arch = ptx_arch(text)
+        if arch is None:
+            problems.append(f"{ptx}: no .target directive")
+            continue
+        for name, b in parse_ptx(text).items():
+            bounds[(name, arch)] = b
+    for k in kernels:
+        if (k.name, k.arch) in bounds:
+            k.maxntid = bounds[(k.name, k.arch)]
+        else:
+            problems.append(f"{k.arch} {k.name}: in the ptxas report of {k.source} but in no PTX file "
+                            f"(a stale report? rebuild {build})")
+    return kernels, problems
+
+
+def failures(kernels: list[Kernel], max_stack: int) -> list[str]:
+    out = []
+    for k in kernels:
+        who = f"{k.arch} {k.source}: {short(k.name, 160)}"
+        if k.registers is None:
+            out.append(f"{who}: no register count in the ptxas report")
+        if k.maxntid is None:
+            out.append(f"{who}: no __launch_bounds__ (no .maxntid in the PTX); give it the thread count "
+                       "its launch uses")
+        elif k.block_registers is not None and k.block_registers > REGS_PER_BLOCK:
+            out.append(f"{who}: {k.registers} registers x {k.threads} threads = {k.block_registers} "
+                       f"allocated registers > {REGS_PER_BLOCK}: every launch at its bound fails")
+        if k.spill_stores or k.spill_loads:
+            out.append(f"{who}: spills ({k.spill_stores} B stores, {k.spill_loads} B loads)")
+        for c in k.callees_spill:
+            out.append(f"{who}: callee {c} spills")
+        if k.stack > max_stack:
+            out.append(f"{who}: {k.stack} B stack per thread > {max_stack} B")
+    return out
+
+
+_DEMANGLED: dict[str, str] = {}
+
+
+def demangle(name: str) -> str:
+    if name not in _DEMANGLED:
+        try:
+            r = subprocess.run(["c++filt", name], capture_output=True, text=True, timeout=10)
+            _DEMANGLED[name] = r.stdout.strip() or name
+        except (OSError, subprocess.SubprocessError):
+            _DEMANGLED[name] = name
+    return _DEMANGLED[name]
+
+
+def short(name: str, width: int = 90) -> str:
+    d = demangle(name)
+    d = re.sub(r"softdec::(\(anonymous namespace\)::)?", "", d)
+    return d if len(d) <= width else d[: width - 3] + "..."
+
+
+def table(kernels: list[Kernel]) -> str:
+    rows = ["arch     thr   regs  regs*thr  stack spill  smem  kernel"]
+    for k in sorted(kernels, key=lambda k: (k.source, k.arch, demangle(k.name))):
+        rows.append(f"{k.arch:<8} {k.threads if k.threads else '-':>4} {k.registers if k.registers is not None else '-':>5}"
+                    f" {k.block_registers if k.block_registers else '-':>9} {k.stack:>6}"
+                    f" {k.spill_stores + k.spill_loads:>5} {k.smem:>5}  {k.source}: {short(k.name)}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("build", type=pathlib.Path, help="the CUDA build dir (e.g. build/cuda-check)")
+    ap.add_argument("--max-stack", type=int, default=DEFAULT_MAX_STACK,
+                    help=f"largest stack per thread in bytes (default {DEFAULT_MAX_STACK})")
+    ap.add_argument("--quiet", action="store_true", help="print only the summary and the failures")
+    a = ap.parse_args(argv)
+    kernels, problems = collect(a.build)
+    if not a.quiet and kernels:
+        print(table(kernels))
+    bad = problems + failures(kernels, a.max_stack)
+    archs = sorted({k.arch for k in kernels})
+    print(f"launch resources: {len(kernels)} kernels x arch ({', '.join(archs) or 'none'}), "
+          f"limits: regs x threads <= {REGS_PER_BLOCK}, no spills, stack <= {a.max_stack} B")
+    if not kernels:
+        bad.append("no kernels found")
+    if bad:
+        print(f"launch resources: {len(bad)} failure(s):", file=sys.stderr)
+        for b in bad:
+            print("  " + b, file=sys.stderr)
+        return 1
+    print("launch resources: OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
