@@ -13,14 +13,16 @@ TEST_DEPS := "pytest>=8" scipy numpy "transformers>=4.57" pytest-benchmark matpl
 PYTEST_ARGS ?= -q
 JOBS ?= 2
 
-.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check wheel test-asan clean
+.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check gpu-check-dry wheel test-asan clean
 
 help:
 	@echo "make test        set up .venv, build and install softdec, run the test suite"
 	@echo "make bench       set up, build and run 'softdec bench' (the benchmark table)"
 	@echo "make dev         in-place build into python/softdec with the current python (fast iteration)"
 	@echo "make test-dev    run the tests against the in-place build"
-	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a, check the MMA layouts (no GPU needed)"
+	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a, check the MMA layouts and every"
+	@echo "                 kernel's launch resources (registers x threads, spills, stack; no GPU needed)"
+	@echo "make gpu-check-dry  run bench/gpu_check.sh (the GPU validation run) end to end without a GPU"
 	@echo "make wheel       build a wheel into dist/ against the installed torch"
 	@echo "make test-asan   build with ASan+UBSan and run the test suite under it"
 
@@ -65,6 +67,13 @@ cuda-check: setup
 	  print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")" \
 	  tests/cuda_host/prefill_mma_layouts.cu -o build/cuda-check/prefill_mma_layouts
 	build/cuda-check/prefill_mma_layouts
+	# every kernel: a launch bound, registers x threads <= 65536, no spills, stack <= 512 B (ptxas -v + PTX)
+	$(PY) tools/check_launch_resources.py build/cuda-check --quiet
+
+# ---- the GPU validation script, every phase on this machine (CPU-only build in build/dev, the CUDA
+# tests collected and skipped, a one-family CPU bench). GPU_CHECK_SKIP_BUILD=1 uses the installed softdec.
+gpu-check-dry:
+	GPU_CHECK_DRY=1 PYTHON="$(PYTHON)" bash bench/gpu_check.sh "$(CURDIR)/build/gpu-check-dry"
 
 wheel: setup
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .

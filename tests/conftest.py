@@ -21,6 +21,11 @@ TOLS = {
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU and a CUDA build of softdec")
     for item in items:
+        # the device="cuda" instance of a test parametrized over DEVICES runs the CUDA backend too:
+        # mark it, so `pytest -m cuda` (bench/gpu_check.sh) selects every test that runs a kernel on the GPU
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("device") == "cuda":
+            item.add_marker(pytest.mark.cuda)
         if "cuda" in item.keywords and not CUDA:
             item.add_marker(skip)
 

@@ -149,3 +149,17 @@ def test_generator_default_seed_advances():
     s3, _ = rng_state(None, 0, 4, torch.device("cpu"), g2)
     assert torch.equal(s1, s3)
     assert len(set(s1.tolist())) == 4  # independent per-row seeds
+
+
+# ---------------------------------------------------------------- CUDA == CPU (run where a GPU is present)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("n", [1, 6, 1023, 151936])
+def test_cuda_stream_equals_cpu(n):
+    # philox_uniform_kernel: the same bits as the CPU backend, per-row seeds and offsets,
+    # odd lengths (the tail path) and multiples of 4 (16-byte stores)
+    seeds = torch.tensor([0, -1, 2**63 - 1, 12345, 7])
+    offsets = torch.tensor([0, 3, 2**40, 1, 0])
+    want = softdec.philox_uniform((5, n), seeds, offsets)
+    got = softdec.philox_uniform((5, n), seeds.cuda(), offsets.cuda())
+    assert got.is_cuda and torch.equal(got.cpu(), want)

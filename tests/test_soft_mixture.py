@@ -588,3 +588,19 @@ def test_cuda_opcheck_and_compile():
     logits, table = args[0], args[1]
     f = lambda lg, tb: softdec.soft_mixture(lg, tb, top_k=5, noise="gumbel", seed=1).embeds  # noqa: E731
     assert torch.equal(torch.compile(f, fullgraph=True)(logits, table), f(logits, table))
+
+
+@pytest.mark.cuda
+def test_cuda_more_rows_than_grid_y():
+    # scan / gather put rows in grid y (at most 65535 a launch): 65537 rows take two launches
+    B, V, D = 65537, 40, 8
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(B, V, generator=g) * 2
+    table = torch.randn(V, D, generator=g)
+    kw = dict(top_k=4, temperature=0.8, top_p=0.9, seed=torch.arange(B), noise="gumbel", tau=0.7)
+    want = softdec.soft_mixture(logits, table, **kw)
+    got = softdec.soft_mixture(logits.cuda(), table.cuda(),
+                               **{a: (v.cuda() if isinstance(v, torch.Tensor) else v) for a, v in kw.items()})
+    assert torch.equal(got.ids.cpu(), want.ids) and torch.equal(got.valid.cpu(), want.valid)
+    torch.testing.assert_close(got.weights.cpu(), want.weights, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.embeds.cpu(), want.embeds, atol=1e-5, rtol=1e-4)

@@ -474,3 +474,137 @@ def test_prefill_nan_row_is_nan_not_crash():
         rest = torch.ones(64, dtype=torch.bool)
         rest[5] = False
         assert torch.isfinite(out[0, 0, rest]).all() and torch.isfinite(out[0, 1]).all()
+
+
+# ---------------------------------------------------------------- CUDA == CPU (run where a GPU is present)
+# Every attention kernel of the CUDA backend against the CPU backend on the same inputs: selections
+# exactly, outputs within the dtype's tolerance. Where the selection must match exactly across
+# backends, q and k hold multiples of 1/2 in [-1, 1] (exact in every dtype) and scale = 1, so every
+# score and page bound is exact in fp32 and only the tie rule (lower index first) decides.
+
+def _quantized(B, Hq, Hkv, N, d, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randint(-2, 3, (B, Hq, d), generator=g) / 2).to(dtype)
+    k = (torch.randint(-2, 3, (B, Hkv, N, d), generator=g) / 2).to(dtype)
+    v = torch.randn(B, Hkv, N, d, generator=g).to(dtype)
+    return q, k, v
+
+
+def _decode_both(q, k, v, **kw):
+    lens = kw.pop("seq_lens", None)
+    want, wi = softdec.sparse_decode_attention(q, k, v, seq_lens=lens, return_indices=True, **kw)
+    got, gi = softdec.sparse_decode_attention(q.cuda(), k.cuda(), v.cuda(), return_indices=True,
+                                              seq_lens=None if lens is None else lens.cuda(), **kw)
+    return got.cpu(), gi.cpu(), want, wi
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("select,G", [("page", 1), ("page", 4), ("token", 1), ("token", 4)])
+def test_cuda_decode_matches_cpu(dtype, select, G):
+    # page_summary / page_bound / token_score / vote / select / decode_attn / decode_merge kernels
+    B, Hkv, N, d = 3, 2, 1500, 64
+    q, k, v = _quantized(B, G * Hkv, Hkv, N, d, dtype, seed=G)
+    if select == "token" and G > 1:
+        # equal query heads within a group: every head votes with the same softmax, so the votes are G x
+        # one softmax of exact scores, ordered (and tied) exactly like the scores on both backends
+        q = q[:, ::G].repeat_interleave(G, 1)
+    lens = torch.tensor([N, 777, 90])
+    got, gi, want, wi = _decode_both(q, k, v, budget=200, select=select, page_size=16, sink=4, window=32,
+                                     seq_lens=lens, scale=1.0)
+    assert torch.equal(gi, wi)
+    _close(got, want, dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_page_summary_and_update_match_cpu(dtype):
+    # page_summary_kernel in build mode and in update mode (only the touched pages)
+    B, H, N, d, ps = 2, 3, 300, 40, 16
+    _, k, _ = _qkv(B, 1, H, N, d, dtype, seed=3)
+    lens = torch.tensor([120, 299])
+    a = softdec.build_page_summary(k, page_size=ps, seq_lens=lens)
+    b = softdec.build_page_summary(k.cuda(), page_size=ps, seq_lens=lens.cuda())
+    assert torch.equal(b.kmin.cpu(), a.kmin) and torch.equal(b.kmax.cpu(), a.kmax)
+    k[:, :, 120:140] = 3.0
+    kc = k.cuda()
+    softdec.update_page_summary(a, k, start=lens, end=torch.minimum(lens + 20, torch.tensor(N)))
+    softdec.update_page_summary(b, kc, start=lens.cuda(), end=torch.minimum(lens + 20, torch.tensor(N)).cuda())
+    assert torch.equal(b.kmin.cpu(), a.kmin) and torch.equal(b.kmax.cpu(), a.kmax)
+
+
+@pytest.mark.cuda
+def test_cuda_decode_large_group_and_head_dim():
+    # 16 query heads per kv head x head_dim 1024 (fp32 queries in shared memory): 64 KB of queries plus the
+    # chunk state, above the 48 KB default, so the kernels opt in to more dynamic shared memory
+    q, k, v = _quantized(2, 16, 1, 700, 1024, torch.float32, seed=5)
+    # page: exact bounds, the same pages; token: the budget covers every token (16 different query heads vote)
+    for select, budget in (("page", 128), ("token", 1 << 20)):
+        got, gi, want, wi = _decode_both(q, k, v, budget=budget, select=select, scale=1.0)
+        assert torch.equal(gi, wi)
+        _close(got, want, torch.float32)
+
+
+@pytest.mark.cuda
+def test_cuda_decode_shared_memory_limit_is_a_clear_error():
+    q, k, v = _qkv(1, 16, 1, 64, 4096, torch.float32, "cuda")  # 16 x 4096 fp32 queries = 256 KB per block
+    with pytest.raises(ValueError, match=r"sparse_decode_attention with 16 query heads per kv head and head_dim "
+                                         r"4096 needs \d+ bytes of shared memory per block on CUDA"):
+        softdec.sparse_decode_attention(q, k, v, budget=16, select="token")
+
+
+@pytest.mark.cuda
+def test_cuda_decode_and_prefill_more_rows_than_grid_y():
+    # batch rows go in grid y / z (at most 65535 a launch): 65537 rows take two launches
+    B = 65537
+    q, k, v = _quantized(B, 2, 1, 40, 16, torch.float32, seed=6)
+    got, gi, want, wi = _decode_both(q, k, v, budget=8, select="page", page_size=4, sink=2, window=4, scale=1.0)
+    assert torch.equal(gi, wi)
+    _close(got, want, torch.float32)
+    q4, k4, v4 = _prefill_separated(B, 1, 1, 14, 16, torch.float32, seed=7)  # drops the 10 low non-window keys
+    kw = dict(coverage=0.01, min_tokens=2, window=2, scale=1.0, return_kept=True)
+    want, wk = softdec.token_sparse_prefill(q4, k4, v4, **kw)
+    got, gk = softdec.token_sparse_prefill(q4.cuda(), k4.cuda(), v4.cuda(), **kw)
+    assert int(wk.sum()) == 4 * B and torch.equal(gk.cpu(), wk)
+    _close(got, want, torch.float32)
+
+
+def _prefill_separated(B, Hq, Hkv, L, d, dtype, seed=0):
+    """Inputs whose drop decision has wide margins on any backend (with scale 1, coverage 0.01): every 7th key
+    is "high" (channel 0 = +2, the queries' channel 0 = 2: score +4 plus small exact noise), the others "low"
+    (channel 0 = -2: score -4). The low keys hold ~0.2% of each row's mass and each high key ~2%, so exactly
+    the low non-window keys are dropped whatever the rounding of the masses."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-1, 2, (B, Hq, L, d), generator=g) / 8
+    k = torch.randint(-1, 2, (B, Hkv, L, d), generator=g) / 8
+    q[..., 0] = 2.0
+    k[..., 0] = torch.where(torch.arange(L) % 7 == 0, 2.0, -2.0)
+    v = torch.randn(B, Hkv, L, d, generator=g)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype,d", [(torch.bfloat16, 64), (torch.float16, 128), (torch.bfloat16, 128),
+                                     (torch.bfloat16, 48), (torch.float32, 64), (torch.float32, 256)])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("coverage", [0.0, 0.01])
+def test_cuda_prefill_matches_cpu(dtype, d, causal, coverage):
+    # prefill_rowstats / prefill_score / prefill_select / zero_dropped, then the attention: the tensor-core
+    # kernel (bf16 / fp16, head_dim 64 or 128) or the FMA tiles (fp32, other head dims; 256 needs the
+    # shared-memory opt-in)
+    B, Hq, Hkv, L = 2, 4, 2, 301
+    if coverage == 0.0:
+        q, k, v = _qkv4(B, Hq, Hkv, L, d, dtype, seed=d)  # every token kept
+    else:
+        q, k, v = _prefill_separated(B, Hq, Hkv, L, d, dtype, seed=d)
+    kw = dict(coverage=coverage, min_tokens=40, window=33, causal=causal, scale=1.0 if coverage else None,
+              return_kept=True)
+    want, wk = softdec.token_sparse_prefill(q, k, v, **kw)
+    got, gk = softdec.token_sparse_prefill(q.cuda(), k.cuda(), v.cuda(), **kw)
+    assert torch.equal(gk.cpu(), wk)
+    if coverage:
+        low = torch.arange(L) % 7 != 0
+        low[L - 33:] = False  # the window is always kept
+        assert torch.equal(wk, ~low.expand_as(wk))  # the construction does what it says
+    assert bool((got.cpu()[~wk] == 0).all())
+    _close(got, want, dtype)

@@ -711,3 +711,44 @@ def test_bonus_draw_is_the_exponential_race_on_the_documented_stream(filt):
     e = -torch.log(softdec.philox_uniform((B, V), seeds, torch.full((B,), 21)).double())
     want = torch.where(probs > 0, probs.log() - e.log(), torch.full_like(probs, -float("inf"))).argmax(-1)
     assert torch.equal(out.tokens[:, 0], want)
+
+
+# ---------------------------------------------------------------- CUDA == CPU (run where a GPU is present)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("filt", [dict(), dict(temperature=0.7, top_k=20, top_p=0.9), dict(min_p=0.05),
+                                  dict(temperature=0.0)])
+def test_cuda_matches_cpu(method, kind, dtype, filt):
+    # verify_kernel against the CPU backend on the same inputs and Philox stream: every method and draft
+    # kind, the parallel filter path and the serial top-k / top-p selection (its histograms in shared memory)
+    B, K, V = 24, 4, 3001
+    lg, d, dp = _case(B, K, V, kind, dtype=dtype, seed=10 * METHODS.index(method) + KINDS.index(kind))
+    nd = torch.randint(0, K + 1, (B,), generator=torch.Generator().manual_seed(4))
+    extra = dict(neighbours=_neighbours(V), delta=0.1) if method == "relaxed" else {}
+    kw = dict(num_draft=nd, method=method, seed=torch.arange(B) * 3 + 1, offset=5, **filt, **extra)
+    cuda = lambda x: x.cuda() if isinstance(x, torch.Tensor) else x  # noqa: E731
+    want = softdec.verify(lg, d, draft_probs=dp, **kw)
+    got = softdec.verify(lg.cuda(), d.cuda(), draft_probs=tuple(map(cuda, dp)) if isinstance(dp, tuple) else cuda(dp),
+                         **{a: cuda(v) for a, v in kw.items()})
+    assert torch.equal(got.tokens.cpu(), want.tokens)
+    assert torch.equal(got.num_accepted.cpu(), want.num_accepted)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("filt", [dict(), dict(temperature=0.8, top_k=3), dict(top_p=0.7)])
+def test_cuda_soft_matches_cpu(filt):
+    B, K, V, k = 16, 3, 700, 4
+    g = torch.Generator().manual_seed(9)
+    lg = torch.randn(B, K + 1, V, generator=g) * 2
+    tids, tw = _target_soft_tokens(lg, k)
+    sid = torch.where((torch.rand(B, K, 1, generator=g) < 0.6), tids[:, :K], torch.randint(0, V, (B, K, k), generator=g))
+    sw = torch.softmax(torch.randn(B, K, k, generator=g), -1)
+    want = softdec.verify(lg, None, draft_probs=(sid, sw), method="soft", delta=0.2, **filt)
+    got = softdec.verify(lg.cuda(), None, draft_probs=(sid.cuda(), sw.cuda()), method="soft", delta=0.2, **filt)
+    assert torch.equal(got.num_accepted.cpu(), want.num_accepted)
+    assert torch.equal(got.tokens.cpu(), want.tokens)
+    assert torch.equal(got.soft_ids.cpu(), want.soft_ids)
+    torch.testing.assert_close(got.soft_weights.cpu(), want.soft_weights, atol=1e-6, rtol=1e-5)
