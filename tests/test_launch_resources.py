@@ -135,3 +135,42 @@ def test_missing_inputs_fail(tmp_path, what, capsys):
         msg = "in no PTX file"
     assert clr.main([str(tmp_path)]) == 1
     assert msg in capsys.readouterr().err
+
+
+SPILL = """\
+ptxas info    : Compiling entry function '_Z4slowPf' for 'sm_90a'
+ptxas info    : Function properties for _Z4slowPf
+    16 bytes stack frame, 8 bytes spill stores, 16 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 16 bytes cumulative stack size
+"""
+SPILL_PTX = """\
+.target sm_90a
+.visible .entry _Z4slowPf(
+\t.param .u64 _Z4slowPf_param_0
+)
+.maxntid 128, 1, 1
+{
+}
+"""
+
+
+@pytest.mark.parametrize("cap,ok", [(24, True), (20, False), (None, False)])
+def test_spill_exceptions_are_capped(tmp_path, capsys, cap, ok):
+    build = _build(tmp_path, SPILL, (SPILL_PTX,))
+    exc = tmp_path / "exc.txt"
+    exc.write_text("# accepted\n" + (f"sm_9*  {cap}  ^slow\\(  # a called slow path\n" if cap else ""))
+    assert clr.main([str(build), "--exceptions", str(exc)]) == (0 if ok else 1)
+    out = capsys.readouterr()
+    if ok:
+        assert "accepted spills <= 24 B in 1 kernel(s) matching sm_9* /^slow\\(/: a called slow path" in out.out
+    elif cap:
+        assert "spills 24 B (stores + loads), more than the 20 B its exception allows (a called slow path)" in out.err
+    else:
+        assert "slow(float*): spills (8 B stores, 16 B loads)" in out.err
+
+
+def test_exception_lines_need_a_reason():
+    with pytest.raises(ValueError, match="needs its reason"):
+        clr.parse_exceptions("sm_80 8 foo\n")
+    with pytest.raises(ValueError, match="expected '<arch glob> <max spill bytes> <regex>  # reason'"):
+        clr.parse_exceptions("sm_80 foo  # why\n")

@@ -65,6 +65,18 @@ __device__ __forceinline__ void load_group_q(const T* __restrict__ q, int64_t qs
   }
 }
 
+// attn::candidate_pages for a power-of-two page size (checked on the host) with shifts: a 64-bit
+// division compiles to a called subroutine, and ptxas spills the live registers around the call.
+__device__ __forceinline__ void candidate_pages_pow2(const attn::Region& r, int ps, int64_t* first, int64_t* last) {
+  const int sh = __ffs(ps) - 1;
+  if (r.sink_end >= r.win_start) {
+    *first = *last = 0;
+    return;
+  }
+  *first = r.sink_end >> sh;                // sink_end >= 0
+  *last = ((r.win_start - 1) >> sh) + 1;    // win_start > sink_end >= 0
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kScoreThreads)
     page_bound_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ mn,
@@ -77,7 +89,7 @@ __global__ void __launch_bounds__(kScoreThreads)
   __syncthreads();
   const attn::Region r = attn::decode_region(lens[b], sink, window);
   int64_t first, last;
-  attn::candidate_pages(r, ps, &first, &last);
+  candidate_pages_pow2(r, ps, &first, &last);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
   for (int p = blockIdx.x * nw + warp; p < P; p += gridDim.x * nw) {
     float best = kNegInf;
