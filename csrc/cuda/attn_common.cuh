@@ -83,10 +83,13 @@ __device__ __forceinline__ void lane_dots(const float* __restrict__ q, int dq, i
 
 constexpr int kMaxG = 16;  // query heads per KV head handled in registers (CUDA backend limit)
 
-// Threads of the block-wide selection kernels (decode vote / select, prefill select). With
-// __launch_bounds__(kSelThreads) ptxas keeps them within 65536 / kSelThreads registers; at 1024
-// threads they needed ~90 and every launch failed, so 512 (128 registers, no spills).
+// Threads of the block-wide selection kernels (decode select, prefill select). With
+// __launch_bounds__(kSelThreads) ptxas keeps them within 65536 / kSelThreads registers: unbounded at
+// 1024 threads they needed ~90 and every launch failed; bounded to 1024 (64 registers) the decode
+// select spills ~600 B on sm_90a, so 512 (<= 128 registers, no spills).
 constexpr int kSelThreads = 512;
+// The decode vote (softmax sums over the tokens) needs ~32 registers: it keeps 1024 threads.
+constexpr int kVoteThreads = 1024;
 
 // Grid y and z dimensions are at most 65535: launches put the batch in y or z and go over it
 // in chunks of this many rows (the kernels take the first row, b0); heads in y are checked.

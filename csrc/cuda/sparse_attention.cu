@@ -139,10 +139,10 @@ __global__ void __launch_bounds__(kScoreThreads)
 
 // Soft votes of one (b, KV head): for each query head a softmax over the L
 // valid tokens, summed over the group. One block per (g, b).
-__global__ void __launch_bounds__(kSelThreads)
+__global__ void __launch_bounds__(kVoteThreads)
     vote_kernel(const float* __restrict__ scores, const int64_t* __restrict__ lens, int G, int N, int b0,
                             float* __restrict__ vote /* [B, Hkv, N] */) {
-  using Reduce = cub::BlockReduce<float, kSelThreads>;
+  using Reduce = cub::BlockReduce<float, kVoteThreads>;
   __shared__ typename Reduce::TempStorage tmp;
   __shared__ float s_m, s_l;
   const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
@@ -491,7 +491,7 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
           qp, q.stride(0), q.stride(1), kp, strides4(k_cache), lp, G, static_cast<int>(d), static_cast<int>(N),
           scale, vec, static_cast<int>(b0), scores.mutable_data_ptr<float>());
       SOFTDEC_CUDA_LAUNCH_CHECK();
-      vote_kernel<<<dim3(hkv, rows), kSelThreads, 0, st>>>(scores.const_data_ptr<float>(), lp, G,
+      vote_kernel<<<dim3(hkv, rows), kVoteThreads, 0, st>>>(scores.const_data_ptr<float>(), lp, G,
                                                          static_cast<int>(N), static_cast<int>(b0),
                                                          score_sel.mutable_data_ptr<float>());
       SOFTDEC_CUDA_LAUNCH_CHECK();
