@@ -75,9 +75,7 @@ __global__ void __launch_bounds__(kScoreThreads)
     float part[1];
     lane_dots<T, 1>(kr, d, 1, q + b * qs.b + h * qs.h + static_cast<int64_t>(i) * qs.n, d, vec, lane, part);
     const float s = nan_to_neginf(warp_sum(part[0]));
-    // __fdividef: l >= 1 (the row max's own term) and far below 2^126, where it is within 2 ulp of the
-    // IEEE quotient; the IEEE division's slow path is a called subroutine, and ptxas spills around the call.
-    acc += __fdividef(__expf(s - ml.x), ml.y);
+    acc += __expf(s - ml.x) / ml.y;
   }
   if (lane == 0) score[(static_cast<int64_t>(b) * Hq + h) * L + j] = acc;
 }
