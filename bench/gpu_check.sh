@@ -21,7 +21,7 @@
 # a CPU-only in-place build (build/dev, as `make dev`), the CUDA tests collected and skipped,
 # the CPU benchmark on one small family, and one CPU test file: it checks this script.
 # Time limits (seconds) can be changed through the environment: GPU_CHECK_DEADLINE (480),
-# GPU_CHECK_BUILD_S (210; 900 when dry), GPU_CHECK_TESTS_S (180), GPU_CHECK_BENCH_S (75), GPU_CHECK_TEST_TIMEOUT (90).
+# GPU_CHECK_BUILD_S (210; 900 when dry), GPU_CHECK_TESTS_S (170), GPU_CHECK_BENCH_S (90), GPU_CHECK_TEST_TIMEOUT (90).
 set -uo pipefail
 
 CALLER_PWD=$(pwd)
@@ -53,8 +53,8 @@ JOBS=$(nproc 2>/dev/null || echo 4)
 export CMAKE_BUILD_PARALLEL_LEVEL=$JOBS MAX_JOBS=$JOBS PYTHONUNBUFFERED=1
 DEADLINE=${GPU_CHECK_DEADLINE:-480}
 BUILD_S=${GPU_CHECK_BUILD_S:-$([ "$DRY" = 1 ] && echo 900 || echo 210)}
-TESTS_S=${GPU_CHECK_TESTS_S:-180}
-BENCH_S=${GPU_CHECK_BENCH_S:-75}
+TESTS_S=${GPU_CHECK_TESTS_S:-170}
+BENCH_S=${GPU_CHECK_BENCH_S:-90}
 TEST_TIMEOUT=${GPU_CHECK_TEST_TIMEOUT:-90}
 SUMMARY=$OUTDIR/summary.txt
 START=$(date +%s)
@@ -170,7 +170,7 @@ t0=$(date +%s)
 if [ "$DRY" = 1 ]; then
   BENCH=(--device cpu --quick --no-compile --only philox --rounds 1 --budget 0.2)
 else
-  BENCH=(--device cuda --quick --no-compile --rounds 1 --budget 0.5)
+  BENCH=(--device cuda --quick --no-compile --rounds 1 --budget 0.25)
 fi
 say "bench: softdec bench ${BENCH[*]} (limit ${BENCH_S}s)"
 (cd "$REPO" && timeout "$BENCH_S" "$PY" -m softdec bench "${BENCH[@]}" --json "$OUTDIR/bench-cuda.json" \
