@@ -5,12 +5,14 @@
 #   1. build the CUDA backend in place for the local GPU's arch only (e.g. 90a on an H200),
 #      with every core, plus the launch-resource report of that build
 #      (tools/check_launch_resources.py);
-#   2. the CUDA tests (pytest -m cuda, a per-test timeout);
+#   2. the CUDA tests written as CUDA == CPU checks (pytest -m cuda -k test_cuda_, a per-test
+#      timeout);
 #   3. the CUDA benchmark, quick, without torch.compile baselines;
-#   4. the rest of the test suite (CPU) in the time left, if any.
+#   4. in the time left: the device="cuda" instances of the device-parametrized tests (also
+#      marked cuda), then the CPU tests.
 # Every phase runs under `timeout`; everything is written to OUT, nothing is hidden:
-#   summary.txt  machine.txt  build.log  tests-cuda.xml  tests-cuda.log
-#   bench-cuda.json  bench-cuda.txt  tests-cpu.log           (8 files)
+#   summary.txt  machine.txt  build.log  tests.log (all pytest output)  tests-cuda.xml
+#   tests-device.xml  bench-cuda.json  bench-cuda.txt           (8 files)
 # GPU_CHECK_SKIP_BUILD=1 with --dry skips the build and tests the installed softdec (CI).
 #
 #   usage: bench/gpu_check.sh [--dry] OUT     (or OUT=/abs/dir bench/gpu_check.sh)
@@ -19,7 +21,7 @@
 # headers come from the installed package, or from a wheel in .whl/ (installed into
 # /tmp/softdec-site). --dry (or GPU_CHECK_DRY=1) runs every phase on a machine without a GPU:
 # a CPU-only in-place build (build/dev, as `make dev`), the CUDA tests collected and skipped,
-# the CPU benchmark on one small family, and one CPU test file: it checks this script.
+# the CPU benchmark on one small family, and one test file for phase 4: it checks this script.
 # Time limits (seconds) can be changed through the environment: GPU_CHECK_DEADLINE (480),
 # GPU_CHECK_BUILD_S (210; 900 when dry), GPU_CHECK_TESTS_S (170), GPU_CHECK_BENCH_S (90), GPU_CHECK_TEST_TIMEOUT (90).
 set -uo pipefail
@@ -159,11 +161,20 @@ if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
 else
   say "pytest-timeout is not installed: no per-test timeout (the phase timeout still applies)"
 fi
+: > "$OUTDIR/tests.log"
+# pytest_run LIMIT JUNIT ARGS...: one pytest run in tests/, its output appended to tests.log
+pytest_run() {
+  local limit=$1 junit=$2
+  shift 2
+  echo "== pytest $*" | tee -a "$OUTDIR/tests.log"
+  (cd "$REPO/tests" && timeout "$limit" "$PY" -m pytest -q -ra -p no:cacheprovider "${PYTEST_TIMEOUT[@]}" \
+    ${junit:+"--junitxml=$junit"} "$@") 2>&1 | tee -a "$OUTDIR/tests.log"
+  return "${PIPESTATUS[0]}"
+}
 t0=$(date +%s)
-say "tests: pytest -m cuda (phase limit ${TESTS_S}s${PYTEST_TIMEOUT:+, ${TEST_TIMEOUT}s a test})"
-(cd "$REPO/tests" && timeout "$TESTS_S" "$PY" -m pytest -m cuda -q -ra -p no:cacheprovider "${PYTEST_TIMEOUT[@]}" \
-  --junitxml="$OUTDIR/tests-cuda.xml" .) 2>&1 | tee "$OUTDIR/tests-cuda.log"
-phase_done "CUDA tests" "${PIPESTATUS[0]}" $(( $(date +%s) - t0 ))
+say "tests: pytest -m cuda -k test_cuda_ (phase limit ${TESTS_S}s${PYTEST_TIMEOUT:+, ${TEST_TIMEOUT}s a test})"
+pytest_run "$TESTS_S" "$OUTDIR/tests-cuda.xml" -m cuda -k test_cuda_ .
+phase_done "CUDA tests (CUDA == CPU)" "$?" $(( $(date +%s) - t0 ))
 
 # ---------------------------------------------------------------- 3. benchmark
 t0=$(date +%s)
@@ -177,26 +188,34 @@ say "bench: softdec bench ${BENCH[*]} (limit ${BENCH_S}s)"
   --plot "${TMPDIR:-/tmp}/softdec-gpu-check-bench.png") 2>&1 | tee "$OUTDIR/bench-cuda.txt"
 phase_done bench "${PIPESTATUS[0]}" $(( $(date +%s) - t0 ))
 
-# ---------------------------------------------------------------- 4. the rest (CPU), in the time left
-left=$(( DEADLINE - $(elapsed) - 10 ))
-if [ "$DRY" = 1 ]; then
-  CPU_TESTS=(test_philox.py)
-else
-  CPU_TESTS=(.)
-fi
-if [ "$left" -ge 30 ]; then
-  t0=$(date +%s)
-  say "CPU tests: pytest -m 'not cuda' ${CPU_TESTS[*]} in the ${left}s left (optional)"
-  (cd "$REPO/tests" && timeout "$left" "$PY" -m pytest -m "not cuda" -q -ra -p no:cacheprovider -x "${CPU_TESTS[@]}") \
-    2>&1 | tee "$OUTDIR/tests-cpu.log"
-  rc=${PIPESTATUS[0]}
-  if [ "$rc" = 124 ]; then
-    say "CPU tests: stopped at the deadline after $(( $(date +%s) - t0 ))s (optional phase; not a failure)"
-  else
-    phase_done "CPU tests" "$rc" $(( $(date +%s) - t0 ))
+# ---------------------------------------------------------------- 4. the rest, in the time left
+# (optional: a phase the deadline stops is reported, not failed; a failing test fails the run)
+rest_phase() {  # NAME JUNIT ARGS...
+  local name=$1 junit=$2 left rc t0
+  shift 2
+  left=$(( DEADLINE - $(elapsed) - 10 ))
+  if [ "$left" -lt 30 ]; then
+    say "$name: skipped, ${left}s left before the deadline"
+    return
   fi
+  t0=$(date +%s)
+  say "$name: pytest $* in the ${left}s left"
+  pytest_run "$left" "$junit" "$@"
+  rc=$?
+  if [ "$rc" = 124 ]; then
+    say "$name: stopped at the deadline after $(( $(date +%s) - t0 ))s (optional; not a failure)"
+  elif [ "$rc" = 5 ]; then
+    say "$name: no tests selected (as without a GPU)"
+  else
+    phase_done "$name" "$rc" $(( $(date +%s) - t0 ))
+  fi
+}
+if [ "$DRY" = 1 ]; then
+  rest_phase "device-parametrized CUDA tests" "$OUTDIR/tests-device.xml" -m cuda -k "not test_cuda_" test_philox.py
+  rest_phase "CPU tests" "" -m "not cuda" -x test_philox.py
 else
-  say "CPU tests: skipped, ${left}s left before the deadline" | tee "$OUTDIR/tests-cpu.log"
+  rest_phase "device-parametrized CUDA tests" "$OUTDIR/tests-device.xml" -m cuda -k "not test_cuda_" .
+  rest_phase "CPU tests" "" -m "not cuda" .
 fi
 
 say "done in $(elapsed)s: $([ "$FAILED" = 0 ] && echo PASSED || echo FAILED); results in $OUTDIR"
