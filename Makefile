@@ -67,7 +67,8 @@ cuda-check: setup
 	  print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")" \
 	  tests/cuda_host/prefill_mma_layouts.cu -o build/cuda-check/prefill_mma_layouts
 	build/cuda-check/prefill_mma_layouts
-	# every kernel: a launch bound, registers x threads <= 65536, no spills, stack <= 512 B (ptxas -v + PTX)
+	# every kernel: a launch bound, registers x threads <= 65536, no spills but those capped in
+	# tools/launch_resources_exceptions.txt, stack <= 512 B (ptxas -v + PTX)
 	$(PY) tools/check_launch_resources.py build/cuda-check --quiet
 
 # ---- the GPU validation script, every phase on this machine (CPU-only build in build/dev, the CUDA

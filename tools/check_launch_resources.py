@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = problems + failures(kernels, a.max_stack, exceptions)
     archs = sorted({k.arch for k in kernels})
     print(f"launch resources: {len(kernels)} kernels x arch ({', '.join(archs) or 'none'}), "
-          f"limits: regs x threads <= {REGS_PER_BLOCK}, no spills, stack <= {a.max_stack} B")
+          f"limits: regs x threads <= {REGS_PER_BLOCK}, no spills but the listed exceptions, "
+          f"stack <= {a.max_stack} B")
     for e in exceptions:
         if e.used:
             print(f"launch resources: accepted spills <= {e.max_spill} B in {e.used} kernel(s) matching "
