@@ -135,11 +135,10 @@ def int_arg(value, name: str, *, lo=None, hi=None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an int, got {_type_name(value)} {value!r}")
     v = int(value)
-    lo64 = _INT64_MIN if lo is None else max(lo, _INT64_MIN)
-    hi64 = _INT64_MAX if hi is None else min(hi, _INT64_MAX)
-    if not lo64 <= v <= hi64:
-        raise ValueError(f"{name} must be {_range_text(lo64 if lo is not None else None, hi64, False, False)}"
-                         f", got {v}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be {_range_text(lo, hi, False, False)}, got {v}")
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise ValueError(f"{name} must fit in int64 (|value| < 2**63), got {v}")
     return v
 
 
@@ -214,7 +213,8 @@ def row_param(value: RowParam, name: str, batch: int, device: torch.device, dtyp
         return t
     if isinstance(value, bool) or not isinstance(value, numbers.Number):
         kind = "a number" if dtype.is_floating_point else "an int"
-        raise ValueError(f"{name} must be {kind} or a tensor of shape ({batch},), got {_type_name(value)}")
+        shown = f"{_type_name(value)} {value!r}" if isinstance(value, (bool, str)) else _type_name(value)
+        raise ValueError(f"{name} must be {kind} or a tensor of shape ({batch},), got {shown}")
     # other numbers (numpy scalars, fractions, complex): checked as the Python number
     if dtype.is_floating_point:
         return row_param(float_arg(value, name, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, finite=finite),
@@ -253,10 +253,11 @@ def _check_range_tensor(t, name, lo, hi, lo_open, hi_open, finite=True):
         bad |= (t >= hi) if hi_open else (t > hi)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
+        v = t[i].item()
         what = _range_text(lo, hi, lo_open, hi_open) if (lo is not None or hi is not None) else ""
-        if finite and t.is_floating_point():
+        if t.is_floating_point() and not math.isfinite(v):
             what = "finite" + (" and " + what if what else "")
-        raise ValueError(f"{name} must be {what}, got {t[i].item()} at row {i}")
+        raise ValueError(f"{name} must be {what}, got {v} at row {i}")
 
 
 def below_autograd(*tensors: torch.Tensor) -> bool:
