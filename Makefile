@@ -9,11 +9,11 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.24"
-TEST_DEPS := "pytest>=8" scipy numpy "transformers>=4.57" pytest-benchmark matplotlib
+TEST_DEPS := "pytest>=8" scipy numpy "transformers>=4.57" pytest-benchmark matplotlib "hypothesis>=6.100"
 PYTEST_ARGS ?= -q
 JOBS ?= 2
 
-.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check wheel test-asan clean
+.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check wheel test-asan fuzz clean
 
 help:
 	@echo "make test        set up .venv, build and install softdec, run the test suite"
@@ -22,7 +22,8 @@ help:
 	@echo "make test-dev    run the tests against the in-place build"
 	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a, check the MMA layouts (no GPU needed)"
 	@echo "make wheel       build a wheel into dist/ against the installed torch"
-	@echo "make test-asan   build with ASan+UBSan and run the test suite under it"
+	@echo "make test-asan   build with ASan+UBSan and run the test suite under it (fuzz suite: ci profile)"
+	@echo "make fuzz        the long fuzzing profile against the installed build, FUZZ_MINUTES (default 10)"
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +53,14 @@ dev:
 
 test-dev: dev
 	cd tests && PYTHONPATH=../python $(PYTHON) -m pytest $(PYTEST_ARGS) .
+
+# ---- long property-based fuzzing (tests/test_fuzz.py, profile "long"): random
+# examples of every public op for FUZZ_MINUTES in all, each batch in a child
+# process so a crash names its op and input.
+FUZZ_MINUTES ?= 10
+fuzz: install
+	cd tests && SOFTDEC_FUZZ_PROFILE=long SOFTDEC_FUZZ_MINUTES=$(FUZZ_MINUTES) \
+	  ../$(PY) -m pytest -q -s -p no:cacheprovider -m fuzz_long test_fuzz.py
 
 # ---- CUDA compile check: objects only, every arch, fails on any compile error.
 # Uses the venv's torch headers, cmake and ninja, and the nvidia-cutlass headers.

@@ -379,7 +379,7 @@ def test_sparse_decode_attention_argument_errors(kw, msg):
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(coverage=1.0), "coverage must be in [0.0, 1.0), got 1.0"),
+    (dict(coverage=1.0), "coverage must be in [0, 1), got 1.0"),
     (dict(coverage=float("nan")), "coverage must not be NaN, got nan"),
     (dict(min_tokens=2.0), "min_tokens must be an int, got float 2.0"),
     (dict(window=0), "window must be >= 1, got 0"),

@@ -1287,6 +1287,12 @@ def _check_cache(t, name):
     check_tensor(t, name, dim=4, layout="(batch, kv_heads, tokens, head_dim)", dtypes=FLOAT_DTYPES)
 
 
+def _last_dense(t):
+    """``t`` itself when its last dimension is contiguous (other strides are honoured
+    by the kernels), else a contiguous copy: the kernels read rows as vectors."""
+    return t if t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
+
+
 def _lens(seq_lens, name, batch, n, device):
     if seq_lens is None:
         return torch.full((batch,), n, dtype=torch.int64, device=device)
@@ -1355,6 +1361,7 @@ def build_page_summary(k_cache: torch.Tensor, *, page_size: int = 16,
     """
     _check_cache(k_cache, "k_cache")
     page_size = _page_size_arg(page_size)
+    k_cache = _last_dense(k_cache)
     B, _, N, _ = k_cache.shape
     lens = _lens(seq_lens, "seq_lens", B, N, k_cache.device)
     kmin, kmax = _ops.sparse_page_summary(k_cache, page_size, lens)
@@ -1406,8 +1413,11 @@ def update_page_summary(summary: PageSummary, k_cache: torch.Tensor, *,
     if summary.kmin.shape != (B, k_cache.shape[1], P, k_cache.shape[3]):
         raise ValueError(f"summary.kmin must have shape {(B, k_cache.shape[1], P, k_cache.shape[3])} "
                          f"for this k_cache and page_size {summary.page_size}, got {tuple(summary.kmin.shape)}")
+    k_cache = _last_dense(k_cache)
     s = row_param(start, "start", B, k_cache.device, torch.int64, lo=0, hi=N)
     e = row_param(end, "end", B, k_cache.device, torch.int64, lo=0, hi=N)
+    if N == 0:  # an empty cache has no page to update (start = end = 0)
+        return summary
     _ops.sparse_page_summary_update(summary.kmin, summary.kmax, k_cache, s, e)
     return summary
 
@@ -1513,6 +1523,7 @@ def sparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     check_tensor(q, "q", dim=3, layout="(batch, q_heads, head_dim)", dtypes=FLOAT_DTYPES)
     _check_cache(k_cache, "k_cache")
     _check_cache(v_cache, "v_cache")
+    q, k_cache, v_cache = _last_dense(q), _last_dense(k_cache), _last_dense(v_cache)
     if select not in _SELECT_MODES:
         raise ValueError(f"select must be 'page' or 'token', got {select!r}")
     budget = int_arg(budget, "budget", lo=1)
@@ -1611,7 +1622,8 @@ def token_sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, c
     check_tensor(q, "q", dim=4, layout="(batch, q_heads, tokens, head_dim)", dtypes=FLOAT_DTYPES)
     check_tensor(k, "k", dim=4, layout="(batch, kv_heads, tokens, head_dim)", dtypes=FLOAT_DTYPES)
     check_tensor(v, "v", dim=4, layout="(batch, kv_heads, tokens, head_dim)", dtypes=FLOAT_DTYPES)
-    coverage = float_arg(coverage, "coverage", lo=0.0, hi=1.0, hi_open=True)
+    q, k, v = _last_dense(q), _last_dense(k), _last_dense(v)
+    coverage = float_arg(coverage, "coverage", lo=0, hi=1, hi_open=True)
     min_tokens = int_arg(min_tokens, "min_tokens", lo=0)
     window = int_arg(window, "window", lo=1)
     for name, flag in (("causal", causal), ("return_kept", return_kept)):
