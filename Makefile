@@ -79,6 +79,9 @@ wheel: setup
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
 
 # ---- sanitizers: ASan + UBSan build of the CPU backend, tests run under it
+# (every test file, test_fuzz.py's ci profile included: its child processes
+# inherit the sanitizer preload; ASAN_TESTS narrows it, e.g. ASAN_TESTS=test_fuzz.py)
+ASAN_TESTS ?= .
 test-asan:
 	cmake -S . -B build/asan -G Ninja -DSOFTDEC_SANITIZE=ON -DSOFTDEC_INPLACE=OFF -DCMAKE_BUILD_TYPE=Debug \
 	  -DPython_EXECUTABLE=$$(command -v $(PYTHON)) >/dev/null
@@ -88,7 +91,7 @@ test-asan:
 	cd tests && PYTHONPATH=../build/asan-pkg \
 	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  $(PYTHON) -m pytest $(PYTEST_ARGS) -m "not slow" -p no:cacheprovider .
+	  $(PYTHON) -m pytest $(PYTEST_ARGS) -m "not slow" -p no:cacheprovider $(ASAN_TESTS)
 
 clean:
 	rm -rf build dist python/softdec/_C*.so

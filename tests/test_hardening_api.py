@@ -413,3 +413,49 @@ def test_reference_oracles_unchanged():
     p = torch.softmax(torch.randn(2, 9, dtype=torch.float64), -1)
     r = reference.top_p_renorm_probs(p, torch.tensor([0.5, 1.0], dtype=torch.float64))
     torch.testing.assert_close(r.sum(-1), torch.ones(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda: softdec.soft_mixture(X, torch.randn(8, 4), noise=["gumbel"]), "noise must be None, 'gumbel' or 'dirichlet'"),
+    (lambda: softdec.verify(torch.randn(2, 3, 10), torch.zeros(2, 2, dtype=torch.long), method=["exact"]),
+     "method must be one of"),
+    (lambda: softdec.sparse_decode_attention(*_attn(), budget=4, select={"page"}), "select must be 'page' or 'token'"),
+    (lambda: softdec.sample(X, generator="cpu"), "generator must be a torch.Generator or None, got str"),
+    (lambda: softdec.soft_mixture(X, torch.randn(8, 4), noise="gumbel", generator=1),
+     "generator must be a torch.Generator or None, got int"),
+])
+def test_unhashable_or_wrong_type_choices_name_the_argument(call, msg):
+    _raises(msg, call)
+
+
+# ============================================================================ found by the fuzz suite
+
+@pytest.mark.parametrize("op", [softdec.top_p_renorm_probs, softdec.min_p_renorm_probs])
+@pytest.mark.parametrize("V", [33, 5])  # the AVX-512 path (16-wide blocks) and the scalar tail
+def test_renorm_row_with_inf_is_zero_not_nan(op, V):
+    # found by test_fuzz (top_p_renorm_probs, kind "inf"): the vectorised pass kept the +inf entry
+    # of an invalid row and wrote inf * 0 = NaN; rows with an inf are documented all-zero
+    p = torch.softmax(torch.randn(2, V), -1)
+    p[0, 2] = float("inf")
+    out = op(p, 0.5)
+    assert torch.equal(out[0], torch.zeros(V))
+    torch.testing.assert_close(out[1].sum(), torch.tensor(1.0))
+
+
+def test_update_page_summary_on_empty_cache():
+    # found by test_fuzz (build_page_summary, N = 0): start = end = 0 raised "kmin must have at least one page"
+    k = torch.randn(2, 2, 0, 8)
+    s = softdec.build_page_summary(k, page_size=4)
+    assert s.kmin.shape == (2, 2, 0, 8)
+    assert softdec.update_page_summary(s, k, start=0, end=0) is s
+
+
+def test_attention_accepts_strided_last_dim():
+    q, k, v = _attn()
+    ks = torch.zeros(1, 2, 40, 16)[..., ::2]
+    ks.copy_(k)
+    a = softdec.sparse_decode_attention(q, ks, v, budget=4, select="token")
+    b = softdec.sparse_decode_attention(q, k, v, budget=4, select="token")
+    assert torch.equal(a, b)
+    s = softdec.build_page_summary(ks, page_size=8)
+    torch.testing.assert_close(s.kmax, softdec.build_page_summary(k, page_size=8).kmax, rtol=0, atol=0)

@@ -298,6 +298,8 @@ def rng_state(seed, offset, batch: int, device: torch.device,
     offset), so identical rows with one shared seed draw identically; pass a
     ``[B]`` tensor (e.g. ``seed + torch.arange(B)``) for independent rows.
     """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {_type_name(generator)}")
     if seed is None:
         gen_device = generator.device if generator is not None else device
         s = torch.randint(_INT64_MIN, (1 << 63) - 1, (batch,), dtype=torch.int64,

@@ -373,7 +373,7 @@ def _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale, 
 def _sm_settings(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
                  dirichlet_alpha, embed_scale):
     """soft_mixture's settings, checked: the per-row tensors, k and the scalars."""
-    if noise not in _SM_NOISE:
+    if not (noise is None or isinstance(noise, str)) or noise not in _SM_NOISE:
         raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
     tau = float_arg(tau, "tau", lo=0, lo_open=True)
     noise_scale = float_arg(noise_scale, "noise_scale")
@@ -1078,7 +1078,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         raise ValueError(f"target_logits must have a non-empty vocabulary, got shape {tuple(tl.shape)}")
     K = K1 - 1
     dev = tl.device
-    if method not in _VERIFY_METHODS:
+    if not isinstance(method, str) or method not in _VERIFY_METHODS:
         raise ValueError(f"method must be one of {tuple(_VERIFY_METHODS)}, got {method!r}")
     mcode = _VERIFY_METHODS[method]
     if tl.stride(-1) != 1:
@@ -1524,7 +1524,7 @@ def sparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     _check_cache(k_cache, "k_cache")
     _check_cache(v_cache, "v_cache")
     q, k_cache, v_cache = _last_dense(q), _last_dense(k_cache), _last_dense(v_cache)
-    if select not in _SELECT_MODES:
+    if not isinstance(select, str) or select not in _SELECT_MODES:
         raise ValueError(f"select must be 'page' or 'token', got {select!r}")
     budget = int_arg(budget, "budget", lo=1)
     sink = int_arg(sink, "sink", lo=0)
