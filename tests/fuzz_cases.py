@@ -184,7 +184,7 @@ def build_param(p, B):
     if dt == torch.complex64:
         return torch.tensor([complex(a) for a in vals], dtype=dt)
     if dt == torch.bool:
-        return torch.tensor([bool(a) for a in vals])
+        return torch.tensor([bool(a) for a in vals], dtype=torch.bool)
     if dt == torch.uint8:
         return torch.tensor([int(abs(a)) % 256 for a in vals], dtype=dt)
     if not dt.is_floating_point:

@@ -148,3 +148,23 @@ def test_failure_names_the_violated_invariant(tmp_path):
     assert "Violation: selftest invariant" in r["error"]
     assert "Failing test case" in r["error"] or "Falsifying example" in r["error"]
     assert "'boom': 2" in r["error"]  # shrunk to the smallest failing value
+
+
+# ---- known kernel-side issues (issue 14, the csrc/ half, fixed on another branch): the fuzz
+# invariants skip exactly these inputs (fuzz_cases.KNOWN); these reproducers turn XPASS when fixed.
+
+@pytest.mark.xfail(reason=fuzz_cases.KNOWN["gumbel_hard_invalid_rows"], strict=False)
+def test_known_gumbel_hard_invalid_row_is_zero():
+    import torch
+    y = softdec.gumbel_softmax(torch.full((1, 5), float("nan")), hard=True, seed=0)
+    assert torch.equal(y, torch.zeros(1, 5))
+
+
+@pytest.mark.xfail(reason=fuzz_cases.KNOWN["subnormal_renorm"], strict=False)
+@pytest.mark.parametrize("op", ["top_p_renorm_probs", "min_p_renorm_probs"])
+def test_known_subnormal_row_renormalises(op):
+    import torch
+    p = torch.tensor([[3e-42, 1e-42, 2e-42]])
+    out = getattr(softdec, op)(p, 1.0 if op == "top_p_renorm_probs" else 0.0)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double().sum(), torch.tensor(1.0, dtype=torch.float64), atol=1e-5, rtol=0)
