@@ -1277,8 +1277,8 @@ class PageSummary(NamedTuple):
 
 
 def _page_size_arg(x, name="page_size") -> int:
-    x = int_arg(x, name, lo=1)
-    if x & (x - 1):
+    x = int_arg(x, name)
+    if x < 1 or x & (x - 1):
         raise ValueError(f"{name} must be a power of two, got {x}")
     return x
 
