@@ -9,11 +9,11 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.24"
-TEST_DEPS := "pytest>=8" scipy numpy "transformers>=4.57" pytest-benchmark matplotlib
+TEST_DEPS := "pytest>=8" scipy numpy "transformers>=4.57" pytest-benchmark matplotlib "hypothesis>=6.100"
 PYTEST_ARGS ?= -q
 JOBS ?= 2
 
-.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check gpu-check-dry wheel test-asan clean
+.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check gpu-check-dry wheel test-asan fuzz clean
 
 help:
 	@echo "make test        set up .venv, build and install softdec, run the test suite"
@@ -24,7 +24,8 @@ help:
 	@echo "                 kernel's launch resources (registers x threads, spills, stack; no GPU needed)"
 	@echo "make gpu-check-dry  run bench/gpu_check.sh (the GPU validation run) end to end without a GPU"
 	@echo "make wheel       build a wheel into dist/ against the installed torch"
-	@echo "make test-asan   build with ASan+UBSan and run the test suite under it"
+	@echo "make test-asan   build with ASan+UBSan and run the test suite under it (fuzz suite: ci profile)"
+	@echo "make fuzz        the long fuzzing profile against the installed build, FUZZ_MINUTES (default 10)"
 
 $(VENV)/.deps-stamp: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +56,14 @@ dev:
 test-dev: dev
 	cd tests && PYTHONPATH=../python $(PYTHON) -m pytest $(PYTEST_ARGS) .
 
+# ---- long property-based fuzzing (tests/test_fuzz.py, profile "long"): random
+# examples of every public op for FUZZ_MINUTES in all, each batch in a child
+# process so a crash names its op and input.
+FUZZ_MINUTES ?= 10
+fuzz: install
+	cd tests && SOFTDEC_FUZZ_PROFILE=long SOFTDEC_FUZZ_MINUTES=$(FUZZ_MINUTES) \
+	  ../$(PY) -m pytest -q -s -p no:cacheprovider -m fuzz_long test_fuzz.py
+
 # ---- CUDA compile check: objects only, every arch, fails on any compile error.
 # Uses the venv's torch headers, cmake and ninja, and the nvidia-cutlass headers.
 cuda-check: setup
@@ -80,6 +89,9 @@ wheel: setup
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .
 
 # ---- sanitizers: ASan + UBSan build of the CPU backend, tests run under it
+# (every test file, test_fuzz.py's ci profile included: its child processes
+# inherit the sanitizer preload; ASAN_TESTS narrows it, e.g. ASAN_TESTS=test_fuzz.py)
+ASAN_TESTS ?= .
 test-asan:
 	cmake -S . -B build/asan -G Ninja -DSOFTDEC_SANITIZE=ON -DSOFTDEC_INPLACE=OFF -DCMAKE_BUILD_TYPE=Debug \
 	  -DPython_EXECUTABLE=$$(command -v $(PYTHON)) >/dev/null
@@ -89,7 +101,7 @@ test-asan:
 	cd tests && PYTHONPATH=../build/asan-pkg \
 	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libubsan.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-	  $(PYTHON) -m pytest $(PYTEST_ARGS) -m "not slow" -p no:cacheprovider .
+	  $(PYTHON) -m pytest $(PYTEST_ARGS) -m "not slow" -p no:cacheprovider $(ASAN_TESTS)
 
 clean:
 	rm -rf build dist python/softdec/_C*.so

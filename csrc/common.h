@@ -69,6 +69,14 @@ inline std::string shape_str(const Tensor& t) {
   return oss.str();
 }
 
+inline std::string strides_str(const Tensor& t) {
+  std::ostringstream oss;
+  oss << "(";
+  for (int64_t i = 0; i < t.dim(); ++i) oss << (i ? ", " : "") << t.stride(i);
+  oss << (t.dim() == 1 ? ",)" : ")");
+  return oss.str();
+}
+
 inline std::string device_str(const Tensor& t) {
   if (t.is_cpu()) return "cpu";
   if (t.is_cuda()) return detail::cat("cuda:", static_cast<int>(t.get_device()));
@@ -100,8 +108,29 @@ inline void check_same_device(const Tensor& a, const char* an, const Tensor& b, 
                 device_str(b));
 }
 
+// torch's definition of a contiguous tensor: row-major strides over the
+// dimensions of size > 1 (a size-1 dimension's stride is never used to
+// address an element), and every empty tensor is contiguous.
+inline bool is_contiguous(const Tensor& t) {
+  if (t.numel() == 0) return true;
+  int64_t expected = 1;
+  for (int64_t i = t.dim() - 1; i >= 0; --i) {
+    if (t.size(i) == 1) continue;
+    if (t.stride(i) != expected) return false;
+    expected *= t.size(i);
+  }
+  return true;
+}
+
+inline void check_contiguous(const Tensor& t, const char* name) {
+  SOFTDEC_CHECK(is_contiguous(t), name, " must be contiguous, got shape ", shape_str(t), " and strides ",
+                strides_str(t));
+}
+
+// The last dimension is contiguous (size <= 1 or stride 1; an empty tensor
+// always is, as in torch: no element is addressed).
 inline void check_last_contiguous(const Tensor& t, const char* name) {
-  SOFTDEC_CHECK(t.dim() == 0 || t.size(t.dim() - 1) <= 1 || t.stride(t.dim() - 1) == 1, name,
+  SOFTDEC_CHECK(t.dim() == 0 || t.numel() == 0 || t.size(t.dim() - 1) <= 1 || t.stride(t.dim() - 1) == 1, name,
                 " must be contiguous in its last dimension, got stride ",
                 t.dim() ? t.stride(t.dim() - 1) : 0);
 }
@@ -113,7 +142,7 @@ inline void check_per_row(const Tensor& t, const char* name, int64_t rows, Scala
   SOFTDEC_CHECK(t.dim() == 1 && t.size(0) == rows, name, " must have shape (", rows,
                 ",) (one value per row of ", ref_name, "), got ", shape_str(t));
   check_same_device(ref, ref_name, t, name);
-  SOFTDEC_CHECK(t.numel() <= 1 || t.stride(0) == 1, name, " must be contiguous");
+  check_contiguous(t, name);
 }
 
 // An uninitialised contiguous tensor of `sizes` and `dtype` on `like`'s device.

@@ -43,8 +43,7 @@ inline VerifyArgs check_verify_args(const Tensor& target_logits, const Tensor& d
   check_dtype(draft_ids, "draft_ids", ScalarType::Long);
   SOFTDEC_CHECK(draft_ids.size(0) == B && draft_ids.size(1) == K, "draft_ids must have shape (", B, ", ", K,
                 ") to match target_logits ", shape_str(target_logits), ", got ", shape_str(draft_ids));
-  SOFTDEC_CHECK(draft_ids.numel() == 0 || (draft_ids.stride(1) == 1 && draft_ids.stride(0) == K),
-                "draft_ids must be contiguous");
+  check_contiguous(draft_ids, "draft_ids");
   // (Always true in the CPU kernel: the dispatcher sends mixed CPU/CUDA inputs to CUDA.)
   check_same_device(target_logits, "target_logits", draft_ids, "draft_ids");
   check_per_row(num_draft, "num_draft", B, ScalarType::Long, target_logits, "target_logits");
@@ -86,10 +85,8 @@ inline VerifyArgs check_verify_args(const Tensor& target_logits, const Tensor& d
                   ", ", K, ", k >= 1), got ", shape_str(si));
     SOFTDEC_CHECK(sw.dim() == 3 && sw.size(0) == B && sw.size(1) == K && sw.size(2) == si.size(2),
                   "draft_probs weights must have the shape of its ids ", shape_str(si), ", got ", shape_str(sw));
-    SOFTDEC_CHECK(si.numel() == 0 || (si.stride(2) == 1 && si.stride(1) == si.size(2) && si.stride(0) == K * si.size(2)),
-                  "draft_probs ids must be contiguous");
-    SOFTDEC_CHECK(sw.numel() == 0 || (sw.stride(2) == 1 && sw.stride(1) == sw.size(2) && sw.stride(0) == K * sw.size(2)),
-                  "draft_probs weights must be contiguous");
+    check_contiguous(si, "draft_probs ids");
+    check_contiguous(sw, "draft_probs weights");
     check_same_device(target_logits, "target_logits", si, "draft_probs ids");
     check_same_device(target_logits, "target_logits", sw, "draft_probs weights");
     a.ks = si.size(2);
@@ -103,7 +100,7 @@ inline VerifyArgs check_verify_args(const Tensor& target_logits, const Tensor& d
     check_dtype(nb, "neighbours", ScalarType::Long);
     SOFTDEC_CHECK(nb.size(0) == V, "neighbours must have one row per vocabulary entry (", V, "), got shape ",
                   shape_str(nb));
-    SOFTDEC_CHECK(nb.numel() == 0 || (nb.stride(1) == 1 && nb.stride(0) == nb.size(1)), "neighbours must be contiguous");
+    check_contiguous(nb, "neighbours");
     check_same_device(target_logits, "target_logits", nb, "neighbours");
     a.nb_m = nb.size(1);
   }

@@ -382,9 +382,9 @@ def test_bad_input_messages():
     q, k, v = _qkv(2, 8, 4, 64, 16, torch.float32)
     with pytest.raises(ValueError, match=r"k_cache must have head_dim 8 like q, got 16"):
         softdec.sparse_decode_attention(q[..., :8], k, v, budget=8)
-    with pytest.raises(ValueError, match=r"budget must be positive, got 0"):
+    with pytest.raises(ValueError, match=r"budget must be >= 1, got 0"):
         softdec.sparse_decode_attention(q, k, v, budget=0)
-    with pytest.raises(ValueError, match=r"budget must be positive, got -3"):
+    with pytest.raises(ValueError, match=r"budget must be >= 1, got -3"):
         softdec.sparse_decode_attention(q, k, v, budget=-3)
     with pytest.raises(ValueError, match=r"page_size must be a power of two, got 12"):
         softdec.sparse_decode_attention(q, k, v, budget=8, page_size=12)
@@ -405,7 +405,7 @@ def test_bad_input_messages():
         softdec.token_sparse_prefill(q4, k4, v4)
     with pytest.raises(ValueError, match=r"coverage must be in \[0, 1\), got 1.5"):
         softdec.token_sparse_prefill(q4[:, :4], k4, v4, coverage=1.5)
-    with pytest.raises(ValueError, match=r"window must be positive, got 0"):
+    with pytest.raises(ValueError, match=r"window must be >= 1, got 0"):
         softdec.token_sparse_prefill(q4[:, :4], k4, v4, window=0)
 
 

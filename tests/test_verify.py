@@ -607,7 +607,7 @@ def test_bad_input_messages():
         softdec.verify(lg, d, temperature=-1.0)
     with pytest.raises(ValueError, match=r"top_p must be in \[0.0, 1.0\], got 1.5"):
         softdec.verify(lg, d, top_p=1.5)
-    with pytest.raises(ValueError, match=r"delta must be a finite number >= 0, got -0.1"):
+    with pytest.raises(ValueError, match=r"delta must be >= 0, got -0.1"):
         softdec.verify(lg, d, delta=-0.1)
     with pytest.raises(ValueError, match=r"draft_ids must have dtype in \(int64, int32\), got float32"):
         softdec.verify(lg, d.float())

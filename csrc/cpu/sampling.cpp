@@ -676,6 +676,7 @@ void prob_stats(const T* x, int64_t V, filter::ProbFilter& f, bool want_index) {
 
 #if SOFTDEC_SIMD_AVX512
 inline __mmask16 kept_probs16(const filter::ProbFilter& f, __m512 v, int64_t base) {
+  if (!f.valid) return 0;  // as filter::kept_probs (an invalid row's +inf entries must not be kept)
   __mmask16 k = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GT_OQ) &
                 _mm512_cmp_ps_mask(v, _mm512_set1_ps(f.min_prob), _CMP_GE_OQ);
   if (f.cut_value > 0.0f) k &= above_cut(v, f.cut_value, f.cut_index, base);

@@ -8,6 +8,7 @@ argument, the expected and the actual value.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections import OrderedDict
 from typing import Optional, Union
@@ -40,6 +41,23 @@ def check_tensor(x, name: str, *, dim: Optional[int] = None, layout: str = "",
 
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def device_arg(device, name: str = "device") -> torch.device:
+    """A device argument as a ``torch.device`` that this torch and softdec build can run on."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"{name} must be a torch.device or a device string such as 'cpu', got {device!r}") from e
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} must be an available device: CUDA is not available "
+                             f"(torch {torch.__version__}, torch.version.cuda = {torch.version.cuda}), "
+                             f"got {str(dev)!r}")
+        return dev
+    raise ValueError(f"{name} must be a CPU or CUDA device, got {str(dev)!r}")
 
 # Per-row parameter tensors built from Python scalars, reused across calls on
 # CPU: a decoding loop passes the same temperature / top_k / seed every step,
@@ -88,23 +106,89 @@ def const_row(value, batch: int, dtype: torch.dtype, device: torch.device) -> to
     return t
 
 
+_INT64_MAX = (1 << 63) - 1
+_NAME_OF = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+            torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32"}
+# Per-row tensors accepted for integer / floating-point parameters. bool, uint8
+# (a mask's dtype), int8/int16 and complex tensors are refused: they are far
+# more often a mistake than a parameter.
+INT_ROW_DTYPES = (torch.int64, torch.int32)
+FLOAT_ROW_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+def _type_name(v) -> str:
+    t = type(v)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
+
+
+def int_arg(value, name: str, *, lo=None, hi=None) -> int:
+    """A Python int argument, checked: the one integer checker of every op.
+
+    Accepts ``int`` and numpy integers; refuses bools (``True`` is an int in
+    Python, never a meaningful size), floats (also integral ones: ``top_k=2.7``
+    must not become 2), tensors, strings; checks the int64 range and ``[lo, hi]``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {_type_name(value)} {value!r}")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be {_range_text(lo, hi, False, False)}, got {v}")
+    if not _INT64_MIN <= v <= _INT64_MAX:
+        raise ValueError(f"{name} must fit in int64 (|value| < 2**63), got {v}")
+    return v
+
+
+def float_arg(value, name: str, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
+              finite: bool = True) -> float:
+    """A Python real argument as a float, checked: the one float checker of every op.
+
+    Accepts ``int``, ``float`` and numpy reals; refuses bools, complex, tensors,
+    strings, NaN, infinities (unless ``finite=False`` and the range allows
+    them) and values outside the range.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a real number, got {_type_name(value)} {value!r}")
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond float's range
+        raise ValueError(f"{name} must be a finite number, got {value!r}") from None
+    if v != v:
+        raise ValueError(f"{name} must not be NaN, got nan")
+    if finite and math.isinf(v):
+        what = _range_text(lo, hi, lo_open, hi_open) if (lo is not None or hi is not None) else ""
+        raise ValueError(f"{name} must be a finite number{' ' + what if what else ''}, got {v}")
+    _check_range_scalar(v, name, lo, hi, lo_open, hi_open)
+    return v
+
+
 def row_param(value: RowParam, name: str, batch: int, device: torch.device, dtype: torch.dtype,
-              *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False) -> torch.Tensor:
+              *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
+              finite: bool = True) -> torch.Tensor:
     """A per-batch scalar or per-row tensor as a ``[batch]`` tensor of ``dtype``.
 
-    Range checks (``lo``/``hi``, open or closed) are applied to Python scalars
-    always and to tensors only outside torch.compile tracing (a data-dependent
-    check would break the graph); the native op checks tensors again.
+    Python scalars go through :func:`int_arg` / :func:`float_arg` (by
+    ``dtype``). Tensors must be 0-D or ``(batch,)``, on ``device``, of an
+    integer dtype in ``INT_ROW_DTYPES`` for integer parameters or a float
+    dtype in ``FLOAT_ROW_DTYPES`` for float ones. Range checks
+    (``lo``/``hi``, open or closed; NaN always, infinities when ``finite``)
+    are applied to Python scalars always and to tensors only outside
+    torch.compile tracing (a data-dependent check would break the graph); the
+    native op checks tensors again.
     """
     if type(value) in _SCALAR_TYPES:
-        key = (name, type(value), value, batch, dtype, device, lo, hi, lo_open, hi_open)
+        key = (name, type(value), value, batch, dtype, device, lo, hi, lo_open, hi_open, finite)
         t = _CONST_ROWS.get(key)
         if t is not None and not torch.compiler.is_compiling():
             return t
-        v = float(value) if dtype.is_floating_point else int(value)
-        if dtype.is_floating_point and v != v:
-            raise ValueError(f"{name} must not be NaN")
-        _check_range_scalar(v, name, lo, hi, lo_open, hi_open)
+        if dtype.is_floating_point:
+            v = float_arg(value, name, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, finite=finite)
+        else:
+            v = int_arg(value, name, lo=lo, hi=hi)
+            _check_range_scalar(v, name, lo, hi, lo_open, hi_open)
         return _remember(key, torch.full((batch,), v, dtype=dtype, device=device))
     if isinstance(value, torch.Tensor):
         t = value
@@ -112,24 +196,31 @@ def row_param(value: RowParam, name: str, batch: int, device: torch.device, dtyp
             t = t.reshape(1).expand(batch)
         if t.dim() != 1 or t.shape[0] != batch:
             raise ValueError(f"{name} must be a scalar or a tensor of shape ({batch},), got shape {_shape(value)}")
-        if t.is_floating_point() != (dtype.is_floating_point):
-            kind = "floating-point" if dtype.is_floating_point else "integer"
-            raise ValueError(f"{name} must be a {kind} tensor, got {str(t.dtype).replace('torch.', '')}")
+        ok = FLOAT_ROW_DTYPES if dtype.is_floating_point else INT_ROW_DTYPES
+        if t.dtype not in ok:
+            kind = "a floating-point" if dtype.is_floating_point else "an integer"
+            names = ", ".join(dtype_name(d) for d in ok)
+            raise ValueError(f"{name} must be {kind} tensor ({names}), got {dtype_name(t.dtype)}")
         if t.device != device:
             raise ValueError(f"{name} must be on the same device as the input ({device}), got {t.device}")
         if t.dtype != dtype:
             t = t.to(dtype)
         if not t.is_contiguous():
             t = t.contiguous()
-        if lo is not None or hi is not None:
+        if lo is not None or hi is not None or dtype.is_floating_point:
             if not torch.compiler.is_compiling() and t.numel() > 0:
-                _check_range_tensor(t, name, lo, hi, lo_open, hi_open)
+                _check_range_tensor(t, name, lo, hi, lo_open, hi_open, finite)
         return t
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"{name} must be a number or a tensor, got {type(value).__name__}")
-    # other real numbers (numpy scalars, fractions): as the Python number
-    return row_param(float(value) if dtype.is_floating_point else int(value), name, batch, device, dtype,
-                     lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+    if isinstance(value, bool) or not isinstance(value, numbers.Number):
+        kind = "a number" if dtype.is_floating_point else "an int"
+        shown = f"{_type_name(value)} {value!r}" if isinstance(value, (bool, str)) else _type_name(value)
+        raise ValueError(f"{name} must be {kind} or a tensor of shape ({batch},), got {shown}")
+    # other numbers (numpy scalars, fractions, complex): checked as the Python number
+    if dtype.is_floating_point:
+        return row_param(float_arg(value, name, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, finite=finite),
+                         name, batch, device, dtype, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open, finite=finite)
+    return row_param(int_arg(value, name, lo=lo, hi=hi), name, batch, device, dtype, lo=lo, hi=hi,
+                     lo_open=lo_open, hi_open=hi_open)
 
 
 def _range_text(lo, hi, lo_open, hi_open) -> str:
@@ -150,17 +241,23 @@ def _check_range_scalar(v, name, lo, hi, lo_open, hi_open):
         raise ValueError(f"{name} must be {_range_text(lo, hi, lo_open, hi_open)}, got {v}")
 
 
-def _check_range_tensor(t, name, lo, hi, lo_open, hi_open):
+def _check_range_tensor(t, name, lo, hi, lo_open, hi_open, finite=True):
     bad = torch.zeros_like(t, dtype=torch.bool)
     if t.is_floating_point():
         bad |= torch.isnan(t)
+        if finite:
+            bad |= torch.isinf(t)
     if lo is not None:
         bad |= (t <= lo) if lo_open else (t < lo)
     if hi is not None:
         bad |= (t >= hi) if hi_open else (t > hi)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{name} must be {_range_text(lo, hi, lo_open, hi_open)}, got {t[i].item()} at row {i}")
+        v = t[i].item()
+        what = _range_text(lo, hi, lo_open, hi_open) if (lo is not None or hi is not None) else ""
+        if t.is_floating_point() and not math.isfinite(v):
+            what = "finite" + (" and " + what if what else "")
+        raise ValueError(f"{name} must be {what}, got {v} at row {i}")
 
 
 def below_autograd(*tensors: torch.Tensor) -> bool:
@@ -201,6 +298,8 @@ def rng_state(seed, offset, batch: int, device: torch.device,
     offset), so identical rows with one shared seed draw identically; pass a
     ``[B]`` tensor (e.g. ``seed + torch.arange(B)``) for independent rows.
     """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator or None, got {_type_name(generator)}")
     if seed is None:
         gen_device = generator.device if generator is not None else device
         s = torch.randint(_INT64_MIN, (1 << 63) - 1, (batch,), dtype=torch.int64,

@@ -10,11 +10,13 @@ and ``torch.library.opcheck``.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from ._params import FLOAT_DTYPES, below_autograd, check_tensor, const_row, rng_state, row_param, scalar_rows, _SCALAR_TYPES  # noqa: F401
+from ._params import (FLOAT_DTYPES, below_autograd, check_tensor, const_row, device_arg, dtype_name,  # noqa: F401
+                      float_arg, int_arg, rng_state, row_param, scalar_rows, _SCALAR_TYPES)
 
 __all__ = ["philox_uniform"]
 
@@ -73,10 +75,16 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
     ----------
     Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011.
     """
-    dims = (shape,) if isinstance(shape, int) else tuple(shape)
+    if isinstance(shape, torch.Size) or (isinstance(shape, (tuple, list))):
+        dims = tuple(shape)
+    elif isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        dims = (shape,)
+    else:
+        raise ValueError(f"shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
     for d in dims:
-        if isinstance(d, bool) or not isinstance(d, int):
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
             raise ValueError(f"shape must be a sequence of ints, got {shape!r}")
+    dims = tuple(int(d) for d in dims)
     if any(d < 0 for d in dims):
         raise ValueError(f"shape must hold non-negative sizes, got {dims}")
     if isinstance(seed, torch.Tensor):
@@ -87,11 +95,11 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
         if len(dims) == 0 or dims[0] != seed.shape[0]:
             raise ValueError(f"shape[0] must equal the number of seeds ({seed.shape[0]}), got shape {dims}")
         dev = seed.device
-        if device is not None and torch.device(device) != dev:
+        if device is not None and device_arg(device) != dev:
             raise ValueError(f"device must match the seed tensor's device ({dev}), got {device}")
         rows, n = dims[0], math.prod(dims[1:])
     else:
-        dev = torch.device(device) if device is not None else torch.device("cpu")
+        dev = device_arg(device) if device is not None else torch.device("cpu")
         rows, n = 1, math.prod(dims)
     s, o = rng_state(seed, offset, rows, dev)
     return _ops.philox_uniform(s, o, n).reshape(dims)
@@ -186,12 +194,6 @@ def _soft_mixture_backward(ctx, g_embeds, g_ids, g_weights, g_entropy, g_max_pro
 
 torch.library.register_autograd("softdec::soft_mixture", _soft_mixture_backward,
                                 setup_context=_soft_mixture_setup_context)
-
-
-def _finite_number(v, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
-        raise ValueError(f"{name} must be a finite number, got {v!r}")
-    return float(v)
 
 
 def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
@@ -371,25 +373,19 @@ def _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale, 
 def _sm_settings(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
                  dirichlet_alpha, embed_scale):
     """soft_mixture's settings, checked: the per-row tensors, k and the scalars."""
-    if noise not in _SM_NOISE:
+    if not (noise is None or isinstance(noise, str)) or noise not in _SM_NOISE:
         raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
-    tau = _finite_number(tau, "tau")
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    noise_scale = _finite_number(noise_scale, "noise_scale")
-    dirichlet_alpha = _finite_number(dirichlet_alpha, "dirichlet_alpha")
-    if dirichlet_alpha <= 0:
-        raise ValueError(f"dirichlet_alpha must be > 0, got {dirichlet_alpha}")
-    embed_scale = _finite_number(embed_scale, "embed_scale")
-    if isinstance(top_k, torch.Tensor):
-        k = int(top_k.max()) if top_k.numel() else 1
-    else:
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
-            raise ValueError(f"top_k must be an int or an int tensor, got {type(top_k).__name__}")
-        k = top_k
+    tau = float_arg(tau, "tau", lo=0, lo_open=True)
+    noise_scale = float_arg(noise_scale, "noise_scale")
+    dirichlet_alpha = float_arg(dirichlet_alpha, "dirichlet_alpha", lo=0, lo_open=True)
+    embed_scale = float_arg(embed_scale, "embed_scale")
+    if not isinstance(top_k, torch.Tensor):
+        top_k = int_arg(top_k, "top_k", lo=1, hi=_SM_MAX_K)
+    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=1, hi=_SM_MAX_K)
+    # the output width: a tensor's maximum (read from the data; 1 for an empty batch)
+    k = top_k if not isinstance(top_k, torch.Tensor) else (int(kt.max()) if kt.numel() else 1)
     if not 1 <= k <= _SM_MAX_K:
         raise ValueError(f"top_k must be in [1, {_SM_MAX_K}], got {k}")
-    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=1, hi=_SM_MAX_K)
     temp = row_param(temperature, "temperature", B, dev, torch.float64, lo=0)
     tp = row_param(top_p, "top_p", B, dev, torch.float64, lo=0, hi=1, lo_open=True)
     mp = row_param(min_p, "min_p", B, dev, torch.float64, lo=0, hi=1)
@@ -631,10 +627,11 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: RowParam = 1.0, hard: bool = Fa
     logits = _sampling_rows(logits, "logits")
     B, V = logits.shape
     dev = logits.device
-    if isinstance(top_k, bool) or not isinstance(top_k, int):
-        raise ValueError(f"top_k must be an int, got {type(top_k).__name__}")
-    if top_k < 0 or (top_k > V and B > 0):
+    top_k = int_arg(top_k, "top_k", lo=0)
+    if top_k > V and B > 0:
         raise ValueError(f"top_k must be in [0, vocab] = [0, {V}], got {top_k}")
+    if not isinstance(hard, bool):
+        raise ValueError(f"hard must be a bool, got {type(hard).__name__} {hard!r}")
     t = row_param(tau, "tau", B, dev, torch.float32, lo=0.0, lo_open=True)
     s, o = rng_state(seed, offset, B, dev, generator)
     fast = below_autograd(logits)
@@ -680,6 +677,73 @@ def _min_p_renorm_probs_fake(probs, min_p):
     return torch.empty_like(probs)
 
 
+# ---- autograd of the filters. The kept set is piecewise constant in the
+# input, so away from ties the gradient is that of the kept entries with the
+# set held fixed (like soft_mixture's): the mask passes the gradient through
+# the kept logits; a renormalisation out = p / S over the kept set K, S = sum_K p,
+# has d out_i / d p_j = [i in K] (delta_ij - out_i [j in K]) / S, so
+# grad p_j = [j in K] (g_j - sum_i g_i out_i) / S.
+
+def _mask_setup(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _mask_backward(ctx, grad):
+    (out,) = ctx.saved_tensors
+    return torch.where(out == float("-inf"), torch.zeros_like(grad), grad), None
+
+
+torch.library.register_autograd("softdec::top_k_mask_logits", _mask_backward, setup_context=_mask_setup)
+
+
+def _renorm_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output)
+
+
+def _renorm_backward(ctx, grad):
+    probs, out = ctx.saved_tensors
+    acc = torch.float64 if probs.dtype == torch.float64 else torch.float32
+    o, g = out.to(acc), grad.to(acc)
+    kept = o > 0
+    total = torch.where(kept, probs.to(acc), torch.zeros_like(o)).sum(-1, keepdim=True)
+    inv = torch.where(total > 0, 1.0 / total, torch.zeros_like(total))
+    gp = torch.where(kept, (g - (g * o).sum(-1, keepdim=True)) * inv, torch.zeros_like(o))
+    return gp.to(probs.dtype), None
+
+
+torch.library.register_autograd("softdec::top_p_renorm_probs", _renorm_backward, setup_context=_renorm_setup)
+torch.library.register_autograd("softdec::min_p_renorm_probs", _renorm_backward, setup_context=_renorm_setup)
+
+
+def _no_backward(public: str, *, outputs_differentiable: bool = True):
+    """An autograd registration for an op without a gradient formula.
+
+    ``outputs_differentiable=False``: the outputs are marked non-differentiable
+    (they never require grad; for values that only select, e.g. page bounds).
+    Otherwise float outputs require grad when an input does, and backward
+    raises naming the op, so a loss that reaches them fails instead of silently
+    getting no gradient from them.
+    """
+    def setup(ctx, inputs, output):
+        if not outputs_differentiable:
+            outs = output if isinstance(output, (tuple, list)) else (output,)
+            ctx.mark_non_differentiable(*[t for t in outs if isinstance(t, torch.Tensor)])
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"softdec.{public} is not differentiable (it has no backward formula); "
+                           "call it under torch.no_grad() or on detached inputs")
+    return setup, backward
+
+
+def _register_no_backward(op: str, public: str, **kw):
+    setup, backward = _no_backward(public, **kw)
+    torch.library.register_autograd(f"softdec::{op}", backward, setup_context=setup)
+
+
+# integer outputs only (ids, valid): nothing ever requires grad
+_register_no_backward("sample", "sample", outputs_differentiable=False)
+
+
 def top_k_mask_logits(logits: torch.Tensor, top_k: RowParam) -> torch.Tensor:
     """Set every logit outside its row's top-k to ``-inf`` (FlashInfer's ``top_k_mask_logits``).
 
@@ -696,6 +760,8 @@ def top_k_mask_logits(logits: torch.Tensor, top_k: RowParam) -> torch.Tensor:
     -------
     torch.Tensor
         (batch, vocab), ``logits``' dtype. NaN entries are never kept (they become -inf).
+        Differentiable: the gradient passes through the kept entries (the kept
+        set held fixed), masked entries get 0.
 
     Examples
     --------
@@ -724,7 +790,9 @@ def top_p_renorm_probs(probs: torch.Tensor, top_p: RowParam) -> torch.Tensor:
     -------
     torch.Tensor
         (batch, vocab), ``probs``' dtype, rows summing to 1. Rows with a NaN, an
-        inf, a negative entry or no positive entry are all zero.
+        inf, a negative entry or no positive entry are all zero. Differentiable
+        w.r.t. ``probs``: the Jacobian of ``p_i / sum_kept p`` over the kept
+        (non-zero output) entries, the kept set held fixed; 0 elsewhere.
 
     Examples
     --------
@@ -752,6 +820,7 @@ def min_p_renorm_probs(probs: torch.Tensor, min_p: RowParam) -> torch.Tensor:
     -------
     torch.Tensor
         (batch, vocab), ``probs``' dtype; invalid rows (NaN, inf, negative, all zero) are zero.
+        Differentiable w.r.t. ``probs`` as :func:`top_p_renorm_probs`.
 
     Examples
     --------
@@ -771,6 +840,13 @@ __all__ += ["Verified", "verify", "chain_speculative_sampling"]
 
 _VERIFY_METHODS = {"exact": 0, "greedy": 1, "typical": 2, "relaxed": 3, "soft": 4}
 _SPARSE_SUM_TOL = 1e-3
+
+
+def _sparse_sum_tol(dtype: torch.dtype, k: int) -> float:
+    """How far a sparse draft's weights may sum from 1: 1e-3, plus k unit roundoffs
+    of their dtype (weights summing to 1 before a cast to bfloat16 move by up to
+    one unit roundoff of their sum; k of them allow weights computed in that dtype)."""
+    return _SPARSE_SUM_TOL + k * torch.finfo(dtype).eps / 2
 
 
 class Verified(NamedTuple):
@@ -817,7 +893,7 @@ def _verify_fake(target_logits, draft_ids, num_draft, draft_probs, sparse_ids, s
             target_logits.new_empty((B, ks), dtype=torch.float32))
 
 
-def _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids, method):
+def _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids, method, sum_tol):
     """Data-dependent checks (skipped while torch.compile traces; the CPU kernel repeats them)."""
     B, K1, V = tl.shape
     K = K1 - 1
@@ -843,10 +919,10 @@ def _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids,
             raise ValueError(f"draft_probs weights must be finite and non-negative, got "
                              f"{sw[b, j].tolist()} at (row {b}, position {j})")
         tot = w.sum(-1)
-        bads = live & ((tot - 1).abs() > _SPARSE_SUM_TOL)
+        bads = live & ((tot - 1).abs() > sum_tol)
         if bool(bads.any()):
             b, j = (int(v) for v in bads.nonzero()[0])
-            raise ValueError(f"draft_probs weights must sum to 1 (within {_SPARSE_SUM_TOL}) at every "
+            raise ValueError(f"draft_probs weights must sum to 1 (within {sum_tol:.4g}) at every "
                              f"drafted position, got {float(tot[b, j]):.6g} at (row {b}, position {j})")
         if needs_ids and method != 4:  # soft drafts: the given ids are only what is emitted
             member = (sid == draft_ids.clamp(0, V - 1)[..., None]).any(-1)
@@ -939,7 +1015,9 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         None: deterministic drafts (one-hot q). Dense: (batch, K, vocab) float
         probabilities (the dtype of target_logits or float32). Sparse: ``(ids
         (batch, K, k) int64, weights (batch, K, k) float)``, weights non-negative
-        summing to 1 (within 1e-3) and each draft id among its position's ids.
+        summing to 1 (within ``1e-3 + k * u``, ``u`` the unit roundoff of the weights'
+        dtype: 2^-8 for bfloat16, 2^-11 for float16, 2^-24 for float32, so weights
+        that summed to 1 before a cast pass) and each draft id among its position's ids.
     method : str, default "exact"
         "exact", "greedy", "typical", "relaxed" or "soft".
     temperature, top_k, top_p, min_p : scalar or (batch,) tensor
@@ -1000,7 +1078,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         raise ValueError(f"target_logits must have a non-empty vocabulary, got shape {tuple(tl.shape)}")
     K = K1 - 1
     dev = tl.device
-    if method not in _VERIFY_METHODS:
+    if not isinstance(method, str) or method not in _VERIFY_METHODS:
         raise ValueError(f"method must be one of {tuple(_VERIFY_METHODS)}, got {method!r}")
     mcode = _VERIFY_METHODS[method]
     if tl.stride(-1) != 1:
@@ -1009,6 +1087,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
     sparse = isinstance(draft_probs, (tuple, list))
     dense = None
     sid = sw = None
+    sum_tol = _SPARSE_SUM_TOL
     if sparse:
         if len(draft_probs) != 2:
             raise ValueError(f"draft_probs as a tuple must be (ids, weights), got {len(draft_probs)} items")
@@ -1022,6 +1101,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         if sw.shape != sid.shape:
             raise ValueError(f"draft_probs weights must have the shape of its ids {tuple(sid.shape)}, "
                              f"got {tuple(sw.shape)}")
+        sum_tol = _sparse_sum_tol(sw.dtype, sw.shape[2])
         sid = sid.to(torch.int64).contiguous()
         sw = sw.to(torch.float32).contiguous()
     elif draft_probs is not None:
@@ -1066,10 +1146,9 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
     tk = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
     tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0.0, hi=1.0)
     mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0.0, hi=1.0)
-    for name, v in (("posterior_threshold", posterior_threshold), ("posterior_alpha", posterior_alpha),
-                    ("delta", delta)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0) or math.isinf(v):
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    posterior_threshold = float_arg(posterior_threshold, "posterior_threshold", lo=0)
+    posterior_alpha = float_arg(posterior_alpha, "posterior_alpha", lo=0)
+    delta = float_arg(delta, "delta", lo=0)
     if mcode == 4 and not torch.compiler.is_compiling():
         ks = sid.shape[2]
         if isinstance(top_k, torch.Tensor):
@@ -1081,7 +1160,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
             raise ValueError(f"top_k must be at most the soft draft's k ({ks}) for method 'soft' "
                              f"(0 means k), got {kmax}")
     if not torch.compiler.is_compiling():
-        _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids, mcode)
+        _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids, mcode, sum_tol)
     s, o = rng_state(seed, offset, B, dev, generator)
     tokens, nacc, soft_ids, soft_w = _ops.verify(
         tl, draft_ids, n, dense, sid, sw, neighbours, mcode, T, tk, tp, mp,
@@ -1089,6 +1168,10 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
     if mcode == 4:
         return Verified(tokens, nacc, soft_ids, soft_w)
     return Verified(tokens, nacc, None, None)
+
+
+# soft_weights are a function of target_logits without a gradient formula here
+_register_no_backward("verify", "verify")
 
 
 def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch.Tensor,
@@ -1137,13 +1220,24 @@ def chain_speculative_sampling(draft_probs: torch.Tensor, draft_token_ids: torch
     torch.Size([2, 4])
     """
     tp = check_tensor(target_probs, "target_probs", dim=3, layout="(batch, K+1, vocab)", dtypes=FLOAT_DTYPES)
-    dp = check_tensor(draft_probs, "draft_probs", dim=3, layout="(batch, K, vocab)", dtypes=FLOAT_DTYPES)
+    dp = check_tensor(draft_probs, "draft_probs", dim=3, layout="(batch, K, vocab)", dtypes=FLOAT_DTYPES,
+                      device=tp.device, device_of="target_probs")
     B, K1, V = tp.shape
     if tuple(dp.shape) != (B, K1 - 1, V):
         raise ValueError(f"draft_probs must have shape (batch, K, vocab) = ({B}, {K1 - 1}, {V}) to match "
                          f"target_probs {tuple(tp.shape)}, got {tuple(dp.shape)}")
     ids = check_tensor(draft_token_ids, "draft_token_ids", dim=2, layout="(batch, K)",
                        dtypes=(torch.int64, torch.int32), device=tp.device, device_of="target_probs")
+    for name, c in (("maybe_output_accepted_token_num", maybe_output_accepted_token_num),
+                    ("maybe_output_emitted_draft_token_num", maybe_output_emitted_draft_token_num)):
+        if c is not None:
+            check_tensor(c, name, dim=1, layout="(batch,)", dtypes=(torch.int32, torch.int64),
+                         device=tp.device, device_of="target_probs")
+            if c.shape[0] != B:
+                raise ValueError(f"{name} must have shape ({B},) (one counter per row of target_probs), "
+                                 f"got {tuple(c.shape)}")
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"deterministic must be a bool, got {type(deterministic).__name__} {deterministic!r}")
     s, o = rng_state(seed, offset, B, tp.device, generator)
     logits = torch.log(tp)
     res = verify(logits, ids, draft_probs=dp.to(logits.dtype) if dp.dtype != torch.float32 else dp,
@@ -1182,20 +1276,21 @@ class PageSummary(NamedTuple):
     page_size: int
 
 
-def _is_pow2(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x > 0 and (x & (x - 1)) == 0
+def _page_size_arg(x, name="page_size") -> int:
+    x = int_arg(x, name)
+    if x < 1 or x & (x - 1):
+        raise ValueError(f"{name} must be a power of two, got {x}")
+    return x
 
 
 def _check_cache(t, name):
     check_tensor(t, name, dim=4, layout="(batch, kv_heads, tokens, head_dim)", dtypes=FLOAT_DTYPES)
 
 
-def _int_arg(x, name, lo=None):
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise ValueError(f"{name} must be an int, got {type(x).__name__}")
-    if lo is not None and x < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {x}")
-    return x
+def _last_dense(t):
+    """``t`` itself when its last dimension is contiguous (other strides are honoured
+    by the kernels), else a contiguous copy: the kernels read rows as vectors."""
+    return t if t.dim() == 0 or t.shape[-1] <= 1 or t.stride(-1) == 1 else t.contiguous()
 
 
 def _lens(seq_lens, name, batch, n, device):
@@ -1218,6 +1313,10 @@ def _page_summary_fake(k_cache, page_size, seq_lens):
 def _page_summary_update_fake(kmin, kmax, k_cache, start, end):
     torch._check(kmin.shape == kmax.shape, lambda: "kmax must have the shape of kmin")
     return None
+
+
+# page bounds only rank pages (a selection): no gradient flows through them
+_register_no_backward("sparse_page_summary", "build_page_summary", outputs_differentiable=False)
 
 
 def build_page_summary(k_cache: torch.Tensor, *, page_size: int = 16,
@@ -1261,8 +1360,8 @@ def build_page_summary(k_cache: torch.Tensor, *, page_size: int = 16,
     Inference", ICML 2024. https://arxiv.org/abs/2406.10774
     """
     _check_cache(k_cache, "k_cache")
-    if not _is_pow2(page_size):
-        raise ValueError(f"page_size must be a power of two, got {page_size}")
+    page_size = _page_size_arg(page_size)
+    k_cache = _last_dense(k_cache)
     B, _, N, _ = k_cache.shape
     lens = _lens(seq_lens, "seq_lens", B, N, k_cache.device)
     kmin, kmax = _ops.sparse_page_summary(k_cache, page_size, lens)
@@ -1314,8 +1413,11 @@ def update_page_summary(summary: PageSummary, k_cache: torch.Tensor, *,
     if summary.kmin.shape != (B, k_cache.shape[1], P, k_cache.shape[3]):
         raise ValueError(f"summary.kmin must have shape {(B, k_cache.shape[1], P, k_cache.shape[3])} "
                          f"for this k_cache and page_size {summary.page_size}, got {tuple(summary.kmin.shape)}")
+    k_cache = _last_dense(k_cache)
     s = row_param(start, "start", B, k_cache.device, torch.int64, lo=0, hi=N)
     e = row_param(end, "end", B, k_cache.device, torch.int64, lo=0, hi=N)
+    if N == 0:  # an empty cache has no page to update (start = end = 0)
+        return summary
     _ops.sparse_page_summary_update(summary.kmin, summary.kmax, k_cache, s, e)
     return summary
 
@@ -1335,6 +1437,9 @@ def _sparse_decode_fake(q, k_cache, v_cache, seq_lens, budget, select, page_size
     B, Hkv, N = k_cache.shape[0], k_cache.shape[1], k_cache.shape[2]
     M = _max_selected(N, budget, select == 0, page_size, sink, window)
     return q.new_empty(q.shape), q.new_empty((B if return_indices else 0, Hkv, M), dtype=torch.int64)
+
+
+_register_no_backward("sparse_decode_attention", "sparse_decode_attention")
 
 
 def sparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *,
@@ -1418,15 +1523,15 @@ def sparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     check_tensor(q, "q", dim=3, layout="(batch, q_heads, head_dim)", dtypes=FLOAT_DTYPES)
     _check_cache(k_cache, "k_cache")
     _check_cache(v_cache, "v_cache")
-    if select not in _SELECT_MODES:
+    q, k_cache, v_cache = _last_dense(q), _last_dense(k_cache), _last_dense(v_cache)
+    if not isinstance(select, str) or select not in _SELECT_MODES:
         raise ValueError(f"select must be 'page' or 'token', got {select!r}")
-    _int_arg(budget, "budget")
-    if budget <= 0:
-        raise ValueError(f"budget must be positive, got {budget}")
-    _int_arg(sink, "sink", 0)
-    _int_arg(window, "window", 0)
-    if not _is_pow2(page_size):
-        raise ValueError(f"page_size must be a power of two, got {page_size}")
+    budget = int_arg(budget, "budget", lo=1)
+    sink = int_arg(sink, "sink", lo=0)
+    window = int_arg(window, "window", lo=0)
+    page_size = _page_size_arg(page_size)
+    if not isinstance(return_indices, bool):
+        raise ValueError(f"return_indices must be a bool, got {type(return_indices).__name__} {return_indices!r}")
     B, Hq, d = q.shape
     N = k_cache.shape[2]
     if k_cache.shape[3] != d:
@@ -1434,8 +1539,7 @@ def sparse_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
     if k_cache.shape[1] == 0 or Hq % k_cache.shape[1] != 0:
         raise ValueError(f"q heads ({Hq}) must be a multiple of the k_cache kv heads ({k_cache.shape[1]})")
     lens = _lens(seq_lens, "seq_lens", B, N, q.device)
-    if scale is None:
-        scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
+    scale = 1.0 / math.sqrt(d) if d > 0 and scale is None else (1.0 if scale is None else float_arg(scale, "scale"))
     kmin = kmax = None
     if page_summary is not None and select == "page":
         if not isinstance(page_summary, PageSummary):
@@ -1454,6 +1558,9 @@ def _token_sparse_prefill_fake(q, k, v, coverage, min_tokens, window, causal, sc
     torch._check(q.dim() == 4 and k.dim() == 4 and v.shape == k.shape, lambda: "bad shapes")
     torch._check(q.shape[1] % k.shape[1] == 0, lambda: "q heads must be a multiple of k heads")
     return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.bool)
+
+
+_register_no_backward("token_sparse_prefill", "token_sparse_prefill")
 
 
 def token_sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, coverage: float = 0.005,
@@ -1515,17 +1622,17 @@ def token_sparse_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, c
     check_tensor(q, "q", dim=4, layout="(batch, q_heads, tokens, head_dim)", dtypes=FLOAT_DTYPES)
     check_tensor(k, "k", dim=4, layout="(batch, kv_heads, tokens, head_dim)", dtypes=FLOAT_DTYPES)
     check_tensor(v, "v", dim=4, layout="(batch, kv_heads, tokens, head_dim)", dtypes=FLOAT_DTYPES)
-    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not (0.0 <= coverage < 1.0):
-        raise ValueError(f"coverage must be in [0, 1), got {coverage}")
-    _int_arg(min_tokens, "min_tokens", 0)
-    _int_arg(window, "window")
-    if window <= 0:
-        raise ValueError(f"window must be positive, got {window}")
+    q, k, v = _last_dense(q), _last_dense(k), _last_dense(v)
+    coverage = float_arg(coverage, "coverage", lo=0, hi=1, hi_open=True)
+    min_tokens = int_arg(min_tokens, "min_tokens", lo=0)
+    window = int_arg(window, "window", lo=1)
+    for name, flag in (("causal", causal), ("return_kept", return_kept)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of the k heads ({k.shape[1]})")
     d = q.shape[3]
-    if scale is None:
-        scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
+    scale = 1.0 / math.sqrt(d) if d > 0 and scale is None else (1.0 if scale is None else float_arg(scale, "scale"))
     out, kept = _ops.token_sparse_prefill(q, k, v, float(coverage), min_tokens, window, bool(causal), float(scale))
     return (out, kept) if return_kept else out
 
