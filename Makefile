@@ -13,7 +13,11 @@ TEST_DEPS := "pytest>=8" scipy numpy "transformers>=4.57" pytest-benchmark matpl
 PYTEST_ARGS ?= -q
 JOBS ?= 2
 
-.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check wheel test-asan clean
+# make abi-check: the torch releases whose headers every source must compile against.
+ABI_VERSIONS ?= 2.10.0 2.11.0 2.12.0 2.13.0
+ABI_CUDA_VERSIONS ?= $(ABI_VERSIONS)
+
+.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check abi-check wheel test-asan clean
 
 help:
 	@echo "make test        set up .venv, build and install softdec, run the test suite"
@@ -21,6 +25,8 @@ help:
 	@echo "make dev         in-place build into python/softdec with the current python (fast iteration)"
 	@echo "make test-dev    run the tests against the in-place build"
 	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a, check the MMA layouts (no GPU needed)"
+	@echo "make abi-check   compile every csrc source (CPU, and .cu for sm_90a) against the headers of torch"
+	@echo "                 $(ABI_VERSIONS) (downloaded once, cached outside the repo; no GPU needed)"
 	@echo "make wheel       build a wheel into dist/ against the installed torch"
 	@echo "make test-asan   build with ASan+UBSan and run the test suite under it"
 
@@ -57,14 +63,23 @@ test-dev: dev
 # Uses the venv's torch headers, cmake and ninja, and the nvidia-cutlass headers.
 cuda-check: setup
 	$(PIP) install -q nvidia-cutlass
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake -S . -B build/cuda-check -G Ninja -DSOFTDEC_CUDA_CHECK_ONLY=ON \
-	  -DPython_EXECUTABLE="$(CURDIR)/$(PY)" -DSOFTDEC_CUDA_ARCHS="$${SOFTDEC_CUDA_ARCHS:-80;90a}" >/dev/null
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" cmake --build build/cuda-check -j $(JOBS) --target softdec_cuda_objects
+	PATH="$(abspath $(VENV))/bin:$$PATH" cmake -S . -B build/cuda-check -G Ninja -DSOFTDEC_CUDA_CHECK_ONLY=ON \
+	  -DPython_EXECUTABLE="$(abspath $(PY))" -DSOFTDEC_CUDA_ARCHS="$${SOFTDEC_CUDA_ARCHS:-80;90a}" >/dev/null
+	PATH="$(abspath $(VENV))/bin:$$PATH" cmake --build build/cuda-check -j $(JOBS) --target softdec_cuda_objects
 	# the tensor-core prefill's fragment layouts against the PTX rules (host code, no GPU)
 	nvcc -std=c++17 --expt-relaxed-constexpr -I csrc/cuda -isystem "$$($(PY) -c "import cutlass_library,os; \
 	  print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")" \
 	  tests/cuda_host/prefill_mma_layouts.cu -o build/cuda-check/prefill_mma_layouts
 	build/cuda-check/prefill_mma_layouts
+
+# ---- stable-ABI compile check: every csrc source (CPU .cpp incl. module.cpp and registration.cpp,
+# and csrc/cuda/*.cu for one arch) against the torch/include of each release in ABI_VERSIONS
+# (.cu: ABI_CUDA_VERSIONS), objects only. Headers come from the registry's wheels, extracted once
+# into ${XDG_CACHE_HOME:-~/.cache}/softdec-abi. See tools/abi_check.sh.
+abi-check: setup
+	$(PIP) install -q nvidia-cutlass
+	PATH="$(abspath $(VENV))/bin:$$PATH" PYTHON="$(abspath $(PY))" JOBS=$(JOBS) \
+	  ABI_VERSIONS="$(ABI_VERSIONS)" ABI_CUDA_VERSIONS="$(ABI_CUDA_VERSIONS)" tools/abi_check.sh
 
 wheel: setup
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .

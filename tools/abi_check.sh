@@ -93,19 +93,20 @@ EOF
   echo "downloaded $(secs "$t0" "$(now)")s"
 }
 
-# One check-only build; $1 version, $2 cpu|cuda. Prints "ok Ns" or "FAIL Ns".
+# One check-only build; $1 version, $2 cpu|cuda. Prints "ok <wall>s/<cpu>s" or "FAIL ...": the
+# wall time, and the compilers' CPU time (user + sys), which does not depend on other load.
 compile() {
-  local v=$1 kind=$2 dir=$BUILD/torch-$1 t0 targets rc=0
+  local v=$1 kind=$2 dir=$BUILD/torch-$1 targets rc=0 t TIMEFORMAT='%R %U %S'
   if [[ $kind == cpu ]]; then targets="softdec_cpu_objects softdec_module_objects"
   else targets="softdec_cuda_objects"; fi
-  t0=$(now)
   # shellcheck disable=SC2086
-  cmake --build "$dir" -j "$JOBS" --target $targets >"$dir/$kind.log" 2>&1 || rc=$?
+  t=$( { time cmake --build "$dir" -j "$JOBS" --target $targets >"$dir/$kind.log" 2>&1; } 2>&1 ) || rc=$?
+  t=$(awk '{printf "%.0fs/%.0fs", $1, $2 + $3}' <<<"${t##*$'\n'}")
   if [[ $rc == 0 ]]; then
-    echo "ok $(secs "$t0" "$(now)")s"
+    echo "ok $t"
   else
-    echo "FAIL $(secs "$t0" "$(now)")s"
-    { echo "---- torch $v, $kind: $dir/$kind.log"; grep -E 'error|Error' "$dir/$kind.log" | head -n 40; } >&2
+    echo "FAIL $t"
+    { echo "---- torch $v, $kind: $dir/$kind.log"; grep -E -A3 'error' "$dir/$kind.log" | head -n 60; } >&2
   fi
 }
 
@@ -145,10 +146,11 @@ for v in $(echo $ABI_VERSIONS $ABI_CUDA_VERSIONS | tr ' ' '\n' | awk '!seen[$0]+
 done
 
 echo
-printf '%-8s | %-16s | %-10s | %-10s\n' torch headers cpu "cuda sm_$ABI_CUDA_ARCH"
-printf '%-8s-|-%-16s-|-%-10s-|-%-10s\n' -------- ---------------- ---------- ----------
+echo "(times: wall / compiler CPU time)"
+printf '%-8s | %-16s | %-16s | %-16s\n' torch headers cpu "cuda sm_$ABI_CUDA_ARCH"
+printf '%-8s-|-%-16s-|-%-16s-|-%-16s\n' -------- ---------------- ---------------- ----------------
 for v in $(echo $ABI_VERSIONS $ABI_CUDA_VERSIONS | tr ' ' '\n' | awk '!seen[$0]++'); do
-  printf '%-8s | %-16s | %-10s | %-10s\n' "$v" "${HDR[$v]}" "${CPU[$v]}" "${CUDA[$v]}"
+  printf '%-8s | %-16s | %-16s | %-16s\n' "$v" "${HDR[$v]}" "${CPU[$v]}" "${CUDA[$v]}"
 done
 echo "abi-check: $(secs "$t_all" "$(now)")s in all, JOBS=$JOBS, headers in $CACHE"
 if [[ $failed != 0 ]]; then
