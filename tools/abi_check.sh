@@ -121,9 +121,13 @@ done
 
 for v in $(echo $ABI_VERSIONS $ABI_CUDA_VERSIONS | tr ' ' '\n' | awk '!seen[$0]++'); do
   CPU[$v]="-"; CUDA[$v]="-"
-  [[ ${HDR[$v]} == FAIL ]] && { CPU[$v]="FAIL (no headers)"; CUDA[$v]="FAIL (no headers)"; continue; }
   want_cuda=OFF
   [[ " $ABI_CUDA_VERSIONS " == *" $v "* ]] && want_cuda=ON
+  if [[ ${HDR[$v]} == FAIL ]]; then
+    [[ " $ABI_VERSIONS " == *" $v "* ]] && CPU[$v]="FAIL (no headers)"
+    [[ $want_cuda == ON ]] && CUDA[$v]="FAIL (no headers)"
+    continue
+  fi
   dir=$BUILD/torch-$v
   mkdir -p "$dir"
   echo "== torch $v: configure (CUDA $want_cuda)" >&2
