@@ -13,7 +13,11 @@ TEST_DEPS := "pytest>=8" scipy numpy "transformers>=4.57" pytest-benchmark matpl
 PYTEST_ARGS ?= -q
 JOBS ?= 2
 
-.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check gpu-check-dry wheel test-asan fuzz clean
+# make abi-check: the torch releases whose headers every source must compile against.
+ABI_VERSIONS ?= 2.10.0 2.11.0 2.12.0 2.13.0
+ABI_CUDA_VERSIONS ?= $(ABI_VERSIONS)
+
+.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check abi-check gpu-check-dry wheel test-asan fuzz clean
 
 help:
 	@echo "make test        set up .venv, build and install softdec, run the test suite"
@@ -23,6 +27,8 @@ help:
 	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a, check the MMA layouts and every"
 	@echo "                 kernel's launch resources (registers x threads, spills, stack; no GPU needed)"
 	@echo "make gpu-check-dry  run bench/gpu_check.sh (the GPU validation run) end to end without a GPU"
+	@echo "make abi-check   compile every csrc source (CPU, and .cu for sm_90a) against the headers of torch"
+	@echo "                 $(ABI_VERSIONS) (downloaded once, cached outside the repo; no GPU needed)"
 	@echo "make wheel       build a wheel into dist/ against the installed torch"
 	@echo "make test-asan   build with ASan+UBSan and run the test suite under it (fuzz suite: ci profile)"
 	@echo "make fuzz        the long fuzzing profile against the installed build, FUZZ_MINUTES (default 10)"
@@ -84,6 +90,15 @@ cuda-check: setup
 # tests collected and skipped, a one-family CPU bench). GPU_CHECK_SKIP_BUILD=1 uses the installed softdec.
 gpu-check-dry:
 	GPU_CHECK_DRY=1 PYTHON="$(PYTHON)" bash bench/gpu_check.sh "$(CURDIR)/build/gpu-check-dry"
+
+# ---- stable-ABI compile check: every csrc source (CPU .cpp incl. module.cpp and registration.cpp,
+# and csrc/cuda/*.cu for one arch) against the torch/include of each release in ABI_VERSIONS
+# (.cu: ABI_CUDA_VERSIONS), objects only. Headers come from the registry's wheels, extracted once
+# into ${XDG_CACHE_HOME:-~/.cache}/softdec-abi. See tools/abi_check.sh.
+abi-check: setup
+	$(PIP) install -q nvidia-cutlass
+	PATH="$(abspath $(VENV))/bin:$$PATH" PYTHON="$(abspath $(PY))" JOBS=$(JOBS) \
+	  ABI_VERSIONS="$(ABI_VERSIONS)" ABI_CUDA_VERSIONS="$(ABI_CUDA_VERSIONS)" tools/abi_check.sh
 
 wheel: setup
 	$(PIP) wheel --no-build-isolation --no-deps -w dist .

@@ -2,6 +2,7 @@
 // Input checks with full-sentence messages, dtype helpers, stream lookup.
 #pragma once
 
+#include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/stable/library.h>
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
@@ -45,6 +46,17 @@ std::string cat(const Args&... args) {
                                                     #cond, " at ", __FILE__, ":", \
                                                     __LINE__));                    \
     }                                                                              \
+  } while (0)
+
+// A call into torch's C shim (aoti_torch_*) that must succeed. Ours, not torch's: its
+// STABLE_TORCH_ERROR_CODE_CHECK exists only from torch 2.13, and TORCH_ERROR_CODE_CHECK is a
+// bare `if` (a dangling-else hazard). This one reads the same on every torch >= 2.10.
+#define SOFTDEC_SHIM_CHECK(call)                                                             \
+  do {                                                                                       \
+    if ((call) != AOTI_TORCH_SUCCESS) {                                                      \
+      throw std::runtime_error(::softdec::detail::cat("softdec: torch C shim call ", #call,    \
+                                                      " failed at ", __FILE__, ":", __LINE__)); \
+    }                                                                                        \
   } while (0)
 
 inline const char* dtype_name(ScalarType t) {
@@ -162,10 +174,10 @@ inline Tensor new_empty(const Tensor& like, std::initializer_list<int64_t> sizes
     stride *= sz[j] > 1 ? sz[j] : 1;
   }
   int32_t device_type = 0;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
+  SOFTDEC_SHIM_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
   const int32_t device_index = like.is_cpu() ? 0 : static_cast<int32_t>(like.get_device_index());
   AtenTensorHandle out = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(
+  SOFTDEC_SHIM_CHECK(aoti_torch_empty_strided(
       nd, sz, st, torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype)), device_type,
       device_index, &out));
   return Tensor(out);

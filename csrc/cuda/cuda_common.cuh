@@ -14,7 +14,7 @@ namespace softdec {
 
 inline cudaStream_t current_stream(const Tensor& t) {
   void* stream = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(
+  SOFTDEC_SHIM_CHECK(
       aoti_torch_get_current_cuda_stream(static_cast<int32_t>(t.get_device()), &stream));
   return static_cast<cudaStream_t>(stream);
 }
