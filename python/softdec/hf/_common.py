@@ -83,12 +83,77 @@ def crop_cache(cache, num_remove: int) -> None:
     raise ValueError(f"cache of type {type(cache).__name__} cannot be cropped (no crop method)")
 
 
-def _new_cache(model):
+def _new_cache(model, rollback: bool = False):
+    """A ``DynamicCache`` laid out from the model's config (sliding-window, linear-attention and
+    state-space layers get their own layer types).
+
+    ``rollback=True`` (speculative decoding) asks sliding-window layers to keep the states a
+    ``crop`` needs (``activate_past_recording``, transformers >= 5); where that method does not
+    exist, sliding-window models get full-length layers instead (the mask still applies the window).
+    Linear-attention / state-space layers are rolled back by ``_Runner.snapshot`` / ``restore``.
+    """
     from transformers import DynamicCache
     try:
-        return DynamicCache(config=model.config)
+        cache = DynamicCache(config=model.config)
     except TypeError:  # older signatures
         return DynamicCache()
+    if rollback:
+        if hasattr(cache, "activate_past_recording"):
+            for layer in getattr(cache, "layers", []):
+                if getattr(layer, "is_sliding", False) and hasattr(layer, "activate_past_recording"):
+                    layer.activate_past_recording()
+        elif any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", [])):
+            cache = DynamicCache()
+    return cache
+
+
+def _linear_layer_types():
+    """transformers' cache layer classes: (linear-attention / SSM state mixin or None, DynamicLayer or None)."""
+    try:
+        from transformers.cache_utils import LinearAttentionCacheLayerMixin as lin
+    except ImportError:
+        lin = None
+    try:
+        from transformers.cache_utils import DynamicLayer as dyn
+    except ImportError:
+        dyn = None
+    return lin, dyn
+
+
+def _cache_layout(model) -> tuple[bool, bool]:
+    """(has sliding-window layers, has recurrent / linear-attention / conv-state layers) of a model."""
+    lin, _ = _linear_layer_types()
+    try:
+        layers = getattr(_new_cache(model), "layers", [])
+    except Exception:  # a config transformers cannot lay out: decide from the config alone
+        layers = []
+    sliding = any(getattr(layer, "is_sliding", False) for layer in layers)
+    state = lin is not None and any(isinstance(layer, lin) for layer in layers)
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    types = getattr(cfg, "layer_types", None) or []
+    sliding = sliding or any("sliding" in str(t) or "chunked" in str(t) for t in types)
+    state = state or any(str(t) not in ("full_attention", "sliding_attention", "chunked_attention", "attention")
+                         and "sliding" not in str(t) for t in types)
+    return sliding, state
+
+
+def _kv_len(layer) -> int:
+    if hasattr(layer, "cumulative_length") and not isinstance(getattr(layer, "cumulative_length"), torch.Tensor):
+        return int(layer.cumulative_length)
+    keys = getattr(layer, "keys", None)
+    if not isinstance(keys, torch.Tensor) or keys.numel() == 0:
+        return 0
+    return int(keys.shape[-2])
+
+
+def _kv_crop(layer, n: int) -> None:
+    """Remove the last n key/value positions of one cache layer (its key/value part only)."""
+    lin, dyn = _linear_layer_types()
+    for cls in type(layer).__mro__:
+        if "crop" in cls.__dict__ and (dyn is None or issubclass(cls, dyn)) and not (lin and issubclass(cls, lin)):
+            cls.crop(layer, -int(n))
+            return
+    raise ValueError(f"cache layer of type {type(layer).__name__} cannot be cropped")
 
 
 def _vocab_size(model) -> int:
@@ -133,16 +198,72 @@ def _accepts(model, name: str) -> bool:
         return False
 
 
+def _cache_kwarg(model) -> str:
+    """The name under which the model's forward takes its cache: ``cache`` (transformers >= 5.2x;
+    ``past_key_values`` is deprecated there) or ``past_key_values``; ValueError when neither."""
+    for name in ("cache", "past_key_values"):
+        if _accepts(model, name):
+            return name
+    raise ValueError(f"softdec.hf needs a model whose forward takes a cache (`cache` or `past_key_values`) so that "
+                     f"each decode step feeds one token; {type(model).__name__} "
+                     f"({getattr(model.config, 'model_type', '?')}) takes neither, so it is not supported")
+
+
 class _Runner:
     """One model, its cache, its 2-D attention mask (holes allowed) and next positions."""
 
-    def __init__(self, model, batch: int, device):
+    def __init__(self, model, batch: int, device, rollback: bool = False):
         self.model = model
-        self.cache = _new_cache(model)
+        self.cache_kw = _cache_kwarg(model)
+        self.cache = _new_cache(model, rollback=rollback)
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.keep_arg = _accepts(model, "logits_to_keep")
         self.all_valid = True  # no padding and no holes so far: the model may skip the mask
+        lin, _ = _linear_layer_types()
+        # recurrent / conv states cannot be cropped: speculative rollback snapshots and restores them
+        layers = getattr(self.cache, "layers", [])
+        self.stateful = lin is not None and any(isinstance(layer, lin) for layer in layers)
+        # a pure state-space model (Mamba) has no attention to mask: like transformers' generate, it gets the
+        # mask of the tokens fed now (zeroing padded inputs), not the whole history
+        self.state_only = self.stateful and not any(hasattr(layer, "keys") for layer in layers)
+
+    def snapshot(self):
+        """The runner's state now: mask, positions, each cache layer's key/value length and a copy of
+        its recurrent / conv states (small: fixed size per row)."""
+        lin, _ = _linear_layer_types()
+        layers = []
+        for layer in getattr(self.cache, "layers", []):
+            ent = {"kv": _kv_len(layer) if hasattr(layer, "keys") else None}
+            if lin is not None and isinstance(layer, lin):
+                ent["conv"] = {i: None if t is None else t.clone() for i, t in layer.conv_states.items()}
+                ent["rec"] = {i: None if t is None else t.clone() for i, t in layer.recurrent_states.items()}
+                ent["flags"] = (dict(layer.is_conv_states_initialized), dict(layer.is_recurrent_states_initialized),
+                                dict(layer.has_previous_state))
+            layers.append(ent)
+        return dict(mask=self.mask, pos=self.pos, all_valid=self.all_valid, layers=layers)
+
+    def restore(self, snap) -> None:
+        """Put the runner back to ``snap``: crop key/value layers to their length then, copy the
+        recurrent / conv states back."""
+        self.mask, self.pos, self.all_valid = snap["mask"], snap["pos"], snap["all_valid"]
+        for layer, ent in zip(getattr(self.cache, "layers", []), snap["layers"]):
+            if ent["kv"] is not None:
+                extra = _kv_len(layer) - ent["kv"]
+                if extra > 0:
+                    _kv_crop(layer, extra)
+            if "conv" in ent:
+                for name, saved in (("conv_states", ent["conv"]), ("recurrent_states", ent["rec"])):
+                    cur = getattr(layer, name)
+                    for i, t in saved.items():
+                        if t is not None and isinstance(cur.get(i), torch.Tensor) and cur[i].shape == t.shape:
+                            cur[i].copy_(t)  # keeps the static address
+                        else:
+                            cur[i] = t
+                ci, ri, hp = ent["flags"]
+                layer.is_conv_states_initialized.update(ci)
+                layer.is_recurrent_states_initialized.update(ri)
+                layer.has_previous_state.update(hp)
 
     def forward(self, *, input_ids=None, inputs_embeds=None, new_mask=None, keep: int = 1) -> torch.Tensor:
         x = input_ids if input_ids is not None else inputs_embeds
@@ -158,16 +279,22 @@ class _Runner:
             position_ids = self.pos[:, None] + torch.cumsum(new_mask, 1) - new_mask
         self.mask = torch.cat([self.mask, new_mask], 1)
         # like transformers' generate, drop an all-ones mask (SDPA then needs no mask at all)
-        kw = dict(attention_mask=None if self.all_valid else self.mask, position_ids=position_ids,
-                  past_key_values=self.cache, use_cache=True)
+        attn = None if self.all_valid else self.mask
+        if self.state_only:
+            attn = None if bool(new_mask.all()) else new_mask
+        kw = {"attention_mask": attn, "position_ids": position_ids,
+              self.cache_kw: self.cache, "use_cache": True}
         if self.keep_arg:
             kw["logits_to_keep"] = keep
         if input_ids is not None:
             out = self.model(input_ids=input_ids, **kw)
         else:
             out = self.model(inputs_embeds=inputs_embeds, **kw)
-        if out.past_key_values is not None and out.past_key_values is not self.cache:
-            self.cache = out.past_key_values
+        new_cache = getattr(out, self.cache_kw, None)
+        if new_cache is None and self.cache_kw == "cache":
+            new_cache = getattr(out, "past_key_values", None)
+        if new_cache is not None and new_cache is not self.cache:
+            self.cache = new_cache
         self.pos = self.pos + new_mask.sum(1)
         return out.logits[:, -keep:]
 

@@ -7,7 +7,8 @@ import torch
 from .. import strategies as S
 from ..strategies._ops import op
 from ..strategies.base import MODE_DISCRETE, MODE_FINISHED, MODE_SOFT
-from ._common import GenerateOutput, GenerationStats, _empty_output, _input_embedding, _Runner, _seeds, _vocab_size
+from ._common import (GenerateOutput, GenerationStats, _cache_layout, _empty_output, _input_embedding, _Runner, _seeds,
+                      _vocab_size)
 
 # ============================================================================ speculative
 
@@ -53,6 +54,8 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
                          f"the draft has {Vd}")
     if max_new == 0:
         return _empty_output(input_ids, B, device)
+    if B > 1 and (any(_cache_layout(model)) or any(_cache_layout(draft))):
+        return _speculative_rowwise(model, input_ids, mask, spec, max_new, eos_mask, pad, streamer)
     K = spec.num_draft
     soft = spec.method == "soft"
     if soft:
@@ -60,7 +63,7 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
         d_mod, d_w, d_scale = _input_embedding(draft, "Speculative(method='soft') draft_model")
     seed = _seeds(spec.seed, B, device)
     vseed = seed ^ _VERIFY_SEED_SALT
-    tgt, dft = _Runner(model, B, device), _Runner(draft, B, device)
+    tgt, dft = _Runner(model, B, device, rollback=True), _Runner(draft, B, device, rollback=True)
     if L > 1:
         tgt.forward(input_ids=input_ids[:, :-1], new_mask=mask[:, :-1])
         dft.forward(input_ids=input_ids[:, :-1], new_mask=mask[:, :-1])
@@ -87,6 +90,7 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
         s_ids = s_w = None
         d_embeds = []
         x, x_mask = d_pend, d_pend_mask
+        d_snaps = []  # stateful draft: its state after each proposal's forward (index j: d_1..d_j fed)
         for j in range(K):
             if soft:
                 lg = dft.forward(inputs_embeds=x, new_mask=x_mask)[:, -1].float()
@@ -111,7 +115,10 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
                 d_ids[:, j] = tok
                 x = tok[:, None]
             x_mask = None
+            if dft.stateful:
+                d_snaps.append(dft.snapshot())
         # ---- target: score last + K drafts in one forward
+        t_snap = tgt.snapshot() if tgt.stateful else None
         if soft:
             t_in = torch.cat([t_pend.to(t_w.dtype), _soft_embed(t_w, t_scale, s_ids, s_w, t_w.dtype)], 1)
             tl = tgt.forward(inputs_embeds=t_in, keep=K + 1).float()
@@ -157,10 +164,22 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
         if bool(finished.all()):
             break
         # ---- roll back both caches to the accepted length
-        tgt.keep_last(ar[None] <= a[:, None])                     # last, d_1..d_a
-        keep_d = ar[None, 1:K] <= a[:, None]                       # d_1..d_{K-1} fed to the draft
-        if K > 1:
-            dft.keep_last(keep_d)
+        if tgt.stateful:
+            # recurrent states cannot be cropped: go back to before the scoring forward and feed the
+            # accepted prefix again (B == 1 here, see _speculative_rowwise); nothing to do when all accepted
+            na = int(a[0])
+            if na < K:
+                tgt.restore(t_snap)
+                if soft:
+                    tgt.forward(inputs_embeds=t_in[:, :na + 1])
+                else:
+                    tgt.forward(input_ids=torch.cat([last[:, None], d_ids], 1)[:, :na + 1])
+        else:
+            tgt.keep_last(ar[None] <= a[:, None])                 # last, d_1..d_a
+        if dft.stateful:
+            dft.restore(d_snaps[min(int(a[0]), K - 1)])           # pending, d_1..d_min(a, K-1)
+        elif K > 1:
+            dft.keep_last(ar[None, 1:K] <= a[:, None])             # d_1..d_{K-1} fed to the draft
         full = a == K
         if soft:
             own = torch.cat(d_embeds, 1)[:, K - 1:K]               # the draft's d_K embedding
@@ -172,7 +191,41 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
             d_pend = torch.cat([d_ids[:, K - 1:K], toks[rows, a][:, None]], 1)
         last = toks[rows, a]
         d_pend_mask = torch.stack([full.to(torch.long), torch.ones_like(a)], 1)
+        if B == 1 and not bool(full[0]):
+            # one row: drop the rejected d_K instead of feeding it as a hole (a recurrent layer cannot skip one)
+            d_pend, d_pend_mask = d_pend[:, 1:], d_pend_mask[:, 1:]
     S_ = int(n_out.max())
     stats = GenerationStats(modes[:, :S_], torch.full((B, S_), float("nan"), device=device),
                             torch.full((B, S_), float("nan"), device=device), torch.stack(accepted, 1))
     return GenerateOutput(torch.cat([input_ids, out_ids[:, :S_]], 1), stats)
+
+
+def _speculative_rowwise(model, input_ids, mask, spec, max_new, eos_mask, pad, streamer):
+    """Speculative decoding one row at a time, for models with sliding-window or recurrent layers.
+
+    The batched loop keeps rows of different accepted lengths aligned by leaving holes in the
+    attention mask. A sliding window counts cache slots, holes included, and a recurrent or
+    convolution state cannot skip a slot at all, so on such models each row runs as its own batch
+    of one (no holes ever) and the outputs are padded together. The streamer, if any, receives
+    the batch's tokens column by column at the end.
+    """
+    B, L = input_ids.shape
+    device = input_ids.device
+    outs = [_generate_speculative(model, input_ids[b:b + 1], mask[b:b + 1], spec, max_new, eos_mask, pad, None)
+            for b in range(B)]
+    S_ = max(o.sequences.shape[1] - L for o in outs)
+    R = max(o.stats.num_accepted.shape[1] if o.stats.num_accepted is not None else 0 for o in outs)
+    seq = torch.full((B, L + S_), pad, dtype=torch.long, device=device)
+    modes = torch.full((B, S_), MODE_FINISHED, dtype=torch.int8, device=device)
+    acc = torch.full((B, R), -1, dtype=torch.long, device=device)
+    for b, o in enumerate(outs):
+        n = o.sequences.shape[1]
+        seq[b, :n] = o.sequences[0]
+        modes[b, :n - L] = o.stats.mode[0]
+        if o.stats.num_accepted is not None:
+            acc[b, :o.stats.num_accepted.shape[1]] = o.stats.num_accepted[0]
+    if streamer is not None:
+        for j in range(S_):
+            streamer.put(seq[:, L + j].cpu())
+    nan = torch.full((B, S_), float("nan"), device=device)
+    return GenerateOutput(seq, GenerationStats(modes, nan, nan.clone(), acc))
