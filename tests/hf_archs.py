@@ -12,9 +12,9 @@ V = 96
 WINDOW = 4
 
 
-def _cfg(name: str, T):
+def _cfg(name: str, T, vocab: int = V):
     h, L = 32, 2
-    common = dict(vocab_size=V, hidden_size=h, intermediate_size=2 * h, num_hidden_layers=L,
+    common = dict(vocab_size=vocab, hidden_size=h, intermediate_size=2 * h, num_hidden_layers=L,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if name == "llama":
@@ -42,13 +42,13 @@ def _cfg(name: str, T):
         return T.GptOssConfig(**c, head_dim=8, sliding_window=WINDOW, num_local_experts=4, num_experts_per_tok=2,
                               layer_types=["sliding_attention", "full_attention"]), T.GptOssForCausalLM
     if name == "gpt2":
-        return T.GPT2Config(vocab_size=V, n_embd=h, n_layer=L, n_head=4, n_positions=512, bos_token_id=1,
+        return T.GPT2Config(vocab_size=vocab, n_embd=h, n_layer=L, n_head=4, n_positions=512, bos_token_id=1,
                             eos_token_id=2, pad_token_id=0), T.GPT2LMHeadModel
     if name == "bloom":  # ALiBi
-        return T.BloomConfig(vocab_size=V, hidden_size=h, n_layer=L, n_head=4, bos_token_id=1, eos_token_id=2,
+        return T.BloomConfig(vocab_size=vocab, hidden_size=h, n_layer=L, n_head=4, bos_token_id=1, eos_token_id=2,
                              pad_token_id=0), T.BloomForCausalLM
     if name == "falcon":  # ALiBi variant
-        return T.FalconConfig(vocab_size=V, hidden_size=h, num_hidden_layers=L, num_attention_heads=4, alibi=True,
+        return T.FalconConfig(vocab_size=vocab, hidden_size=h, num_hidden_layers=L, num_attention_heads=4, alibi=True,
                               new_decoder_architecture=False, multi_query=True, bos_token_id=1, eos_token_id=2,
                               pad_token_id=0), T.FalconForCausalLM
     if name == "lfm2":  # hybrid: short convolutions + attention
@@ -60,7 +60,7 @@ def _cfg(name: str, T):
                                  linear_value_head_dim=8, num_experts=4, num_experts_per_tok=2,
                                  moe_intermediate_size=h, shared_expert_intermediate_size=h), T.Qwen3NextForCausalLM
     if name == "mamba":  # pure state-space model
-        return T.MambaConfig(vocab_size=V, hidden_size=h, state_size=8, num_hidden_layers=L, bos_token_id=1,
+        return T.MambaConfig(vocab_size=vocab, hidden_size=h, state_size=8, num_hidden_layers=L, bos_token_id=1,
                              eos_token_id=2, pad_token_id=0), T.MambaForCausalLM
     raise KeyError(name)
 
@@ -69,15 +69,15 @@ ALL = ["llama", "qwen2", "qwen3", "phi3", "mistral", "starcoder2", "gemma", "gem
        "bloom", "falcon", "lfm2", "qwen3_next", "mamba"]
 
 
-def make_arch_model(name: str, seed: int = 0, std: float = 0.15, attn: str = "sdpa"):
+def make_arch_model(name: str, seed: int = 0, std: float = 0.15, attn: str = "sdpa", vocab: int = V):
     import transformers as T
-    cfg, cls = _cfg(name, T)
+    cfg, cls = _cfg(name, T, vocab)
     torch.manual_seed(seed)
     try:
         cfg._attn_implementation = attn
         model = cls(cfg).eval()
     except ValueError:  # the architecture has no SDPA path (Gemma 2, gpt-oss, Bloom, Mamba): its default
-        cfg, cls = _cfg(name, T)
+        cfg, cls = _cfg(name, T, vocab)
         cfg._attn_implementation = "eager"
         torch.manual_seed(seed)
         model = cls(cfg).eval()

@@ -120,21 +120,26 @@ def _linear_layer_types():
     return lin, dyn
 
 
-def _cache_layout(model) -> tuple[bool, bool]:
-    """(has sliding-window layers, has recurrent / linear-attention / conv-state layers) of a model."""
+def _cache_layout(model) -> tuple[Optional[int], bool]:
+    """(smallest sliding window of the model's layers or None, whether it has recurrent /
+    linear-attention / convolution-state layers)."""
     lin, _ = _linear_layer_types()
     try:
         layers = getattr(_new_cache(model), "layers", [])
     except Exception:  # a config transformers cannot lay out: decide from the config alone
         layers = []
-    sliding = any(getattr(layer, "is_sliding", False) for layer in layers)
-    state = lin is not None and any(isinstance(layer, lin) for layer in layers)
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    types = getattr(cfg, "layer_types", None) or []
-    sliding = sliding or any("sliding" in str(t) or "chunked" in str(t) for t in types)
-    state = state or any(str(t) not in ("full_attention", "sliding_attention", "chunked_attention", "attention")
-                         and "sliding" not in str(t) for t in types)
-    return sliding, state
+    windows = [int(layer.sliding_window) for layer in layers if getattr(layer, "is_sliding", False)
+               and isinstance(getattr(layer, "sliding_window", None), int)]
+    types = [str(t) for t in (getattr(cfg, "layer_types", None) or [])]
+    if any("sliding" in t or "chunked" in t for t in types):
+        w = getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None)
+        if isinstance(w, int):
+            windows.append(w)
+    state = lin is not None and any(isinstance(layer, lin) for layer in layers)
+    state = state or any(t not in ("full_attention", "attention") and "sliding" not in t and "chunked" not in t
+                         for t in types)
+    return (min(windows) if windows else None), state
 
 
 def _kv_len(layer) -> int:

@@ -54,7 +54,7 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
                          f"the draft has {Vd}")
     if max_new == 0:
         return _empty_output(input_ids, B, device)
-    if B > 1 and (any(_cache_layout(model)) or any(_cache_layout(draft))):
+    if B > 1 and max_new > 1 and _needs_rowwise(model, draft, L + max_new + spec.num_draft + 1):
         return _speculative_rowwise(model, input_ids, mask, spec, max_new, eos_mask, pad, streamer)
     K = spec.num_draft
     soft = spec.method == "soft"
@@ -198,6 +198,16 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
     stats = GenerationStats(modes[:, :S_], torch.full((B, S_), float("nan"), device=device),
                             torch.full((B, S_), float("nan"), device=device), torch.stack(accepted, 1))
     return GenerateOutput(torch.cat([input_ids, out_ids[:, :S_]], 1), stats)
+
+
+def _needs_rowwise(model, draft, max_len: int) -> bool:
+    """Whether rows must run one by one: a recurrent layer, or a sliding window shorter than the
+    longest sequence the caches can hold (holes would shift it)."""
+    for m in (model, draft):
+        window, state = _cache_layout(m)
+        if state or (window is not None and window <= max_len):
+            return True
+    return False
 
 
 def _speculative_rowwise(model, input_ids, mask, spec, max_new, eos_mask, pad, streamer):
