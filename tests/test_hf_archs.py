@@ -218,3 +218,62 @@ class _NoCacheLM(torch.nn.Module):
 def test_model_without_cache_is_refused():
     with pytest.raises(ValueError, match=r"takes a cache .*_NoCacheLM \(llama\) takes neither, so it is not supported"):
         H.generate(_NoCacheLM(), torch.tensor([[3, 4]]), strategy=S.Discrete(temperature=0.0), max_new_tokens=2)
+
+
+# ============================================================================ token-sparse attention backend
+
+_needs_sparse = pytest.mark.skipif(not (hasattr(softdec, "sparse_decode_attention")
+                                        and hasattr(softdec, "token_sparse_prefill")),
+                                   reason="softdec sparse attention ops are not in this build")
+_DENSE_WHY = {"gemma2": "logit softcapping", "gpt_oss": "attention sinks",
+              "bloom": "not routed through transformers' AttentionInterface",
+              "falcon": "not routed through transformers' AttentionInterface"}
+_ATTN_LAYERS = {"lfm2": [1], "qwen3_next": [1]}  # the hybrids' attention layers; the rest have [0, 1]
+
+
+@_needs_sparse
+@pytest.mark.parametrize("arch", [a for a in ALL if a != "mamba"] + ["llama_eager"])
+def test_sparse_backend_full_budget_equals_dense(arch, monkeypatch):
+    """At budget >= context the backend equals dense on every architecture: a layer is either
+    computed exactly by the sparse kernels (sliding windows through the mask) or left on the model's
+    own attention function (softcap, sinks, ALiBi) -- and the model says which."""
+    name, attn = (arch[:-6], "eager") if arch.endswith("_eager") else (arch, "sdpa")
+    model = make_arch_model(name, attn=attn)
+    impl = model.config._attn_implementation
+    ids, mask = prompts(3, length=10)
+    run = dict(attention_mask=mask, strategy=S.Discrete(temperature=0.0), max_new_tokens=8, eos_token_id=NO_EOS)
+    dense = H.generate(model, ids, **run)
+    calls = {"n": 0}
+    real = softdec.sparse_decode_attention
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(softdec, "sparse_decode_attention", counting)
+    H.enable_token_sparse_attention(model, budget=4096, select="token", sink=1, window=2, prefill=False)
+    try:
+        sparse = H.generate(model, ids, **run)
+        sparse_layers, dense_layers = model.softdec_sparse_layers, model.softdec_dense_layers
+    finally:
+        H.disable_token_sparse_attention(model)
+    assert model.config._attn_implementation == impl and not hasattr(model, "softdec_sparse_layers")
+    assert torch.equal(sparse.sequences, dense.sequences)
+    torch.testing.assert_close(sparse.stats.entropy, dense.stats.entropy, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sparse.stats.max_prob, dense.stats.max_prob, rtol=1e-4, atol=1e-4)
+    if name in _DENSE_WHY:
+        assert sparse_layers == [] and calls["n"] == 0
+        assert sorted(dense_layers) == [0, 1] and all(_DENSE_WHY[name] in r for r in dense_layers.values())
+    else:
+        assert sparse_layers == _ATTN_LAYERS.get(name, [0, 1]) and dense_layers == {}
+        assert calls["n"] == len(sparse_layers) * 7  # every decode step of every sparse layer
+
+
+@_needs_sparse
+def test_sparse_backend_refusals():
+    with pytest.raises(ValueError, match="found no attention layers .* in MambaForCausalLM"):
+        H.enable_token_sparse_attention(make_arch_model("mamba"), budget=8)
+    model = make_arch_model("llama")
+    model.config._attn_implementation = "flex_attention"
+    with pytest.raises(ValueError, match="needs a model on 'sdpa' or 'eager' attention .* got 'flex_attention'"):
+        H.enable_token_sparse_attention(model, budget=8)

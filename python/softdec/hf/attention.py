@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Optional
 
 import torch
@@ -12,12 +14,52 @@ from ._common import _check_transformers
 # ============================================================================ token-sparse attention backend
 
 SPARSE_ATTN_NAME = "softdec_token_sparse"
-"""Name under which the backend is registered in AttentionInterface / AttentionMaskInterface."""
+"""Name under which the backend is registered in AttentionInterface / AttentionMaskInterface
+(for a model on ``sdpa``; a model on ``eager`` gets ``softdec_token_sparse_eager``, whose mask
+function is the eager one)."""
+
+_ORIGINALS = ("sdpa", "eager")
+_log = logging.getLogger("softdec.hf")
+
+
+def _original_attention(module, impl: str):
+    """The attention function the model ran before the switch: transformers' registered one
+    (``sdpa``) or the module's own ``eager_attention_forward`` (the modeling file's, which applies
+    that architecture's softcap / sinks)."""
+    if impl == "eager":
+        fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+        if fn is not None:
+            return fn
+        return None  # the module computes attention itself (Bloom): it never calls the backend
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    return sdpa_attention_forward
 
 
 def _dense_attention(module, query, key, value, attention_mask, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    fn = getattr(module, "_softdec_dense", "sdpa")
+    if fn == "sdpa":
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward as fn
+    elif fn is None:
+        raise RuntimeError(f"{type(module).__name__} called the token-sparse backend but its model has no "
+                           f"eager_attention_forward to fall back to")
+    return fn(module, query, key, value, attention_mask, **kwargs)
+
+
+def _dense_reason(attention_mask, dropout, kwargs) -> Optional[str]:
+    """Why this call must run the layer's own attention, or None when the sparse kernels compute
+    exactly the same thing (softcap, attention sinks and additive biases such as ALiBi are not in them)."""
+    if dropout > 0.0:
+        return "dropout"
+    if kwargs.get("softcap") is not None:
+        return "logit softcapping"
+    if kwargs.get("s_aux") is not None or kwargs.get("sinks") is not None:
+        return "attention sinks"
+    m = attention_mask
+    if isinstance(m, torch.Tensor) and m.is_floating_point() and m.dim() == 4:
+        row = m[:, :, -1:, :]
+        if bool(((row != 0) & (row > torch.finfo(m.dtype).min / 2)).any()):
+            return "additive attention bias (e.g. ALiBi)"
+    return None
 
 
 def _key_validity(attention_mask, batch: int, n: int):
@@ -36,12 +78,18 @@ def _key_validity(attention_mask, batch: int, n: int):
 def _token_sparse_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                             is_causal=None, **kwargs):
     """AttentionInterface function: sparse decode per step, token-sparse prefill on long prompts,
-    SDPA everywhere else (layers not selected, padded prefill, chunked prefill, dropout, softcap)."""
+    the model's own attention (its ``sdpa`` or ``eager`` function) everywhere else: layers not selected,
+    padded or chunked prefill, and any call the kernels would not compute exactly (dropout, logit
+    softcapping, attention sinks, an additive bias in the mask)."""
     cfg = getattr(module, "_softdec_sparse", None)
     B, Hq, Lq, d = query.shape
     N = key.shape[2]
     sw = kwargs.get("sliding_window")
-    if cfg is None or dropout > 0.0 or kwargs.get("softcap") is not None or (sw is not None and sw < N):
+    module._softdec_called = True
+    reason = _dense_reason(attention_mask, dropout, kwargs) if cfg is not None else None
+    if reason is not None:
+        module._softdec_reason = reason
+    if cfg is None or reason is not None:
         return _dense_attention(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                 is_causal=is_causal, **kwargs)
     if Lq == 1:
@@ -64,7 +112,8 @@ def _token_sparse_attention(module, query, key, value, attention_mask, dropout=0
                                             seq_lens=seq_lens, scale=scaling, **extra)
         return out[:, None].to(query.dtype), None
     cfg["_pages"] = None  # a multi-token step (prefill, speculative scoring) may rewrite cached keys
-    if cfg["prefill"] and Lq == N and Lq >= cfg["prefill_min_length"] and _key_validity(attention_mask, B, N) is None:
+    if (cfg["prefill"] and Lq == N and Lq >= cfg["prefill_min_length"] and not (sw is not None and sw < N)
+            and _key_validity(attention_mask, B, N) is None):
         if attention_mask is None or bool(attention_mask.dim() == 4 and
                                           (attention_mask[:, :, -1, :] if attention_mask.dtype == torch.bool
                                            else attention_mask[:, :, -1, :] == 0).all()):
@@ -102,15 +151,19 @@ def _attention_modules(model):
     return mods
 
 
-def _register_sparse_backend():
+def _register_sparse_backend(original: str) -> str:
+    """Register the backend under a name whose mask function is the original implementation's
+    (bool masks for sdpa, additive float masks for eager); returns the name."""
     from transformers import AttentionInterface
     try:
         from transformers import AttentionMaskInterface
     except ImportError:  # older layout
         from transformers.masking_utils import AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
-    AttentionInterface.register(SPARSE_ATTN_NAME, _token_sparse_attention)
-    AttentionMaskInterface.register(SPARSE_ATTN_NAME, sdpa_mask)
+    from transformers import masking_utils
+    name = SPARSE_ATTN_NAME if original == "sdpa" else f"{SPARSE_ATTN_NAME}_{original}"
+    AttentionInterface.register(name, _token_sparse_attention)
+    AttentionMaskInterface.register(name, masking_utils.sdpa_mask if original == "sdpa" else masking_utils.eager_mask)
+    return name
 
 
 def _set_attn(model, name: str):
@@ -127,15 +180,30 @@ def enable_token_sparse_attention(model, *, budget: int, select: str = "page", l
     """Switch a model's attention to softdec's token-sparse kernels.
 
     Registers ``"softdec_token_sparse"`` in transformers' ``AttentionInterface``
-    (with ``sdpa_mask`` as its mask function in ``AttentionMaskInterface``) and
+    (``"softdec_token_sparse_eager"`` for a model on eager attention), with the
+    original implementation's mask function in ``AttentionMaskInterface``, and
     sets it as the model's attention implementation. In the selected layers,
     each decode step (one query) runs ``softdec.sparse_decode_attention`` over
     the KV cache (sink + local window + the ``budget`` most relevant tokens),
     and an unpadded prompt of at least ``prefill_min_length`` tokens runs
     ``softdec.token_sparse_prefill``; everything else (other layers, padded or
-    chunked prefill) runs SDPA. Padded batches (and speculative cache holes)
-    compact each row's valid keys to the front before the sparse kernel (a
-    copy per step).
+    chunked prefill) runs the model's own attention function, never a
+    different one. Padded batches (and speculative cache holes) compact each
+    row's valid keys to the front before the sparse kernel (a copy per step);
+    sliding-window layers decode sparsely over their window (the mask marks
+    the keys outside it).
+
+    A layer stays on the model's own attention, never approximated, when the
+    kernels would not compute it exactly: logit softcapping (Gemma 2),
+    attention sinks (gpt-oss), an additive bias in the mask, or an
+    architecture that computes attention itself instead of calling the
+    interface (ALiBi in Bloom and Falcon). A two-token probe forward finds
+    these when the backend is enabled; the result is in
+    ``model.softdec_sparse_layers`` (sorted layer indices) and
+    ``model.softdec_dense_layers`` ({layer: reason}), and is logged on the
+    ``softdec.hf`` logger (a warning when a selected layer stays dense).
+    Models on other implementations (flash, flex) are refused: switch them to
+    ``sdpa`` first.
 
     Parameters
     ----------
@@ -166,7 +234,8 @@ def enable_token_sparse_attention(model, *, budget: int, select: str = "page", l
     Returns
     -------
     model
-        The same model, switched.
+        The same model, switched, with ``softdec_sparse_layers`` and
+        ``softdec_dense_layers`` set.
 
     Examples
     --------
@@ -208,13 +277,55 @@ def enable_token_sparse_attention(model, *, budget: int, select: str = "page", l
                coverage=float(coverage), min_tokens=min_tokens, prefill_window=prefill_window,
                prefill_min_length=min_tokens + 1 if prefill_min_length is None else int(prefill_min_length),
                cache_pages=bool(cache_page_summaries) and hasattr(__import__("softdec"), "build_page_summary"))
-    _register_sparse_backend()
-    if getattr(model, "_softdec_prev_attn", None) is None:
-        model._softdec_prev_attn = model.config._attn_implementation
+    prev = getattr(model, "_softdec_prev_attn", None) or model.config._attn_implementation
+    if prev not in _ORIGINALS:
+        raise ValueError(f"enable_token_sparse_attention needs a model on 'sdpa' or 'eager' attention (its dense "
+                         f"fallback is the model's own implementation), got {prev!r}; switch first with "
+                         f"model.set_attn_implementation('sdpa')")
+    name = _register_sparse_backend(prev)
     for m in mods:
         m._softdec_sparse = dict(cfg) if m.layer_idx in chosen else None
-    _set_attn(model, SPARSE_ATTN_NAME)
+        m._softdec_dense = _original_attention(m, prev)
+        m._softdec_called, m._softdec_reason = False, None
+    try:
+        _set_attn(model, name)
+    except (ValueError, NotImplementedError) as e:
+        for m in mods:
+            for attr in ("_softdec_sparse", "_softdec_dense", "_softdec_called", "_softdec_reason"):
+                if hasattr(m, attr):
+                    delattr(m, attr)
+        raise ValueError(f"{type(model).__name__} cannot switch to the token-sparse backend: it does not route its "
+                         f"attention through transformers' AttentionInterface ({e})") from None
+    model._softdec_prev_attn = prev
+    _probe_layers(model, mods, chosen)
     return model
+
+
+def _probe_layers(model, mods, chosen) -> None:
+    """Run two tokens through the model once and record which selected layers reach the sparse
+    kernels: ``model.softdec_sparse_layers`` (sorted layer indices) and ``model.softdec_dense_layers``
+    ({layer index: reason}) for the selected layers left on the model's own attention."""
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        model(input_ids=torch.full((1, 2), 1, dtype=torch.long, device=dev), use_cache=False)
+    sparse, dense = [], {}
+    for m in mods:
+        if m.layer_idx not in chosen:
+            continue
+        if not m._softdec_called:
+            dense[m.layer_idx] = ("not routed through transformers' AttentionInterface (the architecture computes "
+                                  "attention itself, e.g. ALiBi in Bloom / Falcon)")
+        elif m._softdec_reason is not None:
+            dense[m.layer_idx] = m._softdec_reason
+            m._softdec_sparse = None
+        else:
+            sparse.append(m.layer_idx)
+    model.softdec_sparse_layers = sorted(set(sparse))
+    model.softdec_dense_layers = dict(sorted(dense.items()))
+    _log.info("softdec token-sparse attention: sparse layers %s", model.softdec_sparse_layers)
+    if dense:
+        _log.warning("softdec token-sparse attention: %d selected layer(s) stay on the model's own attention: %s",
+                     len(dense), "; ".join(f"{i}: {r}" for i, r in model.softdec_dense_layers.items()))
 
 
 def disable_token_sparse_attention(model):
@@ -222,8 +333,12 @@ def disable_token_sparse_attention(model):
     ``enable_token_sparse_attention`` (a no-op if it was never enabled)."""
     prev = getattr(model, "_softdec_prev_attn", None)
     for m in _attention_modules(model):
-        if hasattr(m, "_softdec_sparse"):
-            del m._softdec_sparse
+        for attr in ("_softdec_sparse", "_softdec_dense", "_softdec_called", "_softdec_reason"):
+            if hasattr(m, attr):
+                delattr(m, attr)
+    for attr in ("softdec_sparse_layers", "softdec_dense_layers"):
+        if hasattr(model, attr):
+            delattr(model, attr)
     if prev is not None:
         _set_attn(model, prev)
         model._softdec_prev_attn = None
