@@ -11,6 +11,7 @@ from .. import strategies as S
 from ..strategies.base import MODE_FINISHED, StepContext
 from ._common import (GenerateOutput, GenerationStats, _check_transformers, _empty_output, _eos_mask,
                       _input_embedding, _Runner, _seeds, _vocab_size)
+from .compiled import _generate_compiled
 from .speculative import _generate_speculative
 
 # ============================================================================ generate
@@ -18,7 +19,7 @@ from .speculative import _generate_speculative
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, *, strategy, max_new_tokens: int,
              attention_mask: Optional[torch.Tensor] = None, eos_token_id=None, pad_token_id: Optional[int] = None,
-             streamer=None) -> GenerateOutput:
+             streamer=None, compile: bool = False, compile_mode: str = "default") -> GenerateOutput:
     """Batched decoding of any Hugging Face causal LM with a softdec strategy.
 
     Parameters
@@ -40,6 +41,15 @@ def generate(model, input_ids: torch.Tensor, *, strategy, max_new_tokens: int,
         else the first eos, else 0.
     streamer : transformers.BaseStreamer, optional
         Receives the prompt, then each step's ``(B,)`` tokens, then ``end()``.
+    compile : bool, default False
+        Run each decode step (model forward, the strategy's ops, state updates)
+        as one ``torch.compile(fullgraph=True)`` graph over a transformers
+        ``StaticCache`` sized ``L + max_new_tokens``, with no host
+        synchronisation inside a step; the same tokens as the eager loop. The
+        first call per (model, strategy) compiles (slow); later calls with the
+        same shapes reuse it. Not for ``Speculative``. Needs transformers >= 5.
+    compile_mode : str, default "default"
+        ``torch.compile`` mode, e.g. ``"reduce-overhead"`` (CUDA graphs) on a GPU.
 
     Returns
     -------
@@ -101,7 +111,18 @@ def generate(model, input_ids: torch.Tensor, *, strategy, max_new_tokens: int,
 
     if streamer is not None:
         streamer.put(input_ids.cpu())
-    if isinstance(strategy, S.Speculative):
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be a bool, got {compile!r}")
+    if compile and isinstance(strategy, S.Speculative):
+        raise ValueError("compile=True supports Discrete, SoftThinking and Router; Speculative runs a variable "
+                         "number of tokens per round and is not compiled")
+    if compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+        raise ValueError(f"compile_mode must be a torch.compile mode ('default', 'reduce-overhead', 'max-autotune', "
+                         f"'max-autotune-no-cudagraphs'), got {compile_mode!r}")
+    if compile:
+        out = _generate_compiled(model, input_ids, attention_mask, strategy, max_new_tokens, eos_mask,
+                                 int(pad_token_id), streamer, compile_mode)
+    elif isinstance(strategy, S.Speculative):
         out = _generate_speculative(model, input_ids, attention_mask, strategy, max_new_tokens, eos_mask,
                                     int(pad_token_id), streamer)
     else:
