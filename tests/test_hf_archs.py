@@ -142,8 +142,9 @@ def _first_token_distribution(arch, n):
     from scipy import stats
     from softdec.reference import filter_probs
     vocab = 8
-    target = make_arch_model(arch, vocab=vocab, seed=21, std=0.5)
-    draft = make_arch_model(arch, vocab=vocab, seed=22, std=0.5)
+    std = 0.08 if arch.startswith("gemma") else 0.5  # Gemma's scaled embeddings make std=0.5 one-hot
+    target = make_arch_model(arch, vocab=vocab, seed=21, std=std)
+    draft = make_arch_model(arch, vocab=vocab, seed=22, std=std)
     prompt = torch.tensor([[3, 5, 1, 6, 4, 7]])
     with torch.no_grad():
         p = filter_probs(target(prompt).logits[0, -1:].double(), 1.0, 0, 1.0)[0][0]

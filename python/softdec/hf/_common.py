@@ -273,6 +273,17 @@ class _Runner:
     def forward(self, *, input_ids=None, inputs_embeds=None, new_mask=None, keep: int = 1) -> torch.Tensor:
         x = input_ids if input_ids is not None else inputs_embeds
         b, n = x.shape[0], x.shape[1]
+        if self.state_only and n > 1 and self.mask.shape[1] > 0:
+            # transformers' state-space models (Mamba) continue a cached state correctly one token at a
+            # time only (a multi-token continuation differs from the full-sequence forward), so a
+            # speculative scoring or re-feed runs token by token
+            outs = []
+            for j in range(n):
+                sl = slice(j, j + 1)
+                outs.append(self.forward(input_ids=None if input_ids is None else input_ids[:, sl],
+                                         inputs_embeds=None if inputs_embeds is None else inputs_embeds[:, sl],
+                                         new_mask=None if new_mask is None else new_mask[:, sl]))
+            return torch.cat(outs, 1)[:, -keep:]
         if new_mask is None:
             new_mask = torch.ones(b, n, dtype=torch.long, device=x.device)
         else:
