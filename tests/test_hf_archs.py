@@ -6,12 +6,17 @@ runs with the documented invariants (sampling / soft strategies), or is refused 
 message. Sliding windows are 4 tokens, so every sequence crosses them; the recurrent and hybrid
 models (Mamba, LFM2, Qwen3-Next) exercise state snapshots on speculative rollback.
 
-The fast subset (CI) is one cell per (architecture, strategy) at B = 3 with left padding; B = 1
-and the per-architecture first-token distributions of exact speculative sampling are marked slow,
-except on the architectures the tracker named (sliding window: Mistral; recurrent: LFM2).
+The fast subset (CI, about a minute on a quiet 2-core machine) runs Discrete(T=0) and greedy
+speculative decoding on every architecture at B = 3 with left padding, the soft strategies on a
+few, the sparse backend on all, and exact speculative sampling's first-token distribution on
+Mistral (sliding window) and LFM2 (recurrent). The rest is marked ``slow`` and runs only with
+``SOFTDEC_SLOW=1`` (``SOFTDEC_SLOW=1 pytest -m slow tests/test_hf_archs.py``): B = 1 for every cell,
+every soft cell, the other first-token distributions, and the compiled decode step.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -28,6 +33,13 @@ pytestmark = pytest.mark.skipif(not all(hasattr(softdec, n) for n in ("sample", 
                                 reason="softdec sample / soft_mixture / verify are not in this build")
 
 NO_EOS = []
+SLOW = [pytest.mark.slow, pytest.mark.skipif(os.environ.get("SOFTDEC_SLOW") != "1",
+                                             reason="slow: run with SOFTDEC_SLOW=1")]
+
+
+def _cells(archs, fast):
+    return [pytest.param(a, marks=() if a in fast else SLOW) for a in archs]
+
 N_NEW = 12
 _MODELS = {}
 
@@ -88,10 +100,12 @@ def _strategy(name, arch):
 
 GREEDY = ["discrete", "soft_top1", "router_top1", "spec_greedy"]
 NAMED = {"mistral", "starcoder2", "gemma2", "gemma3", "gpt_oss", "lfm2", "qwen3_next", "mamba"}
+_SOFT_FAST = {"gemma", "gemma2", "lfm2", "mamba"}
+_GRID = [pytest.param(a, st, marks=() if st in ("discrete", "spec_greedy") or a in _SOFT_FAST else SLOW)
+         for a in ALL for st in GREEDY]
 
 
-@pytest.mark.parametrize("strategy", GREEDY)
-@pytest.mark.parametrize("arch", ALL)
+@pytest.mark.parametrize("arch,strategy", _GRID)
 def test_greedy_cells_equal_transformers(arch, strategy):
     """Discrete(T=0), SoftThinking(top_k=1), Router with one-hot soft tokens, and greedy speculative
     decoding all equal transformers' greedy, batched with left padding."""
@@ -108,9 +122,8 @@ def test_greedy_cells_equal_transformers(arch, strategy):
         assert bool((out.stats.mode == MODE_DISCRETE).all())
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("strategy", GREEDY)
-@pytest.mark.parametrize("arch", ALL)
+@pytest.mark.parametrize("arch", _cells(ALL, ()))
 def test_greedy_cells_equal_transformers_one_row(arch, strategy):
     ids, mask = prompts(1)
     out = H.generate(model_for(arch), ids, attention_mask=mask, strategy=_strategy(strategy, arch),
@@ -118,7 +131,7 @@ def test_greedy_cells_equal_transformers_one_row(arch, strategy):
     assert torch.equal(out.sequences, hf_greedy(arch, 1))
 
 
-@pytest.mark.parametrize("arch", ALL)
+@pytest.mark.parametrize("arch", _cells(ALL, {"llama", "gemma3", "lfm2", "mamba"}))
 def test_soft_thinking_and_self_speculation(arch):
     """Real soft tokens (top-4 mixtures) run on every architecture; a model drafting for itself
     (exact sampling and soft drafts) has every draft accepted."""
@@ -164,8 +177,7 @@ def test_exact_speculative_first_token_distribution(arch):
     _first_token_distribution(arch, 6000)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", sorted(NAMED - {"mistral", "lfm2"}) + ["llama", "bloom"])
+@pytest.mark.parametrize("arch", _cells(sorted(NAMED - {"mistral", "lfm2"}) + ["llama", "bloom"], ()))
 def test_exact_speculative_first_token_distribution_slow(arch):
     _first_token_distribution(arch, 20000)
 
@@ -278,3 +290,38 @@ def test_sparse_backend_refusals():
     model.config._attn_implementation = "flex_attention"
     with pytest.raises(ValueError, match="needs a model on 'sdpa' or 'eager' attention .* got 'flex_attention'"):
         H.enable_token_sparse_attention(model, budget=8)
+
+
+# ============================================================================ compiled decode step
+
+def test_compile_arguments():
+    model = model_for("llama")
+    ids, mask = prompts(2)
+    with pytest.raises(ValueError, match="compile must be a bool, got 'yes'"):
+        H.generate(model, ids, strategy=S.Discrete(temperature=0.0), max_new_tokens=2, compile="yes")
+    with pytest.raises(ValueError, match="compile=True supports Discrete, SoftThinking and Router; Speculative"):
+        H.generate(model, ids, strategy=S.Speculative(model, 2, "greedy"), max_new_tokens=2, compile=True)
+    with pytest.raises(ValueError, match="compile_mode must be a torch.compile mode .* got 'fast'"):
+        H.generate(model, ids, strategy=S.Discrete(temperature=0.0), max_new_tokens=2, compile=True,
+                   compile_mode="fast")
+
+
+@pytest.mark.parametrize("arch", _cells(["llama", "gemma"], ()))
+def test_compiled_step_equals_eager_loop(arch):
+    """generate(compile=True) returns the eager loop's tokens, modes and stats (greedy, sampled,
+    soft thinking with think-end and eos stops), reusing its compiled step on a second call."""
+    model = model_for(arch)
+    ids, mask = prompts(3)
+    ref = hf_greedy(arch, 3)
+    eos = int(ref[2, ids.shape[1] + 3])
+    for st, eos_ids in ((S.Discrete(temperature=0.0), NO_EOS), (S.Discrete(temperature=0.8, top_k=20, seed=5), [eos]),
+                        (S.SoftThinking(top_k=4, seed=3, think_end_token_id=7, max_think_tokens=4), [eos])):
+        run = dict(attention_mask=mask, strategy=st, max_new_tokens=N_NEW, eos_token_id=eos_ids, pad_token_id=0)
+        eager = H.generate(model, ids, **run)
+        for _ in range(2):
+            comp = H.generate(model, ids, compile=True, **run)
+            assert torch.equal(comp.sequences, eager.sequences)
+            assert torch.equal(comp.stats.mode, eager.stats.mode)
+            torch.testing.assert_close(comp.stats.entropy, eager.stats.entropy, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert torch.equal(H.generate(model, ids, compile=True, attention_mask=mask, strategy=S.Discrete(temperature=0.0),
+                                  max_new_tokens=N_NEW, eos_token_id=NO_EOS).sequences, ref)
