@@ -182,7 +182,7 @@ def test_exact_speculative_first_token_distribution_slow(arch):
     _first_token_distribution(arch, 20000)
 
 
-@pytest.mark.parametrize("arch", ["gemma3", "qwen3_next", "mamba"])
+@pytest.mark.parametrize("arch", ["gemma3", "lfm2", "mamba"])
 def test_rowwise_speculative_streams_and_pads(arch):
     """Models with sliding windows or recurrent states verify one row at a time: rows stop at eos
     independently, are padded after, and the streamer still gets (B,) columns."""
