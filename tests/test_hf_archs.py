@@ -212,6 +212,21 @@ def test_rowwise_speculative_streams_and_pads(arch):
     assert torch.equal(torch.stack(got[1:], 1), out.sequences[:, L:])
 
 
+def test_rowwise_speculative_keeps_per_row_seeds():
+    """Exact sampling with per-row seeds on a sliding-window model: each row of the batch equals
+    that row decoded alone with its own seed (rows are independent and seeded per row)."""
+    arch = "mistral"
+    ids, mask = prompts(3)
+    seeds = torch.tensor([11, 22, 33])
+    out = H.generate(model_for(arch), ids, attention_mask=mask, max_new_tokens=8, eos_token_id=NO_EOS,
+                     strategy=S.Speculative(perturbed(arch, noise=0.1), 3, "exact", temperature=1.0, seed=seeds))
+    for b in range(3):
+        one = H.generate(model_for(arch), ids[b:b + 1], attention_mask=mask[b:b + 1], max_new_tokens=8,
+                         eos_token_id=NO_EOS, strategy=S.Speculative(perturbed(arch, noise=0.1), 3, "exact",
+                                                                     temperature=1.0, seed=seeds[b:b + 1]))
+        assert torch.equal(out.sequences[b], one.sequences[0])
+
+
 class _NoCacheLM(torch.nn.Module):
     """A causal LM whose forward takes no cache at all."""
 

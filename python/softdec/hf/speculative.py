@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .. import strategies as S
@@ -221,8 +223,14 @@ def _speculative_rowwise(model, input_ids, mask, spec, max_new, eos_mask, pad, s
     """
     B, L = input_ids.shape
     device = input_ids.device
-    outs = [_generate_speculative(model, input_ids[b:b + 1], mask[b:b + 1], spec, max_new, eos_mask, pad, None)
-            for b in range(B)]
+    outs = []
+    for b in range(B):
+        row_spec = spec
+        if isinstance(spec.seed, torch.Tensor) and spec.seed.dim() == 1 and spec.seed.numel() == B:
+            row_spec = copy.copy(spec)  # per-row seeds: row b keeps its own
+            row_spec.seed = spec.seed[b:b + 1]
+        outs.append(_generate_speculative(model, input_ids[b:b + 1], mask[b:b + 1], row_spec, max_new, eos_mask,
+                                          pad, None))
     S_ = max(o.sequences.shape[1] - L for o in outs)
     R = max(o.stats.num_accepted.shape[1] if o.stats.num_accepted is not None else 0 for o in outs)
     seq = torch.full((B, L + S_), pad, dtype=torch.long, device=device)
