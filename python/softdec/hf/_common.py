@@ -93,6 +93,8 @@ def _new_cache(model, rollback: bool = False):
     Linear-attention / state-space layers are rolled back by ``_Runner.snapshot`` / ``restore``.
     """
     from transformers import DynamicCache
+    if _linear_layer_types()[0] is None and _config_has_state_layers(model):
+        return None  # transformers < 5: hybrid models build their own cache class on the first forward
     try:
         cache = DynamicCache(config=model.config)
     except TypeError:  # older signatures
@@ -105,6 +107,13 @@ def _new_cache(model, rollback: bool = False):
         elif any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", [])):
             cache = DynamicCache()
     return cache
+
+
+def _config_has_state_layers(model) -> bool:
+    """Whether the config lists layers that are neither full nor sliding/chunked attention."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    types = [str(t) for t in (getattr(cfg, "layer_types", None) or [])]
+    return any(t not in ("full_attention", "attention") and "sliding" not in t and "chunked" not in t for t in types)
 
 
 def _linear_layer_types():
@@ -136,9 +145,7 @@ def _cache_layout(model) -> tuple[Optional[int], bool]:
         w = getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None)
         if isinstance(w, int):
             windows.append(w)
-    state = lin is not None and any(isinstance(layer, lin) for layer in layers)
-    state = state or any(t not in ("full_attention", "attention") and "sliding" not in t and "chunked" not in t
-                         for t in types)
+    state = (lin is not None and any(isinstance(layer, lin) for layer in layers)) or _config_has_state_layers(model)
     return (min(windows) if windows else None), state
 
 

@@ -9,8 +9,8 @@ import torch
 from .. import strategies as S
 from ..strategies._ops import op
 from ..strategies.base import MODE_DISCRETE, MODE_FINISHED, MODE_SOFT
-from ._common import (GenerateOutput, GenerationStats, _cache_layout, _empty_output, _input_embedding, _Runner, _seeds,
-                      _vocab_size)
+from ._common import (GenerateOutput, GenerationStats, _cache_layout, _empty_output, _input_embedding,
+                      _linear_layer_types, _Runner, _seeds, _vocab_size)
 
 # ============================================================================ speculative
 
@@ -54,6 +54,13 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
     if V != Vd:
         raise ValueError(f"draft_model must share the target's vocabulary: the target has {V} tokens, "
                          f"the draft has {Vd}")
+    if _linear_layer_types()[0] is None:
+        for m in (model, draft):
+            if _cache_layout(m)[1]:
+                import transformers
+                raise ValueError(f"Speculative on {type(m).__name__} ({getattr(m.config, 'model_type', '?')}) needs "
+                                 f"transformers >= 5 to roll back its recurrent / convolution states; got "
+                                 f"{transformers.__version__}")
     if max_new == 0:
         return _empty_output(input_ids, B, device)
     if B > 1 and max_new > 1 and _needs_rowwise(model, draft, L + max_new + spec.num_draft + 1):
