@@ -5,7 +5,7 @@ Run: ``PYTHONPATH=python python bench/bench_hf_compile.py [--layers 24] [--new 3
 Each timed call generates ``new`` tokens for ``B`` rows from a ``prompt``-token prompt; the first
 compiled call (compilation) is timed separately and excluded. Prints median, p20 and p80 per call
 and the speedups (baseline median / compiled median), checks that the compiled loop returns the
-eager loop's tokens, and appends a JSON record to bench/results_hf_compile.json.
+eager loop's tokens, and appends one JSON line per row to bench/results_hf_compile.json.
 """
 
 from __future__ import annotations
@@ -33,6 +33,21 @@ def _times(fn, reps):
     ts.sort()
     q = lambda f: ts[min(len(ts) - 1, int(f * (len(ts) - 1) + 0.5))]  # noqa: E731
     return q(0.5), q(0.2), q(0.8)
+
+
+def _append(args, row):
+    """One JSON line per measured row (machine, commit, versions, settings, numbers)."""
+    import transformers
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        commit = "unknown"
+    rec = dict(bench="hf_compile", machine=platform.machine(), processor=platform.processor(),
+               threads=torch.get_num_threads(), commit=commit, torch=torch.__version__,
+               transformers=transformers.__version__, args=vars(args), **row)
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_hf_compile.json"), "a") as f:
+        f.write(json.dumps(rec) + "\n")
 
 
 def main():
@@ -74,19 +89,9 @@ def main():
             row = dict(strategy=name, B=B, compile_s=t_compile, compiled=tc, eager=te, hf=th, same_tokens=same,
                        x_eager=te[0] / tc[0], x_hf=th[0] / tc[0])
             rows.append(row)
+            _append(args, row)
             print(f"{name:9} {B:>2} {t_compile:9.1f} {tc[0]:9.3f} ({tc[1]:.3f}-{tc[2]:.3f}) {te[0]:9.3f} "
                   f"{th[0]:9.3f} {row['x_eager']:8.2f} {row['x_hf']:7.2f} {same}", flush=True)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(__file__)).stdout.strip()
-    except OSError:
-        commit = "unknown"
-    import transformers
-    rec = dict(bench="hf_compile", machine=platform.machine(), processor=platform.processor(),
-               threads=torch.get_num_threads(), commit=commit, torch=torch.__version__,
-               transformers=transformers.__version__, args=vars(args), rows=rows)
-    with open(os.path.join(os.path.dirname(__file__), "results_hf_compile.json"), "a") as f:
-        f.write(json.dumps(rec) + "\n")
 
 
 if __name__ == "__main__":
