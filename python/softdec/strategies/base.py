@@ -36,13 +36,19 @@ class StepContext:
         ``sqrt(hidden)`` for Gemma); soft embeddings are scaled by it once.
     seed : torch.Tensor
         ``(B,)`` int64 per-row Philox keys.
-    step : int
-        Index of the token being generated (0 for the first new token).
+    step : int or torch.Tensor
+        Index of the token being generated (0 for the first new token); a
+        ``(B,)`` int64 tensor in a compiled decode step (one graph for all steps).
+    static : bool
+        True inside a compiled decode step: the strategy must not branch on
+        tensor values (no host synchronisation); it computes both sides and
+        selects per row instead, with the same results.
     """
     embedding: Optional[torch.Tensor]
     embed_scale: float
     seed: torch.Tensor
-    step: int
+    step: object
+    static: bool = False
 
     def offset(self, stream: int) -> int:
         """Philox offset of ``stream`` (0: soft-mixture noise, 1: sampling) at this step."""

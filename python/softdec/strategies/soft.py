@@ -64,7 +64,7 @@ class _SoftBase(Strategy):
         need_draw = ~soft & ~emit_end & ~eos_top
         ids = torch.where(emit_end, torch.full_like(top, self.think_end_token_id or 0), top)
         valid = st.valid
-        if bool(need_draw.any()):
+        if ctx.static or bool(need_draw.any()):
             d = discrete.draw(logits, ctx.seed, ctx.offset(1))
             ids = torch.where(need_draw, d.ids, ids)
             valid = torch.where(need_draw, d.valid, valid)
@@ -280,7 +280,7 @@ class Router(_SoftBase):
         thinking = state["thinking"]
         res = super()._finish(logits, st, soft_wanted, end_now, eos_top, state, ctx, discrete)
         done = ~thinking
-        if bool(done.any()) and self.after is not discrete:
+        if self.after is not discrete and (ctx.static or bool(done.any())):
             d = self.after.draw(logits, ctx.seed, ctx.offset(1))
             res = res._replace(ids=torch.where(done, d.ids, res.ids), valid=torch.where(done, d.valid, res.valid))
         return res
