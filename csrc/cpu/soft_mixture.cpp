@@ -531,18 +531,20 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
 // ------------------------------------------------------------------ backward (logits)
 #if defined(SOFTDEC_SIMD_AVX512)
 // o[j] = t p_j (-gh (log p_j + H) - gm pm) for the float32 rows, 16 at a time,
-// with p_j = 2^((l_j t - lse) log2 e); returns the first index left to the
-// scalar tail.
-inline int64_t dense_grad_avx512(const float* l, int64_t V, float t, float lse, float gh, float h,
-                                 float gmpm, float* o) {
+// with log p_j = (l_j - m) t + log_pm (m the row's largest logit, log_pm the log
+// of its probability: stable for any logit magnitude) and p_j = 2^(log p_j log2 e);
+// returns the first index left to the scalar tail.
+inline int64_t dense_grad_avx512(const float* l, int64_t V, float t, float m, float log_pm, float gh,
+                                 float h, float gmpm, float* o) {
   constexpr float kLog2e = 1.44269504088896341f;
-  const __m512 vt = _mm512_set1_ps(t), vlse = _mm512_set1_ps(lse), vgh = _mm512_set1_ps(-gh),
-               vh = _mm512_set1_ps(h), vc = _mm512_set1_ps(-gmpm), vfloor = _mm512_set1_ps(-150.0f),
-               vl2e = _mm512_set1_ps(kLog2e);
+  const __m512 vt = _mm512_set1_ps(t), vm = _mm512_set1_ps(m), vc0 = _mm512_set1_ps(log_pm),
+               vgh = _mm512_set1_ps(-gh), vh = _mm512_set1_ps(h), vc = _mm512_set1_ps(-gmpm),
+               vfloor = _mm512_set1_ps(-150.0f), vl2e = _mm512_set1_ps(kLog2e);
   int64_t j = 0;
   for (; j + 16 <= V; j += 16) {
     // lp >= -150: p underflows to exactly 0 and the product stays finite
-    const __m512 lp = _mm512_max_ps(_mm512_fmsub_ps(_mm512_loadu_ps(l + j), vt, vlse), vfloor);
+    const __m512 lp = _mm512_max_ps(
+        _mm512_fmadd_ps(_mm512_sub_ps(_mm512_loadu_ps(l + j), vm), vt, vc0), vfloor);
     const __m512 p = vexp2(_mm512_mul_ps(lp, vl2e));
     const __m512 d = _mm512_mul_ps(p, _mm512_fmadd_ps(vgh, _mm512_add_ps(lp, vh), vc));
     _mm512_storeu_ps(o + j, _mm512_mul_ps(d, vt));
@@ -571,26 +573,30 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
       const int64_t* id = ids + b * k;
       const acc_t* w = W + b * k;
       // dense terms: entropy and max prob of the full distribution
-      const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b], ls = lse[b];
+      const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b];
       if (gh != acc_t(0) || gm != acc_t(0)) {
-        int64_t j0 = 0;
-#if defined(SOFTDEC_SIMD_AVX512)
-        if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>) {
-          j0 = dense_grad_avx512(L + b * sL, V, t, ls, gh, h, gm * pm, o);
-        }
-#endif
-        for (int64_t j = j0; j < V; ++j) {
-          const acc_t lp = to_acc<acc_t>(L[b * sL + j]) * t - ls;
-          const acc_t p = std::exp(lp);
-          const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);
-          o[j] = static_cast<scalar_t>(d * t);
-        }
-        // + gm * pm at the argmax (a kept token: largest logit, lowest id)
+        // the argmax (a kept token: largest logit, lowest id)
         int am = 0;
         for (int i = 1; i < kept; ++i) {
           const acc_t li = to_acc<acc_t>(L[b * sL + id[i]]), la = to_acc<acc_t>(L[b * sL + id[am]]);
           if (soft::ranks_before(li, id[i], la, id[am])) am = i;
         }
+        // log p_j = (l_j - m) t + log max_prob: exact in the shift for any logit magnitude
+        // (l_j t - lse loses every digit of log p once |l t| >> 1, e.g. all logits -1e30)
+        const acc_t m = to_acc<acc_t>(L[b * sL + id[am]]), log_pm = std::log(pm);
+        int64_t j0 = 0;
+#if defined(SOFTDEC_SIMD_AVX512)
+        if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>) {
+          j0 = dense_grad_avx512(L + b * sL, V, t, m, log_pm, gh, h, gm * pm, o);
+        }
+#endif
+        for (int64_t j = j0; j < V; ++j) {
+          const acc_t lp = (to_acc<acc_t>(L[b * sL + j]) - m) * t + log_pm;
+          const acc_t p = std::exp(lp);
+          const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);
+          o[j] = static_cast<scalar_t>(d * t);
+        }
+        // + gm * pm at the argmax
         o[id[am]] = static_cast<scalar_t>(to_acc<acc_t>(o[id[am]]) + gm * pm * t);
       } else {
         for (int64_t j = 0; j < V; ++j) o[j] = static_cast<scalar_t>(0.0f);

@@ -453,9 +453,14 @@ __global__ void __launch_bounds__(kThreads)
   const int kept = static_cast<int>(nkept[b]);
   const int64_t* id = ids + b * k;
   const acc_t* w = W + b * k;
-  const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b], ls = lse[b];
+  const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b];
+  // log p_j = (l_j - m) t + log max_prob, m the largest logit (a kept token): exact in the
+  // shift for any logit magnitude (l_j t - lse loses every digit once |l t| >> 1)
+  acc_t m = static_cast<acc_t>(to_float(l[id[0]]));
+  for (int i = 1; i < kept; ++i) m = soft::sm_max(m, static_cast<acc_t>(to_float(l[id[i]])));
+  const acc_t log_pm = log(pm);
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const acc_t lp = static_cast<acc_t>(to_float(l[j])) * t - ls;
+    const acc_t lp = (static_cast<acc_t>(to_float(l[j])) - m) * t + log_pm;
     const acc_t p = soft::sm_exp(lp);
     const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);
     o[j] = cast_out<scalar_t>(d * t);
