@@ -9,7 +9,8 @@
 //      from L1: lane maxima (a chunk with no value above the threshold costs
 //      one compare for the top-k), then the exponentials against the updated
 //      maxima; chunks with -inf / NaN / huge logits take an exact per-vector
-//      path. Small batches split the vocabulary so every thread has work.
+//      path. Rows are split into fixed 16384-token slices (independent of B and
+//      the thread count: bit-identical results), the work items spread over threads.
 //   2. per row: merge the slices' states and top-k lists, entropy / max prob,
 //      then filtering, noise and the final order (soft::finalize_row, shared
 //      with CUDA).
