@@ -9,7 +9,8 @@
 //      from L1: lane maxima (a chunk with no value above the threshold costs
 //      one compare for the top-k), then the exponentials against the updated
 //      maxima; chunks with -inf / NaN / huge logits take an exact per-vector
-//      path. Small batches split the vocabulary so every thread has work.
+//      path. Rows are split into fixed 16384-token slices (independent of B and
+//      the thread count: bit-identical results), the work items spread over threads.
 //   2. per row: merge the slices' states and top-k lists, entropy / max prob,
 //      then filtering, noise and the final order (soft::finalize_row, shared
 //      with CUDA).
@@ -390,6 +391,10 @@ void check_row_values(int64_t B, const double* T, const int64_t* K, const double
 }
 
 // ------------------------------------------------------------------ forward
+// Width of a vocabulary slice (a multiple of the scan's 256-token chunk): the
+// fixed partition of a row for the phase-1 work items.
+constexpr int64_t kSlice = 16384;
+
 using Out9 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 template <typename scalar_t>
@@ -401,13 +406,13 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
   using acc_t = typename AccOf<scalar_t>::type;
   const int64_t B = logits.size(0), V = logits.size(1), sL = logits.stride(0);
   const scalar_t* L = logits.const_data_ptr<scalar_t>();
-  const int64_t threads = std::max<int64_t>(1, torch::stable::get_num_threads());
-  // Slices per row, >= 4096 wide: one per thread when there are fewer rows than
-  // threads (parallel_for splits statically; more slices would only add merge
-  // work), else enough work items to even out rows over threads.
-  const int64_t max_slices = std::max<int64_t>(1, V / 4096);
-  const int64_t C = std::min<int64_t>(max_slices, B <= threads ? (threads + B - 1) / B : (4 * threads + B - 1) / B);
-  const int64_t slice = (V + C - 1) / C;
+  // Slices per row: a fixed partition of the vocabulary into kSlice-token
+  // slices, independent of the thread count and of B, merged in slice order in
+  // phase 2, so a row's entropy / max prob / weights are bit-identical for any
+  // thread count and batch layout (DESIGN). A long row still spreads over the
+  // threads: the work items are (row, slice).
+  const int64_t C = std::max<int64_t>(1, (V + kSlice - 1) / kSlice);
+  const int64_t slice = kSlice;
   std::vector<Part<acc_t>> parts(static_cast<size_t>(B * C));
   std::vector<acc_t> pv(static_cast<size_t>(B * C * k));
   std::vector<int64_t> pi(static_cast<size_t>(B * C * k));
@@ -529,22 +534,74 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
 }
 
 // ------------------------------------------------------------------ backward (logits)
+// The dense terms work from the shifted log-probabilities of the row,
+// lp_j = (l_j - m) t - log S with m the row max and S = sum_j exp((l_j - m) t),
+// recomputed here together with H = log S - sum_j e_j z_j / S and
+// max p = 1 / S: the saved lse = m t + log S loses log S next to a huge m t
+// (logits ~1e10 or -1e30 in float32), which turned dH/dx into -(log p + H) != 0
+// for the tied maxima. p_j log p_j is 0 where p_j underflows to 0.
+template <typename scalar_t, typename acc_t>
+struct DenseStats {
+  acc_t m, logS, h, pm;
+};
+
+template <typename scalar_t, typename acc_t>
+DenseStats<scalar_t, acc_t> dense_stats(const scalar_t* l, int64_t V, acc_t t) {
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  int64_t j = 0;
+#if defined(SOFTDEC_SIMD_AVX512)
+  if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>) {
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    for (; j + 16 <= V; j += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(l + j));
+    m = hmax(vm);
+  }
+#endif
+  for (; j < V; ++j) m = std::max(m, to_acc<acc_t>(l[j]));
+  acc_t s = 0, a = 0;
+  j = 0;
+#if defined(SOFTDEC_SIMD_AVX512)
+  if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>) {
+    // base 2: z2 = (l - m) t log2 e >= -216 (2^z2 = 0 below -125), a2 = sum 2^z2 z2
+    const __m512 vmx = _mm512_set1_ps(m), vt = _mm512_set1_ps(t * 1.44269504088896341f),
+                 vfloor = _mm512_set1_ps(-216.0f);
+    __m512 vs = _mm512_setzero_ps(), va = _mm512_setzero_ps();
+    for (; j + 16 <= V; j += 16) {
+      const __m512 z = _mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(l + j), vmx), vt), vfloor);
+      const __m512 e = vexp2(z);
+      vs = _mm512_add_ps(vs, e);
+      va = _mm512_fmadd_ps(e, z, va);
+    }
+    s = hsum(vs);
+    a = hsum(va) * 0.69314718055994531f;
+  }
+#endif
+  for (; j < V; ++j) {
+    const acc_t z = (to_acc<acc_t>(l[j]) - m) * t;
+    const acc_t e = std::exp(z);
+    if (e > acc_t(0)) {
+      s += e;
+      a += e * z;
+    }
+  }
+  const acc_t logS = std::log(s);  // s >= 1: the max contributes exp(0)
+  return {m, logS, logS - a / s, acc_t(1) / s};
+}
+
 #if defined(SOFTDEC_SIMD_AVX512)
 // o[j] = t p_j (-gh (log p_j + H) - gm pm) for the float32 rows, 16 at a time,
-// with log p_j = (l_j - m) t + log_pm (m the row's largest logit, log_pm the log
-// of its probability: stable for any logit magnitude) and p_j = 2^(log p_j log2 e);
-// returns the first index left to the scalar tail.
-inline int64_t dense_grad_avx512(const float* l, int64_t V, float t, float m, float log_pm, float gh,
+// with log p_j = (l_j - m) t - log S; returns the first index left to the
+// scalar tail.
+inline int64_t dense_grad_avx512(const float* l, int64_t V, float t, float m, float logS, float gh,
                                  float h, float gmpm, float* o) {
   constexpr float kLog2e = 1.44269504088896341f;
-  const __m512 vt = _mm512_set1_ps(t), vm = _mm512_set1_ps(m), vc0 = _mm512_set1_ps(log_pm),
+  const __m512 vt = _mm512_set1_ps(t), vm = _mm512_set1_ps(m), vls = _mm512_set1_ps(logS),
                vgh = _mm512_set1_ps(-gh), vh = _mm512_set1_ps(h), vc = _mm512_set1_ps(-gmpm),
                vfloor = _mm512_set1_ps(-150.0f), vl2e = _mm512_set1_ps(kLog2e);
   int64_t j = 0;
   for (; j + 16 <= V; j += 16) {
     // lp >= -150: p underflows to exactly 0 and the product stays finite
-    const __m512 lp = _mm512_max_ps(
-        _mm512_fmadd_ps(_mm512_sub_ps(_mm512_loadu_ps(l + j), vm), vt, vc0), vfloor);
+    const __m512 z = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(l + j), vm), vt);
+    const __m512 lp = _mm512_max_ps(_mm512_sub_ps(z, vls), vfloor);
     const __m512 p = vexp2(_mm512_mul_ps(lp, vl2e));
     const __m512 d = _mm512_mul_ps(p, _mm512_fmadd_ps(vgh, _mm512_add_ps(lp, vh), vc));
     _mm512_storeu_ps(o + j, _mm512_mul_ps(d, vt));
@@ -560,6 +617,11 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
                    const acc_t* H, const acc_t* MPr, const bool* valid, const int64_t* nkept,
                    int64_t B, int64_t V, int64_t D, int k, int noise, double tau,
                    double embed_scale, scalar_t* out) {
+  // lse, H and MPr (the forward's) are not used: the dense terms recompute them
+  // stably from the logits (dense_stats).
+  (void)lse;
+  (void)H;
+  (void)MPr;
   torch::stable::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> g(k), dx(k), wpre(k);
     for (int64_t b = begin; b < end; ++b) {
@@ -573,30 +635,29 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
       const int64_t* id = ids + b * k;
       const acc_t* w = W + b * k;
       // dense terms: entropy and max prob of the full distribution
-      const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b];
+      const acc_t gh = gH[b], gm = gM[b];
       if (gh != acc_t(0) || gm != acc_t(0)) {
-        // the argmax (a kept token: largest logit, lowest id)
+        const scalar_t* lr = L + b * sL;
+        const DenseStats<scalar_t, acc_t> ds = dense_stats<scalar_t, acc_t>(lr, V, t);
+        const acc_t h = ds.h, pm = ds.pm;
+        int64_t j0 = 0;
+#if defined(SOFTDEC_SIMD_AVX512)
+        if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>) {
+          j0 = dense_grad_avx512(lr, V, t, ds.m, ds.logS, gh, h, gm * pm, o);
+        }
+#endif
+        for (int64_t j = j0; j < V; ++j) {
+          const acc_t lp = (to_acc<acc_t>(lr[j]) - ds.m) * t - ds.logS;
+          const acc_t p = std::exp(lp);
+          const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);
+          o[j] = static_cast<scalar_t>(d * t);
+        }
+        // + gm * pm at the argmax (a kept token: largest logit, lowest id)
         int am = 0;
         for (int i = 1; i < kept; ++i) {
           const acc_t li = to_acc<acc_t>(L[b * sL + id[i]]), la = to_acc<acc_t>(L[b * sL + id[am]]);
           if (soft::ranks_before(li, id[i], la, id[am])) am = i;
         }
-        // log p_j = (l_j - m) t + log max_prob: exact in the shift for any logit magnitude
-        // (l_j t - lse loses every digit of log p once |l t| >> 1, e.g. all logits -1e30)
-        const acc_t m = to_acc<acc_t>(L[b * sL + id[am]]), log_pm = std::log(pm);
-        int64_t j0 = 0;
-#if defined(SOFTDEC_SIMD_AVX512)
-        if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<scalar_t, float>) {
-          j0 = dense_grad_avx512(L + b * sL, V, t, m, log_pm, gh, h, gm * pm, o);
-        }
-#endif
-        for (int64_t j = j0; j < V; ++j) {
-          const acc_t lp = (to_acc<acc_t>(L[b * sL + j]) - m) * t + log_pm;
-          const acc_t p = std::exp(lp);
-          const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);
-          o[j] = static_cast<scalar_t>(d * t);
-        }
-        // + gm * pm at the argmax
         o[id[am]] = static_cast<scalar_t>(to_acc<acc_t>(o[id[am]]) + gm * pm * t);
       } else {
         for (int64_t j = 0; j < V; ++j) o[j] = static_cast<scalar_t>(0.0f);
@@ -616,9 +677,10 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
         for (int i = 0; i < kept; ++i) dx[i] = w[i] * (g[i] - sbar);
       } else {  // gumbel: y = log w_pre + s G, w = softmax(y / tau)
         acc_t xm = -std::numeric_limits<acc_t>::infinity(), z = 0, sdy = 0;
-        for (int i = 0; i < kept; ++i) xm = std::max(xm, to_acc<acc_t>(L[b * sL + id[i]]) * t);
+        for (int i = 0; i < kept; ++i) xm = std::max(xm, to_acc<acc_t>(L[b * sL + id[i]]));
         for (int i = 0; i < kept; ++i) {
-          wpre[i] = std::exp(to_acc<acc_t>(L[b * sL + id[i]]) * t - xm);
+          // (l - max l) t: no l t overflow for huge logits / small temperatures
+          wpre[i] = std::exp((to_acc<acc_t>(L[b * sL + id[i]]) - xm) * t);
           z += wpre[i];
         }
         const acc_t itau = static_cast<acc_t>(1.0 / tau);

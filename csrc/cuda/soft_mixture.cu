@@ -8,7 +8,7 @@
 //    shared-memory candidate buffer; when the buffer could overflow on the next
 //    tile the block sorts it (bitonic, key = value desc, id asc) and keeps the
 //    top k, raising the threshold. Warp-shuffle merge of the softmax states.
-//    Small batches split the vocabulary over several blocks per row.
+//    A row is split into fixed 16-tile slices (one block each), independent of B.
 // 2. finalize_kernel, one thread per row: merges the slices (states and top-k
 //    lists) and runs soft::finalize_row (filters, noise, final order). The
 //    merged list is built in place in slice 0's list (global scratch), not in a
@@ -38,6 +38,8 @@ constexpr int kThreads = 256;          // scan, gather, backward, embedding back
 constexpr int kFinalizeThreads = 64;   // finalize: one thread per row
 // Grid y/z dimensions are at most 65535: launches over rows in y go in chunks of this many.
 constexpr int64_t kMaxGridY = 65535;
+// Width of a scan slice in tiles (16384 float32 / 32768 16-bit logits).
+constexpr int64_t kSliceTiles = 16;
 
 // Store an accumulator value in the output type (no float detour for float64).
 template <typename T, typename A>
@@ -326,20 +328,16 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
   const ScalarType acc = weights.scalar_type();
   if (B == 0) return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
   cudaStream_t stream = current_stream(logits);
-  int dev = 0, sms = 0;
-  SOFTDEC_CUDA_CHECK(cudaGetDevice(&dev));
-  SOFTDEC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   auto run_scan = [&](auto tag) {
     using scalar_t = decltype(tag);
     using cs_t = typename CudaNative<scalar_t>::type;
     using acc_t = typename AccOf<scalar_t>::type;
     using Cfg = ScanCfg<cs_t>;
-    // slices per row: ~2 blocks per SM in total, each at least 8 tiles
-    const int64_t max_slices = std::max<int64_t>(1, V / (8 * Cfg::kTile));
-    const int64_t C = std::min<int64_t>(max_slices, std::max<int64_t>(1, (2 * sms + B - 1) / B));
-    int64_t slice = (V + C - 1) / C;
-    slice = (slice + Cfg::kTile - 1) / Cfg::kTile * Cfg::kTile;
-    const int64_t Cr = (V + slice - 1) / slice;
+    // slices per row: a fixed partition of the row into kSliceTiles tiles, the
+    // same for every B and device (merged in slice order by finalize_kernel),
+    // so a row's result does not depend on the batch it is in (DESIGN)
+    const int64_t slice = kSliceTiles * Cfg::kTile;
+    const int64_t Cr = std::max<int64_t>(1, (V + slice - 1) / slice);
     Tensor pstate = new_empty(logits, {B * Cr * 3}, acc);
     Tensor pbad = new_empty(logits, {B * Cr}, ScalarType::Int);
     Tensor pn = new_empty(logits, {B * Cr}, ScalarType::Int);
@@ -426,6 +424,18 @@ __device__ acc_t block_sum(acc_t v, acc_t* sh /* [kThreads / 32] */) {
   return tot;
 }
 
+template <typename acc_t>
+__device__ acc_t block_max(acc_t v, acc_t* sh /* [kThreads / 32] */) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = soft::sm_max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) sh[threadIdx.x / 32] = v;
+  __syncthreads();
+  acc_t r = sh[0];
+  for (int i = 1; i < kThreads / 32; ++i) r = soft::sm_max(r, sh[i]);
+  return r;
+}
+
 // One block per row: dense entropy / max-prob terms over V, then the sparse
 // terms of the kept weights (the same formulas as the CPU backward).
 template <typename scalar_t, typename emb_t, typename acc_t>
@@ -453,14 +463,28 @@ __global__ void __launch_bounds__(kThreads)
   const int kept = static_cast<int>(nkept[b]);
   const int64_t* id = ids + b * k;
   const acc_t* w = W + b * k;
-  const acc_t gh = gH[b], gm = gM[b], h = H[b], pm = MPr[b];
-  // log p_j = (l_j - m) t + log max_prob, m the largest logit (a kept token): exact in the
-  // shift for any logit magnitude (l_j t - lse loses every digit once |l t| >> 1)
-  acc_t m = static_cast<acc_t>(to_float(l[id[0]]));
-  for (int i = 1; i < kept; ++i) m = soft::sm_max(m, static_cast<acc_t>(to_float(l[id[i]])));
-  const acc_t log_pm = log(pm);
+  // Dense terms from the shifted log-probabilities lp_j = (l_j - m) t - log S,
+  // m the row max, S = sum exp((l_j - m) t), with H and max p recomputed from
+  // the same sums (the saved lse = m t + log S loses log S next to a huge m t;
+  // see the CPU backward). lse, H and MPr are not read.
+  const acc_t gh = gH[b], gm = gM[b];
+  acc_t m = -static_cast<acc_t>(INFINITY);
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = soft::sm_max(m, static_cast<acc_t>(to_float(l[j])));
+  m = block_max(m, red);
+  acc_t s_ = 0, a_ = 0;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const acc_t lp = (static_cast<acc_t>(to_float(l[j])) - m) * t + log_pm;
+    const acc_t z = (static_cast<acc_t>(to_float(l[j])) - m) * t;
+    const acc_t e = soft::sm_exp(z);
+    if (e > acc_t(0)) {
+      s_ += e;
+      a_ += e * z;
+    }
+  }
+  s_ = block_sum(s_, red);
+  a_ = block_sum(a_, red);
+  const acc_t logS = soft::sm_log(s_), h = logS - a_ / s_, pm = acc_t(1) / s_;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const acc_t lp = (static_cast<acc_t>(to_float(l[j])) - m) * t - logS;
     const acc_t p = soft::sm_exp(lp);
     const acc_t d = p > acc_t(0) ? -gh * p * (lp + h) - gm * pm * p : acc_t(0);
     o[j] = cast_out<scalar_t>(d * t);
@@ -492,9 +516,10 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = 0; i < kept; ++i) dx[i] = w[i] * (g[i] - sbar);
   } else {
     acc_t xm = -static_cast<acc_t>(INFINITY), z = 0, sdy = 0;
-    for (int i = 0; i < kept; ++i) xm = soft::sm_max(xm, static_cast<acc_t>(to_float(l[id[i]])) * t);
+    for (int i = 0; i < kept; ++i) xm = soft::sm_max(xm, static_cast<acc_t>(to_float(l[id[i]])));
     for (int i = 0; i < kept; ++i) {
-      wpre[i] = soft::sm_exp(static_cast<acc_t>(to_float(l[id[i]])) * t - xm);
+      // (l - max l) t: no l t overflow for huge logits / small temperatures
+      wpre[i] = soft::sm_exp((static_cast<acc_t>(to_float(l[id[i]])) - xm) * t);
       z += wpre[i];
     }
     const acc_t itau = static_cast<acc_t>(1.0 / tau);
