@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 BUILD_DEPS := "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.24"
-TEST_DEPS := "pytest>=8" scipy numpy "transformers>=4.57" pytest-benchmark matplotlib "hypothesis>=6.100"
+TEST_DEPS := "pytest>=8" scipy numpy "transformers>=4.57" pytest-benchmark matplotlib "hypothesis>=6.100" pytest-timeout
 PYTEST_ARGS ?= -q
 JOBS ?= 2
 

@@ -51,6 +51,8 @@ mkdir -p "$OUTDIR" || exit 2
 OUTDIR=$(cd "$OUTDIR" && pwd)
 
 PY=${PYTHON:-python3}
+# a relative interpreter path (.venv/bin/python) is made absolute: the phases run in other folders
+case "$PY" in /*) ;; */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
 JOBS=$(nproc 2>/dev/null || echo 4)
 export CMAKE_BUILD_PARALLEL_LEVEL=$JOBS MAX_JOBS=$JOBS PYTHONUNBUFFERED=1
 DEADLINE=${GPU_CHECK_DEADLINE:-480}
