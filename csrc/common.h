@@ -9,6 +9,8 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "softdec/sizes.h"
+
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
@@ -157,9 +159,20 @@ inline Tensor new_empty(const Tensor& like, std::initializer_list<int64_t> sizes
   int64_t i = 0;
   for (int64_t s : sizes) sz[i++] = s;
   int64_t stride = 1;
+  bool fits = true;
   for (int64_t j = nd - 1; j >= 0; --j) {
     st[j] = stride;
-    stride *= sz[j] > 1 ? sz[j] : 1;
+    fits = fits && checked_mul(stride, sz[j] > 1 ? sz[j] : 1, &stride);
+  }
+  // numel * 8 bytes must fit in int64 (the allocator's byte count)
+  fits = fits && stride <= (kSizeMax >> 3);
+  if (!fits) {
+    std::ostringstream oss;
+    oss << "(";
+    for (int64_t j = 0; j < nd; ++j) oss << (j ? ", " : "") << sz[j];
+    oss << (nd == 1 ? ",)" : ")");
+    throw std::invalid_argument(detail::cat("cannot allocate an output of shape ", oss.str(),
+                                            ": too many elements"));
   }
   int32_t device_type = 0;
   STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));

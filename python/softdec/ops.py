@@ -101,6 +101,8 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
     else:
         dev = device_arg(device) if device is not None else torch.device("cpu")
         rows, n = 1, math.prod(dims)
+    if rows * n > 2**60:  # the kernel's limit (numel * 8 bytes must fit in int64)
+        raise ValueError(f"philox_uniform: shape {dims} has too many elements ({rows * n}; at most 2**60)")
     s, o = rng_state(seed, offset, rows, dev)
     return _ops.philox_uniform(s, o, n).reshape(dims)
 

@@ -1,0 +1,84 @@
+"""Issue 14, kernel side: pinned regressions, one test per reproducer.
+
+Each test is a reproducer that crashed, overflowed or gave a silent wrong
+answer before the fix (see the issue); it compares against float64 references
+where there is a numeric answer.
+"""
+import pytest
+import torch
+
+import softdec
+
+BIG = 2**63 - 1
+
+
+# ---------------------------------------------------------------- 1. size overflow
+
+@pytest.mark.parametrize("kw", [
+    dict(budget=30, sink=BIG, window=BIG),            # the ASan heap-buffer-overflow reproducer
+    dict(budget=BIG, sink=0, window=0),
+    dict(budget=2**62, sink=2**62, window=2**62),
+    dict(budget=BIG, select="page", page_size=16, sink=2**62, window=2**62),
+    dict(budget=BIG, select="token", sink=BIG, window=0),
+])
+def test_sparse_decode_huge_budget_sink_window_is_dense(kw):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 8, generator=g)
+    k = torch.randn(1, 1, 64, 8, generator=g)
+    v = torch.randn(1, 1, 64, 8, generator=g)
+    kw = dict(kw)
+    kw.setdefault("select", "token")
+    out, idx = softdec.sparse_decode_attention(q, k, v, return_indices=True, **kw)
+    # every token selected: dense attention in float64
+    s = torch.einsum("bhd,bnd->bhn", q.double(), k[:, 0].double()) / 8 ** 0.5
+    ref = torch.einsum("bhn,bnd->bhd", s.softmax(-1), v[:, 0].double())
+    assert idx.shape[-1] == 64
+    assert (out.double() - ref).abs().max().item() < 1e-5
+
+
+def test_sparse_decode_huge_page_size():
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 2, 8, generator=g)
+    k = torch.randn(1, 1, 64, 8, generator=g)
+    for ps in (2**62, 2**40):
+        s = softdec.build_page_summary(k, page_size=ps)
+        assert s.kmin.shape == (1, 1, 1, 8)
+        assert torch.equal(s.kmin[:, :, 0], k.amin(2)) and torch.equal(s.kmax[:, :, 0], k.amax(2))
+        out = softdec.sparse_decode_attention(q, k, k, budget=10, select="page", page_size=ps,
+                                              sink=0, window=0, page_summary=s)
+        assert out.shape == (1, 2, 8) and torch.isfinite(out).all()
+        softdec.update_page_summary(s, k, start=0, end=64)
+
+
+@pytest.mark.parametrize("kw", [dict(min_tokens=BIG), dict(window=BIG), dict(min_tokens=BIG, window=BIG)])
+def test_token_sparse_prefill_huge_min_tokens_window_keeps_all(kw):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 2, 32, 8, generator=g)
+    out, kept = softdec.token_sparse_prefill(x, x, x, coverage=0.5, return_kept=True, **kw)
+    assert kept.all()
+    s = (x.double() @ x.double().transpose(-1, -2)) / 8 ** 0.5
+    s = s.masked_fill(torch.ones(32, 32, dtype=torch.bool).triu(1), float("-inf"))
+    ref = s.softmax(-1) @ x.double()
+    assert (out.double() - ref).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(3, 2**62), (2**31, 2**31, 2**31), (2**61,)])
+def test_philox_uniform_too_many_elements(shape):
+    with pytest.raises(ValueError, match=r"philox_uniform: shape .* has too many elements"):
+        softdec.philox_uniform(shape, 0)
+
+
+def test_philox_uniform_kernel_checks_the_product():
+    # the raw op (below the Python wrapper) checks rows * n itself
+    seed = torch.zeros(3, dtype=torch.long)
+    with pytest.raises((ValueError, RuntimeError), match=r"philox_uniform: shape \(3, 4611686018427387904\) has too many"):
+        torch.ops.softdec.philox_uniform(seed, seed.clone(), 2**62)
+
+
+def test_huge_top_k_is_no_filter():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 100, generator=g)
+    assert torch.equal(softdec.top_k_mask_logits(x, BIG), x)
+    r = softdec.sample(x, top_k=BIG, seed=5)
+    r0 = softdec.sample(x, top_k=0, seed=5)
+    assert torch.equal(r.ids, r0.ids) and r.valid.all()
