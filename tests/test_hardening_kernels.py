@@ -82,3 +82,77 @@ def test_huge_top_k_is_no_filter():
     r = softdec.sample(x, top_k=BIG, seed=5)
     r0 = softdec.sample(x, top_k=0, seed=5)
     assert torch.equal(r.ids, r0.ids) and r.valid.all()
+
+
+# ---------------------------------------------------------------- 2. one NaN policy: a row with a NaN is invalid
+
+def _nan_rows(B=4, V=40000, frac=0.2, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, V, generator=g)
+    x[:2][torch.rand(2, V, generator=g) < frac] = float("nan")   # rows 0, 1 hold NaN; rows 2, 3 clean
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k", [0, 1, 50, 40000])
+def test_top_k_mask_logits_nan_row_is_invalid(dtype, k):
+    x = _nan_rows().to(dtype)
+    y = softdec.top_k_mask_logits(x, k)
+    assert (y[:2] == float("-inf")).all()                 # NaN rows: all -inf (was: 51-64 kept for k=50)
+    kept = (y[2:] > float("-inf")).sum(-1)
+    assert (kept == (k if 0 < k < 40000 else 40000)).all()
+    # clean rows: exactly the k largest (float64 reference; ties: lower index first)
+    if 0 < k < 40000:
+        ref = x[2:].double().sort(dim=-1, descending=True, stable=True).indices[:, :k].sort(-1).values
+        got = (y[2:] > float("-inf")).nonzero()[:, 1].view(2, k)
+        assert torch.equal(got, ref)
+
+
+def test_sample_nan_row_is_invalid():
+    x = _nan_rows()
+    r = softdec.sample(x, top_k=50, seed=1)
+    assert r.valid.tolist() == [False, False, True, True]
+    r = softdec.sample(x, seed=1)
+    assert r.valid.tolist() == [False, False, True, True]
+
+
+def test_renorm_nan_row_is_zero():
+    p = _nan_rows().softmax(-1)
+    p[:2, 7] = float("nan")
+    for y in (softdec.top_p_renorm_probs(p, 0.9), softdec.min_p_renorm_probs(p, 0.1)):
+        assert (y[:2] == 0).all()
+        assert ((y[2:].double().sum(-1) - 1).abs() < 1e-4).all()
+
+
+# ---------------------------------------------------------------- 3. subnormal kept mass
+
+@pytest.mark.parametrize("row", [[1e-39], [1e-45], [3e-39, 1e-39], [1e-39, 0.0, 2e-40]])
+def test_renorm_subnormal_mass_sums_to_one(row):
+    x = torch.tensor([row], dtype=torch.float32)
+    xd = x.double()
+    for y, keep in ((softdec.min_p_renorm_probs(x, 0.0), xd > 0), (softdec.top_p_renorm_probs(x, 1.0), xd > 0)):
+        assert torch.isfinite(y).all()
+        ref = torch.where(keep, xd / xd[keep].sum(), torch.zeros_like(xd))
+        assert (y.double() - ref).abs().max().item() < 1e-6
+    assert softdec.min_p_renorm_probs(torch.tensor([[1e-39]]), 0.5).item() == 1.0
+
+
+def test_renorm_subnormal_mass_wide_row():
+    # AVX-512 path (V >= 16) and the scalar tail
+    x = torch.full((1, 37), 1e-40)
+    y = softdec.top_p_renorm_probs(x, 1.0)
+    assert torch.isfinite(y).all() and abs(y.double().sum().item() - 1) < 1e-5
+
+
+# ---------------------------------------------------------------- 4. gumbel hard on invalid rows
+
+@pytest.mark.parametrize("top_k", [0, 3])
+def test_gumbel_hard_invalid_rows_are_zero(top_k):
+    x = torch.randn(4, 10)
+    x[0] = float("-inf")
+    x[1, 3] = float("nan")
+    x[2, 5] = float("inf")
+    out = softdec.gumbel_softmax(x, hard=True, top_k=top_k, seed=torch.arange(4))
+    y = out if top_k == 0 else out[1]
+    assert (y[:3] == 0).all()
+    assert y[3].sum().item() == 1.0 and (y[3] == 1).sum().item() == 1

@@ -646,6 +646,8 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: RowParam = 1.0, hard: bool = Fa
         if not hard:
             return y
         y_hard = torch.zeros_like(y).scatter(1, am[:, None], 1.0)
+        # invalid rows (NaN, +inf or no finite logit) are all zero in y: keep them zero
+        y_hard = torch.where(y.detach().sum(-1, keepdim=True) > 0, y_hard, torch.zeros_like(y_hard))
         return y_hard - y.detach() + y
     if fast:
         with torch._C._AutoDispatchBelowAutograd():
@@ -761,7 +763,9 @@ def top_k_mask_logits(logits: torch.Tensor, top_k: RowParam) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        (batch, vocab), ``logits``' dtype. NaN entries are never kept (they become -inf).
+        (batch, vocab), ``logits``' dtype. A row containing a NaN is invalid (the
+        policy of every op, see the README) and comes back all ``-inf``, like a
+        row with no finite logit.
         Differentiable: the gradient passes through the kept entries (the kept
         set held fixed), masked entries get 0.
 
