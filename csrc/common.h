@@ -147,6 +147,16 @@ inline void check_per_row(const Tensor& t, const char* name, int64_t rows, Scala
   check_contiguous(t, name);
 }
 
+// An output written in place must not alias itself: no dimension of size > 1
+// with stride 0 (an expand()ed tensor), which torch also refuses to write.
+inline void check_no_internal_overlap(const Tensor& t, const char* name) {
+  for (int64_t i = 0; i < t.dim(); ++i)
+    SOFTDEC_CHECK(t.size(i) <= 1 || t.stride(i) != 0, name,
+                  " is written in place and must not overlap itself (no stride 0 on a dimension of size > 1;"
+                  " pass a contiguous tensor, not an expand()ed one), got shape ", shape_str(t), " and strides ",
+                  strides_str(t));
+}
+
 // An uninitialised contiguous tensor of `sizes` and `dtype` on `like`'s device.
 // Straight to the shim's empty_strided: torch::stable::new_empty goes through
 // the boxed dispatcher (about 1 us a tensor on CPU, which was most of the

@@ -156,3 +156,48 @@ def test_gumbel_hard_invalid_rows_are_zero(top_k):
     y = out if top_k == 0 else out[1]
     assert (y[:3] == 0).all()
     assert y[3].sum().item() == 1.0 and (y[3] == 1).sum().item() == 1
+
+
+# ---------------------------------------------------------------- 6. in-place outputs must not overlap themselves
+
+@pytest.mark.parametrize("field", ["kmin", "kmax"])
+def test_update_page_summary_rejects_expanded_outputs(field):
+    k = torch.randn(2, 1, 32, 8)
+    s = softdec.build_page_summary(k, page_size=16)
+    t = getattr(s, field)[:1].expand(2, -1, -1, -1)   # stride 0 on batch: both rows alias one
+    with pytest.raises(ValueError, match=field + r" is written in place and must not overlap itself.*strides \(0,"):
+        softdec.update_page_summary(s._replace(**{field: t}), k, start=0, end=32)
+    # a contiguous summary is still updated in place
+    s = softdec.build_page_summary(k, page_size=16)
+    k2 = torch.randn(2, 1, 32, 8)
+    softdec.update_page_summary(s, k2, start=0, end=32)
+    assert torch.equal(s.kmin, k2.view(2, 1, 2, 16, 8).amin(3)) and torch.equal(s.kmax, k2.view(2, 1, 2, 16, 8).amax(3))
+
+
+# ---------------------------------------------------------------- 9. NaN keys propagate into page summaries
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_build_page_summary_propagates_nan(dtype):
+    g = torch.Generator().manual_seed(9)
+    k = torch.randn(1, 2, 64, 8, generator=g)
+    k[0, 0, 16:32] = float("nan")                       # an all-NaN page
+    k[0, 1, 40, 3] = float("nan")                       # one NaN channel in page 2
+    k = k.to(dtype)
+    s = softdec.build_page_summary(k, page_size=16)
+    ref_min = k.double().view(1, 2, 4, 16, 8).amin(3)   # torch propagates NaN
+    ref_max = k.double().view(1, 2, 4, 16, 8).amax(3)
+    assert torch.equal(s.kmin.double().isnan(), ref_min.isnan()) and s.kmin[0, 0, 1].isnan().all()
+    assert torch.equal(s.kmin.double().nan_to_num(), ref_min.nan_to_num())
+    assert torch.equal(s.kmax.double().nan_to_num(), ref_max.nan_to_num())
+    softdec.update_page_summary(s, k, start=0, end=64)
+    assert torch.equal(s.kmin.double().isnan(), ref_min.isnan())
+    # page selection with NaN bounds: NaN scores rank last, deterministic, no crash
+    q = torch.randn(1, 4, 8, generator=g).to(dtype)
+    v = torch.randn(1, 2, 64, 8, generator=g).to(dtype)
+    a = softdec.sparse_decode_attention(q, k, v, budget=16, select="page", page_size=16, sink=0, window=0,
+                                        page_summary=s, return_indices=True)
+    b = softdec.sparse_decode_attention(q, k, v, budget=16, select="page", page_size=16, sink=0, window=0,
+                                        page_summary=s, return_indices=True)
+    assert torch.equal(a[1], b[1]) and torch.equal(a[0].isnan(), b[0].isnan())
+    idx = a[1][0, 0]
+    assert not ((idx >= 16) & (idx < 32)).any()        # the all-NaN page is never picked over finite ones
