@@ -201,3 +201,100 @@ def test_build_page_summary_propagates_nan(dtype):
     assert torch.equal(a[1], b[1]) and torch.equal(a[0].isnan(), b[0].isnan())
     idx = a[1][0, 0]
     assert not ((idx >= 16) & (idx < 32)).any()        # the all-NaN page is never picked over finite ones
+
+
+# ---------------------------------------------------------------- 10. bit-stable results: a row alone == in a batch, 1 == 2 threads
+
+V10 = 151936
+
+
+def _logits10(B=8, V=V10):
+    g = torch.Generator().manual_seed(10)
+    return torch.randn(B, V, generator=g) * 3
+
+
+def _threads(n, fn):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+def _as_list(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for t in out if isinstance(t, torch.Tensor)]
+
+
+OPS10 = {
+    "gumbel_softmax_dense": lambda x, s: softdec.gumbel_softmax(x, tau=0.7, seed=s),
+    "gumbel_softmax_topk": lambda x, s: softdec.gumbel_softmax(x, tau=0.7, top_k=20, seed=s),
+    "sample": lambda x, s: softdec.sample(x, temperature=0.8, top_k=50, top_p=0.9, seed=s),
+    "sample_dense": lambda x, s: softdec.sample(x, seed=s),
+    "top_k_mask_logits": lambda x, s: softdec.top_k_mask_logits(x, 100),
+    "top_p_renorm_probs": lambda x, s: softdec.top_p_renorm_probs(x.softmax(-1), 0.9),
+    "min_p_renorm_probs": lambda x, s: softdec.min_p_renorm_probs(x.softmax(-1), 0.05),
+}
+
+
+@pytest.mark.parametrize("op", list(OPS10))
+def test_sampling_ops_bit_stable(op):
+    fn = OPS10[op]
+    x = _logits10()
+    seeds = torch.arange(8) + 100
+    batch2 = _threads(2, lambda: _as_list(fn(x, seeds)))
+    batch1 = _threads(1, lambda: _as_list(fn(x, seeds)))
+    for a, b in zip(batch1, batch2):
+        assert torch.equal(a, b), f"{op}: 1 thread != 2 threads"
+    for r in (0, 5):
+        alone = _threads(2, lambda: _as_list(fn(x[r:r + 1].clone(), seeds[r:r + 1].clone())))
+        for a, b in zip(alone, batch2):
+            assert torch.equal(a[0], b[r]), f"{op}: row {r} alone != in a batch of 8"
+
+
+def test_verify_bit_stable():
+    g = torch.Generator().manual_seed(11)
+    B, K, V = 8, 4, 32000
+    t = torch.randn(B, K + 1, V, generator=g) * 2
+    dp = torch.randn(B, K, V, generator=g).softmax(-1)
+    ids = torch.randint(0, V, (B, K), generator=g)
+    seeds = torch.arange(B)
+    fn = lambda sl: softdec.verify(t[sl], ids[sl], draft_probs=dp[sl], method="exact", seed=seeds[sl])  # noqa: E731
+    o2 = _threads(2, lambda: fn(slice(0, B)))
+    o1 = _threads(1, lambda: fn(slice(0, B)))
+    for a, b in zip(_as_list(o1), _as_list(o2)):
+        assert torch.equal(a, b)
+    one = _threads(2, lambda: fn(slice(3, 4)))
+    for a, b in zip(_as_list(one), _as_list(o2)):
+        assert torch.equal(a[0], b[3])
+
+
+def test_attention_bit_stable():
+    g = torch.Generator().manual_seed(12)
+    B, Hq, Hkv, N, d = 8, 4, 2, 512, 64
+    q = torch.randn(B, Hq, d, generator=g)
+    k = torch.randn(B, Hkv, N, d, generator=g)
+    v = torch.randn(B, Hkv, N, d, generator=g)
+    for sel in ("token", "page"):
+        fn = lambda sl: softdec.sparse_decode_attention(q[sl], k[sl], v[sl], budget=64, select=sel,  # noqa: E731
+                                                        return_indices=True)
+        o2 = _threads(2, lambda: fn(slice(0, B)))
+        o1 = _threads(1, lambda: fn(slice(0, B)))
+        assert torch.equal(o1[0], o2[0]) and torch.equal(o1[1], o2[1])
+        one = _threads(2, lambda: fn(slice(2, 3)))
+        assert torch.equal(one[0][0], o2[0][2]) and torch.equal(one[1][0], o2[1][2])
+    s2 = _threads(2, lambda: softdec.build_page_summary(k, page_size=16))
+    s1 = _threads(1, lambda: softdec.build_page_summary(k, page_size=16))
+    s_one = softdec.build_page_summary(k[5:6], page_size=16)
+    assert torch.equal(s1.kmin, s2.kmin) and torch.equal(s1.kmax, s2.kmax)
+    assert torch.equal(s_one.kmin[0], s2.kmin[5]) and torch.equal(s_one.kmax[0], s2.kmax[5])
+    x = torch.randn(2, 4, 300, 32, generator=g)
+    fn = lambda sl: softdec.token_sparse_prefill(x[sl], x[sl], x[sl], coverage=0.05, min_tokens=64,  # noqa: E731
+                                                 window=32, return_kept=True)
+    p2 = _threads(2, lambda: fn(slice(0, 2)))
+    p1 = _threads(1, lambda: fn(slice(0, 2)))
+    assert torch.equal(p1[0], p2[0]) and torch.equal(p1[1], p2[1])
+    one = _threads(2, lambda: fn(slice(1, 2)))
+    assert torch.equal(one[0][0], p2[0][1]) and torch.equal(one[1][0], p2[1][1])
