@@ -391,32 +391,33 @@ void perturb_pass(const T* x, int64_t lo, int64_t hi, uint64_t seed, uint64_t of
   }
 }
 
-// e_i = exp((s_i - smax) * it) in place over [lo, hi); returns the sum.
-double exp_pass(float* s, int64_t lo, int64_t hi, float smax, float it) {
-  int64_t i = lo;
-  double total = 0.0;
+// e_i = exp((s_i - smax) * it) in place over [lo, hi), lo a multiple of
+// kCdfBlock; the sum of each kCdfBlock-token block goes to blk[(block start) /
+// kCdfBlock]. Fixed blocks summed in a fixed order: the row's total does not
+// depend on how the row is split over threads (bit-identical results for a
+// row alone, in a batch, on 1 or N threads).
+void exp_pass(float* s, int64_t lo, int64_t hi, float smax, float it, double* blk) {
+  for (int64_t b0 = lo; b0 < hi; b0 += kCdfBlock) {
+    const int64_t b1 = std::min(hi, b0 + kCdfBlock);
+    int64_t i = b0;
+    double total = 0.0;
 #if SOFTDEC_SIMD_AVX512
-  const __m512 vm = _mm512_set1_ps(smax), vit = _mm512_set1_ps(it);
-  __m512 acc = _mm512_setzero_ps();
-  int cnt = 0;
-  for (; i + 16 <= hi; i += 16) {
-    const __m512 e = vexp(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm), vit));
-    _mm512_storeu_ps(s + i, e);
-    acc = _mm512_add_ps(acc, e);
-    if (++cnt == 256) {  // flush to double every 4096 tokens
-      total += _mm512_reduce_add_ps(acc);
-      acc = _mm512_setzero_ps();
-      cnt = 0;
+    const __m512 vm = _mm512_set1_ps(smax), vit = _mm512_set1_ps(it);
+    __m512 acc = _mm512_setzero_ps();
+    for (; i + 16 <= b1; i += 16) {
+      const __m512 e = vexp(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm), vit));
+      _mm512_storeu_ps(s + i, e);
+      acc = _mm512_add_ps(acc, e);
     }
-  }
-  total += _mm512_reduce_add_ps(acc);
+    total = _mm512_reduce_add_ps(acc);
 #endif
-  for (; i < hi; ++i) {
-    const float e = filter::fexp((s[i] - smax) * it);
-    s[i] = e;
-    total += e;
+    for (; i < b1; ++i) {
+      const float e = filter::fexp((s[i] - smax) * it);
+      s[i] = e;
+      total += e;
+    }
+    blk[b0 / kCdfBlock] = total;
   }
-  return total;
 }
 
 template <class T>
@@ -449,7 +450,8 @@ std::tuple<Tensor, Tensor> gumbel_softmax_cpu(Tensor logits, Tensor tau, Tensor 
   const int64_t nc = chunks_for(B, V), rs = logits.stride(0);
   std::vector<Best> best(static_cast<size_t>(B * nc));
   std::vector<Flags> flags(static_cast<size_t>(B * nc));
-  std::vector<double> sums(static_cast<size_t>(B * nc), 0.0);
+  const int64_t nb = sat_ceil_div(V, kCdfBlock);  // exp-sum blocks per row (fixed: see exp_pass)
+  std::vector<double> sums(static_cast<size_t>(B * nb), 0.0);
   std::vector<float> smax(static_cast<size_t>(B), 0.0f), scale(static_cast<size_t>(B), 0.0f);
   std::vector<char> ok(static_cast<size_t>(B), 0);
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
@@ -474,11 +476,11 @@ std::tuple<Tensor, Tensor> gumbel_softmax_cpu(Tensor logits, Tensor tau, Tensor 
     auto exps = [&](int64_t r, int64_t c) {
       if (!ok[r]) return;
       const auto [lo, hi] = chunk_range(V, nc, c);
-      sums[r * nc + c] = exp_pass(sp + r * V, lo, hi, smax[r], 1.0f / taus[r]);
+      exp_pass(sp + r * V, lo, hi, smax[r], 1.0f / taus[r], sums.data() + r * nb);
     };
     auto total = [&](int64_t r) {
       double t = 0.0;
-      for (int64_t c = 0; c < nc; ++c) t += sums[r * nc + c];
+      for (int64_t c = 0; c < nb; ++c) t += sums[r * nb + c];
       scale[r] = ok[r] ? static_cast<float>(1.0 / t) : 0.0f;
     };
     auto store = [&](int64_t r, int64_t c) {
