@@ -1350,7 +1350,9 @@ def build_page_summary(k_cache: torch.Tensor, *, page_size: int = 16,
     -------
     PageSummary
         ``kmin``, ``kmax`` of shape ``(batch, kv_heads, ceil(tokens / page_size),
-        head_dim)`` in the dtype of ``k_cache``, and ``page_size``.
+        head_dim)`` in the dtype of ``k_cache``, and ``page_size``. A NaN key
+        propagates (as ``torch.amin`` / ``amax``): its channel's bounds on that
+        page are NaN; page selection ranks a NaN page score last.
 
     Examples
     --------
@@ -1385,7 +1387,9 @@ def update_page_summary(summary: PageSummary, k_cache: torch.Tensor, *,
     Parameters
     ----------
     summary : PageSummary
-        From :func:`build_page_summary` on the same cache; updated in place.
+        From :func:`build_page_summary` on the same cache; updated in place, so
+        ``kmin`` / ``kmax`` must not overlap themselves (an ``expand()``-ed tensor
+        is rejected with a ValueError).
     k_cache : torch.Tensor
         ``(batch, kv_heads, tokens, head_dim)``, the key cache holding the new tokens.
     start, end : int or torch.Tensor
