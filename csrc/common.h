@@ -10,6 +10,8 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "softdec/sizes.h"
+
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
@@ -157,6 +159,16 @@ inline void check_per_row(const Tensor& t, const char* name, int64_t rows, Scala
   check_contiguous(t, name);
 }
 
+// An output written in place must not alias itself: no dimension of size > 1
+// with stride 0 (an expand()ed tensor), which torch also refuses to write.
+inline void check_no_internal_overlap(const Tensor& t, const char* name) {
+  for (int64_t i = 0; i < t.dim(); ++i)
+    SOFTDEC_CHECK(t.size(i) <= 1 || t.stride(i) != 0, name,
+                  " is written in place and must not overlap itself (no stride 0 on a dimension of size > 1;"
+                  " pass a contiguous tensor, not an expand()ed one), got shape ", shape_str(t), " and strides ",
+                  strides_str(t));
+}
+
 // An uninitialised contiguous tensor of `sizes` and `dtype` on `like`'s device.
 // Straight to the shim's empty_strided: torch::stable::new_empty goes through
 // the boxed dispatcher (about 1 us a tensor on CPU, which was most of the
@@ -169,9 +181,20 @@ inline Tensor new_empty(const Tensor& like, std::initializer_list<int64_t> sizes
   int64_t i = 0;
   for (int64_t s : sizes) sz[i++] = s;
   int64_t stride = 1;
+  bool fits = true;
   for (int64_t j = nd - 1; j >= 0; --j) {
     st[j] = stride;
-    stride *= sz[j] > 1 ? sz[j] : 1;
+    fits = fits && checked_mul(stride, sz[j] > 1 ? sz[j] : 1, &stride);
+  }
+  // numel * 8 bytes must fit in int64 (the allocator's byte count)
+  fits = fits && stride <= (kSizeMax >> 3);
+  if (!fits) {
+    std::ostringstream oss;
+    oss << "(";
+    for (int64_t j = 0; j < nd; ++j) oss << (j ? ", " : "") << sz[j];
+    oss << (nd == 1 ? ",)" : ")");
+    throw std::invalid_argument(detail::cat("cannot allocate an output of shape ", oss.str(),
+                                            ": too many elements"));
   }
   int32_t device_type = 0;
   SOFTDEC_SHIM_CHECK(aoti_torch_get_device_type(like.get(), &device_type));

@@ -15,9 +15,6 @@ spec (seeded), calls the op and checks:
 A crash (segfault, abort, sanitizer report) kills the process; test_fuzz.py runs
 these cases in a child process that writes every spec to a file before running
 it, so the parent can name the op and the spec that crashed.
-
-Known kernel-side issues (issue 14, the other half; see KNOWN) skip only the one
-invariant they break, and only on the inputs that trigger them.
 """
 from __future__ import annotations
 
@@ -29,16 +26,6 @@ from hypothesis import strategies as st
 
 import softdec
 from softdec import reference
-
-# invariants not checked on the inputs that trigger a known kernel-side bug
-# (issue 14, csrc/ half, fixed on another branch). Each entry: what is skipped and why.
-KNOWN = {
-    "gumbel_hard_invalid_rows": "gumbel_softmax(hard=True) puts a 1 on rows with no valid logit "
-                                "(issue 14: gumbel hard on invalid rows)",
-    "top_k_mask_nan": "top_k_mask_logits' NaN policy (issue 14: top_k_mask_logits NaN policy)",
-    "subnormal_renorm": "renorm of rows whose entries are all subnormal (issue 14: subnormal renorm)",
-    "page_summary_nan": "page summaries of NaN keys (issue 14: build_page_summary NaN keys)",
-}
 
 ERRORS = (ValueError, RuntimeError, TypeError)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
@@ -336,8 +323,7 @@ def run_gumbel_softmax(spec):
         check((yv[valid] > 0).sum(-1).le(V).all(), "count")
         if hard:
             check(((yv[valid] == 0) | (yv[valid] == 1)).all(), "hard rows not one-hot")
-        if not hard:  # (hard=True on invalid rows: KNOWN gumbel_hard_invalid_rows)
-            check((yv[~valid] == 0).all(), "invalid rows not all zero")
+        check((yv[~valid] == 0).all(), "invalid rows not all zero")
         check((yv[valid] > 0).logical_and(xv[valid] == -float("inf")).logical_not().all() or hard,
               "a -inf logit got weight")
     else:
@@ -348,8 +334,7 @@ def run_gumbel_softmax(spec):
         wv = w.double()
         check(torch.isfinite(wv).all() and (wv >= 0).all(), "weights not finite / negative")
         check(((wv[valid].sum(-1) - 1).abs() <= 1e-4).all(), "valid rows' weights do not sum to 1")
-        if not hard:
-            check((wv[~valid] == 0).all(), "invalid rows' weights not zero")
+        check((wv[~valid] == 0).all(), "invalid rows' weights not zero")
         picked = xv.gather(1, ids)
         check(((wv == 0) | (picked > -float("inf")))[valid].all(), "a -inf logit got weight")
     again = call()
@@ -378,12 +363,10 @@ def run_top_k_mask_logits(spec):
     if out is None:
         return
     check(out.shape == (B, V) and out.dtype == x.dtype, "shape/dtype")
-    nan_rows = torch.isnan(xv).any(-1)
     ref = reference.top_k_mask_logits(xv, param_rows(spec["params"][0], B).long())
     o = out.double()
     same = (o == ref) | (torch.isnan(o) & torch.isnan(ref))
-    # rows with NaN: KNOWN top_k_mask_nan (the NaN policy is fixed kernel-side)
-    check(same[~nan_rows].all(), "differs from reference.top_k_mask_logits on NaN-free rows")
+    check(same.all(), "differs from reference.top_k_mask_logits")
 
 
 def _probs(spec, shape):
@@ -441,11 +424,9 @@ def _run_renorm(spec, fn):
     o = out.double()
     valid = (torch.isfinite(pv) & (pv >= 0)).all(-1) & (pv > 0).any(-1)
     check((o[~valid] == 0).all(), "invalid rows not all zero")
-    # rows whose entries are all subnormal: KNOWN subnormal_renorm (inf / NaN outputs)
-    normal = pv.amax(-1) >= torch.finfo(x.dtype).tiny if B else valid
-    check(torch.isfinite(o[normal]).all() and (o[normal] >= 0).all(), "output not finite / negative")
+    check(torch.isfinite(o).all() and (o >= 0).all(), "output not finite / negative")
     check((o[pv == 0] == 0).all(), "a zero probability got mass")
-    rows = valid & normal
+    rows = valid
     check(((o[rows].sum(-1) - 1).abs() <= SUM_TOL[x.dtype]).all(), "valid rows do not sum to 1")
     kept = o > 0
     for b in torch.nonzero(rows).flatten().tolist():
@@ -847,14 +828,13 @@ def run_build_page_summary(spec):
         return
     P = -(-N // ps)
     check(s.kmin.shape == (B, H, P, d) and s.kmin.dtype == k.dtype, "summary shape/dtype")
-    nan = bool(torch.isnan(k64).any())  # KNOWN page_summary_nan
+    def same(a, r):  # bit-equal, NaN (propagated from NaN keys) equal to NaN
+        return torch.allclose(a.double(), r.double(), rtol=0, atol=0, equal_nan=True)
     rmin, rmax = reference.page_summary(kv, ps, spec["start"])
-    if not nan:
-        check(torch.equal(s.kmin, rmin) and torch.equal(s.kmax, rmax), "build differs from reference.page_summary")
+    check(same(s.kmin, rmin) and same(s.kmax, rmax), "build differs from reference.page_summary")
     softdec.update_page_summary(s, k, start=spec["start"], end=spec["end"])
     rmin, rmax = reference.page_summary(kv, ps, spec["end"])
-    if not nan:
-        check(torch.equal(s.kmin, rmin) and torch.equal(s.kmax, rmax), "update differs from a build at end")
+    check(same(s.kmin, rmin) and same(s.kmax, rmax), "update differs from a build at end")
 
 
 @st.composite

@@ -152,17 +152,15 @@ def test_failure_names_the_violated_invariant(tmp_path):
     assert "'boom': 2" in r["error"]  # shrunk to the smallest failing value
 
 
-# ---- known kernel-side issues (issue 14, the csrc/ half, fixed on another branch): the fuzz
-# invariants skip exactly these inputs (fuzz_cases.KNOWN); these reproducers turn XPASS when fixed.
+# ---- kernel-side issues of issue 14 (the csrc/ half), fixed: their reproducers (the fuzz
+# invariants check these inputs too).
 
-@pytest.mark.xfail(reason=fuzz_cases.KNOWN["gumbel_hard_invalid_rows"], strict=False)
 def test_known_gumbel_hard_invalid_row_is_zero():
     import torch
     y = softdec.gumbel_softmax(torch.full((1, 5), float("nan")), hard=True, seed=0)
     assert torch.equal(y, torch.zeros(1, 5))
 
 
-@pytest.mark.xfail(reason=fuzz_cases.KNOWN["subnormal_renorm"], strict=False)
 @pytest.mark.parametrize("op", ["top_p_renorm_probs", "min_p_renorm_probs"])
 def test_known_subnormal_row_renormalises(op):
     import torch

@@ -19,12 +19,16 @@ Tensor philox_uniform_cpu(Tensor seed, Tensor offset, int64_t n) {
   SOFTDEC_CHECK(n >= 0, "n must be non-negative, got ", n);
   SOFTDEC_CHECK(seed.numel() <= 1 || seed.stride(0) == 1, "seed must be contiguous");
   const int64_t rows = seed.size(0);
+  int64_t total = 0;
+  SOFTDEC_CHECK(checked_mul(rows, n, &total) && total <= (kSizeMax >> 3), "philox_uniform: shape (",
+                rows, ", ", n, ") has too many elements (", rows, " rows of ", n,
+                " uniforms; at most 2^60 in all)");
   Tensor out = new_empty(seed, {rows, n}, ScalarType::Float);
   if (rows == 0 || n == 0) return out;
   const int64_t* seeds = seed.const_data_ptr<int64_t>();
   const int64_t* offsets = offset.const_data_ptr<int64_t>();
   float* o = out.mutable_data_ptr<float>();
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int64_t chunks = sat_ceil_div(n, kChunk);
   // Work item = (row, chunk); grain of 64 chunks (4096 uniforms).
   torch::stable::parallel_for(0, rows * chunks, 64, [&](int64_t begin, int64_t end) {
     alignas(64) float buf[kChunk];

@@ -391,32 +391,33 @@ void perturb_pass(const T* x, int64_t lo, int64_t hi, uint64_t seed, uint64_t of
   }
 }
 
-// e_i = exp((s_i - smax) * it) in place over [lo, hi); returns the sum.
-double exp_pass(float* s, int64_t lo, int64_t hi, float smax, float it) {
-  int64_t i = lo;
-  double total = 0.0;
+// e_i = exp((s_i - smax) * it) in place over [lo, hi), lo a multiple of
+// kCdfBlock; the sum of each kCdfBlock-token block goes to blk[(block start) /
+// kCdfBlock]. Fixed blocks summed in a fixed order: the row's total does not
+// depend on how the row is split over threads (bit-identical results for a
+// row alone, in a batch, on 1 or N threads).
+void exp_pass(float* s, int64_t lo, int64_t hi, float smax, float it, double* blk) {
+  for (int64_t b0 = lo; b0 < hi; b0 += kCdfBlock) {
+    const int64_t b1 = std::min(hi, b0 + kCdfBlock);
+    int64_t i = b0;
+    double total = 0.0;
 #if SOFTDEC_SIMD_AVX512
-  const __m512 vm = _mm512_set1_ps(smax), vit = _mm512_set1_ps(it);
-  __m512 acc = _mm512_setzero_ps();
-  int cnt = 0;
-  for (; i + 16 <= hi; i += 16) {
-    const __m512 e = vexp(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm), vit));
-    _mm512_storeu_ps(s + i, e);
-    acc = _mm512_add_ps(acc, e);
-    if (++cnt == 256) {  // flush to double every 4096 tokens
-      total += _mm512_reduce_add_ps(acc);
-      acc = _mm512_setzero_ps();
-      cnt = 0;
+    const __m512 vm = _mm512_set1_ps(smax), vit = _mm512_set1_ps(it);
+    __m512 acc = _mm512_setzero_ps();
+    for (; i + 16 <= b1; i += 16) {
+      const __m512 e = vexp(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(s + i), vm), vit));
+      _mm512_storeu_ps(s + i, e);
+      acc = _mm512_add_ps(acc, e);
     }
-  }
-  total += _mm512_reduce_add_ps(acc);
+    total = _mm512_reduce_add_ps(acc);
 #endif
-  for (; i < hi; ++i) {
-    const float e = filter::fexp((s[i] - smax) * it);
-    s[i] = e;
-    total += e;
+    for (; i < b1; ++i) {
+      const float e = filter::fexp((s[i] - smax) * it);
+      s[i] = e;
+      total += e;
+    }
+    blk[b0 / kCdfBlock] = total;
   }
-  return total;
 }
 
 template <class T>
@@ -449,7 +450,8 @@ std::tuple<Tensor, Tensor> gumbel_softmax_cpu(Tensor logits, Tensor tau, Tensor 
   const int64_t nc = chunks_for(B, V), rs = logits.stride(0);
   std::vector<Best> best(static_cast<size_t>(B * nc));
   std::vector<Flags> flags(static_cast<size_t>(B * nc));
-  std::vector<double> sums(static_cast<size_t>(B * nc), 0.0);
+  const int64_t nb = sat_ceil_div(V, kCdfBlock);  // exp-sum blocks per row (fixed: see exp_pass)
+  std::vector<double> sums(static_cast<size_t>(B * nb), 0.0);
   std::vector<float> smax(static_cast<size_t>(B), 0.0f), scale(static_cast<size_t>(B), 0.0f);
   std::vector<char> ok(static_cast<size_t>(B), 0);
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
@@ -474,11 +476,11 @@ std::tuple<Tensor, Tensor> gumbel_softmax_cpu(Tensor logits, Tensor tau, Tensor 
     auto exps = [&](int64_t r, int64_t c) {
       if (!ok[r]) return;
       const auto [lo, hi] = chunk_range(V, nc, c);
-      sums[r * nc + c] = exp_pass(sp + r * V, lo, hi, smax[r], 1.0f / taus[r]);
+      exp_pass(sp + r * V, lo, hi, smax[r], 1.0f / taus[r], sums.data() + r * nb);
     };
     auto total = [&](int64_t r) {
       double t = 0.0;
-      for (int64_t c = 0; c < nc; ++c) t += sums[r * nc + c];
+      for (int64_t c = 0; c < nb; ++c) t += sums[r * nb + c];
       scale[r] = ok[r] ? static_cast<float>(1.0 / t) : 0.0f;
     };
     auto store = [&](int64_t r, int64_t c) {
@@ -573,6 +575,27 @@ std::tuple<Tensor, Tensor> gumbel_softmax_topk_cpu(Tensor logits, Tensor tau, in
 
 // ------------------------------------------------------------------ filter ops
 
+// Whether a row holds a NaN (vectorised; 64 entries a step).
+template <class T>
+bool row_has_nan(const T* x, int64_t V) {
+  int64_t i = 0;
+#if SOFTDEC_SIMD_AVX512
+  __mmask16 m = 0;
+  for (; i + 64 <= V; i += 64) {
+    const __m512 v0 = load16<T>(x + i), v1 = load16<T>(x + i + 16);
+    const __m512 v2 = load16<T>(x + i + 32), v3 = load16<T>(x + i + 48);
+    m |= _mm512_cmp_ps_mask(v0, v1, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v2, v3, _CMP_UNORD_Q);
+  }
+  if (m) return true;
+#endif
+  bool nan = false;
+  for (; i < V; ++i) {
+    const float v = to_float(x[i]);
+    nan |= v != v;
+  }
+  return nan;
+}
+
 Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
   sampling_checks::check_top_k_mask_args(logits, top_k);
   const int64_t B = logits.size(0), V = logits.size(1);
@@ -592,15 +615,24 @@ Tensor top_k_mask_logits_cpu(Tensor logits, Tensor top_k) {
         const int64_t k = kp[r];
         float cv = -kInf;
         int64_t ci = std::numeric_limits<int64_t>::max();
+        bool nan = false;
         if (k > 0 && k < V) {
           Flags fl;
           topk_pass(xr, 0, V, k, cand, fl);
+          nan = fl.nan;
           if (!cand.empty() && static_cast<int64_t>(cand.size()) == k) {
             cv = cand.back().v;
             ci = cand.back().i;
           }
+        } else {
+          nan = row_has_nan(xr, V);
         }
         const scalar_t ninf = static_cast<scalar_t>(-kInf);
+        if (nan) {
+          // a row with a NaN is invalid: all -inf (what a row with no valid entry gives)
+          std::fill(orow, orow + V, ninf);
+          continue;
+        }
         int64_t i0 = 0;
 #if SOFTDEC_SIMD_AVX512
         if constexpr (std::is_same_v<scalar_t, float>) {
@@ -706,22 +738,23 @@ double kept_sum(const T* x, int64_t V, const filter::ProbFilter& f) {
   return s;
 }
 
-// out[i] = kept ? x[i] * scale : 0.
+// out[i] = kept ? (x[i] * pre) * scale : 0. pre is a power of two (exact), > 1
+// only when the kept sum is tiny (renorm_scale).
 template <class T>
-void write_renorm(const T* x, int64_t V, const filter::ProbFilter& f, float scale, T* out) {
+void write_renorm(const T* x, int64_t V, const filter::ProbFilter& f, float pre, float scale, T* out) {
   int64_t i = 0;
 #if SOFTDEC_SIMD_AVX512
   if constexpr (std::is_same_v<T, float>) {
-    const __m512 vs = _mm512_set1_ps(scale);
+    const __m512 vs = _mm512_set1_ps(scale), vp = _mm512_set1_ps(pre);
     for (; i + 16 <= V; i += 16) {
       const __m512 v = _mm512_loadu_ps(x + i);
-      _mm512_storeu_ps(out + i, _mm512_maskz_mul_ps(kept_probs16(f, v, i), v, vs));
+      _mm512_storeu_ps(out + i, _mm512_maskz_mul_ps(kept_probs16(f, v, i), _mm512_mul_ps(v, vp), vs));
     }
   }
 #endif
   for (; i < V; ++i) {
     const float v = to_float(x[i]);
-    out[i] = static_cast<T>(filter::kept_probs(f, v, i) ? v * scale : 0.0f);
+    out[i] = static_cast<T>(filter::kept_probs(f, v, i) ? (v * pre) * scale : 0.0f);
   }
 }
 
@@ -749,8 +782,9 @@ Tensor renorm_probs_cpu(Tensor probs, Tensor param, const char* pname) {
         if (f.valid && kTopP && pp[r] < 1.0f)
           top_p_cut<true>(xr, V, f.max_prob, f.argmax, 1.0f, pp[r], &f.cut_value, &f.cut_index);
         f.norm = f.valid ? kept_sum(xr, V, f) : 0.0;
-        const float scale = (f.valid && f.norm > 0.0) ? static_cast<float>(1.0 / f.norm) : 0.0f;
-        write_renorm(xr, V, f, scale, o + r * V);
+        float pre = 1.0f, scale = 0.0f;
+        if (f.valid && f.norm > 0.0) filter::renorm_scale(f.norm, &pre, &scale);
+        write_renorm(xr, V, f, pre, scale, o + r * V);
       }
     });
   });

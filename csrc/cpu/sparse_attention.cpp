@@ -327,8 +327,9 @@ void summarise_pages(const T* k, Strides4 ks, T* mn, T* mx, Strides4 ss, int64_t
       const T* kr = k + b * ks.b + g * ks.h + t * ks.n;
       for (int64_t i = 0; i < d; ++i) {
         const float v = tof(kr[i]);
-        lo[i] = std::min(lo[i], v);
-        hi[i] = std::max(hi[i], v);
+        // NaN propagates (as torch.amin / amax); std::min / max would drop it
+        lo[i] = (v < lo[i] || v != v) ? v : lo[i];
+        hi[i] = (v > hi[i] || v != v) ? v : hi[i];
       }
     }
     // min/max of T values are T values: the conversion back is exact.
@@ -372,6 +373,8 @@ void page_summary_update_cpu(Tensor kmin, Tensor kmax, Tensor k_cache, Tensor st
   check_cache(k_cache, "k_cache");
   check_summary(kmin, "kmin", k_cache, 0);
   check_summary(kmax, "kmax", k_cache, 0);
+  check_no_internal_overlap(kmin, "kmin");
+  check_no_internal_overlap(kmax, "kmax");
   SOFTDEC_CHECK(kmax.size(2) == kmin.size(2), "kmax must have the shape of kmin ", shape_str(kmin),
                 ", got ", shape_str(kmax));
   const int64_t B = k_cache.size(0), H = k_cache.size(1), N = k_cache.size(2), d = k_cache.size(3);

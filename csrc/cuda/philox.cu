@@ -42,9 +42,13 @@ Tensor philox_uniform_cuda(Tensor seed, Tensor offset, int64_t n) {
   SOFTDEC_CHECK(seed.numel() <= 1 || seed.stride(0) == 1, "seed must be contiguous");
   torch::stable::accelerator::DeviceGuard guard(seed.get_device_index());
   const int64_t rows = seed.size(0);
+  int64_t total_n = 0;
+  SOFTDEC_CHECK(checked_mul(rows, n, &total_n) && total_n <= (kSizeMax >> 3), "philox_uniform: shape (",
+                rows, ", ", n, ") has too many elements (", rows, " rows of ", n,
+                " uniforms; at most 2^60 in all)");
   Tensor out = new_empty(seed, {rows, n}, ScalarType::Float);
   if (rows == 0 || n == 0) return out;
-  const int64_t blocks_per_row = (n + 3) / 4;
+  const int64_t blocks_per_row = sat_ceil_div(n, 4);
   const int64_t total = rows * blocks_per_row;
   const int64_t grid = std::min<int64_t>((total + kPhiloxThreads - 1) / kPhiloxThreads, 65535 * 8);
   philox_uniform_kernel<<<static_cast<unsigned>(grid), kPhiloxThreads, 0, current_stream(seed)>>>(

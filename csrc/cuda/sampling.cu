@@ -962,8 +962,18 @@ __global__ void __launch_bounds__(kThreads) top_k_mask_kernel(const T* __restric
     return x != x ? ninf() : x;
   };
   long long cand = 0;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) cand += load(i) > ninf() ? 1 : 0;
+  int nan = 0;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const float x = ld(row, i);
+    nan |= x != x ? 1 : 0;
+    cand += x > ninf() ? 1 : 0;
+  }
   cand = block_sum<long long>(cand);
+  // a row with a NaN is invalid: all -inf (what a row with no valid entry gives)
+  if (block_or(nan)) {
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) orow[i] = static_cast<T>(ninf());
+    return;
+  }
   float cv = ninf();
   int64_t ci = kNoKeep;
   auto no_mass = [](float) -> double { return 0.0; };
@@ -1028,11 +1038,12 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(const T* __restrict__ 
     if (valid && x > 0.0f && in_prefix(x, i, cv, ci) && x >= min_prob) norm += x;
   }
   norm = block_sum<double>(norm);
-  const float scale = (valid && norm > 0.0) ? static_cast<float>(1.0 / norm) : 0.0f;
+  float pre = 1.0f, scale = 0.0f;
+  if (valid && norm > 0.0) filter::renorm_scale(norm, &pre, &scale);
   for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
     const float x = ld(row, i);
     const bool keep = valid && x > 0.0f && in_prefix(x, i, cv, ci) && x >= min_prob;
-    orow[i] = static_cast<T>(keep ? x * scale : 0.0f);
+    orow[i] = static_cast<T>(keep ? (x * pre) * scale : 0.0f);
   }
 }
 

@@ -45,8 +45,9 @@ __global__ void __launch_bounds__(kSummaryThreads)
     float a = __int_as_float(0x7f800000), c = kNegInf;
     for (int64_t t = t0; t < t1; ++t) {
       const float v = to_float(k[b * ks.b + g * ks.h + t * ks.n + i]);
-      a = fminf(a, v);
-      c = fmaxf(c, v);
+      // NaN propagates (as torch.amin / amax): fminf / fmaxf would drop it
+      a = (v < a || v != v) ? v : a;
+      c = (v > c || v != v) ? v : c;
     }
     if (t1 <= t0) a = c = 0.f;
     omn[i] = from_float<T>(a);
@@ -386,11 +387,23 @@ __global__ void __launch_bounds__(kMergeThreads)
 }
 
 // ------------------------------------------------------------------ host: decode
+// Kernels take page_size, sink and window as int: clamp them to the cache
+// length first (an equivalent selection: sink_end = min(sink, L) and
+// L - window <= 0 once either is >= N >= L; a page_size >= N is one page,
+// as is the smallest power of two >= N). Values up to INT64_MAX are valid.
+inline int64_t clamp_len(int64_t v, int64_t n) { return v < n ? v : n; }
+inline int64_t clamp_page_size(int64_t ps, int64_t n) {
+  int64_t p = 1;
+  while (p < n) p <<= 1;
+  return ps < p ? ps : p;
+}
+
 template <typename NT>
 void summary_launch(const Tensor& k_cache, Tensor& mn, Tensor& mx, const int64_t* lo, const int64_t* hi,
                     int64_t ps, cudaStream_t st) {
   const int64_t B = k_cache.size(0), H = k_cache.size(1), d = k_cache.size(3), P = mn.size(2);
   if (B * H * P * d == 0) return;
+  ps = clamp_page_size(ps, k_cache.size(2));
   SOFTDEC_CHECK(H <= kMaxGridYZ, "k_cache must have at most ", kMaxGridYZ, " kv heads on CUDA, got ", H);
   SOFTDEC_CHECK(P < (int64_t(1) << 31), "k_cache must have fewer than 2^31 pages on CUDA, got ", P);
   const int threads = static_cast<int>(imin(kSummaryThreads, (d + 31) / 32 * 32));
@@ -426,6 +439,8 @@ void page_summary_update_cuda(Tensor kmin, Tensor kmax, Tensor k_cache, Tensor s
   check_cache(k_cache, "k_cache");
   check_summary(kmin, "kmin", k_cache, 0);
   check_summary(kmax, "kmax", k_cache, 0);
+  check_no_internal_overlap(kmin, "kmin");
+  check_no_internal_overlap(kmax, "kmax");
   SOFTDEC_CHECK(kmax.size(2) == kmin.size(2) && kmin.stride(0) == kmax.stride(0) &&
                     kmin.stride(1) == kmax.stride(1) && kmin.stride(2) == kmax.stride(2),
                 "kmax must have the shape and strides of kmin ", shape_str(kmin), ", got ", shape_str(kmax));
@@ -450,6 +465,9 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
                    const Tensor* mn, const Tensor* mx, int64_t M, Tensor& out, int64_t* idx_out) {
   const int64_t B = q.size(0), Hq = q.size(1), d = q.size(2), Hkv = k_cache.size(1), N = k_cache.size(2);
   const int G = static_cast<int>(Hq / Hkv);
+  ps = clamp_page_size(ps, N);
+  sink = clamp_len(sink, N);
+  window = clamp_len(window, N);
   cudaStream_t st = current_stream(q);
   const NT* qp = reinterpret_cast<const NT*>(q.data_ptr());
   const NT* kp = reinterpret_cast<const NT*>(k_cache.data_ptr());

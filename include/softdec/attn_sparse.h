@@ -18,6 +18,7 @@
 #pragma once
 
 #include "softdec/macros.h"
+#include "softdec/sizes.h"
 
 namespace softdec {
 namespace attn {
@@ -37,7 +38,8 @@ SOFTDEC_HD Region decode_region(int64_t len, int64_t sink, int64_t window) {
   return r;
 }
 
-SOFTDEC_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// ceil(a / b), a >= 0, b > 0; no overflow for huge a (budget up to INT64_MAX).
+SOFTDEC_HD int64_t ceil_div(int64_t a, int64_t b) { return sat_ceil_div(a, b); }
 
 // Pages a page-mode selection keeps for a token budget.
 SOFTDEC_HD int64_t pages_for_budget(int64_t budget, int64_t page_size) {
@@ -48,8 +50,9 @@ SOFTDEC_HD int64_t pages_for_budget(int64_t budget, int64_t page_size) {
 // of the `indices` output.
 SOFTDEC_HD int64_t max_selected(int64_t n, int64_t budget, bool page_mode, int64_t page_size,
                                 int64_t sink, int64_t window) {
-  const int64_t mid = page_mode ? pages_for_budget(budget, page_size) * page_size : budget;
-  const int64_t m = sink + window + mid;
+  // saturating: sink, window and budget may each be up to INT64_MAX
+  const int64_t mid = page_mode ? sat_mul(pages_for_budget(budget, page_size), page_size) : budget;
+  const int64_t m = sat_add(sat_add(sink, window), mid);
   return m < n ? m : n;
 }
 
@@ -65,7 +68,7 @@ SOFTDEC_HD void candidate_pages(const Region& r, int64_t page_size, int64_t* fir
 
 // Middle tokens of page p: [lo, hi).
 SOFTDEC_HD void page_middle(const Region& r, int64_t page_size, int64_t p, int64_t* lo, int64_t* hi) {
-  int64_t a = p * page_size, b = a + page_size;
+  int64_t a = p * page_size, b = sat_add(a, page_size);
   *lo = a < r.sink_end ? r.sink_end : a;
   *hi = b > r.win_start ? r.win_start : b;
 }

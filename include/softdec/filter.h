@@ -556,6 +556,16 @@ SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p) {
   return compute_row_filter(load, V, p, scratch);
 }
 
+// Factors of the renormalisation x -> x / norm (norm > 0, the kept sum of
+// float entries): out = (x * pre) * scale. pre is a power of two (an exact
+// multiply), 2^64 when norm < 2^-64 so that 1 / norm cannot overflow float
+// (a kept mass of subnormal entries), else 1 (then out = x * (1 / norm)).
+SOFTDEC_HD void renorm_scale(double norm, float* pre, float* scale) {
+  const bool tiny = norm < 0x1p-64;
+  *pre = tiny ? 0x1p64f : 1.0f;
+  *scale = static_cast<float>(1.0 / (tiny ? norm * 0x1p64 : norm));
+}
+
 // The same filter on a row of probabilities (FlashInfer's *_renorm_probs):
 // mass = the value itself, inv_temp = 1, max_logit = max prob, and the min-p
 // test is p_i >= min_p * max p. In the returned RowFilter use kept_probs()

@@ -101,6 +101,8 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
     else:
         dev = device_arg(device) if device is not None else torch.device("cpu")
         rows, n = 1, math.prod(dims)
+    if rows * n > 2**60:  # the kernel's limit (numel * 8 bytes must fit in int64)
+        raise ValueError(f"philox_uniform: shape {dims} has too many elements ({rows * n}; at most 2**60)")
     s, o = rng_state(seed, offset, rows, dev)
     return _ops.philox_uniform(s, o, n).reshape(dims)
 
@@ -644,6 +646,8 @@ def gumbel_softmax(logits: torch.Tensor, *, tau: RowParam = 1.0, hard: bool = Fa
         if not hard:
             return y
         y_hard = torch.zeros_like(y).scatter(1, am[:, None], 1.0)
+        # invalid rows (NaN, +inf or no finite logit) are all zero in y: keep them zero
+        y_hard = torch.where(y.detach().sum(-1, keepdim=True) > 0, y_hard, torch.zeros_like(y_hard))
         return y_hard - y.detach() + y
     if fast:
         with torch._C._AutoDispatchBelowAutograd():
@@ -759,7 +763,9 @@ def top_k_mask_logits(logits: torch.Tensor, top_k: RowParam) -> torch.Tensor:
     Returns
     -------
     torch.Tensor
-        (batch, vocab), ``logits``' dtype. NaN entries are never kept (they become -inf).
+        (batch, vocab), ``logits``' dtype. A row containing a NaN is invalid (the
+        policy of every op, see the README) and comes back all ``-inf``, like a
+        row with no finite logit.
         Differentiable: the gradient passes through the kept entries (the kept
         set held fixed), masked entries get 0.
 
@@ -1344,7 +1350,9 @@ def build_page_summary(k_cache: torch.Tensor, *, page_size: int = 16,
     -------
     PageSummary
         ``kmin``, ``kmax`` of shape ``(batch, kv_heads, ceil(tokens / page_size),
-        head_dim)`` in the dtype of ``k_cache``, and ``page_size``.
+        head_dim)`` in the dtype of ``k_cache``, and ``page_size``. A NaN key
+        propagates (as ``torch.amin`` / ``amax``): its channel's bounds on that
+        page are NaN; page selection ranks a NaN page score last.
 
     Examples
     --------
@@ -1379,7 +1387,9 @@ def update_page_summary(summary: PageSummary, k_cache: torch.Tensor, *,
     Parameters
     ----------
     summary : PageSummary
-        From :func:`build_page_summary` on the same cache; updated in place.
+        From :func:`build_page_summary` on the same cache; updated in place, so
+        ``kmin`` / ``kmax`` must not overlap themselves (an ``expand()``-ed tensor
+        is rejected with a ValueError).
     k_cache : torch.Tensor
         ``(batch, kv_heads, tokens, head_dim)``, the key cache holding the new tokens.
     start, end : int or torch.Tensor

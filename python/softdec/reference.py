@@ -480,10 +480,11 @@ def gumbel_softmax_topk(logits: torch.Tensor, k: int, tau=1.0, seed=0, offset=0)
 
 def top_k_mask_logits(logits: torch.Tensor, top_k) -> torch.Tensor:
     """Logits outside each row's top-k (ties: lower index first) set to -inf; k = 0 or k >= V keeps all.
-    NaN entries are never kept."""
+    A row containing a NaN is invalid: all -inf."""
     B, V = logits.shape
     k = _row_values(top_k, B, torch.int64, logits.device)
-    x = torch.where(torch.isnan(logits), torch.full_like(logits, -float("inf")), logits)
+    bad = torch.isnan(logits).any(-1, keepdim=True).expand(B, V)
+    x = torch.where(bad, torch.full_like(logits, -float("inf")), logits)
     order = torch.sort(x, dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(V, device=x.device).expand(B, V))
     kk = torch.where((k > 0) & (k < V), k, torch.full_like(k, V))
