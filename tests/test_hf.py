@@ -12,6 +12,7 @@ import torch
 
 import softdec
 import softdec.hf as H
+from hf_archs import init_normal
 import softdec.strategies as S
 from softdec.strategies import MODE_DISCRETE, MODE_FINISHED, MODE_SOFT, MODE_THINK_END
 
@@ -55,11 +56,7 @@ def make_model(arch: str, vocab: int = V, hidden: int = 32, layers: int = 2, see
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     model = cls(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, std)
-    return model
+    return init_normal(model, std)
 
 
 _CACHE = {}
