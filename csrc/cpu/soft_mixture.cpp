@@ -103,10 +103,11 @@ int finish_topk(TopKCollector<acc_t>& top, acc_t* vals, int64_t* ids) {
 // ------------------------------------------------------------------ scan, scalar
 template <typename scalar_t, typename acc_t>
 void scan_scalar(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold, int k,
-                 Part<acc_t>& P) {
+                 Part<acc_t>& P, acc_t thr0) {
   const acc_t big = std::numeric_limits<acc_t>::max();
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
   TopKCollector<acc_t> top = start_topk(P, k, 1);
+  top.thr = std::max(top.thr, thr0);
   for (int64_t v = v0; v < v1; ++v) {
     const acc_t l = to_acc<acc_t>(row[v]);
     if (!(l <= big) && l != ninf) P.bad = true;  // NaN or +inf
@@ -283,10 +284,12 @@ __attribute__((noinline)) int64_t scan_run(const scalar_t* row, int64_t base, in
 }
 
 template <typename scalar_t, bool kCold>
-void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Part<float>& P) {
+void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Part<float>& P,
+                 float thr0) {
   SoftmaxLanes sm(t);
   __mmask16 badm = 0;
   TopKCollector<float> top = start_topk(P, k, kChunk);
+  top.thr = std::max(top.thr, thr0);
   constexpr float kLn2 = 0.69314718055994531f;
   for (int64_t base = v0; base < v1;) {
     base = scan_run<scalar_t, kCold>(row, base, v1, sm, top, badm);
@@ -306,17 +309,21 @@ void scan_avx512(const scalar_t* row, int64_t v0, int64_t v1, float t, int k, Pa
 #endif
 
 template <typename scalar_t, typename acc_t>
-void scan(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold, int k, Part<acc_t>& P) {
+// thr0: a value no token of [v0, v1) needs to beat to matter (the k-th best of
+// the row's earlier slice, whose ids are all lower): only tokens above it are
+// candidates. The row's top k, merged from every slice, does not depend on it.
+void scan(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold, int k, Part<acc_t>& P,
+          acc_t thr0) {
 #if defined(SOFTDEC_SIMD_AVX512)
   if constexpr (std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, double>) {
     if (cold)
-      scan_avx512<scalar_t, true>(row, v0, v1, t, k, P);
+      scan_avx512<scalar_t, true>(row, v0, v1, t, k, P, thr0);
     else
-      scan_avx512<scalar_t, false>(row, v0, v1, t, k, P);
+      scan_avx512<scalar_t, false>(row, v0, v1, t, k, P, thr0);
     return;
   }
 #endif
-  scan_scalar<scalar_t, acc_t>(row, v0, v1, t, cold, k, P);
+  scan_scalar<scalar_t, acc_t>(row, v0, v1, t, cold, k, P, thr0);
 }
 
 // ------------------------------------------------------------------ gather
@@ -417,6 +424,11 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
   std::vector<acc_t> pv(static_cast<size_t>(B * C * k));
   std::vector<int64_t> pi(static_cast<size_t>(B * C * k));
   torch::stable::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    // the k-th best value of the previous slice of the same row, when this thread
+    // scanned it: a starting threshold for the next slice (which candidates a slice
+    // reports changes, the row's merged top k does not; the float sums never see it)
+    acc_t carry = -std::numeric_limits<acc_t>::infinity();
+    int64_t carry_w = -1;
     for (int64_t w = begin; w < end; ++w) {
       const int64_t b = w / C, c = w % C;
       Part<acc_t>& P = parts[w];
@@ -429,7 +441,11 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
       if (v0 >= v1) continue;
       const bool cold = T[b] == 0.0;
       const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
-      scan<scalar_t, acc_t>(L + b * sL, v0, v1, t, cold, k, P);
+      const acc_t thr0 = (c > 0 && carry_w == w - 1) ? carry : -std::numeric_limits<acc_t>::infinity();
+      scan<scalar_t, acc_t>(L + b * sL, v0, v1, t, cold, k, P, thr0);
+      // a full slice's k-th value; fewer than k candidates: the carried one still holds
+      carry = P.n == k ? std::max(thr0, P.vals[k - 1]) : thr0;
+      carry_w = w;
     }
   });
   int64_t* ids_p = ids.mutable_data_ptr<int64_t>();
