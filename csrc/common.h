@@ -75,20 +75,22 @@ inline const char* dtype_name(ScalarType t) {
   }
 }
 
-inline std::string shape_str(const Tensor& t) {
+// n values as a Python tuple: "(3, 4)", "(3,)", "()"; get(i) gives the i-th.
+template <typename Get>
+std::string tuple_str(int64_t n, Get get) {
   std::ostringstream oss;
   oss << "(";
-  for (int64_t i = 0; i < t.dim(); ++i) oss << (i ? ", " : "") << t.size(i);
-  oss << (t.dim() == 1 ? ",)" : ")");
+  for (int64_t i = 0; i < n; ++i) oss << (i ? ", " : "") << get(i);
+  oss << (n == 1 ? ",)" : ")");
   return oss.str();
 }
 
+inline std::string shape_str(const Tensor& t) {
+  return tuple_str(t.dim(), [&](int64_t i) { return t.size(i); });
+}
+
 inline std::string strides_str(const Tensor& t) {
-  std::ostringstream oss;
-  oss << "(";
-  for (int64_t i = 0; i < t.dim(); ++i) oss << (i ? ", " : "") << t.stride(i);
-  oss << (t.dim() == 1 ? ",)" : ")");
-  return oss.str();
+  return tuple_str(t.dim(), [&](int64_t i) { return t.stride(i); });
 }
 
 inline std::string device_str(const Tensor& t) {
@@ -189,11 +191,8 @@ inline Tensor new_empty(const Tensor& like, std::initializer_list<int64_t> sizes
   // numel * 8 bytes must fit in int64 (the allocator's byte count)
   fits = fits && stride <= (kSizeMax >> 3);
   if (!fits) {
-    std::ostringstream oss;
-    oss << "(";
-    for (int64_t j = 0; j < nd; ++j) oss << (j ? ", " : "") << sz[j];
-    oss << (nd == 1 ? ",)" : ")");
-    throw std::invalid_argument(detail::cat("cannot allocate an output of shape ", oss.str(),
+    throw std::invalid_argument(detail::cat("cannot allocate an output of shape ",
+                                            tuple_str(nd, [&](int64_t j) { return sz[j]; }),
                                             ": too many elements"));
   }
   int32_t device_type = 0;
