@@ -326,3 +326,30 @@ def _per_row_int64(v, name: str, batch: int, device: torch.device) -> torch.Tens
     if t.dtype != torch.int64:
         t = t.to(torch.int64)
     return t if t.is_contiguous() else t.contiguous()
+
+
+def _no_backward(public: str, *, outputs_differentiable: bool = True):
+    """An autograd registration for an op without a gradient formula.
+
+    ``outputs_differentiable=False``: the outputs are marked non-differentiable
+    (they never require grad; for values that only select, e.g. page bounds).
+    Otherwise float outputs require grad when an input does, and backward
+    raises naming the op, so a loss that reaches them fails instead of silently
+    getting no gradient from them.
+    """
+    def setup(ctx, inputs, output):
+        if not outputs_differentiable:
+            outs = output if isinstance(output, (tuple, list)) else (output,)
+            ctx.mark_non_differentiable(*[t for t in outs if isinstance(t, torch.Tensor)])
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"softdec.{public} is not differentiable (it has no backward formula); "
+                           "call it under torch.no_grad() or on detached inputs")
+    return setup, backward
+
+
+def _register_no_backward(op: str, public: str, **kw):
+    setup, backward = _no_backward(public, **kw)
+    torch.library.register_autograd(f"softdec::{op}", backward, setup_context=setup)
+
+

@@ -1,0 +1,299 @@
+"""Soft mixture: the concept token (filtered softmax, noise, weighted embedding sum).
+
+Public names are re-exported by ``softdec`` (and ``softdec.ops``)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Union
+
+import torch
+
+from ._params import (FLOAT_DTYPES, below_autograd, check_tensor, const_row, float_arg, int_arg, rng_state,
+                      row_param, scalar_rows, _SCALAR_TYPES)
+
+_ops = torch.ops.softdec
+
+
+__all__ = ["soft_mixture", "SoftTokens"]
+
+_SM_NOISE = {None: 0, "gumbel": 1, "dirichlet": 2}
+_SM_MAX_K = 256  # soft::kMaxTopK in include/softdec/soft_mixture.h
+_SM_DTYPES = FLOAT_DTYPES + (torch.float64,)
+
+
+class SoftTokens(NamedTuple):
+    """Result of :func:`soft_mixture` (one concept token per row).
+
+    embeds : (B, D) the embedding's dtype; ids : (B, k) int64; weights : (B, k)
+    float32 (float64 for float64 logits); entropy, max_prob : (B,) same float
+    dtype; valid : (B,) bool; noisy_logits : (B, k) or None (Gumbel noise only).
+    """
+    embeds: torch.Tensor
+    ids: torch.Tensor
+    weights: torch.Tensor
+    entropy: torch.Tensor
+    max_prob: torch.Tensor
+    valid: torch.Tensor
+    noisy_logits: Optional[torch.Tensor]
+
+
+@torch.library.register_fake("softdec::soft_mixture")
+def _soft_mixture_fake(logits, embedding, temperature, top_k, top_p, min_p, seed, offset, k, noise,
+                       tau, noise_scale, dirichlet_alpha, embed_scale):
+    torch._check(logits.dim() == 2, lambda: "logits must be a 2-D tensor (batch, vocab)")
+    torch._check(embedding.dim() == 2, lambda: "embedding must be a 2-D tensor (vocab, dim)")
+    torch._check(embedding.shape[0] == logits.shape[1],
+                 lambda: "embedding must have as many rows as logits has columns")
+    torch._check(1 <= k <= _SM_MAX_K, lambda: f"k must be in [1, {_SM_MAX_K}]")
+    B, D = logits.shape[0], embedding.shape[1]
+    for t in (temperature, top_k, top_p, min_p, seed, offset):
+        torch._check(t.dim() == 1 and t.shape[0] == B, lambda: "per-row parameters must have shape (B,)")
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    e = lambda shape, dt: logits.new_empty(shape, dtype=dt)  # noqa: E731
+    return (e((B, D), embedding.dtype), e((B, k), torch.int64), e((B, k), acc), e((B,), acc),
+            e((B,), acc), e((B,), torch.bool), e((B, k), acc), e((B,), acc), e((B,), torch.int64))
+
+
+@torch.library.register_fake("softdec::soft_mixture_backward")
+def _soft_mixture_backward_fake(grad_embeds, grad_weights, grad_entropy, grad_max_prob, grad_noisy,
+                                logits, embedding, temperature, ids, weights, lse, entropy, max_prob,
+                                valid, nkept, noise, tau, embed_scale):
+    torch._check(logits.dim() == 2, lambda: "logits must be a 2-D tensor (batch, vocab)")
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("softdec::soft_mixture_embedding_backward")
+def _soft_mixture_embedding_backward_fake(grad_embeds, embedding, ids, weights, nkept, embed_scale):
+    torch._check(embedding.dim() == 2, lambda: "embedding must be a 2-D tensor (vocab, dim)")
+    return embedding.new_empty(embedding.shape)
+
+
+def _soft_mixture_setup_context(ctx, inputs, output):
+    logits, embedding, temperature = inputs[0], inputs[1], inputs[2]
+    _, ids, weights, entropy, max_prob, valid, _, lse, nkept = output
+    ctx.save_for_backward(logits, embedding, temperature, ids, weights, lse, entropy, max_prob,
+                          valid, nkept)
+    ctx.noise, ctx.tau, ctx.embed_scale = inputs[9], inputs[10], inputs[13]
+
+
+def _soft_mixture_backward(ctx, g_embeds, g_ids, g_weights, g_entropy, g_max_prob, g_valid,
+                           g_noisy, g_lse, g_nkept):
+    logits, embedding, temperature, ids, weights, lse, entropy, max_prob, valid, nkept = ctx.saved_tensors
+    acc = weights.dtype
+    B, k = ids.shape
+    D = embedding.shape[1]
+
+    def dense(g, shape):
+        return weights.new_zeros(shape) if g is None else g.to(acc).contiguous()
+
+    ge = dense(g_embeds, (B, D))
+    grad_logits = grad_embedding = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = _ops.soft_mixture_backward(
+            ge, dense(g_weights, (B, k)), dense(g_entropy, (B,)), dense(g_max_prob, (B,)),
+            dense(g_noisy, (B, k)), logits, embedding, temperature, ids, weights, lse, entropy,
+            max_prob, valid, nkept, ctx.noise, ctx.tau, ctx.embed_scale)
+    if ctx.needs_input_grad[1]:
+        grad_embedding = _ops.soft_mixture_embedding_backward(ge, embedding, ids, weights, nkept,
+                                                              ctx.embed_scale)
+    return (grad_logits, grad_embedding) + (None,) * 12
+
+
+torch.library.register_autograd("softdec::soft_mixture", _soft_mixture_backward,
+                                setup_context=_soft_mixture_setup_context)
+
+
+def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
+                 top_k: Union[int, torch.Tensor] = 10,
+                 temperature: Union[float, torch.Tensor] = 1.0,
+                 top_p: Union[float, torch.Tensor] = 1.0,
+                 min_p: Union[float, torch.Tensor] = 0.0,
+                 noise: Optional[str] = None, tau: float = 1.0, noise_scale: float = 1.0,
+                 dirichlet_alpha: float = 1.0,
+                 seed: Optional[Union[int, torch.Tensor]] = None,
+                 offset: Union[int, torch.Tensor] = 0,
+                 generator: Optional[torch.Generator] = None,
+                 embed_scale: float = 1.0) -> SoftTokens:
+    """Soft Thinking concept tokens: the fused softmax / top-k / top-p / min-p /
+    noise / embedding-mixture pipeline, one pass over each row of logits.
+
+    Per row (in this order):
+
+    1. ``p = softmax(logits / T)`` over the whole vocabulary; ``entropy = -sum p log p``
+       and ``max_prob = max p`` are of this full distribution. ``T = 0`` is the
+       one-hot argmax (entropy 0, max_prob 1).
+    2. Keep the ``top_k`` largest ``p`` (ties: the lower vocabulary index first)
+       and renormalise; top-p on those (the smallest prefix of the sorted weights
+       whose mass reaches ``top_p``) and renormalise; min-p (drop ``w < min_p * max w``)
+       and renormalise. Tokens with logit ``-inf`` never survive.
+    3. Noise. ``"gumbel"``: ``y = log w + noise_scale * G``, ``G = -log(-log U)``,
+       ``w = softmax(y / tau)``, ``noisy_logits = y``; the uniform of token ``id``
+       is element ``id`` of the row's ``(seed, offset)`` Philox stream
+       (:func:`softdec.philox_uniform`), whatever its rank. ``"dirichlet"``:
+       ``w ~ Dir(dirichlet_alpha * w)`` by normalised Gamma draws
+       (Marsaglia-Tsang in float64; attempt ``t < 16`` of token ``id`` uses the
+       Philox block ``id * 16 + t``, see include/softdec/soft_mixture.h and
+       :func:`softdec.reference.soft_gamma`).
+    4. Sort by weight, descending (ties: lower id first; without noise the
+       top-k order, logit descending, is kept: weights that underflow to the
+       same value stay in logit order). Where fewer than ``k``
+       tokens survive, ``ids`` is padded with the row's first id, ``weights``
+       with 0 and ``noisy_logits`` with ``-inf``.
+    5. ``embeds = embed_scale * sum_i weights_i * embedding[ids_i]``, accumulated
+       in float32 (float64 for float64 inputs), returned in the embedding's dtype.
+
+    Rows whose logits are all ``-inf`` or contain NaN or ``+inf`` get
+    ``valid=False``, ``embeds = 0``, ``ids = 0``, ``weights = 0``,
+    ``entropy = max_prob = 0`` (no exception, no out-of-range id).
+
+    Differentiable w.r.t. ``logits`` (through the renormalised, Gumbel-noisy
+    weights, ``noisy_logits``, ``entropy`` and ``max_prob``; the kept set is
+    treated as fixed) and ``embedding`` (a scatter into the kept rows, returned
+    as a dense ``(V, D)`` gradient like ``nn.Embedding``). The Dirichlet draw
+    is a stop-gradient: with ``noise="dirichlet"`` no gradient reaches the
+    logits through the weights.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        (batch, vocab), float32 / bfloat16 / float16 (float64 for gradcheck);
+        the last dimension must be contiguous (other strides are honoured).
+    embedding : torch.Tensor
+        (vocab, dim), float32 / bfloat16 / float16 / float64, the input
+        embedding table, any row stride; same device as ``logits``.
+    top_k : int or torch.Tensor, default 10
+        Tokens kept before top-p, in [1, 256]; a (batch,) int tensor gives each
+        row its own value and the output width is its maximum (read with
+        ``.item()``, which breaks a ``torch.compile(fullgraph=True)`` graph:
+        pass an int there). ``top_k > vocab`` keeps the whole vocabulary and
+        pads.
+    temperature : float or torch.Tensor, default 1.0
+        ``T >= 0`` (0: argmax), scalar or (batch,).
+    top_p : float or torch.Tensor, default 1.0
+        In (0, 1], scalar or (batch,).
+    min_p : float or torch.Tensor, default 0.0
+        In [0, 1], scalar or (batch,).
+    noise : {None, "gumbel", "dirichlet"}, default None
+    tau : float, default 1.0
+        Gumbel-softmax temperature (> 0).
+    noise_scale : float, default 1.0
+        Multiplies the Gumbel noise.
+    dirichlet_alpha : float, default 1.0
+        Dirichlet concentration scale (> 0); the paper's alpha = 4.
+    seed : int or torch.Tensor, optional
+        Philox key, or (batch,) int64 per row. ``None`` draws one seed per row
+        from ``generator`` (or torch's default generator), advancing it; only
+        drawn when ``noise`` is set.
+    offset : int or torch.Tensor, default 0
+        Philox stream selector (e.g. the decoding step), or (batch,) int64.
+    generator : torch.Generator, optional
+        Source of ``seed`` when ``seed is None``.
+    embed_scale : float, default 1.0
+        Multiplies the mixture (models that scale input embeddings, e.g. Gemma).
+
+    Returns
+    -------
+    SoftTokens
+        ``embeds`` (batch, dim) embedding dtype; ``ids`` (batch, k) int64;
+        ``weights`` (batch, k) float32 (float64 for float64 logits), each
+        valid row sums to 1; ``entropy``, ``max_prob`` (batch,) same float
+        dtype; ``valid`` (batch,) bool; ``noisy_logits`` (batch, k) for
+        ``noise="gumbel"``, else None.
+
+    Examples
+    --------
+    >>> import torch, softdec
+    >>> logits = torch.randn(2, 1000)
+    >>> table = torch.randn(1000, 64, dtype=torch.bfloat16)
+    >>> out = softdec.soft_mixture(logits, table, top_k=10, temperature=0.6, top_p=0.95)
+    >>> out.embeds.shape, out.ids.shape, bool(torch.allclose(out.weights.sum(1), torch.ones(2)))
+    (torch.Size([2, 64]), torch.Size([2, 10]), True)
+    >>> noisy = softdec.soft_mixture(logits, table, noise="gumbel", tau=0.5, seed=0)
+    >>> noisy.noisy_logits.shape
+    torch.Size([2, 10])
+
+    References
+    ----------
+    Zhang et al., "Soft Thinking: Unlocking the Reasoning Potential of LLMs in
+    Continuous Concept Space", 2025 (https://arxiv.org/abs/2505.15778);
+    "LLMs are Single-threaded Reasoners: Demystifying the Working Mechanism of
+    Soft Thinking", 2025 (Gumbel / Dirichlet randomness); SofT-GRPO, 2025.
+    """
+    check_tensor(logits, "logits", dim=2, layout="(batch, vocab)", dtypes=_SM_DTYPES)
+    check_tensor(embedding, "embedding", dim=2, layout="(vocab, dim)", dtypes=_SM_DTYPES,
+                 device=logits.device, device_of="logits")
+    B, V = logits.shape
+    if V < 1:
+        raise ValueError(f"logits must have at least one column (vocab), got shape {tuple(logits.shape)}")
+    if embedding.shape[0] != V:
+        raise ValueError(f"embedding must have as many rows as logits has columns ({V}), "
+                         f"got {embedding.shape[0]}")
+    dev = logits.device
+    if not logits.is_contiguous() and logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    if not embedding.is_contiguous() and embedding.stride(-1) != 1:
+        embedding = embedding.contiguous()
+    # A decoding loop calls with the same plain settings every step: the
+    # checked native arguments are cached under the exact settings (bool, numpy
+    # or tensor settings, and seed=None with noise, always take _sm_args; int
+    # and float values that compare equal build the same arguments).
+    if (type(top_k) is int and type(temperature) in _SCALAR_TYPES
+            and type(top_p) in _SCALAR_TYPES and type(min_p) in _SCALAR_TYPES
+            and (noise is None or type(noise) is str) and type(tau) in _SCALAR_TYPES
+            and type(noise_scale) in _SCALAR_TYPES and type(dirichlet_alpha) in _SCALAR_TYPES
+            and type(embed_scale) in _SCALAR_TYPES and type(offset) is int
+            and (type(seed) is int or (seed is None and noise is None))):
+        key = ("soft_mixture", top_k, temperature, top_p, min_p, noise, tau, noise_scale,
+               dirichlet_alpha, embed_scale, seed, offset)
+        tail = scalar_rows(key, B, dev, _sm_args, top_k, temperature, top_p, min_p, noise, tau,
+                           noise_scale, dirichlet_alpha, embed_scale, seed, offset, generator)
+    else:
+        tail = _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
+                        dirichlet_alpha, embed_scale, seed, offset, generator)
+    if below_autograd(logits, embedding):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = _SM_OP_BOXED(logits, embedding, *tail)
+    else:
+        out = _ops.soft_mixture.default(logits, embedding, *tail)
+    return SoftTokens(out[0], out[1], out[2], out[3], out[4], out[5],
+                      out[6] if noise == "gumbel" else None)
+
+
+# The op's C++ entry point, without OpOverload.__call__'s Python frame (eager
+# calls below autograd only).
+_SM_OP_BOXED = getattr(_ops.soft_mixture.default, "_op", _ops.soft_mixture.default)
+
+
+def _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha,
+             embed_scale, seed, offset, generator):
+    """The native op's arguments after (logits, embedding), checked."""
+    kt, temp, tp, mp, k, noise_code, tau, noise_scale, dirichlet_alpha, embed_scale = _sm_settings(
+        B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha, embed_scale)
+    if noise is None and seed is None:
+        s = const_row(0, B, torch.int64, dev)
+        _, o = rng_state(0, offset, B, dev)
+    else:
+        s, o = rng_state(seed, offset, B, dev, generator)
+    return (temp, kt, tp, mp, s, o, k, noise_code, tau, noise_scale, dirichlet_alpha, embed_scale)
+
+
+def _sm_settings(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
+                 dirichlet_alpha, embed_scale):
+    """soft_mixture's settings, checked: the per-row tensors, k and the scalars."""
+    if not (noise is None or isinstance(noise, str)) or noise not in _SM_NOISE:
+        raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
+    tau = float_arg(tau, "tau", lo=0, lo_open=True)
+    noise_scale = float_arg(noise_scale, "noise_scale")
+    dirichlet_alpha = float_arg(dirichlet_alpha, "dirichlet_alpha", lo=0, lo_open=True)
+    embed_scale = float_arg(embed_scale, "embed_scale")
+    if not isinstance(top_k, torch.Tensor):
+        top_k = int_arg(top_k, "top_k", lo=1, hi=_SM_MAX_K)
+    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=1, hi=_SM_MAX_K)
+    # the output width: a tensor's maximum (read from the data; 1 for an empty batch)
+    k = top_k if not isinstance(top_k, torch.Tensor) else (int(kt.max()) if kt.numel() else 1)
+    if not 1 <= k <= _SM_MAX_K:
+        raise ValueError(f"top_k must be in [1, {_SM_MAX_K}], got {k}")
+    temp = row_param(temperature, "temperature", B, dev, torch.float64, lo=0)
+    tp = row_param(top_p, "top_p", B, dev, torch.float64, lo=0, hi=1, lo_open=True)
+    mp = row_param(min_p, "min_p", B, dev, torch.float64, lo=0, hi=1)
+    return (kt, temp, tp, mp, k, _SM_NOISE[noise], tau, noise_scale, dirichlet_alpha, embed_scale)
