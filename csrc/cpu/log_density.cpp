@@ -88,15 +88,21 @@ void check_row_values(int64_t B, int64_t k, int64_t V, const int64_t* ids, const
   }
 }
 
-// log-sum-exp of the kept logits / T of one row (n >= 1), in acc_t.
+// The kept set's normaliser of one row (n >= 1): m = the largest kept logit,
+// lse = log sum_j exp((l_j - m) / T), so log pi_i = (l_i - m) / T - lse (the
+// difference of logits first: exact for nearby logits of any size).
+template <typename acc_t>
+struct Norm {
+  acc_t m, lse;
+};
+
 template <typename scalar_t, typename acc_t>
-inline acc_t kept_lse(const scalar_t* row, const int64_t* id, int64_t n, acc_t inv_t) {
+inline Norm<acc_t> kept_lse(const scalar_t* row, const int64_t* id, int64_t n, acc_t inv_t) {
   acc_t m = -std::numeric_limits<acc_t>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<acc_t>(to_d(row[id[i]])) * inv_t);
-  if (!(m > -std::numeric_limits<acc_t>::infinity())) return m;  // all -inf (or NaN): pi undefined
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, static_cast<acc_t>(to_d(row[id[i]])));
   acc_t s = 0;
-  for (int64_t i = 0; i < n; ++i) s += ld_exp(static_cast<acc_t>(to_d(row[id[i]])) * inv_t - m);
-  return m + ld_log(s);
+  for (int64_t i = 0; i < n; ++i) s += ld_exp((static_cast<acc_t>(to_d(row[id[i]])) - m) * inv_t);
+  return {m, ld_log(s)};  // all -inf: m = -inf, s = NaN: every log pi NaN
 }
 
 struct GumbelArgs {
@@ -120,14 +126,14 @@ void gumbel_forward_rows(const scalar_t* logits, int64_t V, int64_t ld, const in
       const scalar_t* row = logits + b * ld;
       const int64_t* id = ids + b * k;
       const acc_t inv_t = acc_t(1.0 / temp[b]);
-      const acc_t L = n > 0 ? kept_lse<scalar_t, acc_t>(row, id, n, inv_t) : acc_t(0);
+      const Norm<acc_t> L = n > 0 ? kept_lse<scalar_t, acc_t>(row, id, n, inv_t) : Norm<acc_t>{0, 0};
       acc_t sum = 0;
       int64_t count = 0;
       for (int64_t i = 0; i < k; ++i) {
         acc_t v = 0;
         if (i < n) {
           acc_t lq, dy, dq;
-          const acc_t log_pi = static_cast<acc_t>(to_d(row[id[i]])) * inv_t - L;
+          const acc_t log_pi = (static_cast<acc_t>(to_d(row[id[i]])) - L.m) * inv_t - L.lse;
           v = gumbel_entry<acc_t>(y[b * k + i], log_pi, inv_s, log_s, lo, hi, eps, &lq, &dy, &dq);
           if (!counted(lq, mlw)) v = 0;  // excluded by min_log_weight
           else {
@@ -166,11 +172,11 @@ void gumbel_backward_rows(const void* grad_ptr, const scalar_t* logits, int64_t 
       const acc_t inv_t = acc_t(1.0 / temp[b]);
       for (int64_t i = n; i < k; ++i) gy[b * k + i] = 0;
       if (n == 0) continue;
-      const acc_t L = kept_lse<scalar_t, acc_t>(row, id, n, inv_t);
+      const Norm<acc_t> L = kept_lse<scalar_t, acc_t>(row, id, n, inv_t);
       // pass 1: which entries count (for the mean), pass 2: the coefficients
       int64_t count = 0;
       for (int64_t i = 0; i < n; ++i) {
-        const acc_t log_pi = static_cast<acc_t>(to_d(row[id[i]])) * inv_t - L;
+        const acc_t log_pi = (static_cast<acc_t>(to_d(row[id[i]])) - L.m) * inv_t - L.lse;
         const acc_t lq = eps > 0 ? ld_log(ld_exp(log_pi) + eps) : log_pi;
         if (counted(lq, mlw)) ++count;
       }
@@ -180,7 +186,7 @@ void gumbel_backward_rows(const void* grad_ptr, const scalar_t* logits, int64_t 
       acc_t csum = 0;
       for (int64_t pass = 0; pass < 2; ++pass) {
         for (int64_t i = 0; i < n; ++i) {
-          const acc_t log_pi = static_cast<acc_t>(to_d(row[id[i]])) * inv_t - L;
+          const acc_t log_pi = (static_cast<acc_t>(to_d(row[id[i]])) - L.m) * inv_t - L.lse;
           acc_t lq, dy, dq;
           gumbel_entry<acc_t>(y[b * k + i], log_pi, inv_s, log_s, lo, hi, eps, &lq, &dy, &dq);
           const acc_t g = !counted(lq, mlw) ? acc_t(0) : (a.reduction == kNone ? grad[b * k + i] : g_row);
@@ -208,14 +214,10 @@ constexpr double kMinWeight = FLT_MIN;
 template <typename scalar_t, typename acc_t>
 inline void dirichlet_row(const scalar_t* row, const int64_t* id, const acc_t* w, int64_t n, double inv_t,
                           double alpha, double* value, double g, scalar_t* grow, acc_t* gw) {
-  double m = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, to_d(row[id[i]]) * inv_t);
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += std::exp(to_d(row[id[i]]) * inv_t - m);
-  const double L = m + std::log(s);
+  const Norm<double> L = kept_lse<scalar_t, double>(row, id, n, inv_t);
   double v = std::lgamma(alpha), csum = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const double pi = std::exp(to_d(row[id[i]]) * inv_t - L), a = alpha * pi;
+    const double pi = std::exp((to_d(row[id[i]]) - L.m) * inv_t - L.lse), a = alpha * pi;
     const double wi = static_cast<double>(w[i]);
     const double lw = std::log(std::max(wi, kMinWeight));
     v += (a - 1) * lw - std::lgamma(a);
@@ -227,7 +229,7 @@ inline void dirichlet_row(const scalar_t* row, const int64_t* id, const acc_t* w
   *value = v;
   if (grow == nullptr) return;
   for (int64_t i = 0; i < n; ++i) {
-    const double pi = std::exp(to_d(row[id[i]]) * inv_t - L), a = alpha * pi;
+    const double pi = std::exp((to_d(row[id[i]]) - L.m) * inv_t - L.lse), a = alpha * pi;
     const double lw = std::log(std::max(static_cast<double>(w[i]), kMinWeight));
     const double c = g * alpha * (lw - digamma(a)) * pi;
     grow[id[i]] = from_d<scalar_t>(to_d(grow[id[i]]) + (c - pi * csum) * inv_t);
