@@ -290,7 +290,9 @@ def dirichlet_log_density(logits: torch.Tensor, ids: torch.Tensor, weights: torc
         ``> 0``, soft_mixture's ``dirichlet_alpha``.
     nkept : int or torch.Tensor, optional
         Kept entries per row in ``[0, k]``; default: the entries with
-        ``weights != 0`` (soft_mixture pads with 0).
+        ``weights != 0`` (soft_mixture pads with 0; a kept float32 draw that
+        underflowed to exactly 0 would be taken for padding: pass ``nkept``
+        when that can happen, i.e. for small ``alpha * pi``).
 
     Returns
     -------
