@@ -137,6 +137,21 @@ def test_round_trip_is_the_rollout_gumbel_draw(device, noise_scale):
     torch.testing.assert_close(got.cpu().double(), want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif("gumbel_eps" not in __import__("inspect").signature(softdec.soft_mixture).parameters,
+                    reason="soft_mixture has no gumbel_eps / gumbel_clamp yet (SofT-GRPO noise options)")
+def test_round_trip_with_soft_grpo_noise_options(device):
+    """With soft_mixture's y = log(w + eps) + s * clamp(G) (SofT-GRPO's rollout), the density with the
+    same eps and clamp sees z = clamp(G)."""
+    B, V, k = 16, 500, 5
+    kw = dict(noise_scale=0.7, gumbel_eps=1e-6, gumbel_clamp=(-1.5, 3.0))
+    logits, tok = _rollout(B, V, k, device=device, temperature=0.6, seed=11, **kw)
+    got = softdec.gumbel_log_density(logits, tok.ids, tok.noisy_logits, temperature=0.6, reduction="none", **kw)
+    u = ref.philox_at(11, 0, tok.ids.cpu()).double()
+    G = (-torch.log(-torch.log(u))).clamp(-1.5, 3.0)
+    want = -math.log(0.7) - G - torch.exp(-G)
+    torch.testing.assert_close(got.cpu().double(), want, atol=1e-4, rtol=1e-5)
+
+
 def _many(noise, N, **kw):
     """N independent rollouts of one row (per-row seeds)."""
     g = torch.Generator().manual_seed(5)
@@ -454,3 +469,17 @@ def test_cuda_bad_values_give_nan_rows():
     bad[2, 0] = 99
     v = softdec.gumbel_log_density(logits.float().cuda(), bad, y)
     assert torch.isfinite(v[0]) and torch.isnan(v[1]) and torch.isnan(v[2])
+
+
+def test_strided_logits_rows(device):
+    """logits[:, -1, :] of a (B, L, V) model output: rows with a stride of L * V."""
+    full = torch.randn(4, 3, 300, device=device)
+    logits = full[:, -1, :]
+    assert not logits.is_contiguous()
+    tok = softdec.soft_mixture(logits, torch.zeros(300, 2, device=device), top_k=5, noise="gumbel", seed=2)
+    x = full.clone().requires_grad_()
+    got = softdec.gumbel_log_density(x[:, -1, :], tok.ids, tok.noisy_logits, gumbel_clamp=(-1.5, 3))
+    want = ref.gumbel_log_density(logits.cpu(), tok.ids.cpu(), tok.noisy_logits.cpu(), gumbel_clamp=(-1.5, 3))
+    torch.testing.assert_close(got.cpu().double(), want, atol=2e-5, rtol=1e-5)
+    got.sum().backward()
+    assert (x.grad[:, :-1] == 0).all() and x.grad[:, -1].abs().sum() > 0
