@@ -171,8 +171,10 @@ def gumbel_log_density(logits: torch.Tensor, ids: torch.Tensor, y: torch.Tensor,
     Per row, over the kept entries ``i < nkept`` of ``ids``:
 
     * ``pi_i`` = ``softmax(logits / T)[ids_i]`` renormalised over the kept ids
-      (the vocabulary normaliser cancels, so only the kept logits are read and
-      the gradient w.r.t. ``logits`` is zero outside ``ids``);
+      (the vocabulary normaliser cancels, so only the kept logits are read: the
+      gradient w.r.t. ``logits`` is zero outside ``ids`` and a non-finite logit
+      elsewhere in the row does not matter; a NaN or ``+inf`` kept logit gives
+      NaN, a ``-inf`` one ``pi_i = 0``);
     * ``z_i = (y_i - log(pi_i + gumbel_eps)) / noise_scale``, clamped to
       ``gumbel_clamp = (lo, hi)`` when given (the clamp's gradient is 1 inside
       ``[lo, hi]``, 0 outside, as ``torch.clamp``);

@@ -1038,19 +1038,21 @@ __all__ += ["gumbel_log_density", "dirichlet_log_density", "gaussian_log_density
 
 
 def _kept_log_pi(logits, ids, nkept, temperature):
-    """log of softmax(logits / T)[ids] renormalised over the first nkept entries (float64, -inf elsewhere)
-    and the kept mask."""
+    """log of softmax(logits / T)[ids] renormalised over the first nkept entries (float64; 0 elsewhere)
+    and the kept mask. Equal to log_softmax over the vocabulary, gathered and renormalised; computed
+    from the kept logits alone (the normaliser cancels), so a non-finite logit outside the kept ids
+    does not matter."""
     x = logits.double()
     B, k = ids.shape
     T = _row_values(temperature, B, torch.float64, x.device)
     n = (torch.full((B,), k, dtype=torch.int64, device=x.device) if nkept is None
          else _row_values(nkept, B, torch.int64, x.device))
     kept = torch.arange(k, device=x.device)[None, :] < n[:, None]
-    lp = torch.log_softmax(x / T[:, None], dim=1).gather(1, ids.clamp(0, x.shape[1] - 1))
-    lp = torch.where(kept, lp, torch.full_like(lp, -math.inf))
-    lse = torch.logsumexp(lp, dim=1, keepdim=True)
+    lk = x.gather(1, ids.clamp(0, x.shape[1] - 1)) / T[:, None]
+    lk = torch.where(kept, lk, torch.full_like(lk, -math.inf))
+    lse = torch.logsumexp(lk, dim=1, keepdim=True)
     lse = torch.where(n[:, None] > 0, lse, torch.zeros_like(lse))
-    return torch.where(kept, lp - lse, torch.zeros_like(lp)), kept
+    return torch.where(kept, lk - lse, torch.zeros_like(lk)), kept
 
 
 def gumbel_log_density(logits, ids, y, *, temperature=1.0, noise_scale=1.0, gumbel_clamp=None, gumbel_eps=0.0,
