@@ -83,6 +83,13 @@ def test_row_keys_under_compile_match_eager():
     assert f(z).tolist() == [ref.row_seed(7, b) for b in range(50)]
 
 
+def test_row_keys_op_opcheck():
+    # the opaque op torch.compile builds the keys with
+    base = torch.tensor(_params._signed64(_params.mix64(7)))
+    torch.library.opcheck(torch.ops.softdec._row_seeds.default, (base, 40))
+    assert torch.ops.softdec._row_seeds(base, 40).tolist() == [ref.row_seed(7, b) for b in range(40)]
+
+
 def test_bad_seed_arguments_are_named():
     x = torch.zeros(2, V)
     with pytest.raises(ValueError, match="seed must be an int or an int64 tensor, got a float32 tensor"):

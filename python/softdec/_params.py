@@ -335,13 +335,38 @@ def _mix64_t(z: torch.Tensor) -> torch.Tensor:
     return torch.bitwise_xor(z, _lsr(z, 31))
 
 
+def _keys_from_base(base: torch.Tensor, batch: int) -> torch.Tensor:
+    rows = torch.arange(1, batch + 1, dtype=torch.int64, device=base.device)
+    return _mix64_t(rows * _signed64(_GOLDEN) + base)
+
+
+# Under torch.compile the keys are built by an opaque op: inductor folds arithmetic
+# on an arange into its index expressions, and there ``row * GOLDEN`` (which must wrap
+# modulo 2**64) came out wrong for some rows (torch 2.13, CPU), so the graph must not
+# see that arithmetic.
+@torch.library.custom_op("softdec::_row_seeds", mutates_args=())
+def _row_seeds_op(base: torch.Tensor, batch: int) -> torch.Tensor:
+    return _keys_from_base(base, batch)
+
+
+@_row_seeds_op.register_fake
+def _(base, batch):
+    return base.new_empty((batch,))
+
+
+def _fold(base: torch.Tensor, batch: int) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return _row_seeds_op(base, batch)
+    return _keys_from_base(base, batch)
+
+
 def row_seeds(seed: int, batch: int, device: torch.device) -> torch.Tensor:
     """``[row_seed(seed, b) for b in range(batch)]`` as an int64 ``[batch]`` tensor on ``device``.
 
     ``seed``: an int, or a 0-D integer tensor (folded the same way, on its device).
 
-    Built with a few elementwise tensor ops on ``device`` (no host-device copy;
-    traceable by torch.compile with a symbolic batch) and cached per
+    Built with a few elementwise tensor ops on ``device`` (no host-device copy
+    of the keys; under torch.compile an opaque op) and cached per
     ``(seed, batch)`` on CPU like the other constant rows.
     """
     if isinstance(seed, torch.Tensor):  # a 0-D tensor: an int seed that stays a tensor (e.g. under compile)
@@ -349,9 +374,7 @@ def row_seeds(seed: int, batch: int, device: torch.device) -> torch.Tensor:
             raise ValueError(f"seed must be an int or an int64 tensor, got a {dtype_name(seed.dtype)} tensor")
         if seed.device != device:
             raise ValueError(f"seed must be on the same device as the input ({device}), got {seed.device}")
-        base = _mix64_t(seed.to(torch.int64))
-        rows = torch.arange(1, batch + 1, dtype=torch.int64, device=device)
-        return _mix64_t(rows * _signed64(_GOLDEN) + base)
+        return _fold(_mix64_t(seed.to(torch.int64)), batch)
     key = ("#row_seeds", seed, batch, device)
     t = _CONST_ROWS.get(key) if type(seed) is int else None
     if t is not None and not torch.compiler.is_compiling():
@@ -364,9 +387,7 @@ def row_seeds(seed: int, batch: int, device: torch.device) -> torch.Tensor:
         t = torch.tensor([_signed64(mix64((base + _GOLDEN * (b + 1)) & _M64)) for b in range(batch)],
                          dtype=torch.int64)
     else:
-        base = _signed64(mix64(s))
-        rows = torch.arange(1, batch + 1, dtype=torch.int64, device=device)
-        t = _mix64_t(rows * _signed64(_GOLDEN) + base)
+        t = _fold(torch.tensor(_signed64(mix64(s)), dtype=torch.int64, device=device), batch)
     return _remember(key, t)
 
 
