@@ -27,10 +27,13 @@ def test_cached_rows_follow_value_batch_and_dtype():
     assert a.dtype == torch.int64 and a.shape == (2,)
     assert b.dtype == torch.float64 and b.shape == (2,)
     assert c.shape == (5,) and c.tolist() == [1] * 5
-    s, o = _params.rng_state(7, 3, 4, dev)
-    assert s.tolist() == [7] * 4 and o.tolist() == [3] * 4
+    s, o = _params.rng_state(7, 3, 4, dev)  # an int seed: row b keyed by row_seed(7, b)
+    assert s.tolist() == [reference.row_seed(7, b) for b in range(4)] and o.tolist() == [3] * 4
+    assert _params.rng_state(7, 3, 4, dev)[0] is s  # cached
     s2, _ = _params.rng_state((1 << 64) - 1, 0, 2, dev)  # uint64 seed, as int64 bits
-    assert s2.tolist() == [-1, -1]
+    assert s2.tolist() == [reference.row_seed(-1, b) for b in range(2)]
+    s3, _ = _params.rng_state(torch.tensor([7, -1]), 0, 2, dev)  # a tensor: the keys as given
+    assert s3.tolist() == [7, -1]
 
 
 def test_cache_is_bounded():
@@ -53,7 +56,7 @@ def test_alternating_scalars_match_per_row_tensors():
         torch.testing.assert_close(got.weights.double(), want[2], atol=1e-6, rtol=1e-5)
         a = softdec.sample(logits, temperature=temp, top_p=tp, top_k=k, seed=11, offset=2)
         b = softdec.sample(logits, temperature=torch.full((3,), temp), top_p=torch.full((3,), tp),
-                           top_k=torch.full((3,), k), seed=torch.full((3,), 11), offset=torch.full((3,), 2))
+                           top_k=torch.full((3,), k), seed=reference.row_keys(11, 3), offset=torch.full((3,), 2))
         assert torch.equal(a.ids, b.ids)
 
 

@@ -55,10 +55,17 @@ def test_matches_reference_stream(n, seed, offset, device):
     assert torch.equal(got, want)
 
 
-def test_int_seed_is_one_stream():
+def test_int_seed_folds_the_row_into_the_key():
+    # int seed: row r is the (row_seed(seed, r), offset) stream, as every random op draws
     got = softdec.philox_uniform((3, 7), seed=5, offset=2)
-    want = ref.philox_uniform(5, 2, 21).reshape(3, 7)
+    want = torch.stack([ref.philox_uniform(ref.row_seed(5, r), 2, 7) for r in range(3)])
     assert torch.equal(got, want)
+    # a shape of < 2 dims is row 0, in order
+    one = softdec.philox_uniform(9, seed=5, offset=2)
+    assert torch.equal(one, ref.philox_uniform(ref.row_seed(5, 0), 2, 9))
+    # a (B,) tensor gives the raw keys
+    raw = softdec.philox_uniform((1, 21), seed=torch.tensor([5]), offset=2)
+    assert torch.equal(raw[0], ref.philox_uniform(5, 2, 21))
 
 
 def test_strictly_inside_unit_interval():

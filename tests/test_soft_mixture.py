@@ -121,7 +121,7 @@ def test_per_row_parameters():
         alone = softdec.soft_mixture(
             logits[b:b + 1], table, top_k=int(kw["top_k"][b]), temperature=float(kw["temperature"][b]),
             top_p=float(kw["top_p"][b]), min_p=float(kw["min_p"][b]), noise="gumbel",
-            seed=int(kw["seed"][b]), offset=int(kw["offset"][b]))
+            seed=kw["seed"][b:b + 1], offset=int(kw["offset"][b]))
         kb = int(kw["top_k"][b])
         assert torch.equal(alone.ids[0], out.ids[b, :kb])
         assert torch.equal(alone.weights[0], out.weights[b, :kb])
@@ -290,7 +290,8 @@ def test_gumbel_noise_is_tied_to_token_id():
                                offset=torch.tensor([0, 5]), noise_scale=0.7)
     base = softdec.soft_mixture(logits, torch.zeros(300, 4), top_k=8)
     for b in range(2):
-        u = softdec.philox_uniform((1, 300), torch.tensor([11]), torch.tensor([[0, 5][b]]))[0]
+        # int seed 11: row b's key is row_seed(11, b)
+        u = softdec.philox_uniform((1, 300), torch.tensor([ref.row_seed(11, b)]), torch.tensor([[0, 5][b]]))[0]
         G = -torch.log(-torch.log(u.double()))
         w = dict(zip(base.ids[b].tolist(), base.weights[b].double().tolist()))
         want = torch.tensor([math.log(w[i]) + 0.7 * float(G[i]) for i in out.ids[b].tolist()])

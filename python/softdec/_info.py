@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from . import _C
+from . import _C, _compat
 
 
 def _cpu_model() -> str:
@@ -28,7 +28,8 @@ def info() -> dict:
     -------
     dict
         ``version``, ``torch`` (the running torch version), ``torch_target``
-        (the oldest torch the stable-ABI build serves), ``backends`` (``["cpu"]``
+        (the oldest torch the stable-ABI build serves), ``torch_build`` (the
+        torch it was compiled against; None if unrecorded), ``backends`` (``["cpu"]``
         plus ``"cuda"`` when compiled), ``cuda_archs``, ``cuda_available``,
         ``cpu_isa`` (instruction-set extensions the CPU kernels were compiled
         for), ``cpu_arch`` (the ``-march`` used), ``cpu``, ``threads`` (torch's
@@ -46,6 +47,7 @@ def info() -> dict:
         "version": b["version"],
         "torch": torch.__version__,
         "torch_target": "2.10",
+        "torch_build": _compat.build_torch_version(),
         "backends": backends,
         "cuda_archs": list(b["cuda_archs"]),
         "cuda_available": bool(b["cuda"] and torch.cuda.is_available()),

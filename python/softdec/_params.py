@@ -288,15 +288,119 @@ def _seed_int(v, name: str) -> int:
     return v - _UINT64_END if v >= (1 << 63) else v
 
 
+# ---- int seed -> per-row keys (DESIGN: "an int seed gives every row an independent stream")
+#
+# Row b of a call with the int seed s draws from the Philox key
+#     row_seed(s, b) = mix64(mix64(s mod 2**64) + GOLDEN * (b + 1) mod 2**64)
+# read as a signed int64, where mix64 is splitmix64's finaliser:
+#     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 mod 2**64
+#     z = (z ^ (z >> 27)) * 0x94D049BB133111EB mod 2**64
+#     mix64(z) = z ^ (z >> 31)
+# and GOLDEN = 0x9E3779B97F4A7C15. The inner mix64 makes the keys of two seeds
+# unrelated (no (s, b) == (s', b') collision short of a 64-bit coincidence);
+# the outer one is splitmix64's output b + 1 from that state. A [B] seed tensor
+# is used as given (row b's key is seed[b]).
+_GOLDEN = 0x9E3779B97F4A7C15
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+_M64 = (1 << 64) - 1
+
+
+def _signed64(v: int) -> int:
+    return v - _UINT64_END if v >= (1 << 63) else v
+
+
+def mix64(z: int) -> int:
+    """splitmix64's finaliser on a 64-bit unsigned int (Python ints; exact)."""
+    z &= _M64
+    z = ((z ^ (z >> 30)) * _MIX1) & _M64
+    z = ((z ^ (z >> 27)) * _MIX2) & _M64
+    return z ^ (z >> 31)
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The Philox key (signed int64) of row ``row`` under the int ``seed`` (pure Python)."""
+    return _signed64(mix64((mix64(seed) + _GOLDEN * (row + 1)) & _M64))
+
+
+def _lsr(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of an int64 tensor (torch's >> is arithmetic)."""
+    return torch.bitwise_and(torch.bitwise_right_shift(z, k), (1 << (64 - k)) - 1)
+
+
+def _mix64_t(z: torch.Tensor) -> torch.Tensor:
+    # int64 multiplication wraps modulo 2**64 (two's complement), as the formula needs
+    z = torch.bitwise_xor(z, _lsr(z, 30)) * _signed64(_MIX1)
+    z = torch.bitwise_xor(z, _lsr(z, 27)) * _signed64(_MIX2)
+    return torch.bitwise_xor(z, _lsr(z, 31))
+
+
+def _keys_from_base(base: torch.Tensor, batch: int) -> torch.Tensor:
+    rows = torch.arange(1, batch + 1, dtype=torch.int64, device=base.device)
+    return _mix64_t(rows * _signed64(_GOLDEN) + base)
+
+
+# Under torch.compile the keys are built by an opaque op: inductor folds arithmetic
+# on an arange into its index expressions, and there ``row * GOLDEN`` (which must wrap
+# modulo 2**64) came out wrong for some rows (torch 2.13, CPU), so the graph must not
+# see that arithmetic.
+@torch.library.custom_op("softdec::_row_seeds", mutates_args=())
+def _row_seeds_op(base: torch.Tensor, batch: int) -> torch.Tensor:
+    return _keys_from_base(base, batch)
+
+
+@_row_seeds_op.register_fake
+def _(base, batch):
+    return base.new_empty((batch,))
+
+
+def _fold(base: torch.Tensor, batch: int) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return _row_seeds_op(base, batch)
+    return _keys_from_base(base, batch)
+
+
+def row_seeds(seed: int, batch: int, device: torch.device) -> torch.Tensor:
+    """``[row_seed(seed, b) for b in range(batch)]`` as an int64 ``[batch]`` tensor on ``device``.
+
+    ``seed``: an int, or a 0-D integer tensor (folded the same way, on its device).
+
+    Built with a few elementwise tensor ops on ``device`` (no host-device copy
+    of the keys; under torch.compile an opaque op) and cached per
+    ``(seed, batch)`` on CPU like the other constant rows.
+    """
+    if isinstance(seed, torch.Tensor):  # a 0-D tensor: an int seed that stays a tensor (e.g. under compile)
+        if seed.dtype not in INT_ROW_DTYPES:
+            raise ValueError(f"seed must be an int or an int64 tensor, got a {dtype_name(seed.dtype)} tensor")
+        if seed.device != device:
+            raise ValueError(f"seed must be on the same device as the input ({device}), got {seed.device}")
+        return _fold(_mix64_t(seed.to(torch.int64)), batch)
+    key = ("#row_seeds", seed, batch, device)
+    t = _CONST_ROWS.get(key) if type(seed) is int else None
+    if t is not None and not torch.compiler.is_compiling():
+        return t
+    s = _seed_int(seed, "seed")
+    key = ("#row_seeds", s, batch, device)
+    if device.type == "cpu" and batch <= 32 and not torch.compiler.is_compiling():
+        # a few rows: the formula in Python ints (~1 us a row) beats ten tensor ops
+        base = mix64(s)
+        t = torch.tensor([_signed64(mix64((base + _GOLDEN * (b + 1)) & _M64)) for b in range(batch)],
+                         dtype=torch.int64)
+    else:
+        t = _fold(torch.tensor(_signed64(mix64(s)), dtype=torch.int64, device=device), batch)
+    return _remember(key, t)
+
+
 def rng_state(seed, offset, batch: int, device: torch.device,
               generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row ``(seed, offset)`` int64 tensors of shape ``[batch]``.
 
     ``seed=None`` draws one independent seed per row from ``generator`` (or
-    torch's default generator for ``device``), advancing it. An int seed is
-    shared by every row: a row's stream depends only on its own (seed,
-    offset), so identical rows with one shared seed draw identically; pass a
-    ``[B]`` tensor (e.g. ``seed + torch.arange(B)``) for independent rows.
+    torch's default generator for ``device``), advancing it. An int seed gives
+    row ``b`` the key :func:`row_seed` ``(seed, b)`` (independent rows: a
+    repeated prompt draws independent samples; the same (seed, row) always
+    draws the same); so does a 0-D tensor. A ``[batch]`` tensor is used as
+    given: row ``b``'s key is ``seed[b]``, whatever the batch around it.
     """
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {_type_name(generator)}")
@@ -305,8 +409,10 @@ def rng_state(seed, offset, batch: int, device: torch.device,
         s = torch.randint(_INT64_MIN, (1 << 63) - 1, (batch,), dtype=torch.int64,
                           generator=generator, device=gen_device)
         s = s.to(device)
-    else:
+    elif isinstance(seed, torch.Tensor) and seed.dim() != 0:
         s = _per_row_int64(seed, "seed", batch, device)
+    else:
+        s = row_seeds(seed, batch, device)
     return s, _per_row_int64(offset, "offset", batch, device)
 
 

@@ -39,12 +39,17 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
     Parameters
     ----------
     shape : int or sequence of int
-        Output shape. With a tensor ``seed`` of shape ``(B,)``, ``shape[0]``
-        must be ``B`` and row ``r`` is the first ``prod(shape[1:])`` elements of
-        the ``(seed[r], offset[r])`` stream, whatever the batch around it. With
-        an int ``seed`` the whole output is one stream, in row-major order.
+        Output shape ``(B, *rest)``: row ``r`` is the first ``prod(rest)``
+        elements of row ``r``'s stream. A shape of fewer than two dimensions
+        is one row (row 0), in order.
     seed : int or torch.Tensor
-        64-bit key, or ``(B,)`` int64 per-row keys.
+        An int (or 0-D tensor) seed keys row ``r`` by the folded key
+        ``softdec.reference.row_seed(seed, r)``, exactly as every random op does with an
+        int seed, so ``philox_uniform((B, n), seed, offset)[r]`` is the stream
+        row ``r`` of ``sample(logits, seed=seed, offset=offset)`` draws from.
+        A ``(B,)`` int64 tensor gives the keys themselves (``shape[0]`` must be
+        ``B``): row ``r`` is the raw ``(seed[r], offset[r])`` stream, whatever
+        the batch around it (pass ``torch.tensor([key])`` for one raw stream).
     offset : int or torch.Tensor, default 0
         Stream selector (the decoding position), or ``(B,)`` int64 per row.
     device : str or torch.device, optional
@@ -79,7 +84,7 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
     dims = tuple(int(d) for d in dims)
     if any(d < 0 for d in dims):
         raise ValueError(f"shape must hold non-negative sizes, got {dims}")
-    if isinstance(seed, torch.Tensor):
+    if isinstance(seed, torch.Tensor) and seed.dim() != 0:
         if seed.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"seed must be an int or an int64 tensor, got a {str(seed.dtype).replace('torch.', '')} tensor")
         if seed.dim() != 1:
@@ -91,8 +96,13 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
             raise ValueError(f"device must match the seed tensor's device ({dev}), got {device}")
         rows, n = dims[0], math.prod(dims[1:])
     else:
-        dev = device_arg(device) if device is not None else torch.device("cpu")
-        rows, n = 1, math.prod(dims)
+        if isinstance(seed, torch.Tensor):
+            dev = seed.device
+            if device is not None and device_arg(device) != dev:
+                raise ValueError(f"device must match the seed tensor's device ({dev}), got {device}")
+        else:
+            dev = device_arg(device) if device is not None else torch.device("cpu")
+        rows, n = (dims[0], math.prod(dims[1:])) if len(dims) >= 2 else (1, math.prod(dims))
     if rows * n > 2**60:  # the kernel's limit (numel * 8 bytes must fit in int64)
         raise ValueError(f"philox_uniform: shape {dims} has too many elements ({rows * n}; at most 2**60)")
     s, o = rng_state(seed, offset, rows, dev)

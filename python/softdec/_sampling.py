@@ -81,8 +81,12 @@ def sample(logits: torch.Tensor, *, temperature: RowParam = 1.0, top_k: RowParam
     min_p : float or torch.Tensor, default 0.0
         In ``[0, 1]``. ``0`` disables min-p; ``1`` keeps the tokens equal to the max.
     seed : int, torch.Tensor or None, default None
-        64-bit key, or (batch,) int64 per-row keys (every row's own seed is used).
-        ``None`` draws one independent seed per row from ``generator``.
+        An int gives every row an independent stream: row ``b`` is keyed by
+        ``softdec.reference.row_seed(seed, b)`` (so identical rows draw
+        independently, and the same (seed, row) draws the same). A (batch,)
+        int64 tensor gives each row its own key as is (a row's draw never
+        depends on the batch around it). ``None`` draws one independent seed
+        per row from ``generator``.
     offset : int or torch.Tensor, default 0
         Stream selector (e.g. the decoding step), scalar or (batch,) int64.
     generator : torch.Generator, optional

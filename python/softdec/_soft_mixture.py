@@ -181,7 +181,9 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
     dirichlet_alpha : float, default 1.0
         Dirichlet concentration scale (> 0); the paper's alpha = 4.
     seed : int or torch.Tensor, optional
-        Philox key, or (batch,) int64 per row. ``None`` draws one seed per row
+        An int keys row ``b`` by ``softdec.reference.row_seed(seed, b)``
+        (independent rows); a (batch,) int64 tensor keys each row by its own
+        entry, batch-invariantly. ``None`` draws one seed per row
         from ``generator`` (or torch's default generator), advancing it; only
         drawn when ``noise`` is set.
     offset : int or torch.Tensor, default 0

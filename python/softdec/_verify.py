@@ -207,7 +207,9 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
     delta : float, default 0.1
         relaxed: extra neighbour mass; soft: the total-variation tolerance.
     seed, offset : int or (batch,) int64 tensor
-        Philox key and stream; ``seed=None`` draws per-row seeds from ``generator``.
+        Philox key and stream; an int seed keys row ``b`` by
+        ``softdec.reference.row_seed(seed, b)`` (independent rows), a tensor
+        keys each row by its own entry; ``seed=None`` draws per-row seeds from ``generator``.
     generator : torch.Generator, optional
 
     Returns

@@ -50,6 +50,39 @@ def philox_uniform(seed: int, offset: int, n: int) -> torch.Tensor:
     return torch.from_numpy(u.astype(np.float32))
 
 
+def row_seed(seed: int, row: int) -> int:
+    """The Philox key of row ``row`` when a softdec op gets the int ``seed``.
+
+    ``mix64(mix64(seed) + 0x9E3779B97F4A7C15 * (row + 1))`` modulo 2**64, read
+    as a signed int64; ``mix64`` is splitmix64's finaliser (``z ^= z >> 30;
+    z *= 0xBF58476D1CE4E5B9; z ^= z >> 27; z *= 0x94D049BB133111EB; z ^= z >> 31``,
+    all modulo 2**64). A ``(B,)`` seed tensor is used as given instead.
+    """
+    m = (1 << 64) - 1
+
+    def mix(z):
+        z &= m
+        z ^= z >> 30
+        z = (z * 0xBF58476D1CE4E5B9) & m
+        z ^= z >> 27
+        z = (z * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+
+    k = mix((mix(seed) + 0x9E3779B97F4A7C15 * (row + 1)) & m)
+    return k - (1 << 64) if k >= 1 << 63 else k
+
+
+def row_keys(seed, batch: int) -> torch.Tensor:
+    """The (batch,) int64 CPU keys an op uses for ``seed``: :func:`row_seed` of each
+    row for an int (or 0-D tensor) seed, the tensor itself for a (batch,) tensor."""
+    if isinstance(seed, torch.Tensor) and seed.dim() > 0:
+        return seed.detach().to(device="cpu", dtype=torch.int64).reshape(-1).expand(batch)
+    s = int(seed)
+    return torch.tensor([row_seed(s, b) for b in range(batch)], dtype=torch.int64)
+
+
+__all__ += ["row_seed", "row_keys"]
+
 # ============================================================================ soft mixture
 
 import math  # noqa: E402
@@ -200,7 +233,7 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
 
     noisy = None
     if noise == "gumbel":
-        u = philox_at(seed if not isinstance(seed, torch.Tensor) else seed.expand(B), offset if not isinstance(offset, torch.Tensor) else offset.expand(B), ids).to(dev).to(acc)
+        u = philox_at(row_keys(seed, B), offset if not isinstance(offset, torch.Tensor) else offset.expand(B), ids).to(dev).to(acc)
         G = -torch.log(-torch.log(u))
         y = torch.where(surv, torch.log(torch.where(surv, w, torch.ones_like(w))) + noise_scale * G,
                         torch.full_like(w, -math.inf))
@@ -209,7 +242,7 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
         noisy = y
     elif noise == "dirichlet":
         a = (dirichlet_alpha * w).detach().double().cpu()
-        g = soft_gamma(a, seed if not isinstance(seed, torch.Tensor) else seed.expand(B),
+        g = soft_gamma(a, row_keys(seed, B),
                        offset if not isinstance(offset, torch.Tensor) else offset.expand(B), ids.cpu())
         g = torch.where(surv.cpu(), g, torch.zeros_like(g))
         tot = g.sum(1, keepdim=True)
@@ -397,7 +430,7 @@ def sample_exact(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_
     probs, valid = filter_probs(logits.detach().double().cpu(), temperature, top_k, top_p, min_p)
     T = _row_values(temperature, B, torch.float32, "cpu")
     K = _row_values(top_k, B, torch.int64, "cpu")
-    seeds = _row_values(seed, B, torch.int64, "cpu").tolist()
+    seeds = row_keys(seed, B).tolist()
     offs = _row_values(offset, B, torch.int64, "cpu").tolist()
     ids = torch.zeros(B, dtype=torch.int64)
     for r in range(B):
@@ -448,7 +481,7 @@ def gumbel_softmax(logits: torch.Tensor, tau=1.0, seed=0, offset=0, noise=None):
     Rows with NaN, +inf or no finite logit are all zero (argmax 0)."""
     B, V = logits.shape
     x = logits.double()
-    g = gumbel_noise(seed, offset, B, V).to(x.device) if noise is None else noise.double()
+    g = gumbel_noise(row_keys(seed, B), offset, B, V).to(x.device) if noise is None else noise.double()
     t = _row_values(tau, B, torch.float64, x.device)
     y = x + g
     valid = _row_valid(x)
@@ -464,7 +497,7 @@ def gumbel_softmax_topk(logits: torch.Tensor, k: int, tau=1.0, seed=0, offset=0)
     over them; positions beyond the finite tokens repeat the top id with weight 0."""
     B, V = logits.shape
     x = logits.double()
-    y = x + gumbel_noise(seed, offset, B, V).to(x.device)
+    y = x + gumbel_noise(row_keys(seed, B), offset, B, V).to(x.device)
     valid = _row_valid(x)
     y = torch.where(valid[:, None], y, torch.full_like(y, -float("inf")))
     order = torch.sort(y, dim=-1, descending=True, stable=True).indices[:, :k]
@@ -653,7 +686,7 @@ def verify(target_logits: torch.Tensor, draft_ids, *, num_draft=None, draft_prob
     m = _VERIFY_METHODS.index(method)
     wdt = torch.float64 if target_logits.dtype == torch.float64 else torch.float32
     n = _verify_rows(K if num_draft is None else num_draft, B, torch.int64, dev)
-    s = _verify_rows(seed, B, torch.int64, torch.device("cpu"))
+    s = row_keys(seed, B)
     o = _verify_rows(offset, B, torch.int64, torch.device("cpu"))
     sparse = isinstance(draft_probs, (tuple, list))
     if sparse:
@@ -772,7 +805,7 @@ def chain_speculative_sampling(draft_probs, draft_token_ids, target_probs, *, se
     wdt = torch.float64 if target_probs.dtype == torch.float64 else torch.float32
     logits = torch.log(target_probs.to(wdt))
     res = verify(logits, draft_token_ids.long(), draft_probs=draft_probs.to(wdt), seed=seed, offset=offset)
-    s = _verify_rows(seed, B, torch.int64, torch.device("cpu"))
+    s = row_keys(seed, B)
     o = _verify_rows(offset, B, torch.int64, torch.device("cpu"))
     u = _pu((B, K + 1), s, o).to(device=draft_probs.device, dtype=wdt)[:, :K]
     p = torch.softmax(logits, -1)

@@ -231,11 +231,13 @@ def _speculative_rowwise(model, input_ids, mask, spec, max_new, eos_mask, pad, s
     B, L = input_ids.shape
     device = input_ids.device
     outs = []
+    # an int (or per-row) seed: row b keeps the key it has in the batched loop
+    keys = _seeds(spec.seed, B, device) if spec.seed is not None else None
     for b in range(B):
         row_spec = spec
-        if isinstance(spec.seed, torch.Tensor) and spec.seed.dim() == 1 and spec.seed.numel() == B:
-            row_spec = copy.copy(spec)  # per-row seeds: row b keeps its own
-            row_spec.seed = spec.seed[b:b + 1]
+        if keys is not None:
+            row_spec = copy.copy(spec)
+            row_spec.seed = keys[b:b + 1]
         outs.append(_generate_speculative(model, input_ids[b:b + 1], mask[b:b + 1], row_spec, max_new, eos_mask,
                                           pad, None))
     S_ = max(o.sequences.shape[1] - L for o in outs)

@@ -23,8 +23,11 @@ class Discrete(Strategy):
     min_p : float or torch.Tensor, default 0.0
         Drop tokens below ``min_p * max_prob`` (after top-k and top-p).
     seed : int, torch.Tensor or None, default None
-        Philox key (int for every row, ``(B,)`` int64 per row); ``None`` draws
-        per-row keys from torch's default generator at the start of generate.
+        An int keys row ``b`` by ``softdec.reference.row_seed(seed, b)`` (a
+        batch of one repeated prompt gives independent samples; the same seed
+        and row reproduce); a ``(B,)`` int64 tensor keys each row by its own
+        entry; ``None`` draws per-row keys from torch's default generator at
+        the start of generate. Step ``t`` draws from offset ``2 t + 1``.
     stats : bool, default True
         Record the entropy and max probability of ``softmax(logits / T)``
         (T = 0 reads as 1) per step; False skips that extra pass over the

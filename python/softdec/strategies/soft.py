@@ -135,7 +135,9 @@ class SoftThinking(_SoftBase):
     after : Discrete, default Discrete()
         Decoding after thinking ends.
     seed : int, torch.Tensor or None
-        Philox key(s) for the noise and the discrete draws.
+        Philox key(s) for the noise and the discrete draws: an int keys row
+        ``b`` by ``softdec.reference.row_seed(seed, b)``, a ``(B,)`` tensor each
+        row by its own entry (see :class:`Discrete`).
 
     Examples
     --------

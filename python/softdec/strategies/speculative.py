@@ -47,7 +47,9 @@ class Speculative(Strategy):
     posterior_threshold, posterior_alpha, neighbours, delta :
         Passed to ``softdec.verify`` (typical / relaxed / soft rules).
     seed : int, torch.Tensor or None
-        Philox key(s) for the draft draws and the verification.
+        Philox key(s) for the draft draws and the verification: an int keys row
+        ``b`` by ``softdec.reference.row_seed(seed, b)``, a ``(B,)`` tensor each
+        row by its own entry (see :class:`Discrete`).
 
     Examples
     --------
