@@ -17,7 +17,7 @@ from ..strategies.base import MODE_SOFT
 
 class RolloutTrace(NamedTuple):
     """Per step and row record of a ``softdec.hf.generate`` rollout (``S`` generated steps, ``k`` the
-    soft token width: the strategy's ``top_k``, 1 for ``Discrete``).
+    soft token width: the strategy's ``top_k``, 0 for ``Discrete``).
 
     mode : torch.Tensor
         ``(B, S)`` int8, as ``stats.mode``: ``MODE_SOFT`` (1) a soft token was chosen (and fed, unless
@@ -85,8 +85,8 @@ class _Recorder:
 
     def __init__(self, strategy, B: int, max_new: int, seed: torch.Tensor, prompt_mask: torch.Tensor, device):
         self.noise = getattr(strategy, "noise", None)
-        k = getattr(strategy, "top_k", None)
-        self.k = int(k.max()) if isinstance(k, torch.Tensor) else (int(k) if k is not None else 1)
+        k = getattr(strategy, "top_k", None) if strategy.needs_embeddings else None
+        self.k = int(k.max()) if isinstance(k, torch.Tensor) else (int(k) if k is not None else 0)
         self.B, self.max_new, self.device = B, max_new, device
         self.ids = torch.zeros(B, max_new, self.k, dtype=torch.long, device=device)
         self.weights = torch.zeros(B, max_new, self.k, dtype=torch.float32, device=device)
