@@ -60,6 +60,27 @@ STABLE_TORCH_LIBRARY(softdec, m) {
         "-> (Tensor, Tensor, Tensor, Tensor)");
 
 
+  // ---- soft-token log-densities (csrc/cpu/log_density.cpp, csrc/cuda/log_density.cu) ----
+  // Per row b, over the first nkept[b] entries of ids: pi = softmax(logits / T)[ids] renormalised
+  // over them. Gumbel: z = clamp((y - log(pi + eps)) / noise_scale, lo, hi), value
+  // -log(noise_scale) - z - exp(-z); entries with log(pi + eps) <= min_log_weight excluded;
+  // reduction 0 none ([B,k]), 1 sum, 2 mean ([B]). Dirichlet: log Dir(weights; alpha * pi) [B].
+  // Gaussian: log N(x; mean, std^2 I) [B]. Backwards: the dense (B, V) logits gradient in
+  // logits' dtype and the gradient of y / weights; Gaussian: (grad_x, grad_mean).
+  m.def("gumbel_log_density(Tensor logits, Tensor ids, Tensor y, Tensor nkept, Tensor temperature, "
+        "float noise_scale, float clamp_lo, float clamp_hi, float eps, float min_log_weight, "
+        "int reduction) -> Tensor");
+  m.def("gumbel_log_density_backward(Tensor grad, Tensor logits, Tensor ids, Tensor y, Tensor nkept, "
+        "Tensor temperature, float noise_scale, float clamp_lo, float clamp_hi, float eps, "
+        "float min_log_weight, int reduction) -> (Tensor, Tensor)");
+  m.def("dirichlet_log_density(Tensor logits, Tensor ids, Tensor weights, Tensor nkept, "
+        "Tensor temperature, float alpha) -> Tensor");
+  m.def("dirichlet_log_density_backward(Tensor grad, Tensor logits, Tensor ids, Tensor weights, "
+        "Tensor nkept, Tensor temperature, float alpha) -> (Tensor, Tensor)");
+  m.def("gaussian_log_density(Tensor x, Tensor mean, float std) -> Tensor");
+  m.def("gaussian_log_density_backward(Tensor grad, Tensor x, Tensor mean, float std) -> (Tensor, Tensor)");
+
+
   // ---- token-sparse attention (csrc/cpu/sparse_attention.cpp, csrc/cuda/sparse_attention.cu) ----
   // Per-page, per-channel key min and max over the valid tokens (< seq_lens[b]):
   // (kmin, kmax), each (B, Hkv, ceil(N / page_size), d) in k_cache's dtype; empty pages are 0.

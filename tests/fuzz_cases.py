@@ -502,6 +502,122 @@ def run_philox_uniform(spec):
         check(torch.equal(one[0], u[1]), "a row's stream depends on the batch")
 
 
+# ============================================================================ log-densities
+
+_LD_FORMS = ["ok", "ok", "ok", "bad_shape", "nan_y", "bad_ids", "bad_clamp", "bad_dtype", "bad_temperature",
+             "bad_nkept"]
+
+
+@st.composite
+def st_log_density(draw, op):
+    B = draw(st.sampled_from([0, 1, 2, 5]))
+    V = draw(st.sampled_from([1, 3, 17, 130]))
+    k = draw(st.sampled_from([1, 2, 5]))
+    forms = _LD_FORMS if op != "gaussian_log_density" else ["ok", "ok", "bad_shape", "bad_dtype", "bad_std"]
+    form = draw(st.sampled_from(forms))
+    if op == "dirichlet_log_density" and form in ("nan_y", "bad_clamp"):
+        form = "bad_weights"
+    spec = dict(op=op, B=B, V=V, k=k, form=form, dtype=draw(st.sampled_from(FLOATS + ["float64"])),
+                kind=draw(st.sampled_from(["normal", "huge", "ties"])), seed=draw(st.integers(0, 2 ** 31)),
+                reduction=draw(st.sampled_from(["mean", "sum", "none"])), clamp=draw(st.booleans()),
+                eps=draw(st.sampled_from([0.0, 1e-6])), nkept=draw(st.sampled_from(["none", "int", "tensor"])),
+                D=draw(st.sampled_from([1, 5, 64])))
+    bad = {"bad_shape": ["y", "weights", "mean"], "nan_y": ["y"], "bad_ids": ["ids"], "bad_clamp": ["gumbel_clamp"],
+           "bad_dtype": ["y", "weights", "mean", "ids"], "bad_temperature": ["temperature"], "bad_nkept": ["nkept"],
+           "bad_weights": ["weights"], "bad_std": ["std"]}.get(form, [])
+    # nan / out-of-range values need a kept entry to be seen
+    if form in ("nan_y", "bad_ids", "bad_weights", "bad_nkept") and B == 0:
+        bad = []
+    spec["bad"] = bad
+    return spec
+
+
+def _ld_inputs(spec):
+    B, V, k = spec["B"], spec["V"], spec["k"]
+    k = min(k, V)
+    g = _gen(spec)
+    dt = DTYPES[spec["dtype"]]
+    acc = torch.float64 if dt == torch.float64 else torch.float32
+    logits = values((B, V), spec["kind"], g).to(dt)
+    ids = torch.stack([torch.randperm(V, generator=g)[:k] for _ in range(B)]) if B else \
+        torch.zeros(0, k, dtype=torch.int64)
+    y = torch.randn(B, k, generator=g, dtype=torch.float64).to(acc)
+    w = torch.distributions.Dirichlet(torch.ones(max(B, 1), k, dtype=torch.float64)).sample()[:B].to(acc)
+    w = w / w.sum(1, keepdim=True) if B else w
+    return logits, ids, y, w, k
+
+
+def run_log_density(spec):
+    op, form = spec["op"], spec["form"]
+    if op == "gaussian_log_density":
+        g = _gen(spec)
+        dt = DTYPES[spec["dtype"]]
+        x = torch.randn(spec["B"], spec["D"], generator=g).to(dt)
+        m = torch.randn(spec["B"], spec["D"], generator=g).to(dt)
+        if form == "bad_shape":
+            m = m[:, :-1]
+        elif form == "bad_dtype":
+            m = m.to(torch.float64 if dt != torch.float64 else torch.float32)
+        std = 0.0 if form == "bad_std" else 0.5
+        out = expect(spec, lambda: softdec.gaussian_log_density(x, m, std=std))
+        if out is None:
+            return
+        check(out.shape == (spec["B"],), "shape")
+        check(torch.isfinite(out).all(), "non-finite Gaussian log-density")
+        want = reference.gaussian_log_density(x, m, std=std)
+        check(torch.allclose(out.double(), want, atol=1e-3, rtol=1e-4), "differs from the reference")
+        return
+    logits, ids, y, w, k = _ld_inputs(spec)
+    B = logits.shape[0]
+    vals = y if op == "gumbel_log_density" else w
+    temperature = 0.7
+    nkept = None
+    if spec["nkept"] == "int":
+        nkept = k
+    elif spec["nkept"] == "tensor":
+        nkept = torch.full((B,), k, dtype=torch.int64)
+    clamp = (-1.5, 3.0) if spec["clamp"] else None
+    if form == "bad_shape":
+        vals = vals[:, :-1] if k > 1 else vals[:, :0]
+    elif form == "nan_y" and B:
+        vals = vals.clone()
+        vals[B - 1, 0] = float("nan")
+    elif form == "bad_weights" and B:
+        vals = vals.clone() * 2
+    elif form == "bad_ids" and B:
+        ids = ids.clone()
+        ids[0, 0] = logits.shape[1]
+    elif form == "bad_clamp":
+        clamp = (3.0, -1.5)
+    elif form == "bad_dtype":
+        vals = vals.to(torch.float16)
+    elif form == "bad_temperature":
+        temperature = -1.0
+    elif form == "bad_nkept" and B:
+        nkept = k + 1
+    if op == "gumbel_log_density":
+        kw = dict(temperature=temperature, gumbel_clamp=clamp, gumbel_eps=spec["eps"], nkept=nkept,
+                  reduction=spec["reduction"])
+        call = lambda: softdec.gumbel_log_density(logits, ids, vals, **kw)  # noqa: E731
+        refn = lambda: reference.gumbel_log_density(logits, ids, vals, **kw)  # noqa: E731
+    else:
+        kw = dict(temperature=temperature, alpha=2.0, nkept=nkept)
+        call = lambda: softdec.dirichlet_log_density(logits, ids, vals, **kw)  # noqa: E731
+        refn = lambda: reference.dirichlet_log_density(logits, ids, vals, **kw)  # noqa: E731
+    out = expect(spec, call)
+    if out is None:
+        return
+    want = refn()
+    check(out.shape == want.shape, "shape")
+    again = call()
+    check(torch.equal(out.isnan(), again.isnan()) and torch.equal(out.nan_to_num(), again.nan_to_num()),
+          "not deterministic")
+    fin = torch.isfinite(want)
+    check(torch.equal(torch.isfinite(out), fin), "finiteness differs from the reference")
+    # float32 arithmetic on logits of any size: a relative tolerance
+    check(torch.allclose(out.double()[fin], want[fin], atol=1e-3, rtol=1e-3), "differs from the reference")
+
+
 # ============================================================================ soft_mixture
 
 @st.composite
@@ -963,6 +1079,9 @@ CASES = {
     "build_page_summary": (st_page_summary(), run_build_page_summary),
     "token_sparse_prefill": (st_prefill(), run_token_sparse_prefill),
     "wrong_input": (st_wrong_input(), run_wrong_input),
+    "gumbel_log_density": (st_log_density("gumbel_log_density"), run_log_density),
+    "dirichlet_log_density": (st_log_density("dirichlet_log_density"), run_log_density),
+    "gaussian_log_density": (st_log_density("gaussian_log_density"), run_log_density),
 }
 
 if os.environ.get("SOFTDEC_FUZZ_SELFTEST"):  # the runner's own tests (test_fuzz.py)

@@ -1030,3 +1030,98 @@ __all__ += ["dense_decode_attention", "page_summary", "page_bounds", "sparse_dec
             "sparse_decode_attention", "token_sparse_scores", "token_sparse_kept", "token_sparse_prefill",
             "dense_causal_attention", "sparse_decode_attention_topk"]
 
+
+
+# ============================================================================ log-densities
+
+__all__ += ["gumbel_log_density", "dirichlet_log_density", "gaussian_log_density", "soft_grpo_gumbel_log_prob"]
+
+
+def _kept_log_pi(logits, ids, nkept, temperature):
+    """log of softmax(logits / T)[ids] renormalised over the first nkept entries (float64; 0 elsewhere)
+    and the kept mask. Equal to log_softmax over the vocabulary, gathered and renormalised; computed
+    from the kept logits alone (the normaliser cancels), so a non-finite logit outside the kept ids
+    does not matter."""
+    x = logits.double()
+    B, k = ids.shape
+    T = _row_values(temperature, B, torch.float64, x.device)
+    n = (torch.full((B,), k, dtype=torch.int64, device=x.device) if nkept is None
+         else _row_values(nkept, B, torch.int64, x.device))
+    kept = torch.arange(k, device=x.device)[None, :] < n[:, None]
+    lk = x.gather(1, ids.clamp(0, x.shape[1] - 1)) / T[:, None]
+    lk = torch.where(kept, lk, torch.full_like(lk, -math.inf))
+    lse = torch.logsumexp(lk, dim=1, keepdim=True)
+    lse = torch.where(n[:, None] > 0, lse, torch.zeros_like(lse))
+    return torch.where(kept, lk - lse, torch.zeros_like(lk)), kept
+
+
+def gumbel_log_density(logits, ids, y, *, temperature=1.0, noise_scale=1.0, gumbel_clamp=None, gumbel_eps=0.0,
+                       nkept=None, reduction="mean", min_log_weight=None):
+    """float64 reference of :func:`softdec.gumbel_log_density` (differentiable by autograd).
+
+    ``nkept=None`` keeps the entries with ``y > -inf`` (soft_mixture pads the tail with ``-inf``).
+    """
+    yd = y.double()
+    if nkept is None:
+        nkept = (yd != -math.inf).sum(1)
+    log_pi, kept = _kept_log_pi(logits, ids, nkept, temperature)
+    lq = torch.log(torch.exp(log_pi) + gumbel_eps) if gumbel_eps > 0 else log_pi
+    z = (torch.where(kept, yd, torch.zeros_like(yd)) - lq) / noise_scale
+    if gumbel_clamp is not None:
+        z = z.clamp(gumbel_clamp[0], gumbel_clamp[1])
+    v = -math.log(noise_scale) - z - torch.exp(-z)
+    counted = kept if min_log_weight is None else kept & (lq > min_log_weight)
+    v = torch.where(counted, v, torch.zeros_like(v))
+    if reduction == "none":
+        return v
+    s = v.sum(1)
+    if reduction == "sum":
+        return s
+    c = counted.sum(1)
+    return torch.where(c > 0, s / c.clamp_min(1), torch.zeros_like(s))
+
+
+def soft_grpo_gumbel_log_prob(logits, ids, y):
+    """SofT-GRPO's trainer quantity, float64, re-derived from its published formula.
+
+    SofT-GRPO (github.com/zz1358m/SofT-GRPO-master, verl-0.4.x/verl/utils/torch_functional.py,
+    ``logprobs_from_logits_topk_gumbel``; its actor divides the logits by the rollout temperature
+    first): ``pi = softmax(logits)`` over the whole vocabulary, gathered at the stored top-k ids and
+    renormalised over them; ``q = log(pi + 1e-6)``; ``z = clamp(y - q, -1.5, 3)``; per entry
+    ``-z - exp(-z)``; the mean over the entries with ``q > -3``. (Its rows whose ids[1:] are all 0,
+    discrete tokens, use the token's log-probability instead; not modelled here.)
+    Equals ``gumbel_log_density(..., gumbel_clamp=(-1.5, 3), gumbel_eps=1e-6, min_log_weight=-3)``
+    on rows without padding.
+    """
+    x = logits.double()
+    p = torch.softmax(x, dim=-1).gather(-1, ids)
+    q = torch.log(p / p.sum(-1, keepdim=True) + 1e-6)
+    z = (y.double() - q).clamp(-1.5, 3)
+    v = -z - torch.exp(-z)
+    m = (q > -3).double()
+    return (v * m).sum(-1) / m.sum(-1)
+
+
+def dirichlet_log_density(logits, ids, weights, *, temperature=1.0, alpha=1.0, nkept=None):
+    """float64 reference of :func:`softdec.dirichlet_log_density` (differentiable by autograd).
+
+    ``nkept=None`` keeps the entries with ``weights != 0``.
+    """
+    w = weights.double()
+    if nkept is None:
+        nkept = (w != 0).sum(1)
+    log_pi, kept = _kept_log_pi(logits, ids, nkept, temperature)
+    a = alpha * torch.exp(log_pi)
+    tiny = float(torch.finfo(torch.float32).tiny)
+    lw = torch.log(torch.where(w >= tiny, w, torch.full_like(w, tiny)))
+    ones = torch.ones_like(a)
+    a_safe = torch.where(kept, a, ones)
+    v = torch.where(kept, (a_safe - 1) * lw - torch.lgamma(a_safe), torch.zeros_like(a)).sum(1)
+    return torch.where(kept.any(1), v + math.lgamma(alpha), torch.zeros_like(v))
+
+
+def gaussian_log_density(x, mean, *, std):
+    """float64 reference of :func:`softdec.gaussian_log_density`: log N(x; mean, std^2 I) per row."""
+    d = x.double() - mean.double()
+    D = x.shape[1]
+    return -0.5 * (d * d).sum(1) / std ** 2 - D * (math.log(std) + 0.5 * math.log(2 * math.pi))
