@@ -19,6 +19,15 @@ pytestmark = pytest.mark.skipif(not all(hasattr(softdec, n) for n in ("soft_mixt
 _PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "soft_grpo_toy.py"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # a tiny model: intra-op threads only add contention (seconds on a loaded machine vs < 1 s)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _example():
     spec = importlib.util.spec_from_file_location("soft_grpo_toy", _PATH)
     mod = importlib.util.module_from_spec(spec)
