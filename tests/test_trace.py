@@ -330,3 +330,23 @@ def test_think_end_token_string_errors():
         H.generate(model, ids, strategy=S.SoftThinking(think_end_token_id="</think>"), max_new_tokens=2)
     with pytest.raises(ValueError, match=r"think_end_token_id must be an int"):
         S.SoftThinking(think_end_token_id=7.0)
+
+
+@pytest.mark.skipif(not hasattr(softdec, "dirichlet_log_density"), reason="softdec.dirichlet_log_density not in this build")
+def test_replay_dirichlet_log_density_of_the_trace():
+    # the trace's Dirichlet weights and nkept (exact, from the ids: a weight that underflowed to 0
+    # still counts) under the replayed logits: finite, equal to the float64 reference
+    from softdec import reference as R
+    model = model_for("llama")
+    ids, mask = prompts(3)
+    st = _soft_strategy("dirichlet", dirichlet_alpha=4.0, think_end_token_id=None)
+    tr = H.generate(model, ids, attention_mask=mask, strategy=st, max_new_tokens=5, eos_token_id=[],
+                    return_trace=True).trace
+    with torch.no_grad():
+        rl = H.replay_logits(model, ids, tr, mask)
+    for t in range(5):
+        kw = dict(temperature=st.temperature, alpha=st.dirichlet_alpha, nkept=tr.nkept[:, t])
+        v = softdec.dirichlet_log_density(rl[:, t].contiguous(), tr.ids[:, t], tr.weights[:, t], **kw)
+        want = R.dirichlet_log_density(rl[:, t].double(), tr.ids[:, t], tr.weights[:, t].double(), **kw)
+        assert bool(torch.isfinite(v).all())
+        torch.testing.assert_close(v.double(), want, atol=1e-3, rtol=1e-4)
