@@ -169,7 +169,10 @@ def _generate_steps(model, input_ids, mask, strategy, max_new, eos_mask, pad, st
     if max_new == 0:
         out = _empty_output(input_ids, B, device)
         if return_trace:
-            rec = _Recorder(strategy, B, 0, _seeds(strategy.seed, B, device), mask, device)
+            # no step drew anything: do not advance torch's generator for a seed=None strategy
+            seed = (torch.zeros(B, dtype=torch.long, device=device) if strategy.seed is None
+                    else _seeds(strategy.seed, B, device))
+            rec = _Recorder(strategy, B, 0, seed, mask, device)
             out = out._replace(trace=rec.finish(out.stats.mode, torch.zeros(B, 0, dtype=torch.long,
                                                                           device=device), 0))
         return out
