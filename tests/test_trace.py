@@ -71,7 +71,8 @@ def test_trace_shapes_and_modes_soft_thinking(noise):
     assert bool((soft.sum(1) == 5).all())
     assert bool((tr.mode[:, 5] == MODE_THINK_END).all()) and bool((tr.tokens[:, 5] == 7).all())
     assert bool((tr.mode[:, 6:] == MODE_DISCRETE).all())
-    assert torch.equal(tr.soft, soft) and torch.equal(tr.discrete, ~soft)
+    assert torch.equal(tr.soft, soft) and torch.equal(tr.discrete, tr.mode == MODE_DISCRETE)
+    assert not bool(tr.discrete[:, 5].any())
     # soft steps: nkept in [1, k], weights sum to 1 over the kept entries, zero past them, distinct ids
     n = tr.nkept[soft]
     assert bool(((n >= 1) & (n <= 4)).all())

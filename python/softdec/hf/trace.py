@@ -12,7 +12,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ..strategies.base import MODE_SOFT
+from ..strategies.base import MODE_DISCRETE, MODE_SOFT
 
 
 class RolloutTrace(NamedTuple):
@@ -69,8 +69,13 @@ class RolloutTrace(NamedTuple):
 
     @property
     def discrete(self) -> torch.Tensor:
-        """``(B, S)`` bool: discrete steps (``MODE_DISCRETE`` or ``MODE_THINK_END``)."""
-        return (self.mode >= 0) & (self.mode != MODE_SOFT)
+        """``(B, S)`` bool: ``MODE_DISCRETE`` steps, the tokens drawn by a ``Discrete`` strategy (their
+        policy log-probability is ``log softmax(filtered logits / T)[token]``; one exception: a
+        thinking row whose soft token's top id is an eos emits that eos as is, in this mode).
+        ``MODE_THINK_END`` steps are not included: the think-end token is emitted by rule
+        (``max_think_tokens``, the soft token's top id), or, while a ``Router`` routes discretely,
+        drawn (then a trainer may count it as discrete)."""
+        return self.mode == MODE_DISCRETE
 
 
 def _nkept(ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
