@@ -59,9 +59,11 @@ class GenerationStats:
 class GenerateOutput(NamedTuple):
     """``sequences``: ``(B, L + S)`` int64, the (left-padded) prompt followed by
     the generated tokens (pad after a row stopped; soft steps record the
-    concept token's top id); ``stats``: ``GenerationStats``."""
+    concept token's top id); ``stats``: ``GenerationStats``; ``trace``: a
+    ``softdec.hf.RolloutTrace`` with ``generate(..., return_trace=True)``, else None."""
     sequences: torch.Tensor
     stats: GenerationStats
+    trace: Optional[object] = None
 
 
 # ============================================================================ model plumbing

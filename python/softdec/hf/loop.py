@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -13,13 +14,15 @@ from ._common import (GenerateOutput, GenerationStats, _check_transformers, _emp
                       _input_embedding, _Runner, _seeds, _vocab_size)
 from .compiled import _generate_compiled
 from .speculative import _generate_speculative
+from .trace import _Recorder
 
 # ============================================================================ generate
 
 @torch.no_grad()
 def generate(model, input_ids: torch.Tensor, *, strategy, max_new_tokens: int,
              attention_mask: Optional[torch.Tensor] = None, eos_token_id=None, pad_token_id: Optional[int] = None,
-             streamer=None, compile: bool = False, compile_mode: str = "default") -> GenerateOutput:
+             streamer=None, compile: bool = False, compile_mode: str = "default", return_trace: bool = False,
+             tokenizer=None) -> GenerateOutput:
     """Batched decoding of any Hugging Face causal LM with a softdec strategy.
 
     Parameters
@@ -50,11 +53,20 @@ def generate(model, input_ids: torch.Tensor, *, strategy, max_new_tokens: int,
         same shapes reuse it. Not for ``Speculative``. Needs transformers >= 5.
     compile_mode : str, default "default"
         ``torch.compile`` mode, e.g. ``"reduce-overhead"`` (CUDA graphs) on a GPU.
+    return_trace : bool, default False
+        Also return ``trace``, a ``softdec.hf.RolloutTrace``: per step and row the mode, token,
+        the soft token's ids / weights / Gumbel noisy logits / kept count, the Philox (seed,
+        offset) and positions, O(B * S * k) memory, for RL trainers that recompute log-densities
+        (``softdec.hf.replay_logits``). Eager ``Discrete`` / ``SoftThinking`` / ``Router`` only
+        (ValueError with ``compile=True`` or ``Speculative``).
+    tokenizer : transformers tokenizer, optional
+        Converts a string ``strategy.think_end_token_id`` (e.g. ``"</think>"``) to its id.
 
     Returns
     -------
     GenerateOutput
-        ``sequences`` ``(B, L + S)`` int64 and per-step ``stats``.
+        ``sequences`` ``(B, L + S)`` int64, per-step ``stats`` and ``trace`` (None unless
+        ``return_trace``).
 
     Examples
     --------
@@ -119,6 +131,12 @@ def generate(model, input_ids: torch.Tensor, *, strategy, max_new_tokens: int,
     if compile_mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
         raise ValueError(f"compile_mode must be a torch.compile mode ('default', 'reduce-overhead', 'max-autotune', "
                          f"'max-autotune-no-cudagraphs'), got {compile_mode!r}")
+    if not isinstance(return_trace, bool):
+        raise ValueError(f"return_trace must be a bool, got {return_trace!r}")
+    if return_trace and (compile or isinstance(strategy, S.Speculative)):
+        raise ValueError("return_trace=True is supported by the eager loop for Discrete, SoftThinking and Router "
+                         "(not with compile=True, not for Speculative)")
+    strategy = _resolve_strategy_tokens(strategy, tokenizer)
     if compile:
         out = _generate_compiled(model, input_ids, attention_mask, strategy, max_new_tokens, eos_mask,
                                  int(pad_token_id), streamer, compile_mode)
@@ -127,17 +145,37 @@ def generate(model, input_ids: torch.Tensor, *, strategy, max_new_tokens: int,
                                     int(pad_token_id), streamer)
     else:
         out = _generate_steps(model, input_ids, attention_mask, strategy, max_new_tokens, eos_mask,
-                              int(pad_token_id), streamer)
+                              int(pad_token_id), streamer, return_trace)
     if streamer is not None:
         streamer.end()
     return out
 
 
-def _generate_steps(model, input_ids, mask, strategy, max_new, eos_mask, pad, streamer) -> GenerateOutput:
+def _resolve_strategy_tokens(strategy, tokenizer):
+    """A strategy whose string ``think_end_token_id`` is converted with ``tokenizer`` (a copy; the
+    caller's object is unchanged), or the strategy itself."""
+    from ..strategies._tokens import resolve_token_id
+    if isinstance(getattr(strategy, "think_end_token_id", None), str):
+        tid = resolve_token_id(strategy.think_end_token_id, tokenizer, "think_end_token_id")
+        strategy = copy.copy(strategy)
+        strategy.think_end_token_id = tid
+    return strategy
+
+
+def _generate_steps(model, input_ids, mask, strategy, max_new, eos_mask, pad, streamer,
+                    return_trace=False) -> GenerateOutput:
     B, L = input_ids.shape
     device = input_ids.device
     if max_new == 0:
-        return _empty_output(input_ids, B, device)
+        out = _empty_output(input_ids, B, device)
+        if return_trace:
+            # no step drew anything: do not advance torch's generator for a seed=None strategy
+            seed = (torch.zeros(B, dtype=torch.long, device=device) if strategy.seed is None
+                    else _seeds(strategy.seed, B, device))
+            rec = _Recorder(strategy, B, 0, seed, mask, device)
+            out = out._replace(trace=rec.finish(out.stats.mode, torch.zeros(B, 0, dtype=torch.long,
+                                                                          device=device), 0))
+        return out
     emb_module, emb_w, scale = (None, None, 1.0)
     if strategy.needs_embeddings:
         emb_module, emb_w, scale = _input_embedding(model, type(strategy).__name__)
@@ -149,6 +187,7 @@ def _generate_steps(model, input_ids, mask, strategy, max_new, eos_mask, pad, st
     ents = torch.full((B, max_new), float("nan"), device=device)
     mps = torch.full((B, max_new), float("nan"), device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
+    rec = _Recorder(strategy, B, max_new, seed, mask, device) if return_trace else None
 
     logits = runner.forward(input_ids=input_ids, new_mask=mask)[:, -1]
     steps = 0
@@ -160,6 +199,8 @@ def _generate_steps(model, input_ids, mask, strategy, max_new, eos_mask, pad, st
         modes[:, t] = torch.where(finished, MODE_FINISHED, res.mode).to(torch.int8)
         ents[:, t] = res.entropy
         mps[:, t] = res.max_prob
+        if rec is not None:
+            rec.record(t, res, modes[:, t])
         stop = ~res.valid
         if eos_mask is not None:
             stop |= eos_mask[res.ids.clamp(0, eos_mask.numel() - 1)] & ~res.soft
@@ -181,11 +222,13 @@ def _generate_steps(model, input_ids, mask, strategy, max_new, eos_mask, pad, st
         else:
             logits = runner.forward(input_ids=ids[:, None])[:, -1]
     stats = GenerationStats(modes[:, :steps], ents[:, :steps], mps[:, :steps])
-    return GenerateOutput(torch.cat([input_ids, out_ids[:, :steps]], 1), stats)
+    trace = rec.finish(modes, out_ids, steps) if rec is not None else None
+    return GenerateOutput(torch.cat([input_ids, out_ids[:, :steps]], 1), stats, trace)
 
 # ============================================================================ custom_generate entry points
 
-def _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, cls):
+def _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, cls,
+                     return_trace=False, tokenizer=None):
     if not isinstance(strategy, cls):
         raise ValueError(f"strategy must be a softdec.strategies.{cls.__name__}, got {type(strategy).__name__}")
     gc = generation_config if generation_config is not None else model.generation_config
@@ -200,12 +243,12 @@ def _custom_generate(model, input_ids, generation_config, strategy, streamer, mo
     pad = getattr(gc, "pad_token_id", None)
     out = generate(model, input_ids, strategy=strategy, max_new_tokens=int(max_new),
                    attention_mask=model_kwargs.get("attention_mask"), eos_token_id=eos,
-                   pad_token_id=pad, streamer=streamer)
+                   pad_token_id=pad, streamer=streamer, return_trace=return_trace, tokenizer=tokenizer)
     return out if getattr(gc, "return_dict_in_generate", False) else out.sequences
 
 
 def discrete_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-                      synced_gpus=False, streamer=None, strategy=None, **model_kwargs):
+                      synced_gpus=False, streamer=None, strategy=None, return_trace=False, **model_kwargs):
     """``model.generate(ids, custom_generate=softdec.hf.discrete_generate, strategy=Discrete(...), ...)``.
 
     transformers passes its prepared ``generation_config`` (``max_new_tokens``,
@@ -228,17 +271,20 @@ def discrete_generate(model, input_ids, logits_processor=None, stopping_criteria
                                   min_p=gc.min_p or 0.0)
         else:
             strategy = S.Discrete(temperature=0.0)
-    return _custom_generate(model, input_ids, gc, strategy, streamer, model_kwargs, S.Discrete)
+    return _custom_generate(model, input_ids, gc, strategy, streamer, model_kwargs, S.Discrete, return_trace)
 
 
 def soft_thinking_generate(model, input_ids, logits_processor=None, stopping_criteria=None,
                            generation_config=None, synced_gpus=False, streamer=None, strategy=None,
-                           **model_kwargs):
+                           return_trace=False, tokenizer=None, **model_kwargs):
     """``model.generate(ids, custom_generate=softdec.hf.soft_thinking_generate, strategy=SoftThinking(...))``.
 
     ``strategy`` defaults to ``SoftThinking()``. transformers >= 5 does not
     forward ``streamer`` to a callable ``custom_generate`` that takes extra
     arguments (it is replaced by them); call ``softdec.hf.generate`` to stream.
+    ``return_trace=True`` (with ``return_dict_in_generate=True``) adds the
+    rollout trace. transformers pops ``tokenizer`` before calling a custom
+    generate: give it to the strategy (``SoftThinking(..., tokenizer=tok)``).
 
     Examples
     --------
@@ -246,15 +292,18 @@ def soft_thinking_generate(model, input_ids, logits_processor=None, stopping_cri
     >>> #                strategy=softdec.strategies.SoftThinking(top_k=10), max_new_tokens=64)
     """
     strategy = S.SoftThinking() if strategy is None else strategy
-    return _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, S.SoftThinking)
+    return _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, S.SoftThinking,
+                            return_trace, tokenizer)
 
 
 def router_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
-                    synced_gpus=False, streamer=None, strategy=None, **model_kwargs):
+                    synced_gpus=False, streamer=None, strategy=None, return_trace=False, tokenizer=None,
+                    **model_kwargs):
     """``model.generate(ids, custom_generate=softdec.hf.router_generate, strategy=Router(...))``;
-    ``strategy`` defaults to ``Router()``."""
+    ``strategy`` defaults to ``Router()``; ``return_trace`` as in ``soft_thinking_generate``."""
     strategy = S.Router() if strategy is None else strategy
-    return _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, S.Router)
+    return _custom_generate(model, input_ids, generation_config, strategy, streamer, model_kwargs, S.Router,
+                            return_trace, tokenizer)
 
 
 def speculative_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,

@@ -63,6 +63,7 @@ class StepResult(NamedTuple):
     entropy: torch.Tensor      # (B,) float32
     max_prob: torch.Tensor     # (B,) float32
     valid: torch.Tensor        # (B,) bool: False stops the row (NaN / all -inf logits)
+    mixture: Optional[object] = None  # the step's softdec.SoftTokens (soft strategies; rollout traces)
 
 
 class Strategy:

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from ._ops import op
+from ._tokens import resolve_token_id
 from .base import (MODE_DISCRETE, MODE_SOFT, MODE_THINK_END, StepContext, StepResult, Strategy, check_number)
 from .discrete import Discrete
 
@@ -23,7 +24,7 @@ class _SoftBase(Strategy):
     needs_embeddings = True
 
     def _init_soft(self, top_k, top_p, min_p, temperature, noise, tau, noise_scale, dirichlet_alpha,
-                   think_end_token_id, max_think_tokens, after, seed):
+                   think_end_token_id, max_think_tokens, after, seed, tokenizer=None):
         self.top_k = check_number(top_k, "top_k", lo=1, integer=True)
         self.top_p = check_number(top_p, "top_p", lo=0.0, lo_open=True, hi=1.0)
         self.min_p = check_number(min_p, "min_p", lo=0.0, hi=1.0)
@@ -34,8 +35,11 @@ class _SoftBase(Strategy):
         self.tau = check_number(tau, "tau", lo=0.0, lo_open=True)
         self.noise_scale = check_number(noise_scale, "noise_scale", lo=0.0)
         self.dirichlet_alpha = check_number(dirichlet_alpha, "dirichlet_alpha", lo=0.0, lo_open=True)
-        self.think_end_token_id = check_number(think_end_token_id, "think_end_token_id", lo=0, integer=True,
-                                               allow_none=True)
+        # a string stays a string until a tokenizer converts it (here, or softdec.hf.generate(tokenizer=...))
+        think_end_token_id = resolve_token_id(think_end_token_id, tokenizer, "think_end_token_id") \
+            if tokenizer is not None else think_end_token_id
+        self.think_end_token_id = think_end_token_id if isinstance(think_end_token_id, str) else check_number(
+            think_end_token_id, "think_end_token_id", lo=0, integer=True, allow_none=True)
         self.max_think_tokens = check_number(max_think_tokens, "max_think_tokens", lo=0, integer=True,
                                              allow_none=True)
         if after is None:
@@ -72,7 +76,7 @@ class _SoftBase(Strategy):
         mode = torch.where(emit_end, MODE_THINK_END, mode).to(torch.int8)
         state["think_count"] = state["think_count"] + soft.to(torch.int64)
         state["thinking"] = thinking & ~end_now & ~eos_top
-        return StepResult(ids, soft, st.embeds, mode, st.entropy, st.max_prob, valid)
+        return StepResult(ids, soft, st.embeds, mode, st.entropy, st.max_prob, valid, st)
 
     def _end_conditions(self, st, state, eos_mask):
         """(end, eos_top): thinking ends on this step (max_think_tokens reached or top-1 is the
@@ -128,8 +132,10 @@ class SoftThinking(_SoftBase):
     cold_stop_steps : int or None, default None
         Consecutive low-entropy steps that end thinking; None disables Cold
         Stop (the paper uses 256).
-    think_end_token_id : int or None
-        The ``</think>`` id.
+    think_end_token_id : int, str or None
+        The ``</think>`` id, or its text (``"</think>"``) converted with
+        ``tokenizer`` (here or ``softdec.hf.generate(tokenizer=...)``); it must
+        map to exactly one token id (ValueError otherwise).
     max_think_tokens : int or None
         At most this many soft tokens per row.
     after : Discrete, default Discrete()
@@ -138,6 +144,8 @@ class SoftThinking(_SoftBase):
         Philox key(s) for the noise and the discrete draws: an int keys row
         ``b`` by ``softdec.reference.row_seed(seed, b)``, a ``(B,)`` tensor each
         row by its own entry (see :class:`Discrete`).
+    tokenizer : transformers tokenizer, optional
+        Converts a string ``think_end_token_id``.
 
     Examples
     --------
@@ -148,9 +156,10 @@ class SoftThinking(_SoftBase):
 
     def __init__(self, top_k=10, top_p=1.0, min_p=0.0, temperature=1.0, noise=None, tau=1.0,
                  cold_stop_entropy=0.01, cold_stop_steps=None, think_end_token_id=None,
-                 max_think_tokens=None, after=None, *, noise_scale=1.0, dirichlet_alpha=1.0, seed=None):
+                 max_think_tokens=None, after=None, *, noise_scale=1.0, dirichlet_alpha=1.0, seed=None,
+                 tokenizer=None):
         self._init_soft(top_k, top_p, min_p, temperature, noise, tau, noise_scale, dirichlet_alpha,
-                        think_end_token_id, max_think_tokens, after, seed)
+                        think_end_token_id, max_think_tokens, after, seed, tokenizer)
         self.cold_stop_entropy = check_number(cold_stop_entropy, "cold_stop_entropy", lo=0.0)
         self.cold_stop_steps = check_number(cold_stop_steps, "cold_stop_steps", lo=1, integer=True,
                                             allow_none=True)
@@ -207,7 +216,7 @@ class Router(_SoftBase):
     discrete : Discrete, default Discrete()
         Draws for discrete steps while routing.
     top_k, top_p, min_p, temperature, noise, tau, think_end_token_id,
-    max_think_tokens, after, seed :
+    max_think_tokens, after, seed, tokenizer :
         As in ``SoftThinking``.
 
     Examples
@@ -220,9 +229,9 @@ class Router(_SoftBase):
     def __init__(self, threshold=0.5, *, variant="max_prob", low_entropy=0.2, high_entropy=1.0, min_steps=256,
                  discrete=None, top_k=10, top_p=1.0, min_p=0.0, temperature=1.0, noise=None, tau=1.0,
                  noise_scale=1.0, dirichlet_alpha=1.0, think_end_token_id=None, max_think_tokens=None,
-                 after=None, seed=None):
+                 after=None, seed=None, tokenizer=None):
         self._init_soft(top_k, top_p, min_p, temperature, noise, tau, noise_scale, dirichlet_alpha,
-                        think_end_token_id, max_think_tokens, after, seed)
+                        think_end_token_id, max_think_tokens, after, seed, tokenizer)
         if variant not in ("max_prob", "lead"):
             raise ValueError(f"variant must be 'max_prob' or 'lead', got {variant!r}")
         self.variant = variant
