@@ -227,6 +227,24 @@ def test_rowwise_speculative_keeps_per_row_seeds():
         assert torch.equal(out.sequences[b], one.sequences[0])
 
 
+def test_rowwise_speculative_int_seed_keeps_the_batched_row_keys():
+    """An int seed on the row-at-a-time path: row b uses its folded key row_seed(seed, b), as the
+    batched loop does, so a repeated prompt gives independent rows."""
+    from softdec.reference import row_seed
+    arch = "mistral"
+    ids, mask = prompts(1)
+    ids, mask = ids.expand(3, -1).contiguous(), mask.expand(3, -1).contiguous()
+    out = H.generate(model_for(arch), ids, attention_mask=mask, max_new_tokens=8, eos_token_id=NO_EOS,
+                     strategy=S.Speculative(perturbed(arch, noise=0.1), 3, "exact", temperature=1.0, seed=7))
+    for b in range(3):
+        one = H.generate(model_for(arch), ids[b:b + 1], attention_mask=mask[b:b + 1], max_new_tokens=8,
+                         eos_token_id=NO_EOS, strategy=S.Speculative(perturbed(arch, noise=0.1), 3, "exact",
+                                                                     temperature=1.0,
+                                                                     seed=torch.tensor([row_seed(7, b)])))
+        assert torch.equal(out.sequences[b], one.sequences[0])
+    assert not (torch.equal(out.sequences[0], out.sequences[1]) and torch.equal(out.sequences[1], out.sequences[2]))
+
+
 class _NoCacheLM(torch.nn.Module):
     """A causal LM whose forward takes no cache at all."""
 
