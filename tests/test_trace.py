@@ -11,6 +11,7 @@ import torch
 
 import softdec
 import softdec.hf as H
+import softdec.reference
 import softdec.strategies as S
 from softdec.strategies import MODE_DISCRETE, MODE_FINISHED, MODE_SOFT, MODE_THINK_END
 from test_hf import V, model_for, prompts
@@ -59,7 +60,9 @@ def test_trace_shapes_and_modes_soft_thinking(noise):
     assert tr.ids.shape == (B, Sn, 4) and tr.ids.dtype == torch.int64
     assert tr.weights.shape == (B, Sn, 4) and tr.weights.dtype == torch.float32
     assert tr.nkept.shape == (B, Sn) and tr.nkept.dtype == torch.int32
-    assert tr.seed.shape == (B,) and tr.seed.dtype == torch.int64 and bool((tr.seed == 11).all())
+    # an int seed keys row b by its folded key (softdec.reference.row_seed)
+    keys = torch.tensor([softdec.reference.row_seed(11, b) for b in range(B)], dtype=torch.int64)
+    assert tr.seed.shape == (B,) and tr.seed.dtype == torch.int64 and torch.equal(tr.seed, keys)
     assert torch.equal(tr.offset, (2 * torch.arange(Sn))[None].expand(B, Sn))
     assert torch.equal(tr.positions, mask.sum(1)[:, None] + torch.arange(Sn)[None])
     if noise == "gumbel":
