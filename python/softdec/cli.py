@@ -3,25 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-
-
-def _find_bench_dir() -> str | None:
-    cands = [os.environ.get("SOFTDEC_BENCH_DIR"), os.path.join(os.getcwd(), "bench")]
-    d = os.getcwd()
-    while True:
-        cands.append(os.path.join(d, "bench"))
-        parent = os.path.dirname(d)
-        if parent == d:
-            break
-        d = parent
-    here = os.path.dirname(os.path.abspath(__file__))
-    cands.append(os.path.join(here, "..", "..", "bench"))  # source tree (python/softdec)
-    for c in cands:
-        if c and os.path.isfile(os.path.join(c, "runner.py")) and os.path.isfile(os.path.join(c, "harness.py")):
-            return os.path.abspath(c)
-    return None
 
 
 def main(argv=None) -> int:
@@ -37,13 +19,7 @@ def main(argv=None) -> int:
         print(json.dumps(softdec.info(), indent=2))
         return 0
     if cmd == "bench":
-        bench_dir = _find_bench_dir()
-        if bench_dir is None:
-            print("softdec bench: no bench/ folder found; run it from a softdec source checkout "
-                  "or set SOFTDEC_BENCH_DIR", file=sys.stderr)
-            return 2
-        sys.path.insert(0, bench_dir)
-        import runner
+        from .bench import runner
         return runner.main(rest)
     print(f"softdec: unknown command {cmd!r} (expected info or bench)", file=sys.stderr)
     return 2

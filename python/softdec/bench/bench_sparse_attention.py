@@ -11,12 +11,11 @@ vectorised torch formulation of the same sparse op (topk + gather + SDPA),
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 import softdec
 from softdec import reference as ref
-from harness import Case
+from .harness import Case
 
 HQ, HKV, D, BUDGET, SINK, WINDOW, PS = 32, 8, 128, 2048, 4, 64, 16
 
@@ -29,12 +28,11 @@ def _decode_inputs(N, dtype, device):
     return q, k, v
 
 
-def _decode_case(N, dtype, select, device):
+def _decode_case(N, dtype, select, device, compile_=True):
     q, k, v = _decode_inputs(N, dtype, device)
     summ = softdec.build_page_summary(k, page_size=PS)
     kw = dict(budget=BUDGET, select=select, sink=SINK, window=WINDOW)
     eager = lambda: ref.sparse_decode_attention_topk(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw)  # noqa: E731
-    comp = torch.compile(ref.sparse_decode_attention_topk)
     esz = k.element_size()
     M = SINK + WINDOW + BUDGET
     if select == "page":
@@ -43,9 +41,10 @@ def _decode_case(N, dtype, select, device):
     else:
         ours = lambda: softdec.sparse_decode_attention(q, k, v, **kw)  # noqa: E731
         nbytes = N * HKV * D * esz + M * HKV * D * esz  # all of K + selected V
-    fns = {"softdec": ours, "eager": eager,
-           "compile": lambda: comp(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw),
-           "dense": lambda: ref.dense_decode_attention(q, k, v)}
+    fns = {"softdec": ours, "eager": eager, "dense": lambda: ref.dense_decode_attention(q, k, v)}
+    if compile_:
+        comp = torch.compile(ref.sparse_decode_attention_topk)
+        fns["compile"] = lambda: comp(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw)
     dname = str(dtype).replace("torch.", "")
     return Case(op="sparse_decode", label=f"{select} N={N} {dname} budget={BUDGET}", fns=fns, bytes=nbytes,
                 device=device, notes="dense = SDPA over the whole cache (target: page >= 5x, token >= 1.5x)")
@@ -66,27 +65,19 @@ def _prefill_case(L, dtype, device):
                 notes="compute-bound; dense = causal SDPA over all L (target >= 2x)")
 
 
-def cases(quick: bool, device: str):
+def cases(quick: bool, device: str, full: bool = False):
     out = []
-    dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
-    Ns = [32768] if quick else [8192, 32768]
+    dtypes = [torch.bfloat16, torch.float32] if full else [torch.bfloat16]
+    Ns = [8192, 32768] if full else [32768]
     for dtype in dtypes:
         for N in Ns:
-            for select in ("page", "token"):
-                out.append(_decode_case(N, dtype, select, device))
+            for select in (("page",) if quick else ("page", "token")):
+                capped = not full and not quick and select == "token"
+                c = _decode_case(N, dtype, select, device, compile_=not capped)
+                c.compile_capped = capped
+                out.append(c)
+    if quick:
+        return out  # the eager prefill reference takes ~10 s even at L = 1024
     for dtype in dtypes:
-        out.append(_prefill_case(2048 if quick else 8192, dtype, device))
+        out.append(_prefill_case(8192 if full else 2048, dtype, device))
     return out
-
-
-@pytest.mark.parametrize("select", ["page", "token"])
-def test_sparse_decode(benchmark, select):
-    q, k, v = _decode_inputs(32768, torch.bfloat16, "cpu")
-    summ = softdec.build_page_summary(k, page_size=PS)
-    benchmark(lambda: softdec.sparse_decode_attention(q, k, v, budget=BUDGET, select=select,
-                                                      page_summary=summ if select == "page" else None))
-
-
-def test_dense_decode(benchmark):
-    q, k, v = _decode_inputs(32768, torch.bfloat16, "cpu")
-    benchmark(lambda: ref.dense_decode_attention(q, k, v))
