@@ -20,6 +20,7 @@
 // tokens, dense over V only for the entropy / max-prob terms) and
 // soft_mixture_embedding_backward (the scatter into the kept rows, as a dense
 // (V, D) gradient; rows grouped by token id so no two threads write one row).
+#include "capability.h"
 #include "../common.h"
 #include "../dispatch.h"
 #include "../soft_mixture_checks.h"
@@ -47,9 +48,10 @@
   }()
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
-using namespace ::softdec::simd;  // NOLINT: load16, load16_mask, tail_mask
+using namespace ::softdec::SOFTDEC_CPU_NS::simd;  // NOLINT: load16, load16_mask, tail_mask
 using cpu::TopKCollector;
 
 using soft::SoftmaxState;
@@ -798,10 +800,11 @@ Tensor soft_mixture_embedding_backward_cpu(Tensor grad_embeds, Tensor embedding,
 }
 
 }  // namespace
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
 
-STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
-  m.impl("soft_mixture", TORCH_BOX(&softdec::soft_mixture_cpu));
-  m.impl("soft_mixture_backward", TORCH_BOX(&softdec::soft_mixture_backward_cpu));
-  m.impl("soft_mixture_embedding_backward", TORCH_BOX(&softdec::soft_mixture_embedding_backward_cpu));
-}
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(soft_mixture,
+    {"soft_mixture", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::soft_mixture_cpu)},
+    {"soft_mixture_backward", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::soft_mixture_backward_cpu)},
+    {"soft_mixture_embedding_backward", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::soft_mixture_embedding_backward_cpu)})
