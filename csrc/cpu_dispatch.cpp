@@ -119,6 +119,21 @@ Features detect() {
 Features detect() { return {}; }
 #endif
 
+// detect(), less the features named in SOFTDEC_CPU_HIDE_FEATURES (comma-separated; a testing
+// hook that plays an older CPU: e.g. "avx512f" makes avx512 unsupported here).
+Features detect_visible() {
+  Features f = detect();
+  const char* hide = std::getenv("SOFTDEC_CPU_HIDE_FEATURES");
+  if (!hide || !*hide) return f;
+  std::vector<std::string> keep;
+  for (const auto& p : f.present) {
+    const std::string list = std::string(",") + hide + ",";
+    if (list.find("," + p + ",") == std::string::npos) keep.push_back(p);
+  }
+  f.present = keep;
+  return f;
+}
+
 // ------------------------------------------------------------------ levels
 struct Level {
   const char* name;
@@ -199,7 +214,7 @@ Chosen choose() {
   Chosen c;
   c.levels = compiled_levels();
   Status& s = c.status;
-  const Features feats = detect();
+  const Features feats = detect_visible();
   for (const auto& l : c.levels) {
     s.compiled.emplace_back(l.name);
     if (missing(l, feats).empty()) s.supported.emplace_back(l.name);
