@@ -17,13 +17,15 @@ JOBS ?= 2
 ABI_VERSIONS ?= 2.10.0 2.11.0 2.12.0 2.13.0
 ABI_CUDA_VERSIONS ?= $(ABI_VERSIONS)
 
-.PHONY: help setup install test bench bench-pytest dev test-dev cuda-check abi-check gpu-check-dry wheel sdist test-asan fuzz clean
+.PHONY: help setup install test bench bench-pytest dev test-dev test-isa isa-check cuda-check abi-check gpu-check-dry wheel sdist test-asan fuzz clean
 
 help:
 	@echo "make test        set up .venv, build and install softdec, run the test suite"
 	@echo "make bench       set up, build and run 'softdec bench' (the benchmark table)"
 	@echo "make dev         in-place build into python/softdec with the current python (fast iteration)"
 	@echo "make test-dev    run the tests against the in-place build"
+	@echo "make test-isa    the in-place build's suite once per CPU level this machine runs (SOFTDEC_CPU_CAPABILITY forced)"
+	@echo "make isa-check   disassembly check: AVX-512 only inside the avx512 level (tools/check_isa.py)"
 	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a, check the MMA layouts and every"
 	@echo "                 kernel's launch resources (registers x threads, spills, stack; no GPU needed)"
 	@echo "make gpu-check-dry  run bench/gpu_check.sh (the GPU validation run) end to end without a GPU"
@@ -62,6 +64,17 @@ dev:
 
 test-dev: dev
 	cd tests && PYTHONPATH=../python $(PYTHON) -m pytest $(PYTEST_ARGS) .
+
+# ---- runtime CPU dispatch (csrc/cpu_dispatch.cpp): the CPU suite once per compiled CPU level this
+# machine runs, SOFTDEC_CPU_CAPABILITY forced (reuses the in-place build: make dev first), and the
+# disassembly check of the built library (AVX-512 only inside the avx512 level; needs objdump).
+test-isa:
+	@levels="$$(cd tests && PYTHONPATH=../python $(PYTHON) -c "import softdec; print(' '.join(softdec.info()['cpu_capabilities_supported']))")" && \
+	  test -n "$$levels" && for l in $$levels; do echo "== SOFTDEC_CPU_CAPABILITY=$$l"; \
+	  (cd tests && SOFTDEC_CPU_CAPABILITY=$$l PYTHONPATH=../python $(PYTHON) -m pytest $(PYTEST_ARGS) -p no:cacheprovider .) || exit 1; done
+
+isa-check:
+	$(PYTHON) tools/check_isa.py $$(ls python/softdec/_C*.so | head -1) --strict-glue
 
 # ---- long property-based fuzzing (tests/test_fuzz.py, profile "long"): random
 # examples of every public op for FUZZ_MINUTES in all, each batch in a child

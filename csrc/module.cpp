@@ -3,36 +3,32 @@
 // dispatcher); ops are called through torch.ops.softdec, never through pybind11.
 #include <pybind11/pybind11.h>
 
+#include "cpu_dispatch.h"
+
 #include <string>
 
 namespace py = pybind11;
 
 namespace {
 
+// The extensions of the CPU level in use (csrc/cpu_dispatch.cpp), e.g. avx512f avx512bw ... fma.
 py::list cpu_isa() {
   py::list isa;
-#if defined(__AVX512F__)
-  isa.append("avx512f");
-#endif
-#if defined(__AVX512BW__)
-  isa.append("avx512bw");
-#endif
-#if defined(__AVX512BF16__)
-  isa.append("avx512bf16");
-#endif
-#if defined(__AVX2__)
-  isa.append("avx2");
-#endif
-#if defined(__FMA__)
-  isa.append("fma");
-#endif
-#if defined(__F16C__)
-  isa.append("f16c");
-#endif
-#if defined(__ARM_NEON)
-  isa.append("neon");
-#endif
+  const std::string& s = softdec::cpu_dispatch::status().active_isa;
+  size_t start = 0;
+  while (start < s.size()) {
+    size_t end = s.find(' ', start);
+    if (end == std::string::npos) end = s.size();
+    if (end > start) isa.append(s.substr(start, end - start));
+    start = end + 1;
+  }
   return isa;
+}
+
+py::list str_list(const std::vector<std::string>& v) {
+  py::list l;
+  for (const auto& x : v) l.append(x);
+  return l;
 }
 
 py::dict build_info() {
@@ -41,6 +37,10 @@ py::dict build_info() {
   d["build_type"] = SOFTDEC_BUILD_TYPE;
   d["cpu_arch"] = SOFTDEC_CPU_ARCH;
   d["cpu_isa"] = cpu_isa();
+  const auto& cpu = softdec::cpu_dispatch::status();
+  d["cpu_capability"] = cpu.active;
+  d["cpu_capabilities"] = str_list(cpu.compiled);
+  d["cpu_capabilities_supported"] = str_list(cpu.supported);
 #if defined(SOFTDEC_WITH_CUDA)
   d["cuda"] = true;
 #else
@@ -74,6 +74,9 @@ py::dict build_info() {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
+  // A CPU level that cannot run here (or a bad SOFTDEC_CPU_CAPABILITY) fails the import, clearly.
+  const auto& cpu = softdec::cpu_dispatch::status();
+  if (!cpu.error.empty()) throw py::import_error(cpu.error);
   m.doc() = "softdec native module (build info; importing it registers the ops)";
   m.def("build_info", &build_info, "Compile-time facts about this build of softdec.");
 }

@@ -1,4 +1,5 @@
 // CPU backend of the Philox stream (philox_uniform).
+#include "capability.h"
 #include "../common.h"
 #include "softdec/philox.h"
 #include "simd.h"
@@ -6,6 +7,7 @@
 #include <algorithm>
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
 // 64 consecutive uniforms (16 Philox blocks) per simd::philox_chunk call: the
@@ -45,8 +47,9 @@ Tensor philox_uniform_cpu(Tensor seed, Tensor offset, int64_t n) {
 }
 
 }  // namespace
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
 
-STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
-  m.impl("philox_uniform", TORCH_BOX(&softdec::philox_uniform_cpu));
-}
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(philox,
+    {"philox_uniform", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::philox_uniform_cpu)})

@@ -18,6 +18,7 @@
 // Greedy rows (T = 0) take one argmax pass. Rows are spread over threads; with
 // fewer rows than threads the vocabulary is split into chunks whose partial
 // results (argmax states, candidate lists, maxima) are merged.
+#include "capability.h"
 #include "../common.h"
 #include "../dispatch.h"
 #include "../sampling_checks.h"
@@ -34,6 +35,7 @@
 #include "sampling_kernels.h"
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
 using namespace cpu;  // NOLINT: the shared passes of sampling_kernels.h
@@ -795,13 +797,14 @@ Tensor top_p_renorm_probs_cpu(Tensor probs, Tensor top_p) { return renorm_probs_
 Tensor min_p_renorm_probs_cpu(Tensor probs, Tensor min_p) { return renorm_probs_cpu<false>(probs, min_p, "min_p"); }
 
 }  // namespace
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
 
-STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
-  m.impl("sample", TORCH_BOX(&softdec::sample_cpu));
-  m.impl("gumbel_softmax", TORCH_BOX(&softdec::gumbel_softmax_cpu));
-  m.impl("gumbel_softmax_topk", TORCH_BOX(&softdec::gumbel_softmax_topk_cpu));
-  m.impl("top_k_mask_logits", TORCH_BOX(&softdec::top_k_mask_logits_cpu));
-  m.impl("top_p_renorm_probs", TORCH_BOX(&softdec::top_p_renorm_probs_cpu));
-  m.impl("min_p_renorm_probs", TORCH_BOX(&softdec::min_p_renorm_probs_cpu));
-}
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(sampling,
+    {"sample", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::sample_cpu)},
+    {"gumbel_softmax", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::gumbel_softmax_cpu)},
+    {"gumbel_softmax_topk", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::gumbel_softmax_topk_cpu)},
+    {"top_k_mask_logits", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::top_k_mask_logits_cpu)},
+    {"top_p_renorm_probs", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::top_p_renorm_probs_cpu)},
+    {"min_p_renorm_probs", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::min_p_renorm_probs_cpu)})

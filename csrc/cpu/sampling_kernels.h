@@ -5,6 +5,8 @@
 // with these passes (same kept set as filter::compute_row_filter).
 #pragma once
 
+#include "capability.h"
+
 #include "../common.h"
 #include "../dispatch.h"
 #include "softdec/filter.h"
@@ -21,10 +23,11 @@
 
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {
 namespace cpu {
 
 // The vector building blocks (loads, vlog/vexp, Philox, Gumbel) live in simd.h.
-using namespace ::softdec::simd;  // NOLINT
+using namespace ::softdec::SOFTDEC_CPU_NS::simd;  // NOLINT
 using filter::RowFilter;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kGroup = 64;        // tokens per Philox group (16 blocks of 4)
@@ -523,4 +526,5 @@ filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p) {
 }
 
 }  // namespace cpu
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec

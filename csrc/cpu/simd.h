@@ -27,6 +27,8 @@
 // caller and its own accuracy contract, stays next to its kernel.
 #pragma once
 
+#include "capability.h"
+
 #include "../dispatch.h"
 #include "softdec/macros.h"
 #include "softdec/philox.h"
@@ -46,6 +48,7 @@
 #endif
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {
 namespace simd {
 
 inline float to_float(float x) { return x; }
@@ -415,4 +418,5 @@ inline void philox_chunk(uint64_t seed, uint64_t offset, uint64_t first_block,
 }
 
 }  // namespace simd
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec

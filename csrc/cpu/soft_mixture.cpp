@@ -20,6 +20,7 @@
 // tokens, dense over V only for the entropy / max-prob terms) and
 // soft_mixture_embedding_backward (the scatter into the kept rows, as a dense
 // (V, D) gradient; rows grouped by token id so no two threads write one row).
+#include "capability.h"
 #include "../common.h"
 #include "../dispatch.h"
 #include "../soft_mixture_checks.h"
@@ -47,9 +48,10 @@
   }()
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
-using namespace ::softdec::simd;  // NOLINT: load16, load16_mask, tail_mask
+using namespace ::softdec::SOFTDEC_CPU_NS::simd;  // NOLINT: load16, load16_mask, tail_mask
 using cpu::TopKCollector;
 
 using soft::SoftmaxState;
@@ -108,6 +110,11 @@ void scan_scalar(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
   TopKCollector<acc_t> top = start_topk(P, k, 1);
   top.thr = std::max(top.thr, thr0);
+  // The softmax sums in float64 (a sequential float32 sum over a 150k-token slice loses ~1e-4
+  // relative; the AVX-512 path sums in 16 lanes), rounded to acc_t once at the end.
+  soft::SoftmaxState<double> sd{static_cast<double>(P.sm.m), static_cast<double>(P.sm.s),
+                                static_cast<double>(P.sm.a)};
+  const double td = static_cast<double>(t);
   for (int64_t v = v0; v < v1; ++v) {
     const acc_t l = to_acc<acc_t>(row[v]);
     if (!(l <= big) && l != ninf) P.bad = true;  // NaN or +inf
@@ -115,8 +122,11 @@ void scan_scalar(const scalar_t* row, int64_t v0, int64_t v1, acc_t t, bool cold
       top.push(l, v);
       top.maybe_compact();
     }
-    if (!cold) soft::softmax_push(P.sm, l, t);
+    if (!cold) soft::softmax_push(sd, static_cast<double>(l), td);
   }
+  P.sm.m = static_cast<acc_t>(sd.m);
+  P.sm.s = static_cast<acc_t>(sd.s);
+  P.sm.a = static_cast<acc_t>(sd.a);
   P.n = finish_topk(top, P.vals, P.ids);
 }
 
@@ -798,10 +808,11 @@ Tensor soft_mixture_embedding_backward_cpu(Tensor grad_embeds, Tensor embedding,
 }
 
 }  // namespace
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
 
-STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
-  m.impl("soft_mixture", TORCH_BOX(&softdec::soft_mixture_cpu));
-  m.impl("soft_mixture_backward", TORCH_BOX(&softdec::soft_mixture_backward_cpu));
-  m.impl("soft_mixture_embedding_backward", TORCH_BOX(&softdec::soft_mixture_embedding_backward_cpu));
-}
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(soft_mixture,
+    {"soft_mixture", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::soft_mixture_cpu)},
+    {"soft_mixture_backward", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::soft_mixture_backward_cpu)},
+    {"soft_mixture_embedding_backward", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::soft_mixture_embedding_backward_cpu)})

@@ -11,6 +11,7 @@
 // products, a polynomial exp) with a scalar fallback. Threads: parallel_for
 // over (row, KV head, page/token chunk) for scoring, (row, KV head) for the
 // top-k, (row, KV head, chunk) for split-KV attention, (row, head) for prefill.
+#include "capability.h"
 #include "../dispatch.h"
 #include "softdec/attn_sparse.h"
 #include "attn_checks.h"
@@ -27,10 +28,11 @@
 
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
 using namespace attn_checks;
-using namespace ::softdec::simd;  // NOLINT: load16, load16_zero_tail
+using namespace ::softdec::SOFTDEC_CPU_NS::simd;  // NOLINT: load16, load16_zero_tail
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -988,11 +990,12 @@ std::tuple<Tensor, Tensor> token_sparse_prefill_cpu(Tensor q, Tensor k, Tensor v
 }
 
 }  // namespace
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
 
-STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
-  m.impl("sparse_page_summary", TORCH_BOX(&softdec::page_summary_cpu));
-  m.impl("sparse_page_summary_update", TORCH_BOX(&softdec::page_summary_update_cpu));
-  m.impl("sparse_decode_attention", TORCH_BOX(&softdec::sparse_decode_attention_cpu));
-  m.impl("token_sparse_prefill", TORCH_BOX(&softdec::token_sparse_prefill_cpu));
-}
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(sparse_attention,
+    {"sparse_page_summary", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::page_summary_cpu)},
+    {"sparse_page_summary_update", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::page_summary_update_cpu)},
+    {"sparse_decode_attention", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::sparse_decode_attention_cpu)},
+    {"token_sparse_prefill", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::token_sparse_prefill_cpu)})

@@ -10,6 +10,8 @@
 // Used by sample's top-k pass and soft_mixture's scan.
 #pragma once
 
+#include "capability.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -17,6 +19,7 @@
 #include <vector>
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {
 namespace cpu {
 
 template <class T>
@@ -70,4 +73,5 @@ struct TopKCollector {
 };
 
 }  // namespace cpu
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec

@@ -8,6 +8,7 @@
 // a scalar fallback. The sparse-draft residual max(0, p - q) differs from p
 // only on the k draft entries: the race runs over p with those entries cut
 // out, and the k entries are raced separately (no dense q).
+#include "capability.h"
 #include "../common.h"
 #include "../dispatch.h"
 #include "../verify_checks.h"
@@ -24,6 +25,7 @@
 
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
 using filter::RowFilter;
@@ -31,7 +33,7 @@ using filter::RowFilter;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // Vector building blocks (loads, vexp/vlog, Philox) live in simd.h.
-using namespace ::softdec::simd;  // NOLINT
+using namespace ::softdec::SOFTDEC_CPU_NS::simd;  // NOLINT
 constexpr int64_t kChunk = kPhiloxChunk;  // uniforms per philox_chunk call
 
 // ------------------------------------------------------------------ per-range passes
@@ -823,8 +825,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cpu(
 }
 
 }  // namespace
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
 
-STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
-  m.impl("verify", TORCH_BOX(&softdec::verify_cpu));
-}
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(verify,
+    {"verify", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::verify_cpu)})

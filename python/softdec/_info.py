@@ -31,8 +31,12 @@ def info() -> dict:
         (the oldest torch the stable-ABI build serves), ``torch_build`` (the
         torch it was compiled against; None if unrecorded), ``backends`` (``["cpu"]``
         plus ``"cuda"`` when compiled), ``cuda_archs``, ``cuda_available``,
-        ``cpu_isa`` (instruction-set extensions the CPU kernels were compiled
-        for), ``cpu_arch`` (the ``-march`` used), ``cpu``, ``threads`` (torch's
+        ``cpu_capability`` (the CPU kernel level in use: ``avx2``, ``avx512``,
+        ... chosen at import from the CPU, or forced by ``SOFTDEC_CPU_CAPABILITY``),
+        ``cpu_capabilities`` (the levels compiled, lowest first),
+        ``cpu_capabilities_supported`` (those this CPU runs), ``cpu_isa``
+        (instruction-set extensions of the level in use), ``cpu_arch``
+        (``dispatch``, or the ``-march`` of a single-level build), ``cpu``, ``threads`` (torch's
         intra-op threads, used by the CPU kernels), ``compiler``, ``build_type``.
 
     Examples
@@ -51,6 +55,9 @@ def info() -> dict:
         "backends": backends,
         "cuda_archs": list(b["cuda_archs"]),
         "cuda_available": bool(b["cuda"] and torch.cuda.is_available()),
+        "cpu_capability": b["cpu_capability"],
+        "cpu_capabilities": list(b["cpu_capabilities"]),
+        "cpu_capabilities_supported": list(b["cpu_capabilities_supported"]),
         "cpu_isa": list(b["cpu_isa"]),
         "cpu_arch": b["cpu_arch"],
         "cpu": _cpu_model(),
