@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import functools
 
-import pytest
 import torch
 
 import softdec
-from harness import Case
+from .harness import Case
 
 V, D = 151936, 3584
 CLAMP, EPS = (-1.5, 3.0), 1e-6
@@ -109,33 +108,32 @@ def _gaussian(B, device, backward):
     return {n: functools.partial(f, x, mean) for n, f in fns.items()}, nbytes
 
 
-def cases(quick: bool, device: str):
+def _cap(fns, capped):
+    if capped:
+        fns.pop("compile", None)
+    return fns
+
+
+def cases(quick: bool, device: str, full: bool = False):
+    """quick: B=64 k=5; default: B in {1, 64} at k=5, Dirichlet and Gaussian, compile baselines on the
+    B=64 k=5 Gumbel rows only; full: k in {5, 10} and every compile baseline."""
     out = []
-    shapes = [(64, 5)] if quick else [(b, k) for k in (5, 10) for b in (1, 64)]
+    shapes = [(64, 5)] if quick else ([(b, k) for k in (5, 10) for b in (1, 64)] if full else [(1, 5), (64, 5)])
     for B, k in shapes:
         for bwd in (False, True):
+            capped = not full and not quick and (B, k) != (64, 5)
             fns, nbytes = _gumbel(B, k, device, bwd)
             out.append(Case(op="gumbel_log_density", label=f"B={B} V={V} k={k} {'fwd+bwd' if bwd else 'fwd'}",
-                            fns=fns, bytes=nbytes, device=device,
+                            fns=_cap(fns, capped), bytes=nbytes, device=device, compile_capped=capped,
                             notes="fp32 logits, T=0.7, clamp [-1.5, 3], eps 1e-6 (SofT-GRPO's trainer)"))
     if not quick:
         for bwd in (False, True):
             fns, nbytes = _dirichlet(64, 10, device, bwd)
             out.append(Case(op="dirichlet_log_density", label=f"B=64 V={V} k=10 {'fwd+bwd' if bwd else 'fwd'}",
-                            fns=fns, bytes=nbytes, device=device, notes="fp32 logits, alpha=4"))
+                            fns=_cap(fns, not full), bytes=nbytes, device=device, compile_capped=not full,
+                            notes="fp32 logits, alpha=4"))
             fns, nbytes = _gaussian(64, device, bwd)
             out.append(Case(op="gaussian_log_density", label=f"B=64 D={D} bf16 {'fwd+bwd' if bwd else 'fwd'}",
-                            fns=fns, bytes=nbytes, device=device, notes="grad w.r.t. mean"))
+                            fns=_cap(fns, not full), bytes=nbytes, device=device, compile_capped=not full,
+                            notes="grad w.r.t. mean"))
     return out
-
-
-@pytest.mark.parametrize("B,k", [(64, 5)])
-def test_gumbel_log_density(benchmark, B, k):
-    fns, _ = _gumbel(B, k, "cpu", False)
-    benchmark(fns["softdec"])
-
-
-@pytest.mark.parametrize("B,k", [(64, 5)])
-def test_gumbel_log_density_backward(benchmark, B, k):
-    fns, _ = _gumbel(B, k, "cpu", True)
-    benchmark(fns["softdec"])
