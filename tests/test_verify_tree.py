@@ -412,3 +412,55 @@ def test_not_differentiable():
                               draft_probs=(torch.tensor([[[0, 1], [1, 2]]]), torch.full((1, 2, 2), 0.5)))
     with pytest.raises(RuntimeError, match="not differentiable"):
         out.soft_weights.sum().backward()
+
+
+# ---------------------------------------------------------------- CUDA == CPU (run where a GPU is present)
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["exact", "greedy", "typical"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("filt", [dict(), dict(temperature=0.7, top_k=20, top_p=0.9), dict(temperature=0.0)])
+def test_cuda_matches_cpu(kind, method, dtype, filt):
+    B, N, V = 24, 9, 3001
+    g = torch.Generator().manual_seed(KINDS.index(kind) + 3 * len(method))
+    tokens, par = _random_tree(B, N, V, g)
+    lg = (torch.randn(B, N, V, generator=g) * 2).to(dtype)
+    lgp = lg.float().gather(1, par.clamp(min=0)[..., None].expand(B, N, V))
+    qlog = lgp.double() + 0.5 * torch.randn(B, N, V, generator=g, dtype=torch.float64)
+    dp = None
+    if kind == "dense":
+        dp = torch.softmax(qlog, -1).float()
+        tokens = torch.multinomial(dp.reshape(-1, V), 1, generator=g).reshape(B, N)
+    elif kind == "sparse":
+        top, w, _ = _sparse_of(qlog, 4)
+        tokens = top.gather(2, torch.randint(0, 4, (B, N, 1), generator=g))[..., 0]
+        dp = (top, w.float())
+    else:
+        tokens = torch.where(torch.rand(B, N, generator=g) < 0.5, lgp.argmax(-1), tokens)
+    kw = dict(method=method, seed=torch.arange(B) * 5 + 1, offset=3, **filt)
+    want = softdec.verify_tree(lg, tokens, par, draft_probs=dp, **kw)
+    cu = lambda x: x.cuda() if isinstance(x, torch.Tensor) else x  # noqa: E731
+    got = softdec.verify_tree(lg.cuda(), tokens.cuda(), par.cuda(),
+                              draft_probs=tuple(map(cu, dp)) if isinstance(dp, tuple) else cu(dp),
+                              **{a: cu(v) for a, v in kw.items()})
+    assert torch.equal(got.tokens.cpu(), want.tokens)
+    assert torch.equal(got.nodes.cpu(), want.nodes)
+
+
+@pytest.mark.cuda
+def test_cuda_soft_and_chain_match_cpu():
+    B, K, V, k = 16, 3, 700, 4
+    g = torch.Generator().manual_seed(9)
+    lg = torch.randn(B, K + 1, V, generator=g) * 2
+    ids = torch.stack([ref.verify_soft_token(lg[:, j], k)[0] for j in range(K)], 1)
+    w = torch.stack([ref.verify_soft_token(lg[:, j], k)[1] for j in range(K)], 1).float()
+    w = torch.where((torch.rand(B, K, generator=g) < 0.3)[..., None], w.flip(-1), w)
+    tokens = torch.cat([torch.zeros(B, 1, dtype=torch.long), ids[..., 0]], 1)
+    par = torch.arange(-1, K).expand(B, K + 1).contiguous()
+    sp = (torch.cat([ids[:, :1], ids], 1), torch.cat([w[:, :1], w], 1))
+    want = softdec.verify_tree(lg, tokens, par, draft_probs=sp, method="soft", delta=0.05)
+    got = softdec.verify_tree(lg.cuda(), tokens.cuda(), par.cuda(), draft_probs=tuple(t.cuda() for t in sp),
+                              method="soft", delta=0.05)
+    assert torch.equal(got.tokens.cpu(), want.tokens)
+    assert torch.equal(got.soft_ids.cpu(), want.soft_ids)

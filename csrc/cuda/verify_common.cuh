@@ -79,6 +79,8 @@ __device__ __forceinline__ bool ki_better(const KI& a, const KI& b) {
   return a.k > b.k || (a.k == b.k && a.i < b.i);
 }
 
+// W: warps of the launching block (the kernel's threads / 32).
+template <int W = kWarps>
 __device__ KI block_best(KI v, KI* red) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -91,7 +93,7 @@ __device__ KI block_best(KI v, KI* red) {
   if (lane == 0) red[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < kWarps ? red[lane] : KI{0.0f, -1};
+    v = lane < W ? red[lane] : KI{0.0f, -1};
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
       KI w;
@@ -107,6 +109,7 @@ __device__ KI block_best(KI v, KI* red) {
   return r;
 }
 
+template <int W = kWarps>
 __device__ double2 block_sum2(double2 v, double2* red) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -117,7 +120,7 @@ __device__ double2 block_sum2(double2 v, double2* red) {
   if (lane == 0) red[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    v = lane < kWarps ? red[lane] : make_double2(0.0, 0.0);
+    v = lane < W ? red[lane] : make_double2(0.0, 0.0);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
       v.x += __shfl_xor_sync(0xffffffffu, v.x, o);

@@ -31,8 +31,9 @@ using vcuda::ki_better;
 using vcuda::load4;
 using vcuda::to_f;
 
-constexpr int kTreeThreads = vcuda::kThreads;
-constexpr int kTreeWarps = vcuda::kWarps;
+// 256 threads: the tree walk keeps more state live than verify's kernel (255 registers, no spills)
+constexpr int kTreeThreads = 256;
+constexpr int kTreeWarps = kTreeThreads / 32;
 
 struct TParams {
   int32_t method, kind;
@@ -129,7 +130,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
       }
     }
     nan = __syncthreads_or(nan);
-    const KI mx = block_best(best, red_ki);
+    const KI mx = block_best<kTreeWarps>(best, red_ki);
     const bool topk_on = top_k > 0 && top_k < V, topp_on = top_p < 1.0f;
     const bool serial = temp > 0.0f && (topk_on || topp_on);
     if (tid == 0) {
@@ -169,7 +170,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
           if (want_h && m > 0.0f) acc.y += static_cast<double>(m) * sc;
         }
       }
-      const double2 tot = block_sum2(acc, red_d);
+      const double2 tot = block_sum2<kTreeWarps>(acc, red_d);
       if (tid == 0) {
         if (!serial) sh.f.log_norm = ::log(tot.x);
         sh.inv_z = static_cast<float>(::exp(-sh.f.log_norm));
@@ -351,7 +352,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
             R[i] = r;
             acc.x += r;
           }
-          const double2 tot = block_sum2(acc, red_d);
+          const double2 tot = block_sum2<kTreeWarps>(acc, red_d);
           if (tid == 0) {
             sh.Z = tot.x;
             sh.dense_r = true;
@@ -424,7 +425,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
           mine = cand;
         }
       }
-      return block_best(mine, red_ki);
+      return block_best<kTreeWarps>(mine, red_ki);
     };
     KI win = race(use_r, use_r ? 0 : nt);
     if (tid == 0) {
