@@ -58,6 +58,13 @@ STABLE_TORCH_LIBRARY(softdec, m) {
         "Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, float posterior_threshold, "
         "float posterior_alpha, float delta, Tensor seed, Tensor offset) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
+  // Token-tree verification (softdec.verify_tree; csrc/cpu/verify_tree.cpp). method: 0 exact,
+  // 1 greedy, 2 typical, 4 soft. tree_parents[b, 0] = -1 (root), -1 elsewhere pads. Returns
+  // (nodes [B,N], tokens [B,N] int64 -1 padded, num_accepted [B], soft_ids [B,k'], soft_weights [B,k']).
+  m.def("verify_tree(Tensor target_logits, Tensor tree_tokens, Tensor tree_parents, Tensor? draft_probs, "
+        "Tensor? sparse_ids, Tensor? sparse_weights, int method, Tensor temperature, Tensor top_k, "
+        "Tensor top_p, Tensor min_p, float posterior_threshold, float posterior_alpha, float delta, "
+        "Tensor seed, Tensor offset) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
 
   // ---- soft-token log-densities (csrc/cpu/log_density.cpp, csrc/cuda/log_density.cu) ----

@@ -1063,6 +1063,104 @@ def run_wrong_input(spec):
     expect(spec, calls[op])
 
 
+
+# ============================================================================ verify_tree
+
+@st.composite
+def st_verify_tree(draw):
+    B = draw(st.sampled_from([0, 1, 2, 3]))
+    N = draw(st.sampled_from([1, 2, 5, 9]))
+    V = draw(st.sampled_from([1, 2, 7, 33]))
+    method = draw(st.sampled_from(["exact", "greedy", "typical", "soft"]))
+    probs = draw(st.sampled_from(["none", "dense", "sparse"])) if method != "soft" else "sparse"
+    ks = draw(st.integers(1, min(V, 4)))
+    params = [
+        draw(st_param("temperature", "float", st.sampled_from([0.0, 1.0]) | F(0, 4), BAD_TEMP)),
+        draw(st_param("top_k", "int", st.integers(0, V + 2), [-1, 2.5, True])),
+        draw(st_param("top_p", "float", F(0, 1), BAD_PROB)),
+        draw(st_param("min_p", "float", F(0, 1), BAD_PROB)),
+    ]
+    spec = dict(op="verify_tree", B=B, N=N, V=V, method=method, probs=probs, ks=ks,
+                dtype=draw(st.sampled_from(FLOATS)), layout=draw(st.sampled_from(LAYOUTS)),
+                kind=draw(st.sampled_from(["normal", "huge", "ties", "nan", "inf", "neginf", "neginf_rows"])),
+                params=params, seed=draw(st.integers(0, 2 ** 31)), rng_seed=draw(st_seed),
+                offset=draw(st.integers(0, 2 ** 40)), seed_form=draw(st.sampled_from(["int", "tensor"])),
+                corrupt=draw(st.sampled_from([None] * 6 + ["root", "forward", "range", "pad_parent", "token"])))
+    bad = bad_params(params)
+    c = spec["corrupt"]
+    if B and ((c == "root") or (c in ("forward", "range", "pad_parent", "token") and N >= 3)):
+        bad.append("tree_parents" if c != "token" else "tree_tokens")
+    spec["bad"] = bad
+    return spec
+
+
+def _tree_inputs(spec):
+    B, N, V, ks = spec["B"], spec["N"], spec["V"], spec["ks"]
+    tl, tv = _logits(spec, (B, N, V))
+    g = _gen(spec, 5)
+    par = torch.full((B, N), -1, dtype=torch.long)
+    for n in range(1, N):
+        par[:, n] = torch.randint(0, n, (B,), generator=g)
+    if N > 1:  # ragged: the last node of row 0 is padding
+        par[0 if B else slice(0, 0), N - 1] = -1
+    tokens = torch.randint(0, V, (B, N), generator=g)
+    c = spec["corrupt"]
+    if B and c == "root":
+        par[0, 0] = 0
+    if B and N >= 3:
+        if c == "forward":
+            par[0, 1] = 2
+        elif c == "range":
+            par[0, 1] = -3
+        elif c == "pad_parent":
+            par[0, 1] = -1
+            par[0, 2] = 1
+        elif c == "token":
+            par[0, 2] = 0
+            tokens[0, 2] = V
+    draft_probs = None
+    if spec["probs"] == "dense":
+        draft_probs = torch.softmax(torch.randn(B, N, V, generator=g, dtype=torch.float64), -1).float()
+    elif spec["probs"] == "sparse":
+        sid = torch.argsort(torch.rand(B, N, V, generator=g), -1)[..., :ks]
+        tok = tokens.clamp(0, V - 1)
+        has = (sid == tok[..., None]).any(-1)
+        sid[..., 0] = torch.where(has, sid[..., 0], tok)
+        sid = torch.where((sid == tok[..., None]) & (torch.arange(ks) > 0), sid[..., :1].expand_as(sid), sid)
+        w = torch.softmax(torch.randn(B, N, ks, generator=g, dtype=torch.float64), -1).float()
+        draft_probs = (sid, w)
+    return tl, tv, tokens, par, draft_probs
+
+
+def run_verify_tree(spec):
+    B, N, V = spec["B"], spec["N"], spec["V"]
+    tl, tv, tokens, par, dp = _tree_inputs(spec)
+    kw = {p["name"]: build_param(p, B) for p in spec["params"]}
+    seed = _rng_arg(spec, B)
+    call = lambda: softdec.verify_tree(tl, tokens, par, draft_probs=dp, method=spec["method"],  # noqa: E731
+                                       seed=seed, offset=spec["offset"], **kw)
+    out = expect(spec, call)
+    if out is None:
+        return
+    check(out.tokens.shape == (B, N) and out.nodes.shape == (B, N), "tokens / nodes shape")
+    rowv = row_valid(tv) if B else torch.zeros(B, N, dtype=torch.bool)
+    for b in range(B):
+        a = int(out.num_accepted[b])
+        check(0 <= a <= N - 1, f"row {b}: num_accepted {a} outside [0, N - 1]")
+        cur = 0
+        for j in range(a):
+            n = int(out.nodes[b, j])
+            check(0 < n < N and int(par[b, n]) == cur, f"row {b}: node {n} is not a child of {cur}")
+            check(int(out.tokens[b, j]) == int(tokens[b, n]), f"row {b}: accepted token is not the node's")
+            check(bool(rowv[b, cur]), f"row {b}: moved past an invalid target row")
+            cur = n
+        t = int(out.tokens[b, a])
+        check((0 <= t < V) if rowv[b, cur] else t == -1, f"row {b}: stop token {t}")
+        check((out.tokens[b, a + 1:] == -1).all() and (out.nodes[b, a:] == -1).all(), f"row {b}: padding")
+    again = call()
+    check(torch.equal(again.tokens, out.tokens), "not deterministic")
+
+
 # ============================================================================ registry
 
 CASES = {
@@ -1074,6 +1172,7 @@ CASES = {
     "philox_uniform": (st_philox(), run_philox_uniform),
     "soft_mixture": (st_soft_mixture(), run_soft_mixture),
     "verify": (st_verify(), run_verify),
+    "verify_tree": (st_verify_tree(), run_verify_tree),
     "chain_speculative_sampling": (st_chain(), run_chain_speculative_sampling),
     "sparse_decode_attention": (st_sparse_decode(), run_sparse_decode_attention),
     "build_page_summary": (st_page_summary(), run_build_page_summary),
@@ -1099,7 +1198,7 @@ if os.environ.get("SOFTDEC_FUZZ_SELFTEST"):  # the runner's own tests (test_fuzz
 # every public op is fuzzed (update_page_summary inside build_page_summary's case;
 # the NamedTuples and info() are not ops)
 COVERED = set(CASES) | {"update_page_summary"}
-NOT_OPS = {"info", "__version__", "SoftTokens", "Sampled", "Verified", "PageSummary"}
+NOT_OPS = {"info", "__version__", "SoftTokens", "Sampled", "Verified", "VerifiedTree", "PageSummary"}
 
 
 def run(spec):

@@ -1158,3 +1158,115 @@ def gaussian_log_density(x, mean, *, std):
     d = x.double() - mean.double()
     D = x.shape[1]
     return -0.5 * (d * d).sum(1) / std ** 2 - D * (math.log(std) + 0.5 * math.log(2 * math.pi))
+
+
+def verify_tree(target_logits: torch.Tensor, tree_tokens, tree_parents, *, draft_probs=None,
+                method: str = "exact", temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                posterior_threshold: float = 0.09, posterior_alpha: float = 0.3, delta: float = 0.1,
+                seed=0, offset=0):
+    """Reference of ``softdec.verify_tree``: a loop over rows walking each tree.
+
+    Same arguments, RNG layout and results as ``softdec.verify_tree`` (``seed`` /
+    ``offset`` ints or (B,) tensors). The residual is kept normalised, ``r``
+    (float64 for float64 logits), and child ``x`` drafted from ``q`` is accepted
+    iff ``u * q(x) < r(x)``; on rejection ``r <- norm(max(0, r - q))``; the
+    stop token is the exponential race of ``verify`` over ``r``.
+    Returns ``softdec.VerifiedTree``.
+    """
+    from .ops import VerifiedTree
+    from .ops import philox_uniform as _pu
+    B, N, V = target_logits.shape
+    dev = target_logits.device
+    m = _VERIFY_METHODS.index(method)
+    wdt = torch.float64 if target_logits.dtype == torch.float64 else torch.float32
+    s = _verify_rows(seed, B, torch.int64, torch.device("cpu"))
+    o = _verify_rows(offset, B, torch.int64, torch.device("cpu"))
+    T = _verify_rows(temperature, B, wdt, dev)
+    k = _verify_rows(top_k, B, torch.int64, dev)
+    tp = _verify_rows(top_p, B, wdt, dev)
+    mp = _verify_rows(min_p, B, wdt, dev)
+    sparse = isinstance(draft_probs, (tuple, list))
+    if sparse:
+        sid, sw = draft_probs[0].long(), draft_probs[1].to(wdt)
+    ks = sid.shape[-1] if (sparse and m == 4) else 0
+    u_acc = _pu((B, max(N - 1, 1)), s, o).to(device=dev, dtype=wdt)
+    nodes = torch.full((B, N), -1, dtype=torch.int64, device=dev)
+    tokens = torch.full((B, N), -1, dtype=torch.int64, device=dev)
+    nacc = torch.zeros(B, dtype=torch.int64, device=dev)
+    soft_ids = torch.zeros(B, ks, dtype=torch.int64, device=dev)
+    soft_w = torch.zeros(B, ks, dtype=torch.float32, device=dev)
+    toks = tree_tokens.long()
+    par = tree_parents.long()
+    for b in range(B):
+        kids = [[] for _ in range(N)]
+        for n in range(1, N):
+            if int(par[b, n]) >= 0:
+                kids[int(par[b, n])].append(n)
+        cur, na = 0, 0
+        while True:
+            lj = target_logits[b, cur][None]
+            rb = slice(b, b + 1)
+            if m == 4:
+                ti, tw, valid = verify_soft_token(lj, ks, T[rb], k[rb], tp[rb], mp[rb])
+                if not bool(valid[0]):
+                    tokens[b, na] = -1
+                    break
+                nxt = None
+                for c in kids[cur]:
+                    tv = _soft_tv(ti, tw, sid[b, c][None], sw[b, c][None])
+                    if float(tv[0]) <= delta + SOFT_TV_SLACK:
+                        nxt = c
+                        break
+                if nxt is None:
+                    tokens[b, na] = ti[0, 0]
+                    soft_ids[b] = ti[0]
+                    soft_w[b] = tw[0].float()
+                    break
+            else:
+                p, valid = verify_target_probs(lj, T[rb], k[rb], tp[rb], mp[rb])
+                p = p[0]
+                if not bool(valid[0]):
+                    tokens[b, na] = -1
+                    break
+                nxt = None
+                r = p.clone()
+                if m == 1:
+                    am = int(lj[0].to(wdt).argmax())
+                    nxt = next((c for c in kids[cur] if int(toks[b, c]) == am), None)
+                    if nxt is None:
+                        tokens[b, na] = am
+                        break
+                elif m == 2:
+                    plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))),
+                                        torch.zeros_like(p))
+                    H = float(-plogp.sum())
+                    thr = min(posterior_threshold, posterior_alpha * math.exp(-H))
+                    nxt = next((c for c in kids[cur] if float(p[int(toks[b, c])]) > thr), None)
+                else:
+                    for c in kids[cur]:
+                        x = int(toks[b, c])
+                        if draft_probs is None:
+                            q = torch.zeros_like(r)
+                            q[x] = 1.0
+                        elif sparse:
+                            q = torch.zeros_like(r).scatter_add_(0, sid[b, c], sw[b, c])
+                        else:
+                            q = draft_probs[b, c].to(wdt)
+                        if float(u_acc[b, c - 1]) * float(q[x]) < float(r[x]):
+                            nxt = c
+                            break
+                        rn = torch.clamp(r - q, min=0)
+                        if not float(rn.sum()) > 0:
+                            r = p.clone()  # residual gone through rounding: fall back to p
+                            break
+                        r = rn / rn.sum()
+                if nxt is None:
+                    tok = _verify_race(r[None], s[b:b + 1], o[b:b + 1] + 1 + cur)
+                    tokens[b, na] = int(tok[0])
+                    break
+            nodes[b, na] = nxt
+            tokens[b, na] = toks[b, nxt]
+            na += 1
+            cur = nxt
+        nacc[b] = na
+    return VerifiedTree(nodes, tokens, nacc, soft_ids if m == 4 else None, soft_w if m == 4 else None)

@@ -34,8 +34,9 @@ from .loop import (discrete_generate, generate, router_generate, soft_thinking_g
                    speculative_generate)
 from .speculative import _filtered_probs, _generate_speculative, _soft_embed  # noqa: F401
 from .trace import RolloutTrace, replay_inputs_embeds, replay_logits  # noqa: F401
+from .tree import compact_cache, tree_attention_mask, tree_position_ids  # noqa: F401
 
 __all__ = ["generate", "GenerateOutput", "GenerationStats", "discrete_generate", "soft_thinking_generate",
            "router_generate", "speculative_generate", "enable_token_sparse_attention",
            "disable_token_sparse_attention", "crop_cache", "MIN_TRANSFORMERS", "RolloutTrace", "replay_logits",
-           "replay_inputs_embeds"]
+           "replay_inputs_embeds", "tree_attention_mask", "tree_position_ids", "compact_cache"]

@@ -63,6 +63,9 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
                                  f"{transformers.__version__}")
     if max_new == 0:
         return _empty_output(input_ids, B, device)
+    if getattr(spec, "tree_paths", None):
+        from .tree import _generate_tree
+        return _generate_tree(model, input_ids, mask, spec, max_new, eos_mask, pad, streamer)
     if B > 1 and max_new > 1 and _needs_rowwise(model, draft, L + max_new + spec.num_draft + 1):
         return _speculative_rowwise(model, input_ids, mask, spec, max_new, eos_mask, pad, streamer)
     K = spec.num_draft

@@ -50,6 +50,16 @@ class Speculative(Strategy):
         Philox key(s) for the draft draws and the verification: an int keys row
         ``b`` by ``softdec.reference.row_seed(seed, b)``, a ``(B,)`` tensor each
         row by its own entry (see :class:`Discrete`).
+    tree : None, (k, depth) or list of rank paths
+        Token-tree speculation (``num_draft`` is then unused): the draft
+        expands the top-``k`` tokens under every node to ``depth`` levels, or a
+        fixed Medusa-style tree given as rank paths (``[(0,), (1,), (0, 0)]``:
+        the draft's two top tokens after the root, and the top token after the
+        first); the target scores the whole tree in one forward with a tree
+        attention mask, ``softdec.verify_tree`` accepts a path (the drafts are
+        deterministic, so "exact" keeps the target's distribution), and both
+        KV caches are compacted to the accepted path. Full-attention models
+        only; rows run one at a time. Methods "exact", "greedy", "typical".
 
     Examples
     --------
@@ -59,7 +69,7 @@ class Speculative(Strategy):
 
     def __init__(self, draft_model, num_draft=4, method="exact", *, temperature=1.0, top_k=0, top_p=1.0,
                  min_p=0.0, posterior_threshold=0.09, posterior_alpha=0.3, neighbours=None, delta=0.1,
-                 seed=None):
+                 seed=None, tree=None):
         if draft_model is None or not callable(draft_model):
             raise ValueError(f"draft_model must be a causal LM module, got {type(draft_model).__name__}")
         if isinstance(num_draft, bool) or not isinstance(num_draft, int) or num_draft <= 0:
@@ -79,6 +89,13 @@ class Speculative(Strategy):
         self.delta = check_number(delta, "delta", lo=0.0)
         self.seed = seed
         self.needs_embeddings = method == "soft"
+        self.tree = tree
+        self.tree_paths = None
+        if tree is not None:
+            from ..hf.tree import tree_from_spec
+            if method not in ("exact", "greedy", "typical"):
+                raise ValueError(f"tree speculation supports methods 'exact', 'greedy' and 'typical', got {method!r}")
+            self.tree_paths = tree_from_spec(tree)
 
     @property
     def soft_top_k(self) -> int:

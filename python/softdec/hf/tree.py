@@ -1,0 +1,263 @@
+"""Token-tree speculative decoding for Hugging Face models: tree attention masks, position ids,
+KV-cache compaction of the accepted path, and the ``Speculative(..., tree=...)`` decode loop.
+
+A tree is ``parents`` (N,) or (B, N) int64: node 0 is the root (the last accepted token),
+``parents[n] < n`` for the other nodes, -1 pads ragged trees. Nodes are fed to a model in index
+order after ``past_len`` cached positions: node ``n`` sits at cache column ``past_len + n`` and
+position ``past_len + depth(n)``, and attends to every cached position and to its ancestors and
+itself in the tree.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..strategies.base import MODE_DISCRETE, MODE_FINISHED
+from ._common import GenerateOutput, GenerationStats, _cache_kwarg, _cache_layout, _new_cache, _seeds, _vocab_size
+
+__all__ = ["tree_depths", "tree_ancestors", "tree_attention_mask", "tree_position_ids", "compact_cache",
+           "tree_from_spec"]
+
+
+def _as_batch(parents: torch.Tensor) -> torch.Tensor:
+    if not isinstance(parents, torch.Tensor) or parents.dim() not in (1, 2):
+        raise ValueError(f"parents must be a (N,) or (batch, N) int tensor, got "
+                         f"{tuple(parents.shape) if isinstance(parents, torch.Tensor) else type(parents).__name__}")
+    p = parents.long()
+    return p[None] if p.dim() == 1 else p
+
+
+def tree_ancestors(parents: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) bool: ``anc[b, i, j]`` is True iff node j is node i or one of its ancestors.
+    Padding nodes (parent -1 after node 0) are their own only ancestor."""
+    p = _as_batch(parents)
+    B, N = p.shape
+    anc = torch.eye(N, dtype=torch.bool, device=p.device).expand(B, N, N).clone()
+    for n in range(1, N):  # parents come first: copy the parent's row
+        par = p[:, n]
+        real = par >= 0
+        if bool(real.any()):
+            rows = anc[torch.arange(B, device=p.device), par.clamp(min=0)]
+            anc[:, n] |= rows & real[:, None]
+    return anc
+
+
+def tree_depths(parents: torch.Tensor) -> torch.Tensor:
+    """(B, N) int64 depth of each node (root 0; padding nodes 0)."""
+    anc = tree_ancestors(parents)
+    p = _as_batch(parents)
+    d = anc.sum(-1) - 1
+    return torch.where((p >= 0) | (torch.arange(p.shape[1], device=p.device) == 0), d, torch.zeros_like(d))
+
+
+def tree_attention_mask(parents: torch.Tensor, past_len: int = 0, *, dtype: torch.dtype = torch.float32,
+                        past_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A 4-D additive attention mask (B, 1, N, past_len + N) for feeding a tree after ``past_len`` cached
+    positions: 0 where node i may attend (every cached position allowed by ``past_mask`` (B, past_len),
+    default all; node i itself and its ancestors), the dtype's minimum elsewhere. Usable as
+    ``attention_mask`` of a transformers forward (eager and SDPA attention)."""
+    anc = tree_ancestors(parents)
+    B, N, _ = anc.shape
+    past = torch.ones(B, N, past_len, dtype=torch.bool, device=anc.device)
+    if past_mask is not None:
+        past = past & past_mask.bool()[:, None, :]
+    allowed = torch.cat([past, anc], -1)
+    m = torch.zeros(B, 1, N, past_len + N, dtype=dtype, device=anc.device)
+    return m.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+
+
+def tree_position_ids(parents: torch.Tensor, past_len=0) -> torch.Tensor:
+    """(B, N) int64 position ids: ``past_len + depth(n)`` (``past_len`` an int or a (B,) tensor)."""
+    d = tree_depths(parents)
+    if isinstance(past_len, torch.Tensor):
+        return d + past_len.long().to(d.device)[:, None]
+    return d + int(past_len)
+
+
+def compact_cache(cache, keep: torch.Tensor) -> None:
+    """Keep only the cache positions ``keep`` ((S',) int64, ascending), in place: every layer's keys
+    and values are gathered along the sequence axis, so the cache ends as if only those positions
+    had been fed (e.g. the context, the root and the accepted path of a token tree). Works on
+    ``DynamicCache`` with ``layers`` (transformers >= 4.56, 5.x) and the older ``key_cache`` /
+    ``value_cache`` lists. Not for sliding-window or recurrent layers."""
+    keep = keep.long()
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            k = getattr(layer, "keys", None)
+            if not isinstance(k, torch.Tensor) or k.numel() == 0:
+                continue
+            idx = keep.to(k.device)
+            layer.keys = k.index_select(-2, idx)
+            layer.values = layer.values.index_select(-2, idx)
+        return
+    if hasattr(cache, "key_cache"):
+        for i, k in enumerate(cache.key_cache):
+            if isinstance(k, torch.Tensor) and k.numel():
+                idx = keep.to(k.device)
+                cache.key_cache[i] = k.index_select(-2, idx)
+                cache.value_cache[i] = cache.value_cache[i].index_select(-2, idx)
+        return
+    raise ValueError(f"cache of type {type(cache).__name__} cannot be compacted (no layers / key_cache)")
+
+
+def tree_from_spec(tree) -> list[tuple[int, ...]]:
+    """Normalise ``Speculative(tree=...)``: ``(k, depth)`` (top-k children per node to a depth) or a list
+    of rank paths (a Medusa-style fixed tree: ``(0,)`` is the draft's top token after the root, ``(0, 1)``
+    the second-ranked token after that, ...; every prefix of a path must be listed). Returns the paths in
+    breadth-first order (by depth, then rank)."""
+    if isinstance(tree, tuple) and len(tree) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                          for v in tree):
+        k, depth = tree
+        if k < 1 or depth < 1:
+            raise ValueError(f"tree=(k, depth) needs k >= 1 and depth >= 1, got {tree!r}")
+        if (k ** (depth + 1) - 1) // max(k - 1, 1) > 4096 if k > 1 else depth > 4096:
+            raise ValueError(f"tree=(k, depth) = {tree!r} has more than 4096 nodes")
+        paths = [()]
+        out = []
+        for _ in range(depth):
+            paths = [p + (r,) for p in paths for r in range(k)]
+            out.extend(paths)
+    else:
+        try:
+            out = [tuple(int(r) for r in p) for p in tree]
+        except TypeError:
+            raise ValueError(f"tree must be (k, depth) or a list of rank paths like [(0,), (1,), (0, 0)], "
+                             f"got {tree!r}") from None
+        if not out:
+            raise ValueError("tree must have at least one node besides the root")
+        seen = set(out)
+        if len(seen) != len(out):
+            raise ValueError(f"tree paths must be distinct, got {tree!r}")
+        for p in out:
+            if len(p) == 0 or any(r < 0 for r in p):
+                raise ValueError(f"tree paths must be non-empty tuples of ranks >= 0, got {p!r}")
+            if len(p) > 1 and p[:-1] not in seen:
+                raise ValueError(f"tree path {p!r} needs its parent path {p[:-1]!r} in the tree")
+    return sorted(out, key=lambda p: (len(p), p))
+
+
+def _tree_arrays(paths):
+    """parents (N,), depth (N,), rank (N,) lists for the root + BFS-ordered paths."""
+    index = {(): 0}
+    parents, depth, rank = [-1], [0], [0]
+    for i, p in enumerate(paths, start=1):
+        index[p] = i
+        parents.append(index[p[:-1]])
+        depth.append(len(p))
+        rank.append(p[-1])
+    return parents, depth, rank
+
+
+def _generate_tree(model, input_ids, mask, spec, max_new, eos_mask, pad, streamer):
+    """Tree speculation, one row at a time (see ``Speculative``'s ``tree``)."""
+    draft = spec.draft_model
+    B, L = input_ids.shape
+    device = input_ids.device
+    V, Vd = _vocab_size(model), _vocab_size(draft)
+    if V != Vd:
+        raise ValueError(f"draft_model must share the target's vocabulary: the target has {V} tokens, "
+                         f"the draft has {Vd}")
+    for m in (model, draft):
+        window, state = _cache_layout(m)
+        if window is not None or state:
+            raise ValueError(f"Speculative(tree=...) needs full-attention models (the tree is scored with a 4-D mask "
+                             f"and the cache compacted); {type(m).__name__} has sliding-window or recurrent layers")
+    paths = spec.tree_paths
+    par_l, depth_l, rank_l = _tree_arrays(paths)
+    N = len(par_l)
+    D = max(depth_l)
+    parents = torch.tensor(par_l, device=device)
+    depth = torch.tensor(depth_l, device=device)
+    anc = tree_ancestors(parents)[0]  # (N, N)
+    levels = [[i for i in range(N) if depth_l[i] == d] for d in range(D + 1)]
+    fed = sum(len(lv) for lv in levels[:D])  # nodes the draft scores (those below the last level)
+    max_rank = max(rank_l)
+    seeds = _seeds(spec.seed, B, device) ^ 0x5DEECE66D
+    t_kw, d_kw = _cache_kwarg(model), _cache_kwarg(draft)
+    outs, accs = [], []
+    for b in range(B):
+        row = input_ids[b][mask[b].bool()] if mask is not None else input_ids[b]
+        if row.numel() == 0:
+            raise ValueError(f"row {b} of input_ids has no unmasked token")
+        tcache, dcache = _new_cache(model), _new_cache(draft)
+        P = row.numel() - 1
+        if P > 0:
+            ctx = row[None, :-1]
+            pos = torch.arange(P, device=device)[None]
+            model(input_ids=ctx, position_ids=pos, use_cache=True, **{t_kw: tcache})
+            draft(input_ids=ctx, position_ids=pos, use_cache=True, **{d_kw: dcache})
+        pending = [int(row[-1])]  # tokens the draft has not seen, ending with the root
+        gen, acc_row = [], []
+        r = 0
+        while len(gen) < max_new:
+            tokens = torch.zeros(N, dtype=torch.long, device=device)
+            tokens[0] = pending[-1]
+            # ---- draft: expand the tree level by level (top-ranked tokens, deterministic drafts)
+            npend = len(pending)
+            lg = draft(input_ids=torch.tensor([pending], device=device),
+                       position_ids=torch.arange(P + 1 - npend, P + 1, device=device)[None], use_cache=True,
+                       **{d_kw: dcache}).logits[0, -1:]
+            node_logits = {0: lg[0]}
+            full = tree_attention_mask(parents, P, dtype=next(draft.parameters()).dtype)[0, 0]
+            for d in range(1, D + 1):
+                for i in levels[d]:
+                    top = torch.topk(node_logits[par_l[i]].float(), max_rank + 1).indices
+                    tokens[i] = top[rank_l[i]]
+                if d == D:
+                    break
+                lv = levels[d]
+                lo, hi = lv[0], lv[-1] + 1
+                out = draft(input_ids=tokens[None, lo:hi], position_ids=(P + depth[lo:hi])[None],
+                            attention_mask=full[lo:hi, :P + hi][None, None], use_cache=True, **{d_kw: dcache})
+                for j, i in enumerate(range(lo, hi)):
+                    node_logits[i] = out.logits[0, j]
+            # ---- target: the whole tree in one forward
+            tmask = tree_attention_mask(parents, P, dtype=next(model.parameters()).dtype)
+            tl = model(input_ids=tokens[None], position_ids=(P + depth)[None], attention_mask=tmask,
+                       use_cache=True, **{t_kw: tcache}).logits.float()
+            kw = dict(method=spec.method, temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
+                      min_p=spec.min_p, seed=seeds[b:b + 1], offset=r * (N + 1))
+            if spec.method == "typical":
+                kw.update(posterior_threshold=spec.posterior_threshold, posterior_alpha=spec.posterior_alpha)
+            from .._verify_tree import verify_tree
+            v = verify_tree(tl, tokens[None], parents[None], **kw)
+            na = int(v.num_accepted[0])
+            path = [int(n) for n in v.nodes[0, :na]]
+            emit = [int(t) for t in v.tokens[0, :na + 1]]
+            acc_row.append(na)
+            stop = False
+            for t in emit:
+                gen.append(t)
+                if (eos_mask is not None and bool(eos_mask[t])) or len(gen) >= max_new:
+                    stop = True
+                    break
+            r += 1
+            if stop:
+                break
+            # ---- compact both caches to context + root + accepted path
+            keep = torch.tensor(list(range(P + 1)) + [P + n for n in path], device=device)
+            compact_cache(tcache, keep)
+            dkeep = torch.tensor(list(range(P + 1)) + [P + n for n in path if n < fed], device=device)
+            compact_cache(dcache, dkeep)
+            pending = [int(tokens[n]) for n in path if n >= fed] + [emit[-1]]
+            P = P + 1 + na
+        outs.append(gen)
+        accs.append(acc_row)
+    S_ = max(len(g) for g in outs)
+    R = max(len(a) for a in accs)
+    seq = torch.full((B, L + S_), pad, dtype=torch.long, device=device)
+    seq[:, :L] = input_ids
+    modes = torch.full((B, S_), MODE_FINISHED, dtype=torch.int8, device=device)
+    acc = torch.full((B, R), -1, dtype=torch.long, device=device)
+    for b, (g, a) in enumerate(zip(outs, accs)):
+        seq[b, L:L + len(g)] = torch.tensor(g, dtype=torch.long, device=device)
+        modes[b, :len(g)] = MODE_DISCRETE
+        acc[b, :len(a)] = torch.tensor(a, dtype=torch.long, device=device)
+    if streamer is not None:
+        for j in range(S_):
+            streamer.put(seq[:, L + j].cpu())
+    nan = torch.full((B, S_), float("nan"), device=device)
+    return GenerateOutput(seq, GenerationStats(modes, nan, nan.clone(), acc))
