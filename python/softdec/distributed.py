@@ -498,7 +498,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
         ks = draft_probs[0].shape[-1]
         kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
         c = int(torch.where(kt > 0, kt.clamp_max(ks), torch.full_like(kt, ks)).max()) if B else ks
-    g = _gather(_local_stats(x.reshape(B * K1, Vl), c, None, sh), sh)
+    g = _gather(_local_stats(x.reshape(B * K1, Vl).contiguous(), c, None, sh), sh)
     mg = _merge(g, c, None)
     extra = [draft_ids] if given else []
     if sparse:
@@ -507,23 +507,23 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
         if sid.numel() and (int(sid.min()) < 0 or int(sid.max()) >= V):
             raise ValueError(f"draft_probs ids must lie in [0, {V}) (the global vocabulary)")
         extra.append(sid.reshape(B, -1).long())
-    known = torch.cat([mg.cand_id.view(B, K1 * mg.cand_id.shape[1])] + extra, 1)
+    known = torch.cat([mg.cand_id.reshape(B, K1 * mg.cand_id.shape[1])] + extra, 1)
     vocab = [torch.unique(r[r >= 0]) for r in known]
     Vc = max(v.numel() for v in vocab) + 1 if B else 1
     comp = torch.full((B, K1, Vc), -math.inf)
-    cid = mg.cand_id.view(B, K1, -1)
-    cv = mg.cand_v.view(B, K1, -1)
+    cid = mg.cand_id.reshape(B, K1, -1)
+    cv = mg.cand_v.reshape(B, K1, -1)
     for b in range(B):
-        pos = torch.searchsorted(vocab[b], cid[b].clamp_min(0))
+        pos = torch.searchsorted(vocab[b], cid[b].clamp_min(0).contiguous())
         pos = torch.where(cid[b] >= 0, pos, torch.full_like(pos, Vc - 1))
         row = torch.full((K1, Vc), -math.inf)
         row.scatter_(1, pos, torch.where(cid[b] >= 0, cv[b], torch.full_like(cv[b], -math.inf)))
         row[:, Vc - 1] = -math.inf
         comp[b] = row
-    comp = torch.where(mg.valid.view(B, K1, 1), comp, torch.full_like(comp, math.nan))
+    comp = torch.where(mg.valid.reshape(B, K1, 1), comp, torch.full_like(comp, math.nan))
 
     def to_compact(t):
-        return torch.stack([torch.searchsorted(vocab[b], t[b].reshape(-1)).view(t[b].shape) for b in range(B)]) \
+        return torch.stack([torch.searchsorted(vocab[b], t[b].reshape(-1)).reshape(t[b].shape) for b in range(B)]) \
             if B else t
     dp = None if not sparse else (to_compact(draft_probs[0].long()), draft_probs[1])
     res = _verify(comp, to_compact(draft_ids) if given else None, num_draft=nd, draft_probs=dp, method=method,
@@ -556,7 +556,7 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
     # round 1: flags, max, argmax, the draft token's logit (its owner's value) per position
     R = B * K1
-    xr = x.reshape(R, Vl)
+    xr = x.reshape(R, Vl).contiguous()
     st = _local_stats(xr, 0, None, sh)
     dpos = torch.cat([draft_ids, torch.zeros(B, 1, dtype=torch.int64)], 1).reshape(R)
     own = (dpos >= sh.offset) & (dpos < sh.offset + Vl)
@@ -600,8 +600,8 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     ua = philox_uniform((B, max(K, 1)), s, o)
     tokens = torch.full((B, K1), -1, dtype=torch.int64)
     nacc = torch.zeros(B, dtype=torch.int64)
-    valid = mg.valid.view(B, K1)
-    px, race, am, greedy = px.view(B, K1), race.view(B, K1), mg.argmax.view(B, K1), greedy.view(B, K1)
+    valid = mg.valid.reshape(B, K1)
+    px, race, am, greedy = px.reshape(B, K1), race.reshape(B, K1), mg.argmax.reshape(B, K1), greedy.reshape(B, K1)
     for b in range(B):
         n = int(nd[b])
         for jj in range(n + 1):
