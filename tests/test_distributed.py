@@ -232,3 +232,36 @@ def test_bytes_per_call():
     assert sd.bytes_per_call("soft_mixture", 1, 10, 2, D=3584) == 8 * (8 + 20) + 3584 * 4
     with pytest.raises(ValueError, match="op must be"):
         sd.bytes_per_call("nope", 1, 1, 2)
+
+
+# ------------------------------------------------------------------ softdec.hf.generate, tensor-parallel
+
+def _has(mod):
+    import importlib.util
+    return importlib.util.find_spec(mod) is not None
+
+
+@pytest.mark.parametrize("mode", ["manual", pytest.param("auto", marks=pytest.mark.skipif(
+    not _has("accelerate"), reason="transformers' tp_plan needs accelerate"))])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_generate_tensor_parallel_equals_single_process(arch, mode, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo): Discrete(T=0), SoftThinking and greedy Speculative on
+    the tensor-parallel model (vocabulary-sharded embedding) give the single-process sequences."""
+    import json
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "out.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.join(here, "..", "python")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           os.path.join(here, "dist_tp_generate.py"), arch, str(out), mode]
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s")
+    assert p.returncode == 0, p.stderr[-4000:]
+    res = json.loads(out.read_text())
+    for name in ("discrete", "soft", "spec"):
+        assert res[name]["equal"], (name, res[name])
+        assert len(res[name]["tp"][0]) == 5 + 12

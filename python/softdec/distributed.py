@@ -617,3 +617,53 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
             tokens[b, jj] = am[b, jj] if bool(greedy[b, jj]) else race[b, jj]
             break
     return Verified(tokens.to(dev), nacc.to(dev), None, None)
+
+
+# ---------------------------------------------------------------- tensor-parallel models
+
+import weakref as _weakref
+
+# id(table) -> (weak reference, (group, vocab_offset, vocab_size)); ids, not the tensors, are the
+# keys (a tensor's == is elementwise)
+_TABLES: dict = {}
+
+
+def from_dtensor(w) -> tuple[torch.Tensor, Optional[dist.ProcessGroup], int, int]:
+    """``(local rows, group, vocab_offset, vocab_size)`` of a DTensor sharded over its first
+    dimension (``Shard(0)`` on a 1-D mesh: a vocabulary-parallel embedding or LM head, as
+    transformers' ``tp_plan`` and torch.distributed.tensor.parallel build them)."""
+    from torch.distributed.tensor import DTensor, Shard as _Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    if not isinstance(w, DTensor):
+        raise ValueError(f"expected a DTensor, got {type(w).__name__}")
+    if w.device_mesh.ndim != 1 or len(w.placements) != 1 or not isinstance(w.placements[0], _Shard) \
+            or w.placements[0].dim != 0:
+        raise ValueError(f"expected a DTensor sharded over dim 0 of a 1-D mesh, got placements {w.placements}")
+    local = w.to_local()
+    _, off = compute_local_shape_and_global_offset(w.shape, w.device_mesh, w.placements)
+    return local, w.device_mesh.get_group(), int(off[0]), int(w.shape[0])
+
+
+def register_table(local: torch.Tensor, group, vocab_offset: int, vocab_size: int) -> torch.Tensor:
+    """Mark ``local`` as a rank's rows of a vocabulary-sharded embedding table: the strategies'
+    ``soft_mixture`` (softdec.strategies) then runs :func:`soft_mixture` on the matching slice of
+    the (full) logits. Returns ``local``."""
+    key = id(local)
+    _TABLES[key] = (_weakref.ref(local, lambda _r, k=key: _TABLES.pop(k, None)),
+                    (group, int(vocab_offset), int(vocab_size)))
+    return local
+
+
+def table_shard(t) -> Optional[tuple]:
+    """``(group, vocab_offset, vocab_size)`` of a table marked by :func:`register_table`, else None."""
+    hit = _TABLES.get(id(t))
+    return hit[1] if hit is not None and hit[0]() is t else None
+
+
+def soft_mixture_full_logits(logits: torch.Tensor, table: torch.Tensor, **kw) -> SoftTokens:
+    """:func:`soft_mixture` for full (replicated) logits [B, V] and a registered shard table."""
+    group, off, V = table_shard(table)
+    if logits.shape[-1] < V:
+        raise ValueError(f"logits must hold the full vocabulary ({V}), got {logits.shape[-1]} columns")
+    return soft_mixture(logits[:, off:off + table.shape[0]], table, vocab_offset=off, vocab_size=V,
+                        group=group, **kw)
