@@ -156,6 +156,44 @@ def _first_k(x: torch.Tensor, c: int, base: int):
 
 
 def _local_stats(x: torch.Tensor, c: int, it: Optional[torch.Tensor], sh: Shard) -> torch.Tensor:
+    """Partials of rows x [R, Vl] (float32), see _local_stats_torch. Rows that are valid on the
+    shard take one native pass (softdec.soft_mixture with a 1-column table: its first c ids in the
+    filter order, its entropy and max_prob give S = 1 / max_prob and A = S (log S - H)); the
+    other rows (NaN, +inf or no finite logit on this shard) the torch-op path."""
+    from ._soft_mixture import soft_mixture as _sm
+    R, Vl = x.shape
+    if R == 0 or Vl == 0 or c > _SM_MAX_K:
+        return _local_stats_torch(x, c, it, sh)
+    k = max(c, 1)
+    T = torch.ones(R, dtype=torch.float64) if it is None else 1.0 / it
+    st = _sm(x, torch.zeros(Vl, 1), top_k=k, temperature=T, seed=0, offset=0)
+    out = torch.zeros(R, _HEAD + 2 * c, dtype=torch.float64)
+    ids = st.ids
+    vals = torch.gather(x, 1, ids)
+    out[:, 2] = 1.0
+    out[:, 3] = vals[:, 0].double()
+    out[:, 4] = (ids[:, 0] + sh.offset).double()
+    if it is not None:
+        S = 1.0 / st.max_prob.double()
+        out[:, 5] = S
+        out[:, 6] = S * (torch.log(S) - st.entropy.double())
+    if c > 0:
+        n = ids.shape[1]
+        # padding repeats the first id (fewer than c finite tokens on the shard)
+        pad = (ids == ids[:, :1]) & (torch.arange(n)[None] > 0)
+        pad |= ~(vals > -math.inf)
+        out[:, _HEAD:_HEAD + c] = -math.inf
+        out[:, _HEAD + c:] = _NO_ID
+        out[:, _HEAD:_HEAD + n] = torch.where(pad, torch.full_like(vals, -math.inf), vals).double()
+        out[:, _HEAD + c:_HEAD + c + n] = torch.where(pad, torch.full_like(ids, 1 << 62), ids + sh.offset).double()
+    bad = ~st.valid
+    if bool(bad.any()):
+        r = bad.nonzero()[:, 0]
+        out[r] = _local_stats_torch(x[r], c, None if it is None else it[r], sh)
+    return out
+
+
+def _local_stats_torch(x: torch.Tensor, c: int, it: Optional[torch.Tensor], sh: Shard) -> torch.Tensor:
     """Partials of rows x [R, Vl] (float32): [R, _HEAD + 2c] float64 =
     (nan, +inf, any finite, max, argmax id, S, A, 0, candidate values, candidate ids).
     S, A: online-softmax sums at inverse temperature ``it`` [R] relative to the shard max."""
