@@ -42,13 +42,14 @@ winners merge by max): 2 rounds of O(B * (K + 1)) values.
 Limits (documented, checked): every rank must pass the same settings, B and
 draft tensors; the shards must tile ``[0, vocab_size)`` without overlap.
 The ops are not differentiable (call them under ``torch.no_grad()``).
-Implementation status: the shard statistics are computed with torch ops on
-the shard (vectorised and threaded by torch), the per-row merge and the
-compact rows in Python; the decisions on the compact rows are the native
-kernels. ``verify(method="exact")``'s race and mass sums are torch-op
-references (torch.exp / torch.log in float32 where the kernel uses
-filter.h's fexp / flog: the same value to ~1 ulp, so an acceptance or race
-decided within ~1e-7 of its threshold may differ from the single-device op).
+Implementation status: a shard's partials come from one native pass
+(softdec.soft_mixture on the shard with a 1-column table: its first k ids, entropy and
+max_prob), with a torch-op path for rows invalid on the shard and k > 256; the merge and
+the compact rows are Python; the decisions on the compact rows are the native kernels.
+``verify(method="exact")``'s mass sums and race are torch-op references (torch.exp /
+torch.log in float32 where the kernel uses filter.h's fexp / flog: the same value to
+~1 ulp, so an acceptance or race decided within ~1e-7 of its threshold may differ from
+the single-device op). CPU shards (gloo) only so far.
 """
 
 from __future__ import annotations
@@ -293,7 +294,10 @@ def _map_ids(compact_ids: torch.Tensor, mg: _Merged) -> torch.Tensor:
 
 
 def _rows(x: torch.Tensor, name: str) -> torch.Tensor:
-    return check_tensor(x, name, dim=2, layout="(batch, vocab_local)", dtypes=FLOAT_DTYPES)
+    check_tensor(x, name, dim=2, layout="(batch, vocab_local)", dtypes=FLOAT_DTYPES)
+    if x.device.type != "cpu":
+        raise NotImplementedError(f"softdec.distributed supports CPU shards (gloo) so far; {name} is on {x.device}")
+    return x
 
 
 def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0) -> int:
@@ -497,6 +501,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
     from ._verify import verify as _verify
     check_tensor(target_logits, "target_logits", dim=3, layout="(batch, K + 1, vocab_local)",
                  dtypes=FLOAT_DTYPES)
+    _rows(target_logits[:, 0], "target_logits")
     if method not in _METHODS:
         raise ValueError(f"method must be one of {_METHODS} for softdec.distributed.verify, got {method!r}")
     B, K1, Vl = target_logits.shape
