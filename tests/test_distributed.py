@@ -119,6 +119,8 @@ def _soft_worker(rank, world):
                dict(top_k=7, temperature=0.0), dict(top_k=64, temperature=2.0),  # k > row 3's 40 tokens
                dict(top_k=10, noise="gumbel", seed=3, tau=0.5),
                dict(top_k=16, noise="gumbel", seed=torch.arange(6) + 11, noise_scale=0.7, embed_scale=2.0),
+               dict(top_k=12, noise="dirichlet", seed=5, dirichlet_alpha=0.5, temperature=2.0),
+               dict(top_k=64, noise="dirichlet", seed=torch.arange(6) + 3, dirichlet_alpha=3.0),
                dict(top_k=torch.tensor([1, 2, 3, 50, 5, 6]), temperature=torch.tensor([1.0, 1, 0, 0.5, 1, 3]))]
     for table in (E, E.bfloat16()):
         for kw in configs:

@@ -400,7 +400,8 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
     sums (1e-5 relative); embeds as the fp32 sum of each rank's weighted rows
     (all_reduce, so the summation order differs: the embedding dtype's rounding).
     Exchanged per call: ``B * (2k + 8)`` float64 per rank (all_gather) and one
-    ``[B, D]`` float32 all_reduce. ``noise="dirichlet"`` is not supported yet.
+    ``[B, D]`` float32 all_reduce. Noise is applied to the merged soft token with the
+    global ids (Gumbel in float32, Dirichlet's Gamma draws in float64, as the kernel).
     """
     from ._soft_mixture import soft_mixture as _sm
     x = _rows(logits, "logits")
@@ -412,8 +413,6 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
     sh = _shard(group, vocab_offset, vocab_size, Vl)
     if noise not in (None, "gumbel", "dirichlet"):
         raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
-    if noise == "dirichlet":
-        raise NotImplementedError("softdec.distributed.soft_mixture: noise='dirichlet' is not supported yet")
     dev = x.device
     if not isinstance(top_k, torch.Tensor):
         top_k = int_arg(top_k, "top_k", lo=1, hi=_SM_MAX_K)
@@ -434,6 +433,8 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
     noisy = None
     if noise == "gumbel":
         w, ids, noisy = _gumbel(w, ids, s, o, float(tau), float(noise_scale))
+    elif noise == "dirichlet":
+        w, ids = _dirichlet(w, ids, s, o, float(dirichlet_alpha))
     valid = mg.valid
     ids = torch.where(valid[:, None], ids, torch.zeros_like(ids))
     w = torch.where(valid[:, None], w, torch.zeros_like(w))
@@ -454,28 +455,52 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
                       valid.to(dev), noisy)
 
 
-def _gumbel(w, ids, s, o, tau, scale):
-    """Gumbel noise on the kept weights w [B, k] (descending, 0 = not kept) with the uniform of
-    token id = element id of the row's stream (include/softdec/soft_mixture.h), then the re-sort."""
-    from ._rng import philox_uniform
-    B, k = w.shape
-    n = int(ids.max()) + 1 if ids.numel() else 1
-    # (element id of each row's stream; O(max id) uniforms per row: a reference, not a kernel)
-    u = philox_uniform((B, n), s, o).gather(1, ids)
-    gmb = -torch.log(-torch.log(u))
-    live = w > 0
-    y = torch.where(live, torch.log(w) + scale * gmb, torch.full_like(w, -math.inf))
-    ymax = y.amax(1, keepdim=True)
-    e = torch.where(live, torch.exp((y - ymax) / tau), torch.zeros_like(w))
-    wn = e / e.sum(1, keepdim=True)
-    # weight descending, ties lower id first: sort by id, then stable by weight
+def _kept(w, ids):
+    """The kept entries of a soft token: all but the padding (the top id repeated after it)."""
+    pos = torch.arange(ids.shape[1])[None]
+    return ~((ids == ids[:, :1]) & (pos > 0))
+
+
+def _resort(w, ids, y, kept):
+    """Re-sort after noise (include/softdec/soft_mixture.h): the kept entries by weight
+    descending, ties lower id first; the padding after them with weight 0 and the new top id."""
+    wk = torch.where(kept, w, torch.full_like(w, -1.0))
     o1 = torch.sort(ids, dim=1, stable=True).indices
-    w1, i1, y1 = (torch.gather(t, 1, o1) for t in (wn, ids, y))
+    w1, i1, y1, k1 = (torch.gather(t, 1, o1) for t in (wk, ids, y, kept))
     o2 = torch.sort(w1, dim=1, descending=True, stable=True).indices
-    w2, i2, y2 = (torch.gather(t, 1, o2) for t in (w1, i1, y1))
-    pad = w2 > 0
-    i2 = torch.where(pad, i2, i2[:, :1].expand_as(i2))
+    w2, i2, y2, k2 = (torch.gather(t, 1, o2) for t in (w1, i1, y1, k1))
+    i2 = torch.where(k2, i2, i2[:, :1].expand_as(i2))
+    w2 = torch.where(k2, w2, torch.zeros_like(w2))
+    y2 = torch.where(k2, y2, torch.full_like(y2, -math.inf))
     return w2, i2, y2
+
+
+def _gumbel(w, ids, s, o, tau, scale):
+    """Gumbel noise on the kept weights w [B, k] with the uniform of token id = element id of
+    the row's stream (include/softdec/soft_mixture.h), float32 as the kernel; then the re-sort."""
+    from .reference import philox_at
+    kept = _kept(w, ids)
+    u = philox_at(s, o, ids)
+    gmb = -torch.log(-torch.log(u))
+    y = torch.where(kept, torch.log(w) + scale * gmb, torch.full_like(w, -math.inf))
+    ymax = y.amax(1, keepdim=True)
+    e = torch.where(y > -math.inf, torch.exp((y - ymax) * (1.0 / tau)), torch.zeros_like(w))
+    wn = e / e.sum(1, keepdim=True)
+    return _resort(wn, ids, y, kept)
+
+
+def _dirichlet(w, ids, s, o, alpha):
+    """Dirichlet noise w ~ Dir(alpha w) by the kernels' Gamma draws (float64, the Philox layout of
+    include/softdec/soft_mixture.h, softdec.reference.soft_gamma); then the re-sort."""
+    from .reference import soft_gamma
+    kept = _kept(w, ids)
+    a = torch.where(kept, alpha * w.double(), torch.zeros_like(w, dtype=torch.float64))
+    g = soft_gamma(a, s, o, ids)
+    tot = g.sum(1, keepdim=True)
+    wn = torch.where(tot > 0, (g / torch.where(tot > 0, tot, torch.ones_like(tot))).float(), w)
+    y = torch.full_like(w, -math.inf)
+    wn, i2, _ = _resort(wn, ids, y, kept)
+    return wn, i2
 
 
 # ---------------------------------------------------------------- verify
