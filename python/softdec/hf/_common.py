@@ -178,6 +178,28 @@ def _vocab_size(model) -> int:
     return int(cfg.vocab_size)
 
 
+def _replicated_table(w: torch.Tensor, what: str) -> torch.Tensor:
+    """A tensor-parallel model's (transformers tp_plan) embedding table as a plain tensor: a
+    replicated DTensor is the full table on every rank (its local tensor); a vocabulary-sharded
+    one is refused (the strategies mix rows of the full table)."""
+    try:
+        from torch.distributed.tensor import DTensor, Replicate
+    except ImportError:  # torch without distributed
+        return w
+    if not isinstance(w, DTensor):
+        return w
+    if all(isinstance(p, Replicate) for p in w.placements):
+        return w.to_local()
+    # vocabulary-parallel (Shard(0)): this rank's rows, marked so that the strategies' soft_mixture
+    # runs softdec.distributed.soft_mixture on them (the same result as the full table)
+    from .. import distributed
+    try:
+        local, group, off, V = distributed.from_dtensor(w)
+    except ValueError as e:
+        raise ValueError(f"{what} needs the full input-embedding table or a vocabulary shard of it: {e}") from None
+    return distributed.register_table(local, group, off, V)
+
+
 def _input_embedding(model, what: str):
     """(module, raw weight table, scale the module applies), or ValueError."""
     try:
@@ -188,21 +210,51 @@ def _input_embedding(model, what: str):
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
         raise ValueError(f"{what} needs a model with an input-embedding table (model.get_input_embeddings() "
                          f"returning a module with a 2-D weight), got {type(emb).__name__ if emb is not None else None}")
+    w = _replicated_table(w, what)
+    table = w
     # the module may scale its lookup (Gemma: sqrt(hidden)); probe one row, the soft embeds apply the
     # same factor once, so what the model sees for a one-hot mixture is exactly what ids would give.
     with torch.no_grad():
         rows = min(int(w.shape[0]), 16)
+        shard = _table_shard(w)
+        if shard is not None:  # the probe rows are global rows 0..15: rank 0's, broadcast
+            rows = min(rows, _probe_rows(w, shard))
+            w = _broadcast_rows(w, rows, shard)
         norms = w[:rows].float().norm(dim=1)
         i = int(norms.argmax())
         if float(norms[i]) == 0.0:
-            return emb, w, 1.0
+            return emb, table, 1.0
         ref = w[i].float()
         got = emb(torch.tensor([[i]], device=w.device))[0, 0].float()
         scale = float((got @ ref) / (ref @ ref))
         if not torch.allclose(got, scale * ref, rtol=1e-2, atol=1e-3 * float(ref.abs().max()) * max(abs(scale), 1)):
             raise ValueError(f"{what} needs the input-embedding module to be a (scaled) table lookup; "
                              f"{type(emb).__name__} is not")
-    return emb, w, scale
+    return emb, table, scale
+
+
+def _table_shard(w):
+    from .. import distributed
+    return distributed.table_shard(w)
+
+
+def _probe_rows(w, shard) -> int:
+    import torch.distributed as dist
+    n = torch.tensor([w.shape[0] if shard[1] == 0 else 1 << 30])
+    dist.all_reduce(n, op=dist.ReduceOp.MIN, group=shard[0])
+    return int(n)
+
+
+def _broadcast_rows(w, rows, shard):
+    import torch.distributed as dist
+    group = shard[0]
+    out = w[:rows].clone() if shard[1] == 0 else w.new_empty(rows, w.shape[1])
+    src = [r for r in range(dist.get_world_size(group))]
+    offs = [None] * len(src)
+    dist.all_gather_object(offs, shard[1], group=group)
+    dist.broadcast(out, src=dist.get_global_rank(group, offs.index(0)) if group is not None else offs.index(0),
+                   group=group)
+    return out
 
 
 def _accepts(model, name: str) -> bool:

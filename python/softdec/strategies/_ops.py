@@ -15,7 +15,19 @@ def op(name: str):
     if fn is None:
         raise RuntimeError(f"softdec.{name} is not available in this build of softdec "
                            f"({softdec.__version__}); the strategy needs it")
+    if name == "soft_mixture":
+        return _soft_mixture_any
     return fn
+
+
+def _soft_mixture_any(logits, embedding, **kw):
+    """softdec.soft_mixture, or softdec.distributed.soft_mixture when ``embedding`` is a rank's rows
+    of a vocabulary-sharded table (a tensor-parallel model; softdec.distributed.register_table)."""
+    import sys
+    dist_mod = sys.modules.get("softdec.distributed")
+    if dist_mod is not None and dist_mod.table_shard(embedding) is not None:
+        return dist_mod.soft_mixture_full_logits(logits, embedding, **kw)
+    return softdec.soft_mixture(logits, embedding, **kw)
 
 
 def has_op(name: str) -> bool:

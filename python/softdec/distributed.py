@@ -1,0 +1,737 @@
+"""Vocabulary-parallel softdec ops on torch.distributed (``softdec.distributed``).
+
+Tensor-parallel serving splits the LM head and the input embedding over the
+vocabulary: rank r holds the logits of tokens ``[vocab_offset, vocab_offset +
+V_local)`` and the same rows of the embedding table. The ops here take such a
+shard plus a process group and return, on every rank, the result of the
+single-device op on the full row (ids exactly; floats within the tolerance
+stated per op), while the ranks exchange only O(B * k) partial statistics
+(and, for soft_mixture, one ``[B, D]`` all_reduce of the embedding mixture).
+
+How each op reaches the single-device result
+--------------------------------------------
+Every row's decision depends on a few statistics of the whole row, which
+merge exactly across shards: validity flags (any NaN, any +inf, any finite
+logit), the maximum and its lowest index, the online-softmax partials
+``(m, S = sum e^{(l-m)/T}, A = sum e^{(l-m)/T} (l-m)/T)`` (entropy, max_prob),
+and the row's first ``k`` tokens in the filter order (logit descending, lower
+vocabulary id first on ties): the global first ``k`` are among the union of
+every shard's first ``k``. Each rank computes these on its shard, one
+``all_gather`` exchanges them (``world * B * (2k + 8)`` float64 per call),
+and every rank derives the same global decision.
+
+Where the single-device decision depends only on the row's first ``k``
+tokens (soft_mixture; sample with top-k; verify "greedy" and "soft"), every
+rank then builds the *compact row*: the gathered candidates in global-id
+order (padded with -inf) and runs the single-device native op on it with the
+same settings and the same per-row (seed, offset). The relative order of ids,
+the values, the sums over the kept set and the one uniform of the draw are
+those of the full row, so the native op takes the same decision; compact ids
+map back to global ids. Gumbel noise (its uniform is element ``id`` of the
+row's stream) is applied afterwards with the global ids.
+
+Decisions that depend on every token of the row use a second round:
+``sample`` without top-k (plain, top-p or min-p rows, or k > 2048) all_gathers
+those rows' full logits and runs the single-device op (O(B * V) bytes, the
+serving engines' baseline; a block-mass exchange is future work), and
+``verify(method="exact")`` without top-k/top-p gathers the shard sums of the
+filtered masses and each shard's exponential-race winner (the race of the
+residual/bonus draw uses element ``id`` of the row's stream, so the shard
+winners merge by max): 2 rounds of O(B * (K + 1)) values.
+
+Limits (documented, checked): every rank must pass the same settings, B and
+draft tensors; the shards must tile ``[0, vocab_size)`` without overlap.
+The ops are not differentiable (call them under ``torch.no_grad()``).
+Implementation status: a shard's partials come from one native pass
+(softdec.soft_mixture on the shard with a 1-column table: its first k ids, entropy and
+max_prob), with a torch-op path for rows invalid on the shard and k > 256; the merge and
+the compact rows are Python; the decisions on the compact rows are the native kernels.
+``verify(method="exact")``'s mass sums and race are torch-op references (torch.exp /
+torch.log in float32 where the kernel uses filter.h's fexp / flog: the same value to
+~1 ulp, so an acceptance or race decided within ~1e-7 of its threshold may differ from
+the single-device op). CPU shards (gloo) only so far.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Union
+
+import torch
+import torch.distributed as dist
+
+from ._params import FLOAT_DTYPES, check_tensor, int_arg, rng_state, row_param
+from ._sampling import Sampled
+from ._soft_mixture import SoftTokens, _SM_MAX_K
+from ._verify import Verified
+
+__all__ = ["sample", "soft_mixture", "verify", "Shard", "shard_range", "bytes_per_call"]
+
+_SMALL_K = 2048         # sample: the native top-k candidate path (kSmallK in sampling_kernels.h)
+_HEAD = 8               # per-row header of the exchanged partials (see _local_stats)
+_NO_ID = float(1 << 62)  # padding id of an empty candidate slot (sorts last)
+
+
+class Shard(NamedTuple):
+    """A rank's vocabulary shard: ``[offset, offset + size)`` of ``vocab_size`` tokens."""
+    group: Optional[dist.ProcessGroup]
+    rank: int
+    world: int
+    offset: int
+    size: int
+    vocab_size: int
+
+
+def shard_range(vocab_size: int, world: int, rank: int) -> tuple[int, int]:
+    """``(offset, size)`` of rank ``rank``'s shard when ``vocab_size`` tokens are split in
+    ``world`` contiguous shards the way ``torch.chunk`` / tensor-parallel LM heads split them
+    (``ceil(V / world)`` tokens per shard, the last ones shorter)."""
+    vocab_size = int_arg(vocab_size, "vocab_size", lo=1)
+    world = int_arg(world, "world", lo=1)
+    rank = int_arg(rank, "rank", lo=0, hi=world - 1)
+    step = -(-vocab_size // world)
+    lo = min(vocab_size, rank * step)
+    return lo, min(vocab_size, lo + step) - lo
+
+
+def _shard(group, vocab_offset, vocab_size, size: int) -> Shard:
+    if not dist.is_available() or not dist.is_initialized():
+        raise RuntimeError("softdec.distributed needs an initialised torch.distributed process group "
+                           "(torch.distributed.init_process_group)")
+    world = dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    off = int_arg(vocab_offset, "vocab_offset", lo=0)
+    if vocab_size is None:
+        raise ValueError("vocab_size (the global vocabulary size V) is required")
+    V = int_arg(vocab_size, "vocab_size", lo=1)
+    if off + size > V:
+        raise ValueError(f"vocab_offset + shard size must be <= vocab_size ({V}), got {off} + {size}")
+    return Shard(group, rank, world, off, size, V)
+
+
+def _gather(t: torch.Tensor, sh: Shard) -> torch.Tensor:
+    """all_gather of equally shaped tensors -> [world, *t.shape] (group rank order)."""
+    t = t.contiguous()
+    if sh.world == 1:
+        return t.unsqueeze(0)
+    out = [torch.empty_like(t) for _ in range(sh.world)]
+    dist.all_gather(out, t, group=sh.group)
+    return torch.stack(out)
+
+
+def _sync_rng(seed, offset, B, dev, generator, sh: Shard):
+    """Per-row (seed, offset) as the single-device op derives them; with seed=None the
+    seeds drawn on the group's first rank are broadcast (the other ranks' generators
+    are not advanced)."""
+    if seed is not None:
+        return rng_state(seed, offset, B, dev, generator)
+    s, o = rng_state(None, offset, B, dev, generator) if sh.rank == 0 else rng_state(0, offset, B, dev)
+    s = s.clone()
+    if sh.world > 1:
+        src = dist.get_global_rank(sh.group, 0) if sh.group is not None else 0
+        dist.broadcast(s, src=src, group=sh.group)
+    return s, o
+
+
+# ---------------------------------------------------------------- shard statistics
+
+def _first_k(x: torch.Tensor, c: int, base: int):
+    """The first ``c`` tokens of each row of x [R, Vl] in the filter order (logit
+    descending, lower id first among ties), returned in id order as (values, global ids);
+    -inf slots get id _NO_ID."""
+    R, Vl = x.shape
+    c = min(c, Vl)
+    if c == 0:
+        return x.new_empty(R, 0), torch.empty(R, 0, dtype=torch.float64)
+    safe = torch.nan_to_num(x, nan=float("inf"))  # NaN rows are invalid anyway
+    thr = torch.topk(safe, c, dim=1, sorted=True).values[:, -1:]
+    gt = safe > thr
+    eq = safe == thr
+    need = c - gt.sum(1, keepdim=True)
+    sel = gt | (eq & (torch.cumsum(eq, 1) <= need))
+    idx = sel.nonzero()[:, 1].view(R, c)
+    vals = torch.gather(x, 1, idx)
+    ids = (idx + base).to(torch.float64)
+    ids = torch.where(vals > -math.inf, ids, torch.full_like(ids, _NO_ID))
+    return vals, ids
+
+
+def _local_stats(x: torch.Tensor, c: int, it: Optional[torch.Tensor], sh: Shard) -> torch.Tensor:
+    """Partials of rows x [R, Vl] (float32), see _local_stats_torch. Rows that are valid on the
+    shard take one native pass (softdec.soft_mixture with a 1-column table: its first c ids in the
+    filter order, its entropy and max_prob give S = 1 / max_prob and A = S (log S - H)); the
+    other rows (NaN, +inf or no finite logit on this shard) the torch-op path."""
+    from ._soft_mixture import soft_mixture as _sm
+    R, Vl = x.shape
+    if R == 0 or Vl == 0 or c > _SM_MAX_K:
+        return _local_stats_torch(x, c, it, sh)
+    k = max(c, 1)
+    T = torch.ones(R, dtype=torch.float64) if it is None else 1.0 / it
+    st = _sm(x, torch.zeros(Vl, 1), top_k=k, temperature=T, seed=0, offset=0)
+    out = torch.zeros(R, _HEAD + 2 * c, dtype=torch.float64)
+    ids = st.ids
+    vals = torch.gather(x, 1, ids)
+    out[:, 2] = 1.0
+    out[:, 3] = vals[:, 0].double()
+    out[:, 4] = (ids[:, 0] + sh.offset).double()
+    if it is not None:
+        S = 1.0 / st.max_prob.double()
+        out[:, 5] = S
+        out[:, 6] = S * (torch.log(S) - st.entropy.double())
+    if c > 0:
+        n = ids.shape[1]
+        # padding repeats the first id (fewer than c finite tokens on the shard)
+        pad = (ids == ids[:, :1]) & (torch.arange(n)[None] > 0)
+        pad |= ~(vals > -math.inf)
+        out[:, _HEAD:_HEAD + c] = -math.inf
+        out[:, _HEAD + c:] = _NO_ID
+        out[:, _HEAD:_HEAD + n] = torch.where(pad, torch.full_like(vals, -math.inf), vals).double()
+        out[:, _HEAD + c:_HEAD + c + n] = torch.where(pad, torch.full_like(ids, 1 << 62), ids + sh.offset).double()
+    bad = ~st.valid
+    if bool(bad.any()):
+        r = bad.nonzero()[:, 0]
+        out[r] = _local_stats_torch(x[r], c, None if it is None else it[r], sh)
+    return out
+
+
+def _local_stats_torch(x: torch.Tensor, c: int, it: Optional[torch.Tensor], sh: Shard) -> torch.Tensor:
+    """Partials of rows x [R, Vl] (float32): [R, _HEAD + 2c] float64 =
+    (nan, +inf, any finite, max, argmax id, S, A, 0, candidate values, candidate ids).
+    S, A: online-softmax sums at inverse temperature ``it`` [R] relative to the shard max."""
+    R, Vl = x.shape
+    out = torch.zeros(R, _HEAD + 2 * c, dtype=torch.float64)
+    if R == 0:
+        return out
+    out[:, 0] = torch.isnan(x).any(1).double()
+    out[:, 1] = (x == math.inf).any(1).double()
+    fin = x > -math.inf
+    out[:, 2] = fin.any(1).double()
+    if Vl > 0:
+        clean = torch.where(torch.isnan(x) | (x == math.inf), torch.full_like(x, -math.inf), x)
+        m, am = clean.max(1), torch.argmax(clean, 1)
+        m = m.values
+        out[:, 3] = m.double()
+        out[:, 4] = (am + sh.offset).double()
+        if it is not None:
+            # float64 sums: the statistics are compared to the kernel within tolerance
+            mm = torch.where(m > -math.inf, m, torch.zeros_like(m)).double()
+            z = ((clean.double() - mm[:, None]) * it[:, None]).clamp_min(-1e4)
+            e = torch.where(clean > -math.inf, torch.exp(z), torch.zeros_like(z))
+            out[:, 5] = e.sum(1)
+            out[:, 6] = (e * z).sum(1)
+    else:
+        out[:, 3] = -math.inf
+        out[:, 4] = _NO_ID
+    if c > 0:
+        vals, ids = _first_k(x, c, sh.offset)
+        n = vals.shape[1]
+        out[:, _HEAD:_HEAD + c] = -math.inf
+        out[:, _HEAD + c:] = _NO_ID
+        out[:, _HEAD:_HEAD + n] = vals.double()
+        out[:, _HEAD + c:_HEAD + c + n] = ids
+    return out
+
+
+class _Merged(NamedTuple):
+    valid: torch.Tensor      # [R] bool
+    max: torch.Tensor        # [R] float64 (global max logit)
+    argmax: torch.Tensor     # [R] int64 (lowest id among ties)
+    entropy: torch.Tensor    # [R] float64 (when it was given)
+    max_prob: torch.Tensor   # [R] float64
+    cand_v: torch.Tensor     # [R, W*c] float32, in global id order, -inf padding
+    cand_id: torch.Tensor    # [R, W*c] int64, in global id order, -1 padding
+
+
+def _merge(g: torch.Tensor, c: int, it) -> _Merged:
+    """Merge gathered partials g [W, R, _HEAD + 2c] into the global statistics."""
+    W, R, _ = g.shape
+    nan = g[:, :, 0].amax(0) > 0
+    pinf = g[:, :, 1].amax(0) > 0
+    fin = g[:, :, 2].amax(0) > 0
+    mx = g[:, :, 3]
+    m = mx.amax(0)
+    am = torch.where(mx == m[None], g[:, :, 4], torch.full_like(mx, _NO_ID)).amin(0)
+    valid = ~nan & ~pinf & fin
+    ent = torch.zeros(R, dtype=torch.float64)
+    mp = torch.zeros(R, dtype=torch.float64)
+    if it is not None:
+        mloc = torch.where(mx > -math.inf, mx, torch.zeros_like(mx))
+        mg = torch.where(m > -math.inf, m, torch.zeros_like(m))
+        d = ((mloc - mg[None]) * it[None]).clamp_min(-1e4)
+        scale = torch.where(mx > -math.inf, torch.exp(d), torch.zeros_like(d))
+        S = (g[:, :, 5] * scale).sum(0)
+        A = ((g[:, :, 6] + g[:, :, 5] * d) * scale).sum(0)
+        ent = torch.log(S) - A / S
+        mp = 1.0 / S
+    if c > 0:
+        v = g[:, :, _HEAD:_HEAD + c].permute(1, 0, 2).reshape(R, W * c)
+        i = g[:, :, _HEAD + c:].permute(1, 0, 2).reshape(R, W * c)
+        i, order = torch.sort(i, dim=1)
+        v = torch.gather(v, 1, order)
+        pad = i >= _NO_ID
+        cand_v = torch.where(pad, torch.full_like(v, -math.inf), v).float()
+        cand_id = torch.where(pad, torch.full_like(i, -1), i).long()
+    else:
+        cand_v = torch.empty(R, 0)
+        cand_id = torch.empty(R, 0, dtype=torch.int64)
+    amx = torch.where(am >= _NO_ID, torch.zeros_like(am), am).long()
+    return _Merged(valid, m, amx, ent, mp, cand_v, cand_id)
+
+
+def _compact(mg: _Merged) -> torch.Tensor:
+    """The compact rows: candidate values in id order, one more -inf column (so a top-k
+    equal to the number of candidates still takes the native top-k path), NaN rows where the
+    full row is invalid (the native op then reports them invalid)."""
+    R = mg.cand_v.shape[0]
+    x = torch.cat([mg.cand_v, torch.full((R, 1), -math.inf)], 1)
+    return torch.where(mg.valid[:, None], x, torch.full_like(x, math.nan))
+
+
+def _map_ids(compact_ids: torch.Tensor, mg: _Merged) -> torch.Tensor:
+    ids = torch.cat([mg.cand_id, torch.full((mg.cand_id.shape[0], 1), -1, dtype=torch.int64)], 1)
+    out = torch.gather(ids, 1, compact_ids.clamp(0, ids.shape[1] - 1))
+    return torch.where(out >= 0, out, torch.zeros_like(out))
+
+
+def _rows(x: torch.Tensor, name: str) -> torch.Tensor:
+    check_tensor(x, name, dim=2, layout="(batch, vocab_local)", dtypes=FLOAT_DTYPES)
+    if x.device.type != "cpu":
+        raise NotImplementedError(f"softdec.distributed supports CPU shards (gloo) so far; {name} is on {x.device}")
+    return x
+
+
+def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0) -> int:
+    """Bytes one rank receives per call through the collectives (all_gather partials;
+    soft_mixture adds the [B, D] float32 all_reduce, counted as 2 (W-1)/W B D 4 for a ring)."""
+    per_row = 8 * (_HEAD + 2 * k)
+    if op == "soft_mixture":
+        return (world - 1) * B * per_row + int(2 * (world - 1) / world * B * D * 4)
+    if op == "sample":
+        return (world - 1) * (B * per_row + 8 * 3)
+    if op == "verify":
+        return (world - 1) * B * (K + 1) * per_row
+    raise ValueError(f"op must be 'sample', 'soft_mixture' or 'verify', got {op!r}")
+
+
+# ---------------------------------------------------------------- sample
+
+def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
+           group: Optional[dist.ProcessGroup] = None,
+           temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, offset=0,
+           generator: Optional[torch.Generator] = None) -> Sampled:
+    """:func:`softdec.sample` on vocabulary shards: the same ids on every rank, equal to
+    ``softdec.sample`` on the full logits with the same settings and (seed, offset).
+
+    ``logits`` [B, V_local] holds tokens ``[vocab_offset, vocab_offset + V_local)`` of a
+    ``vocab_size`` vocabulary. Greedy rows (T = 0) and top-k rows (0 < k <= 2048) exchange
+    ``B * (2k + 8)`` float64 per rank; other rows (no top-k: plain, top-p or min-p) gather
+    their full logits (O(B * V)) and run the single-device op.
+    """
+    x = _rows(logits, "logits")
+    sh = _shard(group, vocab_offset, vocab_size, x.shape[1])
+    B, Vl = x.shape
+    V = sh.vocab_size
+    dev = x.device
+    T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
+    K = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
+    P = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
+    MP = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+    s, o = _sync_rng(seed, offset, B, dev, generator, sh)
+    greedy = T == 0
+    cand = ~greedy & (K > 0) & (K < V) & (K <= _SMALL_K)
+    full = ~greedy & ~cand
+    c = int(K[cand].max()) if bool(cand.any()) else 0
+    xf = x.float()
+    part = _local_stats(xf, c, None, sh)
+    head = torch.zeros(1, part.shape[1], dtype=torch.float64)
+    head[0, 0], head[0, 1] = sh.offset, Vl
+    g = _gather(torch.cat([part, head]), sh)
+    shards = [(int(g[w, B, 0]), int(g[w, B, 1])) for w in range(sh.world)]
+    _check_tiling(shards, V)
+    mg = _merge(g[:, :B], c, None)
+    ids = torch.where(mg.valid, mg.argmax, torch.zeros_like(mg.argmax))
+    if bool(cand.any()):
+        r = cand.nonzero()[:, 0]
+        from ._sampling import sample as _sample
+        res = _sample(_compact(mg)[r], temperature=T[r], top_k=K[r], top_p=P[r], min_p=MP[r],
+                      seed=s[r], offset=o[r])
+        ids[r] = _map_ids(res.ids[:, None], _Merged(*[t[r] for t in mg]))[:, 0]
+    if bool(full.any()):
+        r = full.nonzero()[:, 0]
+        width = max(n for _, n in shards)
+        mine = torch.full((r.numel(), width), -math.inf, dtype=torch.float32)
+        mine[:, :Vl] = xf[r]
+        parts = _gather(mine, sh)
+        row = torch.empty(r.numel(), V, dtype=torch.float32)
+        for w, (lo, n) in enumerate(shards):
+            row[:, lo:lo + n] = parts[w, :, :n]
+        from ._sampling import sample as _sample
+        res = _sample(row.to(x.dtype), temperature=T[r], top_k=K[r], top_p=P[r], min_p=MP[r],
+                      seed=s[r], offset=o[r])
+        ids[r] = res.ids
+    ids = torch.where(mg.valid, ids, torch.zeros_like(ids))
+    return Sampled(ids.to(dev), mg.valid.to(dev))
+
+
+def _check_tiling(shards, V):
+    spans = sorted(shards)
+    at = 0
+    for lo, n in spans:
+        if lo != at:
+            raise ValueError(f"the ranks' shards must tile [0, vocab_size) without gaps or overlap, "
+                             f"got (vocab_offset, size) = {shards} for vocab_size {V}")
+        at = lo + n
+    if at != V:
+        raise ValueError(f"the ranks' shards must cover [0, vocab_size = {V}), got (vocab_offset, size) = {shards}")
+
+
+# ---------------------------------------------------------------- soft_mixture
+
+def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset: int, vocab_size: int,
+                 group: Optional[dist.ProcessGroup] = None, top_k=10, temperature=1.0, top_p=1.0,
+                 min_p=0.0, noise: Optional[str] = None, tau: float = 1.0, noise_scale: float = 1.0,
+                 dirichlet_alpha: float = 1.0, seed=None, offset=0,
+                 generator: Optional[torch.Generator] = None, embed_scale: float = 1.0) -> SoftTokens:
+    """:func:`softdec.soft_mixture` on vocabulary shards.
+
+    ``logits`` [B, V_local] and ``embedding`` [V_local, D] hold tokens ``[vocab_offset,
+    vocab_offset + V_local)``. Every rank returns the single-device result: ids exactly
+    (and valid); weights to float32 rounding (1e-6); entropy / max_prob from float64 shard
+    sums (1e-5 relative); embeds as the fp32 sum of each rank's weighted rows
+    (all_reduce, so the summation order differs: the embedding dtype's rounding).
+    Exchanged per call: ``B * (2k + 8)`` float64 per rank (all_gather) and one
+    ``[B, D]`` float32 all_reduce. Noise is applied to the merged soft token with the
+    global ids (Gumbel in float32, Dirichlet's Gamma draws in float64, as the kernel).
+    """
+    from ._soft_mixture import soft_mixture as _sm
+    x = _rows(logits, "logits")
+    check_tensor(embedding, "embedding", dim=2, layout="(vocab_local, dim)", dtypes=FLOAT_DTYPES,
+                 device=x.device, device_of="logits")
+    B, Vl = x.shape
+    if embedding.shape[0] != Vl:
+        raise ValueError(f"embedding must have as many rows as logits has columns ({Vl}), got {embedding.shape[0]}")
+    sh = _shard(group, vocab_offset, vocab_size, Vl)
+    if noise not in (None, "gumbel", "dirichlet"):
+        raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
+    dev = x.device
+    if not isinstance(top_k, torch.Tensor):
+        top_k = int_arg(top_k, "top_k", lo=1, hi=_SM_MAX_K)
+    K = row_param(top_k, "top_k", B, dev, torch.int64, lo=1, hi=_SM_MAX_K)
+    k = top_k if not isinstance(top_k, torch.Tensor) else (int(K.max()) if B else 1)
+    T = row_param(temperature, "temperature", B, dev, torch.float64, lo=0)
+    s, o = _sync_rng(seed if noise is not None else 0, offset, B, dev, generator, sh)
+    it = torch.where(T > 0, 1.0 / T.clamp_min(1e-300), torch.ones_like(T))  # T = 0: statistics at T = 1
+    it = it.clamp_max(3.4028234663852886e38)
+    g = _gather(_local_stats(x.float(), k, it, sh), sh)
+    mg = _merge(g, k, it)
+    comp = _compact(mg)
+    dummy = torch.zeros(comp.shape[1], 1)
+    res = _sm(comp.to(torch.float32), dummy, top_k=top_k, temperature=temperature, top_p=top_p,
+              min_p=min_p, seed=0, offset=0)
+    ids = _map_ids(res.ids, mg)
+    w = res.weights
+    noisy = None
+    if noise == "gumbel":
+        w, ids, noisy = _gumbel(w, ids, s, o, float(tau), float(noise_scale))
+    elif noise == "dirichlet":
+        w, ids = _dirichlet(w, ids, s, o, float(dirichlet_alpha))
+    valid = mg.valid
+    ids = torch.where(valid[:, None], ids, torch.zeros_like(ids))
+    w = torch.where(valid[:, None], w, torch.zeros_like(w))
+    # the mixture: each rank's weighted rows of its own shard, summed over ranks
+    local = (ids >= sh.offset) & (ids < sh.offset + Vl) & (w != 0)
+    rows = embedding[(ids - sh.offset).clamp(0, max(Vl - 1, 0))].float() if Vl else \
+        torch.zeros(B, ids.shape[1], embedding.shape[1])
+    emb = (rows * torch.where(local, w, torch.zeros_like(w))[:, :, None]).sum(1)
+    if sh.world > 1:
+        dist.all_reduce(emb, group=sh.group)
+    emb = (emb * float(embed_scale)).to(embedding.dtype)
+    # T = 0: the one-hot argmax's statistics, as softdec.soft_mixture reports them
+    # (entropy 0, max_prob 1; DESIGN asks for the T = 1 statistics, see the module notes)
+    hot = valid & (T == 0)
+    entropy = torch.where(valid & ~hot, mg.entropy, res.entropy.double()).float()
+    max_prob = torch.where(valid & ~hot, mg.max_prob, res.max_prob.double()).float()
+    return SoftTokens(emb.to(dev), ids.to(dev), w.to(dev), entropy.to(dev), max_prob.to(dev),
+                      valid.to(dev), noisy)
+
+
+def _kept(w, ids):
+    """The kept entries of a soft token: all but the padding (the top id repeated after it)."""
+    pos = torch.arange(ids.shape[1])[None]
+    return ~((ids == ids[:, :1]) & (pos > 0))
+
+
+def _resort(w, ids, y, kept):
+    """Re-sort after noise (include/softdec/soft_mixture.h): the kept entries by weight
+    descending, ties lower id first; the padding after them with weight 0 and the new top id."""
+    wk = torch.where(kept, w, torch.full_like(w, -1.0))
+    o1 = torch.sort(ids, dim=1, stable=True).indices
+    w1, i1, y1, k1 = (torch.gather(t, 1, o1) for t in (wk, ids, y, kept))
+    o2 = torch.sort(w1, dim=1, descending=True, stable=True).indices
+    w2, i2, y2, k2 = (torch.gather(t, 1, o2) for t in (w1, i1, y1, k1))
+    i2 = torch.where(k2, i2, i2[:, :1].expand_as(i2))
+    w2 = torch.where(k2, w2, torch.zeros_like(w2))
+    y2 = torch.where(k2, y2, torch.full_like(y2, -math.inf))
+    return w2, i2, y2
+
+
+def _gumbel(w, ids, s, o, tau, scale):
+    """Gumbel noise on the kept weights w [B, k] with the uniform of token id = element id of
+    the row's stream (include/softdec/soft_mixture.h), float32 as the kernel; then the re-sort."""
+    from .reference import philox_at
+    kept = _kept(w, ids)
+    u = philox_at(s, o, ids)
+    gmb = -torch.log(-torch.log(u))
+    y = torch.where(kept, torch.log(w) + scale * gmb, torch.full_like(w, -math.inf))
+    ymax = y.amax(1, keepdim=True)
+    e = torch.where(y > -math.inf, torch.exp((y - ymax) * (1.0 / tau)), torch.zeros_like(w))
+    wn = e / e.sum(1, keepdim=True)
+    return _resort(wn, ids, y, kept)
+
+
+def _dirichlet(w, ids, s, o, alpha):
+    """Dirichlet noise w ~ Dir(alpha w) by the kernels' Gamma draws (float64, the Philox layout of
+    include/softdec/soft_mixture.h, softdec.reference.soft_gamma); then the re-sort."""
+    from .reference import soft_gamma
+    kept = _kept(w, ids)
+    a = torch.where(kept, alpha * w.double(), torch.zeros_like(w, dtype=torch.float64))
+    g = soft_gamma(a, s, o, ids)
+    tot = g.sum(1, keepdim=True)
+    wn = torch.where(tot > 0, (g / torch.where(tot > 0, tot, torch.ones_like(tot))).float(), w)
+    y = torch.full_like(w, -math.inf)
+    wn, i2, _ = _resort(wn, ids, y, kept)
+    return wn, i2
+
+
+# ---------------------------------------------------------------- verify
+
+_METHODS = ("exact", "greedy", "soft")
+
+
+def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vocab_offset: int,
+           vocab_size: int, group: Optional[dist.ProcessGroup] = None, num_draft=None,
+           draft_probs=None, method: str = "exact", temperature=1.0, top_k=0, top_p=1.0,
+           min_p=0.0, delta: float = 0.1, seed=None, offset=0,
+           generator: Optional[torch.Generator] = None) -> Verified:
+    """:func:`softdec.verify` on vocabulary shards (methods "exact", "greedy", "soft").
+
+    ``target_logits`` [B, K+1, V_local] holds tokens ``[vocab_offset, vocab_offset +
+    V_local)``; ``draft_ids`` [B, K] and sparse drafts carry global ids. Every rank returns
+    the single-device result (tokens and num_accepted exactly; soft weights to float32
+    rounding). "greedy" and "soft" exchange the first k tokens of each position (k = 1,
+    or the soft token's width); "exact" supports one-hot drafts (``draft_probs=None``)
+    with temperature and min_p (top_k / top_p raise NotImplementedError) and exchanges
+    2 rounds of O(B (K + 1)) values.
+    """
+    from ._verify import verify as _verify
+    check_tensor(target_logits, "target_logits", dim=3, layout="(batch, K + 1, vocab_local)",
+                 dtypes=FLOAT_DTYPES)
+    _rows(target_logits[:, 0], "target_logits")
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS} for softdec.distributed.verify, got {method!r}")
+    B, K1, Vl = target_logits.shape
+    K = K1 - 1
+    sh = _shard(group, vocab_offset, vocab_size, Vl)
+    V = sh.vocab_size
+    dev = target_logits.device
+    sparse = isinstance(draft_probs, tuple)
+    if draft_probs is not None and not sparse:
+        raise NotImplementedError("softdec.distributed.verify: dense draft_probs are not supported "
+                                  "(pass None or the sparse (ids, weights) tuple)")
+    given = draft_ids is not None
+    if not given:
+        if method != "soft":
+            raise ValueError(f"draft_ids is required for method {method!r}")
+        draft_ids = torch.zeros(B, K, dtype=torch.int64, device=dev)
+    check_tensor(draft_ids, "draft_ids", dim=2, layout="(batch, K)", dtypes=(torch.int64, torch.int32))
+    if tuple(draft_ids.shape) != (B, K):
+        raise ValueError(f"draft_ids must have shape ({B}, {K}), got {tuple(draft_ids.shape)}")
+    draft_ids = draft_ids.long()
+    if draft_ids.numel() and (int(draft_ids.min()) < 0 or int(draft_ids.max()) >= V):
+        raise ValueError(f"draft_ids must lie in [0, {V}) (the global vocabulary), got values in "
+                         f"[{int(draft_ids.min())}, {int(draft_ids.max())}]")
+    nd = row_param(num_draft if num_draft is not None else K, "num_draft", B, dev, torch.int64, lo=0, hi=K)
+    x = target_logits.float()
+    if method == "exact":
+        if sparse:
+            raise NotImplementedError("softdec.distributed.verify(method='exact') supports one-hot drafts "
+                                      "(draft_probs=None) only")
+        return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
+    # greedy / soft: the compact problem
+    if method == "greedy":
+        c = 1
+    else:
+        if not sparse:
+            raise ValueError("method 'soft' needs draft_probs=(ids[B, K, k], weights[B, K, k])")
+        ks = draft_probs[0].shape[-1]
+        kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
+        c = int(torch.where(kt > 0, kt.clamp_max(ks), torch.full_like(kt, ks)).max()) if B else ks
+    g = _gather(_local_stats(x.reshape(B * K1, Vl).contiguous(), c, None, sh), sh)
+    mg = _merge(g, c, None)
+    extra = [draft_ids] if given else []
+    if sparse:
+        sid = draft_probs[0]
+        check_tensor(sid, "draft_probs[0]", dim=3, layout="(batch, K, k)", dtypes=(torch.int64, torch.int32))
+        if sid.numel() and (int(sid.min()) < 0 or int(sid.max()) >= V):
+            raise ValueError(f"draft_probs ids must lie in [0, {V}) (the global vocabulary)")
+        extra.append(sid.reshape(B, -1).long())
+    known = torch.cat([mg.cand_id.reshape(B, K1 * mg.cand_id.shape[1])] + extra, 1)
+    vocab = [torch.unique(r[r >= 0]) for r in known]
+    Vc = max(v.numel() for v in vocab) + 1 if B else 1
+    comp = torch.full((B, K1, Vc), -math.inf)
+    cid = mg.cand_id.reshape(B, K1, -1)
+    cv = mg.cand_v.reshape(B, K1, -1)
+    for b in range(B):
+        pos = torch.searchsorted(vocab[b], cid[b].clamp_min(0).contiguous())
+        pos = torch.where(cid[b] >= 0, pos, torch.full_like(pos, Vc - 1))
+        row = torch.full((K1, Vc), -math.inf)
+        row.scatter_(1, pos, torch.where(cid[b] >= 0, cv[b], torch.full_like(cv[b], -math.inf)))
+        row[:, Vc - 1] = -math.inf
+        comp[b] = row
+    comp = torch.where(mg.valid.reshape(B, K1, 1), comp, torch.full_like(comp, math.nan))
+
+    def to_compact(t):
+        return torch.stack([torch.searchsorted(vocab[b], t[b].reshape(-1)).reshape(t[b].shape) for b in range(B)]) \
+            if B else t
+    dp = None if not sparse else (to_compact(draft_probs[0].long()), draft_probs[1])
+    res = _verify(comp, to_compact(draft_ids) if given else None, num_draft=nd, draft_probs=dp, method=method,
+                  temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, delta=delta,
+                  seed=0, offset=0)
+
+    def to_global(t):
+        out = torch.stack([torch.where(t[b] >= 0, vocab[b][t[b].clamp(0, vocab[b].numel() - 1)],
+                                       t[b]) if vocab[b].numel() else t[b] for b in range(B)]) if B else t
+        return out
+    soft_ids = None if res.soft_ids is None else to_global(res.soft_ids)
+    if soft_ids is not None and res.soft_weights is not None:
+        soft_ids = torch.where(res.soft_weights.sum(1, keepdim=True) > 0, soft_ids, res.soft_ids)
+    return Verified(to_global(res.tokens), res.num_accepted, soft_ids, res.soft_weights)
+
+
+def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh: Shard):
+    """Exact rejection sampling with one-hot drafts, full-vocabulary targets (T, min-p)."""
+    from ._rng import philox_uniform
+    B, K1, Vl = x.shape
+    K = K1 - 1
+    dev = x.device
+    T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
+    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
+    tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
+    mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+    if bool(((kt > 0) & (kt < sh.vocab_size)).any()) or bool((tp < 1).any()):
+        raise NotImplementedError("softdec.distributed.verify(method='exact'): top_k / top_p filtering of "
+                                  "the target is not supported yet (temperature and min_p are)")
+    s, o = _sync_rng(seed, offset, B, dev, generator, sh)
+    # round 1: flags, max, argmax, the draft token's logit (its owner's value) per position
+    R = B * K1
+    xr = x.reshape(R, Vl).contiguous()
+    st = _local_stats(xr, 0, None, sh)
+    dpos = torch.cat([draft_ids, torch.zeros(B, 1, dtype=torch.int64)], 1).reshape(R)
+    own = (dpos >= sh.offset) & (dpos < sh.offset + Vl)
+    vx = torch.full((R,), -math.inf, dtype=torch.float64)
+    if Vl:
+        vx = torch.where(own, xr.gather(1, (dpos - sh.offset).clamp(0, Vl - 1)[:, None])[:, 0].double(), vx)
+    st[:, 7] = vx
+    g = _gather(st, sh)
+    mg = _merge(g, 0, None)
+    vx = g[:, :, 7].amax(0).float()
+    m = mg.max.float()
+    greedy = (T == 0).repeat_interleave(K1)
+    it = torch.where(T > 0, 1.0 / T.clamp_min(1e-38), torch.zeros_like(T)).repeat_interleave(K1)
+    lmp = torch.where(mp > 0, torch.log(mp), torch.full_like(mp, -math.inf)).repeat_interleave(K1)
+    # round 2: the kept masses' sum and the shard's race winner of each position
+    mm = torch.where(mg.valid, m, torch.zeros_like(m))
+    sc = (xr - mm[:, None]) * it[:, None]
+    kept = (xr > -math.inf) & (sc >= lmp[:, None]) & mg.valid[:, None]
+    e = torch.where(kept, torch.exp(sc), torch.zeros_like(sc))
+    z = e.double().sum(1)
+    j = torch.arange(K1).repeat(B)
+    bonus = j == nd.repeat_interleave(K1)
+    ss, oo = s.repeat_interleave(K1), o.repeat_interleave(K1) + 1 + j
+    u = philox_uniform((R, sh.offset + Vl), ss, oo)[:, sh.offset:]
+    r = torch.where((torch.arange(Vl)[None] + sh.offset == dpos[:, None]) & ~bonus[:, None],
+                    torch.zeros_like(e), e)
+    key = r / -torch.log(u)
+    best = key.amax(1) if Vl else torch.full((R,), -math.inf)
+    bid = torch.argmax(key, 1) + sh.offset if Vl else torch.zeros(R, dtype=torch.int64)
+    bid = torch.where(best > 0, bid, torch.full_like(bid, 1 << 62))
+    g2 = _gather(torch.stack([z, best.double(), bid.double()], 1), sh)
+    Z = g2[:, :, 0].sum(0)
+    kb = g2[:, :, 1]
+    kmax = kb.amax(0)
+    win = torch.where((kb == kmax[None]) & (kmax[None] > 0), g2[:, :, 2], torch.full_like(kb, 2.0 ** 62)).amin(0)
+    race = torch.where(win < 2.0 ** 62, win, mg.argmax.double()).long()
+    inv_z = torch.exp(-torch.log(Z)).float()
+    kept_x = (vx > -math.inf) & (((vx - mm) * it) >= lmp)
+    px = torch.where(kept_x, torch.exp((vx - mm) * it) * inv_z, torch.zeros_like(vx))
+    px = torch.where(greedy, (dpos == mg.argmax).float(), px)
+    ua = philox_uniform((B, max(K, 1)), s, o)
+    tokens = torch.full((B, K1), -1, dtype=torch.int64)
+    nacc = torch.zeros(B, dtype=torch.int64)
+    valid = mg.valid.reshape(B, K1)
+    px, race, am, greedy = px.reshape(B, K1), race.reshape(B, K1), mg.argmax.reshape(B, K1), greedy.reshape(B, K1)
+    for b in range(B):
+        n = int(nd[b])
+        for jj in range(n + 1):
+            if not bool(valid[b, jj]):
+                break
+            if jj == n:
+                tokens[b, jj] = am[b, jj] if bool(greedy[b, jj]) else race[b, jj]
+                break
+            if float(ua[b, jj]) < float(px[b, jj]):
+                tokens[b, jj] = draft_ids[b, jj]
+                nacc[b] += 1
+                continue
+            tokens[b, jj] = am[b, jj] if bool(greedy[b, jj]) else race[b, jj]
+            break
+    return Verified(tokens.to(dev), nacc.to(dev), None, None)
+
+
+# ---------------------------------------------------------------- tensor-parallel models
+
+import weakref as _weakref
+
+# id(table) -> (weak reference, (group, vocab_offset, vocab_size)); ids, not the tensors, are the
+# keys (a tensor's == is elementwise)
+_TABLES: dict = {}
+
+
+def from_dtensor(w) -> tuple[torch.Tensor, Optional[dist.ProcessGroup], int, int]:
+    """``(local rows, group, vocab_offset, vocab_size)`` of a DTensor sharded over its first
+    dimension (``Shard(0)`` on a 1-D mesh: a vocabulary-parallel embedding or LM head, as
+    transformers' ``tp_plan`` and torch.distributed.tensor.parallel build them)."""
+    from torch.distributed.tensor import DTensor, Shard as _Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    if not isinstance(w, DTensor):
+        raise ValueError(f"expected a DTensor, got {type(w).__name__}")
+    if w.device_mesh.ndim != 1 or len(w.placements) != 1 or not isinstance(w.placements[0], _Shard) \
+            or w.placements[0].dim != 0:
+        raise ValueError(f"expected a DTensor sharded over dim 0 of a 1-D mesh, got placements {w.placements}")
+    local = w.to_local()
+    _, off = compute_local_shape_and_global_offset(w.shape, w.device_mesh, w.placements)
+    return local, w.device_mesh.get_group(), int(off[0]), int(w.shape[0])
+
+
+def register_table(local: torch.Tensor, group, vocab_offset: int, vocab_size: int) -> torch.Tensor:
+    """Mark ``local`` as a rank's rows of a vocabulary-sharded embedding table: the strategies'
+    ``soft_mixture`` (softdec.strategies) then runs :func:`soft_mixture` on the matching slice of
+    the (full) logits. Returns ``local``."""
+    key = id(local)
+    _TABLES[key] = (_weakref.ref(local, lambda _r, k=key: _TABLES.pop(k, None)),
+                    (group, int(vocab_offset), int(vocab_size)))
+    return local
+
+
+def table_shard(t) -> Optional[tuple]:
+    """``(group, vocab_offset, vocab_size)`` of a table marked by :func:`register_table`, else None."""
+    hit = _TABLES.get(id(t))
+    return hit[1] if hit is not None and hit[0]() is t else None
+
+
+def soft_mixture_full_logits(logits: torch.Tensor, table: torch.Tensor, **kw) -> SoftTokens:
+    """:func:`soft_mixture` for full (replicated) logits [B, V] and a registered shard table."""
+    group, off, V = table_shard(table)
+    if logits.shape[-1] < V:
+        raise ValueError(f"logits must hold the full vocabulary ({V}), got {logits.shape[-1]} columns")
+    return soft_mixture(logits[:, off:off + table.shape[0]], table, vocab_offset=off, vocab_size=V,
+                        group=group, **kw)

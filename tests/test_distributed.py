@@ -1,0 +1,269 @@
+"""softdec.distributed: vocabulary-parallel ops on 2 and 4 gloo processes equal the
+single-device ops (ids exactly; floats within the tolerances documented in
+softdec.distributed).
+
+Each test spawns its ranks with torch.multiprocessing (bounded by a timeout); every
+rank holds a shard of the same full logits, runs the distributed op and compares
+with the single-device op on the full row. V = 1031 is not divisible by 2 or 4,
+and rows whose finite tokens sit in one shard make k larger than other shards'
+kept sets.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import softdec
+import softdec.distributed as sd
+
+TIMEOUT_S = 120
+V = 1031
+
+
+def _spawn(fn, world: int, tmp_path, *args):
+    """Run fn(rank, world, *args) on `world` gloo ranks; fail on error or after TIMEOUT_S."""
+    init = f"file://{tmp_path}/rdv"
+    ctx = mp.start_processes(_entry, args=(fn, world, init, args), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.terminate()
+            pytest.fail(f"{fn.__name__} on {world} ranks did not finish in {TIMEOUT_S} s")
+
+
+def _entry(rank, fn, world, init, args):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    except Exception:
+        raise RuntimeError(f"rank {rank}:\n{traceback.format_exc()}") from None
+    finally:
+        dist.destroy_process_group()
+
+
+def _logits(B, V, *, scale=3.0, seed=0, extra=()):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, *extra, V, generator=g) * scale
+    return x, g
+
+
+def _edge_rows(x):
+    """NaN in row 1, all -inf row 2, row 3 finite only in the last shard, row 4 with
+    ties across shards (equal logits at ids in different shards)."""
+    x[1, ..., 5] = float("nan")
+    x[2] = -float("inf")
+    x[3, ..., :V - 40] = -float("inf")
+    x[4, ..., 3] = x[4, ..., V - 2] = x[4].max() + 1.0
+    return x
+
+
+# ------------------------------------------------------------------ sample
+
+def _sample_worker(rank, world):
+    x = _edge_rows(_logits(6, V)[0])
+    lo, n = sd.shard_range(V, world, rank)
+    xs = x[:, lo:lo + n]
+    configs = [dict(temperature=0.0), dict(top_k=5), dict(top_k=60, top_p=0.9),
+               dict(top_k=300, temperature=0.7),  # k > 40 finite tokens of row 3, > a 4-rank shard
+               dict(top_k=50, min_p=0.1), dict(), dict(top_p=0.8), dict(min_p=0.05, temperature=0.7),
+               dict(top_k=torch.tensor([0, 3, 7, 100, 1, 2000]),
+                    temperature=torch.tensor([1.0, 0.0, 0.5, 1.0, 2.0, 1.0]))]
+    for kw in configs:
+        for seed in range(12):
+            a = softdec.sample(x, seed=seed, **kw)
+            b = sd.sample(xs, vocab_offset=lo, vocab_size=V, seed=seed, **kw)
+            assert torch.equal(a.ids, b.ids), (kw, seed, a.ids, b.ids)
+            assert torch.equal(a.valid, b.valid), (kw, seed)
+        # per-row seed tensors and offsets
+        s, o = torch.arange(6) * 7 + 1, torch.arange(6)
+        a = softdec.sample(x, seed=s, offset=o, **kw)
+        b = sd.sample(xs, vocab_offset=lo, vocab_size=V, seed=s, offset=o, **kw)
+        assert torch.equal(a.ids, b.ids), kw
+    # bf16 logits
+    xb = x.bfloat16()
+    a = softdec.sample(xb, top_k=20, seed=3)
+    b = sd.sample(xb[:, lo:lo + n], vocab_offset=lo, vocab_size=V, top_k=20, seed=3)
+    assert torch.equal(a.ids, b.ids)
+    # seed=None: rank 0 draws the seeds, every rank returns the same ids
+    b = sd.sample(xs, vocab_offset=lo, vocab_size=V, top_k=50)
+    allids = [torch.empty_like(b.ids) for _ in range(world)]
+    dist.all_gather(allids, b.ids)
+    assert all(torch.equal(allids[0], t) for t in allids)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sample_equals_single_device(world, tmp_path):
+    _spawn(_sample_worker, world, tmp_path)
+
+
+# ------------------------------------------------------------------ soft_mixture
+
+def _soft_worker(rank, world):
+    x, g = _logits(6, V)
+    x = _edge_rows(x)
+    E = torch.randn(V, 24, generator=g)
+    lo, n = sd.shard_range(V, world, rank)
+    xs = x[:, lo:lo + n]
+    configs = [dict(top_k=10), dict(top_k=200, top_p=0.9, temperature=0.6), dict(top_k=4, min_p=0.2),
+               dict(top_k=7, temperature=0.0), dict(top_k=64, temperature=2.0),  # k > row 3's 40 tokens
+               dict(top_k=10, noise="gumbel", seed=3, tau=0.5),
+               dict(top_k=16, noise="gumbel", seed=torch.arange(6) + 11, noise_scale=0.7, embed_scale=2.0),
+               dict(top_k=12, noise="dirichlet", seed=5, dirichlet_alpha=0.5, temperature=2.0),
+               dict(top_k=64, noise="dirichlet", seed=torch.arange(6) + 3, dirichlet_alpha=3.0),
+               dict(top_k=torch.tensor([1, 2, 3, 50, 5, 6]), temperature=torch.tensor([1.0, 1, 0, 0.5, 1, 3]))]
+    for table in (E, E.bfloat16()):
+        for kw in configs:
+            a = softdec.soft_mixture(x, table, **kw)
+            b = sd.soft_mixture(xs, table[lo:lo + n], vocab_offset=lo, vocab_size=V, **kw)
+            assert torch.equal(a.ids, b.ids), (kw, a.ids, b.ids)
+            assert torch.equal(a.valid, b.valid)
+            torch.testing.assert_close(b.weights, a.weights, atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(b.entropy, a.entropy, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(b.max_prob, a.max_prob, atol=1e-6, rtol=1e-5)
+            assert b.embeds.dtype == table.dtype
+            tol = dict(atol=1e-5, rtol=1e-5) if table.dtype == torch.float32 else dict(atol=2e-2, rtol=1e-2)
+            torch.testing.assert_close(b.embeds.float(), a.embeds.float(), **tol)
+            assert (a.noisy_logits is None) == (b.noisy_logits is None)
+            if a.noisy_logits is not None:
+                torch.testing.assert_close(b.noisy_logits, a.noisy_logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_soft_mixture_equals_single_device(world, tmp_path):
+    _spawn(_soft_worker, world, tmp_path)
+
+
+# ------------------------------------------------------------------ verify
+
+def _verify_worker(rank, world):
+    B, K = 6, 4
+    x, g = _logits(B, V, scale=6.0, extra=(K + 1,))
+    x = _edge_rows(x)
+    lo, n = sd.shard_range(V, world, rank)
+    xs = x[..., lo:lo + n]
+    # drafts: the target's own samples (high acceptance) mixed with random ids
+    clean = torch.nan_to_num(x, nan=0.0, neginf=-1e4)
+    own = torch.stack([softdec.sample(clean[:, j], seed=j).ids for j in range(K)], 1)
+    d = torch.where(torch.rand(B, K, generator=g) < 0.8, own, torch.randint(0, V, (B, K), generator=g))
+    nd = torch.tensor([4, 3, 4, 0, 2, 1])
+    configs = [dict(method="greedy"), dict(method="greedy", num_draft=nd, temperature=0.0),
+               dict(method="exact"), dict(method="exact", temperature=0.7, num_draft=nd),
+               dict(method="exact", min_p=0.1), dict(method="exact", temperature=0.0),
+               dict(method="exact", temperature=torch.tensor([1.0, 0.0, 0.5, 1.0, 2.0, 1.0]))]
+    accepted = 0
+    for kw in configs:
+        for seed in range(10):
+            a = softdec.verify(x, d, seed=seed, **kw)
+            b = sd.verify(xs, d, vocab_offset=lo, vocab_size=V, seed=seed, **kw)
+            assert torch.equal(a.tokens, b.tokens), (kw, seed, a.tokens, b.tokens)
+            assert torch.equal(a.num_accepted, b.num_accepted), (kw, seed)
+            accepted += int(a.num_accepted.sum())
+    assert accepted > 50  # the drafts exercise acceptances, not only first-position rejections
+    for kw in [dict(top_k=0), dict(top_k=3, top_p=0.9, temperature=0.5), dict(top_k=0, min_p=0.1)]:
+        for delta in (0.05, 0.3):
+            xd = clean[:, :K] + 0.3 * torch.randn(B, K, V, generator=g)
+            st = softdec.soft_mixture(xd.reshape(B * K, V), torch.zeros(V, 1), top_k=6)
+            sp = (st.ids.view(B, K, 6), st.weights.view(B, K, 6))
+            for di in (None, sp[0][..., 0]):
+                a = softdec.verify(x, di, draft_probs=sp, method="soft", delta=delta, **kw)
+                b = sd.verify(xs, di, draft_probs=sp, method="soft", delta=delta, vocab_offset=lo,
+                              vocab_size=V, **kw)
+                assert torch.equal(a.tokens, b.tokens), (kw, delta, a.tokens, b.tokens)
+                assert torch.equal(a.num_accepted, b.num_accepted)
+                assert torch.equal(a.soft_ids, b.soft_ids)
+                torch.testing.assert_close(b.soft_weights, a.soft_weights, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_verify_equals_single_device(world, tmp_path):
+    _spawn(_verify_worker, world, tmp_path)
+
+
+# ------------------------------------------------------------------ bad input
+
+def _errors_worker(rank, world):
+    x = torch.randn(2, 600)
+    with pytest.raises(ValueError, match="tile"):  # both ranks claim [0, 600)
+        sd.sample(x, vocab_offset=0, vocab_size=1200, top_k=3, seed=0)
+    lo, n = sd.shard_range(1031, world, rank)
+    with pytest.raises(ValueError, match="vocab_offset"):
+        sd.sample(torch.randn(2, n), vocab_offset=1031, vocab_size=1031)
+    with pytest.raises(ValueError, match="draft_ids must lie in"):
+        sd.verify(torch.randn(1, 2, n), torch.tensor([[1031]]), vocab_offset=lo, vocab_size=1031)
+    with pytest.raises(ValueError, match="embedding must have as many rows"):
+        sd.soft_mixture(torch.randn(1, n), torch.randn(n + 1, 4), vocab_offset=lo, vocab_size=1031)
+    with pytest.raises(NotImplementedError, match="top_k / top_p"):
+        sd.verify(torch.randn(1, 2, n), torch.tensor([[1]]), vocab_offset=lo, vocab_size=1031, top_k=5)
+
+
+def test_bad_input_is_rejected(tmp_path):
+    _spawn(_errors_worker, 2, tmp_path)
+
+
+def test_needs_process_group():
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    with pytest.raises(RuntimeError, match="process group"):
+        sd.sample(torch.randn(1, 10), vocab_offset=0, vocab_size=10)
+    with pytest.raises(ValueError, match="rank"):
+        sd.shard_range(10, 2, 2)
+
+
+def test_shard_range_tiles():
+    for Vv in (1, 7, 1031, 151936):
+        for w in (1, 2, 3, 4, 8):
+            spans = [sd.shard_range(Vv, w, r) for r in range(w)]
+            assert sum(n for _, n in spans) == Vv
+            assert all(spans[i][0] + spans[i][1] == spans[i + 1][0] for i in range(w - 1))
+
+
+def test_bytes_per_call():
+    # O(B k) partials, independent of V
+    assert sd.bytes_per_call("sample", 8, 50, 2) == 8 * 8 * (8 + 100) + 24
+    assert sd.bytes_per_call("soft_mixture", 1, 10, 2, D=3584) == 8 * (8 + 20) + 3584 * 4
+    with pytest.raises(ValueError, match="op must be"):
+        sd.bytes_per_call("nope", 1, 1, 2)
+
+
+# ------------------------------------------------------------------ softdec.hf.generate, tensor-parallel
+
+def _has(mod):
+    import importlib.util
+    return importlib.util.find_spec(mod) is not None
+
+
+@pytest.mark.parametrize("mode", ["manual", pytest.param("auto", marks=pytest.mark.skipif(
+    not _has("accelerate"), reason="transformers' tp_plan needs accelerate"))])
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_generate_tensor_parallel_equals_single_process(arch, mode, tmp_path):
+    """torchrun --nproc-per-node 2 (gloo): Discrete(T=0), SoftThinking and greedy Speculative on
+    the tensor-parallel model (vocabulary-sharded embedding) give the single-process sequences."""
+    import json
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "out.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.join(here, "..", "python")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           os.path.join(here, "dist_tp_generate.py"), arch, str(out), mode]
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"torchrun did not finish in {TIMEOUT_S} s")
+    assert p.returncode == 0, p.stderr[-4000:]
+    res = json.loads(out.read_text())
+    for name in ("discrete", "soft", "spec"):
+        assert res[name]["equal"], (name, res[name])
+        assert len(res[name]["tp"][0]) == 5 + 12
