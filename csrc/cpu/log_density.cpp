@@ -7,6 +7,7 @@
 // gradient of the logits: a vectorised zero fill of the row and the n sparse
 // terms at the ids, in one pass per row. Gaussian: one vectorised pass over D.
 // Rows are threaded with parallel_for.
+#include "capability.h"
 #include "../common.h"
 #include "../dispatch.h"
 #include "../log_density_checks.h"
@@ -32,6 +33,7 @@
   }()
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
 using namespace logdens;
@@ -479,13 +481,14 @@ std::tuple<Tensor, Tensor> dirichlet_log_density_backward_cpu(Tensor grad, Tenso
 }
 
 }  // namespace
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
 
-STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
-  m.impl("gumbel_log_density", TORCH_BOX(&softdec::gumbel_log_density_cpu));
-  m.impl("gumbel_log_density_backward", TORCH_BOX(&softdec::gumbel_log_density_backward_cpu));
-  m.impl("dirichlet_log_density", TORCH_BOX(&softdec::dirichlet_log_density_cpu));
-  m.impl("dirichlet_log_density_backward", TORCH_BOX(&softdec::dirichlet_log_density_backward_cpu));
-  m.impl("gaussian_log_density", TORCH_BOX(&softdec::gaussian_log_density_cpu));
-  m.impl("gaussian_log_density_backward", TORCH_BOX(&softdec::gaussian_log_density_backward_cpu));
-}
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(log_density,
+    {"gumbel_log_density", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::gumbel_log_density_cpu)},
+    {"gumbel_log_density_backward", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::gumbel_log_density_backward_cpu)},
+    {"dirichlet_log_density", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::dirichlet_log_density_cpu)},
+    {"dirichlet_log_density_backward", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::dirichlet_log_density_backward_cpu)},
+    {"gaussian_log_density", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::gaussian_log_density_cpu)},
+    {"gaussian_log_density_backward", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::gaussian_log_density_backward_cpu)})

@@ -17,6 +17,7 @@
 // correction is a draw from R. One-hot and sparse drafts touch only their k
 // entries (R = p elsewhere, a small list of touched entries), dense drafts
 // materialise R once.
+#include "capability.h"
 #include "../common.h"
 #include "../dispatch.h"
 #include "../verify_tree_checks.h"
@@ -33,10 +34,11 @@
 #include <vector>
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
 using filter::RowFilter;
-using namespace ::softdec::simd;  // NOLINT
+using namespace ::softdec::SOFTDEC_CPU_NS::simd;  // NOLINT
 constexpr float kInfT = std::numeric_limits<float>::infinity();
 constexpr int64_t kChunkT = kPhiloxChunk;
 
@@ -509,8 +511,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> verify_tree_cpu(
 }
 
 }  // namespace
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
 
-STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
-  m.impl("verify_tree", TORCH_BOX(&softdec::verify_tree_cpu));
-}
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(verify_tree,
+    {"verify_tree", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::verify_tree_cpu)})
