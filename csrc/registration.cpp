@@ -14,10 +14,12 @@ STABLE_TORCH_LIBRARY(softdec, m) {
   // Concept tokens: fused softmax/entropy/top-k/top-p/min-p/noise/gather. Per-row tensors:
   // temperature/top_p/min_p float64, top_k/seed/offset int64. noise: 0 none, 1 gumbel, 2 dirichlet.
   // Returns (embeds, ids, weights, entropy, max_prob, valid, noisy_logits, lse, nkept); the last
-  // two are saved for the backward.
+  // two are saved for the backward. filter_top_k: int64 per row (0: the whole vocabulary, else
+  // in [top_k, kc]); kc: the candidate width, max(k, max filter_top_k) (<= kMaxTopK).
   m.def("soft_mixture(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k, "
         "Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int k, int noise, float tau, "
-        "float noise_scale, float dirichlet_alpha, float embed_scale) -> (Tensor, Tensor, Tensor, "
+        "float noise_scale, float dirichlet_alpha, float embed_scale, Tensor filter_top_k, int kc) "
+        "-> (Tensor, Tensor, Tensor, "
         "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Gradient of soft_mixture w.r.t. logits (dense (B, V), logits dtype).
   m.def("soft_mixture_backward(Tensor grad_embeds, Tensor grad_weights, Tensor grad_entropy, "

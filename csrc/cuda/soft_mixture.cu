@@ -136,8 +136,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t v0 = c * slice, v1 = min(V, v0 + slice);
   const scalar_t* row = logits + b * sL;
   const double T = temperature[b];
-  const bool cold = T == 0.0;
-  const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T);
+  // T = 0: the sums are of softmax(logits) (entropy / max prob at T = 1, DESIGN); the
+  // candidates are by raw logit whatever T
+  constexpr bool cold = false;
+  const acc_t t = T == 0.0 ? acc_t(1) : soft::inv_temperature<acc_t>(T);
   const acc_t big = std::numeric_limits<acc_t>::max();
   const acc_t ninf = -static_cast<acc_t>(INFINITY);
   if (threadIdx.x == 0) {
@@ -215,13 +217,13 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinalizeThreads)
-    finalize_kernel(int64_t B, int64_t C, int k, const acc_t* __restrict__ part_state,
+    finalize_kernel(int64_t B, int64_t C, int k, int kc, const acc_t* __restrict__ part_state,
                                 const int32_t* __restrict__ part_bad,
                                 const int32_t* __restrict__ part_n,
                                 acc_t* __restrict__ part_v, int64_t* __restrict__ part_i,
                                 const double* __restrict__ T, const int64_t* __restrict__ K,
                                 const double* __restrict__ TP, const double* __restrict__ MP,
-                                const int64_t* __restrict__ S, const int64_t* __restrict__ O,
+                                const int64_t* __restrict__ FK, const int64_t* __restrict__ S, const int64_t* __restrict__ O,
                                 int noise, double tau, double noise_scale, double alpha,
                                 int64_t* __restrict__ ids, acc_t* __restrict__ w,
                                 acc_t* __restrict__ h, acc_t* __restrict__ mp, bool* __restrict__ ok,
@@ -231,23 +233,21 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   if (b >= B) return;
   // The merged top-k list: slice 0's sorted list (best first, distinct ids), into which the
   // other slices' entries are inserted.
-  acc_t* mv = part_v + b * C * k;
-  int64_t* mi = part_i + b * C * k;
-  const bool cold = T[b] == 0.0;
-  const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
+  acc_t* mv = part_v + b * C * kc;
+  int64_t* mi = part_i + b * C * kc;
+  const acc_t t = T[b] == 0.0 ? acc_t(1) : soft::inv_temperature<acc_t>(T[b]);
   soft::SoftmaxState<acc_t> st{part_state[b * C * 3], part_state[b * C * 3 + 1],
                                part_state[b * C * 3 + 2]};
   bool bad = part_bad[b * C] != 0;
   int n = part_n[b * C];
   for (int64_t c = 1; c < C; ++c) {
     const int64_t p = b * C + c;
-    if (!cold)
-      soft::softmax_merge(st, soft::SoftmaxState<acc_t>{part_state[p * 3], part_state[p * 3 + 1],
+    soft::softmax_merge(st, soft::SoftmaxState<acc_t>{part_state[p * 3], part_state[p * 3 + 1],
                                                         part_state[p * 3 + 2]},
                           t);
     bad |= part_bad[p] != 0;
     for (int i = 0; i < part_n[p]; ++i)
-      n = soft::topk_insert(mv, mi, n, k, part_v[p * k + i], part_i[p * k + i]);
+      n = soft::topk_insert(mv, mi, n, kc, part_v[p * kc + i], part_i[p * kc + i]);
   }
   const bool valid = !bad && n > 0;
   ok[b] = valid;
@@ -261,8 +261,8 @@ __global__ void __launch_bounds__(kFinalizeThreads)
     }
     return;
   }
-  soft::row_stats<acc_t>(st, t, cold, h + b, mp + b, lse + b);
-  soft::RowParams rp{T[b], K[b], TP[b], MP[b], static_cast<uint64_t>(S[b]),
+  soft::row_stats<acc_t>(st, t, false, h + b, mp + b, lse + b);
+  soft::RowParams rp{T[b], K[b], FK[b], static_cast<double>(st.s), TP[b], MP[b], static_cast<uint64_t>(S[b]),
                      static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha};
   nkept[b] = soft::finalize_row<acc_t>(mv, mi, n, k, rp, ids + b * k, w + b * k, y + b * k);
 }
@@ -313,9 +313,9 @@ using Out9 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, 
 Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k,
                        Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int64_t k,
                        int64_t noise, double tau, double noise_scale, double dirichlet_alpha,
-                       double embed_scale) {
+                       double embed_scale, Tensor filter_top_k, int64_t kc) {
   soft_mixture_checks::check_forward_inputs(logits, embedding, temperature, top_k, top_p, min_p, seed,
-                                            offset, k, noise, tau, dirichlet_alpha,
+                                            offset, k, noise, tau, dirichlet_alpha, filter_top_k, kc,
                                             soft_mixture_checks::Backend::kCuda);
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1);
   // Per-row values (top_k in [1, k], top_p in (0, 1], ...) are checked by the
@@ -341,14 +341,14 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
     Tensor pstate = new_empty(logits, {B * Cr * 3}, acc);
     Tensor pbad = new_empty(logits, {B * Cr}, ScalarType::Int);
     Tensor pn = new_empty(logits, {B * Cr}, ScalarType::Int);
-    Tensor pv = new_empty(logits, {B * Cr * k}, acc);
-    Tensor pi = new_empty(logits, {B * Cr * k}, ScalarType::Long);
+    Tensor pv = new_empty(logits, {B * Cr * kc}, acc);  // kc candidates per slice
+    Tensor pi = new_empty(logits, {B * Cr * kc}, ScalarType::Long);
     for (int64_t row0 = 0; row0 < B; row0 += kMaxGridY) {  // grid y <= 65535 rows per launch
       const int64_t rows = std::min<int64_t>(kMaxGridY, B - row0);
       scan_kernel<cs_t, acc_t><<<dim3(static_cast<unsigned>(Cr), static_cast<unsigned>(rows)), kThreads,
                                  0, stream>>>(
           reinterpret_cast<const cs_t*>(logits.const_data_ptr<scalar_t>()), logits.stride(0), V,
-          slice, row0, temperature.const_data_ptr<double>(), static_cast<int>(k),
+          slice, row0, temperature.const_data_ptr<double>(), static_cast<int>(kc),
           pstate.mutable_data_ptr<acc_t>(), pbad.mutable_data_ptr<int32_t>(),
           pn.mutable_data_ptr<int32_t>(), pv.mutable_data_ptr<acc_t>(),
           pi.mutable_data_ptr<int64_t>());
@@ -356,11 +356,11 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
     }
     finalize_kernel<acc_t><<<static_cast<unsigned>((B + kFinalizeThreads - 1) / kFinalizeThreads),
                              kFinalizeThreads, 0, stream>>>(
-        B, Cr, static_cast<int>(k), pstate.const_data_ptr<acc_t>(), pbad.const_data_ptr<int32_t>(),
+        B, Cr, static_cast<int>(k), static_cast<int>(kc), pstate.const_data_ptr<acc_t>(), pbad.const_data_ptr<int32_t>(),
         pn.const_data_ptr<int32_t>(), pv.mutable_data_ptr<acc_t>(), pi.mutable_data_ptr<int64_t>(),
         temperature.const_data_ptr<double>(), top_k.const_data_ptr<int64_t>(),
         top_p.const_data_ptr<double>(), min_p.const_data_ptr<double>(),
-        seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), static_cast<int>(noise),
+        filter_top_k.const_data_ptr<int64_t>(), seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), static_cast<int>(noise),
         tau, noise_scale, dirichlet_alpha, ids.mutable_data_ptr<int64_t>(),
         weights.mutable_data_ptr<acc_t>(), entropy.mutable_data_ptr<acc_t>(),
         max_prob.mutable_data_ptr<acc_t>(), valid.mutable_data_ptr<bool>(),
@@ -455,11 +455,13 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t b = blockIdx.x;
   scalar_t* o = out + b * V;
   const scalar_t* l = L + b * sL;
-  if (!valid[b] || T[b] == 0.0) {
+  if (!valid[b]) {
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) o[j] = from_float<scalar_t>(0.0f);
     return;
   }
-  const acc_t t = soft::inv_temperature<acc_t>(T[b]);
+  // T = 0: one-hot weights (no gradient); entropy / max prob are of T = 1
+  const bool cold = T[b] == 0.0;
+  const acc_t t = cold ? acc_t(1) : soft::inv_temperature<acc_t>(T[b]);
   const int kept = static_cast<int>(nkept[b]);
   const int64_t* id = ids + b * k;
   const acc_t* w = W + b * k;
@@ -508,7 +510,7 @@ __global__ void __launch_bounds__(kThreads)
   if (gh != acc_t(0) || gm != acc_t(0)) {
     o[id[am]] = cast_out<scalar_t>(static_cast<acc_t>(to_float(o[id[am]])) + gm * pm * t);
   }
-  if (noise == soft::kDirichlet) return;  // the Dirichlet draw is a stop-gradient
+  if (cold || noise == soft::kDirichlet) return;  // the Dirichlet draw is a stop-gradient
   acc_t sbar = 0;
   for (int i = 0; i < kept; ++i) sbar += w[i] * g[i];
   acc_t* dx = g;  // dx_i overwrites g_i, which only dx_i reads

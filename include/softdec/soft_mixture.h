@@ -203,7 +203,9 @@ SOFTDEC_HD double soft_gamma(double a, uint64_t seed, uint64_t offset, int64_t i
 // Per-row parameters of finalize_row.
 struct RowParams {
   double temperature;  // T >= 0 (0: one-hot argmax)
-  int64_t top_k;       // kept before top-p (<= k)
+  int64_t top_k;       // the output width of the row (<= k)
+  int64_t filter_top_k;  // candidates kept before top-p (>= top_k; 0: the whole vocabulary)
+  double vocab_mass;   // sum e^{(l - max l) t} over the vocabulary (filter_top_k = 0)
   double top_p;        // (0, 1]
   double min_p;        // [0, 1]
   uint64_t seed, offset;
@@ -212,7 +214,7 @@ struct RowParams {
 };
 
 // Filtering, noise and the final order of one row.
-//   cand_v/cand_id: the n (<= k) candidates, raw logits sorted by ranks_before;
+//   cand_v/cand_id: the n (<= max(k, filter_top_k)) candidates, raw logits sorted by ranks_before;
 //   all finite or +-; -inf never present.
 // Writes k entries of ids / w / noisy (padding: the top id, weight 0, -inf) and
 // returns the number kept (>= 1 when n >= 1).
@@ -228,31 +230,58 @@ SOFTDEC_HD int finalize_row(const T* cand_v, const int64_t* cand_id, int n, int 
       w[0] = T(1);
     } else {
       const T t = inv_temperature<T>(p.temperature);
-      kept = n < p.top_k ? n : static_cast<int>(p.top_k);
+      // The filter set: the first `limit` candidates (filter_top_k of them, or
+      // all n when the filter is the whole vocabulary), with mass F; the output
+      // keeps at most outk = min(top_k, limit) of them. Every stage keeps a
+      // prefix of the same order, so only the cuts matter: top-p on the
+      // F-renormalised weights, min-p (a ratio, renormalisation-invariant),
+      // then the top_k cut. With filter_top_k == top_k (the default) this is
+      // the former top-k -> top-p -> min-p chain, bit for bit.
+      const bool whole = p.filter_top_k == 0;
+      const int limit = (whole || n < p.filter_top_k) ? n : static_cast<int>(p.filter_top_k);
+      const int outk = limit < p.top_k ? limit : static_cast<int>(p.top_k);
       T sum = 0;
-      for (int i = 0; i < kept; ++i) {
+      for (int i = 0; i < outk; ++i) {
         ids[i] = cand_id[i];
         w[i] = sm_exp(sm_max((cand_v[i] - cand_v[0]) * t, z_floor<T>()));
         sum += w[i];
       }
-      for (int i = 0; i < kept; ++i) w[i] /= sum;
+      for (int i = outk; i < limit && !whole; ++i)
+        sum += sm_exp(sm_max((cand_v[i] - cand_v[0]) * t, z_floor<T>()));
+      if (whole) sum = static_cast<T>(p.vocab_mass);
+      for (int i = 0; i < outk; ++i) w[i] /= sum;
+      kept = outk;
+      bool normalised = outk == limit && !whole;  // the kept weights sum to 1
       if (p.top_p < 1.0) {  // smallest prefix whose mass reaches top_p
         T cum = 0;
         int j = 0;
-        while (j < kept && cum < static_cast<T>(p.top_p)) cum += w[j++];
-        kept = j;
-        for (int i = 0; i < kept; ++i) w[i] /= cum;
+        while (j < limit && cum < static_cast<T>(p.top_p)) {
+          cum += j < outk ? w[j] : sm_exp(sm_max((cand_v[j] - cand_v[0]) * t, z_floor<T>())) / sum;
+          ++j;
+        }
+        const bool reached = !(cum < static_cast<T>(p.top_p));
+        if (j <= outk && (reached || !whole)) {
+          kept = j;
+          for (int i = 0; i < kept; ++i) w[i] /= cum;
+          normalised = true;
+        }
       }
       if (p.min_p > 0.0) {  // drop w < min_p * max w (a suffix: w is sorted)
         const T thr = static_cast<T>(p.min_p) * w[0];
         int j = 1;
         while (j < kept && w[j] >= thr) ++j;
-        if (j < kept) {
+        if (j < kept || !normalised) {
           kept = j;
           T s2 = 0;
           for (int i = 0; i < kept; ++i) s2 += w[i];
           for (int i = 0; i < kept; ++i) w[i] /= s2;
+          normalised = true;
         }
+      }
+      if (!normalised) {  // the top_k cut of a wider filter set
+        T s2 = 0;
+        for (int i = 0; i < kept; ++i) s2 += w[i];
+        for (int i = 0; i < kept; ++i) w[i] /= s2;
       }
     }
     {

@@ -129,13 +129,14 @@ def _row_tensor(v, b, dtype, device):
 
 def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min_p=0.0,
                  noise=None, tau=1.0, noise_scale=1.0, dirichlet_alpha=1.0, seed=0, offset=0,
-                 embed_scale=1.0):
+                 embed_scale=1.0, filter_top_k=None):
     """Soft Thinking concept tokens, as the plain PyTorch pipeline (oracle and baseline).
 
     Same arguments and semantics as ``softdec.soft_mixture`` (see its docstring):
-    softmax(logits / T) with entropy and max prob of the full distribution;
-    top-k (ties: lower vocabulary index first), top-p, min-p with
-    renormalisation; Gumbel or Dirichlet noise from the Philox stream; sort by
+    softmax(logits / T) with entropy and max prob of the full distribution
+    (of softmax(logits) when T = 0); filter top-k (``filter_top_k``; None:
+    top_k, 0: whole vocabulary; ties: lower vocabulary index first), top-p,
+    min-p, then the output top-k, each with renormalisation; Gumbel or Dirichlet noise from the Philox stream; sort by
     weight (ties: lower id first); the weighted sum of the k embedding rows.
     Computes in float64 when the inputs are float64, else float32. Returns the
     tuple ``(embeds, ids, weights, entropy, max_prob, valid, noisy_logits)``
@@ -161,8 +162,16 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
     p = logp.exp()
     entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(1)
     max_prob = p.max(1).values
-    entropy = torch.where(cold | bad, torch.zeros_like(entropy), entropy)
-    max_prob = torch.where(bad, torch.zeros_like(max_prob), torch.where(cold, torch.ones_like(max_prob), max_prob))
+    # T = 0: the statistics of softmax(logits) (T = 1), as DESIGN specifies
+    entropy = torch.where(bad, torch.zeros_like(entropy), entropy)
+    max_prob = torch.where(bad, torch.zeros_like(max_prob), max_prob)
+    if filter_top_k is None:
+        fr = kr
+    else:
+        fr = _row_tensor(filter_top_k, B, torch.int64, dev)
+        fr = torch.where((fr == 0) | (fr >= V), torch.full_like(fr, V), fr)
+    kout = kmax
+    kmax = max(kmax, int(fr.max()) if B else kmax)  # candidate width
 
     # top-k with ties broken toward the lower index: topk gives the threshold
     # value, the set is {x > thr} plus the lowest-index ties at thr.
@@ -182,7 +191,7 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
         ids = torch.cat([ids, ids[:, :1].expand(B, kmax - ke)], 1)
         xv = torch.cat([xv, torch.full((B, kmax - ke), -math.inf, dtype=acc, device=dev)], 1)
     pos = torch.arange(kmax, device=dev)
-    surv = (xv > -math.inf) & (pos < kr[:, None]) & ~bad[:, None]
+    surv = (xv > -math.inf) & (pos < fr[:, None]) & ~bad[:, None]
     surv = surv & (~cold[:, None] | (pos == 0))
     zk = torch.where(surv, xv / Ts[:, None], torch.full_like(xv, -math.inf))
     w = torch.softmax(zk, dim=1)
@@ -197,6 +206,11 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
     surv = surv & (w >= mp[:, None] * w[:, :1])
     w = torch.where(surv, w, torch.zeros_like(w))
     w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
+    # the output width: the top_k largest, renormalised
+    surv = surv & (pos < kr[:, None])
+    w = torch.where(surv, w, torch.zeros_like(w))
+    w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
+    ids, xv, w, surv, kmax = ids[:, :kout], xv[:, :kout], w[:, :kout], surv[:, :kout], kout
 
     noisy = None
     if noise == "gumbel":
