@@ -428,7 +428,7 @@ def _native_args(B=3, V=50, D=8, k=5, noise=1):
             torch.full((B,), 0.8, dtype=torch.float64), torch.full((B,), k),
             torch.full((B,), 0.9, dtype=torch.float64), torch.zeros(B, dtype=torch.float64),
             torch.arange(B), torch.zeros(B, dtype=torch.int64), k, noise, 0.5, 1.0, 1.0, 1.0,
-            torch.full((B,), k), k)
+            torch.full((B,), k), k, -math.inf, math.inf, 0.0)
 
 
 def test_opcheck():
@@ -452,7 +452,7 @@ def test_opcheck_backward_ops(noise):
     noise_, tau, embed_scale = args[9], args[10], args[13]
     torch.library.opcheck(torch.ops.softdec.soft_mixture_backward,
                           (ge, gw, gh, gm, gn, logits, embedding, temperature, ids, weights, lse, entropy,
-                           max_prob, valid, nkept, noise_, tau, embed_scale))
+                           max_prob, valid, nkept, noise_, tau, embed_scale, 0.0))
     torch.library.opcheck(torch.ops.softdec.soft_mixture_embedding_backward,
                           (ge, embedding, ids, weights, nkept, embed_scale))
 

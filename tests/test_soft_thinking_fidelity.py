@@ -196,7 +196,7 @@ def test_opcheck_and_compile_with_filter():
             torch.full((B,), 0.6, dtype=torch.float64), torch.full((B,), k),
             torch.full((B,), 0.95, dtype=torch.float64), torch.full((B,), 0.001, dtype=torch.float64),
             torch.arange(B), torch.zeros(B, dtype=torch.int64), k, 1, 0.5, 1.0, 1.0, 1.0,
-            torch.tensor([30, 0, 5]), 30)
+            torch.tensor([30, 0, 5]), 30, -1.5, 3.0, 1e-6)
     torch.library.opcheck(torch.ops.softdec.soft_mixture, args)
     lg, tb = args[0].clone().requires_grad_(), args[1].clone().requires_grad_()
     torch.library.opcheck(torch.ops.softdec.soft_mixture, (lg, tb) + args[2:])
@@ -340,3 +340,197 @@ def test_router_at_temperature_zero_routes_on_t1_statistics(variant):
     assert torch.equal(mc, mo)
     # the decisions are not constant: some rows are soft and some discrete
     assert (mc == mc.flatten()[0]).logical_not().any()
+
+
+# ---------------------------------------------------------------- SofT-GRPO Gumbel options (item 4)
+
+import math  # noqa: E402
+
+from scipy import stats  # noqa: E402
+
+
+def _gumbel_samples(n=100_000, V=8, clamp=(-1.5, 3.0), eps=0.0):
+    """G of n independent rows (per-row seeds), recovered from noisy_logits:
+    G = y - log(w + eps) with noise_scale = 1."""
+    g = torch.Generator().manual_seed(30)
+    base = torch.randn(1, V, generator=g, dtype=torch.float64)
+    x = base.expand(n, V).contiguous()
+    t = torch.zeros(V, 1, dtype=torch.float64)
+    kw = dict(top_k=V, temperature=1.0)
+    w = softdec.soft_mixture(x[:1], t, **kw).weights          # the pre-noise weights (sorted)
+    ids = softdec.soft_mixture(x[:1], t, **kw).ids
+    o = softdec.soft_mixture(x, t, noise="gumbel", seed=torch.arange(n), gumbel_clamp=clamp, gumbel_eps=eps, **kw)
+    # noisy_logits are sorted by the noisy weight: map back to the pre-noise weight of each id
+    wpre = torch.zeros(V, dtype=torch.float64)
+    wpre[ids[0]] = w[0]
+    return (o.noisy_logits - torch.log(wpre[o.ids] + eps)).flatten()
+
+
+def test_gumbel_clamp_distribution():
+    lo, hi = -1.5, 3.0
+    G = _gumbel_samples()
+    n = G.numel()
+    assert G.min() >= lo - 1e-9 and G.max() <= hi + 1e-9
+    at_lo, at_hi = (G - lo).abs() < 1e-9, (G - hi).abs() < 1e-9
+    # clamping piles the tails' mass exactly on the bounds
+    for frac, p in ((at_lo, math.exp(-math.exp(-lo))), (at_hi, 1.0 - math.exp(-math.exp(-hi)))):
+        k = int(frac.sum())
+        assert stats.binomtest(k, n, p).pvalue > 1e-4, (k, n * p)
+    # inside: the Gumbel law truncated to (lo, hi)
+    inner = G[~at_lo & ~at_hi].numpy()
+    F = lambda v: math.exp(-math.exp(-v))  # noqa: E731
+    Flo, Fhi = F(lo), F(hi)
+    cdf = lambda v: (stats.gumbel_r.cdf(v) - Flo) / (Fhi - Flo)  # noqa: E731
+    assert stats.kstest(inner, cdf).pvalue > 1e-4
+
+
+def test_gumbel_eps_form():
+    G = _gumbel_samples(n=2000, clamp=None, eps=1e-3)
+    # unclamped G recovered through log(w + eps): a Gumbel sample
+    assert stats.kstest(G.numpy(), stats.gumbel_r.cdf).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("clamp, eps", [((-1.5, 3.0), 0.0), (None, 1e-2), ((-1.5, 3.0), 1e-6)])
+def test_gumbel_options_match_reference_and_gradcheck(clamp, eps):
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(3, 300, generator=g)
+    t = torch.randn(300, 8, generator=g)
+    kw = dict(ST, noise="gumbel", tau=0.5, seed=4, gumbel_clamp=clamp, gumbel_eps=eps)
+    out = softdec.soft_mixture(x, t, **kw)
+    r = ref.soft_mixture(x.double(), t.double(), **kw)
+    assert torch.equal(out.ids, r[1])
+    torch.testing.assert_close(out.weights.double(), r[2], atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(out.noisy_logits.double(), r[6], atol=1e-5, rtol=1e-5)
+    x64 = torch.randn(2, 40, generator=g, dtype=torch.float64).requires_grad_()
+    t64 = torch.randn(40, 3, generator=g, dtype=torch.float64)
+
+    def f(x):
+        o = softdec.soft_mixture(x, t64, top_k=5, filter_top_k=10, temperature=0.8, noise="gumbel", tau=0.5,
+                                 seed=2, gumbel_clamp=clamp, gumbel_eps=eps)
+        return o.embeds, o.weights, o.noisy_logits.clamp_min(-1e30)
+
+    assert torch.autograd.gradcheck(f, (x64,))
+
+
+def test_gumbel_options_bad_input():
+    x, t = torch.randn(2, 50), torch.randn(50, 4)
+    msg = r"gumbel_clamp must be None or a pair \(lo, hi\) of numbers with lo < hi, got "
+    with pytest.raises(ValueError, match=msg + r"\(3.0, -1.5\)"):
+        softdec.soft_mixture(x, t, noise="gumbel", seed=0, gumbel_clamp=(3.0, -1.5))
+    with pytest.raises(ValueError, match=msg + r"\(1.0, 1.0\)"):
+        softdec.soft_mixture(x, t, noise="gumbel", seed=0, gumbel_clamp=(1, 1))
+    with pytest.raises(ValueError, match=msg + r"\(nan, 3.0\)"):
+        softdec.soft_mixture(x, t, noise="gumbel", seed=0, gumbel_clamp=(float("nan"), 3.0))
+    with pytest.raises(ValueError, match=msg + r"\(1.0,\)"):
+        softdec.soft_mixture(x, t, noise="gumbel", seed=0, gumbel_clamp=(1.0,))
+    with pytest.raises(ValueError, match=r"gumbel_eps must be >= 0, got -0.1"):
+        softdec.soft_mixture(x, t, noise="gumbel", seed=0, gumbel_eps=-0.1)
+    # defaults: today's output bit for bit
+    a = softdec.soft_mixture(x, t, noise="gumbel", seed=0)
+    b = softdec.soft_mixture(x, t, noise="gumbel", seed=0, gumbel_clamp=(-math.inf, math.inf), gumbel_eps=0.0)
+    assert torch.equal(a.weights, b.weights) and torch.equal(a.noisy_logits, b.noisy_logits)
+
+
+# ---------------------------------------------------------------- Gaussian embedding noise (item 4)
+
+
+def test_philox_normal_matches_reference_and_is_standard_normal():
+    seeds, offs = torch.arange(4) * 7 + 1, torch.tensor([0, 3, 2**40, 5])
+    e = softdec.philox_normal((4, 30_000), seeds, offs)
+    r = ref.philox_normal(seeds, offs, 4, 30_000)
+    # float64 Box-Muller rounded to float32 on both sides: equal up to libm's last bit
+    torch.testing.assert_close(e, r, atol=1e-6, rtol=0)
+    assert (e == r).float().mean() > 0.999
+    x = e.double().flatten().numpy()  # 1.2e5 draws
+    assert stats.kstest(x, "norm").pvalue > 1e-4
+    assert abs(x.mean()) < 5 / math.sqrt(x.size)
+    assert abs(x.var() - 1) < 5 * math.sqrt(2 / x.size)
+    # rows are independent streams: no correlation between rows
+    c = torch.corrcoef(e.double())
+    assert (c - torch.eye(4, dtype=torch.float64)).abs().max() < 5 / math.sqrt(30_000)
+    # a row's noise does not depend on the batch around it
+    assert torch.equal(softdec.philox_normal((1, 30_000), seeds[2:3], offs[2:3])[0], e[2])
+    # shapes: (n,) is one row
+    assert softdec.philox_normal(5, seed=torch.tensor([3])[0].item()).shape == (5,)
+
+
+@pytest.mark.parametrize("edt", [torch.float32, torch.bfloat16, torch.float64])
+def test_embed_noise_is_std_times_philox_normal(edt):
+    g = torch.Generator().manual_seed(40)
+    B, V, D = 5, 700, 96
+    x = torch.randn(B, V, generator=g)
+    x[3] = float("nan")  # an invalid row gets no noise (embeds stay 0)
+    t = torch.randn(V, D, generator=g).to(edt)
+    seeds, off = torch.arange(B) + 11, 4
+    kw = dict(ST, seed=seeds, offset=off)
+    clean = softdec.soft_mixture(x, t, **kw)
+    noisy = softdec.soft_mixture(x, t, embed_noise_std=0.3, **kw)
+    eps = softdec.philox_normal((B, D), seeds, off)
+    acc = torch.float64 if edt == torch.float64 else torch.float32
+    want = (clean.embeds.to(acc) + torch.tensor(0.3, dtype=acc) * eps.to(acc)).to(edt)
+    want[3] = 0
+    # equal up to one rounding of the embedding dtype (the kernel may fuse the multiply-add)
+    ulp = torch.finfo(edt).eps
+    torch.testing.assert_close(noisy.embeds.double(), want.double(), atol=2 * ulp, rtol=2 * ulp)
+    assert (noisy.embeds[3] == 0).all()
+    for a, b in zip(clean[1:6], noisy[1:6]):  # ids, weights, stats untouched
+        assert torch.equal(a, b)
+    r = ref.soft_mixture(x.double() if edt == torch.float64 else x, t, embed_noise_std=0.3, **kw)
+    torch.testing.assert_close(noisy.embeds.double(), r[0].double(), atol=2e-2 if edt == torch.bfloat16 else 1e-5,
+                               rtol=1e-2 if edt == torch.bfloat16 else 1e-5)
+
+
+def test_embed_noise_with_gumbel_and_int_seed():
+    g = torch.Generator().manual_seed(41)
+    x, t = torch.randn(3, 400, generator=g), torch.randn(400, 32, generator=g)
+    a = softdec.soft_mixture(x, t, noise="gumbel", seed=9, offset=2, **ST)
+    b = softdec.soft_mixture(x, t, noise="gumbel", seed=9, offset=2, embed_noise_std=0.5, **ST)
+    # Gumbel draws (elements < V) and the embedding noise (blocks >= 2^63) never share bits
+    assert torch.equal(a.weights, b.weights) and torch.equal(a.noisy_logits, b.noisy_logits)
+    eps = softdec.philox_normal((3, 32), 9, 2)
+    torch.testing.assert_close(b.embeds - a.embeds, 0.5 * eps, atol=1e-6, rtol=1e-6)
+    # noise without a seed draws one from the generator (still reproducible through it)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    c1 = softdec.soft_mixture(x, t, embed_noise_std=0.5, generator=g1, **ST)
+    c2 = softdec.soft_mixture(x, t, embed_noise_std=0.5, generator=g2, **ST)
+    assert torch.equal(c1.embeds, c2.embeds) and not torch.equal(c1.embeds, softdec.soft_mixture(x, t, **ST).embeds)
+
+
+def test_embed_noise_gradcheck_opcheck_compile_and_errors():
+    g = torch.Generator().manual_seed(42)
+    x = torch.randn(2, 50, generator=g, dtype=torch.float64).requires_grad_()
+    t = torch.randn(50, 4, generator=g, dtype=torch.float64).requires_grad_()
+
+    def f(x, t):
+        return softdec.soft_mixture(x, t, top_k=5, filter_top_k=9, temperature=0.7, seed=1,
+                                   embed_noise_std=0.2).embeds
+
+    assert torch.autograd.gradcheck(f, (x, t))
+    B, V = 3, 60
+    args = (torch.randn(B, V, generator=g), torch.randn(V, 8, generator=g),
+            torch.full((B,), 0.6, dtype=torch.float64), torch.full((B,), 4),
+            torch.full((B,), 0.95, dtype=torch.float64), torch.zeros(B, dtype=torch.float64),
+            torch.arange(B), torch.zeros(B, dtype=torch.int64), 4, 0, 1.0, 1.0, 1.0, 1.0,
+            torch.full((B,), 8), 8, -math.inf, math.inf, 0.0, 0.25)
+    torch.library.opcheck(torch.ops.softdec.soft_mixture, args)
+    torch.library.opcheck(torch.ops.softdec.philox_normal, (torch.arange(3), torch.zeros(3, dtype=torch.int64), 7))
+    xx, tt = args[0], args[1]
+    fn = lambda a, b: softdec.soft_mixture(a, b, top_k=4, seed=3, embed_noise_std=0.25).embeds  # noqa: E731
+    assert torch.equal(torch.compile(fn, fullgraph=True)(xx, tt), fn(xx, tt))
+    with pytest.raises(ValueError, match=r"embed_noise_std must be >= 0, got -0.5"):
+        softdec.soft_mixture(xx, tt, embed_noise_std=-0.5)
+    with pytest.raises(ValueError, match=r"seed must be an int or a \(2,\) tensor"):
+        softdec.philox_normal((2, 4), torch.arange(3))
+
+
+def test_strategy_passes_the_noise_options():
+    script = _script(steps=1)
+    plain = _run(S.SoftThinking(top_k=4, filter_top_k=8, temperature=0.6, noise="gumbel", seed=0), script)
+    opts = _run(S.SoftThinking(top_k=4, filter_top_k=8, temperature=0.6, noise="gumbel", gumbel_clamp=(-1.5, 3.0),
+                               gumbel_eps=1e-6, embed_noise_std=0.1, seed=0), script)
+    table = torch.randn(_VS, 8, generator=torch.Generator().manual_seed(1))
+    want = softdec.soft_mixture(script[0], table, top_k=4, filter_top_k=8, temperature=0.6, noise="gumbel",
+                                gumbel_clamp=(-1.5, 3.0), gumbel_eps=1e-6, embed_noise_std=0.1,
+                                seed=torch.arange(3), offset=StepContext(table, 1.0, torch.arange(3), 0).offset(0))
+    assert torch.equal(opts[0].embeds, want.embeds)
+    assert not torch.equal(plain[0].embeds, opts[0].embeds)

@@ -411,7 +411,8 @@ template <typename scalar_t>
 void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const double* TP,
                   const double* MP, const int64_t* FK, const int64_t* S, const int64_t* O, int k,
                   int kc, int noise,
-                  double tau, double noise_scale, double alpha, Tensor& ids, Tensor& weights,
+                  double tau, double noise_scale, double alpha, double glo, double ghi, double geps,
+                  Tensor& ids, Tensor& weights,
                   Tensor& entropy, Tensor& max_prob, Tensor& valid, Tensor& noisy, Tensor& lse,
                   Tensor& nkept) {
   using acc_t = typename AccOf<scalar_t>::type;
@@ -493,7 +494,7 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
       }
       soft::row_stats<acc_t>(st, t, false, h_p + b, mp_p + b, lse_p + b);
       soft::RowParams rp{T[b], K[b], FK[b], static_cast<double>(st.s), TP[b], MP[b], static_cast<uint64_t>(S[b]),
-                         static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha};
+                         static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha, glo, ghi, geps};
       nk_p[b] = soft::finalize_row<acc_t>(mv.data(), mi.data(), n, k, rp, ids_p + b * k,
                                           w_p + b * k, y_p + b * k);
     }
@@ -503,9 +504,11 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
 Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k,
                       Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int64_t k,
                       int64_t noise, double tau, double noise_scale, double dirichlet_alpha,
-                      double embed_scale, Tensor filter_top_k, int64_t kc) {
+                      double embed_scale, Tensor filter_top_k, int64_t kc, double gumbel_lo,
+                      double gumbel_hi, double gumbel_eps, double embed_noise_std) {
   soft_mixture_checks::check_forward_inputs(logits, embedding, temperature, top_k, top_p, min_p, seed,
                                             offset, k, noise, tau, dirichlet_alpha, filter_top_k, kc,
+                                            gumbel_lo, gumbel_hi, gumbel_eps, embed_noise_std,
                                             soft_mixture_checks::Backend::kCpu);
   const int64_t B = logits.size(0), D = embedding.size(1);
   const bool f64 = logits.scalar_type() == ScalarType::Double;
@@ -522,7 +525,8 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
   SM_DISPATCH(logits.scalar_type(), "logits", scalar_t, [&] {
     forward_rows<scalar_t>(logits, T, K, TP, MP, FK, seed.const_data_ptr<int64_t>(),
                            offset.const_data_ptr<int64_t>(), static_cast<int>(k), static_cast<int>(kc),
-                           static_cast<int>(noise), tau, noise_scale, dirichlet_alpha, ids, weights,
+                           static_cast<int>(noise), tau, noise_scale, dirichlet_alpha, gumbel_lo, gumbel_hi,
+                           gumbel_eps, ids, weights,
                            entropy, max_prob, valid, noisy, lse, nkept);
   });
   if (D == 0) return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
@@ -551,6 +555,30 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
       });
     });
   });
+  if (embed_noise_std != 0.0) {
+    // Gaussian noise on the mixed embedding (Soft Tokens, Hard Truths; SofT-GRPO):
+    // embeds[b, d] += std * eps_d(seed[b], offset[b]), valid rows only, added to the
+    // mixture in the embedding's dtype and rounded again.
+    const int64_t* S = seed.const_data_ptr<int64_t>();
+    const int64_t* O = offset.const_data_ptr<int64_t>();
+    const bool* ok = valid.const_data_ptr<bool>();
+    SM_DISPATCH(embedding.scalar_type(), "embedding", emb_t, [&] {
+      using a_t = std::conditional_t<std::is_same_v<emb_t, double>, double, float>;
+      emb_t* out = embeds.mutable_data_ptr<emb_t>();
+      const a_t sd = static_cast<a_t>(embed_noise_std);
+      torch::stable::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          if (!ok[b]) continue;
+          emb_t* o = out + b * D;
+          for (int64_t d = 0; d < D; ++d) {
+            const a_t e = static_cast<a_t>(soft::embed_normal(static_cast<uint64_t>(S[b]),
+                                                              static_cast<uint64_t>(O[b]), static_cast<uint64_t>(d)));
+            o[d] = static_cast<emb_t>(to_acc<a_t>(o[d]) + sd * e);
+          }
+        }
+      });
+    });
+  }
   return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
 }
 
@@ -637,7 +665,7 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
                    const double* T, const int64_t* ids, const acc_t* W, const acc_t* lse,
                    const acc_t* H, const acc_t* MPr, const bool* valid, const int64_t* nkept,
                    int64_t B, int64_t V, int64_t D, int k, int noise, double tau,
-                   double embed_scale, scalar_t* out) {
+                   double embed_scale, double gumbel_eps, scalar_t* out) {
   // lse, H and MPr (the forward's) are not used: the dense terms recompute them
   // stably from the logits (dense_stats).
   (void)lse;
@@ -710,6 +738,8 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
         for (int i = 0; i < kept; ++i) {
           wpre[i] /= z;
           dx[i] = w[i] * (g[i] - sbar) * itau + gY[b * k + i];
+          // y = log(w_pre + eps): dy/dw_pre = 1 / (w_pre + eps)
+          if (gumbel_eps > 0) dx[i] *= wpre[i] / (wpre[i] + static_cast<acc_t>(gumbel_eps));
           sdy += dx[i];
         }
         for (int i = 0; i < kept; ++i) dx[i] -= wpre[i] * sdy;
@@ -724,7 +754,8 @@ Tensor soft_mixture_backward_cpu(Tensor grad_embeds, Tensor grad_weights, Tensor
                                  Tensor grad_max_prob, Tensor grad_noisy, Tensor logits,
                                  Tensor embedding, Tensor temperature, Tensor ids, Tensor weights,
                                  Tensor lse, Tensor entropy, Tensor max_prob, Tensor valid,
-                                 Tensor nkept, int64_t noise, double tau, double embed_scale) {
+                                 Tensor nkept, int64_t noise, double tau, double embed_scale,
+                                 double gumbel_eps) {
   soft_mixture_checks::check_backward_inputs(logits, embedding);
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1);
   const int64_t k = ids.size(1);
@@ -748,7 +779,7 @@ Tensor soft_mixture_backward_cpu(Tensor grad_embeds, Tensor grad_weights, Tensor
           weights.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
           entropy.const_data_ptr<acc_t>(), max_prob.const_data_ptr<acc_t>(),
           valid.const_data_ptr<bool>(), nkept.const_data_ptr<int64_t>(), B, V, D,
-          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale,
+          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale, gumbel_eps,
           out.mutable_data_ptr<scalar_t>());
     });
   });

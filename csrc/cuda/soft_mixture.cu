@@ -224,7 +224,8 @@ __global__ void __launch_bounds__(kFinalizeThreads)
                                 const double* __restrict__ T, const int64_t* __restrict__ K,
                                 const double* __restrict__ TP, const double* __restrict__ MP,
                                 const int64_t* __restrict__ FK, const int64_t* __restrict__ S, const int64_t* __restrict__ O,
-                                int noise, double tau, double noise_scale, double alpha,
+                                int noise, double tau, double noise_scale, double alpha, double glo,
+                                double ghi, double geps,
                                 int64_t* __restrict__ ids, acc_t* __restrict__ w,
                                 acc_t* __restrict__ h, acc_t* __restrict__ mp, bool* __restrict__ ok,
                                 acc_t* __restrict__ y, acc_t* __restrict__ lse,
@@ -263,7 +264,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   }
   soft::row_stats<acc_t>(st, t, false, h + b, mp + b, lse + b);
   soft::RowParams rp{T[b], K[b], FK[b], static_cast<double>(st.s), TP[b], MP[b], static_cast<uint64_t>(S[b]),
-                     static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha};
+                     static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha, glo, ghi, geps};
   nkept[b] = soft::finalize_row<acc_t>(mv, mi, n, k, rp, ids + b * k, w + b * k, y + b * k);
 }
 
@@ -308,14 +309,35 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Gaussian noise on the mixed embedding: embeds[b, d] += std * eps_d(seed[b], offset[b])
+// for valid rows (soft::embed_normal), in the embedding's dtype; grid (D / kThreads, rows).
+template <typename emb_t>
+__global__ void __launch_bounds__(kThreads)
+    embed_noise_kernel(int64_t D, const int64_t* __restrict__ S, const int64_t* __restrict__ O,
+                       const bool* __restrict__ ok, double sd, int64_t row0, emb_t* __restrict__ out) {
+  const int64_t b = row0 + blockIdx.y;
+  const int64_t d = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+  if (d >= D || !ok[b]) return;
+  const float e = soft::embed_normal(static_cast<uint64_t>(S[b]), static_cast<uint64_t>(O[b]),
+                                     static_cast<uint64_t>(d));
+  emb_t* o = out + b * D + d;
+  if constexpr (std::is_same_v<emb_t, double>) {
+    *o = *o + sd * static_cast<double>(e);
+  } else {
+    *o = from_float<emb_t>(to_float(*o) + static_cast<float>(sd) * e);
+  }
+}
+
 using Out9 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k,
                        Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int64_t k,
                        int64_t noise, double tau, double noise_scale, double dirichlet_alpha,
-                       double embed_scale, Tensor filter_top_k, int64_t kc) {
+                       double embed_scale, Tensor filter_top_k, int64_t kc, double gumbel_lo,
+                       double gumbel_hi, double gumbel_eps, double embed_noise_std) {
   soft_mixture_checks::check_forward_inputs(logits, embedding, temperature, top_k, top_p, min_p, seed,
                                             offset, k, noise, tau, dirichlet_alpha, filter_top_k, kc,
+                                            gumbel_lo, gumbel_hi, gumbel_eps, embed_noise_std,
                                             soft_mixture_checks::Backend::kCuda);
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1);
   // Per-row values (top_k in [1, k], top_p in (0, 1], ...) are checked by the
@@ -361,7 +383,7 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
         temperature.const_data_ptr<double>(), top_k.const_data_ptr<int64_t>(),
         top_p.const_data_ptr<double>(), min_p.const_data_ptr<double>(),
         filter_top_k.const_data_ptr<int64_t>(), seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), static_cast<int>(noise),
-        tau, noise_scale, dirichlet_alpha, ids.mutable_data_ptr<int64_t>(),
+        tau, noise_scale, dirichlet_alpha, gumbel_lo, gumbel_hi, gumbel_eps, ids.mutable_data_ptr<int64_t>(),
         weights.mutable_data_ptr<acc_t>(), entropy.mutable_data_ptr<acc_t>(),
         max_prob.mutable_data_ptr<acc_t>(), valid.mutable_data_ptr<bool>(),
         noisy.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>(),
@@ -408,6 +430,27 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
     default: SOFTDEC_CHECK(false, "embedding must be float32, bfloat16, float16 or float64, got ",
                            dtype_name(embedding.scalar_type()));
   }
+  if (embed_noise_std != 0.0) {
+    auto run_noise = [&](auto etag) {
+      using scalar_t = decltype(etag);
+      using cs_t = typename CudaNative<scalar_t>::type;
+      for (int64_t row0 = 0; row0 < B; row0 += kMaxGridY) {
+        const int64_t rows = std::min<int64_t>(kMaxGridY, B - row0);
+        const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
+        embed_noise_kernel<cs_t><<<grid, kThreads, 0, stream>>>(
+            D, seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), valid.const_data_ptr<bool>(),
+            embed_noise_std, row0, reinterpret_cast<cs_t*>(embeds.mutable_data_ptr<scalar_t>()));
+        SOFTDEC_CUDA_LAUNCH_CHECK();
+      }
+    };
+    switch (embedding.scalar_type()) {
+      case ScalarType::Float: run_noise(float{}); break;
+      case ScalarType::Double: run_noise(double{}); break;
+      case ScalarType::BFloat16: run_noise(bf16{}); break;
+      case ScalarType::Half: run_noise(fp16{}); break;
+      default: break;
+    }
+  }
   return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
 }
 
@@ -448,7 +491,7 @@ __global__ void __launch_bounds__(kThreads)
                     const acc_t* __restrict__ lse, const acc_t* __restrict__ H,
                     const acc_t* __restrict__ MPr, const bool* __restrict__ valid,
                     const int64_t* __restrict__ nkept, int64_t V, int64_t D, int k, int noise,
-                    double tau, double embed_scale, scalar_t* __restrict__ out) {
+                    double tau, double embed_scale, double gumbel_eps, scalar_t* __restrict__ out) {
   __shared__ acc_t red[kThreads / 32];
   __shared__ acc_t g[soft::kMaxTopK];     // g_i, then dx_i (thread 0 alone works on both)
   __shared__ acc_t wpre[soft::kMaxTopK];  // softmax(l / T) of the kept tokens (noise)
@@ -527,6 +570,8 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t itau = static_cast<acc_t>(1.0 / tau);
     for (int i = 0; i < kept; ++i) {
       dx[i] = w[i] * (g[i] - sbar) * itau + gY[b * k + i];
+      // y = log(w_pre + eps): dy/dw_pre = 1 / (w_pre + eps)
+      if (gumbel_eps > 0) dx[i] *= wpre[i] / (wpre[i] + static_cast<acc_t>(gumbel_eps) * z);
       sdy += dx[i];
     }
     for (int i = 0; i < kept; ++i) dx[i] -= wpre[i] / z * sdy;
@@ -578,7 +623,8 @@ Tensor soft_mixture_backward_cuda(Tensor grad_embeds, Tensor grad_weights, Tenso
                                   Tensor grad_max_prob, Tensor grad_noisy, Tensor logits,
                                   Tensor embedding, Tensor temperature, Tensor ids, Tensor weights,
                                   Tensor lse, Tensor entropy, Tensor max_prob, Tensor valid,
-                                  Tensor nkept, int64_t noise, double tau, double embed_scale) {
+                                  Tensor nkept, int64_t noise, double tau, double embed_scale,
+                                  double gumbel_eps) {
   soft_mixture_checks::check_backward_inputs(logits, embedding);
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1), k = ids.size(1);
@@ -602,7 +648,7 @@ Tensor soft_mixture_backward_cuda(Tensor grad_embeds, Tensor grad_weights, Tenso
           weights.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
           entropy.const_data_ptr<acc_t>(), max_prob.const_data_ptr<acc_t>(),
           valid.const_data_ptr<bool>(), nkept.const_data_ptr<int64_t>(), V, D,
-          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale,
+          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale, gumbel_eps,
           reinterpret_cast<cs_t*>(out.mutable_data_ptr<scalar_t>()));
       SOFTDEC_CUDA_LAUNCH_CHECK();
     });

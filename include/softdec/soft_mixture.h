@@ -12,7 +12,8 @@
 //
 // RNG layout (binding; the float64 reference reproduces it exactly):
 //   * Gumbel: the noise of kept token `id` is element `id` of the row's
-//     (seed, offset) Philox stream: G = -log(-log u(seed, offset, id)).
+//     (seed, offset) Philox stream: G = -log(-log u(seed, offset, id)),
+//     then clamped to [gumbel_lo, gumbel_hi] (SofT-GRPO: [-1.5, 3]).
 //     It does not depend on the token's rank.
 //   * Dirichlet: Gamma(a) by Marsaglia-Tsang; attempt t (0 <= t < 16) of token
 //     `id` uses the four uniforms of Philox block id * 16 + t (stream elements
@@ -36,6 +37,9 @@ namespace softdec {
 namespace soft {
 
 constexpr int kMaxTopK = 256;
+// First Philox block of the embedding noise (block 2^63 + d for column d): far
+// above the Gumbel (elements < V) and Dirichlet (blocks < 16 V) counters.
+constexpr uint64_t kNormalBlock0 = uint64_t(1) << 63;
 constexpr int kGammaAttempts = 16;
 
 enum Noise : int32_t { kNoNoise = 0, kGumbel = 1, kDirichlet = 2 };
@@ -200,6 +204,21 @@ SOFTDEC_HD double soft_gamma(double a, uint64_t seed, uint64_t offset, int64_t i
   return g;
 }
 
+// Standard normal eps_d of column d of the row's (seed, offset) stream (the
+// Gaussian embedding noise, softdec.philox_normal): Philox block 2^63 + d,
+// u0, u1 = (bits + 0.5) / 2^32 of lanes 0, 1, eps = sqrt(-2 log u0) cos(2 pi u1)
+// in float64, rounded to float32.
+SOFTDEC_HD float embed_normal(uint64_t seed, uint64_t offset, uint64_t d) {
+  const philox::U32x4 blk = philox::block(seed, offset, kNormalBlock0 + d);
+  const double u0 = philox::to_unit_double(blk.v[0]);
+  const double u1 = philox::to_unit_double(blk.v[1]);
+#if defined(__CUDA_ARCH__)
+  return static_cast<float>(::sqrt(-2.0 * ::log(u0)) * ::cos(6.283185307179586 * u1));
+#else
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u0)) * std::cos(6.283185307179586 * u1));
+#endif
+}
+
 // Per-row parameters of finalize_row.
 struct RowParams {
   double temperature;  // T >= 0 (0: one-hot argmax)
@@ -211,6 +230,9 @@ struct RowParams {
   uint64_t seed, offset;
   int32_t noise;       // Noise
   double tau, noise_scale, dirichlet_alpha;
+  // Gumbel options (SofT-GRPO): G clamped to [gumbel_lo, gumbel_hi] (+-inf: no
+  // clamp) and y = log(w + gumbel_eps) + noise_scale * G (0: log w).
+  double gumbel_lo, gumbel_hi, gumbel_eps;
 };
 
 // Filtering, noise and the final order of one row.
@@ -290,8 +312,10 @@ SOFTDEC_HD int finalize_row(const T* cand_v, const int64_t* cand_id, int n, int 
         T ymax = ninf;
         for (int i = 0; i < kept; ++i) {
           const T u = static_cast<T>(philox::uniform(p.seed, p.offset, static_cast<uint64_t>(ids[i])));
-          const T g = -sm_log(-sm_log(u));
-          noisy[i] = sm_log(w[i]) + static_cast<T>(p.noise_scale) * g;
+          T g = -sm_log(-sm_log(u));
+          g = g < static_cast<T>(p.gumbel_lo) ? static_cast<T>(p.gumbel_lo) : g;
+          g = g > static_cast<T>(p.gumbel_hi) ? static_cast<T>(p.gumbel_hi) : g;
+          noisy[i] = sm_log(w[i] + static_cast<T>(p.gumbel_eps)) + static_cast<T>(p.noise_scale) * g;
           ymax = sm_max(ymax, noisy[i]);
         }
         const T itau = T(1) / static_cast<T>(p.tau);

@@ -4,6 +4,7 @@ Public names are re-exported by ``softdec`` (and ``softdec.ops``)."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -39,7 +40,8 @@ class SoftTokens(NamedTuple):
 
 @torch.library.register_fake("softdec::soft_mixture")
 def _soft_mixture_fake(logits, embedding, temperature, top_k, top_p, min_p, seed, offset, k, noise,
-                       tau, noise_scale, dirichlet_alpha, embed_scale, filter_top_k, kc):
+                       tau, noise_scale, dirichlet_alpha, embed_scale, filter_top_k, kc, gumbel_lo,
+                       gumbel_hi, gumbel_eps, embed_noise_std):
     torch._check(logits.dim() == 2, lambda: "logits must be a 2-D tensor (batch, vocab)")
     torch._check(embedding.dim() == 2, lambda: "embedding must be a 2-D tensor (vocab, dim)")
     torch._check(embedding.shape[0] == logits.shape[1],
@@ -58,7 +60,7 @@ def _soft_mixture_fake(logits, embedding, temperature, top_k, top_p, min_p, seed
 @torch.library.register_fake("softdec::soft_mixture_backward")
 def _soft_mixture_backward_fake(grad_embeds, grad_weights, grad_entropy, grad_max_prob, grad_noisy,
                                 logits, embedding, temperature, ids, weights, lse, entropy, max_prob,
-                                valid, nkept, noise, tau, embed_scale):
+                                valid, nkept, noise, tau, embed_scale, gumbel_eps):
     torch._check(logits.dim() == 2, lambda: "logits must be a 2-D tensor (batch, vocab)")
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
@@ -74,7 +76,7 @@ def _soft_mixture_setup_context(ctx, inputs, output):
     _, ids, weights, entropy, max_prob, valid, _, lse, nkept = output
     ctx.save_for_backward(logits, embedding, temperature, ids, weights, lse, entropy, max_prob,
                           valid, nkept)
-    ctx.noise, ctx.tau, ctx.embed_scale = inputs[9], inputs[10], inputs[13]
+    ctx.noise, ctx.tau, ctx.embed_scale, ctx.gumbel_eps = inputs[9], inputs[10], inputs[13], inputs[18]
 
 
 def _soft_mixture_backward(ctx, g_embeds, g_ids, g_weights, g_entropy, g_max_prob, g_valid,
@@ -93,11 +95,11 @@ def _soft_mixture_backward(ctx, g_embeds, g_ids, g_weights, g_entropy, g_max_pro
         grad_logits = _ops.soft_mixture_backward(
             ge, dense(g_weights, (B, k)), dense(g_entropy, (B,)), dense(g_max_prob, (B,)),
             dense(g_noisy, (B, k)), logits, embedding, temperature, ids, weights, lse, entropy,
-            max_prob, valid, nkept, ctx.noise, ctx.tau, ctx.embed_scale)
+            max_prob, valid, nkept, ctx.noise, ctx.tau, ctx.embed_scale, ctx.gumbel_eps)
     if ctx.needs_input_grad[1]:
         grad_embedding = _ops.soft_mixture_embedding_backward(ge, embedding, ids, weights, nkept,
                                                               ctx.embed_scale)
-    return (grad_logits, grad_embedding) + (None,) * 14
+    return (grad_logits, grad_embedding) + (None,) * 18
 
 
 torch.library.register_autograd("softdec::soft_mixture", _soft_mixture_backward,
@@ -112,6 +114,8 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
                  min_p: Union[float, torch.Tensor] = 0.0,
                  noise: Optional[str] = None, tau: float = 1.0, noise_scale: float = 1.0,
                  dirichlet_alpha: float = 1.0,
+                 gumbel_clamp: Optional[tuple] = None, gumbel_eps: float = 0.0,
+                 embed_noise_std: float = 0.0,
                  seed: Optional[Union[int, torch.Tensor]] = None,
                  offset: Union[int, torch.Tensor] = 0,
                  generator: Optional[torch.Generator] = None,
@@ -136,7 +140,9 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
     3. Noise. ``"gumbel"``: ``y = log w + noise_scale * G``, ``G = -log(-log U)``,
        ``w = softmax(y / tau)``, ``noisy_logits = y``; the uniform of token ``id``
        is element ``id`` of the row's ``(seed, offset)`` Philox stream
-       (:func:`softdec.philox_uniform`), whatever its rank. ``"dirichlet"``:
+       (:func:`softdec.philox_uniform`), whatever its rank. SofT-GRPO's form:
+       ``gumbel_clamp=(lo, hi)`` clamps ``G`` to ``[lo, hi]`` (its code: -1.5, 3)
+       and ``gumbel_eps`` gives ``y = log(w + gumbel_eps) + noise_scale * G``. ``"dirichlet"``:
        ``w ~ Dir(dirichlet_alpha * w)`` by normalised Gamma draws
        (Marsaglia-Tsang in float64; attempt ``t < 16`` of token ``id`` uses the
        Philox block ``id * 16 + t``, see include/softdec/soft_mixture.h and
@@ -148,6 +154,12 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
        with 0 and ``noisy_logits`` with ``-inf``.
     5. ``embeds = embed_scale * sum_i weights_i * embedding[ids_i]``, accumulated
        in float32 (float64 for float64 inputs), returned in the embedding's dtype.
+       With ``embed_noise_std = s > 0`` (Soft Tokens, Hard Truths; SofT-GRPO's
+       default), valid rows then get ``embeds += s * eps`` with
+       ``eps = softdec.philox_normal((B, D), seed, offset)`` (the same Philox
+       stream, counter blocks ``2**63 + d``: disjoint from the Gumbel and
+       Dirichlet draws), added in float32 (float64) and rounded to the
+       embedding's dtype. No gradient flows through ``eps``.
 
     Rows whose logits are all ``-inf`` or contain NaN or ``+inf`` get
     ``valid=False``, ``embeds = 0``, ``ids = 0``, ``weights = 0``,
@@ -193,6 +205,14 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
         Multiplies the Gumbel noise.
     dirichlet_alpha : float, default 1.0
         Dirichlet concentration scale (> 0); the paper's alpha = 4.
+    gumbel_clamp : (float, float) or None, default None
+        Clamp ``G`` to ``[lo, hi]`` (``lo < hi``; infinite bounds allowed:
+        ``(-inf, inf)`` is no clamp). SofT-GRPO trains with ``(-1.5, 3.0)``.
+    gumbel_eps : float, default 0.0
+        ``y = log(w + gumbel_eps) + noise_scale * G`` (>= 0; 0 is ``log w``).
+    embed_noise_std : float, default 0.0
+        Standard deviation of the Gaussian noise on the mixed embedding (>= 0;
+        independent of ``noise``, which acts on the weights).
     seed : int or torch.Tensor, optional
         Philox key, or (batch,) int64 per row. ``None`` draws one seed per row
         from ``generator`` (or torch's default generator), advancing it; only
@@ -256,15 +276,19 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
             and (noise is None or type(noise) is str) and type(tau) in _SCALAR_TYPES
             and type(noise_scale) in _SCALAR_TYPES and type(dirichlet_alpha) in _SCALAR_TYPES
             and type(embed_scale) in _SCALAR_TYPES and type(offset) is int
+            and gumbel_clamp is None and type(gumbel_eps) in _SCALAR_TYPES
+            and type(embed_noise_std) in _SCALAR_TYPES
+            and (embed_noise_std == 0 or type(seed) is int)
             and (type(seed) is int or (seed is None and noise is None))):
         key = ("soft_mixture", top_k, filter_top_k, V, temperature, top_p, min_p, noise, tau, noise_scale,
-               dirichlet_alpha, embed_scale, seed, offset)
+               dirichlet_alpha, embed_scale, seed, offset, gumbel_eps, embed_noise_std)
         tail = scalar_rows(key, B, dev, _sm_args, top_k, temperature, top_p, min_p, noise, tau,
                            noise_scale, dirichlet_alpha, embed_scale, seed, offset, generator,
-                           filter_top_k, V)
+                           filter_top_k, V, None, gumbel_eps, embed_noise_std)
     else:
         tail = _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
-                        dirichlet_alpha, embed_scale, seed, offset, generator, filter_top_k, V)
+                        dirichlet_alpha, embed_scale, seed, offset, generator, filter_top_k, V,
+                        gumbel_clamp, gumbel_eps, embed_noise_std)
     if below_autograd(logits, embedding):
         with torch._C._AutoDispatchBelowAutograd():
             out = _SM_OP_BOXED(logits, embedding, *tail)
@@ -280,17 +304,38 @@ _SM_OP_BOXED = getattr(_ops.soft_mixture.default, "_op", _ops.soft_mixture.defau
 
 
 def _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha,
-             embed_scale, seed, offset, generator, filter_top_k=None, V=None):
+             embed_scale, seed, offset, generator, filter_top_k=None, V=None, gumbel_clamp=None,
+             gumbel_eps=0.0, embed_noise_std=0.0):
     """The native op's arguments after (logits, embedding), checked."""
     kt, temp, tp, mp, k, noise_code, tau, noise_scale, dirichlet_alpha, embed_scale = _sm_settings(
         B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha, embed_scale)
     fk, kc = _sm_filter(filter_top_k, top_k, kt, k, B, dev, V)
-    if noise is None and seed is None:
+    glo, ghi = _gumbel_clamp(gumbel_clamp)
+    geps = float_arg(gumbel_eps, "gumbel_eps", lo=0)
+    estd = float_arg(embed_noise_std, "embed_noise_std", lo=0)
+    if noise is None and seed is None and estd == 0:
         s = const_row(0, B, torch.int64, dev)
         _, o = rng_state(0, offset, B, dev)
     else:
         s, o = rng_state(seed, offset, B, dev, generator)
-    return (temp, kt, tp, mp, s, o, k, noise_code, tau, noise_scale, dirichlet_alpha, embed_scale, fk, kc)
+    return (temp, kt, tp, mp, s, o, k, noise_code, tau, noise_scale, dirichlet_alpha, embed_scale, fk, kc,
+            glo, ghi, geps, estd)
+
+
+def _gumbel_clamp(c):
+    """gumbel_clamp, checked: (lo, hi) floats (None: no clamp, (-inf, inf))."""
+    if c is None:
+        return -math.inf, math.inf
+    msg = "gumbel_clamp must be None or a pair (lo, hi) of numbers with lo < hi"
+    if isinstance(c, (str, bytes, torch.Tensor)) or not hasattr(c, "__len__") or len(c) != 2:
+        raise ValueError(f"{msg}, got {c!r}")
+    lo, hi = c
+    if isinstance(lo, bool) or isinstance(hi, bool) or not all(isinstance(v, (int, float)) for v in (lo, hi)):
+        raise ValueError(f"{msg}, got {c!r}")
+    lo, hi = float(lo), float(hi)
+    if math.isnan(lo) or math.isnan(hi) or not lo < hi or lo == math.inf or hi == -math.inf:
+        raise ValueError(f"{msg}, got ({lo}, {hi})")
+    return lo, hi
 
 
 def _sm_filter(filter_top_k, top_k, kt, k, B, dev, V):

@@ -23,7 +23,11 @@ class _SoftBase(Strategy):
     needs_embeddings = True
 
     def _init_soft(self, top_k, top_p, min_p, temperature, noise, tau, noise_scale, dirichlet_alpha,
-                   think_end_token_id, max_think_tokens, after, seed, filter_top_k=None):
+                   think_end_token_id, max_think_tokens, after, seed, filter_top_k=None,
+                   gumbel_clamp=None, gumbel_eps=0.0, embed_noise_std=0.0):
+        self.embed_noise_std = check_number(embed_noise_std, "embed_noise_std", lo=0.0)
+        self.gumbel_clamp = None if gumbel_clamp is None else tuple(gumbel_clamp)
+        self.gumbel_eps = check_number(gumbel_eps, "gumbel_eps", lo=0.0)
         self.top_k = check_number(top_k, "top_k", lo=1, integer=True)
         self.filter_top_k = check_number(filter_top_k, "filter_top_k", lo=0, integer=True, allow_none=True)
         if (isinstance(self.filter_top_k, int) and isinstance(self.top_k, int)
@@ -55,7 +59,9 @@ class _SoftBase(Strategy):
                                   temperature=self.temperature,
                                   top_p=self.top_p, min_p=self.min_p, noise=self.noise, tau=self.tau,
                                   noise_scale=self.noise_scale, dirichlet_alpha=self.dirichlet_alpha,
-                                  seed=ctx.seed, offset=ctx.offset(0), embed_scale=ctx.embed_scale)
+                                  seed=ctx.seed, offset=ctx.offset(0), embed_scale=ctx.embed_scale,
+                                  gumbel_clamp=self.gumbel_clamp, gumbel_eps=self.gumbel_eps,
+                                  embed_noise_std=self.embed_noise_std)
 
     def init_state(self, batch, device):
         return {"thinking": torch.ones(batch, dtype=torch.bool, device=device),
@@ -127,6 +133,9 @@ class SoftThinking(_SoftBase):
     filter_top_k : int or None, default None (keyword)
         Candidates kept before top-p / min-p (Soft Thinking's ``top_k``, 30 in
         the paper); None: ``top_k``; 0: the whole vocabulary.
+    gumbel_clamp, gumbel_eps, embed_noise_std : (keyword)
+        SofT-GRPO's Gumbel form and the Gaussian embedding noise, as in
+        ``softdec.soft_mixture``.
         Tokens in each concept token (Soft Thinking's max_topk; 5-20).
     top_p, min_p, temperature : float, defaults 1.0, 0.0, 1.0
         Filters of ``soft_mixture``; temperature 0 makes the mixture one-hot
@@ -159,9 +168,11 @@ class SoftThinking(_SoftBase):
     def __init__(self, top_k=10, top_p=1.0, min_p=0.0, temperature=1.0, noise=None, tau=1.0,
                  cold_stop_entropy=0.01, cold_stop_steps=None, think_end_token_id=None,
                  max_think_tokens=None, after=None, *, noise_scale=1.0, dirichlet_alpha=1.0, seed=None,
-                 filter_top_k=None):
+                 filter_top_k=None, gumbel_clamp=None, gumbel_eps=0.0,
+                 embed_noise_std=0.0):
         self._init_soft(top_k, top_p, min_p, temperature, noise, tau, noise_scale, dirichlet_alpha,
-                        think_end_token_id, max_think_tokens, after, seed, filter_top_k)
+                        think_end_token_id, max_think_tokens, after, seed, filter_top_k, gumbel_clamp, gumbel_eps,
+                        embed_noise_std)
         self.cold_stop_entropy = check_number(cold_stop_entropy, "cold_stop_entropy", lo=0.0)
         self.cold_stop_steps = check_number(cold_stop_steps, "cold_stop_steps", lo=1, integer=True,
                                             allow_none=True)
@@ -218,7 +229,7 @@ class Router(_SoftBase):
     discrete : Discrete, default Discrete()
         Draws for discrete steps while routing.
     top_k, top_p, min_p, temperature, noise, tau, think_end_token_id,
-    max_think_tokens, after, seed, filter_top_k :
+    max_think_tokens, after, seed, filter_top_k, gumbel_clamp, gumbel_eps, embed_noise_std :
         As in ``SoftThinking``.
 
     Examples
@@ -231,9 +242,11 @@ class Router(_SoftBase):
     def __init__(self, threshold=0.5, *, variant="max_prob", low_entropy=0.2, high_entropy=1.0, min_steps=256,
                  discrete=None, top_k=10, top_p=1.0, min_p=0.0, temperature=1.0, noise=None, tau=1.0,
                  noise_scale=1.0, dirichlet_alpha=1.0, think_end_token_id=None, max_think_tokens=None,
-                 after=None, seed=None, filter_top_k=None):
+                 after=None, seed=None, filter_top_k=None, gumbel_clamp=None, gumbel_eps=0.0,
+                 embed_noise_std=0.0):
         self._init_soft(top_k, top_p, min_p, temperature, noise, tau, noise_scale, dirichlet_alpha,
-                        think_end_token_id, max_think_tokens, after, seed, filter_top_k)
+                        think_end_token_id, max_think_tokens, after, seed, filter_top_k, gumbel_clamp, gumbel_eps,
+                        embed_noise_std)
         if variant not in ("max_prob", "lead"):
             raise ValueError(f"variant must be 'max_prob' or 'lead', got {variant!r}")
         self.variant = variant
