@@ -82,7 +82,7 @@ def _sm_args(**kw):
              top_p=torch.ones(B, dtype=d64), min_p=_f(B, dtype=d64), seed=_l(B), offset=_l(B), k=4, noise=0,
              tau=1.0, noise_scale=1.0, dirichlet_alpha=1.0, embed_scale=1.0,
              filter_top_k=torch.zeros(B, dtype=torch.long), kc=4, gumbel_lo=-float("inf"),
-             gumbel_hi=float("inf"), gumbel_eps=0.0)
+             gumbel_hi=float("inf"), gumbel_eps=0.0, embed_noise_std=0.0)
     a.update(kw)
     return a
 
@@ -101,6 +101,7 @@ def test_soft_mixture_valid_call_runs():
     (dict(noise=3), "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got 3"),
     (dict(gumbel_lo=3.0, gumbel_hi=-1.5), "gumbel_clamp must be (lo, hi) with lo < hi, got (3, -1.5)"),
     (dict(gumbel_eps=-1.0), "gumbel_eps must be >= 0 and finite, got -1"),
+    (dict(embed_noise_std=-1.0), "embed_noise_std must be >= 0 and finite, got -1"),
     (dict(kc=3), "kc (the candidate width, max(k, filter_top_k)) must be in [k = 4, 256], got 3"),
     (dict(filter_top_k=_l(B + 1)), "filter_top_k"),
     (dict(tau=0.0), "tau must be > 0 and finite, got 0"),

@@ -428,7 +428,7 @@ def _native_args(B=3, V=50, D=8, k=5, noise=1):
             torch.full((B,), 0.8, dtype=torch.float64), torch.full((B,), k),
             torch.full((B,), 0.9, dtype=torch.float64), torch.zeros(B, dtype=torch.float64),
             torch.arange(B), torch.zeros(B, dtype=torch.int64), k, noise, 0.5, 1.0, 1.0, 1.0,
-            torch.full((B,), k), k, -math.inf, math.inf, 0.0)
+            torch.full((B,), k), k, -math.inf, math.inf, 0.0, 0.0)
 
 
 def test_opcheck():

@@ -534,3 +534,62 @@ def test_strategy_passes_the_noise_options():
                                 seed=torch.arange(3), offset=StepContext(table, 1.0, torch.arange(3), 0).offset(0))
     assert torch.equal(opts[0].embeds, want.embeds)
     assert not torch.equal(plain[0].embeds, opts[0].embeds)
+
+
+# ---------------------------------------------------------------- CUDA (run when a GPU is present)
+
+
+def _cu(kw):
+    return {a: (v.cuda() if isinstance(v, torch.Tensor) else v) for a, v in kw.items()}
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["random", "peaked", "ties", "flat"])
+@pytest.mark.parametrize("fk", [30, 0, torch.tensor([10, 30, 0])])
+def test_cuda_filter_top_k_matches_cpu(kind, fk):
+    logits = _logits(kind, 3, V_QWEN, 50)
+    table = torch.randn(V_QWEN, 64, generator=torch.Generator().manual_seed(51)).to(torch.bfloat16)
+    kw = dict(ST, filter_top_k=fk)
+    c = softdec.soft_mixture(logits, table, **kw)
+    g = softdec.soft_mixture(logits.cuda(), table.cuda(), **_cu(kw))
+    assert torch.equal(g.ids.cpu(), c.ids)
+    torch.testing.assert_close(g.weights.cpu(), c.weights, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(g.entropy.cpu(), c.entropy, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(g.embeds.cpu().float(), c.embeds.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.cuda
+def test_cuda_temperature_zero_statistics_and_gradient():
+    x = torch.randn(3, 5000, generator=torch.Generator().manual_seed(52))
+    t = torch.randn(5000, 16)
+    c = softdec.soft_mixture(x, t, temperature=0.0, top_k=10)
+    g = softdec.soft_mixture(x.cuda(), t.cuda(), temperature=0.0, top_k=10)
+    torch.testing.assert_close(g.entropy.cpu(), c.entropy, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g.max_prob.cpu(), c.max_prob, atol=1e-6, rtol=1e-5)
+    xc, xg = x.clone().requires_grad_(), x.cuda().requires_grad_()
+    softdec.soft_mixture(xc, t, temperature=0.0).entropy.sum().backward()
+    softdec.soft_mixture(xg, t.cuda(), temperature=0.0).entropy.sum().backward()
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("edt", [torch.float32, torch.bfloat16])
+def test_cuda_gumbel_options_and_embed_noise_match_cpu(edt):
+    x = torch.randn(4, 3000, generator=torch.Generator().manual_seed(53))
+    t = torch.randn(3000, 40).to(edt)
+    kw = dict(ST, noise="gumbel", tau=0.5, gumbel_clamp=(-1.5, 3.0), gumbel_eps=1e-6, embed_noise_std=0.2,
+              seed=torch.arange(4), offset=3)
+    c = softdec.soft_mixture(x, t, **kw)
+    g = softdec.soft_mixture(x.cuda(), t.cuda(), **_cu(kw))
+    assert torch.equal(g.ids.cpu(), c.ids)
+    torch.testing.assert_close(g.weights.cpu(), c.weights, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(g.noisy_logits.cpu(), c.noisy_logits, atol=1e-5, rtol=1e-5)
+    ulp = torch.finfo(edt).eps
+    torch.testing.assert_close(g.embeds.cpu().double(), c.embeds.double(), atol=4 * ulp, rtol=4 * ulp)
+    e_c = softdec.philox_normal((4, 40), torch.arange(4), 3)
+    e_g = softdec.philox_normal((4, 40), torch.arange(4).cuda(), 3)
+    torch.testing.assert_close(e_g.cpu(), e_c, atol=1e-6, rtol=0)
+    xc, xg = x.double().requires_grad_(), x.double().cuda().requires_grad_()
+    softdec.soft_mixture(xc, t.double(), **kw).embeds.square().sum().backward()
+    softdec.soft_mixture(xg, t.double().cuda(), **_cu(kw)).embeds.square().sum().backward()
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, atol=1e-9, rtol=1e-7)
