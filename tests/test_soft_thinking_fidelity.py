@@ -196,7 +196,7 @@ def test_opcheck_and_compile_with_filter():
             torch.full((B,), 0.6, dtype=torch.float64), torch.full((B,), k),
             torch.full((B,), 0.95, dtype=torch.float64), torch.full((B,), 0.001, dtype=torch.float64),
             torch.arange(B), torch.zeros(B, dtype=torch.int64), k, 1, 0.5, 1.0, 1.0, 1.0,
-            torch.tensor([30, 0, 5]), 30, -1.5, 3.0, 1e-6)
+            torch.tensor([30, 0, 5]), 30, -1.5, 3.0, 1e-6, 0.0)
     torch.library.opcheck(torch.ops.softdec.soft_mixture, args)
     lg, tb = args[0].clone().requires_grad_(), args[1].clone().requires_grad_()
     torch.library.opcheck(torch.ops.softdec.soft_mixture, (lg, tb) + args[2:])
