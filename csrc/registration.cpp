@@ -8,22 +8,31 @@ STABLE_TORCH_LIBRARY(softdec, m) {
   // ---- RNG (csrc/cpu/philox.cpp, csrc/cuda/philox.cu) ----
   // The Philox4x32-10 stream: out[r, i] = uniform(seed[r], offset[r], i), float32 in (0, 1).
   m.def("philox_uniform(Tensor seed, Tensor offset, int n) -> Tensor");
+  // Standard normals of the (seed[r], offset[r]) streams, Philox blocks 2^63 + i (soft::embed_normal;
+  // csrc/cpu/philox_normal.cpp, csrc/cuda/philox_normal.cu) -> float32 (rows, n).
+  m.def("philox_normal(Tensor seed, Tensor offset, int n) -> Tensor");
 
 
   // ---- soft mixture (csrc/cpu/soft_mixture.cpp, csrc/cuda/soft_mixture.cu) ----
   // Concept tokens: fused softmax/entropy/top-k/top-p/min-p/noise/gather. Per-row tensors:
   // temperature/top_p/min_p float64, top_k/seed/offset int64. noise: 0 none, 1 gumbel, 2 dirichlet.
   // Returns (embeds, ids, weights, entropy, max_prob, valid, noisy_logits, lse, nkept); the last
-  // two are saved for the backward.
+  // two are saved for the backward. filter_top_k: int64 per row (0: the whole vocabulary, else
+  // in [top_k, kc]); kc: the candidate width, max(k, max filter_top_k) (<= kMaxTopK).
+  // gumbel_lo/hi: clamp of G (+-inf: none); gumbel_eps: y = log(w + eps) + noise_scale G.
+  // embed_noise_std: embeds += std * philox_normal(seed, offset) (valid rows; see soft::embed_normal).
   m.def("soft_mixture(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k, "
         "Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int k, int noise, float tau, "
-        "float noise_scale, float dirichlet_alpha, float embed_scale) -> (Tensor, Tensor, Tensor, "
+        "float noise_scale, float dirichlet_alpha, float embed_scale, Tensor filter_top_k, int kc, "
+        "float gumbel_lo, float gumbel_hi, float gumbel_eps, float embed_noise_std) "
+        "-> (Tensor, Tensor, Tensor, "
         "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Gradient of soft_mixture w.r.t. logits (dense (B, V), logits dtype).
   m.def("soft_mixture_backward(Tensor grad_embeds, Tensor grad_weights, Tensor grad_entropy, "
         "Tensor grad_max_prob, Tensor grad_noisy, Tensor logits, Tensor embedding, "
         "Tensor temperature, Tensor ids, Tensor weights, Tensor lse, Tensor entropy, "
-        "Tensor max_prob, Tensor valid, Tensor nkept, int noise, float tau, float embed_scale) "
+        "Tensor max_prob, Tensor valid, Tensor nkept, int noise, float tau, float embed_scale, "
+        "float gumbel_eps) "
         "-> Tensor");
   // Gradient of soft_mixture w.r.t. the embedding: the scatter into the kept rows, dense (V, D).
   m.def("soft_mixture_embedding_backward(Tensor grad_embeds, Tensor embedding, Tensor ids, "

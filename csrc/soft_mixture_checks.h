@@ -22,7 +22,9 @@ enum class Backend { kCpu, kCuda };
 inline void check_forward_inputs(const Tensor& logits, const Tensor& embedding, const Tensor& temperature,
                                  const Tensor& top_k, const Tensor& top_p, const Tensor& min_p,
                                  const Tensor& seed, const Tensor& offset, int64_t k, int64_t noise,
-                                 double tau, double dirichlet_alpha, Backend backend) {
+                                 double tau, double dirichlet_alpha, const Tensor& filter_top_k,
+                                 int64_t kc, double gumbel_lo, double gumbel_hi, double gumbel_eps,
+                                 double embed_noise_std, Backend backend) {
   check_dim(logits, "logits", 2, "(batch, vocab)");
   check_dim(embedding, "embedding", 2, "(vocab, dim)");
   SOFTDEC_CHECK(is_float_dtype(logits.scalar_type()) || logits.scalar_type() == ScalarType::Double,
@@ -53,9 +55,18 @@ inline void check_forward_inputs(const Tensor& logits, const Tensor& embedding, 
   check_per_row(offset, "offset", B, ScalarType::Long, logits, "logits");
   SOFTDEC_CHECK(k >= 1 && k <= soft::kMaxTopK, "k (the output width, max top_k) must be in [1, ",
                 soft::kMaxTopK, "], got ", k);
+  check_per_row(filter_top_k, "filter_top_k", B, ScalarType::Long, logits, "logits");
+  SOFTDEC_CHECK(kc >= k && kc <= soft::kMaxTopK, "kc (the candidate width, max(k, filter_top_k)) must be in [k = ",
+                k, ", ", soft::kMaxTopK, "], got ", kc);
   SOFTDEC_CHECK(noise >= 0 && noise <= 2, "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got ",
                 noise);
   SOFTDEC_CHECK(tau > 0 && std::isfinite(tau), "tau must be > 0 and finite, got ", tau);
+  SOFTDEC_CHECK(gumbel_lo < gumbel_hi && !std::isnan(gumbel_lo) && !std::isnan(gumbel_hi),
+                "gumbel_clamp must be (lo, hi) with lo < hi, got (", gumbel_lo, ", ", gumbel_hi, ")");
+  SOFTDEC_CHECK(embed_noise_std >= 0 && std::isfinite(embed_noise_std),
+                "embed_noise_std must be >= 0 and finite, got ", embed_noise_std);
+  SOFTDEC_CHECK(gumbel_eps >= 0 && std::isfinite(gumbel_eps), "gumbel_eps must be >= 0 and finite, got ",
+                gumbel_eps);
   SOFTDEC_CHECK(dirichlet_alpha > 0 && std::isfinite(dirichlet_alpha),
                 "dirichlet_alpha must be > 0 and finite, got ", dirichlet_alpha);
 }

@@ -80,7 +80,9 @@ def _sm_args(**kw):
     d64 = torch.float64
     a = dict(logits=_f(B, V), embedding=_f(V, 4), temperature=torch.ones(B, dtype=d64), top_k=torch.ones(B, dtype=torch.long),
              top_p=torch.ones(B, dtype=d64), min_p=_f(B, dtype=d64), seed=_l(B), offset=_l(B), k=4, noise=0,
-             tau=1.0, noise_scale=1.0, dirichlet_alpha=1.0, embed_scale=1.0)
+             tau=1.0, noise_scale=1.0, dirichlet_alpha=1.0, embed_scale=1.0,
+             filter_top_k=torch.zeros(B, dtype=torch.long), kc=4, gumbel_lo=-float("inf"),
+             gumbel_hi=float("inf"), gumbel_eps=0.0, embed_noise_std=0.0)
     a.update(kw)
     return a
 
@@ -97,6 +99,11 @@ def test_soft_mixture_valid_call_runs():
     (dict(embedding=_f(V + 1, 4)), "embedding must have as many rows as logits has columns (11), got 12"),
     (dict(k=0), "k (the output width, max top_k) must be in [1, "),
     (dict(noise=3), "noise must be 0 (none), 1 (gumbel) or 2 (dirichlet), got 3"),
+    (dict(gumbel_lo=3.0, gumbel_hi=-1.5), "gumbel_clamp must be (lo, hi) with lo < hi, got (3, -1.5)"),
+    (dict(gumbel_eps=-1.0), "gumbel_eps must be >= 0 and finite, got -1"),
+    (dict(embed_noise_std=-1.0), "embed_noise_std must be >= 0 and finite, got -1"),
+    (dict(kc=3), "kc (the candidate width, max(k, filter_top_k)) must be in [k = 4, 256], got 3"),
+    (dict(filter_top_k=_l(B + 1)), "filter_top_k"),
     (dict(tau=0.0), "tau must be > 0 and finite, got 0"),
     (dict(tau=float("inf")), "tau must be > 0 and finite, got inf"),
     (dict(dirichlet_alpha=-1.0), "dirichlet_alpha must be > 0 and finite, got -1"),

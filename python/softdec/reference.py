@@ -87,7 +87,7 @@ __all__ += ["row_seed", "row_keys"]
 
 import math  # noqa: E402
 
-__all__ += ["soft_mixture", "soft_mixture_dense", "philox_at", "soft_gamma"]
+__all__ += ["soft_mixture", "soft_mixture_dense", "philox_at", "soft_gamma", "philox_normal"]
 
 # Dirichlet noise: Gamma(a) by Marsaglia-Tsang with at most this many attempts
 # per token; attempt t of token id uses the Philox block id * 16 + t.
@@ -116,6 +116,29 @@ def philox_at(seed, offset, index) -> torch.Tensor:
     bits = np.take_along_axis(philox4x32_10(ctr, key), lane[..., None], -1)[..., 0]
     u = ((bits >> np.uint32(9)).astype(np.float64) + 0.5) / 2.0 ** 23
     return torch.from_numpy(u.astype(np.float32)).reshape(index.shape)
+
+
+def _na_scalar(v, dtype):
+    """A Python float as a 0-d tensor of ``dtype`` (the kernels' rounding of std)."""
+    return torch.tensor(float(v), dtype=dtype)
+
+
+def philox_normal(seed, offset, rows: int, n: int) -> torch.Tensor:
+    """The embedding noise eps (rows, n) float32 of soft_mixture / softdec.philox_normal,
+    from the per-row (seed[r], offset[r]) streams (int or (rows,) int64): element d
+    is Box-Muller (float64) of lanes 0, 1 of Philox block 2**63 + d."""
+    s = torch.as_tensor(seed, dtype=torch.int64).cpu().reshape(-1).expand(rows).numpy().astype(np.uint64)
+    o = torch.as_tensor(offset, dtype=torch.int64).cpu().reshape(-1).expand(rows).numpy().astype(np.uint64)
+    blk = np.uint64(1 << 63) + np.arange(n, dtype=np.uint64)[None, :].repeat(rows, 0)
+    so = np.broadcast_to(s[:, None], blk.shape)
+    oo = np.broadcast_to(o[:, None], blk.shape)
+    ctr = np.stack([blk & _MASK, blk >> np.uint64(32), oo & _MASK, oo >> np.uint64(32)], -1)
+    key = np.stack([so & _MASK, so >> np.uint64(32)], -1)
+    x = philox4x32_10(ctr, key)
+    u0 = (x[..., 0].astype(np.float64) + 0.5) / 2.0 ** 32
+    u1 = (x[..., 1].astype(np.float64) + 0.5) / 2.0 ** 32
+    eps = np.sqrt(-2.0 * np.log(u0)) * np.cos(6.283185307179586 * u1)
+    return torch.from_numpy(eps.astype(np.float32)).reshape(rows, n)
 
 
 @torch.compiler.disable  # draws through philox_at (numpy)
@@ -162,13 +185,15 @@ def _row_tensor(v, b, dtype, device):
 
 def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min_p=0.0,
                  noise=None, tau=1.0, noise_scale=1.0, dirichlet_alpha=1.0, seed=0, offset=0,
-                 embed_scale=1.0):
+                 embed_scale=1.0, filter_top_k=None, gumbel_clamp=None, gumbel_eps=0.0,
+                 embed_noise_std=0.0):
     """Soft Thinking concept tokens, as the plain PyTorch pipeline (oracle and baseline).
 
     Same arguments and semantics as ``softdec.soft_mixture`` (see its docstring):
-    softmax(logits / T) with entropy and max prob of the full distribution;
-    top-k (ties: lower vocabulary index first), top-p, min-p with
-    renormalisation; Gumbel or Dirichlet noise from the Philox stream; sort by
+    softmax(logits / T) with entropy and max prob of the full distribution
+    (of softmax(logits) when T = 0); filter top-k (``filter_top_k``; None:
+    top_k, 0: whole vocabulary; ties: lower vocabulary index first), top-p,
+    min-p, then the output top-k, each with renormalisation; Gumbel or Dirichlet noise from the Philox stream; sort by
     weight (ties: lower id first); the weighted sum of the k embedding rows.
     Computes in float64 when the inputs are float64, else float32. Returns the
     tuple ``(embeds, ids, weights, entropy, max_prob, valid, noisy_logits)``
@@ -194,8 +219,16 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
     p = logp.exp()
     entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(1)
     max_prob = p.max(1).values
-    entropy = torch.where(cold | bad, torch.zeros_like(entropy), entropy)
-    max_prob = torch.where(bad, torch.zeros_like(max_prob), torch.where(cold, torch.ones_like(max_prob), max_prob))
+    # T = 0: the statistics of softmax(logits) (T = 1), as DESIGN specifies
+    entropy = torch.where(bad, torch.zeros_like(entropy), entropy)
+    max_prob = torch.where(bad, torch.zeros_like(max_prob), max_prob)
+    if filter_top_k is None:
+        fr = kr
+    else:
+        fr = _row_tensor(filter_top_k, B, torch.int64, dev)
+        fr = torch.where((fr == 0) | (fr >= V), torch.full_like(fr, V), fr)
+    kout = kmax
+    kmax = max(kmax, int(fr.max()) if B else kmax)  # candidate width
 
     # top-k with ties broken toward the lower index: topk gives the threshold
     # value, the set is {x > thr} plus the lowest-index ties at thr.
@@ -215,7 +248,7 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
         ids = torch.cat([ids, ids[:, :1].expand(B, kmax - ke)], 1)
         xv = torch.cat([xv, torch.full((B, kmax - ke), -math.inf, dtype=acc, device=dev)], 1)
     pos = torch.arange(kmax, device=dev)
-    surv = (xv > -math.inf) & (pos < kr[:, None]) & ~bad[:, None]
+    surv = (xv > -math.inf) & (pos < fr[:, None]) & ~bad[:, None]
     surv = surv & (~cold[:, None] | (pos == 0))
     zk = torch.where(surv, xv / Ts[:, None], torch.full_like(xv, -math.inf))
     w = torch.softmax(zk, dim=1)
@@ -230,12 +263,19 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
     surv = surv & (w >= mp[:, None] * w[:, :1])
     w = torch.where(surv, w, torch.zeros_like(w))
     w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
+    # the output width: the top_k largest, renormalised
+    surv = surv & (pos < kr[:, None])
+    w = torch.where(surv, w, torch.zeros_like(w))
+    w = w / w.sum(1, keepdim=True).clamp_min(torch.finfo(acc).tiny)
+    ids, xv, w, surv, kmax = ids[:, :kout], xv[:, :kout], w[:, :kout], surv[:, :kout], kout
 
     noisy = None
     if noise == "gumbel":
         u = philox_at(row_keys(seed, B), offset if not isinstance(offset, torch.Tensor) else offset.expand(B), ids).to(dev).to(acc)
         G = -torch.log(-torch.log(u))
-        y = torch.where(surv, torch.log(torch.where(surv, w, torch.ones_like(w))) + noise_scale * G,
+        if gumbel_clamp is not None:
+            G = G.clamp(gumbel_clamp[0], gumbel_clamp[1])
+        y = torch.where(surv, torch.log(torch.where(surv, w, torch.ones_like(w)) + gumbel_eps) + noise_scale * G,
                         torch.full_like(w, -math.inf))
         w = torch.softmax(y / tau, dim=1)
         w = torch.where(surv, w, torch.zeros_like(w))
@@ -270,6 +310,11 @@ def soft_mixture(logits, embedding, *, top_k=10, temperature=1.0, top_p=1.0, min
     rows = embedding[ids].to(acc)  # (B, k, D): gather first, convert k rows only
     embeds = embed_scale * torch.einsum("bk,bkd->bd", w, rows)
     embeds = embeds.to(embedding.dtype)
+    if embed_noise_std:
+        na = torch.float64 if embedding.dtype == torch.float64 else torch.float32
+        eps = philox_normal(seed, offset, B, embedding.shape[1]).to(device=dev, dtype=na)
+        noisy_e = (embeds.to(na) + _na_scalar(embed_noise_std, na) * eps).to(embedding.dtype)
+        embeds = torch.where(valid[:, None], noisy_e, embeds)
     return (embeds, ids, w.to(torch.float32) if acc == torch.float32 else w, entropy, max_prob, valid, noisy)
 
 

@@ -34,8 +34,11 @@ def _compiled():
     return torch.compile(ref.soft_mixture, dynamic=False)
 
 
-def _settings(k, noise=None):
-    return dict(top_k=k, temperature=0.6, top_p=0.95, min_p=0.001, noise=noise, tau=0.5, seed=1)
+def _settings(k, noise=None, filter_top_k=None):
+    kw = dict(top_k=k, temperature=0.6, top_p=0.95, min_p=0.001, noise=noise, tau=0.5, seed=1)
+    if filter_top_k is not None:  # Soft Thinking's published settings: its top_k 30, max_topk 10
+        kw["filter_top_k"] = filter_top_k
+    return kw
 
 
 def _kept_rows(logits, table, kw):
@@ -43,11 +46,11 @@ def _kept_rows(logits, table, kw):
     return int((softdec.soft_mixture(logits, table, **kw).weights > 0).sum())
 
 
-def _make(B, k, device, noise=None, d=D, compile_=True):
+def _make(B, k, device, noise=None, d=D, compile_=True, filter_top_k=None):
     g = torch.Generator().manual_seed(B * 100 + k)
     logits = (torch.randn(B, V, generator=g) * 3).to(device)
     table = _table(device, d)
-    kw = _settings(k, noise)
+    kw = _settings(k, noise, filter_top_k)
     fns = {
         "softdec": lambda: softdec.soft_mixture(logits, table, **kw),
         "eager": lambda: ref.soft_mixture(logits, table, **kw),
@@ -101,6 +104,12 @@ def cases(quick: bool, device: str, full: bool = False):
         out.append(Case(op="soft_mixture", label=f"B={B} V={V} D={d} k={k} bf16", fns=fns,
                         bytes=nbytes, device=device, compile_capped=capped,
                         notes="fp32 logits, bf16 table, T=0.6 top_p=0.95 min_p=0.001"))
+    for B in ((64,) if quick else (1, 64)):
+        capped = not full and not quick and B > 1
+        fns, nbytes = _make(B, 10, device, d=d, compile_=not capped, filter_top_k=30)
+        out.append(Case(op="soft_mixture", label=f"B={B} V={V} D={d} k=10 filter_top_k=30 bf16", fns=fns,
+                        bytes=nbytes, device=device, compile_capped=capped,
+                        notes="Soft Thinking's settings: filter 30 -> top_p 0.95 -> min_p 0.001 -> top 10, T=0.6"))
     if full:
         for k in (10, 30):
             fns, nbytes = _make_cold(k, device)

@@ -24,8 +24,17 @@ class _SoftBase(Strategy):
     needs_embeddings = True
 
     def _init_soft(self, top_k, top_p, min_p, temperature, noise, tau, noise_scale, dirichlet_alpha,
-                   think_end_token_id, max_think_tokens, after, seed, tokenizer=None):
+                   think_end_token_id, max_think_tokens, after, seed, tokenizer=None, filter_top_k=None,
+                   gumbel_clamp=None, gumbel_eps=0.0, embed_noise_std=0.0):
+        self.embed_noise_std = check_number(embed_noise_std, "embed_noise_std", lo=0.0)
+        self.gumbel_clamp = None if gumbel_clamp is None else tuple(gumbel_clamp)
+        self.gumbel_eps = check_number(gumbel_eps, "gumbel_eps", lo=0.0)
         self.top_k = check_number(top_k, "top_k", lo=1, integer=True)
+        self.filter_top_k = check_number(filter_top_k, "filter_top_k", lo=0, integer=True, allow_none=True)
+        if (isinstance(self.filter_top_k, int) and isinstance(self.top_k, int)
+                and self.filter_top_k > 0 and self.top_k > self.filter_top_k):
+            raise ValueError(f"top_k (the output width, {self.top_k}) must be <= filter_top_k "
+                             f"({self.filter_top_k}) when filter_top_k > 0")
         self.top_p = check_number(top_p, "top_p", lo=0.0, lo_open=True, hi=1.0)
         self.min_p = check_number(min_p, "min_p", lo=0.0, hi=1.0)
         self.temperature = check_number(temperature, "temperature", lo=0.0)
@@ -50,10 +59,13 @@ class _SoftBase(Strategy):
         self.seed = seed
 
     def _mixture(self, logits, ctx: StepContext):
-        return op("soft_mixture")(logits, ctx.embedding, top_k=self.top_k, temperature=self.temperature,
+        return op("soft_mixture")(logits, ctx.embedding, top_k=self.top_k, filter_top_k=self.filter_top_k,
+                                  temperature=self.temperature,
                                   top_p=self.top_p, min_p=self.min_p, noise=self.noise, tau=self.tau,
                                   noise_scale=self.noise_scale, dirichlet_alpha=self.dirichlet_alpha,
-                                  seed=ctx.seed, offset=ctx.offset(0), embed_scale=ctx.embed_scale)
+                                  seed=ctx.seed, offset=ctx.offset(0), embed_scale=ctx.embed_scale,
+                                  gumbel_clamp=self.gumbel_clamp, gumbel_eps=self.gumbel_eps,
+                                  embed_noise_std=self.embed_noise_std)
 
     def init_state(self, batch, device):
         return {"thinking": torch.ones(batch, dtype=torch.bool, device=device),
@@ -121,9 +133,18 @@ class SoftThinking(_SoftBase):
     Parameters
     ----------
     top_k : int, default 10
+        The concept token's width (Soft Thinking's ``max_topk``).
+    filter_top_k : int or None, default None (keyword)
+        Candidates kept before top-p / min-p (Soft Thinking's ``top_k``, 30 in
+        the paper); None: ``top_k``; 0: the whole vocabulary.
+    gumbel_clamp, gumbel_eps, embed_noise_std : (keyword)
+        SofT-GRPO's Gumbel form and the Gaussian embedding noise, as in
+        ``softdec.soft_mixture``.
         Tokens in each concept token (Soft Thinking's max_topk; 5-20).
     top_p, min_p, temperature : float, defaults 1.0, 0.0, 1.0
-        Filters of ``soft_mixture``; temperature 0 makes the mixture one-hot.
+        Filters of ``soft_mixture``; temperature 0 makes the mixture one-hot
+        (the entropy / max prob are then those of ``softmax(logits)``, T = 1,
+        so Cold Stop and routing still see the model's uncertainty).
     noise : {None, "gumbel", "dirichlet"}, default None
         Exploration noise on the mixture weights (tau, noise_scale,
         dirichlet_alpha as in ``softdec.soft_mixture``).
@@ -157,15 +178,16 @@ class SoftThinking(_SoftBase):
     def __init__(self, top_k=10, top_p=1.0, min_p=0.0, temperature=1.0, noise=None, tau=1.0,
                  cold_stop_entropy=0.01, cold_stop_steps=None, think_end_token_id=None,
                  max_think_tokens=None, after=None, *, noise_scale=1.0, dirichlet_alpha=1.0, seed=None,
-                 tokenizer=None):
+                 tokenizer=None, filter_top_k=None, gumbel_clamp=None, gumbel_eps=0.0, embed_noise_std=0.0):
         self._init_soft(top_k, top_p, min_p, temperature, noise, tau, noise_scale, dirichlet_alpha,
-                        think_end_token_id, max_think_tokens, after, seed, tokenizer)
+                        think_end_token_id, max_think_tokens, after, seed, tokenizer, filter_top_k, gumbel_clamp,
+                        gumbel_eps, embed_noise_std)
         self.cold_stop_entropy = check_number(cold_stop_entropy, "cold_stop_entropy", lo=0.0)
         self.cold_stop_steps = check_number(cold_stop_steps, "cold_stop_steps", lo=1, integer=True,
                                             allow_none=True)
 
     def __repr__(self):
-        return (f"SoftThinking(top_k={self.top_k}, top_p={self.top_p}, min_p={self.min_p}, "
+        return (f"SoftThinking(top_k={self.top_k}, filter_top_k={self.filter_top_k}, top_p={self.top_p}, min_p={self.min_p}, "
                 f"temperature={self.temperature}, noise={self.noise!r}, tau={self.tau}, "
                 f"cold_stop_entropy={self.cold_stop_entropy}, cold_stop_steps={self.cold_stop_steps}, "
                 f"think_end_token_id={self.think_end_token_id}, max_think_tokens={self.max_think_tokens}, "
@@ -216,7 +238,7 @@ class Router(_SoftBase):
     discrete : Discrete, default Discrete()
         Draws for discrete steps while routing.
     top_k, top_p, min_p, temperature, noise, tau, think_end_token_id,
-    max_think_tokens, after, seed, tokenizer :
+    max_think_tokens, after, seed, tokenizer, filter_top_k, gumbel_clamp, gumbel_eps, embed_noise_std :
         As in ``SoftThinking``.
 
     Examples
@@ -229,9 +251,11 @@ class Router(_SoftBase):
     def __init__(self, threshold=0.5, *, variant="max_prob", low_entropy=0.2, high_entropy=1.0, min_steps=256,
                  discrete=None, top_k=10, top_p=1.0, min_p=0.0, temperature=1.0, noise=None, tau=1.0,
                  noise_scale=1.0, dirichlet_alpha=1.0, think_end_token_id=None, max_think_tokens=None,
-                 after=None, seed=None, tokenizer=None):
+                 after=None, seed=None, tokenizer=None, filter_top_k=None, gumbel_clamp=None, gumbel_eps=0.0,
+                 embed_noise_std=0.0):
         self._init_soft(top_k, top_p, min_p, temperature, noise, tau, noise_scale, dirichlet_alpha,
-                        think_end_token_id, max_think_tokens, after, seed, tokenizer)
+                        think_end_token_id, max_think_tokens, after, seed, tokenizer, filter_top_k, gumbel_clamp,
+                        gumbel_eps, embed_noise_std)
         if variant not in ("max_prob", "lead"):
             raise ValueError(f"variant must be 'max_prob' or 'lead', got {variant!r}")
         self.variant = variant
