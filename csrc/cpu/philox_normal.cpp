@@ -1,9 +1,11 @@
 // CPU backend of softdec.philox_normal: the Gaussian embedding noise of
 // soft_mixture (soft::embed_normal), exposed so a trainer can recompute it.
+#include "capability.h"
 #include "../common.h"
 #include "softdec/soft_mixture.h"
 
 namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
 Tensor philox_normal_cpu(Tensor seed, Tensor offset, int64_t n) {
@@ -33,8 +35,9 @@ Tensor philox_normal_cpu(Tensor seed, Tensor offset, int64_t n) {
 }
 
 }  // namespace
+}  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
 
-STABLE_TORCH_LIBRARY_IMPL(softdec, CPU, m) {
-  m.impl("philox_normal", TORCH_BOX(&softdec::philox_normal_cpu));
-}
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(philox_normal,
+    {"philox_normal", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::philox_normal_cpu)})
