@@ -121,7 +121,13 @@ def _soft_worker(rank, world):
                dict(top_k=16, noise="gumbel", seed=torch.arange(6) + 11, noise_scale=0.7, embed_scale=2.0),
                dict(top_k=12, noise="dirichlet", seed=5, dirichlet_alpha=0.5, temperature=2.0),
                dict(top_k=64, noise="dirichlet", seed=torch.arange(6) + 3, dirichlet_alpha=3.0),
-               dict(top_k=torch.tensor([1, 2, 3, 50, 5, 6]), temperature=torch.tensor([1.0, 1, 0, 0.5, 1, 3]))]
+               dict(top_k=torch.tensor([1, 2, 3, 50, 5, 6]), temperature=torch.tensor([1.0, 1, 0, 0.5, 1, 3])),
+               # Soft Thinking's published settings (filter 30 -> top_p -> min_p -> top 10)
+               dict(top_k=10, filter_top_k=30, top_p=0.95, min_p=0.001, temperature=0.6),
+               dict(top_k=5, filter_top_k=40, temperature=0.0),
+               # SofT-GRPO's Gumbel form and Gaussian embedding noise
+               dict(top_k=5, noise="gumbel", tau=0.1, gumbel_clamp=(-1.5, 3.0), gumbel_eps=1e-6, seed=9,
+                    embed_noise_std=0.1)]
     for table in (E, E.bfloat16()):
         for kw in configs:
             a = softdec.soft_mixture(x, table, **kw)
@@ -142,6 +148,15 @@ def _soft_worker(rank, world):
 @pytest.mark.parametrize("world", [2, 4])
 def test_soft_mixture_equals_single_device(world, tmp_path):
     _spawn(_soft_worker, world, tmp_path)
+
+
+def test_soft_mixture_unsupported_filter_widths_are_named():
+    x = torch.randn(2, 10)
+    E = torch.randn(10, 4)
+    with pytest.raises(NotImplementedError, match="filter_top_k=0"):
+        sd.soft_mixture(x, E, vocab_offset=0, vocab_size=10, top_k=2, filter_top_k=0)
+    with pytest.raises(ValueError, match=r"top_k \(the output width, 5\) must be <= filter_top_k \(3\)"):
+        sd.soft_mixture(x, E, vocab_offset=0, vocab_size=10, top_k=5, filter_top_k=3)
 
 
 # ------------------------------------------------------------------ verify

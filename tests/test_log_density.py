@@ -131,7 +131,7 @@ def test_round_trip_is_the_rollout_gumbel_draw(device, noise_scale):
     logits, tok = _rollout(B, V, k, device=device, temperature=0.6, noise_scale=noise_scale, seed=11)
     got = softdec.gumbel_log_density(logits, tok.ids, tok.noisy_logits, temperature=0.6, noise_scale=noise_scale,
                                      reduction="none")
-    u = ref.philox_at(11, 0, tok.ids.cpu()).double()
+    u = ref.philox_at(ref.row_keys(11, B), 0, tok.ids.cpu()).double()  # an int seed: folded row keys
     G = -torch.log(-torch.log(u))
     want = -math.log(noise_scale) - G - torch.exp(-G)
     torch.testing.assert_close(got.cpu().double(), want, atol=1e-5, rtol=1e-5)
@@ -146,7 +146,7 @@ def test_round_trip_with_soft_grpo_noise_options(device):
     kw = dict(noise_scale=0.7, gumbel_eps=1e-6, gumbel_clamp=(-1.5, 3.0))
     logits, tok = _rollout(B, V, k, device=device, temperature=0.6, seed=11, **kw)
     got = softdec.gumbel_log_density(logits, tok.ids, tok.noisy_logits, temperature=0.6, reduction="none", **kw)
-    u = ref.philox_at(11, 0, tok.ids.cpu()).double()
+    u = ref.philox_at(ref.row_keys(11, B), 0, tok.ids.cpu()).double()  # an int seed: folded row keys
     G = (-torch.log(-torch.log(u))).clamp(-1.5, 3.0)
     want = -math.log(0.7) - G - torch.exp(-G)
     torch.testing.assert_close(got.cpu().double(), want, atol=1e-4, rtol=1e-5)

@@ -60,7 +60,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 import torch.distributed as dist
 
-from ._params import FLOAT_DTYPES, check_tensor, int_arg, rng_state, row_param
+from ._params import FLOAT_DTYPES, check_tensor, float_arg, int_arg, rng_state, row_param
 from ._sampling import Sampled
 from ._soft_mixture import SoftTokens, _SM_MAX_K
 from ._verify import Verified
@@ -391,8 +391,15 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
                  group: Optional[dist.ProcessGroup] = None, top_k=10, temperature=1.0, top_p=1.0,
                  min_p=0.0, noise: Optional[str] = None, tau: float = 1.0, noise_scale: float = 1.0,
                  dirichlet_alpha: float = 1.0, seed=None, offset=0,
-                 generator: Optional[torch.Generator] = None, embed_scale: float = 1.0) -> SoftTokens:
+                 generator: Optional[torch.Generator] = None, embed_scale: float = 1.0,
+                 filter_top_k: Optional[int] = None, gumbel_clamp=None, gumbel_eps: float = 0.0,
+                 embed_noise_std: float = 0.0) -> SoftTokens:
     """:func:`softdec.soft_mixture` on vocabulary shards.
+
+    ``filter_top_k`` None or an int in ``[top_k, 256]`` (each shard contributes that many
+    candidates); 0 (the whole vocabulary: its top-p cut needs every shard's mass) and per-row
+    tensors raise NotImplementedError. ``gumbel_clamp`` / ``gumbel_eps`` / ``embed_noise_std`` as
+    in the single-device op (the Gaussian noise is ``softdec.philox_normal`` of the row's key).
 
     ``logits`` [B, V_local] and ``embedding`` [V_local, D] hold tokens ``[vocab_offset,
     vocab_offset + V_local)``. Every rank returns the single-device result: ids exactly
@@ -410,7 +417,6 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
     B, Vl = x.shape
     if embedding.shape[0] != Vl:
         raise ValueError(f"embedding must have as many rows as logits has columns ({Vl}), got {embedding.shape[0]}")
-    sh = _shard(group, vocab_offset, vocab_size, Vl)
     if noise not in (None, "gumbel", "dirichlet"):
         raise ValueError(f"noise must be None, 'gumbel' or 'dirichlet', got {noise!r}")
     dev = x.device
@@ -418,26 +424,49 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
         top_k = int_arg(top_k, "top_k", lo=1, hi=_SM_MAX_K)
     K = row_param(top_k, "top_k", B, dev, torch.int64, lo=1, hi=_SM_MAX_K)
     k = top_k if not isinstance(top_k, torch.Tensor) else (int(K.max()) if B else 1)
+    if filter_top_k is not None:
+        if isinstance(filter_top_k, torch.Tensor):
+            raise NotImplementedError("softdec.distributed.soft_mixture: a per-row filter_top_k tensor is not "
+                                      "supported on shards yet (pass an int)")
+        filter_top_k = int_arg(filter_top_k, "filter_top_k", lo=0)
+        if filter_top_k == 0 or filter_top_k >= vocab_size:
+            raise NotImplementedError("softdec.distributed.soft_mixture: filter_top_k=0 (the whole vocabulary) "
+                                      "is not supported on shards yet: its top-p cut needs every shard's mass")
+        if filter_top_k < k:
+            raise ValueError(f"top_k (the output width, {k}) must be <= filter_top_k ({filter_top_k}) "
+                             "when filter_top_k > 0")
+        if filter_top_k > _SM_MAX_K:
+            raise ValueError(f"filter_top_k must be <= {_SM_MAX_K} (or 0), got {filter_top_k}")
+    kc = k if filter_top_k is None else filter_top_k
+    if gumbel_clamp is not None:
+        lo, hi = (float(v) for v in gumbel_clamp)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"gumbel_clamp must be (lo, hi) with finite lo < hi, got {tuple(gumbel_clamp)}")
+    embed_noise_std = float_arg(embed_noise_std, "embed_noise_std", lo=0.0)
+    sh = _shard(group, vocab_offset, vocab_size, Vl)
     T = row_param(temperature, "temperature", B, dev, torch.float64, lo=0)
-    s, o = _sync_rng(seed if noise is not None else 0, offset, B, dev, generator, sh)
+    random = noise is not None or embed_noise_std != 0.0
+    s, o = _sync_rng(seed if random else 0, offset, B, dev, generator, sh)
     it = torch.where(T > 0, 1.0 / T.clamp_min(1e-300), torch.ones_like(T))  # T = 0: statistics at T = 1
     it = it.clamp_max(3.4028234663852886e38)
-    g = _gather(_local_stats(x.float(), k, it, sh), sh)
-    mg = _merge(g, k, it)
+    g = _gather(_local_stats(x.float(), kc, it, sh), sh)
+    mg = _merge(g, kc, it)
     comp = _compact(mg)
     dummy = torch.zeros(comp.shape[1], 1)
     res = _sm(comp.to(torch.float32), dummy, top_k=top_k, temperature=temperature, top_p=top_p,
-              min_p=min_p, seed=0, offset=0)
+              min_p=min_p, seed=0, offset=0, filter_top_k=filter_top_k)
     ids = _map_ids(res.ids, mg)
     w = res.weights
     noisy = None
     if noise == "gumbel":
-        w, ids, noisy = _gumbel(w, ids, s, o, float(tau), float(noise_scale))
+        w, ids, noisy = _gumbel(w, ids, s, o, float(tau), float(noise_scale), gumbel_clamp, float(gumbel_eps))
     elif noise == "dirichlet":
         w, ids = _dirichlet(w, ids, s, o, float(dirichlet_alpha))
     valid = mg.valid
     ids = torch.where(valid[:, None], ids, torch.zeros_like(ids))
     w = torch.where(valid[:, None], w, torch.zeros_like(w))
+    if noisy is not None:  # invalid rows: y = -inf, as the kernel (with gumbel_eps, log(0 + eps) is finite)
+        noisy = torch.where(valid[:, None], noisy, torch.full_like(noisy, -math.inf))
     # the mixture: each rank's weighted rows of its own shard, summed over ranks
     local = (ids >= sh.offset) & (ids < sh.offset + Vl) & (w != 0)
     rows = embedding[(ids - sh.offset).clamp(0, max(Vl - 1, 0))].float() if Vl else \
@@ -446,11 +475,18 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
     if sh.world > 1:
         dist.all_reduce(emb, group=sh.group)
     emb = (emb * float(embed_scale)).to(embedding.dtype)
-    # T = 0: the one-hot argmax's statistics, as softdec.soft_mixture reports them
-    # (entropy 0, max_prob 1; DESIGN asks for the T = 1 statistics, see the module notes)
-    hot = valid & (T == 0)
-    entropy = torch.where(valid & ~hot, mg.entropy, res.entropy.double()).float()
-    max_prob = torch.where(valid & ~hot, mg.max_prob, res.max_prob.double()).float()
+    if embed_noise_std != 0.0:
+        # as the kernel: std * philox_normal of the row's key, added in fp32 (fp64 for a float64
+        # table) to the mixture in the embedding's dtype, valid rows only, rounded again
+        from ._rng import philox_normal
+        acc = torch.float64 if embedding.dtype == torch.float64 else torch.float32
+        eps = philox_normal((B, emb.shape[1]), seed=s, offset=o).to(acc)
+        noisy_emb = (emb.to(acc) + torch.tensor(embed_noise_std, dtype=acc) * eps).to(embedding.dtype)
+        emb = torch.where(valid[:, None], noisy_emb, emb)
+    # T = 0: the statistics of softmax(logits) (T = 1), as softdec.soft_mixture reports them
+    # (the shard partials were taken at T = 1 for those rows)
+    entropy = torch.where(valid, mg.entropy, res.entropy.double()).float()
+    max_prob = torch.where(valid, mg.max_prob, res.max_prob.double()).float()
     return SoftTokens(emb.to(dev), ids.to(dev), w.to(dev), entropy.to(dev), max_prob.to(dev),
                       valid.to(dev), noisy)
 
@@ -475,14 +511,17 @@ def _resort(w, ids, y, kept):
     return w2, i2, y2
 
 
-def _gumbel(w, ids, s, o, tau, scale):
+def _gumbel(w, ids, s, o, tau, scale, clamp=None, eps=0.0):
     """Gumbel noise on the kept weights w [B, k] with the uniform of token id = element id of
-    the row's stream (include/softdec/soft_mixture.h), float32 as the kernel; then the re-sort."""
+    the row's stream (include/softdec/soft_mixture.h), float32 as the kernel (G clamped to
+    ``clamp``; y = log(w + eps) + scale * G); then the re-sort."""
     from .reference import philox_at
     kept = _kept(w, ids)
     u = philox_at(s, o, ids)
     gmb = -torch.log(-torch.log(u))
-    y = torch.where(kept, torch.log(w) + scale * gmb, torch.full_like(w, -math.inf))
+    if clamp is not None:
+        gmb = gmb.clamp(float(clamp[0]), float(clamp[1]))
+    y = torch.where(kept, torch.log(w + eps) + scale * gmb, torch.full_like(w, -math.inf))
     ymax = y.amax(1, keepdim=True)
     e = torch.where(y > -math.inf, torch.exp((y - ymax) * (1.0 / tau)), torch.zeros_like(w))
     wn = e / e.sum(1, keepdim=True)
