@@ -62,10 +62,12 @@ STABLE_TORCH_LIBRARY(softdec, m) {
   // 2 typical, 3 relaxed, 4 soft. Draft q: one-hot (no draft_probs), dense draft_probs [B,K,V],
   // or sparse (sparse_ids, sparse_weights) [B,K,k]. Returns (tokens [B,K+1] int64 padded with -1,
   // num_accepted [B] int64, soft_ids [B,k'] int64, soft_weights [B,k'] float32; k' = k for soft, else 0).
+  // filter_top_k (soft only): int64 [B], the soft_mixture filter width (0: whole vocabulary, else
+  // in [k, 256]); None: the former chain (top_k cut first).
   m.def("verify(Tensor target_logits, Tensor draft_ids, Tensor num_draft, Tensor? draft_probs, "
         "Tensor? sparse_ids, Tensor? sparse_weights, Tensor? neighbours, int method, "
         "Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, float posterior_threshold, "
-        "float posterior_alpha, float delta, Tensor seed, Tensor offset) "
+        "float posterior_alpha, float delta, Tensor seed, Tensor offset, Tensor? filter_top_k=None) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   // Token-tree verification (softdec.verify_tree; csrc/cpu/verify_tree.cpp). method: 0 exact,
   // 1 greedy, 2 typical, 4 soft. tree_parents[b, 0] = -1 (root), -1 elsewhere pads. Returns

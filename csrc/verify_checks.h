@@ -29,7 +29,8 @@ inline VerifyArgs check_verify_args(const Tensor& target_logits, const Tensor& d
                                     const std::optional<Tensor>& sparse_weights,
                                     const std::optional<Tensor>& neighbours, int64_t method,
                                     const Tensor& temperature, const Tensor& top_k, const Tensor& top_p,
-                                    const Tensor& min_p, const Tensor& seed, const Tensor& offset) {
+                                    const Tensor& min_p, const Tensor& seed, const Tensor& offset,
+                                    const std::optional<Tensor>& filter_top_k = std::nullopt) {
   VerifyArgs a;
   check_dim(target_logits, "target_logits", 3, "(batch, K+1, vocab)");
   check_float(target_logits, "target_logits");
@@ -93,6 +94,11 @@ inline VerifyArgs check_verify_args(const Tensor& target_logits, const Tensor& d
   }
   SOFTDEC_CHECK(a.method != verify::kSoft || a.kind == verify::kSparse,
                 "method 'soft' needs sparse draft ids and weights");
+  if (filter_top_k.has_value()) {
+    SOFTDEC_CHECK(a.method == verify::kSoft, "filter_top_k is only defined for method 'soft' (got method ",
+                  method, "); pass None");
+    check_per_row(*filter_top_k, "filter_top_k", B, ScalarType::Long, target_logits, "target_logits");
+  }
   if (a.method == verify::kRelaxed) {
     SOFTDEC_CHECK(neighbours.has_value(), "method 'relaxed' needs neighbours, a (vocab, m) int64 tensor");
     const Tensor& nb = *neighbours;

@@ -744,7 +744,12 @@ def st_verify(draw):
                 seed=draw(st.integers(0, 2 ** 31)), rng_seed=draw(st_seed), offset=draw(st.integers(0, 2 ** 40)),
                 seed_form=draw(st.sampled_from(["int", "tensor"])),
                 corrupt=draw(st.sampled_from([None] * 6 + ["draft_ids", "weights_sum", "sparse_ids", "neighbours"])))
+    # filter_top_k (soft only; None elsewhere, else a named error): None, whole (0 or >= V), = ks, -1
+    fk_opts = [None, None, 0, ks, V + 5, -1] if method == "soft" else [None] * 5 + [0]
+    spec["filter_top_k"] = draw(st.sampled_from(fk_opts))
     bad = bad_params(params)
+    if spec["filter_top_k"] is not None and (method != "soft" or spec["filter_top_k"] < 0):
+        bad.append("filter_top_k")
     if not (spec["delta"] >= 0):
         bad.append("delta")
     if spec["corrupt"] == "draft_ids" and B and K and not spec["ids_none"]:
@@ -805,7 +810,7 @@ def run_verify(spec):
     seed = _rng_arg(spec, B)
     call = lambda: softdec.verify(tl, None if spec["ids_none"] else ids, draft_probs=draft_probs,  # noqa: E731
                                   method=spec["method"], neighbours=nb, delta=spec["delta"], seed=seed,
-                                  offset=spec["offset"], **kw)
+                                  offset=spec["offset"], filter_top_k=spec.get("filter_top_k"), **kw)
     out = expect(spec, call)
     if out is None:
         return

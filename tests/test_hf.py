@@ -451,6 +451,23 @@ def test_speculative_soft_runs_and_self_draft_accepts():
     assert bool((out2.stats.num_accepted < 3).any())
 
 
+@needs_verify
+@needs_soft
+def test_speculative_soft_filter_top_k_self_draft_accepts():
+    """filter_top_k reaches both soft_mixture (draft) and verify (target): a self-draft accepts every step."""
+    model = model_for("llama")
+    ids, mask = prompts(3)
+    spec = S.Speculative(model, 3, "soft", top_k=4, temperature=0.6, top_p=0.95, min_p=0.001, delta=0.0,
+                         seed=2, filter_top_k=30)
+    out = H.generate(model, ids, attention_mask=mask, strategy=spec, max_new_tokens=9, eos_token_id=NO_EOS)
+    acc = out.stats.num_accepted
+    assert bool((acc[acc >= 0] == 3).all())
+    with pytest.raises(ValueError, match="filter_top_k"):
+        S.Speculative(model, 3, "exact", filter_top_k=30)
+    with pytest.raises(ValueError, match="filter_top_k"):
+        S.Speculative(model, 3, "soft", top_k=4, filter_top_k=3)
+
+
 # ============================================================================ cache cropping
 
 def test_crop_cache_portable():

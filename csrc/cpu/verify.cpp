@@ -14,6 +14,7 @@
 #include "../verify_checks.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
+#include "softdec/soft_mixture.h"
 #include "softdec/verify.h"
 #include "simd.h"
 
@@ -541,6 +542,56 @@ inline void race_one(Best& b, float r, int64_t s, uint64_t seed, uint64_t stream
   if (r > 0.0f) b.merge(verify::race_key(r, philox::uniform(seed, stream, static_cast<uint64_t>(s))), s);
 }
 
+// Target soft token of method 'soft' with filter_top_k (fk >= 0; 0 or >= V:
+// the whole vocabulary): soft_mixture's chain through its header
+// (soft::finalize_row): softmax(x/T) -> the fk largest, renormalised -> top_p ->
+// min_p -> the ks (output width) largest -> renormalised. Writes ks ids /
+// weights (padding: the top id, weight 0); returns false on an invalid row.
+template <typename T>
+bool soft_filtered_target(const T* x, float temp, int64_t kk, int64_t fk, float top_p, float min_p, const Params& P,
+                          std::vector<int64_t>& tidx, std::vector<float>& tvals) {
+  const int64_t V = P.V, ks = P.ks;
+  const Stats st = over_vocab<Stats>(V, P.split, [&](int64_t lo, int64_t hi) { return stats_range<T>(x, lo, hi); });
+  if (st.nan || st.pinf || !st.any) return false;
+  const bool whole = fk == 0 || fk >= V;
+  const int64_t cap = whole ? ks : std::max(ks, fk);
+  std::vector<float> cv(static_cast<size_t>(cap));
+  std::vector<int64_t> ci(static_cast<size_t>(cap));
+  int64_t n = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    const float v = static_cast<float>(x[i]);
+    if (v == -kInf) continue;
+    n = verify::topk_insert(cv.data(), ci.data(), n, cap, v, i);
+  }
+  soft::RowParams rp{};
+  rp.temperature = static_cast<double>(temp);
+  rp.top_k = kk;
+  rp.filter_top_k = whole ? 0 : fk;
+  rp.top_p = static_cast<double>(top_p);
+  rp.min_p = static_cast<double>(min_p);
+  rp.noise = soft::kNoNoise;
+  rp.vocab_mass = 0.0;
+  if (whole && temp > 0.0f) {
+    const float t = soft::inv_temperature<float>(rp.temperature);
+    double z = 0.0;
+    for (int64_t i = 0; i < V; ++i) {
+      const float v = static_cast<float>(x[i]);
+      if (v != -kInf) z += std::exp(static_cast<double>((v - cv[0]) * t));
+    }
+    rp.vocab_mass = z;
+  }
+  std::vector<float> noisy(static_cast<size_t>(ks));
+  tidx.assign(static_cast<size_t>(ks), 0);
+  tvals.assign(static_cast<size_t>(ks), 0.0f);
+  const int kept = soft::finalize_row<float>(cv.data(), ci.data(), static_cast<int>(n), static_cast<int>(ks), rp,
+                                             tidx.data(), tvals.data(), noisy.data());
+  for (int64_t c = std::max<int64_t>(kept, 1); c < ks; ++c) {
+    tidx[static_cast<size_t>(c)] = tidx[0];
+    tvals[static_cast<size_t>(c)] = 0.0f;
+  }
+  return true;
+}
+
 // ------------------------------------------------------------------ one row
 
 template <typename T, typename Q>
@@ -548,7 +599,7 @@ void verify_row(int64_t b, const T* logits, int64_t ls0, int64_t ls1, const int6
                 int64_t n, const Q* dprobs, int64_t ds0, int64_t ds1, const int64_t* sids,
                 const float* sw, const int64_t* nbrs, float temp, int64_t top_k, float top_p,
                 float min_p, uint64_t seed, uint64_t off, const Params& P, int64_t* tokens,
-                int64_t* nacc_out, int64_t* soft_ids, float* soft_w) {
+                int64_t* nacc_out, int64_t* soft_ids, float* soft_w, int64_t fk = -1) {
   const int64_t V = P.V, K = P.K, ks = P.ks;
   int64_t* tok = tokens + b * (K + 1);
   for (int64_t j = 0; j <= K; ++j) tok[j] = -1;
@@ -559,6 +610,29 @@ void verify_row(int64_t b, const T* logits, int64_t ls0, int64_t ls1, const int6
   for (int64_t j = 0; j <= n; ++j) {
     const T* x = logits + b * ls0 + j * ls1;
     const bool bonus = j == n;
+    if (P.method == verify::kSoft && fk >= 0) {  // filter_top_k given
+      int64_t* oi = soft_ids + b * ks;
+      float* ow = soft_w + b * ks;
+      if (!soft_filtered_target(x, temp, top_k > 0 ? std::min(top_k, ks) : ks, fk, top_p, min_p, P, tidx, tvals)) {
+        for (int64_t c = 0; c < ks; ++c) oi[c] = 0, ow[c] = 0.0f;
+        tok[j] = -1;
+        break;
+      }
+      bool acc = false;
+      if (!bonus) {
+        const double tv = verify::soft_tv(tidx.data(), tvals.data(), ks, sids + (b * K + j) * ks,
+                                          sw + (b * K + j) * ks, ks);
+        acc = tv <= static_cast<double>(P.delta) + verify::kSoftTvSlack;
+      }
+      if (acc) {
+        tok[j] = draft[b * K + j];
+        ++nacc;
+        continue;
+      }
+      for (int64_t c = 0; c < ks; ++c) oi[c] = tidx[static_cast<size_t>(c)], ow[c] = tvals[static_cast<size_t>(c)];
+      tok[j] = tidx[0];
+      break;
+    }
     if (P.method == verify::kSoft) {
       // target soft token: soft_mixture filtering with top_k = ks when 0
       const int64_t kk = top_k > 0 ? std::min(top_k, ks) : ks;
@@ -729,10 +803,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cpu(
     std::optional<Tensor> sparse_ids, std::optional<Tensor> sparse_weights,
     std::optional<Tensor> neighbours, int64_t method, Tensor temperature, Tensor top_k, Tensor top_p,
     Tensor min_p, double posterior_threshold, double posterior_alpha, double delta, Tensor seed,
-    Tensor offset) {
+    Tensor offset, std::optional<Tensor> filter_top_k) {
   const verify_checks::VerifyArgs a = verify_checks::check_verify_args(
       target_logits, draft_ids, num_draft, draft_probs, sparse_ids, sparse_weights, neighbours, method,
-      temperature, top_k, top_p, min_p, seed, offset);
+      temperature, top_k, top_p, min_p, seed, offset, filter_top_k);
   const int64_t B = a.B, K1 = a.K1, K = a.K, V = a.V;
   Params P;
   verify_checks::pack_params(P, a, posterior_threshold, posterior_alpha, delta);
@@ -780,6 +854,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cpu(
     SOFTDEC_CHECK(tpp[b] >= 0.0f && tpp[b] <= 1.0f, "top_p must be in [0, 1], got ", tpp[b], " at row ", b);
     SOFTDEC_CHECK(mpp[b] >= 0.0f && mpp[b] <= 1.0f, "min_p must be in [0, 1], got ", mpp[b], " at row ", b);
   }
+  const int64_t* fkp = filter_top_k.has_value() ? filter_top_k->const_data_ptr<int64_t>() : nullptr;
+  for (int64_t b = 0; fkp && b < B; ++b) {
+    const int64_t kk = tk[b] > 0 ? std::min(tk[b], P.ks) : P.ks;
+    SOFTDEC_CHECK(fkp[b] == 0 || fkp[b] >= V || (fkp[b] >= kk && fkp[b] <= soft::kMaxTopK),
+                  "filter_top_k must be 0 (the whole vocabulary), >= vocab, or in [top_k, ", soft::kMaxTopK,
+                  "] (top_k ", kk, ", the output width), got ", fkp[b], " at row ", b);
+  }
   const int64_t* sd = seed.const_data_ptr<int64_t>();
   const int64_t* of = offset.const_data_ptr<int64_t>();
   const int64_t* nbp = P.method == verify::kRelaxed ? neighbours->const_data_ptr<int64_t>() : nullptr;
@@ -805,7 +886,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cpu(
       auto row = [&](int64_t b) {
         verify_row<scalar_t, Q>(b, lg, ls0, ls1, dr, nd[b], dp, ds0, ds1, sid, swp, nbp, tp[b], tk[b],
                                 tpp[b], mpp[b], static_cast<uint64_t>(sd[b]), static_cast<uint64_t>(of[b]),
-                                P, tok, na, soi, sow);
+                                P, tok, na, soi, sow, fkp ? fkp[b] : -1);
       };
       if (P.split) {
         for (int64_t b = 0; b < B; ++b) row(b);

@@ -538,10 +538,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cuda(
     std::optional<Tensor> sparse_ids, std::optional<Tensor> sparse_weights,
     std::optional<Tensor> neighbours, int64_t method, Tensor temperature, Tensor top_k, Tensor top_p,
     Tensor min_p, double posterior_threshold, double posterior_alpha, double delta, Tensor seed,
-    Tensor offset) {
+    Tensor offset, std::optional<Tensor> filter_top_k) {
   const verify_checks::VerifyArgs a = verify_checks::check_verify_args(
       target_logits, draft_ids, num_draft, draft_probs, sparse_ids, sparse_weights, neighbours, method,
-      temperature, top_k, top_p, min_p, seed, offset);
+      temperature, top_k, top_p, min_p, seed, offset, filter_top_k);
+  SOFTDEC_CHECK(!filter_top_k.has_value(),
+                "filter_top_k is not implemented by the CUDA verify kernel yet (CPU only); pass None");
   const int64_t B = a.B, K1 = a.K1;
   Params P{};
   verify_checks::pack_params(P, a, posterior_threshold, posterior_alpha, delta);

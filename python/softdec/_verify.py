@@ -8,7 +8,8 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
-from ._params import (FLOAT_DTYPES, check_tensor, float_arg, rng_state, row_param, _register_no_backward)
+from ._params import (FLOAT_DTYPES, check_tensor, float_arg, int_arg, rng_state, row_param,
+                      _register_no_backward)
 from ._rng import philox_uniform
 
 _ops = torch.ops.softdec
@@ -52,7 +53,9 @@ class Verified(NamedTuple):
 @torch.library.register_fake("softdec::verify")
 def _verify_fake(target_logits, draft_ids, num_draft, draft_probs, sparse_ids, sparse_weights,
                  neighbours, method, temperature, top_k, top_p, min_p, posterior_threshold,
-                 posterior_alpha, delta, seed, offset):
+                 posterior_alpha, delta, seed, offset, filter_top_k=None):
+    torch._check(filter_top_k is None or method == 4,
+                 lambda: "filter_top_k is only defined for method 'soft'")
     torch._check(target_logits.dim() == 3, lambda: "target_logits must be 3-D (batch, K+1, vocab)")
     B, K1, V = target_logits.shape
     torch._check(K1 >= 1, lambda: "target_logits must have K+1 >= 1 positions")
@@ -69,6 +72,37 @@ def _verify_fake(target_logits, draft_ids, num_draft, draft_probs, sparse_ids, s
             target_logits.new_empty((B,), dtype=torch.int64),
             target_logits.new_empty((B, ks), dtype=torch.int64),
             target_logits.new_empty((B, ks), dtype=torch.float32))
+
+
+def _verify_filter(filter_top_k, top_k, tk, ks, B, dev, V):
+    """filter_top_k of method 'soft', checked: a (B,) int64 tensor (values >= V become 0)."""
+    if not isinstance(filter_top_k, torch.Tensor):
+        f = int_arg(filter_top_k, "filter_top_k", lo=0)
+        if f >= V:
+            f = 0
+        if f != 0 and not isinstance(top_k, torch.Tensor):
+            kk = min(int(top_k), ks) if int(top_k) > 0 else ks
+            if f > _MAX_FILTER_TOP_K:
+                raise ValueError(f"filter_top_k must be 0 (the whole vocabulary), >= vocab, or in "
+                                 f"[top_k, {_MAX_FILTER_TOP_K}], got {f}")
+            if f < kk:
+                raise ValueError(f"top_k (the output width, {kk}) must be <= filter_top_k ({f}) "
+                                 f"when filter_top_k > 0")
+        return torch.full((B,), f, dtype=torch.int64, device=dev)
+    fk = row_param(filter_top_k, "filter_top_k", B, dev, torch.int64, lo=0)
+    fk = torch.where(fk >= V, torch.zeros_like(fk), fk)
+    if not torch.compiler.is_compiling() and B:
+        kk = torch.where(tk > 0, tk.clamp(max=ks), torch.full_like(tk, ks))
+        bad = (fk != 0) & ((fk < kk) | (fk > _MAX_FILTER_TOP_K))
+        if bool(bad.any()):
+            r = int(bad.nonzero()[0, 0])
+            raise ValueError(f"filter_top_k must be 0 (the whole vocabulary), >= vocab, or in [top_k, "
+                             f"{_MAX_FILTER_TOP_K}] (top_k = {int(kk[r])}, the output width), got "
+                             f"{int(fk[r])} at row {r}")
+    return fk
+
+
+_MAX_FILTER_TOP_K = 256
 
 
 def _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids, method, sum_tol):
@@ -129,7 +163,8 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
            posterior_alpha: float = 0.3, neighbours: Optional[torch.Tensor] = None,
            delta: float = 0.1, seed: Optional[Union[int, torch.Tensor]] = None,
            offset: Union[int, torch.Tensor] = 0,
-           generator: Optional[torch.Generator] = None) -> Verified:
+           generator: Optional[torch.Generator] = None,
+           filter_top_k: Optional[Union[int, torch.Tensor]] = None) -> Verified:
     """Speculative verification of K drafted positions per row, in one call.
 
     The target distribution at position ``j`` is the filtered, renormalised
@@ -168,7 +203,11 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         rounding, so a draft computed by ``soft_mixture`` from the same logits
         counts as identical at ``delta = 0``); the target's soft token at the
         stop position is returned in ``soft_ids``/``soft_weights`` and its top id
-        in ``tokens``. Deterministic (no RNG).
+        in ``tokens``. Deterministic (no RNG). With ``filter_top_k`` the
+        target's soft token is soft_mixture's ``filter_top_k`` chain:
+        ``softmax(x / T)`` -> keep the ``filter_top_k`` largest, renormalise ->
+        top_p -> min_p -> keep the ``top_k`` (output width) largest ->
+        renormalise (CPU only for now; CUDA raises).
 
     RNG layout (Philox, per row ``(seed, offset)``; batch-invariant)
     -----------------------------------------------------------------
@@ -211,6 +250,11 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         ``softdec.reference.row_seed(seed, b)`` (independent rows), a tensor
         keys each row by its own entry; ``seed=None`` draws per-row seeds from ``generator``.
     generator : torch.Generator, optional
+    filter_top_k : int, (batch,) tensor or None, default None
+        method "soft" only (other methods raise ``ValueError`` unless None):
+        None keeps the former chain (the top_k cut first) bit for bit; 0 or a
+        value >= vocab filters over the whole vocabulary; otherwise it must lie in
+        ``[top_k, 256]`` (``top_k`` the output width: the draft's ``k`` when 0).
 
     Returns
     -------
@@ -339,12 +383,18 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         if big:
             raise ValueError(f"top_k must be at most the soft draft's k ({ks}) for method 'soft' "
                              f"(0 means k), got {kmax}")
+    fk = None
+    if filter_top_k is not None:
+        if mcode != 4:
+            raise ValueError(f"filter_top_k is only defined for method 'soft', got method {method!r} "
+                             f"with filter_top_k={filter_top_k!r}; pass None")
+        fk = _verify_filter(filter_top_k, top_k, tk, sid.shape[2], B, dev, V)
     if not torch.compiler.is_compiling():
         _verify_check_data(tl, draft_ids, n, sparse, sid, sw, neighbours, needs_ids, mcode, sum_tol)
     s, o = rng_state(seed, offset, B, dev, generator)
     tokens, nacc, soft_ids, soft_w = _ops.verify(
         tl, draft_ids, n, dense, sid, sw, neighbours, mcode, T, tk, tp, mp,
-        float(posterior_threshold), float(posterior_alpha), float(delta), s, o)
+        float(posterior_threshold), float(posterior_alpha), float(delta), s, o, fk)
     if mcode == 4:
         return Verified(tokens, nacc, soft_ids, soft_w)
     return Verified(tokens, nacc, None, None)

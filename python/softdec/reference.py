@@ -667,20 +667,62 @@ def verify_target_probs(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.
     return p, valid
 
 
+def _filtered_soft_probs(logits, kk, temperature, top_p, min_p, filter_top_k):
+    """soft_mixture's filter_top_k chain as a dense (B, V) distribution plus valid (B,):
+    softmax(x / T) -> the filter_top_k largest (0 or >= V: all), renormalised ->
+    top_p -> min_p -> the kk largest -> renormalised; T = 0: one-hot argmax."""
+    B, V = logits.shape
+    wdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    x = logits.to(wdt)
+    dev = x.device
+    T = _verify_rows(temperature, B, wdt, dev)
+    tp = _verify_rows(top_p, B, wdt, dev)
+    mp = _verify_rows(min_p, B, wdt, dev)
+    fk = _verify_rows(filter_top_k, B, torch.int64, dev)
+    fk = torch.where((fk <= 0) | (fk >= V), torch.full_like(fk, V), fk)
+    valid = ~torch.isnan(x).any(-1) & ~(x == float("inf")).any(-1) & (x > -float("inf")).any(-1)
+    xs = torch.where(valid[:, None], x, torch.zeros_like(x))
+    greedy = T == 0
+    p = torch.softmax(xs / torch.where(greedy, torch.ones_like(T), T)[:, None], -1)
+    w, ids = torch.sort(p, dim=-1, descending=True, stable=True)
+    r = torch.arange(V, device=dev)[None, :]
+    w = torch.where(r < fk[:, None], w, torch.zeros_like(w))
+    w = w / w.sum(-1, keepdim=True)
+    cum_before = torch.cumsum(w, -1) - w
+    keep = (r < fk[:, None]) & ((tp[:, None] >= 1) | (cum_before < tp[:, None]))
+    keep &= w >= mp[:, None] * w[:, :1]
+    keep &= r < kk[:, None]
+    keep[:, 0] = True
+    w = torch.where(keep, w, torch.zeros_like(w))
+    w = w / w.sum(-1, keepdim=True)
+    onehot = torch.zeros_like(w)
+    onehot[:, 0] = 1.0
+    w = torch.where(greedy[:, None], onehot, w)
+    ids = torch.where(greedy[:, None], xs.argmax(-1, keepdim=True).expand_as(ids), ids)
+    out = torch.zeros_like(p).scatter_(1, ids, w)
+    out = torch.where(greedy[:, None], torch.zeros_like(p).scatter_(1, xs.argmax(-1, keepdim=True), 1.0), out)
+    return torch.where(valid[:, None], out, torch.zeros_like(out)), valid
+
+
 def verify_soft_token(logits: torch.Tensor, k: int, temperature=1.0, top_k=0, top_p=1.0,
-                      min_p=0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                      min_p=0.0, filter_top_k=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The target's soft token: DESIGN "Soft tokens" steps 1-2 and 4 (no noise).
 
     ``logits`` (B, V) -> ``(ids (B, k) int64, weights (B, k), valid (B,))``: the
     filtered distribution (``top_k`` 0 means ``k``) restricted to its ``k`` largest
     entries, sorted by weight descending (lower id first on ties), ids padded with
     the row's top id and weight 0. Invalid rows give ids 0 and weights 0.
+    ``filter_top_k`` (None, int or (B,)): soft_mixture's filter chain (see
+    ``softdec.verify``); None keeps the top_k-first chain.
     """
     B, V = logits.shape
     dev = logits.device
     kk = _verify_rows(top_k, B, torch.int64, dev)
     kk = torch.where(kk <= 0, torch.full_like(kk, k), torch.clamp(kk, max=k))
-    p, valid = verify_target_probs(logits, temperature, kk, top_p, min_p)
+    if filter_top_k is None:
+        p, valid = verify_target_probs(logits, temperature, kk, top_p, min_p)
+    else:
+        p, valid = _filtered_soft_probs(logits, kk, temperature, top_p, min_p, filter_top_k)
     kv = min(k, V)
     w, ids = torch.sort(p, dim=-1, descending=True, stable=True)
     w, ids = w[:, :kv], ids[:, :kv]
@@ -717,7 +759,7 @@ SOFT_TV_SLACK = 1e-6
 def verify(target_logits: torch.Tensor, draft_ids, *, num_draft=None, draft_probs=None,
            method: str = "exact", temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
            posterior_threshold: float = 0.09, posterior_alpha: float = 0.3, neighbours=None,
-           delta: float = 0.1, seed=0, offset=0):
+           delta: float = 0.1, seed=0, offset=0, filter_top_k=None):
     """Reference of ``softdec.verify``: a straightforward loop over positions, batched over rows.
 
     Same arguments, RNG layout and results as ``softdec.verify`` (``seed`` and
@@ -753,7 +795,7 @@ def verify(target_logits: torch.Tensor, draft_ids, *, num_draft=None, draft_prob
             break
         lj = target_logits[:, j]
         if m == 4:
-            ti, tw, valid = verify_soft_token(lj, ks, temperature, top_k, top_p, min_p)
+            ti, tw, valid = verify_soft_token(lj, ks, temperature, top_k, top_p, min_p, filter_top_k)
         else:
             p, valid = verify_target_probs(lj, temperature, top_k, top_p, min_p)
         test = alive & (j < n) & valid

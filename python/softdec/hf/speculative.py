@@ -108,7 +108,7 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
                 lg = dft.forward(inputs_embeds=x, new_mask=x_mask)[:, -1].float()
                 st = op("soft_mixture")(lg, d_w, top_k=spec.soft_top_k, temperature=spec.temperature,
                                         top_p=spec.top_p, min_p=spec.min_p, seed=seed, offset=r * K + j,
-                                        embed_scale=d_scale)
+                                        embed_scale=d_scale, filter_top_k=spec.filter_top_k)
                 if s_ids is None:
                     s_ids = torch.empty(B, K, st.ids.shape[1], dtype=torch.long, device=device)
                     s_w = torch.empty(B, K, st.ids.shape[1], device=device)
@@ -136,7 +136,7 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
             tl = tgt.forward(inputs_embeds=t_in, keep=K + 1).float()
             v = op("verify")(tl, None, draft_probs=(s_ids, s_w), method="soft", temperature=spec.temperature,
                              top_k=spec.soft_top_k, top_p=spec.top_p, min_p=spec.min_p, delta=spec.delta,
-                             seed=vseed, offset=r)
+                             seed=vseed, offset=r, filter_top_k=spec.filter_top_k)
             a = v.num_accepted.to(torch.long)
             corr = v.soft_ids[:, 0]
             toks = torch.where(ar[None] < a[:, None], torch.cat([d_ids, d_ids[:, :1]], 1),

@@ -46,6 +46,10 @@ class Speculative(Strategy):
         ``top_k`` is the concept-token size (default 10 when 0).
     posterior_threshold, posterior_alpha, neighbours, delta :
         Passed to ``softdec.verify`` (typical / relaxed / soft rules).
+    filter_top_k : int or None, default None
+        method "soft" only: soft_mixture's filter width for both the draft's
+        and the target's soft tokens (``softdec.verify(filter_top_k=...)``;
+        None: the top_k-first chain; 0: whole vocabulary; else in [top_k, 256]).
     seed : int, torch.Tensor or None
         Philox key(s) for the draft draws and the verification: an int keys row
         ``b`` by ``softdec.reference.row_seed(seed, b)``, a ``(B,)`` tensor each
@@ -69,7 +73,7 @@ class Speculative(Strategy):
 
     def __init__(self, draft_model, num_draft=4, method="exact", *, temperature=1.0, top_k=0, top_p=1.0,
                  min_p=0.0, posterior_threshold=0.09, posterior_alpha=0.3, neighbours=None, delta=0.1,
-                 seed=None, tree=None):
+                 seed=None, tree=None, filter_top_k=None):
         if draft_model is None or not callable(draft_model):
             raise ValueError(f"draft_model must be a causal LM module, got {type(draft_model).__name__}")
         if isinstance(num_draft, bool) or not isinstance(num_draft, int) or num_draft <= 0:
@@ -88,6 +92,15 @@ class Speculative(Strategy):
         self.neighbours = neighbours
         self.delta = check_number(delta, "delta", lo=0.0)
         self.seed = seed
+        if filter_top_k is not None:
+            if method != "soft":
+                raise ValueError(f"filter_top_k is only defined for method 'soft', got method {method!r}; "
+                                 f"pass None")
+            filter_top_k = check_number(filter_top_k, "filter_top_k", lo=0, integer=True)
+            if 0 < filter_top_k < self.soft_top_k_of(self.top_k):
+                raise ValueError(f"top_k (the concept-token size, {self.soft_top_k_of(self.top_k)}) must be "
+                                 f"<= filter_top_k ({filter_top_k}) when filter_top_k > 0")
+        self.filter_top_k = filter_top_k
         self.needs_embeddings = method == "soft"
         self.tree = tree
         self.tree_paths = None
@@ -97,9 +110,13 @@ class Speculative(Strategy):
                 raise ValueError(f"tree speculation supports methods 'exact', 'greedy' and 'typical', got {method!r}")
             self.tree_paths = tree_from_spec(tree)
 
+    @staticmethod
+    def soft_top_k_of(top_k) -> int:
+        return top_k if top_k > 0 else 10
+
     @property
     def soft_top_k(self) -> int:
-        return self.top_k if self.top_k > 0 else 10
+        return self.soft_top_k_of(self.top_k)
 
     def __repr__(self):
         return (f"Speculative(draft_model={type(self.draft_model).__name__}, num_draft={self.num_draft}, "
