@@ -97,7 +97,11 @@ EOF
 # wall time, and the compilers' CPU time (user + sys), which does not depend on other load.
 compile() {
   local v=$1 kind=$2 dir=$BUILD/torch-$1 targets rc=0 t TIMEFORMAT='%R %U %S'
-  if [[ $kind == cpu ]]; then targets="softdec_cpu_objects softdec_module_objects"
+  if [[ $kind == cpu ]]; then
+    # the glue objects and every CPU level's kernel objects (softdec_cpu_<level>: an OBJECT
+    # library's add_dependencies only orders it under Ninja, it does not build its objects)
+    targets="softdec_cpu_objects softdec_module_objects $(ninja -C "$dir" -t targets all |
+      sed -n 's/^\(softdec_cpu_[a-z0-9_]*\): phony$/\1/p' | grep -v '^softdec_cpu_objects$' | tr '\n' ' ')"
   else targets="softdec_cuda_objects"; fi
   # shellcheck disable=SC2086
   t=$( { time cmake --build "$dir" -j "$JOBS" --target $targets >"$dir/$kind.log" 2>&1; } 2>&1 ) || rc=$?
