@@ -269,8 +269,10 @@ def test_generate_tensor_parallel_equals_single_process(arch, mode, tmp_path):
     import sys
     here = os.path.dirname(os.path.abspath(__file__))
     out = tmp_path / "out.json"
+    # the ranks import the softdec this process imported (an in-place build or the installed package)
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(softdec.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [os.path.join(here, "..", "python")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+        [pkg_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            os.path.join(here, "dist_tp_generate.py"), arch, str(out), mode]
     try:
