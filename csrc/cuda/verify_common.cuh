@@ -1,7 +1,5 @@
 // Device building blocks of the verification kernels (loads, block reductions):
-// used by verify_tree.cu. verify.cu holds the same definitions in its own
-// anonymous namespace (to switch to this header once the concurrent edits of
-// verify.cu are merged).
+// used by verify.cu and verify_tree.cu.
 #pragma once
 
 #include <cuda_fp16.h>
