@@ -28,6 +28,45 @@ def _sparse_sum_tol(dtype: torch.dtype, k: int) -> float:
     return _SPARSE_SUM_TOL + k * torch.finfo(dtype).eps / 2
 
 
+def _draft_probs_arg(draft_probs, tl, B: int, n: int, V: int, axis: str, mcode: int):
+    """Checks ``draft_probs`` of verify (``axis`` "K": the drafted positions) and verify_tree
+    (``axis`` "nodes"): None, dense ``(batch, n, vocab)`` or sparse ``(ids, weights)``, each
+    ``(batch, n, k)``. Returns ``(sparse, dense, ids, weights, sum_tol)``; ``sum_tol`` (how far a
+    sparse draft's weights may sum from 1) is None unless the draft is sparse."""
+    dev = tl.device
+    sparse = isinstance(draft_probs, (tuple, list))
+    dense = sid = sw = sum_tol = None
+    if sparse:
+        if len(draft_probs) != 2:
+            raise ValueError(f"draft_probs as a tuple must be (ids, weights), got {len(draft_probs)} items")
+        sid = check_tensor(draft_probs[0], "draft_probs ids", dim=3, layout=f"(batch, {axis}, k)",
+                           dtypes=(torch.int64, torch.int32), device=dev, device_of="target_logits")
+        sw = check_tensor(draft_probs[1], "draft_probs weights", dim=3, layout=f"(batch, {axis}, k)",
+                          dtypes=FLOAT_DTYPES, device=dev, device_of="target_logits")
+        if tuple(sid.shape[:2]) != (B, n) or sid.shape[2] < 1:
+            raise ValueError(f"draft_probs ids must have shape (batch, {axis}, k) = ({B}, {n}, k >= 1) to match "
+                             f"target_logits {tuple(tl.shape)}, got {tuple(sid.shape)}")
+        if sw.shape != sid.shape:
+            raise ValueError(f"draft_probs weights must have the shape of its ids {tuple(sid.shape)}, "
+                             f"got {tuple(sw.shape)}")
+        sum_tol = _sparse_sum_tol(sw.dtype, sw.shape[2])
+        sid = sid.to(torch.int64).contiguous()
+        sw = sw.to(torch.float32).contiguous()
+    elif draft_probs is not None:
+        dense = check_tensor(draft_probs, "draft_probs", dim=3, layout=f"(batch, {axis}, vocab)",
+                             dtypes=FLOAT_DTYPES, device=dev, device_of="target_logits")
+        if tuple(dense.shape) != (B, n, V):
+            raise ValueError(f"draft_probs must have shape (batch, {axis}, vocab) = ({B}, {n}, {V}) to match "
+                             f"target_logits {tuple(tl.shape)}, got {tuple(dense.shape)}")
+        if dense.dtype != tl.dtype and dense.dtype != torch.float32:
+            dense = dense.to(torch.float32)
+        if dense.stride(-1) != 1:
+            dense = dense.contiguous()
+    if mcode == 4 and not sparse:
+        raise ValueError(f"method 'soft' needs sparse draft_probs (ids (batch, {axis}, k), weights (batch, {axis}, k))")
+    return sparse, dense, sid, sw, sum_tol
+
+
 class Verified(NamedTuple):
     """Result of :func:`verify`.
 
@@ -308,38 +347,9 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
     if tl.stride(-1) != 1:
         tl = tl.contiguous()
 
-    sparse = isinstance(draft_probs, (tuple, list))
-    dense = None
-    sid = sw = None
-    sum_tol = _SPARSE_SUM_TOL
-    if sparse:
-        if len(draft_probs) != 2:
-            raise ValueError(f"draft_probs as a tuple must be (ids, weights), got {len(draft_probs)} items")
-        sid = check_tensor(draft_probs[0], "draft_probs ids", dim=3, layout="(batch, K, k)",
-                           dtypes=(torch.int64, torch.int32), device=dev, device_of="target_logits")
-        sw = check_tensor(draft_probs[1], "draft_probs weights", dim=3, layout="(batch, K, k)",
-                          dtypes=FLOAT_DTYPES, device=dev, device_of="target_logits")
-        if tuple(sid.shape[:2]) != (B, K) or sid.shape[2] < 1:
-            raise ValueError(f"draft_probs ids must have shape (batch, K, k) = ({B}, {K}, k >= 1) to match "
-                             f"target_logits {tuple(tl.shape)}, got {tuple(sid.shape)}")
-        if sw.shape != sid.shape:
-            raise ValueError(f"draft_probs weights must have the shape of its ids {tuple(sid.shape)}, "
-                             f"got {tuple(sw.shape)}")
-        sum_tol = _sparse_sum_tol(sw.dtype, sw.shape[2])
-        sid = sid.to(torch.int64).contiguous()
-        sw = sw.to(torch.float32).contiguous()
-    elif draft_probs is not None:
-        dense = check_tensor(draft_probs, "draft_probs", dim=3, layout="(batch, K, vocab)",
-                             dtypes=FLOAT_DTYPES, device=dev, device_of="target_logits")
-        if tuple(dense.shape) != (B, K, V):
-            raise ValueError(f"draft_probs must have shape (batch, K, vocab) = ({B}, {K}, {V}) to match "
-                             f"target_logits {tuple(tl.shape)}, got {tuple(dense.shape)}")
-        if dense.dtype != tl.dtype and dense.dtype != torch.float32:
-            dense = dense.to(torch.float32)
-        if dense.stride(-1) != 1:
-            dense = dense.contiguous()
-    if mcode == 4 and not sparse:
-        raise ValueError("method 'soft' needs sparse draft_probs (ids (batch, K, k), weights (batch, K, k))")
+    sparse, dense, sid, sw, sum_tol = _draft_probs_arg(draft_probs, tl, B, K, V, "K", mcode)
+    if sum_tol is None:
+        sum_tol = _SPARSE_SUM_TOL
     if mcode == 3:
         if neighbours is None:
             raise ValueError("method 'relaxed' needs neighbours, a (vocab, m) int64 tensor")

@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional, Union
 import torch
 
 from ._params import FLOAT_DTYPES, check_tensor, float_arg, rng_state, row_param, _register_no_backward
-from ._verify import _VERIFY_METHODS, _sparse_sum_tol
+from ._verify import _VERIFY_METHODS, _draft_probs_arg
 
 _ops = torch.ops.softdec
 
@@ -233,37 +233,9 @@ def verify_tree(target_logits: torch.Tensor, tree_tokens: torch.Tensor, tree_par
     tokens = tokens.to(torch.int64).contiguous()
     parents = parents.to(torch.int64).contiguous()
 
-    sparse = isinstance(draft_probs, (tuple, list))
-    dense = sid = sw = None
-    sum_tol = 0.0
-    if sparse:
-        if len(draft_probs) != 2:
-            raise ValueError(f"draft_probs as a tuple must be (ids, weights), got {len(draft_probs)} items")
-        sid = check_tensor(draft_probs[0], "draft_probs ids", dim=3, layout="(batch, nodes, k)",
-                           dtypes=(torch.int64, torch.int32), device=dev, device_of="target_logits")
-        sw = check_tensor(draft_probs[1], "draft_probs weights", dim=3, layout="(batch, nodes, k)",
-                          dtypes=FLOAT_DTYPES, device=dev, device_of="target_logits")
-        if tuple(sid.shape[:2]) != (B, N) or sid.shape[2] < 1:
-            raise ValueError(f"draft_probs ids must have shape (batch, nodes, k) = ({B}, {N}, k >= 1) to match "
-                             f"target_logits {tuple(tl.shape)}, got {tuple(sid.shape)}")
-        if sw.shape != sid.shape:
-            raise ValueError(f"draft_probs weights must have the shape of its ids {tuple(sid.shape)}, "
-                             f"got {tuple(sw.shape)}")
-        sum_tol = _sparse_sum_tol(sw.dtype, sw.shape[2])
-        sid = sid.to(torch.int64).contiguous()
-        sw = sw.to(torch.float32).contiguous()
-    elif draft_probs is not None:
-        dense = check_tensor(draft_probs, "draft_probs", dim=3, layout="(batch, nodes, vocab)",
-                             dtypes=FLOAT_DTYPES, device=dev, device_of="target_logits")
-        if tuple(dense.shape) != (B, N, V):
-            raise ValueError(f"draft_probs must have shape (batch, nodes, vocab) = ({B}, {N}, {V}) to match "
-                             f"target_logits {tuple(tl.shape)}, got {tuple(dense.shape)}")
-        if dense.dtype != tl.dtype and dense.dtype != torch.float32:
-            dense = dense.to(torch.float32)
-        if dense.stride(-1) != 1:
-            dense = dense.contiguous()
-    if mcode == 4 and not sparse:
-        raise ValueError("method 'soft' needs sparse draft_probs (ids (batch, nodes, k), weights (batch, nodes, k))")
+    sparse, dense, sid, sw, sum_tol = _draft_probs_arg(draft_probs, tl, B, N, V, "nodes", mcode)
+    if sum_tol is None:
+        sum_tol = 0.0
     T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0.0)
     tk = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
     tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0.0, hi=1.0)
