@@ -1,4 +1,4 @@
-"""philox_uniform vs torch.rand: the RNG stream every op draws from."""
+"""philox_uniform vs torch.rand (the RNG stream every op draws from) and philox_normal vs torch.randn."""
 
 from __future__ import annotations
 
@@ -27,4 +27,14 @@ def cases(quick: bool, device: str, full: bool = False):
                         fns={"softdec": ours, "torch.rand": rand}, bytes=4 * n,
                         memory_bound=False, device=device,
                         notes="compute-bound: 10 Philox rounds per 4 uniforms"))
+    # the Gaussian embedding noise of soft_mixture (embed_noise_std), B x D = 64 x 3584 (8 x 896 quick)
+    b, d = (8, 896) if quick else (64, 3584)
+    seed = torch.arange(b, dtype=torch.int64, device=device)
+    off = torch.zeros(b, dtype=torch.int64, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    out.append(Case(op="philox_normal", label=f"B={b} D={d}",
+                    fns={"softdec": lambda: softdec.philox_normal((b, d), seed, off),
+                         "torch.randn": lambda: torch.randn((b, d), device=device, generator=gen)},
+                    bytes=4 * b * d, memory_bound=False, device=device,
+                    notes="compute-bound: one Philox block and a float64 Box-Muller per element"))
     return out
