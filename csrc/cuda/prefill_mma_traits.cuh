@@ -24,12 +24,14 @@ struct MmaAtomFor<cutlass::half_t> {
   using type = SM80_16x8x16_F32F16F16F32_TN;
 };
 
-template <typename E, int HeadDim>
+// BN: rows of a streamed tile (keys of the attention and the row statistics, window queries of the key scores).
+template <typename E, int HeadDim, int BN = 64>
 struct Traits {
   using Elem = E;
   static constexpr int D = HeadDim;
-  static constexpr int kBM = 64, kBN = 64, kWarps = 4, kThreads = 32 * kWarps;
+  static constexpr int kBM = 64, kBN = BN, kWarps = 4, kThreads = 32 * kWarps;
   static_assert(D == 64 || D == 128, "MMA path: head_dim 64 or 128");
+  static_assert(BN == 32 || BN == 64, "streamed tile: 32 or 64 rows");
   // Warps tile M; the 16-wide N permutation lets one ldmatrix.x4 feed two n8 atoms of B.
   using TiledMma = TiledMMA<MMA_Atom<typename MmaAtomFor<E>::type>, Layout<Shape<Int<kWarps>, _1, _1>>,
                             Tile<Int<16 * kWarps>, _16, _16>>;
@@ -43,7 +45,16 @@ struct Traits {
   using SmemVt = decltype(composition(SmemKV{}, make_layout(Shape<Int<D>, Int<kBN>>{}, GenRowMajor{})));
   using LdsmN = Copy_Atom<SM75_U32x4_LDSM_N, E>;
   using LdsmT = Copy_Atom<SM75_U16x8_LDSM_T, E>;
-  static constexpr int kSmemBytes = (kBM + 2 * kBN) * D * static_cast<int>(sizeof(E));
+  // cp.async pipeline depth of the K / V (attention) and K or Q (scoring) tiles: tile j + 1 loads into one
+  // stage while tile j is computed from the other.
+  static constexpr int kStages = 2;
+  static constexpr int kTileBytes = kBN * D * static_cast<int>(sizeof(E));  // one K, V or Q tile of kBN rows
+  // Attention: Q tile (reused for the output) + kStages x (K, V).
+  static constexpr int kSmemBytes = kBM * D * static_cast<int>(sizeof(E)) + 2 * kStages * kTileBytes;
+  // Row statistics: window-Q tile + kStages K tiles.
+  static constexpr int kStatsSmemBytes = kBM * D * static_cast<int>(sizeof(E)) + kStages * kTileBytes;
+  // Key scores: K tile (the A operand) + kStages window-Q tiles + kStages x kBN (row max, 1 / row sum).
+  static constexpr int kScoreSmemBytes = kStatsSmemBytes + kStages * kBN * 8;
 
   static_assert(size(TiledMma{}) == kThreads, "one thread per MMA lane");
   static_assert(kBM == 16 * kWarps, "each warp owns exactly 16 query rows (2 per thread)");
@@ -51,7 +62,8 @@ struct Traits {
   static_assert(cosize(SmemQ{}) == kBM * D && cosize(SmemKV{}) == kBN * D, "dense smem tiles");
   static_assert(size(SmemVt{}) == kBN * D, "V^T view covers the V tile");
   static_assert(kThreads % (D / 8) == 0 && kBN % (kThreads / (D / 8)) == 0, "gather: whole rows per pass");
-  static_assert(kSmemBytes <= 227 * 1024, "fits sm_80 / sm_90 shared memory");
+  static_assert(kSmemBytes <= 227 * 1024 && kScoreSmemBytes <= 227 * 1024, "fits sm_80 / sm_90 shared memory");
+  static_assert(kTileBytes % 128 == 0 && (kBM * D * sizeof(E)) % 128 == 0, "stage buffers stay 128-byte aligned");
 };
 
 // ((2, 2), M, N) accumulator -> ((2, M), (2, N)): rows owned by this thread x columns owned by it.

@@ -293,21 +293,6 @@ __global__ void __launch_bounds__(kFlashThreads)
   }
 }
 
-// ------------------------------------------------------------------ prefill: tensor-core (CuTe MMA) attention
-// bf16/fp16 with head_dim 64 or 128 (sm_80 mma.sync atoms; they also run on sm_90a).
-// FlashAttention-2 structure on the gathered kept set of one (b, h):
-//   block = 64 compressed query rows [a0, a0 + 64) x all key tiles of 64 compressed columns,
-//   4 warps, warp w owns query rows 16w .. 16w + 15 of the tile (TiledMMA 4x1x1 warps).
-//   Q tile: gathered into smem once, then held in registers (A fragments for every k-slice).
-//   K, V tiles: gathered rows ls[c0 + c] -> swizzled smem with 16-byte cp.async (plain loads when a row is not
-//   16-byte aligned), V(j) loads while S(j) = Q K(j)^T runs, K(j + 1) loads while O += P V(j) runs.
-//   S, O accumulate in fp32 registers; online softmax in fp32 (row max / sum across the 4 threads of a quad);
-//   P is rounded to the input dtype and fed back as the A operand of the P V MMA (no smem round trip).
-// Accumulator ownership (SM80 m16n8k16 C fragment, PTX ISA "mma.m16n8k16 .f32"): lane t of a warp holds
-//   c0, c1 = (row t/4, cols 2(t%4), 2(t%4)+1) and c2, c3 = (row t/4 + 8, same cols) of every 16x8 tile.
-//   In CuTe terms acc = ((2, 2), MMA_M, MMA_N): value (v0, v1) -> col + v0, row + 8 v1. The code never
-//   hand-indexes this: coordinates come from partition_C of an identity tensor, and the row/col view
-//   (`rowcol`) regroups the same registers as ((2, MMA_M), (2, MMA_N)) = (this thread's rows, its cols).
 }  // namespace
 }  // namespace softdec
 
@@ -318,13 +303,25 @@ __global__ void __launch_bounds__(kFlashThreads)
 
 namespace softdec_prefill_mma {
 using namespace cute;
+using softdec::attn_checks::Strides4;
 
-// Gathers rows [base, base + ROWS) of the compressed list into a smem tile: smem row r <- src[ls[base + r]],
-// zeros for base + r >= n. Thread tid moves 16-byte chunk tid % (D/8) of rows tid / (D/8) + pass * (T / (D/8)),
-// so a warp reads 256 or 512 contiguous bytes of 2-4 gathered rows per pass.
-template <int ROWS, int D, int THREADS, class SL, class E>
-__device__ __forceinline__ void gather_rows(E* smem, SL sl, const E* __restrict__ src, int64_t sn,
-                                            const int32_t* __restrict__ ls, int base, int n, bool vec, int tid) {
+// Source row of compressed / window position a: the kept list (attention) or an affine map (scoring).
+struct ListRows {
+  const int32_t* __restrict__ ls;
+  __device__ __forceinline__ int64_t operator()(int a) const { return ls[a]; }
+};
+struct ShiftRows {
+  int off;
+  __device__ __forceinline__ int64_t operator()(int a) const { return static_cast<int64_t>(off) + a; }
+};
+
+// Gathers positions [base, base + ROWS) into a smem tile: smem row r <- src[rows(base + r)], zeros for
+// base + r >= n. Thread tid moves 16-byte chunk tid % (D/8) of rows tid / (D/8) + pass * (T / (D/8)),
+// so a warp reads 256 or 512 contiguous bytes of 2-4 gathered rows per pass. With vec the copies are cp.async
+// (16 bytes, L1 bypassed) and complete at the caller's cp_async_wait; otherwise plain loads.
+template <int ROWS, int D, int THREADS, class SL, class E, class Rows>
+__device__ __forceinline__ void gather_rows(E* smem, SL sl, const E* __restrict__ src, int64_t sn, Rows rows,
+                                            int base, int n, bool vec, int tid) {
   constexpr int kChunks = D / 8, kRowsPerPass = THREADS / kChunks;
   const int ch = tid % kChunks;
 #pragma unroll
@@ -332,7 +329,7 @@ __device__ __forceinline__ void gather_rows(E* smem, SL sl, const E* __restrict_
     const int r = p * kRowsPerPass + tid / kChunks;
     E* dst = smem + sl(r, ch * 8);
     if (base + r < n) {
-      const E* s = src + static_cast<int64_t>(ls[base + r]) * sn + ch * 8;
+      const E* s = src + rows(base + r) * sn + ch * 8;
       if (vec) {
         SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(s),
                                                          *reinterpret_cast<cute::uint128_t*>(dst));
@@ -346,31 +343,289 @@ __device__ __forceinline__ void gather_rows(E* smem, SL sl, const E* __restrict_
   }
 }
 
+__device__ __forceinline__ float nan_to_neginf(float s) {
+  return s != s ? -std::numeric_limits<float>::infinity() : s;
+}
+
+// ---------------------------------------------------------------- scoring on tensor cores
+// The drop rule needs, per (b, h), score[j] = sum over the last w queries i of softmax_i(j), i.e. two passes
+// over S = Qw K^T (Qw: the w window queries, pre-scaled scores s = scale * q.k, NaN -> -inf, causal j <= i):
+//   1. prefill_rowstats_mma_kernel: (max, sum exp) of every window row, split along the keys
+//      (kStatsSplitKeys keys a block; the splits are merged by the score kernel: m = max m_s,
+//      l = sum l_s exp(m_s - m)).
+//   2. prefill_score_mma_kernel: S^T = K Qw^T tile by tile, 64 keys a block (the keys are the MMA rows,
+//      so each key's sum over the window rows is a per-row reduction: the thread's columns, then its quad).
+// Both are the attention kernel's MMA loop (same TiledMma, smem layouts and ldmatrix copies, layouts checked by
+// tests/cuda_host/prefill_mma_layouts.cu) without the P V product; the streamed operand (K tiles, window-Q
+// tiles) is double-buffered with cp.async.
+constexpr int kStatsSplitKeys = 2048;
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads)
-    prefill_mma_kernel(const typename Tr::Elem* __restrict__ q, softdec::attn_checks::Strides4 qs,
-                       const typename Tr::Elem* __restrict__ k, softdec::attn_checks::Strides4 ks,
-                       const typename Tr::Elem* __restrict__ v, softdec::attn_checks::Strides4 vs,
+    prefill_rowstats_mma_kernel(const typename Tr::Elem* __restrict__ q, Strides4 qs,
+                                const typename Tr::Elem* __restrict__ k, Strides4 ks, int G, int L, int w,
+                                bool causal, float scale, bool vq, bool vk, int b0, int nsplit,
+                                float2* __restrict__ stats /* [B, Hq, nsplit, w] */) {
+  using E = typename Tr::Elem;
+  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  extern __shared__ __align__(128) unsigned char prefill_stats_smem[];
+  E* pQ = reinterpret_cast<E*>(prefill_stats_smem);  // [kBM, D] window rows a0 ..
+  E* pK = pQ + kBM * D;                               // kStages x [kBN, D]
+  const auto sQ = make_tensor(make_smem_ptr(pQ), typename Tr::SmemQ{});
+
+  const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
+  const int64_t row = static_cast<int64_t>(b) * Hq + h;
+  const int rt = blockIdx.x / nsplit, sp = blockIdx.x % nsplit;
+  const int a0 = rt * kBM;  // window rows [a0, a0 + kBM) (query positions qoff + r)
+  const int qoff = L - w;
+  const int j0 = sp * kStatsSplitKeys;
+  int j1 = min(L, j0 + kStatsSplitKeys);
+  if (causal) j1 = min(j1, qoff + min(w, a0 + kBM));  // no key after this tile's last query
+  const int ntiles = j1 > j0 ? (j1 - j0 + kBN - 1) / kBN : 0;
+  const int tid = threadIdx.x;
+  const E* qb = q + b * qs.b + h * qs.h;
+  const E* kb = k + b * ks.b + g * ks.h;
+
+  gather_rows<kBM, D, kT>(pQ, typename Tr::SmemQ{}, qb, qs.n, ShiftRows{qoff}, a0, w, vq, tid);
+  if (ntiles > 0) gather_rows<kBN, D, kT>(pK, typename Tr::SmemKV{}, kb, ks.n, ShiftRows{0}, j0, j1, vk, tid);
+  cp_async_fence();
+
+  typename Tr::TiledMma mma;
+  auto thr = mma.get_thread_slice(tid);
+  auto tSrQ = thr.partition_fragment_A(sQ);  // (MMA, 1, D/16): the warp's 16 window rows, kept in registers
+  auto tSrK = thr.partition_fragment_B(make_tensor(make_smem_ptr(pK), typename Tr::SmemKV{}));
+  auto cpQ = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
+  auto thrQ = cpQ.get_thread_slice(tid);
+  auto tSrQ_v = thrQ.retile_D(tSrQ);
+  auto cpK = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
+  auto thrK = cpK.get_thread_slice(tid);
+  auto tSrK_v = thrK.retile_D(tSrK);
+  const auto tScS = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
+  const auto cRC = make_tensor(tScS.data(), rowcol(tScS.layout()));
+
+  cp_async_wait<0>();
+  __syncthreads();
+  copy(cpQ, thrQ.partition_S(sQ), tSrQ_v);
+
+  float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.f, 0.f};
+  for (int t = 0; t < ntiles; ++t) {
+    const int c0 = j0 + t * kBN;
+    if (t + 1 < ntiles) {  // tile t + 1 into the other stage (free: the barrier ending iteration t - 1)
+      gather_rows<kBN, D, kT>(pK + ((t + 1) % Tr::kStages) * kBN * D, typename Tr::SmemKV{}, kb, ks.n,
+                              ShiftRows{0}, c0 + kBN, j1, vk, tid);
+      cp_async_fence();
+    }
+    const auto sK = make_tensor(make_smem_ptr(pK + (t % Tr::kStages) * kBN * D), typename Tr::SmemKV{});
+    const auto tSsK = thrK.partition_S(sK);
+    auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
+    clear(acc_s);
+    copy(cpK, tSsK(_, _, _0{}), tSrK_v(_, _, _0{}));
+#pragma unroll
+    for (int kk = 0; kk < size<2>(tSrK); ++kk) {
+      if (kk + 1 < size<2>(tSrK)) copy(cpK, tSsK(_, _, kk + 1), tSrK_v(_, _, kk + 1));
+      gemm(mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+    }
+    auto sRC = make_tensor(acc_s.data(), rowcol(acc_s.layout()));
+    const bool need_mask = c0 + kBN > j1 || (causal && c0 + kBN - 1 > qoff + a0);
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi) {
+      const int i = qoff + a0 + get<0>(cRC(mi, 0));  // query position of this row
+      float mx = kNegInf;
+#pragma unroll
+      for (int ni = 0; ni < size<1>(sRC); ++ni) {
+        float x = nan_to_neginf(sRC(mi, ni) * scale);
+        if (need_mask) {
+          const int c = c0 + get<1>(cRC(mi, ni));
+          if (c >= j1 || (causal && c > i)) x = kNegInf;
+        }
+        sRC(mi, ni) = x;
+        mx = fmaxf(mx, x);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad shares the row
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float mn = fmaxf(m_run[mi], mx);
+      if (mn != kNegInf) {  // quad-uniform; -inf: no finite score in this row yet
+        const float alpha = m_run[mi] == kNegInf ? 0.f : __expf(m_run[mi] - mn);
+        float ps = 0.f;
+#pragma unroll
+        for (int ni = 0; ni < size<1>(sRC); ++ni) ps += __expf(sRC(mi, ni) - mn);  // exp(-inf) = 0
+        l_run[mi] = l_run[mi] * alpha + ps;
+        m_run[mi] = mn;
+      }
+    }
+    cp_async_wait<0>();  // tile t + 1 landed (this thread's copies) ...
+    __syncthreads();     // ... everyone's, and nobody reads stage t % kStages any more
+  }
+  const int lane = tid % 32;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    float l = l_run[mi];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int r = a0 + get<0>(cRC(mi, 0));
+    if (lane % 4 == 0 && r < w) stats[(row * nsplit + sp) * w + r] = make_float2(m_run[mi], l);
+  }
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    prefill_score_mma_kernel(const typename Tr::Elem* __restrict__ q, Strides4 qs,
+                             const typename Tr::Elem* __restrict__ k, Strides4 ks,
+                             const float2* __restrict__ stats, int G, int L, int w, bool causal, float scale,
+                             bool vq, bool vk, int b0, int nsplit, float* __restrict__ score /* [B, Hq, L] */) {
+  using E = typename Tr::Elem;
+  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  extern __shared__ __align__(128) unsigned char prefill_score_smem[];
+  E* pK = reinterpret_cast<E*>(prefill_score_smem);  // [kBM, D] keys j0 .. (the A operand)
+  E* pQ = pK + kBM * D;                               // kStages x [kBN, D] window rows
+  float2* sStat = reinterpret_cast<float2*>(pQ + Tr::kStages * kBN * D);  // kStages x [kBN] (max, 1 / sum)
+  const auto sK = make_tensor(make_smem_ptr(pK), typename Tr::SmemQ{});
+
+  const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
+  const int64_t row = static_cast<int64_t>(b) * Hq + h;
+  const int j0 = blockIdx.x * kBM;  // keys [j0, j0 + kBM)
+  const int qoff = L - w;
+  const int r_lo = causal ? max(0, j0 - qoff) : 0;  // window rows before r_lo see none of these keys
+  const int ntiles = r_lo < w ? (w - r_lo + kBN - 1) / kBN : 0;
+  const int tid = threadIdx.x;
+  const E* qb = q + b * qs.b + h * qs.h;
+  const E* kb = k + b * ks.b + g * ks.h;
+  const float2* st = stats + row * nsplit * w;
+
+  // (max, 1 / sum) of window rows [r0, r0 + kBN) into stage s: the key splits merged; rows past w or with
+  // no finite score get 1 / sum = 0 (they add nothing).
+  auto load_stats = [&](int r0, int s) {
+    if (tid < kBN) {
+      const int r = r0 + tid;
+      float m = kNegInf, l = 0.f;
+      if (r < w) {
+        for (int x = 0; x < nsplit; ++x) m = fmaxf(m, st[x * w + r].x);
+        if (m != kNegInf)
+          for (int x = 0; x < nsplit; ++x) {
+            const float2 ml = st[x * w + r];
+            if (ml.x != kNegInf) l += ml.y * __expf(ml.x - m);
+          }
+      }
+      const bool ok = m != kNegInf && l > 0.f;
+      sStat[s * kBN + tid] = make_float2(ok ? m : 0.f, ok ? 1.f / l : 0.f);
+    }
+  };
+
+  gather_rows<kBM, D, kT>(pK, typename Tr::SmemQ{}, kb, ks.n, ShiftRows{0}, j0, L, vk, tid);
+  if (ntiles > 0) {
+    gather_rows<kBN, D, kT>(pQ, typename Tr::SmemKV{}, qb, qs.n, ShiftRows{qoff}, r_lo, w, vq, tid);
+    load_stats(r_lo, 0);
+  }
+  cp_async_fence();
+
+  typename Tr::TiledMma mma;
+  auto thr = mma.get_thread_slice(tid);
+  auto tSrK = thr.partition_fragment_A(sK);  // (MMA, 1, D/16): the warp's 16 keys, kept in registers
+  auto tSrQ = thr.partition_fragment_B(make_tensor(make_smem_ptr(pQ), typename Tr::SmemKV{}));
+  auto cpA = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
+  auto thrA = cpA.get_thread_slice(tid);
+  auto tSrK_v = thrA.retile_D(tSrK);
+  auto cpB = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
+  auto thrB = cpB.get_thread_slice(tid);
+  auto tSrQ_v = thrB.retile_D(tSrQ);
+  // rows of the accumulator: keys j0 + row; columns: window rows r0 + col
+  const auto tScS = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
+  const auto cRC = make_tensor(tScS.data(), rowcol(tScS.layout()));
+
+  cp_async_wait<0>();
+  __syncthreads();
+  copy(cpA, thrA.partition_S(sK), tSrK_v);
+
+  float acc[2] = {0.f, 0.f};  // this thread's partial score of keys cRC(mi, 0)
+  for (int t = 0; t < ntiles; ++t) {
+    const int r0 = r_lo + t * kBN;
+    if (t + 1 < ntiles) {  // window tile t + 1 and its statistics into the other stage
+      const int s1 = (t + 1) % Tr::kStages;
+      gather_rows<kBN, D, kT>(pQ + s1 * kBN * D, typename Tr::SmemKV{}, qb, qs.n, ShiftRows{qoff}, r0 + kBN, w, vq,
+                              tid);
+      cp_async_fence();
+      load_stats(r0 + kBN, s1);
+    }
+    const int s0 = t % Tr::kStages;
+    const auto sQ = make_tensor(make_smem_ptr(pQ + s0 * kBN * D), typename Tr::SmemKV{});
+    const auto tSsQ = thrB.partition_S(sQ);
+    auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
+    clear(acc_s);
+    copy(cpB, tSsQ(_, _, _0{}), tSrQ_v(_, _, _0{}));
+#pragma unroll
+    for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
+      if (kk + 1 < size<2>(tSrQ)) copy(cpB, tSsQ(_, _, kk + 1), tSrQ_v(_, _, kk + 1));
+      gemm(mma, tSrK(_, _, kk), tSrQ(_, _, kk), acc_s);
+    }
+    auto sRC = make_tensor(acc_s.data(), rowcol(acc_s.layout()));
+    // causal: key j counts for window row r iff j <= qoff + r; only tiles whose first row precedes a key mask
+    const bool need_mask = causal && j0 + kBM - 1 > qoff + r0;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(sRC); ++ni) {
+      const int c = get<1>(cRC(0, ni));
+      const float2 mi_inv = sStat[s0 * kBN + c];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const float x = nan_to_neginf(sRC(mi, ni) * scale);
+        bool ok = mi_inv.y > 0.f && x != kNegInf;
+        if (need_mask) ok = ok && j0 + get<0>(cRC(mi, ni)) <= qoff + r0 + c;
+        acc[mi] += ok ? __expf(x - mi_inv.x) * mi_inv.y : 0.f;
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+  }
+  const int lane = tid % 32;
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    float a = acc[mi];
+    a += __shfl_xor_sync(0xffffffffu, a, 1);  // the quad shares the key
+    a += __shfl_xor_sync(0xffffffffu, a, 2);
+    const int j = j0 + get<0>(cRC(mi, 0));
+    if (lane % 4 == 0 && j < L) score[row * L + j] = a;
+  }
+}
+
+// ---------------------------------------------------------------- attention on tensor cores
+// bf16/fp16 with head_dim 64 or 128 (sm_80 mma.sync atoms; they also run on sm_90a).
+// FlashAttention-2 structure on the gathered kept set of one (b, h):
+//   block = 64 compressed query rows [a0, a0 + 64) x all key tiles of 64 compressed columns,
+//   4 warps, warp w owns query rows 16w .. 16w + 15 of the tile (TiledMMA 4x1x1 warps).
+//   Q tile: gathered into smem once; its A fragments are read from smem per k-slice (ldmatrix) beside the
+//   K fragments (holding all of Q in registers cost 32 registers a thread at d = 128).
+//   K, V tiles: gathered rows ls[c0 + c] -> swizzled smem with 16-byte cp.async (plain loads when a row is not
+//   16-byte aligned), two stages: K(j + 1), V(j + 1) load while S(j) = Q K(j)^T and O += P V(j) run.
+//   S, O accumulate in fp32 registers; online softmax in fp32 (row max / sum across the 4 threads of a quad);
+//   P is rounded to the input dtype and fed back as the A operand of the P V MMA (no smem round trip).
+// Accumulator ownership (SM80 m16n8k16 C fragment, PTX ISA "mma.m16n8k16 .f32"): lane t of a warp holds
+//   c0, c1 = (row t/4, cols 2(t%4), 2(t%4)+1) and c2, c3 = (row t/4 + 8, same cols) of every 16x8 tile.
+//   In CuTe terms acc = ((2, 2), MMA_M, MMA_N): value (v0, v1) -> col + v0, row + 8 v1. The code never
+//   hand-indexes this: coordinates come from partition_C of an identity tensor, and the row/col view
+//   (`rowcol`) regroups the same registers as ((2, MMA_M), (2, MMA_N)) = (this thread's rows, its cols).
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    prefill_mma_kernel(const typename Tr::Elem* __restrict__ q, Strides4 qs, const typename Tr::Elem* __restrict__ k,
+                       Strides4 ks, const typename Tr::Elem* __restrict__ v, Strides4 vs,
                        const int32_t* __restrict__ list, const int32_t* __restrict__ count, int G, int L,
                        bool causal, float scale, bool vq, bool vk, bool vv, int b0,
                        typename Tr::Elem* __restrict__ out /* [B, Hq, L, D] */) {
   using E = typename Tr::Elem;
-  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads;
+  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads, kS = Tr::kStages;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   extern __shared__ __align__(128) unsigned char prefill_mma_smem[];
   E* pQ = reinterpret_cast<E*>(prefill_mma_smem);  // [kBM, D] Q tile, reused for the output tile
-  E* pK = pQ + kBM * D;                            // [kBN, D]
-  E* pV = pK + kBN * D;                            // [kBN, D]
+  E* pK = pQ + kBM * D;                            // kStages x [kBN, D]
+  E* pV = pK + kS * kBN * D;                       // kStages x [kBN, D]
   const auto sQ = make_tensor(make_smem_ptr(pQ), typename Tr::SmemQ{});
-  const auto sK = make_tensor(make_smem_ptr(pK), typename Tr::SmemKV{});
-  const auto sVt = make_tensor(make_smem_ptr(pV), typename Tr::SmemVt{});
 
   const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
   const int64_t row = static_cast<int64_t>(b) * Hq + h;
   const int n = count[row];
   const int a0 = blockIdx.x * kBM;
   if (a0 >= n) return;
-  const int32_t* ls = list + row * L;
+  const ListRows ls{list + row * L};
   const int tid = threadIdx.x;
   const E* qb = q + b * qs.b + h * qs.h;
   const E* kb = k + b * ks.b + g * ks.h;
@@ -381,12 +636,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
   gather_rows<kBM, D, kT>(pQ, typename Tr::SmemQ{}, qb, qs.n, ls, a0, n, vq, tid);
   gather_rows<kBN, D, kT>(pK, typename Tr::SmemKV{}, kb, ks.n, ls, 0, n, vk, tid);
+  gather_rows<kBN, D, kT>(pV, typename Tr::SmemKV{}, vb, vs.n, ls, 0, n, vv, tid);
   cp_async_fence();
 
   typename Tr::TiledMma mma;
   auto thr = mma.get_thread_slice(tid);
-  auto tSrQ = thr.partition_fragment_A(sQ);  // (MMA, 1, D/16): the whole Q tile of this warp, kept
-  auto tSrK = thr.partition_fragment_B(sK);  // (MMA, kBN/8, D/16)
+  auto tSrQ = thr.partition_fragment_A(sQ);  // (MMA, 1, D/16), filled one k-slice at a time
+  auto tSrK = thr.partition_fragment_B(make_tensor(make_smem_ptr(pK), typename Tr::SmemKV{}));  // (MMA, kBN/8, D/16)
   auto tOrVt = thr.partition_fragment_B(make_tensor(make_smem_ptr(pV),
                                                     make_layout(Shape<Int<D>, Int<kBN>>{}, GenRowMajor{})));
   auto acc_o = partition_fragment_C(mma, Shape<Int<kBM>, Int<D>>{});  // ((2,2), 1, D/8) fp32
@@ -394,15 +650,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
   auto cpQ = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
   auto thrQ = cpQ.get_thread_slice(tid);
-  auto tSsQ = thrQ.partition_S(sQ);
+  const auto tSsQ = thrQ.partition_S(sQ);
   auto tSrQ_v = thrQ.retile_D(tSrQ);
   auto cpK = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
   auto thrK = cpK.get_thread_slice(tid);
-  auto tSsK = thrK.partition_S(sK);
   auto tSrK_v = thrK.retile_D(tSrK);
   auto cpV = make_tiled_copy_B(typename Tr::LdsmT{}, mma);
   auto thrV = cpV.get_thread_slice(tid);
-  auto tOsVt = thrV.partition_S(sVt);
   auto tOrVt_v = thrV.retile_D(tOrVt);
   static_assert(decltype(size<1>(tSrQ))::value == 1, "one m16 tile per warp");
   static_assert(decltype(size<2>(tSrQ))::value == D / 16 && decltype(size<2>(tSrK))::value == D / 16, "k-slices");
@@ -416,23 +670,33 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
   cp_async_wait<0>();
   __syncthreads();
-  copy(cpQ, tSsQ, tSrQ_v);  // Q -> registers once
 
   float m_run[2] = {kNegInf, kNegInf};  // running row max (scaled scores) of rows cRC(mi, 0)
   float l_run[2] = {0.f, 0.f};          // this thread's partial row sums (its 2 * kBN/8 columns)
 
   for (int nb = 0; nb < nblocks; ++nb) {
     const int c0 = nb * kBN;
-    gather_rows<kBN, D, kT>(pV, typename Tr::SmemKV{}, vb, vs.n, ls, c0, n, vv, tid);
-    cp_async_fence();
+    if (nb + 1 < nblocks) {  // K(nb + 1), V(nb + 1) into the other stage (free since the barrier ending nb - 1)
+      const int s1 = (nb + 1) % kS;
+      gather_rows<kBN, D, kT>(pK + s1 * kBN * D, typename Tr::SmemKV{}, kb, ks.n, ls, c0 + kBN, n, vk, tid);
+      gather_rows<kBN, D, kT>(pV + s1 * kBN * D, typename Tr::SmemKV{}, vb, vs.n, ls, c0 + kBN, n, vv, tid);
+      cp_async_fence();
+    }
+    const int s0 = nb % kS;
+    const auto tSsK = thrK.partition_S(make_tensor(make_smem_ptr(pK + s0 * kBN * D), typename Tr::SmemKV{}));
+    const auto tOsVt = thrV.partition_S(make_tensor(make_smem_ptr(pV + s0 * kBN * D), typename Tr::SmemVt{}));
 
-    // S = Q K^T (fp32), double-buffered k-slices of K from smem.
+    // S = Q K^T (fp32): Q and K fragments of k-slice kk + 1 load while slice kk multiplies.
     auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
     clear(acc_s);
+    copy(cpQ, tSsQ(_, _, _0{}), tSrQ_v(_, _, _0{}));
     copy(cpK, tSsK(_, _, _0{}), tSrK_v(_, _, _0{}));
 #pragma unroll
     for (int kk = 0; kk < size<2>(tSrK); ++kk) {
-      if (kk + 1 < size<2>(tSrK)) copy(cpK, tSsK(_, _, kk + 1), tSrK_v(_, _, kk + 1));
+      if (kk + 1 < size<2>(tSrK)) {
+        copy(cpQ, tSsQ(_, _, kk + 1), tSrQ_v(_, _, kk + 1));
+        copy(cpK, tSsK(_, _, kk + 1), tSrK_v(_, _, kk + 1));
+      }
       gemm(mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
     }
 
@@ -471,13 +735,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
       for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= alpha;
     }
 
-    cp_async_wait<0>();  // V(nb) landed
-    __syncthreads();     // ... for every thread, and nobody reads K(nb) any more
-    if (nb + 1 < nblocks) {
-      gather_rows<kBN, D, kT>(pK, typename Tr::SmemKV{}, kb, ks.n, ls, c0 + kBN, n, vk, tid);
-      cp_async_fence();
-    }
-
     // O += P V with P rounded to the input dtype, straight from the S registers.
     // (packed round-to-nearest conversion: cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32 on sm_80+)
     constexpr int kSN = decltype(size(acc_s))::value;
@@ -491,8 +748,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
       if (kk + 1 < size<2>(tOrP)) copy(cpV, tOsVt(_, _, kk + 1), tOrVt_v(_, _, kk + 1));
       gemm(mma, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
     }
-    cp_async_wait<0>();  // K(nb + 1) landed
-    __syncthreads();     // every thread is done with V(nb) (and, after the loop, with sQ)
+    cp_async_wait<0>();  // K(nb + 1), V(nb + 1) landed (this thread's copies) ...
+    __syncthreads();     // ... everyone's; nobody reads stage nb % kStages (or, after the loop, sQ) any more
   }
 
   // Normalise, stage the tile in smem (the Q buffer), write whole rows back to ls[a0 + r] with 16-byte stores.
@@ -517,16 +774,15 @@ __global__ void __launch_bounds__(Tr::kThreads)
   for (int p = 0; p < kBM / kRowsPerPass; ++p) {
     const int r = p * kRowsPerPass + tid / kChunks;
     if (a0 + r < n)
-      *reinterpret_cast<uint4*>(out + (row * L + ls[a0 + r]) * D + ch * 8) =
+      *reinterpret_cast<uint4*>(out + (row * L + ls(a0 + r)) * D + ch * 8) =
           *reinterpret_cast<const uint4*>(pQ + sl_o(r, ch * 8));
   }
 }
 
 template <class Tr>
-void launch(const void* q, softdec::attn_checks::Strides4 qs, const void* k, softdec::attn_checks::Strides4 ks,
-            const void* v, softdec::attn_checks::Strides4 vs, const int32_t* list, const int32_t* count, int B,
-            int Hq, int G, int L, bool causal, float scale, bool vq, bool vk, bool vv, void* out,
-            cudaStream_t st) {
+void launch(const void* q, Strides4 qs, const void* k, Strides4 ks, const void* v, Strides4 vs,
+            const int32_t* list, const int32_t* count, int B, int Hq, int G, int L, bool causal, float scale,
+            bool vq, bool vk, bool vv, void* out, cudaStream_t st) {
   using E = typename Tr::Elem;
   auto kern = prefill_mma_kernel<Tr>;
   SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
@@ -540,11 +796,41 @@ void launch(const void* q, softdec::attn_checks::Strides4 qs, const void* k, sof
   }
 }
 
+// Row statistics then key scores of every (b, h) (the two scoring kernels above); stats is scratch of
+// B * Hq * ceil(L / kStatsSplitKeys) * w float2.
+template <class Tr>
+void launch_scores(const void* q, Strides4 qs, const void* k, Strides4 ks, int B, int Hq, int G, int L, int w,
+                   bool causal, float scale, bool vq, bool vk, float2* stats, float* score, cudaStream_t st) {
+  using E = typename Tr::Elem;
+  const int nsplit = (L + kStatsSplitKeys - 1) / kStatsSplitKeys;
+  auto ks_rows = prefill_rowstats_mma_kernel<Tr>;
+  auto ks_score = prefill_score_mma_kernel<Tr>;
+  SOFTDEC_CUDA_CHECK(
+      cudaFuncSetAttribute(ks_rows, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kStatsSmemBytes));
+  SOFTDEC_CUDA_CHECK(
+      cudaFuncSetAttribute(ks_score, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kScoreSmemBytes));
+  constexpr int kYZ = static_cast<int>(softdec::attn_cuda::kMaxGridYZ);
+  for (int b0 = 0; b0 < B; b0 += kYZ) {
+    const unsigned nz = static_cast<unsigned>(B - b0 < kYZ ? B - b0 : kYZ);
+    ks_rows<<<dim3(static_cast<unsigned>((w + Tr::kBM - 1) / Tr::kBM * nsplit), Hq, nz), Tr::kThreads,
+              Tr::kStatsSmemBytes, st>>>(static_cast<const E*>(q), qs, static_cast<const E*>(k), ks, G, L, w, causal,
+                                         scale, vq, vk, b0, nsplit, stats);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    ks_score<<<dim3(static_cast<unsigned>((L + Tr::kBM - 1) / Tr::kBM), Hq, nz), Tr::kThreads, Tr::kScoreSmemBytes,
+               st>>>(static_cast<const E*>(q), qs, static_cast<const E*>(k), ks, stats, G, L, w, causal, scale, vq,
+                     vk, b0, nsplit, score);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  }
+}
+
 }  // namespace softdec_prefill_mma
 #endif  // SOFTDEC_HAS_CUTLASS
 
 namespace softdec {
 namespace {
+
+// Keys per tile of the tensor-core attention: 32 keeps the S / P tile of a warp (16 x 32) at 16 + 8 registers.
+constexpr int kMmaAttnBN = 32;
 
 // Whether the tensor-core path takes this launch (and runs it): bf16 / fp16, head_dim 64 or 128.
 template <typename NT>
@@ -566,8 +852,8 @@ bool prefill_mma_attention(const Tensor& q, const Tensor& k, const Tensor& v, co
                                                 static_cast<int>(Hq), G, static_cast<int>(L), causal, scale, vq, vk,
                                                 vv, out.data_ptr(), st);
     };
-    if (d == 64) go(softdec_prefill_mma::Traits<E, 64>{});
-    else go(softdec_prefill_mma::Traits<E, 128>{});
+    if (d == 64) go(softdec_prefill_mma::Traits<E, 64, kMmaAttnBN>{});
+    else go(softdec_prefill_mma::Traits<E, 128, kMmaAttnBN>{});
     return true;
   }
 #endif
@@ -575,11 +861,53 @@ bool prefill_mma_attention(const Tensor& q, const Tensor& k, const Tensor& v, co
   return false;
 }
 
+// Whether the tensor-core scoring kernels take this launch (and run it): same dtypes / head dims as the
+// attention. score [B, Hq, L] gets every key's score; otherwise nothing is launched.
+template <typename NT>
+bool prefill_mma_scores(const Tensor& q, const Tensor& k, int w, bool causal, float scale, Tensor& score,
+                        cudaStream_t st) {
+#if defined(SOFTDEC_HAS_CUTLASS)
+  constexpr bool is_bf16 = std::is_same_v<NT, __nv_bfloat16>, is_fp16 = std::is_same_v<NT, __half>;
+  if constexpr (is_bf16 || is_fp16) {
+    using E = std::conditional_t<is_bf16, cutlass::bfloat16_t, cutlass::half_t>;
+    const int64_t B = q.size(0), Hq = q.size(1), L = q.size(2), d = q.size(3), Hkv = k.size(1);
+    if (d != 64 && d != 128) return false;
+    const int64_t nsplit = attn::ceil_div(L, softdec_prefill_mma::kStatsSplitKeys);
+    Tensor stats = new_empty(q, {B, Hq, nsplit, w, 2}, ScalarType::Float);
+    auto go = [&](auto tr) {
+      softdec_prefill_mma::launch_scores<decltype(tr)>(
+          q.data_ptr(), strides4(q), k.data_ptr(), strides4(k), static_cast<int>(B), static_cast<int>(Hq),
+          static_cast<int>(Hq / Hkv), static_cast<int>(L), w, causal, scale, vec_ok(q, d, 2), vec_ok(k, d, 2),
+          reinterpret_cast<float2*>(stats.mutable_data_ptr<float>()), score.mutable_data_ptr<float>(), st);
+    };
+    if (d == 64) go(softdec_prefill_mma::Traits<E, 64>{});
+    else go(softdec_prefill_mma::Traits<E, 128>{});
+    return true;
+  }
+#endif
+  (void)q, (void)k, (void)w, (void)causal, (void)scale, (void)score, (void)st;
+  return false;
+}
+
+// Zeroes the output rows of the dropped tokens: one warp per row (the kept test is warp-uniform, no division
+// per element), 16-byte stores when a row is a whole number of 16-byte chunks (out is contiguous).
 template <typename T>
-__global__ void __launch_bounds__(kZeroThreads) zero_dropped_kernel(const bool* __restrict__ kept, int64_t rows_L, int d, T* __restrict__ out) {
-  for (int64_t x = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; x < rows_L * d;
-       x += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    if (!kept[x / d]) out[x] = from_float<T>(0.f);
+__global__ void __launch_bounds__(kZeroThreads)
+    zero_dropped_kernel(const bool* __restrict__ kept, int64_t rows_L, int d, T* __restrict__ out) {
+  constexpr int kRowsPerBlock = kZeroThreads / 32;
+  const int lane = threadIdx.x % 32;
+  const bool vec = (d * sizeof(T)) % 16 == 0;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32; r < rows_L;
+       r += static_cast<int64_t>(gridDim.x) * kRowsPerBlock) {
+    if (kept[r]) continue;
+    T* o = out + r * d;
+    if (vec) {
+      const int chunks = static_cast<int>(d * sizeof(T) / 16);
+      for (int c = lane; c < chunks; c += 32) reinterpret_cast<uint4*>(o)[c] = make_uint4(0u, 0u, 0u, 0u);
+    } else {
+      for (int x = lane; x < d; x += 32) o[x] = from_float<T>(0.f);
+    }
+  }
 }
 
 template <typename NT>
@@ -597,7 +925,8 @@ void prefill_launch(const Tensor& q, const Tensor& k, const Tensor& v, float cov
   const bool drop = coverage > 0.f && attn::max_drop(L, w, min_tokens) > 0;
   const unsigned hq = static_cast<unsigned>(Hq);
   auto rows_from = [B](int64_t b0) { return static_cast<unsigned>(imin(kMaxGridYZ, B - b0)); };
-  if (drop) {
+  if (drop && !prefill_mma_scores<NT>(q, k, w, causal, scale, score, st)) {
+    // fp32, or a head_dim without a tensor-core kernel: a warp per dot product.
     Tensor stats = new_empty(q, {B, Hq, w, 2}, ScalarType::Float);
     const size_t ssm = kScoreWarps * d * sizeof(float);  // d <= kMaxD: at most 8 KB
     for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
@@ -638,7 +967,7 @@ void prefill_launch(const Tensor& q, const Tensor& k, const Tensor& v, float cov
     }
   }
   const int64_t rows_L = B * Hq * L;
-  const unsigned zg = static_cast<unsigned>(imin(attn::ceil_div(rows_L * d, kZeroThreads), 65535));
+  const unsigned zg = static_cast<unsigned>(imin(attn::ceil_div(rows_L, kZeroThreads / 32), 65535));
   zero_dropped_kernel<NT><<<zg, kZeroThreads, 0, st>>>(kept.const_data_ptr<bool>(), rows_L, static_cast<int>(d),
                                                        reinterpret_cast<NT*>(out.data_ptr()));
   SOFTDEC_CUDA_LAUNCH_CHECK();
