@@ -10,6 +10,7 @@ import torch
 import softdec
 from softdec import reference as ref
 from conftest import TOLS
+from prefill_margin import assert_kept_within_margin
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
@@ -289,7 +290,11 @@ def test_prefill_matches_reference(dtype, coverage, min_tokens, window, causal, 
     scores = ref.token_sparse_scores(qd, kd, window=window, causal=causal)
     dropped_mass = (scores * (~kept)).sum(-1)
     assert bool((dropped_mass <= coverage * scores.sum(-1) * (1 + 1e-5) + 1e-9).all())
-    if dtype == torch.float32:
+    # the drop rule on the float64 scores wherever fp32 scoring cannot flip a decision (prefill_margin.py
+    # argues the margin); the CPU's fp32 selection on these seeds also equals it exactly. CUDA's scores use
+    # other summation orders and __expf, so it is held to the margin only.
+    assert_kept_within_margin(kept, scores, coverage=coverage, min_tokens=min_tokens, window=window)
+    if dtype == torch.float32 and device == "cpu":
         want_kept = ref.token_sparse_kept(scores, coverage=coverage, min_tokens=min_tokens, window=window)
         assert torch.equal(kept, want_kept)
     assert bool((out.cpu()[~kept] == 0).all())
@@ -474,6 +479,20 @@ def test_prefill_nan_row_is_nan_not_crash():
         rest = torch.ones(64, dtype=torch.bool)
         rest[5] = False
         assert torch.isfinite(out[0, 0, rest]).all() and torch.isfinite(out[0, 1]).all()
+
+
+def test_prefill_nan_window_query_adds_no_score(device):
+    # a NaN window query has no finite score: its row adds nothing to the key scores (reference and kernels);
+    # the drop rule then matches the float64 one (exactly on CPU, within the argued margin on CUDA)
+    q, k, v = _qkv4(1, 2, 1, 200, 64, torch.bfloat16, device, seed=3)
+    q[0, 0, 190] = float("nan")
+    kw = dict(coverage=0.3, min_tokens=16, window=40)
+    _, kept = softdec.token_sparse_prefill(q, k, v, return_kept=True, **kw)
+    scores = ref.token_sparse_scores(q.double().cpu(), k.double().cpu(), window=40)
+    assert float(scores[0, 0].sum()) == pytest.approx(39.0) and float(scores[0, 1].sum()) == pytest.approx(40.0)
+    assert_kept_within_margin(kept, scores, **kw)
+    if device == "cpu":
+        assert torch.equal(kept, ref.token_sparse_kept(scores, **kw))
 
 
 # ---------------------------------------------------------------- CUDA == CPU (run where a GPU is present)

@@ -1054,7 +1054,10 @@ def token_sparse_scores(q, k, *, window=128, causal=True, scale=None):
     if causal:
         pos = torch.arange(L - w, L)[:, None]
         s = s.masked_fill(torch.arange(L)[None, :] > pos, float("-inf"))
-    return torch.softmax(torch.nan_to_num(s, nan=-float("inf")), dim=-1).nan_to_num(0.0).sum(2)
+    # NaN scores count as -inf (a row with no finite score adds nothing); nan_to_num alone would also turn
+    # the causal mask's -inf into the lowest finite value and hand such a row's mass to the future keys
+    s = s.masked_fill(torch.isnan(s), float("-inf"))
+    return torch.softmax(s, dim=-1).nan_to_num(0.0).sum(2)
 
 
 def token_sparse_kept(scores, *, coverage=0.005, min_tokens=1024, window=128):
