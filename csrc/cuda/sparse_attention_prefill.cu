@@ -19,6 +19,42 @@ constexpr int kScoreWarps = 8, kScoreThreads = 32 * kScoreWarps;  // row stats /
 constexpr int kZeroThreads = 256;                                 // zeroing of the dropped rows
 
 // ------------------------------------------------------------------ prefill: scoring
+// (bf16 / fp16 with head_dim 64 or 128 score on tensor cores, prefill_rowstats_mma_kernel /
+// prefill_score_mma_kernel below; these SIMT kernels take fp32 and the other head dims.)
+
+// Element j of 16 bytes of T held as four 32-bit words (j a compile-time constant after unrolling, so the
+// words stay in registers: no local-memory copy of the vector).
+template <typename T>
+__device__ __forceinline__ float word_elem(const uint32_t (&wd)[4], int j) {
+  if constexpr (std::is_same_v<T, float>) {
+    return __uint_as_float(wd[j]);
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __uint_as_float(j % 2 ? wd[j / 2] & 0xffff0000u : wd[j / 2] << 16);  // bf16 -> fp32 is exact
+  } else {
+    static_assert(std::is_same_v<T, __half>, "fp32 / bf16 / fp16");
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(j % 2 ? wd[j / 2] >> 16 : wd[j / 2] & 0xffffu)));
+  }
+}
+
+// This lane's partial of the dot product of an fp32 row in shared memory with a row of T: 16-byte loads
+// strided by 32 lanes when `vec` (row 16-byte aligned, d a multiple of 16 / sizeof(T)), else elements.
+template <typename T>
+__device__ __forceinline__ float lane_dot(const float* __restrict__ q, const T* __restrict__ k, int d, bool vec,
+                                          int lane) {
+  constexpr int kV = 16 / sizeof(T);
+  float acc = 0.f;
+  if (vec) {
+    for (int c = lane; c < d / kV; c += 32) {
+      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(k) + c);
+      const uint32_t wd[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+      for (int j = 0; j < kV; ++j) acc += q[c * kV + j] * word_elem<T>(wd, j);
+    }
+  } else {
+    for (int i = lane; i < d; i += 32) acc += q[i] * to_float(k[i]);
+  }
+  return acc;
+}
 // Row statistics (max, sum of exp) of the last w queries of (b, h): one warp per query.
 template <typename T>
 __global__ void __launch_bounds__(kScoreThreads)
@@ -40,9 +76,8 @@ __global__ void __launch_bounds__(kScoreThreads)
   const int jend = causal ? i + 1 : L;
   float m = kNegInf, l = 0.f;
   for (int j = 0; j < jend; ++j) {
-    float part[1];
-    lane_dots<T, 1>(qr, d, 1, k + b * ks.b + g * ks.h + static_cast<int64_t>(j) * ks.n, d, vec, lane, part);
-    const float s = nan_to_neginf(warp_sum(part[0]));
+    const float s =
+        nan_to_neginf(warp_sum(lane_dot<T>(qr, k + b * ks.b + g * ks.h + static_cast<int64_t>(j) * ks.n, d, vec, lane)));
     if (s == kNegInf) continue;
     const float mn = fmaxf(m, s);
     l = l * __expf(m - mn) + __expf(s - mn);
@@ -72,9 +107,8 @@ __global__ void __launch_bounds__(kScoreThreads)
     if (causal && j > i) continue;
     const float2 ml = st[r];
     if (ml.x == kNegInf || !(ml.y > 0.f)) continue;
-    float part[1];
-    lane_dots<T, 1>(kr, d, 1, q + b * qs.b + h * qs.h + static_cast<int64_t>(i) * qs.n, d, vec, lane, part);
-    const float s = nan_to_neginf(warp_sum(part[0]));
+    const float s =
+        nan_to_neginf(warp_sum(lane_dot<T>(kr, q + b * qs.b + h * qs.h + static_cast<int64_t>(i) * qs.n, d, vec, lane)));
     acc += __expf(s - ml.x) / ml.y;
   }
   if (lane == 0) score[(static_cast<int64_t>(b) * Hq + h) * L + j] = acc;
