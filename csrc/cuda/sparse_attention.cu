@@ -39,6 +39,7 @@ constexpr int kSummaryThreads = 256;  // page summaries: threads over head_dim (
 constexpr int kScoreThreads = 256;    // page bounds / token scores: one warp per page or token
 constexpr int kAttnThreads = 128;     // split-KV chunk attention
 constexpr int kMergeThreads = 128;    // merge of the chunk states
+constexpr int kScorePasses = 4;       // passes of a scoring block over its rows (grid sizing)
 
 // ------------------------------------------------------------------ page summaries
 template <typename T>
@@ -153,6 +154,44 @@ __device__ __forceinline__ void row_dots(const float* __restrict__ sq, int G, co
   }
 }
 
+// row_dots for two rows at once (each query load feeds 16 FMAs: half the shared-memory traffic per K
+// byte of row_dots, which matters when the whole cache streams through token scoring), for G <= MAXG.
+// ok1 implies ok0.
+template <int MAXG, typename T>
+__device__ __forceinline__ void row_dots2(const float* __restrict__ sq, int G, const T* __restrict__ row0,
+                                          const T* __restrict__ row1, bool ok0, bool ok1, int d, bool vec,
+                                          const LaneMap& lm, int sub, float* part0, float* part1) {
+#pragma unroll
+  for (int h = 0; h < MAXG; ++h) part0[h] = part1[h] = 0.f;
+  if (!ok0) return;
+  for (int c = 0; c < lm.chunks; ++c) {
+    const int e0 = decode_lanes::group_start(c, sub, lm.lpk);
+    if (e0 >= d) break;
+    float x0[8], x1[8];
+    load8(row0, e0, d, vec, x0);
+    if (ok1) {
+      load8(row1, e0, d, vec, x1);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) x1[j] = 0.f;
+    }
+    const float* qa = sq + q_vec(c, 0, sub, lm.lpk);  // head 0; head h at qa + h * dp
+#pragma unroll
+    for (int h = 0; h < MAXG; ++h) {
+      if (h < G) {
+        float qv[8];
+        query8(qa, 4 * lm.lpk, qv);
+        qa += lm.dp;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          part0[h] = fmaf(qv[j], x0[j], part0[h]);
+          part1[h] = fmaf(qv[j], x1[j], part1[h]);
+        }
+      }
+    }
+  }
+}
+
 // Sum over the lpk lanes that share a row (lpk a power of two, warp-uniform; every lane must call it).
 __device__ __forceinline__ float group_sum(float x, int lpk) {
 #pragma unroll
@@ -242,17 +281,39 @@ __global__ void __launch_bounds__(kScoreThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
   const int sub = lane % lm.lpk, slot = lane / lm.lpk;
   const int64_t step = static_cast<int64_t>(gridDim.x) * nw * lm.kpw;
-  // warp-uniform loop over groups of kpw tokens; lane group `slot` scores token t0 + slot
-  for (int64_t t0 = (static_cast<int64_t>(blockIdx.x) * nw + warp) * lm.kpw; t0 < L; t0 += step) {
-    const int64_t t = t0 + slot;
-    const bool ok = t < L;
-    float part[kMaxG];
-    row_dots(sq, G, k + b * ks.b + g * ks.h + (ok ? t : 0) * ks.n, ok, d, vec, lm, sub, part);
+  // warp-uniform loops over groups of kpw tokens (lane group `slot` scores token t0 + slot) or, for
+  // groups of at most kMaxG / 2 heads, of 2 kpw tokens (tokens t0 + slot and t0 + kpw + slot: the warp
+  // reads 2 kpw consecutive rows)
+  const T* kb = k + b * ks.b + g * ks.h;
+  float* sb0 = scores + (static_cast<int64_t>(b) * Hq + g * G) * N;  // head h's row at sb0 + h * N
+  if (G <= kMaxG / 2) {  // two tokens a lane group (2 x kMaxG / 2 partials: the registers of one x kMaxG)
+    for (int64_t t0 = (static_cast<int64_t>(blockIdx.x) * nw + warp) * 2 * lm.kpw; t0 < L; t0 += 2 * step) {
+      const int64_t ta = t0 + slot, tb = ta + lm.kpw;
+      const bool oka = ta < L, okb = tb < L;
+      float pa[kMaxG / 2], pb[kMaxG / 2];
+      row_dots2<kMaxG / 2>(sq, G, kb + (oka ? ta : 0) * ks.n, kb + (okb ? tb : 0) * ks.n, oka, okb, d, vec, lm,
+                           sub, pa, pb);
 #pragma unroll
-    for (int h = 0; h < kMaxG; ++h) {
-      if (h < G) {
-        const float s = group_sum(part[h], lm.lpk);
-        if (ok && sub == 0) scores[(static_cast<int64_t>(b) * Hq + g * G + h) * N + t] = s;
+      for (int h = 0; h < kMaxG / 2; ++h) {
+        if (h < G) {
+          const float sa = group_sum(pa[h], lm.lpk), sb = group_sum(pb[h], lm.lpk);
+          if (oka && sub == 0) sb0[h * N + ta] = sa;
+          if (okb && sub == 0) sb0[h * N + tb] = sb;
+        }
+      }
+    }
+  } else {  // one token a lane group
+    for (int64_t t0 = (static_cast<int64_t>(blockIdx.x) * nw + warp) * lm.kpw; t0 < L; t0 += step) {
+      const int64_t t = t0 + slot;
+      const bool ok = t < L;
+      float part[kMaxG];
+      row_dots(sq, G, kb + (ok ? t : 0) * ks.n, ok, d, vec, lm, sub, part);
+#pragma unroll
+      for (int h = 0; h < kMaxG; ++h) {
+        if (h < G) {
+          const float sc = group_sum(part[h], lm.lpk);
+          if (ok && sub == 0) sb0[h * N + t] = sc;
+        }
       }
     }
   }
@@ -670,8 +731,9 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
     const int64_t P = mn->size(2);
     score_sel = new_empty(q, {B, Hkv, P}, ScalarType::Float);
     const bool vecs = d % 8 == 0 && vec_ok(*mn, d, sizeof(NT)) && vec_ok(*mx, d, sizeof(NT));
-    const int64_t per_block = static_cast<int64_t>(kScoreThreads / 32) * lm.kpw;  // pages per block pass
-    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(P, per_block), 1024));
+    // pages per block pass; at least kScorePasses passes a block, so loading the group's queries stays small
+    const int64_t per_block = static_cast<int64_t>(kScoreThreads / 32) * lm.kpw;
+    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(P, per_block * kScorePasses), 1024));
     for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
       page_bound_kernel<NT><<<dim3(gx, hkv, static_cast<unsigned>(imin(kMaxGridYZ, B - b0))), kScoreThreads, qsm,
                               st>>>(
@@ -685,8 +747,10 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
   } else {
     scores = new_empty(q, {B, Hq, N}, ScalarType::Float);
     score_sel = new_empty(q, {B, Hkv, N}, ScalarType::Float);
-    const int64_t per_block = static_cast<int64_t>(kScoreThreads / 32) * lm.kpw;  // tokens per block pass
-    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(N, per_block), 4096));
+    // tokens per block pass (kpw a warp, 2 kpw for G <= kMaxG / 2); at least kScorePasses passes a block
+    // (the group's queries are loaded once a block)
+    const int64_t per_block = static_cast<int64_t>(kScoreThreads / 32) * (G <= kMaxG / 2 ? 2 : 1) * lm.kpw;
+    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(N, per_block * kScorePasses), 4096));
     for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
       const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
       token_score_kernel<NT><<<dim3(gx, hkv, rows), kScoreThreads, qsm, st>>>(
