@@ -96,6 +96,9 @@ cuda-check: setup
 	  print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")" \
 	  tests/cuda_host/prefill_mma_layouts.cu -o build/cuda-check/prefill_mma_layouts
 	build/cuda-check/prefill_mma_layouts
+	# the sparse decode lane layout (16-byte groups, conflict-free query slots; host code, no GPU)
+	nvcc -std=c++17 -I csrc/cuda tests/cuda_host/decode_lane_layout.cu -o build/cuda-check/decode_lane_layout
+	build/cuda-check/decode_lane_layout
 	# every kernel: a launch bound, registers x threads <= 65536, no spills but those capped in
 	# tools/launch_resources_exceptions.txt, stack <= 512 B (ptxas -v + PTX)
 	$(PY) tools/check_launch_resources.py build/cuda-check --quiet

@@ -2,30 +2,44 @@
 // (include/softdec/attn_sparse.h).
 //
 // Decode: gather-then-attend with split-KV.
-//   1. scoring: page bounds (one warp per page, the query group in shared
-//      memory) or exact token scores (one warp per token) + soft votes;
+//   1. scoring: page bounds or exact token scores + soft votes. A row (page
+//      summary or key) is scored by lpk lanes that each own 8 contiguous
+//      elements (16-byte loads), so a warp scores 32 / lpk rows at once and
+//      every lane works for d in {64, 128, 256} (decode_lanes.cuh); the scaled
+//      fp32 queries of the KV head's whole query group sit in shared memory in
+//      a bank-conflict-free layout and each K row is read once for the group;
 //   2. selection: one block per (row, KV head) finds the k-th largest score by
 //      a 4-pass 8-bit radix select on order-preserving keys, then compacts the
 //      selected candidates in index order with block scans (ties: lower index);
 //   3. attention: one block per (row, KV head, 64 selected tokens) computes the
-//      group's partial softmax states; a merge kernel combines them (log-sum-exp).
+//      group's partial softmax states (K and V rows by 16-byte loads, each V row
+//      read once per 4 query heads of the group); a merge kernel combines the
+//      chunks (log-sum-exp): split-KV, so long budgets spread over many blocks.
+// Softmax exponentials use expf (not __expf): the votes that decide the token
+// selection follow the CPU's exp to a few ulp (see tests: exact-score inputs).
 // Prefill lives in sparse_attention_prefill.cu; shared device helpers in attn_common.cuh.
 //
 // Row loads are 16-byte vectors when the head dim and strides allow, coalesced
 // across the warp; reductions are warp shuffles.
 #include "attn_common.cuh"
+#include "decode_lanes.cuh"
 
 namespace softdec {
 namespace {
 
 using namespace attn_checks;
 using namespace attn_cuda;
+using decode_lanes::LaneMap;
+using decode_lanes::lane_map;
+using decode_lanes::q_slot;
+using decode_lanes::q_vec;
 
 // Threads per block of each kernel (the launch and its __launch_bounds__).
 constexpr int kSummaryThreads = 256;  // page summaries: threads over head_dim (fewer when d is small)
 constexpr int kScoreThreads = 256;    // page bounds / token scores: one warp per page or token
 constexpr int kAttnThreads = 128;     // split-KV chunk attention
 constexpr int kMergeThreads = 128;    // merge of the chunk states
+constexpr int kScorePasses = 4;       // passes of a scoring block over its rows (grid sizing)
 
 // ------------------------------------------------------------------ page summaries
 template <typename T>
@@ -56,14 +70,134 @@ __global__ void __launch_bounds__(kSummaryThreads)
 }
 
 // ------------------------------------------------------------------ decode scoring
-// Scaled fp32 queries of one (b, KV head) group into shared memory.
+// Scaled fp32 queries of one (b, KV head) group into shared memory: head h's
+// element i at sq[h * dp + q_slot(i)], zeros in the padding i >= d.
 template <typename T>
 __device__ __forceinline__ void load_group_q(const T* __restrict__ q, int64_t qsb, int64_t qsh, int b, int g,
-                                             int G, int d, float scale, float* sq) {
-  for (int x = threadIdx.x; x < G * d; x += blockDim.x) {
-    const int h = x / d, i = x % d;
-    sq[x] = scale * to_float(q[b * qsb + (g * G + h) * qsh + i]);
+                                             int G, int d, const LaneMap& lm, float scale, float* sq) {
+  for (int x = threadIdx.x; x < G * lm.dp; x += blockDim.x) {
+    const int h = x / lm.dp, i = x % lm.dp;
+    sq[h * lm.dp + q_slot(i, lm.lpk)] = i < d ? scale * to_float(q[b * qsb + (g * G + h) * qsh + i]) : 0.f;
   }
+}
+
+// A 2-byte float from its bits (no local copy of the loaded vector).
+template <typename T>
+__device__ __forceinline__ T from_bits(uint16_t u);
+template <>
+__device__ __forceinline__ __half from_bits<__half>(uint16_t u) { return __ushort_as_half(u); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_bits<__nv_bfloat16>(uint16_t u) { return __ushort_as_bfloat16(u); }
+
+// Elements e0 .. e0 + 7 of a row as fp32 (e0 a multiple of 8), zeros past d. `vec`: d % 8 == 0 and the
+// row is 16-byte aligned, so a group is one 16-byte load (bf16 / fp16) or two (fp32).
+template <typename T>
+__device__ __forceinline__ void load8(const T* __restrict__ row, int e0, int d, bool vec, float* x) {
+  if (vec) {
+    if (e0 < d) {
+      if constexpr (sizeof(T) == 4) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(row + e0));
+        const float4 c = __ldg(reinterpret_cast<const float4*>(row + e0 + 4));
+        x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = c.x, x[5] = c.y, x[6] = c.z, x[7] = c.w;
+      } else {
+        static_assert(sizeof(T) == 2, "8 elements of 2 bytes in one 16-byte load");
+        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + e0));
+        const uint32_t wd[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {  // element 2j in the low half of word j (little endian)
+          x[2 * j] = to_float(from_bits<T>(static_cast<uint16_t>(wd[j] & 0xffffu)));
+          x[2 * j + 1] = to_float(from_bits<T>(static_cast<uint16_t>(wd[j] >> 16)));
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) x[j] = 0.f;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) x[j] = e0 + j < d ? to_float(row[e0 + j]) : 0.f;
+  }
+}
+
+// The 8 query values of a lane's group (two conflict-free 16-byte shared loads): qa = sq + h * dp +
+// q_vec(c, 0, sub, lpk), the second half `half` floats further (q_vec(c, 1, ..) - q_vec(c, 0, ..) = 4 lpk).
+__device__ __forceinline__ void query8(const float* __restrict__ qa, int half, float* qv) {
+  const float4 a = *reinterpret_cast<const float4*>(qa);
+  const float4 b = *reinterpret_cast<const float4*>(qa + half);
+  qv[0] = a.x, qv[1] = a.y, qv[2] = a.z, qv[3] = a.w, qv[4] = b.x, qv[5] = b.y, qv[6] = b.z, qv[7] = b.w;
+}
+
+// Lane partials of the G dot products q[h] . row over this lane's groups (part[0:G]); zeros when !ok.
+// Sum them over the lpk lanes of the row with group_sum.
+template <typename T>
+__device__ __forceinline__ void row_dots(const float* __restrict__ sq, int G, const T* __restrict__ row, bool ok,
+                                         int d, bool vec, const LaneMap& lm, int sub, float* part) {
+#pragma unroll
+  for (int h = 0; h < kMaxG; ++h) part[h] = 0.f;
+  if (!ok) return;
+  for (int c = 0; c < lm.chunks; ++c) {
+    const int e0 = decode_lanes::group_start(c, sub, lm.lpk);
+    if (e0 >= d) break;
+    float x[8];
+    load8(row, e0, d, vec, x);
+    const float* qa = sq + q_vec(c, 0, sub, lm.lpk);  // head 0; head h at qa + h * dp
+#pragma unroll
+    for (int h = 0; h < kMaxG; ++h) {
+      if (h < G) {
+        float qv[8];
+        query8(qa, 4 * lm.lpk, qv);
+        qa += lm.dp;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) part[h] = fmaf(qv[j], x[j], part[h]);
+      }
+    }
+  }
+}
+
+// row_dots for two rows at once (each query load feeds 16 FMAs: half the shared-memory traffic per K
+// byte of row_dots, which matters when the whole cache streams through token scoring), for G <= MAXG.
+// ok1 implies ok0.
+template <int MAXG, typename T>
+__device__ __forceinline__ void row_dots2(const float* __restrict__ sq, int G, const T* __restrict__ row0,
+                                          const T* __restrict__ row1, bool ok0, bool ok1, int d, bool vec,
+                                          const LaneMap& lm, int sub, float* part0, float* part1) {
+#pragma unroll
+  for (int h = 0; h < MAXG; ++h) part0[h] = part1[h] = 0.f;
+  if (!ok0) return;
+  for (int c = 0; c < lm.chunks; ++c) {
+    const int e0 = decode_lanes::group_start(c, sub, lm.lpk);
+    if (e0 >= d) break;
+    float x0[8], x1[8];
+    load8(row0, e0, d, vec, x0);
+    if (ok1) {
+      load8(row1, e0, d, vec, x1);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) x1[j] = 0.f;
+    }
+    const float* qa = sq + q_vec(c, 0, sub, lm.lpk);  // head 0; head h at qa + h * dp
+#pragma unroll
+    for (int h = 0; h < MAXG; ++h) {
+      if (h < G) {
+        float qv[8];
+        query8(qa, 4 * lm.lpk, qv);
+        qa += lm.dp;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          part0[h] = fmaf(qv[j], x0[j], part0[h]);
+          part1[h] = fmaf(qv[j], x1[j], part1[h]);
+        }
+      }
+    }
+  }
+}
+
+// Sum over the lpk lanes that share a row (lpk a power of two, warp-uniform; every lane must call it).
+__device__ __forceinline__ float group_sum(float x, int lpk) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    if (o < lpk) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
 }
 
 // attn::candidate_pages for a power-of-two page size (checked on the host) with shifts: a 64-bit
@@ -82,35 +216,54 @@ template <typename T>
 __global__ void __launch_bounds__(kScoreThreads)
     page_bound_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ mn,
                                   const T* __restrict__ mx, Strides4 ss, const int64_t* __restrict__ lens,
-                                  int G, int d, int P, int ps, int sink, int window, float scale, int b0,
+                                  int G, int d, int P, int ps, int sink, int window, float scale, bool vec, int b0,
                                   float* __restrict__ bound) {
   extern __shared__ float sq[];
   const int g = blockIdx.y, b = b0 + blockIdx.z, Hkv = gridDim.y;
-  load_group_q(q, qsb, qsh, b, g, G, d, scale, sq);
+  const LaneMap lm = lane_map(d);
+  load_group_q(q, qsb, qsh, b, g, G, d, lm, scale, sq);
   __syncthreads();
   const attn::Region r = attn::decode_region(lens[b], sink, window);
   int64_t first, last;
   candidate_pages_pow2(r, ps, &first, &last);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-  for (int p = blockIdx.x * nw + warp; p < P; p += gridDim.x * nw) {
-    float best = kNegInf;
-    if (p >= first && p < last) {
+  const int sub = lane % lm.lpk, slot = lane / lm.lpk;
+  // warp-uniform loop over groups of kpw pages; lane group `slot` scores page p0 + slot
+  const int64_t step = static_cast<int64_t>(gridDim.x) * nw * lm.kpw;
+  for (int64_t p0 = (static_cast<int64_t>(blockIdx.x) * nw + warp) * lm.kpw; p0 < P; p0 += step) {
+    const int64_t p = p0 + slot;
+    const bool cand = p < P && p >= first && p < last;
+    float part[kMaxG];
+#pragma unroll
+    for (int h = 0; h < kMaxG; ++h) part[h] = 0.f;
+    if (cand) {
       const T* a = mn + b * ss.b + g * ss.h + p * ss.n;
       const T* c = mx + b * ss.b + g * ss.h + p * ss.n;
-      float part[kMaxG];
+      for (int ch = 0; ch < lm.chunks; ++ch) {
+        const int e0 = decode_lanes::group_start(ch, sub, lm.lpk);
+        if (e0 >= d) break;
+        float lo[8], hi[8];
+        load8(a, e0, d, vec, lo);
+        load8(c, e0, d, vec, hi);
+        const float* qa = sq + q_vec(ch, 0, sub, lm.lpk);  // head 0; head h at qa + h * dp
 #pragma unroll
-      for (int h = 0; h < kMaxG; ++h) part[h] = 0.f;
-      for (int i = lane; i < d; i += 32) {
-        const float lo = to_float(a[i]), hi = to_float(c[i]);
+        for (int h = 0; h < kMaxG; ++h) {
+          if (h < G) {
+            float qv[8];
+            query8(qa, 4 * lm.lpk, qv);
+            qa += lm.dp;
 #pragma unroll
-        for (int h = 0; h < kMaxG; ++h)
-          if (h < G) part[h] += attn::page_bound_term(sq[h * d + i], lo, hi);
+            for (int j = 0; j < 8; ++j) part[h] += attn::page_bound_term(qv[j], lo[j], hi[j]);
+          }
+        }
       }
-#pragma unroll
-      for (int h = 0; h < kMaxG; ++h)
-        if (h < G) best = fmaxf(best, nan_to_neginf(warp_sum(part[h])));
     }
-    if (lane == 0) bound[(static_cast<int64_t>(b) * Hkv + g) * P + p] = best;
+    float best = kNegInf;
+#pragma unroll
+    for (int h = 0; h < kMaxG; ++h)
+      if (h < G) best = fmaxf(best, nan_to_neginf(group_sum(part[h], lm.lpk)));
+    if (!cand) best = kNegInf;
+    if (p < P && sub == 0) bound[(static_cast<int64_t>(b) * Hkv + g) * P + p] = best;
   }
 }
 
@@ -121,18 +274,46 @@ __global__ void __launch_bounds__(kScoreThreads)
                                    float scale, bool vec, int b0, float* __restrict__ scores /* [B, Hq, N] */) {
   extern __shared__ float sq[];
   const int g = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y * G;
-  load_group_q(q, qsb, qsh, b, g, G, d, scale, sq);
+  const LaneMap lm = lane_map(d);
+  load_group_q(q, qsb, qsh, b, g, G, d, lm, scale, sq);
   __syncthreads();
   const int64_t L = lens[b];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * nw + warp; t < L; t += static_cast<int64_t>(gridDim.x) * nw) {
-    float part[kMaxG];
-    lane_dots<T, kMaxG>(sq, d, G, k + b * ks.b + g * ks.h + t * ks.n, d, vec, lane, part);
+  const int sub = lane % lm.lpk, slot = lane / lm.lpk;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * nw * lm.kpw;
+  // warp-uniform loops over groups of kpw tokens (lane group `slot` scores token t0 + slot) or, for
+  // groups of at most kMaxG / 2 heads, of 2 kpw tokens (tokens t0 + slot and t0 + kpw + slot: the warp
+  // reads 2 kpw consecutive rows)
+  const T* kb = k + b * ks.b + g * ks.h;
+  float* sb0 = scores + (static_cast<int64_t>(b) * Hq + g * G) * N;  // head h's row at sb0 + h * N
+  if (G <= kMaxG / 2) {  // two tokens a lane group (2 x kMaxG / 2 partials: the registers of one x kMaxG)
+    for (int64_t t0 = (static_cast<int64_t>(blockIdx.x) * nw + warp) * 2 * lm.kpw; t0 < L; t0 += 2 * step) {
+      const int64_t ta = t0 + slot, tb = ta + lm.kpw;
+      const bool oka = ta < L, okb = tb < L;
+      float pa[kMaxG / 2], pb[kMaxG / 2];
+      row_dots2<kMaxG / 2>(sq, G, kb + (oka ? ta : 0) * ks.n, kb + (okb ? tb : 0) * ks.n, oka, okb, d, vec, lm,
+                           sub, pa, pb);
 #pragma unroll
-    for (int h = 0; h < kMaxG; ++h) {
-      if (h < G) {
-        const float s = warp_sum(part[h]);
-        if (lane == 0) scores[(static_cast<int64_t>(b) * Hq + g * G + h) * N + t] = s;
+      for (int h = 0; h < kMaxG / 2; ++h) {
+        if (h < G) {
+          const float sa = group_sum(pa[h], lm.lpk), sb = group_sum(pb[h], lm.lpk);
+          if (oka && sub == 0) sb0[h * N + ta] = sa;
+          if (okb && sub == 0) sb0[h * N + tb] = sb;
+        }
+      }
+    }
+  } else {  // one token a lane group
+    for (int64_t t0 = (static_cast<int64_t>(blockIdx.x) * nw + warp) * lm.kpw; t0 < L; t0 += step) {
+      const int64_t t = t0 + slot;
+      const bool ok = t < L;
+      float part[kMaxG];
+      row_dots(sq, G, kb + (ok ? t : 0) * ks.n, ok, d, vec, lm, sub, part);
+#pragma unroll
+      for (int h = 0; h < kMaxG; ++h) {
+        if (h < G) {
+          const float sc = group_sum(part[h], lm.lpk);
+          if (ok && sub == 0) sb0[h * N + t] = sc;
+        }
       }
     }
   }
@@ -160,14 +341,14 @@ __global__ void __launch_bounds__(kVoteThreads)
     m = s_m;
     float l = 0.f;
     if (m != kNegInf)
-      for (int64_t t = threadIdx.x; t < L; t += blockDim.x) l += __expf(nan_to_neginf(sh[t]) - m);
+      for (int64_t t = threadIdx.x; t < L; t += blockDim.x) l += expf(nan_to_neginf(sh[t]) - m);
     l = Reduce(tmp).Sum(l);
     if (threadIdx.x == 0) s_l = l;
     __syncthreads();
     l = s_l;
     if (m != kNegInf && l > 0.f) {
       const float inv = 1.f / l;
-      for (int64_t t = threadIdx.x; t < L; t += blockDim.x) vt[t] += __expf(nan_to_neginf(sh[t]) - m) * inv;
+      for (int64_t t = threadIdx.x; t < L; t += blockDim.x) vt[t] += expf(nan_to_neginf(sh[t]) - m) * inv;
     }
     __syncthreads();
   }
@@ -268,12 +449,19 @@ __global__ void __launch_bounds__(kSelThreads)
 }
 
 // ------------------------------------------------------------------ decode attention (split-KV)
-constexpr int kChunk = 64;
+constexpr int kChunk = 64;  // selected tokens per block
+constexpr int kHpt = 4;     // query heads per thread in P.V (each V load feeds kHpt heads x 8 elements)
 
-// Dynamic shared memory of decode_attn_kernel: the group's queries, chunk probabilities, token ids.
-inline size_t decode_attn_smem(int64_t G, int64_t d) {
-  return static_cast<size_t>(G) * d * sizeof(float) + static_cast<size_t>(G) * kChunk * sizeof(float) +
-         kChunk * sizeof(int);
+// Dynamic shared memory of decode_attn_kernel: the group's queries [G][dp], chunk probabilities
+// [G][kChunk], token ids [kChunk], the P.V slice partials [kAttnThreads][kHpt][8].
+inline size_t decode_attn_smem(int64_t G, int64_t dp) {
+  return static_cast<size_t>(G) * dp * sizeof(float) + static_cast<size_t>(G) * kChunk * sizeof(float) +
+         kChunk * sizeof(int) + static_cast<size_t>(kAttnThreads) * kHpt * 8 * sizeof(float);
+}
+
+// Selected tokens of the chunk that starts at j0.
+__device__ __forceinline__ int n_tokens(const int32_t* __restrict__ cnt, int64_t w, int j0) {
+  return max(0, min(cnt[w] - j0, kChunk));
 }
 
 template <typename T>
@@ -281,15 +469,17 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
                                    Strides4 ks, const T* __restrict__ v, Strides4 vs,
                                    const int32_t* __restrict__ sel, const int32_t* __restrict__ cnt,
                                    const float* __restrict__ scores /* token mode or null */, int G, int d,
-                                   int N, int M, float scale, bool vec, int b0, float* __restrict__ part) {
+                                   int N, int M, float scale, bool veck, bool vecv, int b0, float* __restrict__ part) {
   extern __shared__ float smem[];
-  float* sq = smem;                  // [G][d]
-  float* sp = sq + G * d;            // [G][kChunk]
+  const LaneMap lm = lane_map(d);
+  float* sq = smem;                                     // [G][dp]  (q_slot layout)
+  float* sp = sq + G * lm.dp;                           // [G][kChunk]
   int* stok = reinterpret_cast<int*>(sp + G * kChunk);  // [kChunk]
+  float* red = reinterpret_cast<float*>(stok + kChunk); // [kAttnThreads][kHpt][8]
   const int ch = blockIdx.x, g = blockIdx.y, b = b0 + blockIdx.z, Hkv = gridDim.y, chunks = gridDim.x;
   const int64_t w = static_cast<int64_t>(b) * Hkv + g;
   const int j0 = ch * kChunk;
-  const int n = max(0, min(cnt[w] - j0, kChunk));
+  const int n = n_tokens(cnt, w, j0);
   float* pt = part + (w * chunks + ch) * G * (d + 2);
   if (n == 0) {
     for (int x = threadIdx.x; x < G; x += blockDim.x) {
@@ -299,7 +489,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
     for (int x = threadIdx.x; x < G * d; x += blockDim.x) pt[(x / d) * (d + 2) + 2 + x % d] = 0.f;
     return;
   }
-  if (!scores) load_group_q(q, qsb, qsh, b, g, G, d, scale, sq);
+  if (!scores) load_group_q(q, qsb, qsh, b, g, G, d, lm, scale, sq);
   for (int j = threadIdx.x; j < n; j += blockDim.x) stok[j] = sel[w * M + j0 + j];
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
@@ -310,15 +500,19 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
       sp[h * kChunk + j] = scores[(w * G + h) * N + stok[j]];
     }
   } else {
-    for (int j = warp; j < n; j += nw) {
+    const int sub = lane % lm.lpk, slot = lane / lm.lpk;
+    // warp-uniform loop over groups of kpw tokens; lane group `slot` scores token j0w + slot
+    for (int j0w = warp * lm.kpw; j0w < n; j0w += nw * lm.kpw) {
+      const int j = j0w + slot;
+      const bool ok = j < n;
       float pr[kMaxG];
-      lane_dots<T, kMaxG>(sq, d, G, k + b * ks.b + g * ks.h + static_cast<int64_t>(stok[j]) * ks.n, d, vec, lane,
-                          pr);
+      row_dots(sq, G, k + b * ks.b + g * ks.h + static_cast<int64_t>(stok[ok ? j : 0]) * ks.n, ok, d, veck, lm, sub,
+               pr);
 #pragma unroll
       for (int h = 0; h < kMaxG; ++h) {
         if (h < G) {
-          const float s = warp_sum(pr[h]);
-          if (lane == 0) sp[h * kChunk + j] = s;
+          const float s = group_sum(pr[h], lm.lpk);
+          if (ok && sub == 0) sp[h * kChunk + j] = s;
         }
       }
     }
@@ -326,6 +520,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
   __syncthreads();
   // per-head chunk softmax state
   for (int h = warp; h < G; h += nw) {
+    const int n = n_tokens(cnt, w, j0);  // reloaded (L1) rather than kept live across the scoring loop
     float m = kNegInf;
     bool nan = false;
     for (int j = lane; j < n; j += 32) {
@@ -337,7 +532,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
     if (__any_sync(0xffffffffu, nan)) m = __int_as_float(0x7fc00000);  // a NaN score: NaN output
     float l = 0.f;
     for (int j = lane; j < n; j += 32) {
-      const float p = (m == kNegInf || m != m) ? 0.f : __expf(sp[h * kChunk + j] - m);
+      const float p = (m == kNegInf || m != m) ? 0.f : expf(sp[h * kChunk + j] - m);
       sp[h * kChunk + j] = p;
       l += p;
     }
@@ -348,13 +543,57 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
     }
   }
   __syncthreads();
-  // acc[h][i] = sum_j p[h][j] v[tok_j][i]: threads over (h, i), coalesced over i
-  for (int x = threadIdx.x; x < G * d; x += blockDim.x) {
-    const int h = x / d, i = x % d;
-    float acc = 0.f;
-    const T* vb = v + b * vs.b + g * vs.h + i;
-    for (int j = 0; j < n; ++j) acc += sp[h * kChunk + j] * to_float(vb[static_cast<int64_t>(stok[j]) * vs.n]);
-    pt[h * (d + 2) + 2 + i] = acc;
+  // acc[h][i] = sum_j p[h][j] v[tok_j][i]. Work item = (8-element group i8 of the row, kHpt heads h0..):
+  // one 16-byte V load feeds kHpt x 8 FMAs; consecutive threads take consecutive groups of the same
+  // row (coalesced). When the items do not fill the block, `slices` threads split the chunk's tokens
+  // (slice s takes j = s, s + slices, ...) and their partials are summed in slice order (deterministic).
+  const int d8 = (d + 7) / 8, items = d8 * ((G + kHpt - 1) / kHpt);
+  const int n2 = n_tokens(cnt, w, j0);
+  const int slices = max(1, static_cast<int>(blockDim.x) / items);
+  const T* vb = v + b * vs.b + g * vs.h;
+  for (int it = threadIdx.x; it < items * slices; it += blockDim.x) {
+    const int item = it % items, sl = it / items;
+    const int i8 = item % d8, h0 = (item / d8) * kHpt;
+    float acc[kHpt][8];
+#pragma unroll
+    for (int hh = 0; hh < kHpt; ++hh)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[hh][e] = 0.f;
+    for (int j = sl; j < n2; j += slices) {
+      float x[8];
+      load8(vb + static_cast<int64_t>(stok[j]) * vs.n, i8 * 8, d, vecv, x);
+#pragma unroll
+      for (int hh = 0; hh < kHpt; ++hh) {
+        if (h0 + hh < G) {
+          const float p = sp[(h0 + hh) * kChunk + j];
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[hh][e] = fmaf(p, x[e], acc[hh][e]);
+        }
+      }
+    }
+    if (slices == 1) {
+#pragma unroll
+      for (int hh = 0; hh < kHpt; ++hh)
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          if (h0 + hh < G && i8 * 8 + e < d) pt[(h0 + hh) * (d + 2) + 2 + i8 * 8 + e] = acc[hh][e];
+    } else {
+      float* r = red + (static_cast<int64_t>(sl) * items + item) * (kHpt * 8);  // sl * items + item < blockDim.x
+#pragma unroll
+      for (int hh = 0; hh < kHpt; ++hh)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) r[hh * 8 + e] = acc[hh][e];
+    }
+  }
+  if (slices > 1) {  // block-uniform
+    __syncthreads();
+    for (int x = threadIdx.x; x < G * d; x += blockDim.x) {
+      const int h = x / d, i = x % d;
+      const int item = (h / kHpt) * d8 + i / 8, o = (h % kHpt) * 8 + i % 8;
+      float acc = 0.f;
+      for (int sl = 0; sl < slices; ++sl) acc += red[(sl * items + item) * (kHpt * 8) + o];
+      pt[h * (d + 2) + 2 + i] = acc;
+    }
   }
 }
 
@@ -375,13 +614,13 @@ __global__ void __launch_bounds__(kMergeThreads)
   float l = 0.f;
   if (m != kNegInf)
     for (int c = 0; c < chunks; ++c)
-      if (base[c * cs] != kNegInf) l += __expf(base[c * cs] - m) * base[c * cs + 1];
+      if (base[c * cs] != kNegInf) l += expf(base[c * cs] - m) * base[c * cs + 1];
   const float inv = l > 0.f ? 1.f / l : 0.f;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     float acc = 0.f;
     if (m != kNegInf)
       for (int c = 0; c < chunks; ++c)
-        if (base[c * cs] != kNegInf) acc += __expf(base[c * cs] - m) * base[c * cs + 2 + i];
+        if (base[c * cs] != kNegInf) acc += expf(base[c * cs] - m) * base[c * cs + 2 + i];
     out[(static_cast<int64_t>(b) * Hq + h) * d + i] = from_float<T>(nan ? __int_as_float(0x7fc00000) : acc * inv);
   }
 }
@@ -473,9 +712,12 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
   const NT* kp = reinterpret_cast<const NT*>(k_cache.data_ptr());
   const NT* vp = reinterpret_cast<const NT*>(v_cache.data_ptr());
   const int64_t* lp = lens.const_data_ptr<int64_t>();
-  const bool vec = vec_ok(k_cache, d, sizeof(NT));
-  const size_t qsm = static_cast<size_t>(G) * d * sizeof(float);
-  const size_t smem = decode_attn_smem(G, d);
+  // 16-byte row loads: d a multiple of 8 (a lane's group of 8 elements is whole) and rows 16-byte aligned.
+  const bool veck = d % 8 == 0 && vec_ok(k_cache, d, sizeof(NT));
+  const bool vecv = d % 8 == 0 && vec_ok(v_cache, d, sizeof(NT));
+  const LaneMap lm = lane_map(static_cast<int>(d));
+  const size_t qsm = static_cast<size_t>(G) * lm.dp * sizeof(float);
+  const size_t smem = decode_attn_smem(G, lm.dp);
   // Shared memory above 48 KB (large G x head_dim): opt in, or a clear error past the device's maximum.
   const std::string what = detail::cat("sparse_decode_attention with ", G, " query heads per kv head and head_dim ",
                                        d);
@@ -488,26 +730,32 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
   if (page_mode) {
     const int64_t P = mn->size(2);
     score_sel = new_empty(q, {B, Hkv, P}, ScalarType::Float);
-    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(P, 8), 1024));
+    const bool vecs = d % 8 == 0 && vec_ok(*mn, d, sizeof(NT)) && vec_ok(*mx, d, sizeof(NT));
+    // pages per block pass; at least kScorePasses passes a block, so loading the group's queries stays small
+    const int64_t per_block = static_cast<int64_t>(kScoreThreads / 32) * lm.kpw;
+    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(P, per_block * kScorePasses), 1024));
     for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
       page_bound_kernel<NT><<<dim3(gx, hkv, static_cast<unsigned>(imin(kMaxGridYZ, B - b0))), kScoreThreads, qsm,
                               st>>>(
           qp, q.stride(0), q.stride(1), reinterpret_cast<const NT*>(mn->data_ptr()),
           reinterpret_cast<const NT*>(mx->data_ptr()), strides4(*mn), lp, G, static_cast<int>(d),
           static_cast<int>(P), static_cast<int>(ps), static_cast<int>(sink), static_cast<int>(window), scale,
-          static_cast<int>(b0), score_sel.mutable_data_ptr<float>());
+          vecs, static_cast<int>(b0), score_sel.mutable_data_ptr<float>());
       SOFTDEC_CUDA_LAUNCH_CHECK();
     }
     S = P;
   } else {
     scores = new_empty(q, {B, Hq, N}, ScalarType::Float);
     score_sel = new_empty(q, {B, Hkv, N}, ScalarType::Float);
-    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(N, 8), 4096));
+    // tokens per block pass (kpw a warp, 2 kpw for G <= kMaxG / 2); at least kScorePasses passes a block
+    // (the group's queries are loaded once a block)
+    const int64_t per_block = static_cast<int64_t>(kScoreThreads / 32) * (G <= kMaxG / 2 ? 2 : 1) * lm.kpw;
+    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(N, per_block * kScorePasses), 4096));
     for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
       const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
       token_score_kernel<NT><<<dim3(gx, hkv, rows), kScoreThreads, qsm, st>>>(
           qp, q.stride(0), q.stride(1), kp, strides4(k_cache), lp, G, static_cast<int>(d), static_cast<int>(N),
-          scale, vec, static_cast<int>(b0), scores.mutable_data_ptr<float>());
+          scale, veck, static_cast<int>(b0), scores.mutable_data_ptr<float>());
       SOFTDEC_CUDA_LAUNCH_CHECK();
       vote_kernel<<<dim3(hkv, rows), kVoteThreads, 0, st>>>(scores.const_data_ptr<float>(), lp, G,
                                                          static_cast<int>(N), static_cast<int>(b0),
@@ -530,7 +778,7 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
     decode_attn_kernel<NT><<<dim3(static_cast<unsigned>(chunks), hkv, rows), kAttnThreads, smem, st>>>(
         qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
         cnt.const_data_ptr<int32_t>(), page_mode ? nullptr : scores.const_data_ptr<float>(), G,
-        static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale, vec, static_cast<int>(b0),
+        static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale, veck, vecv, static_cast<int>(b0),
         part.mutable_data_ptr<float>());
     SOFTDEC_CUDA_LAUNCH_CHECK();
     decode_merge_kernel<NT><<<dim3(static_cast<unsigned>(Hq), rows), kMergeThreads, 0, st>>>(
