@@ -17,7 +17,8 @@
 // 3. gather_kernel, grid (rows, D / 2048): each thread owns 8 columns
 //    (16-byte loads of bf16/fp16 rows), fp32 accumulation over the kept tokens.
 // 4. backward: one block per row for the logits gradient; the embedding
-//    gradient is written row by row by the first (row, slot) pair of each id.
+//    gradient: the kept (row, slot) pairs sorted by token id (stable LSD radix sort), each
+//    id's segment summed in flat order by one block per column chunk (deterministic, O(B k D)).
 #include "cuda_common.cuh"
 #include "../dispatch.h"
 #include "../soft_mixture_checks.h"
@@ -31,6 +32,7 @@
 #include <cuda_fp16.h>
 #include <limits>
 #include <tuple>
+#include <utility>
 
 namespace softdec {
 namespace {
@@ -719,29 +721,140 @@ __global__ void __launch_bounds__(kThreads)
     o[id[i]] = cast_out<scalar_t>(static_cast<acc_t>(to_float(o[id[i]])) + dx[i] * t);
 }
 
-// Embedding gradient without atomics: block p owns the (row, slot) pair p; if
-// it is the first pair with its token id, it sums every pair with that id and
-// writes the whole output row (deterministic). Untouched rows are zeroed by a
-// memset first.
+// Embedding gradient, deterministic and O(B k D): the (row, slot) pairs are sorted by token id
+// once (a stable LSD radix sort: within an id, pairs keep their flat order p = b * k + i), then
+// the first pair of each id's segment sums the segment in that order and writes the whole
+// output row: out[id] = sum_p (w_p * scale) * grad_embeds[row_p] -- the CPU kernel's order and
+// formula. No atomics on floats; untouched rows are zeroed by a memset first.
+// emb_pairs_kernel: key = the token id of a kept pair, Ve (sorted last, skipped) for the
+// dropped slots i >= nkept[b] and for ids outside [0, Ve); value = the flat index p.
+__global__ void __launch_bounds__(kThreads)
+    emb_pairs_kernel(const int64_t* __restrict__ ids, const int64_t* __restrict__ nkept, int32_t N,
+                     int32_t k, int64_t Ve, uint32_t* __restrict__ keys, int32_t* __restrict__ vals) {
+  const int32_t p = static_cast<int32_t>(blockIdx.x) * kThreads + static_cast<int32_t>(threadIdx.x);
+  if (p >= N) return;
+  const int32_t row = p / k, slot = p - row * k;  // 32-bit, once per pair
+  const int64_t id = ids[p];
+  const bool kept = slot < nkept[row] && id >= 0 && id < Ve;
+  keys[p] = static_cast<uint32_t>(kept ? id : Ve);
+  vals[p] = p;
+}
+
+// One pass of the LSD radix sort (8-bit digit at `shift`), in tiles of kThreads items:
+// lsd_hist_kernel writes the tile's digit counts digit-major (hist[d * tiles + tile]), so that
+// an exclusive scan of hist gives every (digit, tile) its first output slot; lsd_scatter_kernel
+// places each item at that slot + the number of earlier items of its tile with the same digit
+// (stable: tiles in order, items in order within a tile).
+constexpr int kScanThreads = 1024;  // the single-block exclusive scan of the counts
+
+__global__ void __launch_bounds__(kThreads)
+    lsd_hist_kernel(const uint32_t* __restrict__ keys, int32_t N, int shift, int32_t tiles,
+                    int32_t* __restrict__ hist) {
+  __shared__ int h[soft_select::kBuckets];
+  static_assert(kThreads == soft_select::kBuckets, "one digit per thread");
+  h[threadIdx.x] = 0;
+  __syncthreads();
+  const int32_t i = static_cast<int32_t>(blockIdx.x) * kThreads + static_cast<int32_t>(threadIdx.x);
+  if (i < N) atomicAdd(&h[(keys[i] >> shift) & 0xffu], 1);  // int counts: order-free
+  __syncthreads();
+  hist[static_cast<int64_t>(threadIdx.x) * tiles + blockIdx.x] = h[threadIdx.x];
+}
+
+// In-place exclusive scan of a[0, M) by one block: each thread sums a contiguous chunk, a block
+// scan of the chunk sums (warp shuffles + the warps' totals), then each thread rewrites its chunk.
+__global__ void __launch_bounds__(kScanThreads) exclusive_scan_kernel(int32_t* __restrict__ a, int64_t M) {
+  __shared__ int32_t wsum[kScanThreads / 32];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t per = (M + kScanThreads - 1) / kScanThreads;
+  const int64_t lo = min(M, tid * per), hi = min(M, lo + per);
+  int32_t s = 0;
+  for (int64_t i = lo; i < hi; ++i) s += a[i];
+  int32_t incl = s;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int32_t x = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += x;
+  }
+  if (lane == 31) wsum[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    int32_t w = wsum[lane];
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int32_t x = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += x;
+    }
+    wsum[lane] = w;  // inclusive over warps
+  }
+  __syncthreads();
+  int32_t run = incl - s + (warp > 0 ? wsum[warp - 1] : 0);
+  for (int64_t i = lo; i < hi; ++i) {
+    const int32_t x = a[i];
+    a[i] = run;
+    run += x;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lsd_scatter_kernel(const uint32_t* __restrict__ kin, const int32_t* __restrict__ vin, int32_t N,
+                       int shift, int32_t tiles, const int32_t* __restrict__ off,
+                       uint32_t* __restrict__ kout, int32_t* __restrict__ vout) {
+  __shared__ int dg[kThreads];
+  const int32_t i = static_cast<int32_t>(blockIdx.x) * kThreads + static_cast<int32_t>(threadIdx.x);
+  const uint32_t key = i < N ? kin[i] : 0u;
+  const int d = i < N ? static_cast<int>((key >> shift) & 0xffu) : -1;
+  dg[threadIdx.x] = d;
+  __syncthreads();
+  if (i >= N) return;
+  int r = 0;  // earlier items of this tile with the same digit
+  for (int j = 0; j < static_cast<int>(threadIdx.x); ++j) r += dg[j] == d;
+  const int32_t pos = off[static_cast<int64_t>(d) * tiles + blockIdx.x] + r;
+  kout[pos] = key;
+  vout[pos] = vin[i];
+}
+
+// grid (N, column chunks): block j works only if sorted position j starts a segment of a kept
+// id; each thread owns kVec consecutive columns (16-byte loads of grad_embeds when aligned).
 template <typename emb_t, typename w_t>
 __global__ void __launch_bounds__(kThreads)
-    embedding_backward_kernel(const w_t* __restrict__ gE, const int64_t* __restrict__ ids,
-                              const w_t* __restrict__ W, const int64_t* __restrict__ nkept,
-                              int64_t B, int k, int64_t D, double scale, emb_t* __restrict__ out) {
-  const int64_t p = blockIdx.x;
-  const int64_t pb = p / k, pi = p % k;
-  if (pi >= nkept[pb]) return;
-  const int64_t tok = ids[p];
-  for (int64_t q = 0; q < p; ++q)  // an earlier kept pair with the same id owns the row
-    if (ids[q] == tok && (q % k) < nkept[q / k]) return;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    w_t acc = 0;
-    for (int64_t q = p; q < B * k; ++q)
-      if (ids[q] == tok && (q % k) < nkept[q / k]) acc += W[q] * gE[(q / k) * D + d];
-    if constexpr (std::is_same_v<emb_t, double>) {
-      out[tok * D + d] = acc * scale;
+    emb_segments_kernel(const w_t* __restrict__ gE, const uint32_t* __restrict__ keys,
+                        const int32_t* __restrict__ pairs, const w_t* __restrict__ W, int32_t N,
+                        int32_t k, int64_t D, int64_t Ve, double scale, emb_t* __restrict__ out) {
+  constexpr int kVec = 16 / sizeof(w_t);
+  const int32_t j = static_cast<int32_t>(blockIdx.x);
+  const uint32_t key = keys[j];
+  if (key >= static_cast<uint64_t>(Ve) || (j > 0 && keys[j - 1] == key)) return;  // uniform
+  const int64_t d0 = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * kVec;
+  if (d0 >= D) return;
+  const bool vec = d0 + kVec <= D && D % kVec == 0 && reinterpret_cast<uintptr_t>(gE) % 16 == 0;
+  w_t acc[kVec];
+#pragma unroll
+  for (int c = 0; c < kVec; ++c) acc[c] = w_t(0);
+  for (int32_t q = j; q < N && keys[q] == key; ++q) {  // ascending p (stable sort)
+    const int32_t p = pairs[q];
+    const int32_t row = p / k;  // 32-bit, once per pair
+    const w_t wi = W[p] * static_cast<w_t>(scale);
+    const w_t* g = gE + static_cast<int64_t>(row) * D + d0;
+    if (vec) {
+      w_t gv[kVec];
+      *reinterpret_cast<uint4*>(gv) = __ldg(reinterpret_cast<const uint4*>(g));
+#pragma unroll
+      for (int c = 0; c < kVec; ++c) acc[c] += wi * gv[c];
     } else {
-      out[tok * D + d] = from_float<emb_t>(static_cast<float>(acc * static_cast<w_t>(scale)));
+#pragma unroll
+      for (int c = 0; c < kVec; ++c)
+        if (d0 + c < D) acc[c] += wi * g[c];
+    }
+  }
+  emb_t* o = out + static_cast<int64_t>(key) * D + d0;
+#pragma unroll
+  for (int c = 0; c < kVec; ++c) {
+    if (d0 + c < D) {
+      if constexpr (std::is_same_v<emb_t, double>) {
+        o[c] = static_cast<double>(acc[c]);
+      } else {
+        o[c] = from_float<emb_t>(static_cast<float>(acc[c]));
+      }
     }
   }
 }
@@ -806,15 +919,50 @@ Tensor soft_mixture_embedding_backward_cuda(Tensor grad_embeds, Tensor embedding
   SOFTDEC_CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0,
                                      static_cast<size_t>(Ve * D) * out.element_size(), stream));
   if (B * k == 0 || D == 0) return out;
+  SOFTDEC_CHECK(B * k <= INT32_MAX, "soft_mixture backward: B * k must be < 2^31, got ", B * k);
+  SOFTDEC_CHECK(Ve < INT32_MAX, "soft_mixture backward: the vocabulary must be < 2^31 - 1, got ", Ve);
+  const int32_t N = static_cast<int32_t>(B * k);
+  const int32_t tiles = static_cast<int32_t>((N + kThreads - 1) / kThreads);
+  // sort keys: ids in [0, Ve) and the sentinel Ve: end_bit bits, 8 per pass
+  int end_bit = 1;
+  while (end_bit < 32 && (static_cast<uint32_t>(Ve) >> end_bit) != 0u) ++end_bit;
+  Tensor keys_a = new_empty(embedding, {N}, ScalarType::Int);
+  Tensor keys_b = new_empty(embedding, {N}, ScalarType::Int);
+  Tensor vals_a = new_empty(embedding, {N}, ScalarType::Int);
+  Tensor vals_b = new_empty(embedding, {N}, ScalarType::Int);
+  Tensor hist = new_empty(embedding, {static_cast<int64_t>(soft_select::kBuckets) * tiles}, ScalarType::Int);
+  auto* kin = reinterpret_cast<uint32_t*>(keys_a.mutable_data_ptr<int32_t>());
+  auto* kout = reinterpret_cast<uint32_t*>(keys_b.mutable_data_ptr<int32_t>());
+  int32_t* vin = vals_a.mutable_data_ptr<int32_t>();
+  int32_t* vout = vals_b.mutable_data_ptr<int32_t>();
+  int32_t* hp = hist.mutable_data_ptr<int32_t>();
+  emb_pairs_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
+      ids.const_data_ptr<int64_t>(), nkept.const_data_ptr<int64_t>(), N, static_cast<int32_t>(k), Ve,
+      kin, vin);
+  SOFTDEC_CUDA_LAUNCH_CHECK();
+  for (int shift = 0; shift < end_bit; shift += soft_select::kRadixBits) {
+    lsd_hist_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(kin, N, shift, tiles, hp);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    exclusive_scan_kernel<<<1, kScanThreads, 0, stream>>>(hp, static_cast<int64_t>(soft_select::kBuckets) * tiles);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    lsd_scatter_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(kin, vin, N, shift, tiles, hp,
+                                                                              kout, vout);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    std::swap(kin, kout);
+    std::swap(vin, vout);
+  }
+  // sorted: (kin, vin)
   dispatch_cuda_float(embedding.scalar_type(), "embedding", [&](auto etag) {
     using emb_t = decltype(etag);
     using ce_t = typename CudaNative<emb_t>::type;
     auto launch = [&](auto wtag) {
       using w_t = decltype(wtag);
-      embedding_backward_kernel<ce_t, w_t><<<static_cast<unsigned>(B * k), kThreads, 0, stream>>>(
-          grad_embeds.const_data_ptr<w_t>(), ids.const_data_ptr<int64_t>(),
-          weights.const_data_ptr<w_t>(), nkept.const_data_ptr<int64_t>(), B,
-          static_cast<int>(k), D, embed_scale,
+      constexpr int kVec = 16 / sizeof(w_t);
+      const int64_t per_block = static_cast<int64_t>(kThreads) * kVec;
+      const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((D + per_block - 1) / per_block));
+      emb_segments_kernel<ce_t, w_t><<<grid, kThreads, 0, stream>>>(
+          grad_embeds.const_data_ptr<w_t>(), kin, vin, weights.const_data_ptr<w_t>(), N,
+          static_cast<int32_t>(k), D, Ve, embed_scale,
           reinterpret_cast<ce_t*>(out.mutable_data_ptr<emb_t>()));
       SOFTDEC_CUDA_LAUNCH_CHECK();
     };
