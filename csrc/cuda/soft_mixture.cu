@@ -3,12 +3,16 @@
 // include/softdec/soft_mixture.h).
 //
 // 1. scan_kernel, grid (slices, rows), 256 threads: 16-byte loads of the row
-//    slice; each thread keeps an online softmax state (max, sum-exp, entropy
-//    term) and appends values above the block's current k-th value to a
-//    shared-memory candidate buffer; when the buffer could overflow on the next
-//    tile the block sorts it (bitonic, key = value desc, id asc) and keeps the
-//    top k, raising the threshold. Warp-shuffle merge of the softmax states.
-//    A row is split into fixed 16-tile slices (one block each), independent of B.
+//    slice (4 per thread in flight, float64: 2); each thread keeps an online softmax
+//    state (max, sum-exp, entropy term) and appends values above the block's current
+//    kc-th value to a shared-memory candidate buffer (warp-aggregated slots). Once
+//    more than kc candidates are in (normally after the first tile) a block radix
+//    select (soft_select.cuh: 8-bit digits of an order-preserving key, then the ids of
+//    the ties) keeps exactly the kc best (value desc, id asc) and sets the threshold;
+//    it runs again only if another tile might not fit. The <= 256 survivors are ranked
+//    without barriers (each thread counts the entries before its own). No sorts.
+//    Warp-shuffle merge of the softmax states. A row is split into fixed 16-tile
+//    slices (one block each), independent of B.
 // 2. finalize_kernel, one thread per row: merges the slices (states and top-k
 //    lists) and runs soft::finalize_row (filters, noise, final order). The
 //    merged list is built in place in slice 0's list (global scratch), not in a
@@ -122,7 +126,7 @@ struct SelectScratch {
 // to it are among the need largest (>= 1); *equal = how many entries equal it.
 // Per pass: the histogram (shared int atomics: counts, order-free), a descending suffix scan of
 // the 256 buckets (thread t owns bucket 255 - t: warp shuffle scan + the warps' totals) and
-// the one thread whose bucket holds the need-th entry publishes it. 3 barriers per pass.
+// the one thread whose bucket holds the need-th entry publishes it. 4 barriers per pass.
 // The same passes as soft_select::radix_select_seq (host-tested).
 template <typename K, typename KeyFn>
 __device__ __forceinline__ K block_radix_select(int cnt, int need, KeyFn key_of, SelectScratch& sh, int* rest,
