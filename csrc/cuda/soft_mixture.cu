@@ -73,8 +73,9 @@ template <typename scalar_t>
 struct ScanCfg {
   static constexpr int kVec = 16 / sizeof(scalar_t);
   static constexpr int kTile = kThreads * kVec;
-  // 16-byte loads issued before the first use (float64: 2; 4 spill in its double softmax)
-  static constexpr int kLoads = sizeof(scalar_t) == 8 ? 2 : 4;
+  // 16-byte loads issued before the first use (float64: 1; more spill around the calls of
+  // its double-precision softmax on sm_80 -- float64 logits are the tests' / gradcheck's path)
+  static constexpr int kLoads = sizeof(scalar_t) == 8 ? 1 : 4;
   static constexpr int kCap = 2 * kTile;  // a compacted buffer (<= kMaxTopK) + one more tile
   static_assert(kCap - kTile >= soft::kMaxTopK, "the buffer must hold kc survivors and a tile");
   static_assert(kThreads >= soft::kMaxTopK, "the final rank sort gives each candidate a thread");
@@ -300,7 +301,7 @@ __global__ void __launch_bounds__(kThreads)
     }
 #pragma unroll
     for (int u = 0; u < Cfg::kLoads; ++u) {
-      if (base + u * Cfg::kTile >= v1) break;  // uniform: past the slice
+      if (base + u * Cfg::kTile >= v1) continue;  // uniform: past the slice (no break: full unroll)
       const acc_t thr = thr_sh;
       int* const tc = &tile_cnt[tile % 3];
       if (threadIdx.x == 0) tile_cnt[(tile + 1) % 3] = 0;  // the next tile's counter
@@ -317,14 +318,16 @@ __global__ void __launch_bounds__(kThreads)
       cnt += *tc;
       ++tile;
       // the first threshold as soon as there are more than kc candidates (normally after the
-      // first tile); later only to make room (invariant: cnt <= kCap - kTile before a tile)
-      if (cnt > k && (!have_thr || cnt > Cfg::kCap - Cfg::kTile)) {
+      // first tile); later only to make room (invariant: cnt <= kCap - kTile before a tile);
+      // after the slice's last tile, to leave at most kThreads for the rank sort (one call
+      // site: the select is inlined once)
+      const bool last = base + (u + 1) * Cfg::kTile >= v1;
+      if (cnt > k && (!have_thr || cnt > Cfg::kCap - Cfg::kTile || (last && cnt > kThreads))) {
         cnt = select_compact(cand_v, cand_i, cnt, k, &thr_sh, sel);
         have_thr = true;
       }
     }
   }
-  if (cnt > kThreads) cnt = select_compact(cand_v, cand_i, cnt, k, &thr_sh, sel);
   // rank sort of the cnt <= kThreads survivors, the k best written best first
   const int64_t w = b * C + c;
   if (static_cast<int>(threadIdx.x) < cnt) {
