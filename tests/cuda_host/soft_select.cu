@@ -131,12 +131,13 @@ static std::vector<Entry> emulate_slice(const std::vector<float>& row, int v0, i
     *max_cnt = std::max(*max_cnt, static_cast<int>(buf.size()));
     EXPECT(static_cast<int>(buf.size()) <= kCap, "buffer overflow %zu > %d", buf.size(), kCap);
     const int cnt = static_cast<int>(buf.size());
-    if (cnt > kc && (!have_thr || cnt > kCap - kTile)) {
+    const bool last = base + kTile >= v1;
+    if (cnt > kc && (!have_thr || cnt > kCap - kTile || (last && cnt > kThreads))) {
       buf = select_keep(buf, kc, &thr);
       have_thr = true;
     }
   }
-  if (static_cast<int>(buf.size()) > kThreads) buf = select_keep(buf, kc, &thr);
+  EXPECT(static_cast<int>(buf.size()) <= kThreads, "rank sort over %zu > %d entries", buf.size(), kThreads);
   // rank sort: rank r = number of entries ranking before; keep r < kc
   const int cnt = static_cast<int>(buf.size());
   std::vector<Entry> out(std::min(cnt, kc));
