@@ -99,6 +99,9 @@ cuda-check: setup
 	# the sparse decode lane layout (16-byte groups, conflict-free query slots; host code, no GPU)
 	nvcc -std=c++17 -I csrc/cuda tests/cuda_host/decode_lane_layout.cu -o build/cuda-check/decode_lane_layout
 	build/cuda-check/decode_lane_layout
+	# soft_mixture's top-k select, scan candidate logic and embedding-gradient sort (host code, no GPU)
+	nvcc -std=c++17 -O2 -I include -I csrc/cuda tests/cuda_host/soft_select.cu -o build/cuda-check/soft_select
+	build/cuda-check/soft_select
 	# every kernel: a launch bound, registers x threads <= 65536, no spills but those capped in
 	# tools/launch_resources_exceptions.txt, stack <= 512 B (ptxas -v + PTX)
 	$(PY) tools/check_launch_resources.py build/cuda-check --quiet

@@ -3,12 +3,16 @@
 // include/softdec/soft_mixture.h).
 //
 // 1. scan_kernel, grid (slices, rows), 256 threads: 16-byte loads of the row
-//    slice; each thread keeps an online softmax state (max, sum-exp, entropy
-//    term) and appends values above the block's current k-th value to a
-//    shared-memory candidate buffer; when the buffer could overflow on the next
-//    tile the block sorts it (bitonic, key = value desc, id asc) and keeps the
-//    top k, raising the threshold. Warp-shuffle merge of the softmax states.
-//    A row is split into fixed 16-tile slices (one block each), independent of B.
+//    slice (4 per thread in flight, float64: 2); each thread keeps an online softmax
+//    state (max, sum-exp, entropy term) and appends values above the block's current
+//    kc-th value to a shared-memory candidate buffer (warp-aggregated slots). Once
+//    more than kc candidates are in (normally after the first tile) a block radix
+//    select (soft_select.cuh: 8-bit digits of an order-preserving key, then the ids of
+//    the ties) keeps exactly the kc best (value desc, id asc) and sets the threshold;
+//    it runs again only if another tile might not fit. The <= 256 survivors are ranked
+//    without barriers (each thread counts the entries before its own). No sorts.
+//    Warp-shuffle merge of the softmax states. A row is split into fixed 16-tile
+//    slices (one block each), independent of B.
 // 2. finalize_kernel, one thread per row: merges the slices (states and top-k
 //    lists) and runs soft::finalize_row (filters, noise, final order). The
 //    merged list is built in place in slice 0's list (global scratch), not in a
@@ -17,11 +21,13 @@
 // 3. gather_kernel, grid (rows, D / 2048): each thread owns 8 columns
 //    (16-byte loads of bf16/fp16 rows), fp32 accumulation over the kept tokens.
 // 4. backward: one block per row for the logits gradient; the embedding
-//    gradient is written row by row by the first (row, slot) pair of each id.
+//    gradient: the kept (row, slot) pairs sorted by token id (stable LSD radix sort), each
+//    id's segment summed in flat order by one block per column chunk (deterministic, O(B k D)).
 #include "cuda_common.cuh"
 #include "../dispatch.h"
 #include "../soft_mixture_checks.h"
 #include "softdec/soft_mixture.h"
+#include "soft_select.cuh"
 
 #include <cfloat>
 #include <cstdint>
@@ -30,6 +36,7 @@
 #include <cuda_fp16.h>
 #include <limits>
 #include <tuple>
+#include <utility>
 
 namespace softdec {
 namespace {
@@ -60,12 +67,18 @@ struct AccOf<double> {
   using type = double;
 };
 
-// Elements per 16-byte load, the tile and the candidate buffer size.
+// Elements per 16-byte load, the tile (one load per thread), the tiles whose loads a thread
+// keeps in flight at once, and the candidate buffer size.
 template <typename scalar_t>
 struct ScanCfg {
   static constexpr int kVec = 16 / sizeof(scalar_t);
   static constexpr int kTile = kThreads * kVec;
-  static constexpr int kCap = 2 * kTile;  // >= kTile + kMaxTopK for every dtype
+  // 16-byte loads issued before the first use (float64: 1; more spill around the calls of
+  // its double-precision softmax on sm_80 -- float64 logits are the tests' / gradcheck's path)
+  static constexpr int kLoads = sizeof(scalar_t) == 8 ? 1 : 4;
+  static constexpr int kCap = 2 * kTile;  // a compacted buffer (<= kMaxTopK) + one more tile
+  static_assert(kCap - kTile >= soft::kMaxTopK, "the buffer must hold kc survivors and a tile");
+  static_assert(kThreads >= soft::kMaxTopK, "the final rank sort gives each candidate a thread");
 };
 
 template <typename acc_t>
@@ -79,47 +92,161 @@ __device__ __forceinline__ void state_merge_shfl(soft::SoftmaxState<acc_t>& st, 
   }
 }
 
-// Bitonic sort of cap (a power of two) entries in shared memory, best first.
-template <typename acc_t, int kCap>
-__device__ void block_sort(acc_t* v, int32_t* id) {
-  for (int size = 2; size <= kCap; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < kCap; i += blockDim.x) {
-        const int j = i ^ stride;
-        if (j > i) {
-          const bool up = (i & size) == 0;  // this half sorts best-first
-          const bool j_before_i = soft::ranks_before(v[j], static_cast<int64_t>(id[j]), v[i],
-                                                     static_cast<int64_t>(id[i]));
-          if (j_before_i == up) {
-            const acc_t tv = v[i];
-            v[i] = v[j];
-            v[j] = tv;
-            const int32_t ti = id[i];
-            id[i] = id[j];
-            id[j] = ti;
-          }
-        }
-      }
-      __syncthreads();
+// Append (v, id) to the candidate buffer when pred, at slot offset + (a count from *cnt):
+// one shared atomic per warp (ballot + popc); every lane of the warp must call it. Slots are
+// unique; their order is not fixed (the buffer is a set: the compaction and the final rank
+// sort order by the unique (value, id) key, so the result does not depend on it).
+template <typename acc_t>
+__device__ __forceinline__ void warp_append(bool pred, acc_t v, int32_t id, int* cnt, int offset,
+                                            acc_t* cand_v, int32_t* cand_i) {
+  const unsigned m = __ballot_sync(0xffffffffu, pred);
+  if (m == 0u) return;
+  const int lane = threadIdx.x % 32;
+  const int leader = __ffs(m) - 1;
+  int base = 0;
+  if (lane == leader) base = atomicAdd(cnt, __popc(m));
+  base = __shfl_sync(0xffffffffu, base, leader);
+  if (pred) {
+    const int slot = offset + base + __popc(m & ((1u << lane) - 1u));
+    cand_v[slot] = v;
+    cand_i[slot] = id;
+  }
+}
+
+// Shared scratch of the block-wide radix select.
+struct SelectScratch {
+  int hist[soft_select::kBuckets];
+  int warp_sum[kThreads / 32];
+  int digit, above, count;  // the pass's decision
+  int new_cnt;              // the compaction's output counter
+};
+
+// Block-wide radix select (8-bit digits, most significant first) over the buffer entries
+// i < cnt for which key_of(i, &key) is true: the need-th largest key (need in [1, number of
+// participants]). On return (uniform over the block): the key; *rest = how many entries equal
+// to it are among the need largest (>= 1); *equal = how many entries equal it.
+// Per pass: the histogram (shared int atomics: counts, order-free), a descending suffix scan of
+// the 256 buckets (thread t owns bucket 255 - t: warp shuffle scan + the warps' totals) and
+// the one thread whose bucket holds the need-th entry publishes it. 4 barriers per pass.
+// The same passes as soft_select::radix_select_seq (host-tested).
+template <typename K, typename KeyFn>
+__device__ __forceinline__ K block_radix_select(int cnt, int need, KeyFn key_of, SelectScratch& sh, int* rest,
+                                int* equal) {
+  constexpr int kBits = 8 * sizeof(K);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  static_assert(kThreads == soft_select::kBuckets, "one bucket per thread");
+  K prefix = 0;
+  int count = 0;
+#pragma unroll 1
+  for (int shift = kBits - soft_select::kRadixBits; shift >= 0; shift -= soft_select::kRadixBits) {
+    sh.hist[tid] = 0;
+    __syncthreads();  // (a) zeroed; the previous pass's decision read by every thread
+    for (int i = tid; i < cnt; i += kThreads) {
+      K key;
+      if (key_of(i, &key) && soft_select::in_prefix(key, prefix, shift))
+        atomicAdd(&sh.hist[soft_select::digit_of(key, shift)], 1);
     }
+    __syncthreads();  // (b) histogram complete
+    const int d = soft_select::kBuckets - 1 - tid;
+    const int c = sh.hist[d];
+    int incl = c;  // entries in buckets d' >= d of this warp's range
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int x = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += x;
+    }
+    if (lane == 31) sh.warp_sum[warp] = incl;
+    __syncthreads();  // (c) the warps' totals
+    for (int w2 = 0; w2 < warp; ++w2) incl += sh.warp_sum[w2];
+    const int excl = incl - c;
+    if (excl < need && need <= incl) {  // exactly one thread (need <= participants)
+      sh.digit = d;
+      sh.above = excl;
+      sh.count = c;
+    }
+    __syncthreads();  // (d) the decision
+    prefix |= static_cast<K>(sh.digit) << shift;
+    need -= sh.above;
+    count = sh.count;
   }
+  *rest = need;
+  *equal = count;
+  return prefix;
 }
 
-// Sort the buffer, keep the best k: returns the new count, sets *thr.
-template <typename acc_t, int kCap>
-__device__ int compact(acc_t* v, int32_t* id, int cnt, int k, acc_t* thr_sh) {
-  for (int i = cnt + threadIdx.x; i < kCap; i += blockDim.x) {
-    v[i] = -static_cast<acc_t>(INFINITY);
-    id[i] = INT32_MAX;
+// Keep exactly the kc best (value, id) of the cnt > kc buffer entries (soft::ranks_before
+// order), moved to slots [0, kc) in no fixed order; *thr_sh = the kc-th best value (a later
+// element of the slice, with a larger id than every entry, is a candidate iff its value is
+// above it). Returns kc (uniform). Entries are non-NaN, > -inf, with distinct ids.
+template <typename acc_t>
+__device__ __forceinline__ int select_compact(acc_t* cand_v, int32_t* cand_i, int cnt, int kc, acc_t* thr_sh,
+                              SelectScratch& sh) {
+  using K = typename soft_select::KeyOf<acc_t>::type;
+  int rest = 0, equal = 0;
+  const K kth = block_radix_select<K>(
+      cnt, kc,
+      [&](int i, K* key) {
+        *key = soft_select::order_key(cand_v[i]);
+        return true;
+      },
+      sh, &rest, &equal);
+  // The entries above kth number kc - rest; of the `equal` entries at kth, keep the `rest`
+  // smallest ids (a second select over the ties' ids, only when some tie must go).
+  const bool all_ties = rest == equal;
+  int32_t id_max = INT32_MAX;
+  if (!all_ties) {
+    int r2 = 0, e2 = 0;
+    const uint32_t ik = block_radix_select<uint32_t>(
+        cnt, rest,
+        [&](int i, uint32_t* key) {
+          *key = soft_select::id_key(cand_i[i]);
+          return soft_select::order_key(cand_v[i]) == kth;
+        },
+        sh, &r2, &e2);
+    id_max = soft_select::key_id(ik);  // ids are distinct: r2 == e2 == 1
+  }
+  if (threadIdx.x == 0) sh.new_cnt = 0;
+  // Round 0 reads slots [0, kThreads) before anyone writes; the kept entries go to slots
+  // < kc <= kThreads, so later rounds (reading slots >= kThreads) never see a moved entry.
+  const int tid = threadIdx.x;
+  acc_t v = 0;
+  int32_t id = 0;
+  bool keep = false;
+  if (tid < cnt) {
+    v = cand_v[tid];
+    id = cand_i[tid];
+    keep = soft_select::keep_entry(soft_select::order_key(v), id, kth, all_ties, id_max);
   }
   __syncthreads();
-  block_sort<acc_t, kCap>(v, id);
-  const int n = cnt < k ? cnt : k;
-  if (threadIdx.x == 0) *thr_sh = n == k ? v[k - 1] : -static_cast<acc_t>(INFINITY);
+  warp_append(keep, v, id, &sh.new_cnt, 0, cand_v, cand_i);
+  const int rounds = (cnt + kThreads - 1) / kThreads;
+  for (int r = 1; r < rounds; ++r) {  // uniform trip count: warp_append needs whole warps
+    const int i = r * kThreads + tid;
+    keep = false;
+    if (i < cnt) {
+      v = cand_v[i];
+      id = cand_i[i];
+      keep = soft_select::keep_entry(soft_select::order_key(v), id, kth, all_ties, id_max);
+    }
+    warp_append(keep, v, id, &sh.new_cnt, 0, cand_v, cand_i);
+  }
+  if (threadIdx.x == 0) *thr_sh = soft_select::key_value(kth);
   __syncthreads();
-  return n;
+  return sh.new_cnt;  // == kc by construction
 }
 
+// Phase 1 for one (row, slice). Candidates: the invariant is that the buffer holds every
+// element seen so far that can still be among the slice's kc best:
+// - before the first threshold (thr = -inf) every element > -inf is appended;
+// - as soon as the buffer holds more than kc entries (normally after the first tile), a
+//   block radix select keeps exactly the kc best and sets thr = the kc-th best value; a later
+//   element (larger id than every kept one) can only enter the kc best with a value > thr;
+// - the buffer is compacted again when another tile might not fit (rare once thr is set:
+//   about kc * ln(tiles) further candidates per slice for exchangeable logits).
+// At the end the <= kThreads survivors (else one more select) are ranked (each thread counts
+// the entries ranking before its own: O(cnt) per thread, no barriers) and written in order.
+// Softmax sums: each thread pushes its elements in the same order as one load per tile did
+// (tile by tile, kVec each), so the sums do not depend on kLoads.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     scan_kernel(const scalar_t* __restrict__ logits, int64_t sL, int64_t V, int64_t slice,
@@ -129,87 +256,108 @@ __global__ void __launch_bounds__(kThreads)
   using Cfg = ScanCfg<scalar_t>;
   __shared__ acc_t cand_v[Cfg::kCap];
   __shared__ int32_t cand_i[Cfg::kCap];
-  __shared__ int cnt_sh;
+  // Per-tile append counters, tile n uses tile_cnt[n % 3]: after tile n's barrier every
+  // thread reads tile_cnt[n % 3] (its total: cnt = cnt_before + that), and tile n + 1's
+  // appends may start at once, so they go to another counter, which thread 0 zeroed during
+  // tile n (its last reader, tile n - 2, read it before tile n - 1's barrier). One barrier per
+  // tile.
+  __shared__ int tile_cnt[3];
   __shared__ acc_t thr_sh;
   __shared__ acc_t red[3][kThreads / 32];
+  __shared__ SelectScratch sel;
   const int64_t b = row0 + blockIdx.y, c = blockIdx.x, C = gridDim.x;
   const int64_t v0 = c * slice, v1 = min(V, v0 + slice);
   const scalar_t* row = logits + b * sL;
   const double T = temperature[b];
   // T = 0: the sums are of softmax(logits) (entropy / max prob at T = 1, DESIGN); the
   // candidates are by raw logit whatever T
-  constexpr bool cold = false;
   const acc_t t = T == 0.0 ? acc_t(1) : soft::inv_temperature<acc_t>(T);
   const acc_t big = std::numeric_limits<acc_t>::max();
   const acc_t ninf = -static_cast<acc_t>(INFINITY);
   if (threadIdx.x == 0) {
-    cnt_sh = 0;
+    tile_cnt[0] = tile_cnt[1] = tile_cnt[2] = 0;
     thr_sh = ninf;
   }
   __syncthreads();
   soft::SoftmaxState<acc_t> st{std::numeric_limits<acc_t>::lowest(), acc_t(0), acc_t(0)};
   int bad = 0;
-  int cnt = 0;
+  int cnt = 0;            // buffer entries (uniform: read after a barrier)
+  bool have_thr = false;  // uniform
+  int tile = 0;           // tiles done (uniform)
   const bool aligned = (reinterpret_cast<uintptr_t>(row) % 16 == 0) && (v0 % Cfg::kVec == 0);
-  for (int64_t base = v0; base < v1; base += Cfg::kTile) {
-    const acc_t thr = thr_sh;
-    const int64_t e0 = base + static_cast<int64_t>(threadIdx.x) * Cfg::kVec;
-    scalar_t vals[Cfg::kVec];
-    if (aligned && e0 + Cfg::kVec <= v1) {
-      *reinterpret_cast<uint4*>(vals) = __ldg(reinterpret_cast<const uint4*>(row + e0));
-    } else {
+  for (int64_t base = v0; base < v1; base += Cfg::kLoads * Cfg::kTile) {
+    // kLoads tiles' loads in flight before any is used (out of range: -inf, never used)
+    scalar_t vals[Cfg::kLoads][Cfg::kVec];
 #pragma unroll
-      for (int j = 0; j < Cfg::kVec; ++j)
-        vals[j] = e0 + j < v1 ? row[e0 + j] : from_float<scalar_t>(-INFINITY);
-    }
+    for (int u = 0; u < Cfg::kLoads; ++u) {
+      const int64_t e0 = base + u * Cfg::kTile + static_cast<int64_t>(threadIdx.x) * Cfg::kVec;
+      if (aligned && e0 + Cfg::kVec <= v1) {
+        *reinterpret_cast<uint4*>(vals[u]) = __ldg(reinterpret_cast<const uint4*>(row + e0));
+      } else {
 #pragma unroll
-    for (int j = 0; j < Cfg::kVec; ++j) {
-      const acc_t l = static_cast<acc_t>(to_float(vals[j]));
-      bad |= (!(l <= big) && l != ninf);
-      if (l > thr) {
-        const int slot = atomicAdd(&cnt_sh, 1);
-        cand_v[slot] = l;
-        cand_i[slot] = static_cast<int32_t>(e0 + j);
+        for (int j = 0; j < Cfg::kVec; ++j)
+          vals[u][j] = e0 + j < v1 ? row[e0 + j] : from_float<scalar_t>(-INFINITY);
       }
-      if (!cold) soft::softmax_push(st, l, t);
     }
-    __syncthreads();
-    cnt = cnt_sh;
-    if (cnt > Cfg::kCap - Cfg::kTile) {
-      cnt = compact<acc_t, Cfg::kCap>(cand_v, cand_i, cnt, k, &thr_sh);
-      if (threadIdx.x == 0) cnt_sh = cnt;
+#pragma unroll
+    for (int u = 0; u < Cfg::kLoads; ++u) {
+      if (base + u * Cfg::kTile >= v1) continue;  // uniform: past the slice (no break: full unroll)
+      const acc_t thr = thr_sh;
+      int* const tc = &tile_cnt[tile % 3];
+      if (threadIdx.x == 0) tile_cnt[(tile + 1) % 3] = 0;  // the next tile's counter
+      const int64_t e0 = base + u * Cfg::kTile + static_cast<int64_t>(threadIdx.x) * Cfg::kVec;
+#pragma unroll
+      for (int j = 0; j < Cfg::kVec; ++j) {
+        const acc_t l = static_cast<acc_t>(to_float(vals[u][j]));
+        bad |= (!(l <= big) && l != ninf);
+        // l > thr: never NaN, never -inf
+        warp_append(l > thr, l, static_cast<int32_t>(e0 + j), tc, cnt, cand_v, cand_i);
+        soft::softmax_push(st, l, t);
+      }
+      __syncthreads();  // the tile's appends are in
+      cnt += *tc;
+      ++tile;
+      // the first threshold as soon as there are more than kc candidates (normally after the
+      // first tile); later only to make room (invariant: cnt <= kCap - kTile before a tile);
+      // after the slice's last tile, to leave at most kThreads for the rank sort (one call
+      // site: the select is inlined once)
+      const bool last = base + (u + 1) * Cfg::kTile >= v1;
+      if (cnt > k && (!have_thr || cnt > Cfg::kCap - Cfg::kTile || (last && cnt > kThreads))) {
+        cnt = select_compact(cand_v, cand_i, cnt, k, &thr_sh, sel);
+        have_thr = true;
+      }
     }
-    __syncthreads();
   }
-  cnt = cnt_sh;
-  __syncthreads();
-  cnt = compact<acc_t, Cfg::kCap>(cand_v, cand_i, cnt, k, &thr_sh);
+  // rank sort of the cnt <= kThreads survivors, the k best written best first
   const int64_t w = b * C + c;
-  for (int i = threadIdx.x; i < cnt; i += blockDim.x) {
-    part_v[w * k + i] = cand_v[i];
-    part_i[w * k + i] = cand_i[i];
+  if (static_cast<int>(threadIdx.x) < cnt) {
+    const acc_t v = cand_v[threadIdx.x];
+    const int32_t id = cand_i[threadIdx.x];
+    int r = 0;
+    for (int j = 0; j < cnt; ++j) r += soft::ranks_before(cand_v[j], static_cast<int64_t>(cand_i[j]), v,
+                                                          static_cast<int64_t>(id));
+    if (r < k) {
+      part_v[w * k + r] = v;
+      part_i[w * k + r] = id;
+    }
   }
+  cnt = cnt < k ? cnt : k;
   bad = __syncthreads_or(bad);
-  if (!cold) {
-    state_merge_shfl(st, t);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) {
-      red[0][warp] = st.m;
-      red[1][warp] = st.s;
-      red[2][warp] = st.a;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      soft::SoftmaxState<acc_t> tot{red[0][0], red[1][0], red[2][0]};
-      for (int i = 1; i < kThreads / 32; ++i)
-        soft::softmax_merge(tot, soft::SoftmaxState<acc_t>{red[0][i], red[1][i], red[2][i]}, t);
-      st = tot;
-    }
+  state_merge_shfl(st, t);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    red[0][warp] = st.m;
+    red[1][warp] = st.s;
+    red[2][warp] = st.a;
   }
+  __syncthreads();
   if (threadIdx.x == 0) {
-    part_state[w * 3 + 0] = st.m;
-    part_state[w * 3 + 1] = st.s;
-    part_state[w * 3 + 2] = st.a;
+    soft::SoftmaxState<acc_t> tot{red[0][0], red[1][0], red[2][0]};
+    for (int i = 1; i < kThreads / 32; ++i)
+      soft::softmax_merge(tot, soft::SoftmaxState<acc_t>{red[0][i], red[1][i], red[2][i]}, t);
+    part_state[w * 3 + 0] = tot.m;
+    part_state[w * 3 + 1] = tot.s;
+    part_state[w * 3 + 2] = tot.a;
     part_bad[w] = bad;
     part_n[w] = cnt;
   }
@@ -580,29 +728,140 @@ __global__ void __launch_bounds__(kThreads)
     o[id[i]] = cast_out<scalar_t>(static_cast<acc_t>(to_float(o[id[i]])) + dx[i] * t);
 }
 
-// Embedding gradient without atomics: block p owns the (row, slot) pair p; if
-// it is the first pair with its token id, it sums every pair with that id and
-// writes the whole output row (deterministic). Untouched rows are zeroed by a
-// memset first.
+// Embedding gradient, deterministic and O(B k D): the (row, slot) pairs are sorted by token id
+// once (a stable LSD radix sort: within an id, pairs keep their flat order p = b * k + i), then
+// the first pair of each id's segment sums the segment in that order and writes the whole
+// output row: out[id] = sum_p (w_p * scale) * grad_embeds[row_p] -- the CPU kernel's order and
+// formula. No atomics on floats; untouched rows are zeroed by a memset first.
+// emb_pairs_kernel: key = the token id of a kept pair, Ve (sorted last, skipped) for the
+// dropped slots i >= nkept[b] and for ids outside [0, Ve); value = the flat index p.
+__global__ void __launch_bounds__(kThreads)
+    emb_pairs_kernel(const int64_t* __restrict__ ids, const int64_t* __restrict__ nkept, int32_t N,
+                     int32_t k, int64_t Ve, uint32_t* __restrict__ keys, int32_t* __restrict__ vals) {
+  const int32_t p = static_cast<int32_t>(blockIdx.x) * kThreads + static_cast<int32_t>(threadIdx.x);
+  if (p >= N) return;
+  const int32_t row = p / k, slot = p - row * k;  // 32-bit, once per pair
+  const int64_t id = ids[p];
+  const bool kept = slot < nkept[row] && id >= 0 && id < Ve;
+  keys[p] = static_cast<uint32_t>(kept ? id : Ve);
+  vals[p] = p;
+}
+
+// One pass of the LSD radix sort (8-bit digit at `shift`), in tiles of kThreads items:
+// lsd_hist_kernel writes the tile's digit counts digit-major (hist[d * tiles + tile]), so that
+// an exclusive scan of hist gives every (digit, tile) its first output slot; lsd_scatter_kernel
+// places each item at that slot + the number of earlier items of its tile with the same digit
+// (stable: tiles in order, items in order within a tile).
+constexpr int kScanThreads = 1024;  // the single-block exclusive scan of the counts
+
+__global__ void __launch_bounds__(kThreads)
+    lsd_hist_kernel(const uint32_t* __restrict__ keys, int32_t N, int shift, int32_t tiles,
+                    int32_t* __restrict__ hist) {
+  __shared__ int h[soft_select::kBuckets];
+  static_assert(kThreads == soft_select::kBuckets, "one digit per thread");
+  h[threadIdx.x] = 0;
+  __syncthreads();
+  const int32_t i = static_cast<int32_t>(blockIdx.x) * kThreads + static_cast<int32_t>(threadIdx.x);
+  if (i < N) atomicAdd(&h[(keys[i] >> shift) & 0xffu], 1);  // int counts: order-free
+  __syncthreads();
+  hist[static_cast<int64_t>(threadIdx.x) * tiles + blockIdx.x] = h[threadIdx.x];
+}
+
+// In-place exclusive scan of a[0, M) by one block: each thread sums a contiguous chunk, a block
+// scan of the chunk sums (warp shuffles + the warps' totals), then each thread rewrites its chunk.
+__global__ void __launch_bounds__(kScanThreads) exclusive_scan_kernel(int32_t* __restrict__ a, int64_t M) {
+  __shared__ int32_t wsum[kScanThreads / 32];
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int64_t per = (M + kScanThreads - 1) / kScanThreads;
+  const int64_t lo = min(M, tid * per), hi = min(M, lo + per);
+  int32_t s = 0;
+  for (int64_t i = lo; i < hi; ++i) s += a[i];
+  int32_t incl = s;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int32_t x = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += x;
+  }
+  if (lane == 31) wsum[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    int32_t w = wsum[lane];
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int32_t x = __shfl_up_sync(0xffffffffu, w, o);
+      if (lane >= o) w += x;
+    }
+    wsum[lane] = w;  // inclusive over warps
+  }
+  __syncthreads();
+  int32_t run = incl - s + (warp > 0 ? wsum[warp - 1] : 0);
+  for (int64_t i = lo; i < hi; ++i) {
+    const int32_t x = a[i];
+    a[i] = run;
+    run += x;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    lsd_scatter_kernel(const uint32_t* __restrict__ kin, const int32_t* __restrict__ vin, int32_t N,
+                       int shift, int32_t tiles, const int32_t* __restrict__ off,
+                       uint32_t* __restrict__ kout, int32_t* __restrict__ vout) {
+  __shared__ int dg[kThreads];
+  const int32_t i = static_cast<int32_t>(blockIdx.x) * kThreads + static_cast<int32_t>(threadIdx.x);
+  const uint32_t key = i < N ? kin[i] : 0u;
+  const int d = i < N ? static_cast<int>((key >> shift) & 0xffu) : -1;
+  dg[threadIdx.x] = d;
+  __syncthreads();
+  if (i >= N) return;
+  int r = 0;  // earlier items of this tile with the same digit
+  for (int j = 0; j < static_cast<int>(threadIdx.x); ++j) r += dg[j] == d;
+  const int32_t pos = off[static_cast<int64_t>(d) * tiles + blockIdx.x] + r;
+  kout[pos] = key;
+  vout[pos] = vin[i];
+}
+
+// grid (N, column chunks): block j works only if sorted position j starts a segment of a kept
+// id; each thread owns kVec consecutive columns (16-byte loads of grad_embeds when aligned).
 template <typename emb_t, typename w_t>
 __global__ void __launch_bounds__(kThreads)
-    embedding_backward_kernel(const w_t* __restrict__ gE, const int64_t* __restrict__ ids,
-                              const w_t* __restrict__ W, const int64_t* __restrict__ nkept,
-                              int64_t B, int k, int64_t D, double scale, emb_t* __restrict__ out) {
-  const int64_t p = blockIdx.x;
-  const int64_t pb = p / k, pi = p % k;
-  if (pi >= nkept[pb]) return;
-  const int64_t tok = ids[p];
-  for (int64_t q = 0; q < p; ++q)  // an earlier kept pair with the same id owns the row
-    if (ids[q] == tok && (q % k) < nkept[q / k]) return;
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    w_t acc = 0;
-    for (int64_t q = p; q < B * k; ++q)
-      if (ids[q] == tok && (q % k) < nkept[q / k]) acc += W[q] * gE[(q / k) * D + d];
-    if constexpr (std::is_same_v<emb_t, double>) {
-      out[tok * D + d] = acc * scale;
+    emb_segments_kernel(const w_t* __restrict__ gE, const uint32_t* __restrict__ keys,
+                        const int32_t* __restrict__ pairs, const w_t* __restrict__ W, int32_t N,
+                        int32_t k, int64_t D, int64_t Ve, double scale, emb_t* __restrict__ out) {
+  constexpr int kVec = 16 / sizeof(w_t);
+  const int32_t j = static_cast<int32_t>(blockIdx.x);
+  const uint32_t key = keys[j];
+  if (key >= static_cast<uint64_t>(Ve) || (j > 0 && keys[j - 1] == key)) return;  // uniform
+  const int64_t d0 = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * kVec;
+  if (d0 >= D) return;
+  const bool vec = d0 + kVec <= D && D % kVec == 0 && reinterpret_cast<uintptr_t>(gE) % 16 == 0;
+  w_t acc[kVec];
+#pragma unroll
+  for (int c = 0; c < kVec; ++c) acc[c] = w_t(0);
+  for (int32_t q = j; q < N && keys[q] == key; ++q) {  // ascending p (stable sort)
+    const int32_t p = pairs[q];
+    const int32_t row = p / k;  // 32-bit, once per pair
+    const w_t wi = W[p] * static_cast<w_t>(scale);
+    const w_t* g = gE + static_cast<int64_t>(row) * D + d0;
+    if (vec) {
+      w_t gv[kVec];
+      *reinterpret_cast<uint4*>(gv) = __ldg(reinterpret_cast<const uint4*>(g));
+#pragma unroll
+      for (int c = 0; c < kVec; ++c) acc[c] += wi * gv[c];
     } else {
-      out[tok * D + d] = from_float<emb_t>(static_cast<float>(acc * static_cast<w_t>(scale)));
+#pragma unroll
+      for (int c = 0; c < kVec; ++c)
+        if (d0 + c < D) acc[c] += wi * g[c];
+    }
+  }
+  emb_t* o = out + static_cast<int64_t>(key) * D + d0;
+#pragma unroll
+  for (int c = 0; c < kVec; ++c) {
+    if (d0 + c < D) {
+      if constexpr (std::is_same_v<emb_t, double>) {
+        o[c] = static_cast<double>(acc[c]);
+      } else {
+        o[c] = from_float<emb_t>(static_cast<float>(acc[c]));
+      }
     }
   }
 }
@@ -667,15 +926,50 @@ Tensor soft_mixture_embedding_backward_cuda(Tensor grad_embeds, Tensor embedding
   SOFTDEC_CUDA_CHECK(cudaMemsetAsync(out.data_ptr(), 0,
                                      static_cast<size_t>(Ve * D) * out.element_size(), stream));
   if (B * k == 0 || D == 0) return out;
+  SOFTDEC_CHECK(B * k <= INT32_MAX, "soft_mixture backward: B * k must be < 2^31, got ", B * k);
+  SOFTDEC_CHECK(Ve < INT32_MAX, "soft_mixture backward: the vocabulary must be < 2^31 - 1, got ", Ve);
+  const int32_t N = static_cast<int32_t>(B * k);
+  const int32_t tiles = static_cast<int32_t>((N + kThreads - 1) / kThreads);
+  // sort keys: ids in [0, Ve) and the sentinel Ve: end_bit bits, 8 per pass
+  int end_bit = 1;
+  while (end_bit < 32 && (static_cast<uint32_t>(Ve) >> end_bit) != 0u) ++end_bit;
+  Tensor keys_a = new_empty(embedding, {N}, ScalarType::Int);
+  Tensor keys_b = new_empty(embedding, {N}, ScalarType::Int);
+  Tensor vals_a = new_empty(embedding, {N}, ScalarType::Int);
+  Tensor vals_b = new_empty(embedding, {N}, ScalarType::Int);
+  Tensor hist = new_empty(embedding, {static_cast<int64_t>(soft_select::kBuckets) * tiles}, ScalarType::Int);
+  auto* kin = reinterpret_cast<uint32_t*>(keys_a.mutable_data_ptr<int32_t>());
+  auto* kout = reinterpret_cast<uint32_t*>(keys_b.mutable_data_ptr<int32_t>());
+  int32_t* vin = vals_a.mutable_data_ptr<int32_t>();
+  int32_t* vout = vals_b.mutable_data_ptr<int32_t>();
+  int32_t* hp = hist.mutable_data_ptr<int32_t>();
+  emb_pairs_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
+      ids.const_data_ptr<int64_t>(), nkept.const_data_ptr<int64_t>(), N, static_cast<int32_t>(k), Ve,
+      kin, vin);
+  SOFTDEC_CUDA_LAUNCH_CHECK();
+  for (int shift = 0; shift < end_bit; shift += soft_select::kRadixBits) {
+    lsd_hist_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(kin, N, shift, tiles, hp);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    exclusive_scan_kernel<<<1, kScanThreads, 0, stream>>>(hp, static_cast<int64_t>(soft_select::kBuckets) * tiles);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    lsd_scatter_kernel<<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(kin, vin, N, shift, tiles, hp,
+                                                                              kout, vout);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    std::swap(kin, kout);
+    std::swap(vin, vout);
+  }
+  // sorted: (kin, vin)
   dispatch_cuda_float(embedding.scalar_type(), "embedding", [&](auto etag) {
     using emb_t = decltype(etag);
     using ce_t = typename CudaNative<emb_t>::type;
     auto launch = [&](auto wtag) {
       using w_t = decltype(wtag);
-      embedding_backward_kernel<ce_t, w_t><<<static_cast<unsigned>(B * k), kThreads, 0, stream>>>(
-          grad_embeds.const_data_ptr<w_t>(), ids.const_data_ptr<int64_t>(),
-          weights.const_data_ptr<w_t>(), nkept.const_data_ptr<int64_t>(), B,
-          static_cast<int>(k), D, embed_scale,
+      constexpr int kVec = 16 / sizeof(w_t);
+      const int64_t per_block = static_cast<int64_t>(kThreads) * kVec;
+      const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((D + per_block - 1) / per_block));
+      emb_segments_kernel<ce_t, w_t><<<grid, kThreads, 0, stream>>>(
+          grad_embeds.const_data_ptr<w_t>(), kin, vin, weights.const_data_ptr<w_t>(), N,
+          static_cast<int32_t>(k), D, Ve, embed_scale,
           reinterpret_cast<ce_t*>(out.mutable_data_ptr<emb_t>()));
       SOFTDEC_CUDA_LAUNCH_CHECK();
     };
