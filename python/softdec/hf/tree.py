@@ -15,10 +15,11 @@ from typing import Optional
 import torch
 
 from ..strategies.base import MODE_DISCRETE, MODE_FINISHED
+from .._rng import philox_uniform
 from ._common import GenerateOutput, GenerationStats, _cache_kwarg, _cache_layout, _new_cache, _seeds, _vocab_size
 
 __all__ = ["tree_depths", "tree_ancestors", "tree_attention_mask", "tree_position_ids", "compact_cache",
-           "tree_from_spec"]
+           "tree_from_spec", "sample_siblings"]
 
 
 def _as_batch(parents: torch.Tensor) -> torch.Tensor:
@@ -151,8 +152,47 @@ def _tree_arrays(paths):
     return parents, depth, rank
 
 
+def sample_siblings(q: torch.Tensor, m: int, uniforms: torch.Tensor):
+    """Draw ``m`` children per parent from the draft distribution ``q`` without replacement, and the
+    proposal each child was drawn from (what ``verify_tree(method="exact")`` needs as ``draft_probs``).
+
+    ``q`` is (R, V) (one row per parent: the draft's filtered, normalised distribution); ``uniforms``
+    (R, V) in (0, 1) (e.g. a Philox stream per parent). Gumbel-top-m on ``log q`` draws the children in
+    order as successive draws without replacement: child ``j`` is a draw from ``q_j``, ``q`` with the
+    earlier siblings' tokens removed and renormalised. Verifying the children in this order with
+    recursive rejection (accept ``x_j`` with probability ``min(1, r(x_j) / q_j(x_j))``, on rejection
+    ``r <- norm(max(0, r - q_j))``) is then a chain of standard speculative steps, each with proposal
+    ``q_j``, so the emitted token is distributed exactly as the target (recursive speculative decoding
+    without replacement: Jeon et al., "Recursive Speculative Decoding: Accelerating LLM Inference via
+    Sampling Without Replacement", 2024; the multi-draft rule of SpecTr, Sun et al., NeurIPS 2023).
+    When ``q``'s support is exhausted (fewer than ``m`` tokens with ``q > 0``), the remaining children
+    take the next Gumbel keys' tokens with a one-hot proposal (still a valid speculative step).
+
+    Returns ``tokens`` (R, m) int64 and ``probs`` (R, m, V) float32 (``probs[:, j]`` is ``q_j``).
+    """
+    q = q.float()
+    R, V = q.shape
+    if not 1 <= m <= V:
+        raise ValueError(f"m must be in [1, vocab] = [1, {V}], got {m}")
+    g = -torch.log(-torch.log(uniforms.float().clamp(1e-30, 1.0 - 1e-7)))
+    keys = torch.where(q > 0, torch.log(q.clamp_min(1e-38)) + g, torch.full_like(q, float("-inf")))
+    kv, idx = keys.topk(m, -1)
+    probs = q[:, None, :].repeat(1, m, 1)
+    for j in range(1, m):  # remove the earlier siblings' tokens
+        probs[:, j:].scatter_(-1, idx[:, j - 1, None, None].expand(R, m - j, 1), 0.0)
+    z = probs.sum(-1, keepdim=True)
+    onehot = torch.zeros_like(probs).scatter_(-1, idx[..., None], 1.0)
+    ok = torch.isfinite(kv)[..., None] & (z > 0)
+    probs = torch.where(ok, probs / z.clamp_min(1e-38), onehot)
+    return idx, probs
+
+
+_DRAFT_SEED_SALT = 0x2545F4914F6CDD1D
+
+
 def _generate_tree(model, input_ids, mask, spec, max_new, eos_mask, pad, streamer):
     """Tree speculation, one row at a time (see ``Speculative``'s ``tree``)."""
+    from .speculative import _filtered_probs
     draft = spec.draft_model
     B, L = input_ids.shape
     device = input_ids.device
@@ -176,6 +216,10 @@ def _generate_tree(model, input_ids, mask, spec, max_new, eos_mask, pad, streame
     fed = sum(len(lv) for lv in levels[:D])  # nodes the draft scores (those below the last level)
     max_rank = max(rank_l)
     seeds = _seeds(spec.seed, B, device) ^ 0x5DEECE66D
+    dseeds = _seeds(spec.seed, B, device) ^ _DRAFT_SEED_SALT
+    # exact / typical at T > 0: sampled siblings (lossless recursive rejection); else deterministic top-k
+    sampled = spec.method in ("exact", "typical") and spec.temperature > 0
+    kids = [[i for i in range(1, N) if par_l[i] == c] for c in range(N)]
     t_kw, d_kw = _cache_kwarg(model), _cache_kwarg(draft)
     outs, accs = [], []
     for b in range(B):
@@ -202,10 +246,25 @@ def _generate_tree(model, input_ids, mask, spec, max_new, eos_mask, pad, streame
                        **{d_kw: dcache}).logits[0, -1:]
             node_logits = {0: lg[0]}
             full = tree_attention_mask(parents, P, dtype=next(draft.parameters()).dtype)[0, 0]
+            if sampled:
+                dprobs = torch.zeros(1, N, V, device=device)
+                dprobs[0, 0, tokens[0]] = 1.0  # unused (the root)
             for d in range(1, D + 1):
-                for i in levels[d]:
-                    top = torch.topk(node_logits[par_l[i]].float(), max_rank + 1).indices
-                    tokens[i] = top[rank_l[i]]
+                if sampled:  # children drawn without replacement from the draft's q (sample_siblings)
+                    for c in levels[d - 1]:
+                        if not kids[c]:
+                            continue
+                        q = _filtered_probs(node_logits[c][None], spec.temperature, spec.top_k, spec.top_p,
+                                            spec.min_p)
+                        u = philox_uniform((1, V), dseeds[b:b + 1], r * N + c)
+                        tk, pr = sample_siblings(q, len(kids[c]), u)
+                        for j, i in enumerate(kids[c]):
+                            tokens[i] = tk[0, j]
+                            dprobs[0, i] = pr[0, j]
+                else:
+                    for i in levels[d]:
+                        top = torch.topk(node_logits[par_l[i]].float(), max_rank + 1).indices
+                        tokens[i] = top[rank_l[i]]
                 if d == D:
                     break
                 lv = levels[d]
@@ -222,6 +281,8 @@ def _generate_tree(model, input_ids, mask, spec, max_new, eos_mask, pad, streame
                       min_p=spec.min_p, seed=seeds[b:b + 1], offset=r * (N + 1))
             if spec.method == "typical":
                 kw.update(posterior_threshold=spec.posterior_threshold, posterior_alpha=spec.posterior_alpha)
+            elif sampled:
+                kw.update(draft_probs=dprobs)
             from .._verify_tree import verify_tree
             v = verify_tree(tl, tokens[None], parents[None], **kw)
             na = int(v.num_accepted[0])
