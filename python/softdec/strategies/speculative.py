@@ -67,7 +67,8 @@ class Speculative(Strategy):
         stream; ``softdec.hf.tree.sample_siblings``) and verify child ``j``
         against ``q`` with the earlier siblings removed, so "exact" keeps the
         target's distribution (recursive speculative decoding, Jeon et al.
-        2024); "greedy" and T = 0 expand the draft's top tokens. All rows run
+        2024; a fixed tree's children take the draws in rank order, gaps in
+        the ranks ignored); "greedy" and T = 0 expand the draft's top tokens. All rows run
         batched (one target forward per round, per-row positions and cache
         compaction). Full-attention models only.
 
