@@ -72,36 +72,43 @@ def cases(quick: bool, device: str, full: bool = False):
 
 
 def _tree_inputs(B, N, kind, device, k=8, seed=0, dtype=torch.float32):
-    """A k-ary tree of N nodes (node n's parent (n - 1) // 4), target logits per node and node
-    tokens drafted from a distribution close to the target at the parent (so paths go deep)."""
+    """A 4-ary tree of N nodes (node n's parent (n - 1) // 4), target logits per node and node tokens
+    drafted from a distribution close to the target at the parent (so paths go deep): one-hot drafts
+    take the top token, dense and sparse drafts draw from q = softmax(target + noise) (its top k for
+    sparse)."""
     g = torch.Generator().manual_seed(seed)
     parents = torch.tensor([-1] + [(n - 1) // 4 for n in range(1, N)]).expand(B, N).contiguous()
     lg = torch.randn(B, N, V, generator=g, dtype=torch.float32).mul_(4).to(dtype)
     par = parents[0].clamp(min=0)
-    qlog = lg[:, par].float() + torch.randn(B, N, V, generator=g) if B * N <= 1024 else None
+    qlog = lg[:, par].float() + torch.randn(B, N, V, generator=g) if B * N <= 1024 else lg[:, par].float()
+    dp = None
     if kind == "sparse":
-        if qlog is None:
-            qlog = lg[:, par].float()
         top = torch.topk(qlog, k, -1)
         w = torch.softmax(top.values, -1)
         pick = torch.multinomial(w.reshape(-1, k), 1, generator=g).reshape(B, N)
         tokens = top.indices.gather(2, pick[..., None])[..., 0]
         dp = (top.indices.to(device), w.to(device))
+    elif kind == "dense":
+        q = torch.softmax(qlog, -1)
+        tokens = torch.multinomial(q.reshape(-1, V), 1, generator=g).reshape(B, N)
+        dp = q.to(dtype).to(device)
     else:
-        tokens = (lg[:, par].float() if qlog is None else qlog).argmax(-1)  # deterministic (top-1) drafts
-        dp = None
+        tokens = qlog.argmax(-1)  # deterministic (top-1) drafts
     return lg.to(device), tokens.to(device), parents.to(device), dp
 
 
 def tree_cases(quick: bool, device: str, full: bool = False):
-    """quick: B=1 N=16 one-hot, no compile; default: B=1 N=16 one-hot and sparse, compile on the sparse
-    row (the float64 reference walks rows in Python: one B=64 call takes about a minute); full: B in
-    {1, 64} x N in {16, 64}."""
+    """quick: B=1 N=16 one-hot, no compile. Default: B=1, N in {16, 64}, one-hot / dense / sparse, with
+    torch.compile of the reference. full: also B=64, N in {16, 64} (the float64 reference walks rows in
+    Python: one B=64 call takes seconds to a minute, timed once), dense drafts up to B*N = 1024 nodes
+    (a (64, 64, 151936) dense draft would be 2.5 GB)."""
     out = []
-    shapes = [(1, 16), (1, 64), (64, 16), (64, 64)] if full else [(1, 16)]
+    shapes = [(1, 16), (1, 64), (64, 16), (64, 64)] if full else ([(1, 16)] if quick else [(1, 16), (1, 64)])
     for B, N in shapes:
-        for kind in (("onehot",) if quick else ("onehot", "sparse")):
-            capped = quick or (not full and kind == "onehot")
+        for kind in (("onehot",) if quick else ("onehot", "dense", "sparse")):
+            if kind == "dense" and B * N > 1024:
+                continue
+            capped = quick or (not full and kind != "sparse")  # default run: compile on the sparse rows
             dtype = torch.bfloat16 if B * N > 1024 else torch.float32
             lg, tokens, parents, dp = _tree_inputs(B, N, kind, device, dtype=dtype)
             seed = torch.arange(B, dtype=torch.int64, device=device)
@@ -112,9 +119,10 @@ def tree_cases(quick: bool, device: str, full: bool = False):
                 compiled_ref = torch.compile(ref.verify_tree)
                 fns["compile"] = lambda lg=lg, t=tokens, p=parents, dp=dp, s=seed: compiled_ref(  # noqa: E731
                     lg, t, p, draft_probs=dp, seed=s)
+            nbytes = lg.numel() * lg.element_size() + (dp.numel() * dp.element_size() if kind == "dense" else 0)
             out.append(Case(op="verify_tree", label=f"exact {kind} B={B} N={N} V={V} {str(dtype)[6:]}",
                             fns=fns, compile_capped=capped and not quick,
-                            bytes=lg.numel() * lg.element_size(), memory_bound=False, device=device,
+                            bytes=nbytes, memory_bound=False, device=device,
                             notes="walks only the accepted path: bytes = all N nodes (upper bound)"))
     return out
 

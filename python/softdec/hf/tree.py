@@ -15,10 +15,11 @@ from typing import Optional
 import torch
 
 from ..strategies.base import MODE_DISCRETE, MODE_FINISHED
+from .._rng import philox_uniform
 from ._common import GenerateOutput, GenerationStats, _cache_kwarg, _cache_layout, _new_cache, _seeds, _vocab_size
 
 __all__ = ["tree_depths", "tree_ancestors", "tree_attention_mask", "tree_position_ids", "compact_cache",
-           "tree_from_spec"]
+           "tree_from_spec", "sample_siblings"]
 
 
 def _as_batch(parents: torch.Tensor) -> torch.Tensor:
@@ -151,8 +152,97 @@ def _tree_arrays(paths):
     return parents, depth, rank
 
 
+def sample_siblings(q: torch.Tensor, m: int, uniforms: torch.Tensor):
+    """Draw ``m`` children per parent from the draft distribution ``q`` without replacement, and the
+    proposal each child was drawn from (what ``verify_tree(method="exact")`` needs as ``draft_probs``).
+
+    ``q`` is (R, V) (one row per parent: the draft's filtered, normalised distribution); ``uniforms``
+    (R, V) in (0, 1) (e.g. a Philox stream per parent). Gumbel-top-m on ``log q`` draws the children in
+    order as successive draws without replacement: child ``j`` is a draw from ``q_j``, ``q`` with the
+    earlier siblings' tokens removed and renormalised. Verifying the children in this order with
+    recursive rejection (accept ``x_j`` with probability ``min(1, r(x_j) / q_j(x_j))``, on rejection
+    ``r <- norm(max(0, r - q_j))``) is then a chain of standard speculative steps, each with proposal
+    ``q_j``, so the emitted token is distributed exactly as the target (recursive speculative decoding
+    without replacement: Jeon et al., "Recursive Speculative Decoding: Accelerating LLM Inference via
+    Sampling Without Replacement", 2024; the multi-draft rule of SpecTr, Sun et al., NeurIPS 2023).
+    When ``q``'s support is exhausted (fewer than ``m`` tokens with ``q > 0``), the remaining children
+    take the next Gumbel keys' tokens with a one-hot proposal (still a valid speculative step).
+
+    Returns ``tokens`` (R, m) int64 and ``probs`` (R, m, V) float32 (``probs[:, j]`` is ``q_j``).
+    """
+    q = q.float()
+    R, V = q.shape
+    if not 1 <= m <= V:
+        raise ValueError(f"m must be in [1, vocab] = [1, {V}], got {m}")
+    g = -torch.log(-torch.log(uniforms.float().clamp(1e-30, 1.0 - 1e-7)))
+    keys = torch.where(q > 0, torch.log(q.clamp_min(1e-38)) + g, torch.full_like(q, float("-inf")))
+    kv, idx = keys.topk(m, -1)
+    probs = q[:, None, :].repeat(1, m, 1)
+    for j in range(1, m):  # remove the earlier siblings' tokens
+        probs[:, j:].scatter_(-1, idx[:, j - 1, None, None].expand(R, m - j, 1), 0.0)
+    z = probs.sum(-1, keepdim=True)
+    onehot = torch.zeros_like(probs).scatter_(-1, idx[..., None], 1.0)
+    ok = torch.isfinite(kv)[..., None] & (z > 0)
+    probs = torch.where(ok, probs / z.clamp_min(1e-38), onehot)
+    return idx, probs
+
+
+_DRAFT_SEED_SALT = 0x2545F4914F6CDD1D
+
+
+def _gather_rows(cache, idx: torch.Tensor) -> None:
+    """Per-row compaction: every layer's keys / values become ``kv[b, :, idx[b]]`` ((B, S') int64)."""
+    def g(t):
+        i = idx.to(t.device)[:, None, :, None].expand(t.shape[0], t.shape[1], idx.shape[1], t.shape[3])
+        return t.gather(2, i)
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        for layer in layers:
+            k = getattr(layer, "keys", None)
+            if isinstance(k, torch.Tensor) and k.numel():
+                layer.keys, layer.values = g(k), g(layer.values)
+        return
+    if hasattr(cache, "key_cache"):
+        for i, k in enumerate(cache.key_cache):
+            if isinstance(k, torch.Tensor) and k.numel():
+                cache.key_cache[i], cache.value_cache[i] = g(k), g(cache.value_cache[i])
+        return
+    raise ValueError(f"cache of type {type(cache).__name__} cannot be compacted (no layers / key_cache)")
+
+
+def _compact_rows(cache, valid: torch.Tensor) -> torch.Tensor:
+    """Keep each row's valid cache columns (``valid`` (B, S) bool), right-aligned in a common length
+    (shorter rows get masked padding columns on the left). Returns the new validity (B, S')."""
+    B, S = valid.shape
+    keep = int(valid.sum(-1).max()) if B else 0
+    if keep == S:
+        return valid
+    key = valid.long() * S + torch.arange(S, device=valid.device)
+    srt = key.sort(-1).values[:, S - keep:]
+    _gather_rows(cache, srt % S)
+    return srt >= S
+
+
+def _mask4(past: torch.Tensor, block: torch.Tensor, dtype) -> torch.Tensor:
+    """4-D additive mask (B, 1, n, S + w): cached columns allowed by ``past`` (B, S), new columns by
+    ``block`` ((B or 1), n, w) (columns after the S cached ones, the last n the queries); a query always sees itself (padding queries would otherwise see
+    nothing, and a fully masked row gives NaN)."""
+    B, S = past.shape
+    n, w = block.shape[-2:]  # w >= n: the block's last n columns are the queries themselves
+    allowed = torch.cat([past[:, None, :].expand(B, n, S), block.expand(B, n, w)], -1)
+    allowed[:, torch.arange(n), S + w - n + torch.arange(n)] = True
+    m = torch.zeros(B, 1, n, S + w, dtype=dtype, device=past.device)
+    return m.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
+
+
 def _generate_tree(model, input_ids, mask, spec, max_new, eos_mask, pad, streamer):
-    """Tree speculation, one row at a time (see ``Speculative``'s ``tree``)."""
+    """Tree speculation, all rows batched (see ``Speculative``'s ``tree``).
+
+    Each row's KV caches hold only its context, root and accepted paths: after every round the
+    columns of rejected nodes are dropped per row (``_compact_rows``: valid columns right-aligned,
+    shorter rows padded on the left and masked); positions are tracked per row and every forward
+    gets an explicit 4-D mask and position ids."""
+    from .speculative import _filtered_probs
     draft = spec.draft_model
     B, L = input_ids.shape
     device = input_ids.device
@@ -171,88 +261,137 @@ def _generate_tree(model, input_ids, mask, spec, max_new, eos_mask, pad, streame
     D = max(depth_l)
     parents = torch.tensor(par_l, device=device)
     depth = torch.tensor(depth_l, device=device)
-    anc = tree_ancestors(parents)[0]  # (N, N)
+    anc = tree_ancestors(parents)  # (1, N, N)
     levels = [[i for i in range(N) if depth_l[i] == d] for d in range(D + 1)]
     fed = sum(len(lv) for lv in levels[:D])  # nodes the draft scores (those below the last level)
     max_rank = max(rank_l)
     seeds = _seeds(spec.seed, B, device) ^ 0x5DEECE66D
+    dseeds = _seeds(spec.seed, B, device) ^ _DRAFT_SEED_SALT
+    # exact / typical at T > 0: sampled siblings (lossless recursive rejection); else deterministic top-k
+    sampled = spec.method in ("exact", "typical") and spec.temperature > 0
+    kids = [[i for i in range(1, N) if par_l[i] == c] for c in range(N)]
     t_kw, d_kw = _cache_kwarg(model), _cache_kwarg(draft)
-    outs, accs = [], []
-    for b in range(B):
-        row = input_ids[b][mask[b].bool()] if mask is not None else input_ids[b]
+    t_dt, d_dt = next(model.parameters()).dtype, next(draft.parameters()).dtype
+    ar = torch.arange(B, device=device)
+
+    # ---- prefill: each row's context (its unmasked tokens but the last, the first root), left-padded
+    rows = [input_ids[b][mask[b].bool()] if mask is not None else input_ids[b] for b in range(B)]
+    for b, row in enumerate(rows):
         if row.numel() == 0:
             raise ValueError(f"row {b} of input_ids has no unmasked token")
-        tcache, dcache = _new_cache(model), _new_cache(draft)
-        P = row.numel() - 1
-        if P > 0:
-            ctx = row[None, :-1]
-            pos = torch.arange(P, device=device)[None]
-            model(input_ids=ctx, position_ids=pos, use_cache=True, **{t_kw: tcache})
-            draft(input_ids=ctx, position_ids=pos, use_cache=True, **{d_kw: dcache})
-        pending = [int(row[-1])]  # tokens the draft has not seen, ending with the root
-        gen, acc_row = [], []
-        r = 0
-        while len(gen) < max_new:
-            tokens = torch.zeros(N, dtype=torch.long, device=device)
-            tokens[0] = pending[-1]
-            # ---- draft: expand the tree level by level (top-ranked tokens, deterministic drafts)
-            npend = len(pending)
-            lg = draft(input_ids=torch.tensor([pending], device=device),
-                       position_ids=torch.arange(P + 1 - npend, P + 1, device=device)[None], use_cache=True,
-                       **{d_kw: dcache}).logits[0, -1:]
-            node_logits = {0: lg[0]}
-            full = tree_attention_mask(parents, P, dtype=next(draft.parameters()).dtype)[0, 0]
-            for d in range(1, D + 1):
-                for i in levels[d]:
-                    top = torch.topk(node_logits[par_l[i]].float(), max_rank + 1).indices
-                    tokens[i] = top[rank_l[i]]
-                if d == D:
-                    break
-                lv = levels[d]
-                lo, hi = lv[0], lv[-1] + 1
-                out = draft(input_ids=tokens[None, lo:hi], position_ids=(P + depth[lo:hi])[None],
-                            attention_mask=full[lo:hi, :P + hi][None, None], use_cache=True, **{d_kw: dcache})
-                for j, i in enumerate(range(lo, hi)):
-                    node_logits[i] = out.logits[0, j]
-            # ---- target: the whole tree in one forward
-            tmask = tree_attention_mask(parents, P, dtype=next(model.parameters()).dtype)
-            tl = model(input_ids=tokens[None], position_ids=(P + depth)[None], attention_mask=tmask,
-                       use_cache=True, **{t_kw: tcache}).logits.float()
-            kw = dict(method=spec.method, temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
-                      min_p=spec.min_p, seed=seeds[b:b + 1], offset=r * (N + 1))
-            if spec.method == "typical":
-                kw.update(posterior_threshold=spec.posterior_threshold, posterior_alpha=spec.posterior_alpha)
-            from .._verify_tree import verify_tree
-            v = verify_tree(tl, tokens[None], parents[None], **kw)
-            na = int(v.num_accepted[0])
-            path = [int(n) for n in v.nodes[0, :na]]
-            emit = [int(t) for t in v.tokens[0, :na + 1]]
-            acc_row.append(na)
-            stop = False
-            for t in emit:
-                gen.append(t)
-                if (eos_mask is not None and bool(eos_mask[t])) or len(gen) >= max_new:
-                    stop = True
-                    break
-            r += 1
-            if stop:
+    clen = torch.tensor([r.numel() - 1 for r in rows], device=device)
+    C = int(clen.max())
+    tcache, dcache = _new_cache(model), _new_cache(draft)
+    tvalid = torch.zeros(B, C, dtype=torch.bool, device=device)
+    if C > 0:
+        ctx = torch.zeros(B, C, dtype=torch.long, device=device)
+        for b, row in enumerate(rows):
+            if row.numel() > 1:
+                ctx[b, C - row.numel() + 1:] = row[:-1]
+        tvalid = torch.arange(C, device=device)[None] >= (C - clen)[:, None]
+        pos = (torch.arange(C, device=device)[None] - (C - clen)[:, None]).clamp(min=0)
+        causal = torch.ones(C, C, dtype=torch.bool, device=device).tril()[None] & tvalid[:, None, :]
+        empty = torch.zeros(B, 0, dtype=torch.bool, device=device)
+        model(input_ids=ctx, position_ids=pos, attention_mask=_mask4(empty, causal, t_dt), use_cache=True,
+              **{t_kw: tcache})
+        draft(input_ids=ctx, position_ids=pos, attention_mask=_mask4(empty, causal, d_dt), use_cache=True,
+              **{d_kw: dcache})
+    dvalid = tvalid.clone()
+    pos = clen.clone()  # position of each row's root
+    pending = torch.stack([torch.zeros(B, dtype=torch.long, device=device),
+                           torch.stack([r[-1] for r in rows]).to(device)], 1)  # left-padded (B, 2)
+    plen = torch.ones(B, dtype=torch.long, device=device)
+
+    gen = [[] for _ in range(B)]
+    accs = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    r = 0
+    while not bool(done.all()):
+        # ---- draft: the pending tokens (1 or 2 per row), then the tree level by level
+        pvalid = torch.arange(2, device=device)[None] >= (2 - plen)[:, None]
+        ppos = (pos[:, None] + torch.arange(-1, 1, device=device)[None]).clamp(min=0)
+        blk = torch.ones(2, 2, dtype=torch.bool, device=device).tril()[None] & pvalid[:, None, :]
+        lg = draft(input_ids=pending, position_ids=ppos, attention_mask=_mask4(dvalid, blk, d_dt),
+                   use_cache=True, **{d_kw: dcache}).logits[:, -1]
+        dvalid = torch.cat([dvalid, pvalid], 1)
+        R0 = dvalid.shape[1] - 1  # the root's draft column; node n sits at R0 + n
+        tokens = torch.zeros(B, N, dtype=torch.long, device=device)
+        tokens[:, 0] = pending[:, 1]
+        node_logits = {0: lg}
+        dprobs = None
+        if sampled:
+            dprobs = torch.zeros(B, N, V, device=device)
+            dprobs[ar, 0, tokens[:, 0]] = 1.0  # unused (the root)
+        for d in range(1, D + 1):
+            if sampled:  # children drawn without replacement from the draft's q (sample_siblings)
+                for c in levels[d - 1]:
+                    if not kids[c]:
+                        continue
+                    q = _filtered_probs(node_logits[c], spec.temperature, spec.top_k, spec.top_p, spec.min_p)
+                    u = philox_uniform((B, V), dseeds, r * N + c)
+                    tk, pr = sample_siblings(q, len(kids[c]), u)
+                    tokens[:, kids[c]] = tk
+                    dprobs[:, kids[c]] = pr
+            else:
+                for c in levels[d - 1]:
+                    if kids[c]:
+                        top = torch.topk(node_logits[c].float(), max_rank + 1, -1).indices
+                        tokens[:, kids[c]] = top[:, [rank_l[i] for i in kids[c]]]
+            if d == D:
                 break
-            # ---- compact both caches to context + root + accepted path
-            keep = torch.tensor(list(range(P + 1)) + [P + n for n in path], device=device)
-            compact_cache(tcache, keep)
-            dkeep = torch.tensor(list(range(P + 1)) + [P + n for n in path if n < fed], device=device)
-            compact_cache(dcache, dkeep)
-            pending = [int(tokens[n]) for n in path if n >= fed] + [emit[-1]]
-            P = P + 1 + na
-        outs.append(gen)
-        accs.append(acc_row)
-    S_ = max(len(g) for g in outs)
+            lo, hi = levels[d][0], levels[d][-1] + 1
+            out = draft(input_ids=tokens[:, lo:hi], position_ids=pos[:, None] + depth[None, lo:hi],
+                        attention_mask=_mask4(dvalid[:, :R0], anc[:, lo:hi, :hi], d_dt), use_cache=True,
+                        **{d_kw: dcache})
+            for j, i in enumerate(range(lo, hi)):
+                node_logits[i] = out.logits[:, j]
+        # ---- target: every row's tree in one forward
+        tl = model(input_ids=tokens, position_ids=pos[:, None] + depth[None],
+                   attention_mask=_mask4(tvalid, anc, t_dt), use_cache=True, **{t_kw: tcache}).logits.float()
+        kw = dict(method=spec.method, temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p,
+                  min_p=spec.min_p, seed=seeds, offset=r * (N + 1))
+        if spec.method == "typical":
+            kw.update(posterior_threshold=spec.posterior_threshold, posterior_alpha=spec.posterior_alpha)
+        elif sampled:
+            kw.update(draft_probs=dprobs)
+        from .._verify_tree import verify_tree
+        v = verify_tree(tl, tokens, parents.expand(B, N).contiguous(), **kw)
+        na = v.num_accepted
+        r += 1
+        # ---- emit (per row, until max_new / EOS)
+        na_l, tok_l = na.tolist(), v.tokens.tolist()
+        for b in range(B):
+            if bool(done[b]):
+                continue
+            accs[b].append(na_l[b])
+            for t in tok_l[b][:na_l[b] + 1]:
+                gen[b].append(t)
+                if (eos_mask is not None and bool(eos_mask[t])) or len(gen[b]) >= max_new:
+                    done[b] = True
+                    break
+        if bool(done.all()):
+            break
+        # ---- keep context + root + accepted path in both caches (per row), set up the next round
+        onpath = torch.zeros(B, N + 1, dtype=torch.bool, device=device)
+        onpath[:, 0] = True
+        onpath.scatter_(1, torch.where(v.nodes >= 0, v.nodes, N), True)
+        onpath = onpath[:, :N]
+        tvalid = _compact_rows(tcache, torch.cat([tvalid, onpath], 1))
+        dvalid = _compact_rows(dcache, torch.cat([dvalid, onpath[:, 1:fed]], 1))
+        last = v.nodes.gather(1, (na - 1).clamp(min=0)[:, None])[:, 0]
+        deep = (na > 0) & (last >= fed)  # the path ends on the last level: the draft has not seen it
+        bonus = v.tokens.gather(1, na[:, None])[:, 0]
+        pending = torch.stack([torch.where(deep, tokens.gather(1, last.clamp(min=0)[:, None])[:, 0], 0), bonus], 1)
+        plen = 1 + deep.long()
+        pos = pos + 1 + na
+
+    S_ = max(len(g) for g in gen)
     R = max(len(a) for a in accs)
     seq = torch.full((B, L + S_), pad, dtype=torch.long, device=device)
     seq[:, :L] = input_ids
     modes = torch.full((B, S_), MODE_FINISHED, dtype=torch.int8, device=device)
     acc = torch.full((B, R), -1, dtype=torch.long, device=device)
-    for b, (g, a) in enumerate(zip(outs, accs)):
+    for b, (g, a) in enumerate(zip(gen, accs)):
         seq[b, L:L + len(g)] = torch.tensor(g, dtype=torch.long, device=device)
         modes[b, :len(g)] = MODE_DISCRETE
         acc[b, :len(a)] = torch.tensor(a, dtype=torch.long, device=device)

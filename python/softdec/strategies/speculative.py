@@ -60,10 +60,17 @@ class Speculative(Strategy):
         fixed Medusa-style tree given as rank paths (``[(0,), (1,), (0, 0)]``:
         the draft's two top tokens after the root, and the top token after the
         first); the target scores the whole tree in one forward with a tree
-        attention mask, ``softdec.verify_tree`` accepts a path (the drafts are
-        deterministic, so "exact" keeps the target's distribution), and both
-        KV caches are compacted to the accepted path. Full-attention models
-        only; rows run one at a time. Methods "exact", "greedy", "typical".
+        attention mask, ``softdec.verify_tree`` accepts a path, and both KV
+        caches are compacted to each row's accepted path. Methods "exact" and
+        "typical" at ``temperature > 0`` draw each node's children from the
+        draft's filtered ``q`` without replacement (Gumbel-top-k on the Philox
+        stream; ``softdec.hf.tree.sample_siblings``) and verify child ``j``
+        against ``q`` with the earlier siblings removed, so "exact" keeps the
+        target's distribution (recursive speculative decoding, Jeon et al.
+        2024; a fixed tree's children take the draws in rank order, gaps in
+        the ranks ignored); "greedy" and T = 0 expand the draft's top tokens. All rows run
+        batched (one target forward per round, per-row positions and cache
+        compaction). Full-attention models only.
 
     Examples
     --------
