@@ -107,6 +107,86 @@ def test_sample_equals_single_device(world, tmp_path):
     _spawn(_sample_worker, world, tmp_path)
 
 
+def _layouts(Vv, world):
+    """shard_range's split, and a hand-made one: shards ending on block (1024-token) edges,
+    one shorter than a block, one spanning several blocks."""
+    even = [sd.shard_range(Vv, world, r) for r in range(world)]
+    cuts = {2: [0, 2048, Vv], 4: [0, 1024, 1500, 3072, Vv]}[world]
+    odd = [(cuts[r], cuts[r + 1] - cuts[r]) for r in range(world)]
+    return [even, odd]
+
+
+def _sample_blocks_worker(rank, world):
+    """Plain and min-p rows (the blockwise inverse-CDF draw on shards): V over several
+    1024-token blocks, blocks split between shards and blocks inside one shard, rows whose
+    mass sits in one shard's block (the pick is rank-local there)."""
+    Vv, B = 4100, 8
+    x, g = _logits(B, Vv, scale=2.0, seed=7)
+    x[1, 5] = float("nan")                  # invalid
+    x[2, :3000] = -float("inf")             # mass in the last shards only
+    x[3, 1100:1300] += 8.0                  # mass in one block
+    x[4] = x[4].bfloat16().float()          # ties
+    x[5, :] = 0.0                           # uniform row: every block counts
+    x[6, 2040:2060] += 6.0                  # mass around a block edge
+    cfgs = [dict(), dict(temperature=0.3), dict(temperature=2.0), dict(min_p=0.05),
+            dict(min_p=0.3, temperature=0.7), dict(top_k=Vv, min_p=0.01),
+            dict(temperature=torch.tensor([1.0, 0.5, 0.0, 2.0, 1.0, 0.7, 1.3, 0.9]),
+                 min_p=torch.tensor([0.0, 0.1, 0.0, 0.0, 0.2, 0.0, 0.05, 0.0]),
+                 top_k=torch.tensor([0, 0, 0, 5, 0, 0, 0, 40]))]
+    for layout in _layouts(Vv, world):
+        lo, n = layout[rank]
+        xs = x[:, lo:lo + n]
+        for kw in cfgs:
+            for seed in range(25):
+                a = softdec.sample(x, seed=seed, **kw)
+                b = sd.sample(xs, vocab_offset=lo, vocab_size=Vv, seed=seed, **kw)
+                assert torch.equal(a.ids, b.ids), (layout, kw, seed, a.ids, b.ids)
+                assert torch.equal(a.valid, b.valid)
+        a = softdec.sample(x.bfloat16(), seed=3, min_p=0.02)
+        b = sd.sample(xs.bfloat16(), vocab_offset=lo, vocab_size=Vv, seed=3, min_p=0.02)
+        assert torch.equal(a.ids, b.ids)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sample_plain_and_min_p_blockwise(world, tmp_path):
+    _spawn(_sample_blocks_worker, world, tmp_path)
+
+
+def test_block_kernels_opcheck():
+    """The draw helpers of csrc/cpu/distributed.cpp: fake kernels and opcheck; on one
+    shard covering the row they reproduce softdec.sample's plain / min-p draw."""
+    ops = torch.ops.softdec
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2500, generator=g) * 2
+    m = x.max(1).values
+    T = torch.tensor([1.0, 0.5, 2.0])
+    MP = torch.tensor([0.0, 0.1, 0.0])
+    s, o = torch.tensor([1, 2, 3]), torch.tensor([0, 5, 9])
+    blk = ops.shard_block_masses(x, 0, 2500, m, T, MP)
+    assert blk.shape == (3, 3) and blk.dtype == torch.float64
+    block, target = ops.block_draw_target(blk, s, o)
+    ids = ops.shard_block_pick(x, 0, 2500, m, T, MP, block, target)
+    ref = softdec.sample(x, temperature=T, min_p=MP, seed=s, offset=o).ids
+    assert torch.equal(ids, ref)
+    # a shard holding blocks 1..2 only: block 0 is not its own (-1)
+    own = ops.shard_block_pick(x[:, 1024:], 1024, 2500, m, T, MP, block, target)
+    assert torch.equal(own, torch.where(block >= 1, ref, torch.full_like(ref, -1)))
+    assert ops.shard_block_masses(x[:, 1000:], 1000, 2500, m, T, MP).shape == (3, 2)
+    torch.library.opcheck(ops.shard_block_masses.default, (x, 0, 2500, m, T, MP))
+    torch.library.opcheck(ops.block_draw_target.default, (blk, s, o))
+    torch.library.opcheck(ops.shard_block_pick.default, (x, 0, 2500, m, T, MP, block, target))
+
+    def f(x, m, T, MP, s, o):
+        b = ops.shard_block_masses(x, 0, 2500, m, T, MP)
+        bl, tg = ops.block_draw_target(b, s, o)
+        return ops.shard_block_pick(x, 0, 2500, m, T, MP, bl, tg)
+    assert torch.equal(torch.compile(f, fullgraph=True)(x, m, T, MP, s, o), ref)
+    with pytest.raises(ValueError, match="must lie in"):
+        ops.shard_block_masses(x, 100, 2500, m, T, MP)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        ops.shard_block_masses(x, 0, 2500, m, torch.zeros(3), MP)
+
+
 # ------------------------------------------------------------------ soft_mixture
 
 def _soft_worker(rank, world):

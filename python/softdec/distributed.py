@@ -67,6 +67,24 @@ from ._verify import Verified
 
 __all__ = ["sample", "soft_mixture", "verify", "Shard", "shard_range", "bytes_per_call"]
 
+_ops = torch.ops.softdec
+
+
+@torch.library.register_fake("softdec::shard_block_masses")
+def _shard_block_masses_fake(logits, offset, vocab_size, max_logit, temperature, min_p):
+    lo, hi = _inner(offset, logits.shape[1], vocab_size)
+    return logits.new_empty((logits.shape[0], hi - lo), dtype=torch.float64)
+
+
+@torch.library.register_fake("softdec::shard_block_pick")
+def _shard_block_pick_fake(logits, offset, vocab_size, max_logit, temperature, min_p, block, target):
+    return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+
+@torch.library.register_fake("softdec::block_draw_target")
+def _block_draw_target_fake(blk, seed, offset):
+    return blk.new_empty((blk.shape[0],), dtype=torch.int64), blk.new_empty((blk.shape[0],), dtype=torch.float64)
+
 _SMALL_K = 2048         # sample: the native top-k candidate path (kSmallK in sampling_kernels.h)
 _HEAD = 8               # per-row header of the exchanged partials (see _local_stats)
 _NO_ID = float(1 << 62)  # padding id of an empty candidate slot (sorts last)
@@ -323,9 +341,19 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     ``softdec.sample`` on the full logits with the same settings and (seed, offset).
 
     ``logits`` [B, V_local] holds tokens ``[vocab_offset, vocab_offset + V_local)`` of a
-    ``vocab_size`` vocabulary. Greedy rows (T = 0) and top-k rows (0 < k <= 2048) exchange
-    ``B * (2k + 8)`` float64 per rank; other rows (no top-k: plain, top-p or min-p) gather
-    their full logits (O(B * V)) and run the single-device op.
+    ``vocab_size`` vocabulary. Per row:
+
+    - greedy (T = 0) and top-k rows (0 < k <= 2048): one all_gather of ``2k + 8`` float64
+      per row (the shard's first k tokens and its statistics);
+    - plain and min-p rows (no top-k, no top-p): the single-device inverse-CDF draw on
+      shards (see :func:`_draw_blocks`): 3 small rounds, per row ``8 KiB`` of boundary
+      logits + one float64 per 1024-token block + one int64;
+    - top-p rows without top-k (and k > 2048): all_gather of the rows' full logits
+      (O(B * V), the serving engines' baseline), then the single-device op. The single-device
+      top-p cut adds token masses into a 4096-bucket float64 histogram in vocabulary order
+      over the whole row; that rounding sequence cannot be rebuilt from per-shard partial
+      sums (float64 addition is not associative), so the cut would differ from the
+      single-device one in last-bit ties; exact equality needs the full row.
     """
     x = _rows(logits, "logits")
     sh = _shard(group, vocab_offset, vocab_size, x.shape[1])
@@ -339,24 +367,36 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
     greedy = T == 0
     cand = ~greedy & (K > 0) & (K < V) & (K <= _SMALL_K)
-    full = ~greedy & ~cand
-    c = int(K[cand].max()) if bool(cand.any()) else 0
+    nok = (K == 0) | (K >= V)
+    blocks = ~greedy & nok & (P >= 1)  # plain / min-p: the blockwise draw
+    full = ~greedy & ~cand & ~blocks
+    any_cand, any_blocks, any_full = bool(cand.any()), bool(blocks.any()), bool(full.any())
+    c = int(K[cand].max()) if any_cand else 0
     xf = x.float()
     part = _local_stats(xf, c, None, sh)
+    if any_blocks:  # the shard's tokens in blocks it shares with other shards (float32 bits)
+        part = torch.cat([part, _fragments(xf, sh)], 1)
     head = torch.zeros(1, part.shape[1], dtype=torch.float64)
     head[0, 0], head[0, 1] = sh.offset, Vl
     g = _gather(torch.cat([part, head]), sh)
-    shards = [(int(g[w, B, 0]), int(g[w, B, 1])) for w in range(sh.world)]
+    shards = [(int(a), int(b)) for a, b in g[:, B, :2].tolist()]
     _check_tiling(shards, V)
-    mg = _merge(g[:, :B], c, None)
+    w0 = _HEAD + 2 * c
+    mg = _merge(g[:, :B, :w0], c, None)
     ids = torch.where(mg.valid, mg.argmax, torch.zeros_like(mg.argmax))
-    if bool(cand.any()):
+    if any_cand:
         r = cand.nonzero()[:, 0]
         from ._sampling import sample as _sample
         res = _sample(_compact(mg)[r], temperature=T[r], top_k=K[r], top_p=P[r], min_p=MP[r],
                       seed=s[r], offset=o[r])
         ids[r] = _map_ids(res.ids[:, None], _Merged(*[t[r] for t in mg]))[:, 0]
-    if bool(full.any()):
+    if any_blocks:
+        r = (blocks & mg.valid).nonzero()[:, 0]
+        # every rank takes the same branch: the rows and validity are the same on all ranks
+        if r.numel():
+            frag = g[:, r, w0:]
+            ids[r] = _draw_blocks(x[r], frag, shards, mg.max[r].float(), T[r], MP[r], s[r], o[r], sh)
+    if any_full:
         r = full.nonzero()[:, 0]
         width = max(n for _, n in shards)
         mine = torch.full((r.numel(), width), -math.inf, dtype=torch.float32)
@@ -371,6 +411,97 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         ids[r] = res.ids
     ids = torch.where(mg.valid, ids, torch.zeros_like(ids))
     return Sampled(ids.to(dev), mg.valid.to(dev))
+
+
+# ---------------------------------------------------------------- the blockwise draw
+
+_BLK = 1024          # kCdfBlock (csrc/cpu/sampling_kernels.h)
+_FRAG = 2 * _BLK     # float32 slots per row for a shard's boundary tokens (two partial blocks)
+
+
+def _inner(off: int, n: int, V: int) -> tuple[int, int]:
+    """The 1024-token blocks of [0, V) lying entirely in the shard [off, off + n)."""
+    end = off + n
+    lo = -(-off // _BLK)
+    hi = -(-V // _BLK) if end == V else end // _BLK
+    return lo, max(lo, hi)
+
+
+def _pieces(off: int, n: int, V: int) -> list[tuple[int, int]]:
+    """The shard's tokens in blocks it shares with another shard: at most two [a, b) spans
+    (its first and its last block), each shorter than a block."""
+    if n == 0:
+        return []
+    end = off + n
+    lo, hi = _inner(off, n, V)
+    bf, bl = off // _BLK, (end - 1) // _BLK
+    out = []
+    if not lo <= bf < hi:
+        out.append((off, min(end, (bf + 1) * _BLK)))
+    if bl != bf and not lo <= bl < hi:
+        out.append((bl * _BLK, end))
+    return out
+
+
+def _fragments(xf: torch.Tensor, sh: Shard) -> torch.Tensor:
+    """[B, _FRAG / 2] float64 columns holding the float32 bits of the shard's boundary tokens."""
+    B = xf.shape[0]
+    out = torch.zeros(B, _FRAG, dtype=torch.float32)
+    at = 0
+    for a, b in _pieces(sh.offset, xf.shape[1], sh.vocab_size):
+        out[:, at:at + b - a] = xf[:, a - sh.offset:b - sh.offset]
+        at += b - a
+    return out.view(torch.float64)
+
+
+def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard) -> torch.Tensor:
+    """softdec.sample's inverse-CDF draw of plain / min-p rows on shards, the same id as the
+    single-device op (csrc/cpu/sampling_kernels.h: block sums of 16 float lanes added in
+    double, then a double walk over the blocks and inside one block; csrc/cpu/distributed.cpp).
+
+    Blocks inside one shard are summed by their rank; blocks split between shards are
+    rebuilt on every rank from the gathered boundary tokens ``frag`` [W, R, _FRAG / 2]
+    (round 1). Round 2 all_gathers the inner block sums (float64 per block), every rank
+    walks the same full list of block sums; round 3 (only when a drawn block is some rank's
+    inner block) is an all_reduce(MAX) of the rank-local picks (int64 per row)."""
+    V = sh.vocab_size
+    R = x.shape[0]
+    nb = -(-V // _BLK)
+    # the split blocks, rebuilt from the ranks' boundary tokens
+    split: dict[int, torch.Tensor] = {}
+    for w, (off, n) in enumerate(shards):
+        vals = frag[w].contiguous().view(torch.float32)
+        at = 0
+        for a, b in _pieces(off, n, V):
+            b0 = a // _BLK * _BLK
+            blk = split.get(b0)
+            if blk is None:
+                blk = split[b0] = torch.full((R, min(_BLK, V - b0)), -math.inf)
+            blk[:, a - b0:b - b0] = vals[:, at:at + b - a]
+            at += b - a
+    inner = [_inner(off, n, V) for off, n in shards]
+    mine = _ops.shard_block_masses(x, sh.offset, V, m, T, MP)
+    width = max(hi - lo for lo, hi in inner)
+    if width:
+        pad = torch.zeros(R, width, dtype=torch.float64)
+        pad[:, :mine.shape[1]] = mine
+        got = _gather(pad, sh)
+    sums = torch.zeros(R, nb, dtype=torch.float64)
+    for w, (lo, hi) in enumerate(inner):
+        if hi > lo:
+            sums[:, lo:hi] = got[w, :, :hi - lo]
+    for b0, blk in split.items():
+        sums[:, b0 // _BLK] = _ops.shard_block_masses(blk, b0, V, m, T, MP)[:, 0]
+    block, target = _ops.block_draw_target(sums, s, o)
+    ids = _ops.shard_block_pick(x, sh.offset, V, m, T, MP, block, target)
+    for b0, blk in split.items():
+        ids = torch.maximum(ids, _ops.shard_block_pick(blk, b0, V, m, T, MP, block, target))
+    in_split = torch.zeros(R, dtype=torch.bool)
+    for b0 in split:
+        in_split |= block == b0 // _BLK
+    if sh.world > 1 and not bool(in_split.all()):
+        dist.all_reduce(ids, op=dist.ReduceOp.MAX, group=sh.group)
+    return ids.clamp_min(0)
 
 
 def _check_tiling(shards, V):
