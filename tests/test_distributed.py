@@ -285,6 +285,64 @@ def test_verify_equals_single_device(world, tmp_path):
     _spawn(_verify_worker, world, tmp_path)
 
 
+def _verify_filtered_worker(rank, world):
+    """verify with top-k / top-p / min-p targets, dense and sparse drafts, the typical and
+    relaxed rules and soft's filter_top_k: equal to the single-device op."""
+    B, K = 6, 4
+    x, g = _logits(B, V, scale=4.0, extra=(K + 1,), seed=3)
+    x = _edge_rows(x)
+    lo, n = sd.shard_range(V, world, rank)
+    xs = x[..., lo:lo + n]
+    clean = torch.nan_to_num(x, nan=0.0, neginf=-1e4)
+    xd = clean[:, :K] + 0.5 * torch.randn(B, K, V, generator=g)
+    q = torch.softmax(xd, -1)                                   # dense drafts
+    own = torch.stack([softdec.sample(xd[:, j], seed=j + 50).ids for j in range(K)], 1)
+    st = softdec.soft_mixture(xd.reshape(B * K, V), torch.zeros(V, 1), top_k=8)
+    sp = (st.ids.view(B, K, 8), st.weights.view(B, K, 8))     # sparse drafts
+    sdraft = sp[0][..., 0]
+    nbrs = torch.randint(-1, V, (V, 4), generator=g)
+    nd = torch.tensor([4, 3, 4, 0, 2, 1])
+    topk = [dict(top_k=5), dict(top_k=50, top_p=0.9), dict(top_k=20, min_p=0.1, temperature=0.7),
+            dict(top_k=300, temperature=1.5),  # > row 3's 40 finite tokens, > a 4-rank shard
+            dict(top_k=torch.tensor([1, 3, 7, 100, 2, 9]), temperature=torch.tensor([1.0, 0.0, 0.5, 1.0, 2.0, 1.0]))]
+    cases = []
+    for f in topk:
+        cases += [(own, None, dict(method="exact", **f)), (own, "dense", dict(method="exact", **f)),
+                  (sdraft, "sparse", dict(method="exact", num_draft=nd, **f)),
+                  (own, None, dict(method="typical", **f)), (own, "dense", dict(method="typical", **f)),
+                  (own, None, dict(method="relaxed", neighbours=nbrs, delta=0.2, **f)),
+                  (own, "dense", dict(method="relaxed", neighbours=nbrs, delta=0.05, **f))]
+    # without top-k: the all-gather fallback (top-p) and the exact race (one-hot, min_p)
+    cases += [(own, None, dict(method="exact", top_p=0.8)), (own, "dense", dict(method="exact")),
+              (sdraft, "sparse", dict(method="exact", min_p=0.05)), (own, None, dict(method="typical")),
+              (own, None, dict(method="relaxed", neighbours=nbrs))]
+    accepted = 0
+    for d, kind, kw in cases:
+        for seed in range(6):
+            dp_full = q if kind == "dense" else (sp if kind == "sparse" else None)
+            dp_shard = q[..., lo:lo + n] if kind == "dense" else dp_full
+            a = softdec.verify(x, d, draft_probs=dp_full, seed=seed, **kw)
+            b = sd.verify(xs, d, draft_probs=dp_shard, vocab_offset=lo, vocab_size=V, seed=seed, **kw)
+            assert torch.equal(a.tokens, b.tokens), (kind, kw, seed, a.tokens, b.tokens)
+            assert torch.equal(a.num_accepted, b.num_accepted), (kind, kw, seed)
+            accepted += int(a.num_accepted.sum())
+    assert accepted > 100
+    for fk in (30, 0):
+        for kw in (dict(), dict(top_k=4, top_p=0.9, temperature=0.6)):
+            a = softdec.verify(x, sdraft, draft_probs=sp, method="soft", filter_top_k=fk, delta=0.3, **kw)
+            b = sd.verify(xs, sdraft, draft_probs=sp, method="soft", filter_top_k=fk, delta=0.3,
+                          vocab_offset=lo, vocab_size=V, **kw)
+            assert torch.equal(a.tokens, b.tokens), (fk, kw)
+            assert torch.equal(a.num_accepted, b.num_accepted)
+            assert torch.equal(a.soft_ids, b.soft_ids)
+            torch.testing.assert_close(b.soft_weights, a.soft_weights, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_verify_filtered_and_drafts_equal_single_device(world, tmp_path):
+    _spawn(_verify_filtered_worker, world, tmp_path)
+
+
 # ------------------------------------------------------------------ bad input
 
 def _errors_worker(rank, world):
@@ -298,8 +356,11 @@ def _errors_worker(rank, world):
         sd.verify(torch.randn(1, 2, n), torch.tensor([[1031]]), vocab_offset=lo, vocab_size=1031)
     with pytest.raises(ValueError, match="embedding must have as many rows"):
         sd.soft_mixture(torch.randn(1, n), torch.randn(n + 1, 4), vocab_offset=lo, vocab_size=1031)
-    with pytest.raises(NotImplementedError, match="top_k / top_p"):
-        sd.verify(torch.randn(1, 2, n), torch.tensor([[1]]), vocab_offset=lo, vocab_size=1031, top_k=5)
+    with pytest.raises(ValueError, match=r"dense draft_probs must be the shard \(batch, K, vocab_local\)"):
+        sd.verify(torch.randn(1, 2, n), torch.tensor([[1]]), draft_probs=torch.rand(1, 1, 1031),
+                  vocab_offset=lo, vocab_size=1031)
+    with pytest.raises(ValueError, match="filter_top_k is only defined"):
+        sd.verify(torch.randn(1, 2, n), torch.tensor([[1]]), vocab_offset=lo, vocab_size=1031, filter_top_k=3)
 
 
 def test_bad_input_is_rejected(tmp_path):

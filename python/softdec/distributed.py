@@ -675,23 +675,43 @@ def _dirichlet(w, ids, s, o, alpha):
 
 # ---------------------------------------------------------------- verify
 
-_METHODS = ("exact", "greedy", "soft")
+_METHODS = ("exact", "greedy", "typical", "relaxed", "soft")
 
 
 def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vocab_offset: int,
            vocab_size: int, group: Optional[dist.ProcessGroup] = None, num_draft=None,
            draft_probs=None, method: str = "exact", temperature=1.0, top_k=0, top_p=1.0,
-           min_p=0.0, delta: float = 0.1, seed=None, offset=0,
-           generator: Optional[torch.Generator] = None) -> Verified:
-    """:func:`softdec.verify` on vocabulary shards (methods "exact", "greedy", "soft").
+           min_p=0.0, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+           neighbours: Optional[torch.Tensor] = None, delta: float = 0.1, seed=None, offset=0,
+           generator: Optional[torch.Generator] = None, filter_top_k=None) -> Verified:
+    """:func:`softdec.verify` on vocabulary shards (every method and draft kind).
 
     ``target_logits`` [B, K+1, V_local] holds tokens ``[vocab_offset, vocab_offset +
-    V_local)``; ``draft_ids`` [B, K] and sparse drafts carry global ids. Every rank returns
-    the single-device result (tokens and num_accepted exactly; soft weights to float32
-    rounding). "greedy" and "soft" exchange the first k tokens of each position (k = 1,
-    or the soft token's width); "exact" supports one-hot drafts (``draft_probs=None``)
-    with temperature and min_p (top_k / top_p raise NotImplementedError) and exchanges
-    2 rounds of O(B (K + 1)) values.
+    V_local)``; a dense ``draft_probs`` is the matching shard [B, K, V_local]; ``draft_ids``,
+    sparse drafts ``(ids, weights)`` and ``neighbours`` [V, m] carry global ids (every rank
+    passes the same). Every rank returns the single-device result (tokens and num_accepted
+    exactly; soft weights to float32 rounding). What is exchanged:
+
+    - "greedy", and "soft" without ``filter_top_k``: the first k tokens of each position
+      (k = 1, or the soft token's width), ``(2k + 8)`` float64 per position and rank;
+    - every method with a top-k target on every row (0 < top_k < V, top_k <= 2048; top_p /
+      min_p on top of it), and "soft" with ``filter_top_k`` > 0: the first ``max(top_k,
+      filter_top_k)`` tokens of each position the same way; a dense draft adds one
+      all_reduce of its values at those candidates (float32, ``W k + 1`` per position).
+      Every rank then runs the single-device op on a row holding only those candidates at
+      their global ids (-inf elsewhere): the kept set, its mass, the acceptance uniforms and
+      the race uniforms (element id of the stream) are those of the full row, so the
+      result is the single-device one bit for bit (the compute is O(V) per position on
+      every rank, the exchange O(k));
+    - "exact" with one-hot drafts and no top-k / top-p (temperature, min_p): 2 rounds of
+      O(B (K + 1)) values (the shard sums of the kept masses and each shard's race winner;
+      torch.exp / torch.log in float32 where the kernel uses filter.h's fexp / flog, so a
+      decision within ~1e-7 of its threshold may differ);
+    - anything else (top-p or min-p targets without top-k with dense / sparse drafts or the
+      typical / relaxed rules, filter_top_k = 0): all_gather of the full rows (O(B K V),
+      the serving engines' baseline), then the single-device op. Those targets need every
+      token's mass in the kernel's float64 summation order (top-p cut, normaliser,
+      entropy), which per-shard partial sums do not reproduce bit for bit.
     """
     from ._verify import verify as _verify
     check_tensor(target_logits, "target_logits", dim=3, layout="(batch, K + 1, vocab_local)",
@@ -705,9 +725,13 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
     V = sh.vocab_size
     dev = target_logits.device
     sparse = isinstance(draft_probs, tuple)
+    dense = None
     if draft_probs is not None and not sparse:
-        raise NotImplementedError("softdec.distributed.verify: dense draft_probs are not supported "
-                                  "(pass None or the sparse (ids, weights) tuple)")
+        dense = check_tensor(draft_probs, "draft_probs", dim=3, layout="(batch, K, vocab_local)",
+                             dtypes=FLOAT_DTYPES)
+        if tuple(dense.shape) != (B, K, Vl):
+            raise ValueError(f"a dense draft_probs must be the shard (batch, K, vocab_local) = ({B}, {K}, {Vl}), "
+                             f"got {tuple(dense.shape)}")
     given = draft_ids is not None
     if not given:
         if method != "soft":
@@ -721,20 +745,44 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
         raise ValueError(f"draft_ids must lie in [0, {V}) (the global vocabulary), got values in "
                          f"[{int(draft_ids.min())}, {int(draft_ids.max())}]")
     nd = row_param(num_draft if num_draft is not None else K, "num_draft", B, dev, torch.int64, lo=0, hi=K)
+    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
     x = target_logits.float()
-    if method == "exact":
-        if sparse:
-            raise NotImplementedError("softdec.distributed.verify(method='exact') supports one-hot drafts "
-                                      "(draft_probs=None) only")
-        return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
+    kw = dict(method=method, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+              posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha,
+              neighbours=neighbours, delta=delta)
+    fk_int = None
+    if filter_top_k is not None:
+        if method != "soft":
+            raise ValueError("filter_top_k is only defined for method 'soft'")
+        if not isinstance(filter_top_k, torch.Tensor):
+            fk_int = int_arg(filter_top_k, "filter_top_k", lo=0)
+            fk_int = 0 if fk_int >= V else fk_int
+        kw["filter_top_k"] = filter_top_k
+    if method == "soft" and not sparse:
+        raise ValueError("method 'soft' needs draft_probs=(ids[B, K, k], weights[B, K, k])")
+    if method == "soft" and filter_top_k is not None:
+        if fk_int:  # the first max(width, filter_top_k) tokens hold the filtered soft token
+            c = max(fk_int, draft_probs[0].shape[-1])
+            return _verify_candidates(x, draft_ids if given else None, nd, None, draft_probs, c, sh, kw,
+                                      seed, offset, generator)
+        return _verify_gathered(x, draft_ids if given else None, nd, None, draft_probs, sh, kw,
+                                seed, offset, generator)
+    topk_rows = B > 0 and bool(((kt > 0) & (kt < V) & (kt <= _SMALL_K)).all())
+    if method not in ("greedy", "soft") or dense is not None:
+        if topk_rows:
+            return _verify_candidates(x, draft_ids, nd, dense, draft_probs if sparse else None,
+                                      int(kt.max()), sh, kw, seed, offset, generator)
+        tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
+        if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V)).any()) \
+                and not bool((tp < 1).any()):
+            return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
+        return _verify_gathered(x, draft_ids, nd, dense, draft_probs if sparse else None, sh, kw,
+                                seed, offset, generator)
     # greedy / soft: the compact problem
     if method == "greedy":
         c = 1
     else:
-        if not sparse:
-            raise ValueError("method 'soft' needs draft_probs=(ids[B, K, k], weights[B, K, k])")
         ks = draft_probs[0].shape[-1]
-        kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
         c = int(torch.where(kt > 0, kt.clamp_max(ks), torch.full_like(kt, ks)).max()) if B else ks
     g = _gather(_local_stats(x.reshape(B * K1, Vl).contiguous(), c, None, sh), sh)
     mg = _merge(g, c, None)
@@ -776,6 +824,75 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
     if soft_ids is not None and res.soft_weights is not None:
         soft_ids = torch.where(res.soft_weights.sum(1, keepdim=True) > 0, soft_ids, res.soft_ids)
     return Verified(to_global(res.tokens), res.num_accepted, soft_ids, res.soft_weights)
+
+
+def _layout(sh: Shard, Vl: int) -> list[tuple[int, int]]:
+    """Every rank's (vocab_offset, size), checked to tile [0, vocab_size) (one small all_gather)."""
+    g = _gather(torch.tensor([sh.offset, Vl], dtype=torch.int64), sh)
+    shards = [(int(a), int(b)) for a, b in g.tolist()]
+    _check_tiling(shards, sh.vocab_size)
+    return shards
+
+
+def _full_rows(t: torch.Tensor, shards, sh: Shard) -> torch.Tensor:
+    """all_gather of shards t [..., V_local] into the full rows [..., V]."""
+    width = max(n for _, n in shards)
+    pad = torch.zeros(*t.shape[:-1], width, dtype=t.dtype)
+    pad[..., :t.shape[-1]] = t
+    parts = _gather(pad, sh)
+    out = torch.empty(*t.shape[:-1], sh.vocab_size, dtype=t.dtype)
+    for w, (lo, n) in enumerate(shards):
+        out[..., lo:lo + n] = parts[w, ..., :n]
+    return out
+
+
+def _verify_gathered(x, draft_ids, nd, dense, sp, sh: Shard, kw, seed, offset, generator) -> Verified:
+    """The fallback: all_gather the full target rows (and a dense draft), the single-device op."""
+    from ._verify import verify as _verify
+    B = x.shape[0]
+    shards = _layout(sh, x.shape[2])
+    s, o = _sync_rng(seed, offset, B, x.device, generator, sh)
+    full = _full_rows(x, shards, sh)
+    dp = sp if sp is not None else (None if dense is None else _full_rows(dense, shards, sh))
+    return _verify(full, draft_ids, num_draft=nd, draft_probs=dp, seed=s, offset=o, **kw)
+
+
+def _verify_candidates(x, draft_ids, nd, dense, sp, c: int, sh: Shard, kw, seed, offset, generator) -> Verified:
+    """Targets that depend on each position's first c tokens only: gather them, put them at
+    their global ids of an otherwise -inf row, run the single-device op on it (see verify)."""
+    from ._verify import verify as _verify
+    B, K1, Vl = x.shape
+    K = K1 - 1
+    V = sh.vocab_size
+    R = B * K1
+    s, o = _sync_rng(seed, offset, B, x.device, generator, sh)
+    part = _local_stats(x.reshape(R, Vl).contiguous(), c, None, sh)
+    head = torch.zeros(1, part.shape[1], dtype=torch.float64)
+    head[0, 0], head[0, 1] = sh.offset, Vl
+    g = _gather(torch.cat([part, head]), sh)
+    _check_tiling([(int(a), int(b)) for a, b in g[:, R, :2].tolist()], V)
+    mg = _merge(g[:, :R], c, None)
+    cid, cv = mg.cand_id, mg.cand_v
+    pad = cid < 0
+    # padding slots rewrite the first candidate (same id, same value)
+    cid = torch.where(pad, cid[:, :1].clamp_min(0), cid)
+    cv = torch.where(pad, cv[:, :1], cv)
+    row = torch.full((R, V), -math.inf)
+    row.scatter_(1, cid, cv)
+    row = torch.where(mg.valid[:, None], row, torch.full_like(row, math.nan)).view(B, K1, V)
+    dp = sp
+    if dense is not None:
+        # the draft's q at every candidate of positions 0..K-1 and at the drafted token:
+        # each rank writes the ones it holds, zeros elsewhere; a sum puts them on every rank
+        ids = torch.cat([cid.view(B, K1, -1)[:, :K], draft_ids[..., None]], 2)
+        own = (ids >= sh.offset) & (ids < sh.offset + Vl)
+        q = dense.gather(2, (ids - sh.offset).clamp(0, max(Vl - 1, 0))) if Vl else torch.zeros(ids.shape)
+        q = torch.where(own, q.float(), torch.zeros(ids.shape))
+        if sh.world > 1:
+            dist.all_reduce(q, group=sh.group)
+        dp = torch.zeros(B, K, V)
+        dp.scatter_(2, ids, q)
+    return _verify(row, draft_ids, num_draft=nd, draft_probs=dp, seed=s, offset=o, **kw)
 
 
 def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh: Shard):
