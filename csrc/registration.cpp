@@ -21,6 +21,10 @@ STABLE_TORCH_LIBRARY(softdec, m) {
   m.def("shard_block_pick(Tensor logits, int offset, int vocab_size, Tensor max_logit, "
         "Tensor temperature, Tensor min_p, Tensor block, Tensor target) -> Tensor");
   m.def("block_draw_target(Tensor blk, Tensor seed, Tensor offset) -> (Tensor, Tensor)");
+  // A shard's row partials (flags, max, its global id, the first c tokens in id order) and the
+  // merge of the ranks' gathered partials into (valid, max, argmax, compact row, its global ids).
+  m.def("shard_partials(Tensor logits, int offset, int c) -> Tensor");
+  m.def("merge_partials(Tensor g, int c) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
 
   // ---- soft mixture (csrc/cpu/soft_mixture.cpp, csrc/cuda/soft_mixture.cu) ----

@@ -181,6 +181,27 @@ def test_block_kernels_opcheck():
         bl, tg = ops.block_draw_target(b, s, o)
         return ops.shard_block_pick(x, 0, 2500, m, T, MP, bl, tg)
     assert torch.equal(torch.compile(f, fullgraph=True)(x, m, T, MP, s, o), ref)
+    # the shard partials and their merge (two shards of one row set)
+    xp = x.clone()
+    xp[0, 7] = xp[0, 1900] = xp[0].max() + 1  # a tie across the shards
+    xp[1, 3] = float("nan")
+    xp[2, :2000] = -float("inf")
+    p0, p1 = ops.shard_partials(xp[:, :1200], 0, 6), ops.shard_partials(xp[:, 1200:], 1200, 6)
+    assert p0.shape == (3, 8 + 12) and p0.dtype == torch.float64
+    valid, mx, am, cv, ci = ops.merge_partials(torch.stack([p0, p1]), 6)
+    assert valid.tolist() == [True, False, True]
+    assert am[0] == 7 and am[2] == int(xp[2].argmax()) and mx[0] == xp[0].max()
+    for r in (0, 2):
+        want = torch.sort(torch.topk(xp[r], 6).indices).values  # no ties among the first 6 but the max
+        got = ci[r][ci[r] >= 0]
+        assert set(want.tolist()) <= set(got.tolist()) and torch.equal(got, torch.sort(got).values)
+        assert torch.equal(cv[r, :got.numel()], xp[r, got])
+    assert torch.isnan(cv[1]).all()
+    torch.library.opcheck(ops.shard_partials.default, (xp, 0, 6))
+    # (rows 0 and 2: an invalid row's NaN compact row never compares equal to itself)
+    torch.library.opcheck(ops.merge_partials.default, (torch.stack([p0, p1])[:, [0, 2]].contiguous(), 6))
+    with pytest.raises(ValueError, match="columns"):
+        ops.merge_partials(torch.stack([p0, p1]), 5)
     with pytest.raises(ValueError, match="must lie in"):
         ops.shard_block_masses(x, 100, 2500, m, T, MP)
     with pytest.raises(ValueError, match="temperature must be finite"):

@@ -22,6 +22,9 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <tuple>
+#include <vector>
 
 #include "sampling_kernels.h"
 
@@ -163,6 +166,113 @@ std::tuple<Tensor, Tensor> block_draw_target_cpu(Tensor blk, Tensor seed, Tensor
   return {block, target};
 }
 
+// ------------------------------------------------------------------ shard partials and their merge
+
+constexpr double kNoId = 4611686018427387904.0;  // 2^62: id of an empty candidate slot (sorts last)
+constexpr int64_t kHead = 8;                      // header columns (python/softdec/distributed.py _HEAD)
+
+// Partials of each row of a shard at global offset `offset` (python _local_stats, no
+// temperature): float64 (rows, 8 + 2c) = (any NaN, any +inf, any > -inf, max, its global
+// id (lowest among ties), 0, 0, 0, the shard's first c tokens in the filter order -- logit
+// descending, lower id first -- listed in id order: c values (-inf padding), c global ids
+// (2^62 padding)).
+Tensor shard_partials_cpu(Tensor logits, int64_t offset, int64_t c) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  SOFTDEC_CHECK(c >= 0, "c must be >= 0, got ", c);
+  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  const int64_t R = logits.size(0), n = logits.size(1), W = kHead + 2 * c;
+  Tensor out = new_empty(logits, {R, W}, ScalarType::Double);
+  if (R == 0) return out;
+  double* o = out.mutable_data_ptr<double>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
+      std::vector<Cand> top;
+      for (int64_t r = b; r < e; ++r) {
+        double* row = o + r * W;
+        Flags fl;
+        top.clear();
+        if (n > 0) topk_pass(x + r * rs, 0, n, std::max<int64_t>(c, 1), top, fl);
+        std::sort(top.begin(), top.end(), cand_before);
+        row[0] = fl.nan ? 1.0 : 0.0;
+        row[1] = fl.pinf ? 1.0 : 0.0;
+        row[2] = top.empty() ? 0.0 : 1.0;
+        row[3] = top.empty() ? -static_cast<double>(kInf) : static_cast<double>(top[0].v);
+        row[4] = top.empty() ? kNoId : static_cast<double>(top[0].i + offset);
+        row[5] = row[6] = row[7] = 0.0;
+        const int64_t m = std::min<int64_t>(c, static_cast<int64_t>(top.size()));
+        std::sort(top.begin(), top.begin() + m, [](const Cand& a, const Cand& bb) { return a.i < bb.i; });
+        for (int64_t j = 0; j < c; ++j) {
+          row[kHead + j] = j < m ? static_cast<double>(top[j].v) : -static_cast<double>(kInf);
+          row[kHead + c + j] = j < m ? static_cast<double>(top[j].i + offset) : kNoId;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Merge of the gathered partials g (world, rows, 8 + 2c): (valid, max, argmax -- 0 where
+// invalid --, the compact row: the world * c candidates in global-id order plus one -inf
+// column, NaN where the row is invalid (float32), their global ids (-1 for padding)).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> merge_partials_cpu(Tensor g, int64_t c) {
+  check_dim(g, "g", 3, "(world, rows, 8 + 2c)");
+  check_dtype(g, "g", ScalarType::Double);
+  check_contiguous(g, "g");
+  const int64_t Wd = g.size(0), R = g.size(1), W = g.size(2);
+  SOFTDEC_CHECK(c >= 0 && W == kHead + 2 * c, "g must have 8 + 2c = ", kHead + 2 * c, " columns, got ", W);
+  const int64_t nc = Wd * c + 1;
+  Tensor valid = new_empty(g, {R}, ScalarType::Bool);
+  Tensor mx = new_empty(g, {R}, ScalarType::Double);
+  Tensor am = new_empty(g, {R}, ScalarType::Long);
+  Tensor cv = new_empty(g, {R, nc}, ScalarType::Float);
+  Tensor ci = new_empty(g, {R, nc}, ScalarType::Long);
+  const double* gg = g.const_data_ptr<double>();
+  bool* ov = valid.mutable_data_ptr<bool>();
+  double* om = mx.mutable_data_ptr<double>();
+  int64_t* oa = am.mutable_data_ptr<int64_t>();
+  float* ocv = cv.mutable_data_ptr<float>();
+  int64_t* oci = ci.mutable_data_ptr<int64_t>();
+  torch::stable::parallel_for(0, R, 16, [&](int64_t b, int64_t e) {
+    std::vector<std::pair<double, float>> cand;
+    for (int64_t r = b; r < e; ++r) {
+      bool nan = false, pinf = false, fin = false;
+      double m = -static_cast<double>(kInf), a = kNoId;
+      cand.clear();
+      for (int64_t w = 0; w < Wd; ++w) {
+        const double* p = gg + (w * R + r) * W;
+        nan |= p[0] > 0.0;
+        pinf |= p[1] > 0.0;
+        fin |= p[2] > 0.0;
+        if (p[3] > m) {
+          m = p[3];
+          a = p[4];
+        } else if (p[3] == m && p[4] < a) {
+          a = p[4];
+        }
+        for (int64_t j = 0; j < c; ++j)
+          if (p[kHead + c + j] < kNoId) cand.emplace_back(p[kHead + c + j], static_cast<float>(p[kHead + j]));
+      }
+      std::sort(cand.begin(), cand.end(), [](const auto& u, const auto& v) { return u.first < v.first; });
+      const bool ok = !nan && !pinf && fin;
+      ov[r] = ok;
+      om[r] = m;
+      oa[r] = ok && a < kNoId ? static_cast<int64_t>(a) : 0;
+      float* rv = ocv + r * nc;
+      int64_t* ri = oci + r * nc;
+      for (int64_t j = 0; j < nc; ++j) {
+        const bool have = j < static_cast<int64_t>(cand.size());
+        rv[j] = !ok ? std::numeric_limits<float>::quiet_NaN() : (have ? cand[j].second : -kInf);
+        ri[j] = have ? static_cast<int64_t>(cand[j].first) : -1;
+      }
+    }
+  });
+  return {valid, mx, am, cv, ci};
+}
+
 }  // namespace
 }  // namespace SOFTDEC_CPU_NS
 }  // namespace softdec
@@ -171,4 +281,6 @@ std::tuple<Tensor, Tensor> block_draw_target_cpu(Tensor blk, Tensor seed, Tensor
 SOFTDEC_CPU_KERNELS(distributed,
     {"shard_block_masses", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_block_masses_cpu)},
     {"shard_block_pick", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_block_pick_cpu)},
-    {"block_draw_target", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::block_draw_target_cpu)})
+    {"block_draw_target", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::block_draw_target_cpu)},
+    {"shard_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_partials_cpu)},
+    {"merge_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::merge_partials_cpu)})

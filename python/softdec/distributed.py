@@ -81,6 +81,19 @@ def _shard_block_pick_fake(logits, offset, vocab_size, max_logit, temperature, m
     return logits.new_empty((logits.shape[0],), dtype=torch.int64)
 
 
+@torch.library.register_fake("softdec::shard_partials")
+def _shard_partials_fake(logits, offset, c):
+    return logits.new_empty((logits.shape[0], _HEAD + 2 * c), dtype=torch.float64)
+
+
+@torch.library.register_fake("softdec::merge_partials")
+def _merge_partials_fake(g, c):
+    R, n = g.shape[1], g.shape[0] * c + 1
+    return (g.new_empty((R,), dtype=torch.bool), g.new_empty((R,), dtype=torch.float64),
+            g.new_empty((R,), dtype=torch.int64), g.new_empty((R, n), dtype=torch.float32),
+            g.new_empty((R, n), dtype=torch.int64))
+
+
 @torch.library.register_fake("softdec::block_draw_target")
 def _block_draw_target_fake(blk, seed, offset):
     return blk.new_empty((blk.shape[0],), dtype=torch.int64), blk.new_empty((blk.shape[0],), dtype=torch.float64)
@@ -181,6 +194,8 @@ def _local_stats(x: torch.Tensor, c: int, it: Optional[torch.Tensor], sh: Shard)
     other rows (NaN, +inf or no finite logit on this shard) the torch-op path."""
     from ._soft_mixture import soft_mixture as _sm
     R, Vl = x.shape
+    if it is None:  # one native pass (csrc/cpu/distributed.cpp)
+        return _ops.shard_partials(x, sh.offset, c)
     if R == 0 or Vl == 0 or c > _SM_MAX_K:
         return _local_stats_torch(x, c, it, sh)
     k = max(c, 1)
@@ -263,6 +278,10 @@ class _Merged(NamedTuple):
 def _merge(g: torch.Tensor, c: int, it) -> _Merged:
     """Merge gathered partials g [W, R, _HEAD + 2c] into the global statistics."""
     W, R, _ = g.shape
+    if it is None:  # one native pass (csrc/cpu/distributed.cpp)
+        valid, m, am, cv, ci = _ops.merge_partials(g.contiguous(), c)
+        z = torch.zeros(R, dtype=torch.float64)
+        return _Merged(valid, m, am, z, z, cv[:, :-1], ci[:, :-1])
     nan = g[:, :, 0].amax(0) > 0
     pinf = g[:, :, 1].amax(0) > 0
     fin = g[:, :, 2].amax(0) > 0
