@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -379,22 +380,45 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     B, Vl = x.shape
     V = sh.vocab_size
     dev = x.device
-    T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
-    K = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
-    P = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
-    MP = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+    if not any(isinstance(v, torch.Tensor) for v in (temperature, top_k, top_p, min_p)):
+        # scalar settings (the common case): one path for every row, decided in Python on the
+        # float32 values the op sees, no per-row masks
+        t = float(np.float32(float_arg(temperature, "temperature", lo=0)))
+        k = int_arg(top_k, "top_k", lo=0)
+        p = float(np.float32(float_arg(top_p, "top_p", lo=0, hi=1)))
+        mp = float(np.float32(float_arg(min_p, "min_p", lo=0, hi=1)))
+        mode = "greedy" if t == 0 else "cand" if 0 < k < V and k <= _SMALL_K else "blocks" if p >= 1 else "full"
+        sel = {mode: None}  # None: all rows
+        T, K, P, MP = t, k, p, mp
+    else:
+        T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
+        K = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
+        P = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
+        MP = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+        greedy = T == 0
+        cand = ~greedy & (K > 0) & (K < V) & (K <= _SMALL_K)
+        blocks = ~greedy & ((K == 0) | (K >= V)) & (P >= 1)  # plain / min-p: the blockwise draw
+        full = ~greedy & ~cand & ~blocks
+        sel = {name: m.nonzero()[:, 0] for name, m in (("cand", cand), ("blocks", blocks), ("full", full))
+               if bool(m.any())}
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
-    greedy = T == 0
-    cand = ~greedy & (K > 0) & (K < V) & (K <= _SMALL_K)
-    nok = (K == 0) | (K >= V)
-    blocks = ~greedy & nok & (P >= 1)  # plain / min-p: the blockwise draw
-    full = ~greedy & ~cand & ~blocks
-    any_cand, any_blocks, any_full = bool(cand.any()), bool(blocks.any()), bool(full.any())
-    c = int(K[cand].max()) if any_cand else 0
-    xf = x.float()
-    part = _local_stats(xf, c, None, sh)
-    if any_blocks:  # the shard's tokens in blocks it shares with other shards (float32 bits)
-        part = torch.cat([part, _fragments(xf, sh)], 1)
+
+    def take(v, r):
+        return v if r is None or not isinstance(v, torch.Tensor) else v[r]
+
+    def per_row(v, r, dtype):
+        n = B if r is None else r.numel()
+        return v[r] if isinstance(v, torch.Tensor) and r is not None else \
+            (v if isinstance(v, torch.Tensor) else torch.full((n,), v, dtype=dtype))
+
+    if "cand" in sel:
+        rc = sel["cand"]
+        c = k if rc is None else int(K[rc].max())
+    else:
+        c = 0
+    part = _local_stats(x, c, None, sh)
+    if "blocks" in sel:  # the shard's tokens in blocks it shares with other shards (float32 bits)
+        part = torch.cat([part, _fragments(x, sh)], 1)
     head = torch.zeros(1, part.shape[1], dtype=torch.float64)
     head[0, 0], head[0, 1] = sh.offset, Vl
     g = _gather(torch.cat([part, head]), sh)
@@ -402,32 +426,41 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     _check_tiling(shards, V)
     w0 = _HEAD + 2 * c
     mg = _merge(g[:, :B, :w0], c, None)
-    ids = torch.where(mg.valid, mg.argmax, torch.zeros_like(mg.argmax))
-    if any_cand:
-        r = cand.nonzero()[:, 0]
-        from ._sampling import sample as _sample
-        res = _sample(_compact(mg)[r], temperature=T[r], top_k=K[r], top_p=P[r], min_p=MP[r],
-                      seed=s[r], offset=o[r])
-        ids[r] = _map_ids(res.ids[:, None], _Merged(*[t[r] for t in mg]))[:, 0]
-    if any_blocks:
-        r = (blocks & mg.valid).nonzero()[:, 0]
+    ids = mg.argmax.clone()
+    from ._sampling import sample as _sample
+    if "cand" in sel:
+        r = sel["cand"]
+        m = mg if r is None else _Merged(*[t_[r] for t_ in mg])
+        res = _sample(_compact(m), temperature=take(T, r), top_k=take(K, r), top_p=take(P, r),
+                      min_p=take(MP, r), seed=take(s, r), offset=take(o, r))
+        got = _map_ids(res.ids[:, None], m)[:, 0]
+        if r is None:
+            ids = got
+        else:
+            ids[r] = got
+    if "blocks" in sel:
+        r = sel["blocks"]
+        r = mg.valid.nonzero()[:, 0] if r is None else r[mg.valid[r]]
         # every rank takes the same branch: the rows and validity are the same on all ranks
-        if r.numel():
-            frag = g[:, r, w0:]
-            ids[r] = _draw_blocks(x[r], frag, shards, mg.max[r].float(), T[r], MP[r], s[r], o[r], sh)
-    if any_full:
-        r = full.nonzero()[:, 0]
+        if r.numel() == B:  # all rows: no copies
+            ids = _draw_blocks(x, g[:, :B, w0:], shards, mg.max.float(), per_row(T, None, torch.float32),
+                               per_row(MP, None, torch.float32), s, o, sh)
+        elif r.numel():
+            ids[r] = _draw_blocks(x[r], g[:, r, w0:], shards, mg.max[r].float(), per_row(T, r, torch.float32),
+                                  per_row(MP, r, torch.float32), s[r], o[r], sh)
+    if "full" in sel:
+        r = sel["full"]
+        rr = torch.arange(B) if r is None else r
         width = max(n for _, n in shards)
-        mine = torch.full((r.numel(), width), -math.inf, dtype=torch.float32)
-        mine[:, :Vl] = xf[r]
+        mine = torch.full((rr.numel(), width), -math.inf, dtype=torch.float32)
+        mine[:, :Vl] = x[rr]
         parts = _gather(mine, sh)
-        row = torch.empty(r.numel(), V, dtype=torch.float32)
+        row = torch.empty(rr.numel(), V, dtype=torch.float32)
         for w, (lo, n) in enumerate(shards):
             row[:, lo:lo + n] = parts[w, :, :n]
-        from ._sampling import sample as _sample
-        res = _sample(row.to(x.dtype), temperature=T[r], top_k=K[r], top_p=P[r], min_p=MP[r],
-                      seed=s[r], offset=o[r])
-        ids[r] = res.ids
+        res = _sample(row.to(x.dtype), temperature=take(T, r), top_k=take(K, r), top_p=take(P, r),
+                      min_p=take(MP, r), seed=s[rr], offset=o[rr])
+        ids[rr] = res.ids
     ids = torch.where(mg.valid, ids, torch.zeros_like(ids))
     return Sampled(ids.to(dev), mg.valid.to(dev))
 
@@ -468,7 +501,7 @@ def _fragments(xf: torch.Tensor, sh: Shard) -> torch.Tensor:
     out = torch.zeros(B, _FRAG, dtype=torch.float32)
     at = 0
     for a, b in _pieces(sh.offset, xf.shape[1], sh.vocab_size):
-        out[:, at:at + b - a] = xf[:, a - sh.offset:b - sh.offset]
+        out[:, at:at + b - a] = xf[:, a - sh.offset:b - sh.offset].float()
         at += b - a
     return out.view(torch.float64)
 
@@ -898,7 +931,8 @@ def _verify_candidates(x, draft_ids, nd, dense, sp, c: int, sh: Shard, kw, seed,
     cv = torch.where(pad, cv[:, :1], cv)
     row = torch.full((R, V), -math.inf)
     row.scatter_(1, cid, cv)
-    row = torch.where(mg.valid[:, None], row, torch.full_like(row, math.nan)).view(B, K1, V)
+    row[~mg.valid] = math.nan
+    row = row.view(B, K1, V)
     dp = sp
     if dense is not None:
         # the draft's q at every candidate of positions 0..K-1 and at the drafted token:
