@@ -407,8 +407,11 @@ def test_shard_range_tiles():
 
 def test_bytes_per_call():
     # O(B k) partials, independent of V
-    assert sd.bytes_per_call("sample", 8, 50, 2) == 8 * 8 * (8 + 100) + 24
+    assert sd.bytes_per_call("sample", 8, 50, 2) == 9 * 8 * (8 + 100)
+    # plain rows: header + boundary tokens, 74 inner blocks of a 75968-token shard, one int64
+    assert sd.bytes_per_call("sample_plain", 1, 0, 2, vocab_size=151936) == 2 * 8 * (8 + 1024) + 74 * 8 + 8
     assert sd.bytes_per_call("soft_mixture", 1, 10, 2, D=3584) == 8 * (8 + 20) + 3584 * 4
+    assert sd.bytes_per_call("verify", 1, 1, 2, K=4) == 5 * 8 * (8 + 2)
     with pytest.raises(ValueError, match="op must be"):
         sd.bytes_per_call("nope", 1, 1, 2)
 

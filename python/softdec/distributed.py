@@ -30,26 +30,40 @@ those of the full row, so the native op takes the same decision; compact ids
 map back to global ids. Gumbel noise (its uniform is element ``id`` of the
 row's stream) is applied afterwards with the global ids.
 
-Decisions that depend on every token of the row use a second round:
-``sample`` without top-k (plain, top-p or min-p rows, or k > 2048) all_gathers
-those rows' full logits and runs the single-device op (O(B * V) bytes, the
-serving engines' baseline; a block-mass exchange is future work), and
-``verify(method="exact")`` without top-k/top-p gathers the shard sums of the
-filtered masses and each shard's exponential-race winner (the race of the
-residual/bonus draw uses element ``id`` of the row's stream, so the shard
-winners merge by max): 2 rounds of O(B * (K + 1)) values.
+Decisions that depend on every token of the row:
+
+- ``sample`` plain and min-p rows (no top-k, no top-p): the single-device op draws by
+  inversion over 1024-token blocks of the full row (sums in a fixed order, see
+  csrc/cpu/sampling_kernels.h). Each block's sum depends on that block only, so each rank
+  sums the blocks inside its shard (csrc/cpu/distributed.cpp), the blocks split between
+  shards are rebuilt on every rank from the ranks' boundary tokens (< 2048 per row, sent
+  with the round-1 partials), one all_gather exchanges the block sums (one float64 per
+  block), every rank walks them as the kernel does, and the rank holding the drawn block
+  picks the token (an all_reduce(MAX) of one int64 per row, skipped when the block is a
+  split one): the single-device id bit for bit, 3 collectives.
+- ``sample`` top-p rows without top-k (and k > 2048): the single-device top-p cut adds the
+  token masses into a float64 histogram in vocabulary order over the whole row; float64
+  addition is not associative, so per-shard partial sums cannot rebuild that rounding
+  sequence and the cut could differ in last-bit ties. Those rows all_gather their full
+  logits and run the single-device op (O(B * V), the serving engines' baseline).
+- ``verify``: top-k targets (any method, dense / sparse drafts) use the candidates-only row
+  (see :func:`verify`), exact; "exact" with one-hot drafts and no top-k / top-p gathers the
+  shard sums of the filtered masses and each shard's exponential-race winner (the race of
+  the residual/bonus draw uses element ``id`` of the row's stream, so the shard winners
+  merge by max): 2 rounds of O(B * (K + 1)) values; the other targets without top-k
+  all_gather the rows (see :func:`verify`).
 
 Limits (documented, checked): every rank must pass the same settings, B and
 draft tensors; the shards must tile ``[0, vocab_size)`` without overlap.
 The ops are not differentiable (call them under ``torch.no_grad()``).
-Implementation status: a shard's partials come from one native pass
-(softdec.soft_mixture on the shard with a 1-column table: its first k ids, entropy and
-max_prob), with a torch-op path for rows invalid on the shard and k > 256; the merge and
-the compact rows are Python; the decisions on the compact rows are the native kernels.
-``verify(method="exact")``'s mass sums and race are torch-op references (torch.exp /
-torch.log in float32 where the kernel uses filter.h's fexp / flog: the same value to
-~1 ulp, so an acceptance or race decided within ~1e-7 of its threshold may differ from
-the single-device op). CPU shards (gloo) only so far.
+Implementation status: without a temperature (sample, verify) a shard's partials and their
+merge are one native pass each (csrc/cpu/distributed.cpp); soft_mixture's partials (which
+carry the softmax sums at the row's temperature) come from softdec.soft_mixture on the
+shard with a 1-column table and a Python merge. The decisions on the compact rows are the
+native kernels. ``verify(method="exact")``'s one-hot race without top-k is torch ops
+(torch.exp / torch.log in float32 where the kernel uses filter.h's fexp / flog: the same
+value to ~1 ulp, so an acceptance or race decided within ~1e-7 of its threshold may differ
+from the single-device op). CPU shards (gloo) only so far.
 """
 
 from __future__ import annotations
@@ -338,17 +352,34 @@ def _rows(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0) -> int:
-    """Bytes one rank receives per call through the collectives (all_gather partials;
-    soft_mixture adds the [B, D] float32 all_reduce, counted as 2 (W-1)/W B D 4 for a ring)."""
+def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, vocab_size: int = 0) -> int:
+    """Bytes one rank receives per call through the collectives (all_gather: (world - 1) x the
+    tensor; all_reduce: 2 (world - 1) / world x the tensor, a ring), shards of
+    :func:`shard_range`:
+
+    - "sample" (top-k or greedy rows) and "soft_mixture": the partials of B rows (+ one
+      layout row for sample), ``8 (8 + 2k)`` bytes each; soft_mixture adds the [B, D] float32
+      all_reduce;
+    - "sample_plain" (plain / min-p rows, needs ``vocab_size``): the header and boundary
+      tokens (``8 (8 + 1024)`` bytes per row, + the layout row), one float64 per block inside
+      the largest shard, one int64 per row (all_reduce; skipped when the drawn block is split);
+    - "verify" (greedy, soft): the partials of B (K + 1) positions; top-k targets add one
+      layout row of partials, and a dense draft ``4 (world k + 1)`` bytes per drafted position
+      (all_reduce).
+    """
     per_row = 8 * (_HEAD + 2 * k)
     if op == "soft_mixture":
         return (world - 1) * B * per_row + int(2 * (world - 1) / world * B * D * 4)
     if op == "sample":
-        return (world - 1) * (B * per_row + 8 * 3)
+        return (world - 1) * (B + 1) * per_row
+    if op == "sample_plain":
+        V = int_arg(vocab_size, "vocab_size", lo=1)
+        nb = max(_inner(*shard_range(V, world, r), V)[1] - _inner(*shard_range(V, world, r), V)[0]
+                 for r in range(world))
+        return (world - 1) * ((B + 1) * 8 * (_HEAD + _FRAG // 2) + B * nb * 8) + int(2 * (world - 1) / world * B * 8)
     if op == "verify":
         return (world - 1) * B * (K + 1) * per_row
-    raise ValueError(f"op must be 'sample', 'soft_mixture' or 'verify', got {op!r}")
+    raise ValueError(f"op must be 'sample', 'sample_plain', 'soft_mixture' or 'verify', got {op!r}")
 
 
 # ---------------------------------------------------------------- sample
