@@ -5,10 +5,14 @@ Run as a script (it starts its own ranks; `softdec bench` has no cases from it):
     PYTHONPATH=python python bench/bench_distributed.py [--world 2] [--reps 30] [--json out.json]
 
 Per decode step, on vocabulary shards of V = 151936 (Qwen2.5) over `world` ranks,
-B in {1, 8}, D = 3584 (bf16 embedding rows):
+B in {1, 8, 64}, D = 3584 (bf16 embedding rows):
 
 - sample(top_k=50, top_p=0.9), soft_mixture(top_k=10) and verify(method="greedy", K=4):
   softdec.distributed exchanges O(B k) partials (+ the [B, D] mixture);
+- sample() (plain) and sample(min_p=0.05): the blockwise inverse-CDF draw (boundary
+  tokens, one float64 per 1024-token block, one int64 per row);
+- verify(method="exact", top_k=50, K=4) with a dense draft shard: O(B K k) candidates and
+  the draft's q at them, then the single-device op on a candidates-only row;
 - the baseline is what serving engines do before sampling: all_gather the full logits
   row(s), then the single-device op (for soft_mixture: then each rank's weighted rows of its
   own shard, all_reduce'd, as the table is sharded).
@@ -34,6 +38,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 V, D, K = 151936, 3584, 4
+BATCHES = (1, 8, 64)
 
 
 def cases(quick: bool = False, device: str = "cpu"):
@@ -87,7 +92,7 @@ def _worker(rank, world, init, reps, out):
     import softdec.distributed as sd
     lo, n = sd.shard_range(V, world, rank)
     rows = []
-    for B in (1, 8):
+    for B in BATCHES:
         g = torch.Generator().manual_seed(B)
         x = torch.randn(B, V, generator=g) * 2
         xv = torch.randn(B, K + 1, V, generator=g) * 2
@@ -116,6 +121,29 @@ def _worker(rank, world, init, reps, out):
             dist.all_reduce(e)
             return st.ids
 
+        def dist_plain():
+            return sd.sample(xs, vocab_offset=lo, vocab_size=V, seed=seed).ids
+
+        def base_plain():
+            return softdec.sample(_gather_rows(xs, world), seed=seed).ids
+
+        def dist_minp():
+            return sd.sample(xs, vocab_offset=lo, vocab_size=V, min_p=0.05, seed=seed).ids
+
+        def base_minp():
+            return softdec.sample(_gather_rows(xs, world), min_p=0.05, seed=seed).ids
+
+        qd = torch.softmax(xv[:, :K] + torch.randn(B, K, V, generator=g), -1)
+        qds = qd[..., lo:lo + n].contiguous()
+
+        def dist_vexact():
+            return sd.verify(xvs, drafts, draft_probs=qds, vocab_offset=lo, vocab_size=V, top_k=50,
+                             seed=seed).tokens
+
+        def base_vexact():
+            return softdec.verify(_gather_rows(xvs, world), drafts, draft_probs=_gather_rows(qds, world),
+                                  top_k=50, seed=seed).tokens
+
         def dist_verify():
             return sd.verify(xvs, drafts, vocab_offset=lo, vocab_size=V, method="greedy").tokens
 
@@ -123,6 +151,9 @@ def _worker(rank, world, init, reps, out):
             return softdec.verify(_gather_rows(xvs, world), drafts, method="greedy").tokens
 
         for op, fd, fb in (("sample top_k=50,top_p=0.9", dist_sample, base_sample),
+                           ("sample plain", dist_plain, base_plain),
+                           ("sample min_p=0.05", dist_minp, base_minp),
+                           (f"verify exact top_k=50 dense K={K}", dist_vexact, base_vexact),
                            ("soft_mixture top_k=10", dist_soft, base_soft),
                            (f"verify greedy K={K}", dist_verify, base_verify)):
             assert torch.equal(fd(), fb()), op

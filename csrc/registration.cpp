@@ -12,6 +12,20 @@ STABLE_TORCH_LIBRARY(softdec, m) {
   // csrc/cpu/philox_normal.cpp, csrc/cuda/philox_normal.cu) -> float32 (rows, n).
   m.def("philox_normal(Tensor seed, Tensor offset, int n) -> Tensor");
 
+  // ---- softdec.distributed helpers (csrc/cpu/distributed.cpp; CPU only) ----
+  // softdec.sample's inverse-CDF draw on a vocabulary shard [offset, offset + n) of a
+  // vocab_size row: the kept-mass sums of the 1024-token blocks inside the shard (float64),
+  // the walk over a full row's block sums (-> chosen block, target left), the token in a block.
+  m.def("shard_block_masses(Tensor logits, int offset, int vocab_size, Tensor max_logit, "
+        "Tensor temperature, Tensor min_p) -> Tensor");
+  m.def("shard_block_pick(Tensor logits, int offset, int vocab_size, Tensor max_logit, "
+        "Tensor temperature, Tensor min_p, Tensor block, Tensor target) -> Tensor");
+  m.def("block_draw_target(Tensor blk, Tensor seed, Tensor offset) -> (Tensor, Tensor)");
+  // A shard's row partials (flags, max, its global id, the first c tokens in id order) and the
+  // merge of the ranks' gathered partials into (valid, max, argmax, compact row, its global ids).
+  m.def("shard_partials(Tensor logits, int offset, int c) -> Tensor");
+  m.def("merge_partials(Tensor g, int c) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
 
   // ---- soft mixture (csrc/cpu/soft_mixture.cpp, csrc/cuda/soft_mixture.cu) ----
   // Concept tokens: fused softmax/entropy/top-k/top-p/min-p/noise/gather. Per-row tensors:

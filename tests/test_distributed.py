@@ -107,6 +107,107 @@ def test_sample_equals_single_device(world, tmp_path):
     _spawn(_sample_worker, world, tmp_path)
 
 
+def _layouts(Vv, world):
+    """shard_range's split, and a hand-made one: shards ending on block (1024-token) edges,
+    one shorter than a block, one spanning several blocks."""
+    even = [sd.shard_range(Vv, world, r) for r in range(world)]
+    cuts = {2: [0, 2048, Vv], 4: [0, 1024, 1500, 3072, Vv]}[world]
+    odd = [(cuts[r], cuts[r + 1] - cuts[r]) for r in range(world)]
+    return [even, odd]
+
+
+def _sample_blocks_worker(rank, world):
+    """Plain and min-p rows (the blockwise inverse-CDF draw on shards): V over several
+    1024-token blocks, blocks split between shards and blocks inside one shard, rows whose
+    mass sits in one shard's block (the pick is rank-local there)."""
+    Vv, B = 4100, 8
+    x, g = _logits(B, Vv, scale=2.0, seed=7)
+    x[1, 5] = float("nan")                  # invalid
+    x[2, :3000] = -float("inf")             # mass in the last shards only
+    x[3, 1100:1300] += 8.0                  # mass in one block
+    x[4] = x[4].bfloat16().float()          # ties
+    x[5, :] = 0.0                           # uniform row: every block counts
+    x[6, 2040:2060] += 6.0                  # mass around a block edge
+    cfgs = [dict(), dict(temperature=0.3), dict(temperature=2.0), dict(min_p=0.05),
+            dict(min_p=0.3, temperature=0.7), dict(top_k=Vv, min_p=0.01),
+            dict(temperature=torch.tensor([1.0, 0.5, 0.0, 2.0, 1.0, 0.7, 1.3, 0.9]),
+                 min_p=torch.tensor([0.0, 0.1, 0.0, 0.0, 0.2, 0.0, 0.05, 0.0]),
+                 top_k=torch.tensor([0, 0, 0, 5, 0, 0, 0, 40]))]
+    for layout in _layouts(Vv, world):
+        lo, n = layout[rank]
+        xs = x[:, lo:lo + n]
+        for kw in cfgs:
+            for seed in range(25):
+                a = softdec.sample(x, seed=seed, **kw)
+                b = sd.sample(xs, vocab_offset=lo, vocab_size=Vv, seed=seed, **kw)
+                assert torch.equal(a.ids, b.ids), (layout, kw, seed, a.ids, b.ids)
+                assert torch.equal(a.valid, b.valid)
+        a = softdec.sample(x.bfloat16(), seed=3, min_p=0.02)
+        b = sd.sample(xs.bfloat16(), vocab_offset=lo, vocab_size=Vv, seed=3, min_p=0.02)
+        assert torch.equal(a.ids, b.ids)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sample_plain_and_min_p_blockwise(world, tmp_path):
+    _spawn(_sample_blocks_worker, world, tmp_path)
+
+
+def test_block_kernels_opcheck():
+    """The draw helpers of csrc/cpu/distributed.cpp: fake kernels and opcheck; on one
+    shard covering the row they reproduce softdec.sample's plain / min-p draw."""
+    ops = torch.ops.softdec
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2500, generator=g) * 2
+    m = x.max(1).values
+    T = torch.tensor([1.0, 0.5, 2.0])
+    MP = torch.tensor([0.0, 0.1, 0.0])
+    s, o = torch.tensor([1, 2, 3]), torch.tensor([0, 5, 9])
+    blk = ops.shard_block_masses(x, 0, 2500, m, T, MP)
+    assert blk.shape == (3, 3) and blk.dtype == torch.float64
+    block, target = ops.block_draw_target(blk, s, o)
+    ids = ops.shard_block_pick(x, 0, 2500, m, T, MP, block, target)
+    ref = softdec.sample(x, temperature=T, min_p=MP, seed=s, offset=o).ids
+    assert torch.equal(ids, ref)
+    # a shard holding blocks 1..2 only: block 0 is not its own (-1)
+    own = ops.shard_block_pick(x[:, 1024:], 1024, 2500, m, T, MP, block, target)
+    assert torch.equal(own, torch.where(block >= 1, ref, torch.full_like(ref, -1)))
+    assert ops.shard_block_masses(x[:, 1000:], 1000, 2500, m, T, MP).shape == (3, 2)
+    torch.library.opcheck(ops.shard_block_masses.default, (x, 0, 2500, m, T, MP))
+    torch.library.opcheck(ops.block_draw_target.default, (blk, s, o))
+    torch.library.opcheck(ops.shard_block_pick.default, (x, 0, 2500, m, T, MP, block, target))
+
+    def f(x, m, T, MP, s, o):
+        b = ops.shard_block_masses(x, 0, 2500, m, T, MP)
+        bl, tg = ops.block_draw_target(b, s, o)
+        return ops.shard_block_pick(x, 0, 2500, m, T, MP, bl, tg)
+    assert torch.equal(torch.compile(f, fullgraph=True)(x, m, T, MP, s, o), ref)
+    # the shard partials and their merge (two shards of one row set)
+    xp = x.clone()
+    xp[0, 7] = xp[0, 1900] = xp[0].max() + 1  # a tie across the shards
+    xp[1, 3] = float("nan")
+    xp[2, :2000] = -float("inf")
+    p0, p1 = ops.shard_partials(xp[:, :1200], 0, 6), ops.shard_partials(xp[:, 1200:], 1200, 6)
+    assert p0.shape == (3, 8 + 12) and p0.dtype == torch.float64
+    valid, mx, am, cv, ci = ops.merge_partials(torch.stack([p0, p1]), 6)
+    assert valid.tolist() == [True, False, True]
+    assert am[0] == 7 and am[2] == int(xp[2].argmax()) and mx[0] == xp[0].max()
+    for r in (0, 2):
+        want = torch.sort(torch.topk(xp[r], 6).indices).values  # no ties among the first 6 but the max
+        got = ci[r][ci[r] >= 0]
+        assert set(want.tolist()) <= set(got.tolist()) and torch.equal(got, torch.sort(got).values)
+        assert torch.equal(cv[r, :got.numel()], xp[r, got])
+    assert torch.isnan(cv[1]).all()
+    torch.library.opcheck(ops.shard_partials.default, (xp, 0, 6))
+    # (rows 0 and 2: an invalid row's NaN compact row never compares equal to itself)
+    torch.library.opcheck(ops.merge_partials.default, (torch.stack([p0, p1])[:, [0, 2]].contiguous(), 6))
+    with pytest.raises(ValueError, match="columns"):
+        ops.merge_partials(torch.stack([p0, p1]), 5)
+    with pytest.raises(ValueError, match="must lie in"):
+        ops.shard_block_masses(x, 100, 2500, m, T, MP)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        ops.shard_block_masses(x, 0, 2500, m, torch.zeros(3), MP)
+
+
 # ------------------------------------------------------------------ soft_mixture
 
 def _soft_worker(rank, world):
@@ -205,6 +306,64 @@ def test_verify_equals_single_device(world, tmp_path):
     _spawn(_verify_worker, world, tmp_path)
 
 
+def _verify_filtered_worker(rank, world):
+    """verify with top-k / top-p / min-p targets, dense and sparse drafts, the typical and
+    relaxed rules and soft's filter_top_k: equal to the single-device op."""
+    B, K = 6, 4
+    x, g = _logits(B, V, scale=4.0, extra=(K + 1,), seed=3)
+    x = _edge_rows(x)
+    lo, n = sd.shard_range(V, world, rank)
+    xs = x[..., lo:lo + n]
+    clean = torch.nan_to_num(x, nan=0.0, neginf=-1e4)
+    xd = clean[:, :K] + 0.5 * torch.randn(B, K, V, generator=g)
+    q = torch.softmax(xd, -1)                                   # dense drafts
+    own = torch.stack([softdec.sample(xd[:, j], seed=j + 50).ids for j in range(K)], 1)
+    st = softdec.soft_mixture(xd.reshape(B * K, V), torch.zeros(V, 1), top_k=8)
+    sp = (st.ids.view(B, K, 8), st.weights.view(B, K, 8))     # sparse drafts
+    sdraft = sp[0][..., 0]
+    nbrs = torch.randint(-1, V, (V, 4), generator=g)
+    nd = torch.tensor([4, 3, 4, 0, 2, 1])
+    topk = [dict(top_k=5), dict(top_k=50, top_p=0.9), dict(top_k=20, min_p=0.1, temperature=0.7),
+            dict(top_k=300, temperature=1.5),  # > row 3's 40 finite tokens, > a 4-rank shard
+            dict(top_k=torch.tensor([1, 3, 7, 100, 2, 9]), temperature=torch.tensor([1.0, 0.0, 0.5, 1.0, 2.0, 1.0]))]
+    cases = []
+    for f in topk:
+        cases += [(own, None, dict(method="exact", **f)), (own, "dense", dict(method="exact", **f)),
+                  (sdraft, "sparse", dict(method="exact", num_draft=nd, **f)),
+                  (own, None, dict(method="typical", **f)), (own, "dense", dict(method="typical", **f)),
+                  (own, None, dict(method="relaxed", neighbours=nbrs, delta=0.2, **f)),
+                  (own, "dense", dict(method="relaxed", neighbours=nbrs, delta=0.05, **f))]
+    # without top-k: the all-gather fallback (top-p) and the exact race (one-hot, min_p)
+    cases += [(own, None, dict(method="exact", top_p=0.8)), (own, "dense", dict(method="exact")),
+              (sdraft, "sparse", dict(method="exact", min_p=0.05)), (own, None, dict(method="typical")),
+              (own, None, dict(method="relaxed", neighbours=nbrs))]
+    accepted = 0
+    for d, kind, kw in cases:
+        for seed in range(6):
+            dp_full = q if kind == "dense" else (sp if kind == "sparse" else None)
+            dp_shard = q[..., lo:lo + n] if kind == "dense" else dp_full
+            a = softdec.verify(x, d, draft_probs=dp_full, seed=seed, **kw)
+            b = sd.verify(xs, d, draft_probs=dp_shard, vocab_offset=lo, vocab_size=V, seed=seed, **kw)
+            assert torch.equal(a.tokens, b.tokens), (kind, kw, seed, a.tokens, b.tokens)
+            assert torch.equal(a.num_accepted, b.num_accepted), (kind, kw, seed)
+            accepted += int(a.num_accepted.sum())
+    assert accepted > 100
+    for fk in (30, 0):
+        for kw in (dict(), dict(top_k=4, top_p=0.9, temperature=0.6)):
+            a = softdec.verify(x, sdraft, draft_probs=sp, method="soft", filter_top_k=fk, delta=0.3, **kw)
+            b = sd.verify(xs, sdraft, draft_probs=sp, method="soft", filter_top_k=fk, delta=0.3,
+                          vocab_offset=lo, vocab_size=V, **kw)
+            assert torch.equal(a.tokens, b.tokens), (fk, kw)
+            assert torch.equal(a.num_accepted, b.num_accepted)
+            assert torch.equal(a.soft_ids, b.soft_ids)
+            torch.testing.assert_close(b.soft_weights, a.soft_weights, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_verify_filtered_and_drafts_equal_single_device(world, tmp_path):
+    _spawn(_verify_filtered_worker, world, tmp_path)
+
+
 # ------------------------------------------------------------------ bad input
 
 def _errors_worker(rank, world):
@@ -218,8 +377,11 @@ def _errors_worker(rank, world):
         sd.verify(torch.randn(1, 2, n), torch.tensor([[1031]]), vocab_offset=lo, vocab_size=1031)
     with pytest.raises(ValueError, match="embedding must have as many rows"):
         sd.soft_mixture(torch.randn(1, n), torch.randn(n + 1, 4), vocab_offset=lo, vocab_size=1031)
-    with pytest.raises(NotImplementedError, match="top_k / top_p"):
-        sd.verify(torch.randn(1, 2, n), torch.tensor([[1]]), vocab_offset=lo, vocab_size=1031, top_k=5)
+    with pytest.raises(ValueError, match=r"dense draft_probs must be the shard \(batch, K, vocab_local\)"):
+        sd.verify(torch.randn(1, 2, n), torch.tensor([[1]]), draft_probs=torch.rand(1, 1, 1031),
+                  vocab_offset=lo, vocab_size=1031)
+    with pytest.raises(ValueError, match="filter_top_k is only defined"):
+        sd.verify(torch.randn(1, 2, n), torch.tensor([[1]]), vocab_offset=lo, vocab_size=1031, filter_top_k=3)
 
 
 def test_bad_input_is_rejected(tmp_path):
@@ -245,8 +407,11 @@ def test_shard_range_tiles():
 
 def test_bytes_per_call():
     # O(B k) partials, independent of V
-    assert sd.bytes_per_call("sample", 8, 50, 2) == 8 * 8 * (8 + 100) + 24
+    assert sd.bytes_per_call("sample", 8, 50, 2) == 9 * 8 * (8 + 100)
+    # plain rows: header + boundary tokens, 74 inner blocks of a 75968-token shard, one int64
+    assert sd.bytes_per_call("sample_plain", 1, 0, 2, vocab_size=151936) == 2 * 8 * (8 + 1024) + 74 * 8 + 8
     assert sd.bytes_per_call("soft_mixture", 1, 10, 2, D=3584) == 8 * (8 + 20) + 3584 * 4
+    assert sd.bytes_per_call("verify", 1, 1, 2, K=4) == 5 * 8 * (8 + 2)
     with pytest.raises(ValueError, match="op must be"):
         sd.bytes_per_call("nope", 1, 1, 2)
 

@@ -75,7 +75,8 @@
 
 // Every file of csrc/cpu that registers kernels (one table per family and level).
 #define SOFTDEC_CPU_FAMILIES(X) \
-  X(philox) X(sampling) X(soft_mixture) X(verify) X(sparse_attention) X(log_density) X(verify_tree) X(philox_normal)
+  X(philox) X(sampling) X(soft_mixture) X(verify) X(sparse_attention) X(log_density) X(verify_tree) X(philox_normal) \
+  X(distributed)
 
 // Boxed kernels take torch StableIValue (uint64_t) stacks (static_assert in csrc/cpu_dispatch.cpp).
 namespace softdec {

@@ -30,26 +30,40 @@ those of the full row, so the native op takes the same decision; compact ids
 map back to global ids. Gumbel noise (its uniform is element ``id`` of the
 row's stream) is applied afterwards with the global ids.
 
-Decisions that depend on every token of the row use a second round:
-``sample`` without top-k (plain, top-p or min-p rows, or k > 2048) all_gathers
-those rows' full logits and runs the single-device op (O(B * V) bytes, the
-serving engines' baseline; a block-mass exchange is future work), and
-``verify(method="exact")`` without top-k/top-p gathers the shard sums of the
-filtered masses and each shard's exponential-race winner (the race of the
-residual/bonus draw uses element ``id`` of the row's stream, so the shard
-winners merge by max): 2 rounds of O(B * (K + 1)) values.
+Decisions that depend on every token of the row:
+
+- ``sample`` plain and min-p rows (no top-k, no top-p): the single-device op draws by
+  inversion over 1024-token blocks of the full row (sums in a fixed order, see
+  csrc/cpu/sampling_kernels.h). Each block's sum depends on that block only, so each rank
+  sums the blocks inside its shard (csrc/cpu/distributed.cpp), the blocks split between
+  shards are rebuilt on every rank from the ranks' boundary tokens (< 2048 per row, sent
+  with the round-1 partials), one all_gather exchanges the block sums (one float64 per
+  block), every rank walks them as the kernel does, and the rank holding the drawn block
+  picks the token (an all_reduce(MAX) of one int64 per row, skipped when the block is a
+  split one): the single-device id bit for bit, 3 collectives.
+- ``sample`` top-p rows without top-k (and k > 2048): the single-device top-p cut adds the
+  token masses into a float64 histogram in vocabulary order over the whole row; float64
+  addition is not associative, so per-shard partial sums cannot rebuild that rounding
+  sequence and the cut could differ in last-bit ties. Those rows all_gather their full
+  logits and run the single-device op (O(B * V), the serving engines' baseline).
+- ``verify``: top-k targets (any method, dense / sparse drafts) use the candidates-only row
+  (see :func:`verify`), exact; "exact" with one-hot drafts and no top-k / top-p gathers the
+  shard sums of the filtered masses and each shard's exponential-race winner (the race of
+  the residual/bonus draw uses element ``id`` of the row's stream, so the shard winners
+  merge by max): 2 rounds of O(B * (K + 1)) values; the other targets without top-k
+  all_gather the rows (see :func:`verify`).
 
 Limits (documented, checked): every rank must pass the same settings, B and
 draft tensors; the shards must tile ``[0, vocab_size)`` without overlap.
 The ops are not differentiable (call them under ``torch.no_grad()``).
-Implementation status: a shard's partials come from one native pass
-(softdec.soft_mixture on the shard with a 1-column table: its first k ids, entropy and
-max_prob), with a torch-op path for rows invalid on the shard and k > 256; the merge and
-the compact rows are Python; the decisions on the compact rows are the native kernels.
-``verify(method="exact")``'s mass sums and race are torch-op references (torch.exp /
-torch.log in float32 where the kernel uses filter.h's fexp / flog: the same value to
-~1 ulp, so an acceptance or race decided within ~1e-7 of its threshold may differ from
-the single-device op). CPU shards (gloo) only so far.
+Implementation status: without a temperature (sample, verify) a shard's partials and their
+merge are one native pass each (csrc/cpu/distributed.cpp); soft_mixture's partials (which
+carry the softmax sums at the row's temperature) come from softdec.soft_mixture on the
+shard with a 1-column table and a Python merge. The decisions on the compact rows are the
+native kernels. ``verify(method="exact")``'s one-hot race without top-k is torch ops
+(torch.exp / torch.log in float32 where the kernel uses filter.h's fexp / flog: the same
+value to ~1 ulp, so an acceptance or race decided within ~1e-7 of its threshold may differ
+from the single-device op). CPU shards (gloo) only so far.
 """
 
 from __future__ import annotations
@@ -57,6 +71,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple, Optional, Union
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -66,6 +81,37 @@ from ._soft_mixture import SoftTokens, _SM_MAX_K
 from ._verify import Verified
 
 __all__ = ["sample", "soft_mixture", "verify", "Shard", "shard_range", "bytes_per_call"]
+
+_ops = torch.ops.softdec
+
+
+@torch.library.register_fake("softdec::shard_block_masses")
+def _shard_block_masses_fake(logits, offset, vocab_size, max_logit, temperature, min_p):
+    lo, hi = _inner(offset, logits.shape[1], vocab_size)
+    return logits.new_empty((logits.shape[0], hi - lo), dtype=torch.float64)
+
+
+@torch.library.register_fake("softdec::shard_block_pick")
+def _shard_block_pick_fake(logits, offset, vocab_size, max_logit, temperature, min_p, block, target):
+    return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+
+@torch.library.register_fake("softdec::shard_partials")
+def _shard_partials_fake(logits, offset, c):
+    return logits.new_empty((logits.shape[0], _HEAD + 2 * c), dtype=torch.float64)
+
+
+@torch.library.register_fake("softdec::merge_partials")
+def _merge_partials_fake(g, c):
+    R, n = g.shape[1], g.shape[0] * c + 1
+    return (g.new_empty((R,), dtype=torch.bool), g.new_empty((R,), dtype=torch.float64),
+            g.new_empty((R,), dtype=torch.int64), g.new_empty((R, n), dtype=torch.float32),
+            g.new_empty((R, n), dtype=torch.int64))
+
+
+@torch.library.register_fake("softdec::block_draw_target")
+def _block_draw_target_fake(blk, seed, offset):
+    return blk.new_empty((blk.shape[0],), dtype=torch.int64), blk.new_empty((blk.shape[0],), dtype=torch.float64)
 
 _SMALL_K = 2048         # sample: the native top-k candidate path (kSmallK in sampling_kernels.h)
 _HEAD = 8               # per-row header of the exchanged partials (see _local_stats)
@@ -163,6 +209,8 @@ def _local_stats(x: torch.Tensor, c: int, it: Optional[torch.Tensor], sh: Shard)
     other rows (NaN, +inf or no finite logit on this shard) the torch-op path."""
     from ._soft_mixture import soft_mixture as _sm
     R, Vl = x.shape
+    if it is None:  # one native pass (csrc/cpu/distributed.cpp)
+        return _ops.shard_partials(x, sh.offset, c)
     if R == 0 or Vl == 0 or c > _SM_MAX_K:
         return _local_stats_torch(x, c, it, sh)
     k = max(c, 1)
@@ -245,6 +293,10 @@ class _Merged(NamedTuple):
 def _merge(g: torch.Tensor, c: int, it) -> _Merged:
     """Merge gathered partials g [W, R, _HEAD + 2c] into the global statistics."""
     W, R, _ = g.shape
+    if it is None:  # one native pass (csrc/cpu/distributed.cpp)
+        valid, m, am, cv, ci = _ops.merge_partials(g.contiguous(), c)
+        z = torch.zeros(R, dtype=torch.float64)
+        return _Merged(valid, m, am, z, z, cv[:, :-1], ci[:, :-1])
     nan = g[:, :, 0].amax(0) > 0
     pinf = g[:, :, 1].amax(0) > 0
     fin = g[:, :, 2].amax(0) > 0
@@ -300,17 +352,34 @@ def _rows(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0) -> int:
-    """Bytes one rank receives per call through the collectives (all_gather partials;
-    soft_mixture adds the [B, D] float32 all_reduce, counted as 2 (W-1)/W B D 4 for a ring)."""
+def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, vocab_size: int = 0) -> int:
+    """Bytes one rank receives per call through the collectives (all_gather: (world - 1) x the
+    tensor; all_reduce: 2 (world - 1) / world x the tensor, a ring), shards of
+    :func:`shard_range`:
+
+    - "sample" (top-k or greedy rows) and "soft_mixture": the partials of B rows (+ one
+      layout row for sample), ``8 (8 + 2k)`` bytes each; soft_mixture adds the [B, D] float32
+      all_reduce;
+    - "sample_plain" (plain / min-p rows, needs ``vocab_size``): the header and boundary
+      tokens (``8 (8 + 1024)`` bytes per row, + the layout row), one float64 per block inside
+      the largest shard, one int64 per row (all_reduce; skipped when the drawn block is split);
+    - "verify" (greedy, soft): the partials of B (K + 1) positions; top-k targets add one
+      layout row of partials, and a dense draft ``4 (world k + 1)`` bytes per drafted position
+      (all_reduce).
+    """
     per_row = 8 * (_HEAD + 2 * k)
     if op == "soft_mixture":
         return (world - 1) * B * per_row + int(2 * (world - 1) / world * B * D * 4)
     if op == "sample":
-        return (world - 1) * (B * per_row + 8 * 3)
+        return (world - 1) * (B + 1) * per_row
+    if op == "sample_plain":
+        V = int_arg(vocab_size, "vocab_size", lo=1)
+        nb = max(_inner(*shard_range(V, world, r), V)[1] - _inner(*shard_range(V, world, r), V)[0]
+                 for r in range(world))
+        return (world - 1) * ((B + 1) * 8 * (_HEAD + _FRAG // 2) + B * nb * 8) + int(2 * (world - 1) / world * B * 8)
     if op == "verify":
         return (world - 1) * B * (K + 1) * per_row
-    raise ValueError(f"op must be 'sample', 'soft_mixture' or 'verify', got {op!r}")
+    raise ValueError(f"op must be 'sample', 'sample_plain', 'soft_mixture' or 'verify', got {op!r}")
 
 
 # ---------------------------------------------------------------- sample
@@ -323,54 +392,199 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     ``softdec.sample`` on the full logits with the same settings and (seed, offset).
 
     ``logits`` [B, V_local] holds tokens ``[vocab_offset, vocab_offset + V_local)`` of a
-    ``vocab_size`` vocabulary. Greedy rows (T = 0) and top-k rows (0 < k <= 2048) exchange
-    ``B * (2k + 8)`` float64 per rank; other rows (no top-k: plain, top-p or min-p) gather
-    their full logits (O(B * V)) and run the single-device op.
+    ``vocab_size`` vocabulary. Per row:
+
+    - greedy (T = 0) and top-k rows (0 < k <= 2048): one all_gather of ``2k + 8`` float64
+      per row (the shard's first k tokens and its statistics);
+    - plain and min-p rows (no top-k, no top-p): the single-device inverse-CDF draw on
+      shards (see :func:`_draw_blocks`): 3 small rounds, per row ``8 KiB`` of boundary
+      logits + one float64 per 1024-token block + one int64;
+    - top-p rows without top-k (and k > 2048): all_gather of the rows' full logits
+      (O(B * V), the serving engines' baseline), then the single-device op. The single-device
+      top-p cut adds token masses into a 4096-bucket float64 histogram in vocabulary order
+      over the whole row; that rounding sequence cannot be rebuilt from per-shard partial
+      sums (float64 addition is not associative), so the cut would differ from the
+      single-device one in last-bit ties; exact equality needs the full row.
     """
     x = _rows(logits, "logits")
     sh = _shard(group, vocab_offset, vocab_size, x.shape[1])
     B, Vl = x.shape
     V = sh.vocab_size
     dev = x.device
-    T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
-    K = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
-    P = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
-    MP = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+    if not any(isinstance(v, torch.Tensor) for v in (temperature, top_k, top_p, min_p)):
+        # scalar settings (the common case): one path for every row, decided in Python on the
+        # float32 values the op sees, no per-row masks
+        t = float(np.float32(float_arg(temperature, "temperature", lo=0)))
+        k = int_arg(top_k, "top_k", lo=0)
+        p = float(np.float32(float_arg(top_p, "top_p", lo=0, hi=1)))
+        mp = float(np.float32(float_arg(min_p, "min_p", lo=0, hi=1)))
+        mode = "greedy" if t == 0 else "cand" if 0 < k < V and k <= _SMALL_K else "blocks" if p >= 1 else "full"
+        sel = {mode: None}  # None: all rows
+        T, K, P, MP = t, k, p, mp
+    else:
+        T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
+        K = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
+        P = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
+        MP = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+        greedy = T == 0
+        cand = ~greedy & (K > 0) & (K < V) & (K <= _SMALL_K)
+        blocks = ~greedy & ((K == 0) | (K >= V)) & (P >= 1)  # plain / min-p: the blockwise draw
+        full = ~greedy & ~cand & ~blocks
+        sel = {name: m.nonzero()[:, 0] for name, m in (("cand", cand), ("blocks", blocks), ("full", full))
+               if bool(m.any())}
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
-    greedy = T == 0
-    cand = ~greedy & (K > 0) & (K < V) & (K <= _SMALL_K)
-    full = ~greedy & ~cand
-    c = int(K[cand].max()) if bool(cand.any()) else 0
-    xf = x.float()
-    part = _local_stats(xf, c, None, sh)
+
+    def take(v, r):
+        return v if r is None or not isinstance(v, torch.Tensor) else v[r]
+
+    def per_row(v, r, dtype):
+        n = B if r is None else r.numel()
+        return v[r] if isinstance(v, torch.Tensor) and r is not None else \
+            (v if isinstance(v, torch.Tensor) else torch.full((n,), v, dtype=dtype))
+
+    if "cand" in sel:
+        rc = sel["cand"]
+        c = k if rc is None else int(K[rc].max())
+    else:
+        c = 0
+    part = _local_stats(x, c, None, sh)
+    if "blocks" in sel:  # the shard's tokens in blocks it shares with other shards (float32 bits)
+        part = torch.cat([part, _fragments(x, sh)], 1)
     head = torch.zeros(1, part.shape[1], dtype=torch.float64)
     head[0, 0], head[0, 1] = sh.offset, Vl
     g = _gather(torch.cat([part, head]), sh)
-    shards = [(int(g[w, B, 0]), int(g[w, B, 1])) for w in range(sh.world)]
+    shards = [(int(a), int(b)) for a, b in g[:, B, :2].tolist()]
     _check_tiling(shards, V)
-    mg = _merge(g[:, :B], c, None)
-    ids = torch.where(mg.valid, mg.argmax, torch.zeros_like(mg.argmax))
-    if bool(cand.any()):
-        r = cand.nonzero()[:, 0]
-        from ._sampling import sample as _sample
-        res = _sample(_compact(mg)[r], temperature=T[r], top_k=K[r], top_p=P[r], min_p=MP[r],
-                      seed=s[r], offset=o[r])
-        ids[r] = _map_ids(res.ids[:, None], _Merged(*[t[r] for t in mg]))[:, 0]
-    if bool(full.any()):
-        r = full.nonzero()[:, 0]
+    w0 = _HEAD + 2 * c
+    mg = _merge(g[:, :B, :w0], c, None)
+    ids = mg.argmax.clone()
+    from ._sampling import sample as _sample
+    if "cand" in sel:
+        r = sel["cand"]
+        m = mg if r is None else _Merged(*[t_[r] for t_ in mg])
+        res = _sample(_compact(m), temperature=take(T, r), top_k=take(K, r), top_p=take(P, r),
+                      min_p=take(MP, r), seed=take(s, r), offset=take(o, r))
+        got = _map_ids(res.ids[:, None], m)[:, 0]
+        if r is None:
+            ids = got
+        else:
+            ids[r] = got
+    if "blocks" in sel:
+        r = sel["blocks"]
+        r = mg.valid.nonzero()[:, 0] if r is None else r[mg.valid[r]]
+        # every rank takes the same branch: the rows and validity are the same on all ranks
+        if r.numel() == B:  # all rows: no copies
+            ids = _draw_blocks(x, g[:, :B, w0:], shards, mg.max.float(), per_row(T, None, torch.float32),
+                               per_row(MP, None, torch.float32), s, o, sh)
+        elif r.numel():
+            ids[r] = _draw_blocks(x[r], g[:, r, w0:], shards, mg.max[r].float(), per_row(T, r, torch.float32),
+                                  per_row(MP, r, torch.float32), s[r], o[r], sh)
+    if "full" in sel:
+        r = sel["full"]
+        rr = torch.arange(B) if r is None else r
         width = max(n for _, n in shards)
-        mine = torch.full((r.numel(), width), -math.inf, dtype=torch.float32)
-        mine[:, :Vl] = xf[r]
+        mine = torch.full((rr.numel(), width), -math.inf, dtype=torch.float32)
+        mine[:, :Vl] = x[rr]
         parts = _gather(mine, sh)
-        row = torch.empty(r.numel(), V, dtype=torch.float32)
+        row = torch.empty(rr.numel(), V, dtype=torch.float32)
         for w, (lo, n) in enumerate(shards):
             row[:, lo:lo + n] = parts[w, :, :n]
-        from ._sampling import sample as _sample
-        res = _sample(row.to(x.dtype), temperature=T[r], top_k=K[r], top_p=P[r], min_p=MP[r],
-                      seed=s[r], offset=o[r])
-        ids[r] = res.ids
+        res = _sample(row.to(x.dtype), temperature=take(T, r), top_k=take(K, r), top_p=take(P, r),
+                      min_p=take(MP, r), seed=s[rr], offset=o[rr])
+        ids[rr] = res.ids
     ids = torch.where(mg.valid, ids, torch.zeros_like(ids))
     return Sampled(ids.to(dev), mg.valid.to(dev))
+
+
+# ---------------------------------------------------------------- the blockwise draw
+
+_BLK = 1024          # kCdfBlock (csrc/cpu/sampling_kernels.h)
+_FRAG = 2 * _BLK     # float32 slots per row for a shard's boundary tokens (two partial blocks)
+
+
+def _inner(off: int, n: int, V: int) -> tuple[int, int]:
+    """The 1024-token blocks of [0, V) lying entirely in the shard [off, off + n)."""
+    end = off + n
+    lo = -(-off // _BLK)
+    hi = -(-V // _BLK) if end == V else end // _BLK
+    return lo, max(lo, hi)
+
+
+def _pieces(off: int, n: int, V: int) -> list[tuple[int, int]]:
+    """The shard's tokens in blocks it shares with another shard: at most two [a, b) spans
+    (its first and its last block), each shorter than a block."""
+    if n == 0:
+        return []
+    end = off + n
+    lo, hi = _inner(off, n, V)
+    bf, bl = off // _BLK, (end - 1) // _BLK
+    out = []
+    if not lo <= bf < hi:
+        out.append((off, min(end, (bf + 1) * _BLK)))
+    if bl != bf and not lo <= bl < hi:
+        out.append((bl * _BLK, end))
+    return out
+
+
+def _fragments(xf: torch.Tensor, sh: Shard) -> torch.Tensor:
+    """[B, _FRAG / 2] float64 columns holding the float32 bits of the shard's boundary tokens."""
+    B = xf.shape[0]
+    out = torch.zeros(B, _FRAG, dtype=torch.float32)
+    at = 0
+    for a, b in _pieces(sh.offset, xf.shape[1], sh.vocab_size):
+        out[:, at:at + b - a] = xf[:, a - sh.offset:b - sh.offset].float()
+        at += b - a
+    return out.view(torch.float64)
+
+
+def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard) -> torch.Tensor:
+    """softdec.sample's inverse-CDF draw of plain / min-p rows on shards, the same id as the
+    single-device op (csrc/cpu/sampling_kernels.h: block sums of 16 float lanes added in
+    double, then a double walk over the blocks and inside one block; csrc/cpu/distributed.cpp).
+
+    Blocks inside one shard are summed by their rank; blocks split between shards are
+    rebuilt on every rank from the gathered boundary tokens ``frag`` [W, R, _FRAG / 2]
+    (round 1). Round 2 all_gathers the inner block sums (float64 per block), every rank
+    walks the same full list of block sums; round 3 (only when a drawn block is some rank's
+    inner block) is an all_reduce(MAX) of the rank-local picks (int64 per row)."""
+    V = sh.vocab_size
+    R = x.shape[0]
+    nb = -(-V // _BLK)
+    # the split blocks, rebuilt from the ranks' boundary tokens
+    split: dict[int, torch.Tensor] = {}
+    for w, (off, n) in enumerate(shards):
+        vals = frag[w].contiguous().view(torch.float32)
+        at = 0
+        for a, b in _pieces(off, n, V):
+            b0 = a // _BLK * _BLK
+            blk = split.get(b0)
+            if blk is None:
+                blk = split[b0] = torch.full((R, min(_BLK, V - b0)), -math.inf)
+            blk[:, a - b0:b - b0] = vals[:, at:at + b - a]
+            at += b - a
+    inner = [_inner(off, n, V) for off, n in shards]
+    mine = _ops.shard_block_masses(x, sh.offset, V, m, T, MP)
+    width = max(hi - lo for lo, hi in inner)
+    if width:
+        pad = torch.zeros(R, width, dtype=torch.float64)
+        pad[:, :mine.shape[1]] = mine
+        got = _gather(pad, sh)
+    sums = torch.zeros(R, nb, dtype=torch.float64)
+    for w, (lo, hi) in enumerate(inner):
+        if hi > lo:
+            sums[:, lo:hi] = got[w, :, :hi - lo]
+    for b0, blk in split.items():
+        sums[:, b0 // _BLK] = _ops.shard_block_masses(blk, b0, V, m, T, MP)[:, 0]
+    block, target = _ops.block_draw_target(sums, s, o)
+    ids = _ops.shard_block_pick(x, sh.offset, V, m, T, MP, block, target)
+    for b0, blk in split.items():
+        ids = torch.maximum(ids, _ops.shard_block_pick(blk, b0, V, m, T, MP, block, target))
+    in_split = torch.zeros(R, dtype=torch.bool)
+    for b0 in split:
+        in_split |= block == b0 // _BLK
+    if sh.world > 1 and not bool(in_split.all()):
+        dist.all_reduce(ids, op=dist.ReduceOp.MAX, group=sh.group)
+    return ids.clamp_min(0)
 
 
 def _check_tiling(shards, V):
@@ -544,23 +758,43 @@ def _dirichlet(w, ids, s, o, alpha):
 
 # ---------------------------------------------------------------- verify
 
-_METHODS = ("exact", "greedy", "soft")
+_METHODS = ("exact", "greedy", "typical", "relaxed", "soft")
 
 
 def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vocab_offset: int,
            vocab_size: int, group: Optional[dist.ProcessGroup] = None, num_draft=None,
            draft_probs=None, method: str = "exact", temperature=1.0, top_k=0, top_p=1.0,
-           min_p=0.0, delta: float = 0.1, seed=None, offset=0,
-           generator: Optional[torch.Generator] = None) -> Verified:
-    """:func:`softdec.verify` on vocabulary shards (methods "exact", "greedy", "soft").
+           min_p=0.0, posterior_threshold: float = 0.09, posterior_alpha: float = 0.3,
+           neighbours: Optional[torch.Tensor] = None, delta: float = 0.1, seed=None, offset=0,
+           generator: Optional[torch.Generator] = None, filter_top_k=None) -> Verified:
+    """:func:`softdec.verify` on vocabulary shards (every method and draft kind).
 
     ``target_logits`` [B, K+1, V_local] holds tokens ``[vocab_offset, vocab_offset +
-    V_local)``; ``draft_ids`` [B, K] and sparse drafts carry global ids. Every rank returns
-    the single-device result (tokens and num_accepted exactly; soft weights to float32
-    rounding). "greedy" and "soft" exchange the first k tokens of each position (k = 1,
-    or the soft token's width); "exact" supports one-hot drafts (``draft_probs=None``)
-    with temperature and min_p (top_k / top_p raise NotImplementedError) and exchanges
-    2 rounds of O(B (K + 1)) values.
+    V_local)``; a dense ``draft_probs`` is the matching shard [B, K, V_local]; ``draft_ids``,
+    sparse drafts ``(ids, weights)`` and ``neighbours`` [V, m] carry global ids (every rank
+    passes the same). Every rank returns the single-device result (tokens and num_accepted
+    exactly; soft weights to float32 rounding). What is exchanged:
+
+    - "greedy", and "soft" without ``filter_top_k``: the first k tokens of each position
+      (k = 1, or the soft token's width), ``(2k + 8)`` float64 per position and rank;
+    - every method with a top-k target on every row (0 < top_k < V, top_k <= 2048; top_p /
+      min_p on top of it), and "soft" with ``filter_top_k`` > 0: the first ``max(top_k,
+      filter_top_k)`` tokens of each position the same way; a dense draft adds one
+      all_reduce of its values at those candidates (float32, ``W k + 1`` per position).
+      Every rank then runs the single-device op on a row holding only those candidates at
+      their global ids (-inf elsewhere): the kept set, its mass, the acceptance uniforms and
+      the race uniforms (element id of the stream) are those of the full row, so the
+      result is the single-device one bit for bit (the compute is O(V) per position on
+      every rank, the exchange O(k));
+    - "exact" with one-hot drafts and no top-k / top-p (temperature, min_p): 2 rounds of
+      O(B (K + 1)) values (the shard sums of the kept masses and each shard's race winner;
+      torch.exp / torch.log in float32 where the kernel uses filter.h's fexp / flog, so a
+      decision within ~1e-7 of its threshold may differ);
+    - anything else (top-p or min-p targets without top-k with dense / sparse drafts or the
+      typical / relaxed rules, filter_top_k = 0): all_gather of the full rows (O(B K V),
+      the serving engines' baseline), then the single-device op. Those targets need every
+      token's mass in the kernel's float64 summation order (top-p cut, normaliser,
+      entropy), which per-shard partial sums do not reproduce bit for bit.
     """
     from ._verify import verify as _verify
     check_tensor(target_logits, "target_logits", dim=3, layout="(batch, K + 1, vocab_local)",
@@ -574,9 +808,13 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
     V = sh.vocab_size
     dev = target_logits.device
     sparse = isinstance(draft_probs, tuple)
+    dense = None
     if draft_probs is not None and not sparse:
-        raise NotImplementedError("softdec.distributed.verify: dense draft_probs are not supported "
-                                  "(pass None or the sparse (ids, weights) tuple)")
+        dense = check_tensor(draft_probs, "draft_probs", dim=3, layout="(batch, K, vocab_local)",
+                             dtypes=FLOAT_DTYPES)
+        if tuple(dense.shape) != (B, K, Vl):
+            raise ValueError(f"a dense draft_probs must be the shard (batch, K, vocab_local) = ({B}, {K}, {Vl}), "
+                             f"got {tuple(dense.shape)}")
     given = draft_ids is not None
     if not given:
         if method != "soft":
@@ -590,20 +828,44 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
         raise ValueError(f"draft_ids must lie in [0, {V}) (the global vocabulary), got values in "
                          f"[{int(draft_ids.min())}, {int(draft_ids.max())}]")
     nd = row_param(num_draft if num_draft is not None else K, "num_draft", B, dev, torch.int64, lo=0, hi=K)
+    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
     x = target_logits.float()
-    if method == "exact":
-        if sparse:
-            raise NotImplementedError("softdec.distributed.verify(method='exact') supports one-hot drafts "
-                                      "(draft_probs=None) only")
-        return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
+    kw = dict(method=method, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+              posterior_threshold=posterior_threshold, posterior_alpha=posterior_alpha,
+              neighbours=neighbours, delta=delta)
+    fk_int = None
+    if filter_top_k is not None:
+        if method != "soft":
+            raise ValueError("filter_top_k is only defined for method 'soft'")
+        if not isinstance(filter_top_k, torch.Tensor):
+            fk_int = int_arg(filter_top_k, "filter_top_k", lo=0)
+            fk_int = 0 if fk_int >= V else fk_int
+        kw["filter_top_k"] = filter_top_k
+    if method == "soft" and not sparse:
+        raise ValueError("method 'soft' needs draft_probs=(ids[B, K, k], weights[B, K, k])")
+    if method == "soft" and filter_top_k is not None:
+        if fk_int:  # the first max(width, filter_top_k) tokens hold the filtered soft token
+            c = max(fk_int, draft_probs[0].shape[-1])
+            return _verify_candidates(x, draft_ids if given else None, nd, None, draft_probs, c, sh, kw,
+                                      seed, offset, generator)
+        return _verify_gathered(x, draft_ids if given else None, nd, None, draft_probs, sh, kw,
+                                seed, offset, generator)
+    topk_rows = B > 0 and bool(((kt > 0) & (kt < V) & (kt <= _SMALL_K)).all())
+    if method not in ("greedy", "soft") or dense is not None:
+        if topk_rows:
+            return _verify_candidates(x, draft_ids, nd, dense, draft_probs if sparse else None,
+                                      int(kt.max()), sh, kw, seed, offset, generator)
+        tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
+        if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V)).any()) \
+                and not bool((tp < 1).any()):
+            return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
+        return _verify_gathered(x, draft_ids, nd, dense, draft_probs if sparse else None, sh, kw,
+                                seed, offset, generator)
     # greedy / soft: the compact problem
     if method == "greedy":
         c = 1
     else:
-        if not sparse:
-            raise ValueError("method 'soft' needs draft_probs=(ids[B, K, k], weights[B, K, k])")
         ks = draft_probs[0].shape[-1]
-        kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
         c = int(torch.where(kt > 0, kt.clamp_max(ks), torch.full_like(kt, ks)).max()) if B else ks
     g = _gather(_local_stats(x.reshape(B * K1, Vl).contiguous(), c, None, sh), sh)
     mg = _merge(g, c, None)
@@ -645,6 +907,76 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
     if soft_ids is not None and res.soft_weights is not None:
         soft_ids = torch.where(res.soft_weights.sum(1, keepdim=True) > 0, soft_ids, res.soft_ids)
     return Verified(to_global(res.tokens), res.num_accepted, soft_ids, res.soft_weights)
+
+
+def _layout(sh: Shard, Vl: int) -> list[tuple[int, int]]:
+    """Every rank's (vocab_offset, size), checked to tile [0, vocab_size) (one small all_gather)."""
+    g = _gather(torch.tensor([sh.offset, Vl], dtype=torch.int64), sh)
+    shards = [(int(a), int(b)) for a, b in g.tolist()]
+    _check_tiling(shards, sh.vocab_size)
+    return shards
+
+
+def _full_rows(t: torch.Tensor, shards, sh: Shard) -> torch.Tensor:
+    """all_gather of shards t [..., V_local] into the full rows [..., V]."""
+    width = max(n for _, n in shards)
+    pad = torch.zeros(*t.shape[:-1], width, dtype=t.dtype)
+    pad[..., :t.shape[-1]] = t
+    parts = _gather(pad, sh)
+    out = torch.empty(*t.shape[:-1], sh.vocab_size, dtype=t.dtype)
+    for w, (lo, n) in enumerate(shards):
+        out[..., lo:lo + n] = parts[w, ..., :n]
+    return out
+
+
+def _verify_gathered(x, draft_ids, nd, dense, sp, sh: Shard, kw, seed, offset, generator) -> Verified:
+    """The fallback: all_gather the full target rows (and a dense draft), the single-device op."""
+    from ._verify import verify as _verify
+    B = x.shape[0]
+    shards = _layout(sh, x.shape[2])
+    s, o = _sync_rng(seed, offset, B, x.device, generator, sh)
+    full = _full_rows(x, shards, sh)
+    dp = sp if sp is not None else (None if dense is None else _full_rows(dense, shards, sh))
+    return _verify(full, draft_ids, num_draft=nd, draft_probs=dp, seed=s, offset=o, **kw)
+
+
+def _verify_candidates(x, draft_ids, nd, dense, sp, c: int, sh: Shard, kw, seed, offset, generator) -> Verified:
+    """Targets that depend on each position's first c tokens only: gather them, put them at
+    their global ids of an otherwise -inf row, run the single-device op on it (see verify)."""
+    from ._verify import verify as _verify
+    B, K1, Vl = x.shape
+    K = K1 - 1
+    V = sh.vocab_size
+    R = B * K1
+    s, o = _sync_rng(seed, offset, B, x.device, generator, sh)
+    part = _local_stats(x.reshape(R, Vl).contiguous(), c, None, sh)
+    head = torch.zeros(1, part.shape[1], dtype=torch.float64)
+    head[0, 0], head[0, 1] = sh.offset, Vl
+    g = _gather(torch.cat([part, head]), sh)
+    _check_tiling([(int(a), int(b)) for a, b in g[:, R, :2].tolist()], V)
+    mg = _merge(g[:, :R], c, None)
+    cid, cv = mg.cand_id, mg.cand_v
+    pad = cid < 0
+    # padding slots rewrite the first candidate (same id, same value)
+    cid = torch.where(pad, cid[:, :1].clamp_min(0), cid)
+    cv = torch.where(pad, cv[:, :1], cv)
+    row = torch.full((R, V), -math.inf)
+    row.scatter_(1, cid, cv)
+    row[~mg.valid] = math.nan
+    row = row.view(B, K1, V)
+    dp = sp
+    if dense is not None:
+        # the draft's q at every candidate of positions 0..K-1 and at the drafted token:
+        # each rank writes the ones it holds, zeros elsewhere; a sum puts them on every rank
+        ids = torch.cat([cid.view(B, K1, -1)[:, :K], draft_ids[..., None]], 2)
+        own = (ids >= sh.offset) & (ids < sh.offset + Vl)
+        q = dense.gather(2, (ids - sh.offset).clamp(0, max(Vl - 1, 0))) if Vl else torch.zeros(ids.shape)
+        q = torch.where(own, q.float(), torch.zeros(ids.shape))
+        if sh.world > 1:
+            dist.all_reduce(q, group=sh.group)
+        dp = torch.zeros(B, K, V)
+        dp.scatter_(2, ids, q)
+    return _verify(row, draft_ids, num_draft=nd, draft_probs=dp, seed=s, offset=o, **kw)
 
 
 def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh: Shard):

@@ -1,0 +1,286 @@
+// CPU helpers of softdec.distributed (python/softdec/distributed.py): the
+// pieces of softdec.sample's inverse-CDF draw (csrc/cpu/sampling_kernels.h)
+// that a rank computes on its vocabulary shard, so that plain and min-p rows
+// are drawn on shards with the single-device op's id exactly.
+//
+// The single-device draw sums the kept draw masses in global 1024-token blocks
+// (block b = tokens [1024 b, 1024 b + 1024) of the full row; 16 float lanes in
+// token order, added in double), adds the block sums in double in block order,
+// and walks the blocks, then the tokens of one block. Every block sum depends
+// on that block's tokens only, so a rank computes the sums of the blocks that
+// lie entirely in its shard (shard_block_masses), the ranks exchange them, every
+// rank finds the block and what is left of the target (block_draw_target, the
+// same double arithmetic as draw_from_blocks), and the rank holding that block
+// picks the token in it (shard_block_pick). Blocks split between shards are
+// assembled from the ranks' boundary tokens by the caller and go through the
+// same two kernels as a one-block shard.
+#include "capability.h"
+#include "../common.h"
+#include "../dispatch.h"
+#include "softdec/filter.h"
+#include "softdec/philox.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+#include "sampling_kernels.h"
+
+namespace softdec {
+namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
+namespace {
+
+using namespace cpu;  // NOLINT: the shared passes of sampling_kernels.h
+
+// The blocks of [0, V) lying entirely in the shard [offset, offset + n): [b_lo, b_hi).
+std::pair<int64_t, int64_t> inner_blocks(int64_t offset, int64_t n, int64_t V) {
+  const int64_t end = offset + n;
+  const int64_t b_lo = (offset + kCdfBlock - 1) / kCdfBlock;
+  // the last block of the row ends at V (it may be shorter than kCdfBlock)
+  const int64_t b_hi = end == V ? (V + kCdfBlock - 1) / kCdfBlock : end / kCdfBlock;
+  return {b_lo, std::max(b_lo, b_hi)};
+}
+
+void check_shard_args(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
+                      const Tensor& mp) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  const int64_t R = logits.size(0), n = logits.size(1);
+  SOFTDEC_CHECK(offset >= 0 && V >= 1 && offset + n <= V, "the shard [offset, offset + vocab_local) = [", offset,
+                ", ", offset + n, ") must lie in [0, vocab_size = ", V, ")");
+  check_per_row(m, "max_logit", R, ScalarType::Float, logits, "logits");
+  check_per_row(t, "temperature", R, ScalarType::Float, logits, "logits");
+  check_per_row(mp, "min_p", R, ScalarType::Float, logits, "logits");
+}
+
+// The cut of a plain / min-p row of softdec.sample (sample_cpu's RowPlan -> Cut::of).
+Cut row_cut(float m, float t, float min_p) {
+  Cut c(1.0f / t);
+  c.m = m;
+  c.lmp = filter::log_min_p_of(min_p);
+  return c;
+}
+
+// Sums of the kept draw masses of the blocks lying entirely in the shard:
+// float64 (rows, b_hi - b_lo), column j = block b_lo + j.
+Tensor shard_block_masses_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  const auto [b_lo, b_hi] = inner_blocks(offset, n, V);
+  const int64_t nb = b_hi - b_lo;
+  Tensor out = new_empty(logits, {R, nb}, ScalarType::Double);
+  if (R == 0 || nb == 0) return out;
+  const float* mm = m.const_data_ptr<float>();
+  const float* tt = t.const_data_ptr<float>();
+  const float* pp = mp.const_data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r)
+    SOFTDEC_CHECK(tt[r] > 0.0f && tt[r] < kInf, "temperature must be finite and > 0, got ", tt[r], " at row ", r);
+  double* o = out.mutable_data_ptr<double>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    // 16 blocks (64 KiB of float logits) per task
+    torch::stable::parallel_for(0, R * nb, 16, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t r = w / nb, j = w % nb;
+        const int64_t b0 = (b_lo + j) * kCdfBlock, len = std::min(kCdfBlock, V - b0);
+        const Cut cut = row_cut(mm[r], tt[r], pp[r]);
+        mass_pass(x + r * rs + (b0 - offset), 0, len, cut, o + w);
+      }
+    });
+  });
+  return out;
+}
+
+// The token drawn in block `block[r]` with `target[r]` left of the draw's target
+// (block_draw_target): its global id if that block lies entirely in the shard, else -1.
+Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
+                            Tensor block, Tensor target) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  check_per_row(block, "block", R, ScalarType::Long, logits, "logits");
+  check_per_row(target, "target", R, ScalarType::Double, logits, "logits");
+  const auto [b_lo, b_hi] = inner_blocks(offset, n, V);
+  Tensor out = new_empty(logits, {R}, ScalarType::Long);
+  if (R == 0) return out;
+  const float* mm = m.const_data_ptr<float>();
+  const float* tt = t.const_data_ptr<float>();
+  const float* pp = mp.const_data_ptr<float>();
+  const int64_t* bb = block.const_data_ptr<int64_t>();
+  const double* tg = target.const_data_ptr<double>();
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R, 4, [&](int64_t b, int64_t e) {
+      alignas(64) float mass[kCdfBlock];
+      for (int64_t r = b; r < e; ++r) {
+        o[r] = -1;
+        if (bb[r] < b_lo || bb[r] >= b_hi || !(tt[r] > 0.0f)) continue;
+        const int64_t b0 = bb[r] * kCdfBlock, len = std::min(kCdfBlock, V - b0);
+        const Cut cut = row_cut(mm[r], tt[r], pp[r]);
+        draw_masses(x + r * rs + (b0 - offset), b0, len, cut, mass);
+        const int64_t j = pick_in(mass, len, tg[r]);
+        o[r] = j < 0 ? -1 : b0 + j;
+      }
+    });
+  });
+  return out;
+}
+
+// draw_from_blocks' walk over the block sums blk (rows, nb) of whole rows, with
+// u = philox::uniform53(seed, offset): (the chosen block, -1 if the row has no
+// mass; what is left of the target inside it).
+std::tuple<Tensor, Tensor> block_draw_target_cpu(Tensor blk, Tensor seed, Tensor offset) {
+  check_dim(blk, "blk", 2, "(rows, blocks)");
+  check_dtype(blk, "blk", ScalarType::Double);
+  check_contiguous(blk, "blk");
+  const int64_t R = blk.size(0), nb = blk.size(1);
+  check_per_row(seed, "seed", R, ScalarType::Long, blk, "blk");
+  check_per_row(offset, "offset", R, ScalarType::Long, blk, "blk");
+  Tensor block = new_empty(blk, {R}, ScalarType::Long);
+  Tensor target = new_empty(blk, {R}, ScalarType::Double);
+  const double* s = blk.const_data_ptr<double>();
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* of = offset.const_data_ptr<int64_t>();
+  int64_t* ob = block.mutable_data_ptr<int64_t>();
+  double* ot = target.mutable_data_ptr<double>();
+  for (int64_t r = 0; r < R; ++r) {
+    const double* row = s + r * nb;
+    double total = 0.0;
+    for (int64_t b = 0; b < nb; ++b) total += row[b];
+    ob[r] = -1;
+    ot[r] = 0.0;
+    if (!(total > 0.0)) continue;
+    double tg = philox::uniform53(static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(of[r])) * total;
+    const int64_t b = pick_in(row, nb, tg);
+    if (b < 0) continue;
+    double before = 0.0;
+    for (int64_t j = 0; j < b; ++j) before += row[j];
+    ob[r] = b;
+    ot[r] = tg - before;
+  }
+  return {block, target};
+}
+
+// ------------------------------------------------------------------ shard partials and their merge
+
+constexpr double kNoId = 4611686018427387904.0;  // 2^62: id of an empty candidate slot (sorts last)
+constexpr int64_t kHead = 8;                      // header columns (python/softdec/distributed.py _HEAD)
+
+// Partials of each row of a shard at global offset `offset` (python _local_stats, no
+// temperature): float64 (rows, 8 + 2c) = (any NaN, any +inf, any > -inf, max, its global
+// id (lowest among ties), 0, 0, 0, the shard's first c tokens in the filter order -- logit
+// descending, lower id first -- listed in id order: c values (-inf padding), c global ids
+// (2^62 padding)).
+Tensor shard_partials_cpu(Tensor logits, int64_t offset, int64_t c) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  SOFTDEC_CHECK(c >= 0, "c must be >= 0, got ", c);
+  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  const int64_t R = logits.size(0), n = logits.size(1), W = kHead + 2 * c;
+  Tensor out = new_empty(logits, {R, W}, ScalarType::Double);
+  if (R == 0) return out;
+  double* o = out.mutable_data_ptr<double>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
+      std::vector<Cand> top;
+      for (int64_t r = b; r < e; ++r) {
+        double* row = o + r * W;
+        Flags fl;
+        top.clear();
+        if (n > 0) topk_pass(x + r * rs, 0, n, std::max<int64_t>(c, 1), top, fl);
+        std::sort(top.begin(), top.end(), cand_before);
+        row[0] = fl.nan ? 1.0 : 0.0;
+        row[1] = fl.pinf ? 1.0 : 0.0;
+        row[2] = top.empty() ? 0.0 : 1.0;
+        row[3] = top.empty() ? -static_cast<double>(kInf) : static_cast<double>(top[0].v);
+        row[4] = top.empty() ? kNoId : static_cast<double>(top[0].i + offset);
+        row[5] = row[6] = row[7] = 0.0;
+        const int64_t m = std::min<int64_t>(c, static_cast<int64_t>(top.size()));
+        std::sort(top.begin(), top.begin() + m, [](const Cand& a, const Cand& bb) { return a.i < bb.i; });
+        for (int64_t j = 0; j < c; ++j) {
+          row[kHead + j] = j < m ? static_cast<double>(top[j].v) : -static_cast<double>(kInf);
+          row[kHead + c + j] = j < m ? static_cast<double>(top[j].i + offset) : kNoId;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Merge of the gathered partials g (world, rows, 8 + 2c): (valid, max, argmax -- 0 where
+// invalid --, the compact row: the world * c candidates in global-id order plus one -inf
+// column, NaN where the row is invalid (float32), their global ids (-1 for padding)).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> merge_partials_cpu(Tensor g, int64_t c) {
+  check_dim(g, "g", 3, "(world, rows, 8 + 2c)");
+  check_dtype(g, "g", ScalarType::Double);
+  check_contiguous(g, "g");
+  const int64_t Wd = g.size(0), R = g.size(1), W = g.size(2);
+  SOFTDEC_CHECK(c >= 0 && W == kHead + 2 * c, "g must have 8 + 2c = ", kHead + 2 * c, " columns, got ", W);
+  const int64_t nc = Wd * c + 1;
+  Tensor valid = new_empty(g, {R}, ScalarType::Bool);
+  Tensor mx = new_empty(g, {R}, ScalarType::Double);
+  Tensor am = new_empty(g, {R}, ScalarType::Long);
+  Tensor cv = new_empty(g, {R, nc}, ScalarType::Float);
+  Tensor ci = new_empty(g, {R, nc}, ScalarType::Long);
+  const double* gg = g.const_data_ptr<double>();
+  bool* ov = valid.mutable_data_ptr<bool>();
+  double* om = mx.mutable_data_ptr<double>();
+  int64_t* oa = am.mutable_data_ptr<int64_t>();
+  float* ocv = cv.mutable_data_ptr<float>();
+  int64_t* oci = ci.mutable_data_ptr<int64_t>();
+  torch::stable::parallel_for(0, R, 16, [&](int64_t b, int64_t e) {
+    std::vector<std::pair<double, float>> cand;
+    for (int64_t r = b; r < e; ++r) {
+      bool nan = false, pinf = false, fin = false;
+      double m = -static_cast<double>(kInf), a = kNoId;
+      cand.clear();
+      for (int64_t w = 0; w < Wd; ++w) {
+        const double* p = gg + (w * R + r) * W;
+        nan |= p[0] > 0.0;
+        pinf |= p[1] > 0.0;
+        fin |= p[2] > 0.0;
+        if (p[3] > m) {
+          m = p[3];
+          a = p[4];
+        } else if (p[3] == m && p[4] < a) {
+          a = p[4];
+        }
+        for (int64_t j = 0; j < c; ++j)
+          if (p[kHead + c + j] < kNoId) cand.emplace_back(p[kHead + c + j], static_cast<float>(p[kHead + j]));
+      }
+      std::sort(cand.begin(), cand.end(), [](const auto& u, const auto& v) { return u.first < v.first; });
+      const bool ok = !nan && !pinf && fin;
+      ov[r] = ok;
+      om[r] = m;
+      oa[r] = ok && a < kNoId ? static_cast<int64_t>(a) : 0;
+      float* rv = ocv + r * nc;
+      int64_t* ri = oci + r * nc;
+      for (int64_t j = 0; j < nc; ++j) {
+        const bool have = j < static_cast<int64_t>(cand.size());
+        rv[j] = !ok ? std::numeric_limits<float>::quiet_NaN() : (have ? cand[j].second : -kInf);
+        ri[j] = have ? static_cast<int64_t>(cand[j].first) : -1;
+      }
+    }
+  });
+  return {valid, mx, am, cv, ci};
+}
+
+}  // namespace
+}  // namespace SOFTDEC_CPU_NS
+}  // namespace softdec
+
+// This level's kernels; csrc/cpu_dispatch.cpp registers the chosen level's with torch.
+SOFTDEC_CPU_KERNELS(distributed,
+    {"shard_block_masses", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_block_masses_cpu)},
+    {"shard_block_pick", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_block_pick_cpu)},
+    {"block_draw_target", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::block_draw_target_cpu)},
+    {"shard_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_partials_cpu)},
+    {"merge_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::merge_partials_cpu)})
