@@ -76,7 +76,7 @@ def _rows():
     return rows
 
 
-TOP_PS = [0.0, 1e-30, 0.1, 0.25, 0.5, 0.6, 0.75, 0.9, 0.99, 0.999999]
+TOP_PS = [0.0, 1e-40, 1e-35, 1e-30, 0.1, 0.25, 0.5, 0.6, 0.75, 0.9, 0.99, 0.999999]
 
 
 @pytest.mark.parametrize("row", range(len(_rows())))

@@ -663,19 +663,27 @@ __global__ void __launch_bounds__(kMassThreads) block_mass_kernel(const T* __res
   for (int64_t bb = b0; bb < b1; bb += kMassGroup) {  // the same trip count for every thread
     const int nblk = static_cast<int>(b1 - bb < kMassGroup ? b1 - bb : kMassGroup);
     const int ngroups = nblk * kGroupsPerBlock;
-#pragma unroll 4
+    // all kMassLoads loads of a thread are independent (fully unrolled, predicated): in flight together
+    float v[kMassLoads][4];
+#pragma unroll
     for (int u = 0; u < kMassLoads; ++u) {
       const int g = threadIdx.x + u * kMassThreads;
-      if (g >= ngroups) break;
       const int j = g / kGroupsPerBlock, o = 4 * (g % kGroupsPerBlock);
       const int64_t t0 = (bb + j) * kCdfBlock + o;
-      float v[4];
-      load4(row, t0 >> 2, V, aligned, v);  // -inf past V: not kept, mass 0
+      if (g < ngroups) load4(row, t0 >> 2, V, aligned, v[u]);  // -inf past V: not kept, mass 0
+    }
+#pragma unroll
+    for (int u = 0; u < kMassLoads; ++u) {
+      const int g = threadIdx.x + u * kMassThreads;
+      if (g >= ngroups) continue;
+      const int j = g / kGroupsPerBlock, o = 4 * (g % kGroupsPerBlock);
+      const int64_t t0 = (bb + j) * kCdfBlock + o;
+      const float* vu = v[u];
       float4 w;
-      w.x = plan_kept(p, v[0], t0) ? draw_mass_rn(v[0], p.m, c) : 0.0f;
-      w.y = plan_kept(p, v[1], t0 + 1) ? draw_mass_rn(v[1], p.m, c) : 0.0f;
-      w.z = plan_kept(p, v[2], t0 + 2) ? draw_mass_rn(v[2], p.m, c) : 0.0f;
-      w.w = plan_kept(p, v[3], t0 + 3) ? draw_mass_rn(v[3], p.m, c) : 0.0f;
+      w.x = plan_kept(p, vu[0], t0) ? draw_mass_rn(vu[0], p.m, c) : 0.0f;
+      w.y = plan_kept(p, vu[1], t0 + 1) ? draw_mass_rn(vu[1], p.m, c) : 0.0f;
+      w.z = plan_kept(p, vu[2], t0 + 2) ? draw_mass_rn(vu[2], p.m, c) : 0.0f;
+      w.w = plan_kept(p, vu[3], t0 + 3) ? draw_mass_rn(vu[3], p.m, c) : 0.0f;
       *reinterpret_cast<float4*>(&e[j * kMassPitch + o]) = w;
     }
     __syncthreads();
