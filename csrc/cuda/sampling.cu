@@ -200,10 +200,11 @@ __device__ __forceinline__ void hist_add(int b, uint64_t q, bool mass_mode, int*
 // Mass mode: mass_of(x) is the fixed-point mass (filter.h "top-p masses in fixed point"),
 // target = filter::fixed_target(top_p, total); histograms of exact integer sums, so the
 // cut is the CPU's (filter::detail::select_nth / top_p_cut) bit for bit.
-template <class Load, class MassOf>
-__device__ void select_nth_block(const Load& load, int64_t V, float cv, int64_t ci, bool mass_mode,
-                                 int64_t n, uint64_t target, const MassOf& mass_of, float* out_v,
-                                 int64_t* out_i) {
+// kMass: mass mode (a template parameter: the count-mode callers carry no mass code).
+template <bool kMass, class Load, class MassOf>
+__device__ void select_nth_block(const Load& load, int64_t V, float cv, int64_t ci, int64_t n, uint64_t target,
+                                 const MassOf& mass_of, float* out_v, int64_t* out_i) {
+  constexpr bool mass_mode = kMass;
   __shared__ int hc[256];
   __shared__ uint32_t hlo[256], hhi[256];
   __shared__ uint32_t s_prefix, s_mask;
@@ -423,7 +424,7 @@ __device__ int64_t topk_draw(const T* row, int64_t rs, int64_t V, int64_t k, lon
   auto no_mass = [](float) -> uint64_t { return 0; };
   float cv = ninf();
   int64_t ci = kNoKeep;
-  if (k < finite) select_nth_block(load, V, cv, ci, false, k, 0, no_mass, &cv, &ci);
+  if (k < finite) select_nth_block<false>(load, V, cv, ci, k, 0, no_mass, &cv, &ci);
   // Ordered compaction: thread t takes tokens [4g, 4g + 4), g = base / 4 + t;
   // slots follow thread order, then token order (= vocabulary order).
   if (threadIdx.x == 0) s_count = 0;
@@ -595,7 +596,7 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const T* __restrict__
   };
   float cv = ninf();
   int64_t ci = kNoKeep;
-  if (k > 0 && k < finite) select_nth_block(load, V, cv, ci, false, k, 0, mass_of, &cv, &ci);
+  if (k > 0 && k < finite) select_nth_block<false>(load, V, cv, ci, k, 0, mass_of, &cv, &ci);
   if (tp < 1.0f) {
     unsigned long long tot = 0;
     for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
@@ -608,7 +609,7 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const T* __restrict__
       cv = m;
       ci = a.idx;
     } else {
-      select_nth_block(load, V, cv, ci, true, 0, target, mass_of, &cv, &ci);
+      select_nth_block<true>(load, V, cv, ci, 0, target, mass_of, &cv, &ci);
     }
   }
   if (threadIdx.x == 0) {
@@ -945,7 +946,7 @@ __global__ void __launch_bounds__(kThreads) gumbel_topk_kernel(const T* __restri
   float cv = ninf();
   int64_t ci = kNoKeep;
   auto no_mass = [](float) -> uint64_t { return 0; };
-  if (k < finite) select_nth_block(pert, V, cv, ci, false, k, 0, no_mass, &cv, &ci);
+  if (k < finite) select_nth_block<false>(pert, V, cv, ci, k, 0, no_mass, &cv, &ci);
   if (threadIdx.x == 0) s_n = 0;
   for (int j = threadIdx.x; j < kMaxSortK; j += blockDim.x) {
     sv[j] = ninf();
@@ -1050,7 +1051,7 @@ __global__ void __launch_bounds__(kThreads) top_k_mask_kernel(const T* __restric
   float cv = ninf();
   int64_t ci = kNoKeep;
   auto no_mass = [](float) -> uint64_t { return 0; };
-  if (k > 0 && k < cand) select_nth_block(load, V, cv, ci, false, k, 0, no_mass, &cv, &ci);
+  if (k > 0 && k < cand) select_nth_block<false>(load, V, cv, ci, k, 0, no_mass, &cv, &ci);
   const bool cut = k > 0 && k < V;
   for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
     const float x = ld(row, i);
@@ -1099,7 +1100,7 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(const T* __restrict__ 
           cv = a.key;
           ci = a.idx;
         } else {
-          select_nth_block(load, V, cv, ci, true, 0, target, mass_of, &cv, &ci);
+          select_nth_block<true>(load, V, cv, ci, 0, target, mass_of, &cv, &ci);
         }
       }
     } else {
