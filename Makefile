@@ -27,7 +27,8 @@ help:
 	@echo "make test-isa    the in-place build's suite once per CPU level this machine runs (SOFTDEC_CPU_CAPABILITY forced)"
 	@echo "make isa-check   disassembly check: AVX-512 only inside the avx512 level (tools/check_isa.py)"
 	@echo "make cuda-check  compile every csrc/cuda/*.cu for sm_80 and sm_90a, check the MMA layouts and every"
-	@echo "                 kernel's launch resources (registers x threads, spills, stack; no GPU needed)"
+	@echo "                 kernel's launch resources (registers x threads, spills, stack) and SASS atomics (no CAS"
+	@echo "                 loops, no fp atomics outside tools/sass_atomics_exceptions.txt); no GPU needed"
 	@echo "make gpu-check-dry  run bench/gpu_check.sh (the GPU validation run) end to end without a GPU"
 	@echo "make abi-check   compile every csrc source (CPU, and .cu for sm_90a) against the headers of torch"
 	@echo "                 $(ABI_VERSIONS) (downloaded once, cached outside the repo; no GPU needed)"
@@ -87,7 +88,7 @@ fuzz: install
 # ---- CUDA compile check: objects only, every arch, fails on any compile error.
 # Uses the venv's torch headers, cmake and ninja, and the nvidia-cutlass headers.
 cuda-check: setup
-	$(PIP) install -q nvidia-cutlass
+	$(PIP) install -q nvidia-cutlass nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm
 	PATH="$(abspath $(VENV))/bin:$$PATH" cmake -S . -B build/cuda-check -G Ninja -DSOFTDEC_CUDA_CHECK_ONLY=ON \
 	  -DPython_EXECUTABLE="$(abspath $(PY))" -DSOFTDEC_CUDA_ARCHS="$${SOFTDEC_CUDA_ARCHS:-80;90a}" >/dev/null
 	PATH="$(abspath $(VENV))/bin:$$PATH" cmake --build build/cuda-check -j $(JOBS) --target softdec_cuda_objects
@@ -103,7 +104,8 @@ cuda-check: setup
 	nvcc -std=c++17 -O2 -I include -I csrc/cuda tests/cuda_host/soft_select.cu -o build/cuda-check/soft_select
 	build/cuda-check/soft_select
 	# every kernel: a launch bound, registers x threads <= 65536, no spills but those capped in
-	# tools/launch_resources_exceptions.txt, stack <= 512 B (ptxas -v + PTX)
+	# tools/launch_resources_exceptions.txt, stack <= 512 B (ptxas -v + PTX); no CAS loop and no
+	# floating-point atomic in the SASS but those in tools/sass_atomics_exceptions.txt (cuobjdump -sass)
 	$(PY) tools/check_launch_resources.py build/cuda-check --quiet
 
 # ---- the GPU validation script, every phase on this machine (CPU-only build in build/dev, the CUDA

@@ -108,7 +108,7 @@ def _build(tmp_path, ptxas=PTXAS, ptx=(PTX_90, PTX_80)):
 
 
 def test_failures_name_each_problem(tmp_path, capsys):
-    assert clr.main([str(_build(tmp_path)), "--max-stack", "512"]) == 1
+    assert clr.main([str(_build(tmp_path)), "--max-stack", "512", "--no-sass"]) == 1
     err = capsys.readouterr().err
     assert "4 failure(s)" in err
     assert "select(float*): 91 registers x 1024 threads = 98304 allocated registers > 65536" in err
@@ -120,7 +120,7 @@ def test_failures_name_each_problem(tmp_path, capsys):
 
 def test_clean_build_passes(tmp_path, capsys):
     ptxas = PTXAS.split("ptxas info    : Compiling entry function '_Z6selectPf'")[0]
-    assert clr.main([str(_build(tmp_path, ptxas, (PTX_90,)))]) == 0
+    assert clr.main([str(_build(tmp_path, ptxas, (PTX_90,))), "--no-sass"]) == 0
     assert "launch resources: OK" in capsys.readouterr().out
 
 
@@ -133,7 +133,7 @@ def test_missing_inputs_fail(tmp_path, what, capsys):
     else:
         _build(tmp_path, ptx=(PTX_90,))  # the sm_80 kernels have no PTX
         msg = "in no PTX file"
-    assert clr.main([str(tmp_path)]) == 1
+    assert clr.main([str(tmp_path), "--no-sass"]) == 1
     assert msg in capsys.readouterr().err
 
 
@@ -159,7 +159,7 @@ def test_spill_exceptions_are_capped(tmp_path, capsys, cap, ok):
     build = _build(tmp_path, SPILL, (SPILL_PTX,))
     exc = tmp_path / "exc.txt"
     exc.write_text("# accepted\n" + (f"sm_9*  {cap}  ^slow\\(  # a called slow path\n" if cap else ""))
-    assert clr.main([str(build), "--exceptions", str(exc)]) == (0 if ok else 1)
+    assert clr.main([str(build), "--exceptions", str(exc), "--no-sass"]) == (0 if ok else 1)
     out = capsys.readouterr()
     if ok:
         assert "accepted spills <= 24 B in 1 kernel(s) matching sm_9* /^slow\\(/: a called slow path" in out.out
@@ -174,3 +174,134 @@ def test_exception_lines_need_a_reason():
         clr.parse_exceptions("sm_80 8 foo\n")
     with pytest.raises(ValueError, match="expected '<arch glob> <max spill bytes> <regex>  # reason'"):
         clr.parse_exceptions("sm_80 foo  # why\n")
+
+
+# ---------------------------------------------------------------- SASS atomics (cuobjdump -sass)
+
+# A cuobjdump -sass listing cut down to what the parser reads: two archs, a kernel with a
+# shared-memory double atomicAdd (a CAS spin loop) and integer atomics, one with a predicated
+# global fp32 reduction, one clean; the opcodes are nvcc 13's.
+SASS = """\
+
+Fatbin elf code:
+================
+arch = sm_80
+code version = [1,8]
+
+\tcode for sm_80
+\t.target\tsm_80
+
+\t\tFunction : _Z4histPf
+\t.headerflags\t@"EF_CUDA_VIRTUAL_SM(EF_CUDA_SM80)"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                   /* 0x00000a00ff017b82 */
+        /*01a0*/                   ATOMS.POPC.INC.32 RZ, [R5+UR5] ;         /* 0x0000000005ff7f8c */
+        /*01b0*/               @P0 ATOMS.ADD R18, [R17], R18 ;              /* 0x000000121112038c */
+        /*01f0*/                   ATOMS.CAST.SPIN.64 R6, [R17], R4, R6 ;   /* 0x000000041106738d */
+        /*0200*/                   ATOMG.E.ADD.64.STRONG.GPU PT, R2, [R4.64], R6 ;  /* 0x0 */
+\t\t..........
+
+\t\tFunction : _Z3sumPf
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                   /* 0x00000a00ff017b82 */
+        /*0010*/              @!P1 RED.E.ADD.F32.FTZ.RN.STRONG.GPU [R2.64], R5 ;  /* 0x0 */
+\t\t..........
+
+Fatbin elf code:
+================
+arch = sm_90a
+
+\tcode for sm_90a
+
+\t\tFunction : _Z4histPf
+        /*21f0*/                   ATOMS.CAST.SPIN.64 R6, [R17], R4, R6 ;   /* 0x000000041106738d */
+        /*2200*/                   ATOMG.E.CAS.STRONG.GPU PT, R4, [R2.64], R4, R6 ;  /* 0x0 */
+\t\tFunction : _Z5cleanPf
+        /*0000*/                   ATOMS.ADD RZ, [R10+UR5], R11 ;           /* 0x0000000b0aff798c */
+        /*0010*/                   REDG.E.ADD.STRONG.GPU [R2.64], R5 ;      /* 0x0 */
+"""
+
+
+@pytest.mark.parametrize("opcode,kind", [
+    ("ATOMS.CAST.SPIN.64", "cas"), ("ATOMS.CAS.64", "cas"), ("ATOMG.E.CAS.STRONG.GPU", "cas"),
+    ("ATOM.E.CAS.64.STRONG.GPU", "cas"), ("RED.E.ADD.F32.FTZ.RN.STRONG.GPU", "fp"),
+    ("ATOMG.E.ADD.F64.RN.STRONG.GPU", "fp"), ("ATOM.E.ADD.F16x2.RN.STRONG.GPU", "fp"),
+    ("REDG.E.ADD.F32.FTZ.RN.STRONG.GPU", "fp"), ("ATOMS.ADD", None), ("ATOMS.POPC.INC.32", None),
+    ("ATOMG.E.ADD.64.STRONG.GPU", None), ("RED.E.ADD.STRONG.GPU", None), ("FADD.FTZ", None),
+    ("DADD", None), ("CAS", None)])
+def test_atomic_kind(opcode, kind):
+    assert clr.atomic_kind(opcode) == kind
+
+
+def test_parse_sass_functions_and_atomics():
+    funcs, atomics = clr.parse_sass(SASS, "x.o")
+    assert funcs == [("_Z4histPf", "sm_80"), ("_Z3sumPf", "sm_80"), ("_Z4histPf", "sm_90a"), ("_Z5cleanPf", "sm_90a")]
+    got = [(a.kernel, a.arch, a.opcode, a.kind) for a in atomics]
+    assert got == [("_Z4histPf", "sm_80", "ATOMS.CAST.SPIN.64", "cas"),
+                   ("_Z3sumPf", "sm_80", "RED.E.ADD.F32.FTZ.RN.STRONG.GPU", "fp"),
+                   ("_Z4histPf", "sm_90a", "ATOMS.CAST.SPIN.64", "cas"),
+                   ("_Z4histPf", "sm_90a", "ATOMG.E.CAS.STRONG.GPU", "cas")]
+
+
+def test_atomic_failures_and_exceptions():
+    _, atomics = clr.parse_sass(SASS, "x.o")
+    bad = clr.atomic_failures(atomics, [])
+    assert len(bad) == 3  # hist on each arch (cas), sum on sm_80 (fp); clean passes
+    assert any(b.startswith("sm_80 x.o: hist(float*): 1 compare-and-swap (a CAS loop): ATOMS.CAST.SPIN.64") for b in bad)
+    assert any("sm_90a x.o: hist(float*): 2 compare-and-swap" in b for b in bad)
+    assert any("sum(float*): 1 floating-point atomic(s): RED.E.ADD.F32.FTZ.RN.STRONG.GPU" in b for b in bad)
+    assert not any("clean" in b for b in bad)
+    exc = clr.parse_atomic_exceptions("# x\nsm_*  cas  ^hist\\(  # being rewritten\nsm_80 fp ^nothing  # stale\n")
+    bad = clr.atomic_failures(atomics, exc)
+    assert len(bad) == 1 and "sum(float*)" in bad[0]
+    assert exc[0].used == 2 and exc[1].used == 0
+    # an fp exception does not cover a CAS, nor an arch it does not match
+    exc = clr.parse_atomic_exceptions("sm_90a cas ^hist  # one arch\nsm_80 fp ^hist  # wrong kind\n")
+    bad = clr.atomic_failures(atomics, exc)
+    assert len(bad) == 2 and any("sm_80 x.o: hist(float*)" in b for b in bad)
+
+
+def test_atomic_exception_lines_need_kind_and_reason():
+    with pytest.raises(ValueError, match="needs its reason"):
+        clr.parse_atomic_exceptions("sm_80 cas foo\n")
+    with pytest.raises(ValueError, match="expected '<arch glob> <cas|fp> <regex>  # reason'"):
+        clr.parse_atomic_exceptions("sm_80 12 foo  # why\n")
+
+
+def _fake_cuobjdump(tmp_path, listing):
+    (tmp_path / "listing.sass").write_text(listing)
+    tool = tmp_path / "cuobjdump"
+    tool.write_text(f"#!/bin/sh\ncat '{tmp_path / 'listing.sass'}'\n")
+    tool.chmod(0o755)
+    return tool
+
+
+def test_main_fails_on_cas_and_names_it(tmp_path, capsys):
+    build = tmp_path / "b"
+    build.mkdir()
+    ptxas = PTXAS.split("ptxas info    : Compiling entry function '_Z6selectPf'")[0]
+    _build(build, ptxas, (PTX_90,))
+    (build / "x.cu.o").write_bytes(b"")  # the object beside its ptxas log
+    tool = _fake_cuobjdump(tmp_path, SASS)
+    exc = tmp_path / "none.txt"
+    exc.write_text("")
+    assert clr.main([str(build), "--cuobjdump", str(tool), "--atomics-exceptions", str(exc)]) == 1
+    cap = capsys.readouterr()
+    assert "hist(float*): 1 compare-and-swap (a CAS loop): ATOMS.CAST.SPIN.64" in cap.err
+    assert "SASS atomics: 4 functions x arch disassembled" in cap.out
+    assert "largest local stack 0 B per thread" in cap.out and "bound 512 B" in cap.out
+    exc.write_text("sm_*  cas  ^hist\\(  # being rewritten\nsm_80 fp ^sum\\(  # being rewritten too\n")
+    assert clr.main([str(build), "--cuobjdump", str(tool), "--atomics-exceptions", str(exc)]) == 0
+    out = capsys.readouterr().out
+    assert "accepted cas in 2 kernel(s) matching sm_* /^hist\\(/: being rewritten" in out
+    assert "launch resources: OK" in out
+
+
+def test_main_without_cuobjdump_fails_unless_skipped(tmp_path, capsys, monkeypatch):
+    build = tmp_path / "b"
+    build.mkdir()
+    ptxas = PTXAS.split("ptxas info    : Compiling entry function '_Z6selectPf'")[0]
+    _build(build, ptxas, (PTX_90,))
+    monkeypatch.setattr(clr, "find_cuobjdump", lambda explicit=None: None)
+    assert clr.main([str(build)]) == 1
+    assert "no cuobjdump" in capsys.readouterr().err
+    assert clr.main([str(build), "--no-sass"]) == 0
+    assert "SASS atomics: NOT checked (--no-sass)" in capsys.readouterr().out

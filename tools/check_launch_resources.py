@@ -30,6 +30,24 @@ tools/launch_resources_exceptions.txt beside this script): each line is
 a kernel matching a line may spill up to that many bytes (stores + loads), no
 more; a line matching no kernel is reported as stale.
 
+The same run disassembles every object (`cuobjdump -sass`, found on PATH, next to
+nvcc, in $CUDA_HOME/bin, from the PyPI wheels nvidia-cuda-cuobjdump and -nvdisasm, or given by
+--cuobjdump / $CUOBJDUMP) and fails when a
+kernel contains
+
+- a compare-and-swap (ATOMS.CAS / ATOMS.CAST, ATOM(G).*CAS*, any atomic or RED
+  whose opcode has a CAS component): a CAS spin loop is what nvcc emits for an
+  atomic it has no instruction for (a shared-memory double or 64-bit add), and
+  its order of updates varies from run to run;
+- a floating-point atomic or reduction (ATOM / ATOMS / ATOMG / RED / REDG with an
+  F16 / BF16 / F32 / F64 type): the sum depends on the order of arrival, so it
+  cannot feed a result that must be bit-exact with the CPU,
+
+unless an atomics exception (default tools/sass_atomics_exceptions.txt) lists it:
+`<arch glob> <cas|fp> <regex on the demangled kernel name>  # reason`. A line
+matching no offending kernel is reported as stale. Without cuobjdump the SASS
+check fails (--no-sass skips it, saying so).
+
     python3 tools/check_launch_resources.py build/cuda-check [--max-stack 512]
 """
 
@@ -39,7 +57,9 @@ import argparse
 import fnmatch
 import math
 import pathlib
+import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -244,6 +264,153 @@ def failures(kernels: list[Kernel], max_stack: int, exceptions: list[Exception_]
     return out
 
 
+# ------------------------------------------------------------------ SASS: atomics
+
+_SASS_ARCH = re.compile(r"^\s*code for (sm_\w+)")
+_SASS_FUNC = re.compile(r"^\s*Function : (\S+)")
+# an instruction line: /*addr*/  [@!P0]  OPCODE operands ;
+_SASS_INSN = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Za-z0-9_]+)*)")
+_ATOMIC_OPS = {"ATOM", "ATOMS", "ATOMG", "RED", "REDG", "REDS"}
+_FP_TYPE = re.compile(r"^(F16|BF16|F32|F64|F16X2|BF16X2|F16x2|BF16x2|BF16_V2|F16_V2)")
+
+
+@dataclass
+class Atomic:
+    kernel: str   # mangled
+    arch: str
+    opcode: str   # e.g. ATOMS.CAST.SPIN.64
+    kind: str     # "cas" or "fp"
+    source: str = ""
+
+
+def atomic_kind(opcode: str) -> str | None:
+    """'cas' for a compare-and-swap, 'fp' for a floating-point atomic / reduction, None otherwise."""
+    parts = opcode.split(".")
+    if parts[0] not in _ATOMIC_OPS:
+        return None
+    mods = parts[1:]
+    if any(m in ("CAS", "CAST") for m in mods):
+        return "cas"
+    if any(_FP_TYPE.match(m) for m in mods):
+        return "fp"
+    return None
+
+
+def parse_sass(text: str, source: str = "") -> tuple[list[tuple[str, str]], list[Atomic]]:
+    """(kernel, arch) of every function of a `cuobjdump -sass` listing, and its CAS / fp atomics."""
+    funcs: list[tuple[str, str]] = []
+    atomics: list[Atomic] = []
+    arch = "?"
+    func: str | None = None
+    for line in text.splitlines():
+        m = _SASS_ARCH.match(line)
+        if m:
+            arch = m.group(1)
+            func = None
+            continue
+        m = _SASS_FUNC.match(line)
+        if m:
+            func = m.group(1)
+            funcs.append((func, arch))
+            continue
+        if func is None:
+            continue
+        m = _SASS_INSN.match(line)
+        if m:
+            kind = atomic_kind(m.group(1))
+            if kind:
+                atomics.append(Atomic(func, arch, m.group(1), kind, source))
+    return funcs, atomics
+
+
+@dataclass
+class AtomicException:
+    arch: str     # glob
+    kind: str     # cas | fp
+    pattern: str  # regex searched in the demangled name
+    reason: str
+    used: int = 0
+
+
+def parse_atomic_exceptions(text: str) -> list[AtomicException]:
+    out = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line, _, reason = raw.partition("#")
+        if not line.strip():
+            continue
+        parts = line.split(None, 2)
+        if len(parts) != 3 or parts[1] not in ("cas", "fp"):
+            raise ValueError(f"atomics exceptions line {n}: expected '<arch glob> <cas|fp> <regex>  # reason', "
+                             f"got {raw!r}")
+        if not reason.strip():
+            raise ValueError(f"atomics exceptions line {n}: every exception needs its reason after '#'")
+        re.compile(parts[2].strip())
+        out.append(AtomicException(parts[0], parts[1], parts[2].strip(), reason.strip()))
+    return out
+
+
+def atomic_failures(atomics: list[Atomic], exceptions: list[AtomicException]) -> list[str]:
+    """One line per (kernel, arch, kind) with an atomic no exception accepts."""
+    seen: dict[tuple[str, str, str], list[Atomic]] = {}
+    for a in atomics:
+        seen.setdefault((a.kernel, a.arch, a.kind), []).append(a)
+    out = []
+    for (kernel, arch, kind), found in seen.items():
+        name = demangle(kernel)
+        exc = next((e for e in exceptions if e.kind == kind and fnmatch.fnmatchcase(arch, e.arch)
+                    and re.search(e.pattern, name)), None)
+        if exc is not None:
+            exc.used += 1
+            continue
+        ops = sorted({a.opcode for a in found})
+        what = "compare-and-swap (a CAS loop)" if kind == "cas" else "floating-point atomic(s)"
+        out.append(f"{arch} {found[0].source}: {short(kernel, 160)}: {len(found)} {what}: {', '.join(ops)}")
+    return out
+
+
+def find_cuobjdump(explicit: str | None = None) -> str | None:
+    cands = [explicit, os.environ.get("CUOBJDUMP"), shutil.which("cuobjdump")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        cands.append(str(pathlib.Path(nvcc).resolve().parent / "cuobjdump"))
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            cands.append(str(pathlib.Path(os.environ[env]) / "bin" / "cuobjdump"))
+    cands.append("/usr/local/cuda/bin/cuobjdump")
+    # the PyPI wheels nvidia-cuda-cuobjdump + nvidia-cuda-nvdisasm (make cuda-check installs them): site-packages/nvidia/cu*/bin
+    for p in sys.path:
+        if p and pathlib.Path(p, "nvidia").is_dir():
+            cands += sorted(str(c) for c in pathlib.Path(p, "nvidia").glob("*/bin/cuobjdump"))
+    for c in cands:
+        if c and pathlib.Path(c).is_file() and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def collect_sass(build: pathlib.Path, cuobjdump: str) -> tuple[list[tuple[str, str]], list[Atomic], list[str]]:
+    """Disassemble the object of every ptxas report under build."""
+    funcs: list[tuple[str, str]] = []
+    atomics: list[Atomic] = []
+    problems: list[str] = []
+    for log in sorted(build.rglob("*.ptxas.log")):
+        obj = log.with_name(log.name.removesuffix(".ptxas.log"))
+        if not obj.is_file():
+            problems.append(f"{log}: no object {obj.name} beside it to disassemble")
+            continue
+        # cuobjdump -sass runs nvdisasm: look for it beside cuobjdump first (the wheels share a bin dir)
+        env = dict(os.environ, PATH=str(pathlib.Path(cuobjdump).parent) + os.pathsep + os.environ.get("PATH", ""))
+        r = subprocess.run([cuobjdump, "-sass", str(obj)], capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            problems.append(f"{cuobjdump} -sass {obj}: exit {r.returncode}: {r.stderr.strip()[:300]}")
+            continue
+        f, a = parse_sass(r.stdout, source=obj.name)
+        if not f:
+            problems.append(f"{obj}: cuobjdump -sass listed no function")
+        funcs += f
+        atomics += a
+    return funcs, atomics, problems
+
+
 _DEMANGLED: dict[str, str] = {}
 
 
@@ -281,8 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exceptions", type=pathlib.Path,
                     default=pathlib.Path(__file__).with_name("launch_resources_exceptions.txt"),
                     help="accepted spills (default: launch_resources_exceptions.txt beside this script)")
+    ap.add_argument("--atomics-exceptions", type=pathlib.Path,
+                    default=pathlib.Path(__file__).with_name("sass_atomics_exceptions.txt"),
+                    help="accepted CAS / fp atomics (default: sass_atomics_exceptions.txt beside this script)")
+    ap.add_argument("--cuobjdump", default=None, help="the cuobjdump to use (default: $CUOBJDUMP, PATH, nvcc's dir)")
+    ap.add_argument("--no-sass", action="store_true", help="skip the SASS atomics check (says so)")
     a = ap.parse_args(argv)
     exceptions = parse_exceptions(a.exceptions.read_text()) if a.exceptions.is_file() else []
+    atomic_exc = (parse_atomic_exceptions(a.atomics_exceptions.read_text())
+                  if a.atomics_exceptions.is_file() else [])
     kernels, problems = collect(a.build)
     if not a.quiet and kernels:
         print(table(kernels))
@@ -291,6 +465,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"launch resources: {len(kernels)} kernels x arch ({', '.join(archs) or 'none'}), "
           f"limits: regs x threads <= {REGS_PER_BLOCK}, no spills but the listed exceptions, "
           f"stack <= {a.max_stack} B")
+    if kernels:
+        top = max(kernels, key=lambda k: k.stack)
+        print(f"launch resources: largest local stack {top.stack} B per thread ({top.arch} {short(top.name)}); "
+              f"bound {a.max_stack} B")
+    if a.no_sass:
+        print("SASS atomics: NOT checked (--no-sass)")
+    else:
+        tool = find_cuobjdump(a.cuobjdump)
+        if tool is None:
+            bad.append("no cuobjdump (PATH, nvcc's dir, $CUDA_HOME/bin, $CUOBJDUMP): the SASS atomics check "
+                       "cannot run; pass --cuobjdump or --no-sass")
+        else:
+            funcs, atomics, sprob = collect_sass(a.build, tool)
+            bad += sprob
+            bad += atomic_failures(atomics, atomic_exc)
+            ncas = sum(1 for x in atomics if x.kind == "cas")
+            nfp = len(atomics) - ncas
+            print(f"SASS atomics: {len(funcs)} functions x arch disassembled ({tool}); {ncas} CAS and {nfp} "
+                  f"floating-point atomic instructions in {len({(x.kernel, x.arch) for x in atomics})} "
+                  "kernel(s) x arch; none allowed outside the listed exceptions")
+            for e in atomic_exc:
+                if e.used:
+                    print(f"SASS atomics: accepted {e.kind} in {e.used} kernel(s) matching {e.arch} /{e.pattern}/: "
+                          f"{e.reason}")
+                elif funcs:
+                    print(f"SASS atomics: stale exception (matches no kernel with {e.kind} atomics): "
+                          f"{e.arch} {e.kind} /{e.pattern}/")
     for e in exceptions:
         if e.used:
             print(f"launch resources: accepted spills <= {e.max_spill} B in {e.used} kernel(s) matching "

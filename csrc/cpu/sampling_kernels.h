@@ -385,15 +385,18 @@ void topk_pass(const T* x, int64_t lo, int64_t hi, int64_t k, std::vector<Cand>&
 // a 4096-bucket histogram of (count, mass) on order_key >> 20 finds the bucket
 // where the running mass (descending) reaches top_p * total; the tokens of
 // that bucket are compacted (in index order) and filter::detail::select_nth
-// finishes the selection on them.
+// finishes the selection on them. Masses in filter.h's fixed point (exact
+// integer sums): the same cut as generic_cut and the CUDA block selection.
 // kProbs: the row holds probabilities (FlashInfer's top_p_renorm_probs): the mass
 // of a token is its value and non-positive entries are never kept.
 template <bool kProbs = false, class T>
 void top_p_cut(const T* x, int64_t V, float m, int64_t argmax, float it, float top_p, float* cv,
                int64_t* ci) {
   constexpr int kBuckets = 4096;
-  std::vector<double> mass(kBuckets, 0.0);
+  std::vector<uint64_t> mass(kBuckets, 0);
   std::vector<int64_t> cnt(kBuckets, 0);
+  const int sh = filter::mass_shift(V, kProbs ? static_cast<double>(m)
+                                              : static_cast<double>(filter::token_mass(m, m, it)));
   alignas(64) float e[1024];
   for (int64_t base = 0; base < V; base += 1024) {
     const int64_t n = std::min<int64_t>(1024, V - base);
@@ -407,18 +410,18 @@ void top_p_cut(const T* x, int64_t V, float m, int64_t argmax, float it, float t
       if (!(v > -kInf)) continue;
       const uint32_t b = filter::order_key(v) >> 20;
       cnt[b] += 1;
-      mass[b] += e[j];
+      mass[b] += filter::to_fixed(static_cast<double>(e[j]), sh);
     }
   }
-  double total = 0.0;
+  uint64_t total = 0;
   for (int b = 0; b < kBuckets; ++b) total += mass[b];
-  const double target = static_cast<double>(top_p) * total;
-  if (!(target > 0.0)) {
+  const uint64_t target = filter::fixed_target(top_p, total);
+  if (target == 0) {
     *cv = m;
     *ci = argmax;
     return;
   }
-  double macc = 0.0;
+  uint64_t macc = 0;
   int chosen = -1, last = -1;
   for (int b = kBuckets - 1; b >= 0; --b) {
     if (cnt[b] == 0) continue;
@@ -446,8 +449,8 @@ void top_p_cut(const T* x, int64_t V, float m, int64_t argmax, float it, float t
   }
   const int64_t nc = static_cast<int64_t>(cx.size());
   auto load = [&cx](int64_t j) { return cx[static_cast<size_t>(j)]; };
-  auto mass_of = [m, it](float v) -> double {
-    return kProbs ? static_cast<double>(v) : static_cast<double>(filter::token_mass(v, m, it));
+  auto mass_of = [m, it, sh](float v) -> uint64_t {
+    return filter::to_fixed(kProbs ? static_cast<double>(v) : static_cast<double>(filter::token_mass(v, m, it)), sh);
   };
   float val = m;
   int64_t pos = 0;

@@ -11,10 +11,13 @@
 //      ordered compaction of the candidates into shared memory, bitonic sort
 //      for top-p, then a sequential double walk in vocabulary order); the other
 //      rows get the cut of include/softdec/filter.h (block-parallel radix
-//      selection for k > 2048 and top-p, 256-bucket shared-memory histograms).
-//   2. block masses (grid rows x splits, 128 threads): a quad of threads per
-//      1024-token block, 16 float lane sums in token order (16-byte loads),
-//      added in double in lane order -> a [B, ceil(V/1024)] double scratch.
+//      selection for k > 2048 and top-p, 256-bucket shared-memory histograms
+//      of counts and fixed-point masses: 32-bit integer atomics, exact sums,
+//      the CPU's cut bit for bit; no floating-point atomics).
+//   2. block masses (grid rows x splits, 128 threads): every thread loads and
+//      computes masses (16-byte loads) into shared memory, 8 x 1024 tokens per
+//      step; 16 lanes per 1024-token block add them in float in token order,
+//      then in double in lane order -> a [B, ceil(V/1024)] double scratch.
 //   3. draw (one block per row): thread 0 walks the block sums, the block
 //      recomputes the chosen block's masses, thread 0 walks them.
 // gumbel_softmax: one block per row, online max / sum then a second pass that
@@ -165,57 +168,98 @@ __device__ __forceinline__ bool in_prefix(float x, int64_t i, float cv, int64_t 
   return x > cv || (x == cv && i <= ci);
 }
 
+// Warp-aggregated histogram add: the lanes of a warp that call this together
+// (every lane, in converged code) with bucket b >= 0 add their count and their
+// fixed-point mass q to bucket b; b < 0 adds nothing. One leader per bucket does
+// the shared-memory atomics (32-bit ATOMS.ADD only, no CAS loop): the 64-bit
+// mass as a lo/hi pair of uint32 with the carry taken from the low add's old
+// value. Integer sums are exact in any order, so the histogram does not depend
+// on the order in which warps or lanes add (deterministic).
+__device__ __forceinline__ void hist_add(int b, uint64_t q, bool mass_mode, int* hc, uint32_t* hlo,
+                                         uint32_t* hhi) {
+  const int lane = threadIdx.x & 31;
+  const unsigned grp = __match_any_sync(0xffffffffu, b);
+  const bool leader = lane == __ffs(grp) - 1;
+  if (mass_mode) {
+    // q < 2^63 as three 21-bit limbs: a sum of 32 limbs fits in 32 bits
+    const unsigned l0 = __reduce_add_sync(grp, static_cast<unsigned>(q & 0x1fffffu));
+    const unsigned l1 = __reduce_add_sync(grp, static_cast<unsigned>((q >> 21) & 0x1fffffu));
+    const unsigned l2 = __reduce_add_sync(grp, static_cast<unsigned>(q >> 42));
+    const uint64_t sum = static_cast<uint64_t>(l0) + (static_cast<uint64_t>(l1) << 21) + (static_cast<uint64_t>(l2) << 42);
+    if (leader && b >= 0 && sum != 0) {
+      const uint32_t lo = static_cast<uint32_t>(sum), hi = static_cast<uint32_t>(sum >> 32);
+      const uint32_t old = atomicAdd(&hlo[b], lo);
+      atomicAdd(&hhi[b], hi + (old + lo < old ? 1u : 0u));
+    }
+  }
+  if (leader && b >= 0) atomicAdd(&hc[b], __popc(grp));
+}
+
 // filter::detail::select_nth, block-parallel: the first token of the order (within the
 // prefix (cv, ci)) at which the running count reaches n, or the running mass reaches target.
-template <class Load, class MassOf>
-__device__ void select_nth_block(const Load& load, int64_t V, float cv, int64_t ci, bool mass_mode,
-                                 int64_t n, double target, const MassOf& mass_of, float* out_v,
-                                 int64_t* out_i) {
+// Mass mode: mass_of(x) is the fixed-point mass (filter.h "top-p masses in fixed point"),
+// target = filter::fixed_target(top_p, total); histograms of exact integer sums, so the
+// cut is the CPU's (filter::detail::select_nth / top_p_cut) bit for bit.
+// kMass: mass mode (a template parameter: the count-mode callers carry no mass code).
+template <bool kMass, class Load, class MassOf>
+__device__ void select_nth_block(const Load& load, int64_t V, float cv, int64_t ci, int64_t n, uint64_t target,
+                                 const MassOf& mass_of, float* out_v, int64_t* out_i) {
+  constexpr bool mass_mode = kMass;
   __shared__ int hc[256];
-  __shared__ double hm[256];
+  __shared__ uint32_t hlo[256], hhi[256];
   __shared__ uint32_t s_prefix, s_mask;
   __shared__ int64_t s_rem, s_found, s_seen, s_need;
-  __shared__ double s_macc;
+  __shared__ uint64_t s_macc;
   __shared__ int s_fail, s_warp;
   __shared__ int wc[kWarps];
   if (threadIdx.x == 0) {
     s_prefix = 0;
     s_mask = 0;
     s_rem = n;
-    s_macc = 0.0;
+    s_macc = 0;
     s_fail = 0;
   }
   __syncthreads();
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) {
       hc[b] = 0;
-      hm[b] = 0.0;
+      hlo[b] = 0;
+      hhi[b] = 0;
     }
     __syncthreads();
     const uint32_t prefix = s_prefix, mask = s_mask;
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-      const float x = load(i);
-      if (!(x > ninf()) || !in_prefix(x, i, cv, ci)) continue;
-      const uint32_t k = filter::order_key(x);
-      if ((k & mask) != prefix) continue;
-      const int b = static_cast<int>((k >> shift) & 0xffu);
-      atomicAdd(&hc[b], 1);
-      if (mass_mode) atomicAdd(&hm[b], mass_of(x));
+    // the same trip count for every thread (hist_add is warp-collective)
+    for (int64_t base = 0; base < V; base += blockDim.x) {
+      const int64_t i = base + threadIdx.x;
+      int b = -1;
+      uint64_t q = 0;
+      if (i < V) {
+        const float x = load(i);
+        if (x > ninf() && in_prefix(x, i, cv, ci)) {
+          const uint32_t k = filter::order_key(x);
+          if ((k & mask) == prefix) {
+            b = static_cast<int>((k >> shift) & 0xffu);
+            if (mass_mode) q = static_cast<uint64_t>(mass_of(x));
+          }
+        }
+      }
+      hist_add(b, q, mass_mode, hc, hlo, hhi);
     }
     __syncthreads();
     if (threadIdx.x == 0) {
       int chosen = -1, last = -1;
-      double macc = s_macc;
+      uint64_t macc = s_macc;
       int64_t rem = s_rem;
       for (int b = 255; b >= 0; --b) {
         if (hc[b] == 0) continue;
         last = b;
         if (mass_mode) {
-          if (macc + hm[b] >= target) {
+          const uint64_t hm = (static_cast<uint64_t>(hhi[b]) << 32) | hlo[b];
+          if (macc + hm >= target) {
             chosen = b;
             break;
           }
-          macc += hm[b];
+          macc += hm;
         } else {
           if (hc[b] >= rem) {
             chosen = b;
@@ -226,7 +270,7 @@ __device__ void select_nth_block(const Load& load, int64_t V, float cv, int64_t 
       }
       if (chosen < 0 && last >= 0) {
         chosen = last;
-        if (mass_mode) macc -= hm[chosen];
+        if (mass_mode) macc -= (static_cast<uint64_t>(hhi[chosen]) << 32) | hlo[chosen];
         else rem += hc[chosen];
       }
       if (chosen < 0) {
@@ -254,13 +298,11 @@ __device__ void select_nth_block(const Load& load, int64_t V, float cv, int64_t 
   const int64_t ties = block_sum<long long>(static_cast<long long>(cnt));
   int64_t take;
   if (mass_mode) {
-    const double e = mass_of(value);
+    const uint64_t e = static_cast<uint64_t>(mass_of(value));
     take = ties;
-    if (e > 0.0) {
-      const double need = (target - s_macc) / e;
-      int64_t t = static_cast<int64_t>(need);
-      if (static_cast<double>(t) < need) ++t;
-      take = t;
+    if (e > 0) {
+      const uint64_t t = filter::fixed_take(target, s_macc, e);
+      take = t < static_cast<uint64_t>(ties) ? static_cast<int64_t>(t) : ties;
     }
   } else {
     take = s_rem;
@@ -319,7 +361,7 @@ __device__ void select_nth_block(const Load& load, int64_t V, float cv, int64_t 
 
 constexpr int kSmallK = 2048;      // top-k candidate rule up to this k (the CPU's kSmallK)
 constexpr int64_t kCdfBlock = 1024;  // tokens per block of the block rule
-constexpr int kMassThreads = 128;  // block-mass kernel: 32 quads, one 1024-token block each
+constexpr int kMassThreads = 128;  // block-mass kernel (kMassGroup 1024-token blocks per step)
 constexpr int kDrawThreads = 256;
 
 struct Plan {
@@ -379,10 +421,10 @@ __device__ int64_t topk_draw(const T* row, int64_t rs, int64_t V, int64_t k, lon
   __shared__ int s_wc[kWarps];
   __shared__ int64_t s_id;
   auto load = [row](int64_t i) { return ld(row, i); };
-  auto no_mass = [](float) -> double { return 0.0; };
+  auto no_mass = [](float) -> uint64_t { return 0; };
   float cv = ninf();
   int64_t ci = kNoKeep;
-  if (k < finite) select_nth_block(load, V, cv, ci, false, k, 0.0, no_mass, &cv, &ci);
+  if (k < finite) select_nth_block<false>(load, V, cv, ci, k, 0, no_mass, &cv, &ci);
   // Ordered compaction: thread t takes tokens [4g, 4g + 4), g = base / 4 + t;
   // slots follow thread order, then token order (= vocabulary order).
   if (threadIdx.x == 0) s_count = 0;
@@ -547,23 +589,27 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const T* __restrict__
     return;
   }
   auto load = [row](int64_t i) { return ld(row, i); };
-  auto mass_of = [m, it](float x) -> double { return static_cast<double>(filter::token_mass(x, m, it)); };
+  // fixed-point masses (filter.h): exact integer sums, the CPU's cut bit for bit
+  const int sh = filter::mass_shift(V, static_cast<double>(filter::token_mass(m, m, it)));
+  auto mass_of = [m, it, sh](float x) -> uint64_t {
+    return filter::to_fixed(static_cast<double>(filter::token_mass(x, m, it)), sh);
+  };
   float cv = ninf();
   int64_t ci = kNoKeep;
-  if (k > 0 && k < finite) select_nth_block(load, V, cv, ci, false, k, 0.0, mass_of, &cv, &ci);
+  if (k > 0 && k < finite) select_nth_block<false>(load, V, cv, ci, k, 0, mass_of, &cv, &ci);
   if (tp < 1.0f) {
-    double tot = 0.0;
+    unsigned long long tot = 0;
     for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
       const float x = ld(row, i);
       if (x > ninf() && in_prefix(x, i, cv, ci)) tot += mass_of(x);
     }
-    tot = block_sum<double>(tot);
-    const double target = static_cast<double>(tp) * tot;
-    if (target <= 0.0) {
+    tot = block_sum<unsigned long long>(tot);
+    const uint64_t target = filter::fixed_target(tp, tot);
+    if (target == 0) {
       cv = m;
       ci = a.idx;
     } else {
-      select_nth_block(load, V, cv, ci, true, 0, target, mass_of, &cv, &ci);
+      select_nth_block<true>(load, V, cv, ci, 0, target, mass_of, &cv, &ci);
     }
   }
   if (threadIdx.x == 0) {
@@ -581,14 +627,27 @@ __global__ void __launch_bounds__(kThreads) prepare_kernel(const T* __restrict__
 }
 
 // Kernel 2, grid (rows, splits) x kMassThreads: the block masses of mode-1 rows.
-// Quad q (threads 4q..4q+3) owns whole 1024-token blocks; thread j of the quad
-// holds lanes 4j..4j+3 and loads tokens 1024 b + 16 i + 4 j .. +3 (one 16-byte
-// load for float rows), adding each lane in float in i order (__fadd_rn); the
-// quad's first thread then adds the 16 lane sums in double in lane order.
+// Split s owns the 1024-token blocks [b0, b1) and walks them kMassGroup at a time:
+//   1. every thread of the block: 16-byte loads of 4 tokens (consecutive threads,
+//      consecutive tokens), their draw masses (0 if not kept) into shared memory
+//      e[block j][token o] (row pitch kMassPitch);
+//   2. thread (j, l) = (t / 16, t % 16) adds lane l of block j in float in token
+//      order (e[j][16 i + l], i = 0..63, __fadd_rn), then the 16 lane sums of the
+//      block (one half-warp) are added in double in lane order by shuffles.
+// This is sampling_kernels.h's lane rule, operation for operation, so blk[b] is
+// the CPU's bit for bit; it no longer depends on which thread adds what. At
+// B = 1 each split holds one 1024-token block: all 128 threads load and compute
+// its masses, 16 of them add the lanes.
+constexpr int kCdfLanes = 16;                              // lanes of the CPU's lane rule
+constexpr int kMassGroup = kMassThreads / kCdfLanes;       // 1024-token blocks per step (8)
+constexpr int kMassPitch = static_cast<int>(kCdfBlock) + 16;  // padded: lanes l, l + 16 of a warp on distinct banks
+constexpr int kMassLoads = kMassGroup * static_cast<int>(kCdfBlock) / 4 / kMassThreads;  // 4-token loads per thread per step (16)
+static_assert(kMassThreads % 32 == 0 && kCdfLanes == 16, "half-warp lane groups");
 template <class T>
 __global__ void __launch_bounds__(kMassThreads) block_mass_kernel(const T* __restrict__ logits, int64_t rs,
                                                                   int64_t V, const Plan* __restrict__ plans,
                                                                   int splits, double* __restrict__ blk) {
+  __shared__ __align__(16) float e[kMassGroup * kMassPitch];
   const int64_t r = blockIdx.x;
   const int s = blockIdx.y;
   const Plan p = plans[r];
@@ -598,36 +657,51 @@ __global__ void __launch_bounds__(kMassThreads) block_mass_kernel(const T* __res
   const int64_t nb = (V + kCdfBlock - 1) / kCdfBlock;
   const int64_t b0 = nb * s / splits, b1 = nb * (s + 1) / splits;
   const float c = filter::draw_scale(p.it);
-  const int quad = threadIdx.x >> 2, qj = threadIdx.x & 3;
-  const int nquads = blockDim.x >> 2;
-  const int qbase = (threadIdx.x & 31) & ~3;  // warp lane of the quad's first thread
+  const int lane = threadIdx.x & 31;
+  const int gj = threadIdx.x / kCdfLanes, gl = threadIdx.x % kCdfLanes;
+  constexpr int kGroupsPerBlock = static_cast<int>(kCdfBlock) / 4;
   double* out = blk + r * nb;
-  for (int64_t bb = b0; bb < b1; bb += nquads) {  // the same trip count for every thread
-    const int64_t b = bb + quad;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (b < b1) {
-      const int64_t base = b * kCdfBlock + 4 * qj;
-#pragma unroll 8
-      for (int i = 0; i < 64; ++i) {
-        const int64_t t0 = base + 16 * i;
-        if (t0 >= V) break;
-        float v[4];
-        load4(row, t0 >> 2, V, aligned, v);
+  for (int64_t bb = b0; bb < b1; bb += kMassGroup) {  // the same trip count for every thread
+    const int nblk = static_cast<int>(b1 - bb < kMassGroup ? b1 - bb : kMassGroup);
+    const int ngroups = nblk * kGroupsPerBlock;
+    // all kMassLoads loads of a thread are independent (fully unrolled, predicated): in flight together
+    float v[kMassLoads][4];
 #pragma unroll
-        for (int l = 0; l < 4; ++l)
-          if (plan_kept(p, v[l], t0 + l)) acc[l] = __fadd_rn(acc[l], draw_mass_rn(v[l], p.m, c));
-      }
+    for (int u = 0; u < kMassLoads; ++u) {
+      const int g = threadIdx.x + u * kMassThreads;
+      const int j = g / kGroupsPerBlock, o = 4 * (g % kGroupsPerBlock);
+      const int64_t t0 = (bb + j) * kCdfBlock + o;
+      if (g < ngroups) load4(row, t0 >> 2, V, aligned, v[u]);  // -inf past V: not kept, mass 0
+    }
+#pragma unroll
+    for (int u = 0; u < kMassLoads; ++u) {
+      const int g = threadIdx.x + u * kMassThreads;
+      if (g >= ngroups) continue;
+      const int j = g / kGroupsPerBlock, o = 4 * (g % kGroupsPerBlock);
+      const int64_t t0 = (bb + j) * kCdfBlock + o;
+      const float* vu = v[u];
+      float4 w;
+      w.x = plan_kept(p, vu[0], t0) ? draw_mass_rn(vu[0], p.m, c) : 0.0f;
+      w.y = plan_kept(p, vu[1], t0 + 1) ? draw_mass_rn(vu[1], p.m, c) : 0.0f;
+      w.z = plan_kept(p, vu[2], t0 + 2) ? draw_mass_rn(vu[2], p.m, c) : 0.0f;
+      w.w = plan_kept(p, vu[3], t0 + 3) ? draw_mass_rn(vu[3], p.m, c) : 0.0f;
+      *reinterpret_cast<float4*>(&e[j * kMassPitch + o]) = w;
+    }
+    __syncthreads();
+    // adding a 0 (a token not kept, or past V) leaves a lane sum unchanged (sums are >= +0)
+    float acc = 0.0f;
+    if (gj < nblk) {
+      const float* ej = e + gj * kMassPitch + gl;
+#pragma unroll 16
+      for (int i = 0; i < static_cast<int>(kCdfBlock) / kCdfLanes; ++i) acc = __fadd_rn(acc, ej[kCdfLanes * i]);
     }
     double sum = 0.0;
+    const int hb = lane & 16;  // this half-warp's first lane = lane 0 of block gj
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-#pragma unroll
-      for (int l = 0; l < 4; ++l) {
-        const float lv = __shfl_sync(0xffffffffu, acc[l], qbase + q);
-        sum = __dadd_rn(sum, static_cast<double>(lv));
-      }
-    }
-    if (qj == 0 && b < b1) out[b] = sum;
+    for (int l = 0; l < kCdfLanes; ++l)
+      sum = __dadd_rn(sum, static_cast<double>(__shfl_sync(0xffffffffu, acc, hb + l)));
+    if (gl == 0 && gj < nblk) out[bb + gj] = sum;
+    __syncthreads();  // e is rewritten by the next step
   }
 }
 
@@ -871,8 +945,8 @@ __global__ void __launch_bounds__(kThreads) gumbel_topk_kernel(const T* __restri
   }
   float cv = ninf();
   int64_t ci = kNoKeep;
-  auto no_mass = [](float) -> double { return 0.0; };
-  if (k < finite) select_nth_block(pert, V, cv, ci, false, k, 0.0, no_mass, &cv, &ci);
+  auto no_mass = [](float) -> uint64_t { return 0; };
+  if (k < finite) select_nth_block<false>(pert, V, cv, ci, k, 0, no_mass, &cv, &ci);
   if (threadIdx.x == 0) s_n = 0;
   for (int j = threadIdx.x; j < kMaxSortK; j += blockDim.x) {
     sv[j] = ninf();
@@ -976,8 +1050,8 @@ __global__ void __launch_bounds__(kThreads) top_k_mask_kernel(const T* __restric
   }
   float cv = ninf();
   int64_t ci = kNoKeep;
-  auto no_mass = [](float) -> double { return 0.0; };
-  if (k > 0 && k < cand) select_nth_block(load, V, cv, ci, false, k, 0.0, no_mass, &cv, &ci);
+  auto no_mass = [](float) -> uint64_t { return 0; };
+  if (k > 0 && k < cand) select_nth_block<false>(load, V, cv, ci, k, 0, no_mass, &cv, &ci);
   const bool cut = k > 0 && k < V;
   for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
     const float x = ld(row, i);
@@ -1010,22 +1084,23 @@ __global__ void __launch_bounds__(kThreads) renorm_kernel(const T* __restrict__ 
       const float x = ld(row, i);
       return x > 0.0f ? x : ninf();
     };
-    auto mass_of = [](float x) -> double { return static_cast<double>(x); };
+    const int sh = filter::mass_shift(V, static_cast<double>(a.key));
+    auto mass_of = [sh](float x) -> uint64_t { return filter::to_fixed(static_cast<double>(x), sh); };
     if (kTopP) {
       const float tp = param[r];
       if (tp < 1.0f) {
-        double tot = 0.0;
+        unsigned long long tot = 0;
         for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
           const float x = load(i);
-          if (x > ninf()) tot += x;
+          if (x > ninf()) tot += mass_of(x);
         }
-        tot = block_sum<double>(tot);
-        const double target = static_cast<double>(tp) * tot;
-        if (target <= 0.0) {
+        tot = block_sum<unsigned long long>(tot);
+        const uint64_t target = filter::fixed_target(tp, tot);
+        if (target == 0) {
           cv = a.key;
           ci = a.idx;
         } else {
-          select_nth_block(load, V, cv, ci, true, 0, target, mass_of, &cv, &ci);
+          select_nth_block<true>(load, V, cv, ci, 0, target, mass_of, &cv, &ci);
         }
       }
     } else {

@@ -32,8 +32,15 @@
 //   its argmax is 0, nothing is kept (kept() is false everywhere).
 //
 // Numerics: token masses are e_i = fexp((x_i - m) * inv_temp) in float32
-// (fexp below: one bit-exact formula on CPU and CUDA), summed in double. The
-// top-p prefix is then exact up to the double rounding of those sums.
+// (fexp below: one bit-exact formula on CPU and CUDA). The top-p decisions of
+// the O(V) cuts (detail::generic_cut / select_nth, the CPU's top_p_cut and the
+// CUDA block selection) sum them in fixed point (see "top-p masses in fixed
+// point"): q_i = floor(e_i * 2^shift) as uint64, integer sums that are exact in
+// any order, compared with ceil(top_p * total) exactly -- so every backend and
+// every thread layout finds the same cut (a token's mass below 2^-shift of the
+// scale counts as 0; shift >= 31 for V < 2^31, about 45 at V = 151936). The
+// top-k candidate rule (top_p_prefix, at most a few thousand sorted masses)
+// sums in double in the filter order.
 //
 // ---------------------------------------------------------------------------
 // API (stable; extend, don't break):
@@ -279,6 +286,89 @@ SOFTDEC_HD int64_t top_p_prefix(const float* masses, int64_t len, float top_p) {
   return len;
 }
 
+// ------------------------------------------------------------------ top-p masses in fixed point
+// A row's masses m_i (in [0, max_mass]) become q_i = floor(m_i * 2^shift), shift
+// = mass_shift(V, max_mass): max_mass < 2^E, q_i < 2^(63 - bitlen(V)), so a sum
+// of at most V of them is < 2^63 and uint64 addition is exact in any order (CUDA
+// threads may add them in any order, atomically or not, with the same result).
+// The multiply by 2^shift is exact (a double power of two, no under/overflow
+// for float masses); the conversion truncates.
+
+SOFTDEC_HD int bit_length(uint64_t v) {
+  int n = 0;
+  while (v) {
+    ++n;
+    v >>= 1;
+  }
+  return n;
+}
+
+SOFTDEC_HD double pow2_d(int e) {  // 2^e for e in [-1022, 1023]
+  const uint64_t b = static_cast<uint64_t>(e + 1023) << 52;
+#if defined(__CUDA_ARCH__)
+  return __longlong_as_double(static_cast<long long>(b));
+#else
+  double d;
+  std::memcpy(&d, &b, sizeof(d));
+  return d;
+#endif
+}
+
+// shift for a row of V tokens whose largest mass is max_mass (> 0, finite).
+SOFTDEC_HD int mass_shift(int64_t V, double max_mass) {
+  uint64_t b;
+#if defined(__CUDA_ARCH__)
+  b = static_cast<uint64_t>(__double_as_longlong(max_mass));
+#else
+  std::memcpy(&b, &max_mass, sizeof(b));
+#endif
+  // max_mass = 1.f * 2^(e - 1023) < 2^E, E = e - 1022 (max_mass is a float: normal in double)
+  const int E = max_mass > 0.0 ? static_cast<int>((b >> 52) & 0x7ffu) - 1022 : 1;
+  return (63 - bit_length(static_cast<uint64_t>(V > 0 ? V : 1))) - E;
+}
+
+SOFTDEC_HD uint64_t to_fixed(double mass, int shift) {
+  if (!(mass > 0.0)) return 0;
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint64_t>(__double2ull_rz(__dmul_rn(mass, pow2_d(shift))));
+#else
+  return static_cast<uint64_t>(mass * pow2_d(shift));
+#endif
+}
+
+// ceil(top_p * total), exactly (top_p a float in [0, 1), total < 2^63): the
+// smallest integer running mass R with R >= top_p * total.
+SOFTDEC_HD uint64_t fixed_target(float top_p, uint64_t total) {
+  if (!(top_p > 0.0f) || total == 0) return 0;
+  const uint32_t bits = float_bits(top_p);
+  const uint32_t be = (bits >> 23) & 0xffu;
+  const uint64_t mant = be ? ((bits & 0x7fffffu) | 0x800000u) : (bits & 0x7fffffu);
+  const int s = (be ? 150 - static_cast<int>(be) : 149);  // top_p = mant * 2^-s, s >= 24
+  // P = mant * total < 2^87 as (hi, lo)
+  const uint64_t p1 = (total & 0xffffffffu) * mant, p2 = (total >> 32) * mant;
+  const uint64_t lo = p1 + (p2 << 32);
+  const uint64_t hi = (p2 >> 32) + (lo < p1 ? 1u : 0u);
+  uint64_t q;
+  bool rem;
+  if (s >= 128) {
+    q = 0;
+    rem = true;  // P > 0
+  } else if (s >= 64) {
+    const int t = s - 64;
+    q = t ? (hi >> t) : hi;
+    rem = lo != 0 || (t && (hi & ((uint64_t{1} << t) - 1)) != 0);
+  } else {
+    q = (lo >> s) | (hi << (64 - s));  // s >= 24: hi < 2^23 fits
+    rem = (lo & ((uint64_t{1} << s) - 1)) != 0;
+  }
+  return q + (rem ? 1u : 0u);
+}
+
+// How many tokens of fixed mass q (> 0) bring macc to target: ceil((target - macc) / q), 0 if reached.
+SOFTDEC_HD uint64_t fixed_take(uint64_t target, uint64_t macc, uint64_t q) {
+  return target > macc ? (target - macc + q - 1) / q : 0;
+}
+
 SOFTDEC_HD float log_min_p_of(float min_p) { return min_p > 0.0f ? flog(min_p) : -inf_f(); }
 
 // Fills a RowFilter from the kept prefix given as sorted candidates
@@ -350,27 +440,28 @@ SOFTDEC_HD bool in_prefix(float x, int64_t i, float cv, int64_t ci) {
 // thread of the device).
 struct SelectScratch {
   int64_t cnt[256];
-  double mass[256];
+  uint64_t mass[256];  // fixed-point masses (see "top-p masses in fixed point")
 };
 
 // The n-th (1-based) finite token of the order among those in the prefix
 // (cv, ci) [cv = -inf, ci = V means the whole row]: radix selection on
 // order_key, 4 rounds of 8 bits, then one pass for the tie index.
 // mass_mode: select by mass instead of count: the first token of the order
-// at which the running mass reaches `target` (masses from mass_of(x)).
+// at which the running mass reaches `target` (masses from mass_of(x): fixed
+// point, uint64; target from fixed_target; exact integer sums).
 template <class Load, class MassOf>
 SOFTDEC_HD void select_nth(const Load& load, int64_t V, float cv, int64_t ci, bool mass_mode,
-                           int64_t n, double target, const MassOf& mass_of, float* out_value,
+                           int64_t n, uint64_t target, const MassOf& mass_of, float* out_value,
                            int64_t* out_index, SelectScratch& scratch) {
   uint32_t prefix = 0, mask = 0;
   int64_t remaining = n;
-  double macc = 0.0;  // mass of tokens strictly above the selected key prefix
+  uint64_t macc = 0;  // mass of tokens strictly above the selected key prefix
   int64_t* cnt = scratch.cnt;
-  double* mass = scratch.mass;
+  uint64_t* mass = scratch.mass;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = 0; b < 256; ++b) {
       cnt[b] = 0;
-      mass[b] = 0.0;
+      mass[b] = 0;
     }
     for (int64_t i = 0; i < V; ++i) {
       const float x = load(i);
@@ -379,7 +470,7 @@ SOFTDEC_HD void select_nth(const Load& load, int64_t V, float cv, int64_t ci, bo
       if ((k & mask) != prefix) continue;
       const int b = static_cast<int>((k >> shift) & 0xffu);
       cnt[b] += 1;
-      if (mass_mode) mass[b] += mass_of(x);
+      if (mass_mode) mass[b] += static_cast<uint64_t>(mass_of(x));
     }
     int chosen = -1, last_nonempty = -1;
     for (int b = 255; b >= 0; --b) {
@@ -426,13 +517,11 @@ SOFTDEC_HD void select_nth(const Load& load, int64_t V, float cv, int64_t ci, bo
     if (x > -inf_f() && x == value && in_prefix(x, i, cv, ci)) ++ties;
   }
   if (mass_mode) {
-    const double e = mass_of(value);
+    const uint64_t e = static_cast<uint64_t>(mass_of(value));
     take = ties;
-    if (e > 0.0) {
-      double need = (target - macc) / e;
-      int64_t t = static_cast<int64_t>(need);
-      if (static_cast<double>(t) < need) ++t;
-      take = t;
+    if (e > 0) {
+      const uint64_t t = fixed_take(target, macc, e);
+      take = t < static_cast<uint64_t>(ties) ? static_cast<int64_t>(t) : ties;
     }
     if (take < 1) take = 1;
     if (take > ties) take = ties;
@@ -455,7 +544,7 @@ SOFTDEC_HD void select_nth(const Load& load, int64_t V, float cv, int64_t ci, bo
 
 template <class Load, class MassOf>
 SOFTDEC_HD void select_nth(const Load& load, int64_t V, float cv, int64_t ci, bool mass_mode,
-                           int64_t n, double target, const MassOf& mass_of, float* out_value,
+                           int64_t n, uint64_t target, const MassOf& mass_of, float* out_value,
                            int64_t* out_index) {
   SelectScratch scratch;
   select_nth(load, V, cv, ci, mass_mode, n, target, mass_of, out_value, out_index, scratch);
@@ -471,17 +560,17 @@ SOFTDEC_HD void generic_cut(const Load& load, int64_t V, int64_t top_k, float to
   int64_t ci = V;  // the whole row: every finite token is in the prefix
   bool limited = false;
   if (top_k > 0 && top_k < finite) {
-    select_nth(load, V, cv, ci, false, top_k, 0.0, mass_of, &cv, &ci, scratch);
+    select_nth(load, V, cv, ci, false, top_k, 0, mass_of, &cv, &ci, scratch);
     limited = true;
   }
   if (top_p < 1.0f) {
-    double total = 0.0;
+    uint64_t total = 0;  // fixed point: exact
     for (int64_t i = 0; i < V; ++i) {
       const float x = load(i);
-      if (x > -inf_f() && (!limited || in_prefix(x, i, cv, ci))) total += mass_of(x);
+      if (x > -inf_f() && (!limited || in_prefix(x, i, cv, ci))) total += static_cast<uint64_t>(mass_of(x));
     }
-    const double target = static_cast<double>(top_p) * total;
-    if (target <= 0.0) {
+    const uint64_t target = fixed_target(top_p, total);
+    if (target == 0) {
       cv = f.max_logit;  // top_p = 0: the top token
       ci = f.argmax;
     } else {
@@ -530,7 +619,8 @@ SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p, d
   }
   f.inv_temp = 1.0f / p.temperature;
   const float m = f.max_logit, it = f.inv_temp;
-  auto mass_of = [m, it](float x) -> double { return static_cast<double>(token_mass(x, m, it)); };
+  const int sh = mass_shift(V, static_cast<double>(token_mass(m, m, it)));
+  auto mass_of = [m, it, sh](float x) -> uint64_t { return to_fixed(static_cast<double>(token_mass(x, m, it)), sh); };
   detail::generic_cut(load, V, p.top_k, p.top_p, mass_of, f, scratch);
   double s = 0.0;
   int64_t cnt = 0;
@@ -614,7 +704,8 @@ SOFTDEC_HD ProbFilter compute_prob_filter(const Load& load, int64_t V, int64_t t
     const float x = load(i);
     return x > 0.0f ? x : -inf_f();
   };
-  auto mass_of = [](float x) -> double { return static_cast<double>(x); };
+  const int sh = mass_shift(V, static_cast<double>(m));
+  auto mass_of = [sh](float x) -> uint64_t { return to_fixed(static_cast<double>(x), sh); };
   RowFilter tmp;
   tmp.valid = 1;
   tmp.max_logit = m;
