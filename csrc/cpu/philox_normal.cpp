@@ -50,32 +50,9 @@ inline void normal_bits(uint64_t seed, uint64_t offset, uint64_t first_block, ui
   _mm512_storeu_si512(x0, c0);
   _mm512_storeu_si512(x1, c1);
 #else
-  uint32_t c0[kBlocks], c1[kBlocks], c2[kBlocks], c3[kBlocks];
-  for (int j = 0; j < kBlocks; ++j) {
-    const uint64_t b = first_block + j;
-    c0[j] = static_cast<uint32_t>(b);
-    c1[j] = static_cast<uint32_t>(b >> 32);
-    c2[j] = static_cast<uint32_t>(offset);
-    c3[j] = static_cast<uint32_t>(offset >> 32);
-  }
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r) {
-#pragma GCC ivdep
-    for (int j = 0; j < kBlocks; ++j) {
-      const uint64_t p0 = static_cast<uint64_t>(philox::kMul0) * c0[j];
-      const uint64_t p1 = static_cast<uint64_t>(philox::kMul1) * c2[j];
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[j] ^ k0;
-      const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[j] ^ k1;
-      c1[j] = static_cast<uint32_t>(p1);
-      c3[j] = static_cast<uint32_t>(p0);
-      c0[j] = n0;
-      c2[j] = n2;
-    }
-    k0 += philox::kWeyl0;
-    k1 += philox::kWeyl1;
-  }
-  std::memcpy(x0, c0, sizeof(c0));
-  std::memcpy(x1, c1, sizeof(c1));
+  static_assert(kBlocks == simd::kPhiloxLanes, "one philox_bits call per chunk");
+  uint32_t c2[kBlocks], c3[kBlocks];
+  simd::philox_bits(seed, offset, first_block, x0, x1, c2, c3);
 #endif
 }
 
