@@ -103,30 +103,6 @@ __device__ __forceinline__ Norm<acc_t> warp_kept_lse(const cs_t* row, const int6
   return {m, ld_log(s)};
 }
 
-// The per-row prologue of the Gumbel and Dirichlet kernels (whole warp; every
-// lane gets it): n = nkept clamped to [0, k], 1/T, the kept set's normaliser
-// and whether the row is bad (an id out of range, a kept y not finite when y is
-// given, nkept outside [0, k]). y: null for no finiteness check.
-template <typename acc_t>
-struct KeptRow {
-  int64_t n;
-  acc_t inv_t;
-  Norm<acc_t> L;
-  bool bad;
-};
-
-template <typename cs_t, typename acc_t>
-__device__ __forceinline__ KeptRow<acc_t> kept_row(const cs_t* row, const int64_t* id, const acc_t* y, int64_t nk,
-                                                   int64_t k, int64_t V, double temp) {
-  KeptRow<acc_t> r;
-  r.n = nk < 0 ? 0 : (nk > k ? k : nk);
-  r.inv_t = static_cast<acc_t>(1.0 / temp);
-  r.bad = false;
-  r.L = r.n > 0 ? warp_kept_lse<cs_t, acc_t>(row, id, y, r.n, V, r.inv_t, y != nullptr, &r.bad) : Norm<acc_t>{0, 0};
-  r.bad = r.bad || nk != r.n;
-  return r;
-}
-
 struct GumbelParams {
   double noise_scale, lo, hi, eps, min_log_weight;
   int reduction;
@@ -140,14 +116,15 @@ __global__ void __launch_bounds__(kForwardThreads)
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   if (b >= B) return;
   const int lane = threadIdx.x & 31;
+  const int64_t nk = nkept[b];
+  const int64_t n = nk < 0 ? 0 : (nk > k ? k : nk);
   const cs_t* row = logits + b * ld;
   const int64_t* id = ids + b * k;
   const acc_t* yr = y + b * k;
-  const KeptRow<acc_t> R = kept_row<cs_t, acc_t>(row, id, yr, nkept[b], k, V, temp[b]);
-  const int64_t n = R.n;
-  const acc_t inv_t = R.inv_t;
-  const Norm<acc_t> L = R.L;
-  const bool bad = R.bad;
+  const acc_t inv_t = static_cast<acc_t>(1.0 / temp[b]);
+  bool bad = false;
+  const Norm<acc_t> L = n > 0 ? warp_kept_lse<cs_t, acc_t>(row, id, yr, n, V, inv_t, true, &bad) : Norm<acc_t>{0, 0};
+  bad = bad || nk != n;
   const acc_t inv_s = static_cast<acc_t>(1.0 / p.noise_scale), log_s = static_cast<acc_t>(log(p.noise_scale));
   const acc_t lo = static_cast<acc_t>(p.lo), hi = static_cast<acc_t>(p.hi), eps = static_cast<acc_t>(p.eps);
   const acc_t mlw = static_cast<acc_t>(p.min_log_weight);
@@ -223,15 +200,16 @@ __global__ void __launch_bounds__(kBackwardThreads)
   __syncthreads();
   if (threadIdx.x >= 32) return;
   const int lane = threadIdx.x;
+  const int64_t nk = nkept[b];
+  const int64_t n = nk < 0 ? 0 : (nk > k ? k : nk);
   const cs_t* row = logits + b * ld;
   const int64_t* id = ids + b * k;
   const acc_t* yr = y + b * k;
   acc_t* gyr = gy + b * k;
-  const KeptRow<acc_t> R = kept_row<cs_t, acc_t>(row, id, yr, nkept[b], k, V, temp[b]);
-  const int64_t n = R.n;
-  const acc_t inv_t = R.inv_t;
-  const Norm<acc_t> L = R.L;
-  const bool bad = R.bad;
+  const acc_t inv_t = static_cast<acc_t>(1.0 / temp[b]);
+  bool bad = false;
+  const Norm<acc_t> L = n > 0 ? warp_kept_lse<cs_t, acc_t>(row, id, yr, n, V, inv_t, true, &bad) : Norm<acc_t>{0, 0};
+  bad = bad || nk != n;
   for (int64_t i = n + lane; i < k; i += 32) gyr[i] = bad ? nan_of<acc_t>() : acc_t(0);
   if (n == 0) return;
   if (bad) {
@@ -282,14 +260,15 @@ __global__ void __launch_bounds__(kForwardThreads)
   const int64_t b = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
   if (b >= B) return;
   const int lane = threadIdx.x & 31;
+  const int64_t nk = nkept[b];
+  const int64_t n = nk < 0 ? 0 : (nk > k ? k : nk);
   const cs_t* row = logits + b * ld;
   const int64_t* id = ids + b * k;
   const acc_t* wr = w + b * k;
-  const KeptRow<double> R = kept_row<cs_t, double>(row, id, nullptr, nkept[b], k, V, temp[b]);
-  const int64_t n = R.n;
-  const double inv_t = R.inv_t;
-  const Norm<double> L = R.L;
-  const bool bad = R.bad;
+  const double inv_t = 1.0 / temp[b];
+  bool bad = false;
+  const Norm<double> L = n > 0 ? warp_kept_lse<cs_t, double>(row, id, nullptr, n, V, inv_t, false, &bad) : Norm<double>{0, 0};
+  bad = bad || nk != n;
   double v = 0;
   for (int64_t i = lane; i < n && !bad; i += 32) {
     const double pi = exp((static_cast<double>(to_float(row[id[i]])) - L.m) * inv_t - L.lse), a = alpha * pi;
@@ -312,15 +291,16 @@ __global__ void __launch_bounds__(kBackwardThreads)
   __syncthreads();
   if (threadIdx.x >= 32) return;
   const int lane = threadIdx.x;
+  const int64_t nk = nkept[b];
+  const int64_t n = nk < 0 ? 0 : (nk > k ? k : nk);
   const cs_t* row = logits + b * ld;
   const int64_t* id = ids + b * k;
   const acc_t* wr = w + b * k;
   acc_t* gwr = gw + b * k;
-  const KeptRow<double> R = kept_row<cs_t, double>(row, id, nullptr, nkept[b], k, V, temp[b]);
-  const int64_t n = R.n;
-  const double inv_t = R.inv_t;
-  const Norm<double> L = R.L;
-  const bool bad = R.bad;
+  const double inv_t = 1.0 / temp[b];
+  bool bad = false;
+  const Norm<double> L = n > 0 ? warp_kept_lse<cs_t, double>(row, id, nullptr, n, V, inv_t, false, &bad) : Norm<double>{0, 0};
+  bad = bad || nk != n;
   for (int64_t i = n + lane; i < k; i += 32) gwr[i] = bad ? nan_of<acc_t>() : acc_t(0);
   if (n == 0) return;
   if (bad) {
