@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "common.h"
+#include "draft_checks.h"
 #include "softdec/verify.h"
 
 namespace softdec {
@@ -56,41 +57,8 @@ inline TreeArgs check_tree_args(const Tensor& target_logits, const Tensor& tree_
   a.N = N;
   a.V = V;
   a.method = static_cast<int32_t>(method);
-  SOFTDEC_CHECK(sparse_ids.has_value() == sparse_weights.has_value(),
-                "sparse draft ids and weights must be given together");
-  SOFTDEC_CHECK(!(draft_probs.has_value() && sparse_ids.has_value()),
-                "give either dense draft_probs or sparse draft ids/weights, not both");
-  a.kind = draft_probs.has_value() ? verify::kDense : (sparse_ids.has_value() ? verify::kSparse : verify::kOneHot);
-  if (a.kind == verify::kDense) {
-    const Tensor& d = *draft_probs;
-    check_dim(d, "draft_probs", 3, "(batch, nodes, vocab)");
-    check_float(d, "draft_probs");
-    check_same_device(target_logits, "target_logits", d, "draft_probs");
-    SOFTDEC_CHECK(d.size(0) == B && d.size(1) == N && d.size(2) == V, "draft_probs must have shape (", B, ", ", N,
-                  ", ", V, ") to match target_logits, got ", shape_str(d));
-    check_last_contiguous(d, "draft_probs");
-    SOFTDEC_CHECK(d.scalar_type() == target_logits.scalar_type() || d.scalar_type() == ScalarType::Float,
-                  "draft_probs must be float32 or the dtype of target_logits (",
-                  dtype_name(target_logits.scalar_type()), "), got ", dtype_name(d.scalar_type()));
-  }
-  if (a.kind == verify::kSparse) {
-    const Tensor& si = *sparse_ids;
-    const Tensor& sw = *sparse_weights;
-    check_dim(si, "draft_probs ids", 3, "(batch, nodes, k)");
-    check_dtype(si, "draft_probs ids", ScalarType::Long);
-    check_dtype(sw, "draft_probs weights", ScalarType::Float);
-    SOFTDEC_CHECK(si.size(0) == B && si.size(1) == N && si.size(2) >= 1, "draft_probs ids must have shape (", B,
-                  ", ", N, ", k >= 1), got ", shape_str(si));
-    SOFTDEC_CHECK(sw.dim() == 3 && sw.size(0) == B && sw.size(1) == N && sw.size(2) == si.size(2),
-                  "draft_probs weights must have the shape of its ids ", shape_str(si), ", got ", shape_str(sw));
-    check_contiguous(si, "draft_probs ids");
-    check_contiguous(sw, "draft_probs weights");
-    check_same_device(target_logits, "target_logits", si, "draft_probs ids");
-    check_same_device(target_logits, "target_logits", sw, "draft_probs weights");
-    a.ks = si.size(2);
-  }
-  SOFTDEC_CHECK(a.method != verify::kSoft || a.kind == verify::kSparse,
-                "method 'soft' needs sparse draft ids and weights");
+  draft_checks::check_draft_probs(target_logits, draft_probs, sparse_ids, sparse_weights, B, N, V, "nodes",
+                                  a.method, a.kind, a.ks);
   return a;
 }
 

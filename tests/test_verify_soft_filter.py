@@ -171,3 +171,28 @@ def test_cuda_refuses_filter_top_k():
     with pytest.raises((RuntimeError, ValueError), match="filter_top_k"):
         softdec.verify(lg.cuda(), None, draft_probs=(dp[0].cuda(), dp[1].cuda()), method="soft",
                        filter_top_k=30)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fk", [30, 0])
+@pytest.mark.parametrize("B", [1, 5])  # B = 1: the vocabulary passes split over threads
+def test_large_vocab_soft_token_equals_soft_mixture(fk, dtype, B):
+    """The vector passes (candidate scan, whole-vocabulary mass) on a long row with -inf entries."""
+    g = torch.Generator().manual_seed(11)
+    V = 20_011
+    lg = (3.0 * torch.randn(B, 1, V, generator=g)).to(dtype)
+    lg[:, :, ::7] = float("-inf")
+    dp = _soft_draft(B, 1, V, K_OUT, g)
+    z = torch.zeros(B, 0, dtype=torch.long)
+    out = softdec.verify(lg, z, draft_probs=(dp[0][:, :0], dp[1][:, :0]), method="soft", filter_top_k=fk,
+                         **SETTINGS)
+    sm = softdec.soft_mixture(lg[:, 0], torch.zeros(V, 4), top_k=K_OUT, filter_top_k=fk, **SETTINGS)
+    kept = sm[2] > 0
+    assert torch.equal(out.soft_ids[kept], sm[1][kept])
+    torch.testing.assert_close(out.soft_weights, torch.where(kept, sm[2], torch.zeros_like(sm[2])).float(),
+                               rtol=2e-6, atol=1e-7)
+    r = ref.verify(lg.double(), z, draft_probs=(dp[0][:, :0], dp[1][:, :0]), method="soft", filter_top_k=fk,
+                   **SETTINGS)
+    assert torch.equal(r.soft_weights > 0, kept)
+    assert torch.equal(r.soft_ids[kept], out.soft_ids[kept])
+    torch.testing.assert_close(out.soft_weights.double(), r.soft_weights.double(), rtol=1e-5, atol=1e-7)

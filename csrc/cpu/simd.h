@@ -3,6 +3,7 @@
 //
 //   philox_blocks(seed, offset, first_block, out[64])  portable structure-of-arrays
 //        Philox (16 blocks = 64 consecutive stream elements; the compiler vectorises it)
+//   philox_bits(seed, offset, first_block, c0..c3[16])  the same rounds, raw lanes out
 //   SOFTDEC_SIMD_AVX512 (AVX-512 F+BW+VL):
 //     load16<T>(p)            16 float/bf16/fp16 -> __m512 (also with AVX-512F alone)
 //     load16_zero_tail(p, n)  first n (< 16) elements, 0 in the other lanes (AVX-512F alone too)
@@ -61,9 +62,11 @@ inline float to_float(fp16 x) { return static_cast<float>(x); }
 constexpr int kPhiloxLanes = 16;
 constexpr int64_t kPhiloxChunk = kPhiloxLanes * 4;  // uniforms per philox_blocks call
 
-inline void philox_blocks(uint64_t seed, uint64_t offset, uint64_t first_block,
-                          float* SOFTDEC_RESTRICT out /* [kPhiloxChunk] */) {
-  uint32_t c0[kPhiloxLanes], c1[kPhiloxLanes], c2[kPhiloxLanes], c3[kPhiloxLanes];
+// The raw lanes c0..c3 [kPhiloxLanes] of blocks first_block + j (also used by
+// philox_normal, which needs lanes 0 and 1 as bits).
+__attribute__((always_inline)) inline void philox_bits(uint64_t seed, uint64_t offset, uint64_t first_block,
+                                                       uint32_t* SOFTDEC_RESTRICT c0, uint32_t* SOFTDEC_RESTRICT c1,
+                                                       uint32_t* SOFTDEC_RESTRICT c2, uint32_t* SOFTDEC_RESTRICT c3) {
   for (int j = 0; j < kPhiloxLanes; ++j) {
     const uint64_t b = first_block + j;
     c0[j] = static_cast<uint32_t>(b);
@@ -87,6 +90,12 @@ inline void philox_blocks(uint64_t seed, uint64_t offset, uint64_t first_block,
     k0 += philox::kWeyl0;
     k1 += philox::kWeyl1;
   }
+}
+
+inline void philox_blocks(uint64_t seed, uint64_t offset, uint64_t first_block,
+                          float* SOFTDEC_RESTRICT out /* [kPhiloxChunk] */) {
+  uint32_t c0[kPhiloxLanes], c1[kPhiloxLanes], c2[kPhiloxLanes], c3[kPhiloxLanes];
+  philox_bits(seed, offset, first_block, c0, c1, c2, c3);
   for (int j = 0; j < kPhiloxLanes; ++j) {
     out[4 * j + 0] = philox::to_unit_float(c0[j]);
     out[4 * j + 1] = philox::to_unit_float(c1[j]);

@@ -557,12 +557,8 @@ bool soft_filtered_target(const T* x, float temp, int64_t kk, int64_t fk, float 
   const int64_t cap = whole ? ks : std::max(ks, fk);
   std::vector<float> cv(static_cast<size_t>(cap));
   std::vector<int64_t> ci(static_cast<size_t>(cap));
-  int64_t n = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    const float v = static_cast<float>(x[i]);
-    if (v == -kInf) continue;
-    n = verify::topk_insert(cv.data(), ci.data(), n, cap, v, i);
-  }
+  // the cap first finite logits in the filter order (-inf never a candidate)
+  const int64_t n = topk_scan(x, V, cap, cv.data(), ci.data());
   soft::RowParams rp{};
   rp.temperature = static_cast<double>(temp);
   rp.top_k = kk;
@@ -572,13 +568,18 @@ bool soft_filtered_target(const T* x, float temp, int64_t kk, int64_t fk, float 
   rp.noise = soft::kNoNoise;
   rp.vocab_mass = 0.0;
   if (whole && temp > 0.0f) {
-    const float t = soft::inv_temperature<float>(rp.temperature);
-    double z = 0.0;
-    for (int64_t i = 0; i < V; ++i) {
-      const float v = static_cast<float>(x[i]);
-      if (v != -kInf) z += std::exp(static_cast<double>((v - cv[0]) * t));
-    }
-    rp.vocab_mass = z;
+    // sum of e^{(l - max l) t} over the finite logits: mass_range's vector pass
+    // (float exponentials, float64 sums; terms below e^-87 count as 0)
+    RowFilter f;
+    f.valid = 1;
+    f.max_logit = cv[0];
+    f.inv_temp = soft::inv_temperature<float>(rp.temperature);
+    f.cut_value = -kInf;
+    f.cut_index = V;
+    f.log_min_p = -kInf;
+    rp.vocab_mass = over_vocab<Mass>(V, P.split, [&](int64_t lo, int64_t hi) {
+      return mass_range<T, false>(x, lo, hi, f);
+    }).z;
   }
   std::vector<float> noisy(static_cast<size_t>(ks));
   tidx.assign(static_cast<size_t>(ks), 0);
