@@ -96,6 +96,10 @@ cuda-check: setup
 	  print(os.path.join(os.path.dirname(cutlass_library.__file__), 'source', 'include'))")" \
 	  tests/cuda_host/prefill_mma_layouts.cu -o build/cuda-check/prefill_mma_layouts
 	build/cuda-check/prefill_mma_layouts
+	# the CUDA verify row filter's packed candidate keys and candidate rule against filter.h (host code)
+	nvcc -std=c++17 --expt-relaxed-constexpr -I csrc/cuda -I include tests/cuda_host/row_filter_keys.cu \
+	  -o build/cuda-check/row_filter_keys
+	build/cuda-check/row_filter_keys
 	# every kernel: a launch bound, registers x threads <= 65536, no spills but those capped in
 	# tools/launch_resources_exceptions.txt, stack <= 512 B (ptxas -v + PTX)
 	$(PY) tools/check_launch_resources.py build/cuda-check --quiet
