@@ -65,7 +65,8 @@ struct FilterScratch {
 // (cv, ci): filter::detail::select_nth, block-parallel. Count mode: 8-bit digits,
 // 4 rounds; mass mode: 4-bit digits, 8 rounds (same selected token; the digit width
 // only changes how the search is split). `finite_out` (count mode, may be null):
-// the number of finite tokens in the prefix (the first round's total).
+// the number of finite tokens in the prefix (the first round's total); when n >= that
+// number the selection stops there and returns (cv, ci) (the caller applies no cut).
 template <int W, typename T, class MassOf>
 __device__ void block_select(const T* x, int64_t V, bool vec, float cv, int64_t ci, bool mass_mode, int64_t n,
                              double target, const MassOf& mass_of, FilterScratch<W>& s, float* out_v,
@@ -124,6 +125,7 @@ __device__ void block_select(const T* x, int64_t V, bool vec, float cv, int64_t 
         int64_t tot = 0;
         for (int d = 0; d < nb; ++d) tot += s.hc[d];
         *finite_out = tot;
+        if (n >= tot) s.fail = 1;  // no cut: the caller keeps every finite token
       }
       // filter::detail::select_nth's digit scan, highest digit first (<= 256 steps)
       int chosen = -1, last = -1;
@@ -163,7 +165,7 @@ __device__ void block_select(const T* x, int64_t V, bool vec, float cv, int64_t 
       (void)chosen_mass;
       if (chosen < 0) {
         s.fail = 1;
-      } else {
+      } else if (!s.fail) {
         s.prefix |= static_cast<uint32_t>(chosen) << shift;
         s.mask |= static_cast<uint32_t>(nb - 1) << shift;
         s.macc = macc;
