@@ -103,6 +103,10 @@ cuda-check: setup
 	# soft_mixture's top-k select, scan candidate logic and embedding-gradient sort (host code, no GPU)
 	nvcc -std=c++17 -O2 -I include -I csrc/cuda tests/cuda_host/soft_select.cu -o build/cuda-check/soft_select
 	build/cuda-check/soft_select
+	# the CUDA verify row filter's packed candidate keys and candidate rule against filter.h (host code)
+	nvcc -std=c++17 --expt-relaxed-constexpr -I csrc/cuda -I include tests/cuda_host/row_filter_keys.cu \
+	  -o build/cuda-check/row_filter_keys
+	build/cuda-check/row_filter_keys
 	# every kernel: a launch bound, registers x threads <= 65536, no spills but those capped in
 	# tools/launch_resources_exceptions.txt, stack <= 512 B (ptxas -v + PTX); no CAS loop and no
 	# floating-point atomic in the SASS but those in tools/sass_atomics_exceptions.txt (cuobjdump -sass)

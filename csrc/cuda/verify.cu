@@ -7,13 +7,14 @@
 // The RNG layout and the acceptance rules are those of include/softdec/verify.h,
 // so CPU and CUDA agree up to float rounding of the masses.
 //
-// Filtering with top-k or top-p runs filter.h's reference-grade radix
-// selection on one thread (correct, not fast); the unfiltered and min-p paths
-// are fully parallel.
+// Filtering with top-k or top-p is block-wide (row_filter.cuh: the CPU's
+// candidate rule for k <= 1024, a block radix selection otherwise); method
+// "greedy" needs only the argmax and skips the filter and the mass pass.
 #include <cuda_fp16.h>
 
 #include "cuda_common.cuh"
 #include "verify_common.cuh"
+#include "row_filter.cuh"
 #include "../dispatch.h"
 #include "../verify_checks.h"
 #include "softdec/filter.h"
@@ -102,8 +103,8 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
   Shared& sh = *reinterpret_cast<Shared*>(sh_raw);
   __shared__ KI red_ki[kWarps];
   __shared__ double2 red_d[kWarps];
-  // the serial top-k / top-p selection's histograms (thread 0), here rather than on its stack
-  __shared__ filter::detail::SelectScratch select_scratch;
+  // the block-wide top-k / top-p filter's scratch (row_filter.cuh)
+  __shared__ FilterScratch<kWarps> fs;
 
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x;
@@ -139,22 +140,28 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
     nan = __syncthreads_or(nan);
     const KI mx = block_best(best, red_ki);
     const bool topk_on = top_k > 0 && top_k < V, topp_on = top_p < 1.0f;
-    const bool serial = temp > 0.0f && (topk_on || topp_on);
+    const bool row_ok = !nan && mx.i >= 0 && mx.k != filter::inf_f();
+    // greedy verification needs the argmax only: no filter, no mass pass
+    const bool argmax_only = P.method == verify::kGreedy;
+    const bool filtered = row_ok && temp > 0.0f && !argmax_only && (topk_on || topp_on);
+    // block-wide cut (all threads); `final_norm`: log_norm already set (candidate rule)
+    const bool final_norm =
+        filtered && block_row_filter<kWarps>(x, V, P.vec_logits, temp, top_k, top_p, min_p, mx.k, mx.i, fs);
     if (tid == 0) {
       RowFilter f;
-      f.valid = (!nan && mx.i >= 0 && mx.k != filter::inf_f()) ? 1 : 0;
-      f.max_logit = f.valid ? mx.k : 0.0f;
-      f.argmax = f.valid ? mx.i : 0;
-      f.log_min_p = filter::log_min_p_of(min_p);
-      if (f.valid && !(temp > 0.0f)) {
-        filter::set_greedy(f);
-      } else if (f.valid) {
-        f.inv_temp = 1.0f / temp;
-        f.cut_value = -filter::inf_f();
-        f.cut_index = V;
-        if (serial) {
-          auto load = [x](int64_t i) { return to_f(x, i); };
-          f = filter::compute_row_filter(load, V, filter::Params{temp, top_k, top_p, min_p}, select_scratch);
+      if (filtered) {
+        f = fs.f();
+      } else {
+        f.valid = row_ok ? 1 : 0;
+        f.max_logit = f.valid ? mx.k : 0.0f;
+        f.argmax = f.valid ? mx.i : 0;
+        f.log_min_p = filter::log_min_p_of(min_p);
+        if (f.valid && (!(temp > 0.0f) || argmax_only)) {
+          filter::set_greedy(f);  // argmax_only: the kept set is not used, only f.argmax
+        } else if (f.valid) {
+          f.inv_temp = 1.0f / temp;
+          f.cut_value = -filter::inf_f();
+          f.cut_index = V;
         }
       }
       sh.f = f;
@@ -179,7 +186,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
       }
       const double2 tot = block_sum2(acc, red_d);
       if (tid == 0) {
-        if (!serial) sh.f.log_norm = ::log(tot.x);
+        if (!final_norm) sh.f.log_norm = ::log(tot.x);
         sh.inv_z = static_cast<float>(::exp(-sh.f.log_norm));
         sh.entropy = ::log(tot.x) - tot.y / tot.x;
       }
@@ -437,8 +444,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cuda(
   // exclusion list: A(x) (<= m) plus the draft's own entries (<= k, or 1)
   P.excl_cap = P.nb_m + (P.ks > 0 ? P.ks : 1) + 1;
   const size_t smem = static_cast<size_t>(P.excl_cap + P.ks) * sizeof(int64_t) + static_cast<size_t>(P.ks) * sizeof(float);
-  SOFTDEC_CHECK(smem <= 48 * 1024, "neighbours width plus the sparse draft's k is too large for the CUDA kernel (",
-                P.nb_m, " + ", P.ks, "); at most about 6000 in total");
 
   torch::stable::accelerator::DeviceGuard guard(target_logits.get_device_index());
   const int64_t ks_out = P.method == verify::kSoft ? P.ks : 0;
@@ -464,6 +469,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cuda(
         const int64_t qe = draft_probs->element_size();
         P.vec_q = (reinterpret_cast<uintptr_t>(dp) % 16 == 0) && ((ds0 * qe) % 16 == 0) && ((ds1 * qe) % 16 == 0);
       }
+      // dynamic + static shared memory (the filter scratch) within the default 48 KB
+      cudaFuncAttributes fa{};
+      SOFTDEC_CUDA_CHECK(cudaFuncGetAttributes(&fa, verify_kernel<scalar_t, Q>));
+      SOFTDEC_CHECK(smem + fa.sharedSizeBytes <= 48 * 1024,
+                    "neighbours width plus the sparse draft's k is too large for the CUDA kernel (", P.nb_m, " + ",
+                    P.ks, "); at most about 4500 in total");
       verify_kernel<scalar_t, Q><<<static_cast<unsigned>(B), kThreads, smem, stream>>>(
           target_logits.const_data_ptr<scalar_t>(), ls0, ls1, draft_ids.const_data_ptr<int64_t>(),
           num_draft.const_data_ptr<int64_t>(), dp, ds0, ds1,

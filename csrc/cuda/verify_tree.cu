@@ -1,6 +1,7 @@
 // CUDA backend of token-tree verification (softdec.verify_tree): one thread
 // block per row walks the tree from the root. At each visited node: a
-// block-wide max/argmax pass and a mass pass (16-byte loads, warp-shuffle
+// block-wide max/argmax pass, the block-wide top-k / top-p filter of
+// row_filter.cuh when one is set (skipped by method "greedy"), and a mass pass (16-byte loads, warp-shuffle
 // reductions), then the children are tried in index order with the
 // recursive-rejection rule of csrc/cpu/verify_tree.cpp (decisions on one
 // thread). One-hot and sparse drafts keep the residual as p plus a short list
@@ -14,6 +15,7 @@
 
 #include "cuda_common.cuh"
 #include "verify_common.cuh"
+#include "row_filter.cuh"
 #include "../dispatch.h"
 #include "../verify_tree_checks.h"
 #include "softdec/filter.h"
@@ -30,6 +32,8 @@ using vcuda::block_sum2;
 using vcuda::ki_better;
 using vcuda::load4;
 using vcuda::to_f;
+using vcuda::FilterScratch;
+using vcuda::block_row_filter;
 
 // 256 threads: the tree walk keeps more state live than verify's kernel (255 registers, no spills)
 constexpr int kTreeThreads = 256;
@@ -94,7 +98,8 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
   TShared& sh = *reinterpret_cast<TShared*>(sh_raw);
   __shared__ KI red_ki[kTreeWarps];
   __shared__ double2 red_d[kTreeWarps];
-  __shared__ filter::detail::SelectScratch select_scratch;
+  // the block-wide top-k / top-p filter's scratch (row_filter.cuh)
+  __shared__ FilterScratch<kTreeWarps> fs;
 
   const int64_t b = blockIdx.x;
   const int tid = threadIdx.x;
@@ -132,22 +137,28 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
     nan = __syncthreads_or(nan);
     const KI mx = block_best<kTreeWarps>(best, red_ki);
     const bool topk_on = top_k > 0 && top_k < V, topp_on = top_p < 1.0f;
-    const bool serial = temp > 0.0f && (topk_on || topp_on);
+    const bool row_ok = !nan && mx.i >= 0 && mx.k != filter::inf_f();
+    // greedy verification needs the argmax only: no filter, no mass pass
+    const bool argmax_only = P.method == verify::kGreedy;
+    const bool filtered = row_ok && temp > 0.0f && !argmax_only && (topk_on || topp_on);
+    // block-wide cut (all threads); `final_norm`: log_norm already set (candidate rule)
+    const bool final_norm = filtered && block_row_filter<kTreeWarps>(x, V, P.vec_logits, temp, top_k, top_p,
+                                                                     min_p, mx.k, mx.i, fs);
     if (tid == 0) {
       RowFilter f;
-      f.valid = (!nan && mx.i >= 0 && mx.k != filter::inf_f()) ? 1 : 0;
-      f.max_logit = f.valid ? mx.k : 0.0f;
-      f.argmax = f.valid ? mx.i : 0;
-      f.log_min_p = filter::log_min_p_of(min_p);
-      if (f.valid && !(temp > 0.0f)) {
-        filter::set_greedy(f);
-      } else if (f.valid) {
-        f.inv_temp = 1.0f / temp;
-        f.cut_value = -filter::inf_f();
-        f.cut_index = V;
-        if (serial) {
-          auto load = [x](int64_t i) { return to_f(x, i); };
-          f = filter::compute_row_filter(load, V, filter::Params{temp, top_k, top_p, min_p}, select_scratch);
+      if (filtered) {
+        f = fs.f();
+      } else {
+        f.valid = row_ok ? 1 : 0;
+        f.max_logit = f.valid ? mx.k : 0.0f;
+        f.argmax = f.valid ? mx.i : 0;
+        f.log_min_p = filter::log_min_p_of(min_p);
+        if (f.valid && (!(temp > 0.0f) || argmax_only)) {
+          filter::set_greedy(f);  // argmax_only: the kept set is not used, only f.argmax
+        } else if (f.valid) {
+          f.inv_temp = 1.0f / temp;
+          f.cut_value = -filter::inf_f();
+          f.cut_index = V;
         }
       }
       sh.f = f;
@@ -172,7 +183,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
       }
       const double2 tot = block_sum2<kTreeWarps>(acc, red_d);
       if (tid == 0) {
-        if (!serial) sh.f.log_norm = ::log(tot.x);
+        if (!final_norm) sh.f.log_norm = ::log(tot.x);
         sh.inv_z = static_cast<float>(::exp(-sh.f.log_norm));
         sh.entropy = ::log(tot.x) - tot.y / tot.x;
       }
@@ -471,8 +482,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> verify_tree_cuda(
   // touched residual entries: every rejected sibling of one node adds at most its k ids (1 when one-hot)
   P.touch_cap = a.kind == verify::kDense ? 0 : (N > 1 ? N - 1 : 1) * (a.ks > 0 ? a.ks : 1);
   const size_t smem = static_cast<size_t>(P.touch_cap + P.ks) * (sizeof(int64_t) + sizeof(float));
-  SOFTDEC_CHECK(smem <= 48 * 1024, "verify_tree on CUDA: (nodes - 1) x the sparse draft's k (", P.touch_cap,
-                ") plus k is too large for shared memory; at most about 4000 in total");
 
   torch::stable::accelerator::DeviceGuard guard(target_logits.get_device_index());
   const int64_t ks_out = P.method == verify::kSoft ? P.ks : 0;
@@ -499,6 +508,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> verify_tree_cuda(
         ds0 = draft_probs->stride(0);
         ds1 = draft_probs->stride(1);
       }
+      // dynamic + static shared memory (the filter scratch) within the default 48 KB
+      cudaFuncAttributes fa{};
+      SOFTDEC_CUDA_CHECK(cudaFuncGetAttributes(&fa, verify_tree_kernel<scalar_t, Q>));
+      SOFTDEC_CHECK(smem + fa.sharedSizeBytes <= 48 * 1024, "verify_tree on CUDA: (nodes - 1) x the sparse draft's k (",
+                    P.touch_cap, ") plus k is too large for shared memory; at most about 3000 in total");
       verify_tree_kernel<scalar_t, Q><<<static_cast<unsigned>(B), kTreeThreads, smem, stream>>>(
           target_logits.const_data_ptr<scalar_t>(), ls0, ls1, tree_tokens.const_data_ptr<int64_t>(),
           tree_parents.const_data_ptr<int64_t>(), dp, ds0, ds1,

@@ -57,6 +57,7 @@
 //   token_mass(x, m, inv_temp) -> float   fexp((x - m) * inv_temp), the mass unit
 //   log_min_p_of(min_p)        -> float   flog(min_p), -inf for min_p = 0
 //   finish_from_sorted(f, values, indices, n, min_p)
+//   finish_from_sorted_by(f, value_at, index_at, n, min_p)  (accessor form, same arithmetic)
 //       fill the cut / log_norm from a kept prefix given as sorted candidates
 //   detail::select_nth(...)    radix selection by count or by mass (reusable)
 //   kept(f, x, i)          -> bool     is token i (logit x) in the kept set
@@ -65,6 +66,7 @@
 //   order_key(x)           -> uint32   monotone key of x (for radix selection)
 //   before(xa, ia, xb, ib) -> bool     the total order above
 //   top_p_prefix(masses, n, top_p) -> int64   prefix length for sorted masses
+//   top_p_prefix_by(mass_at, n, top_p)          (accessor form, same arithmetic)
 //   flog / fexp            bit-identical float log / exp on host and device
 //   gumbel(u) = -flog(-flog(u))       the Gumbel noise every op uses
 //
@@ -272,15 +274,17 @@ SOFTDEC_HD float token_mass(float x, float m, float inv_temp) { return fexp((x -
 
 // Smallest n >= 1 with sum(masses[0:n]) >= top_p * sum(masses[0:len]) for masses
 // sorted in the filter order (descending). top_p >= 1 returns len.
-SOFTDEC_HD int64_t top_p_prefix(const float* masses, int64_t len, float top_p) {
+// mass_at(j) -> float: the j-th mass (the CUDA verify reads packed sorted keys).
+template <class MassAt>
+SOFTDEC_HD int64_t top_p_prefix_by(const MassAt& mass_at, int64_t len, float top_p) {
   if (len <= 0) return 0;
   if (!(top_p < 1.0f)) return len;
   double total = 0.0;
-  for (int64_t j = 0; j < len; ++j) total += masses[j];
+  for (int64_t j = 0; j < len; ++j) total += mass_at(j);
   const double target = static_cast<double>(top_p) * total;
   double acc = 0.0;
   for (int64_t j = 0; j < len; ++j) {
-    acc += masses[j];
+    acc += mass_at(j);
     if (acc >= target) return j + 1;
   }
   return len;
@@ -369,6 +373,10 @@ SOFTDEC_HD uint64_t fixed_take(uint64_t target, uint64_t macc, uint64_t q) {
   return target > macc ? (target - macc + q - 1) / q : 0;
 }
 
+SOFTDEC_HD int64_t top_p_prefix(const float* masses, int64_t len, float top_p) {
+  return top_p_prefix_by([masses](int64_t j) -> float { return masses[j]; }, len, top_p);
+}
+
 SOFTDEC_HD float log_min_p_of(float min_p) { return min_p > 0.0f ? flog(min_p) : -inf_f(); }
 
 // Fills a RowFilter from the kept prefix given as sorted candidates
@@ -376,20 +384,22 @@ SOFTDEC_HD float log_min_p_of(float min_p) { return min_p > 0.0f ? flog(min_p) :
 // top-k and top-p have been decided by the caller: the cut is candidate n-1,
 // min-p is applied here, log_norm is summed over the kept candidates.
 // Row statistics (valid, argmax, max_logit) must already be set in `f`.
-SOFTDEC_HD void finish_from_sorted(RowFilter& f, const float* values, const int64_t* indices,
-                                   int64_t n, float min_p) {
+template <class ValueAt, class IndexAt>
+SOFTDEC_HD void finish_from_sorted_by(RowFilter& f, const ValueAt& value_at, const IndexAt& index_at, int64_t n,
+                                      float min_p) {
   f.log_min_p = log_min_p_of(min_p);
   if (!f.valid || n <= 0) {
     f.num_kept = 0;
     return;
   }
-  f.cut_value = values[n - 1];
-  f.cut_index = indices[n - 1];
+  f.cut_value = value_at(n - 1);
+  f.cut_index = index_at(n - 1);
   double s = 0.0;
   int64_t cnt = 0;
   for (int64_t j = 0; j < n; ++j) {
-    if ((values[j] - f.max_logit) * f.inv_temp >= f.log_min_p) {
-      s += token_mass(values[j], f.max_logit, f.inv_temp);
+    const float v = value_at(j);
+    if ((v - f.max_logit) * f.inv_temp >= f.log_min_p) {
+      s += token_mass(v, f.max_logit, f.inv_temp);
       ++cnt;
     }
   }
@@ -399,6 +409,13 @@ SOFTDEC_HD void finish_from_sorted(RowFilter& f, const float* values, const int6
 #else
   f.log_norm = std::log(s);
 #endif
+}
+
+SOFTDEC_HD void finish_from_sorted(RowFilter& f, const float* values, const int64_t* indices,
+                                   int64_t n, float min_p) {
+  finish_from_sorted_by(
+      f, [values](int64_t j) -> float { return values[j]; }, [indices](int64_t j) -> int64_t { return indices[j]; },
+      n, min_p);
 }
 
 // ------------------------------------------------------------------ generic serial implementation
