@@ -10,18 +10,7 @@
 
 using namespace softdec::decode_lanes;
 
-static int failures = 0;
-#define EXPECT(cond, ...)                \
-  do {                                   \
-    if (!(cond)) {                       \
-      if (failures < 20) {               \
-        std::printf("FAIL %s: ", #cond); \
-        std::printf(__VA_ARGS__);        \
-        std::printf("\n");               \
-      }                                  \
-      ++failures;                        \
-    }                                    \
-  } while (0)
+#include "expect.h"
 
 static void check(int d) {
   const LaneMap m = lane_map(d);

@@ -11,18 +11,7 @@
 
 using namespace softdec_prefill_mma;
 
-static int failures = 0;
-#define EXPECT(cond, ...)                      \
-  do {                                         \
-    if (!(cond)) {                             \
-      if (failures < 20) {                     \
-        std::printf("FAIL %s: ", #cond);       \
-        std::printf(__VA_ARGS__);              \
-        std::printf("\n");                     \
-      }                                        \
-      ++failures;                              \
-    }                                          \
-  } while (0)
+#include "expect.h"
 
 template <class Tr>
 void check(const char* name) {

@@ -18,18 +18,7 @@
 
 using namespace softdec;
 
-static int failures = 0;
-#define EXPECT(cond, ...)                \
-  do {                                   \
-    if (!(cond)) {                       \
-      if (failures < 20) {               \
-        std::printf("FAIL %s: ", #cond); \
-        std::printf(__VA_ARGS__);        \
-        std::printf("\n");               \
-      }                                  \
-      ++failures;                        \
-    }                                    \
-  } while (0)
+#include "expect.h"
 
 static bool same_bits(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 

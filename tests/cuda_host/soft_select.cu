@@ -22,18 +22,7 @@
 using namespace softdec;
 using namespace softdec::soft_select;
 
-static int failures = 0;
-#define EXPECT(cond, ...)                \
-  do {                                   \
-    if (!(cond)) {                       \
-      if (failures < 20) {               \
-        std::printf("FAIL %s: ", #cond); \
-        std::printf(__VA_ARGS__);        \
-        std::printf("\n");               \
-      }                                  \
-      ++failures;                        \
-    }                                    \
-  } while (0)
+#include "expect.h"
 
 template <typename T>
 void check_keys(std::mt19937_64& rng) {
