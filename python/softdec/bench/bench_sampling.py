@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 import softdec
+from . import _peers
 from .harness import Case
 from softdec import reference as ref
 
@@ -44,6 +45,7 @@ def _make(B, V, kw, device, compile_=True):
         fns["compile"] = lambda: comp(x, **kw)
     if not kw:
         fns["multinomial"] = lambda: torch.multinomial(torch.softmax(x, -1), 1, generator=gen)
+    fns.update(_peers.sample_fns(x, kw, device))
     return fns, x
 
 
@@ -61,7 +63,7 @@ def cases(quick: bool, device: str, full: bool = False):
                 fns, x = _make(B, V, kw, device, compile_=not capped)
                 out.append(Case(op="sample", label=f"{name} B={B} V={V}", fns=fns,
                                 bytes=x.numel() * x.element_size(), device=device, compile_capped=capped,
-                                notes="bytes = logits read once"))
+                                notes="; ".join(filter(None, ["bytes = logits read once", _peers.note(device)]))))
     # Gumbel-softmax (dense): read logits, write probabilities.
     for V in vs[:1]:
         for B in ([8] if quick else bs[-1:]):
@@ -98,7 +100,8 @@ def cases(quick: bool, device: str, full: bool = False):
                "eager": lambda f=reference, a=inp, v=arg: f(a, v)}
         if not capped:
             fns["compile"] = lambda f=torch.compile(reference), a=inp, v=arg: f(a, v)
+        fns.update(_peers.filter_fns(label.split()[0], inp, arg, device))
         out.append(Case(op=label.split()[0], label=f"{label.split()[1]} B={B} V={V}", fns=fns,
                         bytes=2 * inp.numel() * inp.element_size(), device=device, compile_capped=capped,
-                        notes="bytes = row read + row written"))
+                        notes="; ".join(filter(None, ["bytes = row read + row written", _peers.note(device)]))))
     return out
