@@ -292,6 +292,24 @@ def test_same_seed_batch_invariance_and_generator():
     assert torch.equal(c.tokens, d.tokens)
 
 
+@pytest.mark.parametrize("kind", ["onehot", "dense"])
+def test_single_row_split_race_equals_row_in_batch(kind):
+    # B = 1 runs the vocabulary-wide races in 16384-token pieces on torch's threads (race_par);
+    # the winner must be the one the same row gets inside a batch (serial race), token for token.
+    B, N, V = 6, 5, 70001
+    g = torch.Generator().manual_seed(3)
+    tokens, par = _random_tree(B, N, V, g, pad=False)
+    lg = torch.randn(B, N, V, generator=g) * 0.5
+    dp = torch.softmax(torch.randn(B, N, V, generator=g), -1) if kind == "dense" else None
+    for off in range(4):
+        a = softdec.verify_tree(lg, tokens, par, draft_probs=dp, seed=torch.arange(B), offset=off)
+        for r in range(B):
+            b = softdec.verify_tree(lg[r:r + 1], tokens[r:r + 1], par[r:r + 1],
+                                    draft_probs=None if dp is None else dp[r:r + 1],
+                                    seed=torch.tensor([r]), offset=off)
+            assert torch.equal(a.tokens[r:r + 1], b.tokens) and torch.equal(a.nodes[r:r + 1], b.nodes)
+
+
 def test_invalid_rows_empty_batch_and_root_only():
     V = 9
     lg = torch.randn(3, 2, V)

@@ -137,17 +137,37 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
 }
 
 // Race over p on [0, V) minus the sorted unique indices `skip`.
+// race() over [lo, hi), split into fixed 16384-token pieces run by torch's threads when `par`
+// (a batch too small to keep the threads busy with rows). race_better is a total order on
+// (key, index), so the merged winner is the serial race's whatever the split.
+template <typename T>
+Win race_par(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f, float inv_z,
+             uint64_t seed, uint64_t stream, bool par) {
+  constexpr int64_t kSplit = 16384;
+  if (!par || hi - lo <= 2 * kSplit) return race(x, R, lo, hi, f, inv_z, seed, stream);
+  const int64_t n = (hi - lo + kSplit - 1) / kSplit;
+  std::vector<Win> part(static_cast<size_t>(n));
+  torch::stable::parallel_for(0, n, 1, [&](int64_t a, int64_t e) {
+    for (int64_t i = a; i < e; ++i)
+      part[static_cast<size_t>(i)] =
+          race(x, R, lo + i * kSplit, std::min(hi, lo + (i + 1) * kSplit), f, inv_z, seed, stream);
+  });
+  Win best;
+  for (const Win& w : part) best.take(w.key, w.idx);
+  return best;
+}
+
 template <typename T>
 Win race_skip(const T* x, int64_t V, const RowFilter& f, float inv_z, uint64_t seed, uint64_t stream,
-              const std::vector<int64_t>& skip) {
+              const std::vector<int64_t>& skip, bool par) {
   Win b;
   int64_t cur = 0;
   for (int64_t s : skip) {
-    const Win w = race(x, static_cast<const float*>(nullptr), cur, s, f, inv_z, seed, stream);
+    const Win w = race_par(x, static_cast<const float*>(nullptr), cur, s, f, inv_z, seed, stream, par);
     b.take(w.key, w.idx);
     cur = s + 1;
   }
-  const Win w = race(x, static_cast<const float*>(nullptr), cur, V, f, inv_z, seed, stream);
+  const Win w = race_par(x, static_cast<const float*>(nullptr), cur, V, f, inv_z, seed, stream, par);
   b.take(w.key, w.idx);
   return b;
 }
@@ -156,6 +176,7 @@ struct Params {
   int32_t method = 0, kind = 0;
   int64_t V = 0, N = 0, ks = 0;
   float post_thr = 0.09f, post_alpha = 0.3f, delta = 0.1f;
+  bool par = false;  // one row: the vocabulary-wide races use torch's threads (race_par)
 };
 
 struct Target {
@@ -407,18 +428,18 @@ void tree_row(int64_t b, const Row<T, Q>& c, const Params& P) {
     }
     Win w;
     if (dense_r) {
-      w = race(x, Rbuf.data(), 0, V, t.f, t.inv_z, seed, stream);
+      w = race_par(x, static_cast<const float*>(Rbuf.data()), 0, V, t.f, t.inv_z, seed, stream, P.par);
     } else if (!touched.empty()) {
       skip.clear();
       for (const auto& e : touched) skip.push_back(e.first);
       std::sort(skip.begin(), skip.end());
-      w = race_skip(x, V, t.f, t.inv_z, seed, stream, skip);
+      w = race_skip(x, V, t.f, t.inv_z, seed, stream, skip, P.par);
       std::sort(touched.begin(), touched.end());
       for (const auto& e : touched)
         if (e.second > 0.0f)
           w.take(verify::race_key(e.second, philox::uniform(seed, stream, static_cast<uint64_t>(e.first))), e.first);
     }
-    if (w.idx < 0) w = race_skip(x, V, t.f, t.inv_z, seed, stream, {});
+    if (w.idx < 0) w = race_skip(x, V, t.f, t.inv_z, seed, stream, {}, P.par);
     tok[nacc] = w.idx >= 0 ? w.idx : t.f.argmax;
     break;
   }
@@ -497,9 +518,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> verify_tree_cpu(
       c.out_nacc = nacc.mutable_data_ptr<int64_t>();
       c.soft_ids = ks_out ? soft_ids.mutable_data_ptr<int64_t>() : nullptr;
       c.soft_w = ks_out ? soft_w.mutable_data_ptr<float>() : nullptr;
-      torch::stable::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
-        for (int64_t b = lo; b < hi; ++b) tree_row<scalar_t, Q>(b, c, P);
-      });
+      if (B == 1) {  // one row: parallel inside the row (race_par) instead of over rows
+        Params P1 = P;
+        P1.par = true;
+        tree_row<scalar_t, Q>(0, c, P1);
+      } else {
+        torch::stable::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
+          for (int64_t b = lo; b < hi; ++b) tree_row<scalar_t, Q>(b, c, P);
+        });
+      }
     };
     if (P.kind == verify::kDense && draft_probs->scalar_type() == ScalarType::Float) {
       run(float{});
