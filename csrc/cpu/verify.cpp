@@ -608,6 +608,25 @@ void verify_row(int64_t b, const T* logits, int64_t ls0, int64_t ls1, const int6
   const bool want_h = P.method == verify::kTypical;
   std::vector<float> tvals, tw;
   std::vector<int64_t> tidx;
+  // method "soft", once position j's target soft token (tidx, tvals: ks entries) is known:
+  // accept the draft when its TV distance is within delta (true), else emit the soft token
+  // as the correction (false).
+  auto soft_accepts = [&](int64_t j, bool bonus) -> bool {
+    if (!bonus) {
+      const double tv = verify::soft_tv(tidx.data(), tvals.data(), ks, sids + (b * K + j) * ks,
+                                        sw + (b * K + j) * ks, ks);
+      if (tv <= static_cast<double>(P.delta) + verify::kSoftTvSlack) {
+        tok[j] = draft[b * K + j];
+        ++nacc;
+        return true;
+      }
+    }
+    int64_t* oi = soft_ids + b * ks;
+    float* ow = soft_w + b * ks;
+    for (int64_t c = 0; c < ks; ++c) oi[c] = tidx[static_cast<size_t>(c)], ow[c] = tvals[static_cast<size_t>(c)];
+    tok[j] = tidx[0];
+    return false;
+  };
   for (int64_t j = 0; j <= n; ++j) {
     const T* x = logits + b * ls0 + j * ls1;
     const bool bonus = j == n;
@@ -619,19 +638,7 @@ void verify_row(int64_t b, const T* logits, int64_t ls0, int64_t ls1, const int6
         tok[j] = -1;
         break;
       }
-      bool acc = false;
-      if (!bonus) {
-        const double tv = verify::soft_tv(tidx.data(), tvals.data(), ks, sids + (b * K + j) * ks,
-                                          sw + (b * K + j) * ks, ks);
-        acc = tv <= static_cast<double>(P.delta) + verify::kSoftTvSlack;
-      }
-      if (acc) {
-        tok[j] = draft[b * K + j];
-        ++nacc;
-        continue;
-      }
-      for (int64_t c = 0; c < ks; ++c) oi[c] = tidx[static_cast<size_t>(c)], ow[c] = tvals[static_cast<size_t>(c)];
-      tok[j] = tidx[0];
+      if (soft_accepts(j, bonus)) continue;
       break;
     }
     if (P.method == verify::kSoft) {
@@ -675,19 +682,7 @@ void verify_row(int64_t b, const T* logits, int64_t ls0, int64_t ls1, const int6
         tidx[static_cast<size_t>(c)] = tidx[0];
         tvals[static_cast<size_t>(c)] = 0.0f;
       }
-      bool acc = false;
-      if (!bonus) {
-        const double tv = verify::soft_tv(tidx.data(), tvals.data(), ks, sids + (b * K + j) * ks,
-                                          sw + (b * K + j) * ks, ks);
-        acc = tv <= static_cast<double>(P.delta) + verify::kSoftTvSlack;
-      }
-      if (acc) {
-        tok[j] = draft[b * K + j];
-        ++nacc;
-        continue;
-      }
-      for (int64_t c = 0; c < ks; ++c) oi[c] = tidx[static_cast<size_t>(c)], ow[c] = tvals[static_cast<size_t>(c)];
-      tok[j] = tidx[0];
+      if (soft_accepts(j, bonus)) continue;
       break;
     }
 
