@@ -17,7 +17,6 @@
 #include "capability.h"
 #include "../common.h"
 #include "../dispatch.h"
-#include "../distributed_checks.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 
@@ -34,7 +33,6 @@ namespace SOFTDEC_CPU_NS {  // this CPU level's copy (capability.h)
 namespace {
 
 using namespace cpu;  // NOLINT: the shared passes of sampling_kernels.h
-using namespace distributed_checks;  // NOLINT: the input checks shared with the CUDA ops
 
 // The blocks of [0, V) lying entirely in the shard [offset, offset + n): [b_lo, b_hi).
 std::pair<int64_t, int64_t> inner_blocks(int64_t offset, int64_t n, int64_t V) {
@@ -43,6 +41,19 @@ std::pair<int64_t, int64_t> inner_blocks(int64_t offset, int64_t n, int64_t V) {
   // the last block of the row ends at V (it may be shorter than kCdfBlock)
   const int64_t b_hi = end == V ? (V + kCdfBlock - 1) / kCdfBlock : end / kCdfBlock;
   return {b_lo, std::max(b_lo, b_hi)};
+}
+
+void check_shard_args(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
+                      const Tensor& mp) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  const int64_t R = logits.size(0), n = logits.size(1);
+  SOFTDEC_CHECK(offset >= 0 && V >= 1 && offset + n <= V, "the shard [offset, offset + vocab_local) = [", offset,
+                ", ", offset + n, ") must lie in [0, vocab_size = ", V, ")");
+  check_per_row(m, "max_logit", R, ScalarType::Float, logits, "logits");
+  check_per_row(t, "temperature", R, ScalarType::Float, logits, "logits");
+  check_per_row(mp, "min_p", R, ScalarType::Float, logits, "logits");
 }
 
 // The cut of a plain / min-p row of softdec.sample (sample_cpu's RowPlan -> Cut::of).
@@ -90,7 +101,8 @@ Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
                             Tensor block, Tensor target) {
   check_shard_args(logits, offset, V, m, t, mp);
   const int64_t R = logits.size(0), n = logits.size(1);
-  check_pick_args(logits, block, target);
+  check_per_row(block, "block", R, ScalarType::Long, logits, "logits");
+  check_per_row(target, "target", R, ScalarType::Double, logits, "logits");
   const auto [b_lo, b_hi] = inner_blocks(offset, n, V);
   Tensor out = new_empty(logits, {R}, ScalarType::Long);
   if (R == 0) return out;
@@ -123,8 +135,12 @@ Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
 // u = philox::uniform53(seed, offset): (the chosen block, -1 if the row has no
 // mass; what is left of the target inside it).
 std::tuple<Tensor, Tensor> block_draw_target_cpu(Tensor blk, Tensor seed, Tensor offset) {
-  check_draw_target_args(blk, seed, offset);
+  check_dim(blk, "blk", 2, "(rows, blocks)");
+  check_dtype(blk, "blk", ScalarType::Double);
+  check_contiguous(blk, "blk");
   const int64_t R = blk.size(0), nb = blk.size(1);
+  check_per_row(seed, "seed", R, ScalarType::Long, blk, "blk");
+  check_per_row(offset, "offset", R, ScalarType::Long, blk, "blk");
   Tensor block = new_empty(blk, {R}, ScalarType::Long);
   Tensor target = new_empty(blk, {R}, ScalarType::Double);
   const double* s = blk.const_data_ptr<double>();
@@ -153,6 +169,7 @@ std::tuple<Tensor, Tensor> block_draw_target_cpu(Tensor blk, Tensor seed, Tensor
 // ------------------------------------------------------------------ shard partials and their merge
 
 constexpr double kNoId = 4611686018427387904.0;  // 2^62: id of an empty candidate slot (sorts last)
+constexpr int64_t kHead = 8;                      // header columns (python/softdec/distributed.py _HEAD)
 
 // Partials of each row of a shard at global offset `offset` (python _local_stats, no
 // temperature): float64 (rows, 8 + 2c) = (any NaN, any +inf, any > -inf, max, its global
@@ -160,7 +177,11 @@ constexpr double kNoId = 4611686018427387904.0;  // 2^62: id of an empty candida
 // descending, lower id first -- listed in id order: c values (-inf padding), c global ids
 // (2^62 padding)).
 Tensor shard_partials_cpu(Tensor logits, int64_t offset, int64_t c) {
-  check_partials_args(logits, offset, c);
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  SOFTDEC_CHECK(c >= 0, "c must be >= 0, got ", c);
+  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
   const int64_t R = logits.size(0), n = logits.size(1), W = kHead + 2 * c;
   Tensor out = new_empty(logits, {R, W}, ScalarType::Double);
   if (R == 0) return out;
@@ -198,8 +219,11 @@ Tensor shard_partials_cpu(Tensor logits, int64_t offset, int64_t c) {
 // invalid --, the compact row: the world * c candidates in global-id order plus one -inf
 // column, NaN where the row is invalid (float32), their global ids (-1 for padding)).
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> merge_partials_cpu(Tensor g, int64_t c) {
-  check_merge_args(g, c);
+  check_dim(g, "g", 3, "(world, rows, 8 + 2c)");
+  check_dtype(g, "g", ScalarType::Double);
+  check_contiguous(g, "g");
   const int64_t Wd = g.size(0), R = g.size(1), W = g.size(2);
+  SOFTDEC_CHECK(c >= 0 && W == kHead + 2 * c, "g must have 8 + 2c = ", kHead + 2 * c, " columns, got ", W);
   const int64_t nc = Wd * c + 1;
   Tensor valid = new_empty(g, {R}, ScalarType::Bool);
   Tensor mx = new_empty(g, {R}, ScalarType::Double);
