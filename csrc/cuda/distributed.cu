@@ -39,6 +39,7 @@
 #include "cuda_common.cuh"
 #include "../dispatch.h"
 #include "../distributed_checks.h"
+#include "distributed_walk.cuh"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 
@@ -54,7 +55,7 @@ using distributed_checks::kHead;
 
 constexpr int64_t kCdfBlock = 1024;  // tokens per block of the draw (sampling_kernels.h kCdfBlock)
 constexpr int kCdfLanes = 16;        // float lanes per block (sampling_kernels.h kCdfLanes)
-constexpr double kNoId = 4611686018427387904.0;  // 2^62: id of an empty candidate slot (distributed.cpp)
+using dist_walk::kNoId;  // 2^62: id of an empty candidate slot (distributed.cpp)
 
 constexpr int kMassThreads = 128;   // shard_block_masses: kMassGroup blocks per step
 constexpr int kPickThreads = 256;   // shard_block_pick: 4 tokens of the chosen block per thread
@@ -284,42 +285,20 @@ __global__ void __launch_bounds__(kTargetThreads) block_draw_target_kernel(
   }
   const double tg =
       __dmul_rn(philox::uniform53(static_cast<uint64_t>(seeds[r]), static_cast<uint64_t>(offsets[r])), total);
-  // pass 2: pick_in over the blocks; `all` = blk[0] + ... + blk[j - 1] in order (the CPU's
-  // `before` loop, zero blocks included), remembered at the last block with mass
-  double run = 0.0, all = 0.0, all_last = 0.0, before = 0.0;
-  int64_t last = -1, chosen = -1;
-  for (int64_t c0 = 0; c0 < nb; c0 += kTargetChunk) {
+  // pass 2: pick_in over the blocks and the sum of the blocks before the chosen one
+  // (dist_walk::DrawWalk: the CPU's double additions in the CPU's order), lane 0
+  dist_walk::DrawWalk walk;
+  bool done = false;
+  for (int64_t c0 = 0; c0 < nb && !done; c0 += kTargetChunk) {  // `done` is uniform over the warp
     const int n = static_cast<int>(nb - c0 < kTargetChunk ? nb - c0 : kTargetChunk);
     for (int j = lane; j < n; j += kTargetThreads) sb[j] = row[c0 + j];
     __syncwarp();
-    if (lane == 0 && chosen < 0) {
-      for (int j = 0; j < n; ++j) {
-        const double v = sb[j];
-        if (v > 0.0) {
-          run = __dadd_rn(run, v);
-          last = c0 + j;
-          all_last = all;
-          if (run > tg) {
-            chosen = c0 + j;
-            before = all;
-            break;
-          }
-        }
-        all = __dadd_rn(all, v);
-      }
-    }
+    if (lane == 0)
+      for (int j = 0; j < n && !done; ++j) done = walk.feed(sb[j], c0 + j, tg);
     __syncwarp();
-    chosen = __shfl_sync(0xffffffffu, chosen, 0);
-    if (chosen >= 0) break;
+    done = __shfl_sync(0xffffffffu, done ? 1 : 0, 0) != 0;
   }
-  if (lane == 0) {
-    if (chosen < 0) {
-      chosen = last;
-      before = all_last;
-    }
-    block_out[r] = chosen;
-    target_out[r] = chosen < 0 ? 0.0 : __dsub_rn(tg, before);
-  }
+  if (lane == 0) walk.finish(tg, block_out + r, target_out + r);
 }
 
 // ------------------------------------------------------------------ shard partials
@@ -546,18 +525,6 @@ __global__ void __launch_bounds__(kPartThreads, 1) shard_partials_kernel(const T
 
 // ------------------------------------------------------------------ merge of the gathered partials
 
-// Number of entries of the ascending list a[0..n) that are < x (lower bound) or <= x (upper).
-__device__ __forceinline__ int64_t count_below(const double* a, int64_t n, double x, bool upper) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) >> 1;
-    const double v = a[mid];
-    if (v < x || (upper && v == x)) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
 // One CUDA block per row of g (world, rows, 8 + 2c): merge_partials_cpu's outputs.
 __global__ void __launch_bounds__(kMergeThreads) merge_partials_kernel(
     const double* __restrict__ g, int64_t Wd, int64_t R, int64_t c, bool* __restrict__ valid,
@@ -591,19 +558,15 @@ __global__ void __launch_bounds__(kMergeThreads) merge_partials_kernel(
   const float qnan = __int_as_float(0x7fc00000);
   float* rv = cv + r * nc;
   int64_t* ri = ci + r * nc;
-  // the real candidates of all ranks (each rank's ids ascending, 2^62 padding at its end)
-  int64_t ncand = 0;
-  for (int64_t w = 0; w < Wd; ++w) ncand += count_below(g + (w * R + r) * W + kHead + c, c, kNoId, false);
+  // the ranks' candidate id lists (each ascending, 2^62 padding at its end)
+  const auto ids = [&](int64_t w) { return g + (w * R + r) * W + kHead + c; };
+  const int64_t ncand = dist_walk::real_candidates(ids, Wd, c);
   for (int64_t s = threadIdx.x; s < Wd * c; s += kMergeThreads) {
     const int64_t w = s / c, j = s % c;
     const double* p = g + (w * R + r) * W;
     const double id = p[kHead + c + j];
     if (!(id < kNoId)) continue;
-    // place in the union ordered by (id, rank)
-    // (rank w itself contributes j: its ids are distinct and ascending)
-    int64_t pos = 0;
-    for (int64_t w2 = 0; w2 < Wd; ++w2)
-      pos += count_below(g + (w2 * R + r) * W + kHead + c, c, id, w2 < w);
+    const int64_t pos = dist_walk::merge_position(ids, Wd, c, w, id);  // in the union ordered by (id, rank)
     rv[pos] = ok ? static_cast<float>(p[kHead + j]) : qnan;
     ri[pos] = static_cast<int64_t>(id);
   }
