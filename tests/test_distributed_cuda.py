@@ -14,7 +14,8 @@ python/softdec/distributed.py).
 
 Every test is parametrized over DEVICES (conftest): the CPU instance compares the CPU op
 with itself and runs the distributed ops on CPU shards (it checks the test code here); the
-"cuda" instance is marked cuda and runs when a GPU is lent.
+"cuda" instance is marked cuda and runs when a GPU is lent (the names start with test_cuda_:
+bench/gpu_check.sh runs them in its first test phase, `pytest -m cuda -k test_cuda_`).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _skip_large_on_cpu(device, V):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B,V", [(1, 1031), (64, 5003), (1, 151936), (8, 151936)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_block_draw_ops_equal_cpu(device, B, V, dtype):
+def test_cuda_block_draw_ops_equal_cpu(device, B, V, dtype):
     """shard_block_masses, block_draw_target and shard_block_pick on `device` equal the CPU
     ops bit for bit (float64 sums compared with torch.equal), for every shard layout."""
     _skip_large_on_cpu(device, V)
@@ -136,7 +137,7 @@ def _partials_equal(a, b):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B,V", [(1, 1031), (64, 5003), (1, 151936), (4, 151936)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_partials_and_merge_equal_cpu(device, B, V, dtype):
+def test_cuda_partials_and_merge_equal_cpu(device, B, V, dtype):
     """shard_partials (flags, max and its lowest id, the first c tokens in id order) and
     merge_partials of the gathered shards on `device` equal the CPU ops exactly, for c = 0, 1,
     5, 50, 300, 2048 (c larger than a shard's finite tokens on the -inf-heavy rows)."""
@@ -174,7 +175,7 @@ def test_partials_and_merge_equal_cpu(device, B, V, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_ops_bad_input_and_compile(device):
+def test_cuda_ops_bad_input_and_compile(device):
     """The CUDA entry points check shapes / dtypes / devices like the CPU ones (same messages),
     and the ops compile (fake kernels) with fullgraph=True on the device."""
     x = torch.randn(3, 2500, device=device)
@@ -310,14 +311,14 @@ def _worker(rank, world, device, V):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("V", [1031, 151936])
-def test_one_rank_equals_single_device(device, V, tmp_path):
+def test_cuda_one_rank_equals_single_device(device, V, tmp_path):
     """One rank (NCCL on CUDA, gloo on CPU) holding the whole row."""
     _spawn(_worker, 1, "nccl" if device == "cuda" else "gloo", tmp_path, device, V)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("V", [1031, 151936])
-def test_two_gloo_ranks_equal_single_device(device, V, tmp_path):
+def test_cuda_two_gloo_ranks_equal_single_device(device, V, tmp_path):
     """Two gloo ranks whose shards are tensors on `device` (on CUDA: both on the one GPU; gloo
     runs its collectives on CUDA tensors through host copies)."""
     _spawn(_worker, 2, "gloo", tmp_path, device, V)
