@@ -68,21 +68,43 @@ struct MergeStats {
   bool nan;   // some chunk state is NaN: the head's output is NaN
 };
 
+// The loops go over the chunks in groups of kMergeUnroll: the group's loads are issued first (they are
+// independent, so they are in flight together: the merge is bound by L2 latency, not by the FMAs), then
+// applied one chunk after the other, in chunk order -- the arithmetic of the plain sequential loop.
+constexpr int kMergeUnroll = 4;
+
 template <typename Load>
 SOFTDEC_DF_HD MergeStats merge_stats(const float* base, int64_t cs, int chunks, Load load) {
   const float neg_inf = -INFINITY;
   float m = neg_inf;
   bool nan = false;
-  for (int c = 0; c < chunks; ++c) {
-    const float mc = load(base + c * cs), lc = load(base + c * cs + 1);
-    m = fmaxf(m, mc);
-    nan |= mc != mc || lc != lc;
+  for (int c0 = 0; c0 < chunks; c0 += kMergeUnroll) {
+    float mc[kMergeUnroll], lc[kMergeUnroll];
+#pragma unroll
+    for (int u = 0; u < kMergeUnroll; ++u) {
+      const bool in = c0 + u < chunks;
+      mc[u] = in ? load(base + (c0 + u) * cs) : neg_inf;
+      lc[u] = in ? load(base + (c0 + u) * cs + 1) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kMergeUnroll; ++u) {
+      m = fmaxf(m, mc[u]);
+      nan |= mc[u] != mc[u] || lc[u] != lc[u];
+    }
   }
   float l = 0.f;
   if (m != neg_inf)
-    for (int c = 0; c < chunks; ++c) {
-      const float mc = load(base + c * cs);
-      if (mc != neg_inf) l = fmaf(expf(mc - m), load(base + c * cs + 1), l);
+    for (int c0 = 0; c0 < chunks; c0 += kMergeUnroll) {
+      float mc[kMergeUnroll], lc[kMergeUnroll];
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        const bool in = c0 + u < chunks;
+        mc[u] = in ? load(base + (c0 + u) * cs) : neg_inf;  // beyond chunks: skipped like an empty chunk
+        lc[u] = in ? load(base + (c0 + u) * cs + 1) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u)
+        if (mc[u] != neg_inf) l = fmaf(expf(mc[u] - m), lc[u], l);
     }
   return MergeStats{m, l > 0.f ? 1.f / l : 0.f, nan};
 }
@@ -94,9 +116,17 @@ SOFTDEC_DF_HD float merge_elem(const float* base, int64_t cs, int chunks, const 
   if (s.nan) return NAN;
   float acc = 0.f;
   if (s.m != neg_inf)
-    for (int c = 0; c < chunks; ++c) {
-      const float mc = load(base + c * cs);
-      if (mc != neg_inf) acc = fmaf(expf(mc - s.m), load(base + c * cs + 2 + i), acc);
+    for (int c0 = 0; c0 < chunks; c0 += kMergeUnroll) {
+      float mc[kMergeUnroll], vc[kMergeUnroll];
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        const bool in = c0 + u < chunks;
+        mc[u] = in ? load(base + (c0 + u) * cs) : neg_inf;
+        vc[u] = in ? load(base + (c0 + u) * cs + 2 + i) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u)
+        if (mc[u] != neg_inf) acc = fmaf(expf(mc[u] - s.m), vc[u], acc);
     }
   return acc * s.inv;
 }

@@ -1,7 +1,7 @@
 // Host-side check of the fused sparse decode's pure logic (csrc/cuda/decode_fuse.cuh): the launch plan
 // (path per budget and switch, launches per call), the "last block done" counter rule under every
 // arrival order (exactly one merger, the counter back at 0, a second call from there), and the
-// split-KV merge arithmetic (against a float64 softmax; one chunk gives acc * (1 / l) exactly; trailing
+// split-KV merge arithmetic (against a float64 softmax and, bit for bit, the plain chunk-by-chunk loop; one chunk gives acc * (1 / l) exactly; trailing
 // empty chunks change no bit; empty and NaN states). No GPU:
 //   nvcc -std=c++17 -I csrc/cuda tests/cuda_host/decode_fuse.cu -o /tmp/df && /tmp/df
 #include <algorithm>
@@ -103,11 +103,37 @@ static std::vector<float> merged(const std::vector<float>& part, int d, int chun
   return o;
 }
 
+// The plain sequential merge (decode_merge_kernel's loops, chunk by chunk): merge_stats / merge_elem load
+// the chunks in groups but must apply them in this order, with these operations.
+static std::vector<float> merged_sequential(const std::vector<float>& part, int d, int chunks) {
+  const int64_t cs = d + 2;
+  float m = -INFINITY;
+  bool nan = false;
+  for (int c = 0; c < chunks; ++c) {
+    m = fmaxf(m, part[c * cs]);
+    nan |= part[c * cs] != part[c * cs] || part[c * cs + 1] != part[c * cs + 1];
+  }
+  float l = 0.f;
+  if (m != -INFINITY)
+    for (int c = 0; c < chunks; ++c)
+      if (part[c * cs] != -INFINITY) l = fmaf(expf(part[c * cs] - m), part[c * cs + 1], l);
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  std::vector<float> o(d);
+  for (int i = 0; i < d; ++i) {
+    float acc = 0.f;
+    if (m != -INFINITY)
+      for (int c = 0; c < chunks; ++c)
+        if (part[c * cs] != -INFINITY) acc = fmaf(expf(part[c * cs] - m), part[c * cs + 2 + i], acc);
+    o[i] = nan ? NAN : acc * inv;
+  }
+  return o;
+}
+
 static void check_merge() {
   std::mt19937 rng(17);
   std::normal_distribution<float> nd(0.f, 1.f);
   const int C = 64, d = 24;
-  for (int n : {1, 5, 64, 65, 128, 200, 1000}) {
+  for (int n : {1, 5, 64, 65, 128, 200, 513, 577, 1000, 2080}) {
     for (float spread : {0.5f, 4.f, 30.f}) {
       std::vector<float> s(n), v(static_cast<size_t>(n) * d);
       for (auto& x : s) x = spread * nd(rng);
@@ -116,6 +142,9 @@ static void check_merge() {
       const int chunks = static_cast<int>(num_chunks(n, C));
       const std::vector<float> part = chunk_states(s, v, n, d, chunks, C);
       const std::vector<float> o = merged(part, d, chunks);
+      const std::vector<float> os = merged_sequential(part, d, chunks);
+      EXPECT(std::memcmp(o.data(), os.data(), sizeof(float) * d) == 0, "n=%d spread=%g: grouped loads changed bits",
+             n, spread);
       // float64 softmax over all tokens
       double m = -INFINITY;
       for (float x : s) m = std::max(m, static_cast<double>(x));
