@@ -15,6 +15,19 @@
 //      group's partial softmax states (K and V rows by 16-byte loads, each V row
 //      read once per 4 query heads of the group); a merge kernel combines the
 //      chunks (log-sum-exp): split-KV, so long budgets spread over many blocks.
+// Launch plan (decode_fuse.cuh, decode_launch), after scoring (1 launch in page mode, +1 when the page
+// summaries are built in the call; 2 in token mode):
+//   - unfused (SOFTDEC_DECODE_FUSED=0, read every call): select_kernel -> decode_attn_kernel<false>
+//     -> decode_merge_kernel: 3 launches;
+//   - split-KV, merge fused (default, M > kChunk): select_kernel (also zeroes the per-(row, kv head)
+//     arrival counters) -> decode_attn_kernel<true>: "last block done" -- every chunk block writes its
+//     state, __threadfence, then one integer atomicAdd on its (row, kv head) counter; the block that
+//     reads chunks - 1 resets the counter and merges all chunk states in chunk order (L2 loads) with
+//     the merge kernel's code (decode_fuse::merge_stats / merge_elem): 2 launches;
+//   - one block (default, M <= kChunk): select_attn_kernel, one block per (row, kv head) of
+//     kSelThreads threads selects (select_row), attends (chunk_state, sliced by kAttnThreads as in
+//     decode_attn_kernel) and merges its one chunk: 1 launch.
+// All three give the same bits (fixed merge order, no floating-point atomics). Compiled, not run.
 // Softmax exponentials use expf (not __expf): the votes that decide the token
 // selection follow the CPU's exp to a few ulp (see tests: exact-score inputs).
 // Prefill lives in sparse_attention_prefill.cu; shared device helpers in attn_common.cuh.
