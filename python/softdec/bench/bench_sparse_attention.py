@@ -6,10 +6,14 @@ fp32, N in {8192, 32768}; prefill at L = 8192 with about a quarter of the tokens
 kept. Baselines come from softdec.reference: "dense" is SDPA over the whole
 cache (the number the speed-up targets are stated against), "eager" is the
 vectorised torch formulation of the same sparse op (topk + gather + SDPA),
-"compile" is torch.compile of it.
+"compile" is torch.compile of it. On CUDA the decode rows also time the fused kernels
+("fused") against SOFTDEC_DECODE_FUSED=0 ("unfused"), and a budget-32 row takes the
+one-block path (at most 64 selected tokens).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -28,13 +32,28 @@ def _decode_inputs(N, dtype, device):
     return q, k, v
 
 
-def _decode_case(N, dtype, select, device, compile_=True):
+def _with_fused(fn, value):
+    """fn with SOFTDEC_DECODE_FUSED set to `value` for the call (the CUDA decode reads it every call)."""
+    def run():
+        old = os.environ.get("SOFTDEC_DECODE_FUSED")
+        os.environ["SOFTDEC_DECODE_FUSED"] = value
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["SOFTDEC_DECODE_FUSED"]
+            else:
+                os.environ["SOFTDEC_DECODE_FUSED"] = old
+    return run
+
+
+def _decode_case(N, dtype, select, device, compile_=True, budget=BUDGET, window=WINDOW):
     q, k, v = _decode_inputs(N, dtype, device)
     summ = softdec.build_page_summary(k, page_size=PS)
-    kw = dict(budget=BUDGET, select=select, sink=SINK, window=WINDOW)
+    kw = dict(budget=budget, select=select, sink=SINK, window=window)
     eager = lambda: ref.sparse_decode_attention_topk(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw)  # noqa: E731
     esz = k.element_size()
-    M = SINK + WINDOW + BUDGET
+    M = SINK + window + budget
     if select == "page":
         ours = lambda: softdec.sparse_decode_attention(q, k, v, page_size=PS, page_summary=summ, **kw)  # noqa: E731
         nbytes = 2 * (N // PS) * HKV * D * esz + 2 * M * HKV * D * esz  # summaries + selected K and V
@@ -42,11 +61,14 @@ def _decode_case(N, dtype, select, device, compile_=True):
         ours = lambda: softdec.sparse_decode_attention(q, k, v, **kw)  # noqa: E731
         nbytes = N * HKV * D * esz + M * HKV * D * esz  # all of K + selected V
     fns = {"softdec": ours, "eager": eager, "dense": lambda: ref.dense_decode_attention(q, k, v)}
+    if device == "cuda":  # the fused kernels vs SOFTDEC_DECODE_FUSED=0, both paying the same env-var toggle
+        fns["fused"] = _with_fused(ours, "1")
+        fns["unfused"] = _with_fused(ours, "0")
     if compile_:
         comp = torch.compile(ref.sparse_decode_attention_topk)
         fns["compile"] = lambda: comp(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw)
     dname = str(dtype).replace("torch.", "")
-    return Case(op="sparse_decode", label=f"{select} N={N} {dname} budget={BUDGET}", fns=fns, bytes=nbytes,
+    return Case(op="sparse_decode", label=f"{select} N={N} {dname} budget={budget}", fns=fns, bytes=nbytes,
                 device=device, notes="dense = SDPA over the whole cache (target: page >= 5x, token >= 1.5x)")
 
 
@@ -76,6 +98,8 @@ def cases(quick: bool, device: str, full: bool = False):
                 c = _decode_case(N, dtype, select, device, compile_=not capped)
                 c.compile_capped = capped
                 out.append(c)
+    if device == "cuda":  # at most 64 selected tokens: the one-block decode path (one launch after scoring)
+        out.append(_decode_case(32768, torch.bfloat16, "page", device, compile_=False, budget=32, window=28))
     if quick:
         return out  # the eager prefill reference takes ~10 s even at L = 1024
     for dtype in dtypes:
