@@ -100,6 +100,9 @@ cuda-check: setup
 	# the sparse decode lane layout (16-byte groups, conflict-free query slots; host code, no GPU)
 	nvcc -std=c++17 -I csrc/cuda tests/cuda_host/decode_lane_layout.cu -o build/cuda-check/decode_lane_layout
 	build/cuda-check/decode_lane_layout
+	# the fused sparse decode: launch plan, last-block counter rule, split-KV merge arithmetic (host code)
+	nvcc -std=c++17 -I csrc/cuda tests/cuda_host/decode_fuse.cu -o build/cuda-check/decode_fuse
+	build/cuda-check/decode_fuse
 	# soft_mixture's top-k select, scan candidate logic and embedding-gradient sort (host code, no GPU)
 	nvcc -std=c++17 -O2 -I include -I csrc/cuda tests/cuda_host/soft_select.cu -o build/cuda-check/soft_select
 	build/cuda-check/soft_select

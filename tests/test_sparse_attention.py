@@ -623,6 +623,84 @@ def test_cuda_decode_long_cache_matches_cpu(dtype, d, G, select, budget):
     _close(got, want, dtype)
 
 
+# The fused decode paths (csrc/cuda/sparse_attention.cu, decode_fuse.cuh): with sink 4, window 28 and page
+# size 16, budget 32 selects at most M = 64 tokens (one chunk: the one-block select + attend kernel), 64 at
+# most 96 (two chunks: split-KV with the merge fused into the attention kernel) and 2048 at most 2080 (33
+# chunks). SOFTDEC_DECODE_FUSED=0 forces the unfused kernels (select -> attention -> merge). Both merge the
+# chunk states with the same functions in chunk order, so they agree bit for bit; both match the CPU.
+FUSE_BUDGETS = (32, 64, 2048)
+
+
+def _cuda_decode(q, k, v, fused, monkeypatch, **kw):
+    monkeypatch.setenv("SOFTDEC_DECODE_FUSED", "1" if fused else "0")
+    return softdec.sparse_decode_attention(q, k, v, return_indices=True, **kw)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("G", [1, 4, 8])
+@pytest.mark.parametrize("B", [1, 3, 64])
+@pytest.mark.parametrize("select", ["page", "token"])
+def test_cuda_decode_fused_equals_unfused_and_cpu(select, B, G, monkeypatch):
+    Hkv, N, d, dtype = 2, 32768, 128, torch.bfloat16
+    g = torch.Generator(device="cuda").manual_seed(100 * B + G)
+    # q in {-1/2, 0, 1/2}, k in {-1, ..., 1} / 2 (exact scores, as _quantized_narrow), made on the GPU
+    q = (torch.randint(-1, 2, (B, G * Hkv, d), generator=g, device="cuda") / 2).to(dtype)
+    if select == "token" and G > 1:
+        q = q[:, ::G].repeat_interleave(G, 1)  # equal heads: votes ordered (and tied) like the exact scores
+    k = (torch.randint(-2, 3, (B, Hkv, N, d), generator=g, device="cuda") / 2).to(dtype)
+    v = torch.randn(B, Hkv, N, d, generator=g, device="cuda").to(dtype)
+    # full, cut, empty and short rows (a short row leaves trailing chunks empty; seq_len 0 leaves every chunk
+    # empty: a zero output through the merge)
+    lens = torch.tensor([N, N - 1234, 0, 50] * (B // 4 + 1))[:B]
+    if B == 64:
+        lens[4:] = torch.randint(0, N + 1, (B - 4,), generator=torch.Generator().manual_seed(B))
+    lc = lens.cuda()
+    qc, kc, vc = q.cpu(), k.cpu(), v.cpu()
+    if select == "token":
+        _assert_vote_range(q, k, lc)  # on the GPU (float64 einsum of B x Hq x Hkv x N x d: slow on the CPU)
+    for budget in FUSE_BUDGETS:
+        kw = dict(budget=budget, select=select, page_size=16, sink=4, window=28, scale=1.0)
+        fo, fi = _cuda_decode(q, k, v, True, monkeypatch, seq_lens=lc, **kw)
+        uo, ui = _cuda_decode(q, k, v, False, monkeypatch, seq_lens=lc, **kw)
+        assert torch.equal(fi, ui)
+        assert torch.equal(fo.view(torch.int16), uo.view(torch.int16)), f"budget {budget}: fused != unfused bits"
+        # a second fused call in a row (the arrival counters start from 0 again): the same bits
+        fo2, fi2 = _cuda_decode(q, k, v, True, monkeypatch, seq_lens=lc, **kw)
+        assert torch.equal(fi2, fi) and torch.equal(fo2.view(torch.int16), fo.view(torch.int16))
+        want, wi = softdec.sparse_decode_attention(qc, kc, vc, seq_lens=lens, return_indices=True, **kw)
+        assert torch.equal(fi.cpu(), wi)
+        _close(fo.cpu(), want, dtype)
+        assert bool((fo[lc == 0] == 0).all())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("select", ["page", "token"])
+def test_cuda_decode_fused_paths_dtypes_and_alternating_budgets(dtype, select, monkeypatch):
+    # every dtype through both fused kernels, calls alternating between the one-block path and the split-KV
+    # path on the same inputs (no state carried from one call to the next), fused == unfused bits
+    B, G, Hkv, N, d = 3, 4, 2, 3000, 64
+    q, k, v = _quantized(B, G * Hkv, Hkv, N, d, dtype, seed=21)
+    if select == "token":
+        q = q[:, ::G].repeat_interleave(G, 1)
+    lens = torch.tensor([N, 1777, 40])
+    _assert_vote_range(q, k, lens)
+    qc, kc, vc, lc = q.cuda(), k.cuda(), v.cuda(), lens.cuda()
+    outs = {}
+    for budget in (32, 2048, 32, 64, 2048):
+        kw = dict(budget=budget, select=select, page_size=16, sink=4, window=28, scale=1.0)
+        fo, fi = _cuda_decode(qc, kc, vc, True, monkeypatch, seq_lens=lc, **kw)
+        uo, ui = _cuda_decode(qc, kc, vc, False, monkeypatch, seq_lens=lc, **kw)
+        bits = torch.int32 if dtype == torch.float32 else torch.int16
+        assert torch.equal(fi, ui) and torch.equal(fo.view(bits), uo.view(bits))
+        if budget in outs:
+            assert torch.equal(outs[budget].view(bits), fo.view(bits))
+        outs[budget] = fo
+        want, wi = softdec.sparse_decode_attention(q, k, v, seq_lens=lens, return_indices=True, **kw)
+        assert torch.equal(fi.cpu(), wi)
+        _close(fo.cpu(), want, dtype)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("case", ["d36", "d7", "v_unaligned", "k_strided"])
 @pytest.mark.parametrize("select", ["page", "token"])

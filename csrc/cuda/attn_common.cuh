@@ -98,13 +98,20 @@ constexpr int64_t kMaxGridYZ = 65535;
 // Dynamic shared memory of `kernel` for one launch: above the 48 KB default a kernel must
 // opt in (cudaFuncAttributeMaxDynamicSharedMemorySize), up to the device's opt-in maximum
 // (227 KB on sm_90, 163 KB on sm_80); more than that is a user error, reported by `what`.
+// Both limits count the kernel's static shared memory too (the fused decode kernels have some, at most
+// kMaxStaticSmem: below 48 KB - kMaxStaticSmem of dynamic memory no runtime call is made).
+constexpr size_t kMaxStaticSmem = 8 * 1024;
 template <typename Kernel>
 inline void set_dynamic_smem(Kernel kernel, size_t bytes, const std::string& what) {
-  if (bytes <= 48 * 1024) return;
+  if (bytes + kMaxStaticSmem <= 48 * 1024) return;
+  cudaFuncAttributes fa{};
+  SOFTDEC_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
+  const size_t total = bytes + fa.sharedSizeBytes;
+  if (total <= 48 * 1024) return;
   int dev = 0, optin = 0;
   SOFTDEC_CUDA_CHECK(cudaGetDevice(&dev));
   SOFTDEC_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-  SOFTDEC_CHECK(bytes <= static_cast<size_t>(optin), what, " needs ", bytes,
+  SOFTDEC_CHECK(total <= static_cast<size_t>(optin), what, " needs ", total,
                 " bytes of shared memory per block on CUDA, more than this device allows (", optin, ")");
   SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(bytes)));

@@ -15,13 +15,29 @@
 //      group's partial softmax states (K and V rows by 16-byte loads, each V row
 //      read once per 4 query heads of the group); a merge kernel combines the
 //      chunks (log-sum-exp): split-KV, so long budgets spread over many blocks.
+// Launch plan (decode_fuse.cuh, decode_launch), after scoring (1 launch in page mode, +1 when the page
+// summaries are built in the call; 2 in token mode):
+//   - unfused (SOFTDEC_DECODE_FUSED=0, read every call): select_kernel -> decode_attn_kernel<false>
+//     -> decode_merge_kernel: 3 launches;
+//   - split-KV, merge fused (default, M > kChunk): select_kernel (also zeroes the per-(row, kv head)
+//     arrival counters) -> decode_attn_kernel<true>: "last block done" -- every chunk block writes its
+//     state, __threadfence, then one integer atomicAdd on its (row, kv head) counter; the block that
+//     reads chunks - 1 resets the counter and merges all chunk states in chunk order (L2 loads) with
+//     the merge kernel's code (decode_fuse::merge_stats / merge_elem): 2 launches;
+//   - one block (default, M <= kChunk): select_attn_kernel, one block per (row, kv head) of
+//     kSelThreads threads selects (select_row), attends (chunk_state, sliced by kAttnThreads as in
+//     decode_attn_kernel) and merges its one chunk: 1 launch.
+// All three give the same bits (fixed merge order, no floating-point atomics). Compiled, not run.
 // Softmax exponentials use expf (not __expf): the votes that decide the token
 // selection follow the CPU's exp to a few ulp (see tests: exact-score inputs).
 // Prefill lives in sparse_attention_prefill.cu; shared device helpers in attn_common.cuh.
 //
 // Row loads are 16-byte vectors when the head dim and strides allow, coalesced
 // across the warp; reductions are warp shuffles.
+#include <cstdlib>
+
 #include "attn_common.cuh"
+#include "decode_fuse.cuh"
 #include "decode_lanes.cuh"
 
 namespace softdec {
@@ -354,20 +370,21 @@ __global__ void __launch_bounds__(kVoteThreads)
   }
 }
 
-// Selection of one (b, KV head): top candidates of `score` by (score desc,
-// index asc), expanded to tokens, written ascending after the sink tokens and
-// followed by the window tokens. One block per (g, b).
-__global__ void __launch_bounds__(kSelThreads)
-    select_kernel(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
-                              const int64_t* __restrict__ lens, bool page_mode, int ps, int sink, int window,
-                              int64_t budget, int M, int b0, int32_t* __restrict__ sel /* [B, Hkv, M] */,
-                              int32_t* __restrict__ cnt, int64_t* __restrict__ idx_out) {
+// Selection of one (b, KV head) w = b * Hkv + g: top candidates of `score` by
+// (score desc, index asc), expanded to tokens, written ascending after the sink
+// tokens and followed by the window tokens to sel[w * M ...]; cnt[w] = their
+// number, which the function also returns (block-uniform). The whole block of
+// kSelThreads threads calls it. The writes to sel are visible to the block
+// after a __syncthreads (read them with plain loads, not __ldg).
+__device__ __forceinline__ int64_t select_row(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
+                                              const int64_t* __restrict__ lens, bool page_mode, int ps, int sink,
+                                              int window, int64_t budget, int M, int b, int g, int Hkv,
+                                              int32_t* sel /* [B, Hkv, M] */, int32_t* cnt, int64_t* idx_out) {
   using Scan = cub::BlockScan<int64_t, kSelThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ uint32_t hist[256];
   __shared__ uint32_t s_word;
   __shared__ int64_t s_count, s_total;
-  const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
   const int64_t w = static_cast<int64_t>(b) * Hkv + g;
   const attn::Region r = attn::decode_region(lens[b], sink, window);
   int64_t first, last;
@@ -446,14 +463,30 @@ __global__ void __launch_bounds__(kSelThreads)
     __syncthreads();
     for (int64_t j = threadIdx.x; j < M; j += blockDim.x) idx_out[w * M + j] = j < total ? s[j] : -1;
   }
+  return total;
+}
+
+// The selection step of the unfused and split-KV paths: one block per (g, b). `ctr` (the fused path's
+// per-(row, kv head) arrival counters, or null) is zeroed here, so decode_attn_kernel<fused>, which runs
+// after this kernel on the same stream, starts from 0 in every call without a memset or a persistent
+// workspace shared between streams.
+__global__ void __launch_bounds__(kSelThreads)
+    select_kernel(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
+                              const int64_t* __restrict__ lens, bool page_mode, int ps, int sink, int window,
+                              int64_t budget, int M, int b0, int32_t* __restrict__ sel /* [B, Hkv, M] */,
+                              int32_t* __restrict__ cnt, int64_t* __restrict__ idx_out, int32_t* __restrict__ ctr) {
+  const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
+  if (ctr && threadIdx.x == 0) ctr[static_cast<int64_t>(b) * Hkv + g] = 0;
+  select_row(score, S, lens, page_mode, ps, sink, window, budget, M, b, g, Hkv, sel, cnt, idx_out);
 }
 
 // ------------------------------------------------------------------ decode attention (split-KV)
 constexpr int kChunk = 64;  // selected tokens per block
 constexpr int kHpt = 4;     // query heads per thread in P.V (each V load feeds kHpt heads x 8 elements)
 
-// Dynamic shared memory of decode_attn_kernel: the group's queries [G][dp], chunk probabilities
-// [G][kChunk], token ids [kChunk], the P.V slice partials [kAttnThreads][kHpt][8].
+// Dynamic shared memory of chunk_state: the group's queries [G][dp], chunk probabilities [G][kChunk],
+// token ids [kChunk], the P.V slice partials [kAttnThreads][kHpt][8] (the slices are sized by
+// kAttnThreads whatever the block size, see chunk_state).
 inline size_t decode_attn_smem(int64_t G, int64_t dp) {
   return static_cast<size_t>(G) * dp * sizeof(float) + static_cast<size_t>(G) * kChunk * sizeof(float) +
          kChunk * sizeof(int) + static_cast<size_t>(kAttnThreads) * kHpt * 8 * sizeof(float);
@@ -464,23 +497,25 @@ __device__ __forceinline__ int n_tokens(const int32_t* __restrict__ cnt, int64_t
   return max(0, min(cnt[w] - j0, kChunk));
 }
 
+// The partial softmax state of one chunk of n <= kChunk selected tokens tok[0:n] of (b, KV head g),
+// for the G heads of the group, to pt = [G][d + 2] (per head: m, l, acc[0:d]). The whole block calls
+// it (any block size that is a multiple of 32; block-uniform n). Every float is computed the same way
+// whatever the block size: a token's dot by one lane group, a head's max / sum by one warp, and the
+// P.V work split into `slices` fixed by kAttnThreads (not blockDim), summed in slice order, so the
+// one-block path (kSelThreads threads) gives the bits of decode_attn_kernel (kAttnThreads).
+// `tok` is read with plain loads: the one-block path wrote it in the same kernel.
 template <typename T>
-__global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k,
-                                   Strides4 ks, const T* __restrict__ v, Strides4 vs,
-                                   const int32_t* __restrict__ sel, const int32_t* __restrict__ cnt,
-                                   const float* __restrict__ scores /* token mode or null */, int G, int d,
-                                   int N, int M, float scale, bool veck, bool vecv, int b0, float* __restrict__ part) {
-  extern __shared__ float smem[];
+__device__ __forceinline__ void chunk_state(float* smem, const T* __restrict__ q, int64_t qsb, int64_t qsh,
+                                            const T* __restrict__ k, Strides4 ks, const T* __restrict__ v,
+                                            Strides4 vs, const int32_t* tok, int n,
+                                            const float* __restrict__ scores /* token mode or null */, int G,
+                                            int d, int N, float scale, bool veck, bool vecv, int b, int g,
+                                            int64_t w, float* pt) {
   const LaneMap lm = lane_map(d);
   float* sq = smem;                                     // [G][dp]  (q_slot layout)
   float* sp = sq + G * lm.dp;                           // [G][kChunk]
   int* stok = reinterpret_cast<int*>(sp + G * kChunk);  // [kChunk]
   float* red = reinterpret_cast<float*>(stok + kChunk); // [kAttnThreads][kHpt][8]
-  const int ch = blockIdx.x, g = blockIdx.y, b = b0 + blockIdx.z, Hkv = gridDim.y, chunks = gridDim.x;
-  const int64_t w = static_cast<int64_t>(b) * Hkv + g;
-  const int j0 = ch * kChunk;
-  const int n = n_tokens(cnt, w, j0);
-  float* pt = part + (w * chunks + ch) * G * (d + 2);
   if (n == 0) {
     for (int x = threadIdx.x; x < G; x += blockDim.x) {
       pt[x * (d + 2)] = kNegInf;
@@ -490,7 +525,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
     return;
   }
   if (!scores) load_group_q(q, qsb, qsh, b, g, G, d, lm, scale, sq);
-  for (int j = threadIdx.x; j < n; j += blockDim.x) stok[j] = sel[w * M + j0 + j];
+  for (int j = threadIdx.x; j < n; j += blockDim.x) stok[j] = tok[j];
   __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
   // scores of the chunk's tokens
@@ -520,7 +555,6 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
   __syncthreads();
   // per-head chunk softmax state
   for (int h = warp; h < G; h += nw) {
-    const int n = n_tokens(cnt, w, j0);  // reloaded (L1) rather than kept live across the scoring loop
     float m = kNegInf;
     bool nan = false;
     for (int j = lane; j < n; j += 32) {
@@ -545,11 +579,11 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
   __syncthreads();
   // acc[h][i] = sum_j p[h][j] v[tok_j][i]. Work item = (8-element group i8 of the row, kHpt heads h0..):
   // one 16-byte V load feeds kHpt x 8 FMAs; consecutive threads take consecutive groups of the same
-  // row (coalesced). When the items do not fill the block, `slices` threads split the chunk's tokens
-  // (slice s takes j = s, s + slices, ...) and their partials are summed in slice order (deterministic).
+  // row (coalesced). When the items do not fill kAttnThreads threads, `slices` threads split the chunk's
+  // tokens (slice s takes j = s, s + slices, ...) and their partials are summed in slice order
+  // (deterministic; slices * items <= kAttnThreads, the size of `red`).
   const int d8 = (d + 7) / 8, items = d8 * ((G + kHpt - 1) / kHpt);
-  const int n2 = n_tokens(cnt, w, j0);
-  const int slices = max(1, static_cast<int>(blockDim.x) / items);
+  const int slices = max(1, kAttnThreads / items);
   const T* vb = v + b * vs.b + g * vs.h;
   for (int it = threadIdx.x; it < items * slices; it += blockDim.x) {
     const int item = it % items, sl = it / items;
@@ -559,7 +593,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
     for (int hh = 0; hh < kHpt; ++hh)
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[hh][e] = 0.f;
-    for (int j = sl; j < n2; j += slices) {
+    for (int j = sl; j < n; j += slices) {
       float x[8];
       load8(vb + static_cast<int64_t>(stok[j]) * vs.n, i8 * 8, d, vecv, x);
 #pragma unroll
@@ -578,7 +612,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
         for (int e = 0; e < 8; ++e)
           if (h0 + hh < G && i8 * 8 + e < d) pt[(h0 + hh) * (d + 2) + 2 + i8 * 8 + e] = acc[hh][e];
     } else {
-      float* r = red + (static_cast<int64_t>(sl) * items + item) * (kHpt * 8);  // sl * items + item < blockDim.x
+      float* r = red + (static_cast<int64_t>(sl) * items + item) * (kHpt * 8);  // sl * items + item < kAttnThreads
 #pragma unroll
       for (int hh = 0; hh < kHpt; ++hh)
 #pragma unroll
@@ -597,6 +631,65 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __re
   }
 }
 
+// Reads of chunk states written by other blocks of the same kernel: L2 (ld.global.cg), never the
+// non-coherent L1 / texture path.
+struct LoadCg {
+  __device__ __forceinline__ float operator()(const float* p) const { return __ldcg(p); }
+};
+
+// The merge of the `chunks` chunk states of (b, KV head g), pw = [chunks][G][d + 2], into the group's
+// G output rows ow = [G][d]: decode_fuse::merge_stats / merge_elem, the arithmetic of
+// decode_merge_kernel (same functions, same chunk order). The whole block calls it.
+template <typename T>
+__device__ __forceinline__ void merge_group(const float* pw, int G, int d, int chunks, T* __restrict__ ow) {
+  __shared__ decode_fuse::MergeStats s_stats[kMaxG];
+  const int64_t cs = static_cast<int64_t>(G) * (d + 2);
+  for (int h = threadIdx.x; h < G; h += blockDim.x)
+    s_stats[h] = decode_fuse::merge_stats(pw + h * (d + 2), cs, chunks, LoadCg{});
+  __syncthreads();
+  for (int x = threadIdx.x; x < G * d; x += blockDim.x) {
+    const int h = x / d, i = x % d;
+    ow[x] = from_float<T>(decode_fuse::merge_elem(pw + h * (d + 2), cs, chunks, s_stats[h], i, LoadCg{}));
+  }
+}
+
+// Split-KV chunk attention: one block per (chunk of kChunk selected tokens, KV head, row), the chunk's
+// state to part [B, Hkv, chunks, G, d + 2]. FUSED: "last block done" -- each block fences its state,
+// thread 0 adds 1 to ctr[w] (an integer atomic; zeroed by select_kernel earlier on the stream), and the
+// block that arrives last (decode_fuse::arrived_last) resets ctr[w] to 0 and merges all chunks in chunk
+// order into out [B, Hq, d]: the bits of decode_merge_kernel, whichever block is last.
+template <typename T, bool FUSED>
+__global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k,
+                                   Strides4 ks, const T* __restrict__ v, Strides4 vs,
+                                   const int32_t* __restrict__ sel, const int32_t* __restrict__ cnt,
+                                   const float* __restrict__ scores /* token mode or null */, int G, int d,
+                                   int N, int M, float scale, bool veck, bool vecv, int b0, float* part,
+                                   int32_t* __restrict__ ctr /* FUSED */, T* __restrict__ out /* FUSED */) {
+  extern __shared__ float smem[];
+  const int ch = blockIdx.x, g = blockIdx.y, b = b0 + blockIdx.z, Hkv = gridDim.y, chunks = gridDim.x;
+  const int64_t w = static_cast<int64_t>(b) * Hkv + g;
+  const int j0 = ch * kChunk;
+  const int n = n_tokens(cnt, w, j0);
+  float* pw = part + w * chunks * G * (d + 2);
+  chunk_state<T>(smem, q, qsb, qsh, k, ks, v, vs, sel + w * M + j0, n, scores, G, d, N, scale, veck, vecv, b, g, w,
+                 pw + ch * G * (d + 2));
+  if constexpr (FUSED) {
+    __shared__ int s_last;
+    __threadfence();  // this thread's state writes are visible device-wide before the count below
+    __syncthreads();  // ... for every thread of the block
+    if (threadIdx.x == 0) {
+      const int last = decode_fuse::arrived_last(atomicAdd(ctr + w, 1), chunks);
+      if (last) ctr[w] = 0;  // reset: the counter is back at 0 after the call
+      s_last = last;
+    }
+    __syncthreads();
+    if (!s_last) return;  // block-uniform
+    __threadfence();      // order the merge's reads after the observed count
+    merge_group<T>(pw, G, d, chunks, out + (static_cast<int64_t>(b) * Hkv + g) * G * d);
+  }
+}
+
+// The unfused merge: one block per (query head, row).
 template <typename T>
 __global__ void __launch_bounds__(kMergeThreads)
     decode_merge_kernel(const float* __restrict__ part, int G, int d, int chunks, int b0,
@@ -605,24 +698,34 @@ __global__ void __launch_bounds__(kMergeThreads)
   const int g = h / G, hh = h % G;
   const float* base = part + ((static_cast<int64_t>(b) * Hkv + g) * chunks) * G * (d + 2) + hh * (d + 2);
   const int64_t cs = static_cast<int64_t>(G) * (d + 2);
-  float m = kNegInf;
-  bool nan = false;
-  for (int c = 0; c < chunks; ++c) {
-    m = fmaxf(m, base[c * cs]);
-    nan |= base[c * cs] != base[c * cs] || base[c * cs + 1] != base[c * cs + 1];
-  }
-  float l = 0.f;
-  if (m != kNegInf)
-    for (int c = 0; c < chunks; ++c)
-      if (base[c * cs] != kNegInf) l += expf(base[c * cs] - m) * base[c * cs + 1];
-  const float inv = l > 0.f ? 1.f / l : 0.f;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    float acc = 0.f;
-    if (m != kNegInf)
-      for (int c = 0; c < chunks; ++c)
-        if (base[c * cs] != kNegInf) acc += expf(base[c * cs] - m) * base[c * cs + 2 + i];
-    out[(static_cast<int64_t>(b) * Hq + h) * d + i] = from_float<T>(nan ? __int_as_float(0x7fc00000) : acc * inv);
-  }
+  const decode_fuse::MergeStats s = decode_fuse::merge_stats(base, cs, chunks, LoadCg{});
+  for (int i = threadIdx.x; i < d; i += blockDim.x)
+    out[(static_cast<int64_t>(b) * Hq + h) * d + i] = from_float<T>(decode_fuse::merge_elem(base, cs, chunks, s, i, LoadCg{}));
+}
+
+// The one-block path (M <= kChunk: a single chunk): one block of kSelThreads threads per (KV head, row)
+// selects (select_row), attends to the selected tokens (chunk_state, the arithmetic of
+// decode_attn_kernel) and writes the output through the one-chunk merge (merge_group), in one launch.
+template <typename T>
+__global__ void __launch_bounds__(kSelThreads)
+    select_attn_kernel(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
+                       const int64_t* __restrict__ lens, bool page_mode, int ps, int sink, int window,
+                       int64_t budget, int M, int b0, int32_t* sel /* [B, Hkv, M] */, int32_t* cnt,
+                       int64_t* __restrict__ idx_out, const T* __restrict__ q, int64_t qsb, int64_t qsh,
+                       const T* __restrict__ k, Strides4 ks, const T* __restrict__ v, Strides4 vs,
+                       const float* __restrict__ scores /* token mode or null */, int G, int d, int N, float scale,
+                       bool veck, bool vecv, float* part /* [B, Hkv, 1, G, d + 2] */, T* __restrict__ out) {
+  extern __shared__ float smem[];
+  const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
+  const int64_t w = static_cast<int64_t>(b) * Hkv + g;
+  const int64_t total = select_row(score, S, lens, page_mode, ps, sink, window, budget, M, b, g, Hkv, sel, cnt,
+                                   idx_out);
+  __syncthreads();  // sel[w * M ...] written by the block: visible to it
+  const int n = static_cast<int>(imin(total, kChunk));
+  float* pw = part + w * G * (d + 2);
+  chunk_state<T>(smem, q, qsb, qsh, k, ks, v, vs, sel + w * M, n, scores, G, d, N, scale, veck, vecv, b, g, w, pw);
+  __syncthreads();  // the state written by the block: visible to it
+  merge_group<T>(pw, G, d, 1, out + w * G * d);
 }
 
 // ------------------------------------------------------------------ host: decode
@@ -698,6 +801,14 @@ void page_summary_update_cuda(Tensor kmin, Tensor kmax, Tensor k_cache, Tensor s
   });
 }
 
+// SOFTDEC_DECODE_FUSED=0 forces the unfused decode kernels (select -> split-KV attention -> merge);
+// anything else (or unset) takes the fused paths (decode_fuse::choose_path). Read on every call, so a
+// process (or a test) can switch it between calls.
+inline bool decode_fused_enabled() {
+  const char* e = std::getenv("SOFTDEC_DECODE_FUSED");
+  return !(e && e[0] == '0' && e[1] == '\0');
+}
+
 template <typename NT>
 void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& lens,
                    int64_t budget, bool page_mode, int64_t ps, int64_t sink, int64_t window, float scale,
@@ -721,7 +832,6 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
   // Shared memory above 48 KB (large G x head_dim): opt in, or a clear error past the device's maximum.
   const std::string what = detail::cat("sparse_decode_attention with ", G, " query heads per kv head and head_dim ",
                                        d);
-  set_dynamic_smem(decode_attn_kernel<NT>, smem, what);
   if (page_mode) set_dynamic_smem(page_bound_kernel<NT>, qsm, what);
   else set_dynamic_smem(token_score_kernel<NT>, qsm, what);
   const unsigned hkv = static_cast<unsigned>(Hkv);
@@ -766,25 +876,54 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
   }
   Tensor sel = new_empty(q, {B, Hkv, imax(M, 1)}, ScalarType::Int);
   Tensor cnt = new_empty(q, {B, Hkv}, ScalarType::Int);
-  const int chunks = static_cast<int>(imax(1, attn::ceil_div(M, kChunk)));
+  const int chunks = static_cast<int>(decode_fuse::num_chunks(M, kChunk));
   Tensor part = new_empty(q, {B, Hkv, chunks, G, d + 2}, ScalarType::Float);
+  const decode_fuse::Path path = decode_fuse::choose_path(M, kChunk, decode_fused_enabled());
+  const float* sc = page_mode ? nullptr : scores.const_data_ptr<float>();
+  NT* op = reinterpret_cast<NT*>(out.data_ptr());
+  if (path == decode_fuse::Path::kSingleBlock) {
+    set_dynamic_smem(select_attn_kernel<NT>, smem, what);
+    for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+      const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
+      select_attn_kernel<NT><<<dim3(hkv, rows), kSelThreads, smem, st>>>(
+          score_sel.const_data_ptr<float>(), S, lp, page_mode, static_cast<int>(ps), static_cast<int>(sink),
+          static_cast<int>(window), budget, static_cast<int>(M), static_cast<int>(b0),
+          sel.mutable_data_ptr<int32_t>(), cnt.mutable_data_ptr<int32_t>(), idx_out, qp, q.stride(0), q.stride(1),
+          kp, strides4(k_cache), vp, strides4(v_cache), sc, G, static_cast<int>(d), static_cast<int>(N), scale,
+          veck, vecv, part.mutable_data_ptr<float>(), op);
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    }
+    return;
+  }
+  const bool fused = path == decode_fuse::Path::kFusedMerge;
+  Tensor ctr = new_empty(q, {fused ? B : 0, Hkv}, ScalarType::Int);  // zeroed by select_kernel
+  int32_t* ctrp = fused ? ctr.mutable_data_ptr<int32_t>() : nullptr;
+  if (fused) set_dynamic_smem(decode_attn_kernel<NT, true>, smem, what);
+  else set_dynamic_smem(decode_attn_kernel<NT, false>, smem, what);
   for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
     const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
     select_kernel<<<dim3(hkv, rows), kSelThreads, 0, st>>>(
         score_sel.const_data_ptr<float>(), S, lp, page_mode, static_cast<int>(ps), static_cast<int>(sink),
         static_cast<int>(window), budget, static_cast<int>(M), static_cast<int>(b0), sel.mutable_data_ptr<int32_t>(),
-        cnt.mutable_data_ptr<int32_t>(), idx_out);
+        cnt.mutable_data_ptr<int32_t>(), idx_out, ctrp);
     SOFTDEC_CUDA_LAUNCH_CHECK();
-    decode_attn_kernel<NT><<<dim3(static_cast<unsigned>(chunks), hkv, rows), kAttnThreads, smem, st>>>(
-        qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
-        cnt.const_data_ptr<int32_t>(), page_mode ? nullptr : scores.const_data_ptr<float>(), G,
-        static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale, veck, vecv, static_cast<int>(b0),
-        part.mutable_data_ptr<float>());
-    SOFTDEC_CUDA_LAUNCH_CHECK();
-    decode_merge_kernel<NT><<<dim3(static_cast<unsigned>(Hq), rows), kMergeThreads, 0, st>>>(
-        part.const_data_ptr<float>(), G, static_cast<int>(d), chunks, static_cast<int>(b0),
-        reinterpret_cast<NT*>(out.data_ptr()));
-    SOFTDEC_CUDA_LAUNCH_CHECK();
+    const dim3 agrid(static_cast<unsigned>(chunks), hkv, rows);
+    if (fused) {
+      decode_attn_kernel<NT, true><<<agrid, kAttnThreads, smem, st>>>(
+          qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
+          cnt.const_data_ptr<int32_t>(), sc, G, static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale,
+          veck, vecv, static_cast<int>(b0), part.mutable_data_ptr<float>(), ctrp, op);
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    } else {
+      decode_attn_kernel<NT, false><<<agrid, kAttnThreads, smem, st>>>(
+          qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
+          cnt.const_data_ptr<int32_t>(), sc, G, static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale,
+          veck, vecv, static_cast<int>(b0), part.mutable_data_ptr<float>(), nullptr, nullptr);
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+      decode_merge_kernel<NT><<<dim3(static_cast<unsigned>(Hq), rows), kMergeThreads, 0, st>>>(
+          part.const_data_ptr<float>(), G, static_cast<int>(d), chunks, static_cast<int>(b0), op);
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+    }
   }
 }
 

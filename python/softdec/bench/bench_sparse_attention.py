@@ -11,6 +11,8 @@ vectorised torch formulation of the same sparse op (topk + gather + SDPA),
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 import softdec
@@ -30,13 +32,28 @@ def _decode_inputs(N, dtype, device):
     return q, k, v
 
 
-def _decode_case(N, dtype, select, device, compile_=True):
+def _with_fused(fn, value):
+    """fn with SOFTDEC_DECODE_FUSED set to `value` for the call (the CUDA decode reads it every call)."""
+    def run():
+        old = os.environ.get("SOFTDEC_DECODE_FUSED")
+        os.environ["SOFTDEC_DECODE_FUSED"] = value
+        try:
+            return fn()
+        finally:
+            if old is None:
+                del os.environ["SOFTDEC_DECODE_FUSED"]
+            else:
+                os.environ["SOFTDEC_DECODE_FUSED"] = old
+    return run
+
+
+def _decode_case(N, dtype, select, device, compile_=True, budget=BUDGET, window=WINDOW):
     q, k, v = _decode_inputs(N, dtype, device)
     summ = softdec.build_page_summary(k, page_size=PS)
-    kw = dict(budget=BUDGET, select=select, sink=SINK, window=WINDOW)
+    kw = dict(budget=budget, select=select, sink=SINK, window=window)
     eager = lambda: ref.sparse_decode_attention_topk(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw)  # noqa: E731
     esz = k.element_size()
-    M = SINK + WINDOW + BUDGET
+    M = SINK + window + budget
     if select == "page":
         ours = lambda: softdec.sparse_decode_attention(q, k, v, page_size=PS, page_summary=summ, **kw)  # noqa: E731
         nbytes = 2 * (N // PS) * HKV * D * esz + 2 * M * HKV * D * esz  # summaries + selected K and V
@@ -44,6 +61,9 @@ def _decode_case(N, dtype, select, device, compile_=True):
         ours = lambda: softdec.sparse_decode_attention(q, k, v, **kw)  # noqa: E731
         nbytes = N * HKV * D * esz + M * HKV * D * esz  # all of K + selected V
     fns = {"softdec": ours, "eager": eager, "dense": lambda: ref.dense_decode_attention(q, k, v)}
+    if str(device).startswith("cuda"):  # the fused kernels vs SOFTDEC_DECODE_FUSED=0, both paying the same env-var toggle
+        fns["fused"] = _with_fused(ours, "1")
+        fns["unfused"] = _with_fused(ours, "0")
     if compile_:
         comp = torch.compile(ref.sparse_decode_attention_topk)
         fns["compile"] = lambda: comp(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw)
@@ -59,7 +79,7 @@ def _decode_case(N, dtype, select, device, compile_=True):
                       + ("pages" if select == "page" else "tokens (page_size 1)")
                       + ", selection + plan outside its timed region; fi_dense = over the whole cache"))
     dname = str(dtype).replace("torch.", "")
-    return Case(op="sparse_decode", label=f"{select} N={N} {dname} budget={BUDGET}", fns=fns, bytes=nbytes,
+    return Case(op="sparse_decode", label=f"{select} N={N} {dname} budget={budget}", fns=fns, bytes=nbytes,
                 device=device, notes="; ".join(notes))
 
 
@@ -95,6 +115,8 @@ def cases(quick: bool, device: str, full: bool = False):
         c = _decode_case(N, dtype, select, device, compile_=not capped)
         c.compile_capped = capped
         out.append(c)
+    if gpu:  # at most 64 selected tokens: the one-block decode path (one launch after scoring)
+        out.append(_decode_case(32768, torch.bfloat16, "page", device, compile_=False, budget=32, window=28))
     if quick and not gpu:
         return out  # the eager prefill reference takes ~10 s even at L = 1024 on 2 cores
     for dtype in dtypes:

@@ -1,0 +1,137 @@
+// Pure logic of the fused sparse decode (sparse_attention.cu), host- and device-callable so that
+// tests/cuda_host/decode_fuse.cu checks it without a GPU:
+//   - the launch plan: which path a call takes (unfused / split-KV with the merge fused into the
+//     attention kernel / one block that selects and attends) and how many kernels it launches;
+//   - the "last block done" rule of the split-KV path;
+//   - the merge of the split-KV chunk states (log-sum-exp), in a fixed chunk order with explicit
+//     fmaf, shared by decode_merge_kernel (unfused path) and the fused kernels so both give the same
+//     bits whichever block finishes last.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SOFTDEC_DF_HD __host__ __device__ __forceinline__
+#else
+#define SOFTDEC_DF_HD inline
+#endif
+
+namespace softdec {
+namespace decode_fuse {
+
+// Decode paths (after scoring: page bounds, or token scores + votes).
+//   kUnfused:     select_kernel -> decode_attn_kernel (split-KV) -> decode_merge_kernel
+//   kFusedMerge:  select_kernel -> decode_attn_kernel<fused> (the last chunk block of each (row, kv head)
+//                 merges the chunk states)
+//   kSingleBlock: select_attn_kernel (one block per (row, kv head) selects and attends; M <= chunk, so
+//                 there is one chunk and the merge is the block's own state)
+enum class Path : int { kUnfused = 0, kFusedMerge = 1, kSingleBlock = 2 };
+
+// Chunks of `chunk` selected tokens for at most M selected tokens (at least one: an empty row still
+// writes its zero output through the merge).
+SOFTDEC_DF_HD int64_t num_chunks(int64_t M, int64_t chunk) { return M <= chunk ? 1 : (M + chunk - 1) / chunk; }
+
+// The path of a call: `fused` false (SOFTDEC_DECODE_FUSED=0) keeps the unfused kernels.
+SOFTDEC_DF_HD Path choose_path(int64_t M, int64_t chunk, bool fused) {
+  if (!fused) return Path::kUnfused;
+  return M <= chunk ? Path::kSingleBlock : Path::kFusedMerge;
+}
+
+// Kernel launches of one call (one batch slice of at most 65535 rows): scoring is 1 launch in page
+// mode (page bounds; +1 when the page summaries are computed in the call) and 2 in token mode
+// (token scores + votes).
+SOFTDEC_DF_HD int launches(Path p, bool page_mode, bool summaries_in_call) {
+  const int scoring = page_mode ? 1 + (summaries_in_call ? 1 : 0) : 2;
+  switch (p) {
+    case Path::kUnfused: return scoring + 3;
+    case Path::kFusedMerge: return scoring + 2;
+    case Path::kSingleBlock: return scoring + 1;
+  }
+  return -1;
+}
+
+// "Last block done": every chunk block of a (row, kv head) writes its state, fences, and adds 1 to the
+// (row, kv head) counter (zeroed before the kernel); the block that reads chunks - 1 before its
+// increment arrived last, so all other states are visible to it, and it resets the counter to 0.
+// Exactly one block per (row, kv head) sees this, whatever the arrival order.
+SOFTDEC_DF_HD bool arrived_last(int before_increment, int chunks) { return before_increment == chunks - 1; }
+
+// Merge of the chunk states of one query head. Chunk c's state sits at base + c * cs: [m, l, acc[0:d]]
+// (m the chunk's max score, -inf when empty; l = sum exp(s - m); acc = sum exp(s - m) v). `load(p)`
+// reads one float (device: __ldcg, L2-coherent, since the states were written by other blocks).
+// The chunks are combined in index order with explicit fmaf: fixed arithmetic, the same bits in every
+// kernel that calls it.
+struct MergeStats {
+  float m;    // max over chunks of m (NaN states ignored here, reported by nan)
+  float inv;  // 1 / sum_c exp(m_c - m) l_c, or 0 when that sum is 0
+  bool nan;   // some chunk state is NaN: the head's output is NaN
+};
+
+// The loops go over the chunks in groups of kMergeUnroll: the group's loads are issued first (they are
+// independent, so they are in flight together: the merge is bound by L2 latency, not by the FMAs), then
+// applied one chunk after the other, in chunk order -- the arithmetic of the plain sequential loop.
+constexpr int kMergeUnroll = 4;
+
+template <typename Load>
+SOFTDEC_DF_HD MergeStats merge_stats(const float* base, int64_t cs, int chunks, Load load) {
+  const float neg_inf = -INFINITY;
+  float m = neg_inf;
+  bool nan = false;
+  for (int c0 = 0; c0 < chunks; c0 += kMergeUnroll) {
+    float mc[kMergeUnroll], lc[kMergeUnroll];
+#pragma unroll
+    for (int u = 0; u < kMergeUnroll; ++u) {
+      const bool in = c0 + u < chunks;
+      mc[u] = in ? load(base + (c0 + u) * cs) : neg_inf;
+      lc[u] = in ? load(base + (c0 + u) * cs + 1) : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kMergeUnroll; ++u) {
+      m = fmaxf(m, mc[u]);
+      nan |= mc[u] != mc[u] || lc[u] != lc[u];
+    }
+  }
+  float l = 0.f;
+  if (m != neg_inf)
+    for (int c0 = 0; c0 < chunks; c0 += kMergeUnroll) {
+      float mc[kMergeUnroll], lc[kMergeUnroll];
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        const bool in = c0 + u < chunks;
+        mc[u] = in ? load(base + (c0 + u) * cs) : neg_inf;  // beyond chunks: skipped like an empty chunk
+        lc[u] = in ? load(base + (c0 + u) * cs + 1) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u)
+        if (mc[u] != neg_inf) l = fmaf(expf(mc[u] - m), lc[u], l);
+    }
+  return MergeStats{m, l > 0.f ? 1.f / l : 0.f, nan};
+}
+
+// Output element i of the head (fp32, before the cast to the output dtype).
+template <typename Load>
+SOFTDEC_DF_HD float merge_elem(const float* base, int64_t cs, int chunks, const MergeStats& s, int i, Load load) {
+  const float neg_inf = -INFINITY;
+  if (s.nan) return NAN;
+  float acc = 0.f;
+  if (s.m != neg_inf)
+    for (int c0 = 0; c0 < chunks; c0 += kMergeUnroll) {
+      float mc[kMergeUnroll], vc[kMergeUnroll];
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        const bool in = c0 + u < chunks;
+        mc[u] = in ? load(base + (c0 + u) * cs) : neg_inf;
+        vc[u] = in ? load(base + (c0 + u) * cs + 2 + i) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u)
+        if (mc[u] != neg_inf) acc = fmaf(expf(mc[u] - s.m), vc[u], acc);
+    }
+  return acc * s.inv;
+}
+
+}  // namespace decode_fuse
+}  // namespace softdec
+
+#undef SOFTDEC_DF_HD
