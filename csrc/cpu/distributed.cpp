@@ -64,10 +64,32 @@ Cut row_cut(float m, float t, float min_p) {
   return c;
 }
 
+// Per-row cut of the draw's kept set beyond the min-p bound: (cut_value, cut_index) of a
+// top-p / large-k row (the global index of the cut token; ties at cut_value are kept up to
+// it), or none (plain / min-p rows).
+struct RowCuts {
+  const float* cv = nullptr;
+  const int64_t* ci = nullptr;
+  Cut at(int64_t r, float m, float t, float min_p) const {
+    Cut c = row_cut(m, t, min_p);
+    if (cv) {
+      c.cv = cv[r];
+      c.ci = ci[r];
+    }
+    return c;
+  }
+};
+
+void check_cut_args(const Tensor& logits, const Tensor& cv, const Tensor& ci) {
+  const int64_t R = logits.size(0);
+  check_per_row(cv, "cut_value", R, ScalarType::Float, logits, "logits");
+  check_per_row(ci, "cut_index", R, ScalarType::Long, logits, "logits");
+}
+
 // Sums of the kept draw masses of the blocks lying entirely in the shard:
 // float64 (rows, b_hi - b_lo), column j = block b_lo + j.
-Tensor shard_block_masses_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp) {
-  check_shard_args(logits, offset, V, m, t, mp);
+Tensor block_masses(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
+                    const Tensor& mp, RowCuts cuts) {
   const int64_t R = logits.size(0), n = logits.size(1);
   const auto [b_lo, b_hi] = inner_blocks(offset, n, V);
   const int64_t nb = b_hi - b_lo;
@@ -87,19 +109,34 @@ Tensor shard_block_masses_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m
       for (int64_t w = b; w < e; ++w) {
         const int64_t r = w / nb, j = w % nb;
         const int64_t b0 = (b_lo + j) * kCdfBlock, len = std::min(kCdfBlock, V - b0);
-        const Cut cut = row_cut(mm[r], tt[r], pp[r]);
-        mass_pass(x + r * rs + (b0 - offset), 0, len, cut, o + w);
+        const Cut cut = cuts.at(r, mm[r], tt[r], pp[r]);
+        // mass_pass's indices are relative to the pointer: shift the cut index with it
+        Cut local = cut;
+        if (local.cv > -kInf) local.ci = cut.ci == std::numeric_limits<int64_t>::max() ? cut.ci : cut.ci - b0;
+        mass_pass(x + r * rs + (b0 - offset), 0, len, local, o + w);
       }
     });
   });
   return out;
 }
 
+Tensor shard_block_masses_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  return block_masses(logits, offset, V, m, t, mp, RowCuts{});
+}
+
+// The same with a per-row cut (top-p / large-k rows; cut_index global).
+Tensor shard_cut_block_masses_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
+                                  Tensor cv, Tensor ci) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  check_cut_args(logits, cv, ci);
+  return block_masses(logits, offset, V, m, t, mp, RowCuts{cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>()});
+}
+
 // The token drawn in block `block[r]` with `target[r]` left of the draw's target
 // (block_draw_target): its global id if that block lies entirely in the shard, else -1.
-Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
-                            Tensor block, Tensor target) {
-  check_shard_args(logits, offset, V, m, t, mp);
+Tensor block_pick(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
+                  const Tensor& mp, const Tensor& block, const Tensor& target, RowCuts cuts) {
   const int64_t R = logits.size(0), n = logits.size(1);
   check_per_row(block, "block", R, ScalarType::Long, logits, "logits");
   check_per_row(target, "target", R, ScalarType::Double, logits, "logits");
@@ -121,7 +158,7 @@ Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
         o[r] = -1;
         if (bb[r] < b_lo || bb[r] >= b_hi || !(tt[r] > 0.0f)) continue;
         const int64_t b0 = bb[r] * kCdfBlock, len = std::min(kCdfBlock, V - b0);
-        const Cut cut = row_cut(mm[r], tt[r], pp[r]);
+        const Cut cut = cuts.at(r, mm[r], tt[r], pp[r]);
         draw_masses(x + r * rs + (b0 - offset), b0, len, cut, mass);
         const int64_t j = pick_in(mass, len, tg[r]);
         o[r] = j < 0 ? -1 : b0 + j;
@@ -129,6 +166,20 @@ Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
     });
   });
   return out;
+}
+
+Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
+                            Tensor block, Tensor target) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  return block_pick(logits, offset, V, m, t, mp, block, target, RowCuts{});
+}
+
+Tensor shard_cut_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
+                                Tensor cv, Tensor ci, Tensor block, Tensor target) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  check_cut_args(logits, cv, ci);
+  return block_pick(logits, offset, V, m, t, mp, block, target,
+                    RowCuts{cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>()});
 }
 
 // draw_from_blocks' walk over the block sums blk (rows, nb) of whole rows, with
@@ -164,6 +215,141 @@ std::tuple<Tensor, Tensor> block_draw_target_cpu(Tensor blk, Tensor seed, Tensor
     ot[r] = tg - before;
   }
   return {block, target};
+}
+
+// ------------------------------------------------------------------ the top-p / top-k cut on shards
+// softdec.sample's O(V) cuts (top_p_cut, filter::detail::generic_cut) find the first token
+// of the filter order (logit descending, lower id first) at which the running count, or
+// the running fixed-point mass (filter.h: q_i = to_fixed(fexp((x_i - m) / T), mass_shift(V,
+// 1)), uint64 sums, exact in any order), reaches a target. Integer histograms merge across
+// shards by a sum, so the ranks run the same radix selection on order_key (4 rounds of 8
+// bits): each rank counts its own tokens (shard_radix_hist) with the row's global max, 1/T
+// and V, the histograms are summed (all_reduce), every rank picks the same bucket; the tie
+// index at the selected value comes from the ranks' tie counts (shard_nth_tie).
+
+constexpr int64_t kRadix = 256;
+constexpr int64_t kHistChunk = 16384;  // tokens per task
+
+// Histograms of the shard's finite tokens inside the prefix (x > cut_value, or x ==
+// cut_value at a global id <= cut_index) whose order_key agrees with prefix[r] on the bits
+// above `shift` + 8: bucket (key >> shift) & 255. int64 (rows, 512): the fixed-point
+// masses (columns 0..255) and the counts (256..511).
+Tensor shard_radix_hist_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor cv, Tensor ci,
+                            Tensor prefix, int64_t shift) {
+  const Tensor mp = m;  // (unused: no min-p in the cut) -- check_shard_args wants a float row
+  check_shard_args(logits, offset, V, m, t, mp);
+  check_cut_args(logits, cv, ci);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  check_per_row(prefix, "prefix", R, ScalarType::Long, logits, "logits");
+  SOFTDEC_CHECK(shift == 0 || shift == 8 || shift == 16 || shift == 24, "shift must be 0, 8, 16 or 24, got ",
+                shift);
+  Tensor out = new_empty(logits, {R, 2 * kRadix}, ScalarType::Long);
+  if (R == 0) return out;
+  const float* mm = m.const_data_ptr<float>();
+  const float* tt = t.const_data_ptr<float>();
+  const float* cvp = cv.const_data_ptr<float>();
+  const int64_t* cip = ci.const_data_ptr<int64_t>();
+  const int64_t* pre = prefix.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r) {
+    SOFTDEC_CHECK(tt[r] > 0.0f && tt[r] < kInf, "temperature must be finite and > 0, got ", tt[r], " at row ", r);
+    SOFTDEC_CHECK(pre[r] >= 0 && pre[r] <= 0xffffffffLL, "prefix must hold a 32-bit key, got ", pre[r], " at row ",
+                  r);
+  }
+  const int64_t nch = std::max<int64_t>(1, (n + kHistChunk - 1) / kHistChunk);
+  std::vector<int64_t> part(static_cast<size_t>(R * nch * 2 * kRadix), 0);
+  const uint32_t mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R * nch, 1, [&](int64_t b, int64_t e) {
+      alignas(64) float ms[1024];
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t r = w / nch, c = w % nch;
+        const int64_t lo = c * kHistChunk, hi = std::min(n, lo + kHistChunk);
+        const scalar_t* xr = x + r * rs;
+        const float mx = mm[r], it = 1.0f / tt[r], cvr = cvp[r];
+        const int64_t cir = cip[r];
+        const int sh = filter::mass_shift(V, static_cast<double>(filter::token_mass(mx, mx, it)));
+        const uint32_t want = static_cast<uint32_t>(pre[r]) & mask;
+        uint64_t* hm = reinterpret_cast<uint64_t*>(part.data() + w * 2 * kRadix);
+        int64_t* hc = part.data() + w * 2 * kRadix + kRadix;
+        for (int64_t b0 = lo; b0 < hi; b0 += 1024) {
+          const int64_t len = std::min<int64_t>(1024, hi - b0);
+          // every token's mass in the first round (vexp: filter::fexp's bits); later rounds
+          // take the few tokens under the prefix one by one
+          if (shift == 24) masses(xr + b0, len, mx, it, ms);
+          for (int64_t j = 0; j < len; ++j) {
+            const float v = to_float(xr[b0 + j]);
+            if (!(v > -kInf) || !filter::detail::in_prefix(v, offset + b0 + j, cvr, cir)) continue;
+            const uint32_t k = filter::order_key(v);
+            if ((k & mask) != want) continue;
+            const int bk = static_cast<int>((k >> shift) & 0xffu);
+            const float e = shift == 24 ? ms[j] : filter::token_mass(v, mx, it);
+            hm[bk] += filter::to_fixed(static_cast<double>(e), sh);
+            hc[bk] += 1;
+          }
+        }
+      }
+    });
+  });
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r) {
+    uint64_t* om = reinterpret_cast<uint64_t*>(o + r * 2 * kRadix);
+    int64_t* oc = o + r * 2 * kRadix + kRadix;
+    for (int64_t b = 0; b < kRadix; ++b) {
+      om[b] = 0;
+      oc[b] = 0;
+    }
+    for (int64_t c = 0; c < nch; ++c) {
+      const int64_t* p = part.data() + (r * nch + c) * 2 * kRadix;
+      for (int64_t b = 0; b < kRadix; ++b) {
+        om[b] += static_cast<uint64_t>(p[b]);
+        oc[b] += p[kRadix + b];
+      }
+    }
+  }
+  return out;
+}
+
+// The global id of the n[r]-th (1-based, id order) finite token of the shard equal to
+// value[r] inside the prefix (cut_value, cut_index); -1 if n[r] < 1 or the shard holds
+// fewer such tokens.
+Tensor shard_nth_tie_cpu(Tensor logits, int64_t offset, Tensor value, Tensor cv, Tensor ci, Tensor nth) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  check_per_row(value, "value", R, ScalarType::Float, logits, "logits");
+  check_cut_args(logits, cv, ci);
+  check_per_row(nth, "n", R, ScalarType::Long, logits, "logits");
+  Tensor out = new_empty(logits, {R}, ScalarType::Long);
+  if (R == 0) return out;
+  const float* vp = value.const_data_ptr<float>();
+  const float* cvp = cv.const_data_ptr<float>();
+  const int64_t* cip = ci.const_data_ptr<int64_t>();
+  const int64_t* np = nth.const_data_ptr<int64_t>();
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        o[r] = -1;
+        if (np[r] < 1) continue;
+        const float val = vp[r];
+        int64_t seen = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const float v = to_float(x[r * rs + i]);
+          if (v > -kInf && v == val && filter::detail::in_prefix(v, offset + i, cvp[r], cip[r]) && ++seen == np[r]) {
+            o[r] = offset + i;
+            break;
+          }
+        }
+      }
+    });
+  });
+  return out;
 }
 
 // ------------------------------------------------------------------ shard partials and their merge
@@ -283,4 +469,8 @@ SOFTDEC_CPU_KERNELS(distributed,
     {"shard_block_pick", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_block_pick_cpu)},
     {"block_draw_target", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::block_draw_target_cpu)},
     {"shard_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_partials_cpu)},
-    {"merge_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::merge_partials_cpu)})
+    {"merge_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::merge_partials_cpu)},
+    {"shard_radix_hist", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_radix_hist_cpu)},
+    {"shard_nth_tie", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_nth_tie_cpu)},
+    {"shard_cut_block_masses", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_cut_block_masses_cpu)},
+    {"shard_cut_block_pick", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_cut_block_pick_cpu)})

@@ -113,6 +113,28 @@ def _merge_partials_fake(g, c):
 def _block_draw_target_fake(blk, seed, offset):
     return blk.new_empty((blk.shape[0],), dtype=torch.int64), blk.new_empty((blk.shape[0],), dtype=torch.float64)
 
+@torch.library.register_fake("softdec::shard_radix_hist")
+def _shard_radix_hist_fake(logits, offset, vocab_size, max_logit, temperature, cut_value, cut_index, prefix, shift):
+    return logits.new_empty((logits.shape[0], 512), dtype=torch.int64)
+
+
+@torch.library.register_fake("softdec::shard_nth_tie")
+def _shard_nth_tie_fake(logits, offset, value, cut_value, cut_index, n):
+    return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+
+@torch.library.register_fake("softdec::shard_cut_block_masses")
+def _shard_cut_block_masses_fake(logits, offset, vocab_size, max_logit, temperature, min_p, cut_value, cut_index):
+    lo, hi = _inner(offset, logits.shape[1], vocab_size)
+    return logits.new_empty((logits.shape[0], hi - lo), dtype=torch.float64)
+
+
+@torch.library.register_fake("softdec::shard_cut_block_pick")
+def _shard_cut_block_pick_fake(logits, offset, vocab_size, max_logit, temperature, min_p, cut_value, cut_index,
+                               block, target):
+    return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+
 _SMALL_K = 2048         # sample: the native top-k candidate path (kSmallK in sampling_kernels.h)
 _HEAD = 8               # per-row header of the exchanged partials (see _local_stats)
 _NO_ID = float(1 << 62)  # padding id of an empty candidate slot (sorts last)
@@ -418,7 +440,8 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         k = int_arg(top_k, "top_k", lo=0)
         p = float(np.float32(float_arg(top_p, "top_p", lo=0, hi=1)))
         mp = float(np.float32(float_arg(min_p, "min_p", lo=0, hi=1)))
-        mode = "greedy" if t == 0 else "cand" if 0 < k < V and k <= _SMALL_K else "blocks" if p >= 1 else "full"
+        mode = "greedy" if t == 0 else "cand" if 0 < k < V and k <= _SMALL_K else \
+            "blocks" if (k == 0 or k >= V) and p >= 1 else "cut"
         sel = {mode: None}  # None: all rows
         T, K, P, MP = t, k, p, mp
     else:
@@ -429,8 +452,8 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         greedy = T == 0
         cand = ~greedy & (K > 0) & (K < V) & (K <= _SMALL_K)
         blocks = ~greedy & ((K == 0) | (K >= V)) & (P >= 1)  # plain / min-p: the blockwise draw
-        full = ~greedy & ~cand & ~blocks
-        sel = {name: m.nonzero()[:, 0] for name, m in (("cand", cand), ("blocks", blocks), ("full", full))
+        cut = ~greedy & ~cand & ~blocks  # top-p without top-k, or k > 2048: the cut on shards
+        sel = {name: m.nonzero()[:, 0] for name, m in (("cand", cand), ("blocks", blocks), ("cut", cut))
                if bool(m.any())}
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
 
@@ -448,7 +471,7 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     else:
         c = 0
     part = _local_stats(x, c, None, sh)
-    if "blocks" in sel:  # the shard's tokens in blocks it shares with other shards (float32 bits)
+    if "blocks" in sel or "cut" in sel:  # the shard's tokens in blocks it shares with other shards (float32 bits)
         part = torch.cat([part, _fragments(x, sh)], 1)
     head = torch.zeros(1, part.shape[1], dtype=torch.float64)
     head[0, 0], head[0, 1] = sh.offset, Vl
@@ -479,19 +502,25 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         elif r.numel():
             ids[r] = _draw_blocks(x[r], g[:, r, w0:], shards, mg.max[r].float(), per_row(T, r, torch.float32),
                                   per_row(MP, r, torch.float32), s[r], o[r], sh)
-    if "full" in sel:
-        r = sel["full"]
-        rr = torch.arange(B) if r is None else r
-        width = max(n for _, n in shards)
-        mine = torch.full((rr.numel(), width), -math.inf, dtype=torch.float32)
-        mine[:, :Vl] = x[rr]
-        parts = _gather(mine, sh)
-        row = torch.empty(rr.numel(), V, dtype=torch.float32)
-        for w, (lo, n) in enumerate(shards):
-            row[:, lo:lo + n] = parts[w, :, :n]
-        res = _sample(row.to(x.dtype), temperature=take(T, r), top_k=take(K, r), top_p=take(P, r),
-                      min_p=take(MP, r), seed=s[rr], offset=o[rr])
-        ids[rr] = res.ids
+    if "cut" in sel:
+        r = sel["cut"]
+        r = mg.valid.nonzero()[:, 0] if r is None else r[mg.valid[r]]
+        if r.numel():
+            every = r.numel() == B  # all rows: no copies
+            xr = x if every else x[r]
+            fr = g[:, :B, w0:] if every else g[:, r, w0:]
+            rr = None if every else r
+            m = mg.max.float() if every else mg.max[r].float()
+            Tr = per_row(T, rr, torch.float32)
+            Kr = per_row(K, rr, torch.int64)
+            Pr = per_row(P, rr, torch.float32)
+            cv, ci = _cut(xr, shards, m, mg.argmax if every else mg.argmax[r], Tr, Kr, Pr, sh)
+            got = _draw_blocks(xr, fr, shards, m, Tr, per_row(MP, rr, torch.float32),
+                               s if every else s[r], o if every else o[r], sh, cut=(cv, ci))
+            if every:
+                ids = got
+            else:
+                ids[r] = got
     ids = torch.where(mg.valid, ids, torch.zeros_like(ids))
     return Sampled(ids.to(dev), mg.valid.to(dev))
 
@@ -537,7 +566,7 @@ def _fragments(xf: torch.Tensor, sh: Shard) -> torch.Tensor:
     return out.view(torch.float64)
 
 
-def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard) -> torch.Tensor:
+def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard, cut=None) -> torch.Tensor:
     """softdec.sample's inverse-CDF draw of plain / min-p rows on shards, the same id as the
     single-device op (csrc/cpu/sampling_kernels.h: block sums of 16 float lanes added in
     double, then a double walk over the blocks and inside one block; csrc/cpu/distributed.cpp).
@@ -563,7 +592,21 @@ def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard) -> torch.Tensor:
             blk[:, a - b0:b - b0] = vals[:, at:at + b - a]
             at += b - a
     inner = [_inner(off, n, V) for off, n in shards]
-    mine = _ops.shard_block_masses(x, sh.offset, V, m, T, MP)
+    if cut is None:
+        def masses(t, off):
+            return _ops.shard_block_masses(t, off, V, m, T, MP)
+
+        def pick(t, off, block, target):
+            return _ops.shard_block_pick(t, off, V, m, T, MP, block, target)
+    else:  # the kept set ends at the row's cut (cut_value, global cut_index)
+        cv, ci = cut
+
+        def masses(t, off):
+            return _ops.shard_cut_block_masses(t, off, V, m, T, MP, cv, ci)
+
+        def pick(t, off, block, target):
+            return _ops.shard_cut_block_pick(t, off, V, m, T, MP, cv, ci, block, target)
+    mine = masses(x, sh.offset)
     width = max(hi - lo for lo, hi in inner)
     if width:
         pad = torch.zeros(R, width, dtype=torch.float64)
@@ -574,17 +617,141 @@ def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard) -> torch.Tensor:
         if hi > lo:
             sums[:, lo:hi] = got[w, :, :hi - lo]
     for b0, blk in split.items():
-        sums[:, b0 // _BLK] = _ops.shard_block_masses(blk, b0, V, m, T, MP)[:, 0]
+        sums[:, b0 // _BLK] = masses(blk, b0)[:, 0]
     block, target = _ops.block_draw_target(sums, s, o)
-    ids = _ops.shard_block_pick(x, sh.offset, V, m, T, MP, block, target)
+    ids = pick(x, sh.offset, block, target)
     for b0, blk in split.items():
-        ids = torch.maximum(ids, _ops.shard_block_pick(blk, b0, V, m, T, MP, block, target))
+        ids = torch.maximum(ids, pick(blk, b0, block, target))
     in_split = torch.zeros(R, dtype=torch.bool)
     for b0 in split:
         in_split |= block == b0 // _BLK
     if sh.world > 1 and not bool(in_split.all()):
         dist.all_reduce(ids, op=dist.ReduceOp.MAX, group=sh.group)
     return ids.clamp_min(0)
+
+
+# ---------------------------------------------------------------- the top-p / large-k cut
+
+_IMAX = (1 << 63) - 1  # cut_index keeping every tie at the cut value
+
+
+def _fixed_target(top_p: float, total: int) -> int:
+    """filter::fixed_target: ceil(top_p * total) exactly, top_p a float32 in [0, 1)."""
+    if not top_p > 0 or total == 0:
+        return 0
+    bits = int(np.array(top_p, dtype=np.float32).view(np.uint32))
+    be = (bits >> 23) & 0xFF
+    mant = ((bits & 0x7FFFFF) | 0x800000) if be else (bits & 0x7FFFFF)
+    sft = 150 - be if be else 149  # top_p = mant * 2^-sft
+    return (mant * total + (1 << sft) - 1) >> sft
+
+
+def _key_float(key: torch.Tensor) -> torch.Tensor:
+    """filter::key_float of int64 keys (< 2^32) -> float32."""
+    k = key.numpy().astype(np.uint64)
+    bits = np.where(k & 0x80000000, k & 0x7FFFFFFF, (~k) & 0xFFFFFFFF).astype(np.uint32)
+    return torch.from_numpy(bits.view(np.float32).copy())
+
+
+def _radix_select(x, shards, m, T, pcv, pci, want, sh: Shard, top_p=None):
+    """The first token of the filter order, among the finite tokens inside the prefix
+    (pcv, pci), at which the running count (top_p None: want [R] int64, clamped to the
+    prefix's count) or the running fixed-point mass (top_p [R] float32 > 0: target
+    fixed_target(top_p, prefix mass)) reaches the target: filter::detail::select_nth on the
+    whole row, by rounds over the shards (shard_radix_hist, summed across ranks).
+    Returns (cut_value [R] float32, cut_index [R] int64 global -- _IMAX when every tie at the
+    value is kept --, the prefix's count or mass [R] int64)."""
+    R = x.shape[0]
+    mass = top_p is not None
+    half = slice(0, 256) if mass else slice(256, 512)
+    prefix = torch.zeros(R, dtype=torch.int64)
+    acc = torch.zeros(R, dtype=torch.int64)  # count / mass strictly above the selected key prefix
+    rows = torch.arange(R)
+    for shift in (24, 16, 8, 0):
+        h = _ops.shard_radix_hist(x, sh.offset, sh.vocab_size, m, T, pcv, pci, prefix, shift)
+        if shift:  # one all_reduce of the half the select reads
+            H = h[:, half].contiguous()
+            if sh.world > 1:
+                dist.all_reduce(H, group=sh.group)
+        else:  # the last round: every rank's histograms (its tie counts)
+            gh = _gather(h, sh)
+            H = gh[:, :, half].sum(0)
+        if shift == 24:
+            total = H.sum(1)
+            if mass:
+                target = torch.tensor([_fixed_target(float(p), int(t)) for p, t in zip(top_p.tolist(), total.tolist())],
+                                      dtype=torch.int64)
+            else:
+                target = torch.minimum(want, total)
+        rev = H.flip(1)  # buckets from the largest key down
+        cum = acc[:, None] + rev.cumsum(1)
+        first = (cum >= target[:, None]).int().argmax(1)  # always reached: target <= the prefix's total
+        acc = cum[rows, first] - rev[rows, first]
+        prefix = prefix | ((255 - first) << shift)
+    value = _key_float(prefix)
+    b = (prefix & 0xFF).long()
+    cnt = gh[:, rows, 256 + b]  # [W, R] tie counts per rank
+    ties = cnt.sum(0)
+    e = gh[:, rows, b].sum(0) // ties.clamp_min(1) if mass else torch.ones(R, dtype=torch.int64)
+    need = target - acc
+    take = torch.where(e > 0, torch.where(need > 0, (need + e - 1) // e.clamp_min(1), torch.zeros_like(need)), ties)
+    take = torch.minimum(take, ties).clamp_min(1)
+    take = torch.minimum(take, ties)
+    # every tie kept: the prefix's own index where the value is the prefix's cut value
+    ci = torch.where(value == pcv, pci, torch.full_like(pci, _IMAX))
+    part = take < ties
+    if bool(part.any()):
+        # the take-th tie in id order: ranks in vocabulary order, the holder finds its id
+        order = sorted(range(sh.world), key=lambda w: shards[w][0])
+        before = torch.zeros(R, dtype=torch.int64)
+        for w in order:
+            if w == sh.rank:
+                break
+            before += cnt[w]
+        got = _ops.shard_nth_tie(x, sh.offset, value, pcv, pci, torch.where(part, take - before, torch.zeros_like(take)))
+        if sh.world > 1:
+            dist.all_reduce(got, op=dist.ReduceOp.MAX, group=sh.group)
+        ci = torch.where(part, got, ci)
+    return value, ci, total
+
+
+def _cut(x, shards, m, argmax, T, K, P, sh: Shard):
+    """(cut_value, cut_index) of valid rows (T > 0) without a small top-k, as softdec.sample's
+    top_p_cut / filter::detail::generic_cut decide them on the full row: top-k (k > 2048) by
+    count, then top-p by fixed-point mass inside the top-k prefix (see _radix_select)."""
+    R = x.shape[0]
+    V = sh.vocab_size
+    cv = torch.full((R,), -math.inf, dtype=torch.float32)
+    ci = torch.full((R,), _IMAX, dtype=torch.int64)
+
+    def sub(t, r):
+        return t if r is None else t[r]
+
+    klim = (K > 0) & (K < V)
+    if bool(klim.any()):
+        r = None if bool(klim.all()) else klim.nonzero()[:, 0]
+        xr = sub(x, r).contiguous()
+        v, i, finite = _radix_select(xr, shards, sub(m, r), sub(T, r), sub(cv, r), sub(ci, r), sub(K, r), sh)
+        lim = sub(K, r) < finite  # k >= the finite tokens: no top-k
+        v = torch.where(lim, v, torch.full_like(v, -math.inf))
+        i = torch.where(lim, i, torch.full_like(i, _IMAX))
+        if r is None:
+            cv, ci = v, i
+        else:
+            cv[r], ci[r] = v, i
+    zero = P <= 0  # top_p = 0: the top token
+    cv = torch.where(zero, m, cv)
+    ci = torch.where(zero, argmax, ci)
+    tp = (P > 0) & (P < 1)
+    if bool(tp.any()):
+        r = None if bool(tp.all()) else tp.nonzero()[:, 0]
+        xr = sub(x, r).contiguous()
+        v, i, _ = _radix_select(xr, shards, sub(m, r), sub(T, r), sub(cv, r), sub(ci, r), None, sh, top_p=sub(P, r))
+        if r is None:
+            cv, ci = v, i
+        else:
+            cv[r], ci[r] = v, i
+    return cv.contiguous(), ci.contiguous()
 
 
 def _check_tiling(shards, V):
