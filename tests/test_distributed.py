@@ -11,6 +11,7 @@ kept sets.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import traceback
@@ -206,6 +207,175 @@ def test_block_kernels_opcheck():
         ops.shard_block_masses(x, 100, 2500, m, T, MP)
     with pytest.raises(ValueError, match="temperature must be finite"):
         ops.shard_block_masses(x, 0, 2500, m, torch.zeros(3), MP)
+
+
+# ------------------------------------------------------------------ top-p (and top-k > 2048) rows: the cut on shards
+
+class _CountTies:
+    """Stand-in for torch.ops.softdec inside softdec.distributed that counts the rows whose
+    cut index came from shard_nth_tie (a cut inside a run of tied logits)."""
+
+    def __init__(self, ops):
+        self._ops, self.rows = ops, 0
+
+    def __getattr__(self, name):
+        if name != "shard_nth_tie":
+            return getattr(self._ops, name)
+
+        def f(*a):
+            self.rows += int((a[-1] > 0).sum())
+            return self._ops.shard_nth_tie(*a)
+        return f
+
+
+def _top_p_rows(B, Vv, seed):
+    x, _ = _logits(B, Vv, scale=2.0, seed=seed)
+    if B > 1:
+        x[1] = (x[1] * 2).round() / 2          # long runs of equal logits in every shard
+        x[2, :Vv // 2] = -float("inf")          # the mass in the upper shards only
+        x[3] = 0.0                              # uniform: one run of V ties
+        x[4] = x[4].bfloat16().float()          # bf16-rounded values: ties
+    return x
+
+
+def _sample_top_p_worker(rank, world):
+    import softdec.distributed as sdm
+    counter = _CountTies(sdm._ops)
+    sdm._ops = counter
+    try:
+        for Vv, B in ((1031, 5), (4100, 5), (4100, 1)):
+            x = _top_p_rows(B, Vv, seed=Vv + B)
+            layouts = _layouts(Vv, world) if Vv == 4100 else [[sd.shard_range(Vv, world, r) for r in range(world)]]
+            for layout in layouts:
+                lo, n = layout[rank]
+                xs = x[:, lo:lo + n]
+                for top_p in (0.5, 0.9, 0.99):
+                    for T in (0.7, 1.0):
+                        for min_p in (0.0, 0.05):
+                            for seed in range(8):
+                                kw = dict(top_p=top_p, temperature=T, min_p=min_p, seed=seed)
+                                a = softdec.sample(x, **kw)
+                                b = sd.sample(xs, vocab_offset=lo, vocab_size=Vv, **kw)
+                                assert torch.equal(a.ids, b.ids), (Vv, layout, kw, a.ids, b.ids)
+                                assert torch.equal(a.valid, b.valid)
+        # top_p = 0 (the top token), top-k > 2048 with and without top-p, per-row settings mixing
+        # every path, bf16 shards
+        Vv = 4100
+        x = _top_p_rows(5, Vv, seed=1)
+        lo, n = sd.shard_range(Vv, world, rank)
+        xs = x[:, lo:lo + n]
+        cfgs = [dict(top_p=0.0), dict(top_k=3000, top_p=0.9), dict(top_k=2049), dict(top_k=2500, min_p=0.02),
+                dict(top_k=4099, top_p=0.5, temperature=0.7),
+                dict(top_p=torch.tensor([0.5, 0.9, 1.0, 0.99, 0.0]), top_k=torch.tensor([0, 3000, 0, 5, 2100]),
+                     temperature=torch.tensor([1.0, 0.7, 1.0, 0.0, 1.3]), min_p=torch.tensor([0.0, 0.0, 0.1, 0.0, 0.0]))]
+        for kw in cfgs:
+            for seed in range(10):
+                a = softdec.sample(x, seed=seed, **kw)
+                b = sd.sample(xs, vocab_offset=lo, vocab_size=Vv, seed=seed, **kw)
+                assert torch.equal(a.ids, b.ids), (kw, seed, a.ids, b.ids)
+        a = softdec.sample(x.bfloat16(), top_p=0.9, seed=4)
+        b = sd.sample(xs.bfloat16(), vocab_offset=lo, vocab_size=Vv, top_p=0.9, seed=4)
+        assert torch.equal(a.ids, b.ids)
+        # the exchange is O(B) histograms and boundary tokens: no collective carries the rows
+        Vv = 50021
+        x, _ = _logits(5, Vv, seed=2)
+        lo, n = sd.shard_range(Vv, world, rank)
+        xs = x[:, lo:lo + n]
+        sizes = []
+        orig = (dist.all_gather, dist.all_reduce)
+
+        def ag(out, t, **kw):
+            sizes.append(t.numel())
+            return orig[0](out, t, **kw)
+
+        def ar(t, **kw):
+            sizes.append(t.numel())
+            return orig[1](t, **kw)
+        dist.all_gather, dist.all_reduce = ag, ar
+        try:
+            b = sd.sample(xs, vocab_offset=lo, vocab_size=Vv, top_p=0.9, seed=0)
+        finally:
+            dist.all_gather, dist.all_reduce = orig
+        assert torch.equal(b.ids, softdec.sample(x, top_p=0.9, seed=0).ids)
+        assert max(sizes) <= 6 * (8 + 1024) < 5 * n // 2, sizes
+        assert counter.rows > 0  # some cuts fell inside a run of ties (shard_nth_tie)
+    finally:
+        sdm._ops = counter._ops
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sample_top_p_on_shards_equals_single_device(world, tmp_path):
+    _spawn(_sample_top_p_worker, world, tmp_path)
+
+
+def test_cut_kernels_opcheck():
+    """shard_radix_hist / shard_nth_tie / shard_cut_block_*: fake kernels, opcheck, compile; on
+    one shard covering the row, the cut and draw (world = 1) equal softdec.sample."""
+    from softdec.distributed import Shard, _cut, _draw_blocks
+    ops = torch.ops.softdec
+    Vv = 2500
+    x = _top_p_rows(5, Vv, seed=3)
+    m = x.max(1).values
+    am = x.argmax(1)
+    T = torch.tensor([1.0, 0.7, 1.0, 1.0, 0.5])
+    MP = torch.tensor([0.0, 0.0, 0.05, 0.0, 0.0])
+    P = torch.tensor([0.9, 0.5, 0.99, 0.5, 0.0])
+    Kk = torch.tensor([0, 0, 2100, 0, 0])
+    sh = Shard(None, 0, 1, 0, Vv, Vv)
+    cv, ci = _cut(x, [(0, Vv)], m, am, T, Kk, P, sh)
+    s, o = torch.arange(5), torch.arange(5) * 3
+    frag = torch.zeros(1, 5, 0, dtype=torch.float64)
+    for seed in range(20):
+        got = _draw_blocks(x, frag, [(0, Vv)], m, T, MP, s + seed, o, sh, cut=(cv, ci))
+        want = softdec.sample(x, temperature=T, top_k=Kk, top_p=P, min_p=MP, seed=s + seed, offset=o).ids
+        assert torch.equal(got, want), (seed, got, want)
+    # the histograms: counts and masses of the finite tokens by the top byte of their key
+    none_v = torch.full((5,), -math.inf)
+    none_i = torch.full((5,), (1 << 63) - 1)
+    zero = torch.zeros(5, dtype=torch.int64)
+    h = ops.shard_radix_hist(x, 0, Vv, m, T, none_v, none_i, zero, 24)
+    assert h.shape == (5, 512) and h.dtype == torch.int64
+    assert torch.equal(h[:, 256:].sum(1), (x > -math.inf).sum(1))
+    sft = 63 - Vv.bit_length() - 1  # filter::mass_shift(V, 1.0)
+    e = torch.exp((x.double() - m[:, None].double()) / T[:, None].double())
+    assert torch.allclose(h[:, :256].sum(1).double(), e.sum(1) * 2.0 ** sft, rtol=1e-5)
+    # one shard's histogram plus the other's is the whole row's
+    h0 = ops.shard_radix_hist(x[:, :1234].contiguous(), 0, Vv, m, T, none_v, none_i, zero, 24)
+    h1 = ops.shard_radix_hist(x[:, 1234:].contiguous(), 1234, Vv, m, T, none_v, none_i, zero, 24)
+    assert torch.equal(h0 + h1, h)
+    # the n-th tie at a value: row 3 is all zeros
+    val = torch.zeros(5)
+    nth = torch.tensor([0, 1, 1, 7, 1])
+    t = ops.shard_nth_tie(x[:, 1000:].contiguous(), 1000, val, none_v, none_i, nth)
+    assert t[0] == -1 and t[3] == 1006
+    assert ops.shard_nth_tie(x, 0, val, val, torch.full((5,), 2), nth)[3] == -1  # prefix: ids <= 2 only
+    blk = ops.shard_cut_block_masses(x, 0, Vv, m, T, MP, cv, ci)
+    block, target = ops.block_draw_target(blk, s, o)
+    pick = ops.shard_cut_block_pick(x, 0, Vv, m, T, MP, cv, ci, block, target)
+    torch.library.opcheck(ops.shard_radix_hist.default, (x, 0, Vv, m, T, none_v, none_i, zero, 16))
+    torch.library.opcheck(ops.shard_nth_tie.default, (x, 0, val, none_v, none_i, nth))
+    torch.library.opcheck(ops.shard_cut_block_masses.default, (x, 0, Vv, m, T, MP, cv, ci))
+    torch.library.opcheck(ops.shard_cut_block_pick.default, (x, 0, Vv, m, T, MP, cv, ci, block, target))
+
+    def f(x, m, T, MP, cv, ci, s, o, val, nth):
+        hh = ops.shard_radix_hist(x, 0, Vv, m, T, cv, ci, torch.zeros_like(s), 24)
+        b = ops.shard_cut_block_masses(x, 0, Vv, m, T, MP, cv, ci)
+        bl, tg = ops.block_draw_target(b, s, o)
+        return hh, ops.shard_nth_tie(x, 0, val, cv, ci, nth), ops.shard_cut_block_pick(x, 0, Vv, m, T, MP, cv, ci, bl, tg)
+    args = (x, m, T, MP, cv, ci, s, o, val, nth)
+    for a_, b_ in zip(torch.compile(f, fullgraph=True)(*args), f(*args)):
+        assert torch.equal(a_, b_)
+    assert torch.equal(pick, f(*args)[2])
+    with pytest.raises(ValueError, match="shift must be"):
+        ops.shard_radix_hist(x, 0, Vv, m, T, none_v, none_i, zero, 4)
+    with pytest.raises(ValueError, match="prefix must hold a 32-bit key"):
+        ops.shard_radix_hist(x, 0, Vv, m, T, none_v, none_i, zero - 1, 24)
+    with pytest.raises(ValueError, match="cut_value"):
+        ops.shard_cut_block_masses(x, 0, Vv, m, T, MP, none_v.double(), ci)
+    with pytest.raises(ValueError, match="cut_index"):
+        ops.shard_nth_tie(x, 0, val, none_v, none_i[:3], nth)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        ops.shard_radix_hist(x, 0, Vv, m, torch.zeros(5), none_v, none_i, zero, 24)
 
 
 # ------------------------------------------------------------------ soft_mixture
