@@ -262,7 +262,6 @@ Tensor shard_radix_hist_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
     torch::stable::parallel_for(0, R * nch, 1, [&](int64_t b, int64_t e) {
-      alignas(64) float ms[1024];
       for (int64_t w = b; w < e; ++w) {
         const int64_t r = w / nch, c = w % nch;
         const int64_t lo = c * kHistChunk, hi = std::min(n, lo + kHistChunk);
@@ -273,21 +272,65 @@ Tensor shard_radix_hist_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
         const uint32_t want = static_cast<uint32_t>(pre[r]) & mask;
         uint64_t* hm = reinterpret_cast<uint64_t*>(part.data() + w * 2 * kRadix);
         int64_t* hc = part.data() + w * 2 * kRadix + kRadix;
-        for (int64_t b0 = lo; b0 < hi; b0 += 1024) {
-          const int64_t len = std::min<int64_t>(1024, hi - b0);
-          // every token's mass in the first round (vexp: filter::fexp's bits); later rounds
-          // take the few tokens under the prefix one by one
-          if (shift == 24) masses(xr + b0, len, mx, it, ms);
-          for (int64_t j = 0; j < len; ++j) {
-            const float v = to_float(xr[b0 + j]);
-            if (!(v > -kInf) || !filter::detail::in_prefix(v, offset + b0 + j, cvr, cir)) continue;
-            const uint32_t k = filter::order_key(v);
-            if ((k & mask) != want) continue;
-            const int bk = static_cast<int>((k >> shift) & 0xffu);
-            const float e = shift == 24 ? ms[j] : filter::token_mass(v, mx, it);
-            hm[bk] += filter::to_fixed(static_cast<double>(e), sh);
-            hc[bk] += 1;
+        // one token under the prefix: v its logit, e its mass (float), gi its global id
+        auto add = [&](float v, float e, int64_t gi) {
+          if (!filter::detail::in_prefix(v, gi, cvr, cir)) return;
+          const int bk = static_cast<int>((filter::order_key(v) >> shift) & 0xffu);
+          hm[bk] += filter::to_fixed(static_cast<double>(e), sh);
+          hc[bk] += 1;
+        };
+        int64_t i = lo;
+#if SOFTDEC_SIMD_AVX512
+        // 16 tokens a step: keys and the prefix test in vectors, masses (vexp: filter::fexp's
+        // bits) for the steps with a token under the prefix, the histogram adds per token
+        const __m512 vm = _mm512_set1_ps(mx), vit = _mm512_set1_ps(it), vninf = _mm512_set1_ps(-kInf);
+        const __m512i vmask = _mm512_set1_epi32(static_cast<int>(mask)), vwant = _mm512_set1_epi32(static_cast<int>(want));
+        const __m512i vtop = _mm512_set1_epi32(static_cast<int>(0x80000000u)), vones = _mm512_set1_epi32(-1);
+        const __m512d vscale = _mm512_set1_pd(filter::pow2_d(sh));
+        // four copies of the histograms (lane l adds to copy l % 4): fewer dependent
+        // read-modify-writes of one bucket in a row; summed below (integers: exact)
+        uint64_t qm[4][kRadix] = {};
+        int64_t qc[4][kRadix] = {};
+        alignas(64) uint32_t bks[16];
+        alignas(64) uint64_t qs[16];
+        for (; i < hi; i += 16) {
+          const int64_t left = hi - i;
+          const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+          const __m512 xv = left >= 16 ? load16<scalar_t>(xr + i) : load16_mask<scalar_t>(xr + i, lm);
+          const __mmask16 fin = _mm512_mask_cmp_ps_mask(lm, xv, vninf, _CMP_GT_OQ);
+          if (!fin) continue;
+          // order_key: x + 0 (-0 -> +0), negative: ~bits, else bits | 2^31
+          const __m512i u = _mm512_castps_si512(_mm512_add_ps(xv, _mm512_setzero_ps()));
+          const __mmask16 neg = _mm512_cmplt_epi32_mask(u, _mm512_setzero_si512());
+          const __m512i key = _mm512_mask_xor_epi32(_mm512_or_si512(u, vtop), neg, u, vones);
+          __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(fin, _mm512_and_si512(key, vmask), vwant);
+          if (hit && cvr > -kInf) hit &= above_cut(xv, cvr, cir, offset + i);
+          if (!hit) continue;
+          // masses (vexp: filter::fexp's bits), then filter::to_fixed: e * 2^sh in double, truncated
+          const __m512 ev = vexp(_mm512_mul_ps(_mm512_sub_ps(xv, vm), vit));
+          const __m512d e0 = _mm512_cvtps_pd(_mm512_castps512_ps256(ev));
+          const __m512d e1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(ev), 1)));
+          _mm512_store_si512(qs, _mm512_cvttpd_epu64(_mm512_mul_pd(e0, vscale)));
+          _mm512_store_si512(qs + 8, _mm512_cvttpd_epu64(_mm512_mul_pd(e1, vscale)));
+          _mm512_store_si512(bks, _mm512_and_si512(_mm512_srli_epi32(key, static_cast<unsigned>(shift)),
+                                                   _mm512_set1_epi32(0xff)));
+          while (hit) {
+            const int l = __builtin_ctz(hit);
+            hit &= static_cast<__mmask16>(hit - 1);
+            qm[l & 3][bks[l]] += qs[l];
+            qc[l & 3][bks[l]] += 1;
           }
+        }
+        for (int q = 0; q < 4; ++q)
+          for (int64_t bk = 0; bk < kRadix; ++bk) {
+            hm[bk] += qm[q][bk];
+            hc[bk] += qc[q][bk];
+          }
+#endif
+        for (; i < hi; ++i) {
+          const float v = to_float(xr[i]);
+          if (!(v > -kInf) || (filter::order_key(v) & mask) != want) continue;
+          add(v, filter::token_mass(v, mx, it), offset + i);
         }
       }
     });
