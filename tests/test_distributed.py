@@ -580,6 +580,9 @@ def test_bytes_per_call():
     assert sd.bytes_per_call("sample", 8, 50, 2) == 9 * 8 * (8 + 100)
     # plain rows: header + boundary tokens, 74 inner blocks of a 75968-token shard, one int64
     assert sd.bytes_per_call("sample_plain", 1, 0, 2, vocab_size=151936) == 2 * 8 * (8 + 1024) + 74 * 8 + 8
+    # top-p rows: the plain rows' exchange + 3 all_reduces of [1, 256] int64 + an all_gather of [1, 512]
+    assert sd.bytes_per_call("sample_top_p", 1, 0, 2, vocab_size=151936) == \
+        sd.bytes_per_call("sample_plain", 1, 0, 2, vocab_size=151936) + 3 * 2048 + 4096
     assert sd.bytes_per_call("soft_mixture", 1, 10, 2, D=3584) == 8 * (8 + 20) + 3584 * 4
     assert sd.bytes_per_call("verify", 1, 1, 2, K=4) == 5 * 8 * (8 + 2)
     with pytest.raises(ValueError, match="op must be"):

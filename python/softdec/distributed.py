@@ -41,17 +41,26 @@ Decisions that depend on every token of the row:
   block), every rank walks them as the kernel does, and the rank holding the drawn block
   picks the token (an all_reduce(MAX) of one int64 per row, skipped when the block is a
   split one): the single-device id bit for bit, 3 collectives.
-- ``sample`` top-p rows without top-k (and k > 2048): the single-device top-p cut adds the
-  token masses into a float64 histogram in vocabulary order over the whole row; float64
-  addition is not associative, so per-shard partial sums cannot rebuild that rounding
-  sequence and the cut could differ in last-bit ties. Those rows all_gather their full
-  logits and run the single-device op (O(B * V), the serving engines' baseline).
+- ``sample`` top-p rows without top-k (and top-k > 2048): the single-device cut is the first
+  token of the filter order at which the running count (top-k) or the running top-p mass
+  reaches its target, the masses in filter.h's uint64 fixed point (q_i = to_fixed(fexp((x_i -
+  m) / T), mass_shift(V, 1))), whose sums are exact in any order. So the ranks run
+  filter::detail::select_nth's radix selection on order_key together (:func:`_radix_select`):
+  4 rounds of 8 bits, each rank histograms its own tokens ([B, 256] int64, with the row's
+  global max, 1/T and V; csrc/cpu/distributed.cpp ``shard_radix_hist``), the histograms are
+  summed (all_reduce; the last round all_gathers them, for every rank's tie count), every rank
+  picks the same bucket and, at the selected value, the same number of ties (fixed_take);
+  when the cut splits a run of equal logits, the rank holding the last kept tie finds its id
+  (``shard_nth_tie``, one all_reduce(MAX)). The target is fixed_target(top_p, total), total
+  the first round's sum. Then the blockwise draw above with the kept set ended at the cut
+  (``shard_cut_block_masses`` / ``shard_cut_block_pick``): the single-device id bit for bit,
+  7 collectives (8 with a split run of ties; top-k > 2048 adds 4-5 for its count select).
 - ``verify``: top-k targets (any method, dense / sparse drafts) use the candidates-only row
   (see :func:`verify`), exact; "exact" with one-hot drafts and no top-k / top-p gathers the
   shard sums of the filtered masses and each shard's exponential-race winner (the race of
   the residual/bonus draw uses element ``id`` of the row's stream, so the shard winners
   merge by max): 2 rounds of O(B * (K + 1)) values; the other targets without top-k
-  all_gather the rows (see :func:`verify`).
+  (top-p among them) all_gather the rows (see :func:`verify`).
 
 Limits (documented, checked): every rank must pass the same settings, B and
 draft tensors; the shards must tile ``[0, vocab_size)`` without overlap.
@@ -385,6 +394,10 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
     - "sample_plain" (plain / min-p rows, needs ``vocab_size``): the header and boundary
       tokens (``8 (8 + 1024)`` bytes per row, + the layout row), one float64 per block inside
       the largest shard, one int64 per row (all_reduce; skipped when the drawn block is split);
+    - "sample_top_p" (top-p rows without top-k, needs ``vocab_size``): "sample_plain" plus the
+      cut's radix rounds: three all_reduces of ``[B, 256]`` int64 and one all_gather of
+      ``[B, 512]`` int64 (masses and tie counts), + one int64 per row (all_reduce) when the cut
+      splits a run of ties (not counted);
     - "verify" (greedy, soft): the partials of B (K + 1) positions; top-k targets add one
       layout row of partials, and a dense draft ``4 (world k + 1)`` bytes per drafted position
       (all_reduce).
@@ -399,9 +412,12 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
         nb = max(_inner(*shard_range(V, world, r), V)[1] - _inner(*shard_range(V, world, r), V)[0]
                  for r in range(world))
         return (world - 1) * ((B + 1) * 8 * (_HEAD + _FRAG // 2) + B * nb * 8) + int(2 * (world - 1) / world * B * 8)
+    if op == "sample_top_p":
+        radix = 3 * int(2 * (world - 1) / world * B * 256 * 8) + (world - 1) * B * 512 * 8
+        return bytes_per_call("sample_plain", B, 0, world, vocab_size=vocab_size) + radix
     if op == "verify":
         return (world - 1) * B * (K + 1) * per_row
-    raise ValueError(f"op must be 'sample', 'sample_plain', 'soft_mixture' or 'verify', got {op!r}")
+    raise ValueError(f"op must be 'sample', 'sample_plain', 'sample_top_p', 'soft_mixture' or 'verify', got {op!r}")
 
 
 # ---------------------------------------------------------------- sample
@@ -421,12 +437,11 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     - plain and min-p rows (no top-k, no top-p): the single-device inverse-CDF draw on
       shards (see :func:`_draw_blocks`): 3 small rounds, per row ``8 KiB`` of boundary
       logits + one float64 per 1024-token block + one int64;
-    - top-p rows without top-k (and k > 2048): all_gather of the rows' full logits
-      (O(B * V), the serving engines' baseline), then the single-device op. The single-device
-      top-p cut adds token masses into a 4096-bucket float64 histogram in vocabulary order
-      over the whole row; that rounding sequence cannot be rebuilt from per-shard partial
-      sums (float64 addition is not associative), so the cut would differ from the
-      single-device one in last-bit ties; exact equality needs the full row.
+    - top-p rows without top-k (and k > 2048): the single-device cut found by a radix select
+      over fixed-point mass histograms summed across ranks (4 rounds of ``[B, 256]`` int64,
+      see the module docstring), then the blockwise draw with that cut: 7 collectives (8 when
+      the cut splits a run of equal logits), per row ``8 KiB`` of boundary logits + 3 x 2 KiB
+      (all_reduce) + 4 KiB per rank (all_gather) + the block sums; no row of logits moves.
     """
     x = _rows(logits, "logits")
     sh = _shard(group, vocab_offset, vocab_size, x.shape[1])
