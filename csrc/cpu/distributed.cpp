@@ -19,6 +19,7 @@
 #include "../dispatch.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
+#include "softdec/verify.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -395,6 +396,148 @@ Tensor shard_nth_tie_cpu(Tensor logits, int64_t offset, Tensor value, Tensor cv,
   return out;
 }
 
+// ------------------------------------------------------------------ verify(method="exact") on shards
+// The filtered target of a position: kept(i) = filter::kept with (max_logit, 1/T, min-p, the
+// cut), p_i = fexp((x_i - m) / T) * inv_z in float (verify.cpp p_of), inv_z = float(exp(-log
+// s)) with s the kept masses' double sum in vocabulary order (filter::compute_row_filter's
+// serial loop, which the single-device op runs for top-p targets): the ranks continue one
+// running sum in vocabulary order (shard_kept_mass, a chain of broadcasts), then each rank
+// races its own tokens as verify.cpp's race_range does (shard_verify_race: key = p_i /
+// -flog(u_i), u_i element i of the (seed, stream) stream; larger key wins, lower id on ties).
+
+RowFilter position_filter(float m, float t, float min_p, float cv, int64_t ci) {
+  RowFilter f;
+  f.valid = 1;
+  f.max_logit = m;
+  f.inv_temp = 1.0f / t;
+  f.cut_value = cv;
+  f.cut_index = ci;
+  f.log_min_p = filter::log_min_p_of(min_p);
+  return f;
+}
+
+void check_position_args(const Tensor& logits, int64_t offset, const Tensor& m, const Tensor& t, const Tensor& mp,
+                         const Tensor& cv, const Tensor& ci) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  const int64_t R = logits.size(0);
+  check_per_row(m, "max_logit", R, ScalarType::Float, logits, "logits");
+  check_per_row(t, "temperature", R, ScalarType::Float, logits, "logits");
+  check_per_row(mp, "min_p", R, ScalarType::Float, logits, "logits");
+  check_cut_args(logits, cv, ci);
+  const float* tt = t.const_data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r)
+    SOFTDEC_CHECK(tt[r] > 0.0f && tt[r] < kInf, "temperature must be finite and > 0, got ", tt[r], " at row ", r);
+}
+
+// start[r] + the kept masses of the shard's tokens, added one by one in id order (double).
+Tensor shard_kept_mass_cpu(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp, Tensor cv, Tensor ci,
+                           Tensor start) {
+  check_position_args(logits, offset, m, t, mp, cv, ci);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  check_per_row(start, "start", R, ScalarType::Double, logits, "logits");
+  Tensor out = new_empty(logits, {R}, ScalarType::Double);
+  if (R == 0) return out;
+  const float* mm = m.const_data_ptr<float>();
+  const float* tt = t.const_data_ptr<float>();
+  const float* pp = mp.const_data_ptr<float>();
+  const float* cvp = cv.const_data_ptr<float>();
+  const int64_t* cip = ci.const_data_ptr<int64_t>();
+  const double* st = start.const_data_ptr<double>();
+  double* o = out.mutable_data_ptr<double>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
+      alignas(64) float ms[1024];
+      for (int64_t r = b; r < e; ++r) {
+        const RowFilter f = position_filter(mm[r], tt[r], pp[r], cvp[r], cip[r]);
+        const scalar_t* xr = x + r * rs;
+        double s = st[r];
+        for (int64_t b0 = 0; b0 < n; b0 += 1024) {
+          const int64_t len = std::min<int64_t>(1024, n - b0);
+          masses(xr + b0, len, f.max_logit, f.inv_temp, ms);  // filter::token_mass's bits
+          for (int64_t j = 0; j < len; ++j)
+            if (filter::kept(f, to_float(xr[b0 + j]), offset + b0 + j)) s += ms[j];
+        }
+        o[r] = s;
+      }
+    });
+  });
+  return out;
+}
+
+// The shard's race winner of each position: (key, global id; -1 and key 0 when no kept token
+// of the shard has p > 0), skipping token skip[r] (the one-hot draft's own residual is 0;
+// -1: none), and p of token skip[r] (-1 when the shard does not hold it).
+std::tuple<Tensor, Tensor, Tensor> shard_verify_race_cpu(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp,
+                                                         Tensor cv, Tensor ci, Tensor inv_z, Tensor seed,
+                                                         Tensor stream, Tensor skip) {
+  check_position_args(logits, offset, m, t, mp, cv, ci);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  check_per_row(inv_z, "inv_z", R, ScalarType::Float, logits, "logits");
+  check_per_row(seed, "seed", R, ScalarType::Long, logits, "logits");
+  check_per_row(stream, "stream", R, ScalarType::Long, logits, "logits");
+  check_per_row(skip, "skip", R, ScalarType::Long, logits, "logits");
+  Tensor key = new_empty(logits, {R}, ScalarType::Float);
+  Tensor id = new_empty(logits, {R}, ScalarType::Long);
+  Tensor psk = new_empty(logits, {R}, ScalarType::Float);
+  if (R == 0) return {key, id, psk};
+  const float* mm = m.const_data_ptr<float>();
+  const float* tt = t.const_data_ptr<float>();
+  const float* pp = mp.const_data_ptr<float>();
+  const float* cvp = cv.const_data_ptr<float>();
+  const int64_t* cip = ci.const_data_ptr<int64_t>();
+  const float* iz = inv_z.const_data_ptr<float>();
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* sm = stream.const_data_ptr<int64_t>();
+  const int64_t* sk = skip.const_data_ptr<int64_t>();
+  float* ok = key.mutable_data_ptr<float>();
+  int64_t* oi = id.mutable_data_ptr<int64_t>();
+  float* op = psk.mutable_data_ptr<float>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
+      alignas(64) float ms[1024];
+      for (int64_t r = b; r < e; ++r) {
+        const RowFilter f = position_filter(mm[r], tt[r], pp[r], cvp[r], cip[r]);
+        const scalar_t* xr = x + r * rs;
+        float bk = 0.0f;
+        int64_t bi = -1;
+        op[r] = -1.0f;
+        for (int64_t b0 = 0; b0 < n; b0 += 1024) {
+          const int64_t len = std::min<int64_t>(1024, n - b0);
+          masses(xr + b0, len, f.max_logit, f.inv_temp, ms);
+          for (int64_t j = 0; j < len; ++j) {
+            const int64_t gi = offset + b0 + j;
+            const float v = to_float(xr[b0 + j]);
+            const bool kept = filter::kept(f, v, gi);
+            const float p = kept ? ms[j] * iz[r] : 0.0f;
+            if (gi == sk[r]) {
+              op[r] = p;
+              continue;
+            }
+            if (!(p > 0.0f)) continue;
+            const float u = philox::uniform(static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(sm[r]),
+                                            static_cast<uint64_t>(gi));
+            const float k = verify::race_key(p, u);
+            if (bi < 0 || verify::race_better(k, gi, bk, bi)) {
+              bk = k;
+              bi = gi;
+            }
+          }
+        }
+        ok[r] = bi < 0 ? 0.0f : bk;
+        oi[r] = bi;
+      }
+    });
+  });
+  return {key, id, psk};
+}
+
 // ------------------------------------------------------------------ shard partials and their merge
 
 constexpr double kNoId = 4611686018427387904.0;  // 2^62: id of an empty candidate slot (sorts last)
@@ -516,4 +659,6 @@ SOFTDEC_CPU_KERNELS(distributed,
     {"shard_radix_hist", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_radix_hist_cpu)},
     {"shard_nth_tie", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_nth_tie_cpu)},
     {"shard_cut_block_masses", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_cut_block_masses_cpu)},
-    {"shard_cut_block_pick", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_cut_block_pick_cpu)})
+    {"shard_cut_block_pick", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_cut_block_pick_cpu)},
+    {"shard_kept_mass", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_kept_mass_cpu)},
+    {"shard_verify_race", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_verify_race_cpu)})

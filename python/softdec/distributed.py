@@ -118,6 +118,19 @@ def _merge_partials_fake(g, c):
             g.new_empty((R, n), dtype=torch.int64))
 
 
+@torch.library.register_fake("softdec::shard_kept_mass")
+def _shard_kept_mass_fake(logits, offset, max_logit, temperature, min_p, cut_value, cut_index, start):
+    return logits.new_empty((logits.shape[0],), dtype=torch.float64)
+
+
+@torch.library.register_fake("softdec::shard_verify_race")
+def _shard_verify_race_fake(logits, offset, max_logit, temperature, min_p, cut_value, cut_index, inv_z, seed,
+                            stream, skip):
+    R = logits.shape[0]
+    return (logits.new_empty((R,), dtype=torch.float32), logits.new_empty((R,), dtype=torch.int64),
+            logits.new_empty((R,), dtype=torch.float32))
+
+
 @torch.library.register_fake("softdec::block_draw_target")
 def _block_draw_target_fake(blk, seed, offset):
     return blk.new_empty((blk.shape[0],), dtype=torch.int64), blk.new_empty((blk.shape[0],), dtype=torch.float64)
@@ -1038,8 +1051,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
             return _verify_candidates(x, draft_ids, nd, dense, draft_probs if sparse else None,
                                       int(kt.max()), sh, kw, seed, offset, generator)
         tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
-        if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V)).any()) \
-                and not bool((tp < 1).any()):
+        if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V)).any()):
             return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
         return _verify_gathered(x, draft_ids, nd, dense, draft_probs if sparse else None, sh, kw,
                                 seed, offset, generator)
@@ -1162,7 +1174,13 @@ def _verify_candidates(x, draft_ids, nd, dense, sp, c: int, sh: Shard, kw, seed,
 
 
 def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh: Shard):
-    """Exact rejection sampling with one-hot drafts, full-vocabulary targets (T, min-p)."""
+    """Exact rejection sampling with one-hot drafts, full-vocabulary targets (T, top-p, min-p).
+
+    Round 1: flags, max, argmax and the layout (one all_gather); the
+    top-p cut of each position (``_cut``: the radix rounds of ``sample``); the normaliser as
+    one running double sum of the kept masses in vocabulary order, continued rank after rank
+    (``shard_kept_mass``, a broadcast per rank); then each rank's race winner and the draft
+    token's p (``shard_verify_race``, the kernel's float arithmetic; one all_gather)."""
     from ._rng import philox_uniform
     B, K1, Vl = x.shape
     K = K1 - 1
@@ -1171,53 +1189,59 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
     tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
     mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
-    if bool(((kt > 0) & (kt < sh.vocab_size)).any()) or bool((tp < 1).any()):
-        raise NotImplementedError("softdec.distributed.verify(method='exact'): top_k / top_p filtering of "
-                                  "the target is not supported yet (temperature and min_p are)")
+    if bool(((kt > 0) & (kt < sh.vocab_size)).any()):
+        raise NotImplementedError("softdec.distributed.verify(method='exact'): a top_k > 2048 target is not "
+                                  "supported on shards yet (temperature, top_p and min_p are)")
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
-    # round 1: flags, max, argmax, the draft token's logit (its owner's value) per position
+    # round 1: flags, max, argmax per position, the layout
     R = B * K1
     xr = x.reshape(R, Vl).contiguous()
     st = _local_stats(xr, 0, None, sh)
-    dpos = torch.cat([draft_ids, torch.zeros(B, 1, dtype=torch.int64)], 1).reshape(R)
-    own = (dpos >= sh.offset) & (dpos < sh.offset + Vl)
-    vx = torch.full((R,), -math.inf, dtype=torch.float64)
-    if Vl:
-        vx = torch.where(own, xr.gather(1, (dpos - sh.offset).clamp(0, Vl - 1)[:, None])[:, 0].double(), vx)
-    st[:, 7] = vx
-    g = _gather(st, sh)
-    mg = _merge(g, 0, None)
-    vx = g[:, :, 7].amax(0).float()
-    m = mg.max.float()
+    dpos = torch.cat([draft_ids, torch.full((B, 1), -1, dtype=torch.int64)], 1).reshape(R)
+    head = torch.zeros(1, st.shape[1], dtype=torch.float64)
+    head[0, 0], head[0, 1] = sh.offset, Vl
+    g = _gather(torch.cat([st, head]), sh)
+    shards = [(int(a), int(b)) for a, b in g[:, R, :2].tolist()]
+    _check_tiling(shards, sh.vocab_size)
+    mg = _merge(g[:, :R].contiguous(), 0, None)
     greedy = (T == 0).repeat_interleave(K1)
-    it = torch.where(T > 0, 1.0 / T.clamp_min(1e-38), torch.zeros_like(T)).repeat_interleave(K1)
-    lmp = torch.where(mp > 0, torch.log(mp), torch.full_like(mp, -math.inf)).repeat_interleave(K1)
-    # round 2: the kept masses' sum and the shard's race winner of each position
-    mm = torch.where(mg.valid, m, torch.zeros_like(m))
-    sc = (xr - mm[:, None]) * it[:, None]
-    kept = (xr > -math.inf) & (sc >= lmp[:, None]) & mg.valid[:, None]
-    e = torch.where(kept, torch.exp(sc), torch.zeros_like(sc))
-    z = e.double().sum(1)
+    Tp = T.repeat_interleave(K1)
+    live = mg.valid & ~greedy  # positions with a filtered target to normalise and race
+    m = torch.where(mg.valid, mg.max, torch.zeros_like(mg.max)).float()
+    Tl = torch.where(live, Tp, torch.ones_like(Tp))
+    mpl = mp.repeat_interleave(K1)
+    cv = torch.full((R,), -math.inf, dtype=torch.float32)
+    ci = torch.full((R,), _IMAX, dtype=torch.int64)
+    tpl = tp.repeat_interleave(K1)
+    cutr = (live & (tpl < 1)).nonzero()[:, 0]
+    if cutr.numel():  # the top-p cut (same rows and order on every rank)
+        cv[cutr], ci[cutr] = _cut(xr[cutr].contiguous(), shards, m[cutr], mg.argmax[cutr], Tl[cutr],
+                                  torch.zeros(cutr.numel(), dtype=torch.int64), tpl[cutr], sh)
+    # the normaliser: one running sum in vocabulary order, rank after rank
+    z = torch.zeros(R, dtype=torch.float64)
+    if bool(live.any()):
+        for w in sorted(range(sh.world), key=lambda w_: shards[w_][0]):
+            if w == sh.rank:
+                z = _ops.shard_kept_mass(xr, sh.offset, m, Tl, mpl, cv, ci, z)
+            if sh.world > 1:
+                src = dist.get_global_rank(sh.group, w) if sh.group is not None else w
+                dist.broadcast(z, src=src, group=sh.group)
+    # inv_z = float(exp(-log z)) with the C library's exp / log (those of the kernel)
+    inv_z = torch.tensor(np.array([math.exp(-math.log(v)) if v > 0 else 0.0 for v in z.tolist()],
+                                  dtype=np.float32), dtype=torch.float32)
     j = torch.arange(K1).repeat(B)
     bonus = j == nd.repeat_interleave(K1)
     ss, oo = s.repeat_interleave(K1), o.repeat_interleave(K1) + 1 + j
-    u = philox_uniform((R, sh.offset + Vl), ss, oo)[:, sh.offset:]
-    r = torch.where((torch.arange(Vl)[None] + sh.offset == dpos[:, None]) & ~bonus[:, None],
-                    torch.zeros_like(e), e)
-    key = r / -torch.log(u)
-    best = key.amax(1) if Vl else torch.full((R,), -math.inf)
-    bid = torch.argmax(key, 1) + sh.offset if Vl else torch.zeros(R, dtype=torch.int64)
-    bid = torch.where(best > 0, bid, torch.full_like(bid, 1 << 62))
-    g2 = _gather(torch.stack([z, best.double(), bid.double()], 1), sh)
-    Z = g2[:, :, 0].sum(0)
-    kb = g2[:, :, 1]
+    skip = torch.where(bonus, torch.full_like(dpos, -1), dpos)
+    key, bid, px = _ops.shard_verify_race(xr, sh.offset, m, Tl, mpl, cv, ci, inv_z, ss.contiguous(), oo.contiguous(),
+                                          skip.contiguous())
+    g2 = _gather(torch.stack([key.double(), bid.double(), px.double()], 1), sh)
+    kb, ib = g2[:, :, 0], g2[:, :, 1]
     kmax = kb.amax(0)
-    win = torch.where((kb == kmax[None]) & (kmax[None] > 0), g2[:, :, 2], torch.full_like(kb, 2.0 ** 62)).amin(0)
+    win = torch.where((kb == kmax[None]) & (ib >= 0), ib, torch.full_like(kb, 2.0 ** 62)).amin(0)
     race = torch.where(win < 2.0 ** 62, win, mg.argmax.double()).long()
-    inv_z = torch.exp(-torch.log(Z)).float()
-    kept_x = (vx > -math.inf) & (((vx - mm) * it) >= lmp)
-    px = torch.where(kept_x, torch.exp((vx - mm) * it) * inv_z, torch.zeros_like(vx))
-    px = torch.where(greedy, (dpos == mg.argmax).float(), px)
+    px = g2[:, :, 2].amax(0).float()  # the holder's p (others -1)
+    px = torch.where(greedy, (dpos == mg.argmax).float(), px.clamp_min(0))
     ua = philox_uniform((B, max(K, 1)), s, o)
     tokens = torch.full((B, K1), -1, dtype=torch.int64)
     nacc = torch.zeros(B, dtype=torch.int64)
