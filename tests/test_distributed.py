@@ -503,7 +503,7 @@ def _verify_filtered_worker(rank, world):
                   (own, None, dict(method="typical", **f)), (own, "dense", dict(method="typical", **f)),
                   (own, None, dict(method="relaxed", neighbours=nbrs, delta=0.2, **f)),
                   (own, "dense", dict(method="relaxed", neighbours=nbrs, delta=0.05, **f))]
-    # without top-k: the all-gather fallback (top-p) and the exact race (one-hot, min_p)
+    # without top-k: the exact race on shards (one-hot; top-p, min_p) and the all-gather fallback
     cases += [(own, None, dict(method="exact", top_p=0.8)), (own, "dense", dict(method="exact")),
               (sdraft, "sparse", dict(method="exact", min_p=0.05)), (own, None, dict(method="typical")),
               (own, None, dict(method="relaxed", neighbours=nbrs))]
@@ -552,6 +552,139 @@ def _errors_worker(rank, world):
                   vocab_offset=lo, vocab_size=1031)
     with pytest.raises(ValueError, match="filter_top_k is only defined"):
         sd.verify(torch.randn(1, 2, n), torch.tensor([[1]]), vocab_offset=lo, vocab_size=1031, filter_top_k=3)
+
+
+def _verify_exact_top_p_worker(rank, world):
+    """verify(method="exact") with one-hot drafts and top-p targets (no top-k): the cut, the
+    normaliser and the race on shards equal the single-device op."""
+    import softdec.distributed as sdm
+    counter = _CountTies(sdm._ops)
+    sdm._ops = counter
+    try:
+        B, K = 5, 4
+        for Vv, layout_of in ((1031, None), (4100, "odd")):
+            x, g = _logits(B, Vv, scale=6.0, extra=(K + 1,), seed=Vv)
+            x[1] = (x[1] * 2).round() / 2          # runs of ties across the shards
+            x[2, :, :Vv // 2] = -float("inf")       # mass in the upper shards
+            x[3, 2, 7] = float("nan")               # an invalid position
+            x[4] = x[4].bfloat16().float()
+            layout = _layouts(Vv, world)[1] if layout_of else [sd.shard_range(Vv, world, r) for r in range(world)]
+            lo, n = layout[rank]
+            xs = x[..., lo:lo + n]
+            clean = torch.nan_to_num(x, nan=0.0, neginf=-1e4)
+            own = torch.stack([softdec.sample(clean[:, j], seed=j, top_p=0.9).ids for j in range(K)], 1)
+            d = torch.where(torch.rand(B, K, generator=g) < 0.8, own, torch.randint(0, Vv, (B, K), generator=g))
+            nd = torch.tensor([4, 3, 4, 0, 2])
+            accepted = 0
+            cfgs = [dict(top_p=p, temperature=t, min_p=mp) for p in (0.5, 0.9, 0.99) for t in (0.7, 1.0)
+                    for mp in (0.0, 0.05)]
+            cfgs += [dict(top_p=0.0), dict(top_p=0.9, num_draft=nd), dict(top_p=0.9, temperature=0.0),
+                     dict(top_p=torch.tensor([0.9, 1.0, 0.5, 0.8, 0.95]),
+                          temperature=torch.tensor([1.0, 0.0, 0.7, 1.0, 1.3]))]
+            for kw in cfgs:
+                for seed in range(6):
+                    a = softdec.verify(x, d, method="exact", seed=seed, **kw)
+                    b = sd.verify(xs, d, method="exact", vocab_offset=lo, vocab_size=Vv, seed=seed, **kw)
+                    assert torch.equal(a.tokens, b.tokens), (Vv, kw, seed, a.tokens, b.tokens)
+                    assert torch.equal(a.num_accepted, b.num_accepted), (Vv, kw, seed)
+                    accepted += int(a.num_accepted.sum())
+            assert accepted > 20
+        # no row of logits moves: the exchange is O(B (K + 1)) partials and histograms (at most
+        # [B (K + 1), 512] int64, whatever V)
+        sizes = []
+        orig = (dist.all_gather, dist.all_reduce, dist.broadcast)
+
+        def ag(out, t, **kw):
+            sizes.append(t.numel())
+            return orig[0](out, t, **kw)
+
+        def ar(t, **kw):
+            sizes.append(t.numel())
+            return orig[1](t, **kw)
+
+        def bc(t, **kw):
+            sizes.append(t.numel())
+            return orig[2](t, **kw)
+        dist.all_gather, dist.all_reduce, dist.broadcast = ag, ar, bc
+        try:
+            sd.verify(xs, d, method="exact", vocab_offset=lo, vocab_size=Vv, top_p=0.9, seed=0)
+        finally:
+            dist.all_gather, dist.all_reduce, dist.broadcast = orig
+        assert max(sizes) <= B * (K + 1) * 512, sizes
+        assert counter.rows > 0  # some cuts fell inside a run of ties
+    finally:
+        sdm._ops = counter._ops
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_verify_exact_top_p_on_shards_equals_single_device(world, tmp_path):
+    _spawn(_verify_exact_top_p_worker, world, tmp_path)
+
+
+def test_verify_race_kernels_opcheck():
+    """shard_kept_mass / shard_verify_race: fake kernels, opcheck, compile; a chain over two
+    shards is the serial sum over the row; two shards' race winners merge to the row's."""
+    ops = torch.ops.softdec
+    Vv = 3000
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, Vv, generator=g) * 3
+    m = x.max(1).values
+    T = torch.tensor([1.0, 0.7, 1.0, 1.3])
+    MP = torch.tensor([0.0, 0.05, 0.0, 0.0])
+    cv = torch.tensor([-math.inf, -math.inf, float(x[2].sort(descending=True).values[40]), -math.inf])
+    ci = torch.full((4,), (1 << 63) - 1)
+    z0 = torch.zeros(4, dtype=torch.float64)
+    z = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0)
+    half = ops.shard_kept_mass(x[:, 1700:].contiguous(), 1700, m, T, MP, cv, ci,
+                               ops.shard_kept_mass(x[:, :1700].contiguous(), 0, m, T, MP, cv, ci, z0))
+    assert torch.equal(z, half)  # the same serial sum
+    sc = (x - m[:, None]) / T[:, None]
+    kept = (sc >= torch.log(MP.clamp_min(1e-30))[:, None]) & (x >= cv[:, None])
+    torch.testing.assert_close(z, torch.where(kept, sc.double().exp(), torch.zeros_like(z[:, None])).sum(1),
+                               rtol=1e-6, atol=0)
+    inv_z = (1.0 / z).float()
+    seed, stream = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+    skip = torch.tensor([-1, 10, 2000, int(x[3].argmax())])
+    key, bid, px = ops.shard_verify_race(x, 0, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    assert (bid >= 0).all() and not (bid == skip).any()
+    assert px[0] == -1 and (px[1:] >= 0).all()
+    # two shards: the larger key (lower id on ties) is the row's winner
+    k0, i0, _ = ops.shard_verify_race(x[:, :1234].contiguous(), 0, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    k1, i1, _ = ops.shard_verify_race(x[:, 1234:].contiguous(), 1234, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    assert torch.equal(torch.where((k1 > k0) & (i1 >= 0), i1, i0), bid)
+    # the race is the exponential race of p: its winners follow p (chi-square over draws)
+    y = torch.tensor([[0.0, -0.5, -1.0, -3.0, -math.inf, 0.2]])
+    n = 100000
+    yy = y.expand(n, 6).contiguous()
+    mm = torch.full((n,), 0.2)
+    one = torch.ones(n)
+    zz = ops.shard_kept_mass(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
+                             torch.full((n,), (1 << 63) - 1), torch.zeros(n, dtype=torch.float64))
+    _, w, _ = ops.shard_verify_race(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
+                                    torch.full((n,), (1 << 63) - 1), (1.0 / zz).float(), torch.arange(n),
+                                    torch.zeros(n, dtype=torch.int64), torch.full((n,), -1))
+    p = torch.softmax(y[0].double(), 0)
+    cnt = torch.bincount(w, minlength=6).double()
+    from scipy.stats import chisquare
+    assert cnt[4] == 0
+    live = p > 0
+    assert chisquare(cnt[live], p[live] / p[live].sum() * cnt.sum()).pvalue > 1e-4
+    args = (x, 0, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    torch.library.opcheck(ops.shard_kept_mass.default, (x, 0, m, T, MP, cv, ci, z0))
+    torch.library.opcheck(ops.shard_verify_race.default, args)
+
+    def f(x, m, T, MP, cv, ci, z0, seed, stream, skip):
+        zf = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0)
+        return ops.shard_verify_race(x, 0, m, T, MP, cv, ci, (1.0 / zf).float(), seed, stream, skip)
+    got = torch.compile(f, fullgraph=True)(x, m, T, MP, cv, ci, z0, seed, stream, skip)
+    for a_, b_ in zip(got, (key, bid, px)):
+        assert torch.equal(a_, b_)
+    with pytest.raises(ValueError, match="start"):
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0.float())
+    with pytest.raises(ValueError, match="inv_z"):
+        ops.shard_verify_race(x, 0, m, T, MP, cv, ci, inv_z[:2], seed, stream, skip)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        ops.shard_verify_race(x, 0, m, torch.zeros(4), MP, cv, ci, inv_z, seed, stream, skip)
 
 
 def test_bad_input_is_rejected(tmp_path):
