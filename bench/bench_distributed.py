@@ -15,6 +15,8 @@ B in {1, 8, 64}, D = 3584 (bf16 embedding rows):
   tokens, one float64 per 1024-token block, one int64 per row);
 - verify(method="exact", top_k=50, K=4) with a dense draft shard: O(B K k) candidates and
   the draft's q at them, then the single-device op on a candidates-only row;
+- verify(method="exact", top_p=0.9, K=4) with one-hot drafts: the top-p cut's radix rounds,
+  the normaliser passed rank to rank, each rank's race winner;
 - the baseline is what serving engines do before sampling: all_gather the full logits
   row(s), then the single-device op (for soft_mixture: then each rank's weighted rows of its
   own shard, all_reduce'd, as the table is sharded).
@@ -152,6 +154,12 @@ def _worker(rank, world, init, reps, out, only=(), batches=BATCHES):
             return softdec.verify(_gather_rows(xvs, world), drafts, draft_probs=_gather_rows(qds, world),
                                   top_k=50, seed=seed).tokens
 
+        def dist_vtopp():
+            return sd.verify(xvs, drafts, vocab_offset=lo, vocab_size=V, top_p=0.9, seed=seed).tokens
+
+        def base_vtopp():
+            return softdec.verify(_gather_rows(xvs, world), drafts, top_p=0.9, seed=seed).tokens
+
         def dist_verify():
             return sd.verify(xvs, drafts, vocab_offset=lo, vocab_size=V, method="greedy").tokens
 
@@ -163,6 +171,7 @@ def _worker(rank, world, init, reps, out, only=(), batches=BATCHES):
                            ("sample plain", dist_plain, base_plain),
                            ("sample min_p=0.05", dist_minp, base_minp),
                            (f"verify exact top_k=50 dense K={K}", dist_vexact, base_vexact),
+                           (f"verify exact top_p=0.9 K={K}", dist_vtopp, base_vtopp),
                            ("soft_mixture top_k=10", dist_soft, base_soft),
                            (f"verify greedy K={K}", dist_verify, base_verify)):
             if only and not any(o in op for o in only):

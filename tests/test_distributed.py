@@ -718,6 +718,10 @@ def test_bytes_per_call():
         sd.bytes_per_call("sample_plain", 1, 0, 2, vocab_size=151936) + 3 * 2048 + 4096
     assert sd.bytes_per_call("soft_mixture", 1, 10, 2, D=3584) == 8 * (8 + 20) + 3584 * 4
     assert sd.bytes_per_call("verify", 1, 1, 2, K=4) == 5 * 8 * (8 + 2)
+    # one-hot exact: partials + layout row, the chain's broadcast, the race winners; top-p adds the rounds
+    assert sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) == 6 * 64 + 5 * 8 + 5 * 24
+    assert sd.bytes_per_call("verify_exact_top_p", 1, 0, 2, K=4) == \
+        sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) + 3 * 5 * 2048 + 5 * 4096
     with pytest.raises(ValueError, match="op must be"):
         sd.bytes_per_call("nope", 1, 1, 2)
 

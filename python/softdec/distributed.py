@@ -56,11 +56,15 @@ Decisions that depend on every token of the row:
   (``shard_cut_block_masses`` / ``shard_cut_block_pick``): the single-device id bit for bit,
   7 collectives (8 with a split run of ties; top-k > 2048 adds 4-5 for its count select).
 - ``verify``: top-k targets (any method, dense / sparse drafts) use the candidates-only row
-  (see :func:`verify`), exact; "exact" with one-hot drafts and no top-k / top-p gathers the
-  shard sums of the filtered masses and each shard's exponential-race winner (the race of
-  the residual/bonus draw uses element ``id`` of the row's stream, so the shard winners
-  merge by max): 2 rounds of O(B * (K + 1)) values; the other targets without top-k
-  (top-p among them) all_gather the rows (see :func:`verify`).
+  (see :func:`verify`), exact; "exact" with one-hot drafts and no top-k (temperature, top-p,
+  min-p) finds each position's top-p cut as ``sample`` does, then the normaliser as one
+  running double sum of the kept masses in vocabulary order, continued rank after rank
+  (``shard_kept_mass``, one broadcast per rank: the serial sum of
+  filter::compute_row_filter, which the single-device op runs for top-p targets), then each
+  rank races its own tokens with the kernel's float arithmetic (``shard_verify_race``: p_i =
+  fexp(.) * inv_z, key p_i / -flog(u_i), u_i element ``id`` of the row's stream) and the
+  shard winners merge by max; the other targets without top-k all_gather the rows (see
+  :func:`verify`).
 
 Limits (documented, checked): every rank must pass the same settings, B and
 draft tensors; the shards must tile ``[0, vocab_size)`` without overlap.
@@ -69,10 +73,11 @@ Implementation status: without a temperature (sample, verify) a shard's partials
 merge are one native pass each (csrc/cpu/distributed.cpp); soft_mixture's partials (which
 carry the softmax sums at the row's temperature) come from softdec.soft_mixture on the
 shard with a 1-column table and a Python merge. The decisions on the compact rows are the
-native kernels. ``verify(method="exact")``'s one-hot race without top-k is torch ops
-(torch.exp / torch.log in float32 where the kernel uses filter.h's fexp / flog: the same
-value to ~1 ulp, so an acceptance or race decided within ~1e-7 of its threshold may differ
-from the single-device op). CPU shards (gloo) only so far.
+native kernels. ``verify(method="exact")`` with one-hot drafts and no top-k is bit for bit the
+single-device op for top-p targets; without top-p the single-device normaliser is a
+vectorised (and, for small batches, thread-split) double sum whose rounding the serial chain
+does not repeat, so an acceptance or race decided within ~1e-16 relative of its threshold
+may differ. CPU shards (gloo) only so far.
 """
 
 from __future__ import annotations
@@ -411,6 +416,10 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
       cut's radix rounds: three all_reduces of ``[B, 256]`` int64 and one all_gather of
       ``[B, 512]`` int64 (masses and tie counts), + one int64 per row (all_reduce) when the cut
       splits a run of ties (not counted);
+    - "verify_exact" / "verify_exact_top_p" (one-hot drafts, no top-k): the partials of B (K + 1)
+      positions + the layout row, the normaliser's broadcasts (one float64 per position from
+      each other rank) and the race winners (3 float64 per position); top-p adds the radix
+      rounds over the B (K + 1) positions (as "sample_top_p");
     - "verify" (greedy, soft): the partials of B (K + 1) positions; top-k targets add one
       layout row of partials, and a dense draft ``4 (world k + 1)`` bytes per drafted position
       (all_reduce).
@@ -428,9 +437,16 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
     if op == "sample_top_p":
         radix = 3 * int(2 * (world - 1) / world * B * 256 * 8) + (world - 1) * B * 512 * 8
         return bytes_per_call("sample_plain", B, 0, world, vocab_size=vocab_size) + radix
+    if op in ("verify_exact", "verify_exact_top_p"):
+        R = B * (K + 1)
+        out = (world - 1) * (R + 1) * 8 * _HEAD + (world - 1) * R * 8 + (world - 1) * R * 3 * 8
+        if op == "verify_exact_top_p":
+            out += 3 * int(2 * (world - 1) / world * R * 256 * 8) + (world - 1) * R * 512 * 8
+        return out
     if op == "verify":
         return (world - 1) * B * (K + 1) * per_row
-    raise ValueError(f"op must be 'sample', 'sample_plain', 'sample_top_p', 'soft_mixture' or 'verify', got {op!r}")
+    raise ValueError("op must be 'sample', 'sample_plain', 'sample_top_p', 'soft_mixture', 'verify', 'verify_exact' "
+                     f"or 'verify_exact_top_p', got {op!r}")
 
 
 # ---------------------------------------------------------------- sample
@@ -981,10 +997,12 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
       the race uniforms (element id of the stream) are those of the full row, so the
       result is the single-device one bit for bit (the compute is O(V) per position on
       every rank, the exchange O(k));
-    - "exact" with one-hot drafts and no top-k / top-p (temperature, min_p): 2 rounds of
-      O(B (K + 1)) values (the shard sums of the kept masses and each shard's race winner;
-      torch.exp / torch.log in float32 where the kernel uses filter.h's fexp / flog, so a
-      decision within ~1e-7 of its threshold may differ);
+    - "exact" with one-hot drafts and no top-k (temperature, top-p, min-p): O(B (K + 1))
+      values: the partials, the top-p cut's radix rounds (as ``sample``; top-p rows only),
+      the normaliser as a running sum passed rank to rank (one broadcast per rank) and each
+      rank's race winner with the draft token's p (native, the kernel's float arithmetic);
+      top-p targets give the single-device result bit for bit, others up to the
+      normaliser's last-bit rounding (see the module docstring);
     - anything else (top-p or min-p targets without top-k with dense / sparse drafts or the
       typical / relaxed rules, filter_top_k = 0): all_gather of the full rows (O(B K V),
       the serving engines' baseline), then the single-device op. Those targets need every
