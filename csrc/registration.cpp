@@ -39,10 +39,11 @@ STABLE_TORCH_LIBRARY(softdec, m) {
         "Tensor temperature, Tensor min_p, Tensor cut_value, Tensor cut_index, Tensor block, "
         "Tensor target) -> Tensor");
   // verify(method="exact") on shards: a running double sum of the kept masses continued over
-  // the shard in id order (start + ...), and the shard's exponential-race winner (key, global
+  // the shard in id order (start + ...) with token want's mass (-1: not in the shard), and the
+  // shard's exponential-race winner (key, global
   // id) skipping one token, with that token's p (-1: not in the shard).
   m.def("shard_kept_mass(Tensor logits, int offset, Tensor max_logit, Tensor temperature, Tensor min_p, "
-        "Tensor cut_value, Tensor cut_index, Tensor start) -> Tensor");
+        "Tensor cut_value, Tensor cut_index, Tensor start, Tensor want) -> (Tensor, Tensor)");
   m.def("shard_verify_race(Tensor logits, int offset, Tensor max_logit, Tensor temperature, Tensor min_p, "
         "Tensor cut_value, Tensor cut_index, Tensor inv_z, Tensor seed, Tensor stream, Tensor skip) "
         "-> (Tensor, Tensor, Tensor)");

@@ -634,10 +634,14 @@ def test_verify_race_kernels_opcheck():
     cv = torch.tensor([-math.inf, -math.inf, float(x[2].sort(descending=True).values[40]), -math.inf])
     ci = torch.full((4,), (1 << 63) - 1)
     z0 = torch.zeros(4, dtype=torch.float64)
-    z = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0)
-    half = ops.shard_kept_mass(x[:, 1700:].contiguous(), 1700, m, T, MP, cv, ci,
-                               ops.shard_kept_mass(x[:, :1700].contiguous(), 0, m, T, MP, cv, ci, z0))
+    want = torch.tensor([5, int(x[1].argmin()), int(x[2].argmax()), int(x[3].argmin())])
+    z, ew = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0, want)
+    z0a, ew0 = ops.shard_kept_mass(x[:, :1700].contiguous(), 0, m, T, MP, cv, ci, z0, want)
+    half, ew1 = ops.shard_kept_mass(x[:, 1700:].contiguous(), 1700, m, T, MP, cv, ci, z0a, want)
     assert torch.equal(z, half)  # the same serial sum
+    assert torch.equal(torch.maximum(ew0, ew1), ew)  # the holder's mass, -1 elsewhere
+    assert torch.equal(torch.where(want < 1700, ew1, ew0), torch.full((4,), -1.0))
+    assert ew[1] == 0.0 and ew[2] == 1.0 and 0 < ew[3] < 1e-3  # below min-p; the max; kept
     sc = (x - m[:, None]) / T[:, None]
     kept = (sc >= torch.log(MP.clamp_min(1e-30))[:, None]) & (x >= cv[:, None])
     torch.testing.assert_close(z, torch.where(kept, sc.double().exp(), torch.zeros_like(z[:, None])).sum(1),
@@ -658,8 +662,9 @@ def test_verify_race_kernels_opcheck():
     yy = y.expand(n, 6).contiguous()
     mm = torch.full((n,), 0.2)
     one = torch.ones(n)
-    zz = ops.shard_kept_mass(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
-                             torch.full((n,), (1 << 63) - 1), torch.zeros(n, dtype=torch.float64))
+    zz, _ = ops.shard_kept_mass(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
+                                torch.full((n,), (1 << 63) - 1), torch.zeros(n, dtype=torch.float64),
+                                torch.full((n,), -1))
     _, w, _ = ops.shard_verify_race(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
                                     torch.full((n,), (1 << 63) - 1), (1.0 / zz).float(), torch.arange(n),
                                     torch.zeros(n, dtype=torch.int64), torch.full((n,), -1))
@@ -670,17 +675,19 @@ def test_verify_race_kernels_opcheck():
     live = p > 0
     assert chisquare(cnt[live], p[live] / p[live].sum() * cnt.sum()).pvalue > 1e-4
     args = (x, 0, m, T, MP, cv, ci, inv_z, seed, stream, skip)
-    torch.library.opcheck(ops.shard_kept_mass.default, (x, 0, m, T, MP, cv, ci, z0))
+    torch.library.opcheck(ops.shard_kept_mass.default, (x, 0, m, T, MP, cv, ci, z0, want))
     torch.library.opcheck(ops.shard_verify_race.default, args)
 
     def f(x, m, T, MP, cv, ci, z0, seed, stream, skip):
-        zf = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0)
+        zf, _ = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0, skip)
         return ops.shard_verify_race(x, 0, m, T, MP, cv, ci, (1.0 / zf).float(), seed, stream, skip)
     got = torch.compile(f, fullgraph=True)(x, m, T, MP, cv, ci, z0, seed, stream, skip)
     for a_, b_ in zip(got, (key, bid, px)):
         assert torch.equal(a_, b_)
     with pytest.raises(ValueError, match="start"):
-        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0.float())
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0.float(), want)
+    with pytest.raises(ValueError, match="want"):
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0, want[:1])
     with pytest.raises(ValueError, match="inv_z"):
         ops.shard_verify_race(x, 0, m, T, MP, cv, ci, inv_z[:2], seed, stream, skip)
     with pytest.raises(ValueError, match="temperature must be finite"):
@@ -719,7 +726,7 @@ def test_bytes_per_call():
     assert sd.bytes_per_call("soft_mixture", 1, 10, 2, D=3584) == 8 * (8 + 20) + 3584 * 4
     assert sd.bytes_per_call("verify", 1, 1, 2, K=4) == 5 * 8 * (8 + 2)
     # one-hot exact: partials + layout row, the chain's broadcast, the race winners; top-p adds the rounds
-    assert sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) == 6 * 64 + 5 * 8 + 5 * 24
+    assert sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) == 6 * 64 + 5 * 16 + 16
     assert sd.bytes_per_call("verify_exact_top_p", 1, 0, 2, K=4) == \
         sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) + 3 * 5 * 2048 + 5 * 4096
     with pytest.raises(ValueError, match="op must be"):

@@ -432,21 +432,26 @@ void check_position_args(const Tensor& logits, int64_t offset, const Tensor& m, 
     SOFTDEC_CHECK(tt[r] > 0.0f && tt[r] < kInf, "temperature must be finite and > 0, got ", tt[r], " at row ", r);
 }
 
-// start[r] + the kept masses of the shard's tokens, added one by one in id order (double).
-Tensor shard_kept_mass_cpu(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp, Tensor cv, Tensor ci,
-                           Tensor start) {
+// start[r] + the kept masses of the shard's tokens, added one by one in id order (double);
+// and the mass (float) of token want[r]: 0 if not kept, -1 if the shard does not hold it.
+std::tuple<Tensor, Tensor> shard_kept_mass_cpu(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp,
+                                               Tensor cv, Tensor ci, Tensor start, Tensor want) {
   check_position_args(logits, offset, m, t, mp, cv, ci);
   const int64_t R = logits.size(0), n = logits.size(1);
   check_per_row(start, "start", R, ScalarType::Double, logits, "logits");
+  check_per_row(want, "want", R, ScalarType::Long, logits, "logits");
   Tensor out = new_empty(logits, {R}, ScalarType::Double);
-  if (R == 0) return out;
+  Tensor ew = new_empty(logits, {R}, ScalarType::Float);
+  if (R == 0) return {out, ew};
   const float* mm = m.const_data_ptr<float>();
   const float* tt = t.const_data_ptr<float>();
   const float* pp = mp.const_data_ptr<float>();
   const float* cvp = cv.const_data_ptr<float>();
   const int64_t* cip = ci.const_data_ptr<int64_t>();
   const double* st = start.const_data_ptr<double>();
+  const int64_t* wp = want.const_data_ptr<int64_t>();
   double* o = out.mutable_data_ptr<double>();
+  float* oe = ew.mutable_data_ptr<float>();
   const int64_t rs = logits.stride(0);
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
@@ -463,10 +468,16 @@ Tensor shard_kept_mass_cpu(Tensor logits, int64_t offset, Tensor m, Tensor t, Te
             if (filter::kept(f, to_float(xr[b0 + j]), offset + b0 + j)) s += ms[j];
         }
         o[r] = s;
+        const int64_t w = wp[r] - offset;
+        oe[r] = -1.0f;
+        if (w >= 0 && w < n) {
+          const float v = to_float(xr[w]);
+          oe[r] = filter::kept(f, v, wp[r]) ? filter::token_mass(v, f.max_logit, f.inv_temp) : 0.0f;
+        }
       }
     });
   });
-  return out;
+  return {out, ew};
 }
 
 // The shard's race winner of each position: (key, global id; -1 and key 0 when no kept token
@@ -501,32 +512,38 @@ std::tuple<Tensor, Tensor, Tensor> shard_verify_race_cpu(Tensor logits, int64_t 
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
     torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
-      alignas(64) float ms[1024];
+      alignas(64) float ms[kGroup], u[kGroup];
       for (int64_t r = b; r < e; ++r) {
         const RowFilter f = position_filter(mm[r], tt[r], pp[r], cvp[r], cip[r]);
         const scalar_t* xr = x + r * rs;
         float bk = 0.0f;
         int64_t bi = -1;
         op[r] = -1.0f;
-        for (int64_t b0 = 0; b0 < n; b0 += 1024) {
-          const int64_t len = std::min<int64_t>(1024, n - b0);
-          masses(xr + b0, len, f.max_logit, f.inv_temp, ms);
-          for (int64_t j = 0; j < len; ++j) {
-            const int64_t gi = offset + b0 + j;
-            const float v = to_float(xr[b0 + j]);
-            const bool kept = filter::kept(f, v, gi);
-            const float p = kept ? ms[j] * iz[r] : 0.0f;
-            if (gi == sk[r]) {
+        // 64-token groups of the stream (philox_chunk: elements [g0, g0 + 64)); a group's
+        // uniforms are drawn only when one of its tokens has p > 0
+        for (int64_t g0 = offset / kGroup * kGroup; g0 < offset + n; g0 += kGroup) {
+          const int64_t a = std::max(g0, offset), z = std::min(g0 + kGroup, offset + n);
+          masses(xr + (a - offset), z - a, f.max_logit, f.inv_temp, ms);  // ms[i - a]: filter::fexp's bits
+          bool any = false;
+          for (int64_t i = a; i < z; ++i) {
+            const float v = to_float(xr[i - offset]);
+            const float p = filter::kept(f, v, i) ? ms[i - a] * iz[r] : 0.0f;
+            ms[i - a] = p;
+            if (i == sk[r]) {
               op[r] = p;
-              continue;
+              ms[i - a] = 0.0f;  // not in the race
             }
+            any |= ms[i - a] > 0.0f;
+          }
+          if (!any) continue;
+          philox_chunk(static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(sm[r]), static_cast<uint64_t>(g0 / 4), u);
+          for (int64_t i = a; i < z; ++i) {
+            const float p = ms[i - a];
             if (!(p > 0.0f)) continue;
-            const float u = philox::uniform(static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(sm[r]),
-                                            static_cast<uint64_t>(gi));
-            const float k = verify::race_key(p, u);
-            if (bi < 0 || verify::race_better(k, gi, bk, bi)) {
+            const float k = verify::race_key(p, u[i - g0]);
+            if (bi < 0 || verify::race_better(k, i, bk, bi)) {
               bk = k;
-              bi = gi;
+              bi = i;
             }
           }
         }

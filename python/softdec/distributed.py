@@ -124,8 +124,9 @@ def _merge_partials_fake(g, c):
 
 
 @torch.library.register_fake("softdec::shard_kept_mass")
-def _shard_kept_mass_fake(logits, offset, max_logit, temperature, min_p, cut_value, cut_index, start):
-    return logits.new_empty((logits.shape[0],), dtype=torch.float64)
+def _shard_kept_mass_fake(logits, offset, max_logit, temperature, min_p, cut_value, cut_index, start, want):
+    R = logits.shape[0]
+    return logits.new_empty((R,), dtype=torch.float64), logits.new_empty((R,), dtype=torch.float32)
 
 
 @torch.library.register_fake("softdec::shard_verify_race")
@@ -417,9 +418,10 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
       ``[B, 512]`` int64 (masses and tie counts), + one int64 per row (all_reduce) when the cut
       splits a run of ties (not counted);
     - "verify_exact" / "verify_exact_top_p" (one-hot drafts, no top-k): the partials of B (K + 1)
-      positions + the layout row, the normaliser's broadcasts (one float64 per position from
-      each other rank) and the race winners (3 float64 per position); top-p adds the radix
-      rounds over the B (K + 1) positions (as "sample_top_p");
+      positions + the layout row, the normaliser's broadcasts (two float64 per position from
+      each other rank: the running sum and the draft token's mass) and the race winners (two
+      float64 per row that draws: at most B); top-p adds the radix rounds over the B (K + 1)
+      positions (as "sample_top_p");
     - "verify" (greedy, soft): the partials of B (K + 1) positions; top-k targets add one
       layout row of partials, and a dense draft ``4 (world k + 1)`` bytes per drafted position
       (all_reduce).
@@ -439,7 +441,7 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
         return bytes_per_call("sample_plain", B, 0, world, vocab_size=vocab_size) + radix
     if op in ("verify_exact", "verify_exact_top_p"):
         R = B * (K + 1)
-        out = (world - 1) * (R + 1) * 8 * _HEAD + (world - 1) * R * 8 + (world - 1) * R * 3 * 8
+        out = (world - 1) * (R + 1) * 8 * _HEAD + (world - 1) * R * 16 + (world - 1) * B * 16
         if op == "verify_exact_top_p":
             out += 3 * int(2 * (world - 1) / world * R * 256 * 8) + (world - 1) * R * 512 * 8
         return out
@@ -1197,8 +1199,10 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     Round 1: flags, max, argmax and the layout (one all_gather); the
     top-p cut of each position (``_cut``: the radix rounds of ``sample``); the normaliser as
     one running double sum of the kept masses in vocabulary order, continued rank after rank
-    (``shard_kept_mass``, a broadcast per rank); then each rank's race winner and the draft
-    token's p (``shard_verify_race``, the kernel's float arithmetic; one all_gather)."""
+    (``shard_kept_mass``, a broadcast per rank, which also carries the draft token's mass);
+    the acceptances; then, for the one position of each row that draws (the first rejection or
+    the bonus), each rank's race winner (``shard_verify_race``, the kernel's float arithmetic;
+    one all_gather of [B, 2])."""
     from ._rng import philox_uniform
     B, K1, Vl = x.shape
     K = K1 - 1
@@ -1235,50 +1239,59 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     if cutr.numel():  # the top-p cut (same rows and order on every rank)
         cv[cutr], ci[cutr] = _cut(xr[cutr].contiguous(), shards, m[cutr], mg.argmax[cutr], Tl[cutr],
                                   torch.zeros(cutr.numel(), dtype=torch.int64), tpl[cutr], sh)
-    # the normaliser: one running sum in vocabulary order, rank after rank
-    z = torch.zeros(R, dtype=torch.float64)
+    # the normaliser: one running sum in vocabulary order, rank after rank; with it, the
+    # draft token's mass (its holder's value)
+    zw = torch.stack([torch.zeros(R, dtype=torch.float64), torch.full((R,), -1.0, dtype=torch.float64)], 1)
     if bool(live.any()):
         for w in sorted(range(sh.world), key=lambda w_: shards[w_][0]):
             if w == sh.rank:
-                z = _ops.shard_kept_mass(xr, sh.offset, m, Tl, mpl, cv, ci, z)
+                zz, ex = _ops.shard_kept_mass(xr, sh.offset, m, Tl, mpl, cv, ci, zw[:, 0].contiguous(), dpos)
+                zw = torch.stack([zz, torch.maximum(zw[:, 1], ex.double())], 1)
             if sh.world > 1:
                 src = dist.get_global_rank(sh.group, w) if sh.group is not None else w
-                dist.broadcast(z, src=src, group=sh.group)
+                dist.broadcast(zw, src=src, group=sh.group)
+    z = zw[:, 0]
     # inv_z = float(exp(-log z)) with the C library's exp / log (those of the kernel)
     inv_z = torch.tensor(np.array([math.exp(-math.log(v)) if v > 0 else 0.0 for v in z.tolist()],
                                   dtype=np.float32), dtype=torch.float32)
-    j = torch.arange(K1).repeat(B)
-    bonus = j == nd.repeat_interleave(K1)
-    ss, oo = s.repeat_interleave(K1), o.repeat_interleave(K1) + 1 + j
-    skip = torch.where(bonus, torch.full_like(dpos, -1), dpos)
-    key, bid, px = _ops.shard_verify_race(xr, sh.offset, m, Tl, mpl, cv, ci, inv_z, ss.contiguous(), oo.contiguous(),
-                                          skip.contiguous())
-    g2 = _gather(torch.stack([key.double(), bid.double(), px.double()], 1), sh)
-    kb, ib = g2[:, :, 0], g2[:, :, 1]
-    kmax = kb.amax(0)
-    win = torch.where((kb == kmax[None]) & (ib >= 0), ib, torch.full_like(kb, 2.0 ** 62)).amin(0)
-    race = torch.where(win < 2.0 ** 62, win, mg.argmax.double()).long()
-    px = g2[:, :, 2].amax(0).float()  # the holder's p (others -1)
-    px = torch.where(greedy, (dpos == mg.argmax).float(), px.clamp_min(0))
+    px = zw[:, 1].float().clamp_min(0) * inv_z  # p_of: fexp(.) * inv_z in float
+    px = torch.where(greedy, (dpos == mg.argmax).float(), px)
     ua = philox_uniform((B, max(K, 1)), s, o)
     tokens = torch.full((B, K1), -1, dtype=torch.int64)
     nacc = torch.zeros(B, dtype=torch.int64)
     valid = mg.valid.reshape(B, K1)
-    px, race, am, greedy = px.reshape(B, K1), race.reshape(B, K1), mg.argmax.reshape(B, K1), greedy.reshape(B, K1)
+    pxb, am, gr = px.reshape(B, K1), mg.argmax.reshape(B, K1), greedy.reshape(B, K1)
+    race_rows, race_at = [], []  # the position of each row that draws from the residual / target
     for b in range(B):
         n = int(nd[b])
         for jj in range(n + 1):
             if not bool(valid[b, jj]):
                 break
-            if jj == n:
-                tokens[b, jj] = am[b, jj] if bool(greedy[b, jj]) else race[b, jj]
-                break
-            if float(ua[b, jj]) < float(px[b, jj]):
+            if jj < n and float(ua[b, jj]) < float(pxb[b, jj]):
                 tokens[b, jj] = draft_ids[b, jj]
                 nacc[b] += 1
                 continue
-            tokens[b, jj] = am[b, jj] if bool(greedy[b, jj]) else race[b, jj]
+            if bool(gr[b, jj]):
+                tokens[b, jj] = am[b, jj]
+            else:
+                race_rows.append(b * K1 + jj)
+                race_at.append((b, jj))
             break
+    if race_rows:  # every rank has the same rows: the decisions above are the same everywhere
+        rr = torch.tensor(race_rows, dtype=torch.int64)
+        jr = torch.tensor([jj for _, jj in race_at], dtype=torch.int64)
+        bonus = jr == nd[rr // K1]
+        skip = torch.where(bonus, torch.full_like(rr, -1), dpos[rr])
+        key, bid, _ = _ops.shard_verify_race(xr[rr].contiguous(), sh.offset, m[rr], Tl[rr], mpl[rr], cv[rr], ci[rr],
+                                             inv_z[rr], s[rr // K1].contiguous(), (o[rr // K1] + 1 + jr).contiguous(),
+                                             skip.contiguous())
+        g2 = _gather(torch.stack([key.double(), bid.double()], 1), sh)
+        kb, ib = g2[:, :, 0], g2[:, :, 1]
+        kmax = kb.amax(0)
+        win = torch.where((kb == kmax[None]) & (ib >= 0), ib, torch.full_like(kb, 2.0 ** 62)).amin(0)
+        race = torch.where(win < 2.0 ** 62, win, mg.argmax[rr].double()).long()
+        for t_, (b, jj) in enumerate(race_at):
+            tokens[b, jj] = race[t_]
     return Verified(tokens.to(dev), nacc.to(dev), None, None)
 
 
