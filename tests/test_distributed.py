@@ -579,6 +579,7 @@ def _verify_exact_top_p_worker(rank, world):
             cfgs = [dict(top_p=p, temperature=t, min_p=mp) for p in (0.5, 0.9, 0.99) for t in (0.7, 1.0)
                     for mp in (0.0, 0.05)]
             cfgs += [dict(top_p=0.0), dict(top_p=0.9, num_draft=nd), dict(top_p=0.9, temperature=0.0),
+                     dict(top_k=3000, top_p=0.95), dict(top_k=2100, min_p=0.01, temperature=0.7),
                      dict(top_p=torch.tensor([0.9, 1.0, 0.5, 0.8, 0.95]),
                           temperature=torch.tensor([1.0, 0.0, 0.7, 1.0, 1.3]))]
             for kw in cfgs:

@@ -999,8 +999,8 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
       the race uniforms (element id of the stream) are those of the full row, so the
       result is the single-device one bit for bit (the compute is O(V) per position on
       every rank, the exchange O(k));
-    - "exact" with one-hot drafts and no top-k (temperature, top-p, min-p): O(B (K + 1))
-      values: the partials, the top-p cut's radix rounds (as ``sample``; top-p rows only),
+    - "exact" with one-hot drafts and no top-k (or top_k > 2048; temperature, top-p, min-p):
+      O(B (K + 1)) values: the partials, the cut's radix rounds (as ``sample``),
       the normaliser as a running sum passed rank to rank (one broadcast per rank) and each
       rank's race winner with the draft token's p (native, the kernel's float arithmetic);
       top-p targets give the single-device result bit for bit, others up to the
@@ -1071,7 +1071,7 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
             return _verify_candidates(x, draft_ids, nd, dense, draft_probs if sparse else None,
                                       int(kt.max()), sh, kw, seed, offset, generator)
         tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
-        if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V)).any()):
+        if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V) & (kt <= _SMALL_K)).any()):
             return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
         return _verify_gathered(x, draft_ids, nd, dense, draft_probs if sparse else None, sh, kw,
                                 seed, offset, generator)
@@ -1194,7 +1194,8 @@ def _verify_candidates(x, draft_ids, nd, dense, sp, c: int, sh: Shard, kw, seed,
 
 
 def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh: Shard):
-    """Exact rejection sampling with one-hot drafts, full-vocabulary targets (T, top-p, min-p).
+    """Exact rejection sampling with one-hot drafts, targets without a small top-k (T, top-k >
+    2048, top-p, min-p).
 
     Round 1: flags, max, argmax and the layout (one all_gather); the
     top-p cut of each position (``_cut``: the radix rounds of ``sample``); the normaliser as
@@ -1211,9 +1212,9 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
     tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
     mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
-    if bool(((kt > 0) & (kt < sh.vocab_size)).any()):
-        raise NotImplementedError("softdec.distributed.verify(method='exact'): a top_k > 2048 target is not "
-                                  "supported on shards yet (temperature, top_p and min_p are)")
+    if bool(((kt > 0) & (kt < sh.vocab_size) & (kt <= _SMALL_K)).any()):
+        raise ValueError("_verify_exact takes targets without top-k or with top_k > 2048 (the candidates path "
+                         "takes the others)")
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
     # round 1: flags, max, argmax per position, the layout
     R = B * K1
@@ -1235,10 +1236,11 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     cv = torch.full((R,), -math.inf, dtype=torch.float32)
     ci = torch.full((R,), _IMAX, dtype=torch.int64)
     tpl = tp.repeat_interleave(K1)
-    cutr = (live & (tpl < 1)).nonzero()[:, 0]
-    if cutr.numel():  # the top-p cut (same rows and order on every rank)
+    ktl = torch.where(kt < sh.vocab_size, kt, torch.zeros_like(kt)).repeat_interleave(K1)
+    cutr = (live & ((tpl < 1) | (ktl > 0))).nonzero()[:, 0]
+    if cutr.numel():  # the top-k (> 2048) / top-p cut (same rows and order on every rank)
         cv[cutr], ci[cutr] = _cut(xr[cutr].contiguous(), shards, m[cutr], mg.argmax[cutr], Tl[cutr],
-                                  torch.zeros(cutr.numel(), dtype=torch.int64), tpl[cutr], sh)
+                                  ktl[cutr], tpl[cutr], sh)
     # the normaliser: one running sum in vocabulary order, rank after rank; with it, the
     # draft token's mass (its holder's value)
     zw = torch.stack([torch.zeros(R, dtype=torch.float64), torch.full((R,), -1.0, dtype=torch.float64)], 1)
