@@ -252,7 +252,7 @@ def _sample_top_p_worker(rank, world):
                 for top_p in (0.5, 0.9, 0.99):
                     for T in (0.7, 1.0):
                         for min_p in (0.0, 0.05):
-                            for seed in range(8):
+                            for seed in range(5):  # (bounded: the ranks share the 120 s limit)
                                 kw = dict(top_p=top_p, temperature=T, min_p=min_p, seed=seed)
                                 a = softdec.sample(x, **kw)
                                 b = sd.sample(xs, vocab_offset=lo, vocab_size=Vv, **kw)
@@ -583,7 +583,7 @@ def _verify_exact_top_p_worker(rank, world):
                      dict(top_p=torch.tensor([0.9, 1.0, 0.5, 0.8, 0.95]),
                           temperature=torch.tensor([1.0, 0.0, 0.7, 1.0, 1.3]))]
             for kw in cfgs:
-                for seed in range(6):
+                for seed in range(4):
                     a = softdec.verify(x, d, method="exact", seed=seed, **kw)
                     b = sd.verify(xs, d, method="exact", vocab_offset=lo, vocab_size=Vv, seed=seed, **kw)
                     assert torch.equal(a.tokens, b.tokens), (Vv, kw, seed, a.tokens, b.tokens)
