@@ -107,6 +107,10 @@ cuda-check: setup
 	nvcc -std=c++17 --expt-relaxed-constexpr -I csrc/cuda -I include tests/cuda_host/row_filter_keys.cu \
 	  -o build/cuda-check/row_filter_keys
 	build/cuda-check/row_filter_keys
+	# softdec.distributed's CUDA draw walk and candidate merge against the CPU ops' loops (host code)
+	nvcc -std=c++17 -O2 --expt-relaxed-constexpr -I include -I csrc/cuda tests/cuda_host/distributed_walk.cu \
+	  -o build/cuda-check/distributed_walk
+	build/cuda-check/distributed_walk
 	# every kernel: a launch bound, registers x threads <= 65536, no spills but those capped in
 	# tools/launch_resources_exceptions.txt, stack <= 512 B (ptxas -v + PTX); no CAS loop and no
 	# floating-point atomic in the SASS but those in tools/sass_atomics_exceptions.txt (cuobjdump -sass)

@@ -7,7 +7,13 @@
 #      (tools/check_launch_resources.py);
 #   2. the CUDA tests written as CUDA == CPU checks (pytest -m cuda -k test_cuda_, a per-test
 #      timeout);
-#   3. the CUDA benchmark, quick, without torch.compile baselines;
+#   3. the CUDA benchmark, quick, without torch.compile baselines: on CUDA --quick keeps the DESIGN
+#      shapes of the issue-17 rows (sample plain / filtered at B = 64, soft_mixture B in {1, 8, 64}
+#      at D = 3584, verify B = 64, sparse decode page and token mode at N = 32768), each with time,
+#      GB/s and the fraction of the device-to-device copy bandwidth measured in the same run, and
+#      the FlashInfer columns when flashinfer imports (its version goes to machine.txt; a FlashInfer
+#      without prebuilt kernels JIT-compiles them in its first timed call, inside this phase's limit);
+#      bench-cuda.json is rewritten after every row, so a phase stopped by its limit keeps its rows;
 #   4. in the time left: the device="cuda" instances of the device-parametrized tests (also
 #      marked cuda), then the CPU tests.
 # Every phase runs under `timeout`; everything is written to OUT, nothing is hidden:
@@ -91,6 +97,11 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print("gpu", p.name, "capability", f"{p.major}.{p.minor}", "sms", p.multi_processor_count,
           "memory GiB", round(p.total_memory / 2**30, 1))
+try:
+    import flashinfer
+    print("flashinfer", getattr(flashinfer, "__version__", "unknown"), "(the bench's FlashInfer columns)")
+except Exception as e:
+    print("flashinfer: not importable, the bench has no FlashInfer columns:", type(e).__name__)
 EOF
 } > "$OUTDIR/machine.txt" 2>&1
 cat "$OUTDIR/machine.txt"
@@ -183,7 +194,9 @@ t0=$(date +%s)
 if [ "$DRY" = 1 ]; then
   BENCH=(--device cpu --quick --no-compile --only philox --rounds 1 --budget 0.2)
 else
-  BENCH=(--device cuda --quick --no-compile --rounds 1 --budget 0.25)
+  # about 26 rows; --budget 0.15: each fast callable ~0.2 s (a GPU kernel of up to a few ms gets
+  # dozens of timed calls); slow eager references are timed by one call
+  BENCH=(--device cuda --quick --no-compile --rounds 1 --budget 0.15)
 fi
 say "bench: softdec bench ${BENCH[*]} (limit ${BENCH_S}s)"
 (cd "$REPO" && timeout "$BENCH_S" "$PY" -m softdec bench "${BENCH[@]}" --json "$OUTDIR/bench-cuda.json" \

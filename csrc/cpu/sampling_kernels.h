@@ -460,11 +460,75 @@ void top_p_cut(const T* x, int64_t V, float m, int64_t argmax, float it, float t
 }
 
 
+// Plain and min-p rows read the vocabulary in fixed pieces of kFilterPiece
+// tokens: each piece's statistics and kept-mass lane sums start from zero and
+// the pieces are merged in index order, so the result does not depend on
+// whether the pieces ran on one thread or on torch's threads (`par`).
+constexpr int64_t kFilterPiece = 16384;
+
+// Kept mass of [lo, hi) in 8 interleaved double accumulators (token lo + j adds to lane j % 8,
+// lo a multiple of 8), free of the 4-cycle add chain a single accumulator has.
+template <class T>
+void kept_mass_lanes(const T* x, int64_t lo, int64_t hi, const filter::RowFilter& f, double* s8, int64_t* cnt_out) {
+  const float m = f.max_logit, it = f.inv_temp;
+  const bool all_finite_kept = f.cut_value == -kInf && !(f.log_min_p > -kInf);
+  int64_t cnt = 0;
+  alignas(64) float e[1024];
+  for (int64_t base = lo; base < hi; base += 1024) {
+    const int64_t n = std::min<int64_t>(1024, hi - base);
+    masses(x + base, n, m, it, e);
+    if (all_finite_kept) {  // filter::kept is "finite" here: -inf tokens have e = 0
+      int64_t j = 0;
+      double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // registers: constant indices below
+      int64_t c8 = 0;
+      for (; j + 8 <= n; j += 8) {
+#pragma GCC unroll 8
+        for (int l = 0; l < 8; ++l) {
+          const bool k = to_float(x[base + j + l]) > -kInf;
+          a[l] += k ? static_cast<double>(e[j + l]) : 0.0;
+          c8 += k ? 1 : 0;
+        }
+      }
+      for (int l = 0; l < 8; ++l) s8[l] += a[l];
+      cnt += c8;
+      for (; j < n; ++j) {
+        const bool k = to_float(x[base + j]) > -kInf;
+        s8[j & 7] += k ? static_cast<double>(e[j]) : 0.0;
+        cnt += k ? 1 : 0;
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        const bool k = filter::kept(f, to_float(x[base + j]), base + j);
+        s8[j & 7] += k ? static_cast<double>(e[j]) : 0.0;
+        cnt += k ? 1 : 0;
+      }
+    }
+  }
+  *cnt_out = cnt;
+}
+
+// Runs body(piece, lo, hi) for the kFilterPiece pieces of [0, V): in order on this thread, or
+// on torch's threads when par.
+template <class Body>
+void for_pieces(int64_t V, bool par, const Body& body) {
+  const int64_t n = (V + kFilterPiece - 1) / kFilterPiece;
+  auto run = [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) body(i, i * kFilterPiece, std::min(V, (i + 1) * kFilterPiece));
+  };
+  if (par && n > 1) {
+    torch::stable::parallel_for(0, n, 1, run);
+  } else {
+    run(0, n);
+  }
+}
+
 // filter::RowFilter of one row of logits, with the fast passes above: greedy,
 // top-k (k <= kSmallK, candidate pass), top-p (O(V) cut), min-p and plain
-// rows; larger k falls back to filter::compute_row_filter. Serial (one thread).
+// rows; larger k falls back to filter::compute_row_filter. Serial (one thread),
+// except that `par` runs the plain / min-p passes' pieces on torch's threads
+// (same result: see kFilterPiece).
 template <class T>
-filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p) {
+filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p, bool par = false) {
   const int64_t k = (p.top_k > 0 && p.top_k < V) ? p.top_k : 0;
   if (k > kSmallK && p.temperature > 0.0f) {
     auto load = [x](int64_t i) { return to_float(x[i]); };
@@ -479,7 +543,20 @@ filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p) {
     topk_pass(x, 0, V, k, cand, fl);
     if (!cand.empty()) bs.take(cand[0].v, cand[0].i);
   } else {
-    stats_pass(x, 0, V, bs, fl);
+    const int64_t np = (V + kFilterPiece - 1) / kFilterPiece;
+    if (par && np > 1) {
+      std::vector<Best> pb(static_cast<size_t>(np));
+      std::vector<Flags> pf(static_cast<size_t>(np));
+      for_pieces(V, true, [&](int64_t i, int64_t lo, int64_t hi) {
+        stats_pass(x, lo, hi, pb[static_cast<size_t>(i)], pf[static_cast<size_t>(i)]);
+      });
+      for (int64_t i = 0; i < np; ++i) {  // max with the lowest index: exact in any split
+        if (pb[static_cast<size_t>(i)].idx >= 0) bs.take(pb[static_cast<size_t>(i)].key, pb[static_cast<size_t>(i)].idx);
+        fl.merge(pf[static_cast<size_t>(i)]);
+      }
+    } else {
+      stats_pass(x, 0, V, bs, fl);
+    }
   }
   if (fl.nan || fl.pinf || !fl.finite || bs.idx < 0) return f;  // invalid: valid = 0, argmax = 0
   f.valid = 1;
@@ -510,42 +587,19 @@ filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p) {
     f.cut_value = -kInf;
     f.cut_index = V;
   }
-  // Kept mass in 8 interleaved double accumulators (token j adds to lane j % 8), combined in a
-  // fixed order: deterministic, and free of the 4-cycle add chain a single accumulator has
-  // (that chain was most of this pass at V = 151936).
+  // Kept mass: each piece's 8 lane sums (kept_mass_lanes), added lane by lane in piece order,
+  // the lanes combined in a fixed tree (deterministic, and the same with or without par).
+  const int64_t np = (V + kFilterPiece - 1) / kFilterPiece;
+  std::vector<double> ps(static_cast<size_t>(np) * 8, 0.0);
+  std::vector<int64_t> pc(static_cast<size_t>(np), 0);
+  for_pieces(V, par, [&](int64_t i, int64_t lo, int64_t hi) {
+    kept_mass_lanes(x, lo, hi, f, ps.data() + i * 8, pc.data() + i);
+  });
   double s8[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
   int64_t cnt = 0;
-  alignas(64) float e[1024];
-  const bool all_finite_kept = f.cut_value == -kInf && !(f.log_min_p > -kInf);
-  for (int64_t base = 0; base < V; base += 1024) {
-    const int64_t n = std::min<int64_t>(1024, V - base);
-    masses(x + base, n, m, it, e);
-    if (all_finite_kept) {  // filter::kept is "finite" here: -inf tokens have e = 0
-      int64_t j = 0;
-      double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // registers: constant indices below
-      int64_t c8 = 0;
-      for (; j + 8 <= n; j += 8) {
-#pragma GCC unroll 8
-        for (int l = 0; l < 8; ++l) {
-          const bool k = to_float(x[base + j + l]) > -kInf;
-          a[l] += k ? static_cast<double>(e[j + l]) : 0.0;
-          c8 += k ? 1 : 0;
-        }
-      }
-      for (int l = 0; l < 8; ++l) s8[l] += a[l];
-      cnt += c8;
-      for (; j < n; ++j) {
-        const bool k = to_float(x[base + j]) > -kInf;
-        s8[j & 7] += k ? static_cast<double>(e[j]) : 0.0;
-        cnt += k ? 1 : 0;
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        const bool k = filter::kept(f, to_float(x[base + j]), base + j);
-        s8[j & 7] += k ? static_cast<double>(e[j]) : 0.0;
-        cnt += k ? 1 : 0;
-      }
-    }
+  for (int64_t i = 0; i < np; ++i) {
+    for (int l = 0; l < 8; ++l) s8[l] += ps[static_cast<size_t>(i * 8 + l)];
+    cnt += pc[static_cast<size_t>(i)];
   }
   const double s = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
   f.num_kept = cnt;

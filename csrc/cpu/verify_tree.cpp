@@ -58,11 +58,14 @@ struct Win {
 // normaliser). Only r_i > 0 take part; the uniform of token i is element i of
 // the (seed, stream) stream. Same keys as verify.cpp's race (vexp / vlog are
 // filter::fexp / flog bit for bit).
+// Indices in the sorted list skip[0..nskip) do not take part (the touched entries of a
+// one-hot / sparse residual, raced separately).
 template <typename T>
 Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f, float inv_z, uint64_t seed,
-         uint64_t stream) {
+         uint64_t stream, const int64_t* skip, int64_t nskip) {
   Win best;
   if (lo >= hi) return best;
+  int64_t sk = static_cast<int64_t>(std::lower_bound(skip, skip + nskip, lo) - skip);
   alignas(64) float u[kChunkT];
   const bool prefix_all = f.cut_value == -kInfT;
 #if defined(SOFTDEC_SIMD_AVX512)
@@ -83,14 +86,14 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
       for (int64_t i = a; i < b; i += 16) {
         const __mmask16 tm = tail_mask(b - i);
         const __m512i gi = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(i)));
-        __m512 r;
+        __m512 r = _mm512_setzero_ps(), sc = _mm512_setzero_ps();
         __mmask16 keep;
         if (R) {
           r = _mm512_maskz_loadu_ps(tm, R + i);
           keep = _mm512_mask_cmp_ps_mask(tm, r, _mm512_setzero_ps(), _CMP_GT_OQ);
         } else {
           const __m512 v = load16_maskz(x + i, tm);
-          const __m512 sc = _mm512_mul_ps(_mm512_sub_ps(v, vm), vit);
+          sc = _mm512_mul_ps(_mm512_sub_ps(v, vm), vit);
           keep = _mm512_mask_cmp_ps_mask(tm, v, vninf, _CMP_GT_OQ);
           keep = _mm512_mask_cmp_ps_mask(keep, sc, vlmp, _CMP_GE_OQ);
           if (!prefix_all) {
@@ -98,10 +101,10 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
                                  (_mm512_cmp_ps_mask(v, vcv, _CMP_EQ_OQ) & _mm512_cmp_epi32_mask(gi, vci, _MM_CMPINT_LE));
             keep &= in;
           }
-          if (!keep) continue;
-          r = _mm512_mul_ps(vexp(sc), viz);
         }
+        for (; sk < nskip && skip[sk] < std::min<int64_t>(i + 16, b); ++sk) keep &= static_cast<__mmask16>(~(1u << (skip[sk] - i)));
         if (!keep) continue;
+        if (!R) r = _mm512_mul_ps(vexp(sc), viz);
         const __m512 uu = _mm512_maskz_loadu_ps(tm, u + (i - c0));
         const __m512 e = _mm512_sub_ps(_mm512_setzero_ps(), vlog(_mm512_mask_mov_ps(_mm512_set1_ps(0.5f), tm, uu)));
         const __m512 key = _mm512_div_ps(r, e);
@@ -113,6 +116,10 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
     }
 #endif
     for (int64_t i = a; i < b; ++i) {
+      if (sk < nskip && skip[sk] == i) {
+        ++sk;
+        continue;
+      }
       float r;
       if (R) {
         r = R[i];
@@ -136,40 +143,87 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
   return best;
 }
 
-// Race over p on [0, V) minus the sorted unique indices `skip`.
-// race() over [lo, hi), split into fixed 16384-token pieces run by torch's threads when `par`
-// (a batch too small to keep the threads busy with rows). race_better is a total order on
-// (key, index), so the merged winner is the serial race's whatever the split.
+// race() over [lo, hi) minus the sorted unique indices skip[0..nskip), split into fixed
+// 16384-token pieces run by torch's threads when `par` (a batch too small to keep the threads
+// busy with rows). race_better is a total order on (key, index), so the merged winner is the
+// serial race's whatever the split.
 template <typename T>
 Win race_par(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f, float inv_z,
-             uint64_t seed, uint64_t stream, bool par) {
+             uint64_t seed, uint64_t stream, bool par, const int64_t* skip = nullptr, int64_t nskip = 0) {
   constexpr int64_t kSplit = 16384;
-  if (!par || hi - lo <= 2 * kSplit) return race(x, R, lo, hi, f, inv_z, seed, stream);
+  if (!par || hi - lo <= 2 * kSplit) return race(x, R, lo, hi, f, inv_z, seed, stream, skip, nskip);
   const int64_t n = (hi - lo + kSplit - 1) / kSplit;
   std::vector<Win> part(static_cast<size_t>(n));
   torch::stable::parallel_for(0, n, 1, [&](int64_t a, int64_t e) {
     for (int64_t i = a; i < e; ++i)
-      part[static_cast<size_t>(i)] =
-          race(x, R, lo + i * kSplit, std::min(hi, lo + (i + 1) * kSplit), f, inv_z, seed, stream);
+      part[static_cast<size_t>(i)] = race(x, R, lo + i * kSplit, std::min(hi, lo + (i + 1) * kSplit), f, inv_z,
+                                          seed, stream, skip, nskip);
   });
   Win best;
   for (const Win& w : part) best.take(w.key, w.idx);
   return best;
 }
 
+struct Target {
+  RowFilter f;
+  float inv_z = 1.0f;
+};
+
+// R[i] = p_i, the filtered target, over [0, V) (the dense residual before the first rejection),
+// in fixed pieces (torch's threads when par).
 template <typename T>
-Win race_skip(const T* x, int64_t V, const RowFilter& f, float inv_z, uint64_t seed, uint64_t stream,
-              const std::vector<int64_t>& skip, bool par) {
-  Win b;
-  int64_t cur = 0;
-  for (int64_t s : skip) {
-    const Win w = race_par(x, static_cast<const float*>(nullptr), cur, s, f, inv_z, seed, stream, par);
-    b.take(w.key, w.idx);
-    cur = s + 1;
-  }
-  const Win w = race_par(x, static_cast<const float*>(nullptr), cur, V, f, inv_z, seed, stream, par);
-  b.take(w.key, w.idx);
-  return b;
+void fill_target(const T* x, int64_t V, const Target& t, float* R, bool par) {
+  cpu::for_pieces(V, par, [&](int64_t, int64_t lo, int64_t hi) {
+    if (t.f.greedy) {
+      for (int64_t i = lo; i < hi; ++i) R[i] = filter::kept(t.f, to_float(x[i]), i) ? 1.0f : 0.0f;
+      return;
+    }
+    for (int64_t base = lo; base < hi; base += 1024) {
+      const int64_t n = std::min<int64_t>(1024, hi - base);
+      cpu::masses(x + base, n, t.f.max_logit, t.f.inv_temp, R + base);  // fexp((x - m) / T), as p_of
+      for (int64_t j = 0; j < n; ++j)
+        R[base + j] = filter::kept(t.f, to_float(x[base + j]), base + j) ? R[base + j] * t.inv_z : 0.0f;
+    }
+  });
+}
+
+// R <- max(0, R - zf * q) over [0, V); returns the new mass. Each fixed piece sums into 16
+// double lanes (token lo + j adds to lane j % 16) combined in a fixed tree, the pieces in order:
+// the same value on one thread or on torch's threads (par).
+template <typename Q>
+double residual_update(float* R, const Q* q, float zf, int64_t V, bool par) {
+  const int64_t np = (V + cpu::kFilterPiece - 1) / cpu::kFilterPiece;
+  std::vector<double> part(static_cast<size_t>(np), 0.0);
+  cpu::for_pieces(V, par, [&](int64_t pi, int64_t lo, int64_t hi) {
+    alignas(64) double acc[16] = {};
+#if defined(SOFTDEC_SIMD_AVX512)
+    const __m512 vz = _mm512_set1_ps(zf), zero = _mm512_setzero_ps();
+    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
+    for (int64_t i = lo; i < hi; i += 16) {
+      const __mmask16 tm = tail_mask(hi - i);
+      const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(tm, R + i), _mm512_mul_ps(vz, load16_maskz(q + i, tm)));
+      const __m512 r = _mm512_max_ps(d, zero);
+      _mm512_mask_storeu_ps(R + i, tm, r);
+      a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(r)));
+      a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1))));
+    }
+    _mm512_store_pd(acc, a0);
+    _mm512_store_pd(acc + 8, a1);
+#else
+    for (int64_t i = lo; i < hi; ++i) {
+      const float d = R[i] - zf * static_cast<float>(q[i]);
+      const float r = d > 0.0f ? d : 0.0f;
+      R[i] = r;
+      acc[(i - lo) & 15] += r;
+    }
+#endif
+    double w[8];
+    for (int l = 0; l < 8; ++l) w[l] = acc[2 * l] + acc[2 * l + 1];
+    part[static_cast<size_t>(pi)] = ((w[0] + w[1]) + (w[2] + w[3])) + ((w[4] + w[5]) + (w[6] + w[7]));
+  });
+  double z = 0.0;
+  for (double v : part) z += v;
+  return z;
 }
 
 struct Params {
@@ -179,15 +233,10 @@ struct Params {
   bool par = false;  // one row: the vocabulary-wide races use torch's threads (race_par)
 };
 
-struct Target {
-  RowFilter f;
-  float inv_z = 1.0f;
-};
-
 template <typename T>
-Target target_at(const T* x, int64_t V, float temp, int64_t top_k, float top_p, float min_p) {
+Target target_at(const T* x, int64_t V, float temp, int64_t top_k, float top_p, float min_p, bool par) {
   Target t;
-  t.f = cpu::fast_row_filter(x, V, filter::Params{temp, top_k, top_p, min_p});
+  t.f = cpu::fast_row_filter(x, V, filter::Params{temp, top_k, top_p, min_p}, par);
   if (t.f.valid && !t.f.greedy) t.inv_z = static_cast<float>(std::exp(-t.f.log_norm));
   return t;
 }
@@ -262,7 +311,7 @@ void tree_row(int64_t b, const Row<T, Q>& c, const Params& P) {
     const T* x = c.logits + b * c.ls0 + cur * c.ls1;
     if (P.method == verify::kSoft) {
       const int64_t kk = top_k > 0 ? std::min(top_k, ks) : ks;
-      const Target t = target_at(x, V, temp, kk, top_p, min_p);
+      const Target t = target_at(x, V, temp, kk, top_p, min_p, P.par);
       int64_t* oi = c.soft_ids + b * ks;
       float* ow = c.soft_w + b * ks;
       if (!t.f.valid) {
@@ -309,7 +358,7 @@ void tree_row(int64_t b, const Row<T, Q>& c, const Params& P) {
       break;
     }
 
-    const Target t = target_at(x, V, temp, top_k, top_p, min_p);
+    const Target t = target_at(x, V, temp, top_k, top_p, min_p, P.par);
     if (!t.f.valid) {
       tok[nacc] = -1;
       break;
@@ -376,19 +425,11 @@ void tree_row(int64_t b, const Row<T, Q>& c, const Params& P) {
         // rejected: R <- max(0, R - Z q), Z <- its mass
         if (P.kind == verify::kDense) {
           if (!dense_r) {
-            Rbuf.assign(static_cast<size_t>(V), 0.0f);
-            for (int64_t i = 0; i < V; ++i) Rbuf[static_cast<size_t>(i)] = p_of(x, t, i);
+            Rbuf.resize(static_cast<size_t>(V));
+            fill_target(x, V, t, Rbuf.data(), P.par);
             dense_r = true;
           }
-          const Q* q = c.dprobs + b * c.ds0 + k * c.ds1;
-          double z = 0.0;
-          for (int64_t i = 0; i < V; ++i) {
-            const float d = Rbuf[static_cast<size_t>(i)] - zf * static_cast<float>(q[i]);
-            const float r = d > 0.0f ? d : 0.0f;
-            Rbuf[static_cast<size_t>(i)] = r;
-            z += r;
-          }
-          Z = z;
+          Z = residual_update(Rbuf.data(), c.dprobs + b * c.ds0 + k * c.ds1, zf, V, P.par);
         } else {
           auto update = [&](int64_t y, float qy) {
             const float old = r_at(y);
@@ -433,13 +474,14 @@ void tree_row(int64_t b, const Row<T, Q>& c, const Params& P) {
       skip.clear();
       for (const auto& e : touched) skip.push_back(e.first);
       std::sort(skip.begin(), skip.end());
-      w = race_skip(x, V, t.f, t.inv_z, seed, stream, skip, P.par);
+      w = race_par(x, static_cast<const float*>(nullptr), 0, V, t.f, t.inv_z, seed, stream, P.par, skip.data(),
+                   static_cast<int64_t>(skip.size()));
       std::sort(touched.begin(), touched.end());
       for (const auto& e : touched)
         if (e.second > 0.0f)
           w.take(verify::race_key(e.second, philox::uniform(seed, stream, static_cast<uint64_t>(e.first))), e.first);
     }
-    if (w.idx < 0) w = race_skip(x, V, t.f, t.inv_z, seed, stream, {}, P.par);
+    if (w.idx < 0) w = race_par(x, static_cast<const float*>(nullptr), 0, V, t.f, t.inv_z, seed, stream, P.par);
     tok[nacc] = w.idx >= 0 ? w.idx : t.f.argmax;
     break;
   }

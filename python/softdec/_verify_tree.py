@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Union
 
+import numpy as np
 import torch
 
-from ._params import FLOAT_DTYPES, check_tensor, float_arg, rng_state, row_param, _register_no_backward
+from ._params import FLOAT_DTYPES, below_autograd, check_tensor, float_arg, rng_state, row_param, _register_no_backward
 from ._verify import _VERIFY_METHODS, _draft_probs_arg
 
 _ops = torch.ops.softdec
@@ -60,6 +61,20 @@ def _verify_tree_fake(target_logits, tree_tokens, tree_parents, draft_probs, spa
 
 def _first(mask):
     return tuple(int(v) for v in mask.nonzero()[0])
+
+
+def _sparse_weights_ok_cpu(parents, sw, sum_tol) -> bool:
+    """Fast pass of the sparse weight checks on CPU tensors (a few numpy reductions: the per-call
+    cost matters at B = 1): True when every real node's weights are finite, non-negative and sum
+    to 1 within sum_tol (a NaN or inf weight makes its sum fail)."""
+    if sw.shape[0] == 0 or sw.shape[1] == 1:
+        return True
+    w = sw.numpy()[:, 1:]
+    pad = parents.numpy()[:, 1:] == -1
+    if not (pad | (w.min(-1) >= 0)).all():  # a negative or NaN weight (NaN compares False)
+        return False
+    # weights >= 0 here (+inf possible): the sum cannot hit inf - inf
+    return bool((pad | (np.abs(w.sum(-1, dtype=np.float64) - 1.0) <= sum_tol)).all())
 
 
 def _check_tree_data(tl, tokens, parents, sparse, sid, sw, soft, sum_tol):
@@ -244,11 +259,19 @@ def verify_tree(target_logits: torch.Tensor, tree_tokens: torch.Tensor, tree_par
     posterior_alpha = float_arg(posterior_alpha, "posterior_alpha", lo=0)
     delta = float_arg(delta, "delta", lo=0)
     if not torch.compiler.is_compiling():
-        _check_tree_data(tl, tokens, parents, sparse, sid, sw, mcode == 4, sum_tol)
+        if dev.type == "cpu":  # the CPU kernel checks the tree and the ids itself (same messages)
+            if sparse and not _sparse_weights_ok_cpu(parents, sw, sum_tol):
+                _check_tree_data(tl, tokens, parents, sparse, sid, sw, mcode == 4, sum_tol)  # raises
+        else:
+            _check_tree_data(tl, tokens, parents, sparse, sid, sw, mcode == 4, sum_tol)
     s, o = rng_state(seed, offset, B, dev, generator)
-    nodes, toks, nacc, soft_ids, soft_w = _ops.verify_tree(
-        tl, tokens, parents, dense, sid, sw, mcode, T, tk, tp, mp, float(posterior_threshold),
-        float(posterior_alpha), float(delta), s, o)
+    args = (tl, tokens, parents, dense, sid, sw, mcode, T, tk, tp, mp, float(posterior_threshold),
+            float(posterior_alpha), float(delta), s, o)
+    if below_autograd(*[t for t in (tl, dense, sw) if t is not None]):
+        with torch._C._AutoDispatchBelowAutograd():
+            nodes, toks, nacc, soft_ids, soft_w = _ops.verify_tree(*args)
+    else:
+        nodes, toks, nacc, soft_ids, soft_w = _ops.verify_tree(*args)
     if mcode == 4:
         return VerifiedTree(nodes, toks, nacc, soft_ids, soft_w)
     return VerifiedTree(nodes, toks, nacc, None, None)

@@ -77,7 +77,22 @@ native kernels. ``verify(method="exact")`` with one-hot drafts and no top-k is b
 single-device op for top-p targets; without top-p the single-device normaliser is a
 vectorised (and, for small batches, thread-split) double sum whose rounding the serial chain
 does not repeat, so an acceptance or race decided within ~1e-16 relative of its threshold
-may differ. CPU shards (gloo) only so far.
+may differ.
+
+Devices: CPU shards (gloo) and CUDA shards (NCCL, or gloo with CUDA tensors): every tensor
+the ops create is on the shard's device; the five shard helpers have CUDA kernels
+(csrc/cuda/distributed.cu, the same numbers as the CPU ones). The top-p / large-k cut and
+verify(method="exact")'s chain and race (shard_radix_hist, shard_nth_tie, shard_cut_block_*,
+shard_kept_mass, shard_verify_race) are CPU-only so far: on CUDA shards top-p sample rows
+all_gather their rows, and verify(method="exact") takes the torch-op race without top-p
+(_verify_exact_torch: torch.exp / torch.log where the kernel uses fexp / flog, ~1 ulp) and
+gathers the rows with top-p. The CUDA path is compiled but
+has not been run yet (tests/test_distributed_cuda.py runs when a GPU is present). On CUDA a
+few steps read values on the host as the CPU path does: the layout / branch decisions
+(``tolist``, ``bool(...any())``), the acceptance walk of ``verify(method="exact")`` (one
+copy), the Philox / Gamma draws of soft_mixture's Gumbel / Dirichlet noise
+(softdec.reference.philox_at / soft_gamma, numpy), and the per-row id sets of the greedy /
+soft verify's compact rows (``torch.unique``).
 """
 
 from __future__ import annotations
@@ -238,7 +253,7 @@ def _first_k(x: torch.Tensor, c: int, base: int):
     R, Vl = x.shape
     c = min(c, Vl)
     if c == 0:
-        return x.new_empty(R, 0), torch.empty(R, 0, dtype=torch.float64)
+        return x.new_empty(R, 0), torch.empty(R, 0, dtype=torch.float64, device=x.device)
     safe = torch.nan_to_num(x, nan=float("inf"))  # NaN rows are invalid anyway
     thr = torch.topk(safe, c, dim=1, sorted=True).values[:, -1:]
     gt = safe > thr
@@ -264,9 +279,10 @@ def _local_stats(x: torch.Tensor, c: int, it: Optional[torch.Tensor], sh: Shard)
     if R == 0 or Vl == 0 or c > _SM_MAX_K:
         return _local_stats_torch(x, c, it, sh)
     k = max(c, 1)
-    T = torch.ones(R, dtype=torch.float64) if it is None else 1.0 / it
-    st = _sm(x, torch.zeros(Vl, 1), top_k=k, temperature=T, seed=0, offset=0)
-    out = torch.zeros(R, _HEAD + 2 * c, dtype=torch.float64)
+    dev = x.device
+    T = torch.ones(R, dtype=torch.float64, device=dev) if it is None else 1.0 / it
+    st = _sm(x, torch.zeros(Vl, 1, device=dev), top_k=k, temperature=T, seed=0, offset=0)
+    out = torch.zeros(R, _HEAD + 2 * c, dtype=torch.float64, device=dev)
     ids = st.ids
     vals = torch.gather(x, 1, ids)
     out[:, 2] = 1.0
@@ -279,7 +295,7 @@ def _local_stats(x: torch.Tensor, c: int, it: Optional[torch.Tensor], sh: Shard)
     if c > 0:
         n = ids.shape[1]
         # padding repeats the first id (fewer than c finite tokens on the shard)
-        pad = (ids == ids[:, :1]) & (torch.arange(n)[None] > 0)
+        pad = (ids == ids[:, :1]) & (torch.arange(n, device=dev)[None] > 0)
         pad |= ~(vals > -math.inf)
         out[:, _HEAD:_HEAD + c] = -math.inf
         out[:, _HEAD + c:] = _NO_ID
@@ -297,7 +313,7 @@ def _local_stats_torch(x: torch.Tensor, c: int, it: Optional[torch.Tensor], sh: 
     (nan, +inf, any finite, max, argmax id, S, A, 0, candidate values, candidate ids).
     S, A: online-softmax sums at inverse temperature ``it`` [R] relative to the shard max."""
     R, Vl = x.shape
-    out = torch.zeros(R, _HEAD + 2 * c, dtype=torch.float64)
+    out = torch.zeros(R, _HEAD + 2 * c, dtype=torch.float64, device=x.device)
     if R == 0:
         return out
     out[:, 0] = torch.isnan(x).any(1).double()
@@ -345,7 +361,7 @@ def _merge(g: torch.Tensor, c: int, it) -> _Merged:
     W, R, _ = g.shape
     if it is None:  # one native pass (csrc/cpu/distributed.cpp)
         valid, m, am, cv, ci = _ops.merge_partials(g.contiguous(), c)
-        z = torch.zeros(R, dtype=torch.float64)
+        z = torch.zeros(R, dtype=torch.float64, device=g.device)
         return _Merged(valid, m, am, z, z, cv[:, :-1], ci[:, :-1])
     nan = g[:, :, 0].amax(0) > 0
     pinf = g[:, :, 1].amax(0) > 0
@@ -354,8 +370,8 @@ def _merge(g: torch.Tensor, c: int, it) -> _Merged:
     m = mx.amax(0)
     am = torch.where(mx == m[None], g[:, :, 4], torch.full_like(mx, _NO_ID)).amin(0)
     valid = ~nan & ~pinf & fin
-    ent = torch.zeros(R, dtype=torch.float64)
-    mp = torch.zeros(R, dtype=torch.float64)
+    ent = torch.zeros(R, dtype=torch.float64, device=g.device)
+    mp = torch.zeros(R, dtype=torch.float64, device=g.device)
     if it is not None:
         mloc = torch.where(mx > -math.inf, mx, torch.zeros_like(mx))
         mg = torch.where(m > -math.inf, m, torch.zeros_like(m))
@@ -374,8 +390,8 @@ def _merge(g: torch.Tensor, c: int, it) -> _Merged:
         cand_v = torch.where(pad, torch.full_like(v, -math.inf), v).float()
         cand_id = torch.where(pad, torch.full_like(i, -1), i).long()
     else:
-        cand_v = torch.empty(R, 0)
-        cand_id = torch.empty(R, 0, dtype=torch.int64)
+        cand_v = torch.empty(R, 0, device=g.device)
+        cand_id = torch.empty(R, 0, dtype=torch.int64, device=g.device)
     amx = torch.where(am >= _NO_ID, torch.zeros_like(am), am).long()
     return _Merged(valid, m, amx, ent, mp, cand_v, cand_id)
 
@@ -385,20 +401,21 @@ def _compact(mg: _Merged) -> torch.Tensor:
     equal to the number of candidates still takes the native top-k path), NaN rows where the
     full row is invalid (the native op then reports them invalid)."""
     R = mg.cand_v.shape[0]
-    x = torch.cat([mg.cand_v, torch.full((R, 1), -math.inf)], 1)
+    x = torch.cat([mg.cand_v, mg.cand_v.new_full((R, 1), -math.inf)], 1)
     return torch.where(mg.valid[:, None], x, torch.full_like(x, math.nan))
 
 
 def _map_ids(compact_ids: torch.Tensor, mg: _Merged) -> torch.Tensor:
-    ids = torch.cat([mg.cand_id, torch.full((mg.cand_id.shape[0], 1), -1, dtype=torch.int64)], 1)
+    ids = torch.cat([mg.cand_id, mg.cand_id.new_full((mg.cand_id.shape[0], 1), -1)], 1)
     out = torch.gather(ids, 1, compact_ids.clamp(0, ids.shape[1] - 1))
     return torch.where(out >= 0, out, torch.zeros_like(out))
 
 
 def _rows(x: torch.Tensor, name: str) -> torch.Tensor:
     check_tensor(x, name, dim=2, layout="(batch, vocab_local)", dtypes=FLOAT_DTYPES)
-    if x.device.type != "cpu":
-        raise NotImplementedError(f"softdec.distributed supports CPU shards (gloo) so far; {name} is on {x.device}")
+    if x.device.type not in ("cpu", "cuda"):
+        raise NotImplementedError(f"softdec.distributed supports CPU (gloo) and CUDA (NCCL) shards; "
+                                  f"{name} is on {x.device}")
     return x
 
 
@@ -501,6 +518,8 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         cut = ~greedy & ~cand & ~blocks  # top-p without top-k, or k > 2048: the cut on shards
         sel = {name: m.nonzero()[:, 0] for name, m in (("cand", cand), ("blocks", blocks), ("cut", cut))
                if bool(m.any())}
+    if "cut" in sel and x.device.type != "cpu":  # the cut's helpers are CPU-only so far: gather the rows
+        sel["full"] = sel.pop("cut")
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
 
     def take(v, r):
@@ -509,7 +528,7 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     def per_row(v, r, dtype):
         n = B if r is None else r.numel()
         return v[r] if isinstance(v, torch.Tensor) and r is not None else \
-            (v if isinstance(v, torch.Tensor) else torch.full((n,), v, dtype=dtype))
+            (v if isinstance(v, torch.Tensor) else torch.full((n,), v, dtype=dtype, device=dev))
 
     if "cand" in sel:
         rc = sel["cand"]
@@ -519,7 +538,7 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     part = _local_stats(x, c, None, sh)
     if "blocks" in sel or "cut" in sel:  # the shard's tokens in blocks it shares with other shards (float32 bits)
         part = torch.cat([part, _fragments(x, sh)], 1)
-    head = torch.zeros(1, part.shape[1], dtype=torch.float64)
+    head = torch.zeros(1, part.shape[1], dtype=torch.float64, device=dev)
     head[0, 0], head[0, 1] = sh.offset, Vl
     g = _gather(torch.cat([part, head]), sh)
     shards = [(int(a), int(b)) for a, b in g[:, B, :2].tolist()]
@@ -567,6 +586,19 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
                 ids = got
             else:
                 ids[r] = got
+    if "full" in sel:
+        r = sel["full"]
+        rr = torch.arange(B, device=dev) if r is None else r
+        width = max(n for _, n in shards)
+        mine = torch.full((rr.numel(), width), -math.inf, dtype=torch.float32, device=dev)
+        mine[:, :Vl] = x[rr]
+        parts = _gather(mine, sh)
+        row = torch.empty(rr.numel(), V, dtype=torch.float32, device=dev)
+        for w, (lo, n) in enumerate(shards):
+            row[:, lo:lo + n] = parts[w, :, :n]
+        res = _sample(row.to(x.dtype), temperature=take(T, r), top_k=take(K, r), top_p=take(P, r),
+                      min_p=take(MP, r), seed=s[rr], offset=o[rr])
+        ids[rr] = res.ids
     ids = torch.where(mg.valid, ids, torch.zeros_like(ids))
     return Sampled(ids.to(dev), mg.valid.to(dev))
 
@@ -604,7 +636,7 @@ def _pieces(off: int, n: int, V: int) -> list[tuple[int, int]]:
 def _fragments(xf: torch.Tensor, sh: Shard) -> torch.Tensor:
     """[B, _FRAG / 2] float64 columns holding the float32 bits of the shard's boundary tokens."""
     B = xf.shape[0]
-    out = torch.zeros(B, _FRAG, dtype=torch.float32)
+    out = torch.zeros(B, _FRAG, dtype=torch.float32, device=xf.device)
     at = 0
     for a, b in _pieces(sh.offset, xf.shape[1], sh.vocab_size):
         out[:, at:at + b - a] = xf[:, a - sh.offset:b - sh.offset].float()
@@ -634,7 +666,7 @@ def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard, cut=None) -> torch.
             b0 = a // _BLK * _BLK
             blk = split.get(b0)
             if blk is None:
-                blk = split[b0] = torch.full((R, min(_BLK, V - b0)), -math.inf)
+                blk = split[b0] = torch.full((R, min(_BLK, V - b0)), -math.inf, device=x.device)
             blk[:, a - b0:b - b0] = vals[:, at:at + b - a]
             at += b - a
     inner = [_inner(off, n, V) for off, n in shards]
@@ -655,10 +687,10 @@ def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard, cut=None) -> torch.
     mine = masses(x, sh.offset)
     width = max(hi - lo for lo, hi in inner)
     if width:
-        pad = torch.zeros(R, width, dtype=torch.float64)
+        pad = torch.zeros(R, width, dtype=torch.float64, device=x.device)
         pad[:, :mine.shape[1]] = mine
         got = _gather(pad, sh)
-    sums = torch.zeros(R, nb, dtype=torch.float64)
+    sums = torch.zeros(R, nb, dtype=torch.float64, device=x.device)
     for w, (lo, hi) in enumerate(inner):
         if hi > lo:
             sums[:, lo:hi] = got[w, :, :hi - lo]
@@ -668,7 +700,7 @@ def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard, cut=None) -> torch.
     ids = pick(x, sh.offset, block, target)
     for b0, blk in split.items():
         ids = torch.maximum(ids, pick(blk, b0, block, target))
-    in_split = torch.zeros(R, dtype=torch.bool)
+    in_split = torch.zeros(R, dtype=torch.bool, device=x.device)
     for b0 in split:
         in_split |= block == b0 // _BLK
     if sh.world > 1 and not bool(in_split.all()):
@@ -879,7 +911,7 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
     g = _gather(_local_stats(x.float(), kc, it, sh), sh)
     mg = _merge(g, kc, it)
     comp = _compact(mg)
-    dummy = torch.zeros(comp.shape[1], 1)
+    dummy = torch.zeros(comp.shape[1], 1, device=dev)
     res = _sm(comp.to(torch.float32), dummy, top_k=top_k, temperature=temperature, top_p=top_p,
               min_p=min_p, seed=0, offset=0, filter_top_k=filter_top_k)
     ids = _map_ids(res.ids, mg)
@@ -897,7 +929,7 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
     # the mixture: each rank's weighted rows of its own shard, summed over ranks
     local = (ids >= sh.offset) & (ids < sh.offset + Vl) & (w != 0)
     rows = embedding[(ids - sh.offset).clamp(0, max(Vl - 1, 0))].float() if Vl else \
-        torch.zeros(B, ids.shape[1], embedding.shape[1])
+        torch.zeros(B, ids.shape[1], embedding.shape[1], device=dev)
     emb = (rows * torch.where(local, w, torch.zeros_like(w))[:, :, None]).sum(1)
     if sh.world > 1:
         dist.all_reduce(emb, group=sh.group)
@@ -908,7 +940,7 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
         from ._rng import philox_normal
         acc = torch.float64 if embedding.dtype == torch.float64 else torch.float32
         eps = philox_normal((B, emb.shape[1]), seed=s, offset=o).to(acc)
-        noisy_emb = (emb.to(acc) + torch.tensor(embed_noise_std, dtype=acc) * eps).to(embedding.dtype)
+        noisy_emb = (emb.to(acc) + torch.tensor(embed_noise_std, dtype=acc, device=dev) * eps).to(embedding.dtype)
         emb = torch.where(valid[:, None], noisy_emb, emb)
     # T = 0: the statistics of softmax(logits) (T = 1), as softdec.soft_mixture reports them
     # (the shard partials were taken at T = 1 for those rows)
@@ -920,7 +952,7 @@ def soft_mixture(logits: torch.Tensor, embedding: torch.Tensor, *, vocab_offset:
 
 def _kept(w, ids):
     """The kept entries of a soft token: all but the padding (the top id repeated after it)."""
-    pos = torch.arange(ids.shape[1])[None]
+    pos = torch.arange(ids.shape[1], device=ids.device)[None]
     return ~((ids == ids[:, :1]) & (pos > 0))
 
 
@@ -944,7 +976,7 @@ def _gumbel(w, ids, s, o, tau, scale, clamp=None, eps=0.0):
     ``clamp``; y = log(w + eps) + scale * G); then the re-sort."""
     from .reference import philox_at
     kept = _kept(w, ids)
-    u = philox_at(s, o, ids)
+    u = philox_at(s, o, ids).to(w.device)  # (computed on the host: one copy of ids and back on CUDA)
     gmb = -torch.log(-torch.log(u))
     if clamp is not None:
         gmb = gmb.clamp(float(clamp[0]), float(clamp[1]))
@@ -961,7 +993,7 @@ def _dirichlet(w, ids, s, o, alpha):
     from .reference import soft_gamma
     kept = _kept(w, ids)
     a = torch.where(kept, alpha * w.double(), torch.zeros_like(w, dtype=torch.float64))
-    g = soft_gamma(a, s, o, ids)
+    g = soft_gamma(a, s, o, ids).to(w.device)  # (on the host, as philox_at)
     tot = g.sum(1, keepdim=True)
     wn = torch.where(tot > 0, (g / torch.where(tot > 0, tot, torch.ones_like(tot))).float(), w)
     y = torch.full_like(w, -math.inf)
@@ -1071,8 +1103,12 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
             return _verify_candidates(x, draft_ids, nd, dense, draft_probs if sparse else None,
                                       int(kt.max()), sh, kw, seed, offset, generator)
         tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
-        if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V) & (kt <= _SMALL_K)).any()):
+        if method == "exact" and draft_probs is None and x.device.type == "cpu" \
+                and not bool(((kt > 0) & (kt < V) & (kt <= _SMALL_K)).any()):
             return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
+        if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V)).any()) \
+                and not bool((tp < 1).any()):
+            return _verify_exact_torch(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
         return _verify_gathered(x, draft_ids, nd, dense, draft_probs if sparse else None, sh, kw,
                                 seed, offset, generator)
     # greedy / soft: the compact problem
@@ -1093,13 +1129,13 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
     known = torch.cat([mg.cand_id.reshape(B, K1 * mg.cand_id.shape[1])] + extra, 1)
     vocab = [torch.unique(r[r >= 0]) for r in known]
     Vc = max(v.numel() for v in vocab) + 1 if B else 1
-    comp = torch.full((B, K1, Vc), -math.inf)
+    comp = torch.full((B, K1, Vc), -math.inf, device=dev)
     cid = mg.cand_id.reshape(B, K1, -1)
     cv = mg.cand_v.reshape(B, K1, -1)
     for b in range(B):
         pos = torch.searchsorted(vocab[b], cid[b].clamp_min(0).contiguous())
         pos = torch.where(cid[b] >= 0, pos, torch.full_like(pos, Vc - 1))
-        row = torch.full((K1, Vc), -math.inf)
+        row = torch.full((K1, Vc), -math.inf, device=dev)
         row.scatter_(1, pos, torch.where(cid[b] >= 0, cv[b], torch.full_like(cv[b], -math.inf)))
         row[:, Vc - 1] = -math.inf
         comp[b] = row
@@ -1123,9 +1159,9 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
     return Verified(to_global(res.tokens), res.num_accepted, soft_ids, res.soft_weights)
 
 
-def _layout(sh: Shard, Vl: int) -> list[tuple[int, int]]:
+def _layout(sh: Shard, Vl: int, dev=None) -> list[tuple[int, int]]:
     """Every rank's (vocab_offset, size), checked to tile [0, vocab_size) (one small all_gather)."""
-    g = _gather(torch.tensor([sh.offset, Vl], dtype=torch.int64), sh)
+    g = _gather(torch.tensor([sh.offset, Vl], dtype=torch.int64, device=dev), sh)
     shards = [(int(a), int(b)) for a, b in g.tolist()]
     _check_tiling(shards, sh.vocab_size)
     return shards
@@ -1134,10 +1170,10 @@ def _layout(sh: Shard, Vl: int) -> list[tuple[int, int]]:
 def _full_rows(t: torch.Tensor, shards, sh: Shard) -> torch.Tensor:
     """all_gather of shards t [..., V_local] into the full rows [..., V]."""
     width = max(n for _, n in shards)
-    pad = torch.zeros(*t.shape[:-1], width, dtype=t.dtype)
+    pad = torch.zeros(*t.shape[:-1], width, dtype=t.dtype, device=t.device)
     pad[..., :t.shape[-1]] = t
     parts = _gather(pad, sh)
-    out = torch.empty(*t.shape[:-1], sh.vocab_size, dtype=t.dtype)
+    out = torch.empty(*t.shape[:-1], sh.vocab_size, dtype=t.dtype, device=t.device)
     for w, (lo, n) in enumerate(shards):
         out[..., lo:lo + n] = parts[w, ..., :n]
     return out
@@ -1147,7 +1183,7 @@ def _verify_gathered(x, draft_ids, nd, dense, sp, sh: Shard, kw, seed, offset, g
     """The fallback: all_gather the full target rows (and a dense draft), the single-device op."""
     from ._verify import verify as _verify
     B = x.shape[0]
-    shards = _layout(sh, x.shape[2])
+    shards = _layout(sh, x.shape[2], x.device)
     s, o = _sync_rng(seed, offset, B, x.device, generator, sh)
     full = _full_rows(x, shards, sh)
     dp = sp if sp is not None else (None if dense is None else _full_rows(dense, shards, sh))
@@ -1164,7 +1200,7 @@ def _verify_candidates(x, draft_ids, nd, dense, sp, c: int, sh: Shard, kw, seed,
     R = B * K1
     s, o = _sync_rng(seed, offset, B, x.device, generator, sh)
     part = _local_stats(x.reshape(R, Vl).contiguous(), c, None, sh)
-    head = torch.zeros(1, part.shape[1], dtype=torch.float64)
+    head = torch.zeros(1, part.shape[1], dtype=torch.float64, device=x.device)
     head[0, 0], head[0, 1] = sh.offset, Vl
     g = _gather(torch.cat([part, head]), sh)
     _check_tiling([(int(a), int(b)) for a, b in g[:, R, :2].tolist()], V)
@@ -1174,7 +1210,7 @@ def _verify_candidates(x, draft_ids, nd, dense, sp, c: int, sh: Shard, kw, seed,
     # padding slots rewrite the first candidate (same id, same value)
     cid = torch.where(pad, cid[:, :1].clamp_min(0), cid)
     cv = torch.where(pad, cv[:, :1], cv)
-    row = torch.full((R, V), -math.inf)
+    row = torch.full((R, V), -math.inf, device=x.device)
     row.scatter_(1, cid, cv)
     row[~mg.valid] = math.nan
     row = row.view(B, K1, V)
@@ -1184,11 +1220,12 @@ def _verify_candidates(x, draft_ids, nd, dense, sp, c: int, sh: Shard, kw, seed,
         # each rank writes the ones it holds, zeros elsewhere; a sum puts them on every rank
         ids = torch.cat([cid.view(B, K1, -1)[:, :K], draft_ids[..., None]], 2)
         own = (ids >= sh.offset) & (ids < sh.offset + Vl)
-        q = dense.gather(2, (ids - sh.offset).clamp(0, max(Vl - 1, 0))) if Vl else torch.zeros(ids.shape)
-        q = torch.where(own, q.float(), torch.zeros(ids.shape))
+        q = dense.gather(2, (ids - sh.offset).clamp(0, max(Vl - 1, 0))) if Vl else \
+            torch.zeros(ids.shape, device=x.device)
+        q = torch.where(own, q.float(), torch.zeros(ids.shape, device=x.device))
         if sh.world > 1:
             dist.all_reduce(q, group=sh.group)
-        dp = torch.zeros(B, K, V)
+        dp = torch.zeros(B, K, V, device=x.device)
         dp.scatter_(2, ids, q)
     return _verify(row, draft_ids, num_draft=nd, draft_probs=dp, seed=s, offset=o, **kw)
 
@@ -1294,6 +1331,88 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
         race = torch.where(win < 2.0 ** 62, win, mg.argmax[rr].double()).long()
         for t_, (b, jj) in enumerate(race_at):
             tokens[b, jj] = race[t_]
+    return Verified(tokens.to(dev), nacc.to(dev), None, None)
+
+
+def _verify_exact_torch(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh: Shard):
+    """Exact rejection sampling with one-hot drafts, full-vocabulary targets (T, min-p), torch ops:
+    the path of non-CPU shards (the native chain / race helpers are CPU-only so far)."""
+    from ._rng import philox_uniform
+    B, K1, Vl = x.shape
+    K = K1 - 1
+    dev = x.device
+    T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
+    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
+    tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
+    mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+    if bool(((kt > 0) & (kt < sh.vocab_size)).any()) or bool((tp < 1).any()):
+        raise NotImplementedError("softdec.distributed.verify(method='exact'): top_k / top_p filtering of "
+                                  "the target is not supported yet (temperature and min_p are)")
+    s, o = _sync_rng(seed, offset, B, dev, generator, sh)
+    # round 1: flags, max, argmax, the draft token's logit (its owner's value) per position
+    R = B * K1
+    xr = x.reshape(R, Vl).contiguous()
+    st = _local_stats(xr, 0, None, sh)
+    dpos = torch.cat([draft_ids, torch.zeros(B, 1, dtype=torch.int64, device=dev)], 1).reshape(R)
+    own = (dpos >= sh.offset) & (dpos < sh.offset + Vl)
+    vx = torch.full((R,), -math.inf, dtype=torch.float64, device=dev)
+    if Vl:
+        vx = torch.where(own, xr.gather(1, (dpos - sh.offset).clamp(0, Vl - 1)[:, None])[:, 0].double(), vx)
+    st[:, 7] = vx
+    g = _gather(st, sh)
+    mg = _merge(g, 0, None)
+    vx = g[:, :, 7].amax(0).float()
+    m = mg.max.float()
+    greedy = (T == 0).repeat_interleave(K1)
+    it = torch.where(T > 0, 1.0 / T.clamp_min(1e-38), torch.zeros_like(T)).repeat_interleave(K1)
+    lmp = torch.where(mp > 0, torch.log(mp), torch.full_like(mp, -math.inf)).repeat_interleave(K1)
+    # round 2: the kept masses' sum and the shard's race winner of each position
+    mm = torch.where(mg.valid, m, torch.zeros_like(m))
+    sc = (xr - mm[:, None]) * it[:, None]
+    kept = (xr > -math.inf) & (sc >= lmp[:, None]) & mg.valid[:, None]
+    e = torch.where(kept, torch.exp(sc), torch.zeros_like(sc))
+    z = e.double().sum(1)
+    j = torch.arange(K1, device=dev).repeat(B)
+    bonus = j == nd.repeat_interleave(K1)
+    ss, oo = s.repeat_interleave(K1), o.repeat_interleave(K1) + 1 + j
+    u = philox_uniform((R, sh.offset + Vl), ss, oo)[:, sh.offset:]
+    r = torch.where((torch.arange(Vl, device=dev)[None] + sh.offset == dpos[:, None]) & ~bonus[:, None],
+                    torch.zeros_like(e), e)
+    key = r / -torch.log(u)
+    best = key.amax(1) if Vl else torch.full((R,), -math.inf, device=dev)
+    bid = torch.argmax(key, 1) + sh.offset if Vl else torch.zeros(R, dtype=torch.int64, device=dev)
+    bid = torch.where(best > 0, bid, torch.full_like(bid, 1 << 62))
+    g2 = _gather(torch.stack([z, best.double(), bid.double()], 1), sh)
+    Z = g2[:, :, 0].sum(0)
+    kb = g2[:, :, 1]
+    kmax = kb.amax(0)
+    win = torch.where((kb == kmax[None]) & (kmax[None] > 0), g2[:, :, 2], torch.full_like(kb, 2.0 ** 62)).amin(0)
+    race = torch.where(win < 2.0 ** 62, win, mg.argmax.double()).long()
+    inv_z = torch.exp(-torch.log(Z)).float()
+    kept_x = (vx > -math.inf) & (((vx - mm) * it) >= lmp)
+    px = torch.where(kept_x, torch.exp((vx - mm) * it) * inv_z, torch.zeros_like(vx))
+    px = torch.where(greedy, (dpos == mg.argmax).float(), px)
+    ua = philox_uniform((B, max(K, 1)), s, o)
+    tokens = torch.full((B, K1), -1, dtype=torch.int64, device="cpu")
+    nacc = torch.zeros(B, dtype=torch.int64, device="cpu")
+    # the acceptance walk reads per-position scalars: one copy to the host (one sync on CUDA)
+    valid, px, race, am, greedy, ua, nd, draft_ids = (
+        t.cpu() for t in (mg.valid.reshape(B, K1), px.reshape(B, K1), race.reshape(B, K1),
+                          mg.argmax.reshape(B, K1), greedy.reshape(B, K1), ua, nd, draft_ids))
+    for b in range(B):
+        n = int(nd[b])
+        for jj in range(n + 1):
+            if not bool(valid[b, jj]):
+                break
+            if jj == n:
+                tokens[b, jj] = am[b, jj] if bool(greedy[b, jj]) else race[b, jj]
+                break
+            if float(ua[b, jj]) < float(px[b, jj]):
+                tokens[b, jj] = draft_ids[b, jj]
+                nacc[b] += 1
+                continue
+            tokens[b, jj] = am[b, jj] if bool(greedy[b, jj]) else race[b, jj]
+            break
     return Verified(tokens.to(dev), nacc.to(dev), None, None)
 
 

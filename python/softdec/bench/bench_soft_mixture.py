@@ -15,6 +15,7 @@ import torch
 
 import softdec
 from softdec import reference as ref
+from . import _peers
 from .harness import Case
 
 V, D = 151936, 3584
@@ -23,9 +24,13 @@ _TABLES: dict = {}
 
 def _table(device, d=D):
     if (device, d) not in _TABLES:  # 1.1 GB at D = 3584: build once per device
-        g = torch.Generator().manual_seed(0)
-        t = torch.randn(V, d, generator=g, dtype=torch.bfloat16)  # drawn in bf16: half the bytes of float32
-        _TABLES[device, d] = t.mul_(0.02).to(device)
+        if str(device).startswith("cuda"):  # drawn on the GPU: no 1.1 GB host draw and copy
+            g = torch.Generator(device=device).manual_seed(0)
+            _TABLES[device, d] = torch.randn(V, d, generator=g, dtype=torch.bfloat16, device=device).mul_(0.02)
+        else:
+            g = torch.Generator().manual_seed(0)
+            t = torch.randn(V, d, generator=g, dtype=torch.bfloat16)  # drawn in bf16: half the bytes of float32
+            _TABLES[device, d] = t.mul_(0.02).to(device)
     return _TABLES[device, d]
 
 
@@ -47,8 +52,12 @@ def _kept_rows(logits, table, kw):
 
 
 def _make(B, k, device, noise=None, d=D, compile_=True, filter_top_k=None):
-    g = torch.Generator().manual_seed(B * 100 + k)
-    logits = (torch.randn(B, V, generator=g) * 3).to(device)
+    if str(device).startswith("cuda"):
+        g = torch.Generator(device=device).manual_seed(B * 100 + k)
+        logits = torch.randn(B, V, generator=g, device=device) * 3
+    else:
+        g = torch.Generator().manual_seed(B * 100 + k)
+        logits = (torch.randn(B, V, generator=g) * 3).to(device)
     table = _table(device, d)
     kw = _settings(k, noise, filter_top_k)
     fns = {
@@ -58,6 +67,7 @@ def _make(B, k, device, noise=None, d=D, compile_=True, filter_top_k=None):
     }
     if compile_:
         fns["compile"] = lambda: _compiled()(logits, table, **kw)
+    fns.update(_peers.soft_mixture_fns(logits, table, kw, device))
     kept = _kept_rows(logits, table, kw)
     nbytes = logits.numel() * logits.element_size() + kept * d * table.element_size() \
         + B * d * table.element_size() + B * k * (8 + 4)
@@ -93,23 +103,36 @@ def _make_cold(k, device, n=64):
     return fns, int(nbytes)
 
 
+GPU_SHAPES = [(1, 10), (8, 10), (64, 30)]  # CUDA, every run size: the DESIGN B in {1, 8, 64} at D = 3584
+
+
+def _chain_note(device):
+    return _peers.note(device, "no fused soft-token op; flashinfer_chain = softmax + top_k_renorm_probs + "
+                               "top_p_renorm_probs + torch top-k / min-p / gather-bmm (no entropy)")
+
+
 def cases(quick: bool, device: str, full: bool = False):
-    shapes = [(b, k) for k in (10, 30) for b in (1, 8, 64)] if full else ([(1, 10), (8, 30)] if quick
-                                                                          else [(1, 10), (64, 30)])
-    d = 896 if quick else D  # quick: Qwen2.5-0.5B's hidden size (a 0.27 GB table, not 1.1 GB)
+    gpu = str(device).startswith("cuda")
+    shapes = [(b, k) for k in (10, 30) for b in (1, 8, 64)] if full else (
+        GPU_SHAPES if gpu else ([(1, 10), (8, 30)] if quick else [(1, 10), (64, 30)]))
+    # quick: Qwen2.5-0.5B's hidden size (a 0.27 GB table, not 1.1 GB); a GPU takes the DESIGN D
+    d = 896 if quick and not gpu else D
     out = []
     for B, k in shapes:
         capped = not full and not quick and B > 1
         fns, nbytes = _make(B, k, device, d=d, compile_=not capped)
         out.append(Case(op="soft_mixture", label=f"B={B} V={V} D={d} k={k} bf16", fns=fns,
                         bytes=nbytes, device=device, compile_capped=capped,
-                        notes="fp32 logits, bf16 table, T=0.6 top_p=0.95 min_p=0.001"))
+                        notes="; ".join(filter(None, ["fp32 logits, bf16 table, T=0.6 top_p=0.95 min_p=0.001",
+                                                      _chain_note(device)]))))
     for B in ((64,) if quick else (1, 64)):
         capped = not full and not quick and B > 1
         fns, nbytes = _make(B, 10, device, d=d, compile_=not capped, filter_top_k=30)
         out.append(Case(op="soft_mixture", label=f"B={B} V={V} D={d} k=10 filter_top_k=30 bf16", fns=fns,
                         bytes=nbytes, device=device, compile_capped=capped,
-                        notes="Soft Thinking's settings: filter 30 -> top_p 0.95 -> min_p 0.001 -> top 10, T=0.6"))
+                        notes="; ".join(filter(None, [
+                            "Soft Thinking's settings: filter 30 -> top_p 0.95 -> min_p 0.001 -> top 10, T=0.6",
+                            _chain_note(device)]))))
     if full:
         for k in (10, 30):
             fns, nbytes = _make_cold(k, device)

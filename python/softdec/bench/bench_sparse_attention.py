@@ -15,16 +15,18 @@ import torch
 
 import softdec
 from softdec import reference as ref
+from . import _peers
 from .harness import Case
 
 HQ, HKV, D, BUDGET, SINK, WINDOW, PS = 32, 8, 128, 2048, 4, 64, 16
 
 
 def _decode_inputs(N, dtype, device):
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(1, HQ, D, generator=g).to(dtype).to(device)
-    k = torch.randn(1, HKV, N, D, generator=g).to(dtype).to(device)
-    v = torch.randn(1, HKV, N, D, generator=g).to(dtype).to(device)
+    gen_dev = device if str(device).startswith("cuda") else "cpu"  # a GPU draws its own inputs
+    g = torch.Generator(device=gen_dev).manual_seed(0)
+    q = torch.randn(1, HQ, D, generator=g, device=gen_dev).to(dtype).to(device)
+    k = torch.randn(1, HKV, N, D, generator=g, device=gen_dev).to(dtype).to(device)
+    v = torch.randn(1, HKV, N, D, generator=g, device=gen_dev).to(dtype).to(device)
     return q, k, v
 
 
@@ -45,9 +47,20 @@ def _decode_case(N, dtype, select, device, compile_=True):
     if compile_:
         comp = torch.compile(ref.sparse_decode_attention_topk)
         fns["compile"] = lambda: comp(q, k, v, page_size=PS, kmin=summ.kmin, kmax=summ.kmax, **kw)
+    notes = ["dense = SDPA over the whole cache (target: page >= 5x, token >= 1.5x)"]
+    if str(device).startswith("cuda"):
+        # FlashInfer over the tokens softdec selects (selection and plan() outside its timed region)
+        summ_kw = dict(page_size=PS, page_summary=summ) if select == "page" else {}
+        _, idx = softdec.sparse_decode_attention(q, k, v, return_indices=True, **summ_kw, **kw)
+        fns.update(_peers.decode_fns(q, k, v, idx, select, PS, device))
+        notes.append(_peers.note(device, "" if dtype in (torch.bfloat16, torch.float16) else
+                                 "its decode kernels take fp16 / bf16 only") or
+                     ("flashinfer = paged decode over the same selected "
+                      + ("pages" if select == "page" else "tokens (page_size 1)")
+                      + ", selection + plan outside its timed region; fi_dense = over the whole cache"))
     dname = str(dtype).replace("torch.", "")
     return Case(op="sparse_decode", label=f"{select} N={N} {dname} budget={BUDGET}", fns=fns, bytes=nbytes,
-                device=device, notes="dense = SDPA over the whole cache (target: page >= 5x, token >= 1.5x)")
+                device=device, notes="; ".join(notes))
 
 
 def _prefill_case(L, dtype, device):
@@ -65,19 +78,28 @@ def _prefill_case(L, dtype, device):
                 notes="compute-bound; dense = causal SDPA over all L (target >= 2x)")
 
 
-def cases(quick: bool, device: str, full: bool = False):
-    out = []
+def decode_rows(quick: bool, full: bool, gpu: bool):
+    """(dtype, N, select) of the sparse decode rows; a GPU gets page and token mode even in --quick."""
     dtypes = [torch.bfloat16, torch.float32] if full else [torch.bfloat16]
     Ns = [8192, 32768] if full else [32768]
+    return [(dtype, N, select) for dtype in dtypes for N in Ns
+            for select in (("page",) if quick and not gpu else ("page", "token"))]
+
+
+def cases(quick: bool, device: str, full: bool = False):
+    out = []
+    gpu = str(device).startswith("cuda")
+    dtypes = [torch.bfloat16, torch.float32] if full else [torch.bfloat16]
+    for dtype, N, select in decode_rows(quick, full, gpu):
+        capped = not full and not quick and select == "token"
+        c = _decode_case(N, dtype, select, device, compile_=not capped)
+        c.compile_capped = capped
+        out.append(c)
+    if quick and not gpu:
+        return out  # the eager prefill reference takes ~10 s even at L = 1024 on 2 cores
     for dtype in dtypes:
-        for N in Ns:
-            for select in (("page",) if quick else ("page", "token")):
-                capped = not full and not quick and select == "token"
-                c = _decode_case(N, dtype, select, device, compile_=not capped)
-                c.compile_capped = capped
-                out.append(c)
-    if quick:
-        return out  # the eager prefill reference takes ~10 s even at L = 1024
-    for dtype in dtypes:
-        out.append(_prefill_case(8192 if full else 2048, dtype, device))
+        c = _prefill_case(8192 if full or gpu else 2048, dtype, device)
+        c.notes = "; ".join(filter(None, [c.notes, _peers.note(device, "no token-sparse prefill (the dense "
+                                                                       "causal prefill is not this op)")]))
+        out.append(c)
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 import softdec
+from . import _peers
 from .harness import Case
 from softdec import reference as ref
 
@@ -15,9 +16,10 @@ V = 151936
 def _inputs(B, K, kind, device, k=8, seed=0):
     """Target logits, and drafts sampled from a draft distribution close to the target
     (q = softmax(target + noise)), so acceptance is realistic (about half per position)."""
-    g = torch.Generator().manual_seed(seed)
-    lg = torch.randn(B, K + 1, V, generator=g) * 4
-    qlog = lg[:, :K] + torch.randn(B, K, V, generator=g)
+    gen_dev = device if str(device).startswith("cuda") else "cpu"  # a GPU draws its own inputs
+    g = torch.Generator(device=gen_dev).manual_seed(seed)
+    lg = torch.randn(B, K + 1, V, generator=g, device=gen_dev) * 4
+    qlog = lg[:, :K] + torch.randn(B, K, V, generator=g, device=gen_dev)
     if kind == "sparse":
         top = torch.topk(qlog, k, -1)
         w = torch.softmax(top.values, -1)
@@ -43,21 +45,56 @@ def _fns(lg, d, dp, device, compile_=True, **kw):
     return fns
 
 
+def accepted_path_bytes(lg, dp, num_accepted):
+    """Bytes a verifier that stops at the first rejection must read: per row, the target logits of
+    positions 0..num_accepted (the accepted drafts, then the rejected or bonus position) and, for
+    dense drafts, the draft probabilities of the positions below K among them."""
+    B, K1, V = lg.shape
+    n = num_accepted.to("cpu", torch.int64)
+    total = int((n + 1).sum()) * V * lg.element_size()
+    if isinstance(dp, torch.Tensor):
+        total += int(torch.clamp(n + 1, max=K1 - 1).sum()) * V * dp.element_size()
+    return total
+
+
+def gpu_shapes(full: bool):
+    """CUDA rows, every run size: B in {1, 64} at K = 4 with one-hot, dense and sparse drafts
+    (issue 17: verify at B = 64); --full adds K = 8."""
+    return [(1, 4), (1, 8), (64, 4), (64, 8)] if full else [(1, 4), (64, 4)]
+
+
 def cases(quick: bool, device: str, full: bool = False):
     out = []
-    shapes = [(1, 4), (1, 8), (64, 4), (64, 8)] if full else ([(1, 4)] if quick else [(1, 4), (64, 4)])
+    gpu = str(device).startswith("cuda")
+    shapes = gpu_shapes(full) if gpu else (
+        [(1, 4), (1, 8), (64, 4), (64, 8)] if full else ([(1, 4)] if quick else [(1, 4), (64, 4)]))
     for B, K in shapes:
         for kind in ("onehot", "dense", "sparse"):
-            if not full and B > 1 and kind != "onehot":
-                continue  # default run at B = 64: the one-hot draft only
+            if not full and not gpu and B > 1 and kind != "onehot":
+                continue  # default CPU run at B = 64: the one-hot draft only
             # default run: torch.compile of the reference on one row (each shape and kind recompiles)
             capped = not full and not quick and not (B == 1 and kind == "sparse")
             lg, d, dp = _inputs(B, K, kind, device)
-            nbytes = lg.numel() * lg.element_size() + (dp.numel() * dp.element_size() if kind == "dense" else 0)
-            out.append(Case(op="verify", label=f"exact {kind} B={B} K={K} V={V}",
-                            fns=_fns(lg, d, dp, device, compile_=not capped),
-                            bytes=nbytes, memory_bound=False, device=device, compile_capped=capped,
-                            notes="stops at the first rejection: bytes = all K+1 positions (upper bound)"))
+            fns = _fns(lg, d, dp, device, compile_=not capped)
+            if gpu:
+                # the CUDA kernel walks positions in order and stops at the first rejection: the byte
+                # floor is the accepted path of this very call (same seeds every call)
+                seed = torch.arange(B, dtype=torch.int64, device=device)
+                nacc = softdec.verify(lg, d, draft_probs=dp, seed=seed).num_accepted
+                nbytes = accepted_path_bytes(lg, dp, nacc)
+                fns.update(_peers.verify_fns(lg, d, dp, device))
+                notes = [f"bytes = the accepted path's positions ({float(nacc.float().mean()):.2f} of {K} "
+                         "drafts accepted on average), read once",
+                         _peers.note(device, "" if kind == "dense" else
+                                     "chain_speculative_sampling takes dense draft probs only: column on the "
+                                     "dense rows")]
+            else:
+                nbytes = lg.numel() * lg.element_size() + (dp.numel() * dp.element_size()
+                                                           if kind == "dense" else 0)
+                notes = ["stops at the first rejection: bytes = all K+1 positions (upper bound)"]
+            out.append(Case(op="verify", label=f"exact {kind} B={B} K={K} V={V}", fns=fns,
+                            bytes=nbytes, memory_bound=gpu, device=device, compile_capped=capped,
+                            notes="; ".join(filter(None, notes))))
     if full:
         B, K = 64, 4
         lg, d, dp = _inputs(B, K, "sparse", device)
@@ -123,7 +160,9 @@ def tree_cases(quick: bool, device: str, full: bool = False):
             out.append(Case(op="verify_tree", label=f"exact {kind} B={B} N={N} V={V} {str(dtype)[6:]}",
                             fns=fns, compile_capped=capped and not quick,
                             bytes=nbytes, memory_bound=False, device=device,
-                            notes="walks only the accepted path: bytes = all N nodes (upper bound)"))
+                            notes="; ".join(filter(None, [
+                                "walks only the accepted path: bytes = all N nodes (upper bound)",
+                                _peers.note(device, "no token-tree verification (chain only)")]))))
     return out
 
 

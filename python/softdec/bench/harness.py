@@ -147,10 +147,12 @@ def _fmt_ms(x: Optional[float]) -> str:
 
 def run_cases(cases: list, *, bandwidth_gbs: float, progress: bool = True,
               budget_s: float = 5.0, skip: tuple = (), rounds: int = ROUNDS,
-              t0: Optional[float] = None) -> list:
+              t0: Optional[float] = None, on_row: Optional[Callable[[list], None]] = None) -> list:
     """Time every case; print one table row per case (stdout) as it completes, and one
     progress line per finished row on stderr with the elapsed time since ``t0``. Fast
-    callables get ``rounds`` windows, interleaved, and keep their best median."""
+    callables get ``rounds`` windows, interleaved, and keep their best median. ``on_row(rows)``
+    is called after each finished row (the runner rewrites its JSON, so a run stopped by a
+    time limit keeps the rows it finished)."""
     rows = []
     total = len(cases)
     t0 = time.perf_counter() if t0 is None else t0
@@ -200,11 +202,14 @@ def run_cases(cases: list, *, bandwidth_gbs: float, progress: bool = True,
             print(f"  [{i + 1}/{total} {time.perf_counter() - t0:6.1f}s] {c.op} {c.label}: done in "
                   f"{row['seconds']:.1f}s", file=sys.stderr, flush=True)
             print(format_row(row), flush=True)
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
+OTHER_W = 40  # the "other" column: the extra baselines (dense, flashinfer, flashinfer_probs, fi_dense, ...)
 HEADER = (f"{'op':<22} {'case':<40} {'softdec ms (p20-p80)':>22} {'eager ms':>9} {'x eager':>8} "
-          f"{'compile ms':>10} {'x compile':>9} {'other':>22} {'GB/s':>7} {'floor':>6}")
+          f"{'compile ms':>10} {'x compile':>9} {'other':>{OTHER_W}} {'GB/s':>7} {'floor':>6}")
 
 
 def format_row(row: dict) -> str:
@@ -224,11 +229,11 @@ def format_row(row: dict) -> str:
         return f"{r[name]:.1f}x" if name in r else "-"
 
     others = [n for n in t if n not in ("softdec", "eager", "compile")]
-    other = " ".join(f"{n}:{r[n]:.1f}x" for n in others if n in r)[:22] or "-"
+    other = " ".join(f"{n}:{r[n]:.1f}x" for n in others if n in r)[:OTHER_W] or "-"
     gbs = f"{row['gbs']:.1f}" if "gbs" in row else "-"
     fl = f"{row['floor_fraction']:.2f}" if "floor_fraction" in row and row.get("memory_bound") else "-"
     return (f"{row['op']:<22} {row['label']:<40} {ps:>22} {ms('eager'):>9} {ratio('eager'):>8} "
-            f"{ms('compile'):>10} {ratio('compile'):>9} {other:>22} {gbs:>7} {fl:>6}")
+            f"{ms('compile'):>10} {ratio('compile'):>9} {other:>{OTHER_W}} {gbs:>7} {fl:>6}")
 
 
 def environment() -> dict:

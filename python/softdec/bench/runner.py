@@ -6,7 +6,9 @@ returns a list of ``harness.Case``. Three sizes:
 - default: the DESIGN shapes that matter most (one or two rows per family at the
   real vocabulary / cache sizes), under 5 minutes on 2 CPU cores including the
   torch.compile warm-ups of the references;
-- ``--quick``: a smoke run (under 1 minute);
+- ``--quick``: a smoke run (under 1 minute); on CUDA it keeps the DESIGN shapes of the rows the GPU
+  targets are stated for (sample plain / filtered at B = 64, soft_mixture B in {1, 8, 64} at D = 3584,
+  verify B = 64, sparse decode N = 32768), with the FlashInfer columns when flashinfer imports;
 - ``--full``: the whole DESIGN grid (20+ minutes on 2 cores).
 
 A module whose ``cases`` takes no ``full`` argument gives its non-quick grid in
@@ -26,7 +28,7 @@ import pkgutil
 import sys
 import time
 
-from . import harness
+from . import _peers, harness
 
 FAMILIES_DOC = "philox, sampling, soft_mixture, verify, sparse_attention, e2e"
 
@@ -61,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
-                      help="smoke run: small shapes, few rows, no torch.compile baselines (< 1 minute)")
+                      help="smoke run: small shapes, few rows, no torch.compile baselines (< 1 minute); "
+                           "with --device cuda the DESIGN shapes of the issue-17 rows (a GPU runs them fast)")
     size.add_argument("--full", action="store_true", help="the whole DESIGN grid (20+ minutes on 2 cores)")
     p.add_argument("--only", default="", metavar="NAME[,NAME]",
                    help=f"comma-separated op families ({FAMILIES_DOC})")
@@ -118,8 +121,12 @@ def main(argv=None) -> int:
           f"byte floor = bytes / bandwidth")
     print(f"fast callables (< {harness.FAST_S * 1e3:.0f} ms a call) are timed in {rounds} interleaved "
           "windows and keep their best median")
-    print("ratios are baseline time / softdec time (higher is better); floor = floor time / softdec time\n",
-          flush=True)
+    print("ratios are baseline time / softdec time (higher is better); floor = floor time / softdec time"
+          + ("" if args.device != "cuda" else
+             "\non CUDA: the copy above is a device-to-device copy, so floor = the fraction of HBM bandwidth "
+             "(issue 17 target >= 0.70 on the memory-bound rows); " + _peers.summary()) + "\n", flush=True)
+    if args.device == "cuda":
+        env["peers"] = {"flashinfer": _peers.version()}
 
     cases = []
     for mod in mods:
@@ -127,18 +134,24 @@ def main(argv=None) -> int:
               file=sys.stderr, flush=True)
         cases.extend(module_cases(mod, quick=args.quick, full=args.full, device=args.device))
     print(harness.HEADER, flush=True)
-    rows = harness.run_cases(cases, bandwidth_gbs=bw, budget_s=budget, rounds=rounds,
-                             skip=("compile",) if args.no_compile or args.quick else (), t0=t_start)
-    total = time.perf_counter() - t_start
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = args.json or os.path.join(os.getcwd(), "softdec-bench-results", f"bench-{stamp}.json")
     env["timing"] = {"rounds": rounds, "fast_s": harness.FAST_S, "mode": mode, "budget_s": budget,
-                     "total_s": total}
+                     "total_s": None, "partial": True, "cases": len(cases)}
+
+    def checkpoint(rows_so_far):  # a run stopped by a time limit keeps its finished rows
+        harness.write_json(out, env, {args.device: bw}, rows_so_far)
+
+    rows = harness.run_cases(cases, bandwidth_gbs=bw, budget_s=budget, rounds=rounds,
+                             skip=("compile",) if args.no_compile or args.quick else (), t0=t_start,
+                             on_row=checkpoint)
+    total = time.perf_counter() - t_start
+    env["timing"].update(total_s=total, partial=False)
     if args.quick and not args.no_compile:
         print("\n--quick: no torch.compile baselines (their warm-ups alone take minutes); run without --quick")
     elif any(c.compile_capped for c in cases) and not args.no_compile:
         print("\ncompile '-' on some rows: in this run size the torch.compile baseline is timed on one row per "
               "op family (its warm-up dominates a short run); --full compiles every row")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = args.json or os.path.join(os.getcwd(), "softdec-bench-results", f"bench-{stamp}.json")
     harness.write_json(out, env, {args.device: bw}, rows)
     png = harness.plot(rows, args.plot or os.path.splitext(out)[0] + ".png")
     print(f"\n{len(rows)} rows in {total:.0f} s ({mode} run)\nJSON: {out}" + (f"\nplot: {png}" if png else ""))

@@ -1,0 +1,66 @@
+// Input checks of softdec.distributed's shard ops (shard_block_masses,
+// shard_block_pick, block_draw_target, shard_partials, merge_partials) for the
+// CUDA entry points (csrc/cuda/distributed.cu): the same checks and messages as
+// csrc/cpu/distributed.cpp's (which keeps its own copy for now, to be switched
+// to this header). Shapes, dtypes, devices and the shard's extent are checked;
+// per-row *values* (temperature in (0, inf)) only on CPU: the CUDA path leaves
+// them to the Python wrapper (python/softdec/distributed.py passes the rows of
+// positive, finite temperature only), as sampling_checks.h does, since reading
+// them would synchronise the stream.
+#pragma once
+
+#include "common.h"
+
+namespace softdec {
+namespace distributed_checks {
+
+constexpr int64_t kHead = 8;  // header columns of a row of partials (python/softdec/distributed.py _HEAD)
+
+// logits (rows, vocab_local) of the shard [offset, offset + vocab_local) of a
+// vocab_size row, and its per-row max_logit / temperature / min_p (float32).
+inline void check_shard_args(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
+                             const Tensor& mp) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  const int64_t R = logits.size(0), n = logits.size(1);
+  SOFTDEC_CHECK(offset >= 0 && V >= 1 && offset + n <= V, "the shard [offset, offset + vocab_local) = [", offset,
+                ", ", offset + n, ") must lie in [0, vocab_size = ", V, ")");
+  check_per_row(m, "max_logit", R, ScalarType::Float, logits, "logits");
+  check_per_row(t, "temperature", R, ScalarType::Float, logits, "logits");
+  check_per_row(mp, "min_p", R, ScalarType::Float, logits, "logits");
+}
+
+inline void check_pick_args(const Tensor& logits, const Tensor& block, const Tensor& target) {
+  const int64_t R = logits.size(0);
+  check_per_row(block, "block", R, ScalarType::Long, logits, "logits");
+  check_per_row(target, "target", R, ScalarType::Double, logits, "logits");
+}
+
+inline void check_draw_target_args(const Tensor& blk, const Tensor& seed, const Tensor& offset) {
+  check_dim(blk, "blk", 2, "(rows, blocks)");
+  check_dtype(blk, "blk", ScalarType::Double);
+  check_contiguous(blk, "blk");
+  const int64_t R = blk.size(0);
+  check_per_row(seed, "seed", R, ScalarType::Long, blk, "blk");
+  check_per_row(offset, "offset", R, ScalarType::Long, blk, "blk");
+}
+
+inline void check_partials_args(const Tensor& logits, int64_t offset, int64_t c) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  SOFTDEC_CHECK(c >= 0, "c must be >= 0, got ", c);
+  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+}
+
+inline void check_merge_args(const Tensor& g, int64_t c) {
+  check_dim(g, "g", 3, "(world, rows, 8 + 2c)");
+  check_dtype(g, "g", ScalarType::Double);
+  check_contiguous(g, "g");
+  SOFTDEC_CHECK(c >= 0 && g.size(2) == kHead + 2 * c, "g must have 8 + 2c = ", kHead + 2 * c, " columns, got ",
+                g.size(2));
+}
+
+}  // namespace distributed_checks
+}  // namespace softdec

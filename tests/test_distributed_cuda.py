@@ -1,0 +1,324 @@
+"""softdec.distributed on CUDA shards (csrc/cuda/distributed.cu and the device plumbing of
+python/softdec/distributed.py).
+
+1. Each of the five shard helpers on a device equals the CPU op on the same inputs: ids,
+   blocks, flags and candidate lists exactly, float64 block sums / targets bit for bit (the
+   CUDA kernels follow the CPU's summation order: sampling_kernels.h's lane rule, the
+   in-order double walks), for V not divisible by 4 or 1024, unaligned shard offsets, ties
+   (equal logits, +0 / -0), -inf-heavy rows, NaN / +inf rows, B = 1 and 64, V = 151936,
+   float32 / bfloat16 / float16.
+2. softdec.distributed.sample / soft_mixture / verify with CUDA shards equal the single-device
+   CUDA ops: one NCCL rank (the whole row), and two gloo ranks holding CUDA tensors on the
+   same GPU (the shard split, the collectives on CUDA tensors). Started inside pytest like the
+   CPU tests of test_distributed.py, bounded in time.
+
+Every test is parametrized over DEVICES (conftest): the CPU instance compares the CPU op
+with itself and runs the distributed ops on CPU shards (it checks the test code here); the
+"cuda" instance is marked cuda and runs when a GPU is lent (the names start with test_cuda_:
+bench/gpu_check.sh runs them in its first test phase, `pytest -m cuda -k test_cuda_`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import softdec
+import softdec.distributed as sd
+from conftest import DEVICES
+
+ops = torch.ops.softdec
+TIMEOUT_S = 300
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _rows(kind, B, V, g):
+    """float32 (B, V) logits of one pattern; every row valid unless the kind says otherwise."""
+    if kind == "random":
+        x = torch.randn(B, V, generator=g) * 3
+    elif kind == "ties":  # values on a 0.5 grid: many equal logits, inside and across blocks / shards
+        x = torch.round(torch.randn(B, V, generator=g) * 2) / 2
+    elif kind == "equal":  # every logit ties: the lowest ids win
+        x = torch.full((B, V), 1.25)
+    elif kind == "signed_zero":  # +0 / -0 tie
+        x = torch.zeros(B, V)
+        x[:, 1::2] = -0.0
+        x[:, ::7] = -1.0
+    elif kind == "ninf":  # 95% -inf: fewer finite tokens than c on most shards
+        x = torch.randn(B, V, generator=g)
+        x[torch.rand(B, V, generator=g) < 0.95] = -float("inf")
+        x[:, V // 2] = 0.5  # at least one finite token
+    else:
+        raise ValueError(kind)
+    return x
+
+
+KINDS = ["random", "ties", "equal", "signed_zero", "ninf"]
+
+
+def _shards(V):
+    """(offset, size) shards: the whole row, an unaligned offset ending at V (the last,
+    shorter block), one inside the row starting on a block edge, one unaligned at both ends."""
+    out = [(0, V), (777, V - 777), (1024, min(V, 4096) - 1024), (5, min(V, 2500) - 5 - 3)]
+    return [(lo, n) for lo, n in out if n > 0 and lo + n <= V]
+
+
+def _params(B, g):
+    T = torch.rand(B, generator=g) * 1.7 + 0.3
+    MP = torch.where(torch.rand(B, generator=g) < 0.5, torch.zeros(B), torch.rand(B, generator=g) * 0.2)
+    return T, MP
+
+
+# ------------------------------------------------------------------ 1. the shard helpers
+
+def _skip_large_on_cpu(device, V):
+    if device == "cpu" and V > 10000:
+        pytest.skip("the CPU instance compares the CPU op with itself: the small shapes check the test code")
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,V", [(1, 1031), (64, 5003), (1, 151936), (8, 151936)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_block_draw_ops_equal_cpu(device, B, V, dtype):
+    """shard_block_masses, block_draw_target and shard_block_pick on `device` equal the CPU
+    ops bit for bit (float64 sums compared with torch.equal), for every shard layout."""
+    _skip_large_on_cpu(device, V)
+    g = torch.Generator().manual_seed(V + B)
+    for kind in KINDS:
+        x = _rows(kind, B, V, g).to(dtype)
+        m = x.float().max(1).values
+        T, MP = _params(B, g)
+        s, o = torch.arange(B) * 3 + 1, torch.arange(B) % 5
+        d = lambda t: t.to(device)  # noqa: E731
+        full = ops.shard_block_masses(x, 0, V, m, T, MP)
+        full_d = ops.shard_block_masses(d(x), 0, V, d(m), d(T), d(MP))
+        assert full_d.device.type == device
+        assert torch.equal(full_d.cpu(), full), (kind, (full_d.cpu() - full).abs().max())
+        block, target = ops.block_draw_target(full, s, o)
+        block_d, target_d = ops.block_draw_target(d(full), d(s), d(o))
+        assert torch.equal(block_d.cpu(), block), kind
+        assert torch.equal(target_d.cpu(), target), kind  # float64, bit for bit
+        # the single-device draw through the shard helpers is softdec.sample's plain / min-p draw
+        ref = softdec.sample(d(x), temperature=d(T), min_p=d(MP), seed=d(s), offset=d(o)).ids
+        pick_full = ops.shard_block_pick(d(x), 0, V, d(m), d(T), d(MP), d(block), d(target))
+        assert torch.equal(pick_full.cpu(), ref.cpu()), kind
+        for lo, n in _shards(V):
+            xs = x[:, lo:lo + n]  # a strided view: rows keep the full row's stride
+            a = ops.shard_block_masses(xs, lo, V, m, T, MP)
+            b = ops.shard_block_masses(d(xs), lo, V, d(m), d(T), d(MP))
+            assert torch.equal(b.cpu(), a), (kind, lo, n)
+            a = ops.shard_block_pick(xs, lo, V, m, T, MP, block, target)
+            b = ops.shard_block_pick(d(xs), lo, V, d(m), d(T), d(MP), d(block), d(target))
+            assert torch.equal(b.cpu(), a), (kind, lo, n)
+    # rows without mass: block -1, target 0
+    z = torch.zeros(3, 7, dtype=torch.float64)
+    z[1, 4] = 2.5
+    a = ops.block_draw_target(z, torch.arange(3), torch.zeros(3, dtype=torch.int64))
+    b = ops.block_draw_target(z.to(device), torch.arange(3, device=device), torch.zeros(3, dtype=torch.int64,
+                                                                                        device=device))
+    assert torch.equal(b[0].cpu(), a[0]) and torch.equal(b[1].cpu(), a[1])
+    assert a[0].tolist() == [-1, 4, -1]
+
+
+def _partials_equal(a, b):
+    """Rows of partials equal; the +inf flag (column 1) is compared only where the row has no
+    NaN (the CPU's vector pass may miss a +inf next to a NaN; such a row is invalid anyway)."""
+    ok = a[:, 0] == 0
+    assert torch.equal(a[:, 0], b[:, 0])
+    assert torch.equal(a[ok, 1], b[ok, 1])
+    assert torch.equal(a[:, 2:], b[:, 2:])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,V", [(1, 1031), (64, 5003), (1, 151936), (4, 151936)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_partials_and_merge_equal_cpu(device, B, V, dtype):
+    """shard_partials (flags, max and its lowest id, the first c tokens in id order) and
+    merge_partials of the gathered shards on `device` equal the CPU ops exactly, for c = 0, 1,
+    5, 50, 300, 2048 (c larger than a shard's finite tokens on the -inf-heavy rows)."""
+    _skip_large_on_cpu(device, V)
+    g = torch.Generator().manual_seed(2 * V + B)
+    for kind in KINDS + ["edge"]:
+        if kind == "edge":
+            x = _rows("random", max(B, 4), V, g)
+            x[0, 5] = float("nan")
+            x[1, V - 3] = float("inf")
+            x[2] = -float("inf")
+            x[3, 11] = x[3, V - 2] = x[3].max() + 1  # the max tied across shards
+        else:
+            x = _rows(kind, B, V, g)
+        x = x.to(dtype)
+        d = lambda t: t.to(device)  # noqa: E731
+        for c in (0, 1, 5, 50, 300, 2048):
+            for lo, n in _shards(V):
+                xs = x[:, lo:lo + n]
+                a = ops.shard_partials(xs, lo, c)
+                b = ops.shard_partials(d(xs), lo, c)
+                assert b.device.type == device and b.shape == a.shape
+                _partials_equal(a, b.cpu())
+            for world in (2, 4):
+                parts = []
+                for r in range(world):
+                    lo, n = sd.shard_range(V, world, r)
+                    parts.append(ops.shard_partials(x[:, lo:lo + n].contiguous(), lo, c))
+                gp = torch.stack(parts)
+                a = ops.merge_partials(gp, c)
+                b = ops.merge_partials(d(gp), c)
+                for u, v in zip(a, b):
+                    assert v.device.type == device
+                    torch.testing.assert_close(v.cpu(), u, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cuda_ops_bad_input_and_compile(device):
+    """The CUDA entry points check shapes / dtypes / devices like the CPU ones (same messages),
+    and the ops compile (fake kernels) with fullgraph=True on the device."""
+    x = torch.randn(3, 2500, device=device)
+    m = x.max(1).values
+    T = torch.ones(3, device=device)
+    MP = torch.zeros(3, device=device)
+    with pytest.raises(ValueError, match="must lie in"):
+        ops.shard_block_masses(x, 100, 2500, m, T, MP)
+    with pytest.raises(ValueError, match="max_logit"):
+        ops.shard_block_masses(x, 0, 2500, m.double(), T, MP)
+    with pytest.raises(ValueError, match="columns"):
+        ops.merge_partials(torch.zeros(2, 3, 20, dtype=torch.float64, device=device), 5)
+    with pytest.raises(ValueError, match="c must be"):
+        ops.shard_partials(x, 0, -1)
+    with pytest.raises(ValueError, match="blk"):
+        ops.block_draw_target(torch.zeros(3, 4, device=device), torch.zeros(3, dtype=torch.int64, device=device),
+                              torch.zeros(3, dtype=torch.int64, device=device))
+    if device == "cuda":
+        with pytest.raises(ValueError, match="same device"):
+            ops.shard_block_masses(x, 0, 2500, m.cpu(), T, MP)
+    s, o = torch.arange(3, device=device), torch.zeros(3, dtype=torch.int64, device=device)
+
+    def f(x, m, T, MP, s, o):
+        b = ops.shard_block_masses(x, 0, 2500, m, T, MP)
+        bl, tg = ops.block_draw_target(b, s, o)
+        p = ops.shard_partials(x, 0, 4)
+        return ops.shard_block_pick(x, 0, 2500, m, T, MP, bl, tg), ops.merge_partials(p[None], 4)[4]
+    want = f(x, m, T, MP, s, o)
+    got = torch.compile(f, fullgraph=True)(x, m, T, MP, s, o)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    torch.library.opcheck(ops.shard_partials.default, (x, 0, 6))
+    torch.library.opcheck(ops.shard_block_masses.default, (x, 0, 2500, m, T, MP))
+
+
+# ------------------------------------------------------------------ 2. the distributed ops on CUDA shards
+
+def _spawn(fn, world, backend, tmp_path, *args):
+    init = f"file://{tmp_path}/rdv"
+    ctx = mp.start_processes(_entry, args=(fn, world, backend, init, args), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.terminate()
+            pytest.fail(f"{fn.__name__} on {world} {backend} ranks did not finish in {TIMEOUT_S} s")
+
+
+def _entry(rank, fn, world, backend, init, args):
+    torch.set_num_threads(1)
+    if backend == "nccl" or args[0] == "cuda":
+        torch.cuda.set_device(0)  # (two gloo ranks share the one GPU)
+    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+    except Exception:
+        raise RuntimeError(f"rank {rank}:\n{traceback.format_exc()}") from None
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank, world, device, V):
+    dev = torch.device(device)
+    g = torch.Generator().manual_seed(V)
+    B = 5
+    x = torch.randn(B, V, generator=g) * 3
+    x[1, :V - 40] = -float("inf")       # finite only in the last shard: k > other shards' kept sets
+    x[2, 3] = x[2, V - 2] = x[2].max() + 1  # the max tied across shards
+    x[3, 7] = float("nan")              # an invalid row
+    x = x.to(dev)
+    lo, n = sd.shard_range(V, world, rank)
+    xs = x[:, lo:lo + n]
+
+    def same(a, b, what):
+        assert b.device == dev, (what, b.device)
+        assert torch.equal(a, b), (what, a, b)
+
+    # sample: greedy, top-k (+ top-p / min-p), plain and min-p (the blockwise draw), top-p (gathered rows)
+    for kw in [dict(temperature=0.0), dict(top_k=5), dict(top_k=60, top_p=0.9), dict(top_k=300, temperature=0.7),
+               dict(), dict(min_p=0.05, temperature=0.7), dict(top_p=0.8),
+               dict(top_k=torch.tensor([0, 3, 7, 100, 2000], device=dev),
+                    temperature=torch.tensor([1.0, 0.0, 0.5, 1.0, 2.0], device=dev))]:
+        for seed in range(4):
+            a = softdec.sample(x, seed=seed, **kw)
+            b = sd.sample(xs, vocab_offset=lo, vocab_size=V, seed=seed, **kw)
+            same(a.ids, b.ids, ("sample", kw, seed))
+            same(a.valid, b.valid, ("sample valid", kw))
+    a = softdec.sample(x.bfloat16(), top_k=20, seed=3)
+    b = sd.sample(xs.bfloat16(), vocab_offset=lo, vocab_size=V, top_k=20, seed=3)
+    same(a.ids, b.ids, "sample bf16")
+    # soft_mixture (ids exactly; floats within the CPU tests' tolerances)
+    table = torch.randn(V, 16, generator=g).to(dev)
+    for kw in [dict(top_k=8), dict(top_k=8, temperature=0.5, top_p=0.9), dict(top_k=4, noise="gumbel", seed=1),
+               dict(top_k=8, noise="dirichlet", seed=2), dict(top_k=4, filter_top_k=32, seed=0)]:
+        a = softdec.soft_mixture(x, table, **kw)
+        b = sd.soft_mixture(xs, table[lo:lo + n], vocab_offset=lo, vocab_size=V, **kw)
+        same(a.ids, b.ids, ("soft_mixture", kw))
+        same(a.valid, b.valid, ("soft_mixture valid", kw))
+        torch.testing.assert_close(b.weights, a.weights, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b.entropy, a.entropy, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.max_prob, a.max_prob, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(b.embeds, a.embeds, atol=1e-5, rtol=1e-5)
+    # verify: greedy, exact (one-hot: the race on shards), top-k targets (candidates), dense / sparse drafts
+    K = 3
+    tl = (torch.randn(B, K + 1, V, generator=g) * 3).to(dev)
+    tl[:, :, 10] += 6.0  # drafts of id 10 get accepted now and then
+    dids = torch.randint(0, V, (B, K), generator=g)
+    dids[:, 0] = 10
+    dids = dids.to(dev)
+    dense = torch.softmax(torch.randn(B, K, V, generator=g), -1).to(dev)
+    sid = torch.randint(0, V, (B, K, 5), generator=g).to(dev)
+    sw = torch.softmax(torch.randn(B, K, 5, generator=g), -1).to(dev)
+    for kw in [dict(method="greedy"), dict(method="exact"), dict(method="exact", temperature=0.7, min_p=0.05),
+               dict(method="exact", top_k=20), dict(method="exact", top_k=20, dense=True),
+               dict(method="soft", sparse=True), dict(method="typical")]:
+        kw = dict(kw)
+        full_dp = shard_dp = None
+        if kw.pop("dense", False):
+            full_dp, shard_dp = dense, dense[:, :, lo:lo + n].contiguous()
+        if kw.pop("sparse", False):
+            full_dp = shard_dp = (sid, sw)
+        for seed in range(3):
+            a = softdec.verify(tl, dids, draft_probs=full_dp, seed=seed, **kw)
+            b = sd.verify(tl[:, :, lo:lo + n], dids, vocab_offset=lo, vocab_size=V, draft_probs=shard_dp,
+                          seed=seed, **kw)
+            same(a.tokens, b.tokens, ("verify", kw, seed))
+            same(a.num_accepted, b.num_accepted, ("verify accepted", kw, seed))
+            if a.soft_ids is not None:
+                same(a.soft_ids, b.soft_ids, ("verify soft_ids", kw))
+                torch.testing.assert_close(b.soft_weights, a.soft_weights, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("V", [1031, 151936])
+def test_cuda_one_rank_equals_single_device(device, V, tmp_path):
+    """One rank (NCCL on CUDA, gloo on CPU) holding the whole row."""
+    _spawn(_worker, 1, "nccl" if device == "cuda" else "gloo", tmp_path, device, V)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("V", [1031, 151936])
+def test_cuda_two_gloo_ranks_equal_single_device(device, V, tmp_path):
+    """Two gloo ranks whose shards are tensors on `device` (on CUDA: both on the one GPU; gloo
+    runs its collectives on CUDA tensors through host copies)."""
+    _spawn(_worker, 2, "gloo", tmp_path, device, V)
