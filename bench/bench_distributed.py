@@ -9,10 +9,14 @@ B in {1, 8, 64}, D = 3584 (bf16 embedding rows):
 
 - sample(top_k=50, top_p=0.9), soft_mixture(top_k=10) and verify(method="greedy", K=4):
   softdec.distributed exchanges O(B k) partials (+ the [B, D] mixture);
+- sample(top_p=0.9) (no top-k): the top-p cut by a radix select over fixed-point mass
+  histograms (4 rounds of [B, 256] int64, summed across ranks), then the blockwise draw;
 - sample() (plain) and sample(min_p=0.05): the blockwise inverse-CDF draw (boundary
   tokens, one float64 per 1024-token block, one int64 per row);
 - verify(method="exact", top_k=50, K=4) with a dense draft shard: O(B K k) candidates and
   the draft's q at them, then the single-device op on a candidates-only row;
+- verify(method="exact", top_p=0.9, K=4) with one-hot drafts: the top-p cut's radix rounds,
+  the normaliser passed rank to rank, each rank's race winner;
 - the baseline is what serving engines do before sampling: all_gather the full logits
   row(s), then the single-device op (for soft_mixture: then each rank's weighted rows of its
   own shard, all_reduce'd, as the table is sharded).
@@ -85,14 +89,14 @@ def _gather_rows(x, world):
     return torch.cat([p[..., :shard_range(V, world, r)[1]] for r, p in enumerate(parts)], -1)
 
 
-def _worker(rank, world, init, reps, out):
+def _worker(rank, world, init, reps, out, only=(), batches=BATCHES):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     import softdec
     import softdec.distributed as sd
     lo, n = sd.shard_range(V, world, rank)
     rows = []
-    for B in BATCHES:
+    for B in batches:
         g = torch.Generator().manual_seed(B)
         x = torch.randn(B, V, generator=g) * 2
         xv = torch.randn(B, K + 1, V, generator=g) * 2
@@ -121,6 +125,12 @@ def _worker(rank, world, init, reps, out):
             dist.all_reduce(e)
             return st.ids
 
+        def dist_top_p():
+            return sd.sample(xs, vocab_offset=lo, vocab_size=V, top_p=0.9, seed=seed).ids
+
+        def base_top_p():
+            return softdec.sample(_gather_rows(xs, world), top_p=0.9, seed=seed).ids
+
         def dist_plain():
             return sd.sample(xs, vocab_offset=lo, vocab_size=V, seed=seed).ids
 
@@ -144,6 +154,12 @@ def _worker(rank, world, init, reps, out):
             return softdec.verify(_gather_rows(xvs, world), drafts, draft_probs=_gather_rows(qds, world),
                                   top_k=50, seed=seed).tokens
 
+        def dist_vtopp():
+            return sd.verify(xvs, drafts, vocab_offset=lo, vocab_size=V, top_p=0.9, seed=seed).tokens
+
+        def base_vtopp():
+            return softdec.verify(_gather_rows(xvs, world), drafts, top_p=0.9, seed=seed).tokens
+
         def dist_verify():
             return sd.verify(xvs, drafts, vocab_offset=lo, vocab_size=V, method="greedy").tokens
 
@@ -151,11 +167,15 @@ def _worker(rank, world, init, reps, out):
             return softdec.verify(_gather_rows(xvs, world), drafts, method="greedy").tokens
 
         for op, fd, fb in (("sample top_k=50,top_p=0.9", dist_sample, base_sample),
+                           ("sample top_p=0.9", dist_top_p, base_top_p),
                            ("sample plain", dist_plain, base_plain),
                            ("sample min_p=0.05", dist_minp, base_minp),
                            (f"verify exact top_k=50 dense K={K}", dist_vexact, base_vexact),
+                           (f"verify exact top_p=0.9 K={K}", dist_vtopp, base_vtopp),
                            ("soft_mixture top_k=10", dist_soft, base_soft),
                            (f"verify greedy K={K}", dist_verify, base_verify)):
+            if only and not any(o in op for o in only):
+                continue
             assert torch.equal(fd(), fb()), op
             res = {}
             for name, f in (("dist", fd), ("allgather", fb)):
@@ -183,11 +203,15 @@ def main(argv=None):
     p.add_argument("--world", type=int, default=2)
     p.add_argument("--reps", type=int, default=30)
     p.add_argument("--json", default=None)
+    p.add_argument("--ops", default="", help="comma-separated substrings of the op names to run (default: all)")
+    p.add_argument("--batches", default=",".join(map(str, BATCHES)), help="comma-separated B values")
     a = p.parse_args(argv)
     import tempfile
     tmp = tempfile.mkdtemp()
     out = a.json or os.path.join(tmp, "bench_distributed.json")
-    mp.start_processes(_worker, args=(a.world, f"file://{tmp}/rdv", a.reps, out), nprocs=a.world,
+    mp.start_processes(_worker, args=(a.world, f"file://{tmp}/rdv", a.reps, out,
+                                          tuple(o for o in a.ops.split(",") if o),
+                                          tuple(int(b) for b in a.batches.split(","))), nprocs=a.world,
                        start_method="spawn")
     rows = json.load(open(out))
     print(f"{'op':28s} {'B':>2s} {'world':>5s} | {'dist bytes':>11s} {'coll':>4s} {'ms':>8s} | "

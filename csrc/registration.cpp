@@ -25,6 +25,28 @@ STABLE_TORCH_LIBRARY(softdec, m) {
   // merge of the ranks' gathered partials into (valid, max, argmax, compact row, its global ids).
   m.def("shard_partials(Tensor logits, int offset, int c) -> Tensor");
   m.def("merge_partials(Tensor g, int c) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // The top-p / large-k cut on shards: the fixed-point mass (0..255) and count (256..511)
+  // histograms of one radix round over the shard's tokens inside a prefix cut (int64
+  // (rows, 512)); the global id of the n-th tie at a value (-1: not in this shard); the draw
+  // helpers above with a per-row cut (cut_value float32, cut_index int64 global).
+  m.def("shard_radix_hist(Tensor logits, int offset, int vocab_size, Tensor max_logit, Tensor temperature, "
+        "Tensor cut_value, Tensor cut_index, Tensor prefix, int shift) -> Tensor");
+  m.def("shard_nth_tie(Tensor logits, int offset, Tensor value, Tensor cut_value, Tensor cut_index, "
+        "Tensor n) -> Tensor");
+  m.def("shard_cut_block_masses(Tensor logits, int offset, int vocab_size, Tensor max_logit, "
+        "Tensor temperature, Tensor min_p, Tensor cut_value, Tensor cut_index) -> Tensor");
+  m.def("shard_cut_block_pick(Tensor logits, int offset, int vocab_size, Tensor max_logit, "
+        "Tensor temperature, Tensor min_p, Tensor cut_value, Tensor cut_index, Tensor block, "
+        "Tensor target) -> Tensor");
+  // verify(method="exact") on shards: a running double sum of the kept masses continued over
+  // the shard in id order (start + ...) with token want's mass (-1: not in the shard), and the
+  // shard's exponential-race winner (key, global
+  // id) skipping one token, with that token's p (-1: not in the shard).
+  m.def("shard_kept_mass(Tensor logits, int offset, Tensor max_logit, Tensor temperature, Tensor min_p, "
+        "Tensor cut_value, Tensor cut_index, Tensor start, Tensor want) -> (Tensor, Tensor)");
+  m.def("shard_verify_race(Tensor logits, int offset, Tensor max_logit, Tensor temperature, Tensor min_p, "
+        "Tensor cut_value, Tensor cut_index, Tensor inv_z, Tensor seed, Tensor stream, Tensor skip) "
+        "-> (Tensor, Tensor, Tensor)");
 
 
   // ---- soft mixture (csrc/cpu/soft_mixture.cpp, csrc/cuda/soft_mixture.cu) ----

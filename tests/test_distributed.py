@@ -11,6 +11,7 @@ kept sets.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import traceback
@@ -208,6 +209,175 @@ def test_block_kernels_opcheck():
         ops.shard_block_masses(x, 0, 2500, m, torch.zeros(3), MP)
 
 
+# ------------------------------------------------------------------ top-p (and top-k > 2048) rows: the cut on shards
+
+class _CountTies:
+    """Stand-in for torch.ops.softdec inside softdec.distributed that counts the rows whose
+    cut index came from shard_nth_tie (a cut inside a run of tied logits)."""
+
+    def __init__(self, ops):
+        self._ops, self.rows = ops, 0
+
+    def __getattr__(self, name):
+        if name != "shard_nth_tie":
+            return getattr(self._ops, name)
+
+        def f(*a):
+            self.rows += int((a[-1] > 0).sum())
+            return self._ops.shard_nth_tie(*a)
+        return f
+
+
+def _top_p_rows(B, Vv, seed):
+    x, _ = _logits(B, Vv, scale=2.0, seed=seed)
+    if B > 1:
+        x[1] = (x[1] * 2).round() / 2          # long runs of equal logits in every shard
+        x[2, :Vv // 2] = -float("inf")          # the mass in the upper shards only
+        x[3] = 0.0                              # uniform: one run of V ties
+        x[4] = x[4].bfloat16().float()          # bf16-rounded values: ties
+    return x
+
+
+def _sample_top_p_worker(rank, world):
+    import softdec.distributed as sdm
+    counter = _CountTies(sdm._ops)
+    sdm._ops = counter
+    try:
+        for Vv, B in ((1031, 5), (4100, 5), (4100, 1)):
+            x = _top_p_rows(B, Vv, seed=Vv + B)
+            layouts = _layouts(Vv, world) if Vv == 4100 else [[sd.shard_range(Vv, world, r) for r in range(world)]]
+            for layout in layouts:
+                lo, n = layout[rank]
+                xs = x[:, lo:lo + n]
+                for top_p in (0.5, 0.9, 0.99):
+                    for T in (0.7, 1.0):
+                        for min_p in (0.0, 0.05):
+                            for seed in range(5):  # (bounded: the ranks share the 120 s limit)
+                                kw = dict(top_p=top_p, temperature=T, min_p=min_p, seed=seed)
+                                a = softdec.sample(x, **kw)
+                                b = sd.sample(xs, vocab_offset=lo, vocab_size=Vv, **kw)
+                                assert torch.equal(a.ids, b.ids), (Vv, layout, kw, a.ids, b.ids)
+                                assert torch.equal(a.valid, b.valid)
+        # top_p = 0 (the top token), top-k > 2048 with and without top-p, per-row settings mixing
+        # every path, bf16 shards
+        Vv = 4100
+        x = _top_p_rows(5, Vv, seed=1)
+        lo, n = sd.shard_range(Vv, world, rank)
+        xs = x[:, lo:lo + n]
+        cfgs = [dict(top_p=0.0), dict(top_k=3000, top_p=0.9), dict(top_k=2049), dict(top_k=2500, min_p=0.02),
+                dict(top_k=4099, top_p=0.5, temperature=0.7),
+                dict(top_p=torch.tensor([0.5, 0.9, 1.0, 0.99, 0.0]), top_k=torch.tensor([0, 3000, 0, 5, 2100]),
+                     temperature=torch.tensor([1.0, 0.7, 1.0, 0.0, 1.3]), min_p=torch.tensor([0.0, 0.0, 0.1, 0.0, 0.0]))]
+        for kw in cfgs:
+            for seed in range(10):
+                a = softdec.sample(x, seed=seed, **kw)
+                b = sd.sample(xs, vocab_offset=lo, vocab_size=Vv, seed=seed, **kw)
+                assert torch.equal(a.ids, b.ids), (kw, seed, a.ids, b.ids)
+        a = softdec.sample(x.bfloat16(), top_p=0.9, seed=4)
+        b = sd.sample(xs.bfloat16(), vocab_offset=lo, vocab_size=Vv, top_p=0.9, seed=4)
+        assert torch.equal(a.ids, b.ids)
+        # the exchange is O(B) histograms and boundary tokens: no collective carries the rows
+        Vv = 50021
+        x, _ = _logits(5, Vv, seed=2)
+        lo, n = sd.shard_range(Vv, world, rank)
+        xs = x[:, lo:lo + n]
+        sizes = []
+        orig = (dist.all_gather, dist.all_reduce)
+
+        def ag(out, t, **kw):
+            sizes.append(t.numel())
+            return orig[0](out, t, **kw)
+
+        def ar(t, **kw):
+            sizes.append(t.numel())
+            return orig[1](t, **kw)
+        dist.all_gather, dist.all_reduce = ag, ar
+        try:
+            b = sd.sample(xs, vocab_offset=lo, vocab_size=Vv, top_p=0.9, seed=0)
+        finally:
+            dist.all_gather, dist.all_reduce = orig
+        assert torch.equal(b.ids, softdec.sample(x, top_p=0.9, seed=0).ids)
+        assert max(sizes) <= 6 * (8 + 1024) < 5 * n // 2, sizes
+        assert counter.rows > 0  # some cuts fell inside a run of ties (shard_nth_tie)
+    finally:
+        sdm._ops = counter._ops
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sample_top_p_on_shards_equals_single_device(world, tmp_path):
+    _spawn(_sample_top_p_worker, world, tmp_path)
+
+
+def test_cut_kernels_opcheck():
+    """shard_radix_hist / shard_nth_tie / shard_cut_block_*: fake kernels, opcheck, compile; on
+    one shard covering the row, the cut and draw (world = 1) equal softdec.sample."""
+    from softdec.distributed import Shard, _cut, _draw_blocks
+    ops = torch.ops.softdec
+    Vv = 2500
+    x = _top_p_rows(5, Vv, seed=3)
+    m = x.max(1).values
+    am = x.argmax(1)
+    T = torch.tensor([1.0, 0.7, 1.0, 1.0, 0.5])
+    MP = torch.tensor([0.0, 0.0, 0.05, 0.0, 0.0])
+    P = torch.tensor([0.9, 0.5, 0.99, 0.5, 0.0])
+    Kk = torch.tensor([0, 0, 2100, 0, 0])
+    sh = Shard(None, 0, 1, 0, Vv, Vv)
+    cv, ci = _cut(x, [(0, Vv)], m, am, T, Kk, P, sh)
+    s, o = torch.arange(5), torch.arange(5) * 3
+    frag = torch.zeros(1, 5, 0, dtype=torch.float64)
+    for seed in range(20):
+        got = _draw_blocks(x, frag, [(0, Vv)], m, T, MP, s + seed, o, sh, cut=(cv, ci))
+        want = softdec.sample(x, temperature=T, top_k=Kk, top_p=P, min_p=MP, seed=s + seed, offset=o).ids
+        assert torch.equal(got, want), (seed, got, want)
+    # the histograms: counts and masses of the finite tokens by the top byte of their key
+    none_v = torch.full((5,), -math.inf)
+    none_i = torch.full((5,), (1 << 63) - 1)
+    zero = torch.zeros(5, dtype=torch.int64)
+    h = ops.shard_radix_hist(x, 0, Vv, m, T, none_v, none_i, zero, 24)
+    assert h.shape == (5, 512) and h.dtype == torch.int64
+    assert torch.equal(h[:, 256:].sum(1), (x > -math.inf).sum(1))
+    sft = 63 - Vv.bit_length() - 1  # filter::mass_shift(V, 1.0)
+    e = torch.exp((x.double() - m[:, None].double()) / T[:, None].double())
+    assert torch.allclose(h[:, :256].sum(1).double(), e.sum(1) * 2.0 ** sft, rtol=1e-5)
+    # one shard's histogram plus the other's is the whole row's
+    h0 = ops.shard_radix_hist(x[:, :1234].contiguous(), 0, Vv, m, T, none_v, none_i, zero, 24)
+    h1 = ops.shard_radix_hist(x[:, 1234:].contiguous(), 1234, Vv, m, T, none_v, none_i, zero, 24)
+    assert torch.equal(h0 + h1, h)
+    # the n-th tie at a value: row 3 is all zeros
+    val = torch.zeros(5)
+    nth = torch.tensor([0, 1, 1, 7, 1])
+    t = ops.shard_nth_tie(x[:, 1000:].contiguous(), 1000, val, none_v, none_i, nth)
+    assert t[0] == -1 and t[3] == 1006
+    assert ops.shard_nth_tie(x, 0, val, val, torch.full((5,), 2), nth)[3] == -1  # prefix: ids <= 2 only
+    blk = ops.shard_cut_block_masses(x, 0, Vv, m, T, MP, cv, ci)
+    block, target = ops.block_draw_target(blk, s, o)
+    pick = ops.shard_cut_block_pick(x, 0, Vv, m, T, MP, cv, ci, block, target)
+    torch.library.opcheck(ops.shard_radix_hist.default, (x, 0, Vv, m, T, none_v, none_i, zero, 16))
+    torch.library.opcheck(ops.shard_nth_tie.default, (x, 0, val, none_v, none_i, nth))
+    torch.library.opcheck(ops.shard_cut_block_masses.default, (x, 0, Vv, m, T, MP, cv, ci))
+    torch.library.opcheck(ops.shard_cut_block_pick.default, (x, 0, Vv, m, T, MP, cv, ci, block, target))
+
+    def f(x, m, T, MP, cv, ci, s, o, val, nth):
+        hh = ops.shard_radix_hist(x, 0, Vv, m, T, cv, ci, torch.zeros_like(s), 24)
+        b = ops.shard_cut_block_masses(x, 0, Vv, m, T, MP, cv, ci)
+        bl, tg = ops.block_draw_target(b, s, o)
+        return hh, ops.shard_nth_tie(x, 0, val, cv, ci, nth), ops.shard_cut_block_pick(x, 0, Vv, m, T, MP, cv, ci, bl, tg)
+    args = (x, m, T, MP, cv, ci, s, o, val, nth)
+    for a_, b_ in zip(torch.compile(f, fullgraph=True)(*args), f(*args)):
+        assert torch.equal(a_, b_)
+    assert torch.equal(pick, f(*args)[2])
+    with pytest.raises(ValueError, match="shift must be"):
+        ops.shard_radix_hist(x, 0, Vv, m, T, none_v, none_i, zero, 4)
+    with pytest.raises(ValueError, match="prefix must hold a 32-bit key"):
+        ops.shard_radix_hist(x, 0, Vv, m, T, none_v, none_i, zero - 1, 24)
+    with pytest.raises(ValueError, match="cut_value"):
+        ops.shard_cut_block_masses(x, 0, Vv, m, T, MP, none_v.double(), ci)
+    with pytest.raises(ValueError, match="cut_index"):
+        ops.shard_nth_tie(x, 0, val, none_v, none_i[:3], nth)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        ops.shard_radix_hist(x, 0, Vv, m, torch.zeros(5), none_v, none_i, zero, 24)
+
+
 # ------------------------------------------------------------------ soft_mixture
 
 def _soft_worker(rank, world):
@@ -333,7 +503,7 @@ def _verify_filtered_worker(rank, world):
                   (own, None, dict(method="typical", **f)), (own, "dense", dict(method="typical", **f)),
                   (own, None, dict(method="relaxed", neighbours=nbrs, delta=0.2, **f)),
                   (own, "dense", dict(method="relaxed", neighbours=nbrs, delta=0.05, **f))]
-    # without top-k: the all-gather fallback (top-p) and the exact race (one-hot, min_p)
+    # without top-k: the exact race on shards (one-hot; top-p, min_p) and the all-gather fallback
     cases += [(own, None, dict(method="exact", top_p=0.8)), (own, "dense", dict(method="exact")),
               (sdraft, "sparse", dict(method="exact", min_p=0.05)), (own, None, dict(method="typical")),
               (own, None, dict(method="relaxed", neighbours=nbrs))]
@@ -384,6 +554,147 @@ def _errors_worker(rank, world):
         sd.verify(torch.randn(1, 2, n), torch.tensor([[1]]), vocab_offset=lo, vocab_size=1031, filter_top_k=3)
 
 
+def _verify_exact_top_p_worker(rank, world):
+    """verify(method="exact") with one-hot drafts and top-p targets (no top-k): the cut, the
+    normaliser and the race on shards equal the single-device op."""
+    import softdec.distributed as sdm
+    counter = _CountTies(sdm._ops)
+    sdm._ops = counter
+    try:
+        B, K = 5, 4
+        for Vv, layout_of in ((1031, None), (4100, "odd")):
+            x, g = _logits(B, Vv, scale=6.0, extra=(K + 1,), seed=Vv)
+            x[1] = (x[1] * 2).round() / 2          # runs of ties across the shards
+            x[2, :, :Vv // 2] = -float("inf")       # mass in the upper shards
+            x[3, 2, 7] = float("nan")               # an invalid position
+            x[4] = x[4].bfloat16().float()
+            layout = _layouts(Vv, world)[1] if layout_of else [sd.shard_range(Vv, world, r) for r in range(world)]
+            lo, n = layout[rank]
+            xs = x[..., lo:lo + n]
+            clean = torch.nan_to_num(x, nan=0.0, neginf=-1e4)
+            own = torch.stack([softdec.sample(clean[:, j], seed=j, top_p=0.9).ids for j in range(K)], 1)
+            d = torch.where(torch.rand(B, K, generator=g) < 0.8, own, torch.randint(0, Vv, (B, K), generator=g))
+            nd = torch.tensor([4, 3, 4, 0, 2])
+            accepted = 0
+            cfgs = [dict(top_p=p, temperature=t, min_p=mp) for p in (0.5, 0.9, 0.99) for t in (0.7, 1.0)
+                    for mp in (0.0, 0.05)]
+            cfgs += [dict(top_p=0.0), dict(top_p=0.9, num_draft=nd), dict(top_p=0.9, temperature=0.0),
+                     dict(top_k=3000, top_p=0.95), dict(top_k=2100, min_p=0.01, temperature=0.7),
+                     dict(top_p=torch.tensor([0.9, 1.0, 0.5, 0.8, 0.95]),
+                          temperature=torch.tensor([1.0, 0.0, 0.7, 1.0, 1.3]))]
+            for kw in cfgs:
+                for seed in range(4):
+                    a = softdec.verify(x, d, method="exact", seed=seed, **kw)
+                    b = sd.verify(xs, d, method="exact", vocab_offset=lo, vocab_size=Vv, seed=seed, **kw)
+                    assert torch.equal(a.tokens, b.tokens), (Vv, kw, seed, a.tokens, b.tokens)
+                    assert torch.equal(a.num_accepted, b.num_accepted), (Vv, kw, seed)
+                    accepted += int(a.num_accepted.sum())
+            assert accepted > 20
+        # no row of logits moves: the exchange is O(B (K + 1)) partials and histograms (at most
+        # [B (K + 1), 512] int64, whatever V)
+        sizes = []
+        orig = (dist.all_gather, dist.all_reduce, dist.broadcast)
+
+        def ag(out, t, **kw):
+            sizes.append(t.numel())
+            return orig[0](out, t, **kw)
+
+        def ar(t, **kw):
+            sizes.append(t.numel())
+            return orig[1](t, **kw)
+
+        def bc(t, **kw):
+            sizes.append(t.numel())
+            return orig[2](t, **kw)
+        dist.all_gather, dist.all_reduce, dist.broadcast = ag, ar, bc
+        try:
+            sd.verify(xs, d, method="exact", vocab_offset=lo, vocab_size=Vv, top_p=0.9, seed=0)
+        finally:
+            dist.all_gather, dist.all_reduce, dist.broadcast = orig
+        assert max(sizes) <= B * (K + 1) * 512, sizes
+        assert counter.rows > 0  # some cuts fell inside a run of ties
+    finally:
+        sdm._ops = counter._ops
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_verify_exact_top_p_on_shards_equals_single_device(world, tmp_path):
+    _spawn(_verify_exact_top_p_worker, world, tmp_path)
+
+
+def test_verify_race_kernels_opcheck():
+    """shard_kept_mass / shard_verify_race: fake kernels, opcheck, compile; a chain over two
+    shards is the serial sum over the row; two shards' race winners merge to the row's."""
+    ops = torch.ops.softdec
+    Vv = 3000
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, Vv, generator=g) * 3
+    m = x.max(1).values
+    T = torch.tensor([1.0, 0.7, 1.0, 1.3])
+    MP = torch.tensor([0.0, 0.05, 0.0, 0.0])
+    cv = torch.tensor([-math.inf, -math.inf, float(x[2].sort(descending=True).values[40]), -math.inf])
+    ci = torch.full((4,), (1 << 63) - 1)
+    z0 = torch.zeros(4, dtype=torch.float64)
+    want = torch.tensor([5, int(x[1].argmin()), int(x[2].argmax()), int(x[3].argmin())])
+    z, ew = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0, want)
+    z0a, ew0 = ops.shard_kept_mass(x[:, :1700].contiguous(), 0, m, T, MP, cv, ci, z0, want)
+    half, ew1 = ops.shard_kept_mass(x[:, 1700:].contiguous(), 1700, m, T, MP, cv, ci, z0a, want)
+    assert torch.equal(z, half)  # the same serial sum
+    assert torch.equal(torch.maximum(ew0, ew1), ew)  # the holder's mass, -1 elsewhere
+    assert torch.equal(torch.where(want < 1700, ew1, ew0), torch.full((4,), -1.0))
+    assert ew[1] == 0.0 and ew[2] == 1.0 and 0 < ew[3] < 1e-3  # below min-p; the max; kept
+    sc = (x - m[:, None]) / T[:, None]
+    kept = (sc >= torch.log(MP.clamp_min(1e-30))[:, None]) & (x >= cv[:, None])
+    torch.testing.assert_close(z, torch.where(kept, sc.double().exp(), torch.zeros_like(z[:, None])).sum(1),
+                               rtol=1e-6, atol=0)
+    inv_z = (1.0 / z).float()
+    seed, stream = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+    skip = torch.tensor([-1, 10, 2000, int(x[3].argmax())])
+    key, bid, px = ops.shard_verify_race(x, 0, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    assert (bid >= 0).all() and not (bid == skip).any()
+    assert px[0] == -1 and (px[1:] >= 0).all()
+    # two shards: the larger key (lower id on ties) is the row's winner
+    k0, i0, _ = ops.shard_verify_race(x[:, :1234].contiguous(), 0, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    k1, i1, _ = ops.shard_verify_race(x[:, 1234:].contiguous(), 1234, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    assert torch.equal(torch.where((k1 > k0) & (i1 >= 0), i1, i0), bid)
+    # the race is the exponential race of p: its winners follow p (chi-square over draws)
+    y = torch.tensor([[0.0, -0.5, -1.0, -3.0, -math.inf, 0.2]])
+    n = 100000
+    yy = y.expand(n, 6).contiguous()
+    mm = torch.full((n,), 0.2)
+    one = torch.ones(n)
+    zz, _ = ops.shard_kept_mass(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
+                                torch.full((n,), (1 << 63) - 1), torch.zeros(n, dtype=torch.float64),
+                                torch.full((n,), -1))
+    _, w, _ = ops.shard_verify_race(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
+                                    torch.full((n,), (1 << 63) - 1), (1.0 / zz).float(), torch.arange(n),
+                                    torch.zeros(n, dtype=torch.int64), torch.full((n,), -1))
+    p = torch.softmax(y[0].double(), 0)
+    cnt = torch.bincount(w, minlength=6).double()
+    from scipy.stats import chisquare
+    assert cnt[4] == 0
+    live = p > 0
+    assert chisquare(cnt[live], p[live] / p[live].sum() * cnt.sum()).pvalue > 1e-4
+    args = (x, 0, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    torch.library.opcheck(ops.shard_kept_mass.default, (x, 0, m, T, MP, cv, ci, z0, want))
+    torch.library.opcheck(ops.shard_verify_race.default, args)
+
+    def f(x, m, T, MP, cv, ci, z0, seed, stream, skip):
+        zf, _ = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0, skip)
+        return ops.shard_verify_race(x, 0, m, T, MP, cv, ci, (1.0 / zf).float(), seed, stream, skip)
+    got = torch.compile(f, fullgraph=True)(x, m, T, MP, cv, ci, z0, seed, stream, skip)
+    for a_, b_ in zip(got, (key, bid, px)):
+        assert torch.equal(a_, b_)
+    with pytest.raises(ValueError, match="start"):
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0.float(), want)
+    with pytest.raises(ValueError, match="want"):
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0, want[:1])
+    with pytest.raises(ValueError, match="inv_z"):
+        ops.shard_verify_race(x, 0, m, T, MP, cv, ci, inv_z[:2], seed, stream, skip)
+    with pytest.raises(ValueError, match="temperature must be finite"):
+        ops.shard_verify_race(x, 0, m, torch.zeros(4), MP, cv, ci, inv_z, seed, stream, skip)
+
+
 def test_bad_input_is_rejected(tmp_path):
     _spawn(_errors_worker, 2, tmp_path)
 
@@ -410,8 +721,15 @@ def test_bytes_per_call():
     assert sd.bytes_per_call("sample", 8, 50, 2) == 9 * 8 * (8 + 100)
     # plain rows: header + boundary tokens, 74 inner blocks of a 75968-token shard, one int64
     assert sd.bytes_per_call("sample_plain", 1, 0, 2, vocab_size=151936) == 2 * 8 * (8 + 1024) + 74 * 8 + 8
+    # top-p rows: the plain rows' exchange + 3 all_reduces of [1, 256] int64 + an all_gather of [1, 512]
+    assert sd.bytes_per_call("sample_top_p", 1, 0, 2, vocab_size=151936) == \
+        sd.bytes_per_call("sample_plain", 1, 0, 2, vocab_size=151936) + 3 * 2048 + 4096
     assert sd.bytes_per_call("soft_mixture", 1, 10, 2, D=3584) == 8 * (8 + 20) + 3584 * 4
     assert sd.bytes_per_call("verify", 1, 1, 2, K=4) == 5 * 8 * (8 + 2)
+    # one-hot exact: partials + layout row, the chain's broadcast, the race winners; top-p adds the rounds
+    assert sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) == 6 * 64 + 5 * 16 + 16
+    assert sd.bytes_per_call("verify_exact_top_p", 1, 0, 2, K=4) == \
+        sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) + 3 * 5 * 2048 + 5 * 4096
     with pytest.raises(ValueError, match="op must be"):
         sd.bytes_per_call("nope", 1, 1, 2)
 

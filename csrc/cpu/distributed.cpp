@@ -19,6 +19,7 @@
 #include "../dispatch.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
+#include "softdec/verify.h"
 
 #include <algorithm>
 #include <cstdint>
@@ -64,10 +65,32 @@ Cut row_cut(float m, float t, float min_p) {
   return c;
 }
 
+// Per-row cut of the draw's kept set beyond the min-p bound: (cut_value, cut_index) of a
+// top-p / large-k row (the global index of the cut token; ties at cut_value are kept up to
+// it), or none (plain / min-p rows).
+struct RowCuts {
+  const float* cv = nullptr;
+  const int64_t* ci = nullptr;
+  Cut at(int64_t r, float m, float t, float min_p) const {
+    Cut c = row_cut(m, t, min_p);
+    if (cv) {
+      c.cv = cv[r];
+      c.ci = ci[r];
+    }
+    return c;
+  }
+};
+
+void check_cut_args(const Tensor& logits, const Tensor& cv, const Tensor& ci) {
+  const int64_t R = logits.size(0);
+  check_per_row(cv, "cut_value", R, ScalarType::Float, logits, "logits");
+  check_per_row(ci, "cut_index", R, ScalarType::Long, logits, "logits");
+}
+
 // Sums of the kept draw masses of the blocks lying entirely in the shard:
 // float64 (rows, b_hi - b_lo), column j = block b_lo + j.
-Tensor shard_block_masses_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp) {
-  check_shard_args(logits, offset, V, m, t, mp);
+Tensor block_masses(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
+                    const Tensor& mp, RowCuts cuts) {
   const int64_t R = logits.size(0), n = logits.size(1);
   const auto [b_lo, b_hi] = inner_blocks(offset, n, V);
   const int64_t nb = b_hi - b_lo;
@@ -87,19 +110,34 @@ Tensor shard_block_masses_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m
       for (int64_t w = b; w < e; ++w) {
         const int64_t r = w / nb, j = w % nb;
         const int64_t b0 = (b_lo + j) * kCdfBlock, len = std::min(kCdfBlock, V - b0);
-        const Cut cut = row_cut(mm[r], tt[r], pp[r]);
-        mass_pass(x + r * rs + (b0 - offset), 0, len, cut, o + w);
+        const Cut cut = cuts.at(r, mm[r], tt[r], pp[r]);
+        // mass_pass's indices are relative to the pointer: shift the cut index with it
+        Cut local = cut;
+        if (local.cv > -kInf) local.ci = cut.ci == std::numeric_limits<int64_t>::max() ? cut.ci : cut.ci - b0;
+        mass_pass(x + r * rs + (b0 - offset), 0, len, local, o + w);
       }
     });
   });
   return out;
 }
 
+Tensor shard_block_masses_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  return block_masses(logits, offset, V, m, t, mp, RowCuts{});
+}
+
+// The same with a per-row cut (top-p / large-k rows; cut_index global).
+Tensor shard_cut_block_masses_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
+                                  Tensor cv, Tensor ci) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  check_cut_args(logits, cv, ci);
+  return block_masses(logits, offset, V, m, t, mp, RowCuts{cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>()});
+}
+
 // The token drawn in block `block[r]` with `target[r]` left of the draw's target
 // (block_draw_target): its global id if that block lies entirely in the shard, else -1.
-Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
-                            Tensor block, Tensor target) {
-  check_shard_args(logits, offset, V, m, t, mp);
+Tensor block_pick(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
+                  const Tensor& mp, const Tensor& block, const Tensor& target, RowCuts cuts) {
   const int64_t R = logits.size(0), n = logits.size(1);
   check_per_row(block, "block", R, ScalarType::Long, logits, "logits");
   check_per_row(target, "target", R, ScalarType::Double, logits, "logits");
@@ -121,7 +159,7 @@ Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
         o[r] = -1;
         if (bb[r] < b_lo || bb[r] >= b_hi || !(tt[r] > 0.0f)) continue;
         const int64_t b0 = bb[r] * kCdfBlock, len = std::min(kCdfBlock, V - b0);
-        const Cut cut = row_cut(mm[r], tt[r], pp[r]);
+        const Cut cut = cuts.at(r, mm[r], tt[r], pp[r]);
         draw_masses(x + r * rs + (b0 - offset), b0, len, cut, mass);
         const int64_t j = pick_in(mass, len, tg[r]);
         o[r] = j < 0 ? -1 : b0 + j;
@@ -129,6 +167,20 @@ Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
     });
   });
   return out;
+}
+
+Tensor shard_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
+                            Tensor block, Tensor target) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  return block_pick(logits, offset, V, m, t, mp, block, target, RowCuts{});
+}
+
+Tensor shard_cut_block_pick_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
+                                Tensor cv, Tensor ci, Tensor block, Tensor target) {
+  check_shard_args(logits, offset, V, m, t, mp);
+  check_cut_args(logits, cv, ci);
+  return block_pick(logits, offset, V, m, t, mp, block, target,
+                    RowCuts{cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>()});
 }
 
 // draw_from_blocks' walk over the block sums blk (rows, nb) of whole rows, with
@@ -164,6 +216,343 @@ std::tuple<Tensor, Tensor> block_draw_target_cpu(Tensor blk, Tensor seed, Tensor
     ot[r] = tg - before;
   }
   return {block, target};
+}
+
+// ------------------------------------------------------------------ the top-p / top-k cut on shards
+// softdec.sample's O(V) cuts (top_p_cut, filter::detail::generic_cut) find the first token
+// of the filter order (logit descending, lower id first) at which the running count, or
+// the running fixed-point mass (filter.h: q_i = to_fixed(fexp((x_i - m) / T), mass_shift(V,
+// 1)), uint64 sums, exact in any order), reaches a target. Integer histograms merge across
+// shards by a sum, so the ranks run the same radix selection on order_key (4 rounds of 8
+// bits): each rank counts its own tokens (shard_radix_hist) with the row's global max, 1/T
+// and V, the histograms are summed (all_reduce), every rank picks the same bucket; the tie
+// index at the selected value comes from the ranks' tie counts (shard_nth_tie).
+
+constexpr int64_t kRadix = 256;
+constexpr int64_t kHistChunk = 16384;  // tokens per task
+
+// Histograms of the shard's finite tokens inside the prefix (x > cut_value, or x ==
+// cut_value at a global id <= cut_index) whose order_key agrees with prefix[r] on the bits
+// above `shift` + 8: bucket (key >> shift) & 255. int64 (rows, 512): the fixed-point
+// masses (columns 0..255) and the counts (256..511).
+Tensor shard_radix_hist_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor cv, Tensor ci,
+                            Tensor prefix, int64_t shift) {
+  const Tensor mp = m;  // (unused: no min-p in the cut) -- check_shard_args wants a float row
+  check_shard_args(logits, offset, V, m, t, mp);
+  check_cut_args(logits, cv, ci);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  check_per_row(prefix, "prefix", R, ScalarType::Long, logits, "logits");
+  SOFTDEC_CHECK(shift == 0 || shift == 8 || shift == 16 || shift == 24, "shift must be 0, 8, 16 or 24, got ",
+                shift);
+  Tensor out = new_empty(logits, {R, 2 * kRadix}, ScalarType::Long);
+  if (R == 0) return out;
+  const float* mm = m.const_data_ptr<float>();
+  const float* tt = t.const_data_ptr<float>();
+  const float* cvp = cv.const_data_ptr<float>();
+  const int64_t* cip = ci.const_data_ptr<int64_t>();
+  const int64_t* pre = prefix.const_data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r) {
+    SOFTDEC_CHECK(tt[r] > 0.0f && tt[r] < kInf, "temperature must be finite and > 0, got ", tt[r], " at row ", r);
+    SOFTDEC_CHECK(pre[r] >= 0 && pre[r] <= 0xffffffffLL, "prefix must hold a 32-bit key, got ", pre[r], " at row ",
+                  r);
+  }
+  const int64_t nch = std::max<int64_t>(1, (n + kHistChunk - 1) / kHistChunk);
+  std::vector<int64_t> part(static_cast<size_t>(R * nch * 2 * kRadix), 0);
+  const uint32_t mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R * nch, 1, [&](int64_t b, int64_t e) {
+      for (int64_t w = b; w < e; ++w) {
+        const int64_t r = w / nch, c = w % nch;
+        const int64_t lo = c * kHistChunk, hi = std::min(n, lo + kHistChunk);
+        const scalar_t* xr = x + r * rs;
+        const float mx = mm[r], it = 1.0f / tt[r], cvr = cvp[r];
+        const int64_t cir = cip[r];
+        const int sh = filter::mass_shift(V, static_cast<double>(filter::token_mass(mx, mx, it)));
+        const uint32_t want = static_cast<uint32_t>(pre[r]) & mask;
+        uint64_t* hm = reinterpret_cast<uint64_t*>(part.data() + w * 2 * kRadix);
+        int64_t* hc = part.data() + w * 2 * kRadix + kRadix;
+        // one token under the prefix: v its logit, e its mass (float), gi its global id
+        auto add = [&](float v, float e, int64_t gi) {
+          if (!filter::detail::in_prefix(v, gi, cvr, cir)) return;
+          const int bk = static_cast<int>((filter::order_key(v) >> shift) & 0xffu);
+          hm[bk] += filter::to_fixed(static_cast<double>(e), sh);
+          hc[bk] += 1;
+        };
+        int64_t i = lo;
+#if SOFTDEC_SIMD_AVX512
+        // 16 tokens a step: keys and the prefix test in vectors, masses (vexp: filter::fexp's
+        // bits) for the steps with a token under the prefix, the histogram adds per token
+        const __m512 vm = _mm512_set1_ps(mx), vit = _mm512_set1_ps(it), vninf = _mm512_set1_ps(-kInf);
+        const __m512i vmask = _mm512_set1_epi32(static_cast<int>(mask)), vwant = _mm512_set1_epi32(static_cast<int>(want));
+        const __m512i vtop = _mm512_set1_epi32(static_cast<int>(0x80000000u)), vones = _mm512_set1_epi32(-1);
+        const __m512d vscale = _mm512_set1_pd(filter::pow2_d(sh));
+        // four copies of the histograms (lane l adds to copy l % 4): fewer dependent
+        // read-modify-writes of one bucket in a row; summed below (integers: exact)
+        uint64_t qm[4][kRadix] = {};
+        int64_t qc[4][kRadix] = {};
+        alignas(64) uint32_t bks[16];
+        alignas(64) uint64_t qs[16];
+        for (; i < hi; i += 16) {
+          const int64_t left = hi - i;
+          const __mmask16 lm = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+          const __m512 xv = left >= 16 ? load16<scalar_t>(xr + i) : load16_mask<scalar_t>(xr + i, lm);
+          const __mmask16 fin = _mm512_mask_cmp_ps_mask(lm, xv, vninf, _CMP_GT_OQ);
+          if (!fin) continue;
+          // order_key: x + 0 (-0 -> +0), negative: ~bits, else bits | 2^31
+          const __m512i u = _mm512_castps_si512(_mm512_add_ps(xv, _mm512_setzero_ps()));
+          const __mmask16 neg = _mm512_cmplt_epi32_mask(u, _mm512_setzero_si512());
+          const __m512i key = _mm512_mask_xor_epi32(_mm512_or_si512(u, vtop), neg, u, vones);
+          __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(fin, _mm512_and_si512(key, vmask), vwant);
+          if (hit && cvr > -kInf) hit &= above_cut(xv, cvr, cir, offset + i);
+          if (!hit) continue;
+          // masses (vexp: filter::fexp's bits), then filter::to_fixed: e * 2^sh in double, truncated
+          const __m512 ev = vexp(_mm512_mul_ps(_mm512_sub_ps(xv, vm), vit));
+          const __m512d e0 = _mm512_cvtps_pd(_mm512_castps512_ps256(ev));
+          const __m512d e1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(ev), 1)));
+          _mm512_store_si512(qs, _mm512_cvttpd_epu64(_mm512_mul_pd(e0, vscale)));
+          _mm512_store_si512(qs + 8, _mm512_cvttpd_epu64(_mm512_mul_pd(e1, vscale)));
+          _mm512_store_si512(bks, _mm512_and_si512(_mm512_srli_epi32(key, static_cast<unsigned>(shift)),
+                                                   _mm512_set1_epi32(0xff)));
+          while (hit) {
+            const int l = __builtin_ctz(hit);
+            hit &= static_cast<__mmask16>(hit - 1);
+            qm[l & 3][bks[l]] += qs[l];
+            qc[l & 3][bks[l]] += 1;
+          }
+        }
+        for (int q = 0; q < 4; ++q)
+          for (int64_t bk = 0; bk < kRadix; ++bk) {
+            hm[bk] += qm[q][bk];
+            hc[bk] += qc[q][bk];
+          }
+#endif
+        for (; i < hi; ++i) {
+          const float v = to_float(xr[i]);
+          if (!(v > -kInf) || (filter::order_key(v) & mask) != want) continue;
+          add(v, filter::token_mass(v, mx, it), offset + i);
+        }
+      }
+    });
+  });
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r) {
+    uint64_t* om = reinterpret_cast<uint64_t*>(o + r * 2 * kRadix);
+    int64_t* oc = o + r * 2 * kRadix + kRadix;
+    for (int64_t b = 0; b < kRadix; ++b) {
+      om[b] = 0;
+      oc[b] = 0;
+    }
+    for (int64_t c = 0; c < nch; ++c) {
+      const int64_t* p = part.data() + (r * nch + c) * 2 * kRadix;
+      for (int64_t b = 0; b < kRadix; ++b) {
+        om[b] += static_cast<uint64_t>(p[b]);
+        oc[b] += p[kRadix + b];
+      }
+    }
+  }
+  return out;
+}
+
+// The global id of the n[r]-th (1-based, id order) finite token of the shard equal to
+// value[r] inside the prefix (cut_value, cut_index); -1 if n[r] < 1 or the shard holds
+// fewer such tokens.
+Tensor shard_nth_tie_cpu(Tensor logits, int64_t offset, Tensor value, Tensor cv, Tensor ci, Tensor nth) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  check_per_row(value, "value", R, ScalarType::Float, logits, "logits");
+  check_cut_args(logits, cv, ci);
+  check_per_row(nth, "n", R, ScalarType::Long, logits, "logits");
+  Tensor out = new_empty(logits, {R}, ScalarType::Long);
+  if (R == 0) return out;
+  const float* vp = value.const_data_ptr<float>();
+  const float* cvp = cv.const_data_ptr<float>();
+  const int64_t* cip = ci.const_data_ptr<int64_t>();
+  const int64_t* np = nth.const_data_ptr<int64_t>();
+  int64_t* o = out.mutable_data_ptr<int64_t>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        o[r] = -1;
+        if (np[r] < 1) continue;
+        const float val = vp[r];
+        int64_t seen = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const float v = to_float(x[r * rs + i]);
+          if (v > -kInf && v == val && filter::detail::in_prefix(v, offset + i, cvp[r], cip[r]) && ++seen == np[r]) {
+            o[r] = offset + i;
+            break;
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------ verify(method="exact") on shards
+// The filtered target of a position: kept(i) = filter::kept with (max_logit, 1/T, min-p, the
+// cut), p_i = fexp((x_i - m) / T) * inv_z in float (verify.cpp p_of), inv_z = float(exp(-log
+// s)) with s the kept masses' double sum in vocabulary order (filter::compute_row_filter's
+// serial loop, which the single-device op runs for top-p targets): the ranks continue one
+// running sum in vocabulary order (shard_kept_mass, a chain of broadcasts), then each rank
+// races its own tokens as verify.cpp's race_range does (shard_verify_race: key = p_i /
+// -flog(u_i), u_i element i of the (seed, stream) stream; larger key wins, lower id on ties).
+
+RowFilter position_filter(float m, float t, float min_p, float cv, int64_t ci) {
+  RowFilter f;
+  f.valid = 1;
+  f.max_logit = m;
+  f.inv_temp = 1.0f / t;
+  f.cut_value = cv;
+  f.cut_index = ci;
+  f.log_min_p = filter::log_min_p_of(min_p);
+  return f;
+}
+
+void check_position_args(const Tensor& logits, int64_t offset, const Tensor& m, const Tensor& t, const Tensor& mp,
+                         const Tensor& cv, const Tensor& ci) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  const int64_t R = logits.size(0);
+  check_per_row(m, "max_logit", R, ScalarType::Float, logits, "logits");
+  check_per_row(t, "temperature", R, ScalarType::Float, logits, "logits");
+  check_per_row(mp, "min_p", R, ScalarType::Float, logits, "logits");
+  check_cut_args(logits, cv, ci);
+  const float* tt = t.const_data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r)
+    SOFTDEC_CHECK(tt[r] > 0.0f && tt[r] < kInf, "temperature must be finite and > 0, got ", tt[r], " at row ", r);
+}
+
+// start[r] + the kept masses of the shard's tokens, added one by one in id order (double);
+// and the mass (float) of token want[r]: 0 if not kept, -1 if the shard does not hold it.
+std::tuple<Tensor, Tensor> shard_kept_mass_cpu(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp,
+                                               Tensor cv, Tensor ci, Tensor start, Tensor want) {
+  check_position_args(logits, offset, m, t, mp, cv, ci);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  check_per_row(start, "start", R, ScalarType::Double, logits, "logits");
+  check_per_row(want, "want", R, ScalarType::Long, logits, "logits");
+  Tensor out = new_empty(logits, {R}, ScalarType::Double);
+  Tensor ew = new_empty(logits, {R}, ScalarType::Float);
+  if (R == 0) return {out, ew};
+  const float* mm = m.const_data_ptr<float>();
+  const float* tt = t.const_data_ptr<float>();
+  const float* pp = mp.const_data_ptr<float>();
+  const float* cvp = cv.const_data_ptr<float>();
+  const int64_t* cip = ci.const_data_ptr<int64_t>();
+  const double* st = start.const_data_ptr<double>();
+  const int64_t* wp = want.const_data_ptr<int64_t>();
+  double* o = out.mutable_data_ptr<double>();
+  float* oe = ew.mutable_data_ptr<float>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
+      alignas(64) float ms[1024];
+      for (int64_t r = b; r < e; ++r) {
+        const RowFilter f = position_filter(mm[r], tt[r], pp[r], cvp[r], cip[r]);
+        const scalar_t* xr = x + r * rs;
+        double s = st[r];
+        for (int64_t b0 = 0; b0 < n; b0 += 1024) {
+          const int64_t len = std::min<int64_t>(1024, n - b0);
+          masses(xr + b0, len, f.max_logit, f.inv_temp, ms);  // filter::token_mass's bits
+          for (int64_t j = 0; j < len; ++j)
+            if (filter::kept(f, to_float(xr[b0 + j]), offset + b0 + j)) s += ms[j];
+        }
+        o[r] = s;
+        const int64_t w = wp[r] - offset;
+        oe[r] = -1.0f;
+        if (w >= 0 && w < n) {
+          const float v = to_float(xr[w]);
+          oe[r] = filter::kept(f, v, wp[r]) ? filter::token_mass(v, f.max_logit, f.inv_temp) : 0.0f;
+        }
+      }
+    });
+  });
+  return {out, ew};
+}
+
+// The shard's race winner of each position: (key, global id; -1 and key 0 when no kept token
+// of the shard has p > 0), skipping token skip[r] (the one-hot draft's own residual is 0;
+// -1: none), and p of token skip[r] (-1 when the shard does not hold it).
+std::tuple<Tensor, Tensor, Tensor> shard_verify_race_cpu(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp,
+                                                         Tensor cv, Tensor ci, Tensor inv_z, Tensor seed,
+                                                         Tensor stream, Tensor skip) {
+  check_position_args(logits, offset, m, t, mp, cv, ci);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  check_per_row(inv_z, "inv_z", R, ScalarType::Float, logits, "logits");
+  check_per_row(seed, "seed", R, ScalarType::Long, logits, "logits");
+  check_per_row(stream, "stream", R, ScalarType::Long, logits, "logits");
+  check_per_row(skip, "skip", R, ScalarType::Long, logits, "logits");
+  Tensor key = new_empty(logits, {R}, ScalarType::Float);
+  Tensor id = new_empty(logits, {R}, ScalarType::Long);
+  Tensor psk = new_empty(logits, {R}, ScalarType::Float);
+  if (R == 0) return {key, id, psk};
+  const float* mm = m.const_data_ptr<float>();
+  const float* tt = t.const_data_ptr<float>();
+  const float* pp = mp.const_data_ptr<float>();
+  const float* cvp = cv.const_data_ptr<float>();
+  const int64_t* cip = ci.const_data_ptr<int64_t>();
+  const float* iz = inv_z.const_data_ptr<float>();
+  const int64_t* sd = seed.const_data_ptr<int64_t>();
+  const int64_t* sm = stream.const_data_ptr<int64_t>();
+  const int64_t* sk = skip.const_data_ptr<int64_t>();
+  float* ok = key.mutable_data_ptr<float>();
+  int64_t* oi = id.mutable_data_ptr<int64_t>();
+  float* op = psk.mutable_data_ptr<float>();
+  const int64_t rs = logits.stride(0);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
+      alignas(64) float ms[kGroup], u[kGroup];
+      for (int64_t r = b; r < e; ++r) {
+        const RowFilter f = position_filter(mm[r], tt[r], pp[r], cvp[r], cip[r]);
+        const scalar_t* xr = x + r * rs;
+        float bk = 0.0f;
+        int64_t bi = -1;
+        op[r] = -1.0f;
+        // 64-token groups of the stream (philox_chunk: elements [g0, g0 + 64)); a group's
+        // uniforms are drawn only when one of its tokens has p > 0
+        for (int64_t g0 = offset / kGroup * kGroup; g0 < offset + n; g0 += kGroup) {
+          const int64_t a = std::max(g0, offset), z = std::min(g0 + kGroup, offset + n);
+          masses(xr + (a - offset), z - a, f.max_logit, f.inv_temp, ms);  // ms[i - a]: filter::fexp's bits
+          bool any = false;
+          for (int64_t i = a; i < z; ++i) {
+            const float v = to_float(xr[i - offset]);
+            const float p = filter::kept(f, v, i) ? ms[i - a] * iz[r] : 0.0f;
+            ms[i - a] = p;
+            if (i == sk[r]) {
+              op[r] = p;
+              ms[i - a] = 0.0f;  // not in the race
+            }
+            any |= ms[i - a] > 0.0f;
+          }
+          if (!any) continue;
+          philox_chunk(static_cast<uint64_t>(sd[r]), static_cast<uint64_t>(sm[r]), static_cast<uint64_t>(g0 / 4), u);
+          for (int64_t i = a; i < z; ++i) {
+            const float p = ms[i - a];
+            if (!(p > 0.0f)) continue;
+            const float k = verify::race_key(p, u[i - g0]);
+            if (bi < 0 || verify::race_better(k, i, bk, bi)) {
+              bk = k;
+              bi = i;
+            }
+          }
+        }
+        ok[r] = bi < 0 ? 0.0f : bk;
+        oi[r] = bi;
+      }
+    });
+  });
+  return {key, id, psk};
 }
 
 // ------------------------------------------------------------------ shard partials and their merge
@@ -283,4 +672,10 @@ SOFTDEC_CPU_KERNELS(distributed,
     {"shard_block_pick", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_block_pick_cpu)},
     {"block_draw_target", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::block_draw_target_cpu)},
     {"shard_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_partials_cpu)},
-    {"merge_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::merge_partials_cpu)})
+    {"merge_partials", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::merge_partials_cpu)},
+    {"shard_radix_hist", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_radix_hist_cpu)},
+    {"shard_nth_tie", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_nth_tie_cpu)},
+    {"shard_cut_block_masses", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_cut_block_masses_cpu)},
+    {"shard_cut_block_pick", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_cut_block_pick_cpu)},
+    {"shard_kept_mass", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_kept_mass_cpu)},
+    {"shard_verify_race", TORCH_BOX(&softdec::SOFTDEC_CPU_NS::shard_verify_race_cpu)})

@@ -41,17 +41,30 @@ Decisions that depend on every token of the row:
   block), every rank walks them as the kernel does, and the rank holding the drawn block
   picks the token (an all_reduce(MAX) of one int64 per row, skipped when the block is a
   split one): the single-device id bit for bit, 3 collectives.
-- ``sample`` top-p rows without top-k (and k > 2048): the single-device top-p cut adds the
-  token masses into a float64 histogram in vocabulary order over the whole row; float64
-  addition is not associative, so per-shard partial sums cannot rebuild that rounding
-  sequence and the cut could differ in last-bit ties. Those rows all_gather their full
-  logits and run the single-device op (O(B * V), the serving engines' baseline).
+- ``sample`` top-p rows without top-k (and top-k > 2048): the single-device cut is the first
+  token of the filter order at which the running count (top-k) or the running top-p mass
+  reaches its target, the masses in filter.h's uint64 fixed point (q_i = to_fixed(fexp((x_i -
+  m) / T), mass_shift(V, 1))), whose sums are exact in any order. So the ranks run
+  filter::detail::select_nth's radix selection on order_key together (:func:`_radix_select`):
+  4 rounds of 8 bits, each rank histograms its own tokens ([B, 256] int64, with the row's
+  global max, 1/T and V; csrc/cpu/distributed.cpp ``shard_radix_hist``), the histograms are
+  summed (all_reduce; the last round all_gathers them, for every rank's tie count), every rank
+  picks the same bucket and, at the selected value, the same number of ties (fixed_take);
+  when the cut splits a run of equal logits, the rank holding the last kept tie finds its id
+  (``shard_nth_tie``, one all_reduce(MAX)). The target is fixed_target(top_p, total), total
+  the first round's sum. Then the blockwise draw above with the kept set ended at the cut
+  (``shard_cut_block_masses`` / ``shard_cut_block_pick``): the single-device id bit for bit,
+  7 collectives (8 with a split run of ties; top-k > 2048 adds 4-5 for its count select).
 - ``verify``: top-k targets (any method, dense / sparse drafts) use the candidates-only row
-  (see :func:`verify`), exact; "exact" with one-hot drafts and no top-k / top-p gathers the
-  shard sums of the filtered masses and each shard's exponential-race winner (the race of
-  the residual/bonus draw uses element ``id`` of the row's stream, so the shard winners
-  merge by max): 2 rounds of O(B * (K + 1)) values; the other targets without top-k
-  all_gather the rows (see :func:`verify`).
+  (see :func:`verify`), exact; "exact" with one-hot drafts and no top-k (temperature, top-p,
+  min-p) finds each position's top-p cut as ``sample`` does, then the normaliser as one
+  running double sum of the kept masses in vocabulary order, continued rank after rank
+  (``shard_kept_mass``, one broadcast per rank: the serial sum of
+  filter::compute_row_filter, which the single-device op runs for top-p targets), then each
+  rank races its own tokens with the kernel's float arithmetic (``shard_verify_race``: p_i =
+  fexp(.) * inv_z, key p_i / -flog(u_i), u_i element ``id`` of the row's stream) and the
+  shard winners merge by max; the other targets without top-k all_gather the rows (see
+  :func:`verify`).
 
 Limits (documented, checked): every rank must pass the same settings, B and
 draft tensors; the shards must tile ``[0, vocab_size)`` without overlap.
@@ -60,14 +73,20 @@ Implementation status: without a temperature (sample, verify) a shard's partials
 merge are one native pass each (csrc/cpu/distributed.cpp); soft_mixture's partials (which
 carry the softmax sums at the row's temperature) come from softdec.soft_mixture on the
 shard with a 1-column table and a Python merge. The decisions on the compact rows are the
-native kernels. ``verify(method="exact")``'s one-hot race without top-k is torch ops
-(torch.exp / torch.log in float32 where the kernel uses filter.h's fexp / flog: the same
-value to ~1 ulp, so an acceptance or race decided within ~1e-7 of its threshold may differ
-from the single-device op).
+native kernels. ``verify(method="exact")`` with one-hot drafts and no top-k is bit for bit the
+single-device op for top-p targets; without top-p the single-device normaliser is a
+vectorised (and, for small batches, thread-split) double sum whose rounding the serial chain
+does not repeat, so an acceptance or race decided within ~1e-16 relative of its threshold
+may differ.
 
 Devices: CPU shards (gloo) and CUDA shards (NCCL, or gloo with CUDA tensors): every tensor
 the ops create is on the shard's device; the five shard helpers have CUDA kernels
-(csrc/cuda/distributed.cu, the same numbers as the CPU ones). The CUDA path is compiled but
+(csrc/cuda/distributed.cu, the same numbers as the CPU ones). The top-p / large-k cut and
+verify(method="exact")'s chain and race (shard_radix_hist, shard_nth_tie, shard_cut_block_*,
+shard_kept_mass, shard_verify_race) are CPU-only so far: on CUDA shards top-p sample rows
+all_gather their rows, and verify(method="exact") takes the torch-op race without top-p
+(_verify_exact_torch: torch.exp / torch.log where the kernel uses fexp / flog, ~1 ulp) and
+gathers the rows with top-p. The CUDA path is compiled but
 has not been run yet (tests/test_distributed_cuda.py runs when a GPU is present). On CUDA a
 few steps read values on the host as the CPU path does: the layout / branch decisions
 (``tolist``, ``bool(...any())``), the acceptance walk of ``verify(method="exact")`` (one
@@ -119,9 +138,45 @@ def _merge_partials_fake(g, c):
             g.new_empty((R, n), dtype=torch.int64))
 
 
+@torch.library.register_fake("softdec::shard_kept_mass")
+def _shard_kept_mass_fake(logits, offset, max_logit, temperature, min_p, cut_value, cut_index, start, want):
+    R = logits.shape[0]
+    return logits.new_empty((R,), dtype=torch.float64), logits.new_empty((R,), dtype=torch.float32)
+
+
+@torch.library.register_fake("softdec::shard_verify_race")
+def _shard_verify_race_fake(logits, offset, max_logit, temperature, min_p, cut_value, cut_index, inv_z, seed,
+                            stream, skip):
+    R = logits.shape[0]
+    return (logits.new_empty((R,), dtype=torch.float32), logits.new_empty((R,), dtype=torch.int64),
+            logits.new_empty((R,), dtype=torch.float32))
+
+
 @torch.library.register_fake("softdec::block_draw_target")
 def _block_draw_target_fake(blk, seed, offset):
     return blk.new_empty((blk.shape[0],), dtype=torch.int64), blk.new_empty((blk.shape[0],), dtype=torch.float64)
+
+@torch.library.register_fake("softdec::shard_radix_hist")
+def _shard_radix_hist_fake(logits, offset, vocab_size, max_logit, temperature, cut_value, cut_index, prefix, shift):
+    return logits.new_empty((logits.shape[0], 512), dtype=torch.int64)
+
+
+@torch.library.register_fake("softdec::shard_nth_tie")
+def _shard_nth_tie_fake(logits, offset, value, cut_value, cut_index, n):
+    return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
+
+@torch.library.register_fake("softdec::shard_cut_block_masses")
+def _shard_cut_block_masses_fake(logits, offset, vocab_size, max_logit, temperature, min_p, cut_value, cut_index):
+    lo, hi = _inner(offset, logits.shape[1], vocab_size)
+    return logits.new_empty((logits.shape[0], hi - lo), dtype=torch.float64)
+
+
+@torch.library.register_fake("softdec::shard_cut_block_pick")
+def _shard_cut_block_pick_fake(logits, offset, vocab_size, max_logit, temperature, min_p, cut_value, cut_index,
+                               block, target):
+    return logits.new_empty((logits.shape[0],), dtype=torch.int64)
+
 
 _SMALL_K = 2048         # sample: the native top-k candidate path (kSmallK in sampling_kernels.h)
 _HEAD = 8               # per-row header of the exchanged partials (see _local_stats)
@@ -375,6 +430,15 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
     - "sample_plain" (plain / min-p rows, needs ``vocab_size``): the header and boundary
       tokens (``8 (8 + 1024)`` bytes per row, + the layout row), one float64 per block inside
       the largest shard, one int64 per row (all_reduce; skipped when the drawn block is split);
+    - "sample_top_p" (top-p rows without top-k, needs ``vocab_size``): "sample_plain" plus the
+      cut's radix rounds: three all_reduces of ``[B, 256]`` int64 and one all_gather of
+      ``[B, 512]`` int64 (masses and tie counts), + one int64 per row (all_reduce) when the cut
+      splits a run of ties (not counted);
+    - "verify_exact" / "verify_exact_top_p" (one-hot drafts, no top-k): the partials of B (K + 1)
+      positions + the layout row, the normaliser's broadcasts (two float64 per position from
+      each other rank: the running sum and the draft token's mass) and the race winners (two
+      float64 per row that draws: at most B); top-p adds the radix rounds over the B (K + 1)
+      positions (as "sample_top_p");
     - "verify" (greedy, soft): the partials of B (K + 1) positions; top-k targets add one
       layout row of partials, and a dense draft ``4 (world k + 1)`` bytes per drafted position
       (all_reduce).
@@ -389,9 +453,19 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
         nb = max(_inner(*shard_range(V, world, r), V)[1] - _inner(*shard_range(V, world, r), V)[0]
                  for r in range(world))
         return (world - 1) * ((B + 1) * 8 * (_HEAD + _FRAG // 2) + B * nb * 8) + int(2 * (world - 1) / world * B * 8)
+    if op == "sample_top_p":
+        radix = 3 * int(2 * (world - 1) / world * B * 256 * 8) + (world - 1) * B * 512 * 8
+        return bytes_per_call("sample_plain", B, 0, world, vocab_size=vocab_size) + radix
+    if op in ("verify_exact", "verify_exact_top_p"):
+        R = B * (K + 1)
+        out = (world - 1) * (R + 1) * 8 * _HEAD + (world - 1) * R * 16 + (world - 1) * B * 16
+        if op == "verify_exact_top_p":
+            out += 3 * int(2 * (world - 1) / world * R * 256 * 8) + (world - 1) * R * 512 * 8
+        return out
     if op == "verify":
         return (world - 1) * B * (K + 1) * per_row
-    raise ValueError(f"op must be 'sample', 'sample_plain', 'soft_mixture' or 'verify', got {op!r}")
+    raise ValueError("op must be 'sample', 'sample_plain', 'sample_top_p', 'soft_mixture', 'verify', 'verify_exact' "
+                     f"or 'verify_exact_top_p', got {op!r}")
 
 
 # ---------------------------------------------------------------- sample
@@ -411,12 +485,11 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     - plain and min-p rows (no top-k, no top-p): the single-device inverse-CDF draw on
       shards (see :func:`_draw_blocks`): 3 small rounds, per row ``8 KiB`` of boundary
       logits + one float64 per 1024-token block + one int64;
-    - top-p rows without top-k (and k > 2048): all_gather of the rows' full logits
-      (O(B * V), the serving engines' baseline), then the single-device op. The single-device
-      top-p cut adds token masses into a 4096-bucket float64 histogram in vocabulary order
-      over the whole row; that rounding sequence cannot be rebuilt from per-shard partial
-      sums (float64 addition is not associative), so the cut would differ from the
-      single-device one in last-bit ties; exact equality needs the full row.
+    - top-p rows without top-k (and k > 2048): the single-device cut found by a radix select
+      over fixed-point mass histograms summed across ranks (4 rounds of ``[B, 256]`` int64,
+      see the module docstring), then the blockwise draw with that cut: 7 collectives (8 when
+      the cut splits a run of equal logits), per row ``8 KiB`` of boundary logits + 3 x 2 KiB
+      (all_reduce) + 4 KiB per rank (all_gather) + the block sums; no row of logits moves.
     """
     x = _rows(logits, "logits")
     sh = _shard(group, vocab_offset, vocab_size, x.shape[1])
@@ -430,7 +503,8 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         k = int_arg(top_k, "top_k", lo=0)
         p = float(np.float32(float_arg(top_p, "top_p", lo=0, hi=1)))
         mp = float(np.float32(float_arg(min_p, "min_p", lo=0, hi=1)))
-        mode = "greedy" if t == 0 else "cand" if 0 < k < V and k <= _SMALL_K else "blocks" if p >= 1 else "full"
+        mode = "greedy" if t == 0 else "cand" if 0 < k < V and k <= _SMALL_K else \
+            "blocks" if (k == 0 or k >= V) and p >= 1 else "cut"
         sel = {mode: None}  # None: all rows
         T, K, P, MP = t, k, p, mp
     else:
@@ -441,9 +515,11 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         greedy = T == 0
         cand = ~greedy & (K > 0) & (K < V) & (K <= _SMALL_K)
         blocks = ~greedy & ((K == 0) | (K >= V)) & (P >= 1)  # plain / min-p: the blockwise draw
-        full = ~greedy & ~cand & ~blocks
-        sel = {name: m.nonzero()[:, 0] for name, m in (("cand", cand), ("blocks", blocks), ("full", full))
+        cut = ~greedy & ~cand & ~blocks  # top-p without top-k, or k > 2048: the cut on shards
+        sel = {name: m.nonzero()[:, 0] for name, m in (("cand", cand), ("blocks", blocks), ("cut", cut))
                if bool(m.any())}
+    if "cut" in sel and x.device.type != "cpu":  # the cut's helpers are CPU-only so far: gather the rows
+        sel["full"] = sel.pop("cut")
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
 
     def take(v, r):
@@ -460,7 +536,7 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
     else:
         c = 0
     part = _local_stats(x, c, None, sh)
-    if "blocks" in sel:  # the shard's tokens in blocks it shares with other shards (float32 bits)
+    if "blocks" in sel or "cut" in sel:  # the shard's tokens in blocks it shares with other shards (float32 bits)
         part = torch.cat([part, _fragments(x, sh)], 1)
     head = torch.zeros(1, part.shape[1], dtype=torch.float64, device=dev)
     head[0, 0], head[0, 1] = sh.offset, Vl
@@ -491,6 +567,25 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         elif r.numel():
             ids[r] = _draw_blocks(x[r], g[:, r, w0:], shards, mg.max[r].float(), per_row(T, r, torch.float32),
                                   per_row(MP, r, torch.float32), s[r], o[r], sh)
+    if "cut" in sel:
+        r = sel["cut"]
+        r = mg.valid.nonzero()[:, 0] if r is None else r[mg.valid[r]]
+        if r.numel():
+            every = r.numel() == B  # all rows: no copies
+            xr = x if every else x[r]
+            fr = g[:, :B, w0:] if every else g[:, r, w0:]
+            rr = None if every else r
+            m = mg.max.float() if every else mg.max[r].float()
+            Tr = per_row(T, rr, torch.float32)
+            Kr = per_row(K, rr, torch.int64)
+            Pr = per_row(P, rr, torch.float32)
+            cv, ci = _cut(xr, shards, m, mg.argmax if every else mg.argmax[r], Tr, Kr, Pr, sh)
+            got = _draw_blocks(xr, fr, shards, m, Tr, per_row(MP, rr, torch.float32),
+                               s if every else s[r], o if every else o[r], sh, cut=(cv, ci))
+            if every:
+                ids = got
+            else:
+                ids[r] = got
     if "full" in sel:
         r = sel["full"]
         rr = torch.arange(B, device=dev) if r is None else r
@@ -549,7 +644,7 @@ def _fragments(xf: torch.Tensor, sh: Shard) -> torch.Tensor:
     return out.view(torch.float64)
 
 
-def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard) -> torch.Tensor:
+def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard, cut=None) -> torch.Tensor:
     """softdec.sample's inverse-CDF draw of plain / min-p rows on shards, the same id as the
     single-device op (csrc/cpu/sampling_kernels.h: block sums of 16 float lanes added in
     double, then a double walk over the blocks and inside one block; csrc/cpu/distributed.cpp).
@@ -575,7 +670,21 @@ def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard) -> torch.Tensor:
             blk[:, a - b0:b - b0] = vals[:, at:at + b - a]
             at += b - a
     inner = [_inner(off, n, V) for off, n in shards]
-    mine = _ops.shard_block_masses(x, sh.offset, V, m, T, MP)
+    if cut is None:
+        def masses(t, off):
+            return _ops.shard_block_masses(t, off, V, m, T, MP)
+
+        def pick(t, off, block, target):
+            return _ops.shard_block_pick(t, off, V, m, T, MP, block, target)
+    else:  # the kept set ends at the row's cut (cut_value, global cut_index)
+        cv, ci = cut
+
+        def masses(t, off):
+            return _ops.shard_cut_block_masses(t, off, V, m, T, MP, cv, ci)
+
+        def pick(t, off, block, target):
+            return _ops.shard_cut_block_pick(t, off, V, m, T, MP, cv, ci, block, target)
+    mine = masses(x, sh.offset)
     width = max(hi - lo for lo, hi in inner)
     if width:
         pad = torch.zeros(R, width, dtype=torch.float64, device=x.device)
@@ -586,17 +695,141 @@ def _draw_blocks(x, frag, shards, m, T, MP, s, o, sh: Shard) -> torch.Tensor:
         if hi > lo:
             sums[:, lo:hi] = got[w, :, :hi - lo]
     for b0, blk in split.items():
-        sums[:, b0 // _BLK] = _ops.shard_block_masses(blk, b0, V, m, T, MP)[:, 0]
+        sums[:, b0 // _BLK] = masses(blk, b0)[:, 0]
     block, target = _ops.block_draw_target(sums, s, o)
-    ids = _ops.shard_block_pick(x, sh.offset, V, m, T, MP, block, target)
+    ids = pick(x, sh.offset, block, target)
     for b0, blk in split.items():
-        ids = torch.maximum(ids, _ops.shard_block_pick(blk, b0, V, m, T, MP, block, target))
+        ids = torch.maximum(ids, pick(blk, b0, block, target))
     in_split = torch.zeros(R, dtype=torch.bool, device=x.device)
     for b0 in split:
         in_split |= block == b0 // _BLK
     if sh.world > 1 and not bool(in_split.all()):
         dist.all_reduce(ids, op=dist.ReduceOp.MAX, group=sh.group)
     return ids.clamp_min(0)
+
+
+# ---------------------------------------------------------------- the top-p / large-k cut
+
+_IMAX = (1 << 63) - 1  # cut_index keeping every tie at the cut value
+
+
+def _fixed_target(top_p: float, total: int) -> int:
+    """filter::fixed_target: ceil(top_p * total) exactly, top_p a float32 in [0, 1)."""
+    if not top_p > 0 or total == 0:
+        return 0
+    bits = int(np.array(top_p, dtype=np.float32).view(np.uint32))
+    be = (bits >> 23) & 0xFF
+    mant = ((bits & 0x7FFFFF) | 0x800000) if be else (bits & 0x7FFFFF)
+    sft = 150 - be if be else 149  # top_p = mant * 2^-sft
+    return (mant * total + (1 << sft) - 1) >> sft
+
+
+def _key_float(key: torch.Tensor) -> torch.Tensor:
+    """filter::key_float of int64 keys (< 2^32) -> float32."""
+    k = key.numpy().astype(np.uint64)
+    bits = np.where(k & 0x80000000, k & 0x7FFFFFFF, (~k) & 0xFFFFFFFF).astype(np.uint32)
+    return torch.from_numpy(bits.view(np.float32).copy())
+
+
+def _radix_select(x, shards, m, T, pcv, pci, want, sh: Shard, top_p=None):
+    """The first token of the filter order, among the finite tokens inside the prefix
+    (pcv, pci), at which the running count (top_p None: want [R] int64, clamped to the
+    prefix's count) or the running fixed-point mass (top_p [R] float32 > 0: target
+    fixed_target(top_p, prefix mass)) reaches the target: filter::detail::select_nth on the
+    whole row, by rounds over the shards (shard_radix_hist, summed across ranks).
+    Returns (cut_value [R] float32, cut_index [R] int64 global -- _IMAX when every tie at the
+    value is kept --, the prefix's count or mass [R] int64)."""
+    R = x.shape[0]
+    mass = top_p is not None
+    half = slice(0, 256) if mass else slice(256, 512)
+    prefix = torch.zeros(R, dtype=torch.int64)
+    acc = torch.zeros(R, dtype=torch.int64)  # count / mass strictly above the selected key prefix
+    rows = torch.arange(R)
+    for shift in (24, 16, 8, 0):
+        h = _ops.shard_radix_hist(x, sh.offset, sh.vocab_size, m, T, pcv, pci, prefix, shift)
+        if shift:  # one all_reduce of the half the select reads
+            H = h[:, half].contiguous()
+            if sh.world > 1:
+                dist.all_reduce(H, group=sh.group)
+        else:  # the last round: every rank's histograms (its tie counts)
+            gh = _gather(h, sh)
+            H = gh[:, :, half].sum(0)
+        if shift == 24:
+            total = H.sum(1)
+            if mass:
+                target = torch.tensor([_fixed_target(float(p), int(t)) for p, t in zip(top_p.tolist(), total.tolist())],
+                                      dtype=torch.int64)
+            else:
+                target = torch.minimum(want, total)
+        rev = H.flip(1)  # buckets from the largest key down
+        cum = acc[:, None] + rev.cumsum(1)
+        first = (cum >= target[:, None]).int().argmax(1)  # always reached: target <= the prefix's total
+        acc = cum[rows, first] - rev[rows, first]
+        prefix = prefix | ((255 - first) << shift)
+    value = _key_float(prefix)
+    b = (prefix & 0xFF).long()
+    cnt = gh[:, rows, 256 + b]  # [W, R] tie counts per rank
+    ties = cnt.sum(0)
+    e = gh[:, rows, b].sum(0) // ties.clamp_min(1) if mass else torch.ones(R, dtype=torch.int64)
+    need = target - acc
+    take = torch.where(e > 0, torch.where(need > 0, (need + e - 1) // e.clamp_min(1), torch.zeros_like(need)), ties)
+    take = torch.minimum(take, ties).clamp_min(1)
+    take = torch.minimum(take, ties)
+    # every tie kept: the prefix's own index where the value is the prefix's cut value
+    ci = torch.where(value == pcv, pci, torch.full_like(pci, _IMAX))
+    part = take < ties
+    if bool(part.any()):
+        # the take-th tie in id order: ranks in vocabulary order, the holder finds its id
+        order = sorted(range(sh.world), key=lambda w: shards[w][0])
+        before = torch.zeros(R, dtype=torch.int64)
+        for w in order:
+            if w == sh.rank:
+                break
+            before += cnt[w]
+        got = _ops.shard_nth_tie(x, sh.offset, value, pcv, pci, torch.where(part, take - before, torch.zeros_like(take)))
+        if sh.world > 1:
+            dist.all_reduce(got, op=dist.ReduceOp.MAX, group=sh.group)
+        ci = torch.where(part, got, ci)
+    return value, ci, total
+
+
+def _cut(x, shards, m, argmax, T, K, P, sh: Shard):
+    """(cut_value, cut_index) of valid rows (T > 0) without a small top-k, as softdec.sample's
+    top_p_cut / filter::detail::generic_cut decide them on the full row: top-k (k > 2048) by
+    count, then top-p by fixed-point mass inside the top-k prefix (see _radix_select)."""
+    R = x.shape[0]
+    V = sh.vocab_size
+    cv = torch.full((R,), -math.inf, dtype=torch.float32)
+    ci = torch.full((R,), _IMAX, dtype=torch.int64)
+
+    def sub(t, r):
+        return t if r is None else t[r]
+
+    klim = (K > 0) & (K < V)
+    if bool(klim.any()):
+        r = None if bool(klim.all()) else klim.nonzero()[:, 0]
+        xr = sub(x, r).contiguous()
+        v, i, finite = _radix_select(xr, shards, sub(m, r), sub(T, r), sub(cv, r), sub(ci, r), sub(K, r), sh)
+        lim = sub(K, r) < finite  # k >= the finite tokens: no top-k
+        v = torch.where(lim, v, torch.full_like(v, -math.inf))
+        i = torch.where(lim, i, torch.full_like(i, _IMAX))
+        if r is None:
+            cv, ci = v, i
+        else:
+            cv[r], ci[r] = v, i
+    zero = P <= 0  # top_p = 0: the top token
+    cv = torch.where(zero, m, cv)
+    ci = torch.where(zero, argmax, ci)
+    tp = (P > 0) & (P < 1)
+    if bool(tp.any()):
+        r = None if bool(tp.all()) else tp.nonzero()[:, 0]
+        xr = sub(x, r).contiguous()
+        v, i, _ = _radix_select(xr, shards, sub(m, r), sub(T, r), sub(cv, r), sub(ci, r), None, sh, top_p=sub(P, r))
+        if r is None:
+            cv, ci = v, i
+        else:
+            cv[r], ci[r] = v, i
+    return cv.contiguous(), ci.contiguous()
 
 
 def _check_tiling(shards, V):
@@ -798,10 +1031,12 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
       the race uniforms (element id of the stream) are those of the full row, so the
       result is the single-device one bit for bit (the compute is O(V) per position on
       every rank, the exchange O(k));
-    - "exact" with one-hot drafts and no top-k / top-p (temperature, min_p): 2 rounds of
-      O(B (K + 1)) values (the shard sums of the kept masses and each shard's race winner;
-      torch.exp / torch.log in float32 where the kernel uses filter.h's fexp / flog, so a
-      decision within ~1e-7 of its threshold may differ);
+    - "exact" with one-hot drafts and no top-k (or top_k > 2048; temperature, top-p, min-p):
+      O(B (K + 1)) values: the partials, the cut's radix rounds (as ``sample``),
+      the normaliser as a running sum passed rank to rank (one broadcast per rank) and each
+      rank's race winner with the draft token's p (native, the kernel's float arithmetic);
+      top-p targets give the single-device result bit for bit, others up to the
+      normaliser's last-bit rounding (see the module docstring);
     - anything else (top-p or min-p targets without top-k with dense / sparse drafts or the
       typical / relaxed rules, filter_top_k = 0): all_gather of the full rows (O(B K V),
       the serving engines' baseline), then the single-device op. Those targets need every
@@ -868,9 +1103,12 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
             return _verify_candidates(x, draft_ids, nd, dense, draft_probs if sparse else None,
                                       int(kt.max()), sh, kw, seed, offset, generator)
         tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
+        if method == "exact" and draft_probs is None and x.device.type == "cpu" \
+                and not bool(((kt > 0) & (kt < V) & (kt <= _SMALL_K)).any()):
+            return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
         if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V)).any()) \
                 and not bool((tp < 1).any()):
-            return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
+            return _verify_exact_torch(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
         return _verify_gathered(x, draft_ids, nd, dense, draft_probs if sparse else None, sh, kw,
                                 seed, offset, generator)
     # greedy / soft: the compact problem
@@ -993,7 +1231,112 @@ def _verify_candidates(x, draft_ids, nd, dense, sp, c: int, sh: Shard, kw, seed,
 
 
 def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh: Shard):
-    """Exact rejection sampling with one-hot drafts, full-vocabulary targets (T, min-p)."""
+    """Exact rejection sampling with one-hot drafts, targets without a small top-k (T, top-k >
+    2048, top-p, min-p).
+
+    Round 1: flags, max, argmax and the layout (one all_gather); the
+    top-p cut of each position (``_cut``: the radix rounds of ``sample``); the normaliser as
+    one running double sum of the kept masses in vocabulary order, continued rank after rank
+    (``shard_kept_mass``, a broadcast per rank, which also carries the draft token's mass);
+    the acceptances; then, for the one position of each row that draws (the first rejection or
+    the bonus), each rank's race winner (``shard_verify_race``, the kernel's float arithmetic;
+    one all_gather of [B, 2])."""
+    from ._rng import philox_uniform
+    B, K1, Vl = x.shape
+    K = K1 - 1
+    dev = x.device
+    T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
+    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
+    tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
+    mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+    if bool(((kt > 0) & (kt < sh.vocab_size) & (kt <= _SMALL_K)).any()):
+        raise ValueError("_verify_exact takes targets without top-k or with top_k > 2048 (the candidates path "
+                         "takes the others)")
+    s, o = _sync_rng(seed, offset, B, dev, generator, sh)
+    # round 1: flags, max, argmax per position, the layout
+    R = B * K1
+    xr = x.reshape(R, Vl).contiguous()
+    st = _local_stats(xr, 0, None, sh)
+    dpos = torch.cat([draft_ids, torch.full((B, 1), -1, dtype=torch.int64)], 1).reshape(R)
+    head = torch.zeros(1, st.shape[1], dtype=torch.float64)
+    head[0, 0], head[0, 1] = sh.offset, Vl
+    g = _gather(torch.cat([st, head]), sh)
+    shards = [(int(a), int(b)) for a, b in g[:, R, :2].tolist()]
+    _check_tiling(shards, sh.vocab_size)
+    mg = _merge(g[:, :R].contiguous(), 0, None)
+    greedy = (T == 0).repeat_interleave(K1)
+    Tp = T.repeat_interleave(K1)
+    live = mg.valid & ~greedy  # positions with a filtered target to normalise and race
+    m = torch.where(mg.valid, mg.max, torch.zeros_like(mg.max)).float()
+    Tl = torch.where(live, Tp, torch.ones_like(Tp))
+    mpl = mp.repeat_interleave(K1)
+    cv = torch.full((R,), -math.inf, dtype=torch.float32)
+    ci = torch.full((R,), _IMAX, dtype=torch.int64)
+    tpl = tp.repeat_interleave(K1)
+    ktl = torch.where(kt < sh.vocab_size, kt, torch.zeros_like(kt)).repeat_interleave(K1)
+    cutr = (live & ((tpl < 1) | (ktl > 0))).nonzero()[:, 0]
+    if cutr.numel():  # the top-k (> 2048) / top-p cut (same rows and order on every rank)
+        cv[cutr], ci[cutr] = _cut(xr[cutr].contiguous(), shards, m[cutr], mg.argmax[cutr], Tl[cutr],
+                                  ktl[cutr], tpl[cutr], sh)
+    # the normaliser: one running sum in vocabulary order, rank after rank; with it, the
+    # draft token's mass (its holder's value)
+    zw = torch.stack([torch.zeros(R, dtype=torch.float64), torch.full((R,), -1.0, dtype=torch.float64)], 1)
+    if bool(live.any()):
+        for w in sorted(range(sh.world), key=lambda w_: shards[w_][0]):
+            if w == sh.rank:
+                zz, ex = _ops.shard_kept_mass(xr, sh.offset, m, Tl, mpl, cv, ci, zw[:, 0].contiguous(), dpos)
+                zw = torch.stack([zz, torch.maximum(zw[:, 1], ex.double())], 1)
+            if sh.world > 1:
+                src = dist.get_global_rank(sh.group, w) if sh.group is not None else w
+                dist.broadcast(zw, src=src, group=sh.group)
+    z = zw[:, 0]
+    # inv_z = float(exp(-log z)) with the C library's exp / log (those of the kernel)
+    inv_z = torch.tensor(np.array([math.exp(-math.log(v)) if v > 0 else 0.0 for v in z.tolist()],
+                                  dtype=np.float32), dtype=torch.float32)
+    px = zw[:, 1].float().clamp_min(0) * inv_z  # p_of: fexp(.) * inv_z in float
+    px = torch.where(greedy, (dpos == mg.argmax).float(), px)
+    ua = philox_uniform((B, max(K, 1)), s, o)
+    tokens = torch.full((B, K1), -1, dtype=torch.int64)
+    nacc = torch.zeros(B, dtype=torch.int64)
+    valid = mg.valid.reshape(B, K1)
+    pxb, am, gr = px.reshape(B, K1), mg.argmax.reshape(B, K1), greedy.reshape(B, K1)
+    race_rows, race_at = [], []  # the position of each row that draws from the residual / target
+    for b in range(B):
+        n = int(nd[b])
+        for jj in range(n + 1):
+            if not bool(valid[b, jj]):
+                break
+            if jj < n and float(ua[b, jj]) < float(pxb[b, jj]):
+                tokens[b, jj] = draft_ids[b, jj]
+                nacc[b] += 1
+                continue
+            if bool(gr[b, jj]):
+                tokens[b, jj] = am[b, jj]
+            else:
+                race_rows.append(b * K1 + jj)
+                race_at.append((b, jj))
+            break
+    if race_rows:  # every rank has the same rows: the decisions above are the same everywhere
+        rr = torch.tensor(race_rows, dtype=torch.int64)
+        jr = torch.tensor([jj for _, jj in race_at], dtype=torch.int64)
+        bonus = jr == nd[rr // K1]
+        skip = torch.where(bonus, torch.full_like(rr, -1), dpos[rr])
+        key, bid, _ = _ops.shard_verify_race(xr[rr].contiguous(), sh.offset, m[rr], Tl[rr], mpl[rr], cv[rr], ci[rr],
+                                             inv_z[rr], s[rr // K1].contiguous(), (o[rr // K1] + 1 + jr).contiguous(),
+                                             skip.contiguous())
+        g2 = _gather(torch.stack([key.double(), bid.double()], 1), sh)
+        kb, ib = g2[:, :, 0], g2[:, :, 1]
+        kmax = kb.amax(0)
+        win = torch.where((kb == kmax[None]) & (ib >= 0), ib, torch.full_like(kb, 2.0 ** 62)).amin(0)
+        race = torch.where(win < 2.0 ** 62, win, mg.argmax[rr].double()).long()
+        for t_, (b, jj) in enumerate(race_at):
+            tokens[b, jj] = race[t_]
+    return Verified(tokens.to(dev), nacc.to(dev), None, None)
+
+
+def _verify_exact_torch(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh: Shard):
+    """Exact rejection sampling with one-hot drafts, full-vocabulary targets (T, min-p), torch ops:
+    the path of non-CPU shards (the native chain / race helpers are CPU-only so far)."""
     from ._rng import philox_uniform
     B, K1, Vl = x.shape
     K = K1 - 1
