@@ -138,6 +138,11 @@ def test_finalize_merge_many_slices(dtype, kind, B, k, fk):
         assert got.ids[0, :10].cpu().tolist() == list(range(10))
 
 
+def test_cuda_soft_mixture_finalize_merge():
+    # the first-phase check of bench/gpu_check.sh (test_cuda_*): the block merge, many slices, ties
+    test_finalize_merge_many_slices(torch.float32, "few", 64, 10, 256)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("noise", ["gumbel", "dirichlet"])
 @pytest.mark.parametrize("kind", ["random", "equal", "few"])

@@ -99,7 +99,8 @@ def test_soft_filter_top_k_large_vocab(fk, B, dtype, kind):
     _check(lg, (did, dw), delta=0.05, filter_top_k=fk, **SETTINGS[0])
 
 
-def test_soft_filter_top_k_per_row_tensor_and_invalid_row():
+def test_cuda_verify_soft_filter_top_k_rows():
+    # (named test_cuda_*: bench/gpu_check.sh runs it in its first test phase)
     B, K, V, k = 5, 2, 900, 8
     g = torch.Generator().manual_seed(3)
     lg = _logits(B, K + 1, V, "random", torch.float32, g)
@@ -108,6 +109,16 @@ def test_soft_filter_top_k_per_row_tensor_and_invalid_row():
     fk = torch.tensor([30, 0, 8, V + 3, 256])
     did, dw = _drafts(lg.nan_to_num(nan=0.0), K, k, 30, SETTINGS[0], g)
     _check(lg, (did, dw), delta=0.2, filter_top_k=fk, **SETTINGS[0])
+
+
+@pytest.mark.parametrize("fk", [0, 30])
+def test_cuda_verify_soft_filter_top_k_qwen(fk):
+    # the first-phase check of bench/gpu_check.sh: B = 64 rows of a Qwen-sized vocabulary
+    K, V, k, B = 2, 151936, 10, 64
+    g = torch.Generator().manual_seed(fk + 1)
+    lg = _logits(B, K + 1, V, "random", torch.float32, g)
+    did, dw = _drafts(lg, K, k, fk, SETTINGS[0], g)
+    _check(lg, (did, dw), delta=0.05, filter_top_k=fk, **SETTINGS[0])
 
 
 @pytest.mark.parametrize("B", [1, 64])
