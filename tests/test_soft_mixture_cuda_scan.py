@@ -3,7 +3,8 @@
 sort and the deterministic O(B k D) embedding gradient, against the CPU backend (exact ids,
 the same ties rule: lower id first) and the float64 reference. Every test needs a GPU (marked
 cuda); the shapes hit each branch: V below one tile, one slice, V = 151936 (several slices),
-k = 1 / 10 / 30 / 256, filter_top_k = 256, rows of equal logits (ties inside and across tiles
+k = 1 / 10 / 30 / 256, filter_top_k = 256, V = 600001 (tens of slices merged by finalize_kernel's
+block select), rows of equal logits (ties inside and across tiles
 and slices), +0 / -0 ties, -inf-heavy rows, increasing rows (a compaction after every tile),
 Gumbel / Dirichlet noise, B = 1 and 64."""
 
@@ -117,6 +118,29 @@ def test_scan_kc_256(dtype, kind, V):
     kw = dict(top_k=10, filter_top_k=min(256, V - 1), temperature=1.3, top_p=0.97, min_p=0.0005,
               seed=torch.arange(B))
     _compare(logits, table, kw, ref_check=V < 151936)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("kind", ["random", "few", "ninf", "equal", "signed_zero"])
+@pytest.mark.parametrize("B,k,fk", [(1, 10, None), (64, 10, 256), (3, 256, None)])
+def test_finalize_merge_many_slices(dtype, kind, B, k, fk):
+    # finalize_kernel's block merge of the slice lists: 37 (float32) / 19 (16-bit) / 74 (float64)
+    # slices, so the live slots far outnumber kc (the radix select and the tie-id select across
+    # slices), slices shorter than kc ("ninf"), ties across every slice ("equal", "few")
+    g = torch.Generator().manual_seed(B + k)
+    V = 600_001
+    logits = _rows(kind, B, V, dtype, g)
+    table = torch.randn(V, 8, generator=g)
+    kw = dict(top_k=k, filter_top_k=fk, temperature=0.9, top_p=0.97, min_p=0.0005, seed=torch.arange(B))
+    _compare(logits, table, kw, ref_check=False)
+    if kind == "equal":  # every logit ties: the kc lowest ids, in id order
+        got = softdec.soft_mixture(logits.cuda(), table.cuda(), **_cuda(kw))
+        assert got.ids[0, :10].cpu().tolist() == list(range(10))
+
+
+def test_cuda_soft_mixture_finalize_merge():
+    # the first-phase check of bench/gpu_check.sh (test_cuda_*): the block merge, many slices, ties
+    test_finalize_merge_many_slices(torch.float32, "few", 64, 10, 256)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

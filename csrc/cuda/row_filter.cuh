@@ -262,6 +262,48 @@ __device__ void block_sort_desc(FilterScratch<W>& s, int n) {
   }
 }
 
+// Gathers the tokens of the prefix (cv, ci) of the filter order (in_cut: finite, value above
+// cv or equal with index <= ci) as packed keys into s.cand and sorts them best first. The
+// caller guarantees the prefix holds at most kFilterCand tokens (a count selection made it);
+// returns their number (uniform).
+template <int W, typename T>
+__device__ int block_gather_sorted(const T* x, int64_t V, bool vec, float cv, int64_t ci, FilterScratch<W>& s) {
+  const int tid = threadIdx.x;
+  if (tid == 0) s.n_cand = 0;
+  __syncthreads();
+  const int64_t nblk = (V + 3) / 4;
+  for (int64_t blk = tid; blk < nblk; blk += W * 32) {
+    float v[4];
+    load4(x, blk, V, vec, -filter::inf_f(), v);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (!in_cut(v[e], 4 * blk + e, cv, ci)) continue;
+      const int slot = atomicAdd(&s.n_cand, 1);  // integer slot; order irrelevant: sorted below
+      if (slot < kFilterCand) s.cand[slot] = pack_key(v[e], 4 * blk + e);
+    }
+  }
+  __syncthreads();
+  const int n = s.n_cand < kFilterCand ? s.n_cand : kFilterCand;
+  block_sort_desc<W>(s, n);
+  return n;
+}
+
+// The first min(n, finite) tokens of a row in the filter order (value descending, lower index
+// first; -inf never), n in [1, kFilterCand]: a block count selection of the n-th token
+// (block_select; skipped when n >= the finite count: every finite token), then
+// block_gather_sorted. On return s.cand[0, count) holds their packed keys best first (the
+// CPU's topk_scan order: keys are distinct); returns count (uniform).
+template <int W, typename T>
+__device__ int block_top_candidates(const T* x, int64_t V, bool vec, int64_t n, FilterScratch<W>& s) {
+  float cv;
+  int64_t ci;
+  __shared__ int64_t s_fin;
+  auto no_mass = [](float) -> uint64_t { return 0; };  // count mode: masses unused
+  block_select<W>(x, V, vec, -filter::inf_f(), V, false, n, 0, no_mass, s, &cv, &ci,
+                  threadIdx.x == 0 ? &s_fin : nullptr);
+  return block_gather_sorted<W>(x, V, vec, cv, ci, s);
+}
+
 // The filter of a valid row at T > 0 (max_logit / argmax from the caller's pass):
 // writes s.f() (cut, log_min_p, and -- candidate rule only -- num_kept / log_norm).
 // Returns true when s.f().log_norm is final (candidate rule); false when the caller
@@ -299,22 +341,7 @@ __device__ bool block_row_filter(const T* x, int64_t V, bool vec, float temp, in
   }
   if (cand_rule) {
     // gather the min(k, finite) prefix tokens, sort them, then the CPU's walk (thread 0)
-    if (tid == 0) s.n_cand = 0;
-    __syncthreads();
-    const int64_t nblk = (V + 3) / 4;
-    for (int64_t blk = tid; blk < nblk; blk += W * 32) {
-      float v[4];
-      load4(x, blk, V, vec, -filter::inf_f(), v);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (!in_cut(v[e], 4 * blk + e, cv, ci)) continue;
-        const int slot = atomicAdd(&s.n_cand, 1);  // order irrelevant: sorted below
-        if (slot < kFilterCand) s.cand[slot] = pack_key(v[e], 4 * blk + e);
-      }
-    }
-    __syncthreads();
-    const int n = s.n_cand < kFilterCand ? s.n_cand : kFilterCand;  // == min(k, finite)
-    block_sort_desc<W>(s, n);
+    const int n = block_gather_sorted<W>(x, V, vec, cv, ci, s);  // == min(k, finite)
     if (tid == 0) {
       filter::RowFilter f;
       f.valid = 1;

@@ -13,11 +13,11 @@
 //    without barriers (each thread counts the entries before its own). No sorts.
 //    Warp-shuffle merge of the softmax states. A row is split into fixed 16-tile
 //    slices (one block each), independent of B.
-// 2. finalize_kernel, one thread per row: merges the slices (states and top-k
-//    lists) and runs soft::finalize_row (filters, noise, final order). The
-//    merged list is built in place in slice 0's list (global scratch), not in a
-//    per-thread array: a 256-entry top-k list on the stack would make the
-//    driver reserve kilobytes of local memory for every resident thread.
+// 2. finalize_kernel, one block per row: the kc best of the slices' lists by a block
+//    radix select over all of them (the scan's select), a compaction and a rank sort
+//    into shared memory (no per-thread list, no insertion merge), then thread 0 merges
+//    the slice states in slice order and runs soft::finalize_row (filters, noise,
+//    final order; O(kc)).
 // 3. gather_kernel, grid (rows, D / 2048): each thread owns 8 columns
 //    (16-byte loads of bf16/fp16 rows), fp32 accumulation over the kept tokens.
 // 4. backward: one block per row for the logits gradient; the embedding
@@ -41,8 +41,7 @@
 namespace softdec {
 namespace {
 
-constexpr int kThreads = 256;          // scan, gather, backward, embedding backward
-constexpr int kFinalizeThreads = 64;   // finalize: one thread per row
+constexpr int kThreads = 256;  // scan, finalize, gather, backward, embedding backward
 // Grid y/z dimensions are at most 65535: launches over rows in y go in chunks of this many.
 constexpr int64_t kMaxGridY = 65535;
 // Width of a scan slice in tiles (16384 float32 / 32768 16-bit logits).
@@ -363,40 +362,119 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Phase 2, one block (kThreads) per row: the kc best of the union of the row's C slice lists,
+// sorted, then the merged softmax state and soft::finalize_row (thread 0).
+// The merged list is the one a sequential soft::topk_insert of every slice list into slice 0's
+// gives -- the kc best (value, id) of the union under soft::ranks_before (ids are distinct: the
+// slices partition the row), best first -- found block-parallel without moving data in place:
+//  * the live slots of the C * kc flat buffer (soft_select::slice_slot_live) are the candidates;
+//  * when there are more than kc, block_radix_select (the scan's select: 8-bit digits of
+//    order_key, integer histograms, then the ids of the ties) finds the kc-th best, and
+//    keep_entry keeps exactly the kc best (warp_append into shared memory, order not fixed);
+//  * a rank sort (each of the <= kc <= kThreads threads counts the kept entries ranking before
+//    its own: soft_select::rank_among) writes them best first.
+// Same list, bit for bit, as the former one-thread merge, so finalize_row sees identical input.
+// The slice states merge in slice order on thread 0 (O(C), as before: the sums' order is fixed).
 template <typename acc_t>
-__global__ void __launch_bounds__(kFinalizeThreads)
-    finalize_kernel(int64_t B, int64_t C, int k, int kc, const acc_t* __restrict__ part_state,
-                                const int32_t* __restrict__ part_bad,
-                                const int32_t* __restrict__ part_n,
-                                acc_t* __restrict__ part_v, int64_t* __restrict__ part_i,
-                                const double* __restrict__ T, const int64_t* __restrict__ K,
-                                const double* __restrict__ TP, const double* __restrict__ MP,
-                                const int64_t* __restrict__ FK, const int64_t* __restrict__ S, const int64_t* __restrict__ O,
-                                int noise, double tau, double noise_scale, double alpha, double glo,
-                                double ghi, double geps,
-                                int64_t* __restrict__ ids, acc_t* __restrict__ w,
-                                acc_t* __restrict__ h, acc_t* __restrict__ mp, bool* __restrict__ ok,
-                                acc_t* __restrict__ y, acc_t* __restrict__ lse,
-                                int64_t* __restrict__ nkept) {
-  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (b >= B) return;
-  // The merged top-k list: slice 0's sorted list (best first, distinct ids), into which the
-  // other slices' entries are inserted.
-  acc_t* mv = part_v + b * C * kc;
-  int64_t* mi = part_i + b * C * kc;
+__global__ void __launch_bounds__(kThreads)
+    finalize_kernel(int64_t C, int k, int kc, const acc_t* __restrict__ part_state,
+                    const int32_t* __restrict__ part_bad, const int32_t* __restrict__ part_n,
+                    const acc_t* __restrict__ part_v, const int64_t* __restrict__ part_i,
+                    const double* __restrict__ T, const int64_t* __restrict__ K,
+                    const double* __restrict__ TP, const double* __restrict__ MP,
+                    const int64_t* __restrict__ FK, const int64_t* __restrict__ S, const int64_t* __restrict__ O,
+                    int noise, double tau, double noise_scale, double alpha, double glo,
+                    double ghi, double geps,
+                    int64_t* __restrict__ ids, acc_t* __restrict__ w,
+                    acc_t* __restrict__ h, acc_t* __restrict__ mp, bool* __restrict__ ok,
+                    acc_t* __restrict__ y, acc_t* __restrict__ lse,
+                    int64_t* __restrict__ nkept) {
+  using K_t = typename soft_select::KeyOf<acc_t>::type;
+  static_assert(kThreads >= soft::kMaxTopK, "the rank sort gives each kept entry a thread");
+  __shared__ acc_t kv[soft::kMaxTopK];       // the kept entries, unordered
+  __shared__ int32_t ki[soft::kMaxTopK];
+  __shared__ acc_t mv[soft::kMaxTopK];       // the merged list, best first
+  __shared__ int64_t mi[soft::kMaxTopK];
+  __shared__ int total_sh;
+  __shared__ SelectScratch sel;
+  const int64_t b = blockIdx.x;
+  const int tid = threadIdx.x;
+  const acc_t* fv = part_v + b * C * kc;     // the row's flat buffer: C * kc slots
+  const int64_t* fi = part_i + b * C * kc;
+  const int32_t* rn = part_n + b * C;
+  const int nflat = static_cast<int>(C * kc);  // < 2^31: V < 2^31, kc <= 256, >= 4096 per slice
+  // live candidates: integer sum (order-free)
+  int mine = 0;
+  for (int64_t c = tid; c < C; c += kThreads) mine += rn[c];
+  if (tid == 0) total_sh = 0;
+  __syncthreads();
+  if (mine) atomicAdd(&total_sh, mine);
+  __syncthreads();
+  auto live = [&](int i) { return soft_select::slice_slot_live(i, kc, rn); };
+  K_t kth = 0;
+  bool all_ties = true;
+  int32_t id_max = INT32_MAX;
+  // (total_sh is read from shared memory where needed, not held across the select: held in a
+  // register, ptxas spilled it on sm_90a)
+  if (total_sh > kc) {  // uniform
+    int rest = 0, equal = 0;
+    kth = block_radix_select<K_t>(
+        nflat, kc,
+        [&](int i, K_t* key) {
+          if (!live(i)) return false;
+          *key = soft_select::order_key(fv[i]);
+          return true;
+        },
+        sel, &rest, &equal);
+    all_ties = rest == equal;
+    if (!all_ties) {
+      int r2 = 0, e2 = 0;
+      const uint32_t ik = block_radix_select<uint32_t>(
+          nflat, rest,
+          [&](int i, uint32_t* key) {
+            if (!live(i) || soft_select::order_key(fv[i]) != kth) return false;
+            *key = soft_select::id_key(static_cast<int32_t>(fi[i]));
+            return true;
+          },
+          sel, &r2, &e2);
+      id_max = soft_select::key_id(ik);  // ids are distinct: r2 == e2 == 1
+    }
+  }
+  if (tid == 0) sel.new_cnt = 0;
+  __syncthreads();
+  // compaction into kv / ki (uniform trip count: warp_append needs whole warps)
+  for (int base = 0; base < nflat; base += kThreads) {
+    const int i = base + tid;
+    bool keep = false;
+    acc_t v = 0;
+    int32_t id = 0;
+    if (i < nflat && live(i)) {
+      v = fv[i];
+      id = static_cast<int32_t>(fi[i]);
+      keep = total_sh <= kc || soft_select::keep_entry(soft_select::order_key(v), id, kth, all_ties, id_max);
+    }
+    warp_append(keep, v, id, &sel.new_cnt, 0, kv, ki);
+  }
+  __syncthreads();
+  const int n = sel.new_cnt;  // == min(kc, total) by construction
+  if (tid < n) {
+    const acc_t v = kv[tid];
+    const int32_t id = ki[tid];
+    const int r = soft_select::rank_among(kv, ki, n, v, id);
+    mv[r] = v;
+    mi[r] = id;
+  }
+  __syncthreads();
+  if (tid != 0) return;
   const acc_t t = T[b] == 0.0 ? acc_t(1) : soft::inv_temperature<acc_t>(T[b]);
-  soft::SoftmaxState<acc_t> st{part_state[b * C * 3], part_state[b * C * 3 + 1],
-                               part_state[b * C * 3 + 2]};
+  soft::SoftmaxState<acc_t> st{part_state[b * C * 3], part_state[b * C * 3 + 1], part_state[b * C * 3 + 2]};
   bool bad = part_bad[b * C] != 0;
-  int n = part_n[b * C];
   for (int64_t c = 1; c < C; ++c) {
     const int64_t p = b * C + c;
     soft::softmax_merge(st, soft::SoftmaxState<acc_t>{part_state[p * 3], part_state[p * 3 + 1],
                                                         part_state[p * 3 + 2]},
-                          t);
+                        t);
     bad |= part_bad[p] != 0;
-    for (int i = 0; i < part_n[p]; ++i)
-      n = soft::topk_insert(mv, mi, n, kc, part_v[p * kc + i], part_i[p * kc + i]);
   }
   const bool valid = !bad && n > 0;
   ok[b] = valid;
@@ -524,10 +602,9 @@ Out9 soft_mixture_cuda(Tensor logits, Tensor embedding, Tensor temperature, Tens
           pi.mutable_data_ptr<int64_t>());
       SOFTDEC_CUDA_LAUNCH_CHECK();
     }
-    finalize_kernel<acc_t><<<static_cast<unsigned>((B + kFinalizeThreads - 1) / kFinalizeThreads),
-                             kFinalizeThreads, 0, stream>>>(
-        B, Cr, static_cast<int>(k), static_cast<int>(kc), pstate.const_data_ptr<acc_t>(), pbad.const_data_ptr<int32_t>(),
-        pn.const_data_ptr<int32_t>(), pv.mutable_data_ptr<acc_t>(), pi.mutable_data_ptr<int64_t>(),
+    finalize_kernel<acc_t><<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
+        Cr, static_cast<int>(k), static_cast<int>(kc), pstate.const_data_ptr<acc_t>(), pbad.const_data_ptr<int32_t>(),
+        pn.const_data_ptr<int32_t>(), pv.const_data_ptr<acc_t>(), pi.const_data_ptr<int64_t>(),
         temperature.const_data_ptr<double>(), top_k.const_data_ptr<int64_t>(),
         top_p.const_data_ptr<double>(), min_p.const_data_ptr<double>(),
         filter_top_k.const_data_ptr<int64_t>(), seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), static_cast<int>(noise),

@@ -147,5 +147,20 @@ SOFTDEC_HD bool keep_entry(K key, int32_t id, K kth, bool all_ties, int32_t id_m
   return key > kth || (key == kth && (all_ties || id <= id_max));
 }
 
+// finalize_kernel's flat view of a row's C slice lists (kc slots each; slice c holds its
+// part_n[c] best entries, sorted, in slots [0, part_n[c])): slot i is live iff its position in
+// its slice is below that slice's count.
+SOFTDEC_HD bool slice_slot_live(int i, int kc, const int32_t* part_n) { return i % kc < part_n[i / kc]; }
+
+// Rank of (vt, it) among the n entries (v, id) with distinct ids: how many rank before it
+// (soft::ranks_before: larger value first, equal values lower id first; -0 == +0). Entry t's
+// rank is its position in the sorted order (the rank sort of scan_kernel / finalize_kernel).
+template <typename T>
+SOFTDEC_HD int rank_among(const T* v, const int32_t* id, int n, T vt, int32_t it) {
+  int r = 0;
+  for (int j = 0; j < n; ++j) r += (v[j] > vt || (v[j] == vt && id[j] < it)) ? 1 : 0;
+  return r;
+}
+
 }  // namespace soft_select
 }  // namespace softdec

@@ -10,6 +10,15 @@
 // Filtering with top-k or top-p is block-wide (row_filter.cuh: the CPU's
 // candidate rule for k <= 1024, a block radix selection otherwise); method
 // "greedy" needs only the argmax and skips the filter and the mass pass.
+//
+// Method "soft" with filter_top_k (fk; 0 = the whole vocabulary): the target's soft
+// token is soft_mixture's chain, as on the CPU (csrc/cpu/verify.cpp
+// soft_filtered_target): the cap = max(ks, fk) (whole: ks) first finite tokens of the
+// filter order by a block count selection + gather + bitonic sort (row_filter.cuh
+// block_top_candidates), the whole-vocabulary mass sum e^{(l - max) / T} when fk = 0
+// (a block pass, float exponentials, float64 sums), then soft::finalize_row -- the
+// very function the CPU calls -- on thread 0 over the <= cap sorted candidates
+// (O(cap), cap <= 1024; never a pass over the vocabulary).
 #include <cuda_fp16.h>
 
 #include "cuda_common.cuh"
@@ -19,6 +28,7 @@
 #include "../verify_checks.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
+#include "softdec/soft_mixture.h"
 #include "softdec/verify.h"
 
 namespace softdec {
@@ -35,6 +45,7 @@ using namespace vcuda;  // NOLINT
 struct Params {
   int32_t method, kind;
   int64_t V, K, ks, nb_m, excl_cap;
+  int64_t fcap;  // filter_top_k given: candidates per row (max(ks, soft::kMaxTopK)), else 0
   float post_thr, post_alpha, delta;
   bool vec_logits, vec_q;
 };
@@ -48,6 +59,8 @@ struct Shared {
   int32_t action;
   int64_t n_excl;
   int32_t n_soft;
+  int32_t n_fc;        // filter_top_k: sorted candidates in fc_v / fc_i
+  double vocab_mass;   // filter_top_k = 0: sum e^{(l - max) / T} over the finite logits
   int64_t nacc;
   bool use_q;  // residual against the dense q
 };
@@ -85,19 +98,43 @@ __device__ __forceinline__ float p_of(const T* x, const RowFilter& f, float inv_
   return filter::fexp((v - f.max_logit) * f.inv_temp) * inv_z;
 }
 
+// Thread 0's soft_mixture chain of method "soft" with filter_top_k: soft::finalize_row (the
+// CPU's function) on the n sorted candidates, writing ks ids / weights (padding: the top id,
+// weight 0). Not inlined: its registers stay out of the kernel's block-wide passes (inlined,
+// the float32 kernel spilled at 128 registers).
+__device__ __noinline__ int soft_chain(const float* cand_v, const int64_t* cand_i, int n, int ks, float temp,
+                                       int64_t top_k, int64_t fk, float top_p, float min_p, double vocab_mass,
+                                       int64_t* ids, float* w, float* noisy) {
+  soft::RowParams rp{};
+  rp.temperature = static_cast<double>(temp);
+  rp.top_k = top_k;
+  rp.filter_top_k = fk;
+  rp.top_p = static_cast<double>(top_p);
+  rp.min_p = static_cast<double>(min_p);
+  rp.noise = soft::kNoNoise;
+  rp.vocab_mass = vocab_mass;
+  return soft::finalize_row<float>(cand_v, cand_i, n, ks, rp, ids, w, noisy);
+}
+
 template <typename T, typename Q>
 __global__ void __launch_bounds__(kThreads) verify_kernel(
     const T* __restrict__ logits, int64_t ls0, int64_t ls1, const int64_t* __restrict__ draft,
     const int64_t* __restrict__ num_draft, const Q* __restrict__ dprobs, int64_t ds0, int64_t ds1,
     const int64_t* __restrict__ sids, const float* __restrict__ sw, const int64_t* __restrict__ nbrs,
+    const int64_t* __restrict__ ftk,
     const float* __restrict__ temps, const int64_t* __restrict__ topks, const float* __restrict__ topps,
     const float* __restrict__ minps, const int64_t* __restrict__ seeds, const int64_t* __restrict__ offs,
     Params P, int64_t* __restrict__ tokens, int64_t* __restrict__ nacc_out, int64_t* __restrict__ soft_ids,
     float* __restrict__ soft_w) {
-  extern __shared__ int64_t dyn[];          // exclusion list [excl_cap], then soft scratch
+  // dynamic: int64 exclusion list [excl_cap], soft ids [ks], filter_top_k candidate ids
+  // [fcap]; then float soft values [ks], candidate values [fcap], finalize_row's noisy [ks]
+  extern __shared__ int64_t dyn[];
   int64_t* excl = dyn;
   int64_t* soft_idx = dyn + P.excl_cap;      // [ks]
-  float* soft_val = reinterpret_cast<float*>(soft_idx + P.ks);  // [ks]
+  int64_t* fc_i = soft_idx + P.ks;           // [fcap]
+  float* soft_val = reinterpret_cast<float*>(fc_i + P.fcap);  // [ks]
+  float* fc_v = soft_val + P.ks;             // [fcap]
+  float* fc_noisy = fc_v + P.fcap;           // [ks] (finalize_row's noise output: unused)
   // raw storage: RowFilter has default member initialisers, which __shared__ cannot run
   __shared__ __align__(16) unsigned char sh_raw[sizeof(Shared)];
   Shared& sh = *reinterpret_cast<Shared*>(sh_raw);
@@ -125,6 +162,8 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
     const bool bonus = j == n;
     const bool soft = P.method == verify::kSoft;
     const int64_t top_k = soft ? (top_k0 > 0 ? (top_k0 < ks ? top_k0 : ks) : ks) : top_k0;
+    // method "soft" with filter_top_k: soft_mixture's chain (see the top of the file)
+    const bool fsoft = soft && ftk != nullptr;
     // ---- pass 1: validity, max, argmax
     KI best{-filter::inf_f(), -1};
     bool nan = false;
@@ -143,7 +182,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
     const bool row_ok = !nan && mx.i >= 0 && mx.k != filter::inf_f();
     // greedy verification needs the argmax only: no filter, no mass pass
     const bool argmax_only = P.method == verify::kGreedy;
-    const bool filtered = row_ok && temp > 0.0f && !argmax_only && (topk_on || topp_on);
+    const bool filtered = row_ok && temp > 0.0f && !argmax_only && !fsoft && (topk_on || topp_on);
     // block-wide cut (all threads); `final_norm`: log_norm already set (candidate rule)
     const bool final_norm =
         filtered && block_row_filter<kWarps>(x, V, P.vec_logits, temp, top_k, top_p, min_p, mx.k, mx.i, fs);
@@ -167,9 +206,50 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
       sh.f = f;
     }
     __syncthreads();
+    if (fsoft && row_ok) {
+      // The cap first finite tokens of the order; the wrapper checked fk (0, >= V, or in
+      // [top_k, kMaxTopK]); the clamps only keep a bad value inside the buffers.
+      int64_t fk = ftk[b];
+      if (fk < 0 || fk >= V) fk = 0;
+      const bool whole = fk == 0;
+      if (fk > soft::kMaxTopK) fk = soft::kMaxTopK;
+      const int64_t cap = whole || fk < ks ? ks : fk;  // <= fcap <= kFilterCand (host check)
+      if (temp > 0.0f) {
+        const int nc = block_top_candidates<kWarps>(x, V, P.vec_logits, cap, fs);
+        for (int c = tid; c < nc; c += kThreads) {
+          const int64_t i = key_index(fs.cand[c]);
+          fc_i[c] = i;
+          fc_v[c] = to_f(x, i);  // the logit itself (the key folds -0 into +0)
+        }
+        if (tid == 0) sh.n_fc = nc;
+        if (whole) {
+          // the CPU's mass_range: fexp((l - max) * t) in float over the finite logits,
+          // float64 sums (block reduction: rounding-level differences only)
+          const float it = soft::inv_temperature<float>(static_cast<double>(temp));
+          double2 acc = make_double2(0.0, 0.0);
+          for (int64_t blk = tid; blk < nblk; blk += kThreads) {
+            float v[4];
+            load4(x, blk, V, P.vec_logits, -filter::inf_f(), v);
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              if (v[e] > -filter::inf_f()) acc.x += filter::fexp((v[e] - mx.k) * it);
+          }
+          const double2 tot = block_sum2(acc, red_d);
+          if (tid == 0) sh.vocab_mass = tot.x;
+        } else if (tid == 0) {
+          sh.vocab_mass = 0.0;
+        }
+      } else if (tid == 0) {  // T = 0: finalize_row's one-hot argmax needs the top token only
+        fc_i[0] = mx.i;
+        fc_v[0] = mx.k;
+        sh.n_fc = 1;
+        sh.vocab_mass = 0.0;
+      }
+      __syncthreads();
+    }
     // ---- pass 2: mass (and entropy) over the kept set
     const bool want_h = P.method == verify::kTypical;
-    if (sh.f.valid && !sh.f.greedy) {
+    if (!fsoft && sh.f.valid && !sh.f.greedy) {
       const RowFilter f = sh.f;
       double2 acc = make_double2(0.0, 0.0);
       for (int64_t blk = tid; blk < nblk; blk += kThreads) {
@@ -197,7 +277,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
     if (soft && tid == 0) sh.n_soft = 0;
     __syncthreads();
     // ---- soft: collect the kept set (at most ks tokens)
-    if (soft && sh.f.valid && !sh.f.greedy) {
+    if (soft && !fsoft && sh.f.valid && !sh.f.greedy) {
       const RowFilter f = sh.f;
       for (int64_t blk = tid; blk < nblk; blk += kThreads) {
         float v[4];
@@ -220,14 +300,29 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
       sh.action = kStop;
       sh.n_excl = 0;
       sh.use_q = false;
+      if (fsoft && f.valid) {
+        // soft_mixture's chain on the sorted candidates: ks entries (padding: the top id,
+        // weight 0), exactly the CPU's soft_filtered_target
+        int64_t fk = ftk[b];
+        if (fk < 0 || fk >= V) fk = 0;
+        if (fk > soft::kMaxTopK) fk = soft::kMaxTopK;
+        const int kept = soft_chain(fc_v, fc_i, sh.n_fc, static_cast<int>(ks), temp, top_k, fk, top_p, min_p,
+                                    sh.vocab_mass, soft_idx, soft_val, fc_noisy);
+        for (int64_t c = kept > 1 ? kept : 1; c < ks; ++c) {
+          soft_idx[c] = soft_idx[0];
+          soft_val[c] = 0.0f;
+        }
+      }
       if (!f.valid) {
         tok[j] = -1;
         if (soft) {
           for (int64_t c = 0; c < ks; ++c) soft_ids[b * ks + c] = 0, soft_w[b * ks + c] = 0.0f;
         }
       } else if (soft) {
-        int64_t cnt;
-        if (f.greedy) {
+        int64_t cnt = ks;
+        if (fsoft) {
+          // soft_idx / soft_val hold the ks entries (above)
+        } else if (f.greedy) {
           soft_idx[0] = f.argmax;
           soft_val[0] = 1.0f;
           cnt = 1;
@@ -436,14 +531,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cuda(
   const verify_checks::VerifyArgs a = verify_checks::check_verify_args(
       target_logits, draft_ids, num_draft, draft_probs, sparse_ids, sparse_weights, neighbours, method,
       temperature, top_k, top_p, min_p, seed, offset, filter_top_k);
-  SOFTDEC_CHECK(!filter_top_k.has_value(),
-                "filter_top_k is not implemented by the CUDA verify kernel yet (CPU only); pass None");
   const int64_t B = a.B, K1 = a.K1;
   Params P{};
   verify_checks::pack_params(P, a, posterior_threshold, posterior_alpha, delta);
   // exclusion list: A(x) (<= m) plus the draft's own entries (<= k, or 1)
   P.excl_cap = P.nb_m + (P.ks > 0 ? P.ks : 1) + 1;
-  const size_t smem = static_cast<size_t>(P.excl_cap + P.ks) * sizeof(int64_t) + static_cast<size_t>(P.ks) * sizeof(float);
+  // filter_top_k (method "soft"): the candidates of a row are the max(ks, fk) best, fk <= kMaxTopK
+  // (the per-row values were checked by the wrapper; reading them here would synchronise)
+  if (filter_top_k.has_value()) {
+    SOFTDEC_CHECK(P.ks <= vcuda::kFilterCand, "filter_top_k on CUDA needs the sparse draft's k (the soft token "
+                  "width) <= ", vcuda::kFilterCand, ", got ", P.ks);
+    P.fcap = P.ks > soft::kMaxTopK ? P.ks : soft::kMaxTopK;
+  }
+  const size_t smem = static_cast<size_t>(P.excl_cap + P.ks + P.fcap) * sizeof(int64_t) +
+                      static_cast<size_t>(2 * P.ks + P.fcap) * sizeof(float);
 
   torch::stable::accelerator::DeviceGuard guard(target_logits.get_device_index());
   const int64_t ks_out = P.method == verify::kSoft ? P.ks : 0;
@@ -481,6 +582,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cuda(
           P.kind == verify::kSparse ? sparse_ids->const_data_ptr<int64_t>() : nullptr,
           P.kind == verify::kSparse ? sparse_weights->const_data_ptr<float>() : nullptr,
           P.method == verify::kRelaxed ? neighbours->const_data_ptr<int64_t>() : nullptr,
+          filter_top_k.has_value() ? filter_top_k->const_data_ptr<int64_t>() : nullptr,
           temperature.const_data_ptr<float>(), top_k.const_data_ptr<int64_t>(), top_p.const_data_ptr<float>(),
           min_p.const_data_ptr<float>(), seed.const_data_ptr<int64_t>(), offset.const_data_ptr<int64_t>(), P,
           tokens.mutable_data_ptr<int64_t>(), nacc.mutable_data_ptr<int64_t>(),

@@ -246,7 +246,8 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *,
         target's soft token is soft_mixture's ``filter_top_k`` chain:
         ``softmax(x / T)`` -> keep the ``filter_top_k`` largest, renormalise ->
         top_p -> min_p -> keep the ``top_k`` (output width) largest ->
-        renormalise (CPU only for now; CUDA raises).
+        renormalise (CPU and CUDA; on CUDA the soft token's width ``k`` must be
+        ``<= 1024`` with ``filter_top_k``).
 
     RNG layout (Philox, per row ``(seed, offset)``; batch-invariant)
     -----------------------------------------------------------------

@@ -6,12 +6,16 @@
 // 3. A sequential emulation of scan_kernel's per-slice candidate logic (first threshold once
 //    more than kc candidates are in, compaction when a tile might not fit, final rank sort)
 //    against a full sort, over many shapes, tie-heavy and -inf-heavy slices.
+// 5. A sequential emulation of finalize_kernel's merge of the C slice lists (live slots of the
+//    flat buffer, the two selects and keep_entry when more than kc, rank_among) against the
+//    former one-thread soft::topk_insert merge: the same list, entry for entry.
 // 4. A sequential emulation of the embedding gradient's LSD radix sort (tile histograms,
 //    digit-major exclusive scan, in-tile stable ranks) against std::stable_sort.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -223,6 +227,74 @@ static void check_lsd(std::mt19937_64& rng) {
   }
 }
 
+// finalize_kernel's merge, sequentially: C slices of kc slots, slice c's part_n[c] best first.
+static void check_merge(std::mt19937_64& rng) {
+  for (int trial = 0; trial < 300; ++trial) {
+    const int C = 1 + static_cast<int>(rng() % 12);
+    const int kc = 1 + static_cast<int>(rng() % 256);
+    const int distinct = 1 + static_cast<int>(rng() % 40);
+    std::vector<float> fv(static_cast<size_t>(C) * kc, 0.0f);
+    std::vector<int64_t> fi(static_cast<size_t>(C) * kc, -1);
+    std::vector<int32_t> pn(C);
+    int total = 0;
+    for (int c = 0; c < C; ++c) {
+      // a slice's sorted best: random count (often < kc: -inf-heavy slices), distinct ids
+      const int len = 1 + static_cast<int>(rng() % 600);
+      std::vector<Entry> e(len);
+      for (int i = 0; i < len; ++i) {
+        float v = trial % 3 == 0 ? static_cast<float>(static_cast<int>(rng() % distinct)) - 5.0f
+                                 : std::ldexp(static_cast<float>(rng() % 20000) - 10000.0f, -6);
+        if (v == 0.0f && rng() % 2) v = -0.0f;
+        e[i] = {v, c * 1000 + i};
+      }
+      std::sort(e.begin(), e.end(), before);
+      pn[c] = std::min(len, kc);
+      if (rng() % 4 == 0) pn[c] = static_cast<int32_t>(rng() % (pn[c] + 1));  // empty / short slices
+      for (int i = 0; i < pn[c]; ++i) {
+        fv[static_cast<size_t>(c) * kc + i] = e[i].v;
+        fi[static_cast<size_t>(c) * kc + i] = e[i].id;
+      }
+      total += pn[c];
+    }
+    // the former merge: slice 0's list, the others inserted in slice order
+    std::vector<float> mv(fv.begin(), fv.begin() + kc);
+    std::vector<int64_t> mi(fi.begin(), fi.begin() + kc);
+    int n = pn[0];
+    for (int c = 1; c < C; ++c)
+      for (int i = 0; i < pn[c]; ++i)
+        n = soft::topk_insert(mv.data(), mi.data(), n, kc, fv[static_cast<size_t>(c) * kc + i],
+                              fi[static_cast<size_t>(c) * kc + i]);
+    // the block merge: live slots, select + keep when more than kc, rank sort
+    const int nflat = C * kc;
+    std::vector<Entry> live;
+    for (int i = 0; i < nflat; ++i)
+      if (slice_slot_live(i, kc, pn.data())) live.push_back({fv[i], static_cast<int32_t>(fi[i])});
+    EXPECT(static_cast<int>(live.size()) == total, "live slots %zu vs %d", live.size(), total);
+    std::vector<Entry> kept = live;
+    if (total > kc) {
+      float thr = 0;
+      kept = select_keep(live, kc, &thr);
+    }
+    std::shuffle(kept.begin(), kept.end(), rng);  // warp_append: no fixed order
+    const int m = static_cast<int>(kept.size());
+    std::vector<float> kv(m);
+    std::vector<int32_t> ki(m);
+    for (int i = 0; i < m; ++i) kv[i] = kept[i].v, ki[i] = kept[i].id;
+    std::vector<float> gv(m);
+    std::vector<int64_t> gi(m, -1);
+    for (int t = 0; t < m; ++t) {
+      const int r = rank_among(kv.data(), ki.data(), m, kv[t], ki[t]);
+      EXPECT(r >= 0 && r < m && gi[r] == -1, "rank %d of %d taken twice or out of range", r, m);
+      if (r >= 0 && r < m) gv[r] = kv[t], gi[r] = ki[t];
+    }
+    EXPECT(m == n, "C %d kc %d: merged %d vs %d", C, kc, m, n);
+    for (int i = 0; i < std::min(m, n); ++i) {
+      EXPECT(gi[i] == mi[i], "C %d kc %d: slot %d id %lld vs %lld", C, kc, i, (long long)gi[i], (long long)mi[i]);
+      EXPECT(std::memcmp(&gv[i], &mv[i], sizeof(float)) == 0, "C %d kc %d: slot %d value bits differ", C, kc, i);
+    }
+  }
+}
+
 int main() {
   std::mt19937_64 rng(20261129);
   check_keys<float>(rng);
@@ -230,6 +302,7 @@ int main() {
   check_select(rng);
   check_scan(rng);
   check_lsd(rng);
+  check_merge(rng);
   if (failures) {
     std::printf("soft_select: %d failure(s)\n", failures);
     return 1;
