@@ -232,6 +232,7 @@ def _entry(rank, fn, world, backend, init, args):
     dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
     try:
         fn(rank, world, *args)
+        dist.barrier()  # every rank done before any tears its gloo pairs down
     except Exception:
         raise RuntimeError(f"rank {rank}:\n{traceback.format_exc()}") from None
     finally:
