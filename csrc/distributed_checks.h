@@ -1,8 +1,7 @@
 // Input checks of softdec.distributed's shard ops (shard_block_masses,
 // shard_block_pick, block_draw_target, shard_partials, merge_partials) for the
-// CUDA entry points (csrc/cuda/distributed.cu): the same checks and messages as
-// csrc/cpu/distributed.cpp's (which keeps its own copy for now, to be switched
-// to this header). Shapes, dtypes, devices and the shard's extent are checked;
+// CUDA entry points (csrc/cuda/distributed.cu); the CPU file shares
+// check_shard_args and keeps the checks of its CPU-only ops. Shapes, dtypes, devices and the shard's extent are checked;
 // per-row *values* (temperature in (0, inf)) only on CPU: the CUDA path leaves
 // them to the Python wrapper (python/softdec/distributed.py passes the rows of
 // positive, finite temperature only), as sampling_checks.h does, since reading

@@ -27,6 +27,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../distributed_checks.h"
 #include "sampling_kernels.h"
 
 namespace softdec {
@@ -44,18 +45,7 @@ std::pair<int64_t, int64_t> inner_blocks(int64_t offset, int64_t n, int64_t V) {
   return {b_lo, std::max(b_lo, b_hi)};
 }
 
-void check_shard_args(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
-                      const Tensor& mp) {
-  check_dim(logits, "logits", 2, "(rows, vocab_local)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
-  const int64_t R = logits.size(0), n = logits.size(1);
-  SOFTDEC_CHECK(offset >= 0 && V >= 1 && offset + n <= V, "the shard [offset, offset + vocab_local) = [", offset,
-                ", ", offset + n, ") must lie in [0, vocab_size = ", V, ")");
-  check_per_row(m, "max_logit", R, ScalarType::Float, logits, "logits");
-  check_per_row(t, "temperature", R, ScalarType::Float, logits, "logits");
-  check_per_row(mp, "min_p", R, ScalarType::Float, logits, "logits");
-}
+using distributed_checks::check_shard_args;  // shared with csrc/cuda/distributed.cu
 
 // The cut of a plain / min-p row of softdec.sample (sample_cpu's RowPlan -> Cut::of).
 Cut row_cut(float m, float t, float min_p) {
