@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import math
 import os
-import time
-import traceback
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import softdec
 import softdec.distributed as sd
+from dist_spawn import spawn
 
 TIMEOUT_S = 120
 V = 1031
@@ -30,28 +28,7 @@ V = 1031
 
 def _spawn(fn, world: int, tmp_path, *args):
     """Run fn(rank, world, *args) on `world` gloo ranks; fail on error or after TIMEOUT_S."""
-    init = f"file://{tmp_path}/rdv"
-    ctx = mp.start_processes(_entry, args=(fn, world, init, args), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.terminate()
-            pytest.fail(f"{fn.__name__} on {world} ranks did not finish in {TIMEOUT_S} s")
-
-
-def _entry(rank, fn, world, init, args):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-        dist.barrier()  # every rank done before any tears its gloo pairs down
-    except Exception:
-        raise RuntimeError(f"rank {rank}:\n{traceback.format_exc()}") from None
-    finally:
-        dist.destroy_process_group()
+    spawn(fn, world, tmp_path, *args, timeout=TIMEOUT_S)
 
 
 def _logits(B, V, *, scale=3.0, seed=0, extra=()):

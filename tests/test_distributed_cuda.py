@@ -20,18 +20,14 @@ bench/gpu_check.sh runs them in its first test phase, `pytest -m cuda -k test_cu
 
 from __future__ import annotations
 
-import os
-import time
-import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import softdec
 import softdec.distributed as sd
 from conftest import DEVICES
+from dist_spawn import spawn
 
 ops = torch.ops.softdec
 TIMEOUT_S = 300
@@ -213,30 +209,8 @@ def test_cuda_ops_bad_input_and_compile(device):
 # ------------------------------------------------------------------ 2. the distributed ops on CUDA shards
 
 def _spawn(fn, world, backend, tmp_path, *args):
-    init = f"file://{tmp_path}/rdv"
-    ctx = mp.start_processes(_entry, args=(fn, world, backend, init, args), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.terminate()
-            pytest.fail(f"{fn.__name__} on {world} {backend} ranks did not finish in {TIMEOUT_S} s")
-
-
-def _entry(rank, fn, world, backend, init, args):
-    torch.set_num_threads(1)
-    if backend == "nccl" or args[0] == "cuda":
-        torch.cuda.set_device(0)  # (two gloo ranks share the one GPU)
-    dist.init_process_group(backend, init_method=init, rank=rank, world_size=world)
-    try:
-        fn(rank, world, *args)
-        dist.barrier()  # every rank done before any tears its gloo pairs down
-    except Exception:
-        raise RuntimeError(f"rank {rank}:\n{traceback.format_exc()}") from None
-    finally:
-        dist.destroy_process_group()
+    # args[0] is the device: two gloo ranks holding CUDA tensors share GPU 0
+    spawn(fn, world, tmp_path, *args, backend=backend, cuda=backend == "nccl" or args[0] == "cuda", timeout=TIMEOUT_S)
 
 
 def _worker(rank, world, device, V):
