@@ -98,7 +98,7 @@ soft verify's compact rows (``torch.unique``).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -228,6 +228,14 @@ def _gather(t: torch.Tensor, sh: Shard) -> torch.Tensor:
     out = [torch.empty_like(t) for _ in range(sh.world)]
     dist.all_gather(out, t, group=sh.group)
     return torch.stack(out)
+
+
+def _row_settings(temperature, top_k, top_p, min_p, B: int, dev):
+    """Per-row (temperature, top_k, top_p, min_p) tensors of a sample / verify call, checked."""
+    return (row_param(temperature, "temperature", B, dev, torch.float32, lo=0),
+            row_param(top_k, "top_k", B, dev, torch.int64, lo=0),
+            row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1),
+            row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1))
 
 
 def _sync_rng(seed, offset, B, dev, generator, sh: Shard):
@@ -508,10 +516,7 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         sel = {mode: None}  # None: all rows
         T, K, P, MP = t, k, p, mp
     else:
-        T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
-        K = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
-        P = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
-        MP = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+        T, K, P, MP = _row_settings(temperature, top_k, top_p, min_p, B, dev)
         greedy = T == 0
         cand = ~greedy & (K > 0) & (K < V) & (K <= _SMALL_K)
         blocks = ~greedy & ((K == 0) | (K >= V)) & (P >= 1)  # plain / min-p: the blockwise draw
@@ -1245,10 +1250,7 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     B, K1, Vl = x.shape
     K = K1 - 1
     dev = x.device
-    T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
-    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
-    tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
-    mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+    T, kt, tp, mp = _row_settings(temperature, top_k, top_p, min_p, B, dev)
     if bool(((kt > 0) & (kt < sh.vocab_size) & (kt <= _SMALL_K)).any()):
         raise ValueError("_verify_exact takes targets without top-k or with top_k > 2048 (the candidates path "
                          "takes the others)")
@@ -1341,10 +1343,7 @@ def _verify_exact_torch(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed
     B, K1, Vl = x.shape
     K = K1 - 1
     dev = x.device
-    T = row_param(temperature, "temperature", B, dev, torch.float32, lo=0)
-    kt = row_param(top_k, "top_k", B, dev, torch.int64, lo=0)
-    tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
-    mp = row_param(min_p, "min_p", B, dev, torch.float32, lo=0, hi=1)
+    T, kt, tp, mp = _row_settings(temperature, top_k, top_p, min_p, B, dev)
     if bool(((kt > 0) & (kt < sh.vocab_size)).any()) or bool((tp < 1).any()):
         raise NotImplementedError("softdec.distributed.verify(method='exact'): top_k / top_p filtering of "
                                   "the target is not supported yet (temperature and min_p are)")
