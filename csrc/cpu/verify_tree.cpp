@@ -143,21 +143,16 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
   return best;
 }
 
-// race() over [lo, hi) minus the sorted unique indices skip[0..nskip), split into fixed
-// 16384-token pieces run by torch's threads when `par` (a batch too small to keep the threads
-// busy with rows). race_better is a total order on (key, index), so the merged winner is the
-// serial race's whatever the split.
+// race() over [0, V) minus the sorted unique indices skip[0..nskip), in the fixed pieces of
+// cpu::for_pieces (run by torch's threads when `par`: a batch too small to keep the threads busy
+// with rows). race_better is a total order on (key, index), so the merged winner is the one
+// race over [0, V) would find, whatever the split.
 template <typename T>
-Win race_par(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f, float inv_z,
-             uint64_t seed, uint64_t stream, bool par, const int64_t* skip = nullptr, int64_t nskip = 0) {
-  constexpr int64_t kSplit = 16384;
-  if (!par || hi - lo <= 2 * kSplit) return race(x, R, lo, hi, f, inv_z, seed, stream, skip, nskip);
-  const int64_t n = (hi - lo + kSplit - 1) / kSplit;
-  std::vector<Win> part(static_cast<size_t>(n));
-  torch::stable::parallel_for(0, n, 1, [&](int64_t a, int64_t e) {
-    for (int64_t i = a; i < e; ++i)
-      part[static_cast<size_t>(i)] = race(x, R, lo + i * kSplit, std::min(hi, lo + (i + 1) * kSplit), f, inv_z,
-                                          seed, stream, skip, nskip);
+Win race_par(const T* x, const float* R, int64_t V, const RowFilter& f, float inv_z, uint64_t seed,
+             uint64_t stream, bool par, const int64_t* skip = nullptr, int64_t nskip = 0) {
+  std::vector<Win> part(static_cast<size_t>((V + cpu::kFilterPiece - 1) / cpu::kFilterPiece));
+  cpu::for_pieces(V, par, [&](int64_t i, int64_t lo, int64_t hi) {
+    part[static_cast<size_t>(i)] = race(x, R, lo, hi, f, inv_z, seed, stream, skip, nskip);
   });
   Win best;
   for (const Win& w : part) best.take(w.key, w.idx);
@@ -469,19 +464,19 @@ void tree_row(int64_t b, const Row<T, Q>& c, const Params& P) {
     }
     Win w;
     if (dense_r) {
-      w = race_par(x, static_cast<const float*>(Rbuf.data()), 0, V, t.f, t.inv_z, seed, stream, P.par);
+      w = race_par(x, static_cast<const float*>(Rbuf.data()), V, t.f, t.inv_z, seed, stream, P.par);
     } else if (!touched.empty()) {
       skip.clear();
       for (const auto& e : touched) skip.push_back(e.first);
       std::sort(skip.begin(), skip.end());
-      w = race_par(x, static_cast<const float*>(nullptr), 0, V, t.f, t.inv_z, seed, stream, P.par, skip.data(),
+      w = race_par(x, static_cast<const float*>(nullptr), V, t.f, t.inv_z, seed, stream, P.par, skip.data(),
                    static_cast<int64_t>(skip.size()));
       std::sort(touched.begin(), touched.end());
       for (const auto& e : touched)
         if (e.second > 0.0f)
           w.take(verify::race_key(e.second, philox::uniform(seed, stream, static_cast<uint64_t>(e.first))), e.first);
     }
-    if (w.idx < 0) w = race_par(x, static_cast<const float*>(nullptr), 0, V, t.f, t.inv_z, seed, stream, P.par);
+    if (w.idx < 0) w = race_par(x, static_cast<const float*>(nullptr), V, t.f, t.inv_z, seed, stream, P.par);
     tok[nacc] = w.idx >= 0 ? w.idx : t.f.argmax;
     break;
   }
