@@ -17,11 +17,12 @@ JOBS ?= 2
 ABI_VERSIONS ?= 2.10.0 2.11.0 2.12.0 2.13.0
 ABI_CUDA_VERSIONS ?= $(ABI_VERSIONS)
 
-.PHONY: help setup install test bench bench-pytest dev test-dev test-isa isa-check cuda-check abi-check gpu-check-dry wheel sdist test-asan fuzz clean
+.PHONY: help setup install test test-transformers4 bench bench-pytest dev test-dev test-isa isa-check cuda-check abi-check gpu-check-dry wheel sdist test-asan fuzz clean
 
 help:
 	@echo "make test        set up .venv, build and install softdec, run the test suite"
 	@echo "make bench       set up, build and run 'softdec bench' (the benchmark table)"
+	@echo "make test-transformers4  the Hugging Face tests under transformers 4.57 (a second venv, .venv-tf4)"
 	@echo "make dev         in-place build into python/softdec with the current python (fast iteration)"
 	@echo "make test-dev    run the tests against the in-place build"
 	@echo "make test-isa    the in-place build's suite once per CPU level this machine runs (SOFTDEC_CPU_CAPABILITY forced)"
@@ -84,6 +85,23 @@ FUZZ_MINUTES ?= 10
 fuzz: install
 	cd tests && SOFTDEC_FUZZ_PROFILE=long SOFTDEC_FUZZ_MINUTES=$(FUZZ_MINUTES) \
 	  ../$(PY) -m pytest -q -s -p no:cacheprovider -m fuzz_long test_fuzz.py
+
+# ---- the oldest supported transformers (4.57; .venv has the newest 5.x): the Hugging Face tests in a
+# second venv (same interpreter, same torch) against the softdec `make install` put into .venv, copied
+# onto PYTHONPATH so that only softdec comes from .venv.
+TF4_VENV ?= .venv-tf4
+TF4_SPEC ?= transformers==4.57.*
+HF_TESTS := test_hf.py test_hf_archs.py test_hf_tree.py test_integration.py test_trace.py test_rl_example.py \
+	test_soft_thinking_fidelity.py
+test-transformers4: install
+	test -x $(TF4_VENV)/bin/python || $(PYTHON) -m venv $(TF4_VENV)
+	$(TF4_VENV)/bin/python -m pip install -q $(FIND_LINKS) "$(TORCH_SPEC)" "$(TF4_SPEC)" "pytest>=8" scipy numpy \
+	  "hypothesis>=6.100" pytest-timeout
+	rm -rf build/tf4-path && mkdir -p build/tf4-path
+	cp -r "$$($(PY) -c 'import os, softdec; print(os.path.dirname(softdec.__file__))')" build/tf4-path/
+	cd tests && PYTHONPATH=$(CURDIR)/build/tf4-path ../$(TF4_VENV)/bin/python -c \
+	  "import softdec, transformers; print('softdec', softdec.__file__, '| transformers', transformers.__version__)"
+	cd tests && PYTHONPATH=$(CURDIR)/build/tf4-path ../$(TF4_VENV)/bin/python -m pytest $(PYTEST_ARGS) $(HF_TESTS)
 
 # ---- CUDA compile check: objects only, every arch, fails on any compile error.
 # Uses the venv's torch headers, cmake and ninja, and the nvidia-cutlass headers.

@@ -140,10 +140,13 @@ def test_soft_thinking_top1_is_greedy_with_eos(arch):
 
 
 def test_gemma_embedding_scale_applied_once():
-    """transformers 5.x Gemma scales inside its embedding module, which inputs_embeds bypass."""
+    """transformers 5.x Gemma scales inside its embedding module, which inputs_embeds bypass (so the soft
+    embeds carry sqrt(hidden)); 4.x scales in the decoder, after inputs_embeds (so they carry 1)."""
+    import transformers
     model = model_for("gemma")
     emb, w, scale = H._input_embedding(model, "test")
-    assert scale == pytest.approx(math.sqrt(model.config.hidden_size), rel=1e-5)
+    tf5 = int(transformers.__version__.split(".")[0]) >= 5
+    assert scale == pytest.approx(math.sqrt(model.config.hidden_size) if tf5 else 1.0, rel=1e-5)
     for arch in ("llama", "gpt2"):
         assert H._input_embedding(model_for(arch), "test")[2] == pytest.approx(1.0)
     # a soft embedding built with that scale reproduces the model's own logits for a one-hot mixture
@@ -154,8 +157,8 @@ def test_gemma_embedding_scale_applied_once():
     a = model(inputs_embeds=st.embeds[None]).logits
     b = model(input_ids=ids).logits
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-    # without the scale the model would see a different input
-    st1 = softdec.soft_mixture(logits, w, top_k=1, embed_scale=1.0)
+    # with the scale applied twice (or never, on 5.x) the model would see a different input
+    st1 = softdec.soft_mixture(logits, w, top_k=1, embed_scale=math.sqrt(model.config.hidden_size) * scale)
     assert not torch.allclose(model(inputs_embeds=st1.embeds[None]).logits, b, atol=1e-3)
 
 

@@ -41,6 +41,19 @@ def _cells(archs, fast):
     return [pytest.param(a, marks=() if a in fast else SLOW) for a in archs]
 
 N_NEW = 12
+# transformers 4.x: the hybrids (LFM2, Qwen3-Next) build their own cache classes, whose recurrent / conv
+# states softdec cannot roll back, so Speculative refuses them there with the version it needs
+TF5 = int(transformers.__version__.split(".")[0]) >= 5
+HYBRIDS = {"lfm2", "qwen3_next"}
+
+
+def spec_refused(arch) -> bool:
+    return not TF5 and arch in HYBRIDS
+
+
+def assert_spec_refused(arch, call):
+    with pytest.raises(ValueError, match=r"Speculative on .* needs transformers >= 5 to roll back"):
+        call()
 _MODELS = {}
 
 
@@ -111,10 +124,22 @@ def test_greedy_cells_equal_transformers(arch, strategy):
     decoding all equal transformers' greedy, batched with left padding."""
     B = 3
     ids, mask = prompts(B)
-    out = H.generate(model_for(arch), ids, attention_mask=mask, strategy=_strategy(strategy, arch),
-                     max_new_tokens=N_NEW, eos_token_id=NO_EOS)
+    run = lambda strat: H.generate(model_for(arch), ids, attention_mask=mask, strategy=strat,  # noqa: E731
+                                   max_new_tokens=N_NEW, eos_token_id=NO_EOS)
+    if strategy == "spec_greedy" and spec_refused(arch):
+        return assert_spec_refused(arch, lambda: run(_strategy(strategy, arch)))
+    out = run(_strategy(strategy, arch))
     assert torch.equal(out.sequences, hf_greedy(arch, B))
     if strategy == "spec_greedy":
+        # drafts accepted and rejected (the caches rolled back); how close the perturbed draft is
+        # depends on the architecture's init (transformers versions differ), so other noise levels
+        # are tried until a run has both; every run must equal greedy
+        mixed = lambda a: int(a.max()) > 0 and bool(((a >= 0) & (a < 3)).any())  # noqa: E731
+        for noise in (0.06, 0.1, 0.15, 0.2, 0.3, 0.01):
+            if mixed(out.stats.num_accepted):
+                break
+            out = run(S.Speculative(perturbed(arch, noise=noise), 3, "greedy"))
+            assert torch.equal(out.sequences, hf_greedy(arch, B))
         acc = out.stats.num_accepted
         assert int(acc.max()) > 0  # drafts were accepted ...
         assert bool(((acc >= 0) & (acc < 3)).any())  # ... and rejected: the caches were rolled back
@@ -142,6 +167,10 @@ def test_soft_thinking_and_self_speculation(arch):
     gen = out.sequences[:, ids.shape[1]:]
     assert gen.shape == (3, 6) and bool(((gen >= 0) & (gen < V)).all())
     assert bool((out.stats.mode == MODE_SOFT).all()) and torch.isfinite(out.stats.entropy).all()
+    if spec_refused(arch):
+        return assert_spec_refused(arch, lambda: H.generate(model, ids, attention_mask=mask, max_new_tokens=7,
+                                                            strategy=S.Speculative(model, 3, "exact"),
+                                                            eos_token_id=NO_EOS))
     for spec in (S.Speculative(model, 3, "exact", temperature=1.0, seed=4),
                  S.Speculative(model, 3, "soft", top_k=4, temperature=1.0, delta=0.05, seed=2)):
         out = H.generate(model, ids, attention_mask=mask, strategy=spec, max_new_tokens=7, eos_token_id=NO_EOS)
@@ -158,6 +187,9 @@ def _first_token_distribution(arch, n):
     std = 0.08 if arch.startswith("gemma") else 0.5  # Gemma's scaled embeddings make std=0.5 one-hot
     target = make_arch_model(arch, vocab=vocab, seed=21, std=std)
     draft = make_arch_model(arch, vocab=vocab, seed=22, std=std)
+    if spec_refused(arch):
+        return assert_spec_refused(arch, lambda: H.generate(target, torch.tensor([[3, 5, 1]]), max_new_tokens=1,
+                                                            strategy=S.Speculative(draft, 2, "exact")))
     prompt = torch.tensor([[3, 5, 1, 6, 4, 7]])
     with torch.no_grad():
         p = filter_probs(target(prompt).logits[0, -1:].double(), 1.0, 0, 1.0)[0][0]
@@ -187,6 +219,10 @@ def test_rowwise_speculative_streams_and_pads(arch):
     """Models with sliding windows or recurrent states verify one row at a time: rows stop at eos
     independently, are padded after, and the streamer still gets (B,) columns."""
     ids, mask = prompts(3)
+    if spec_refused(arch):
+        return assert_spec_refused(arch, lambda: H.generate(model_for(arch), ids, attention_mask=mask,
+                                                            strategy=S.Speculative(perturbed(arch), 3, "greedy"),
+                                                            max_new_tokens=N_NEW))
     ref = hf_greedy(arch, 3)
     L = ids.shape[1]
     eos = int(ref[1, L + 4])

@@ -213,13 +213,14 @@ def test_replay_reproduces_logits_and_noise(arch, noise):
 
 
 def test_replay_inputs_embeds_match_generate():
-    # the soft inputs rebuilt from the trace are what the loop fed (captured at the decoder's input)
-    model = model_for("gemma")  # embedding scaled by sqrt(hidden)
+    # the soft inputs rebuilt from the trace are what the loop fed (the model's inputs_embeds argument;
+    # transformers 5.x Gemma scales by sqrt(hidden) in its embedding module, so they carry the scale,
+    # 4.x scales them inside the decoder)
+    model = model_for("gemma")
     ids, mask = prompts(2)
     fed = []
-    layer = model.model.layers[0]
-    h = layer.register_forward_pre_hook(lambda mod, args, kw: fed.append(
-        (args[0] if args else kw["hidden_states"]).detach().clone()), with_kwargs=True)
+    h = model.register_forward_pre_hook(lambda mod, args, kw: fed.append(
+        None if kw.get("inputs_embeds") is None else kw["inputs_embeds"].detach().clone()), with_kwargs=True)
     try:
         out = H.generate(model, ids, attention_mask=mask, strategy=_soft_strategy("dirichlet", think_end_token_id=None),
                          max_new_tokens=5, eos_token_id=[], return_trace=True)

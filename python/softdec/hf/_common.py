@@ -147,7 +147,8 @@ def _cache_layout(model) -> tuple[Optional[int], bool]:
         w = getattr(cfg, "sliding_window", None) or getattr(cfg, "attention_chunk_size", None)
         if isinstance(w, int):
             windows.append(w)
-    state = (lin is not None and any(isinstance(layer, lin) for layer in layers)) or _config_has_state_layers(model)
+    state = (lin is not None and any(isinstance(layer, lin) for layer in layers)) or _config_has_state_layers(model) \
+        or _legacy_ssm(model)
     return (min(windows) if windows else None), state
 
 
@@ -266,13 +267,38 @@ def _accepts(model, name: str) -> bool:
 
 def _cache_kwarg(model) -> str:
     """The name under which the model's forward takes its cache: ``cache`` (transformers >= 5.2x;
-    ``past_key_values`` is deprecated there) or ``past_key_values``; ValueError when neither."""
-    for name in ("cache", "past_key_values"):
+    ``past_key_values`` is deprecated there), ``past_key_values``, or ``cache_params`` (the state-space
+    models of transformers 4.x: Mamba, FalconMamba, Mamba2; see :func:`_legacy_ssm`); ValueError when none."""
+    for name in ("cache", "past_key_values", "cache_params"):
         if _accepts(model, name):
             return name
-    raise ValueError(f"softdec.hf needs a model whose forward takes a cache (`cache` or `past_key_values`) so that "
+    raise ValueError(f"softdec.hf needs a model whose forward takes a cache (`cache`, `past_key_values` or "
+                     f"`cache_params`) so that "
                      f"each decode step feeds one token; {type(model).__name__} "
-                     f"({getattr(model.config, 'model_type', '?')}) takes neither, so it is not supported")
+                     f"({getattr(model.config, 'model_type', '?')}) takes none of them, so it is not supported")
+
+
+def _legacy_ssm(model) -> bool:
+    """A state-space model on transformers' 4.x API: its forward takes ``cache_params`` (a
+    MambaCache-like object with ``conv_states`` / ``ssm_states``, built by the model on the first
+    forward) and ``cache_position``, and no ``past_key_values`` / ``cache`` (transformers 5 moved these
+    models to the common cache)."""
+    return not _accepts(model, "cache") and not _accepts(model, "past_key_values") and _accepts(model, "cache_params")
+
+
+_SSM_STATES = ("conv_states", "ssm_states")
+
+
+def _ssm_state_tensors(cache):
+    """{name: [tensor, ...]} of a legacy state-space cache's states (a list per layer or one stacked tensor)."""
+    out = {}
+    for name in _SSM_STATES:
+        val = getattr(cache, name, None)
+        if isinstance(val, torch.Tensor):
+            out[name] = [val]
+        elif isinstance(val, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in val):
+            out[name] = list(val)
+    return out
 
 
 class _Runner:
@@ -281,7 +307,11 @@ class _Runner:
     def __init__(self, model, batch: int, device, rollback: bool = False):
         self.model = model
         self.cache_kw = _cache_kwarg(model)
-        self.cache = _new_cache(model, rollback=rollback)
+        self.legacy_ssm = _legacy_ssm(model)
+        # a legacy state-space model builds its cache on the first forward (and its first
+        # cache_position); the later single-token steps pass cache_position = last + 1 as generate does
+        self.cache = None if self.legacy_ssm else _new_cache(model, rollback=rollback)
+        self.ssm_pos = None
         self.mask = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self.pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.keep_arg = _accepts(model, "logits_to_keep")
@@ -293,6 +323,8 @@ class _Runner:
         # a pure state-space model (Mamba) has no attention to mask: like transformers' generate, it gets the
         # mask of the tokens fed now (zeroing padded inputs), not the whole history
         self.state_only = self.stateful and not any(hasattr(layer, "keys") for layer in layers)
+        if self.legacy_ssm:
+            self.stateful = self.state_only = True
 
     def snapshot(self):
         """The runner's state now: mask, positions, each cache layer's key/value length and a copy of
@@ -307,12 +339,23 @@ class _Runner:
                 ent["flags"] = (dict(layer.is_conv_states_initialized), dict(layer.is_recurrent_states_initialized),
                                 dict(layer.has_previous_state))
             layers.append(ent)
-        return dict(mask=self.mask, pos=self.pos, all_valid=self.all_valid, layers=layers)
+        ssm = None
+        if self.legacy_ssm and self.cache is not None:
+            ssm = {k: [t.clone() for t in v] for k, v in _ssm_state_tensors(self.cache).items()}
+        return dict(mask=self.mask, pos=self.pos, all_valid=self.all_valid, layers=layers, ssm=ssm,
+                    ssm_pos=self.ssm_pos)
 
     def restore(self, snap) -> None:
         """Put the runner back to ``snap``: crop key/value layers to their length then, copy the
         recurrent / conv states back."""
         self.mask, self.pos, self.all_valid = snap["mask"], snap["pos"], snap["all_valid"]
+        if self.legacy_ssm:
+            self.ssm_pos = snap["ssm_pos"]
+            if snap["ssm"] is not None and self.cache is not None:
+                cur = _ssm_state_tensors(self.cache)
+                for name, saved in snap["ssm"].items():
+                    for t, v in zip(cur[name], saved):
+                        t.copy_(v)  # in place: the model keeps static addresses
         for layer, ent in zip(getattr(self.cache, "layers", []), snap["layers"]):
             if ent["kv"] is not None:
                 extra = _kv_len(layer) - ent["kv"]
@@ -359,8 +402,14 @@ class _Runner:
         attn = None if self.all_valid else self.mask
         if self.state_only:
             attn = None if bool(new_mask.all()) else new_mask
-        kw = {"attention_mask": attn, "position_ids": position_ids,
-              self.cache_kw: self.cache, "use_cache": True}
+        if self.legacy_ssm:
+            kw = {"attention_mask": attn, "use_cache": True}
+            if self.cache is not None:  # continue: one token (the multi-token case runs token by token above)
+                self.ssm_pos = self.ssm_pos + 1
+                kw.update(cache_params=self.cache, cache_position=torch.tensor([self.ssm_pos], device=x.device))
+        else:
+            kw = {"attention_mask": attn, "position_ids": position_ids,
+                  self.cache_kw: self.cache, "use_cache": True}
         if self.keep_arg:
             kw["logits_to_keep"] = keep
         if input_ids is not None:
@@ -371,6 +420,11 @@ class _Runner:
         if new_cache is None and self.cache_kw == "cache":
             new_cache = getattr(out, "past_key_values", None)
         if new_cache is not None and new_cache is not self.cache:
+            if self.legacy_ssm and self.cache is None:
+                # the first forward's cache_position is arange(conv kernel) (transformers' Mamba prefill)
+                cfg = self.model.config.get_text_config() if hasattr(self.model.config, "get_text_config") \
+                    else self.model.config
+                self.ssm_pos = int(getattr(cfg, "conv_kernel", 1)) - 1
             self.cache = new_cache
         self.pos = self.pos + new_mask.sum(1)
         return out.logits[:, -keep:]

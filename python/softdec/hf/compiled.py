@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from ..strategies.base import MODE_FINISHED, StepContext
-from ._common import GenerateOutput, GenerationStats, _accepts, _cache_kwarg, _empty_output, _input_embedding, _seeds
+from ._common import (GenerateOutput, GenerationStats, _accepts, _cache_kwarg, _empty_output, _input_embedding,
+                      _legacy_ssm, _seeds)
 
 _COMPILED = {}
 
@@ -69,6 +70,9 @@ def _generate_compiled(model, input_ids, mask, strategy, max_new, eos_mask, pad,
     device = input_ids.device
     if max_new == 0:
         return _empty_output(input_ids, B, device)
+    if _legacy_ssm(model):
+        raise ValueError(f"generate(compile=True) needs a model on transformers' common cache (StaticCache); "
+                         f"{type(model).__name__} takes transformers 4.x's `cache_params`: use compile=False")
     emb_module, emb_w, scale = _input_embedding(model, "generate(compile=True)")
     if not strategy.needs_embeddings:
         emb_w = None

@@ -9,7 +9,7 @@ import torch
 from .. import strategies as S
 from ..strategies._ops import op
 from ..strategies.base import MODE_DISCRETE, MODE_FINISHED, MODE_SOFT
-from ._common import (GenerateOutput, GenerationStats, _cache_layout, _empty_output, _input_embedding,
+from ._common import (GenerateOutput, GenerationStats, _cache_layout, _empty_output, _input_embedding, _legacy_ssm,
                       _linear_layer_types, _Runner, _seeds, _vocab_size)
 
 # ============================================================================ speculative
@@ -56,7 +56,7 @@ def _generate_speculative(model, input_ids, mask, spec: S.Speculative, max_new, 
                          f"the draft has {Vd}")
     if _linear_layer_types()[0] is None:
         for m in (model, draft):
-            if _cache_layout(m)[1]:
+            if _cache_layout(m)[1] and not _legacy_ssm(m):  # hybrids: their own cache classes on 4.x
                 import transformers
                 raise ValueError(f"Speculative on {type(m).__name__} ({getattr(m.config, 'model_type', '?')}) needs "
                                  f"transformers >= 5 to roll back its recurrent / convolution states; got "
