@@ -298,7 +298,7 @@ class _NoCacheLM(torch.nn.Module):
 
 
 def test_model_without_cache_is_refused():
-    with pytest.raises(ValueError, match=r"takes a cache .*_NoCacheLM \(llama\) takes neither, so it is not supported"):
+    with pytest.raises(ValueError, match=r"takes a cache .*_NoCacheLM \(llama\) takes none of them, so it is not supported"):
         H.generate(_NoCacheLM(), torch.tensor([[3, 4]]), strategy=S.Discrete(temperature=0.0), max_new_tokens=2)
 
 
