@@ -14,6 +14,14 @@ namespace distributed_checks {
 
 constexpr int64_t kHead = 8;  // header columns of a row of partials (python/softdec/distributed.py _HEAD)
 
+// A shard's logits (rows, vocab_local), float, last dimension contiguous, at offset >= 0.
+inline void check_local_logits(const Tensor& logits, int64_t offset) {
+  check_dim(logits, "logits", 2, "(rows, vocab_local)");
+  check_float(logits, "logits");
+  check_last_contiguous(logits, "logits");
+  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+}
+
 // logits (rows, vocab_local) of the shard [offset, offset + vocab_local) of a
 // vocab_size row, and its per-row max_logit / temperature / min_p (float32).
 inline void check_shard_args(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
@@ -45,11 +53,8 @@ inline void check_draw_target_args(const Tensor& blk, const Tensor& seed, const 
 }
 
 inline void check_partials_args(const Tensor& logits, int64_t offset, int64_t c) {
-  check_dim(logits, "logits", 2, "(rows, vocab_local)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
+  check_local_logits(logits, offset);
   SOFTDEC_CHECK(c >= 0, "c must be >= 0, got ", c);
-  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
 }
 
 inline void check_merge_args(const Tensor& g, int64_t c) {
@@ -77,10 +82,7 @@ inline void check_hist_args(const Tensor& logits, const Tensor& prefix, int64_t 
 // shard_nth_tie's logits, value, cut and n.
 inline void check_tie_args(const Tensor& logits, int64_t offset, const Tensor& value, const Tensor& cv,
                            const Tensor& ci, const Tensor& nth) {
-  check_dim(logits, "logits", 2, "(rows, vocab_local)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
-  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  check_local_logits(logits, offset);
   const int64_t R = logits.size(0);
   check_per_row(value, "value", R, ScalarType::Float, logits, "logits");
   check_cut_args(logits, cv, ci);
@@ -91,10 +93,7 @@ inline void check_tie_args(const Tensor& logits, int64_t offset, const Tensor& v
 // (the CPU op also checks the temperatures' values).
 inline void check_position_args(const Tensor& logits, int64_t offset, const Tensor& m, const Tensor& t,
                                 const Tensor& mp, const Tensor& cv, const Tensor& ci) {
-  check_dim(logits, "logits", 2, "(rows, vocab_local)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
-  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  check_local_logits(logits, offset);
   const int64_t R = logits.size(0);
   check_per_row(m, "max_logit", R, ScalarType::Float, logits, "logits");
   check_per_row(t, "temperature", R, ScalarType::Float, logits, "logits");

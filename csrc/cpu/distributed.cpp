@@ -533,11 +533,7 @@ constexpr int64_t kHead = 8;                      // header columns (python/soft
 // descending, lower id first -- listed in id order: c values (-inf padding), c global ids
 // (2^62 padding)).
 Tensor shard_partials_cpu(Tensor logits, int64_t offset, int64_t c) {
-  check_dim(logits, "logits", 2, "(rows, vocab_local)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
-  SOFTDEC_CHECK(c >= 0, "c must be >= 0, got ", c);
-  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  distributed_checks::check_partials_args(logits, offset, c);
   const int64_t R = logits.size(0), n = logits.size(1), W = kHead + 2 * c;
   Tensor out = new_empty(logits, {R, W}, ScalarType::Double);
   if (R == 0) return out;

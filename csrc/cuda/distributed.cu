@@ -39,6 +39,7 @@
 #include "cuda_common.cuh"
 #include "../dispatch.h"
 #include "../distributed_checks.h"
+#include "block_argmax.cuh"
 #include "distributed_walk.cuh"
 #include "fixed_hist.cuh"
 #include "softdec/filter.h"
@@ -329,18 +330,9 @@ __global__ void __launch_bounds__(kTargetThreads) block_draw_target_kernel(
 
 // ------------------------------------------------------------------ shard partials
 
-struct Arg {
-  float key;
-  int64_t idx;
-};
-
-__device__ __forceinline__ void arg_take(Arg& a, float k, int64_t i) {
-  if (i < 0) return;
-  if (a.idx < 0 || k > a.key || (k == a.key && i < a.idx)) {
-    a.key = k;
-    a.idx = i;
-  }
-}
+// Arg / arg_take / block_argmax: csrc/cuda/block_argmax.cuh (shared with sampling.cu).
+using block_arg::Arg;
+using block_arg::arg_take;
 
 // Block-wide exclusive scan of v (kPartThreads threads); *total = the block's sum.
 __device__ __forceinline__ int block_excl_scan(int v, int* total, int* s_w) {
@@ -695,12 +687,8 @@ __global__ void __launch_bounds__(kPartThreads) shard_nth_tie_kernel(
     }
     int total = 0;
     const int before = block_excl_scan(ne, &total, s_w);  // ties of the threads before (id order)
-    if (ne && seen + before < want && seen + before + ne >= want) {
-      int64_t c = seen + before;
-#pragma unroll
-      for (int l = 0; l < 4; ++l)
-        if (eq[l] && ++c == want) s_found = offset + 4 * g + l;
-    }
+    const int l = ne ? dist_walk::nth_in_group(seen + before, want, eq) : -1;
+    if (l >= 0) s_found = offset + 4 * g + l;  // one thread of the block at most
     seen += total;
   }
   __syncthreads();
@@ -764,18 +752,6 @@ __global__ void __launch_bounds__(kPartThreads) shard_kept_mass_kernel(
   if (threadIdx.x == 0) out[r] = sum;
 }
 
-struct RaceArg {
-  float key;
-  int64_t idx;  // -1: no token
-};
-
-__device__ __forceinline__ void race_take(RaceArg& a, float key, int64_t idx) {
-  if (idx >= 0 && (a.idx < 0 || verify::race_better(key, idx, a.key, a.idx))) {
-    a.key = key;
-    a.idx = idx;
-  }
-}
-
 template <class T>
 __global__ void __launch_bounds__(kPartThreads) shard_verify_race_kernel(
     const T* __restrict__ logits, int64_t rs, int64_t n, int64_t offset, const float* __restrict__ mx,
@@ -783,8 +759,6 @@ __global__ void __launch_bounds__(kPartThreads) shard_verify_race_kernel(
     const int64_t* __restrict__ cis, const float* __restrict__ inv_z, const int64_t* __restrict__ seeds,
     const int64_t* __restrict__ streams, const int64_t* __restrict__ skips, float* __restrict__ out_key,
     int64_t* __restrict__ out_id, float* __restrict__ out_skip) {
-  __shared__ float s_key[kPartWarps];
-  __shared__ int64_t s_idx[kPartWarps];
   const int64_t r = blockIdx.x;
   const RowCut k = row_cut(mx[r], temp[r], minp[r], cvs, cis, r);
   const float iz = inv_z[r];
@@ -794,7 +768,7 @@ __global__ void __launch_bounds__(kPartThreads) shard_verify_race_kernel(
   const T* row = logits + r * rs;
   const bool aligned = aligned4(row);
   const int64_t groups = (n + 3) / 4;
-  RaceArg best{0.0f, -1};
+  Arg best{0.0f, -1};
   for (int64_t g = threadIdx.x; g < groups; g += kPartThreads) {
     float v[4];
     load4(row + 4 * g, n - 4 * g, aligned, v);
@@ -807,24 +781,12 @@ __global__ void __launch_bounds__(kPartThreads) shard_verify_race_kernel(
         out_skip[r] = p;  // the one-hot draft's own residual is 0: not in the race
         continue;
       }
-      if (p > 0.0f) race_take(best, verify::race_key(p, philox::uniform(seed, stream, static_cast<uint64_t>(gi))), gi);
+      if (p > 0.0f) arg_take(best, verify::race_key(p, philox::uniform(seed, stream, static_cast<uint64_t>(gi))), gi);
     }
   }
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-#pragma unroll
-  for (int d = 16; d; d >>= 1) {
-    const float k2 = __shfl_xor_sync(0xffffffffu, best.key, d);
-    const long long i2 = __shfl_xor_sync(0xffffffffu, static_cast<long long>(best.idx), d);
-    race_take(best, k2, i2);
-  }
-  if (lane == 0) {
-    s_key[w] = best.key;
-    s_idx[w] = best.idx;
-  }
-  __syncthreads();
+  // (key, id) max over the block: verify::race_better's order (arg_take: larger key, lower id)
+  const Arg top = block_arg::block_argmax<kPartWarps>(best);
   if (threadIdx.x == 0) {
-    RaceArg top{0.0f, -1};
-    for (int j = 0; j < kPartWarps; ++j) race_take(top, s_key[j], s_idx[j]);
     out_key[r] = top.idx < 0 ? 0.0f : top.key;
     out_id[r] = top.idx;
   }

@@ -10,6 +10,14 @@
 namespace softdec {
 namespace fixed_hist {
 
+// The high word after adding (lo, hi) to a 64-bit counter kept as two uint32 words whose low
+// word was `old` before the add (an atomicAdd's return): hi plus the low add's carry. The
+// words of every bucket end at the 64-bit sum whatever the order of the adds (host and
+// device: tests/cuda_host/distributed_cut.cu).
+__host__ __device__ __forceinline__ uint32_t hi_with_carry(uint32_t old, uint32_t lo, uint32_t hi) {
+  return hi + (old + lo < old ? 1u : 0u);
+}
+
 // Every lane of a warp calls this together (converged code) with bucket b >= 0 to add one
 // token of fixed-point mass q (< 2^63; used when mass_mode) to bucket b; b < 0 adds nothing.
 // One leader per bucket does the shared-memory atomics: the count, and the 64-bit mass as a
@@ -28,7 +36,7 @@ __device__ __forceinline__ void hist_add(int b, uint64_t q, bool mass_mode, int*
     if (leader && b >= 0 && sum != 0) {
       const uint32_t lo = static_cast<uint32_t>(sum), hi = static_cast<uint32_t>(sum >> 32);
       const uint32_t old = atomicAdd(&hlo[b], lo);
-      atomicAdd(&hhi[b], hi + (old + lo < old ? 1u : 0u));
+      atomicAdd(&hhi[b], hi_with_carry(old, lo, hi));
     }
   }
   if (leader && b >= 0) atomicAdd(&hc[b], __popc(grp));

@@ -23,6 +23,7 @@
 // gumbel_softmax: one block per row, online max / sum then a second pass that
 // recomputes the noise and writes the probabilities.
 // Filter ops: one block per row with the same radix selection.
+#include "block_argmax.cuh"
 #include "cuda_common.cuh"
 #include "fixed_hist.cuh"
 #include "../dispatch.h"
@@ -82,46 +83,10 @@ __host__ __device__ __forceinline__ bool row_aligned(const T* row, int64_t strid
 
 // ------------------------------------------------------------------ block reductions
 
-struct Arg {
-  float key;
-  int64_t idx;
-};
-
-__device__ __forceinline__ void arg_take(Arg& a, float k, int64_t i) {
-  if (i < 0) return;
-  if (a.idx < 0 || k > a.key || (k == a.key && i < a.idx)) {
-    a.key = k;
-    a.idx = i;
-  }
-}
-
-__device__ Arg block_argmax(Arg a) {
-  __shared__ float sk[kWarps];
-  __shared__ int64_t si[kWarps];
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o; o >>= 1) {
-    const float k = __shfl_xor_sync(0xffffffffu, a.key, o);
-    const long long i = __shfl_xor_sync(0xffffffffu, static_cast<long long>(a.idx), o);
-    arg_take(a, k, i);
-  }
-  __syncthreads();
-  if (lane == 0) {
-    sk[w] = a.key;
-    si[w] = a.idx;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    Arg b{ninf(), -1};
-    for (int j = 0; j < kWarps; ++j) arg_take(b, sk[j], si[j]);
-    sk[0] = b.key;
-    si[0] = b.idx;
-  }
-  __syncthreads();
-  const Arg r{sk[0], si[0]};
-  __syncthreads();
-  return r;
-}
+// Arg, arg_take, block_argmax: csrc/cuda/block_argmax.cuh (shared with distributed.cu).
+using block_arg::Arg;
+using block_arg::arg_take;
+__device__ __forceinline__ Arg block_argmax(Arg a) { return block_arg::block_argmax<kWarps>(a); }
 
 template <class V>
 __device__ V block_sum(V v) {
