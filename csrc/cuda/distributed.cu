@@ -154,14 +154,18 @@ __device__ __forceinline__ RowCut row_cut(float m, float t, float mp, const floa
 // with what follows).
 __device__ __forceinline__ float scaled(const RowCut& k, float x) { return __fmul_rn(__fsub_rn(x, k.m), k.it); }
 
-// Cut::kept / filter::kept of token x at global id gi.
+// Cut::kept / filter::kept of token x at global id gi (kCut false: a row without a top-p /
+// top-k cut, the test compiled out).
+template <bool kCut = true>
 __device__ __forceinline__ bool cut_kept(const RowCut& k, float x, int64_t gi) {
-  return x > ninf() && (x > k.cv || (x == k.cv && gi <= k.ci)) && scaled(k, x) >= k.lmp;
+  if (kCut && !(x > k.cv || (x == k.cv && gi <= k.ci))) return false;
+  return x > ninf() && scaled(k, x) >= k.lmp;
 }
 
 // The draw mass filter::draw_mass of a kept token, 0 otherwise, rounded as on CPU.
+template <bool kCut>
 __device__ __forceinline__ float cut_mass(const RowCut& k, float x, int64_t gi) {
-  return cut_kept(k, x, gi) ? filter::fexp2(__fmul_rn(__fsub_rn(x, k.m), k.c)) : 0.0f;
+  return cut_kept<kCut>(k, x, gi) ? filter::fexp2(__fmul_rn(__fsub_rn(x, k.m), k.c)) : 0.0f;
 }
 
 // filter::token_mass (fexp((x - m) / T)), the unit of the top-p cut, the normaliser and the race.
@@ -184,11 +188,11 @@ __device__ int64_t pick_in_seq(const float* mass, int64_t n, double target) {
 
 // Grid (rows, splits) x kMassThreads. Split s owns the inner blocks [nb s / splits,
 // nb (s + 1) / splits) (local numbering: block j is global block b_lo + j) and walks
-// them kMassGroup at a time: every thread loads 4-token groups and writes their
+// them kMassGroup at a time (kCut: rows with a top-p / top-k cut, shard_cut_block_masses): every thread loads 4-token groups and writes their
 // masses to shared memory e[block][token]; thread (j, l) = (t / 16, t % 16) adds lane
 // l of block j in float in token order, the half-warp adds its 16 lane sums in
 // double in lane order.
-template <class T>
+template <class T, bool kCut>
 __global__ void __launch_bounds__(kMassThreads) shard_block_mass_kernel(
     const T* __restrict__ logits, int64_t rs, int64_t offset, int64_t V, int64_t b_lo, int64_t nb,
     const float* __restrict__ mx, const float* __restrict__ temp, const float* __restrict__ minp,
@@ -224,10 +228,10 @@ __global__ void __launch_bounds__(kMassThreads) shard_block_mass_kernel(
       const int j = g / kGroupsPerBlock, w = 4 * (g % kGroupsPerBlock);
       const int64_t t0 = (b_lo + jj + j) * kCdfBlock + w;  // global id of v[u][0]
       float4 q;
-      q.x = cut_mass(k, v[u][0], t0);
-      q.y = cut_mass(k, v[u][1], t0 + 1);
-      q.z = cut_mass(k, v[u][2], t0 + 2);
-      q.w = cut_mass(k, v[u][3], t0 + 3);
+      q.x = cut_mass<kCut>(k, v[u][0], t0);
+      q.y = cut_mass<kCut>(k, v[u][1], t0 + 1);
+      q.z = cut_mass<kCut>(k, v[u][2], t0 + 2);
+      q.w = cut_mass<kCut>(k, v[u][3], t0 + 3);
       *reinterpret_cast<float4*>(&e[j * kMassPitch + w]) = q;
     }
     __syncthreads();
@@ -249,7 +253,7 @@ __global__ void __launch_bounds__(kMassThreads) shard_block_mass_kernel(
 
 // One CUDA block per row: the token drawn in block blocks[r] (global id), -1 when
 // that block is not an inner block of the shard or the row's temperature is not > 0.
-template <class T>
+template <class T, bool kCut>
 __global__ void __launch_bounds__(kPickThreads) shard_block_pick_kernel(
     const T* __restrict__ logits, int64_t rs, int64_t offset, int64_t V, int64_t b_lo, int64_t b_hi,
     const float* __restrict__ mx, const float* __restrict__ temp, const float* __restrict__ minp,
@@ -271,10 +275,10 @@ __global__ void __launch_bounds__(kPickThreads) shard_block_pick_kernel(
   float v[4];
   load4(p + w, n - w, aligned4(p), v);
   float4 q;
-  q.x = cut_mass(k, v[0], b0 + w);
-  q.y = cut_mass(k, v[1], b0 + w + 1);
-  q.z = cut_mass(k, v[2], b0 + w + 2);
-  q.w = cut_mass(k, v[3], b0 + w + 3);
+  q.x = cut_mass<kCut>(k, v[0], b0 + w);
+  q.y = cut_mass<kCut>(k, v[1], b0 + w + 1);
+  q.z = cut_mass<kCut>(k, v[2], b0 + w + 2);
+  q.w = cut_mass<kCut>(k, v[3], b0 + w + 3);
   *reinterpret_cast<float4*>(&e[w]) = q;  // past n: -inf, mass 0 (never read: pick_in stops at n)
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -830,10 +834,10 @@ Tensor block_masses(const Tensor& logits, int64_t offset, int64_t V, const Tenso
   cudaStream_t stream = current_stream(logits);
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
-    shard_block_mass_kernel<scalar_t>
-        <<<dim3(static_cast<unsigned>(R), static_cast<unsigned>(splits)), kMassThreads, 0, stream>>>(
-            x, logits.stride(0), offset, V, b_lo, nb, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
-            mp.const_data_ptr<float>(), cv, ci, splits, out.mutable_data_ptr<double>());
+    auto kernel = cv ? shard_block_mass_kernel<scalar_t, true> : shard_block_mass_kernel<scalar_t, false>;
+    kernel<<<dim3(static_cast<unsigned>(R), static_cast<unsigned>(splits)), kMassThreads, 0, stream>>>(
+        x, logits.stride(0), offset, V, b_lo, nb, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
+        mp.const_data_ptr<float>(), cv, ci, splits, out.mutable_data_ptr<double>());
     SOFTDEC_CUDA_LAUNCH_CHECK();
   });
   return out;
@@ -864,7 +868,8 @@ Tensor block_pick(const Tensor& logits, int64_t offset, int64_t V, const Tensor&
   cudaStream_t stream = current_stream(logits);
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
-    shard_block_pick_kernel<scalar_t><<<static_cast<unsigned>(R), kPickThreads, 0, stream>>>(
+    auto kernel = cv ? shard_block_pick_kernel<scalar_t, true> : shard_block_pick_kernel<scalar_t, false>;
+    kernel<<<static_cast<unsigned>(R), kPickThreads, 0, stream>>>(
         x, logits.stride(0), offset, V, b_lo, b_hi, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
         mp.const_data_ptr<float>(), cv, ci, block.const_data_ptr<int64_t>(), target.const_data_ptr<double>(),
         out.mutable_data_ptr<int64_t>());

@@ -80,17 +80,27 @@ does not repeat, so an acceptance or race decided within ~1e-16 relative of its 
 may differ.
 
 Devices: CPU shards (gloo) and CUDA shards (NCCL, or gloo with CUDA tensors): every tensor
-the ops create is on the shard's device; the five shard helpers have CUDA kernels
-(csrc/cuda/distributed.cu, the same numbers as the CPU ones). The top-p / large-k cut and
-verify(method="exact")'s chain and race (shard_radix_hist, shard_nth_tie, shard_cut_block_*,
-shard_kept_mass, shard_verify_race) are CPU-only so far: on CUDA shards top-p sample rows
-all_gather their rows, and verify(method="exact") takes the torch-op race without top-p
-(_verify_exact_torch: torch.exp / torch.log where the kernel uses fexp / flog, ~1 ulp) and
-gathers the rows with top-p. The CUDA path is compiled but
+the ops create is on the shard's device, and every shard helper has a CUDA kernel
+(csrc/cuda/distributed.cu) computing the CPU op's numbers: the partials, their merge and the
+blockwise draw (block sums in the CPU's lane order, bit for bit); the top-p / large-k cut
+(shard_radix_hist: integer histograms of the uint64 fixed-point masses, exact in any order;
+shard_nth_tie; shard_cut_block_masses / shard_cut_block_pick); and verify(method="exact")'s
+chain and race (shard_kept_mass: the running double sum in vocabulary order, which no
+parallel reduction reproduces, so one thread of the row's CUDA block adds the shard's kept
+masses one by one after a parallel pass has computed and compacted them -- a serial pass
+over the KEPT tokens only, at most V_local dependent adds per position; shard_verify_race:
+the kernel's fexp / flog and Philox element ``id``, then a block (key, id) max, exact in any
+order). So CUDA shards take the same paths and collectives as CPU shards (bytes_per_call holds
+for both). sample equals the single-device CUDA op bit for bit; verify(method="exact") with
+one-hot drafts and no top-k equals the single-device *CPU* op bit for bit for top-p targets
+(the CPU's serial normaliser), while the single-device CUDA verify sums its normaliser by a
+block reduction, so against it an acceptance or race decided within ~1e-16 relative of its
+threshold may differ (as without top-p on CPU). The CUDA path compiles (sm_80, sm_90a) but
 has not been run yet (tests/test_distributed_cuda.py runs when a GPU is present). On CUDA a
 few steps read values on the host as the CPU path does: the layout / branch decisions
-(``tolist``, ``bool(...any())``), the acceptance walk of ``verify(method="exact")`` (one
-copy), the Philox / Gamma draws of soft_mixture's Gumbel / Dirichlet noise
+(``tolist``, ``bool(...any())``), the top-p targets (exact Python integers) and the
+normaliser's ``exp(-log z)`` (one read each), the acceptance walk of ``verify(method="exact")``
+(one copy), the Philox / Gamma draws of soft_mixture's Gumbel / Dirichlet noise
 (softdec.reference.philox_at / soft_gamma, numpy), and the per-row id sets of the greedy /
 soft verify's compact rows (``torch.unique``).
 """
@@ -450,6 +460,8 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
     - "verify" (greedy, soft): the partials of B (K + 1) positions; top-k targets add one
       layout row of partials, and a dense draft ``4 (world k + 1)`` bytes per drafted position
       (all_reduce).
+
+    The same on CPU and CUDA shards (CUDA shards run the same native shard helpers).
     """
     per_row = 8 * (_HEAD + 2 * k)
     if op == "soft_mixture":
