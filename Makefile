@@ -132,6 +132,10 @@ cuda-check: setup
 	nvcc -std=c++17 -O2 --expt-relaxed-constexpr -I include -I csrc/cuda tests/cuda_host/distributed_walk.cu \
 	  -o build/cuda-check/distributed_walk
 	build/cuda-check/distributed_walk
+	# softdec.distributed's CUDA tie numbering, race (key, id) max and lo/hi fixed-point sums (host code)
+	nvcc -std=c++17 -O2 -arch=sm_80 --expt-relaxed-constexpr -I include -I csrc/cuda tests/cuda_host/distributed_cut.cu \
+	  -o build/cuda-check/distributed_cut
+	build/cuda-check/distributed_cut
 	# every kernel: a launch bound, registers x threads <= 65536, no spills but those capped in
 	# tools/launch_resources_exceptions.txt, stack <= 512 B (ptxas -v + PTX); no CAS loop and no
 	# floating-point atomic in the SASS but those in tools/sass_atomics_exceptions.txt (cuobjdump -sass)

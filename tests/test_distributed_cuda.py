@@ -1,12 +1,13 @@
 """softdec.distributed on CUDA shards (csrc/cuda/distributed.cu and the device plumbing of
 python/softdec/distributed.py).
 
-1. Each of the five shard helpers on a device equals the CPU op on the same inputs: ids,
-   blocks, flags and candidate lists exactly, float64 block sums / targets bit for bit (the
-   CUDA kernels follow the CPU's summation order: sampling_kernels.h's lane rule, the
-   in-order double walks), for V not divisible by 4 or 1024, unaligned shard offsets, ties
-   (equal logits, +0 / -0), -inf-heavy rows, NaN / +inf rows, B = 1 and 64, V = 151936,
-   float32 / bfloat16 / float16.
+1. Each of the eleven shard helpers on a device equals the CPU op on the same inputs: ids,
+   blocks, flags, candidate lists and the cut's integer histograms exactly, float64 block
+   sums / targets and the exact verify's running normaliser bit for bit (the CUDA kernels
+   follow the CPU's summation order: sampling_kernels.h's lane rule, the in-order double
+   walks and sums), the race's float32 keys bit for bit, for V not divisible by 4 or 1024,
+   unaligned shard offsets, ties (equal logits, +0 / -0), -inf-heavy rows, NaN / +inf rows,
+   B = 1 and 64, V = 151936, float32 / bfloat16 / float16.
 2. softdec.distributed.sample / soft_mixture / verify with CUDA shards equal the single-device
    CUDA ops: one NCCL rank (the whole row), and two gloo ranks holding CUDA tensors on the
    same GPU (the shard split, the collectives on CUDA tensors). Started inside pytest like the
@@ -170,6 +171,90 @@ def test_cuda_partials_and_merge_equal_cpu(device, B, V, dtype):
                     torch.testing.assert_close(v.cpu(), u, rtol=0, atol=0, equal_nan=True)
 
 
+_IMAX = (1 << 63) - 1
+
+
+def _order_key(x: torch.Tensor) -> torch.Tensor:
+    """filter::order_key of float32 values -> int64 (< 2^32)."""
+    b = (x.float() + 0.0).view(torch.int32).long() & 0xFFFFFFFF
+    return torch.where(b >= 0x80000000, (~b) & 0xFFFFFFFF, b | 0x80000000)
+
+
+def _cut_inputs(x, g):
+    """Two per-row cuts of x (B, V) float32: none (-inf, _IMAX), and one at the 40-th largest
+    logit with a random global cut index (ties at the cut value kept up to it)."""
+    B, V = x.shape
+    none = (torch.full((B,), -float("inf")), torch.full((B,), _IMAX, dtype=torch.int64))
+    j = min(39, V - 1)
+    cv = x.float().sort(1, descending=True).values[:, j].contiguous()
+    cv = torch.where(cv > -float("inf"), cv, torch.full_like(cv, -float("inf")))
+    ci = torch.randint(0, V, (B,), generator=g)
+    return [none, (cv, ci)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,V", [(1, 1031), (64, 5003), (1, 151936)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_cut_and_race_ops_equal_cpu(device, B, V, dtype):
+    """The six top-p / exact-verify shard helpers on `device` equal the CPU ops on the same
+    inputs: shard_radix_hist (int64 histograms of counts and fixed-point masses, exactly, for
+    every shift and a prefix taken from a real token), shard_nth_tie (ids), shard_cut_block_masses
+    (float64 bit for bit) / shard_cut_block_pick (ids), shard_kept_mass (the running double sum
+    bit for bit: the CPU's id order is reproduced) and shard_verify_race (key float32 bit for
+    bit, id, the skipped token's p), for every shard layout (offsets not multiples of 4 or 1024,
+    V not divisible by the block), ties (ties within and across shards), -inf-heavy rows."""
+    _skip_large_on_cpu(device, V)
+    g = torch.Generator().manual_seed(3 * V + B)
+    d = lambda t: t.to(device)  # noqa: E731
+    for kind in KINDS:
+        x = _rows(kind, B, V, g).to(dtype)
+        xf = x.float()
+        m = xf.max(1).values
+        T, MP = _params(B, g)
+        keys = _order_key(xf)
+        pick_j = torch.where(xf > -float("inf"), torch.rand(B, V, generator=g), torch.zeros(B, V)).argmax(1)
+        prefix_full = keys[torch.arange(B), pick_j]
+        s, o = torch.arange(B) * 7 + 3, torch.arange(B) % 3
+        for cv, ci in _cut_inputs(xf, g):
+            full = ops.shard_cut_block_masses(x, 0, V, m, T, MP, cv, ci)
+            block, target = ops.block_draw_target(full, s, o)
+            z = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, torch.zeros(B, dtype=torch.float64),
+                                    torch.full((B,), -1, dtype=torch.int64))[0]
+            inv_z = torch.where(z > 0, (1.0 / z).float(), torch.zeros(B))
+            for lo, n in _shards(V):
+                xs = x[:, lo:lo + n]  # strided rows
+                args = (m, T, MP, cv, ci)
+                for shift in (24, 16, 8, 0):
+                    a = ops.shard_radix_hist(xs, lo, V, m, T, cv, ci, prefix_full, shift)
+                    b = ops.shard_radix_hist(d(xs), lo, V, d(m), d(T), d(cv), d(ci), d(prefix_full), shift)
+                    assert b.device.type == device
+                    assert torch.equal(b.cpu(), a), (kind, lo, n, shift)
+                value = xf[torch.arange(B), pick_j]
+                for nth in (torch.zeros(B, dtype=torch.int64), torch.ones(B, dtype=torch.int64),
+                            torch.randint(1, 6, (B,), generator=g), torch.full((B,), 10 ** 6)):
+                    a = ops.shard_nth_tie(xs, lo, value, cv, ci, nth)
+                    b = ops.shard_nth_tie(d(xs), lo, d(value), d(cv), d(ci), d(nth))
+                    assert torch.equal(b.cpu(), a), (kind, lo, n, nth)
+                a = ops.shard_cut_block_masses(xs, lo, V, *args)
+                b = ops.shard_cut_block_masses(d(xs), lo, V, *map(d, args))
+                assert torch.equal(b.cpu(), a), (kind, lo, n)  # float64, bit for bit
+                a = ops.shard_cut_block_pick(xs, lo, V, *args, block, target)
+                b = ops.shard_cut_block_pick(d(xs), lo, V, *map(d, args), d(block), d(target))
+                assert torch.equal(b.cpu(), a), (kind, lo, n)
+                start = torch.where(torch.arange(B) % 2 == 0, torch.zeros(B, dtype=torch.float64),
+                                    torch.full((B,), 1.2345678901234567, dtype=torch.float64))
+                want = torch.randint(max(lo - 3, 0), min(lo + n + 3, V), (B,), generator=g)
+                a = ops.shard_kept_mass(xs, lo, *args, start, want)
+                b = ops.shard_kept_mass(d(xs), lo, *map(d, args), d(start), d(want))
+                assert torch.equal(b[0].cpu(), a[0]), (kind, lo, n)  # the running double sum, bit for bit
+                assert torch.equal(b[1].cpu(), a[1]), (kind, lo, n)
+                for skip in (torch.full((B,), -1, dtype=torch.int64), want):
+                    a = ops.shard_verify_race(xs, lo, *args, inv_z, s, o + 1, skip)
+                    b = ops.shard_verify_race(d(xs), lo, *map(d, args), d(inv_z), d(s), d(o + 1), d(skip))
+                    for u, v in zip(a, b):
+                        assert torch.equal(v.cpu(), u), (kind, lo, n)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_cuda_ops_bad_input_and_compile(device):
     """The CUDA entry points check shapes / dtypes / devices like the CPU ones (same messages),
@@ -189,9 +274,24 @@ def test_cuda_ops_bad_input_and_compile(device):
     with pytest.raises(ValueError, match="blk"):
         ops.block_draw_target(torch.zeros(3, 4, device=device), torch.zeros(3, dtype=torch.int64, device=device),
                               torch.zeros(3, dtype=torch.int64, device=device))
+    cv = torch.full((3,), -float("inf"), device=device)
+    ci = torch.full((3,), _IMAX, dtype=torch.int64, device=device)
+    i64 = torch.zeros(3, dtype=torch.int64, device=device)
+    with pytest.raises(ValueError, match="shift must be"):
+        ops.shard_radix_hist(x, 0, 2500, m, T, cv, ci, i64, 3)
+    with pytest.raises(ValueError, match="cut_index"):
+        ops.shard_cut_block_masses(x, 0, 2500, m, T, MP, cv, ci.float())
+    with pytest.raises(ValueError, match="n"):
+        ops.shard_nth_tie(x, 0, m, cv, ci, i64.float())
+    with pytest.raises(ValueError, match="start"):
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, m, i64)
+    with pytest.raises(ValueError, match="seed"):
+        ops.shard_verify_race(x, 0, m, T, MP, cv, ci, T, m, i64, i64)
     if device == "cuda":
         with pytest.raises(ValueError, match="same device"):
             ops.shard_block_masses(x, 0, 2500, m.cpu(), T, MP)
+        with pytest.raises(ValueError, match="same device"):
+            ops.shard_verify_race(x, 0, m, T, MP, cv, ci, T, i64.cpu(), i64, i64)
     s, o = torch.arange(3, device=device), torch.zeros(3, dtype=torch.int64, device=device)
 
     def f(x, m, T, MP, s, o):
@@ -204,6 +304,25 @@ def test_cuda_ops_bad_input_and_compile(device):
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     torch.library.opcheck(ops.shard_partials.default, (x, 0, 6))
     torch.library.opcheck(ops.shard_block_masses.default, (x, 0, 2500, m, T, MP))
+    # the cut / exact-verify helpers: fake kernels, compile, opcheck on the device
+    pre = i64 + 0x80000000
+
+    def h(x, m, T, MP, cv, ci, pre, s, o):
+        hist = ops.shard_radix_hist(x, 0, 2500, m, T, cv, ci, pre, 24)
+        tie = ops.shard_nth_tie(x, 0, m, cv, ci, o + 1)
+        cb = ops.shard_cut_block_masses(x, 0, 2500, m, T, MP, cv, ci)
+        z, e = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, torch.zeros_like(cb[:, 0]), o)
+        k, i, p = ops.shard_verify_race(x, 0, m, T, MP, cv, ci, (1 / z).float(), s, o, o)
+        return hist, tie, cb, z, e, k, i, p
+    want = h(x, m, T, MP, cv, ci, pre, s, o)
+    got = torch.compile(h, fullgraph=True)(x, m, T, MP, cv, ci, pre, s, o)
+    for u, v in zip(want, got):
+        assert torch.equal(u, v)
+    torch.library.opcheck(ops.shard_radix_hist.default, (x, 0, 2500, m, T, cv, ci, pre, 16))
+    torch.library.opcheck(ops.shard_nth_tie.default, (x, 0, m, cv, ci, o + 1))
+    torch.library.opcheck(ops.shard_cut_block_pick.default, (x, 0, 2500, m, T, MP, cv, ci, i64, i64.double()))
+    torch.library.opcheck(ops.shard_kept_mass.default, (x, 0, m, T, MP, cv, ci, i64.double(), o))
+    torch.library.opcheck(ops.shard_verify_race.default, (x, 0, m, T, MP, cv, ci, T, s, o, o))
 
 
 # ------------------------------------------------------------------ 2. the distributed ops on CUDA shards
@@ -229,9 +348,12 @@ def _worker(rank, world, device, V):
         assert b.device == dev, (what, b.device)
         assert torch.equal(a, b), (what, a, b)
 
-    # sample: greedy, top-k (+ top-p / min-p), plain and min-p (the blockwise draw), top-p (gathered rows)
+    # sample: greedy, top-k (+ top-p / min-p), plain and min-p (the blockwise draw), top-p and
+    # top-k > 2048 (the cut on shards: shard_radix_hist, shard_nth_tie, shard_cut_block_*)
     for kw in [dict(temperature=0.0), dict(top_k=5), dict(top_k=60, top_p=0.9), dict(top_k=300, temperature=0.7),
-               dict(), dict(min_p=0.05, temperature=0.7), dict(top_p=0.8),
+               dict(), dict(min_p=0.05, temperature=0.7), dict(top_p=0.8), dict(top_p=0.95, min_p=0.02),
+               dict(top_k=3000, top_p=0.9, temperature=0.8), dict(top_k=3000),
+               dict(top_p=torch.tensor([0.5, 1.0, 0.99, 0.0, 0.7], device=dev)),
                dict(top_k=torch.tensor([0, 3, 7, 100, 2000], device=dev),
                     temperature=torch.tensor([1.0, 0.0, 0.5, 1.0, 2.0], device=dev))]:
         for seed in range(4):
@@ -242,6 +364,14 @@ def _worker(rank, world, device, V):
     a = softdec.sample(x.bfloat16(), top_k=20, seed=3)
     b = sd.sample(xs.bfloat16(), vocab_offset=lo, vocab_size=V, top_k=20, seed=3)
     same(a.ids, b.ids, "sample bf16")
+    # top-p on rows of many ties (a 0.5 grid): the cut splits runs of equal logits across the
+    # shards (shard_nth_tie)
+    xt = (torch.round(torch.randn(B, V, generator=g) * 2) / 2).to(dev)
+    for p in (0.3, 0.6, 0.9):
+        for seed in range(3):
+            a = softdec.sample(xt, top_p=p, seed=seed)
+            b = sd.sample(xt[:, lo:lo + n], vocab_offset=lo, vocab_size=V, top_p=p, seed=seed)
+            same(a.ids, b.ids, ("sample ties top_p", p, seed))
     # soft_mixture (ids exactly; floats within the CPU tests' tolerances)
     table = torch.randn(V, 16, generator=g).to(dev)
     for kw in [dict(top_k=8), dict(top_k=8, temperature=0.5, top_p=0.9), dict(top_k=4, noise="gumbel", seed=1),
@@ -254,7 +384,9 @@ def _worker(rank, world, device, V):
         torch.testing.assert_close(b.entropy, a.entropy, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(b.max_prob, a.max_prob, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(b.embeds, a.embeds, atol=1e-5, rtol=1e-5)
-    # verify: greedy, exact (one-hot: the race on shards), top-k targets (candidates), dense / sparse drafts
+    # verify: greedy, exact (one-hot: the normaliser chain shard_kept_mass and the race
+    # shard_verify_race on shards; top-p / top-k > 2048 targets through the cut), top-k targets
+    # (candidates), dense / sparse drafts
     K = 3
     tl = (torch.randn(B, K + 1, V, generator=g) * 3).to(dev)
     tl[:, :, 10] += 6.0  # drafts of id 10 get accepted now and then
@@ -265,6 +397,8 @@ def _worker(rank, world, device, V):
     sid = torch.randint(0, V, (B, K, 5), generator=g).to(dev)
     sw = torch.softmax(torch.randn(B, K, 5, generator=g), -1).to(dev)
     for kw in [dict(method="greedy"), dict(method="exact"), dict(method="exact", temperature=0.7, min_p=0.05),
+               dict(method="exact", top_p=0.9), dict(method="exact", temperature=0.8, top_p=0.7, min_p=0.01),
+               dict(method="exact", top_k=3000, top_p=0.95),
                dict(method="exact", top_k=20), dict(method="exact", top_k=20, dense=True),
                dict(method="soft", sparse=True), dict(method="typical")]:
         kw = dict(kw)
@@ -274,6 +408,9 @@ def _worker(rank, world, device, V):
         if kw.pop("sparse", False):
             full_dp = shard_dp = (sid, sw)
         for seed in range(3):
+            # (exact with a top-p target: the shards sum the normaliser in the CPU's serial order, the
+            # single-device CUDA op by a block reduction; a decision within ~1e-16 relative of its
+            # threshold could differ -- not expected on these random rows)
             a = softdec.verify(tl, dids, draft_probs=full_dp, seed=seed, **kw)
             b = sd.verify(tl[:, :, lo:lo + n], dids, vocab_offset=lo, vocab_size=V, draft_probs=shard_dp,
                           seed=seed, **kw)

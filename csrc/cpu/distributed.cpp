@@ -71,11 +71,7 @@ struct RowCuts {
   }
 };
 
-void check_cut_args(const Tensor& logits, const Tensor& cv, const Tensor& ci) {
-  const int64_t R = logits.size(0);
-  check_per_row(cv, "cut_value", R, ScalarType::Float, logits, "logits");
-  check_per_row(ci, "cut_index", R, ScalarType::Long, logits, "logits");
-}
+using distributed_checks::check_cut_args;  // shared with the CUDA entry points
 
 // Sums of the kept draw masses of the blocks lying entirely in the shard:
 // float64 (rows, b_hi - b_lo), column j = block b_lo + j.
@@ -231,9 +227,7 @@ Tensor shard_radix_hist_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
   check_shard_args(logits, offset, V, m, t, mp);
   check_cut_args(logits, cv, ci);
   const int64_t R = logits.size(0), n = logits.size(1);
-  check_per_row(prefix, "prefix", R, ScalarType::Long, logits, "logits");
-  SOFTDEC_CHECK(shift == 0 || shift == 8 || shift == 16 || shift == 24, "shift must be 0, 8, 16 or 24, got ",
-                shift);
+  distributed_checks::check_hist_args(logits, prefix, shift);
   Tensor out = new_empty(logits, {R, 2 * kRadix}, ScalarType::Long);
   if (R == 0) return out;
   const float* mm = m.const_data_ptr<float>();
@@ -349,14 +343,8 @@ Tensor shard_radix_hist_cpu(Tensor logits, int64_t offset, int64_t V, Tensor m, 
 // value[r] inside the prefix (cut_value, cut_index); -1 if n[r] < 1 or the shard holds
 // fewer such tokens.
 Tensor shard_nth_tie_cpu(Tensor logits, int64_t offset, Tensor value, Tensor cv, Tensor ci, Tensor nth) {
-  check_dim(logits, "logits", 2, "(rows, vocab_local)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
-  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  distributed_checks::check_tie_args(logits, offset, value, cv, ci, nth);
   const int64_t R = logits.size(0), n = logits.size(1);
-  check_per_row(value, "value", R, ScalarType::Float, logits, "logits");
-  check_cut_args(logits, cv, ci);
-  check_per_row(nth, "n", R, ScalarType::Long, logits, "logits");
   Tensor out = new_empty(logits, {R}, ScalarType::Long);
   if (R == 0) return out;
   const float* vp = value.const_data_ptr<float>();
@@ -408,15 +396,8 @@ RowFilter position_filter(float m, float t, float min_p, float cv, int64_t ci) {
 
 void check_position_args(const Tensor& logits, int64_t offset, const Tensor& m, const Tensor& t, const Tensor& mp,
                          const Tensor& cv, const Tensor& ci) {
-  check_dim(logits, "logits", 2, "(rows, vocab_local)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
-  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  distributed_checks::check_position_args(logits, offset, m, t, mp, cv, ci);  // shapes (shared with CUDA)
   const int64_t R = logits.size(0);
-  check_per_row(m, "max_logit", R, ScalarType::Float, logits, "logits");
-  check_per_row(t, "temperature", R, ScalarType::Float, logits, "logits");
-  check_per_row(mp, "min_p", R, ScalarType::Float, logits, "logits");
-  check_cut_args(logits, cv, ci);
   const float* tt = t.const_data_ptr<float>();
   for (int64_t r = 0; r < R; ++r)
     SOFTDEC_CHECK(tt[r] > 0.0f && tt[r] < kInf, "temperature must be finite and > 0, got ", tt[r], " at row ", r);
@@ -428,8 +409,7 @@ std::tuple<Tensor, Tensor> shard_kept_mass_cpu(Tensor logits, int64_t offset, Te
                                                Tensor cv, Tensor ci, Tensor start, Tensor want) {
   check_position_args(logits, offset, m, t, mp, cv, ci);
   const int64_t R = logits.size(0), n = logits.size(1);
-  check_per_row(start, "start", R, ScalarType::Double, logits, "logits");
-  check_per_row(want, "want", R, ScalarType::Long, logits, "logits");
+  distributed_checks::check_kept_mass_args(logits, start, want);
   Tensor out = new_empty(logits, {R}, ScalarType::Double);
   Tensor ew = new_empty(logits, {R}, ScalarType::Float);
   if (R == 0) return {out, ew};
@@ -478,10 +458,7 @@ std::tuple<Tensor, Tensor, Tensor> shard_verify_race_cpu(Tensor logits, int64_t 
                                                          Tensor stream, Tensor skip) {
   check_position_args(logits, offset, m, t, mp, cv, ci);
   const int64_t R = logits.size(0), n = logits.size(1);
-  check_per_row(inv_z, "inv_z", R, ScalarType::Float, logits, "logits");
-  check_per_row(seed, "seed", R, ScalarType::Long, logits, "logits");
-  check_per_row(stream, "stream", R, ScalarType::Long, logits, "logits");
-  check_per_row(skip, "skip", R, ScalarType::Long, logits, "logits");
+  distributed_checks::check_race_args(logits, inv_z, seed, stream, skip);
   Tensor key = new_empty(logits, {R}, ScalarType::Float);
   Tensor id = new_empty(logits, {R}, ScalarType::Long);
   Tensor psk = new_empty(logits, {R}, ScalarType::Float);
@@ -556,11 +533,7 @@ constexpr int64_t kHead = 8;                      // header columns (python/soft
 // descending, lower id first -- listed in id order: c values (-inf padding), c global ids
 // (2^62 padding)).
 Tensor shard_partials_cpu(Tensor logits, int64_t offset, int64_t c) {
-  check_dim(logits, "logits", 2, "(rows, vocab_local)");
-  check_float(logits, "logits");
-  check_last_contiguous(logits, "logits");
-  SOFTDEC_CHECK(c >= 0, "c must be >= 0, got ", c);
-  SOFTDEC_CHECK(offset >= 0, "offset must be >= 0, got ", offset);
+  distributed_checks::check_partials_args(logits, offset, c);
   const int64_t R = logits.size(0), n = logits.size(1), W = kHead + 2 * c;
   Tensor out = new_empty(logits, {R, W}, ScalarType::Double);
   if (R == 0) return out;

@@ -39,11 +39,15 @@
 #include "cuda_common.cuh"
 #include "../dispatch.h"
 #include "../distributed_checks.h"
+#include "block_argmax.cuh"
 #include "distributed_walk.cuh"
+#include "fixed_hist.cuh"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
+#include "softdec/verify.h"
 
 #include <cstdint>
+#include <cuda_runtime.h>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -65,6 +69,8 @@ constexpr int kPartThreads = 512;   // shard_partials: one CUDA block per row
 constexpr int kPartWarps = kPartThreads / 32;
 constexpr int kMergeThreads = 256;  // merge_partials: one CUDA block per row
 constexpr int kMergeWarps = kMergeThreads / 32;
+constexpr int kHistThreads = 256;  // shard_radix_hist: grid (rows, splits)
+constexpr int64_t kHistMinTokens = 8192;  // shard_radix_hist: tokens per CUDA block at least
 
 constexpr int kMassGroup = kMassThreads / kCdfLanes;                                    // 8 blocks per step
 constexpr int kMassPitch = static_cast<int>(kCdfBlock) + 16;                            // lanes l, l + 16: distinct banks
@@ -72,6 +78,8 @@ constexpr int kMassLoads = kMassGroup * static_cast<int>(kCdfBlock) / 4 / kMassT
 static_assert(kMassThreads % 32 == 0 && kCdfLanes == 16, "half-warp lane groups");
 static_assert(kPickThreads * 4 == kCdfBlock, "one 4-token load per thread covers a block");
 static_assert(kPartWarps <= 32 && kMergeWarps <= 32, "warp totals scanned by one warp");
+
+constexpr int64_t kNoCut = 0x7fffffffffffffffLL;  // cut_index keeping every tie (python _IMAX)
 
 __device__ __forceinline__ float ninf() { return -__int_as_float(0x7f800000); }
 __device__ __forceinline__ float pinf() { return __int_as_float(0x7f800000); }
@@ -122,25 +130,46 @@ __device__ __forceinline__ void load4(const T* p, int64_t n, bool aligned, float
 
 // ------------------------------------------------------------------ the draw of plain / min-p rows
 
-// A row's cut (distributed.cpp row_cut): max m, 1/T, the draw's base-2 scale, log(min_p).
+// A row's cut (distributed.cpp row_cut / RowCuts::at): max m, 1/T, the draw's base-2 scale,
+// log(min_p), and the top-p / large-k cut (cv, ci): -inf / INT64_MAX (none) for plain and
+// min-p rows, else tokens x > cv or x == cv at a global id <= ci are kept.
 struct RowCut {
-  float m, it, c, lmp;
+  float m, it, c, lmp, cv;
+  int64_t ci;
 };
 
-__device__ __forceinline__ RowCut row_cut(float m, float t, float mp) {
-  RowCut r;
-  r.m = m;
-  r.it = __fdiv_rn(1.0f, t);
-  r.c = filter::draw_scale(r.it);
-  r.lmp = filter::log_min_p_of(mp);
-  return r;
+__device__ __forceinline__ RowCut row_cut(float m, float t, float mp, const float* cvs = nullptr,
+                                          const int64_t* cis = nullptr, int64_t r = 0) {
+  RowCut k;
+  k.m = m;
+  k.it = __fdiv_rn(1.0f, t);
+  k.c = filter::draw_scale(k.it);
+  k.lmp = filter::log_min_p_of(mp);
+  k.cv = cvs ? cvs[r] : ninf();
+  k.ci = cis ? cis[r] : kNoCut;
+  return k;
 }
 
-// Cut::kept with no top-k / top-p cut, and filter::draw_mass, rounded as on CPU.
-__device__ __forceinline__ float cut_mass(const RowCut& k, float x) {
-  const bool kept = x > ninf() && __fmul_rn(__fsub_rn(x, k.m), k.it) >= k.lmp;
-  return kept ? filter::fexp2(__fmul_rn(__fsub_rn(x, k.m), k.c)) : 0.0f;
+// (x - m) / T as the CPU rounds it (explicitly rounded: nvcc cannot contract it into an FMA
+// with what follows).
+__device__ __forceinline__ float scaled(const RowCut& k, float x) { return __fmul_rn(__fsub_rn(x, k.m), k.it); }
+
+// Cut::kept / filter::kept of token x at global id gi (kCut false: a row without a top-p /
+// top-k cut, the test compiled out).
+template <bool kCut = true>
+__device__ __forceinline__ bool cut_kept(const RowCut& k, float x, int64_t gi) {
+  if (kCut && !(x > k.cv || (x == k.cv && gi <= k.ci))) return false;
+  return x > ninf() && scaled(k, x) >= k.lmp;
 }
+
+// The draw mass filter::draw_mass of a kept token, 0 otherwise, rounded as on CPU.
+template <bool kCut>
+__device__ __forceinline__ float cut_mass(const RowCut& k, float x, int64_t gi) {
+  return cut_kept<kCut>(k, x, gi) ? filter::fexp2(__fmul_rn(__fsub_rn(x, k.m), k.c)) : 0.0f;
+}
+
+// filter::token_mass (fexp((x - m) / T)), the unit of the top-p cut, the normaliser and the race.
+__device__ __forceinline__ float unit_mass(const RowCut& k, float x) { return filter::fexp(scaled(k, x)); }
 
 // sampling_kernels.h's pick_in: the first j with mass[j] > 0 whose running double
 // sum (in j order) exceeds target; else the last j with mass; -1 if none.
@@ -159,19 +188,19 @@ __device__ int64_t pick_in_seq(const float* mass, int64_t n, double target) {
 
 // Grid (rows, splits) x kMassThreads. Split s owns the inner blocks [nb s / splits,
 // nb (s + 1) / splits) (local numbering: block j is global block b_lo + j) and walks
-// them kMassGroup at a time: every thread loads 4-token groups and writes their
+// them kMassGroup at a time (kCut: rows with a top-p / top-k cut, shard_cut_block_masses): every thread loads 4-token groups and writes their
 // masses to shared memory e[block][token]; thread (j, l) = (t / 16, t % 16) adds lane
 // l of block j in float in token order, the half-warp adds its 16 lane sums in
 // double in lane order.
-template <class T>
+template <class T, bool kCut>
 __global__ void __launch_bounds__(kMassThreads) shard_block_mass_kernel(
     const T* __restrict__ logits, int64_t rs, int64_t offset, int64_t V, int64_t b_lo, int64_t nb,
-    const float* __restrict__ mx, const float* __restrict__ temp, const float* __restrict__ minp, int splits,
-    double* __restrict__ out) {
+    const float* __restrict__ mx, const float* __restrict__ temp, const float* __restrict__ minp,
+    const float* __restrict__ cvs, const int64_t* __restrict__ cis, int splits, double* __restrict__ out) {
   __shared__ __align__(16) float e[kMassGroup * kMassPitch];
   const int64_t r = blockIdx.x;
   const int s = blockIdx.y;
-  const RowCut k = row_cut(mx[r], temp[r], minp[r]);
+  const RowCut k = row_cut(mx[r], temp[r], minp[r], cvs, cis, r);  // cvs null: no top-p / top-k cut
   // global token t of this row is row[t - offset] (only tokens of inner blocks are read)
   const T* row = logits + r * rs;
   // the blocks start 1024 tokens apart, so all share the alignment of the first
@@ -197,11 +226,12 @@ __global__ void __launch_bounds__(kMassThreads) shard_block_mass_kernel(
       const int g = threadIdx.x + u * kMassThreads;
       if (g >= ngroups) continue;
       const int j = g / kGroupsPerBlock, w = 4 * (g % kGroupsPerBlock);
+      const int64_t t0 = (b_lo + jj + j) * kCdfBlock + w;  // global id of v[u][0]
       float4 q;
-      q.x = cut_mass(k, v[u][0]);
-      q.y = cut_mass(k, v[u][1]);
-      q.z = cut_mass(k, v[u][2]);
-      q.w = cut_mass(k, v[u][3]);
+      q.x = cut_mass<kCut>(k, v[u][0], t0);
+      q.y = cut_mass<kCut>(k, v[u][1], t0 + 1);
+      q.z = cut_mass<kCut>(k, v[u][2], t0 + 2);
+      q.w = cut_mass<kCut>(k, v[u][3], t0 + 3);
       *reinterpret_cast<float4*>(&e[j * kMassPitch + w]) = q;
     }
     __syncthreads();
@@ -223,11 +253,12 @@ __global__ void __launch_bounds__(kMassThreads) shard_block_mass_kernel(
 
 // One CUDA block per row: the token drawn in block blocks[r] (global id), -1 when
 // that block is not an inner block of the shard or the row's temperature is not > 0.
-template <class T>
+template <class T, bool kCut>
 __global__ void __launch_bounds__(kPickThreads) shard_block_pick_kernel(
     const T* __restrict__ logits, int64_t rs, int64_t offset, int64_t V, int64_t b_lo, int64_t b_hi,
     const float* __restrict__ mx, const float* __restrict__ temp, const float* __restrict__ minp,
-    const int64_t* __restrict__ blocks, const double* __restrict__ targets, int64_t* __restrict__ out) {
+    const float* __restrict__ cvs, const int64_t* __restrict__ cis, const int64_t* __restrict__ blocks,
+    const double* __restrict__ targets, int64_t* __restrict__ out) {
   __shared__ __align__(16) float e[kCdfBlock];
   const int64_t r = blockIdx.x;
   const int64_t b = blocks[r];
@@ -236,7 +267,7 @@ __global__ void __launch_bounds__(kPickThreads) shard_block_pick_kernel(
     if (threadIdx.x == 0) out[r] = -1;
     return;
   }
-  const RowCut k = row_cut(mx[r], t, minp[r]);
+  const RowCut k = row_cut(mx[r], t, minp[r], cvs, cis, r);  // cvs null: no top-p / top-k cut
   const int64_t b0 = b * kCdfBlock;
   const int64_t n = V - b0 < kCdfBlock ? V - b0 : kCdfBlock;
   const T* p = logits + r * rs + (b0 - offset);
@@ -244,10 +275,10 @@ __global__ void __launch_bounds__(kPickThreads) shard_block_pick_kernel(
   float v[4];
   load4(p + w, n - w, aligned4(p), v);
   float4 q;
-  q.x = cut_mass(k, v[0]);
-  q.y = cut_mass(k, v[1]);
-  q.z = cut_mass(k, v[2]);
-  q.w = cut_mass(k, v[3]);
+  q.x = cut_mass<kCut>(k, v[0], b0 + w);
+  q.y = cut_mass<kCut>(k, v[1], b0 + w + 1);
+  q.z = cut_mass<kCut>(k, v[2], b0 + w + 2);
+  q.w = cut_mass<kCut>(k, v[3], b0 + w + 3);
   *reinterpret_cast<float4*>(&e[w]) = q;  // past n: -inf, mass 0 (never read: pick_in stops at n)
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -303,18 +334,9 @@ __global__ void __launch_bounds__(kTargetThreads) block_draw_target_kernel(
 
 // ------------------------------------------------------------------ shard partials
 
-struct Arg {
-  float key;
-  int64_t idx;
-};
-
-__device__ __forceinline__ void arg_take(Arg& a, float k, int64_t i) {
-  if (i < 0) return;
-  if (a.idx < 0 || k > a.key || (k == a.key && i < a.idx)) {
-    a.key = k;
-    a.idx = i;
-  }
-}
+// Arg / arg_take / block_argmax: csrc/cuda/block_argmax.cuh (shared with sampling.cu).
+using block_arg::Arg;
+using block_arg::arg_take;
 
 // Block-wide exclusive scan of v (kPartThreads threads); *total = the block's sum.
 __device__ __forceinline__ int block_excl_scan(int v, int* total, int* s_w) {
@@ -343,14 +365,11 @@ __device__ __forceinline__ int block_excl_scan(int v, int* total, int* s_w) {
   return wbase + inc - v;
 }
 
-// Warp-aggregated shared-memory histogram add (every lane calls it, converged): one
-// 32-bit integer atomic per distinct bucket of the warp; b < 0 adds nothing. Integer
-// sums: the histogram does not depend on the order of the adds.
-__device__ __forceinline__ void hist_add(int b, int* hc) {
-  const int lane = threadIdx.x & 31;
-  const unsigned grp = __match_any_sync(0xffffffffu, b);
-  if (b >= 0 && lane == __ffs(grp) - 1) atomicAdd(&hc[b], __popc(grp));
-}
+// hist_add (csrc/cuda/fixed_hist.cuh, shared with sampling.cu): warp-aggregated shared-memory
+// histograms, one 32-bit integer atomic per distinct bucket of the warp (counts; with
+// mass_mode, the fixed-point masses as lo / hi uint32 pairs). Integer sums: the histogram
+// does not depend on the order of the adds.
+using fixed_hist::hist_add;
 
 // One CUDA block per row of the shard x (rows, n) at global offset `offset`: the row of
 // partials (8 + 2c float64) of distributed.cpp's shard_partials_cpu.
@@ -463,7 +482,7 @@ __global__ void __launch_bounds__(kPartThreads, 1) shard_partials_kernel(const T
             const uint32_t key = filter::order_key(v[l]);
             if ((key & mask) == prefix) b = static_cast<int>((key >> shift) & 0xffu);
           }
-          hist_add(b, hc);
+          hist_add(b, 0, false, hc, nullptr, nullptr);
         }
       }
       __syncthreads();
@@ -576,6 +595,207 @@ __global__ void __launch_bounds__(kMergeThreads) merge_partials_kernel(
   }
 }
 
+// ------------------------------------------------------------------ the top-p / large-k cut on shards
+// shard_radix_hist (grid rows x splits, kHistThreads): every CUDA block histograms its
+//   slice of the shard into shared memory (fixed_hist::hist_add: integer counts and the
+//   fixed-point masses as lo / hi uint32 pairs, no CAS, no float atomic), then adds its 256 +
+//   256 buckets to the row's int64 output with 64-bit *integer* global atomics (ATOMG.ADD.64):
+//   integer sums, so the histograms are the CPU's whatever the order of the adds. The masses
+//   are filter::to_fixed(fexp((x - m) / T), mass_shift(V, token_mass(m, m, 1/T))), as
+//   shard_radix_hist_cpu computes them.
+// shard_nth_tie (one CUDA block per row, kPartThreads): the tokens equal to value inside the
+//   prefix are counted chunk by chunk (2048 tokens, block_excl_scan: ties are numbered in id
+//   order), the thread holding the n-th one writes its id; stops once n ties are seen.
+
+template <class T>
+__global__ void __launch_bounds__(kHistThreads) shard_radix_hist_kernel(
+    const T* __restrict__ logits, int64_t rs, int64_t n, int64_t offset, int64_t V, const float* __restrict__ mx,
+    const float* __restrict__ temp, const float* __restrict__ cvs, const int64_t* __restrict__ cis,
+    const int64_t* __restrict__ prefix, int shift, int splits, unsigned long long* __restrict__ out) {
+  __shared__ int hc[256];
+  __shared__ uint32_t hlo[256], hhi[256];
+  for (int b = threadIdx.x; b < 256; b += kHistThreads) {
+    hc[b] = 0;
+    hlo[b] = 0;
+    hhi[b] = 0;
+  }
+  __syncthreads();
+  const int64_t r = blockIdx.x;
+  const RowCut k = row_cut(mx[r], temp[r], 0.0f, cvs, cis, r);  // min-p is not part of the cut
+  // shard_radix_hist_cpu's shift of the fixed point: token_mass(m, m, 1/T) is the row's largest mass
+  const int sh = filter::mass_shift(V, static_cast<double>(unit_mass(k, k.m)));
+  const uint32_t mask = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
+  const uint32_t want = static_cast<uint32_t>(prefix[r]) & mask;
+  const T* row = logits + r * rs;
+  const bool aligned = aligned4(row);
+  const int64_t groups = (n + 3) / 4;
+  const int64_t g0 = groups * blockIdx.y / splits, g1 = groups * (blockIdx.y + 1) / splits;
+  for (int64_t base = g0; base < g1; base += kHistThreads) {  // the same trip count for every thread
+    const int64_t g = base + threadIdx.x;
+    float v[4] = {ninf(), ninf(), ninf(), ninf()};
+    if (g < g1) load4(row + 4 * g, n - 4 * g, aligned, v);
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      int b = -1;
+      uint64_t q = 0;
+      const float x = v[l];
+      if (x > ninf()) {
+        const uint32_t key = filter::order_key(x);
+        if ((key & mask) == want && filter::detail::in_prefix(x, offset + 4 * g + l, k.cv, k.ci)) {
+          b = static_cast<int>((key >> shift) & 0xffu);
+          q = filter::to_fixed(static_cast<double>(unit_mass(k, x)), sh);
+        }
+      }
+      hist_add(b, q, true, hc, hlo, hhi);  // warp-collective
+    }
+  }
+  __syncthreads();
+  unsigned long long* o = out + r * 512;
+  for (int b = threadIdx.x; b < 256; b += kHistThreads) {
+    const unsigned long long q = (static_cast<unsigned long long>(hhi[b]) << 32) | hlo[b];
+    if (q) atomicAdd(o + b, q);  // integer: exact in any order
+    if (hc[b]) atomicAdd(o + 256 + b, static_cast<unsigned long long>(hc[b]));
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kPartThreads) shard_nth_tie_kernel(
+    const T* __restrict__ logits, int64_t rs, int64_t n, int64_t offset, const float* __restrict__ value,
+    const float* __restrict__ cvs, const int64_t* __restrict__ cis, const int64_t* __restrict__ nth,
+    int64_t* __restrict__ out) {
+  __shared__ int s_w[kPartWarps];
+  __shared__ long long s_found;
+  const int64_t r = blockIdx.x;
+  const int64_t want = nth[r];
+  if (want < 1) {  // uniform over the CUDA block
+    if (threadIdx.x == 0) out[r] = -1;
+    return;
+  }
+  if (threadIdx.x == 0) s_found = -1;
+  const float val = value[r], cv = cvs[r];
+  const int64_t ci = cis[r];
+  const T* row = logits + r * rs;
+  const bool aligned = aligned4(row);
+  const int64_t groups = (n + 3) / 4;
+  int64_t seen = 0;  // ties in the chunks before this one (uniform over the block)
+  for (int64_t g0 = 0; g0 < groups && seen < want; g0 += kPartThreads) {
+    const int64_t g = g0 + threadIdx.x;
+    float v[4] = {ninf(), ninf(), ninf(), ninf()};
+    if (g < groups) load4(row + 4 * g, n - 4 * g, aligned, v);
+    bool eq[4];
+    int ne = 0;
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      eq[l] = v[l] > ninf() && v[l] == val && filter::detail::in_prefix(v[l], offset + 4 * g + l, cv, ci);
+      ne += eq[l] ? 1 : 0;
+    }
+    int total = 0;
+    const int before = block_excl_scan(ne, &total, s_w);  // ties of the threads before (id order)
+    const int l = ne ? dist_walk::nth_in_group(seen + before, want, eq) : -1;
+    if (l >= 0) s_found = offset + 4 * g + l;  // one thread of the block at most
+    seen += total;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) out[r] = s_found;
+}
+
+// ------------------------------------------------------------------ verify(method="exact") on shards
+// shard_kept_mass (one CUDA block per row, kPartThreads): the CPU's normaliser is ONE running
+//   double sum of the kept masses in vocabulary order (start + e_0 + e_1 + ...); double
+//   addition is not associative, so no parallel reduction gives its bits. The block computes
+//   the masses and kept flags in parallel (2048 tokens a step), compacts the kept masses in id
+//   order into shared memory (block_excl_scan), and thread 0 adds them one by one: a serial
+//   pass over the shard's KEPT tokens only (at most n dependent double adds per row;
+//   documented in the module docstring of python/softdec/distributed.py).
+// shard_verify_race (one CUDA block per row, kPartThreads): every thread races its tokens
+//   (p_i = fexp((x_i - m) / T) * inv_z in float, key = verify::race_key(p_i, u_i), u_i =
+//   philox::uniform(seed, stream, global id): the element philox_chunk gives the CPU), then
+//   a warp / block (key, id) max: larger key, lower id on ties -- a total order, so the
+//   winner does not depend on the reduction order.
+
+template <class T>
+__global__ void __launch_bounds__(kPartThreads) shard_kept_mass_kernel(
+    const T* __restrict__ logits, int64_t rs, int64_t n, int64_t offset, const float* __restrict__ mx,
+    const float* __restrict__ temp, const float* __restrict__ minp, const float* __restrict__ cvs,
+    const int64_t* __restrict__ cis, const double* __restrict__ start, const int64_t* __restrict__ wants,
+    double* __restrict__ out, float* __restrict__ out_want) {
+  __shared__ float buf[4 * kPartThreads];
+  __shared__ int s_w[kPartWarps];
+  const int64_t r = blockIdx.x;
+  const RowCut k = row_cut(mx[r], temp[r], minp[r], cvs, cis, r);
+  const int64_t want = wants[r] - offset;  // local index of the token whose mass is asked for
+  if (threadIdx.x == 0 && !(want >= 0 && want < n)) out_want[r] = -1.0f;
+  const T* row = logits + r * rs;
+  const bool aligned = aligned4(row);
+  const int64_t groups = (n + 3) / 4;
+  double sum = start[r];  // thread 0's running sum
+  for (int64_t g0 = 0; g0 < groups; g0 += kPartThreads) {  // the same trip count for every thread
+    const int64_t g = g0 + threadIdx.x;
+    float v[4] = {ninf(), ninf(), ninf(), ninf()};
+    if (g < groups) load4(row + 4 * g, n - 4 * g, aligned, v);
+    float e[4];
+    int nk = 0;
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      const int64_t i = 4 * g + l;
+      const bool kp = cut_kept(k, v[l], offset + i);  // -inf padding past n: not kept
+      e[l] = kp ? unit_mass(k, v[l]) : -1.0f;
+      nk += kp ? 1 : 0;
+      if (i == want) out_want[r] = kp ? e[l] : 0.0f;
+    }
+    int total = 0;
+    int at = block_excl_scan(nk, &total, s_w);
+#pragma unroll
+    for (int l = 0; l < 4; ++l)
+      if (e[l] >= 0.0f) buf[at++] = e[l];
+    __syncthreads();
+    if (threadIdx.x == 0)
+      for (int j = 0; j < total; ++j) sum = __dadd_rn(sum, static_cast<double>(buf[j]));  // id order
+    __syncthreads();  // buf is rewritten by the next step
+  }
+  if (threadIdx.x == 0) out[r] = sum;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kPartThreads) shard_verify_race_kernel(
+    const T* __restrict__ logits, int64_t rs, int64_t n, int64_t offset, const float* __restrict__ mx,
+    const float* __restrict__ temp, const float* __restrict__ minp, const float* __restrict__ cvs,
+    const int64_t* __restrict__ cis, const float* __restrict__ inv_z, const int64_t* __restrict__ seeds,
+    const int64_t* __restrict__ streams, const int64_t* __restrict__ skips, float* __restrict__ out_key,
+    int64_t* __restrict__ out_id, float* __restrict__ out_skip) {
+  const int64_t r = blockIdx.x;
+  const RowCut k = row_cut(mx[r], temp[r], minp[r], cvs, cis, r);
+  const float iz = inv_z[r];
+  const uint64_t seed = static_cast<uint64_t>(seeds[r]), stream = static_cast<uint64_t>(streams[r]);
+  const int64_t skip = skips[r];
+  if (threadIdx.x == 0 && !(skip >= offset && skip < offset + n)) out_skip[r] = -1.0f;
+  const T* row = logits + r * rs;
+  const bool aligned = aligned4(row);
+  const int64_t groups = (n + 3) / 4;
+  Arg best{0.0f, -1};
+  for (int64_t g = threadIdx.x; g < groups; g += kPartThreads) {
+    float v[4];
+    load4(row + 4 * g, n - 4 * g, aligned, v);
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      if (4 * g + l >= n) break;  // past the shard (a skip id there belongs to another shard)
+      const int64_t gi = offset + 4 * g + l;
+      const float p = cut_kept(k, v[l], gi) ? __fmul_rn(unit_mass(k, v[l]), iz) : 0.0f;
+      if (gi == skip) {
+        out_skip[r] = p;  // the one-hot draft's own residual is 0: not in the race
+        continue;
+      }
+      if (p > 0.0f) arg_take(best, verify::race_key(p, philox::uniform(seed, stream, static_cast<uint64_t>(gi))), gi);
+    }
+  }
+  // (key, id) max over the block: verify::race_better's order (arg_take: larger key, lower id)
+  const Arg top = block_arg::block_argmax<kPartWarps>(best);
+  if (threadIdx.x == 0) {
+    out_key[r] = top.idx < 0 ? 0.0f : top.key;
+    out_id[r] = top.idx;
+  }
+}
+
 // ------------------------------------------------------------------ entry points
 
 int sm_count(int device) {
@@ -592,8 +812,17 @@ std::pair<int64_t, int64_t> inner_blocks(int64_t offset, int64_t n, int64_t V) {
   return {b_lo, b_hi > b_lo ? b_hi : b_lo};
 }
 
-Tensor shard_block_masses_cuda(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp) {
-  distributed_checks::check_shard_args(logits, offset, V, m, t, mp);
+// Splits of a row for two waves of the SMs over R rows, at most `most` per row.
+int row_splits(const Tensor& x, int64_t R, int64_t most) {
+  const int64_t want = (2 * static_cast<int64_t>(sm_count(x.get_device())) + R - 1) / R;
+  int64_t sp = want < most ? want : most;
+  sp = sp < 65535 ? sp : 65535;
+  return static_cast<int>(sp > 1 ? sp : 1);
+}
+
+// shard_block_masses / shard_cut_block_masses (cv, ci null: no cut).
+Tensor block_masses(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
+                    const Tensor& mp, const float* cv, const int64_t* ci) {
   const int64_t R = logits.size(0), n = logits.size(1);
   const std::pair<int64_t, int64_t> inner = inner_blocks(offset, n, V);
   const int64_t b_lo = inner.first, nb = inner.second - inner.first;
@@ -601,25 +830,34 @@ Tensor shard_block_masses_cuda(Tensor logits, int64_t offset, int64_t V, Tensor 
   Tensor out = new_empty(logits, {R, nb}, ScalarType::Double);
   if (R == 0 || nb == 0) return out;
   // enough CUDA blocks for two waves of the SMs, at most one per 1024-token block
-  const int64_t want = (2 * static_cast<int64_t>(sm_count(logits.get_device())) + R - 1) / R;
-  int64_t sp = want < nb ? want : nb;
-  sp = sp < 65535 ? sp : 65535;
-  const int splits = static_cast<int>(sp > 1 ? sp : 1);
+  const int splits = row_splits(logits, R, nb);
   cudaStream_t stream = current_stream(logits);
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
-    shard_block_mass_kernel<scalar_t>
-        <<<dim3(static_cast<unsigned>(R), static_cast<unsigned>(splits)), kMassThreads, 0, stream>>>(
-            x, logits.stride(0), offset, V, b_lo, nb, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
-            mp.const_data_ptr<float>(), splits, out.mutable_data_ptr<double>());
+    auto kernel = cv ? shard_block_mass_kernel<scalar_t, true> : shard_block_mass_kernel<scalar_t, false>;
+    kernel<<<dim3(static_cast<unsigned>(R), static_cast<unsigned>(splits)), kMassThreads, 0, stream>>>(
+        x, logits.stride(0), offset, V, b_lo, nb, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
+        mp.const_data_ptr<float>(), cv, ci, splits, out.mutable_data_ptr<double>());
     SOFTDEC_CUDA_LAUNCH_CHECK();
   });
   return out;
 }
 
-Tensor shard_block_pick_cuda(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp, Tensor block,
-                             Tensor target) {
+Tensor shard_block_masses_cuda(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp) {
   distributed_checks::check_shard_args(logits, offset, V, m, t, mp);
+  return block_masses(logits, offset, V, m, t, mp, nullptr, nullptr);
+}
+
+Tensor shard_cut_block_masses_cuda(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp,
+                                   Tensor cv, Tensor ci) {
+  distributed_checks::check_shard_args(logits, offset, V, m, t, mp);
+  distributed_checks::check_cut_args(logits, cv, ci);
+  return block_masses(logits, offset, V, m, t, mp, cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>());
+}
+
+// shard_block_pick / shard_cut_block_pick (cv, ci null: no cut).
+Tensor block_pick(const Tensor& logits, int64_t offset, int64_t V, const Tensor& m, const Tensor& t,
+                  const Tensor& mp, const float* cv, const int64_t* ci, const Tensor& block, const Tensor& target) {
   distributed_checks::check_pick_args(logits, block, target);
   const int64_t R = logits.size(0), n = logits.size(1);
   const std::pair<int64_t, int64_t> inner = inner_blocks(offset, n, V);
@@ -630,13 +868,116 @@ Tensor shard_block_pick_cuda(Tensor logits, int64_t offset, int64_t V, Tensor m,
   cudaStream_t stream = current_stream(logits);
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
-    shard_block_pick_kernel<scalar_t><<<static_cast<unsigned>(R), kPickThreads, 0, stream>>>(
+    auto kernel = cv ? shard_block_pick_kernel<scalar_t, true> : shard_block_pick_kernel<scalar_t, false>;
+    kernel<<<static_cast<unsigned>(R), kPickThreads, 0, stream>>>(
         x, logits.stride(0), offset, V, b_lo, b_hi, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
-        mp.const_data_ptr<float>(), block.const_data_ptr<int64_t>(), target.const_data_ptr<double>(),
+        mp.const_data_ptr<float>(), cv, ci, block.const_data_ptr<int64_t>(), target.const_data_ptr<double>(),
         out.mutable_data_ptr<int64_t>());
     SOFTDEC_CUDA_LAUNCH_CHECK();
   });
   return out;
+}
+
+Tensor shard_block_pick_cuda(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp, Tensor block,
+                             Tensor target) {
+  distributed_checks::check_shard_args(logits, offset, V, m, t, mp);
+  return block_pick(logits, offset, V, m, t, mp, nullptr, nullptr, block, target);
+}
+
+Tensor shard_cut_block_pick_cuda(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor mp, Tensor cv,
+                                 Tensor ci, Tensor block, Tensor target) {
+  distributed_checks::check_shard_args(logits, offset, V, m, t, mp);
+  distributed_checks::check_cut_args(logits, cv, ci);
+  return block_pick(logits, offset, V, m, t, mp, cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>(), block,
+                    target);
+}
+
+Tensor shard_radix_hist_cuda(Tensor logits, int64_t offset, int64_t V, Tensor m, Tensor t, Tensor cv, Tensor ci,
+                             Tensor prefix, int64_t shift) {
+  distributed_checks::check_shard_args(logits, offset, V, m, t, m);  // (no min-p in the cut)
+  distributed_checks::check_cut_args(logits, cv, ci);
+  distributed_checks::check_hist_args(logits, prefix, shift);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
+  Tensor out = new_empty(logits, {R, 512}, ScalarType::Long);
+  if (R == 0) return out;
+  cudaStream_t stream = current_stream(logits);
+  // the CUDA blocks of a row add their histograms into it (integer atomics): start from zero
+  SOFTDEC_CUDA_CHECK(cudaMemsetAsync(out.mutable_data_ptr(), 0, static_cast<size_t>(R) * 512 * sizeof(int64_t),
+                                     stream));
+  if (n == 0) return out;
+  const int splits = row_splits(logits, R, (n + kHistMinTokens - 1) / kHistMinTokens);
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    shard_radix_hist_kernel<scalar_t>
+        <<<dim3(static_cast<unsigned>(R), static_cast<unsigned>(splits)), kHistThreads, 0, stream>>>(
+            x, logits.stride(0), n, offset, V, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
+            cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>(), prefix.const_data_ptr<int64_t>(),
+            static_cast<int>(shift), splits, reinterpret_cast<unsigned long long*>(out.mutable_data_ptr<int64_t>()));
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+Tensor shard_nth_tie_cuda(Tensor logits, int64_t offset, Tensor value, Tensor cv, Tensor ci, Tensor nth) {
+  distributed_checks::check_tie_args(logits, offset, value, cv, ci, nth);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
+  Tensor out = new_empty(logits, {R}, ScalarType::Long);
+  if (R == 0) return out;
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    shard_nth_tie_kernel<scalar_t><<<static_cast<unsigned>(R), kPartThreads, 0, current_stream(logits)>>>(
+        x, logits.stride(0), n, offset, value.const_data_ptr<float>(), cv.const_data_ptr<float>(),
+        ci.const_data_ptr<int64_t>(), nth.const_data_ptr<int64_t>(), out.mutable_data_ptr<int64_t>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor> shard_kept_mass_cuda(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp,
+                                                Tensor cv, Tensor ci, Tensor start, Tensor want) {
+  distributed_checks::check_position_args(logits, offset, m, t, mp, cv, ci);
+  distributed_checks::check_kept_mass_args(logits, start, want);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
+  Tensor out = new_empty(logits, {R}, ScalarType::Double);
+  Tensor ew = new_empty(logits, {R}, ScalarType::Float);
+  if (R == 0) return {out, ew};
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    shard_kept_mass_kernel<scalar_t><<<static_cast<unsigned>(R), kPartThreads, 0, current_stream(logits)>>>(
+        x, logits.stride(0), n, offset, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
+        mp.const_data_ptr<float>(), cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>(),
+        start.const_data_ptr<double>(), want.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>(),
+        ew.mutable_data_ptr<float>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  });
+  return {out, ew};
+}
+
+std::tuple<Tensor, Tensor, Tensor> shard_verify_race_cuda(Tensor logits, int64_t offset, Tensor m, Tensor t,
+                                                          Tensor mp, Tensor cv, Tensor ci, Tensor inv_z, Tensor seed,
+                                                          Tensor stream, Tensor skip) {
+  distributed_checks::check_position_args(logits, offset, m, t, mp, cv, ci);
+  distributed_checks::check_race_args(logits, inv_z, seed, stream, skip);
+  const int64_t R = logits.size(0), n = logits.size(1);
+  torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
+  Tensor key = new_empty(logits, {R}, ScalarType::Float);
+  Tensor id = new_empty(logits, {R}, ScalarType::Long);
+  Tensor psk = new_empty(logits, {R}, ScalarType::Float);
+  if (R == 0) return {key, id, psk};
+  SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
+    const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
+    shard_verify_race_kernel<scalar_t><<<static_cast<unsigned>(R), kPartThreads, 0, current_stream(logits)>>>(
+        x, logits.stride(0), n, offset, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
+        mp.const_data_ptr<float>(), cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>(),
+        inv_z.const_data_ptr<float>(), seed.const_data_ptr<int64_t>(), stream.const_data_ptr<int64_t>(),
+        skip.const_data_ptr<int64_t>(), key.mutable_data_ptr<float>(), id.mutable_data_ptr<int64_t>(),
+        psk.mutable_data_ptr<float>());
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+  });
+  return {key, id, psk};
 }
 
 std::tuple<Tensor, Tensor> block_draw_target_cuda(Tensor blk, Tensor seed, Tensor offset) {
@@ -697,4 +1038,10 @@ STABLE_TORCH_LIBRARY_IMPL(softdec, CUDA, m) {
   m.impl("block_draw_target", TORCH_BOX(&softdec::block_draw_target_cuda));
   m.impl("shard_partials", TORCH_BOX(&softdec::shard_partials_cuda));
   m.impl("merge_partials", TORCH_BOX(&softdec::merge_partials_cuda));
+  m.impl("shard_radix_hist", TORCH_BOX(&softdec::shard_radix_hist_cuda));
+  m.impl("shard_nth_tie", TORCH_BOX(&softdec::shard_nth_tie_cuda));
+  m.impl("shard_cut_block_masses", TORCH_BOX(&softdec::shard_cut_block_masses_cuda));
+  m.impl("shard_cut_block_pick", TORCH_BOX(&softdec::shard_cut_block_pick_cuda));
+  m.impl("shard_kept_mass", TORCH_BOX(&softdec::shard_kept_mass_cuda));
+  m.impl("shard_verify_race", TORCH_BOX(&softdec::shard_verify_race_cuda));
 }

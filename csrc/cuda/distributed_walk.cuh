@@ -6,7 +6,9 @@
 //    ahead of the chosen one, zero blocks included): the same double additions in the same
 //    order as the CPU's two loops, fused into one pass that can be fed chunk by chunk;
 //  - merge_position: where candidate j of rank w lands in the union of the ranks' id-sorted
-//    candidate lists ordered by (id, rank): binary searches, no sort.
+//    candidate lists ordered by (id, rank): binary searches, no sort;
+//  - nth_in_group: shard_nth_tie's test of one thread's 4-token group (tests/cuda_host/
+//    distributed_cut.cu replays the kernel's chunk / scan numbering against the CPU's loop).
 #pragma once
 
 #include <cstdint>
@@ -78,6 +80,17 @@ SOFTDEC_HD int64_t real_candidates(const ListOf& ids, int64_t W, int64_t c) {
   int64_t n = 0;
   for (int64_t w = 0; w < W; ++w) n += count_below(ids(w), c, kNoId, false);
   return n;
+}
+
+// shard_nth_tie: the lane (0..3) of a thread's 4-token group (tokens in id order) holding the
+// want-th tie (1-based, id order) of the row, given `seen` = the ties at lower ids (earlier
+// chunks and the block's earlier threads, an exclusive scan) and the group's tie flags; -1 if
+// the want-th tie is not in this group.
+SOFTDEC_HD int nth_in_group(int64_t seen, int64_t want, const bool eq[4]) {
+  int64_t c = seen;
+  for (int l = 0; l < 4; ++l)
+    if (eq[l] && ++c == want) return l;
+  return -1;
 }
 
 }  // namespace dist_walk

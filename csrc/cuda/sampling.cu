@@ -23,7 +23,9 @@
 // gumbel_softmax: one block per row, online max / sum then a second pass that
 // recomputes the noise and writes the probabilities.
 // Filter ops: one block per row with the same radix selection.
+#include "block_argmax.cuh"
 #include "cuda_common.cuh"
+#include "fixed_hist.cuh"
 #include "../dispatch.h"
 #include "../sampling_checks.h"
 #include "softdec/filter.h"
@@ -81,46 +83,10 @@ __host__ __device__ __forceinline__ bool row_aligned(const T* row, int64_t strid
 
 // ------------------------------------------------------------------ block reductions
 
-struct Arg {
-  float key;
-  int64_t idx;
-};
-
-__device__ __forceinline__ void arg_take(Arg& a, float k, int64_t i) {
-  if (i < 0) return;
-  if (a.idx < 0 || k > a.key || (k == a.key && i < a.idx)) {
-    a.key = k;
-    a.idx = i;
-  }
-}
-
-__device__ Arg block_argmax(Arg a) {
-  __shared__ float sk[kWarps];
-  __shared__ int64_t si[kWarps];
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-#pragma unroll
-  for (int o = 16; o; o >>= 1) {
-    const float k = __shfl_xor_sync(0xffffffffu, a.key, o);
-    const long long i = __shfl_xor_sync(0xffffffffu, static_cast<long long>(a.idx), o);
-    arg_take(a, k, i);
-  }
-  __syncthreads();
-  if (lane == 0) {
-    sk[w] = a.key;
-    si[w] = a.idx;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    Arg b{ninf(), -1};
-    for (int j = 0; j < kWarps; ++j) arg_take(b, sk[j], si[j]);
-    sk[0] = b.key;
-    si[0] = b.idx;
-  }
-  __syncthreads();
-  const Arg r{sk[0], si[0]};
-  __syncthreads();
-  return r;
-}
+// Arg, arg_take, block_argmax: csrc/cuda/block_argmax.cuh (shared with distributed.cu).
+using block_arg::Arg;
+using block_arg::arg_take;
+__device__ __forceinline__ Arg block_argmax(Arg a) { return block_arg::block_argmax<kWarps>(a); }
 
 template <class V>
 __device__ V block_sum(V v) {
@@ -168,32 +134,9 @@ __device__ __forceinline__ bool in_prefix(float x, int64_t i, float cv, int64_t 
   return x > cv || (x == cv && i <= ci);
 }
 
-// Warp-aggregated histogram add: the lanes of a warp that call this together
-// (every lane, in converged code) with bucket b >= 0 add their count and their
-// fixed-point mass q to bucket b; b < 0 adds nothing. One leader per bucket does
-// the shared-memory atomics (32-bit ATOMS.ADD only, no CAS loop): the 64-bit
-// mass as a lo/hi pair of uint32 with the carry taken from the low add's old
-// value. Integer sums are exact in any order, so the histogram does not depend
-// on the order in which warps or lanes add (deterministic).
-__device__ __forceinline__ void hist_add(int b, uint64_t q, bool mass_mode, int* hc, uint32_t* hlo,
-                                         uint32_t* hhi) {
-  const int lane = threadIdx.x & 31;
-  const unsigned grp = __match_any_sync(0xffffffffu, b);
-  const bool leader = lane == __ffs(grp) - 1;
-  if (mass_mode) {
-    // q < 2^63 as three 21-bit limbs: a sum of 32 limbs fits in 32 bits
-    const unsigned l0 = __reduce_add_sync(grp, static_cast<unsigned>(q & 0x1fffffu));
-    const unsigned l1 = __reduce_add_sync(grp, static_cast<unsigned>((q >> 21) & 0x1fffffu));
-    const unsigned l2 = __reduce_add_sync(grp, static_cast<unsigned>(q >> 42));
-    const uint64_t sum = static_cast<uint64_t>(l0) + (static_cast<uint64_t>(l1) << 21) + (static_cast<uint64_t>(l2) << 42);
-    if (leader && b >= 0 && sum != 0) {
-      const uint32_t lo = static_cast<uint32_t>(sum), hi = static_cast<uint32_t>(sum >> 32);
-      const uint32_t old = atomicAdd(&hlo[b], lo);
-      atomicAdd(&hhi[b], hi + (old + lo < old ? 1u : 0u));
-    }
-  }
-  if (leader && b >= 0) atomicAdd(&hc[b], __popc(grp));
-}
+// hist_add: csrc/cuda/fixed_hist.cuh (warp-aggregated integer histograms of counts and
+// fixed-point masses; shared with distributed.cu).
+using fixed_hist::hist_add;
 
 // filter::detail::select_nth, block-parallel: the first token of the order (within the
 // prefix (cv, ci)) at which the running count reaches n, or the running mass reaches target.

@@ -80,17 +80,27 @@ does not repeat, so an acceptance or race decided within ~1e-16 relative of its 
 may differ.
 
 Devices: CPU shards (gloo) and CUDA shards (NCCL, or gloo with CUDA tensors): every tensor
-the ops create is on the shard's device; the five shard helpers have CUDA kernels
-(csrc/cuda/distributed.cu, the same numbers as the CPU ones). The top-p / large-k cut and
-verify(method="exact")'s chain and race (shard_radix_hist, shard_nth_tie, shard_cut_block_*,
-shard_kept_mass, shard_verify_race) are CPU-only so far: on CUDA shards top-p sample rows
-all_gather their rows, and verify(method="exact") takes the torch-op race without top-p
-(_verify_exact_torch: torch.exp / torch.log where the kernel uses fexp / flog, ~1 ulp) and
-gathers the rows with top-p. The CUDA path is compiled but
+the ops create is on the shard's device, and every shard helper has a CUDA kernel
+(csrc/cuda/distributed.cu) computing the CPU op's numbers: the partials, their merge and the
+blockwise draw (block sums in the CPU's lane order, bit for bit); the top-p / large-k cut
+(shard_radix_hist: integer histograms of the uint64 fixed-point masses, exact in any order;
+shard_nth_tie; shard_cut_block_masses / shard_cut_block_pick); and verify(method="exact")'s
+chain and race (shard_kept_mass: the running double sum in vocabulary order, which no
+parallel reduction reproduces, so one thread of the row's CUDA block adds the shard's kept
+masses one by one after a parallel pass has computed and compacted them -- a serial pass
+over the KEPT tokens only, at most V_local dependent adds per position; shard_verify_race:
+the kernel's fexp / flog and Philox element ``id``, then a block (key, id) max, exact in any
+order). So CUDA shards take the same paths and collectives as CPU shards (bytes_per_call holds
+for both). sample equals the single-device CUDA op bit for bit; verify(method="exact") with
+one-hot drafts and no top-k equals the single-device *CPU* op bit for bit for top-p targets
+(the CPU's serial normaliser), while the single-device CUDA verify sums its normaliser by a
+block reduction, so against it an acceptance or race decided within ~1e-16 relative of its
+threshold may differ (as without top-p on CPU). The CUDA path compiles (sm_80, sm_90a) but
 has not been run yet (tests/test_distributed_cuda.py runs when a GPU is present). On CUDA a
 few steps read values on the host as the CPU path does: the layout / branch decisions
-(``tolist``, ``bool(...any())``), the acceptance walk of ``verify(method="exact")`` (one
-copy), the Philox / Gamma draws of soft_mixture's Gumbel / Dirichlet noise
+(``tolist``, ``bool(...any())``), the top-p targets (exact Python integers) and the
+normaliser's ``exp(-log z)`` (one read each), the acceptance walk of ``verify(method="exact")``
+(one copy), the Philox / Gamma draws of soft_mixture's Gumbel / Dirichlet noise
 (softdec.reference.philox_at / soft_gamma, numpy), and the per-row id sets of the greedy /
 soft verify's compact rows (``torch.unique``).
 """
@@ -450,6 +460,8 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
     - "verify" (greedy, soft): the partials of B (K + 1) positions; top-k targets add one
       layout row of partials, and a dense draft ``4 (world k + 1)`` bytes per drafted position
       (all_reduce).
+
+    The same on CPU and CUDA shards (CUDA shards run the same native shard helpers).
     """
     per_row = 8 * (_HEAD + 2 * k)
     if op == "soft_mixture":
@@ -523,8 +535,6 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
         cut = ~greedy & ~cand & ~blocks  # top-p without top-k, or k > 2048: the cut on shards
         sel = {name: m.nonzero()[:, 0] for name, m in (("cand", cand), ("blocks", blocks), ("cut", cut))
                if bool(m.any())}
-    if "cut" in sel and x.device.type != "cpu":  # the cut's helpers are CPU-only so far: gather the rows
-        sel["full"] = sel.pop("cut")
     s, o = _sync_rng(seed, offset, B, dev, generator, sh)
 
     def take(v, r):
@@ -591,19 +601,6 @@ def sample(logits: torch.Tensor, *, vocab_offset: int, vocab_size: int,
                 ids = got
             else:
                 ids[r] = got
-    if "full" in sel:
-        r = sel["full"]
-        rr = torch.arange(B, device=dev) if r is None else r
-        width = max(n for _, n in shards)
-        mine = torch.full((rr.numel(), width), -math.inf, dtype=torch.float32, device=dev)
-        mine[:, :Vl] = x[rr]
-        parts = _gather(mine, sh)
-        row = torch.empty(rr.numel(), V, dtype=torch.float32, device=dev)
-        for w, (lo, n) in enumerate(shards):
-            row[:, lo:lo + n] = parts[w, :, :n]
-        res = _sample(row.to(x.dtype), temperature=take(T, r), top_k=take(K, r), top_p=take(P, r),
-                      min_p=take(MP, r), seed=s[rr], offset=o[rr])
-        ids[rr] = res.ids
     ids = torch.where(mg.valid, ids, torch.zeros_like(ids))
     return Sampled(ids.to(dev), mg.valid.to(dev))
 
@@ -730,10 +727,10 @@ def _fixed_target(top_p: float, total: int) -> int:
 
 
 def _key_float(key: torch.Tensor) -> torch.Tensor:
-    """filter::key_float of int64 keys (< 2^32) -> float32."""
-    k = key.numpy().astype(np.uint64)
-    bits = np.where(k & 0x80000000, k & 0x7FFFFFFF, (~k) & 0xFFFFFFFF).astype(np.uint32)
-    return torch.from_numpy(bits.view(np.float32).copy())
+    """filter::key_float of int64 keys (< 2^32) -> float32 (on the keys' device)."""
+    bits = torch.where(key >= 0x80000000, key & 0x7FFFFFFF, (~key) & 0xFFFFFFFF)
+    # the uint32 bits as an int32 (two's complement), viewed as float32
+    return torch.where(bits >= 0x80000000, bits - (1 << 32), bits).to(torch.int32).view(torch.float32)
 
 
 def _radix_select(x, shards, m, T, pcv, pci, want, sh: Shard, top_p=None):
@@ -745,11 +742,12 @@ def _radix_select(x, shards, m, T, pcv, pci, want, sh: Shard, top_p=None):
     Returns (cut_value [R] float32, cut_index [R] int64 global -- _IMAX when every tie at the
     value is kept --, the prefix's count or mass [R] int64)."""
     R = x.shape[0]
+    dev = x.device
     mass = top_p is not None
     half = slice(0, 256) if mass else slice(256, 512)
-    prefix = torch.zeros(R, dtype=torch.int64)
-    acc = torch.zeros(R, dtype=torch.int64)  # count / mass strictly above the selected key prefix
-    rows = torch.arange(R)
+    prefix = torch.zeros(R, dtype=torch.int64, device=dev)
+    acc = torch.zeros(R, dtype=torch.int64, device=dev)  # count / mass strictly above the selected key prefix
+    rows = torch.arange(R, device=dev)
     for shift in (24, 16, 8, 0):
         h = _ops.shard_radix_hist(x, sh.offset, sh.vocab_size, m, T, pcv, pci, prefix, shift)
         if shift:  # one all_reduce of the half the select reads
@@ -761,9 +759,9 @@ def _radix_select(x, shards, m, T, pcv, pci, want, sh: Shard, top_p=None):
             H = gh[:, :, half].sum(0)
         if shift == 24:
             total = H.sum(1)
-            if mass:
+            if mass:  # (exact Python integers; one host read of top_p and the totals)
                 target = torch.tensor([_fixed_target(float(p), int(t)) for p, t in zip(top_p.tolist(), total.tolist())],
-                                      dtype=torch.int64)
+                                      dtype=torch.int64, device=dev)
             else:
                 target = torch.minimum(want, total)
         rev = H.flip(1)  # buckets from the largest key down
@@ -775,7 +773,7 @@ def _radix_select(x, shards, m, T, pcv, pci, want, sh: Shard, top_p=None):
     b = (prefix & 0xFF).long()
     cnt = gh[:, rows, 256 + b]  # [W, R] tie counts per rank
     ties = cnt.sum(0)
-    e = gh[:, rows, b].sum(0) // ties.clamp_min(1) if mass else torch.ones(R, dtype=torch.int64)
+    e = gh[:, rows, b].sum(0) // ties.clamp_min(1) if mass else torch.ones(R, dtype=torch.int64, device=dev)
     need = target - acc
     take = torch.where(e > 0, torch.where(need > 0, (need + e - 1) // e.clamp_min(1), torch.zeros_like(need)), ties)
     take = torch.minimum(take, ties).clamp_min(1)
@@ -786,7 +784,7 @@ def _radix_select(x, shards, m, T, pcv, pci, want, sh: Shard, top_p=None):
     if bool(part.any()):
         # the take-th tie in id order: ranks in vocabulary order, the holder finds its id
         order = sorted(range(sh.world), key=lambda w: shards[w][0])
-        before = torch.zeros(R, dtype=torch.int64)
+        before = torch.zeros(R, dtype=torch.int64, device=dev)
         for w in order:
             if w == sh.rank:
                 break
@@ -804,8 +802,8 @@ def _cut(x, shards, m, argmax, T, K, P, sh: Shard):
     count, then top-p by fixed-point mass inside the top-k prefix (see _radix_select)."""
     R = x.shape[0]
     V = sh.vocab_size
-    cv = torch.full((R,), -math.inf, dtype=torch.float32)
-    ci = torch.full((R,), _IMAX, dtype=torch.int64)
+    cv = torch.full((R,), -math.inf, dtype=torch.float32, device=x.device)
+    ci = torch.full((R,), _IMAX, dtype=torch.int64, device=x.device)
 
     def sub(t, r):
         return t if r is None else t[r]
@@ -1107,13 +1105,9 @@ def verify(target_logits: torch.Tensor, draft_ids: Optional[torch.Tensor], *, vo
         if topk_rows:
             return _verify_candidates(x, draft_ids, nd, dense, draft_probs if sparse else None,
                                       int(kt.max()), sh, kw, seed, offset, generator)
-        tp = row_param(top_p, "top_p", B, dev, torch.float32, lo=0, hi=1)
-        if method == "exact" and draft_probs is None and x.device.type == "cpu" \
+        if method == "exact" and draft_probs is None \
                 and not bool(((kt > 0) & (kt < V) & (kt <= _SMALL_K)).any()):
             return _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
-        if method == "exact" and draft_probs is None and not bool(((kt > 0) & (kt < V)).any()) \
-                and not bool((tp < 1).any()):
-            return _verify_exact_torch(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh)
         return _verify_gathered(x, draft_ids, nd, dense, draft_probs if sparse else None, sh, kw,
                                 seed, offset, generator)
     # greedy / soft: the compact problem
@@ -1259,8 +1253,8 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     R = B * K1
     xr = x.reshape(R, Vl).contiguous()
     st = _local_stats(xr, 0, None, sh)
-    dpos = torch.cat([draft_ids, torch.full((B, 1), -1, dtype=torch.int64)], 1).reshape(R)
-    head = torch.zeros(1, st.shape[1], dtype=torch.float64)
+    dpos = torch.cat([draft_ids, torch.full((B, 1), -1, dtype=torch.int64, device=dev)], 1).reshape(R)
+    head = torch.zeros(1, st.shape[1], dtype=torch.float64, device=dev)
     head[0, 0], head[0, 1] = sh.offset, Vl
     g = _gather(torch.cat([st, head]), sh)
     shards = [(int(a), int(b)) for a, b in g[:, R, :2].tolist()]
@@ -1272,8 +1266,8 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     m = torch.where(mg.valid, mg.max, torch.zeros_like(mg.max)).float()
     Tl = torch.where(live, Tp, torch.ones_like(Tp))
     mpl = mp.repeat_interleave(K1)
-    cv = torch.full((R,), -math.inf, dtype=torch.float32)
-    ci = torch.full((R,), _IMAX, dtype=torch.int64)
+    cv = torch.full((R,), -math.inf, dtype=torch.float32, device=dev)
+    ci = torch.full((R,), _IMAX, dtype=torch.int64, device=dev)
     tpl = tp.repeat_interleave(K1)
     ktl = torch.where(kt < sh.vocab_size, kt, torch.zeros_like(kt)).repeat_interleave(K1)
     cutr = (live & ((tpl < 1) | (ktl > 0))).nonzero()[:, 0]
@@ -1282,7 +1276,8 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
                                   ktl[cutr], tpl[cutr], sh)
     # the normaliser: one running sum in vocabulary order, rank after rank; with it, the
     # draft token's mass (its holder's value)
-    zw = torch.stack([torch.zeros(R, dtype=torch.float64), torch.full((R,), -1.0, dtype=torch.float64)], 1)
+    zw = torch.stack([torch.zeros(R, dtype=torch.float64, device=dev),
+                      torch.full((R,), -1.0, dtype=torch.float64, device=dev)], 1)
     if bool(live.any()):
         for w in sorted(range(sh.world), key=lambda w_: shards[w_][0]):
             if w == sh.rank:
@@ -1294,22 +1289,24 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     z = zw[:, 0]
     # inv_z = float(exp(-log z)) with the C library's exp / log (those of the kernel)
     inv_z = torch.tensor(np.array([math.exp(-math.log(v)) if v > 0 else 0.0 for v in z.tolist()],
-                                  dtype=np.float32), dtype=torch.float32)
+                                  dtype=np.float32), dtype=torch.float32, device=dev)
     px = zw[:, 1].float().clamp_min(0) * inv_z  # p_of: fexp(.) * inv_z in float
     px = torch.where(greedy, (dpos == mg.argmax).float(), px)
     ua = philox_uniform((B, max(K, 1)), s, o)
     tokens = torch.full((B, K1), -1, dtype=torch.int64)
     nacc = torch.zeros(B, dtype=torch.int64)
-    valid = mg.valid.reshape(B, K1)
-    pxb, am, gr = px.reshape(B, K1), mg.argmax.reshape(B, K1), greedy.reshape(B, K1)
+    # the acceptance walk reads per-position scalars: one copy to the host (no-op on CPU)
+    valid, pxb, am, gr, ua, ndh, dh = (t.cpu() for t in (mg.valid.reshape(B, K1), px.reshape(B, K1),
+                                                         mg.argmax.reshape(B, K1), greedy.reshape(B, K1), ua, nd,
+                                                         draft_ids))
     race_rows, race_at = [], []  # the position of each row that draws from the residual / target
     for b in range(B):
-        n = int(nd[b])
+        n = int(ndh[b])
         for jj in range(n + 1):
             if not bool(valid[b, jj]):
                 break
             if jj < n and float(ua[b, jj]) < float(pxb[b, jj]):
-                tokens[b, jj] = draft_ids[b, jj]
+                tokens[b, jj] = dh[b, jj]
                 nacc[b] += 1
                 continue
             if bool(gr[b, jj]):
@@ -1319,8 +1316,8 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
                 race_at.append((b, jj))
             break
     if race_rows:  # every rank has the same rows: the decisions above are the same everywhere
-        rr = torch.tensor(race_rows, dtype=torch.int64)
-        jr = torch.tensor([jj for _, jj in race_at], dtype=torch.int64)
+        rr = torch.tensor(race_rows, dtype=torch.int64, device=dev)
+        jr = torch.tensor([jj for _, jj in race_at], dtype=torch.int64, device=dev)
         bonus = jr == nd[rr // K1]
         skip = torch.where(bonus, torch.full_like(rr, -1), dpos[rr])
         key, bid, _ = _ops.shard_verify_race(xr[rr].contiguous(), sh.offset, m[rr], Tl[rr], mpl[rr], cv[rr], ci[rr],
@@ -1330,88 +1327,9 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
         kb, ib = g2[:, :, 0], g2[:, :, 1]
         kmax = kb.amax(0)
         win = torch.where((kb == kmax[None]) & (ib >= 0), ib, torch.full_like(kb, 2.0 ** 62)).amin(0)
-        race = torch.where(win < 2.0 ** 62, win, mg.argmax[rr].double()).long()
+        race = torch.where(win < 2.0 ** 62, win, mg.argmax[rr].double()).long().cpu()
         for t_, (b, jj) in enumerate(race_at):
             tokens[b, jj] = race[t_]
-    return Verified(tokens.to(dev), nacc.to(dev), None, None)
-
-
-def _verify_exact_torch(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offset, generator, sh: Shard):
-    """Exact rejection sampling with one-hot drafts, full-vocabulary targets (T, min-p), torch ops:
-    the path of non-CPU shards (the native chain / race helpers are CPU-only so far)."""
-    from ._rng import philox_uniform
-    B, K1, Vl = x.shape
-    K = K1 - 1
-    dev = x.device
-    T, kt, tp, mp = _row_settings(temperature, top_k, top_p, min_p, B, dev)
-    if bool(((kt > 0) & (kt < sh.vocab_size)).any()) or bool((tp < 1).any()):
-        raise NotImplementedError("softdec.distributed.verify(method='exact'): top_k / top_p filtering of "
-                                  "the target is not supported yet (temperature and min_p are)")
-    s, o = _sync_rng(seed, offset, B, dev, generator, sh)
-    # round 1: flags, max, argmax, the draft token's logit (its owner's value) per position
-    R = B * K1
-    xr = x.reshape(R, Vl).contiguous()
-    st = _local_stats(xr, 0, None, sh)
-    dpos = torch.cat([draft_ids, torch.zeros(B, 1, dtype=torch.int64, device=dev)], 1).reshape(R)
-    own = (dpos >= sh.offset) & (dpos < sh.offset + Vl)
-    vx = torch.full((R,), -math.inf, dtype=torch.float64, device=dev)
-    if Vl:
-        vx = torch.where(own, xr.gather(1, (dpos - sh.offset).clamp(0, Vl - 1)[:, None])[:, 0].double(), vx)
-    st[:, 7] = vx
-    g = _gather(st, sh)
-    mg = _merge(g, 0, None)
-    vx = g[:, :, 7].amax(0).float()
-    m = mg.max.float()
-    greedy = (T == 0).repeat_interleave(K1)
-    it = torch.where(T > 0, 1.0 / T.clamp_min(1e-38), torch.zeros_like(T)).repeat_interleave(K1)
-    lmp = torch.where(mp > 0, torch.log(mp), torch.full_like(mp, -math.inf)).repeat_interleave(K1)
-    # round 2: the kept masses' sum and the shard's race winner of each position
-    mm = torch.where(mg.valid, m, torch.zeros_like(m))
-    sc = (xr - mm[:, None]) * it[:, None]
-    kept = (xr > -math.inf) & (sc >= lmp[:, None]) & mg.valid[:, None]
-    e = torch.where(kept, torch.exp(sc), torch.zeros_like(sc))
-    z = e.double().sum(1)
-    j = torch.arange(K1, device=dev).repeat(B)
-    bonus = j == nd.repeat_interleave(K1)
-    ss, oo = s.repeat_interleave(K1), o.repeat_interleave(K1) + 1 + j
-    u = philox_uniform((R, sh.offset + Vl), ss, oo)[:, sh.offset:]
-    r = torch.where((torch.arange(Vl, device=dev)[None] + sh.offset == dpos[:, None]) & ~bonus[:, None],
-                    torch.zeros_like(e), e)
-    key = r / -torch.log(u)
-    best = key.amax(1) if Vl else torch.full((R,), -math.inf, device=dev)
-    bid = torch.argmax(key, 1) + sh.offset if Vl else torch.zeros(R, dtype=torch.int64, device=dev)
-    bid = torch.where(best > 0, bid, torch.full_like(bid, 1 << 62))
-    g2 = _gather(torch.stack([z, best.double(), bid.double()], 1), sh)
-    Z = g2[:, :, 0].sum(0)
-    kb = g2[:, :, 1]
-    kmax = kb.amax(0)
-    win = torch.where((kb == kmax[None]) & (kmax[None] > 0), g2[:, :, 2], torch.full_like(kb, 2.0 ** 62)).amin(0)
-    race = torch.where(win < 2.0 ** 62, win, mg.argmax.double()).long()
-    inv_z = torch.exp(-torch.log(Z)).float()
-    kept_x = (vx > -math.inf) & (((vx - mm) * it) >= lmp)
-    px = torch.where(kept_x, torch.exp((vx - mm) * it) * inv_z, torch.zeros_like(vx))
-    px = torch.where(greedy, (dpos == mg.argmax).float(), px)
-    ua = philox_uniform((B, max(K, 1)), s, o)
-    tokens = torch.full((B, K1), -1, dtype=torch.int64, device="cpu")
-    nacc = torch.zeros(B, dtype=torch.int64, device="cpu")
-    # the acceptance walk reads per-position scalars: one copy to the host (one sync on CUDA)
-    valid, px, race, am, greedy, ua, nd, draft_ids = (
-        t.cpu() for t in (mg.valid.reshape(B, K1), px.reshape(B, K1), race.reshape(B, K1),
-                          mg.argmax.reshape(B, K1), greedy.reshape(B, K1), ua, nd, draft_ids))
-    for b in range(B):
-        n = int(nd[b])
-        for jj in range(n + 1):
-            if not bool(valid[b, jj]):
-                break
-            if jj == n:
-                tokens[b, jj] = am[b, jj] if bool(greedy[b, jj]) else race[b, jj]
-                break
-            if float(ua[b, jj]) < float(px[b, jj]):
-                tokens[b, jj] = draft_ids[b, jj]
-                nacc[b] += 1
-                continue
-            tokens[b, jj] = am[b, jj] if bool(greedy[b, jj]) else race[b, jj]
-            break
     return Verified(tokens.to(dev), nacc.to(dev), None, None)
 
 
