@@ -628,6 +628,83 @@ __global__ void __launch_bounds__(Tr::kThreads)
   }
 }
 
+// ---------------------------------------------------------------- shared by the two attention kernels
+// One key tile [c0, c0 + BN) of the online softmax of prefill_mma_kernel (mma.sync) and prefill_wgmma_kernel
+// (wgmma): one function, so both apply the same rules in the same per-thread order. sRC: this thread's S
+// values as (its 2 rows, its columns), replaced by p = exp(x - base) in fp32; cRC: their (row, col) tile
+// coordinates; oRC: the O accumulator as (the same 2 rows, its columns), rescaled by alpha; m_run: running row
+// max; l_run: this thread's partial row sums. Both accumulators give every row to one quad (lanes 4i .. 4i + 3)
+// of one warp (checked on the host), so the max reduces over the quad with xor-1 / xor-2 shuffles.
+template <int BN, class SRC, class CRC, class ORC>
+__device__ __forceinline__ void online_softmax_tile(SRC&& sRC, const CRC& cRC, ORC&& oRC, float (&m_run)[2],
+                                                    float (&l_run)[2], int c0, int n, int a0, bool causal,
+                                                    float scale) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  // Causal on compressed positions: column c0 + c is allowed for row a0 + r iff c0 + c <= a0 + r.
+  const bool need_mask = c0 + BN > n || (causal && c0 + BN - 1 > a0);
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    const int r = get<0>(cRC(mi, 0));
+    float mx = kNegInf;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(sRC); ++ni) {
+      float x = sRC(mi, ni) * scale;
+      if (need_mask) {
+        const int c = c0 + get<1>(cRC(mi, ni));
+        if (c >= n || (causal && c > a0 + r)) x = kNegInf;
+      }
+      sRC(mi, ni) = x;
+      mx = fmaxf(mx, x);  // NaN scores do not enter the max; they propagate through exp below
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad (lanes 4i..4i+3) shares the row
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mn = fmaxf(m_run[mi], mx);
+    const float base = mn == kNegInf ? 0.f : mn;  // fully masked so far: exp(-inf - 0) = 0
+    const float alpha = m_run[mi] == kNegInf ? 0.f : __expf(m_run[mi] - mn);
+    m_run[mi] = mn;
+    float ps = 0.f;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(sRC); ++ni) {
+      const float p = __expf(sRC(mi, ni) - base);
+      sRC(mi, ni) = p;
+      ps += p;
+    }
+    l_run[mi] = l_run[mi] * alpha + ps;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= alpha;
+  }
+}
+
+// Epilogue of both attention kernels: O / l (l summed over the row's quad; 0 for an empty row), staged as the
+// input dtype in smem (pO through the element-offset layout sl_o, which keeps 16-byte chunks contiguous), then
+// whole rows written to out_bh[ls(a0 + r)] with 16-byte stores. tOcO: (row, col) of every acc_o element.
+template <int kBM, int D, int kT, class Acc, class ORC, class CO, class E, class SL, class Rows>
+__device__ __forceinline__ void store_output_tile(Acc& acc_o, ORC&& oRC, const CO& tOcO, const float (&l_run)[2],
+                                                  E* pO, SL sl_o, E* __restrict__ out_bh, Rows ls, int a0, int n,
+                                                  int tid) {
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    float l = l_run[mi];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= inv;
+  }
+  static_assert(decltype(size(tOcO))::value == decltype(size(acc_o))::value, "coordinates match accumulator");
+#pragma unroll
+  for (int i = 0; i < size(acc_o); ++i) pO[sl_o(get<0>(tOcO(i)), get<1>(tOcO(i)))] = static_cast<E>(acc_o(i));
+  __syncthreads();
+  constexpr int kChunks = D / 8, kRowsPerPass = kT / kChunks;
+  const int ch = tid % kChunks;
+#pragma unroll
+  for (int p = 0; p < kBM / kRowsPerPass; ++p) {
+    const int r = p * kRowsPerPass + tid / kChunks;
+    if (a0 + r < n)
+      *reinterpret_cast<uint4*>(out_bh + ls(a0 + r) * D + ch * 8) = *reinterpret_cast<const uint4*>(pO + sl_o(r, ch * 8));
+  }
+}
+
 // ---------------------------------------------------------------- attention on tensor cores
 // bf16/fp16 with head_dim 64 or 128 (sm_80 mma.sync atoms; they also run on sm_90a).
 // FlashAttention-2 structure on the gathered kept set of one (b, h):
@@ -742,38 +819,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
     // Online softmax on this thread's 2 rows.
     auto sRC = make_tensor(acc_s.data(), rowcol(acc_s.layout()));  // (2, 2 * kBN/8)
-    const bool need_mask = c0 + kBN > n || (causal && c0 + kBN - 1 > a0);
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-      const int r = get<0>(cRC(mi, 0));
-      float mx = kNegInf;
-#pragma unroll
-      for (int ni = 0; ni < size<1>(sRC); ++ni) {
-        float x = sRC(mi, ni) * scale;
-        if (need_mask) {
-          const int c = c0 + get<1>(cRC(mi, ni));
-          if (c >= n || (causal && c > a0 + r)) x = kNegInf;
-        }
-        sRC(mi, ni) = x;
-        mx = fmaxf(mx, x);  // NaN scores do not enter the max; they propagate through exp below
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad (lanes 4i..4i+3) shares the row
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mn = fmaxf(m_run[mi], mx);
-      const float base = mn == kNegInf ? 0.f : mn;  // fully masked so far: exp(-inf - 0) = 0
-      const float alpha = m_run[mi] == kNegInf ? 0.f : __expf(m_run[mi] - mn);
-      m_run[mi] = mn;
-      float ps = 0.f;
-#pragma unroll
-      for (int ni = 0; ni < size<1>(sRC); ++ni) {
-        const float p = __expf(sRC(mi, ni) - base);
-        sRC(mi, ni) = p;
-        ps += p;
-      }
-      l_run[mi] = l_run[mi] * alpha + ps;
-#pragma unroll
-      for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= alpha;
-    }
+    online_softmax_tile<kBN>(sRC, cRC, oRC, m_run, l_run, c0, n, a0, causal, scale);
 
     // O += P V with P rounded to the input dtype, straight from the S registers.
     // (packed round-to-nearest conversion: cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32 on sm_80+)
@@ -793,30 +839,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
   }
 
   // Normalise, stage the tile in smem (the Q buffer), write whole rows back to ls[a0 + r] with 16-byte stores.
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi) {
-    float l = l_run[mi];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-#pragma unroll
-    for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= inv;
-  }
-  const auto tOcO = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<D>>{}));
-  static_assert(decltype(size(tOcO))::value == decltype(size(acc_o))::value, "coordinates match accumulator");
-  const typename Tr::SmemQ sl_o{};
-#pragma unroll
-  for (int i = 0; i < size(acc_o); ++i) pQ[sl_o(get<0>(tOcO(i)), get<1>(tOcO(i)))] = static_cast<E>(acc_o(i));
-  __syncthreads();
-  constexpr int kChunks = D / 8, kRowsPerPass = kT / kChunks;
-  const int ch = tid % kChunks;
-#pragma unroll
-  for (int p = 0; p < kBM / kRowsPerPass; ++p) {
-    const int r = p * kRowsPerPass + tid / kChunks;
-    if (a0 + r < n)
-      *reinterpret_cast<uint4*>(out + (row * L + ls(a0 + r)) * D + ch * 8) =
-          *reinterpret_cast<const uint4*>(pQ + sl_o(r, ch * 8));
-  }
+  store_output_tile<kBM, D, kT>(acc_o, oRC, thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<D>>{})), l_run,
+                                pQ, typename Tr::SmemQ{}, out + row * L * D, ls, a0, n, tid);
 }
 
 template <class Tr>
@@ -846,10 +870,10 @@ void launch(const void* q, Strides4 qs, const void* k, Strides4 ks, const void* 
 //   the element-offset Plain* layouts the gathers write through; WgTraits), 16-byte cp.async, kStages = 2:
 //   K(j + 1), V(j + 1) load while tile j multiplies.
 //   S = Q K^T: SS wgmma 64 x kBN x 16 per k-slice (Q, K straight from smem through descriptors), fp32.
-//   Online softmax in fp32 on the S registers, the same rules and per-thread order as prefill_mma_kernel:
-//   scale then mask (c >= n, causal c > a0 + r -> -inf), row max over the thread's columns in ni order then
-//   the quad (xor 1, xor 2), base / alpha / p = __expf(x - base) with the same -inf conventions, l = l alpha +
-//   sum over the thread's columns, quad sum of l at the end.
+//   Online softmax in fp32 on the S registers: prefill_mma_kernel's function (online_softmax_tile), so the
+//   same rules in the same per-thread order: scale then mask (c >= n, causal c > a0 + r -> -inf), row max over
+//   the thread's columns in ni order then the quad (xor 1, xor 2), base / alpha / p = __expf(x - base) with the
+//   same -inf conventions, l = l alpha + sum over the thread's columns; the same epilogue (store_output_tile).
 //   O += P V: RS wgmma 64 x D x 16, A = P rounded to the input dtype in registers (acc_as_A_gmma: the S
 //   values of n8 tiles 2j, 2j + 1 are the A fragment of k-slice j), B = V^T (d, key) from smem (MN-major).
 // Fragment ownership (SM90 64 x N F32 accumulator; checked by tests/cuda_host/prefill_mma_layouts.cu): thread
@@ -951,40 +975,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
     warpgroup_wait<0>();
     warpgroup_fence_operand(acc_s);
 
-    // Online softmax on this thread's 2 rows (prefill_mma_kernel's arithmetic, see above).
+    // Online softmax on this thread's 2 rows: prefill_mma_kernel's code (online_softmax_tile).
     auto sRC = make_tensor(acc_s.data(), rowcol_gmma(acc_s.layout()));  // (2, kBN/4)
-    const bool need_mask = c0 + kBN > n || (causal && c0 + kBN - 1 > a0);
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-      const int r = get<0>(cRC(mi, 0));
-      float mx = kNegInf;
-#pragma unroll
-      for (int ni = 0; ni < size<1>(sRC); ++ni) {
-        float x = sRC(mi, ni) * scale;
-        if (need_mask) {
-          const int c = c0 + get<1>(cRC(mi, ni));
-          if (c >= n || (causal && c > a0 + r)) x = kNegInf;
-        }
-        sRC(mi, ni) = x;
-        mx = fmaxf(mx, x);  // NaN scores do not enter the max; they propagate through exp below
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad (lanes 4i..4i+3) shares the row
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mn = fmaxf(m_run[mi], mx);
-      const float base = mn == kNegInf ? 0.f : mn;  // fully masked so far: exp(-inf - 0) = 0
-      const float alpha = m_run[mi] == kNegInf ? 0.f : __expf(m_run[mi] - mn);
-      m_run[mi] = mn;
-      float ps = 0.f;
-#pragma unroll
-      for (int ni = 0; ni < size<1>(sRC); ++ni) {
-        const float p = __expf(sRC(mi, ni) - base);
-        sRC(mi, ni) = p;
-        ps += p;
-      }
-      l_run[mi] = l_run[mi] * alpha + ps;
-#pragma unroll
-      for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= alpha;
-    }
+    online_softmax_tile<kBN>(sRC, cRC, oRC, m_run, l_run, c0, n, a0, causal, scale);
 
     // O += P V: P rounded to the input dtype (cvt.rn.bf16x2 / f16x2) in registers, the RS wgmma's A operand.
     constexpr int kSN = decltype(size(acc_s))::value;
@@ -1008,30 +1001,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
   // Normalise, stage the tile in smem (the Q buffer: its last wgmma read completed before the loop's final
   // barrier), write whole rows back to ls[a0 + r] with 16-byte stores.
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi) {
-    float l = l_run[mi];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-#pragma unroll
-    for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= inv;
-  }
-  const auto tOcO = to.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<D>>{}));
-  static_assert(decltype(size(tOcO))::value == decltype(size(acc_o))::value, "coordinates match accumulator");
-  const typename Tr::PlainQ sl_o{};
-#pragma unroll
-  for (int i = 0; i < size(acc_o); ++i) pQ[sl_o(get<0>(tOcO(i)), get<1>(tOcO(i)))] = static_cast<E>(acc_o(i));
-  __syncthreads();
-  constexpr int kChunks = D / 8, kRowsPerPass = kT / kChunks;
-  const int ch = tid % kChunks;
-#pragma unroll
-  for (int p = 0; p < kBM / kRowsPerPass; ++p) {
-    const int r = p * kRowsPerPass + tid / kChunks;
-    if (a0 + r < n)
-      *reinterpret_cast<uint4*>(out + (row * L + ls(a0 + r)) * D + ch * 8) =
-          *reinterpret_cast<const uint4*>(pQ + sl_o(r, ch * 8));
-  }
+  store_output_tile<kBM, D, kT>(acc_o, oRC, to.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<D>>{})), l_run,
+                                pQ, typename Tr::PlainQ{}, out + row * L * D, ls, a0, n, tid);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   __trap();  // an sm_90+ build without the sm_90a features: never selected (prefill_wgmma_enabled), never silent
 #endif
