@@ -400,6 +400,66 @@ __device__ __forceinline__ float nan_to_neginf(float s) {
 // tiles) is double-buffered with cp.async.
 constexpr int kStatsSplitKeys = 2048;
 
+// The tile loop both scoring kernels share. A: kBM rows rows_a(base_a + r) of a_src (zeros past n_a), gathered
+// once and held in registers; B: ntiles tiles of kBN rows rows_b(base_b + t kBN + c) of b_src (zeros past n_b),
+// streamed through Tr::kStages cp.async stages (tile t + 1 loads while tile t multiplies). For each tile,
+// acc_s = A B^T (fp32, the attention's TiledMma / ldmatrix copies / smem layouts) and on_tile(acc_s, t, stage)
+// consumes it; prefetch(t, stage) runs once tile t's copies are issued (the key scores stage their window
+// rows' statistics there). pA: [kBM, D] smem; pB: kStages x [kBN, D] smem.
+template <class Tr, class RowsA, class RowsB, class Prefetch, class OnTile>
+__device__ __forceinline__ void stream_score_tiles(typename Tr::Elem* pA, const typename Tr::Elem* __restrict__ a_src,
+                                                   int64_t a_sn, RowsA rows_a, int base_a, int n_a, bool va,
+                                                   typename Tr::Elem* pB, const typename Tr::Elem* __restrict__ b_src,
+                                                   int64_t b_sn, RowsB rows_b, int base_b, int n_b, bool vb,
+                                                   int ntiles, int tid, Prefetch&& prefetch, OnTile&& on_tile) {
+  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads;
+  const auto sA = make_tensor(make_smem_ptr(pA), typename Tr::SmemQ{});
+  gather_rows<kBM, D, kT>(pA, typename Tr::SmemQ{}, a_src, a_sn, rows_a, base_a, n_a, va, tid);
+  if (ntiles > 0) {
+    gather_rows<kBN, D, kT>(pB, typename Tr::SmemKV{}, b_src, b_sn, rows_b, base_b, n_b, vb, tid);
+    prefetch(0, 0);
+  }
+  cp_async_fence();
+
+  typename Tr::TiledMma mma;
+  auto thr = mma.get_thread_slice(tid);
+  auto tSrA = thr.partition_fragment_A(sA);  // (MMA, 1, D/16): the warp's 16 rows, kept in registers
+  auto tSrB = thr.partition_fragment_B(make_tensor(make_smem_ptr(pB), typename Tr::SmemKV{}));
+  auto cpA = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
+  auto thrA = cpA.get_thread_slice(tid);
+  auto tSrA_v = thrA.retile_D(tSrA);
+  auto cpB = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
+  auto thrB = cpB.get_thread_slice(tid);
+  auto tSrB_v = thrB.retile_D(tSrB);
+
+  cp_async_wait<0>();
+  __syncthreads();
+  copy(cpA, thrA.partition_S(sA), tSrA_v);
+
+  for (int t = 0; t < ntiles; ++t) {
+    if (t + 1 < ntiles) {  // tile t + 1 into the other stage (free: the barrier ending iteration t - 1)
+      const int s1 = (t + 1) % Tr::kStages;
+      gather_rows<kBN, D, kT>(pB + s1 * kBN * D, typename Tr::SmemKV{}, b_src, b_sn, rows_b, base_b + (t + 1) * kBN,
+                              n_b, vb, tid);
+      cp_async_fence();
+      prefetch(t + 1, s1);
+    }
+    const int s0 = t % Tr::kStages;
+    const auto tSsB = thrB.partition_S(make_tensor(make_smem_ptr(pB + s0 * kBN * D), typename Tr::SmemKV{}));
+    auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
+    clear(acc_s);
+    copy(cpB, tSsB(_, _, _0{}), tSrB_v(_, _, _0{}));
+#pragma unroll
+    for (int kk = 0; kk < size<2>(tSrB); ++kk) {
+      if (kk + 1 < size<2>(tSrB)) copy(cpB, tSsB(_, _, kk + 1), tSrB_v(_, _, kk + 1));
+      gemm(mma, tSrA(_, _, kk), tSrB(_, _, kk), acc_s);
+    }
+    on_tile(acc_s, t, s0);
+    cp_async_wait<0>();  // tile t + 1 landed (this thread's copies) ...
+    __syncthreads();     // ... everyone's, and nobody reads stage t % kStages any more
+  }
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads)
     prefill_rowstats_mma_kernel(const typename Tr::Elem* __restrict__ q, Strides4 qs,
@@ -412,7 +472,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
   extern __shared__ __align__(128) unsigned char prefill_stats_smem[];
   E* pQ = reinterpret_cast<E*>(prefill_stats_smem);  // [kBM, D] window rows a0 ..
   E* pK = pQ + kBM * D;                               // kStages x [kBN, D]
-  const auto sQ = make_tensor(make_smem_ptr(pQ), typename Tr::SmemQ{});
 
   const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
   const int64_t row = static_cast<int64_t>(b) * Hq + h;
@@ -427,45 +486,16 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const E* qb = q + b * qs.b + h * qs.h;
   const E* kb = k + b * ks.b + g * ks.h;
 
-  gather_rows<kBM, D, kT>(pQ, typename Tr::SmemQ{}, qb, qs.n, ShiftRows{qoff}, a0, w, vq, tid);
-  if (ntiles > 0) gather_rows<kBN, D, kT>(pK, typename Tr::SmemKV{}, kb, ks.n, ShiftRows{0}, j0, j1, vk, tid);
-  cp_async_fence();
-
   typename Tr::TiledMma mma;
-  auto thr = mma.get_thread_slice(tid);
-  auto tSrQ = thr.partition_fragment_A(sQ);  // (MMA, 1, D/16): the warp's 16 window rows, kept in registers
-  auto tSrK = thr.partition_fragment_B(make_tensor(make_smem_ptr(pK), typename Tr::SmemKV{}));
-  auto cpQ = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
-  auto thrQ = cpQ.get_thread_slice(tid);
-  auto tSrQ_v = thrQ.retile_D(tSrQ);
-  auto cpK = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
-  auto thrK = cpK.get_thread_slice(tid);
-  auto tSrK_v = thrK.retile_D(tSrK);
-  const auto tScS = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
-  const auto cRC = make_tensor(tScS.data(), rowcol(tScS.layout()));
-
-  cp_async_wait<0>();
-  __syncthreads();
-  copy(cpQ, thrQ.partition_S(sQ), tSrQ_v);
+  const auto tScS = mma.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
+  const auto cRC = make_tensor(tScS.data(), rowcol(tScS.layout()));  // rows: window rows a0 + r; cols: keys
 
   float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.f, 0.f};
-  for (int t = 0; t < ntiles; ++t) {
+  // A = the window rows a0 .. (registers), B = key tiles j0 + t kBN .. (< j1) streamed
+  stream_score_tiles<Tr>(
+      pQ, qb, qs.n, ShiftRows{qoff}, a0, w, vq, pK, kb, ks.n, ShiftRows{0}, j0, j1, vk, ntiles, tid,
+      [](int, int) {}, [&](auto& acc_s, int t, int) {
     const int c0 = j0 + t * kBN;
-    if (t + 1 < ntiles) {  // tile t + 1 into the other stage (free: the barrier ending iteration t - 1)
-      gather_rows<kBN, D, kT>(pK + ((t + 1) % Tr::kStages) * kBN * D, typename Tr::SmemKV{}, kb, ks.n,
-                              ShiftRows{0}, c0 + kBN, j1, vk, tid);
-      cp_async_fence();
-    }
-    const auto sK = make_tensor(make_smem_ptr(pK + (t % Tr::kStages) * kBN * D), typename Tr::SmemKV{});
-    const auto tSsK = thrK.partition_S(sK);
-    auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
-    clear(acc_s);
-    copy(cpK, tSsK(_, _, _0{}), tSrK_v(_, _, _0{}));
-#pragma unroll
-    for (int kk = 0; kk < size<2>(tSrK); ++kk) {
-      if (kk + 1 < size<2>(tSrK)) copy(cpK, tSsK(_, _, kk + 1), tSrK_v(_, _, kk + 1));
-      gemm(mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
-    }
     auto sRC = make_tensor(acc_s.data(), rowcol(acc_s.layout()));
     const bool need_mask = c0 + kBN > j1 || (causal && c0 + kBN - 1 > qoff + a0);
 #pragma unroll
@@ -494,9 +524,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
         m_run[mi] = mn;
       }
     }
-    cp_async_wait<0>();  // tile t + 1 landed (this thread's copies) ...
-    __syncthreads();     // ... everyone's, and nobody reads stage t % kStages any more
-  }
+  });
   const int lane = tid % 32;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi) {
@@ -521,7 +549,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
   E* pK = reinterpret_cast<E*>(prefill_score_smem);  // [kBM, D] keys j0 .. (the A operand)
   E* pQ = pK + kBM * D;                               // kStages x [kBN, D] window rows
   float2* sStat = reinterpret_cast<float2*>(pQ + Tr::kStages * kBN * D);  // kStages x [kBN] (max, 1 / sum)
-  const auto sK = make_tensor(make_smem_ptr(pK), typename Tr::SmemQ{});
 
   const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
   const int64_t row = static_cast<int64_t>(b) * Hq + h;
@@ -553,52 +580,17 @@ __global__ void __launch_bounds__(Tr::kThreads)
     }
   };
 
-  gather_rows<kBM, D, kT>(pK, typename Tr::SmemQ{}, kb, ks.n, ShiftRows{0}, j0, L, vk, tid);
-  if (ntiles > 0) {
-    gather_rows<kBN, D, kT>(pQ, typename Tr::SmemKV{}, qb, qs.n, ShiftRows{qoff}, r_lo, w, vq, tid);
-    load_stats(r_lo, 0);
-  }
-  cp_async_fence();
-
   typename Tr::TiledMma mma;
-  auto thr = mma.get_thread_slice(tid);
-  auto tSrK = thr.partition_fragment_A(sK);  // (MMA, 1, D/16): the warp's 16 keys, kept in registers
-  auto tSrQ = thr.partition_fragment_B(make_tensor(make_smem_ptr(pQ), typename Tr::SmemKV{}));
-  auto cpA = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
-  auto thrA = cpA.get_thread_slice(tid);
-  auto tSrK_v = thrA.retile_D(tSrK);
-  auto cpB = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
-  auto thrB = cpB.get_thread_slice(tid);
-  auto tSrQ_v = thrB.retile_D(tSrQ);
   // rows of the accumulator: keys j0 + row; columns: window rows r0 + col
-  const auto tScS = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
+  const auto tScS = mma.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
   const auto cRC = make_tensor(tScS.data(), rowcol(tScS.layout()));
 
-  cp_async_wait<0>();
-  __syncthreads();
-  copy(cpA, thrA.partition_S(sK), tSrK_v);
-
   float acc[2] = {0.f, 0.f};  // this thread's partial score of keys cRC(mi, 0)
-  for (int t = 0; t < ntiles; ++t) {
+  // A = the keys j0 .. (registers), B = window tiles r_lo + t kBN .. (< w) streamed with their statistics
+  stream_score_tiles<Tr>(
+      pK, kb, ks.n, ShiftRows{0}, j0, L, vk, pQ, qb, qs.n, ShiftRows{qoff}, r_lo, w, vq, ntiles, tid,
+      [&](int t, int s) { load_stats(r_lo + t * kBN, s); }, [&](auto& acc_s, int t, int s0) {
     const int r0 = r_lo + t * kBN;
-    if (t + 1 < ntiles) {  // window tile t + 1 and its statistics into the other stage
-      const int s1 = (t + 1) % Tr::kStages;
-      gather_rows<kBN, D, kT>(pQ + s1 * kBN * D, typename Tr::SmemKV{}, qb, qs.n, ShiftRows{qoff}, r0 + kBN, w, vq,
-                              tid);
-      cp_async_fence();
-      load_stats(r0 + kBN, s1);
-    }
-    const int s0 = t % Tr::kStages;
-    const auto sQ = make_tensor(make_smem_ptr(pQ + s0 * kBN * D), typename Tr::SmemKV{});
-    const auto tSsQ = thrB.partition_S(sQ);
-    auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
-    clear(acc_s);
-    copy(cpB, tSsQ(_, _, _0{}), tSrQ_v(_, _, _0{}));
-#pragma unroll
-    for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
-      if (kk + 1 < size<2>(tSrQ)) copy(cpB, tSsQ(_, _, kk + 1), tSrQ_v(_, _, kk + 1));
-      gemm(mma, tSrK(_, _, kk), tSrQ(_, _, kk), acc_s);
-    }
     auto sRC = make_tensor(acc_s.data(), rowcol(acc_s.layout()));
     // causal: key j counts for window row r iff j <= qoff + r; only tiles whose first row precedes a key mask
     const bool need_mask = causal && j0 + kBM - 1 > qoff + r0;
@@ -614,9 +606,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
         acc[mi] += ok ? __expf(x - mi_inv.x) * mi_inv.y : 0.f;
       }
     }
-    cp_async_wait<0>();
-    __syncthreads();
-  }
+  });
   const int lane = tid % 32;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi) {
@@ -843,12 +833,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
                                 pQ, typename Tr::SmemQ{}, out + row * L * D, ls, a0, n, tid);
 }
 
-template <class Tr>
-void launch(const void* q, Strides4 qs, const void* k, Strides4 ks, const void* v, Strides4 vs,
-            const int32_t* list, const int32_t* count, int B, int Hq, int G, int L, bool causal, float scale,
-            bool vq, bool vk, bool vv, void* out, cudaStream_t st) {
+// Launch of either attention kernel (prefill_mma_kernel<Tr> or prefill_wgmma_kernel<Tr>): 64 compressed rows a
+// block, Tr::kThreads threads, Tr::kSmemBytes of dynamic shared memory.
+template <class Tr, class Kern>
+void launch_attention(Kern kern, const void* q, Strides4 qs, const void* k, Strides4 ks, const void* v, Strides4 vs,
+                      const int32_t* list, const int32_t* count, int B, int Hq, int G, int L, bool causal,
+                      float scale, bool vq, bool vk, bool vv, void* out, cudaStream_t st) {
   using E = typename Tr::Elem;
-  auto kern = prefill_mma_kernel<Tr>;
   SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   for (int b0 = 0; b0 < B; b0 += static_cast<int>(softdec::attn_cuda::kMaxGridYZ)) {  // grid z <= 65535
     const dim3 grid(static_cast<unsigned>((L + Tr::kBM - 1) / Tr::kBM), Hq,
@@ -862,7 +853,7 @@ void launch(const void* q, Strides4 qs, const void* k, Strides4 ks, const void* 
 
 // ---------------------------------------------------------------- attention on Hopper warpgroup MMA (sm_90a)
 // prefill_wgmma_kernel: the prefill_mma_kernel above with the two products on wgmma (compiled, not run: no
-// GPU session has executed it yet, hence SOFTDEC_PREFILL_WGMMA defaults to off, see prefill_wgmma_enabled).
+// GPU session has executed it yet, hence SOFTDEC_PREFILL_WGMMA defaults to off, see prefill_wgmma_requested / wgmma_runnable).
 // Only the sm_90a cubin has a body (__CUDA_ARCH_FEAT_SM90_ALL); the sm_80 one is empty and never launched.
 //   block = one warpgroup (4 warps, 128 threads), 64 compressed query rows [a0, a0 + 64); warp w owns rows
 //   16w .. 16w + 15 (the wgmma M = 64 split; PTX ISA "warpgroup level matrix fragments").
@@ -1004,25 +995,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
   store_output_tile<kBM, D, kT>(acc_o, oRC, to.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<D>>{})), l_run,
                                 pQ, typename Tr::PlainQ{}, out + row * L * D, ls, a0, n, tid);
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  __trap();  // an sm_90+ build without the sm_90a features: never selected (prefill_wgmma_enabled), never silent
+  __trap();  // an sm_90+ cubin without the sm_90a features: never selected (wgmma_runnable), and never silent
 #endif
-}
-
-template <class Tr>
-void launch_wgmma(const void* q, Strides4 qs, const void* k, Strides4 ks, const void* v, Strides4 vs,
-                  const int32_t* list, const int32_t* count, int B, int Hq, int G, int L, bool causal, float scale,
-                  bool vq, bool vk, bool vv, void* out, cudaStream_t st) {
-  using E = typename Tr::Elem;
-  auto kern = prefill_wgmma_kernel<Tr>;
-  SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
-  for (int b0 = 0; b0 < B; b0 += static_cast<int>(softdec::attn_cuda::kMaxGridYZ)) {  // grid z <= 65535
-    const dim3 grid(static_cast<unsigned>((L + Tr::kBM - 1) / Tr::kBM), Hq,
-                    static_cast<unsigned>(B - b0 < softdec::attn_cuda::kMaxGridYZ ? B - b0 : softdec::attn_cuda::kMaxGridYZ));
-    kern<<<grid, Tr::kThreads, Tr::kSmemBytes, st>>>(
-        static_cast<const E*>(q), qs, static_cast<const E*>(k), ks, static_cast<const E*>(v), vs, list, count, G, L,
-        causal, scale, vq, vk, vv, b0, static_cast<E*>(out));
-    SOFTDEC_CUDA_LAUNCH_CHECK();
-  }
 }
 
 // Whether the wgmma kernel of Tr can run on the current device: an sm_90 device, a build whose arch list has
@@ -1107,15 +1081,16 @@ bool prefill_mma_attention(const Tensor& q, const Tensor& k, const Tensor& v, co
     const bool vq = vec_ok(q, d, 2), vk = vec_ok(k, d, 2), vv = vec_ok(v, d, 2);
     auto go = [&](auto tr, auto wtr) {
       using W = decltype(wtr);
-      auto run = [&](auto launcher) {
-        launcher(q.data_ptr(), strides4(q), k.data_ptr(), strides4(k), v.data_ptr(), strides4(v),
-                 list.const_data_ptr<int32_t>(), count.const_data_ptr<int32_t>(), static_cast<int>(B),
-                 static_cast<int>(Hq), G, static_cast<int>(L), causal, scale, vq, vk, vv, out.data_ptr(), st);
+      auto run = [&](auto traits, auto kern) {
+        softdec_prefill_mma::launch_attention<decltype(traits)>(
+            kern, q.data_ptr(), strides4(q), k.data_ptr(), strides4(k), v.data_ptr(), strides4(v),
+            list.const_data_ptr<int32_t>(), count.const_data_ptr<int32_t>(), static_cast<int>(B),
+            static_cast<int>(Hq), G, static_cast<int>(L), causal, scale, vq, vk, vv, out.data_ptr(), st);
       };
       if (prefill_wgmma_requested() && softdec_prefill_mma::wgmma_runnable<W>())
-        run(softdec_prefill_mma::launch_wgmma<W>);
+        run(wtr, softdec_prefill_mma::prefill_wgmma_kernel<W>);
       else
-        run(softdec_prefill_mma::launch<decltype(tr)>);
+        run(tr, softdec_prefill_mma::prefill_mma_kernel<decltype(tr)>);
     };
     if (d == 64)
       go(softdec_prefill_mma::Traits<E, 64, kMmaAttnBN>{}, softdec_prefill_mma::WgTraits<E, 64, kWgmmaAttnBN>{});
