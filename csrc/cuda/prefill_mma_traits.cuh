@@ -7,6 +7,8 @@
 #include <cute/tensor.hpp>  // first: the atom headers below rely on it
 #include <cute/atom/copy_atom.hpp>
 #include <cute/atom/mma_atom.hpp>
+#include <cute/arch/mma_sm90.hpp>                // GMMA::ss_op_selector / rs_op_selector
+#include <cute/atom/mma_traits_sm90_gmma.hpp>    // SM90 GMMA atoms, GMMA::Layout_*_SW128_Atom (sm_90a only at run time)
 // clang-format on
 #include <cutlass/numeric_types.h>
 
@@ -81,6 +83,68 @@ CUTE_HOST_DEVICE auto acc_as_A(L l) {
   static_assert(decltype(size<0>(l))::value == 4 && decltype(size<2>(l))::value % 2 == 0, "pairs of n8 tiles");
   auto s = logical_divide(l, Shape<X, X, _2>{});
   return make_layout(make_layout(get<0>(s), get<2, 0>(s)), get<1>(s), get<2, 1>(s));
+}
+
+// ---------------------------------------------------------------- Hopper warpgroup MMA (wgmma, sm_90a)
+// Tile configuration of prefill_wgmma_kernel: one warpgroup (128 threads) owns kBM = 64 compressed query rows;
+// key tiles of kBN rows stream through kStages cp.async stages.
+//   S = Q K^T: SS GMMA 64 x kBN x 16 (A = Q, B = K from smem, both K-major, 128-byte swizzle).
+//   O += P V:  RS GMMA 64 x D x 16 (A = P from registers, B = V^T (d, key) from smem, MN-major: the V tile is
+//              stored [key][d] with d contiguous, exactly what the cp.async row gather writes).
+// Swizzle: GMMA's SW128 atoms are Swizzle<3,4,3> on byte addresses (16-byte chunk bits 4..6 xor 128-byte row
+// bits 7..9) of an 8 x 128-byte block, i.e. Swizzle<3,3,3> on 16-bit element offsets; the Plain* layouts below
+// spell the same maps in element offsets for the gathers (tests/cuda_host/prefill_mma_layouts.cu checks that
+// they agree with the GMMA layouts offset by offset). The swizzle acts on absolute shared addresses, so every
+// tile starts 1024-byte aligned (the kernel aligns its dynamic smem base, kSmemBytes includes the slack).
+template <typename E, int HeadDim, int BN = 64>
+struct WgTraits {
+  using Elem = E;
+  static constexpr int D = HeadDim;
+  static constexpr int kBM = 64, kBN = BN, kThreads = 128, kStages = 2;
+  static_assert(D == 64 || D == 128, "wgmma path: head_dim 64 or 128");
+  static_assert(BN == 32 || BN == 64 || BN == 128, "key tile: 32, 64 or 128 rows");
+  using MmaS = decltype(make_tiled_mma(
+      SM90::GMMA::ss_op_selector<E, E, float, Shape<_64, Int<kBN>, Int<D>>, GMMA::Major::K, GMMA::Major::K>()));
+  using MmaO = decltype(make_tiled_mma(
+      SM90::GMMA::rs_op_selector<E, E, float, Shape<_64, Int<D>, Int<kBN>>, GMMA::Major::K, GMMA::Major::MN>()));
+  using SmemQ = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<E>{}, Shape<Int<kBM>, Int<D>>{}));
+  using SmemK = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<E>{}, Shape<Int<kBN>, Int<D>>{}));
+  using SmemVt = decltype(tile_to_shape(GMMA::Layout_MN_SW128_Atom<E>{}, Shape<Int<D>, Int<kBN>>{}));  // (d, key)
+  using PlainAtomK = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_8, _64>, Stride<_64, _1>>{}));
+  using PlainAtomMN = decltype(composition(Swizzle<3, 3, 3>{}, Layout<Shape<_64, _8>, Stride<_1, _64>>{}));
+  using PlainQ = decltype(tile_to_shape(PlainAtomK{}, Shape<Int<kBM>, Int<D>>{}));
+  using PlainK = decltype(tile_to_shape(PlainAtomK{}, Shape<Int<kBN>, Int<D>>{}));
+  using PlainVt = decltype(tile_to_shape(PlainAtomMN{}, Shape<Int<D>, Int<kBN>>{}));
+  static constexpr int kQBytes = kBM * D * static_cast<int>(sizeof(E));
+  static constexpr int kTileBytes = kBN * D * static_cast<int>(sizeof(E));
+  static constexpr int kAlign = 1024;  // SW128 atom: 8 rows x 128 bytes
+  // Q tile (reused for the output) + kStages x (K, V) + alignment slack of the dynamic smem base.
+  static constexpr int kSmemBytes = kQBytes + 2 * kStages * kTileBytes + kAlign;
+  static_assert(kQBytes % kAlign == 0 && kTileBytes % kAlign == 0, "every tile 1024-byte aligned");
+  static_assert(kSmemBytes <= 227 * 1024, "fits sm_90 shared memory");
+  static_assert(size(MmaS{}) == kThreads && size(MmaO{}) == kThreads, "one warpgroup");
+  static_assert(cosize(PlainQ{}) == kBM * D && cosize(PlainK{}) == kBN * D && cosize(PlainVt{}) == kBN * D,
+                "dense tiles");
+};
+
+// S accumulator of the SM90 64 x N F32 GMMA, ((2, 2, N/8), 1, 1) (value (v0, v1, v2) -> row 8 v1 of the warp's
+// 16-row slab + lane / 4, col 8 v2 + 2 (lane % 4) + v0), as this thread's (rows, cols) = ((2, 1), (2, N/8, 1)).
+template <class L>
+CUTE_HOST_DEVICE auto rowcol_gmma(L l) {
+  static_assert(decltype(rank(l))::value == 3 && decltype(rank<0>(l))::value == 3, "GMMA C fragment");
+  static_assert(decltype(size<0, 0>(l))::value == 2 && decltype(size<0, 1>(l))::value == 2, "(2, 2, N/8)");
+  return make_layout(make_layout(get<0, 1>(l), get<1>(l)), make_layout(get<0, 0>(l), get<0, 2>(l), get<2>(l)));
+}
+
+// S accumulator ((2, 2, N/8), 1, 1) -> A operand ((2, 2, 2), 1, N/16) of the RS 64 x D x 16 GMMA: the 16-bit A
+// fragment of k-slice j is (k pair, row + 8, k + 8), i.e. the C values of n8 tiles 2j, 2j + 1 in order (the
+// same correspondence as acc_as_A for m16n8k16; checked on the host against the TiledMma's A partition).
+template <class L>
+CUTE_HOST_DEVICE auto acc_as_A_gmma(L l) {
+  static_assert(decltype(size<0, 2>(l))::value % 2 == 0, "pairs of n8 tiles");
+  auto s = logical_divide(get<0, 2>(l), Shape<_2>{});  // ((2, N/16))
+  return make_layout(make_layout(get<0, 0>(l), get<0, 1>(l), get<0, 0>(s)), get<1>(l),
+                     coalesce(make_layout(get<0, 1>(s), get<2>(l))));
 }
 
 }  // namespace softdec_prefill_mma

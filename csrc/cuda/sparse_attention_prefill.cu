@@ -4,6 +4,11 @@
 // the gathered kept set and the scatter back (dropped rows 0). The attention step
 // runs on tensor cores (CuTe sm_80 MMA atoms, FlashAttention-2 style) for bf16/fp16
 // with head_dim 64 or 128, and on fp32 FMA tiles in shared memory otherwise.
+// Hopper: prefill_wgmma_kernel (SM90 GMMA atoms, sm_90a cubin only) is the same attention
+// on warpgroup MMA; it is COMPILED, NOT RUN, so it is opt-in: SOFTDEC_PREFILL_WGMMA=1 on an
+// sm_90 device with sm_90a in the build (default "0": the mma.sync kernel). The first GPU
+// session runs its tests and `softdec bench` prefill rows (switch on / off) and flips the default.
+#include <cstdlib>
 #include <type_traits>
 
 #include "attn_common.cuh"
@@ -331,6 +336,7 @@ __global__ void __launch_bounds__(kFlashThreads)
 }  // namespace softdec
 
 #if defined(SOFTDEC_HAS_CUTLASS)
+#include <cutlass/arch/barrier.h>  // fence_view_async_shared (fence.proxy.async.shared::cta)
 #include <cutlass/numeric_conversion.h>
 
 #include "prefill_mma_traits.cuh"
@@ -394,6 +400,66 @@ __device__ __forceinline__ float nan_to_neginf(float s) {
 // tiles) is double-buffered with cp.async.
 constexpr int kStatsSplitKeys = 2048;
 
+// The tile loop both scoring kernels share. A: kBM rows rows_a(base_a + r) of a_src (zeros past n_a), gathered
+// once and held in registers; B: ntiles tiles of kBN rows rows_b(base_b + t kBN + c) of b_src (zeros past n_b),
+// streamed through Tr::kStages cp.async stages (tile t + 1 loads while tile t multiplies). For each tile,
+// acc_s = A B^T (fp32, the attention's TiledMma / ldmatrix copies / smem layouts) and on_tile(acc_s, t, stage)
+// consumes it; prefetch(t, stage) runs once tile t's copies are issued (the key scores stage their window
+// rows' statistics there). pA: [kBM, D] smem; pB: kStages x [kBN, D] smem.
+template <class Tr, class RowsA, class RowsB, class Prefetch, class OnTile>
+__device__ __forceinline__ void stream_score_tiles(typename Tr::Elem* pA, const typename Tr::Elem* __restrict__ a_src,
+                                                   int64_t a_sn, RowsA rows_a, int base_a, int n_a, bool va,
+                                                   typename Tr::Elem* pB, const typename Tr::Elem* __restrict__ b_src,
+                                                   int64_t b_sn, RowsB rows_b, int base_b, int n_b, bool vb,
+                                                   int ntiles, int tid, Prefetch&& prefetch, OnTile&& on_tile) {
+  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads;
+  const auto sA = make_tensor(make_smem_ptr(pA), typename Tr::SmemQ{});
+  gather_rows<kBM, D, kT>(pA, typename Tr::SmemQ{}, a_src, a_sn, rows_a, base_a, n_a, va, tid);
+  if (ntiles > 0) {
+    gather_rows<kBN, D, kT>(pB, typename Tr::SmemKV{}, b_src, b_sn, rows_b, base_b, n_b, vb, tid);
+    prefetch(0, 0);
+  }
+  cp_async_fence();
+
+  typename Tr::TiledMma mma;
+  auto thr = mma.get_thread_slice(tid);
+  auto tSrA = thr.partition_fragment_A(sA);  // (MMA, 1, D/16): the warp's 16 rows, kept in registers
+  auto tSrB = thr.partition_fragment_B(make_tensor(make_smem_ptr(pB), typename Tr::SmemKV{}));
+  auto cpA = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
+  auto thrA = cpA.get_thread_slice(tid);
+  auto tSrA_v = thrA.retile_D(tSrA);
+  auto cpB = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
+  auto thrB = cpB.get_thread_slice(tid);
+  auto tSrB_v = thrB.retile_D(tSrB);
+
+  cp_async_wait<0>();
+  __syncthreads();
+  copy(cpA, thrA.partition_S(sA), tSrA_v);
+
+  for (int t = 0; t < ntiles; ++t) {
+    if (t + 1 < ntiles) {  // tile t + 1 into the other stage (free: the barrier ending iteration t - 1)
+      const int s1 = (t + 1) % Tr::kStages;
+      gather_rows<kBN, D, kT>(pB + s1 * kBN * D, typename Tr::SmemKV{}, b_src, b_sn, rows_b, base_b + (t + 1) * kBN,
+                              n_b, vb, tid);
+      cp_async_fence();
+      prefetch(t + 1, s1);
+    }
+    const int s0 = t % Tr::kStages;
+    const auto tSsB = thrB.partition_S(make_tensor(make_smem_ptr(pB + s0 * kBN * D), typename Tr::SmemKV{}));
+    auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
+    clear(acc_s);
+    copy(cpB, tSsB(_, _, _0{}), tSrB_v(_, _, _0{}));
+#pragma unroll
+    for (int kk = 0; kk < size<2>(tSrB); ++kk) {
+      if (kk + 1 < size<2>(tSrB)) copy(cpB, tSsB(_, _, kk + 1), tSrB_v(_, _, kk + 1));
+      gemm(mma, tSrA(_, _, kk), tSrB(_, _, kk), acc_s);
+    }
+    on_tile(acc_s, t, s0);
+    cp_async_wait<0>();  // tile t + 1 landed (this thread's copies) ...
+    __syncthreads();     // ... everyone's, and nobody reads stage t % kStages any more
+  }
+}
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads)
     prefill_rowstats_mma_kernel(const typename Tr::Elem* __restrict__ q, Strides4 qs,
@@ -406,7 +472,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
   extern __shared__ __align__(128) unsigned char prefill_stats_smem[];
   E* pQ = reinterpret_cast<E*>(prefill_stats_smem);  // [kBM, D] window rows a0 ..
   E* pK = pQ + kBM * D;                               // kStages x [kBN, D]
-  const auto sQ = make_tensor(make_smem_ptr(pQ), typename Tr::SmemQ{});
 
   const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
   const int64_t row = static_cast<int64_t>(b) * Hq + h;
@@ -421,45 +486,16 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const E* qb = q + b * qs.b + h * qs.h;
   const E* kb = k + b * ks.b + g * ks.h;
 
-  gather_rows<kBM, D, kT>(pQ, typename Tr::SmemQ{}, qb, qs.n, ShiftRows{qoff}, a0, w, vq, tid);
-  if (ntiles > 0) gather_rows<kBN, D, kT>(pK, typename Tr::SmemKV{}, kb, ks.n, ShiftRows{0}, j0, j1, vk, tid);
-  cp_async_fence();
-
   typename Tr::TiledMma mma;
-  auto thr = mma.get_thread_slice(tid);
-  auto tSrQ = thr.partition_fragment_A(sQ);  // (MMA, 1, D/16): the warp's 16 window rows, kept in registers
-  auto tSrK = thr.partition_fragment_B(make_tensor(make_smem_ptr(pK), typename Tr::SmemKV{}));
-  auto cpQ = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
-  auto thrQ = cpQ.get_thread_slice(tid);
-  auto tSrQ_v = thrQ.retile_D(tSrQ);
-  auto cpK = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
-  auto thrK = cpK.get_thread_slice(tid);
-  auto tSrK_v = thrK.retile_D(tSrK);
-  const auto tScS = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
-  const auto cRC = make_tensor(tScS.data(), rowcol(tScS.layout()));
-
-  cp_async_wait<0>();
-  __syncthreads();
-  copy(cpQ, thrQ.partition_S(sQ), tSrQ_v);
+  const auto tScS = mma.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
+  const auto cRC = make_tensor(tScS.data(), rowcol(tScS.layout()));  // rows: window rows a0 + r; cols: keys
 
   float m_run[2] = {kNegInf, kNegInf}, l_run[2] = {0.f, 0.f};
-  for (int t = 0; t < ntiles; ++t) {
+  // A = the window rows a0 .. (registers), B = key tiles j0 + t kBN .. (< j1) streamed
+  stream_score_tiles<Tr>(
+      pQ, qb, qs.n, ShiftRows{qoff}, a0, w, vq, pK, kb, ks.n, ShiftRows{0}, j0, j1, vk, ntiles, tid,
+      [](int, int) {}, [&](auto& acc_s, int t, int) {
     const int c0 = j0 + t * kBN;
-    if (t + 1 < ntiles) {  // tile t + 1 into the other stage (free: the barrier ending iteration t - 1)
-      gather_rows<kBN, D, kT>(pK + ((t + 1) % Tr::kStages) * kBN * D, typename Tr::SmemKV{}, kb, ks.n,
-                              ShiftRows{0}, c0 + kBN, j1, vk, tid);
-      cp_async_fence();
-    }
-    const auto sK = make_tensor(make_smem_ptr(pK + (t % Tr::kStages) * kBN * D), typename Tr::SmemKV{});
-    const auto tSsK = thrK.partition_S(sK);
-    auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
-    clear(acc_s);
-    copy(cpK, tSsK(_, _, _0{}), tSrK_v(_, _, _0{}));
-#pragma unroll
-    for (int kk = 0; kk < size<2>(tSrK); ++kk) {
-      if (kk + 1 < size<2>(tSrK)) copy(cpK, tSsK(_, _, kk + 1), tSrK_v(_, _, kk + 1));
-      gemm(mma, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
-    }
     auto sRC = make_tensor(acc_s.data(), rowcol(acc_s.layout()));
     const bool need_mask = c0 + kBN > j1 || (causal && c0 + kBN - 1 > qoff + a0);
 #pragma unroll
@@ -488,9 +524,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
         m_run[mi] = mn;
       }
     }
-    cp_async_wait<0>();  // tile t + 1 landed (this thread's copies) ...
-    __syncthreads();     // ... everyone's, and nobody reads stage t % kStages any more
-  }
+  });
   const int lane = tid % 32;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi) {
@@ -515,7 +549,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
   E* pK = reinterpret_cast<E*>(prefill_score_smem);  // [kBM, D] keys j0 .. (the A operand)
   E* pQ = pK + kBM * D;                               // kStages x [kBN, D] window rows
   float2* sStat = reinterpret_cast<float2*>(pQ + Tr::kStages * kBN * D);  // kStages x [kBN] (max, 1 / sum)
-  const auto sK = make_tensor(make_smem_ptr(pK), typename Tr::SmemQ{});
 
   const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
   const int64_t row = static_cast<int64_t>(b) * Hq + h;
@@ -547,52 +580,17 @@ __global__ void __launch_bounds__(Tr::kThreads)
     }
   };
 
-  gather_rows<kBM, D, kT>(pK, typename Tr::SmemQ{}, kb, ks.n, ShiftRows{0}, j0, L, vk, tid);
-  if (ntiles > 0) {
-    gather_rows<kBN, D, kT>(pQ, typename Tr::SmemKV{}, qb, qs.n, ShiftRows{qoff}, r_lo, w, vq, tid);
-    load_stats(r_lo, 0);
-  }
-  cp_async_fence();
-
   typename Tr::TiledMma mma;
-  auto thr = mma.get_thread_slice(tid);
-  auto tSrK = thr.partition_fragment_A(sK);  // (MMA, 1, D/16): the warp's 16 keys, kept in registers
-  auto tSrQ = thr.partition_fragment_B(make_tensor(make_smem_ptr(pQ), typename Tr::SmemKV{}));
-  auto cpA = make_tiled_copy_A(typename Tr::LdsmN{}, mma);
-  auto thrA = cpA.get_thread_slice(tid);
-  auto tSrK_v = thrA.retile_D(tSrK);
-  auto cpB = make_tiled_copy_B(typename Tr::LdsmN{}, mma);
-  auto thrB = cpB.get_thread_slice(tid);
-  auto tSrQ_v = thrB.retile_D(tSrQ);
   // rows of the accumulator: keys j0 + row; columns: window rows r0 + col
-  const auto tScS = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
+  const auto tScS = mma.get_thread_slice(tid).partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
   const auto cRC = make_tensor(tScS.data(), rowcol(tScS.layout()));
 
-  cp_async_wait<0>();
-  __syncthreads();
-  copy(cpA, thrA.partition_S(sK), tSrK_v);
-
   float acc[2] = {0.f, 0.f};  // this thread's partial score of keys cRC(mi, 0)
-  for (int t = 0; t < ntiles; ++t) {
+  // A = the keys j0 .. (registers), B = window tiles r_lo + t kBN .. (< w) streamed with their statistics
+  stream_score_tiles<Tr>(
+      pK, kb, ks.n, ShiftRows{0}, j0, L, vk, pQ, qb, qs.n, ShiftRows{qoff}, r_lo, w, vq, ntiles, tid,
+      [&](int t, int s) { load_stats(r_lo + t * kBN, s); }, [&](auto& acc_s, int t, int s0) {
     const int r0 = r_lo + t * kBN;
-    if (t + 1 < ntiles) {  // window tile t + 1 and its statistics into the other stage
-      const int s1 = (t + 1) % Tr::kStages;
-      gather_rows<kBN, D, kT>(pQ + s1 * kBN * D, typename Tr::SmemKV{}, qb, qs.n, ShiftRows{qoff}, r0 + kBN, w, vq,
-                              tid);
-      cp_async_fence();
-      load_stats(r0 + kBN, s1);
-    }
-    const int s0 = t % Tr::kStages;
-    const auto sQ = make_tensor(make_smem_ptr(pQ + s0 * kBN * D), typename Tr::SmemKV{});
-    const auto tSsQ = thrB.partition_S(sQ);
-    auto acc_s = partition_fragment_C(mma, Shape<Int<kBM>, Int<kBN>>{});
-    clear(acc_s);
-    copy(cpB, tSsQ(_, _, _0{}), tSrQ_v(_, _, _0{}));
-#pragma unroll
-    for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
-      if (kk + 1 < size<2>(tSrQ)) copy(cpB, tSsQ(_, _, kk + 1), tSrQ_v(_, _, kk + 1));
-      gemm(mma, tSrK(_, _, kk), tSrQ(_, _, kk), acc_s);
-    }
     auto sRC = make_tensor(acc_s.data(), rowcol(acc_s.layout()));
     // causal: key j counts for window row r iff j <= qoff + r; only tiles whose first row precedes a key mask
     const bool need_mask = causal && j0 + kBM - 1 > qoff + r0;
@@ -608,9 +606,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
         acc[mi] += ok ? __expf(x - mi_inv.x) * mi_inv.y : 0.f;
       }
     }
-    cp_async_wait<0>();
-    __syncthreads();
-  }
+  });
   const int lane = tid % 32;
 #pragma unroll
   for (int mi = 0; mi < 2; ++mi) {
@@ -619,6 +615,83 @@ __global__ void __launch_bounds__(Tr::kThreads)
     a += __shfl_xor_sync(0xffffffffu, a, 2);
     const int j = j0 + get<0>(cRC(mi, 0));
     if (lane % 4 == 0 && j < L) score[row * L + j] = a;
+  }
+}
+
+// ---------------------------------------------------------------- shared by the two attention kernels
+// One key tile [c0, c0 + BN) of the online softmax of prefill_mma_kernel (mma.sync) and prefill_wgmma_kernel
+// (wgmma): one function, so both apply the same rules in the same per-thread order. sRC: this thread's S
+// values as (its 2 rows, its columns), replaced by p = exp(x - base) in fp32; cRC: their (row, col) tile
+// coordinates; oRC: the O accumulator as (the same 2 rows, its columns), rescaled by alpha; m_run: running row
+// max; l_run: this thread's partial row sums. Both accumulators give every row to one quad (lanes 4i .. 4i + 3)
+// of one warp (checked on the host), so the max reduces over the quad with xor-1 / xor-2 shuffles.
+template <int BN, class SRC, class CRC, class ORC>
+__device__ __forceinline__ void online_softmax_tile(SRC&& sRC, const CRC& cRC, ORC&& oRC, float (&m_run)[2],
+                                                    float (&l_run)[2], int c0, int n, int a0, bool causal,
+                                                    float scale) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  // Causal on compressed positions: column c0 + c is allowed for row a0 + r iff c0 + c <= a0 + r.
+  const bool need_mask = c0 + BN > n || (causal && c0 + BN - 1 > a0);
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    const int r = get<0>(cRC(mi, 0));
+    float mx = kNegInf;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(sRC); ++ni) {
+      float x = sRC(mi, ni) * scale;
+      if (need_mask) {
+        const int c = c0 + get<1>(cRC(mi, ni));
+        if (c >= n || (causal && c > a0 + r)) x = kNegInf;
+      }
+      sRC(mi, ni) = x;
+      mx = fmaxf(mx, x);  // NaN scores do not enter the max; they propagate through exp below
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad (lanes 4i..4i+3) shares the row
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mn = fmaxf(m_run[mi], mx);
+    const float base = mn == kNegInf ? 0.f : mn;  // fully masked so far: exp(-inf - 0) = 0
+    const float alpha = m_run[mi] == kNegInf ? 0.f : __expf(m_run[mi] - mn);
+    m_run[mi] = mn;
+    float ps = 0.f;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(sRC); ++ni) {
+      const float p = __expf(sRC(mi, ni) - base);
+      sRC(mi, ni) = p;
+      ps += p;
+    }
+    l_run[mi] = l_run[mi] * alpha + ps;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= alpha;
+  }
+}
+
+// Epilogue of both attention kernels: O / l (l summed over the row's quad; 0 for an empty row), staged as the
+// input dtype in smem (pO through the element-offset layout sl_o, which keeps 16-byte chunks contiguous), then
+// whole rows written to out_bh[ls(a0 + r)] with 16-byte stores. tOcO: (row, col) of every acc_o element.
+template <int kBM, int D, int kT, class Acc, class ORC, class CO, class E, class SL, class Rows>
+__device__ __forceinline__ void store_output_tile(Acc& acc_o, ORC&& oRC, const CO& tOcO, const float (&l_run)[2],
+                                                  E* pO, SL sl_o, E* __restrict__ out_bh, Rows ls, int a0, int n,
+                                                  int tid) {
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi) {
+    float l = l_run[mi];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= inv;
+  }
+  static_assert(decltype(size(tOcO))::value == decltype(size(acc_o))::value, "coordinates match accumulator");
+#pragma unroll
+  for (int i = 0; i < size(acc_o); ++i) pO[sl_o(get<0>(tOcO(i)), get<1>(tOcO(i)))] = static_cast<E>(acc_o(i));
+  __syncthreads();
+  constexpr int kChunks = D / 8, kRowsPerPass = kT / kChunks;
+  const int ch = tid % kChunks;
+#pragma unroll
+  for (int p = 0; p < kBM / kRowsPerPass; ++p) {
+    const int r = p * kRowsPerPass + tid / kChunks;
+    if (a0 + r < n)
+      *reinterpret_cast<uint4*>(out_bh + ls(a0 + r) * D + ch * 8) = *reinterpret_cast<const uint4*>(pO + sl_o(r, ch * 8));
   }
 }
 
@@ -736,38 +809,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
     // Online softmax on this thread's 2 rows.
     auto sRC = make_tensor(acc_s.data(), rowcol(acc_s.layout()));  // (2, 2 * kBN/8)
-    const bool need_mask = c0 + kBN > n || (causal && c0 + kBN - 1 > a0);
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi) {
-      const int r = get<0>(cRC(mi, 0));
-      float mx = kNegInf;
-#pragma unroll
-      for (int ni = 0; ni < size<1>(sRC); ++ni) {
-        float x = sRC(mi, ni) * scale;
-        if (need_mask) {
-          const int c = c0 + get<1>(cRC(mi, ni));
-          if (c >= n || (causal && c > a0 + r)) x = kNegInf;
-        }
-        sRC(mi, ni) = x;
-        mx = fmaxf(mx, x);  // NaN scores do not enter the max; they propagate through exp below
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the quad (lanes 4i..4i+3) shares the row
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mn = fmaxf(m_run[mi], mx);
-      const float base = mn == kNegInf ? 0.f : mn;  // fully masked so far: exp(-inf - 0) = 0
-      const float alpha = m_run[mi] == kNegInf ? 0.f : __expf(m_run[mi] - mn);
-      m_run[mi] = mn;
-      float ps = 0.f;
-#pragma unroll
-      for (int ni = 0; ni < size<1>(sRC); ++ni) {
-        const float p = __expf(sRC(mi, ni) - base);
-        sRC(mi, ni) = p;
-        ps += p;
-      }
-      l_run[mi] = l_run[mi] * alpha + ps;
-#pragma unroll
-      for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= alpha;
-    }
+    online_softmax_tile<kBN>(sRC, cRC, oRC, m_run, l_run, c0, n, a0, causal, scale);
 
     // O += P V with P rounded to the input dtype, straight from the S registers.
     // (packed round-to-nearest conversion: cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32 on sm_80+)
@@ -787,38 +829,17 @@ __global__ void __launch_bounds__(Tr::kThreads)
   }
 
   // Normalise, stage the tile in smem (the Q buffer), write whole rows back to ls[a0 + r] with 16-byte stores.
-#pragma unroll
-  for (int mi = 0; mi < 2; ++mi) {
-    float l = l_run[mi];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-#pragma unroll
-    for (int ni = 0; ni < size<1>(oRC); ++ni) oRC(mi, ni) *= inv;
-  }
-  const auto tOcO = thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<D>>{}));
-  static_assert(decltype(size(tOcO))::value == decltype(size(acc_o))::value, "coordinates match accumulator");
-  const typename Tr::SmemQ sl_o{};
-#pragma unroll
-  for (int i = 0; i < size(acc_o); ++i) pQ[sl_o(get<0>(tOcO(i)), get<1>(tOcO(i)))] = static_cast<E>(acc_o(i));
-  __syncthreads();
-  constexpr int kChunks = D / 8, kRowsPerPass = kT / kChunks;
-  const int ch = tid % kChunks;
-#pragma unroll
-  for (int p = 0; p < kBM / kRowsPerPass; ++p) {
-    const int r = p * kRowsPerPass + tid / kChunks;
-    if (a0 + r < n)
-      *reinterpret_cast<uint4*>(out + (row * L + ls(a0 + r)) * D + ch * 8) =
-          *reinterpret_cast<const uint4*>(pQ + sl_o(r, ch * 8));
-  }
+  store_output_tile<kBM, D, kT>(acc_o, oRC, thr.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<D>>{})), l_run,
+                                pQ, typename Tr::SmemQ{}, out + row * L * D, ls, a0, n, tid);
 }
 
-template <class Tr>
-void launch(const void* q, Strides4 qs, const void* k, Strides4 ks, const void* v, Strides4 vs,
-            const int32_t* list, const int32_t* count, int B, int Hq, int G, int L, bool causal, float scale,
-            bool vq, bool vk, bool vv, void* out, cudaStream_t st) {
+// Launch of either attention kernel (prefill_mma_kernel<Tr> or prefill_wgmma_kernel<Tr>): 64 compressed rows a
+// block, Tr::kThreads threads, Tr::kSmemBytes of dynamic shared memory.
+template <class Tr, class Kern>
+void launch_attention(Kern kern, const void* q, Strides4 qs, const void* k, Strides4 ks, const void* v, Strides4 vs,
+                      const int32_t* list, const int32_t* count, int B, int Hq, int G, int L, bool causal,
+                      float scale, bool vq, bool vk, bool vv, void* out, cudaStream_t st) {
   using E = typename Tr::Elem;
-  auto kern = prefill_mma_kernel<Tr>;
   SOFTDEC_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes));
   for (int b0 = 0; b0 < B; b0 += static_cast<int>(softdec::attn_cuda::kMaxGridYZ)) {  // grid z <= 65535
     const dim3 grid(static_cast<unsigned>((L + Tr::kBM - 1) / Tr::kBM), Hq,
@@ -828,6 +849,173 @@ void launch(const void* q, Strides4 qs, const void* k, Strides4 ks, const void* 
         causal, scale, vq, vk, vv, b0, static_cast<E*>(out));
     SOFTDEC_CUDA_LAUNCH_CHECK();
   }
+}
+
+// ---------------------------------------------------------------- attention on Hopper warpgroup MMA (sm_90a)
+// prefill_wgmma_kernel: the prefill_mma_kernel above with the two products on wgmma (compiled, not run: no
+// GPU session has executed it yet, hence SOFTDEC_PREFILL_WGMMA defaults to off, see prefill_wgmma_requested / wgmma_runnable).
+// Only the sm_90a cubin has a body (__CUDA_ARCH_FEAT_SM90_ALL); the sm_80 one is empty and never launched.
+//   block = one warpgroup (4 warps, 128 threads), 64 compressed query rows [a0, a0 + 64); warp w owns rows
+//   16w .. 16w + 15 (the wgmma M = 64 split; PTX ISA "warpgroup level matrix fragments").
+//   Q tile, K / V tiles: gathered rows ls[c] -> 128-byte swizzled smem (GMMA SW128 atoms, the same bytes as
+//   the element-offset Plain* layouts the gathers write through; WgTraits), 16-byte cp.async, kStages = 2:
+//   K(j + 1), V(j + 1) load while tile j multiplies.
+//   S = Q K^T: SS wgmma 64 x kBN x 16 per k-slice (Q, K straight from smem through descriptors), fp32.
+//   Online softmax in fp32 on the S registers: prefill_mma_kernel's function (online_softmax_tile), so the
+//   same rules in the same per-thread order: scale then mask (c >= n, causal c > a0 + r -> -inf), row max over
+//   the thread's columns in ni order then the quad (xor 1, xor 2), base / alpha / p = __expf(x - base) with the
+//   same -inf conventions, l = l alpha + sum over the thread's columns; the same epilogue (store_output_tile).
+//   O += P V: RS wgmma 64 x D x 16, A = P rounded to the input dtype in registers (acc_as_A_gmma: the S
+//   values of n8 tiles 2j, 2j + 1 are the A fragment of k-slice j), B = V^T (d, key) from smem (MN-major).
+// Fragment ownership (SM90 64 x N F32 accumulator; checked by tests/cuda_host/prefill_mma_layouts.cu): thread
+//   tid = 32 w + lane holds rows 16 w + lane / 4 + {0, 8} and columns 8 j + 2 (lane % 4) + {0, 1}, j < N / 8 --
+//   per warp exactly the m16n8 C fragment of prefill_mma_kernel repeated over N, so the quad shares a row.
+// Proxies: cp.async / st.shared write smem through the generic proxy and wgmma reads it through the async
+//   proxy, so each writer runs fence.proxy.async.shared::cta after its copies land and before the barrier that
+//   publishes them; every wgmma batch is waited for (wgmma.wait_group 0) before its registers are read or its
+//   smem stage is refilled.
+// Differences from prefill_mma_kernel: 64-key tiles (kWgmmaAttnBN) instead of 32, so the running max is
+//   refreshed at other tile boundaries, and the tensor cores' fp32 accumulation order inside a product may
+//   differ; outputs agree within the dtype's rounding, not bitwise (bound argued in tests/test_sparse_prefill_cuda.py).
+template <class Tr>
+struct VtRows {  // gather view of the V^T tile: smem offset of (key r, dim c)
+  CUTE_HOST_DEVICE int operator()(int r, int c) const { return static_cast<int>(typename Tr::PlainVt{}(c, r)); }
+};
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    prefill_wgmma_kernel(const typename Tr::Elem* __restrict__ q, Strides4 qs,
+                         const typename Tr::Elem* __restrict__ k, Strides4 ks, const typename Tr::Elem* __restrict__ v,
+                         Strides4 vs, const int32_t* __restrict__ list, const int32_t* __restrict__ count, int G,
+                         int L, bool causal, float scale, bool vq, bool vk, bool vv, int b0,
+                         typename Tr::Elem* __restrict__ out /* [B, Hq, L, D] */) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using E = typename Tr::Elem;
+  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads, kS = Tr::kStages;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  extern __shared__ __align__(128) unsigned char prefill_wgmma_smem[];
+  // SW128 swizzles absolute shared addresses: the tiles start at a 1024-byte boundary (kSmemBytes has the slack).
+  const uint32_t smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(prefill_wgmma_smem));
+  E* pQ = reinterpret_cast<E*>(prefill_wgmma_smem + (Tr::kAlign - smem_addr % Tr::kAlign) % Tr::kAlign);  // [kBM, D]
+  E* pK = pQ + kBM * D;       // kStages x [kBN, D]
+  E* pV = pK + kS * kBN * D;  // kStages x [kBN, D] (stored [key][d], read as V^T)
+
+  const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
+  const int64_t row = static_cast<int64_t>(b) * Hq + h;
+  const int n = count[row];
+  const int a0 = blockIdx.x * kBM;
+  if (a0 >= n) return;
+  const ListRows ls{list + row * L};
+  const int tid = threadIdx.x;
+  const E* qb = q + b * qs.b + h * qs.h;
+  const E* kb = k + b * ks.b + g * ks.h;
+  const E* vb = v + b * vs.b + g * vs.h;
+  const int kend = causal ? min(n, a0 + kBM) : n;  // causal on compressed positions: column c <= a0 + r
+  const int nblocks = (kend + kBN - 1) / kBN;
+
+  gather_rows<kBM, D, kT>(pQ, typename Tr::PlainQ{}, qb, qs.n, ls, a0, n, vq, tid);
+  gather_rows<kBN, D, kT>(pK, typename Tr::PlainK{}, kb, ks.n, ls, 0, n, vk, tid);
+  gather_rows<kBN, D, kT>(pV, VtRows<Tr>{}, vb, vs.n, ls, 0, n, vv, tid);
+  cp_async_fence();
+
+  typename Tr::MmaS mma_s;
+  typename Tr::MmaO mma_o;
+  auto ts = mma_s.get_thread_slice(tid);
+  auto to = mma_o.get_thread_slice(tid);
+  const auto tSrQ = ts.partition_fragment_A(make_tensor(make_smem_ptr(pQ), typename Tr::SmemQ{}));  // descriptors
+  static_assert(decltype(size<1>(tSrQ))::value == 1 && decltype(size<2>(tSrQ))::value == D / 16, "Q k-slices");
+  auto acc_o = partition_fragment_C(mma_o, Shape<Int<kBM>, Int<D>>{});  // ((2, 2, D/8), 1, 1) fp32
+  clear(acc_o);
+  // (row, col) of every S accumulator element in tile coordinates, as this thread's rows x cols.
+  const auto tScS = ts.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<kBN>>{}));
+  const auto cRC = make_tensor(tScS.data(), rowcol_gmma(tScS.layout()));  // (2, kBN/4)
+  auto oRC = make_tensor(acc_o.data(), rowcol_gmma(acc_o.layout()));       // (2, D/4)
+  static_assert(decltype(size<0>(cRC))::value == 2 && decltype(size<0>(oRC))::value == 2, "2 rows per thread");
+
+  cp_async_wait<0>();
+  cutlass::arch::fence_view_async_shared();  // this thread's smem writes -> visible to the async proxy (wgmma)
+  __syncthreads();
+
+  float m_run[2] = {kNegInf, kNegInf};  // running row max (scaled scores) of rows cRC(mi, 0)
+  float l_run[2] = {0.f, 0.f};          // this thread's partial row sums (its kBN/4 columns a tile)
+
+  for (int nb = 0; nb < nblocks; ++nb) {
+    const int c0 = nb * kBN;
+    if (nb + 1 < nblocks) {  // K(nb + 1), V(nb + 1) into the other stage (free since the barrier ending nb - 1)
+      const int s1 = (nb + 1) % kS;
+      gather_rows<kBN, D, kT>(pK + s1 * kBN * D, typename Tr::PlainK{}, kb, ks.n, ls, c0 + kBN, n, vk, tid);
+      gather_rows<kBN, D, kT>(pV + s1 * kBN * D, VtRows<Tr>{}, vb, vs.n, ls, c0 + kBN, n, vv, tid);
+      cp_async_fence();
+    }
+    const int s0 = nb % kS;
+    const auto tSrK = ts.partition_fragment_B(make_tensor(make_smem_ptr(pK + s0 * kBN * D), typename Tr::SmemK{}));
+    const auto tOrVt = to.partition_fragment_B(make_tensor(make_smem_ptr(pV + s0 * kBN * D), typename Tr::SmemVt{}));
+    static_assert(decltype(size<2>(tOrVt))::value == kBN / 16, "P V k-slices");
+
+    // S = Q K^T (fp32), one wgmma batch over the D/16 k-slices (the first one overwrites the accumulator).
+    auto acc_s = partition_fragment_C(mma_s, Shape<Int<kBM>, Int<kBN>>{});  // ((2, 2, kBN/8), 1, 1)
+    warpgroup_fence_operand(acc_s);
+    warpgroup_arrive();
+    mma_s.accumulate_ = GMMA::ScaleOut::Zero;
+#pragma unroll
+    for (int kk = 0; kk < size<2>(tSrQ); ++kk) {
+      gemm(mma_s, tSrQ(_, _, kk), tSrK(_, _, kk), acc_s);
+      mma_s.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(acc_s);
+
+    // Online softmax on this thread's 2 rows: prefill_mma_kernel's code (online_softmax_tile).
+    auto sRC = make_tensor(acc_s.data(), rowcol_gmma(acc_s.layout()));  // (2, kBN/4)
+    online_softmax_tile<kBN>(sRC, cRC, oRC, m_run, l_run, c0, n, a0, causal, scale);
+
+    // O += P V: P rounded to the input dtype (cvt.rn.bf16x2 / f16x2) in registers, the RS wgmma's A operand.
+    constexpr int kSN = decltype(size(acc_s))::value;
+    const cutlass::NumericArrayConverter<E, float, kSN> to_e;
+    auto p_frag = to_e(*reinterpret_cast<const cutlass::Array<float, kSN>*>(raw_pointer_cast(acc_s.data())));
+    auto tOrP = make_tensor(make_rmem_ptr<E>(&p_frag), acc_as_A_gmma(acc_s.layout()));  // ((2,2,2), 1, kBN/16)
+    static_assert(decltype(size<2>(tOrP))::value == kBN / 16, "P k-slices");
+    warpgroup_fence_operand(tOrP);
+    warpgroup_fence_operand(acc_o);
+    warpgroup_arrive();
+#pragma unroll
+    for (int kk = 0; kk < size<2>(tOrP); ++kk) gemm(mma_o, tOrP(_, _, kk), tOrVt(_, _, kk), acc_o);
+    warpgroup_commit_batch();
+    warpgroup_wait<0>();  // the wgmma read P's registers and stage s0 before either is reused
+    warpgroup_fence_operand(acc_o);
+
+    cp_async_wait<0>();                        // K(nb + 1), V(nb + 1) landed (this thread's copies) ...
+    cutlass::arch::fence_view_async_shared();  // ... visible to the next wgmma ...
+    __syncthreads();                           // ... everyone's; nobody reads stage nb % kStages any more
+  }
+
+  // Normalise, stage the tile in smem (the Q buffer: its last wgmma read completed before the loop's final
+  // barrier), write whole rows back to ls[a0 + r] with 16-byte stores.
+  store_output_tile<kBM, D, kT>(acc_o, oRC, to.partition_C(make_identity_tensor(Shape<Int<kBM>, Int<D>>{})), l_run,
+                                pQ, typename Tr::PlainQ{}, out + row * L * D, ls, a0, n, tid);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __trap();  // an sm_90+ cubin without the sm_90a features: never selected (wgmma_runnable), and never silent
+#endif
+}
+
+// Whether the wgmma kernel of Tr can run on the current device: an sm_90 device, a build whose arch list has
+// sm_90a (SOFTDEC_CUDA_HAS_SM90A, set by CMakeLists.txt) and the sm_90a cubin being what the driver loaded
+// for this kernel (binaryVersion 90; a device it would JIT from PTX for reports its own version).
+template <class Tr>
+bool wgmma_runnable() {
+#if defined(SOFTDEC_CUDA_HAS_SM90A)
+  int dev = 0, major = 0, minor = 0;
+  SOFTDEC_CUDA_CHECK(cudaGetDevice(&dev));
+  SOFTDEC_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  SOFTDEC_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  if (major != 9 || minor != 0) return false;
+  cudaFuncAttributes fa{};
+  SOFTDEC_CUDA_CHECK(cudaFuncGetAttributes(&fa, prefill_wgmma_kernel<Tr>));
+  return fa.binaryVersion == 90;
+#else
+  return false;
+#endif
 }
 
 // Row statistics then key scores of every (b, h) (the two scoring kernels above); stats is scratch of
@@ -865,6 +1053,18 @@ namespace {
 
 // Keys per tile of the tensor-core attention: 32 keeps the S / P tile of a warp (16 x 32) at 16 + 8 registers.
 constexpr int kMmaAttnBN = 32;
+// Keys per tile of the wgmma attention (sm_90a): S = 64 x 64 per warpgroup, 32 fp32 + 16 P registers a thread.
+constexpr int kWgmmaAttnBN = 64;
+
+// SOFTDEC_PREFILL_WGMMA=1 selects the Hopper wgmma attention (prefill_wgmma_kernel) where it can run
+// (softdec_prefill_mma::wgmma_runnable: sm_90 device, sm_90a in the build); unset or anything else keeps the
+// mma.sync kernel. Default off because the wgmma kernel is compiled, not run: the first GPU session compares
+// the two (tests with the switch on, `softdec bench` prefill rows with it on and off) and flips the default.
+// Read on every call, so a process (or a test) can switch it between calls.
+inline bool prefill_wgmma_requested() {
+  const char* e = std::getenv("SOFTDEC_PREFILL_WGMMA");
+  return e && e[0] == '1' && e[1] == '\0';
+}
 
 // Whether the tensor-core path takes this launch (and runs it): bf16 / fp16, head_dim 64 or 128.
 template <typename NT>
@@ -879,15 +1079,23 @@ bool prefill_mma_attention(const Tensor& q, const Tensor& k, const Tensor& v, co
     if (d != 64 && d != 128) return false;
     const int G = static_cast<int>(Hq / Hkv);
     const bool vq = vec_ok(q, d, 2), vk = vec_ok(k, d, 2), vv = vec_ok(v, d, 2);
-    auto go = [&](auto tr) {
-      softdec_prefill_mma::launch<decltype(tr)>(q.data_ptr(), strides4(q), k.data_ptr(), strides4(k), v.data_ptr(),
-                                                strides4(v), list.const_data_ptr<int32_t>(),
-                                                count.const_data_ptr<int32_t>(), static_cast<int>(B),
-                                                static_cast<int>(Hq), G, static_cast<int>(L), causal, scale, vq, vk,
-                                                vv, out.data_ptr(), st);
+    auto go = [&](auto tr, auto wtr) {
+      using W = decltype(wtr);
+      auto run = [&](auto traits, auto kern) {
+        softdec_prefill_mma::launch_attention<decltype(traits)>(
+            kern, q.data_ptr(), strides4(q), k.data_ptr(), strides4(k), v.data_ptr(), strides4(v),
+            list.const_data_ptr<int32_t>(), count.const_data_ptr<int32_t>(), static_cast<int>(B),
+            static_cast<int>(Hq), G, static_cast<int>(L), causal, scale, vq, vk, vv, out.data_ptr(), st);
+      };
+      if (prefill_wgmma_requested() && softdec_prefill_mma::wgmma_runnable<W>())
+        run(wtr, softdec_prefill_mma::prefill_wgmma_kernel<W>);
+      else
+        run(tr, softdec_prefill_mma::prefill_mma_kernel<decltype(tr)>);
     };
-    if (d == 64) go(softdec_prefill_mma::Traits<E, 64, kMmaAttnBN>{});
-    else go(softdec_prefill_mma::Traits<E, 128, kMmaAttnBN>{});
+    if (d == 64)
+      go(softdec_prefill_mma::Traits<E, 64, kMmaAttnBN>{}, softdec_prefill_mma::WgTraits<E, 64, kWgmmaAttnBN>{});
+    else
+      go(softdec_prefill_mma::Traits<E, 128, kMmaAttnBN>{}, softdec_prefill_mma::WgTraits<E, 128, kWgmmaAttnBN>{});
     return true;
   }
 #endif

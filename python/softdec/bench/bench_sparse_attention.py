@@ -32,19 +32,25 @@ def _decode_inputs(N, dtype, device):
     return q, k, v
 
 
-def _with_fused(fn, value):
-    """fn with SOFTDEC_DECODE_FUSED set to `value` for the call (the CUDA decode reads it every call)."""
+def _with_env(fn, name, value):
+    """fn with the environment variable `name` set to `value` for the call (the CUDA ops read their
+    SOFTDEC_* switches on every call)."""
     def run():
-        old = os.environ.get("SOFTDEC_DECODE_FUSED")
-        os.environ["SOFTDEC_DECODE_FUSED"] = value
+        old = os.environ.get(name)
+        os.environ[name] = value
         try:
             return fn()
         finally:
             if old is None:
-                del os.environ["SOFTDEC_DECODE_FUSED"]
+                del os.environ[name]
             else:
-                os.environ["SOFTDEC_DECODE_FUSED"] = old
+                os.environ[name] = old
     return run
+
+
+def _with_fused(fn, value):
+    """fn with SOFTDEC_DECODE_FUSED set to `value` for the call."""
+    return _with_env(fn, "SOFTDEC_DECODE_FUSED", value)
 
 
 def _decode_case(N, dtype, select, device, compile_=True, budget=BUDGET, window=WINDOW):
@@ -92,10 +98,19 @@ def _prefill_case(L, dtype, device):
     fns = {"softdec": lambda: softdec.token_sparse_prefill(q, k, v, **kw),
            "eager": lambda: ref.token_sparse_prefill(q, k, v, **kw),
            "dense": lambda: ref.dense_causal_attention(q, k, v)}
+    notes = ["compute-bound; dense = causal SDPA over all L (target >= 2x)"]
+    if str(device).startswith("cuda") and dtype in (torch.bfloat16, torch.float16):
+        # the attention step's Hopper wgmma kernel (opt-in, compiled but not run before a GPU session measured
+        # it) vs the default mma.sync kernel, both paying the same env-var toggle; off sm_90 both are mma.sync
+        ours = fns["softdec"]
+        fns["wgmma"] = _with_env(ours, "SOFTDEC_PREFILL_WGMMA", "1")
+        fns["mma_sync"] = _with_env(ours, "SOFTDEC_PREFILL_WGMMA", "0")
+        notes.append("wgmma / mma_sync = softdec with SOFTDEC_PREFILL_WGMMA=1 / 0 (the sm_90a warpgroup-MMA "
+                     "attention vs the mma.sync one; the same kernel off sm_90)")
     dname = str(dtype).replace("torch.", "")
     return Case(op="token_sparse_prefill", label=f"L={L} {dname} keep~1/4", fns=fns,
                 bytes=4 * HQ * L * D * q.element_size(), memory_bound=False, device=device,
-                notes="compute-bound; dense = causal SDPA over all L (target >= 2x)")
+                notes="; ".join(notes))
 
 
 def decode_rows(quick: bool, full: bool, gpu: bool):
