@@ -65,12 +65,13 @@ constexpr int kMergeThreads = 128;    // merge of the chunk states
 constexpr int kScorePasses = 4;       // passes of a scoring block over its rows (grid sizing)
 // Resident scoring blocks an SM must fit (the launch bounds' second argument). Left to itself ptxas gives
 // token_score_kernel 128 registers (2 blocks of 256, 16 warps a SM) once the softmax partials are in;
-// bounded to 3 blocks it keeps its old 80 registers, no spills (sm_80, sm_90a). score_select_kernel in
-// page mode also fits 3 blocks without spills; in token mode (scoring + votes + selection [+ attention]
-// in one kernel) 3 blocks spill loop invariants inside the token loop (LDL per head per step), so it keeps
-// 2 blocks (128 registers, no spills). Measure both on the GPU (bench: fused vs SOFTDEC_DECODE_FUSED=0).
+// bounded to 3 blocks it keeps its old 80 registers, no spills (sm_80, sm_90a). score_select_kernel fits
+// 3 blocks without spills in page mode without the attention (72 registers); in token mode (scoring +
+// votes + selection [+ attention] in one kernel) 3 blocks spill loop invariants inside the token loop (LDL
+// per head per step, sm_90a SASS), and page mode with the attention spills 16 B on sm_80, so those keep 2
+// blocks (<= 128 registers, no spills). Measure on the GPU (fused vs SOFTDEC_DECODE_FUSED=0).
 constexpr int kScoreMinBlocks = 3;
-constexpr int kScoreSelectMinBlocks(bool page) { return page ? 3 : 2; }
+constexpr int kScoreSelectMinBlocks(bool page, bool attend) { return page && !attend ? 3 : 2; }
 
 // ------------------------------------------------------------------ page summaries
 template <typename T>
@@ -838,7 +839,7 @@ struct FusedArgs {
 // decode_attn_kernel and merge kernel). The scores, partials and votes are those of the unfused kernels
 // (same scoring bodies on the same grid), so both paths select the same tokens and give the same bits.
 template <typename T, bool PAGE, bool ATTEND>
-__global__ void __launch_bounds__(kScoreThreads, kScoreSelectMinBlocks(PAGE)) score_select_kernel(const FusedArgs<T> a) {
+__global__ void __launch_bounds__(kScoreThreads, kScoreSelectMinBlocks(PAGE, ATTEND)) score_select_kernel(const FusedArgs<T> a) {
   // the group's queries [G][dp] and (token mode) the running softmax states; then, ATTEND, chunk_state's
   extern __shared__ float smem[];
   __shared__ decode_vote::HeadNorm s_norm[kMaxG];
