@@ -121,6 +121,9 @@ cuda-check: setup
 	# the fused sparse decode: launch plan, last-block counter rule, split-KV merge arithmetic (host code)
 	nvcc -std=c++17 -I csrc/cuda tests/cuda_host/decode_fuse.cu -o build/cuda-check/decode_fuse
 	build/cuda-check/decode_fuse
+	# the token-mode votes: one-pass online softmax partials over the scoring partition vs the old three passes
+	nvcc -std=c++17 -O2 -I csrc/cuda tests/cuda_host/decode_vote.cu -o build/cuda-check/decode_vote
+	build/cuda-check/decode_vote
 	# soft_mixture's top-k select, scan candidate logic and embedding-gradient sort (host code, no GPU)
 	nvcc -std=c++17 -O2 -I include -I csrc/cuda tests/cuda_host/soft_select.cu -o build/cuda-check/soft_select
 	build/cuda-check/soft_select

@@ -624,10 +624,12 @@ def test_cuda_decode_long_cache_matches_cpu(dtype, d, G, select, budget):
 
 
 # The fused decode paths (csrc/cuda/sparse_attention.cu, decode_fuse.cuh): with sink 4, window 28 and page
-# size 16, budget 32 selects at most M = 64 tokens (one chunk: the one-block select + attend kernel), 64 at
-# most 96 (two chunks: split-KV with the merge fused into the attention kernel) and 2048 at most 2080 (33
-# chunks). SOFTDEC_DECODE_FUSED=0 forces the unfused kernels (select -> attention -> merge). Both merge the
-# chunk states with the same functions in chunk order, so they agree bit for bit; both match the CPU.
+# size 16, budget 32 selects at most M = 64 tokens (one chunk: scoring whose last block per (row, kv head)
+# votes, selects and attends), 64 at most 96 (two chunks: scoring + selection, then split-KV with the merge
+# fused into the attention kernel) and 2048 at most 2080 (33 chunks). SOFTDEC_DECODE_FUSED=0 forces the
+# unfused kernels (scoring -> votes -> select -> attention -> merge). Both use the same scores, vote
+# arithmetic, selection and merge order, so they agree bit for bit; both match the CPU. Smaller caches (one
+# scoring block: a single launch) in test_sparse_decode_fused_cuda.py.
 FUSE_BUDGETS = (32, 64, 2048)
 
 

@@ -20,12 +20,13 @@
 namespace softdec {
 namespace decode_fuse {
 
-// Decode paths (after scoring: page bounds, or token scores + votes).
-//   kUnfused:     select_kernel -> decode_attn_kernel (split-KV) -> decode_merge_kernel
-//   kFusedMerge:  select_kernel -> decode_attn_kernel<fused> (the last chunk block of each (row, kv head)
-//                 merges the chunk states)
-//   kSingleBlock: select_attn_kernel (one block per (row, kv head) selects and attends; M <= chunk, so
-//                 there is one chunk and the merge is the block's own state)
+// Decode paths (page summaries, when built in the call, come first on every path).
+//   kUnfused:     scoring (page_bound_kernel, or token_score_kernel -> vote_kernel) -> select_kernel
+//                 -> decode_attn_kernel (split-KV) -> decode_merge_kernel
+//   kFusedMerge:  score_select_kernel (the last scoring block of each (row, kv head) votes and selects)
+//                 -> decode_attn_kernel<fused> (the last chunk block of each (row, kv head) merges)
+//   kSingleBlock: score_select_kernel<attend> (M <= chunk: the last scoring block of each (row, kv head)
+//                 votes, selects and attends to the one chunk; the merge is its own state)
 enum class Path : int { kUnfused = 0, kFusedMerge = 1, kSingleBlock = 2 };
 
 // Chunks of `chunk` selected tokens for at most M selected tokens (at least one: an empty row still
@@ -38,17 +39,26 @@ SOFTDEC_DF_HD Path choose_path(int64_t M, int64_t chunk, bool fused) {
   return M <= chunk ? Path::kSingleBlock : Path::kFusedMerge;
 }
 
-// Kernel launches of one call (one batch slice of at most 65535 rows): scoring is 1 launch in page
-// mode (page bounds; +1 when the page summaries are computed in the call) and 2 in token mode
-// (token scores + votes).
+// Kernel launches of one call (one batch slice of at most 65535 rows; +1 in page mode when the page
+// summaries are computed in the call). Unfused: scoring (page mode 1, token mode 2: scores + votes)
+// + select + attention + merge. Fused: 2 (score+select, attention+merge) or 1 (score+select+attend).
 SOFTDEC_DF_HD int launches(Path p, bool page_mode, bool summaries_in_call) {
-  const int scoring = page_mode ? 1 + (summaries_in_call ? 1 : 0) : 2;
+  const int summaries = page_mode && summaries_in_call ? 1 : 0;
   switch (p) {
-    case Path::kUnfused: return scoring + 3;
-    case Path::kFusedMerge: return scoring + 2;
-    case Path::kSingleBlock: return scoring + 1;
+    case Path::kUnfused: return summaries + (page_mode ? 1 : 2) + 3;
+    case Path::kFusedMerge: return summaries + 2;
+    case Path::kSingleBlock: return summaries + 1;
   }
   return -1;
+}
+
+// Whether a fused call needs its arrival counters zeroed first (one cudaMemsetAsync, not a kernel):
+// score_select_kernel counts its blocks when there are more than one per (row, kv head) (`score_blocks`),
+// decode_attn_kernel<fused> always counts its chunk blocks. The one-block path on a small cache (one
+// scoring block) needs none: a single launch and nothing else.
+SOFTDEC_DF_HD bool counters_needed(Path p, int score_blocks) {
+  if (p == Path::kUnfused) return false;
+  return p == Path::kFusedMerge || score_blocks > 1;
 }
 
 // "Last block done": every chunk block of a (row, kv head) writes its state, fences, and adds 1 to the

@@ -2,43 +2,50 @@
 // (include/softdec/attn_sparse.h).
 //
 // Decode: gather-then-attend with split-KV.
-//   1. scoring: page bounds or exact token scores + soft votes. A row (page
-//      summary or key) is scored by lpk lanes that each own 8 contiguous
-//      elements (16-byte loads), so a warp scores 32 / lpk rows at once and
-//      every lane works for d in {64, 128, 256} (decode_lanes.cuh); the scaled
-//      fp32 queries of the KV head's whole query group sit in shared memory in
-//      a bank-conflict-free layout and each K row is read once for the group;
-//   2. selection: one block per (row, KV head) finds the k-th largest score by
-//      a 4-pass 8-bit radix select on order-preserving keys, then compacts the
-//      selected candidates in index order with block scans (ties: lower index);
-//   3. attention: one block per (row, KV head, 64 selected tokens) computes the
-//      group's partial softmax states (K and V rows by 16-byte loads, each V row
-//      read once per 4 query heads of the group); a merge kernel combines the
-//      chunks (log-sum-exp): split-KV, so long budgets spread over many blocks.
-// Launch plan (decode_fuse.cuh, decode_launch), after scoring (1 launch in page mode, +1 when the page
-// summaries are built in the call; 2 in token mode):
-//   - unfused (SOFTDEC_DECODE_FUSED=0, read every call): select_kernel -> decode_attn_kernel<false>
-//     -> decode_merge_kernel: 3 launches;
-//   - split-KV, merge fused (default, M > kChunk): select_kernel (also zeroes the per-(row, kv head)
-//     arrival counters) -> decode_attn_kernel<true>: "last block done" -- every chunk block writes its
-//     state, __threadfence, then one integer atomicAdd on its (row, kv head) counter; the block that
-//     reads chunks - 1 resets the counter and merges all chunk states in chunk order (L2 loads) with
-//     the merge kernel's code (decode_fuse::merge_stats / merge_elem): 2 launches;
-//   - one block (default, M <= kChunk): select_attn_kernel, one block per (row, kv head) of
-//     kSelThreads threads selects (select_row), attends (chunk_state, sliced by kAttnThreads as in
-//     decode_attn_kernel) and merges its one chunk: 1 launch.
-// All three give the same bits (fixed merge order, no floating-point atomics). Compiled, not run.
+//   1. scoring: page bounds or exact token scores. A row (page summary or key) is scored by lpk lanes
+//      that each own 8 contiguous elements (16-byte loads), so a warp scores 32 / lpk rows at once and
+//      every lane works for d in {64, 128, 256} (decode_lanes.cuh); the scaled fp32 queries of the KV
+//      head's whole query group sit in shared memory in a bank-conflict-free layout and each K row is
+//      read once for the group (one tile loop, group_tiles, for every scoring path). Token mode also
+//      keeps each head's running softmax (m, l) per lane and writes one partial per head and scoring
+//      block; the soft votes are then one pass over the candidates (decode_vote.cuh);
+//   2. selection: one block per (row, KV head) finds the k-th largest score by a 4-pass 8-bit radix
+//      select on order-preserving keys, then compacts the selected candidates in index order with
+//      block scans (ties: lower index) -- select_row;
+//   3. attention: one block per (row, KV head, 64 selected tokens) computes the group's partial softmax
+//      states (K and V rows by 16-byte loads, each V row read once per 4 query heads of the group);
+//      the chunks are combined by log-sum-exp in chunk order: split-KV, so long budgets spread over
+//      many blocks.
+// Launch plan (decode_fuse.cuh, decode_launch); +1 launch in page mode when the page summaries are
+// built in the call:
+//   - unfused (SOFTDEC_DECODE_FUSED=0, read every call): page_bound_kernel (page mode) or
+//     token_score_kernel -> vote_kernel (token mode) -> select_kernel -> decode_attn_kernel<false>
+//     -> decode_merge_kernel: 4 launches (page mode), 5 (token mode);
+//   - split-KV (default, M > kChunk): score_select_kernel -> decode_attn_kernel<true>: 2 launches (and a
+//     memset of the arrival counters). "Last block done" twice: the scoring blocks of a (row, kv head)
+//     each write their scores, __threadfence, then one integer atomicAdd on the (row, kv head) counter;
+//     the block that reads gridDim.x - 1 resets the counter, votes (token mode) and selects on the scores
+//     now in L2. Then every chunk block writes its state and counts the same way, and the last one
+//     merges all chunk states in chunk order (decode_fuse::merge_stats / merge_elem);
+//   - one block (default, M <= kChunk): score_select_kernel<attend>: the selecting block also attends
+//     (chunk_state, sliced by kAttnThreads as in decode_attn_kernel) and merges its one chunk: 1 launch
+//     (no counter and no memset when one scoring block covers the row: small caches).
+// All paths give the same bits: the scoring bodies and the grid are shared, the selection's result does
+// not depend on the block size, the merge order is fixed, and no floating-point atomics are used.
+// Compiled, not run.
 // Softmax exponentials use expf (not __expf): the votes that decide the token
 // selection follow the CPU's exp to a few ulp (see tests: exact-score inputs).
 // Prefill lives in sparse_attention_prefill.cu; shared device helpers in attn_common.cuh.
 //
 // Row loads are 16-byte vectors when the head dim and strides allow, coalesced
 // across the warp; reductions are warp shuffles.
+#include <algorithm>
 #include <cstdlib>
 
 #include "attn_common.cuh"
 #include "decode_fuse.cuh"
 #include "decode_lanes.cuh"
+#include "decode_vote.cuh"
 
 namespace softdec {
 namespace {
@@ -56,6 +63,15 @@ constexpr int kScoreThreads = 256;    // page bounds / token scores: one warp pe
 constexpr int kAttnThreads = 128;     // split-KV chunk attention
 constexpr int kMergeThreads = 128;    // merge of the chunk states
 constexpr int kScorePasses = 4;       // passes of a scoring block over its rows (grid sizing)
+// Resident scoring blocks an SM must fit (the launch bounds' second argument). Left to itself ptxas gives
+// token_score_kernel 128 registers (2 blocks of 256, 16 warps a SM) once the softmax partials are in;
+// bounded to 3 blocks it keeps its old 80 registers, no spills (sm_80, sm_90a). score_select_kernel fits
+// 3 blocks without spills in page mode without the attention (72 registers); in token mode (scoring +
+// votes + selection [+ attention] in one kernel) 3 blocks spill loop invariants inside the token loop (LDL
+// per head per step, sm_90a SASS), and page mode with the attention spills 16 B on sm_80, so those keep 2
+// blocks (<= 128 registers, no spills). Measure on the GPU (fused vs SOFTDEC_DECODE_FUSED=0).
+constexpr int kScoreMinBlocks = 3;
+constexpr int kScoreSelectMinBlocks(bool page, bool attend) { return page && !attend ? 3 : 2; }
 
 // ------------------------------------------------------------------ page summaries
 template <typename T>
@@ -143,6 +159,30 @@ __device__ __forceinline__ void query8(const float* __restrict__ qa, int half, f
   qv[0] = a.x, qv[1] = a.y, qv[2] = a.z, qv[3] = a.w, qv[4] = b.x, qv[5] = b.y, qv[6] = b.z, qv[7] = b.w;
 }
 
+// The tile loop of every scoring path (token dots, two-token dots, page bounds): lane `sub`'s
+// 8-element groups of the row(s) -- `load(e0)` reads the group that starts at element e0 -- each
+// combined with the 8 query values of every head h < G of the group (`apply(h, qv)`, h a
+// compile-time constant after unrolling, so per-head register arrays stay in registers).
+template <int MAXG, typename Load, typename Apply>
+__device__ __forceinline__ void group_tiles(const float* __restrict__ sq, int G, int d, const LaneMap& lm, int sub,
+                                            Load load, Apply apply) {
+  for (int c = 0; c < lm.chunks; ++c) {
+    const int e0 = decode_lanes::group_start(c, sub, lm.lpk);
+    if (e0 >= d) break;
+    load(e0);
+    const float* qa = sq + q_vec(c, 0, sub, lm.lpk);  // head 0; head h at qa + h * dp
+#pragma unroll
+    for (int h = 0; h < MAXG; ++h) {
+      if (h < G) {
+        float qv[8];
+        query8(qa, 4 * lm.lpk, qv);
+        qa += lm.dp;
+        apply(h, qv);
+      }
+    }
+  }
+}
+
 // Lane partials of the G dot products q[h] . row over this lane's groups (part[0:G]); zeros when !ok.
 // Sum them over the lpk lanes of the row with group_sum.
 template <typename T>
@@ -151,23 +191,13 @@ __device__ __forceinline__ void row_dots(const float* __restrict__ sq, int G, co
 #pragma unroll
   for (int h = 0; h < kMaxG; ++h) part[h] = 0.f;
   if (!ok) return;
-  for (int c = 0; c < lm.chunks; ++c) {
-    const int e0 = decode_lanes::group_start(c, sub, lm.lpk);
-    if (e0 >= d) break;
-    float x[8];
-    load8(row, e0, d, vec, x);
-    const float* qa = sq + q_vec(c, 0, sub, lm.lpk);  // head 0; head h at qa + h * dp
-#pragma unroll
-    for (int h = 0; h < kMaxG; ++h) {
-      if (h < G) {
-        float qv[8];
-        query8(qa, 4 * lm.lpk, qv);
-        qa += lm.dp;
+  float x[8];
+  group_tiles<kMaxG>(
+      sq, G, d, lm, sub, [&](int e0) { load8(row, e0, d, vec, x); },
+      [&](int h, const float* qv) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) part[h] = fmaf(qv[j], x[j], part[h]);
-      }
-    }
-  }
+      });
 }
 
 // row_dots for two rows at once (each query load feeds 16 FMAs: half the shared-memory traffic per K
@@ -180,32 +210,25 @@ __device__ __forceinline__ void row_dots2(const float* __restrict__ sq, int G, c
 #pragma unroll
   for (int h = 0; h < MAXG; ++h) part0[h] = part1[h] = 0.f;
   if (!ok0) return;
-  for (int c = 0; c < lm.chunks; ++c) {
-    const int e0 = decode_lanes::group_start(c, sub, lm.lpk);
-    if (e0 >= d) break;
-    float x0[8], x1[8];
-    load8(row0, e0, d, vec, x0);
-    if (ok1) {
-      load8(row1, e0, d, vec, x1);
-    } else {
+  float x0[8], x1[8];
+  group_tiles<MAXG>(
+      sq, G, d, lm, sub,
+      [&](int e0) {
+        load8(row0, e0, d, vec, x0);
+        if (ok1) {
+          load8(row1, e0, d, vec, x1);
+        } else {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) x1[j] = 0.f;
-    }
-    const float* qa = sq + q_vec(c, 0, sub, lm.lpk);  // head 0; head h at qa + h * dp
-#pragma unroll
-    for (int h = 0; h < MAXG; ++h) {
-      if (h < G) {
-        float qv[8];
-        query8(qa, 4 * lm.lpk, qv);
-        qa += lm.dp;
+          for (int j = 0; j < 8; ++j) x1[j] = 0.f;
+        }
+      },
+      [&](int h, const float* qv) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
           part0[h] = fmaf(qv[j], x0[j], part0[h]);
           part1[h] = fmaf(qv[j], x1[j], part1[h]);
         }
-      }
-    }
-  }
+      });
 }
 
 // Sum over the lpk lanes that share a row (lpk a power of two, warp-uniform; every lane must call it).
@@ -228,18 +251,19 @@ __device__ __forceinline__ void candidate_pages_pow2(const attn::Region& r, int 
   *last = ((r.win_start - 1) >> sh) + 1;    // win_start > sink_end >= 0
 }
 
+// ---- scoring bodies, shared by the unfused kernels and score_select_kernel. `sq` holds the group's
+// scaled queries (load_group_q). The block takes the pages / tokens of its grid-stride share over the
+// gridDim.x blocks of (b, g); which rows a lane scores depends only on the shape, not on the kernel.
+
+// Page bounds of (b, KV head g): bound[w * P + p] for every page p < P this block takes (-inf for the
+// non-candidate pages).
 template <typename T>
-__global__ void __launch_bounds__(kScoreThreads)
-    page_bound_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ mn,
-                                  const T* __restrict__ mx, Strides4 ss, const int64_t* __restrict__ lens,
-                                  int G, int d, int P, int ps, int sink, int window, float scale, bool vec, int b0,
-                                  float* __restrict__ bound) {
-  extern __shared__ float sq[];
-  const int g = blockIdx.y, b = b0 + blockIdx.z, Hkv = gridDim.y;
+__device__ __forceinline__ void page_bounds_block(const float* __restrict__ sq, const T* __restrict__ mn,
+                                                  const T* __restrict__ mx, Strides4 ss, int64_t len, int G,
+                                                  int d, int P, int ps, int sink, int window, bool vec, int b,
+                                                  int g, int64_t w, float* __restrict__ bound) {
   const LaneMap lm = lane_map(d);
-  load_group_q(q, qsb, qsh, b, g, G, d, lm, scale, sq);
-  __syncthreads();
-  const attn::Region r = attn::decode_region(lens[b], sink, window);
+  const attn::Region r = attn::decode_region(len, sink, window);
   int64_t first, last;
   candidate_pages_pow2(r, ps, &first, &last);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
@@ -255,53 +279,70 @@ __global__ void __launch_bounds__(kScoreThreads)
     if (cand) {
       const T* a = mn + b * ss.b + g * ss.h + p * ss.n;
       const T* c = mx + b * ss.b + g * ss.h + p * ss.n;
-      for (int ch = 0; ch < lm.chunks; ++ch) {
-        const int e0 = decode_lanes::group_start(ch, sub, lm.lpk);
-        if (e0 >= d) break;
-        float lo[8], hi[8];
-        load8(a, e0, d, vec, lo);
-        load8(c, e0, d, vec, hi);
-        const float* qa = sq + q_vec(ch, 0, sub, lm.lpk);  // head 0; head h at qa + h * dp
-#pragma unroll
-        for (int h = 0; h < kMaxG; ++h) {
-          if (h < G) {
-            float qv[8];
-            query8(qa, 4 * lm.lpk, qv);
-            qa += lm.dp;
+      float lo[8], hi[8];
+      group_tiles<kMaxG>(
+          sq, G, d, lm, sub,
+          [&](int e0) {
+            load8(a, e0, d, vec, lo);
+            load8(c, e0, d, vec, hi);
+          },
+          [&](int h, const float* qv) {
 #pragma unroll
             for (int j = 0; j < 8; ++j) part[h] += attn::page_bound_term(qv[j], lo[j], hi[j]);
-          }
-        }
-      }
+          });
     }
     float best = kNegInf;
 #pragma unroll
     for (int h = 0; h < kMaxG; ++h)
       if (h < G) best = fmaxf(best, nan_to_neginf(group_sum(part[h], lm.lpk)));
     if (!cand) best = kNegInf;
-    if (p < P && sub == 0) bound[(static_cast<int64_t>(b) * Hkv + g) * P + p] = best;
+    if (p < P && sub == 0) bound[w * P + p] = best;
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kScoreThreads)
-    token_score_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k,
-                                   Strides4 ks, const int64_t* __restrict__ lens, int G, int d, int N,
-                                   float scale, bool vec, int b0, float* __restrict__ scores /* [B, Hq, N] */) {
-  extern __shared__ float sq[];
-  const int g = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y * G;
-  const LaneMap lm = lane_map(d);
-  load_group_q(q, qsb, qsh, b, g, G, d, lm, scale, sq);
+// Token mode's running softmax states: one (m, l) per head and lane group (row slot) of the block, in
+// shared memory after the group's queries, at s_run[(warp * kpw + slot) * G + h]. Lane sub == h % lpk of
+// the group owns head h's entry (the lpk lanes of a group all hold the same group_sum, so one of them
+// suffices): no two lanes touch an entry, and no per-head state lives in registers (16 heads x 2 floats
+// per lane would cost the scoring loop a third of its registers).
+inline size_t softmax_run_smem(int G, const LaneMap& lm) {
+  return static_cast<size_t>(kScoreThreads / 32) * lm.kpw * G * sizeof(decode_vote::SoftStat);
+}
+
+// The block's softmax partial per head from the running states: one thread per head merges the lane
+// groups' entries in (warp, slot) order, to stats[(w * G + h) * gridDim.x + blockIdx.x]. The whole
+// block calls it after its last push.
+__device__ __forceinline__ void block_softmax_partials(const decode_vote::SoftStat* s_run, int G, int groups,
+                                                       int64_t w, float2* __restrict__ stats) {
   __syncthreads();
-  const int64_t L = lens[b];
+  for (int h = threadIdx.x; h < G; h += blockDim.x) {
+    decode_vote::SoftStat a = decode_vote::softmax_empty();
+    for (int x = 0; x < groups; ++x) a = decode_vote::softmax_merge(a, s_run[x * G + h]);
+    stats[(w * G + h) * gridDim.x + blockIdx.x] = make_float2(a.m, a.l);
+  }
+}
+
+// Exact token scores of (b, KV head g) for the tokens t < L this block takes, to scores [B, Hq, N]
+// (head h of the group at (w * G + h) * N), and the block's softmax partial per head (m, l over those
+// tokens: decode_vote::softmax_push in each lane group's token order into its s_run entries, then
+// block_softmax_partials). The whole block calls it.
+template <typename T>
+__device__ __forceinline__ void token_scores_block(const float* __restrict__ sq, const T* __restrict__ k,
+                                                   Strides4 ks, int64_t L, int G, int d, int N, bool vec, int b,
+                                                   int g, int64_t w, float* __restrict__ scores,
+                                                   decode_vote::SoftStat* s_run, float2* __restrict__ stats) {
+  using decode_vote::SoftStat;
+  const LaneMap lm = lane_map(d);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
   const int sub = lane % lm.lpk, slot = lane / lm.lpk;
+  SoftStat* run = s_run + (warp * lm.kpw + slot) * G;  // this lane group's entries; lane sub owns h % lpk == sub
+  for (int h = sub; h < G; h += lm.lpk) run[h] = decode_vote::softmax_empty();
   const int64_t step = static_cast<int64_t>(gridDim.x) * nw * lm.kpw;
   // warp-uniform loops over groups of kpw tokens (lane group `slot` scores token t0 + slot) or, for
   // groups of at most kMaxG / 2 heads, of 2 kpw tokens (tokens t0 + slot and t0 + kpw + slot: the warp
   // reads 2 kpw consecutive rows)
   const T* kb = k + b * ks.b + g * ks.h;
-  float* sb0 = scores + (static_cast<int64_t>(b) * Hq + g * G) * N;  // head h's row at sb0 + h * N
+  float* sb0 = scores + w * G * N;  // head h's row at sb0 + h * N
   if (G <= kMaxG / 2) {  // two tokens a lane group (2 x kMaxG / 2 partials: the registers of one x kMaxG)
     for (int64_t t0 = (static_cast<int64_t>(blockIdx.x) * nw + warp) * 2 * lm.kpw; t0 < L; t0 += 2 * step) {
       const int64_t ta = t0 + slot, tb = ta + lm.kpw;
@@ -315,6 +356,12 @@ __global__ void __launch_bounds__(kScoreThreads)
           const float sa = group_sum(pa[h], lm.lpk), sb = group_sum(pb[h], lm.lpk);
           if (oka && sub == 0) sb0[h * N + ta] = sa;
           if (okb && sub == 0) sb0[h * N + tb] = sb;
+          if ((h & (lm.lpk - 1)) == sub && oka) {
+            SoftStat st = run[h];
+            decode_vote::softmax_push(st, decode_vote::sanitize(sa));
+            if (okb) decode_vote::softmax_push(st, decode_vote::sanitize(sb));
+            run[h] = st;
+          }
         }
       }
     }
@@ -329,58 +376,116 @@ __global__ void __launch_bounds__(kScoreThreads)
         if (h < G) {
           const float sc = group_sum(part[h], lm.lpk);
           if (ok && sub == 0) sb0[h * N + t] = sc;
+          if ((h & (lm.lpk - 1)) == sub && ok) {
+            SoftStat st = run[h];
+            decode_vote::softmax_push(st, decode_vote::sanitize(sc));
+            run[h] = st;
+          }
         }
       }
     }
   }
+  block_softmax_partials(s_run, G, nw * lm.kpw, w, stats);
 }
 
-// Soft votes of one (b, KV head): for each query head a softmax over the L
-// valid tokens, summed over the group. One block per (g, b).
-__global__ void __launch_bounds__(kVoteThreads)
-    vote_kernel(const float* __restrict__ scores, const int64_t* __restrict__ lens, int G, int N, int b0,
-                            float* __restrict__ vote /* [B, Hkv, N] */) {
-  using Reduce = cub::BlockReduce<float, kVoteThreads>;
-  __shared__ typename Reduce::TempStorage tmp;
-  __shared__ float s_m, s_l;
-  const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
-  const int64_t L = lens[b];
-  float* vt = vote + (static_cast<int64_t>(b) * Hkv + g) * N;
-  for (int64_t t = threadIdx.x; t < L; t += blockDim.x) vt[t] = 0.f;
-  for (int h = 0; h < G; ++h) {
-    const float* sh = scores + (static_cast<int64_t>(b) * Hkv * G + g * G + h) * N;
-    float m = kNegInf;
-    for (int64_t t = threadIdx.x; t < L; t += blockDim.x) m = fmaxf(m, nan_to_neginf(sh[t]));
-    m = Reduce(tmp).Reduce(m, [](float a, float b) { return fmaxf(a, b); });
-    if (threadIdx.x == 0) s_m = m;
-    __syncthreads();
-    m = s_m;
-    float l = 0.f;
-    if (m != kNegInf)
-      for (int64_t t = threadIdx.x; t < L; t += blockDim.x) l += expf(nan_to_neginf(sh[t]) - m);
-    l = Reduce(tmp).Sum(l);
-    if (threadIdx.x == 0) s_l = l;
-    __syncthreads();
-    l = s_l;
-    if (m != kNegInf && l > 0.f) {
-      const float inv = 1.f / l;
-      for (int64_t t = threadIdx.x; t < L; t += blockDim.x) vt[t] += expf(nan_to_neginf(sh[t]) - m) * inv;
+// Token mode: the candidate tokens' votes of (b, KV head g) in one pass. The head's softmax state is
+// the merge of the scoring blocks' partials (a warp per head: lane j merges blocks j, j + 32, ... in
+// order, then the xor butterfly; lane 0's result), then vote[w * N + t] = decode_vote::vote_value for
+// t in [first, last). Every value is independent of the block size (vote_kernel: kVoteThreads,
+// score_select_kernel: kScoreThreads). The scores and partials may come from other blocks of the same
+// kernel: L2 loads (__ldcg). The whole block calls it.
+__device__ __forceinline__ void vote_row(const float* scores /* [B, Hq, N] */, const float2* stats, int gx, int G,
+                                         int N, int64_t first, int64_t last, int64_t w, float* vote /* [B, Hkv, N] */,
+                                         decode_vote::HeadNorm* s_norm /* shared [kMaxG] */) {
+  using decode_vote::SoftStat;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  for (int h = warp; h < G; h += nw) {
+    const float2* sh = stats + (w * G + h) * gx;
+    SoftStat a = decode_vote::softmax_empty();
+    for (int j = lane; j < gx; j += 32) {
+      const float2 x = __ldcg(sh + j);
+      a = decode_vote::softmax_merge(a, SoftStat{x.x, x.y});
     }
-    __syncthreads();
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const SoftStat o2{__shfl_xor_sync(0xffffffffu, a.m, o), __shfl_xor_sync(0xffffffffu, a.l, o)};
+      a = decode_vote::softmax_merge(a, o2);
+    }
+    if (lane == 0) s_norm[h] = decode_vote::head_norm(a);
   }
+  __syncthreads();
+  const float* sb = scores + w * G * N;  // head h's row at sb + h * N
+  for (int64_t t = first + threadIdx.x; t < last; t += blockDim.x)
+    vote[w * N + t] =
+        decode_vote::vote_value(s_norm, G, [&](int h) { return decode_vote::sanitize(__ldcg(sb + h * N + t)); });
+}
+
+// Token mode: the middle region [first, last) of row b and whether the selection reads votes at all
+// (budget < its length; otherwise every middle token is selected and no vote is computed).
+__device__ __forceinline__ bool vote_needed(int64_t len, int sink, int window, int64_t budget, int64_t* first,
+                                            int64_t* last) {
+  const attn::Region r = attn::decode_region(len, sink, window);
+  *first = r.sink_end;
+  *last = r.win_start;
+  return budget < r.win_start - r.sink_end;
+}
+
+// ---- the unfused scoring kernels (SOFTDEC_DECODE_FUSED=0): one block per (x, KV head, row)
+template <typename T>
+__global__ void __launch_bounds__(kScoreThreads)
+    page_bound_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ mn,
+                      const T* __restrict__ mx, Strides4 ss, const int64_t* __restrict__ lens, int G, int d, int P,
+                      int ps, int sink, int window, float scale, bool vec, int b0, float* __restrict__ bound) {
+  extern __shared__ float sq[];
+  const int g = blockIdx.y, b = b0 + blockIdx.z, Hkv = gridDim.y;
+  load_group_q(q, qsb, qsh, b, g, G, d, lane_map(d), scale, sq);
+  __syncthreads();
+  page_bounds_block(sq, mn, mx, ss, lens[b], G, d, P, ps, sink, window, vec, b, g,
+                    static_cast<int64_t>(b) * Hkv + g, bound);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kScoreThreads, kScoreMinBlocks)
+    token_score_kernel(const T* __restrict__ q, int64_t qsb, int64_t qsh, const T* __restrict__ k, Strides4 ks,
+                       const int64_t* __restrict__ lens, int G, int d, int N, float scale, bool vec, int b0,
+                       float* __restrict__ scores /* [B, Hq, N] */,
+                       float2* __restrict__ stats /* [B, Hkv, G, gridDim.x] */) {
+  extern __shared__ float sq[];  // the group's queries [G][dp], then the running softmax states
+  const int g = blockIdx.y, b = b0 + blockIdx.z, Hkv = gridDim.y;
+  const LaneMap lm = lane_map(d);
+  load_group_q(q, qsb, qsh, b, g, G, d, lm, scale, sq);
+  __syncthreads();
+  token_scores_block(sq, k, ks, lens[b], G, d, N, vec, b, g, static_cast<int64_t>(b) * Hkv + g, scores,
+                     reinterpret_cast<decode_vote::SoftStat*>(sq + G * lm.dp), stats);
+}
+
+// Soft votes of one (b, KV head): vote_row, one block per (g, b).
+__global__ void __launch_bounds__(kVoteThreads)
+    vote_kernel(const float* __restrict__ scores, const float2* __restrict__ stats, int gx,
+                const int64_t* __restrict__ lens, int G, int N, int sink, int window, int64_t budget, int b0,
+                float* __restrict__ vote /* [B, Hkv, N] */) {
+  __shared__ decode_vote::HeadNorm s_norm[kMaxG];
+  const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
+  int64_t first, last;
+  if (!vote_needed(lens[b], sink, window, budget, &first, &last)) return;  // block-uniform
+  vote_row(scores, stats, gx, G, N, first, last, static_cast<int64_t>(b) * Hkv + g, vote, s_norm);
 }
 
 // Selection of one (b, KV head) w = b * Hkv + g: top candidates of `score` by
 // (score desc, index asc), expanded to tokens, written ascending after the sink
 // tokens and followed by the window tokens to sel[w * M ...]; cnt[w] = their
 // number, which the function also returns (block-uniform). The whole block of
-// kSelThreads threads calls it. The writes to sel are visible to the block
-// after a __syncthreads (read them with plain loads, not __ldg).
+// THREADS threads calls it (select_kernel: kSelThreads, score_select_kernel: kScoreThreads; the result
+// does not depend on THREADS: the radix select's counts are exact, the tie ranks and output offsets are
+// exclusive scans over contiguous index segments, i.e. index order). `score` is read from L2 (__ldcg):
+// in score_select_kernel other blocks of the same kernel wrote it. The writes to sel are visible to the
+// block after a __syncthreads (read them with plain loads, not __ldg).
+template <int THREADS>
 __device__ __forceinline__ int64_t select_row(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
                                               const int64_t* __restrict__ lens, bool page_mode, int ps, int sink,
                                               int window, int64_t budget, int M, int b, int g, int Hkv,
                                               int32_t* sel /* [B, Hkv, M] */, int32_t* cnt, int64_t* idx_out) {
-  using Scan = cub::BlockScan<int64_t, kSelThreads>;
+  using Scan = cub::BlockScan<int64_t, THREADS>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ uint32_t hist[256];
   __shared__ uint32_t s_word;
@@ -401,23 +506,23 @@ __device__ __forceinline__ int64_t select_row(const float* __restrict__ score /*
   int64_t greater = 0;
   const bool all = need >= n;
   if (!all) {
-    kth = block_radix_select<kSelThreads>(
-        n, need, true, [&](int64_t i) { return order_key(sc[i]); }, &greater, hist, &s_word, &s_count);
+    kth = block_radix_select<THREADS>(
+        n, need, true, [&](int64_t i) { return order_key(__ldcg(sc + i)); }, &greater, hist, &s_word, &s_count);
   }
   const int64_t ties_needed = need - greater;
   // Pass 1: tie ranks in index order (contiguous segments per thread).
-  const int64_t seg = (n + kSelThreads - 1) / kSelThreads;
+  const int64_t seg = (n + THREADS - 1) / THREADS;
   const int64_t i0 = min(n, threadIdx.x * seg), i1 = min(n, i0 + seg);
   int64_t ties = 0;
   if (!all)
-    for (int64_t i = i0; i < i1; ++i) ties += order_key(sc[i]) == kth;
+    for (int64_t i = i0; i < i1; ++i) ties += order_key(__ldcg(sc + i)) == kth;
   int64_t tie_rank;
   Scan(scan_tmp).ExclusiveSum(ties, tie_rank);
   __syncthreads();
   // Pass 2: tokens contributed by the selected candidates, in index order.
   auto chosen = [&](int64_t i, int64_t& rank) {
     if (all) return true;
-    const uint32_t key = order_key(sc[i]);
+    const uint32_t key = order_key(__ldcg(sc + i));
     if (key > kth) return true;
     if (key == kth) return rank++ < ties_needed;
     return false;
@@ -436,7 +541,7 @@ __device__ __forceinline__ int64_t select_row(const float* __restrict__ score /*
   }
   int64_t off;
   Scan(scan_tmp).ExclusiveSum(mine, off);
-  if (threadIdx.x == kSelThreads - 1) s_total = off + mine;
+  if (threadIdx.x == THREADS - 1) s_total = off + mine;
   int32_t* s = sel + w * M;
   {
     int64_t rank = tie_rank, o = r.sink_end + off;
@@ -466,18 +571,14 @@ __device__ __forceinline__ int64_t select_row(const float* __restrict__ score /*
   return total;
 }
 
-// The selection step of the unfused and split-KV paths: one block per (g, b). `ctr` (the fused path's
-// per-(row, kv head) arrival counters, or null) is zeroed here, so decode_attn_kernel<fused>, which runs
-// after this kernel on the same stream, starts from 0 in every call without a memset or a persistent
-// workspace shared between streams.
+// The selection step of the unfused path: one block per (g, b).
 __global__ void __launch_bounds__(kSelThreads)
     select_kernel(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
                               const int64_t* __restrict__ lens, bool page_mode, int ps, int sink, int window,
                               int64_t budget, int M, int b0, int32_t* __restrict__ sel /* [B, Hkv, M] */,
-                              int32_t* __restrict__ cnt, int64_t* __restrict__ idx_out, int32_t* __restrict__ ctr) {
+                              int32_t* __restrict__ cnt, int64_t* __restrict__ idx_out) {
   const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
-  if (ctr && threadIdx.x == 0) ctr[static_cast<int64_t>(b) * Hkv + g] = 0;
-  select_row(score, S, lens, page_mode, ps, sink, window, budget, M, b, g, Hkv, sel, cnt, idx_out);
+  select_row<kSelThreads>(score, S, lens, page_mode, ps, sink, window, budget, M, b, g, Hkv, sel, cnt, idx_out);
 }
 
 // ------------------------------------------------------------------ decode attention (split-KV)
@@ -508,7 +609,7 @@ template <typename T>
 __device__ __forceinline__ void chunk_state(float* smem, const T* __restrict__ q, int64_t qsb, int64_t qsh,
                                             const T* __restrict__ k, Strides4 ks, const T* __restrict__ v,
                                             Strides4 vs, const int32_t* tok, int n,
-                                            const float* __restrict__ scores /* token mode or null */, int G,
+                                            const float* scores /* token mode or null */, int G,
                                             int d, int N, float scale, bool veck, bool vecv, int b, int g,
                                             int64_t w, float* pt) {
   const LaneMap lm = lane_map(d);
@@ -532,7 +633,7 @@ __device__ __forceinline__ void chunk_state(float* smem, const T* __restrict__ q
   if (scores) {
     for (int x = threadIdx.x; x < G * n; x += blockDim.x) {
       const int h = x / n, j = x % n;
-      sp[h * kChunk + j] = scores[(w * G + h) * N + stok[j]];
+      sp[h * kChunk + j] = __ldcg(scores + (w * G + h) * N + stok[j]);  // maybe written by this kernel
     }
   } else {
     const int sub = lane % lm.lpk, slot = lane / lm.lpk;
@@ -655,7 +756,7 @@ __device__ __forceinline__ void merge_group(const float* pw, int G, int d, int c
 
 // Split-KV chunk attention: one block per (chunk of kChunk selected tokens, KV head, row), the chunk's
 // state to part [B, Hkv, chunks, G, d + 2]. FUSED: "last block done" -- each block fences its state,
-// thread 0 adds 1 to ctr[w] (an integer atomic; zeroed by select_kernel earlier on the stream), and the
+// thread 0 adds 1 to ctr[w] (an integer atomic; zeroed by the host's memset earlier on the stream), and the
 // block that arrives last (decode_fuse::arrived_last) resets ctr[w] to 0 and merges all chunks in chunk
 // order into out [B, Hq, d]: the bits of decode_merge_kernel, whichever block is last.
 template <typename T, bool FUSED>
@@ -703,29 +804,88 @@ __global__ void __launch_bounds__(kMergeThreads)
     out[(static_cast<int64_t>(b) * Hq + h) * d + i] = from_float<T>(decode_fuse::merge_elem(base, cs, chunks, s, i, LoadCg{}));
 }
 
-// The one-block path (M <= kChunk: a single chunk): one block of kSelThreads threads per (KV head, row)
-// selects (select_row), attends to the selected tokens (chunk_state, the arithmetic of
-// decode_attn_kernel) and writes the output through the one-chunk merge (merge_group), in one launch.
+// The fused paths' arguments (one struct: score_select_kernel takes the scoring, the selection and the
+// attention arguments at once).
 template <typename T>
-__global__ void __launch_bounds__(kSelThreads)
-    select_attn_kernel(const float* __restrict__ score /* [B, Hkv, S] */, int64_t S,
-                       const int64_t* __restrict__ lens, bool page_mode, int ps, int sink, int window,
-                       int64_t budget, int M, int b0, int32_t* sel /* [B, Hkv, M] */, int32_t* cnt,
-                       int64_t* __restrict__ idx_out, const T* __restrict__ q, int64_t qsb, int64_t qsh,
-                       const T* __restrict__ k, Strides4 ks, const T* __restrict__ v, Strides4 vs,
-                       const float* __restrict__ scores /* token mode or null */, int G, int d, int N, float scale,
-                       bool veck, bool vecv, float* part /* [B, Hkv, 1, G, d + 2] */, T* __restrict__ out) {
+struct FusedArgs {
+  const T* q;
+  int64_t qsb, qsh;
+  const T *mn, *mx;  // page mode: the page summaries
+  Strides4 ss;
+  const T *k, *v;
+  Strides4 ks, vs;
+  const int64_t* lens;
+  int G, d, N, P, ps, sink, window, M, b0;
+  float scale;
+  int64_t budget;
+  bool vecs, veck, vecv;  // 16-byte rows: summaries, K, V
+  float* score_sel;       // page mode: bounds [B, Hkv, P]; token mode: votes [B, Hkv, N]
+  float* scores;          // token mode: [B, Hq, N]
+  float2* stats;          // token mode: [B, Hkv, G, gridDim.x] softmax partials
+  int32_t* ctr;           // [B, Hkv] scoring arrivals (zeroed by the host when gridDim.x > 1)
+  int32_t *sel, *cnt;     // [B, Hkv, M], [B, Hkv]
+  int64_t* idx_out;       // [B, Hkv, M] or null
+  float* part;            // ATTEND: [B, Hkv, 1, G, d + 2]
+  T* out;                 // ATTEND: [B, Hq, d]
+};
+
+// Scoring with the selection fused in (and, ATTEND, the attention of a single chunk: M <= kChunk):
+// one block per (x, KV head, row), kScoreThreads threads. Every block scores its share (page bounds, or
+// token scores + softmax partials); with more than one block per (row, kv head) the blocks meet at a
+// "last block done" counter (each thread fences its writes, thread 0 adds 1 to ctr[w] -- one integer
+// atomicAdd -- and the block that reads gridDim.x - 1 resets ctr[w] to 0), so the last block sees every
+// score (L2 loads) and goes on: token mode votes (vote_row), then select_row -- the keys, tie rule and
+// output of select_kernel -- then, ATTEND, chunk_state + the one-chunk merge (the arithmetic of
+// decode_attn_kernel and merge kernel). The scores, partials and votes are those of the unfused kernels
+// (same scoring bodies on the same grid), so both paths select the same tokens and give the same bits.
+template <typename T, bool PAGE, bool ATTEND>
+__global__ void __launch_bounds__(kScoreThreads, kScoreSelectMinBlocks(PAGE, ATTEND)) score_select_kernel(const FusedArgs<T> a) {
+  // the group's queries [G][dp] and (token mode) the running softmax states; then, ATTEND, chunk_state's
   extern __shared__ float smem[];
-  const int g = blockIdx.x, b = b0 + blockIdx.y, Hkv = gridDim.x;
+  __shared__ decode_vote::HeadNorm s_norm[kMaxG];
+  __shared__ int s_last;
+  const int g = blockIdx.y, b = a.b0 + blockIdx.z, Hkv = gridDim.y;
   const int64_t w = static_cast<int64_t>(b) * Hkv + g;
-  const int64_t total = select_row(score, S, lens, page_mode, ps, sink, window, budget, M, b, g, Hkv, sel, cnt,
-                                   idx_out);
-  __syncthreads();  // sel[w * M ...] written by the block: visible to it
-  const int n = static_cast<int>(imin(total, kChunk));
-  float* pw = part + w * G * (d + 2);
-  chunk_state<T>(smem, q, qsb, qsh, k, ks, v, vs, sel + w * M, n, scores, G, d, N, scale, veck, vecv, b, g, w, pw);
-  __syncthreads();  // the state written by the block: visible to it
-  merge_group<T>(pw, G, d, 1, out + w * G * d);
+  load_group_q(a.q, a.qsb, a.qsh, b, g, a.G, a.d, lane_map(a.d), a.scale, smem);
+  __syncthreads();
+  if constexpr (PAGE)
+    page_bounds_block(smem, a.mn, a.mx, a.ss, a.lens[b], a.G, a.d, a.P, a.ps, a.sink, a.window, a.vecs, b, g, w,
+                      a.score_sel);
+  else
+    token_scores_block(smem, a.k, a.ks, a.lens[b], a.G, a.d, a.N, a.veck, b, g, w, a.scores,
+                       reinterpret_cast<decode_vote::SoftStat*>(smem + a.G * lane_map(a.d).dp), a.stats);
+  if (gridDim.x > 1) {  // grid-uniform
+    __threadfence();    // this thread's score writes are visible device-wide before the count below
+    __syncthreads();    // ... for every thread of the block
+    if (threadIdx.x == 0) {
+      const int last = decode_fuse::arrived_last(atomicAdd(a.ctr + w, 1), static_cast<int>(gridDim.x));
+      if (last) a.ctr[w] = 0;  // reset: the counter is back at 0 after the call
+      s_last = last;
+    }
+    __syncthreads();
+    if (!s_last) return;  // block-uniform
+    __threadfence();      // order the reads below after the observed count
+  } else {
+    __syncthreads();  // the block's own score writes: visible to it
+  }
+  if constexpr (!PAGE) {
+    int64_t first, last;
+    if (vote_needed(a.lens[b], a.sink, a.window, a.budget, &first, &last)) {  // block-uniform
+      vote_row(a.scores, a.stats, static_cast<int>(gridDim.x), a.G, a.N, first, last, w, a.score_sel, s_norm);
+      __syncthreads();  // the votes: visible to the block
+    }
+  }
+  const int64_t total = select_row<kScoreThreads>(a.score_sel, PAGE ? a.P : a.N, a.lens, PAGE, a.ps, a.sink,
+                                                  a.window, a.budget, a.M, b, g, Hkv, a.sel, a.cnt, a.idx_out);
+  if constexpr (ATTEND) {
+    __syncthreads();  // sel[w * M ...] written by the block: visible to it
+    const int n = static_cast<int>(imin(total, kChunk));
+    float* pw = a.part + w * a.G * (a.d + 2);
+    chunk_state<T>(smem, a.q, a.qsb, a.qsh, a.k, a.ks, a.v, a.vs, a.sel + w * a.M, n, PAGE ? nullptr : a.scores,
+                   a.G, a.d, a.N, a.scale, a.veck, a.vecv, b, g, w, pw);
+    __syncthreads();  // the state written by the block: visible to it
+    merge_group<T>(pw, a.G, a.d, 1, a.out + w * a.G * a.d);
+  }
 }
 
 // ------------------------------------------------------------------ host: decode
@@ -826,104 +986,140 @@ void decode_launch(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
   // 16-byte row loads: d a multiple of 8 (a lane's group of 8 elements is whole) and rows 16-byte aligned.
   const bool veck = d % 8 == 0 && vec_ok(k_cache, d, sizeof(NT));
   const bool vecv = d % 8 == 0 && vec_ok(v_cache, d, sizeof(NT));
+  const bool vecs = page_mode && d % 8 == 0 && vec_ok(*mn, d, sizeof(NT)) && vec_ok(*mx, d, sizeof(NT));
   const LaneMap lm = lane_map(static_cast<int>(d));
-  const size_t qsm = static_cast<size_t>(G) * lm.dp * sizeof(float);
+  // scoring: the group's queries (+ token mode: the running softmax states, after them: 8-byte aligned,
+  // dp is a multiple of 8)
+  const size_t qsm = static_cast<size_t>(G) * lm.dp * sizeof(float) + (page_mode ? 0 : softmax_run_smem(G, lm));
   const size_t smem = decode_attn_smem(G, lm.dp);
   // Shared memory above 48 KB (large G x head_dim): opt in, or a clear error past the device's maximum.
   const std::string what = detail::cat("sparse_decode_attention with ", G, " query heads per kv head and head_dim ",
                                        d);
+  const unsigned hkv = static_cast<unsigned>(Hkv);
+  const int64_t P = page_mode ? mn->size(2) : 0, S = page_mode ? P : N;
+  // Scoring blocks per (row, kv head), the same on every path (the token softmax partials depend on it):
+  // page mode kpw pages a warp, token mode kpw tokens (2 kpw for G <= kMaxG / 2); at least kScorePasses
+  // passes a block, so loading the group's queries stays small.
+  const int64_t per_block =
+      static_cast<int64_t>(kScoreThreads / 32) * (!page_mode && G <= kMaxG / 2 ? 2 : 1) * lm.kpw;
+  const int gx = static_cast<int>(
+      page_mode ? imin(attn::ceil_div(P, per_block * kScorePasses), 1024) : imin(attn::ceil_div(N, per_block * kScorePasses), 4096));
+  Tensor score_sel = new_empty(q, {B, Hkv, S}, ScalarType::Float);
+  Tensor scores = new_empty(q, {page_mode ? 0 : B, Hq, N}, ScalarType::Float);
+  Tensor stats = new_empty(q, {page_mode ? 0 : B, Hkv, G, gx, 2}, ScalarType::Float);
+  Tensor sel = new_empty(q, {B, Hkv, imax(M, 1)}, ScalarType::Int);
+  Tensor cnt = new_empty(q, {B, Hkv}, ScalarType::Int);
+  const int chunks = static_cast<int>(decode_fuse::num_chunks(M, kChunk));
+  Tensor part = new_empty(q, {B, Hkv, chunks, G, d + 2}, ScalarType::Float);
+  float* scp = page_mode ? nullptr : scores.mutable_data_ptr<float>();
+  float2* stp = page_mode ? nullptr : reinterpret_cast<float2*>(stats.mutable_data_ptr<float>());
+  NT* op = reinterpret_cast<NT*>(out.data_ptr());
+  const decode_fuse::Path path = decode_fuse::choose_path(M, kChunk, decode_fused_enabled());
+
+  if (path != decode_fuse::Path::kUnfused) {
+    const bool attend = path == decode_fuse::Path::kSingleBlock;
+    // The arrival counters: [0] scoring blocks (score_select_kernel, when gx > 1), [1] chunk blocks
+    // (decode_attn_kernel<fused>). One memset zeroes both when either is used; each kernel's last block
+    // resets its counter, so the counters are back at 0 after the call.
+    Tensor ctr = new_empty(q, {2, B, Hkv}, ScalarType::Int);
+    if (decode_fuse::counters_needed(path, gx))
+      SOFTDEC_CUDA_CHECK(cudaMemsetAsync(ctr.data_ptr(), 0, static_cast<size_t>(2 * B * Hkv) * sizeof(int32_t), st));
+    int32_t* ctrp = ctr.mutable_data_ptr<int32_t>();
+    FusedArgs<NT> a{};
+    a.q = qp;
+    a.qsb = q.stride(0);
+    a.qsh = q.stride(1);
+    if (page_mode) {
+      a.mn = reinterpret_cast<const NT*>(mn->data_ptr());
+      a.mx = reinterpret_cast<const NT*>(mx->data_ptr());
+      a.ss = strides4(*mn);
+    }
+    a.k = kp;
+    a.v = vp;
+    a.ks = strides4(k_cache);
+    a.vs = strides4(v_cache);
+    a.lens = lp;
+    a.G = G;
+    a.d = static_cast<int>(d);
+    a.N = static_cast<int>(N);
+    a.P = static_cast<int>(P);
+    a.ps = static_cast<int>(ps);
+    a.sink = static_cast<int>(sink);
+    a.window = static_cast<int>(window);
+    a.M = static_cast<int>(M);
+    a.scale = scale;
+    a.budget = budget;
+    a.vecs = vecs;
+    a.veck = veck;
+    a.vecv = vecv;
+    a.score_sel = score_sel.mutable_data_ptr<float>();
+    a.scores = scp;
+    a.stats = stp;
+    a.ctr = ctrp;
+    a.sel = sel.mutable_data_ptr<int32_t>();
+    a.cnt = cnt.mutable_data_ptr<int32_t>();
+    a.idx_out = idx_out;
+    a.part = part.mutable_data_ptr<float>();
+    a.out = op;
+    auto kernel = page_mode ? (attend ? score_select_kernel<NT, true, true> : score_select_kernel<NT, true, false>)
+                            : (attend ? score_select_kernel<NT, false, true> : score_select_kernel<NT, false, false>);
+    const size_t ssm = attend ? std::max(smem, qsm) : qsm;
+    set_dynamic_smem(kernel, ssm, what);
+    if (!attend) set_dynamic_smem(decode_attn_kernel<NT, true>, smem, what);
+    for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+      const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
+      a.b0 = static_cast<int>(b0);
+      kernel<<<dim3(static_cast<unsigned>(gx), hkv, rows), kScoreThreads, ssm, st>>>(a);
+      SOFTDEC_CUDA_LAUNCH_CHECK();
+      if (!attend) {
+        decode_attn_kernel<NT, true><<<dim3(static_cast<unsigned>(chunks), hkv, rows), kAttnThreads, smem, st>>>(
+            qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
+            cnt.const_data_ptr<int32_t>(), scp, G, static_cast<int>(d), static_cast<int>(N), static_cast<int>(M),
+            scale, veck, vecv, static_cast<int>(b0), part.mutable_data_ptr<float>(), ctrp + B * Hkv, op);
+        SOFTDEC_CUDA_LAUNCH_CHECK();
+      }
+    }
+    return;
+  }
+
+  // Unfused (SOFTDEC_DECODE_FUSED=0): scoring (page bounds, or token scores + votes) -> select_kernel ->
+  // decode_attn_kernel -> decode_merge_kernel.
   if (page_mode) set_dynamic_smem(page_bound_kernel<NT>, qsm, what);
   else set_dynamic_smem(token_score_kernel<NT>, qsm, what);
-  const unsigned hkv = static_cast<unsigned>(Hkv);
-  Tensor scores, score_sel;
-  int64_t S;
-  if (page_mode) {
-    const int64_t P = mn->size(2);
-    score_sel = new_empty(q, {B, Hkv, P}, ScalarType::Float);
-    const bool vecs = d % 8 == 0 && vec_ok(*mn, d, sizeof(NT)) && vec_ok(*mx, d, sizeof(NT));
-    // pages per block pass; at least kScorePasses passes a block, so loading the group's queries stays small
-    const int64_t per_block = static_cast<int64_t>(kScoreThreads / 32) * lm.kpw;
-    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(P, per_block * kScorePasses), 1024));
-    for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
-      page_bound_kernel<NT><<<dim3(gx, hkv, static_cast<unsigned>(imin(kMaxGridYZ, B - b0))), kScoreThreads, qsm,
-                              st>>>(
+  set_dynamic_smem(decode_attn_kernel<NT, false>, smem, what);
+  for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
+    const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
+    const dim3 sgrid(static_cast<unsigned>(gx), hkv, rows);
+    if (page_mode) {
+      page_bound_kernel<NT><<<sgrid, kScoreThreads, qsm, st>>>(
           qp, q.stride(0), q.stride(1), reinterpret_cast<const NT*>(mn->data_ptr()),
           reinterpret_cast<const NT*>(mx->data_ptr()), strides4(*mn), lp, G, static_cast<int>(d),
           static_cast<int>(P), static_cast<int>(ps), static_cast<int>(sink), static_cast<int>(window), scale,
           vecs, static_cast<int>(b0), score_sel.mutable_data_ptr<float>());
       SOFTDEC_CUDA_LAUNCH_CHECK();
-    }
-    S = P;
-  } else {
-    scores = new_empty(q, {B, Hq, N}, ScalarType::Float);
-    score_sel = new_empty(q, {B, Hkv, N}, ScalarType::Float);
-    // tokens per block pass (kpw a warp, 2 kpw for G <= kMaxG / 2); at least kScorePasses passes a block
-    // (the group's queries are loaded once a block)
-    const int64_t per_block = static_cast<int64_t>(kScoreThreads / 32) * (G <= kMaxG / 2 ? 2 : 1) * lm.kpw;
-    const unsigned gx = static_cast<unsigned>(imin(attn::ceil_div(N, per_block * kScorePasses), 4096));
-    for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
-      const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
-      token_score_kernel<NT><<<dim3(gx, hkv, rows), kScoreThreads, qsm, st>>>(
+    } else {
+      token_score_kernel<NT><<<sgrid, kScoreThreads, qsm, st>>>(
           qp, q.stride(0), q.stride(1), kp, strides4(k_cache), lp, G, static_cast<int>(d), static_cast<int>(N),
-          scale, veck, static_cast<int>(b0), scores.mutable_data_ptr<float>());
+          scale, veck, static_cast<int>(b0), scp, stp);
       SOFTDEC_CUDA_LAUNCH_CHECK();
-      vote_kernel<<<dim3(hkv, rows), kVoteThreads, 0, st>>>(scores.const_data_ptr<float>(), lp, G,
-                                                         static_cast<int>(N), static_cast<int>(b0),
-                                                         score_sel.mutable_data_ptr<float>());
-      SOFTDEC_CUDA_LAUNCH_CHECK();
-    }
-    S = N;
-  }
-  Tensor sel = new_empty(q, {B, Hkv, imax(M, 1)}, ScalarType::Int);
-  Tensor cnt = new_empty(q, {B, Hkv}, ScalarType::Int);
-  const int chunks = static_cast<int>(decode_fuse::num_chunks(M, kChunk));
-  Tensor part = new_empty(q, {B, Hkv, chunks, G, d + 2}, ScalarType::Float);
-  const decode_fuse::Path path = decode_fuse::choose_path(M, kChunk, decode_fused_enabled());
-  const float* sc = page_mode ? nullptr : scores.const_data_ptr<float>();
-  NT* op = reinterpret_cast<NT*>(out.data_ptr());
-  if (path == decode_fuse::Path::kSingleBlock) {
-    set_dynamic_smem(select_attn_kernel<NT>, smem, what);
-    for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
-      const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
-      select_attn_kernel<NT><<<dim3(hkv, rows), kSelThreads, smem, st>>>(
-          score_sel.const_data_ptr<float>(), S, lp, page_mode, static_cast<int>(ps), static_cast<int>(sink),
-          static_cast<int>(window), budget, static_cast<int>(M), static_cast<int>(b0),
-          sel.mutable_data_ptr<int32_t>(), cnt.mutable_data_ptr<int32_t>(), idx_out, qp, q.stride(0), q.stride(1),
-          kp, strides4(k_cache), vp, strides4(v_cache), sc, G, static_cast<int>(d), static_cast<int>(N), scale,
-          veck, vecv, part.mutable_data_ptr<float>(), op);
+      vote_kernel<<<dim3(hkv, rows), kVoteThreads, 0, st>>>(scp, stp, gx, lp, G, static_cast<int>(N),
+                                                           static_cast<int>(sink), static_cast<int>(window), budget,
+                                                           static_cast<int>(b0), score_sel.mutable_data_ptr<float>());
       SOFTDEC_CUDA_LAUNCH_CHECK();
     }
-    return;
-  }
-  const bool fused = path == decode_fuse::Path::kFusedMerge;
-  Tensor ctr = new_empty(q, {fused ? B : 0, Hkv}, ScalarType::Int);  // zeroed by select_kernel
-  int32_t* ctrp = fused ? ctr.mutable_data_ptr<int32_t>() : nullptr;
-  if (fused) set_dynamic_smem(decode_attn_kernel<NT, true>, smem, what);
-  else set_dynamic_smem(decode_attn_kernel<NT, false>, smem, what);
-  for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
-    const unsigned rows = static_cast<unsigned>(imin(kMaxGridYZ, B - b0));
     select_kernel<<<dim3(hkv, rows), kSelThreads, 0, st>>>(
         score_sel.const_data_ptr<float>(), S, lp, page_mode, static_cast<int>(ps), static_cast<int>(sink),
         static_cast<int>(window), budget, static_cast<int>(M), static_cast<int>(b0), sel.mutable_data_ptr<int32_t>(),
-        cnt.mutable_data_ptr<int32_t>(), idx_out, ctrp);
+        cnt.mutable_data_ptr<int32_t>(), idx_out);
     SOFTDEC_CUDA_LAUNCH_CHECK();
-    const dim3 agrid(static_cast<unsigned>(chunks), hkv, rows);
-    if (fused) {
-      decode_attn_kernel<NT, true><<<agrid, kAttnThreads, smem, st>>>(
-          qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
-          cnt.const_data_ptr<int32_t>(), sc, G, static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale,
-          veck, vecv, static_cast<int>(b0), part.mutable_data_ptr<float>(), ctrp, op);
-      SOFTDEC_CUDA_LAUNCH_CHECK();
-    } else {
-      decode_attn_kernel<NT, false><<<agrid, kAttnThreads, smem, st>>>(
-          qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
-          cnt.const_data_ptr<int32_t>(), sc, G, static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale,
-          veck, vecv, static_cast<int>(b0), part.mutable_data_ptr<float>(), nullptr, nullptr);
-      SOFTDEC_CUDA_LAUNCH_CHECK();
-      decode_merge_kernel<NT><<<dim3(static_cast<unsigned>(Hq), rows), kMergeThreads, 0, st>>>(
-          part.const_data_ptr<float>(), G, static_cast<int>(d), chunks, static_cast<int>(b0), op);
-      SOFTDEC_CUDA_LAUNCH_CHECK();
-    }
+    decode_attn_kernel<NT, false><<<dim3(static_cast<unsigned>(chunks), hkv, rows), kAttnThreads, smem, st>>>(
+        qp, q.stride(0), q.stride(1), kp, strides4(k_cache), vp, strides4(v_cache), sel.const_data_ptr<int32_t>(),
+        cnt.const_data_ptr<int32_t>(), scp, G, static_cast<int>(d), static_cast<int>(N), static_cast<int>(M), scale,
+        veck, vecv, static_cast<int>(b0), part.mutable_data_ptr<float>(), nullptr, nullptr);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
+    decode_merge_kernel<NT><<<dim3(static_cast<unsigned>(Hq), rows), kMergeThreads, 0, st>>>(
+        part.const_data_ptr<float>(), G, static_cast<int>(d), chunks, static_cast<int>(b0), op);
+    SOFTDEC_CUDA_LAUNCH_CHECK();
   }
 }
 

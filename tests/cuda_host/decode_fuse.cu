@@ -26,15 +26,21 @@ static void check_plan() {
     EXPECT(choose_path(M, C, false) == Path::kUnfused, "M=%lld switch off", (long long)M);
     EXPECT(choose_path(M, C, true) == (M <= C ? Path::kSingleBlock : Path::kFusedMerge), "M=%lld", (long long)M);
   }
-  // launches per call: page mode (summaries given) 4 -> 3 (split) / 2 (one block); token mode 5 -> 4 / 3
-  EXPECT(launches(Path::kUnfused, true, false) == 4 && launches(Path::kFusedMerge, true, false) == 3 &&
-             launches(Path::kSingleBlock, true, false) == 2,
+  // launches per call: page mode (summaries given) 4 unfused -> 2 (split) / 1 (one block); token mode
+  // 5 -> 2 / 1 (selection fused into scoring, votes into its last block)
+  EXPECT(launches(Path::kUnfused, true, false) == 4 && launches(Path::kFusedMerge, true, false) == 2 &&
+             launches(Path::kSingleBlock, true, false) == 1,
          "page mode");
-  EXPECT(launches(Path::kUnfused, true, true) == 5 && launches(Path::kSingleBlock, true, true) == 3,
+  EXPECT(launches(Path::kUnfused, true, true) == 5 && launches(Path::kFusedMerge, true, true) == 3 &&
+             launches(Path::kSingleBlock, true, true) == 2,
          "page mode + summaries");
-  EXPECT(launches(Path::kUnfused, false, false) == 5 && launches(Path::kFusedMerge, false, false) == 4 &&
-             launches(Path::kSingleBlock, false, false) == 3,
-         "token mode");
+  EXPECT(launches(Path::kUnfused, false, false) == 5 && launches(Path::kFusedMerge, false, false) == 2 &&
+             launches(Path::kSingleBlock, false, false) == 1 && launches(Path::kSingleBlock, false, true) == 1,
+         "token mode (summaries never built)");
+  // counters: the split path always (its chunk blocks), the one-block path only with several scoring blocks
+  EXPECT(!counters_needed(Path::kUnfused, 1) && !counters_needed(Path::kUnfused, 64), "unfused: none");
+  EXPECT(counters_needed(Path::kFusedMerge, 1) && counters_needed(Path::kFusedMerge, 7), "split-KV: always");
+  EXPECT(!counters_needed(Path::kSingleBlock, 1) && counters_needed(Path::kSingleBlock, 2), "one block");
 }
 
 // Every arrival order of `chunks` blocks (all permutations up to 7 blocks), two calls in a row on the
