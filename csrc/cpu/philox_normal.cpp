@@ -17,6 +17,7 @@
 #include "capability.h"
 #include "simd.h"
 #include "../common.h"
+#include "../philox_checks.h"
 #include "softdec/soft_mixture.h"
 
 #include <cmath>
@@ -201,15 +202,7 @@ inline void normal_chunk(uint64_t seed, uint64_t offset, uint64_t first_d, int c
 }
 
 Tensor philox_normal_cpu(Tensor seed, Tensor offset, int64_t n) {
-  check_dim(seed, "seed", 1, "(rows,)");
-  check_dtype(seed, "seed", ScalarType::Long);
-  check_per_row(offset, "offset", seed.size(0), ScalarType::Long, seed, "seed");
-  SOFTDEC_CHECK(n >= 0, "n must be non-negative, got ", n);
-  SOFTDEC_CHECK(seed.numel() <= 1 || seed.stride(0) == 1, "seed must be contiguous");
-  const int64_t rows = seed.size(0);
-  int64_t total = 0;
-  SOFTDEC_CHECK(checked_mul(rows, n, &total) && total <= (kSizeMax >> 3), "philox_normal: shape (", rows,
-                ", ", n, ") has too many elements (at most 2^60 in all)");
+  const int64_t rows = philox_checks::check_stream_args(seed, offset, n, "philox_normal");
   SOFTDEC_CHECK(n <= (int64_t(1) << 62), "philox_normal: n must be <= 2^62, got ", n);
   Tensor out = new_empty(seed, {rows, n}, ScalarType::Float);
   if (rows == 0 || n == 0) return out;
