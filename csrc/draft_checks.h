@@ -4,6 +4,7 @@
 // weights (batch, n, k), never both; method 'soft' needs the sparse form.
 #pragma once
 
+#include <cmath>
 #include <optional>
 #include <string>
 
@@ -12,6 +13,20 @@
 
 namespace softdec {
 namespace draft_checks {
+
+// The per-row sampling settings of a verification on host memory (the CPU kernels;
+// the Python wrapper checks them first, with the same messages): temperature finite
+// and >= 0, top_k >= 0, top_p and min_p in [0, 1], rows [0, B).
+inline void check_row_settings(const float* temperature, const int64_t* top_k, const float* top_p,
+                               const float* min_p, int64_t B) {
+  for (int64_t b = 0; b < B; ++b) {
+    SOFTDEC_CHECK(temperature[b] >= 0.0f && std::isfinite(temperature[b]),
+                  "temperature must be finite and >= 0, got ", temperature[b], " at row ", b);
+    SOFTDEC_CHECK(top_k[b] >= 0, "top_k must be >= 0, got ", top_k[b], " at row ", b);
+    SOFTDEC_CHECK(top_p[b] >= 0.0f && top_p[b] <= 1.0f, "top_p must be in [0, 1], got ", top_p[b], " at row ", b);
+    SOFTDEC_CHECK(min_p[b] >= 0.0f && min_p[b] <= 1.0f, "min_p must be in [0, 1], got ", min_p[b], " at row ", b);
+  }
+}
 
 // Sets kind (verify::kDense / kSparse / kOneHot) and, for kSparse, ks (the
 // sparse width). n: the size of the draft axis, named `axis` in the messages.

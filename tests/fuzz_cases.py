@@ -463,34 +463,46 @@ def run_min_p_renorm_probs(spec):
 
 # ============================================================================ philox
 
+_PHILOX_FORMS = {"philox_uniform": ["int", "tensor", "bad_shape", "bad_seed", "bad_offset", "bad_device"],
+                 "philox_normal": ["int", "tensor", "bad_shape", "bad_seed", "bad_offset"]}
+
+
 @st.composite
-def st_philox(draw):
+def st_philox(draw, op):
+    """philox_uniform / philox_normal: rows x n from an int or a per-row tensor seed, or one bad argument."""
     rows = draw(st.sampled_from([0, 1, 2, 5]))
     n = draw(st.sampled_from([0, 1, 3, 4, 5, 17]))
-    form = draw(st.sampled_from(["int", "tensor", "bad_shape", "bad_seed", "bad_offset", "bad_device"]))
-    spec = dict(op="philox_uniform", rows=rows, n=n, form=form, rng_seed=draw(st_seed),
+    form = draw(st.sampled_from(_PHILOX_FORMS[op]))
+    spec = dict(op=op, rows=rows, n=n, form=form, rng_seed=draw(st_seed),
                 offset=draw(st.integers(0, 2 ** 62)), seed=draw(st.integers(0, 2 ** 31)))
     spec["bad"] = {"bad_shape": ["shape"], "bad_seed": ["seed"], "bad_offset": ["offset"],
                    "bad_device": ["device"]}.get(form, [])
     return spec
 
 
-def run_philox_uniform(spec):
+def _philox_call(fn, spec):
+    """(the call spec describes for fn = softdec.philox_uniform / philox_normal, the per-row seeds)."""
     rows, n, form = spec["rows"], spec["n"], spec["form"]
     s = spec["rng_seed"] - 2 ** 64 if spec["rng_seed"] >= 2 ** 63 else spec["rng_seed"]
     seeds = torch.full((rows,), s, dtype=torch.int64) + torch.arange(rows)
     if form == "int":
-        call = lambda: softdec.philox_uniform((rows, n), spec["rng_seed"], spec["offset"])  # noqa: E731
+        call = lambda: fn((rows, n), spec["rng_seed"], spec["offset"])  # noqa: E731
     elif form == "tensor":
-        call = lambda: softdec.philox_uniform((rows, n), seeds, torch.full((rows,), spec["offset"]))  # noqa: E731
+        call = lambda: fn((rows, n), seeds, torch.full((rows,), spec["offset"]))  # noqa: E731
     elif form == "bad_shape":
-        call = lambda: softdec.philox_uniform((rows, n, 2.0), spec["rng_seed"])  # noqa: E731
+        call = lambda: fn((rows, n, 2.0), spec["rng_seed"])  # noqa: E731
     elif form == "bad_seed":
-        call = lambda: softdec.philox_uniform((rows, n), seeds.float() if rows else 1.5)  # noqa: E731
+        call = lambda: fn((rows, n), seeds.float() if rows else 1.5)  # noqa: E731
     elif form == "bad_offset":
-        call = lambda: softdec.philox_uniform((rows, n), 3, offset=True)  # noqa: E731
+        call = lambda: fn((rows, n), 3, offset=True)  # noqa: E731
     else:
-        call = lambda: softdec.philox_uniform((rows, n), 3, device="meta")  # noqa: E731
+        call = lambda: fn((rows, n), 3, device="meta")  # noqa: E731
+    return call, seeds
+
+
+def run_philox_uniform(spec):
+    rows, n, form = spec["rows"], spec["n"], spec["form"]
+    call, seeds = _philox_call(softdec.philox_uniform, spec)
     u = expect(spec, call)
     if u is None:
         return
@@ -618,31 +630,9 @@ def run_log_density(spec):
     check(torch.allclose(out.double()[fin], want[fin], atol=1e-3, rtol=1e-3), "differs from the reference")
 
 
-@st.composite
-def st_philox_normal(draw):
-    rows = draw(st.sampled_from([0, 1, 2, 5]))
-    n = draw(st.sampled_from([0, 1, 3, 4, 5, 17]))
-    form = draw(st.sampled_from(["int", "tensor", "bad_shape", "bad_seed", "bad_offset"]))
-    spec = dict(op="philox_normal", rows=rows, n=n, form=form, rng_seed=draw(st_seed),
-                offset=draw(st.integers(0, 2 ** 62)), seed=draw(st.integers(0, 2 ** 31)))
-    spec["bad"] = {"bad_shape": ["shape"], "bad_seed": ["seed"], "bad_offset": ["offset"]}.get(form, [])
-    return spec
-
-
 def run_philox_normal(spec):
-    rows, n, form = spec["rows"], spec["n"], spec["form"]
-    s = spec["rng_seed"] - 2 ** 64 if spec["rng_seed"] >= 2 ** 63 else spec["rng_seed"]
-    seeds = torch.full((rows,), s, dtype=torch.int64) + torch.arange(rows)
-    if form == "int":
-        call = lambda: softdec.philox_normal((rows, n), spec["rng_seed"], spec["offset"])  # noqa: E731
-    elif form == "tensor":
-        call = lambda: softdec.philox_normal((rows, n), seeds, torch.full((rows,), spec["offset"]))  # noqa: E731
-    elif form == "bad_shape":
-        call = lambda: softdec.philox_normal((rows, n, 2.0), spec["rng_seed"])  # noqa: E731
-    elif form == "bad_seed":
-        call = lambda: softdec.philox_normal((rows, n), seeds.float() if rows else 1.5)  # noqa: E731
-    else:
-        call = lambda: softdec.philox_normal((rows, n), 3, offset=True)  # noqa: E731
+    rows, n = spec["rows"], spec["n"]
+    call, _ = _philox_call(softdec.philox_normal, spec)
     e = expect(spec, call)
     if e is None:
         return
@@ -1207,8 +1197,8 @@ CASES = {
     "top_k_mask_logits": (st_topk_mask(), run_top_k_mask_logits),
     "top_p_renorm_probs": (st_renorm("top_p_renorm_probs"), run_top_p_renorm_probs),
     "min_p_renorm_probs": (st_renorm("min_p_renorm_probs"), run_min_p_renorm_probs),
-    "philox_uniform": (st_philox(), run_philox_uniform),
-    "philox_normal": (st_philox_normal(), run_philox_normal),
+    "philox_uniform": (st_philox("philox_uniform"), run_philox_uniform),
+    "philox_normal": (st_philox("philox_normal"), run_philox_normal),
     "soft_mixture": (st_soft_mixture(), run_soft_mixture),
     "verify": (st_verify(), run_verify),
     "verify_tree": (st_verify_tree(), run_verify_tree),

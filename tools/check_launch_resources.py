@@ -211,28 +211,37 @@ class Exception_:
     used: int = 0
 
 
-def parse_exceptions(text: str) -> list[Exception_]:
+def _exception_lines(text: str, what: str, field: str, field_ok) -> list[tuple[str, str, str, str]]:
+    """(arch glob, field, regex, reason) of every line `<arch glob> <field> <regex>  # reason` of an
+    exceptions file (both files: blank and comment-only lines skipped); ValueError naming the line
+    when the field fails field_ok, the reason is missing or the regex does not compile."""
     out = []
     for n, raw in enumerate(text.splitlines(), 1):
         line, _, reason = raw.partition("#")
         if not line.strip():
             continue
         parts = line.split(None, 2)
-        if len(parts) != 3 or not parts[1].isdigit():
-            raise ValueError(f"exceptions line {n}: expected '<arch glob> <max spill bytes> <regex>  # reason', "
-                             f"got {raw!r}")
+        if len(parts) != 3 or not field_ok(parts[1]):
+            raise ValueError(f"{what} line {n}: expected '<arch glob> <{field}> <regex>  # reason', got {raw!r}")
         if not reason.strip():
-            raise ValueError(f"exceptions line {n}: every exception needs its reason after '#'")
+            raise ValueError(f"{what} line {n}: every exception needs its reason after '#'")
         re.compile(parts[2].strip())
-        out.append(Exception_(parts[0], int(parts[1]), parts[2].strip(), reason.strip()))
+        out.append((parts[0], parts[1], parts[2].strip(), reason.strip()))
     return out
 
 
+def _exception_matches(e: Exception_ | AtomicException, arch: str, kernel: str) -> bool:
+    """Whether exception e (of either file) covers the mangled kernel on arch."""
+    return fnmatch.fnmatchcase(arch, e.arch) and re.search(e.pattern, demangle(kernel)) is not None
+
+
+def parse_exceptions(text: str) -> list[Exception_]:
+    return [Exception_(arch, int(spill), pattern, reason) for arch, spill, pattern, reason in
+            _exception_lines(text, "exceptions", "max spill bytes", str.isdigit)]
+
+
 def _allowed_spill(k: Kernel, exceptions: list[Exception_]) -> Exception_ | None:
-    for e in exceptions:
-        if fnmatch.fnmatchcase(k.arch, e.arch) and re.search(e.pattern, demangle(k.name)):
-            return e
-    return None
+    return next((e for e in exceptions if _exception_matches(e, k.arch, k.name)), None)
 
 
 def failures(kernels: list[Kernel], max_stack: int, exceptions: list[Exception_] | None = None) -> list[str]:
@@ -333,20 +342,8 @@ class AtomicException:
 
 
 def parse_atomic_exceptions(text: str) -> list[AtomicException]:
-    out = []
-    for n, raw in enumerate(text.splitlines(), 1):
-        line, _, reason = raw.partition("#")
-        if not line.strip():
-            continue
-        parts = line.split(None, 2)
-        if len(parts) != 3 or parts[1] not in ("cas", "fp"):
-            raise ValueError(f"atomics exceptions line {n}: expected '<arch glob> <cas|fp> <regex>  # reason', "
-                             f"got {raw!r}")
-        if not reason.strip():
-            raise ValueError(f"atomics exceptions line {n}: every exception needs its reason after '#'")
-        re.compile(parts[2].strip())
-        out.append(AtomicException(parts[0], parts[1], parts[2].strip(), reason.strip()))
-    return out
+    return [AtomicException(arch, kind, pattern, reason) for arch, kind, pattern, reason in
+            _exception_lines(text, "atomics exceptions", "cas|fp", lambda f: f in ("cas", "fp"))]
 
 
 def atomic_failures(atomics: list[Atomic], exceptions: list[AtomicException]) -> list[str]:
@@ -356,9 +353,7 @@ def atomic_failures(atomics: list[Atomic], exceptions: list[AtomicException]) ->
         seen.setdefault((a.kernel, a.arch, a.kind), []).append(a)
     out = []
     for (kernel, arch, kind), found in seen.items():
-        name = demangle(kernel)
-        exc = next((e for e in exceptions if e.kind == kind and fnmatch.fnmatchcase(arch, e.arch)
-                    and re.search(e.pattern, name)), None)
+        exc = next((e for e in exceptions if e.kind == kind and _exception_matches(e, arch, kernel)), None)
         if exc is not None:
             exc.used += 1
             continue

@@ -1,6 +1,7 @@
 // CPU backend of the Philox stream (philox_uniform).
 #include "capability.h"
 #include "../common.h"
+#include "../philox_checks.h"
 #include "softdec/philox.h"
 #include "simd.h"
 
@@ -15,16 +16,7 @@ namespace {
 constexpr int64_t kChunk = simd::kPhiloxChunk;
 
 Tensor philox_uniform_cpu(Tensor seed, Tensor offset, int64_t n) {
-  check_dim(seed, "seed", 1, "(rows,)");
-  check_dtype(seed, "seed", ScalarType::Long);
-  check_per_row(offset, "offset", seed.size(0), ScalarType::Long, seed, "seed");
-  SOFTDEC_CHECK(n >= 0, "n must be non-negative, got ", n);
-  SOFTDEC_CHECK(seed.numel() <= 1 || seed.stride(0) == 1, "seed must be contiguous");
-  const int64_t rows = seed.size(0);
-  int64_t total = 0;
-  SOFTDEC_CHECK(checked_mul(rows, n, &total) && total <= (kSizeMax >> 3), "philox_uniform: shape (",
-                rows, ", ", n, ") has too many elements (", rows, " rows of ", n,
-                " uniforms; at most 2^60 in all)");
+  const int64_t rows = philox_checks::check_stream_args(seed, offset, n, "philox_uniform");
   Tensor out = new_empty(seed, {rows, n}, ScalarType::Float);
   if (rows == 0 || n == 0) return out;
   const int64_t* seeds = seed.const_data_ptr<int64_t>();

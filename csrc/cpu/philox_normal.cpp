@@ -17,6 +17,7 @@
 #include "capability.h"
 #include "simd.h"
 #include "../common.h"
+#include "../philox_checks.h"
 #include "softdec/soft_mixture.h"
 
 #include <cmath>
@@ -58,40 +59,57 @@ inline void normal_bits(uint64_t seed, uint64_t offset, uint64_t first_block, ui
 
 #if defined(SOFTDEC_SIMD_AVX512) || defined(SOFTDEC_SIMD_AVX2)
 // ------------------------------------------------------------------ float64 lanes
-// V: __m512d (8 lanes) or __m256d (4 lanes); I: the int64 vector of the same
-// width. GCC/Clang vector extensions give the arithmetic; the rest per width.
+// kLanes float64 lanes as GCC/Clang vector types (8: one AVX-512 register, 4: one
+// AVX2 register), written once for both widths: the vector extensions give the
+// arithmetic, comparisons and shifts; sqrt, fma and round-to-nearest-even are the
+// correctly rounded scalar builtins lane by lane (the compiler emits the packed
+// instruction; -fno-math-errno), and the uint32 -> double load and the double -> float
+// store are __builtin_convertvector (exact, and round-to-nearest). Every primitive is
+// the correctly rounded IEEE operation, so the bits do not depend on the width.
+// (The width is a constant, not a template parameter: GCC drops vector_size on a
+// dependent type.)
 #if defined(SOFTDEC_SIMD_AVX512)
-using V = __m512d;
-using I = __m512i;
-typedef uint64_t U __attribute__((vector_size(64)));
 constexpr int kLanes = 8;
-inline V splat(double x) { return _mm512_set1_pd(x); }
-inline I splati(int64_t x) { return _mm512_set1_epi64(x); }
-inline V vsqrt(V x) { return _mm512_sqrt_pd(x); }
-inline V vround(V x) { return _mm512_roundscale_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline V vfma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-inline V u32_to_double(const uint32_t* p) {
-  return _mm512_cvtepu32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-inline void store_float(float* p, V x) { _mm256_storeu_ps(p, _mm512_cvtpd_ps(x)); }
 #else
-using V = __m256d;
-using I = __m256i;
-typedef uint64_t U __attribute__((vector_size(32)));
 constexpr int kLanes = 4;
-inline V splat(double x) { return _mm256_set1_pd(x); }
-inline I splati(int64_t x) { return _mm256_set1_epi64x(x); }
-inline V vsqrt(V x) { return _mm256_sqrt_pd(x); }
-inline V vround(V x) { return _mm256_round_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline V vfma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-inline V u32_to_double(const uint32_t* p) {
-  // no unsigned conversion in AVX2: (x ^ 2^31) as int32, plus 2^31 (exact)
-  const __m128i x = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)),
-                                  _mm_set1_epi32(static_cast<int>(0x80000000u)));
-  return _mm256_add_pd(_mm256_cvtepi32_pd(x), _mm256_set1_pd(2147483648.0));
-}
-inline void store_float(float* p, V x) { _mm_storeu_ps(p, _mm256_cvtpd_ps(x)); }
 #endif
+typedef double V __attribute__((vector_size(8 * kLanes)));
+typedef int64_t I __attribute__((vector_size(8 * kLanes)));
+typedef uint64_t U __attribute__((vector_size(8 * kLanes)));
+typedef uint32_t U32 __attribute__((vector_size(4 * kLanes)));
+typedef float F32 __attribute__((vector_size(4 * kLanes)));
+
+inline V splat(double x) {
+  V v;
+  for (int l = 0; l < kLanes; ++l) v[l] = x;
+  return v;
+}
+inline I splati(int64_t x) {
+  I v;
+  for (int l = 0; l < kLanes; ++l) v[l] = x;
+  return v;
+}
+inline V vsqrt(V x) {
+  for (int l = 0; l < kLanes; ++l) x[l] = __builtin_sqrt(x[l]);
+  return x;
+}
+inline V vround(V x) {  // to the nearest integer, ties to even (the default rounding mode)
+  for (int l = 0; l < kLanes; ++l) x[l] = __builtin_nearbyint(x[l]);
+  return x;
+}
+inline V vfma(V a, V b, V c) {
+  for (int l = 0; l < kLanes; ++l) a[l] = __builtin_fma(a[l], b[l], c[l]);
+  return a;
+}
+inline V u32_to_double(const uint32_t* p) {
+  U32 x;
+  std::memcpy(&x, p, sizeof(x));
+  return __builtin_convertvector(x, V);
+}
+inline void store_float(float* p, V x) {
+  const F32 f = __builtin_convertvector(x, F32);
+  std::memcpy(p, &f, sizeof(f));
+}
 
 inline I as_int(V x) { return (I)x; }
 inline V as_double(I x) { return (V)x; }
@@ -201,15 +219,7 @@ inline void normal_chunk(uint64_t seed, uint64_t offset, uint64_t first_d, int c
 }
 
 Tensor philox_normal_cpu(Tensor seed, Tensor offset, int64_t n) {
-  check_dim(seed, "seed", 1, "(rows,)");
-  check_dtype(seed, "seed", ScalarType::Long);
-  check_per_row(offset, "offset", seed.size(0), ScalarType::Long, seed, "seed");
-  SOFTDEC_CHECK(n >= 0, "n must be non-negative, got ", n);
-  SOFTDEC_CHECK(seed.numel() <= 1 || seed.stride(0) == 1, "seed must be contiguous");
-  const int64_t rows = seed.size(0);
-  int64_t total = 0;
-  SOFTDEC_CHECK(checked_mul(rows, n, &total) && total <= (kSizeMax >> 3), "philox_normal: shape (", rows,
-                ", ", n, ") has too many elements (at most 2^60 in all)");
+  const int64_t rows = philox_checks::check_stream_args(seed, offset, n, "philox_normal");
   SOFTDEC_CHECK(n <= (int64_t(1) << 62), "philox_normal: n must be <= 2^62, got ", n);
   Tensor out = new_empty(seed, {rows, n}, ScalarType::Float);
   if (rows == 0 || n == 0) return out;

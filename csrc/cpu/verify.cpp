@@ -12,6 +12,7 @@
 #include "../common.h"
 #include "../dispatch.h"
 #include "../verify_checks.h"
+#include "race.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 #include "softdec/soft_mixture.h"
@@ -208,17 +209,8 @@ Mass mass_range(const T* x, int64_t lo, int64_t hi, const RowFilter& f) {
   return r;
 }
 
-struct Best {
-  float key = 0.0f;
-  int64_t idx = -1;
-  void merge(float k, int64_t i) {
-    if (i >= 0 && (idx < 0 || verify::race_better(k, i, key, idx))) {
-      key = k;
-      idx = i;
-    }
-  }
-  void merge(const Best& o) { merge(o.key, o.idx); }
-};
+// The race winner and the AVX-512 race lanes are shared with verify_tree.cpp (race.h).
+using Best = cpu::RaceWin;
 
 // Exponential race over x[lo, hi) with residual r_i = max(0, p_i - q_i) (q
 // may be null: r = p), p from the filter with normaliser inv_z. Only r_i > 0
@@ -229,17 +221,10 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
   Best best;
   if (lo >= hi) return best;
   alignas(64) float u[kChunk];
-  const bool prefix_all = f.cut_index >= 0 && f.cut_value == -kInf;
 #if defined(SOFTDEC_SIMD_AVX512)
-  const __m512 vm = _mm512_set1_ps(f.max_logit), vit = _mm512_set1_ps(f.inv_temp);
-  const __m512 vlmp = _mm512_set1_ps(f.log_min_p), vninf = _mm512_set1_ps(-kInf);
-  const __m512 vcv = _mm512_set1_ps(f.cut_value);
-  const __m512i vci = _mm512_set1_epi32(static_cast<int32_t>(std::min<int64_t>(f.cut_index, INT32_MAX)));
-  const __m512 viz = _mm512_set1_ps(inv_z);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512 bk = _mm512_setzero_ps();
-  __m512i bi = _mm512_set1_epi32(-1);  // absolute index (V < 2^31)
+  cpu::RaceLanes16 lanes(f, inv_z);
 #elif defined(SOFTDEC_SIMD_AVX2)
+  const bool prefix_all = f.cut_index >= 0 && f.cut_value == -kInf;
   const __m256 vm = _mm256_set1_ps(f.max_logit), vit = _mm256_set1_ps(f.inv_temp);
   const __m256 vlmp = _mm256_set1_ps(f.log_min_p), vninf = _mm256_set1_ps(-kInf);
   const __m256 vcv = _mm256_set1_ps(f.cut_value);
@@ -256,29 +241,15 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
     for (int64_t i = a; i < b; i += 16) {
       const __mmask16 tm = tail_mask(b - i);
       const __m512 v = load16_maskz(x + i, tm);
-      const __m512i gi = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(i)));
-      const __m512 sc = _mm512_mul_ps(_mm512_sub_ps(v, vm), vit);
-      __mmask16 keep = _mm512_mask_cmp_ps_mask(tm, v, vninf, _CMP_GT_OQ);
-      keep = _mm512_mask_cmp_ps_mask(keep, sc, vlmp, _CMP_GE_OQ);
-      if (!prefix_all) {  // (v > cut_value) || (v == cut_value && i <= cut_index)
-        const __mmask16 in = _mm512_cmp_ps_mask(v, vcv, _CMP_GT_OQ) |
-                             (_mm512_cmp_ps_mask(v, vcv, _CMP_EQ_OQ) & _mm512_cmp_epi32_mask(gi, vci, _MM_CMPINT_LE));
-        keep &= in;
-      }
+      const __m512i gi = lanes.index(i);
+      const __m512 sc = lanes.score(v);
+      const __mmask16 keep = lanes.kept(v, sc, gi, tm);
       if (!keep) continue;
-      __m512 r = _mm512_mul_ps(vexp(sc), viz);
+      __m512 r = lanes.p(sc);
       if constexpr (!std::is_same_v<Q, void>) {
         r = _mm512_max_ps(_mm512_sub_ps(r, load16_maskz(q + i, tm)), _mm512_setzero_ps());
       }
-      const __m512 uu = _mm512_maskz_loadu_ps(tm, u + (i - c0));
-      // E = -flog(u) > 0 on the active lanes; inactive lanes get u = 0.5.
-      const __m512 e = _mm512_sub_ps(_mm512_setzero_ps(),
-                                     vlog(_mm512_mask_mov_ps(_mm512_set1_ps(0.5f), tm, uu)));
-      const __m512 key = _mm512_div_ps(r, e);
-      // strictly greater: within a lane the earlier (lower) index wins ties
-      const __mmask16 gt = _mm512_mask_cmp_ps_mask(keep, key, bk, _CMP_GT_OQ);
-      bk = _mm512_mask_mov_ps(bk, gt, key);
-      bi = _mm512_mask_mov_epi32(bi, gt, gi);
+      lanes.offer(keep, r, u + (i - c0), tm, gi);
     }
 #else
     int64_t i = a;
@@ -315,24 +286,19 @@ Best race_range(const T* x, const Q* q, int64_t lo, int64_t hi, const RowFilter&
         r = std::max(r - static_cast<float>(q[i]), 0.0f);
       }
       if (!(r > 0.0f)) continue;
-      best.merge(verify::race_key(r, u[i - c0]), i);
+      best.take(verify::race_key(r, u[i - c0]), i);
     }
 #endif
   }
 #if defined(SOFTDEC_SIMD_AVX512)
-  alignas(64) float kv[16];
-  alignas(64) int32_t iv[16];
-  _mm512_store_ps(kv, bk);
-  _mm512_store_si512(iv, bi);
-  for (int l = 0; l < 16; ++l)
-    if (iv[l] >= 0) best.merge(kv[l], iv[l]);
+  lanes.fold(best);
 #elif defined(SOFTDEC_SIMD_AVX2)
   alignas(32) float kv[8];
   alignas(32) int32_t iv[8];
   _mm256_store_ps(kv, bk);
   _mm256_store_si256(reinterpret_cast<__m256i*>(iv), bi);
   for (int l = 0; l < 8; ++l)
-    if (iv[l] >= 0) best.merge(kv[l], iv[l]);
+    if (iv[l] >= 0) best.take(kv[l], iv[l]);
 #endif
   return best;
 }
@@ -539,7 +505,7 @@ inline float p_of(const T* x, const Target& t, int64_t i) {
 
 // Residual race for one special token s with residual r (normalised scale).
 inline void race_one(Best& b, float r, int64_t s, uint64_t seed, uint64_t stream) {
-  if (r > 0.0f) b.merge(verify::race_key(r, philox::uniform(seed, stream, static_cast<uint64_t>(s))), s);
+  if (r > 0.0f) b.take(verify::race_key(r, philox::uniform(seed, stream, static_cast<uint64_t>(s))), s);
 }
 
 // Target soft token of method 'soft' with filter_top_k (fk >= 0; 0 or >= V:
@@ -843,13 +809,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> verify_cpu(
   const int64_t* tk = top_k.const_data_ptr<int64_t>();
   const float* tpp = top_p.const_data_ptr<float>();
   const float* mpp = min_p.const_data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) {
-    SOFTDEC_CHECK(tp[b] >= 0.0f && std::isfinite(tp[b]), "temperature must be finite and >= 0, got ", tp[b],
-                  " at row ", b);
-    SOFTDEC_CHECK(tk[b] >= 0, "top_k must be >= 0, got ", tk[b], " at row ", b);
-    SOFTDEC_CHECK(tpp[b] >= 0.0f && tpp[b] <= 1.0f, "top_p must be in [0, 1], got ", tpp[b], " at row ", b);
-    SOFTDEC_CHECK(mpp[b] >= 0.0f && mpp[b] <= 1.0f, "min_p must be in [0, 1], got ", mpp[b], " at row ", b);
-  }
+  draft_checks::check_row_settings(tp, tk, tpp, mpp, B);
   const int64_t* fkp = filter_top_k.has_value() ? filter_top_k->const_data_ptr<int64_t>() : nullptr;
   for (int64_t b = 0; fkp && b < B; ++b) {
     const int64_t kk = tk[b] > 0 ? std::min(tk[b], P.ks) : P.ks;

@@ -21,6 +21,7 @@
 #include "../common.h"
 #include "../dispatch.h"
 #include "../verify_tree_checks.h"
+#include "race.h"
 #include "sampling_kernels.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
@@ -39,19 +40,10 @@ namespace {
 
 using filter::RowFilter;
 using namespace ::softdec::SOFTDEC_CPU_NS::simd;  // NOLINT
-constexpr float kInfT = std::numeric_limits<float>::infinity();
 constexpr int64_t kChunkT = kPhiloxChunk;
 
-struct Win {
-  float key = 0.0f;
-  int64_t idx = -1;
-  void take(float k, int64_t i) {
-    if (i >= 0 && (idx < 0 || verify::race_better(k, i, key, idx))) {
-      key = k;
-      idx = i;
-    }
-  }
-};
+// The race winner and the AVX-512 race lanes are shared with verify.cpp (race.h).
+using Win = cpu::RaceWin;
 
 // Exponential race over [lo, hi): r_i = R[i] when R is given (a dense
 // residual, 0 off the kept set), else the filtered target p_i (inv_z the
@@ -67,16 +59,8 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
   if (lo >= hi) return best;
   int64_t sk = static_cast<int64_t>(std::lower_bound(skip, skip + nskip, lo) - skip);
   alignas(64) float u[kChunkT];
-  const bool prefix_all = f.cut_value == -kInfT;
 #if defined(SOFTDEC_SIMD_AVX512)
-  const __m512 vm = _mm512_set1_ps(f.max_logit), vit = _mm512_set1_ps(f.inv_temp);
-  const __m512 vlmp = _mm512_set1_ps(f.log_min_p), vninf = _mm512_set1_ps(-kInfT);
-  const __m512 vcv = _mm512_set1_ps(f.cut_value);
-  const __m512i vci = _mm512_set1_epi32(static_cast<int32_t>(std::min<int64_t>(f.cut_index, INT32_MAX)));
-  const __m512 viz = _mm512_set1_ps(inv_z);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  __m512 bk = _mm512_setzero_ps();
-  __m512i bi = _mm512_set1_epi32(-1);
+  cpu::RaceLanes16 lanes(f, inv_z);
 #endif
   for (int64_t c0 = (lo / kChunkT) * kChunkT; c0 < hi; c0 += kChunkT) {
     philox_chunk(seed, stream, static_cast<uint64_t>(c0 / 4), u);
@@ -85,7 +69,7 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
     if (!f.greedy) {
       for (int64_t i = a; i < b; i += 16) {
         const __mmask16 tm = tail_mask(b - i);
-        const __m512i gi = _mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(i)));
+        const __m512i gi = lanes.index(i);
         __m512 r = _mm512_setzero_ps(), sc = _mm512_setzero_ps();
         __mmask16 keep;
         if (R) {
@@ -93,24 +77,13 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
           keep = _mm512_mask_cmp_ps_mask(tm, r, _mm512_setzero_ps(), _CMP_GT_OQ);
         } else {
           const __m512 v = load16_maskz(x + i, tm);
-          sc = _mm512_mul_ps(_mm512_sub_ps(v, vm), vit);
-          keep = _mm512_mask_cmp_ps_mask(tm, v, vninf, _CMP_GT_OQ);
-          keep = _mm512_mask_cmp_ps_mask(keep, sc, vlmp, _CMP_GE_OQ);
-          if (!prefix_all) {
-            const __mmask16 in = _mm512_cmp_ps_mask(v, vcv, _CMP_GT_OQ) |
-                                 (_mm512_cmp_ps_mask(v, vcv, _CMP_EQ_OQ) & _mm512_cmp_epi32_mask(gi, vci, _MM_CMPINT_LE));
-            keep &= in;
-          }
+          sc = lanes.score(v);
+          keep = lanes.kept(v, sc, gi, tm);
         }
         for (; sk < nskip && skip[sk] < std::min<int64_t>(i + 16, b); ++sk) keep &= static_cast<__mmask16>(~(1u << (skip[sk] - i)));
         if (!keep) continue;
-        if (!R) r = _mm512_mul_ps(vexp(sc), viz);
-        const __m512 uu = _mm512_maskz_loadu_ps(tm, u + (i - c0));
-        const __m512 e = _mm512_sub_ps(_mm512_setzero_ps(), vlog(_mm512_mask_mov_ps(_mm512_set1_ps(0.5f), tm, uu)));
-        const __m512 key = _mm512_div_ps(r, e);
-        const __mmask16 gt = _mm512_mask_cmp_ps_mask(keep, key, bk, _CMP_GT_OQ);
-        bk = _mm512_mask_mov_ps(bk, gt, key);
-        bi = _mm512_mask_mov_epi32(bi, gt, gi);
+        if (!R) r = lanes.p(sc);
+        lanes.offer(keep, r, u + (i - c0), tm, gi);
       }
       continue;
     }
@@ -133,12 +106,7 @@ Win race(const T* x, const float* R, int64_t lo, int64_t hi, const RowFilter& f,
     }
   }
 #if defined(SOFTDEC_SIMD_AVX512)
-  alignas(64) float kv[16];
-  alignas(64) int32_t iv[16];
-  _mm512_store_ps(kv, bk);
-  _mm512_store_si512(iv, bi);
-  for (int l = 0; l < 16; ++l)
-    if (iv[l] >= 0) best.take(kv[l], iv[l]);
+  lanes.fold(best);
 #endif
   return best;
 }
@@ -520,13 +488,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> verify_tree_cpu(
   const int64_t* tk = top_k.const_data_ptr<int64_t>();
   const float* tpp = top_p.const_data_ptr<float>();
   const float* mpp = min_p.const_data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) {
-    SOFTDEC_CHECK(tp[b] >= 0.0f && std::isfinite(tp[b]), "temperature must be finite and >= 0, got ", tp[b],
-                  " at row ", b);
-    SOFTDEC_CHECK(tk[b] >= 0, "top_k must be >= 0, got ", tk[b], " at row ", b);
-    SOFTDEC_CHECK(tpp[b] >= 0.0f && tpp[b] <= 1.0f, "top_p must be in [0, 1], got ", tpp[b], " at row ", b);
-    SOFTDEC_CHECK(mpp[b] >= 0.0f && mpp[b] <= 1.0f, "min_p must be in [0, 1], got ", mpp[b], " at row ", b);
-  }
+  draft_checks::check_row_settings(tp, tk, tpp, mpp, B);
   SOFTDEC_DISPATCH_FLOAT(target_logits.scalar_type(), "target_logits", scalar_t, [&] {
     auto run = [&](auto qtag) {
       using Q = decltype(qtag);

@@ -1,6 +1,7 @@
 // CUDA backend of the Philox stream (philox_uniform): the same numbers as the
 // CPU backend, one thread per Philox block of four uniforms.
 #include "cuda_common.cuh"
+#include "../philox_checks.h"
 #include "softdec/philox.h"
 
 namespace softdec {
@@ -35,17 +36,8 @@ __global__ void __launch_bounds__(kPhiloxThreads) philox_uniform_kernel(const in
 }
 
 Tensor philox_uniform_cuda(Tensor seed, Tensor offset, int64_t n) {
-  check_dim(seed, "seed", 1, "(rows,)");
-  check_dtype(seed, "seed", ScalarType::Long);
-  check_per_row(offset, "offset", seed.size(0), ScalarType::Long, seed, "seed");
-  SOFTDEC_CHECK(n >= 0, "n must be non-negative, got ", n);
-  SOFTDEC_CHECK(seed.numel() <= 1 || seed.stride(0) == 1, "seed must be contiguous");
+  const int64_t rows = philox_checks::check_stream_args(seed, offset, n, "philox_uniform");
   torch::stable::accelerator::DeviceGuard guard(seed.get_device_index());
-  const int64_t rows = seed.size(0);
-  int64_t total_n = 0;
-  SOFTDEC_CHECK(checked_mul(rows, n, &total_n) && total_n <= (kSizeMax >> 3), "philox_uniform: shape (",
-                rows, ", ", n, ") has too many elements (", rows, " rows of ", n,
-                " uniforms; at most 2^60 in all)");
   Tensor out = new_empty(seed, {rows, n}, ScalarType::Float);
   if (rows == 0 || n == 0) return out;
   const int64_t blocks_per_row = sat_ceil_div(n, 4);

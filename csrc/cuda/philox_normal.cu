@@ -1,6 +1,7 @@
 // CUDA backend of softdec.philox_normal (soft::embed_normal): the same numbers
 // as the CPU backend, one thread per element.
 #include "cuda_common.cuh"
+#include "../philox_checks.h"
 #include "softdec/soft_mixture.h"
 
 namespace softdec {
@@ -21,16 +22,9 @@ __global__ void __launch_bounds__(kNormalThreads) philox_normal_kernel(const int
 }
 
 Tensor philox_normal_cuda(Tensor seed, Tensor offset, int64_t n) {
-  check_dim(seed, "seed", 1, "(rows,)");
-  check_dtype(seed, "seed", ScalarType::Long);
-  check_per_row(offset, "offset", seed.size(0), ScalarType::Long, seed, "seed");
-  SOFTDEC_CHECK(n >= 0, "n must be non-negative, got ", n);
-  SOFTDEC_CHECK(seed.numel() <= 1 || seed.stride(0) == 1, "seed must be contiguous");
+  const int64_t rows = philox_checks::check_stream_args(seed, offset, n, "philox_normal");
+  const int64_t total = rows * n;  // checked: <= 2^60
   torch::stable::accelerator::DeviceGuard guard(seed.get_device_index());
-  const int64_t rows = seed.size(0);
-  int64_t total = 0;
-  SOFTDEC_CHECK(checked_mul(rows, n, &total) && total <= (kSizeMax >> 3), "philox_normal: shape (", rows,
-                ", ", n, ") has too many elements (at most 2^60 in all)");
   SOFTDEC_CHECK(n <= (int64_t(1) << 62), "philox_normal: n must be <= 2^62, got ", n);
   Tensor out = new_empty(seed, {rows, n}, ScalarType::Float);
   if (total == 0) return out;

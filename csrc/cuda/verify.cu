@@ -36,8 +36,9 @@ namespace {
 
 using filter::RowFilter;
 
-// kThreads / kWarps, the loads (Tag, to_f, load4) and the block reductions (KI, ki_better,
-// block_best, block_sum2) are shared with verify_tree.cu.
+// kThreads / kWarps, the loads (Tag, to_f, load4), the block reductions (KI, ki_better,
+// block_best, block_sum2), the unfiltered RowFilter (RowMax, unfiltered_row), p_of and
+// in_sorted are shared with verify_tree.cu.
 using namespace vcuda;  // NOLINT
 
 // ------------------------------------------------------------------ kernel
@@ -65,15 +66,6 @@ struct Shared {
   bool use_q;  // residual against the dense q
 };
 
-__device__ __forceinline__ bool in_sorted(const int64_t* a, int64_t n, int64_t x) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) >> 1;
-    if (a[mid] < x) lo = mid + 1; else hi = mid;
-  }
-  return lo < n && a[lo] == x;
-}
-
 __device__ __forceinline__ void sort_unique(int64_t* a, int64_t& n) {
   for (int64_t s = 1; s < n; ++s) {  // insertion sort (small lists)
     const int64_t v = a[s];
@@ -88,14 +80,6 @@ __device__ __forceinline__ void sort_unique(int64_t* a, int64_t& n) {
   for (int64_t s = 0; s < n; ++s)
     if (w == 0 || a[w - 1] != a[s]) a[w++] = a[s];
   n = w;
-}
-
-template <typename T>
-__device__ __forceinline__ float p_of(const T* x, const RowFilter& f, float inv_z, int64_t i) {
-  const float v = to_f(x, i);
-  if (!filter::kept(f, v, i)) return 0.0f;
-  if (f.greedy) return 1.0f;
-  return filter::fexp((v - f.max_logit) * f.inv_temp) * inv_z;
 }
 
 // Thread 0's soft_mixture chain of method "soft" with filter_top_k: soft::finalize_row (the
@@ -164,7 +148,9 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
     const int64_t top_k = soft ? (top_k0 > 0 ? (top_k0 < ks ? top_k0 : ks) : ks) : top_k0;
     // method "soft" with filter_top_k: soft_mixture's chain (see the top of the file)
     const bool fsoft = soft && ftk != nullptr;
-    // ---- pass 1: validity, max, argmax
+    // ---- pass 1: validity, max, argmax. The loop of vcuda::block_row_max (verify_tree's), written
+    // out: through that function, even force-inlined, this kernel took 2-3 more registers on
+    // sm_90a (124 -> 126 half / bf16, 119 -> 122 float; nvcc 13), verify_tree_kernel 2 fewer.
     KI best{-filter::inf_f(), -1};
     bool nan = false;
     for (int64_t blk = tid; blk < nblk; blk += kThreads) {
@@ -180,31 +166,14 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
     const KI mx = block_best(best, red_ki);
     const bool topk_on = top_k > 0 && top_k < V, topp_on = top_p < 1.0f;
     const bool row_ok = !nan && mx.i >= 0 && mx.k != filter::inf_f();
+    const RowMax rm{mx, row_ok};  // for unfiltered_row
     // greedy verification needs the argmax only: no filter, no mass pass
     const bool argmax_only = P.method == verify::kGreedy;
     const bool filtered = row_ok && temp > 0.0f && !argmax_only && !fsoft && (topk_on || topp_on);
     // block-wide cut (all threads); `final_norm`: log_norm already set (candidate rule)
     const bool final_norm =
         filtered && block_row_filter<kWarps>(x, V, P.vec_logits, temp, top_k, top_p, min_p, mx.k, mx.i, fs);
-    if (tid == 0) {
-      RowFilter f;
-      if (filtered) {
-        f = fs.f();
-      } else {
-        f.valid = row_ok ? 1 : 0;
-        f.max_logit = f.valid ? mx.k : 0.0f;
-        f.argmax = f.valid ? mx.i : 0;
-        f.log_min_p = filter::log_min_p_of(min_p);
-        if (f.valid && (!(temp > 0.0f) || argmax_only)) {
-          filter::set_greedy(f);  // argmax_only: the kept set is not used, only f.argmax
-        } else if (f.valid) {
-          f.inv_temp = 1.0f / temp;
-          f.cut_value = -filter::inf_f();
-          f.cut_index = V;
-        }
-      }
-      sh.f = f;
-    }
+    if (tid == 0) sh.f = filtered ? fs.f() : unfiltered_row(rm, temp, min_p, argmax_only, V);
     __syncthreads();
     if (fsoft && row_ok) {
       // The cap first finite tokens of the order; the wrapper checked fk (0, >= V, or in

@@ -1,5 +1,5 @@
-// Device building blocks of the verification kernels (loads, block reductions):
-// used by verify.cu and verify_tree.cu.
+// Device building blocks of the verification kernels (loads, block reductions, a row's
+// first pass and unfiltered RowFilter, p and sorted-list lookups): used by verify.cu and verify_tree.cu.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -130,6 +130,78 @@ __device__ double2 block_sum2(double2 v, double2* red) {
   const double2 r = red[0];
   __syncthreads();
   return r;
+}
+
+// ------------------------------------------------------------------ a row's first pass
+
+// Pass 1 of a row (verify's positions, verify_tree's nodes): NaN check, max and argmax
+// (the larger logit, the lower index on ties) over x[0, V), block-wide with W warps;
+// every thread gets the same result. ok: the row can be verified (no NaN, some logit
+// above -inf, max not +inf). verify.cu writes the same loop out (registers: see there).
+struct RowMax {
+  KI mx;
+  bool ok;
+};
+
+template <int W, typename T>
+__device__ __forceinline__ RowMax block_row_max(const T* x, int64_t V, bool vec, KI* red) {
+  const int64_t nblk = (V + 3) / 4;
+  KI best{-filter::inf_f(), -1};
+  bool nan = false;
+  for (int64_t blk = threadIdx.x; blk < nblk; blk += W * 32) {
+    float v[4];
+    load4(x, blk, V, vec, -filter::inf_f(), v);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (v[e] != v[e]) nan = true;
+      else if (v[e] > best.k) best = KI{v[e], 4 * blk + e};
+    }
+  }
+  nan = __syncthreads_or(nan);
+  const KI mx = block_best<W>(best, red);
+  return RowMax{mx, !nan && mx.i >= 0 && mx.k != filter::inf_f()};
+}
+
+// The RowFilter of a row that no block-wide top-k / top-p cut applies to (one thread):
+// invalid (!r.ok); greedy when T = 0 or argmax_only (method "greedy": the kept set is
+// not used, only f.argmax); else every finite logit at temperature temp (min-p by
+// filter::kept through log_min_p).
+__device__ __forceinline__ filter::RowFilter unfiltered_row(const RowMax& r, float temp, float min_p,
+                                                            bool argmax_only, int64_t V) {
+  filter::RowFilter f;
+  f.valid = r.ok ? 1 : 0;
+  f.max_logit = f.valid ? r.mx.k : 0.0f;
+  f.argmax = f.valid ? r.mx.i : 0;
+  f.log_min_p = filter::log_min_p_of(min_p);
+  if (f.valid && (!(temp > 0.0f) || argmax_only)) {
+    filter::set_greedy(f);
+  } else if (f.valid) {
+    f.inv_temp = 1.0f / temp;
+    f.cut_value = -filter::inf_f();
+    f.cut_index = V;
+  }
+  return f;
+}
+
+// ------------------------------------------------------------------ small lookups
+
+// p(i) of the filtered target (inv_z: 1 / its mass): 0 off the kept set, 1 for greedy.
+template <typename T>
+__device__ __forceinline__ float p_of(const T* x, const filter::RowFilter& f, float inv_z, int64_t i) {
+  const float v = to_f(x, i);
+  if (!filter::kept(f, v, i)) return 0.0f;
+  if (f.greedy) return 1.0f;
+  return filter::fexp((v - f.max_logit) * f.inv_temp) * inv_z;
+}
+
+// Whether x is in the sorted a[0, n) (binary search).
+__device__ __forceinline__ bool in_sorted(const int64_t* a, int64_t n, int64_t x) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) >> 1;
+    if (a[mid] < x) lo = mid + 1; else hi = mid;
+  }
+  return lo < n && a[lo] == x;
 }
 
 }  // namespace vcuda

@@ -34,6 +34,11 @@ using vcuda::load4;
 using vcuda::to_f;
 using vcuda::FilterScratch;
 using vcuda::block_row_filter;
+using vcuda::block_row_max;
+using vcuda::in_sorted;
+using vcuda::p_of;
+using vcuda::RowMax;
+using vcuda::unfiltered_row;
 
 // 256 threads: the tree walk keeps more state live than verify's kernel (255 registers, no spills)
 constexpr int kTreeThreads = 256;
@@ -61,23 +66,6 @@ struct TShared {
   int32_t n_soft;
   bool dense_r;     // the workspace holds the residual
 };
-
-template <typename T>
-__device__ __forceinline__ float tp_of(const T* x, const RowFilter& f, float inv_z, int64_t i) {
-  const float v = to_f(x, i);
-  if (!filter::kept(f, v, i)) return 0.0f;
-  if (f.greedy) return 1.0f;
-  return filter::fexp((v - f.max_logit) * f.inv_temp) * inv_z;
-}
-
-__device__ __forceinline__ bool in_sorted_t(const int64_t* a, int64_t n, int64_t x) {
-  int64_t lo = 0, hi = n;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi) >> 1;
-    if (a[mid] < x) lo = mid + 1; else hi = mid;
-  }
-  return lo < n && a[lo] == x;
-}
 
 template <typename T, typename Q>
 __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
@@ -123,46 +111,17 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
     const int64_t cur = sh.cur;
     const T* x = logits + b * ls0 + cur * ls1;
     // ---- pass 1: validity, max, argmax
-    KI best{-filter::inf_f(), -1};
-    bool nan = false;
-    for (int64_t blk = tid; blk < nblk; blk += kTreeThreads) {
-      float v[4];
-      load4(x, blk, V, P.vec_logits, -filter::inf_f(), v);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if (v[e] != v[e]) nan = true;
-        else if (v[e] > best.k) best = KI{v[e], 4 * blk + e};
-      }
-    }
-    nan = __syncthreads_or(nan);
-    const KI mx = block_best<kTreeWarps>(best, red_ki);
+    const RowMax rm = block_row_max<kTreeWarps>(x, V, P.vec_logits, red_ki);
+    const KI mx = rm.mx;
+    const bool row_ok = rm.ok;
     const bool topk_on = top_k > 0 && top_k < V, topp_on = top_p < 1.0f;
-    const bool row_ok = !nan && mx.i >= 0 && mx.k != filter::inf_f();
     // greedy verification needs the argmax only: no filter, no mass pass
     const bool argmax_only = P.method == verify::kGreedy;
     const bool filtered = row_ok && temp > 0.0f && !argmax_only && (topk_on || topp_on);
     // block-wide cut (all threads); `final_norm`: log_norm already set (candidate rule)
     const bool final_norm = filtered && block_row_filter<kTreeWarps>(x, V, P.vec_logits, temp, top_k, top_p,
                                                                      min_p, mx.k, mx.i, fs);
-    if (tid == 0) {
-      RowFilter f;
-      if (filtered) {
-        f = fs.f();
-      } else {
-        f.valid = row_ok ? 1 : 0;
-        f.max_logit = f.valid ? mx.k : 0.0f;
-        f.argmax = f.valid ? mx.i : 0;
-        f.log_min_p = filter::log_min_p_of(min_p);
-        if (f.valid && (!(temp > 0.0f) || argmax_only)) {
-          filter::set_greedy(f);  // argmax_only: the kept set is not used, only f.argmax
-        } else if (f.valid) {
-          f.inv_temp = 1.0f / temp;
-          f.cut_value = -filter::inf_f();
-          f.cut_index = V;
-        }
-      }
-      sh.f = f;
-    }
+    if (tid == 0) sh.f = filtered ? fs.f() : unfiltered_row(rm, temp, min_p, argmax_only, V);
     __syncthreads();
     // ---- pass 2: mass (and entropy) over the kept set
     const bool want_h = P.method == verify::kTypical;
@@ -271,7 +230,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
           xk = xk < 0 ? 0 : (xk >= V ? V - 1 : xk);
           const bool ok = P.method == verify::kGreedy
                               ? xk == f.argmax
-                              : verify::accept_typical(tp_of(x, f, sh.inv_z, xk), sh.entropy, P.post_thr, P.post_alpha);
+                              : verify::accept_typical(p_of(x, f, sh.inv_z, xk), sh.entropy, P.post_thr, P.post_alpha);
           if (ok) sh.acc = k;
         }
         if (sh.acc >= 0) {
@@ -313,7 +272,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
               if (sh.dense_r) return R[y];
               for (int64_t t = 0; t < sh.n_touch; ++t)
                 if (touch_id[t] == y) return touch_val[t];
-              return tp_of(x, f, inv_z, y);
+              return p_of(x, f, inv_z, y);
             };
             const float zq = static_cast<float>(Z * static_cast<double>(q_at(xk)));
             const float u = verify::accept_uniform(seed, off, k - 1);
@@ -357,7 +316,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
           const Q* q = dprobs + b * ds0 + k * ds1;
           double2 acc = make_double2(0.0, 0.0);
           for (int64_t i = tid; i < V; i += kTreeThreads) {
-            const float r0 = first ? tp_of(x, f, inv_z, i) : R[i];
+            const float r0 = first ? p_of(x, f, inv_z, i) : R[i];
             const float d = r0 - zf * to_f(q, i);
             const float r = d > 0.0f ? d : 0.0f;
             R[i] = r;
@@ -432,7 +391,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
           if (!(r > 0.0f)) continue;
           const KI cand{verify::race_key(r, philox::to_unit_float(bits.v[e])), i};
           if (!ki_better(cand, mine)) continue;
-          if (nex > 0 && in_sorted_t(touch_id, nex, i)) continue;
+          if (nex > 0 && in_sorted(touch_id, nex, i)) continue;
           mine = cand;
         }
       }

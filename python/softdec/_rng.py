@@ -17,6 +17,41 @@ _ops = torch.ops.softdec
 __all__ = ["philox_uniform", "philox_normal"]
 
 
+def _shape_dims(shape, *, at_least_1d: bool) -> tuple:
+    """``shape`` (an int or a sequence of ints) as a tuple of non-negative ints; ValueError naming
+    ``shape`` otherwise (``at_least_1d``: a 0-D shape is refused too)."""
+    if isinstance(shape, torch.Size) or (isinstance(shape, (tuple, list))):
+        dims = tuple(shape)
+    elif isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        dims = (shape,)
+    else:
+        raise ValueError(f"shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+            raise ValueError(f"shape must be a sequence of ints, got {shape!r}")
+    dims = tuple(int(d) for d in dims)
+    if (at_least_1d and len(dims) == 0) or any(d < 0 for d in dims):
+        what = "at least one non-negative size" if at_least_1d else "non-negative sizes"
+        raise ValueError(f"shape must hold {what}, got {dims}")
+    return dims
+
+
+def _check_seed_dtype(seed: torch.Tensor) -> None:
+    if seed.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"seed must be an int or an int64 tensor, got a {str(seed.dtype).replace('torch.', '')} tensor")
+
+
+def _output_device(seed, device) -> torch.device:
+    """The output device: a tensor seed's own (``device``, if given, must match it), else
+    ``device`` (default CPU)."""
+    if isinstance(seed, torch.Tensor):
+        dev = seed.device
+        if device is not None and device_arg(device) != dev:
+            raise ValueError(f"device must match the seed tensor's device ({dev}), got {device}")
+        return dev
+    return device_arg(device) if device is not None else torch.device("cpu")
+
+
 @torch.library.register_fake("softdec::philox_uniform")
 def _philox_uniform_fake(seed, offset, n):
     torch._check(seed.dim() == 1, lambda: "seed must be a 1-D tensor")
@@ -72,37 +107,17 @@ def philox_uniform(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tens
     ----------
     Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011.
     """
-    if isinstance(shape, torch.Size) or (isinstance(shape, (tuple, list))):
-        dims = tuple(shape)
-    elif isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        dims = (shape,)
-    else:
-        raise ValueError(f"shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
-            raise ValueError(f"shape must be a sequence of ints, got {shape!r}")
-    dims = tuple(int(d) for d in dims)
-    if any(d < 0 for d in dims):
-        raise ValueError(f"shape must hold non-negative sizes, got {dims}")
+    dims = _shape_dims(shape, at_least_1d=False)
     if isinstance(seed, torch.Tensor) and seed.dim() != 0:
-        if seed.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"seed must be an int or an int64 tensor, got a {str(seed.dtype).replace('torch.', '')} tensor")
+        _check_seed_dtype(seed)
         if seed.dim() != 1:
             raise ValueError(f"seed must be an int or a 1-D tensor (one seed per row), got shape {tuple(seed.shape)}")
         if len(dims) == 0 or dims[0] != seed.shape[0]:
             raise ValueError(f"shape[0] must equal the number of seeds ({seed.shape[0]}), got shape {dims}")
-        dev = seed.device
-        if device is not None and device_arg(device) != dev:
-            raise ValueError(f"device must match the seed tensor's device ({dev}), got {device}")
         rows, n = dims[0], math.prod(dims[1:])
     else:
-        if isinstance(seed, torch.Tensor):
-            dev = seed.device
-            if device is not None and device_arg(device) != dev:
-                raise ValueError(f"device must match the seed tensor's device ({dev}), got {device}")
-        else:
-            dev = device_arg(device) if device is not None else torch.device("cpu")
         rows, n = (dims[0], math.prod(dims[1:])) if len(dims) >= 2 else (1, math.prod(dims))
+    dev = _output_device(seed, device)
     if rows * n > 2**60:  # the kernel's limit (numel * 8 bytes must fit in int64)
         raise ValueError(f"philox_uniform: shape {dims} has too many elements ({rows * n}; at most 2**60)")
     s, o = rng_state(seed, offset, rows, dev)
@@ -158,30 +173,14 @@ def philox_normal(shape: Union[int, Sequence[int]], seed: Union[int, torch.Tenso
     >>> eps.shape, eps.dtype
     (torch.Size([2, 8]), torch.float32)
     """
-    if isinstance(shape, torch.Size) or (isinstance(shape, (tuple, list))):
-        dims = tuple(shape)
-    elif isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
-        dims = (shape,)
-    else:
-        raise ValueError(f"shape must be an int or a sequence of ints, got {type(shape).__name__} {shape!r}")
-    for d in dims:
-        if isinstance(d, bool) or not isinstance(d, numbers.Integral):
-            raise ValueError(f"shape must be a sequence of ints, got {shape!r}")
-    dims = tuple(int(d) for d in dims)
-    if len(dims) == 0 or any(d < 0 for d in dims):
-        raise ValueError(f"shape must hold at least one non-negative size, got {dims}")
+    dims = _shape_dims(shape, at_least_1d=True)
     rows, n = (1, dims[0]) if len(dims) == 1 else (dims[0], math.prod(dims[1:]))
     if isinstance(seed, torch.Tensor):
-        if seed.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"seed must be an int or an int64 tensor, got a {str(seed.dtype).replace('torch.', '')} tensor")
+        _check_seed_dtype(seed)
         if seed.dim() != 1 or seed.shape[0] != rows:
             raise ValueError(f"seed must be an int or a ({rows},) tensor (one seed per row), got shape "
                              f"{tuple(seed.shape)}")
-        dev = seed.device
-        if device is not None and device_arg(device) != dev:
-            raise ValueError(f"device must match the seed tensor's device ({dev}), got {device}")
-    else:
-        dev = device_arg(device) if device is not None else torch.device("cpu")
+    dev = _output_device(seed, device)
     if rows * n > 2**60:
         raise ValueError(f"philox_normal: shape {dims} has too many elements ({rows * n}; at most 2**60)")
     s, o = rng_state(seed, offset, rows, dev)
