@@ -467,7 +467,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                                 bool causal, float scale, bool vq, bool vk, int b0, int nsplit,
                                 float2* __restrict__ stats /* [B, Hq, nsplit, w] */) {
   using E = typename Tr::Elem;
-  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads;
+  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   extern __shared__ __align__(128) unsigned char prefill_stats_smem[];
   E* pQ = reinterpret_cast<E*>(prefill_stats_smem);  // [kBM, D] window rows a0 ..
