@@ -543,7 +543,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                              const float2* __restrict__ stats, int G, int L, int w, bool causal, float scale,
                              bool vq, bool vk, int b0, int nsplit, float* __restrict__ score /* [B, Hq, L] */) {
   using E = typename Tr::Elem;
-  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN, kT = Tr::kThreads;
+  constexpr int D = Tr::D, kBM = Tr::kBM, kBN = Tr::kBN;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   extern __shared__ __align__(128) unsigned char prefill_score_smem[];
   E* pK = reinterpret_cast<E*>(prefill_score_smem);  // [kBM, D] keys j0 .. (the A operand)
