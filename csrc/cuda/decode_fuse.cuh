@@ -83,6 +83,19 @@ struct MergeStats {
 // applied one chunk after the other, in chunk order -- the arithmetic of the plain sequential loop.
 constexpr int kMergeUnroll = 4;
 
+// Issues the loads of chunks c0 .. c0 + kMergeUnroll - 1 together: each chunk's m and the float at offset
+// `off` of its state (1: l; 2 + i: output element i); chunks past `chunks` read as empty (m = -inf, x = 0).
+template <typename Load>
+SOFTDEC_DF_HD void load_group(const float* base, int64_t cs, int chunks, int c0, int64_t off, Load load,
+                              float (&mc)[kMergeUnroll], float (&xc)[kMergeUnroll]) {
+#pragma unroll
+  for (int u = 0; u < kMergeUnroll; ++u) {
+    const bool in = c0 + u < chunks;
+    mc[u] = in ? load(base + (c0 + u) * cs) : -INFINITY;
+    xc[u] = in ? load(base + (c0 + u) * cs + off) : 0.f;
+  }
+}
+
 template <typename Load>
 SOFTDEC_DF_HD MergeStats merge_stats(const float* base, int64_t cs, int chunks, Load load) {
   const float neg_inf = -INFINITY;
@@ -90,12 +103,7 @@ SOFTDEC_DF_HD MergeStats merge_stats(const float* base, int64_t cs, int chunks, 
   bool nan = false;
   for (int c0 = 0; c0 < chunks; c0 += kMergeUnroll) {
     float mc[kMergeUnroll], lc[kMergeUnroll];
-#pragma unroll
-    for (int u = 0; u < kMergeUnroll; ++u) {
-      const bool in = c0 + u < chunks;
-      mc[u] = in ? load(base + (c0 + u) * cs) : neg_inf;
-      lc[u] = in ? load(base + (c0 + u) * cs + 1) : 0.f;
-    }
+    load_group(base, cs, chunks, c0, 1, load, mc, lc);
 #pragma unroll
     for (int u = 0; u < kMergeUnroll; ++u) {
       m = fmaxf(m, mc[u]);
@@ -106,12 +114,7 @@ SOFTDEC_DF_HD MergeStats merge_stats(const float* base, int64_t cs, int chunks, 
   if (m != neg_inf)
     for (int c0 = 0; c0 < chunks; c0 += kMergeUnroll) {
       float mc[kMergeUnroll], lc[kMergeUnroll];
-#pragma unroll
-      for (int u = 0; u < kMergeUnroll; ++u) {
-        const bool in = c0 + u < chunks;
-        mc[u] = in ? load(base + (c0 + u) * cs) : neg_inf;  // beyond chunks: skipped like an empty chunk
-        lc[u] = in ? load(base + (c0 + u) * cs + 1) : 0.f;
-      }
+      load_group(base, cs, chunks, c0, 1, load, mc, lc);  // beyond chunks: skipped like an empty chunk
 #pragma unroll
       for (int u = 0; u < kMergeUnroll; ++u)
         if (mc[u] != neg_inf) l = fmaf(expf(mc[u] - m), lc[u], l);
@@ -128,12 +131,7 @@ SOFTDEC_DF_HD float merge_elem(const float* base, int64_t cs, int chunks, const 
   if (s.m != neg_inf)
     for (int c0 = 0; c0 < chunks; c0 += kMergeUnroll) {
       float mc[kMergeUnroll], vc[kMergeUnroll];
-#pragma unroll
-      for (int u = 0; u < kMergeUnroll; ++u) {
-        const bool in = c0 + u < chunks;
-        mc[u] = in ? load(base + (c0 + u) * cs) : neg_inf;
-        vc[u] = in ? load(base + (c0 + u) * cs + 2 + i) : 0.f;
-      }
+      load_group(base, cs, chunks, c0, 2 + i, load, mc, vc);
 #pragma unroll
       for (int u = 0; u < kMergeUnroll; ++u)
         if (mc[u] != neg_inf) acc = fmaf(expf(mc[u] - s.m), vc[u], acc);
