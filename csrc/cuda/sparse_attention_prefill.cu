@@ -355,6 +355,37 @@ struct ShiftRows {
   __device__ __forceinline__ int64_t operator()(int a) const { return static_cast<int64_t>(off) + a; }
 };
 
+// The work of one attention block (the mma.sync and the wgmma kernels): query tile blockIdx.x of (b, h) =
+// (b0 + blockIdx.z, blockIdx.y), its n kept rows (list row `row`), the Q / K / V bases of h and its KV head,
+// and the key tiles it visits: causal on compressed positions, column c is allowed for row a0 + r iff
+// c <= a0 + r, so a causal tile stops at min(n, a0 + kBM).
+template <class E>
+struct AttnBlock {
+  int64_t row;
+  int n, a0, nblocks;
+  ListRows ls;
+  const E *qb, *kb, *vb;
+};
+
+template <int kBM, int kBN, class E>
+__device__ __forceinline__ AttnBlock<E> attn_block(const E* q, Strides4 qs, const E* k, Strides4 ks, const E* v,
+                                                   Strides4 vs, const int32_t* list, const int32_t* count, int G,
+                                                   int L, bool causal, int b0) {
+  const int h = blockIdx.y, b = b0 + blockIdx.z, g = h / G;
+  AttnBlock<E> blk;
+  blk.row = static_cast<int64_t>(b) * gridDim.y + h;
+  blk.n = count[blk.row];
+  blk.a0 = blockIdx.x * kBM;
+  blk.ls = ListRows{list + blk.row * L};
+  blk.qb = q + b * qs.b + h * qs.h;
+  blk.kb = k + b * ks.b + g * ks.h;
+  blk.vb = v + b * vs.b + g * vs.h;
+  const int kend = causal ? min(blk.n, blk.a0 + kBM) : blk.n;
+  blk.nblocks = (kend + kBN - 1) / kBN;
+  return blk;
+}
+
+
 // Gathers positions [base, base + ROWS) into a smem tile: smem row r <- src[rows(base + r)], zeros for
 // base + r >= n. Thread tid moves 16-byte chunk tid % (D/8) of rows tid / (D/8) + pass * (T / (D/8)),
 // so a warp reads 256 or 512 contiguous bytes of 2-4 gathered rows per pass. With vec the copies are cp.async
@@ -727,19 +758,12 @@ __global__ void __launch_bounds__(Tr::kThreads)
   E* pV = pK + kS * kBN * D;                       // kStages x [kBN, D]
   const auto sQ = make_tensor(make_smem_ptr(pQ), typename Tr::SmemQ{});
 
-  const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
-  const int64_t row = static_cast<int64_t>(b) * Hq + h;
-  const int n = count[row];
-  const int a0 = blockIdx.x * kBM;
-  if (a0 >= n) return;
-  const ListRows ls{list + row * L};
-  const int tid = threadIdx.x;
-  const E* qb = q + b * qs.b + h * qs.h;
-  const E* kb = k + b * ks.b + g * ks.h;
-  const E* vb = v + b * vs.b + g * vs.h;
-  // Causal on compressed positions: column c0 + c is allowed for row a0 + r iff c0 + c <= a0 + r.
-  const int kend = causal ? min(n, a0 + kBM) : n;
-  const int nblocks = (kend + kBN - 1) / kBN;
+  const AttnBlock<E> blk = attn_block<kBM, kBN>(q, qs, k, ks, v, vs, list, count, G, L, causal, b0);
+  if (blk.a0 >= blk.n) return;
+  const int64_t row = blk.row;
+  const int n = blk.n, a0 = blk.a0, nblocks = blk.nblocks, tid = threadIdx.x;
+  const ListRows ls = blk.ls;
+  const E *qb = blk.qb, *kb = blk.kb, *vb = blk.vb;
 
   gather_rows<kBM, D, kT>(pQ, typename Tr::SmemQ{}, qb, qs.n, ls, a0, n, vq, tid);
   gather_rows<kBN, D, kT>(pK, typename Tr::SmemKV{}, kb, ks.n, ls, 0, n, vk, tid);
@@ -900,18 +924,12 @@ __global__ void __launch_bounds__(Tr::kThreads)
   E* pK = pQ + kBM * D;       // kStages x [kBN, D]
   E* pV = pK + kS * kBN * D;  // kStages x [kBN, D] (stored [key][d], read as V^T)
 
-  const int h = blockIdx.y, b = b0 + blockIdx.z, Hq = gridDim.y, g = h / G;
-  const int64_t row = static_cast<int64_t>(b) * Hq + h;
-  const int n = count[row];
-  const int a0 = blockIdx.x * kBM;
-  if (a0 >= n) return;
-  const ListRows ls{list + row * L};
-  const int tid = threadIdx.x;
-  const E* qb = q + b * qs.b + h * qs.h;
-  const E* kb = k + b * ks.b + g * ks.h;
-  const E* vb = v + b * vs.b + g * vs.h;
-  const int kend = causal ? min(n, a0 + kBM) : n;  // causal on compressed positions: column c <= a0 + r
-  const int nblocks = (kend + kBN - 1) / kBN;
+  const AttnBlock<E> blk = attn_block<kBM, kBN>(q, qs, k, ks, v, vs, list, count, G, L, causal, b0);
+  if (blk.a0 >= blk.n) return;
+  const int64_t row = blk.row;
+  const int n = blk.n, a0 = blk.a0, nblocks = blk.nblocks, tid = threadIdx.x;
+  const ListRows ls = blk.ls;
+  const E *qb = blk.qb, *kb = blk.kb, *vb = blk.vb;
 
   gather_rows<kBM, D, kT>(pQ, typename Tr::PlainQ{}, qb, qs.n, ls, a0, n, vq, tid);
   gather_rows<kBN, D, kT>(pK, typename Tr::PlainK{}, kb, ks.n, ls, 0, n, vk, tid);
