@@ -40,14 +40,18 @@
 // every thread layout finds the same cut (a token's mass below 2^-shift of the
 // scale counts as 0; shift >= 31 for V < 2^31, about 45 at V = 151936). The
 // top-k candidate rule (top_p_prefix, at most a few thousand sorted masses)
-// sums in double in the filter order.
+// sums in double in the filter order. The normaliser Z of the kept set (norm,
+// log_norm) is summed exactly (MassSum: integer digit sums, rounded once), so
+// it too is the same on every backend, path and thread layout.
 //
 // ---------------------------------------------------------------------------
 // API (stable; extend, don't break):
 //
 //   struct Params { float temperature; int64_t top_k; float top_p; float min_p; }
 //   struct RowFilter { valid, argmax, max_logit, inv_temp, cut_value, cut_index,
-//                      log_min_p, num_kept, log_norm }
+//                      log_min_p, num_kept, log_norm, norm }
+//   MassSum / mass_digits / inv_norm   the kept mass Z by the exact rule (see "the kept
+//                      mass Z, exactly"): one value on every path, backend and split
 //
 //   compute_row_filter<Load>(load, V, params)     -> RowFilter   (serial, generic)
 //   compute_prob_filter<Load>(load, V, k, top_p, min_p) -> ProbFilter
@@ -242,6 +246,7 @@ struct RowFilter {
   float log_min_p = 0.0f;   // -inf when min-p is off
   int64_t num_kept = 0;     // |kept set|
   double log_norm = 0.0;    // log sum_{kept} exp((x_i - m) * inv_temp)
+  double norm = 0.0;        // Z = sum_{kept} token_mass, by the exact rule (MassSum): log_norm = log Z
   int32_t greedy = 0;       // T == 0
 };
 
@@ -373,6 +378,105 @@ SOFTDEC_HD uint64_t fixed_take(uint64_t target, uint64_t macc, uint64_t q) {
   return target > macc ? (target - macc + q - 1) / q : 0;
 }
 
+// ------------------------------------------------------------------ the kept mass Z, exactly
+// The normaliser of a filtered target (Z = sum of the kept masses e_i; log_norm = log Z, the
+// filtered p_i = e_i * inv_norm(Z)) is ONE number for a given kept set on every backend, every
+// code path (candidates, radix cut, plain / min-p pass), every thread layout and every
+// vocabulary split (the shards of softdec.distributed): each mass e (a float in [0, 1]) is cut
+// into three base-2^32 digits below the binary point,
+//     e = d0 2^-32 + d1 2^-64 + d2 2^-96 + (a rest below 2^-96, dropped),
+// d0 = floor(e 2^32) in [0, 2^32], d1, d2 in [0, 2^32) (mass_digits: double arithmetic in which
+// every step is exact -- e 2^32, the subtraction of a floor, the scaling by 2^32 -- so FMA
+// contraction and the compiler cannot change a digit), the digits are summed as integers
+// (S_k < 2^63 for fewer than 2^31 tokens: exact in any order and any split), and
+//     Z = (S0 2^64 + S1 2^32 + S2) 2^-96 rounded to the nearest double, ties to even
+// (fixed128_to_double). The dropped rests total below V 2^-96 (Z >= 1 whenever the row's top
+// token is kept), so Z is the exact sum of the masses rounded once, up to that. A fast kernel
+// may accumulate the digits as doubles while the sum stays below 2^53 (at most 2^20 digits
+// per accumulator), then convert them to uint64 (exact integers) and merge.
+
+// The three digits of a mass e in [0, 1] (exact; doubles holding integers).
+SOFTDEC_HD void mass_digits(float e, double* d0, double* d1, double* d2) {
+  constexpr double k32 = 4294967296.0;  // 2^32
+#if defined(__CUDA_ARCH__)
+  double a = __dmul_rn(static_cast<double>(e), k32);
+  *d0 = ::floor(a);
+  a = __dmul_rn(__dsub_rn(a, *d0), k32);
+  *d1 = ::floor(a);
+  a = __dmul_rn(__dsub_rn(a, *d1), k32);
+  *d2 = ::floor(a);
+#else
+  double a = static_cast<double>(e) * k32;
+  *d0 = std::floor(a);
+  a = (a - *d0) * k32;
+  *d1 = std::floor(a);
+  a = (a - *d1) * k32;
+  *d2 = std::floor(a);
+#endif
+}
+
+// N 2^-scale rounded to the nearest double (ties to even), N = hi 2^64 + lo < 2^128.
+SOFTDEC_HD double fixed128_to_double(uint64_t hi, uint64_t lo, int scale) {
+  if (hi == 0 && lo < (uint64_t{1} << 53)) return static_cast<double>(lo) * pow2_d(-scale);  // exact
+  const int L = hi ? 64 + bit_length(hi) : bit_length(lo);  // > 53
+  const int s = L - 53;                                      // bits dropped, in [1, 75]
+  uint64_t M = s >= 64 ? (hi >> (s - 64)) : ((lo >> s) | (hi << (64 - s)));  // < 2^53
+  const int hp = s - 1;  // the half bit
+  const bool half = hp >= 64 ? ((hi >> (hp - 64)) & 1u) != 0 : ((lo >> hp) & 1u) != 0;
+  bool sticky;  // any bit below the half bit
+  if (hp <= 64) {
+    sticky = hp == 64 ? lo != 0 : (lo & ((uint64_t{1} << hp) - 1)) != 0;
+  } else {
+    sticky = lo != 0 || (hi & ((uint64_t{1} << (hp - 64)) - 1)) != 0;
+  }
+  if (half && (sticky || (M & 1u))) ++M;  // M <= 2^53: still exact in a double
+  return static_cast<double>(M) * pow2_d(s - scale);
+}
+
+// Integer digit sums of a set of masses; value() = Z.
+struct MassSum {
+  uint64_t d[3] = {0, 0, 0};
+  SOFTDEC_HD void add(float e) {
+    double a, b, c;
+    mass_digits(e, &a, &b, &c);
+    d[0] += static_cast<uint64_t>(a);
+    d[1] += static_cast<uint64_t>(b);
+    d[2] += static_cast<uint64_t>(c);
+  }
+  SOFTDEC_HD void merge(const MassSum& o) {
+    d[0] += o.d[0];
+    d[1] += o.d[1];
+    d[2] += o.d[2];
+  }
+  SOFTDEC_HD double value() const { return digits_to_double(d[0], d[1], d[2]); }
+  // Z from the three digit sums (each < 2^63)
+  SOFTDEC_HD static double digits_to_double(uint64_t s0, uint64_t s1, uint64_t s2) {
+    const uint64_t t = s1 << 32;
+    const uint64_t lo = s2 + t;
+    const uint64_t hi = s0 + (s1 >> 32) + (lo < t ? 1u : 0u);
+    return fixed128_to_double(hi, lo, 96);
+  }
+};
+
+// float(1 / Z), correctly rounded in double, then to float: the factor p_i = e_i * inv_norm(Z)
+// of every verify path (IEEE division on host and device: the same bits).
+SOFTDEC_HD float inv_norm(double Z) {
+#if defined(__CUDA_ARCH__)
+  return __double2float_rn(__drcp_rn(Z));
+#else
+  return static_cast<float>(1.0 / Z);
+#endif
+}
+
+// log Z (the C library's log on the host, CUDA's on the device: log_norm is a tolerance matter)
+SOFTDEC_HD double log_of(double z) {
+#if defined(__CUDA_ARCH__)
+  return ::log(z);
+#else
+  return std::log(z);
+#endif
+}
+
 SOFTDEC_HD int64_t top_p_prefix(const float* masses, int64_t len, float top_p) {
   return top_p_prefix_by([masses](int64_t j) -> float { return masses[j]; }, len, top_p);
 }
@@ -394,21 +498,18 @@ SOFTDEC_HD void finish_from_sorted_by(RowFilter& f, const ValueAt& value_at, con
   }
   f.cut_value = value_at(n - 1);
   f.cut_index = index_at(n - 1);
-  double s = 0.0;
+  MassSum z;
   int64_t cnt = 0;
   for (int64_t j = 0; j < n; ++j) {
     const float v = value_at(j);
     if ((v - f.max_logit) * f.inv_temp >= f.log_min_p) {
-      s += token_mass(v, f.max_logit, f.inv_temp);
+      z.add(token_mass(v, f.max_logit, f.inv_temp));
       ++cnt;
     }
   }
   f.num_kept = cnt;
-#if defined(__CUDA_ARCH__)
-  f.log_norm = ::log(s);
-#else
-  f.log_norm = std::log(s);
-#endif
+  f.norm = z.value();
+  f.log_norm = log_of(f.norm);
 }
 
 SOFTDEC_HD void finish_from_sorted(RowFilter& f, const float* values, const int64_t* indices,
@@ -620,6 +721,7 @@ SOFTDEC_HD void set_greedy(RowFilter& f) {
   f.cut_index = f.argmax;
   f.num_kept = 1;
   f.log_norm = 0.0;
+  f.norm = 1.0;
 }
 
 // Reference-grade filter of one row of logits (any Load, serial); `scratch`
@@ -639,21 +741,18 @@ SOFTDEC_HD RowFilter compute_row_filter(const Load& load, int64_t V, Params p, d
   const int sh = mass_shift(V, static_cast<double>(token_mass(m, m, it)));
   auto mass_of = [m, it, sh](float x) -> uint64_t { return to_fixed(static_cast<double>(token_mass(x, m, it)), sh); };
   detail::generic_cut(load, V, p.top_k, p.top_p, mass_of, f, scratch);
-  double s = 0.0;
+  MassSum z;  // the exact rule: the same Z as every other path
   int64_t cnt = 0;
   for (int64_t i = 0; i < V; ++i) {
     const float x = load(i);
     if (kept(f, x, i)) {
-      s += token_mass(x, m, it);
+      z.add(token_mass(x, m, it));
       ++cnt;
     }
   }
   f.num_kept = cnt;
-#if defined(__CUDA_ARCH__)
-  f.log_norm = ::log(s);
-#else
-  f.log_norm = std::log(s);
-#endif
+  f.norm = z.value();
+  f.log_norm = log_of(f.norm);
   return f;
 }
 
