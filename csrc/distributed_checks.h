@@ -101,9 +101,8 @@ inline void check_position_args(const Tensor& logits, int64_t offset, const Tens
   check_cut_args(logits, cv, ci);
 }
 
-inline void check_kept_mass_args(const Tensor& logits, const Tensor& start, const Tensor& want) {
+inline void check_kept_mass_args(const Tensor& logits, const Tensor& want) {
   const int64_t R = logits.size(0);
-  check_per_row(start, "start", R, ScalarType::Double, logits, "logits");
   check_per_row(want, "want", R, ScalarType::Long, logits, "logits");
 }
 

@@ -38,12 +38,13 @@ STABLE_TORCH_LIBRARY(softdec, m) {
   m.def("shard_cut_block_pick(Tensor logits, int offset, int vocab_size, Tensor max_logit, "
         "Tensor temperature, Tensor min_p, Tensor cut_value, Tensor cut_index, Tensor block, "
         "Tensor target) -> Tensor");
-  // verify(method="exact") on shards: a running double sum of the kept masses continued over
-  // the shard in id order (start + ...) with token want's mass (-1: not in the shard), and the
+  // verify(method="exact") on shards: the shard's kept masses as the exact rule's integer digit
+  // sums (include/softdec/filter.h MassSum: int64 [R, 3], summed over the ranks by an all_reduce)
+  // with token want's mass (-1: not in the shard), and the
   // shard's exponential-race winner (key, global
   // id) skipping one token, with that token's p (-1: not in the shard).
   m.def("shard_kept_mass(Tensor logits, int offset, Tensor max_logit, Tensor temperature, Tensor min_p, "
-        "Tensor cut_value, Tensor cut_index, Tensor start, Tensor want) -> (Tensor, Tensor)");
+        "Tensor cut_value, Tensor cut_index, Tensor want) -> (Tensor, Tensor)");
   m.def("shard_verify_race(Tensor logits, int offset, Tensor max_logit, Tensor temperature, Tensor min_p, "
         "Tensor cut_value, Tensor cut_index, Tensor inv_z, Tensor seed, Tensor stream, Tensor skip) "
         "-> (Tensor, Tensor, Tensor)");

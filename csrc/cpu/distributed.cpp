@@ -376,12 +376,12 @@ Tensor shard_nth_tie_cpu(Tensor logits, int64_t offset, Tensor value, Tensor cv,
 
 // ------------------------------------------------------------------ verify(method="exact") on shards
 // The filtered target of a position: kept(i) = filter::kept with (max_logit, 1/T, min-p, the
-// cut), p_i = fexp((x_i - m) / T) * inv_z in float (verify.cpp p_of), inv_z = float(exp(-log
-// s)) with s the kept masses' double sum in vocabulary order (filter::compute_row_filter's
-// serial loop, which the single-device op runs for top-p targets): the ranks continue one
-// running sum in vocabulary order (shard_kept_mass, a chain of broadcasts), then each rank
-// races its own tokens as verify.cpp's race_range does (shard_verify_race: key = p_i /
-// -flog(u_i), u_i element i of the (seed, stream) stream; larger key wins, lower id on ties).
+// cut), p_i = fexp((x_i - m) / T) * inv_z in float (verify.cpp p_of), inv_z = filter::inv_norm(Z)
+// with Z the kept masses' sum by the exact rule (filter.h MassSum: integer digit sums, exact in
+// any split), the rule every single-device path uses: each rank sums its own tokens' digits
+// (shard_kept_mass), one all_reduce adds the ranks' sums, then each rank races its own tokens as
+// verify.cpp's race_range does (shard_verify_race: key = p_i / -flog(u_i), u_i element i of the
+// (seed, stream) stream; larger key wins, lower id on ties).
 
 RowFilter position_filter(float m, float t, float min_p, float cv, int64_t ci) {
   RowFilter f;
@@ -403,14 +403,15 @@ void check_position_args(const Tensor& logits, int64_t offset, const Tensor& m, 
     SOFTDEC_CHECK(tt[r] > 0.0f && tt[r] < kInf, "temperature must be finite and > 0, got ", tt[r], " at row ", r);
 }
 
-// start[r] + the kept masses of the shard's tokens, added one by one in id order (double);
-// and the mass (float) of token want[r]: 0 if not kept, -1 if the shard does not hold it.
+// The digit sums (int64 [R, 3], filter::MassSum) of the shard's kept masses, and the mass
+// (float) of token want[r]: 0 if not kept, -1 if the shard does not hold it. Per row, the
+// 1024-token blocks' digits in cpu::MassLanes (vectorised, exact) then merged as integers.
 std::tuple<Tensor, Tensor> shard_kept_mass_cpu(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp,
-                                               Tensor cv, Tensor ci, Tensor start, Tensor want) {
+                                               Tensor cv, Tensor ci, Tensor want) {
   check_position_args(logits, offset, m, t, mp, cv, ci);
   const int64_t R = logits.size(0), n = logits.size(1);
-  distributed_checks::check_kept_mass_args(logits, start, want);
-  Tensor out = new_empty(logits, {R}, ScalarType::Double);
+  distributed_checks::check_kept_mass_args(logits, want);
+  Tensor out = new_empty(logits, {R, 3}, ScalarType::Long);
   Tensor ew = new_empty(logits, {R}, ScalarType::Float);
   if (R == 0) return {out, ew};
   const float* mm = m.const_data_ptr<float>();
@@ -418,9 +419,8 @@ std::tuple<Tensor, Tensor> shard_kept_mass_cpu(Tensor logits, int64_t offset, Te
   const float* pp = mp.const_data_ptr<float>();
   const float* cvp = cv.const_data_ptr<float>();
   const int64_t* cip = ci.const_data_ptr<int64_t>();
-  const double* st = start.const_data_ptr<double>();
   const int64_t* wp = want.const_data_ptr<int64_t>();
-  double* o = out.mutable_data_ptr<double>();
+  int64_t* o = out.mutable_data_ptr<int64_t>();
   float* oe = ew.mutable_data_ptr<float>();
   const int64_t rs = logits.stride(0);
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
@@ -430,14 +430,17 @@ std::tuple<Tensor, Tensor> shard_kept_mass_cpu(Tensor logits, int64_t offset, Te
       for (int64_t r = b; r < e; ++r) {
         const RowFilter f = position_filter(mm[r], tt[r], pp[r], cvp[r], cip[r]);
         const scalar_t* xr = x + r * rs;
-        double s = st[r];
+        filter::MassSum z;
         for (int64_t b0 = 0; b0 < n; b0 += 1024) {
           const int64_t len = std::min<int64_t>(1024, n - b0);
           masses(xr + b0, len, f.max_logit, f.inv_temp, ms);  // filter::token_mass's bits
           for (int64_t j = 0; j < len; ++j)
-            if (filter::kept(f, to_float(xr[b0 + j]), offset + b0 + j)) s += ms[j];
+            if (!filter::kept(f, to_float(xr[b0 + j]), offset + b0 + j)) ms[j] = 0.0f;  // adds no digit
+          cpu::MassLanes lanes;
+          lanes.add(ms, len);
+          z.merge(lanes.sum());
         }
-        o[r] = s;
+        for (int k = 0; k < 3; ++k) o[3 * r + k] = static_cast<int64_t>(z.d[k]);
         const int64_t w = wp[r] - offset;
         oe[r] = -1.0f;
         if (w >= 0 && w < n) {

@@ -12,6 +12,7 @@
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 #include "simd.h"
+#include "mass_lanes.h"
 #include "topk.h"
 
 #include <algorithm>
@@ -461,50 +462,36 @@ void top_p_cut(const T* x, int64_t V, float m, int64_t argmax, float it, float t
 
 
 // Plain and min-p rows read the vocabulary in fixed pieces of kFilterPiece
-// tokens: each piece's statistics and kept-mass lane sums start from zero and
+// tokens: each piece's statistics and kept-mass digit sums start from zero and
 // the pieces are merged in index order, so the result does not depend on
 // whether the pieces ran on one thread or on torch's threads (`par`).
 constexpr int64_t kFilterPiece = 16384;
 
-// Kept mass of [lo, hi) in 8 interleaved double accumulators (token lo + j adds to lane j % 8,
-// lo a multiple of 8), free of the 4-cycle add chain a single accumulator has.
+// Kept mass of [lo, hi) by the exact rule (filter::MassSum's digit sums, MassLanes), and the
+// number of kept tokens.
 template <class T>
-void kept_mass_lanes(const T* x, int64_t lo, int64_t hi, const filter::RowFilter& f, double* s8, int64_t* cnt_out) {
+filter::MassSum kept_mass(const T* x, int64_t lo, int64_t hi, const filter::RowFilter& f, int64_t* cnt_out) {
   const float m = f.max_logit, it = f.inv_temp;
   const bool all_finite_kept = f.cut_value == -kInf && !(f.log_min_p > -kInf);
   int64_t cnt = 0;
+  MassLanes lanes;
   alignas(64) float e[1024];
   for (int64_t base = lo; base < hi; base += 1024) {
     const int64_t n = std::min<int64_t>(1024, hi - base);
     masses(x + base, n, m, it, e);
     if (all_finite_kept) {  // filter::kept is "finite" here: -inf tokens have e = 0
-      int64_t j = 0;
-      double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};  // registers: constant indices below
-      int64_t c8 = 0;
-      for (; j + 8 <= n; j += 8) {
-#pragma GCC unroll 8
-        for (int l = 0; l < 8; ++l) {
-          const bool k = to_float(x[base + j + l]) > -kInf;
-          a[l] += k ? static_cast<double>(e[j + l]) : 0.0;
-          c8 += k ? 1 : 0;
-        }
-      }
-      for (int l = 0; l < 8; ++l) s8[l] += a[l];
-      cnt += c8;
-      for (; j < n; ++j) {
-        const bool k = to_float(x[base + j]) > -kInf;
-        s8[j & 7] += k ? static_cast<double>(e[j]) : 0.0;
-        cnt += k ? 1 : 0;
-      }
+      for (int64_t j = 0; j < n; ++j) cnt += to_float(x[base + j]) > -kInf ? 1 : 0;
     } else {
       for (int64_t j = 0; j < n; ++j) {
         const bool k = filter::kept(f, to_float(x[base + j]), base + j);
-        s8[j & 7] += k ? static_cast<double>(e[j]) : 0.0;
+        e[j] = k ? e[j] : 0.0f;
         cnt += k ? 1 : 0;
       }
     }
+    lanes.add(e, n);
   }
   *cnt_out = cnt;
+  return lanes.sum();
 }
 
 // Runs body(piece, lo, hi) for the kFilterPiece pieces of [0, V): in order on this thread, or
@@ -587,23 +574,22 @@ filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p, bool 
     f.cut_value = -kInf;
     f.cut_index = V;
   }
-  // Kept mass: each piece's 8 lane sums (kept_mass_lanes), added lane by lane in piece order,
-  // the lanes combined in a fixed tree (deterministic, and the same with or without par).
+  // Kept mass Z by the exact rule (integer digit sums: the same in any split, with or without par)
   const int64_t np = (V + kFilterPiece - 1) / kFilterPiece;
-  std::vector<double> ps(static_cast<size_t>(np) * 8, 0.0);
+  std::vector<filter::MassSum> ps(static_cast<size_t>(np));
   std::vector<int64_t> pc(static_cast<size_t>(np), 0);
   for_pieces(V, par, [&](int64_t i, int64_t lo, int64_t hi) {
-    kept_mass_lanes(x, lo, hi, f, ps.data() + i * 8, pc.data() + i);
+    ps[static_cast<size_t>(i)] = kept_mass(x, lo, hi, f, pc.data() + i);
   });
-  double s8[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+  filter::MassSum z;
   int64_t cnt = 0;
   for (int64_t i = 0; i < np; ++i) {
-    for (int l = 0; l < 8; ++l) s8[l] += ps[static_cast<size_t>(i * 8 + l)];
+    z.merge(ps[static_cast<size_t>(i)]);
     cnt += pc[static_cast<size_t>(i)];
   }
-  const double s = ((s8[0] + s8[1]) + (s8[2] + s8[3])) + ((s8[4] + s8[5]) + (s8[6] + s8[7]));
   f.num_kept = cnt;
-  f.log_norm = std::log(s);
+  f.norm = z.value();
+  f.log_norm = std::log(f.norm);
   return f;
 }
 

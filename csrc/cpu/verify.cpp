@@ -12,6 +12,7 @@
 #include "../common.h"
 #include "../dispatch.h"
 #include "../verify_checks.h"
+#include "mass_lanes.h"
 #include "race.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
@@ -135,9 +136,10 @@ Stats stats_range(const T* x, int64_t lo, int64_t hi) {
 }
 
 struct Mass {
-  double z = 0.0, s = 0.0;  // sum of masses, sum of mass * scaled logit
+  filter::MassSum z;  // the kept mass by the exact rule (filter.h: one Z on every path and split)
+  double s = 0.0;     // sum of mass * scaled logit (entropy; tolerance only)
   void merge(const Mass& o) {
-    z += o.z;
+    z.merge(o.z);
     s += o.s;
   }
 };
@@ -148,10 +150,12 @@ template <typename T, bool kEntropy>
 Mass mass_range(const T* x, int64_t lo, int64_t hi, const RowFilter& f) {
   Mass r;
   int64_t i = lo;
+#if defined(SOFTDEC_SIMD_AVX512) || defined(SOFTDEC_SIMD_AVX2)
+  cpu::MassLanes lanes;
+#endif
 #if defined(SOFTDEC_SIMD_AVX512)
   const __m512 vm = _mm512_set1_ps(f.max_logit), vit = _mm512_set1_ps(f.inv_temp);
   const __m512 vlmp = _mm512_set1_ps(f.log_min_p), vninf = _mm512_set1_ps(-kInf);
-  __m512d z0 = _mm512_setzero_pd(), z1 = _mm512_setzero_pd();
   __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
   for (; i < hi; i += 16) {
     const __mmask16 tm = tail_mask(hi - i);
@@ -160,50 +164,47 @@ Mass mass_range(const T* x, int64_t lo, int64_t hi, const RowFilter& f) {
     __mmask16 keep = _mm512_mask_cmp_ps_mask(tm, v, vninf, _CMP_GT_OQ);
     keep = _mm512_mask_cmp_ps_mask(keep, sc, vlmp, _CMP_GE_OQ);
     const __m512 e = _mm512_maskz_mov_ps(keep, vexp(sc));
-    z0 = _mm512_add_pd(z0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
-    z1 = _mm512_add_pd(z1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(e), 1))));
+    lanes.add16(e);
     if (kEntropy) {
       const __m512 es = _mm512_maskz_mul_ps(keep, e, sc);
       s0 = _mm512_add_pd(s0, _mm512_cvtps_pd(_mm512_castps512_ps256(es)));
       s1 = _mm512_add_pd(s1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(es), 1))));
     }
   }
-  r.z = _mm512_reduce_add_pd(_mm512_add_pd(z0, z1));
   if (kEntropy) r.s = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 #elif defined(SOFTDEC_SIMD_AVX2)
   {
     const __m256 vm = _mm256_set1_ps(f.max_logit), vit = _mm256_set1_ps(f.inv_temp);
     const __m256 vlmp = _mm256_set1_ps(f.log_min_p), vninf = _mm256_set1_ps(-kInf);
-    __m256d z0 = _mm256_setzero_pd(), z1 = _mm256_setzero_pd();
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     for (; i + 8 <= hi; i += 8) {
       const __m256 v = load8(x + i);
       const __m256 sc = _mm256_mul_ps(_mm256_sub_ps(v, vm), vit);
       const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(v, vninf, _CMP_GT_OQ), _mm256_cmp_ps(sc, vlmp, _CMP_GE_OQ));
       const __m256 e = _mm256_and_ps(vexp8(sc), keep);
-      z0 = _mm256_add_pd(z0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-      z1 = _mm256_add_pd(z1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+      lanes.add8(e);
       if (kEntropy) {
         const __m256 es = _mm256_and_ps(_mm256_mul_ps(e, sc), _mm256_cmp_ps(e, _mm256_setzero_ps(), _CMP_GT_OQ));
         s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(es)));
         s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(es, 1)));
       }
     }
-    alignas(32) double t[4];
-    _mm256_store_pd(t, _mm256_add_pd(z0, z1));
-    r.z += (t[0] + t[1]) + (t[2] + t[3]);
     if (kEntropy) {
+      alignas(32) double t[4];
       _mm256_store_pd(t, _mm256_add_pd(s0, s1));
       r.s += (t[0] + t[1]) + (t[2] + t[3]);
     }
   }
+#endif
+#if defined(SOFTDEC_SIMD_AVX512) || defined(SOFTDEC_SIMD_AVX2)
+  r.z = lanes.sum();
 #endif
   for (; i < hi; ++i) {
     const float v = static_cast<float>(x[i]);
     if (!filter::kept(f, v, i)) continue;
     const float sc = (v - f.max_logit) * f.inv_temp;
     const float e = filter::fexp(sc);
-    r.z += e;
+    r.z.add(e);
     if (kEntropy && e > 0.0f) r.s += static_cast<double>(e) * sc;
   }
   return r;
@@ -467,8 +468,9 @@ Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p
         const Mass m = over_vocab<Mass>(V, P.split, [&](int64_t lo, int64_t hi) {
           return want_entropy ? mass_range<T, true>(x, lo, hi, f) : mass_range<T, false>(x, lo, hi, f);
         });
-        f.log_norm = std::log(m.z);
-        if (want_entropy) t.entropy = f.log_norm - m.s / m.z;
+        f.norm = m.z.value();
+        f.log_norm = std::log(f.norm);
+        if (want_entropy) t.entropy = f.log_norm - m.s / f.norm;
       }
     }
   }
@@ -478,7 +480,7 @@ Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p
     t.entropy = 0.0;
     return t;
   }
-  t.inv_z = static_cast<float>(std::exp(-f.log_norm));
+  t.inv_z = filter::inv_norm(f.norm);  // float(1 / Z): the same bits on every path and backend
   if (want_entropy && generic) {
     double z = 0.0, sum = 0.0;
     for (int64_t i = 0; i < V; ++i) {
@@ -545,7 +547,7 @@ bool soft_filtered_target(const T* x, float temp, int64_t kk, int64_t fk, float 
     f.log_min_p = -kInf;
     rp.vocab_mass = over_vocab<Mass>(V, P.split, [&](int64_t lo, int64_t hi) {
       return mass_range<T, false>(x, lo, hi, f);
-    }).z;
+    }).z.value();
   }
   std::vector<float> noisy(static_cast<size_t>(ks));
   tidx.assign(static_cast<size_t>(ks), 0);

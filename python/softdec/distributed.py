@@ -57,11 +57,11 @@ Decisions that depend on every token of the row:
   7 collectives (8 with a split run of ties; top-k > 2048 adds 4-5 for its count select).
 - ``verify``: top-k targets (any method, dense / sparse drafts) use the candidates-only row
   (see :func:`verify`), exact; "exact" with one-hot drafts and no top-k (temperature, top-p,
-  min-p) finds each position's top-p cut as ``sample`` does, then the normaliser as one
-  running double sum of the kept masses in vocabulary order, continued rank after rank
-  (``shard_kept_mass``, one broadcast per rank: the serial sum of
-  filter::compute_row_filter, which the single-device op runs for top-p targets), then each
-  rank races its own tokens with the kernel's float arithmetic (``shard_verify_race``: p_i =
+  min-p) finds each position's top-p cut as ``sample`` does, then the normaliser Z by the
+  exact rule every single-device path uses (include/softdec/filter.h "the kept mass Z,
+  exactly": each kept mass cut into three base-2^32 digits, integer digit sums, rounded once):
+  each rank sums its own tokens' digits (``shard_kept_mass``), one all_reduce adds them
+  (exact in any order), then each rank races its own tokens with the kernel's float arithmetic (``shard_verify_race``: p_i =
   fexp(.) * inv_z, key p_i / -flog(u_i), u_i element ``id`` of the row's stream) and the
   shard winners merge by max; the other targets without top-k all_gather the rows (see
   :func:`verify`).
@@ -74,10 +74,8 @@ merge are one native pass each (csrc/cpu/distributed.cpp); soft_mixture's partia
 carry the softmax sums at the row's temperature) come from softdec.soft_mixture on the
 shard with a 1-column table and a Python merge. The decisions on the compact rows are the
 native kernels. ``verify(method="exact")`` with one-hot drafts and no top-k is bit for bit the
-single-device op for top-p targets; without top-p the single-device normaliser is a
-vectorised (and, for small batches, thread-split) double sum whose rounding the serial chain
-does not repeat, so an acceptance or race decided within ~1e-16 relative of its threshold
-may differ.
+single-device op (CPU or CUDA: the normaliser is the same exact digit sum on every backend,
+path and split).
 
 Devices: CPU shards (gloo) and CUDA shards (NCCL, or gloo with CUDA tensors): every tensor
 the ops create is on the shard's device, and every shard helper has a CUDA kernel
@@ -85,17 +83,11 @@ the ops create is on the shard's device, and every shard helper has a CUDA kerne
 blockwise draw (block sums in the CPU's lane order, bit for bit); the top-p / large-k cut
 (shard_radix_hist: integer histograms of the uint64 fixed-point masses, exact in any order;
 shard_nth_tie; shard_cut_block_masses / shard_cut_block_pick); and verify(method="exact")'s
-chain and race (shard_kept_mass: the running double sum in vocabulary order, which no
-parallel reduction reproduces, so one thread of the row's CUDA block adds the shard's kept
-masses one by one after a parallel pass has computed and compacted them -- a serial pass
-over the KEPT tokens only, at most V_local dependent adds per position; shard_verify_race:
-the kernel's fexp / flog and Philox element ``id``, then a block (key, id) max, exact in any
-order). So CUDA shards take the same paths and collectives as CPU shards (bytes_per_call holds
-for both). sample equals the single-device CUDA op bit for bit; verify(method="exact") with
-one-hot drafts and no top-k equals the single-device *CPU* op bit for bit for top-p targets
-(the CPU's serial normaliser), while the single-device CUDA verify sums its normaliser by a
-block reduction, so against it an acceptance or race decided within ~1e-16 relative of its
-threshold may differ (as without top-p on CPU). The CUDA path compiles (sm_80, sm_90a) but
+normaliser and race (shard_kept_mass: block-parallel integer digit sums, exact in any order;
+shard_verify_race: the kernel's fexp / flog and Philox element ``id``, then a block (key, id)
+max, exact in any order). So CUDA shards take the same paths and collectives as CPU shards
+(bytes_per_call holds for both). sample and verify(method="exact") with one-hot drafts and no
+top-k equal the single-device op (CPU or CUDA) bit for bit. The CUDA path compiles (sm_80, sm_90a) but
 has not been run yet (tests/test_distributed_cuda.py runs when a GPU is present). On CUDA a
 few steps read values on the host as the CPU path does: the layout / branch decisions
 (``tolist``, ``bool(...any())``), the top-p targets (exact Python integers) and the
@@ -149,9 +141,9 @@ def _merge_partials_fake(g, c):
 
 
 @torch.library.register_fake("softdec::shard_kept_mass")
-def _shard_kept_mass_fake(logits, offset, max_logit, temperature, min_p, cut_value, cut_index, start, want):
+def _shard_kept_mass_fake(logits, offset, max_logit, temperature, min_p, cut_value, cut_index, want):
     R = logits.shape[0]
-    return logits.new_empty((R,), dtype=torch.float64), logits.new_empty((R,), dtype=torch.float32)
+    return logits.new_empty((R, 3), dtype=torch.int64), logits.new_empty((R,), dtype=torch.float32)
 
 
 @torch.library.register_fake("softdec::shard_verify_race")
@@ -453,8 +445,8 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
       ``[B, 512]`` int64 (masses and tie counts), + one int64 per row (all_reduce) when the cut
       splits a run of ties (not counted);
     - "verify_exact" / "verify_exact_top_p" (one-hot drafts, no top-k): the partials of B (K + 1)
-      positions + the layout row, the normaliser's broadcasts (two float64 per position from
-      each other rank: the running sum and the draft token's mass) and the race winners (two
+      positions + the layout row, the normaliser's all_reduce (four int64 per position: the
+      kept mass's three digit sums and the draft token's mass) and the race winners (two
       float64 per row that draws: at most B); top-p adds the radix rounds over the B (K + 1)
       positions (as "sample_top_p");
     - "verify" (greedy, soft): the partials of B (K + 1) positions; top-k targets add one
@@ -478,7 +470,7 @@ def bytes_per_call(op: str, B: int, k: int, world: int, D: int = 0, K: int = 0, 
         return bytes_per_call("sample_plain", B, 0, world, vocab_size=vocab_size) + radix
     if op in ("verify_exact", "verify_exact_top_p"):
         R = B * (K + 1)
-        out = (world - 1) * (R + 1) * 8 * _HEAD + (world - 1) * R * 16 + (world - 1) * B * 16
+        out = (world - 1) * (R + 1) * 8 * _HEAD + int(2 * (world - 1) / world * R * 32) + (world - 1) * B * 16
         if op == "verify_exact_top_p":
             out += 3 * int(2 * (world - 1) / world * R * 256 * 8) + (world - 1) * R * 512 * 8
         return out
@@ -1235,8 +1227,9 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
 
     Round 1: flags, max, argmax and the layout (one all_gather); the
     top-p cut of each position (``_cut``: the radix rounds of ``sample``); the normaliser as
-    one running double sum of the kept masses in vocabulary order, continued rank after rank
-    (``shard_kept_mass``, a broadcast per rank, which also carries the draft token's mass);
+    the kept masses' exact digit sums (``shard_kept_mass``, summed over the ranks by one
+    all_reduce of int64 that also carries the draft token's mass), Z rounded once as every
+    single-device path does;
     the acceptances; then, for the one position of each row that draws (the first rejection or
     the bonus), each rank's race winner (``shard_verify_race``, the kernel's float arithmetic;
     one all_gather of [B, 2])."""
@@ -1274,23 +1267,23 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
     if cutr.numel():  # the top-k (> 2048) / top-p cut (same rows and order on every rank)
         cv[cutr], ci[cutr] = _cut(xr[cutr].contiguous(), shards, m[cutr], mg.argmax[cutr], Tl[cutr],
                                   ktl[cutr], tpl[cutr], sh)
-    # the normaliser: one running sum in vocabulary order, rank after rank; with it, the
-    # draft token's mass (its holder's value)
-    zw = torch.stack([torch.zeros(R, dtype=torch.float64, device=dev),
-                      torch.full((R,), -1.0, dtype=torch.float64, device=dev)], 1)
+    # the normaliser: the exact digit sums of the kept masses (filter.h MassSum), added over the
+    # ranks (int64: exact in any order); column 3 carries the draft token's mass as float bits from
+    # its holder (the other ranks add 0)
+    zw = torch.zeros(R, 4, dtype=torch.int64, device=dev)
     if bool(live.any()):
-        for w in sorted(range(sh.world), key=lambda w_: shards[w_][0]):
-            if w == sh.rank:
-                zz, ex = _ops.shard_kept_mass(xr, sh.offset, m, Tl, mpl, cv, ci, zw[:, 0].contiguous(), dpos)
-                zw = torch.stack([zz, torch.maximum(zw[:, 1], ex.double())], 1)
-            if sh.world > 1:
-                src = dist.get_global_rank(sh.group, w) if sh.group is not None else w
-                dist.broadcast(zw, src=src, group=sh.group)
-    z = zw[:, 0]
-    # inv_z = float(exp(-log z)) with the C library's exp / log (those of the kernel)
-    inv_z = torch.tensor(np.array([math.exp(-math.log(v)) if v > 0 else 0.0 for v in z.tolist()],
-                                  dtype=np.float32), dtype=torch.float32, device=dev)
-    px = zw[:, 1].float().clamp_min(0) * inv_z  # p_of: fexp(.) * inv_z in float
+        dg, ex = _ops.shard_kept_mass(xr, sh.offset, m, Tl, mpl, cv, ci, dpos)
+        zw[:, :3] = dg
+        zw[:, 3] = torch.where(ex >= 0, ex, torch.zeros_like(ex)).view(torch.int32).long()
+        if sh.world > 1:
+            dist.all_reduce(zw, group=sh.group)
+    # Z = (S0 2^64 + S1 2^32 + S2) 2^-96 rounded to the nearest double (Python's int / int is
+    # correctly rounded, ties to even: filter::MassSum::value), inv_z = float(1 / Z) (filter::inv_norm)
+    inv_z = torch.tensor(np.array([1.0 / (((a << 64) + (b << 32) + c) / 2 ** 96) if (a or b or c) else 0.0
+                                   for a, b, c in zw[:, :3].tolist()], dtype=np.float32),
+                         dtype=torch.float32, device=dev)
+    wm = zw[:, 3].to(torch.int32).view(torch.float32)
+    px = wm * inv_z  # p_of: fexp(.) * inv_z in float
     px = torch.where(greedy, (dpos == mg.argmax).float(), px)
     ua = philox_uniform((B, max(K, 1)), s, o)
     tokens = torch.full((B, K1), -1, dtype=torch.int64)
