@@ -600,9 +600,27 @@ def test_verify_exact_top_p_on_shards_equals_single_device(world, tmp_path):
     _spawn(_verify_exact_top_p_worker, world, tmp_path)
 
 
+def _mass_digits(e: float) -> tuple[int, int, int]:
+    """filter::mass_digits of a float mass in [0, 1] (the same exact double steps)."""
+    a = float(e) * 2.0 ** 32
+    d0 = math.floor(a)
+    a = (a - d0) * 2.0 ** 32
+    d1 = math.floor(a)
+    a = (a - d1) * 2.0 ** 32
+    return d0, d1, math.floor(a)
+
+
+def _z_of(digits) -> float:
+    """MassSum::value: (S0 2^64 + S1 2^32 + S2) 2^-96 rounded once (Python's int / int is correctly
+    rounded, ties to even)."""
+    s0, s1, s2 = (int(v) for v in digits)
+    return ((s0 << 64) + (s1 << 32) + s2) / 2 ** 96
+
+
 def test_verify_race_kernels_opcheck():
-    """shard_kept_mass / shard_verify_race: fake kernels, opcheck, compile; a chain over two
-    shards is the serial sum over the row; two shards' race winners merge to the row's."""
+    """shard_kept_mass / shard_verify_race: fake kernels, opcheck, compile; the kept masses' digit
+    sums (filter.h MassSum) are exact: two shards add up to the row's, and they equal the digits of
+    every kept token's mass summed in Python; two shards' race winners merge to the row's."""
     ops = torch.ops.softdec
     Vv = 3000
     g = torch.Generator().manual_seed(5)
@@ -612,19 +630,28 @@ def test_verify_race_kernels_opcheck():
     MP = torch.tensor([0.0, 0.05, 0.0, 0.0])
     cv = torch.tensor([-math.inf, -math.inf, float(x[2].sort(descending=True).values[40]), -math.inf])
     ci = torch.full((4,), (1 << 63) - 1)
-    z0 = torch.zeros(4, dtype=torch.float64)
     want = torch.tensor([5, int(x[1].argmin()), int(x[2].argmax()), int(x[3].argmin())])
-    z, ew = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0, want)
-    z0a, ew0 = ops.shard_kept_mass(x[:, :1700].contiguous(), 0, m, T, MP, cv, ci, z0, want)
-    half, ew1 = ops.shard_kept_mass(x[:, 1700:].contiguous(), 1700, m, T, MP, cv, ci, z0a, want)
-    assert torch.equal(z, half)  # the same serial sum
+    z, ew = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, want)
+    assert z.dtype == torch.int64 and z.shape == (4, 3) and (z >= 0).all()
+    z0a, ew0 = ops.shard_kept_mass(x[:, :1700].contiguous(), 0, m, T, MP, cv, ci, want)
+    z1a, ew1 = ops.shard_kept_mass(x[:, 1700:].contiguous(), 1700, m, T, MP, cv, ci, want)
+    assert torch.equal(z, z0a + z1a)  # integer digit sums: exact in any split
     assert torch.equal(torch.maximum(ew0, ew1), ew)  # the holder's mass, -1 elsewhere
     assert torch.equal(torch.where(want < 1700, ew1, ew0), torch.full((4,), -1.0))
     assert ew[1] == 0.0 and ew[2] == 1.0 and 0 < ew[3] < 1e-3  # below min-p; the max; kept
+    # the digits of every token's mass (the kernel's fexp bits, read through `want`) summed in Python
+    for r in range(4):
+        rows = x[r:r + 1].expand(Vv, Vv).contiguous()
+        one = lambda t: t[r:r + 1].expand(Vv).contiguous()  # noqa: E731
+        _, e_all = ops.shard_kept_mass(rows, 0, one(m), one(T), one(MP), one(cv), one(ci), torch.arange(Vv))
+        ref = [sum(c) for c in zip(*(_mass_digits(e) for e in e_all.tolist()))]
+        assert z[r].tolist() == ref, r
+    Z = torch.tensor([_z_of(d) for d in z.tolist()], dtype=torch.float64)
     sc = (x - m[:, None]) / T[:, None]
     kept = (sc >= torch.log(MP.clamp_min(1e-30))[:, None]) & (x >= cv[:, None])
-    torch.testing.assert_close(z, torch.where(kept, sc.double().exp(), torch.zeros_like(z[:, None])).sum(1),
+    torch.testing.assert_close(Z, torch.where(kept, sc.double().exp(), torch.zeros_like(Z[:, None])).sum(1),
                                rtol=1e-6, atol=0)
+    z = Z
     inv_z = (1.0 / z).float()
     seed, stream = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
     skip = torch.tensor([-1, 10, 2000, int(x[3].argmax())])
@@ -642,10 +669,11 @@ def test_verify_race_kernels_opcheck():
     mm = torch.full((n,), 0.2)
     one = torch.ones(n)
     zz, _ = ops.shard_kept_mass(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
-                                torch.full((n,), (1 << 63) - 1), torch.zeros(n, dtype=torch.float64),
-                                torch.full((n,), -1))
+                                torch.full((n,), (1 << 63) - 1), torch.full((n,), -1))
+    assert (zz == zz[:1]).all()
     _, w, _ = ops.shard_verify_race(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
-                                    torch.full((n,), (1 << 63) - 1), (1.0 / zz).float(), torch.arange(n),
+                                    torch.full((n,), (1 << 63) - 1), torch.full((n,), 1.0 / _z_of(zz[0])),
+                                    torch.arange(n),
                                     torch.zeros(n, dtype=torch.int64), torch.full((n,), -1))
     p = torch.softmax(y[0].double(), 0)
     cnt = torch.bincount(w, minlength=6).double()
@@ -654,19 +682,21 @@ def test_verify_race_kernels_opcheck():
     live = p > 0
     assert chisquare(cnt[live], p[live] / p[live].sum() * cnt.sum()).pvalue > 1e-4
     args = (x, 0, m, T, MP, cv, ci, inv_z, seed, stream, skip)
-    torch.library.opcheck(ops.shard_kept_mass.default, (x, 0, m, T, MP, cv, ci, z0, want))
+    torch.library.opcheck(ops.shard_kept_mass.default, (x, 0, m, T, MP, cv, ci, want))
     torch.library.opcheck(ops.shard_verify_race.default, args)
 
-    def f(x, m, T, MP, cv, ci, z0, seed, stream, skip):
-        zf, _ = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0, skip)
-        return ops.shard_verify_race(x, 0, m, T, MP, cv, ci, (1.0 / zf).float(), seed, stream, skip)
-    got = torch.compile(f, fullgraph=True)(x, m, T, MP, cv, ci, z0, seed, stream, skip)
-    for a_, b_ in zip(got, (key, bid, px)):
+    def f(x, m, T, MP, cv, ci, inv_z, seed, stream, skip):
+        zf, ef = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, skip)
+        return zf, ef, ops.shard_verify_race(x, 0, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    got = torch.compile(f, fullgraph=True)(x, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    eager = f(x, m, T, MP, cv, ci, inv_z, seed, stream, skip)
+    assert torch.equal(got[0], eager[0]) and torch.equal(got[1], eager[1])
+    for a_, b_ in zip(got[2], (key, bid, px)):
         assert torch.equal(a_, b_)
-    with pytest.raises(ValueError, match="start"):
-        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0.float(), want)
     with pytest.raises(ValueError, match="want"):
-        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, z0, want[:1])
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, want.float())
+    with pytest.raises(ValueError, match="want"):
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, want[:1])
     with pytest.raises(ValueError, match="inv_z"):
         ops.shard_verify_race(x, 0, m, T, MP, cv, ci, inv_z[:2], seed, stream, skip)
     with pytest.raises(ValueError, match="temperature must be finite"):
@@ -705,7 +735,7 @@ def test_bytes_per_call():
     assert sd.bytes_per_call("soft_mixture", 1, 10, 2, D=3584) == 8 * (8 + 20) + 3584 * 4
     assert sd.bytes_per_call("verify", 1, 1, 2, K=4) == 5 * 8 * (8 + 2)
     # one-hot exact: partials + layout row, the chain's broadcast, the race winners; top-p adds the rounds
-    assert sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) == 6 * 64 + 5 * 16 + 16
+    assert sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) == 6 * 64 + 5 * 32 + 16
     assert sd.bytes_per_call("verify_exact_top_p", 1, 0, 2, K=4) == \
         sd.bytes_per_call("verify_exact", 1, 0, 2, K=4) + 3 * 5 * 2048 + 5 * 4096
     with pytest.raises(ValueError, match="op must be"):
