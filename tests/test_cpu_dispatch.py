@@ -65,6 +65,15 @@ for dt in (torch.float32, torch.bfloat16, torch.float16):
         out[f"verify/{n}/{V}/accepted"] = v.num_accepted
         v = softdec.verify(t, d, method="typical", seed=18)
         out[f"verify_typical/{n}/{V}/tokens"] = v.tokens
+        for j, kw in enumerate((dict(min_p=0.05), dict(top_p=0.9), dict(temperature=0.8))):
+            v = softdec.verify(t, d, seed=19 + j, **kw)  # one-hot drafts: the exact normaliser's paths
+            out[f"verify_exact_{j}/{n}/{V}/tokens"] = v.tokens
+        xr = x.float().contiguous()
+        R = xr.shape[0]
+        z, _ = torch.ops.softdec.shard_kept_mass(xr, 0, xr.max(1).values, torch.full((R,), 0.8),
+                                                 torch.full((R,), 0.01), torch.full((R,), float("-inf")),
+                                                 torch.full((R,), V), torch.arange(R))
+        out[f"kept_mass/{n}/{V}/digits"] = z  # int64 digit sums: bit for bit at every level
     q = torch.randn(2, 8, 64, generator=g).to(dt)
     k = torch.randn(2, 2, 700, 64, generator=g).to(dt)
     vv = torch.randn(2, 2, 700, 64, generator=g).to(dt)
