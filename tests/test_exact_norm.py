@@ -117,3 +117,20 @@ def test_verify_filter_paths_with_the_same_kept_set_agree_bit_for_bit(dtype):
                 assert (acc > 0).any() and (acc < K).any()  # accepts and rejects both happen
             else:
                 assert torch.equal(toks[0], ref[0]) and torch.equal(toks[1], ref[1]), kw
+
+
+@pytest.mark.parametrize("kw", [dict(top_p=0.9), dict(top_k=1500, top_p=0.9), dict(top_k=1024, top_p=0.8),
+                                dict(min_p=0.02), dict(temperature=0.7, top_k=3000, top_p=0.95)])
+def test_chain_as_tree_equals_verify_on_every_filter_path(kw):
+    """verify_tree's target filter (fast_row_filter with the 1024 candidate limit) and verify's
+    (candidates up to k = 1024, then the radix cut; top-p alone by the vectorised cut) keep the
+    same set with the same Z for every k: a chain gives verify's tokens bit for bit."""
+    B, K, V = 48, 4, 5003
+    x, d = _targets(B, K, V, 3)
+    seeds = torch.arange(B) * 13 + 1
+    want = softdec.verify(x, d, seed=seeds, offset=5, **kw)
+    tokens = torch.cat([torch.zeros(B, 1, dtype=torch.long), d], 1)
+    parents = torch.arange(-1, K).expand(B, K + 1)
+    got = softdec.verify_tree(x, tokens, parents, seed=seeds, offset=5, **kw)
+    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.num_accepted, want.num_accepted)
+    assert (want.num_accepted > 0).any() and (want.num_accepted < K).any()

@@ -514,10 +514,13 @@ void for_pieces(int64_t V, bool par, const Body& body) {
 // rows; larger k falls back to filter::compute_row_filter. Serial (one thread),
 // except that `par` runs the plain / min-p passes' pieces on torch's threads
 // (same result: see kFilterPiece).
+// max_cand: the largest k of the candidate path (sample: kSmallK; verify / verify_tree: 1024, the
+// CUDA row filter's kFilterCand, so that both backends take the same rule for every k).
 template <class T>
-filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p, bool par = false) {
+filter::RowFilter fast_row_filter(const T* x, int64_t V, filter::Params p, bool par = false,
+                                  int64_t max_cand = kSmallK) {
   const int64_t k = (p.top_k > 0 && p.top_k < V) ? p.top_k : 0;
-  if (k > kSmallK && p.temperature > 0.0f) {
+  if (k > max_cand && p.temperature > 0.0f) {
     auto load = [x](int64_t i) { return to_float(x[i]); };
     return filter::compute_row_filter(load, V, p);
   }

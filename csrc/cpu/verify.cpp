@@ -14,6 +14,7 @@
 #include "../verify_checks.h"
 #include "mass_lanes.h"
 #include "race.h"
+#include "sampling_kernels.h"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 #include "softdec/soft_mixture.h"
@@ -422,9 +423,10 @@ Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p
   constexpr int64_t kMaxScanK = 1024;
   const bool generic = (topp_on && !topk_on) || (topk_on && top_k > kMaxScanK);
   if (generic) {
-    // General cut: the reference-grade radix selection of filter.h.
-    auto load = [x](int64_t i) { return static_cast<float>(x[i]); };
-    f = filter::compute_row_filter(load, V, filter::Params{temp, top_k, top_p, min_p});
+    // General cut: sampling's fast_row_filter -- top-p without top-k by its vectorised O(V) cut,
+    // top_k > 1024 by filter.h's radix selection -- the same kept set and, by the exact rule, the
+    // same Z as filter::compute_row_filter (and as verify_tree, which uses it too).
+    f = cpu::fast_row_filter(x, V, filter::Params{temp, top_k, top_p, min_p}, P.split, kMaxScanK);
   } else {
     const Stats s = over_vocab<Stats>(V, P.split, [&](int64_t lo, int64_t hi) {
       return stats_range(x, lo, hi);
