@@ -23,7 +23,6 @@ bench/gpu_check.sh runs them in its first test phase, `pytest -m cuda -k test_cu
 from __future__ import annotations
 
 
-import numpy as np
 import pytest
 import torch
 
@@ -78,6 +77,7 @@ def _inv_z(digits):
     """float(1 / Z) of int64 [R, 3] MassSum digit sums: Z = (S0 2^64 + S1 2^32 + S2) 2^-96
     rounded once (Python's int / int is correctly rounded: filter::MassSum::value), then
     filter::inv_norm; 0 for an empty kept set."""
+    import numpy as np  # (here, not at the top: the spawned ranks import this module)
     z = [((a << 64) + (b << 32) + c) / 2 ** 96 for a, b, c in digits.cpu().tolist()]
     return torch.tensor(np.array([1.0 / v if v > 0 else 0.0 for v in z], dtype=np.float32))
 

@@ -137,7 +137,7 @@ def test_filtered_verify_tree_matches_cpu(method, filt, B, V, ties):
     lg = (torch.randn(B, N, V, generator=g) * 2) if not ties else _tie_logits(B, N, V, seed=B, dtype=torch.float32)
     lgp = lg.gather(1, par.clamp(min=0)[..., None].expand(B, N, V))
     tokens = torch.where(torch.rand(B, N, generator=g) < 0.6, lgp.argmax(-1), torch.randint(0, V, (B, N), generator=g))
-    # top_k 1025 and 3000 are CPU candidate / radix rules in verify_tree (kSmallK 2048); the kept set is the same
+    # top_k 1025 and 3000: the radix rule on both backends (candidates up to k = 1024 in verify and verify_tree)
     kw = dict(method=method, seed=torch.arange(B) * 5 + 1, offset=3, **filt)
     want = softdec.verify_tree(lg, tokens, par, **kw)
     got = softdec.verify_tree(_cu(lg), _cu(tokens), _cu(par), **{a: _cu(v) for a, v in kw.items()})
