@@ -3,9 +3,10 @@ python/softdec/distributed.py).
 
 1. Each of the eleven shard helpers on a device equals the CPU op on the same inputs: ids,
    blocks, flags, candidate lists and the cut's integer histograms exactly, float64 block
-   sums / targets and the exact verify's running normaliser bit for bit (the CUDA kernels
-   follow the CPU's summation order: sampling_kernels.h's lane rule, the in-order double
-   walks and sums), the race's float32 keys bit for bit, for V not divisible by 4 or 1024,
+   sums / targets bit for bit (the CUDA kernels follow the CPU's summation order:
+   sampling_kernels.h's lane rule, the in-order double walks and sums), the exact verify's
+   normaliser digits (filter.h MassSum: int64 [R, 3] integer sums, exact in any order)
+   equal, the race's float32 keys bit for bit, for V not divisible by 4 or 1024,
    unaligned shard offsets, ties (equal logits, +0 / -0), -inf-heavy rows, NaN / +inf rows,
    B = 1 and 64, V = 151936, float32 / bfloat16 / float16.
 2. softdec.distributed.sample / soft_mixture / verify with CUDA shards equal the single-device
@@ -70,6 +71,15 @@ def _params(B, g):
     T = torch.rand(B, generator=g) * 1.7 + 0.3
     MP = torch.where(torch.rand(B, generator=g) < 0.5, torch.zeros(B), torch.rand(B, generator=g) * 0.2)
     return T, MP
+
+
+def _inv_z(digits):
+    """float(1 / Z) of int64 [R, 3] MassSum digit sums: Z = (S0 2^64 + S1 2^32 + S2) 2^-96
+    rounded once (Python's int / int is correctly rounded: filter::MassSum::value), then
+    filter::inv_norm; 0 for an empty kept set."""
+    import numpy as np  # (here, not at the top: the spawned ranks import this module)
+    z = [((a << 64) + (b << 32) + c) / 2 ** 96 for a, b, c in digits.cpu().tolist()]
+    return torch.tensor(np.array([1.0 / v if v > 0 else 0.0 for v in z], dtype=np.float32))
 
 
 # ------------------------------------------------------------------ 1. the shard helpers
@@ -199,8 +209,8 @@ def test_cuda_cut_and_race_ops_equal_cpu(device, B, V, dtype):
     """The six top-p / exact-verify shard helpers on `device` equal the CPU ops on the same
     inputs: shard_radix_hist (int64 histograms of counts and fixed-point masses, exactly, for
     every shift and a prefix taken from a real token), shard_nth_tie (ids), shard_cut_block_masses
-    (float64 bit for bit) / shard_cut_block_pick (ids), shard_kept_mass (the running double sum
-    bit for bit: the CPU's id order is reproduced) and shard_verify_race (key float32 bit for
+    (float64 bit for bit) / shard_cut_block_pick (ids), shard_kept_mass (the int64 digit sums
+    equal: exact integer sums, any order) and shard_verify_race (key float32 bit for
     bit, id, the skipped token's p), for every shard layout (offsets not multiples of 4 or 1024,
     V not divisible by the block), ties (ties within and across shards), -inf-heavy rows."""
     _skip_large_on_cpu(device, V)
@@ -218,9 +228,7 @@ def test_cuda_cut_and_race_ops_equal_cpu(device, B, V, dtype):
         for cv, ci in _cut_inputs(xf, g):
             full = ops.shard_cut_block_masses(x, 0, V, m, T, MP, cv, ci)
             block, target = ops.block_draw_target(full, s, o)
-            z = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, torch.zeros(B, dtype=torch.float64),
-                                    torch.full((B,), -1, dtype=torch.int64))[0]
-            inv_z = torch.where(z > 0, (1.0 / z).float(), torch.zeros(B))
+            inv_z = _inv_z(ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, torch.full((B,), -1, dtype=torch.int64))[0])
             for lo, n in _shards(V):
                 xs = x[:, lo:lo + n]  # strided rows
                 args = (m, T, MP, cv, ci)
@@ -241,18 +249,72 @@ def test_cuda_cut_and_race_ops_equal_cpu(device, B, V, dtype):
                 a = ops.shard_cut_block_pick(xs, lo, V, *args, block, target)
                 b = ops.shard_cut_block_pick(d(xs), lo, V, *map(d, args), d(block), d(target))
                 assert torch.equal(b.cpu(), a), (kind, lo, n)
-                start = torch.where(torch.arange(B) % 2 == 0, torch.zeros(B, dtype=torch.float64),
-                                    torch.full((B,), 1.2345678901234567, dtype=torch.float64))
                 want = torch.randint(max(lo - 3, 0), min(lo + n + 3, V), (B,), generator=g)
-                a = ops.shard_kept_mass(xs, lo, *args, start, want)
-                b = ops.shard_kept_mass(d(xs), lo, *map(d, args), d(start), d(want))
-                assert torch.equal(b[0].cpu(), a[0]), (kind, lo, n)  # the running double sum, bit for bit
+                a = ops.shard_kept_mass(xs, lo, *args, want)
+                b = ops.shard_kept_mass(d(xs), lo, *map(d, args), d(want))
+                assert b[0].dtype == torch.int64 and b[0].shape == (B, 3)
+                assert torch.equal(b[0].cpu(), a[0]), (kind, lo, n)  # the integer digit sums, exactly
                 assert torch.equal(b[1].cpu(), a[1]), (kind, lo, n)
                 for skip in (torch.full((B,), -1, dtype=torch.int64), want):
                     a = ops.shard_verify_race(xs, lo, *args, inv_z, s, o + 1, skip)
                     b = ops.shard_verify_race(d(xs), lo, *map(d, args), d(inv_z), d(s), d(o + 1), d(skip))
                     for u, v in zip(a, b):
                         assert torch.equal(v.cpu(), u), (kind, lo, n)
+
+
+def _top_p_cut(x, T, p):
+    """The (cut value, cut index) of a top-p cut of float32 rows x at temperatures T: the token at
+    which the sorted softmax's float64 running mass first reaches p (the op takes any cut; this
+    one keeps a realistic top-p prefix, ties at the cut kept up to its index)."""
+    B, V = x.shape
+    xs, idx = (x.double() / T.double()[:, None]).sort(dim=1, descending=True, stable=True)
+    cum = torch.softmax(xs, 1).cumsum(1)
+    j = torch.searchsorted(cum, torch.full((B, 1), p, dtype=torch.float64)).clamp(max=V - 1)[:, 0]
+    ar = torch.arange(B)
+    cv = x[ar, idx[ar, j]].float()
+    return torch.where(cv > -float("inf"), cv, torch.full_like(cv, -float("inf"))), idx[ar, j]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,V", [(1, 1031), (64, 5003), (1, 151936), (8, 151936)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_kept_mass_digits_equal_cpu(device, B, V, dtype):
+    """shard_kept_mass on `device`: the int64 [R, 3] MassSum digit sums of the kept masses equal
+    the CPU op's exactly (torch.equal: integer sums, exact in any order and thread layout), and
+    the wanted token's mass bit for bit, for every shard layout (unaligned offsets, strided rows),
+    -inf-heavy rows and fully -inf rows, no cut / a 40-th-token cut / top-p cuts (0.5, 0.9), and
+    min-p on half of the rows; the shards' digits add up to the whole row's."""
+    _skip_large_on_cpu(device, V)
+    g = torch.Generator().manual_seed(11 * V + B)
+    d = lambda t: t.to(device)  # noqa: E731
+    for kind in (["random", "ties", "ninf"] if V > 10000 else KINDS):
+        xf = _rows(kind, B, V, g)
+        if B > 1:
+            xf[B // 2] = -float("inf")  # a row with nothing kept: digits 0, every mass 0
+        x = xf.to(dtype)
+        xf = x.float()
+        m = xf.max(1).values
+        T, MP = _params(B, g)
+        cuts = _cut_inputs(xf, g) + [_top_p_cut(xf, T, p) for p in (0.5, 0.9)]
+        for cv, ci in cuts:
+            args = (m, T, MP, cv, ci)
+            whole = None
+            parts = torch.zeros(B, 3, dtype=torch.int64)
+            for lo, n in _shards(V) + [(0, V // 2), (V // 2, V - V // 2)]:
+                xs = x[:, lo:lo + n]
+                want = torch.randint(max(lo - 3, 0), min(lo + n + 3, V), (B,), generator=g)
+                a = ops.shard_kept_mass(xs, lo, *args, want)
+                b = ops.shard_kept_mass(d(xs), lo, *map(d, args), d(want))
+                assert b[0].device.type == device and b[0].dtype == torch.int64 and b[0].shape == (B, 3)
+                assert torch.equal(b[0].cpu(), a[0]), (kind, lo, n, (b[0].cpu() - a[0]).abs().max())
+                assert torch.equal(b[1].cpu(), a[1]), (kind, lo, n)
+                if (lo, n) == (0, V):
+                    whole = a[0]
+                elif (lo, n) in ((0, V // 2), (V // 2, V - V // 2)):
+                    parts += a[0]
+            assert torch.equal(parts, whole), kind  # any split: the same integers
+            if B > 1:
+                assert whole[B // 2].eq(0).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -283,8 +345,10 @@ def test_cuda_ops_bad_input_and_compile(device):
         ops.shard_cut_block_masses(x, 0, 2500, m, T, MP, cv, ci.float())
     with pytest.raises(ValueError, match="n"):
         ops.shard_nth_tie(x, 0, m, cv, ci, i64.float())
-    with pytest.raises(ValueError, match="start"):
-        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, m, i64)
+    with pytest.raises(ValueError, match="want"):
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, i64[:2])
+    with pytest.raises(ValueError, match="want"):
+        ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, m)
     with pytest.raises(ValueError, match="seed"):
         ops.shard_verify_race(x, 0, m, T, MP, cv, ci, T, m, i64, i64)
     if device == "cuda":
@@ -311,8 +375,10 @@ def test_cuda_ops_bad_input_and_compile(device):
         hist = ops.shard_radix_hist(x, 0, 2500, m, T, cv, ci, pre, 24)
         tie = ops.shard_nth_tie(x, 0, m, cv, ci, o + 1)
         cb = ops.shard_cut_block_masses(x, 0, 2500, m, T, MP, cv, ci)
-        z, e = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, torch.zeros_like(cb[:, 0]), o)
-        k, i, p = ops.shard_verify_race(x, 0, m, T, MP, cv, ci, (1 / z).float(), s, o, o)
+        z, e = ops.shard_kept_mass(x, 0, m, T, MP, cv, ci, o)
+        zd = (z.double() * torch.tensor([2.0 ** -32, 2.0 ** -64, 2.0 ** -96], dtype=torch.float64,
+                                        device=z.device)).sum(1)  # Z up to rounding (enough here)
+        k, i, p = ops.shard_verify_race(x, 0, m, T, MP, cv, ci, (1 / zd).float(), s, o, o)
         return hist, tie, cb, z, e, k, i, p
     want = h(x, m, T, MP, cv, ci, pre, s, o)
     got = torch.compile(h, fullgraph=True)(x, m, T, MP, cv, ci, pre, s, o)
@@ -321,7 +387,7 @@ def test_cuda_ops_bad_input_and_compile(device):
     torch.library.opcheck(ops.shard_radix_hist.default, (x, 0, 2500, m, T, cv, ci, pre, 16))
     torch.library.opcheck(ops.shard_nth_tie.default, (x, 0, m, cv, ci, o + 1))
     torch.library.opcheck(ops.shard_cut_block_pick.default, (x, 0, 2500, m, T, MP, cv, ci, i64, i64.double()))
-    torch.library.opcheck(ops.shard_kept_mass.default, (x, 0, m, T, MP, cv, ci, i64.double(), o))
+    torch.library.opcheck(ops.shard_kept_mass.default, (x, 0, m, T, MP, cv, ci, o))
     torch.library.opcheck(ops.shard_verify_race.default, (x, 0, m, T, MP, cv, ci, T, s, o, o))
 
 
@@ -408,9 +474,8 @@ def _worker(rank, world, device, V):
         if kw.pop("sparse", False):
             full_dp = shard_dp = (sid, sw)
         for seed in range(3):
-            # (exact with a top-p target: the shards sum the normaliser in the CPU's serial order, the
-            # single-device CUDA op by a block reduction; a decision within ~1e-16 relative of its
-            # threshold could differ -- not expected on these random rows)
+            # (exact: the shards' normaliser is the single-device op's Z by the exact rule on every
+            # backend and split, so the decisions and race winners are identical, no tolerance)
             a = softdec.verify(tl, dids, draft_probs=full_dp, seed=seed, **kw)
             b = sd.verify(tl[:, :, lo:lo + n], dids, vocab_offset=lo, vocab_size=V, draft_probs=shard_dp,
                           seed=seed, **kw)

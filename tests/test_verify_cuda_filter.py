@@ -137,10 +137,83 @@ def test_filtered_verify_tree_matches_cpu(method, filt, B, V, ties):
     lg = (torch.randn(B, N, V, generator=g) * 2) if not ties else _tie_logits(B, N, V, seed=B, dtype=torch.float32)
     lgp = lg.gather(1, par.clamp(min=0)[..., None].expand(B, N, V))
     tokens = torch.where(torch.rand(B, N, generator=g) < 0.6, lgp.argmax(-1), torch.randint(0, V, (B, N), generator=g))
-    # top_k 1025 and 3000 are CPU candidate / radix rules in verify_tree (kSmallK 2048); the kept set is the same
+    # top_k 1025 and 3000: the radix rule on both backends (candidates up to k = 1024 in verify and verify_tree)
     kw = dict(method=method, seed=torch.arange(B) * 5 + 1, offset=3, **filt)
     want = softdec.verify_tree(lg, tokens, par, **kw)
     got = softdec.verify_tree(_cu(lg), _cu(tokens), _cu(par), **{a: _cu(v) for a, v in kw.items()})
+    assert torch.equal(got.tokens.cpu(), want.tokens)
+    assert torch.equal(got.nodes.cpu(), want.nodes)
+    assert torch.equal(got.num_accepted.cpu(), want.num_accepted)
+
+
+# ---------------------------------------------------------------- the exact normaliser (issue 17)
+# The target's normaliser Z is one number on both backends: filter.h's exact rule (every kept mass
+# cut into three base-2^32 digits, integer digit sums -- CUDA: per-thread sums, an integer block
+# reduction in csrc/cuda/mass_sum.cuh -- rounded once to double) and inv_z = float(1 / Z). So
+# p_i = fexp((x_i - m) / T) * inv_z, every acceptance test and every race winner are the CPU's:
+# no tolerance, on every path (plain T, min-p, the radix top-p cut, top-k > 1024, candidates).
+
+EXACT_TARGETS = [
+    dict(),                                                  # plain T = 1 (the unfiltered mass pass)
+    dict(temperature=0.7, min_p=0.05),                       # min-p only
+    dict(top_p=0.9),                                         # top-p without top-k (radix cut)
+    dict(temperature=0.8, top_p=0.95, min_p=0.01),           # radix top-p + min-p
+    dict(temperature=1.2, top_k=3000),                       # top-k > 1024 (radix count select)
+    dict(top_k=1025, top_p=0.8),                             # top-k > 1024 + top-p
+    dict(temperature=0.9, top_k=50, top_p=0.9),              # the candidate rule (finish_from_sorted's Z)
+]
+
+
+def _peaked_case(B, K, V, g, dtype=torch.float32):
+    """Logits randn * 2 with one boosted token per position (p about 0.2 - 0.8 at T = 1 for
+    V = 151936: log sum e^x ~ 14) and one-hot drafts that are that token 60% of the time: accepts,
+    rejections at every depth and races over the whole filtered target all happen."""
+    lg = torch.randn(B, K + 1, V, generator=g) * 2
+    top = torch.randint(0, V, (B, K + 1), generator=g)
+    lg.scatter_(2, top[..., None], (14.0 + 3.0 * torch.rand(B, K + 1, 1, generator=g) - 1.5))
+    d = torch.where(torch.rand(B, K, generator=g) < 0.6, top[:, :K], torch.randint(0, V, (B, K), generator=g))
+    return lg.to(dtype), d
+
+
+@pytest.mark.parametrize("filt", EXACT_TARGETS, ids=lambda f: "-".join(f"{k}{v}" for k, v in f.items()) or "plain")
+@pytest.mark.parametrize("B", [1, 64])
+def test_cuda_exact_verify_normaliser_bit_identical(filt, B):
+    """verify(method="exact"), one-hot drafts, V = 151936: CUDA tokens and num_accepted equal the
+    CPU's exactly (same seeds / offsets), float32 rows and (B = 64) bfloat16 rows."""
+    K, V = 3, 151936
+    g = torch.Generator().manual_seed(B + 17 * EXACT_TARGETS.index(filt))
+    for dtype in [torch.float32] + ([torch.bfloat16] if B > 1 else []):
+        lg, d = _peaked_case(B, K, V, g, dtype)
+        nd = torch.randint(0, K + 1, (B,), generator=g) if B > 1 else torch.tensor([K])
+        kw = dict(num_draft=nd, method="exact", seed=torch.arange(B) * 13 + 5, offset=7, **filt)
+        _check_verify(lg, d, None, kw)
+
+
+@pytest.mark.parametrize("filt", [EXACT_TARGETS[0], EXACT_TARGETS[1], EXACT_TARGETS[2], EXACT_TARGETS[4]],
+                         ids=["plain", "minp", "p0.9", "k3000"])
+@pytest.mark.parametrize("kind", ["onehot", "sparse"])
+def test_cuda_exact_verify_tree_normaliser_bit_identical(filt, kind):
+    """verify_tree(method="exact") with one-hot / sparse drafts, V = 151936: the target's Z (exact
+    rule) and inv_z are the CPU's, and these drafts update the residual mass on one thread in the
+    CPU's arithmetic, so nodes, tokens and num_accepted are equal. (Dense drafts: the block-wide
+    residual mass is float64 in the block's order: not covered by this bit-for-bit test.)"""
+    from test_verify_tree import _random_tree, _sparse_of
+    B, N, V = 8, 7, 151936
+    g = torch.Generator().manual_seed(len(kind) + 3 * EXACT_TARGETS.index(filt))
+    tokens, par = _random_tree(B, N, V, g)
+    lg, _ = _peaked_case(B, N - 1, V, g)  # one boosted token per node (p about 0.2 - 0.8)
+    lgp = lg.gather(1, par.clamp(min=0)[..., None].expand(B, N, V))  # each node's parent's target
+    dp = None
+    if kind == "sparse":
+        top, w, _ = _sparse_of(lgp.double() + 0.5 * torch.randn(B, N, V, generator=g, dtype=torch.float64), 4)
+        tokens = top.gather(2, torch.randint(0, 4, (B, N, 1), generator=g))[..., 0]
+        dp = (top, w.float())
+    else:
+        tokens = torch.where(torch.rand(B, N, generator=g) < 0.6, lgp.argmax(-1), tokens)
+    kw = dict(method="exact", seed=torch.arange(B) * 5 + 1, offset=3, **filt)
+    want = softdec.verify_tree(lg, tokens, par, draft_probs=dp, **kw)
+    got = softdec.verify_tree(_cu(lg), _cu(tokens), _cu(par), draft_probs=_cu(dp),
+                              **{a: _cu(v) for a, v in kw.items()})
     assert torch.equal(got.tokens.cpu(), want.tokens)
     assert torch.equal(got.nodes.cpu(), want.nodes)
     assert torch.equal(got.num_accepted.cpu(), want.num_accepted)

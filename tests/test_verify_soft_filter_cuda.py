@@ -2,9 +2,9 @@
 
 csrc/cuda/verify.cu: the max(ks, filter_top_k) best tokens by a block count selection, gather and
 bitonic sort (row_filter.cuh block_top_candidates), the whole-vocabulary mass by a block pass when
-filter_top_k = 0, then soft::finalize_row -- the CPU's function -- on thread 0. Ids and decisions
-are exact; weights within the soft tests' tolerance (atol 1e-6, rtol 1e-5: float exponentials and
-the mass sum's order). Branches: filter_top_k None / 0 / in [top_k, 256] / >= V, temperature 0,
+filter_top_k = 0 (filter.h's exact rule: the CPU's value bit for bit), then soft::finalize_row -- the
+CPU's function -- on thread 0. Ids and decisions are exact; weights within the soft tests' tolerance
+(atol 1e-6, rtol 1e-5: finalize_row's exp / log are the device's and the host's math libraries). Branches: filter_top_k None / 0 / in [top_k, 256] / >= V, temperature 0,
 top_p / min_p cuts, integer-valued logits (ties at every cut), -inf-heavy rows, a NaN row, a width
 above 256 (fk = 0), B = 1 and 64, V = 700 and 151936, float32 and bfloat16. Marked cuda: skipped
 without a GPU.

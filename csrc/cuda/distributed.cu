@@ -42,6 +42,7 @@
 #include "block_argmax.cuh"
 #include "distributed_walk.cuh"
 #include "fixed_hist.cuh"
+#include "mass_sum.cuh"
 #include "softdec/filter.h"
 #include "softdec/philox.h"
 #include "softdec/verify.h"
@@ -700,13 +701,14 @@ __global__ void __launch_bounds__(kPartThreads) shard_nth_tie_kernel(
 }
 
 // ------------------------------------------------------------------ verify(method="exact") on shards
-// shard_kept_mass (one CUDA block per row, kPartThreads): the CPU's normaliser is ONE running
-//   double sum of the kept masses in vocabulary order (start + e_0 + e_1 + ...); double
-//   addition is not associative, so no parallel reduction gives its bits. The block computes
-//   the masses and kept flags in parallel (2048 tokens a step), compacts the kept masses in id
-//   order into shared memory (block_excl_scan), and thread 0 adds them one by one: a serial
-//   pass over the shard's KEPT tokens only (at most n dependent double adds per row;
-//   documented in the module docstring of python/softdec/distributed.py).
+// shard_kept_mass (one CUDA block per row, kPartThreads): the shard's part of the normaliser Z
+//   by the exact rule of filter.h ("the kept mass Z, exactly"): every thread adds the MassSum
+//   digits (three base-2^32 digits, exact double arithmetic) of its kept masses
+//   (unit_mass = filter::token_mass, kept by cut_kept = filter::kept) into three uint64, and
+//   block_mass::block_mass_sum adds the threads' sums as integers (warp shuffles, then the
+//   warps through shared memory). Integer sums are exact in any order, so the [3] digit sums
+//   are the CPU's (shard_kept_mass_cpu: cpu::MassLanes) bit for bit, and the all_reduce of
+//   the ranks' sums gives every rank the single-device Z. No serial pass, no atomics.
 // shard_verify_race (one CUDA block per row, kPartThreads): every thread races its tokens
 //   (p_i = fexp((x_i - m) / T) * inv_z in float, key = verify::race_key(p_i, u_i), u_i =
 //   philox::uniform(seed, stream, global id): the element philox_chunk gives the CPU), then
@@ -717,10 +719,9 @@ template <class T>
 __global__ void __launch_bounds__(kPartThreads) shard_kept_mass_kernel(
     const T* __restrict__ logits, int64_t rs, int64_t n, int64_t offset, const float* __restrict__ mx,
     const float* __restrict__ temp, const float* __restrict__ minp, const float* __restrict__ cvs,
-    const int64_t* __restrict__ cis, const double* __restrict__ start, const int64_t* __restrict__ wants,
-    double* __restrict__ out, float* __restrict__ out_want) {
-  __shared__ float buf[4 * kPartThreads];
-  __shared__ int s_w[kPartWarps];
+    const int64_t* __restrict__ cis, const int64_t* __restrict__ wants, int64_t* __restrict__ out,
+    float* __restrict__ out_want) {
+  __shared__ block_mass::MassRed<kPartWarps> red;
   const int64_t r = blockIdx.x;
   const RowCut k = row_cut(mx[r], temp[r], minp[r], cvs, cis, r);
   const int64_t want = wants[r] - offset;  // local index of the token whose mass is asked for
@@ -728,32 +729,25 @@ __global__ void __launch_bounds__(kPartThreads) shard_kept_mass_kernel(
   const T* row = logits + r * rs;
   const bool aligned = aligned4(row);
   const int64_t groups = (n + 3) / 4;
-  double sum = start[r];  // thread 0's running sum
-  for (int64_t g0 = 0; g0 < groups; g0 += kPartThreads) {  // the same trip count for every thread
-    const int64_t g = g0 + threadIdx.x;
-    float v[4] = {ninf(), ninf(), ninf(), ninf()};
-    if (g < groups) load4(row + 4 * g, n - 4 * g, aligned, v);
-    float e[4];
-    int nk = 0;
+  filter::MassSum z;  // this thread's digit sums
+  for (int64_t g = threadIdx.x; g < groups; g += kPartThreads) {
+    float v[4];
+    load4(row + 4 * g, n - 4 * g, aligned, v);  // -inf past n: not kept
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
       const int64_t i = 4 * g + l;
-      const bool kp = cut_kept(k, v[l], offset + i);  // -inf padding past n: not kept
-      e[l] = kp ? unit_mass(k, v[l]) : -1.0f;
-      nk += kp ? 1 : 0;
-      if (i == want) out_want[r] = kp ? e[l] : 0.0f;
+      const bool kp = cut_kept(k, v[l], offset + i);
+      const float e = kp ? unit_mass(k, v[l]) : 0.0f;
+      if (kp) z.add(e);  // a zero mass adds no digit either
+      if (i == want) out_want[r] = e;  // 0 when not kept
     }
-    int total = 0;
-    int at = block_excl_scan(nk, &total, s_w);
-#pragma unroll
-    for (int l = 0; l < 4; ++l)
-      if (e[l] >= 0.0f) buf[at++] = e[l];
-    __syncthreads();
-    if (threadIdx.x == 0)
-      for (int j = 0; j < total; ++j) sum = __dadd_rn(sum, static_cast<double>(buf[j]));  // id order
-    __syncthreads();  // buf is rewritten by the next step
   }
-  if (threadIdx.x == 0) out[r] = sum;
+  z = block_mass::block_mass_sum<kPartWarps>(z, red);  // every thread gets the block's sums
+  if (threadIdx.x == 0) {  // (constant indices: z stays in registers)
+    out[3 * r] = static_cast<int64_t>(z.d[0]);
+    out[3 * r + 1] = static_cast<int64_t>(z.d[1]);
+    out[3 * r + 2] = static_cast<int64_t>(z.d[2]);
+  }
 }
 
 template <class T>
@@ -936,12 +930,12 @@ Tensor shard_nth_tie_cuda(Tensor logits, int64_t offset, Tensor value, Tensor cv
 }
 
 std::tuple<Tensor, Tensor> shard_kept_mass_cuda(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp,
-                                                Tensor cv, Tensor ci, Tensor start, Tensor want) {
+                                                Tensor cv, Tensor ci, Tensor want) {
   distributed_checks::check_position_args(logits, offset, m, t, mp, cv, ci);
-  distributed_checks::check_kept_mass_args(logits, start, want);
+  distributed_checks::check_kept_mass_args(logits, want);
   const int64_t R = logits.size(0), n = logits.size(1);
   torch::stable::accelerator::DeviceGuard guard(logits.get_device_index());
-  Tensor out = new_empty(logits, {R}, ScalarType::Double);
+  Tensor out = new_empty(logits, {R, 3}, ScalarType::Long);  // filter::MassSum digit sums
   Tensor ew = new_empty(logits, {R}, ScalarType::Float);
   if (R == 0) return {out, ew};
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
@@ -949,8 +943,7 @@ std::tuple<Tensor, Tensor> shard_kept_mass_cuda(Tensor logits, int64_t offset, T
     shard_kept_mass_kernel<scalar_t><<<static_cast<unsigned>(R), kPartThreads, 0, current_stream(logits)>>>(
         x, logits.stride(0), n, offset, m.const_data_ptr<float>(), t.const_data_ptr<float>(),
         mp.const_data_ptr<float>(), cv.const_data_ptr<float>(), ci.const_data_ptr<int64_t>(),
-        start.const_data_ptr<double>(), want.const_data_ptr<int64_t>(), out.mutable_data_ptr<double>(),
-        ew.mutable_data_ptr<float>());
+        want.const_data_ptr<int64_t>(), out.mutable_data_ptr<int64_t>(), ew.mutable_data_ptr<float>());
     SOFTDEC_CUDA_LAUNCH_CHECK();
   });
   return {out, ew};

@@ -12,7 +12,8 @@
 //    all distinct). One thread then runs filter::top_p_prefix_by and
 //    filter::finish_from_sorted_by on the sorted list -- the very functions the CPU
 //    calls on its sorted candidates, so the top-p prefix, the min-p cut, num_kept and
-//    log_norm are bit-identical to the CPU's. That walk is O(k) (k <= 1024), not O(V).
+//    the normaliser norm = Z (filter::MassSum, the exact rule of filter.h) are
+//    bit-identical to the CPU's. That walk is O(k) (k <= 1024), not O(V).
 //  * radix rule (top-p without top-k, or k > kFilterCand): filter::detail::generic_cut
 //    block-parallel. Counts are integers (shared atomics: exact, order-free). Masses
 //    (top-p) are filter.h's fixed-point masses (to_fixed at mass_shift(V, max mass),
@@ -21,7 +22,9 @@
 //    reduce them by shuffles, thread 0 adds the warps. Integer sums are exact in any
 //    order, so the total, the target fixed_target(top_p, total), every bucket's mass and
 //    the tie count fixed_take are the CPU generic_cut's, bit for bit: the kept set is
-//    the CPU's. log_norm is then the caller's block mass sum (tolerance only).
+//    the CPU's. norm = Z is then the caller's pass over the kept set by the same exact
+//    rule (per-thread MassSum digits, block_mass::block_mass_sum: integer sums, exact
+//    in any order), so it too is bit-identical to the CPU's.
 //
 // Invariants: every function here is called by all threads of the block with the
 // same arguments (block-uniform control flow); results are returned to every thread.
@@ -305,9 +308,9 @@ __device__ int block_top_candidates(const T* x, int64_t V, bool vec, int64_t n, 
 }
 
 // The filter of a valid row at T > 0 (max_logit / argmax from the caller's pass):
-// writes s.f() (cut, log_min_p, and -- candidate rule only -- num_kept / log_norm).
-// Returns true when s.f().log_norm is final (candidate rule); false when the caller
-// must set log_norm from its mass pass over the kept set.
+// writes s.f() (cut, log_min_p, and -- candidate rule only -- num_kept / norm / log_norm).
+// Returns true when s.f().norm / log_norm are final (candidate rule); false when the
+// caller must set them from its exact mass pass over the kept set (mass_sum.cuh).
 template <int W, typename T>
 __device__ bool block_row_filter(const T* x, int64_t V, bool vec, float temp, int64_t top_k, float top_p,
                                  float min_p, float max_logit, int64_t argmax, FilterScratch<W>& s) {

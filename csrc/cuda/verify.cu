@@ -4,8 +4,14 @@
 // (16-byte loads, warp-shuffle reductions), the acceptance decision on one
 // thread, and at the stop position one exponential-race pass in which each
 // thread owns whole Philox blocks (4 vocabulary entries per Philox call).
-// The RNG layout and the acceptance rules are those of include/softdec/verify.h,
-// so CPU and CUDA agree up to float rounding of the masses.
+// The RNG layout and the acceptance rules are those of include/softdec/verify.h.
+// The normaliser Z of the filtered target is the exact rule of filter.h ("the kept
+// mass Z, exactly": per-thread MassSum digits, an integer block sum in mass_sum.cuh,
+// rounded once), and p_i = fexp((x_i - m) / T) * inv_norm(Z) in float, as in
+// csrc/cpu/verify.cpp target_at / p_of: the same Z, the same inv_z and the same p_i
+// bits as the CPU on every path (plain / min-p, candidate rule, radix cut), hence the
+// same accept / reject decisions and race winners (method "exact"). The entropy of
+// method "typical" (a float64 sum in the block's order) is a tolerance-level quantity.
 //
 // Filtering with top-k or top-p is block-wide (row_filter.cuh: the CPU's
 // candidate rule for k <= 1024, a block radix selection otherwise); method
@@ -16,14 +22,15 @@
 // soft_filtered_target): the cap = max(ks, fk) (whole: ks) first finite tokens of the
 // filter order by a block count selection + gather + bitonic sort (row_filter.cuh
 // block_top_candidates), the whole-vocabulary mass sum e^{(l - max) / T} when fk = 0
-// (a block pass, float exponentials, float64 sums), then soft::finalize_row -- the
-// very function the CPU calls -- on thread 0 over the <= cap sorted candidates
-// (O(cap), cap <= 1024; never a pass over the vocabulary).
+// (a block pass, float exponentials, summed by the exact rule: the CPU's value), then
+// soft::finalize_row -- the very function the CPU calls -- on thread 0 over the <= cap
+// sorted candidates (O(cap), cap <= 1024; never a pass over the vocabulary).
 #include <cuda_fp16.h>
 
 #include "cuda_common.cuh"
 #include "verify_common.cuh"
 #include "row_filter.cuh"
+#include "mass_sum.cuh"
 #include "../dispatch.h"
 #include "../verify_checks.h"
 #include "softdec/filter.h"
@@ -37,9 +44,11 @@ namespace {
 using filter::RowFilter;
 
 // kThreads / kWarps, the loads (Tag, to_f, load4), the block reductions (KI, ki_better,
-// block_best, block_sum2), the unfiltered RowFilter (RowMax, unfiltered_row), p_of and
+// block_best), the unfiltered RowFilter (RowMax, unfiltered_row), p_of and
 // in_sorted are shared with verify_tree.cu.
 using namespace vcuda;  // NOLINT
+using block_mass::block_mass_sum;
+using block_mass::MassRed;
 
 // ------------------------------------------------------------------ kernel
 
@@ -61,7 +70,7 @@ struct Shared {
   int64_t n_excl;
   int32_t n_soft;
   int32_t n_fc;        // filter_top_k: sorted candidates in fc_v / fc_i
-  double vocab_mass;   // filter_top_k = 0: sum e^{(l - max) / T} over the finite logits
+  double vocab_mass;   // filter_top_k = 0: sum e^{(l - max) / T} over the finite logits (exact rule)
   int64_t nacc;
   bool use_q;  // residual against the dense q
 };
@@ -123,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
   __shared__ __align__(16) unsigned char sh_raw[sizeof(Shared)];
   Shared& sh = *reinterpret_cast<Shared*>(sh_raw);
   __shared__ KI red_ki[kWarps];
-  __shared__ double2 red_d[kWarps];
+  __shared__ MassRed<kWarps> red_m;  // exact kept-mass sums (mass_sum.cuh)
   // the block-wide top-k / top-p filter's scratch (row_filter.cuh)
   __shared__ FilterScratch<kWarps> fs;
 
@@ -192,19 +201,19 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
         }
         if (tid == 0) sh.n_fc = nc;
         if (whole) {
-          // the CPU's mass_range: fexp((l - max) * t) in float over the finite logits,
-          // float64 sums (block reduction: rounding-level differences only)
+          // the CPU's mass_range(...).z.value(): fexp((l - max) * t) in float over the finite
+          // logits, summed by the exact rule (MassSum digits, integer block sum): its bits
           const float it = soft::inv_temperature<float>(static_cast<double>(temp));
-          double2 acc = make_double2(0.0, 0.0);
+          filter::MassSum z;
           for (int64_t blk = tid; blk < nblk; blk += kThreads) {
             float v[4];
             load4(x, blk, V, P.vec_logits, -filter::inf_f(), v);
 #pragma unroll
             for (int e = 0; e < 4; ++e)
-              if (v[e] > -filter::inf_f()) acc.x += filter::fexp((v[e] - mx.k) * it);
+              if (v[e] > -filter::inf_f()) z.add(filter::fexp((v[e] - mx.k) * it));
           }
-          const double2 tot = block_sum2(acc, red_d);
-          if (tid == 0) sh.vocab_mass = tot.x;
+          const filter::MassSum tot = block_mass_sum<kWarps>(z, red_m);
+          if (tid == 0) sh.vocab_mass = tot.value();
         } else if (tid == 0) {
           sh.vocab_mass = 0.0;
         }
@@ -216,11 +225,15 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
       }
       __syncthreads();
     }
-    // ---- pass 2: mass (and entropy) over the kept set
+    // ---- pass 2: mass (and entropy) over the kept set. Z by the exact rule: every thread adds
+    // the MassSum digits of its kept masses, the block adds them as integers (mass_sum.cuh), so
+    // Z is the CPU's (target_at: mass_range / compute_row_filter / finish_from_sorted) bit for
+    // bit, and inv_z = filter::inv_norm(Z) too. The entropy's float64 sum: tolerance only.
     const bool want_h = P.method == verify::kTypical;
     if (!fsoft && sh.f.valid && !sh.f.greedy) {
       const RowFilter f = sh.f;
-      double2 acc = make_double2(0.0, 0.0);
+      filter::MassSum z;
+      double hs = 0.0;
       for (int64_t blk = tid; blk < nblk; blk += kThreads) {
         float v[4];
         load4(x, blk, V, P.vec_logits, -filter::inf_f(), v);
@@ -229,15 +242,19 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
           if (!filter::kept(f, v[e], 4 * blk + e)) continue;
           const float sc = (v[e] - f.max_logit) * f.inv_temp;
           const float m = filter::fexp(sc);
-          acc.x += m;
-          if (want_h && m > 0.0f) acc.y += static_cast<double>(m) * sc;
+          z.add(m);
+          if (want_h && m > 0.0f) hs += static_cast<double>(m) * sc;
         }
       }
-      const double2 tot = block_sum2(acc, red_d);
+      const filter::MassSum tot = block_mass_sum<kWarps>(z, hs, red_m);
       if (tid == 0) {
-        if (!final_norm) sh.f.log_norm = ::log(tot.x);
-        sh.inv_z = static_cast<float>(::exp(-sh.f.log_norm));
-        sh.entropy = ::log(tot.x) - tot.y / tot.x;
+        const double Z = tot.value();
+        if (!final_norm) {  // the candidate rule's finish_from_sorted set norm / log_norm (the same Z)
+          sh.f.norm = Z;
+          sh.f.log_norm = ::log(Z);
+        }
+        sh.inv_z = filter::inv_norm(sh.f.norm);  // float(1 / Z): the CPU's bits
+        sh.entropy = ::log(Z) - hs / Z;
       }
     } else if (tid == 0) {
       sh.inv_z = 1.0f;

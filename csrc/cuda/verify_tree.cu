@@ -9,13 +9,23 @@
 // rejected sibling change); dense drafts materialise the residual in a
 // per-row global workspace, updated block-wide after each rejection. The stop
 // token is one exponential-race pass (each thread owns whole Philox blocks)
-// on the Philox streams of include/softdec/verify.h, so CPU and CUDA agree up
-// to float rounding of the masses.
+// on the Philox streams of include/softdec/verify.h.
+//
+// The target's normaliser Z is the exact rule of filter.h ("the kept mass Z,
+// exactly": per-thread MassSum digits, an integer block sum in mass_sum.cuh,
+// rounded once) and inv_z = filter::inv_norm(Z): bit-identical to the CPU's
+// (csrc/cpu/verify_tree.cpp target_at: cpu::fast_row_filter's Z), so p_i =
+// fexp((x_i - m) / T) * inv_z has the CPU's bits. The residual masses after a
+// rejection are NOT summed by that rule: one-hot / sparse drafts update Z on
+// thread 0 in the CPU's order (same arithmetic), but the dense draft's block-wide
+// R <- max(0, R - Z q) and its mass (float64, the block's order, contractible
+// into an FMA) agree with the CPU's residual_update only up to rounding.
 #include <cuda_fp16.h>
 
 #include "cuda_common.cuh"
 #include "verify_common.cuh"
 #include "row_filter.cuh"
+#include "mass_sum.cuh"
 #include "../dispatch.h"
 #include "../verify_tree_checks.h"
 #include "softdec/filter.h"
@@ -39,6 +49,8 @@ using vcuda::in_sorted;
 using vcuda::p_of;
 using vcuda::RowMax;
 using vcuda::unfiltered_row;
+using block_mass::block_mass_sum;
+using block_mass::MassRed;
 
 // 256 threads: the tree walk keeps more state live than verify's kernel (255 registers, no spills)
 constexpr int kTreeThreads = 256;
@@ -85,7 +97,8 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
   __shared__ __align__(16) unsigned char sh_raw[sizeof(TShared)];
   TShared& sh = *reinterpret_cast<TShared*>(sh_raw);
   __shared__ KI red_ki[kTreeWarps];
-  __shared__ double2 red_d[kTreeWarps];
+  __shared__ double2 red_d[kTreeWarps];       // the dense residual's mass (tolerance)
+  __shared__ MassRed<kTreeWarps> red_m;       // the target's exact kept mass (mass_sum.cuh)
   // the block-wide top-k / top-p filter's scratch (row_filter.cuh)
   __shared__ FilterScratch<kTreeWarps> fs;
 
@@ -123,11 +136,14 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
                                                                      min_p, mx.k, mx.i, fs);
     if (tid == 0) sh.f = filtered ? fs.f() : unfiltered_row(rm, temp, min_p, argmax_only, V);
     __syncthreads();
-    // ---- pass 2: mass (and entropy) over the kept set
+    // ---- pass 2: mass (and entropy) over the kept set. Z by the exact rule (MassSum digits per
+    // thread, integer block sum): the CPU's fast_row_filter Z bit for bit, inv_z = inv_norm(Z).
+    // The entropy's float64 sum: tolerance only.
     const bool want_h = P.method == verify::kTypical;
     if (sh.f.valid && !sh.f.greedy) {
       const RowFilter f = sh.f;
-      double2 acc = make_double2(0.0, 0.0);
+      filter::MassSum z;
+      double hs = 0.0;
       for (int64_t blk = tid; blk < nblk; blk += kTreeThreads) {
         float v[4];
         load4(x, blk, V, P.vec_logits, -filter::inf_f(), v);
@@ -136,15 +152,19 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
           if (!filter::kept(f, v[e], 4 * blk + e)) continue;
           const float sc = (v[e] - f.max_logit) * f.inv_temp;
           const float m = filter::fexp(sc);
-          acc.x += m;
-          if (want_h && m > 0.0f) acc.y += static_cast<double>(m) * sc;
+          z.add(m);
+          if (want_h && m > 0.0f) hs += static_cast<double>(m) * sc;
         }
       }
-      const double2 tot = block_sum2<kTreeWarps>(acc, red_d);
+      const filter::MassSum tot = block_mass_sum<kTreeWarps>(z, hs, red_m);
       if (tid == 0) {
-        if (!final_norm) sh.f.log_norm = ::log(tot.x);
-        sh.inv_z = static_cast<float>(::exp(-sh.f.log_norm));
-        sh.entropy = ::log(tot.x) - tot.y / tot.x;
+        const double Z = tot.value();
+        if (!final_norm) {  // the candidate rule's finish_from_sorted set norm / log_norm (the same Z)
+          sh.f.norm = Z;
+          sh.f.log_norm = ::log(Z);
+        }
+        sh.inv_z = filter::inv_norm(sh.f.norm);  // float(1 / Z): the CPU's bits
+        sh.entropy = ::log(Z) - hs / Z;
       }
     } else if (tid == 0) {
       sh.inv_z = 1.0f;
