@@ -21,6 +21,7 @@
 #include "../common.h"
 #include "../dispatch.h"
 #include "../verify_tree_checks.h"
+#include "mass_lanes.h"
 #include "race.h"
 #include "sampling_kernels.h"
 #include "softdec/filter.h"
@@ -150,43 +151,40 @@ void fill_target(const T* x, int64_t V, const Target& t, float* R, bool par) {
   });
 }
 
-// R <- max(0, R - zf * q) over [0, V); returns the new mass. Each fixed piece sums into 16
-// double lanes (token lo + j adds to lane j % 16) combined in a fixed tree, the pieces in order:
-// the same value on one thread or on torch's threads (par).
+// R <- max(0, fma(-zf, q, R)) over [0, V) (one rounding: an explicit FMA at every CPU level and
+// on CUDA, where a contracted or uncontracted R - zf * q would depend on the compiler); returns
+// the new mass by the exact rule of filter.h (MassSum digit sums: the same value in any split,
+// on one thread or on torch's threads, and on CUDA).
 template <typename Q>
 double residual_update(float* R, const Q* q, float zf, int64_t V, bool par) {
   const int64_t np = (V + cpu::kFilterPiece - 1) / cpu::kFilterPiece;
-  std::vector<double> part(static_cast<size_t>(np), 0.0);
+  std::vector<filter::MassSum> part(static_cast<size_t>(np));
   cpu::for_pieces(V, par, [&](int64_t pi, int64_t lo, int64_t hi) {
-    alignas(64) double acc[16] = {};
+    filter::MassSum z;
 #if defined(SOFTDEC_SIMD_AVX512)
+    cpu::MassLanes lanes;
     const __m512 vz = _mm512_set1_ps(zf), zero = _mm512_setzero_ps();
-    __m512d a0 = _mm512_setzero_pd(), a1 = _mm512_setzero_pd();
     for (int64_t i = lo; i < hi; i += 16) {
       const __mmask16 tm = tail_mask(hi - i);
-      const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(tm, R + i), _mm512_mul_ps(vz, load16_maskz(q + i, tm)));
-      const __m512 r = _mm512_max_ps(d, zero);
+      const __m512 d = _mm512_fnmadd_ps(vz, load16_maskz(q + i, tm), _mm512_maskz_loadu_ps(tm, R + i));
+      const __m512 r = _mm512_max_ps(d, zero);  // lanes past hi: 0
       _mm512_mask_storeu_ps(R + i, tm, r);
-      a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(r)));
-      a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r), 1))));
+      lanes.add16(r);
     }
-    _mm512_store_pd(acc, a0);
-    _mm512_store_pd(acc + 8, a1);
+    z = lanes.sum();
 #else
     for (int64_t i = lo; i < hi; ++i) {
-      const float d = R[i] - zf * static_cast<float>(q[i]);
+      const float d = std::fma(-zf, static_cast<float>(q[i]), R[i]);
       const float r = d > 0.0f ? d : 0.0f;
       R[i] = r;
-      acc[(i - lo) & 15] += r;
+      z.add(r);
     }
 #endif
-    double w[8];
-    for (int l = 0; l < 8; ++l) w[l] = acc[2 * l] + acc[2 * l + 1];
-    part[static_cast<size_t>(pi)] = ((w[0] + w[1]) + (w[2] + w[3])) + ((w[4] + w[5]) + (w[6] + w[7]));
+    part[static_cast<size_t>(pi)] = z;
   });
-  double z = 0.0;
-  for (double v : part) z += v;
-  return z;
+  filter::MassSum z;
+  for (const filter::MassSum& v : part) z.merge(v);
+  return z.value();
 }
 
 struct Params {

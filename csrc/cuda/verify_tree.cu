@@ -16,10 +16,10 @@
 // rounded once) and inv_z = filter::inv_norm(Z): bit-identical to the CPU's
 // (csrc/cpu/verify_tree.cpp target_at: cpu::fast_row_filter's Z), so p_i =
 // fexp((x_i - m) / T) * inv_z has the CPU's bits. The residual masses after a
-// rejection are NOT summed by that rule: one-hot / sparse drafts update Z on
-// thread 0 in the CPU's order (same arithmetic), but the dense draft's block-wide
-// R <- max(0, R - Z q) and its mass (float64, the block's order, contractible
-// into an FMA) agree with the CPU's residual_update only up to rounding.
+// rejection: one-hot / sparse drafts update Z on thread 0 in the CPU's order
+// (same arithmetic); the dense draft's block-wide R <- max(0, fma(-Z, q, R)) (an
+// explicit FMA, as the CPU's residual_update at every level) sums its mass by the
+// same exact rule: the CPU's residual and its mass bit for bit.
 #include <cuda_fp16.h>
 
 #include "cuda_common.cuh"
@@ -38,7 +38,6 @@ namespace {
 using filter::RowFilter;
 using vcuda::KI;
 using vcuda::block_best;
-using vcuda::block_sum2;
 using vcuda::ki_better;
 using vcuda::load4;
 using vcuda::to_f;
@@ -97,7 +96,6 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
   __shared__ __align__(16) unsigned char sh_raw[sizeof(TShared)];
   TShared& sh = *reinterpret_cast<TShared*>(sh_raw);
   __shared__ KI red_ki[kTreeWarps];
-  __shared__ double2 red_d[kTreeWarps];       // the dense residual's mass (tolerance)
   __shared__ MassRed<kTreeWarps> red_m;       // the target's exact kept mass (mass_sum.cuh)
   // the block-wide top-k / top-p filter's scratch (row_filter.cuh)
   __shared__ FilterScratch<kTreeWarps> fs;
@@ -334,17 +332,19 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
           const float zf = static_cast<float>(sh.Z);
           const bool first = !sh.dense_r;
           const Q* q = dprobs + b * ds0 + k * ds1;
-          double2 acc = make_double2(0.0, 0.0);
+          // one rounding (explicit FMA, as the CPU's residual_update at every level); the new mass
+          // by the exact rule (MassSum digits, integer block sum): the CPU's Z bit for bit
+          filter::MassSum zs;
           for (int64_t i = tid; i < V; i += kTreeThreads) {
             const float r0 = first ? p_of(x, f, inv_z, i) : R[i];
-            const float d = r0 - zf * to_f(q, i);
+            const float d = __fmaf_rn(-zf, to_f(q, i), r0);
             const float r = d > 0.0f ? d : 0.0f;
             R[i] = r;
-            acc.x += r;
+            zs.add(r);
           }
-          const double2 tot = block_sum2<kTreeWarps>(acc, red_d);
+          zs = block_mass::block_mass_sum<kTreeWarps>(zs, red_m);
           if (tid == 0) {
-            sh.Z = tot.x;
+            sh.Z = zs.value();
             sh.dense_r = true;
           }
           __syncthreads();
