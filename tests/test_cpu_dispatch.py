@@ -68,6 +68,14 @@ for dt in (torch.float32, torch.bfloat16, torch.float16):
         for j, kw in enumerate((dict(min_p=0.05), dict(top_p=0.9), dict(temperature=0.8))):
             v = softdec.verify(t, d, seed=19 + j, **kw)  # one-hot drafts: the exact normaliser's paths
             out[f"verify_exact_{j}/{n}/{V}/tokens"] = v.tokens
+        # a tree whose root has three children drafted densely: rejections update the dense residual
+        # (explicit FMA, exact mass) before the next sibling; accepted paths bit for bit at every level
+        par = torch.tensor([-1, 0, 0, 0, 1]).expand(6, 5)
+        tt = torch.cat([torch.zeros(6, 1, dtype=torch.long), torch.randint(0, V, (6, 4), generator=g)], 1)
+        dpt = torch.softmax(torch.randn(6, 5, V, generator=g), -1).to(dt)
+        vt = softdec.verify_tree(t, tt, par, draft_probs=dpt, seed=20)
+        out[f"verify_tree_dense/{n}/{V}/tokens"] = vt.tokens
+        out[f"verify_tree_dense/{n}/{V}/accepted"] = vt.num_accepted
         xr = x.float().contiguous()
         R = xr.shape[0]
         z, _ = torch.ops.softdec.shard_kept_mass(xr, 0, xr.max(1).values, torch.full((R,), 0.8),
