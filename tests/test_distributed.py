@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 import softdec
 import softdec.distributed as sd
+from softdec import reference as ref
 from dist_spawn import spawn
 
 TIMEOUT_S = 120
@@ -600,23 +601,6 @@ def test_verify_exact_top_p_on_shards_equals_single_device(world, tmp_path):
     _spawn(_verify_exact_top_p_worker, world, tmp_path)
 
 
-def _mass_digits(e: float) -> tuple[int, int, int]:
-    """filter::mass_digits of a float mass in [0, 1] (the same exact double steps)."""
-    a = float(e) * 2.0 ** 32
-    d0 = math.floor(a)
-    a = (a - d0) * 2.0 ** 32
-    d1 = math.floor(a)
-    a = (a - d1) * 2.0 ** 32
-    return d0, d1, math.floor(a)
-
-
-def _z_of(digits) -> float:
-    """MassSum::value: (S0 2^64 + S1 2^32 + S2) 2^-96 rounded once (Python's int / int is correctly
-    rounded, ties to even)."""
-    s0, s1, s2 = (int(v) for v in digits)
-    return ((s0 << 64) + (s1 << 32) + s2) / 2 ** 96
-
-
 def test_verify_race_kernels_opcheck():
     """shard_kept_mass / shard_verify_race: fake kernels, opcheck, compile; the kept masses' digit
     sums (filter.h MassSum) are exact: two shards add up to the row's, and they equal the digits of
@@ -644,9 +628,8 @@ def test_verify_race_kernels_opcheck():
         rows = x[r:r + 1].expand(Vv, Vv).contiguous()
         one = lambda t: t[r:r + 1].expand(Vv).contiguous()  # noqa: E731
         _, e_all = ops.shard_kept_mass(rows, 0, one(m), one(T), one(MP), one(cv), one(ci), torch.arange(Vv))
-        ref = [sum(c) for c in zip(*(_mass_digits(e) for e in e_all.tolist()))]
-        assert z[r].tolist() == ref, r
-    Z = torch.tensor([_z_of(d) for d in z.tolist()], dtype=torch.float64)
+        assert tuple(z[r].tolist()) == ref.kept_mass_digits(e_all.tolist()), r
+    Z = torch.tensor([ref.kept_mass_value(d) for d in z.tolist()], dtype=torch.float64)
     sc = (x - m[:, None]) / T[:, None]
     kept = (sc >= torch.log(MP.clamp_min(1e-30))[:, None]) & (x >= cv[:, None])
     torch.testing.assert_close(Z, torch.where(kept, sc.double().exp(), torch.zeros_like(Z[:, None])).sum(1),
@@ -672,7 +655,7 @@ def test_verify_race_kernels_opcheck():
                                 torch.full((n,), (1 << 63) - 1), torch.full((n,), -1))
     assert (zz == zz[:1]).all()
     _, w, _ = ops.shard_verify_race(yy, 0, mm, one, torch.zeros(n), torch.full((n,), -math.inf),
-                                    torch.full((n,), (1 << 63) - 1), torch.full((n,), 1.0 / _z_of(zz[0])),
+                                    torch.full((n,), (1 << 63) - 1), torch.full((n,), 1.0 / ref.kept_mass_value(zz[0])),
                                     torch.arange(n),
                                     torch.zeros(n, dtype=torch.int64), torch.full((n,), -1))
     p = torch.softmax(y[0].double(), 0)

@@ -78,7 +78,8 @@ def _inv_z(digits):
     rounded once (Python's int / int is correctly rounded: filter::MassSum::value), then
     filter::inv_norm; 0 for an empty kept set."""
     import numpy as np  # (here, not at the top: the spawned ranks import this module)
-    z = [((a << 64) + (b << 32) + c) / 2 ** 96 for a, b, c in digits.cpu().tolist()]
+    from softdec.reference import kept_mass_value
+    z = [kept_mass_value(d) for d in digits.cpu().tolist()]
     return torch.tensor(np.array([1.0 / v if v > 0 else 0.0 for v in z], dtype=np.float32))
 
 

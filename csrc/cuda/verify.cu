@@ -247,15 +247,7 @@ __global__ void __launch_bounds__(kThreads) verify_kernel(
         }
       }
       const filter::MassSum tot = block_mass_sum<kWarps>(z, hs, red_m);
-      if (tid == 0) {
-        const double Z = tot.value();
-        if (!final_norm) {  // the candidate rule's finish_from_sorted set norm / log_norm (the same Z)
-          sh.f.norm = Z;
-          sh.f.log_norm = ::log(Z);
-        }
-        sh.inv_z = filter::inv_norm(sh.f.norm);  // float(1 / Z): the CPU's bits
-        sh.entropy = ::log(Z) - hs / Z;
-      }
+      if (tid == 0) finish_target_norm(tot, hs, final_norm, sh.f, sh.inv_z, sh.entropy);
     } else if (tid == 0) {
       sh.inv_z = 1.0f;
       sh.entropy = 0.0;

@@ -186,6 +186,21 @@ __device__ __forceinline__ filter::RowFilter unfiltered_row(const RowMax& r, flo
 // ------------------------------------------------------------------ small lookups
 
 // p(i) of the filtered target (inv_z: 1 / its mass): 0 off the kept set, 1 for greedy.
+// Thread 0's finish of a target's mass pass (verify.cu, verify_tree.cu): Z from the block's exact
+// digit sums (filter.h MassSum), norm / log_norm unless the candidate rule's finish_from_sorted set
+// them already (the same Z), inv_z = float(1 / Z) (filter::inv_norm: the CPU's bits) and the
+// entropy log Z - hs / Z (hs: the block's sum of mass * scaled logit; a tolerance quantity).
+__device__ __forceinline__ void finish_target_norm(const filter::MassSum& tot, double hs, bool final_norm,
+                                                   filter::RowFilter& f, float& inv_z, double& entropy) {
+  const double Z = tot.value();
+  if (!final_norm) {
+    f.norm = Z;
+    f.log_norm = ::log(Z);
+  }
+  inv_z = filter::inv_norm(f.norm);
+  entropy = ::log(Z) - hs / Z;
+}
+
 template <typename T>
 __device__ __forceinline__ float p_of(const T* x, const filter::RowFilter& f, float inv_z, int64_t i) {
   const float v = to_f(x, i);

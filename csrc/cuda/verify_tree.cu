@@ -38,6 +38,7 @@ namespace {
 using filter::RowFilter;
 using vcuda::KI;
 using vcuda::block_best;
+using vcuda::finish_target_norm;
 using vcuda::ki_better;
 using vcuda::load4;
 using vcuda::to_f;
@@ -155,15 +156,7 @@ __global__ void __launch_bounds__(kTreeThreads) verify_tree_kernel(
         }
       }
       const filter::MassSum tot = block_mass_sum<kTreeWarps>(z, hs, red_m);
-      if (tid == 0) {
-        const double Z = tot.value();
-        if (!final_norm) {  // the candidate rule's finish_from_sorted set norm / log_norm (the same Z)
-          sh.f.norm = Z;
-          sh.f.log_norm = ::log(Z);
-        }
-        sh.inv_z = filter::inv_norm(sh.f.norm);  // float(1 / Z): the CPU's bits
-        sh.entropy = ::log(Z) - hs / Z;
-      }
+      if (tid == 0) finish_target_norm(tot, hs, final_norm, sh.f, sh.inv_z, sh.entropy);
     } else if (tid == 0) {
       sh.inv_z = 1.0f;
       sh.entropy = 0.0;

@@ -1279,9 +1279,9 @@ def _verify_exact(x, draft_ids, nd, temperature, top_k, top_p, min_p, seed, offs
             dist.all_reduce(zw, group=sh.group)
     # Z = (S0 2^64 + S1 2^32 + S2) 2^-96 rounded to the nearest double (Python's int / int is
     # correctly rounded, ties to even: filter::MassSum::value), inv_z = float(1 / Z) (filter::inv_norm)
-    inv_z = torch.tensor(np.array([1.0 / (((a << 64) + (b << 32) + c) / 2 ** 96) if (a or b or c) else 0.0
-                                   for a, b, c in zw[:, :3].tolist()], dtype=np.float32),
-                         dtype=torch.float32, device=dev)
+    from .reference import kept_mass_value
+    inv_z = torch.tensor(np.array([1.0 / kept_mass_value(d) if any(d) else 0.0 for d in zw[:, :3].tolist()],
+                                  dtype=np.float32), dtype=torch.float32, device=dev)
     wm = zw[:, 3].to(torch.int32).view(torch.float32)
     px = wm * inv_z  # p_of: fexp(.) * inv_z in float
     px = torch.where(greedy, (dpos == mg.argmax).float(), px)

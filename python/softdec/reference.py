@@ -458,6 +458,30 @@ def _pick(mass, target: float) -> int:
     return last
 
 
+def kept_mass_digits(masses) -> tuple[int, int, int]:
+    """The exact rule's digit sums of a set of float masses in [0, 1] (include/softdec/filter.h
+    "the kept mass Z, exactly", ``MassSum``): each mass e is cut into three base-2^32 digits below
+    the binary point, ``d0 = floor(e 2^32)``, then the next 32 bits twice (exact double steps;
+    bits below 2^-96 dropped), and the digits are summed as integers."""
+    s0 = s1 = s2 = 0
+    for e in masses:
+        a = float(e) * 2.0 ** 32
+        d0 = math.floor(a)
+        a = (a - d0) * 2.0 ** 32
+        d1 = math.floor(a)
+        a = (a - d1) * 2.0 ** 32
+        s0, s1, s2 = s0 + d0, s1 + d1, s2 + math.floor(a)
+    return s0, s1, s2
+
+
+def kept_mass_value(digits) -> float:
+    """Z of three digit sums (``MassSum::value``): ``(S0 2^64 + S1 2^32 + S2) 2^-96`` rounded once
+    to the nearest double, ties to even (Python's int / int is correctly rounded). The verify
+    kernels' factor is ``float32(1 / Z)`` (``filter::inv_norm``)."""
+    s0, s1, s2 = (int(v) for v in digits)
+    return ((s0 << 64) + (s1 << 32) + s2) / 2 ** 96
+
+
 def sample_exact(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
                  seed=0, offset=0):
     """The exact-stream oracle of ``softdec.sample``: inversion over the kept set.
