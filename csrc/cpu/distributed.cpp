@@ -405,7 +405,7 @@ void check_position_args(const Tensor& logits, int64_t offset, const Tensor& m, 
 
 // The digit sums (int64 [R, 3], filter::MassSum) of the shard's kept masses, and the mass
 // (float) of token want[r]: 0 if not kept, -1 if the shard does not hold it. Per row, the
-// 1024-token blocks' digits in cpu::MassLanes (vectorised, exact) then merged as integers.
+// kept-mass pass of fast_row_filter (cpu::kept_mass: masses, kept test, MassLanes digits).
 std::tuple<Tensor, Tensor> shard_kept_mass_cpu(Tensor logits, int64_t offset, Tensor m, Tensor t, Tensor mp,
                                                Tensor cv, Tensor ci, Tensor want) {
   check_position_args(logits, offset, m, t, mp, cv, ci);
@@ -426,20 +426,11 @@ std::tuple<Tensor, Tensor> shard_kept_mass_cpu(Tensor logits, int64_t offset, Te
   SOFTDEC_DISPATCH_FLOAT(logits.scalar_type(), "logits", scalar_t, [&] {
     const scalar_t* x = reinterpret_cast<const scalar_t*>(logits.const_data_ptr());
     torch::stable::parallel_for(0, R, 1, [&](int64_t b, int64_t e) {
-      alignas(64) float ms[1024];
       for (int64_t r = b; r < e; ++r) {
         const RowFilter f = position_filter(mm[r], tt[r], pp[r], cvp[r], cip[r]);
         const scalar_t* xr = x + r * rs;
-        filter::MassSum z;
-        for (int64_t b0 = 0; b0 < n; b0 += 1024) {
-          const int64_t len = std::min<int64_t>(1024, n - b0);
-          masses(xr + b0, len, f.max_logit, f.inv_temp, ms);  // filter::token_mass's bits
-          for (int64_t j = 0; j < len; ++j)
-            if (!filter::kept(f, to_float(xr[b0 + j]), offset + b0 + j)) ms[j] = 0.0f;  // adds no digit
-          cpu::MassLanes lanes;
-          lanes.add(ms, len);
-          z.merge(lanes.sum());
-        }
+        int64_t kept_count = 0;
+        const filter::MassSum z = kept_mass(xr, 0, n, f, &kept_count, offset);  // fast_row_filter's pass
         for (int k = 0; k < 3; ++k) o[3 * r + k] = static_cast<int64_t>(z.d[k]);
         const int64_t w = wp[r] - offset;
         oe[r] = -1.0f;

@@ -33,6 +33,9 @@ using filter::RowFilter;
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kGroup = 64;        // tokens per Philox group (16 blocks of 4)
 constexpr int64_t kSmallK = 2048;     // top-k candidate path up to this k
+// verify / verify_tree's target filter takes the candidate path up to this k only (the CUDA row
+// filter's kFilterCand: both backends use the same rule for every k)
+constexpr int64_t kVerifyCandK = 1024;
 constexpr int64_t kMinChunk = 16384;  // smallest vocabulary chunk per thread
 
 // ------------------------------------------------------------------ argmax state
@@ -468,9 +471,10 @@ void top_p_cut(const T* x, int64_t V, float m, int64_t argmax, float it, float t
 constexpr int64_t kFilterPiece = 16384;
 
 // Kept mass of [lo, hi) by the exact rule (filter::MassSum's digit sums, MassLanes), and the
-// number of kept tokens.
+// number of kept tokens. Token i of x has the vocabulary id id0 + i (a shard's offset).
 template <class T>
-filter::MassSum kept_mass(const T* x, int64_t lo, int64_t hi, const filter::RowFilter& f, int64_t* cnt_out) {
+filter::MassSum kept_mass(const T* x, int64_t lo, int64_t hi, const filter::RowFilter& f, int64_t* cnt_out,
+                          int64_t id0 = 0) {
   const float m = f.max_logit, it = f.inv_temp;
   const bool all_finite_kept = f.cut_value == -kInf && !(f.log_min_p > -kInf);
   int64_t cnt = 0;
@@ -483,7 +487,7 @@ filter::MassSum kept_mass(const T* x, int64_t lo, int64_t hi, const filter::RowF
       for (int64_t j = 0; j < n; ++j) cnt += to_float(x[base + j]) > -kInf ? 1 : 0;
     } else {
       for (int64_t j = 0; j < n; ++j) {
-        const bool k = filter::kept(f, to_float(x[base + j]), base + j);
+        const bool k = filter::kept(f, to_float(x[base + j]), id0 + base + j);
         e[j] = k ? e[j] : 0.0f;
         cnt += k ? 1 : 0;
       }

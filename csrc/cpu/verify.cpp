@@ -419,14 +419,13 @@ Target target_at(const T* x, float temp, int64_t top_k, float top_p, float min_p
   const bool topk_on = top_k > 0 && top_k < V;
   const bool topp_on = top_p < 1.0f;
   f.log_min_p = filter::log_min_p_of(min_p);
-  // top-k above this runs the radix selection of filter.h instead of the candidate scan
-  constexpr int64_t kMaxScanK = 1024;
-  const bool generic = (topp_on && !topk_on) || (topk_on && top_k > kMaxScanK);
+  // top-k above cpu::kVerifyCandK runs the radix selection of filter.h instead of the candidate scan
+  const bool generic = (topp_on && !topk_on) || (topk_on && top_k > cpu::kVerifyCandK);
   if (generic) {
     // General cut: sampling's fast_row_filter -- top-p without top-k by its vectorised O(V) cut,
     // top_k > 1024 by filter.h's radix selection -- the same kept set and, by the exact rule, the
     // same Z as filter::compute_row_filter (and as verify_tree, which uses it too).
-    f = cpu::fast_row_filter(x, V, filter::Params{temp, top_k, top_p, min_p}, P.split, kMaxScanK);
+    f = cpu::fast_row_filter(x, V, filter::Params{temp, top_k, top_p, min_p}, P.split, cpu::kVerifyCandK);
   } else {
     const Stats s = over_vocab<Stats>(V, P.split, [&](int64_t lo, int64_t hi) {
       return stats_range(x, lo, hi);

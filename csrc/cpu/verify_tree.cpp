@@ -197,9 +197,9 @@ struct Params {
 template <typename T>
 Target target_at(const T* x, int64_t V, float temp, int64_t top_k, float top_p, float min_p, bool par) {
   Target t;
-  // top-k candidates up to k = 1024 as verify (kMaxScanK) and the CUDA row filter (kFilterCand) do;
+  // top-k candidates up to kVerifyCandK as verify and the CUDA row filter (kFilterCand) do;
   // larger k by filter.h's radix selection
-  t.f = cpu::fast_row_filter(x, V, filter::Params{temp, top_k, top_p, min_p}, par, 1024);
+  t.f = cpu::fast_row_filter(x, V, filter::Params{temp, top_k, top_p, min_p}, par, cpu::kVerifyCandK);
   if (t.f.valid && !t.f.greedy) t.inv_z = filter::inv_norm(t.f.norm);  // float(1 / Z), Z by the exact rule
   return t;
 }

@@ -39,7 +39,7 @@
 namespace softdec {
 namespace vcuda {
 
-// Largest top-k handled by the candidate rule (the CPU verify's kMaxScanK).
+// Largest top-k handled by the candidate rule (the CPU verify / verify_tree's cpu::kVerifyCandK, csrc/cpu/sampling_kernels.h).
 constexpr int kFilterCand = 1024;
 constexpr int kMassDigits = 16;  // 4-bit radix digits in mass mode
 

@@ -107,31 +107,6 @@ __device__ KI block_best(KI v, KI* red) {
   return r;
 }
 
-template <int W = kWarps>
-__device__ double2 block_sum2(double2 v, double2* red) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
-    v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
-  }
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < W ? red[lane] : make_double2(0.0, 0.0);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      v.x += __shfl_xor_sync(0xffffffffu, v.x, o);
-      v.y += __shfl_xor_sync(0xffffffffu, v.y, o);
-    }
-    if (lane == 0) red[0] = v;
-  }
-  __syncthreads();
-  const double2 r = red[0];
-  __syncthreads();
-  return r;
-}
-
 // ------------------------------------------------------------------ a row's first pass
 
 // Pass 1 of a row (verify's positions, verify_tree's nodes): NaN check, max and argmax
